@@ -1,0 +1,206 @@
+//! The CPU backend: computes every op where no GPU is present, multi-threaded on a rayon pool.
+//! Storage is host memory ([`HostData`]). GEMM and convolution run on FP32 kernels (FP16
+//! operands are widened once, accumulated in FP32 and rounded once on output); batch norm and
+//! softmax stream FP16 through FP32 registers chunk by chunk.
+
+mod batchnorm;
+mod conv;
+mod gemm;
+mod simd;
+mod softmax;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use super::Backend;
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result};
+use crate::ops::{BatchNormPlan, ConvPlan, GemmPlan, SoftmaxPlan};
+use crate::tensor::{HostData, HostTensor, Tensor, TensorDesc};
+
+/// Computes on host threads. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct CpuBackend {
+    /// A private pool, or `None` for rayon's global pool.
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl CpuBackend {
+    /// A backend on rayon's global pool (one thread per core unless `RAYON_NUM_THREADS` says
+    /// otherwise).
+    pub fn new() -> Self {
+        CpuBackend::default()
+    }
+
+    /// A backend with a private pool of `threads` threads.
+    pub fn with_threads(threads: usize) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("eia-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Backend {
+                backend: "cpu",
+                msg: format!("cannot start {threads} threads: {e}"),
+            })?;
+        Ok(CpuBackend {
+            pool: Some(Arc::new(pool)),
+        })
+    }
+
+    /// Number of threads ops run on.
+    pub fn threads(&self) -> usize {
+        match &self.pool {
+            Some(pool) => pool.current_num_threads(),
+            None => rayon::current_num_threads(),
+        }
+    }
+
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    type Storage = HostData;
+
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn alloc(&self, desc: &TensorDesc) -> Result<HostTensor> {
+        Ok(Tensor::from_parts(
+            desc.clone(),
+            HostData::filled(desc.dtype(), desc.len(), 0.0),
+        ))
+    }
+
+    fn upload(&self, host: &HostTensor) -> Result<HostTensor> {
+        Ok(host.clone())
+    }
+
+    fn download(&self, t: &HostTensor) -> Result<HostTensor> {
+        Ok(t.clone())
+    }
+
+    fn launch_gemm(
+        &self,
+        plan: &GemmPlan,
+        a: &HostData,
+        b: &HostData,
+        c: Option<&HostData>,
+        y: &mut HostData,
+    ) -> Result<()> {
+        self.run(|| {
+            let (a, b, c) = (as_f32(a), as_f32(b), c.map(as_f32));
+            write_f32(y, |y| gemm::gemm_f32(plan, &a, &b, c.as_deref(), y));
+        });
+        Ok(())
+    }
+
+    fn launch_conv(
+        &self,
+        plan: &ConvPlan,
+        x: &HostData,
+        w: &HostData,
+        bias: Option<&HostData>,
+        y: &mut HostData,
+    ) -> Result<()> {
+        self.run(|| {
+            let (x, w, bias) = (as_f32(x), as_f32(w), bias.map(as_f32));
+            write_f32(y, |y| conv::conv_f32(plan, &x, &w, bias.as_deref(), y));
+        });
+        Ok(())
+    }
+
+    fn launch_batch_norm(
+        &self,
+        plan: &BatchNormPlan,
+        x: &HostData,
+        params: [&HostData; 4],
+        y: &mut HostData,
+    ) -> Result<()> {
+        self.run(|| {
+            let params = params.map(as_f32);
+            let coef = batchnorm::fold(plan, [&params[0], &params[1], &params[2], &params[3]]);
+            match (x, y) {
+                (HostData::F32(x), HostData::F32(y)) => batchnorm::apply(plan, &coef, x, y),
+                (HostData::F16(x), HostData::F16(y)) => batchnorm::apply(plan, &coef, x, y),
+                _ => unreachable!("plans are validated: input and output share a dtype"),
+            }
+        });
+        Ok(())
+    }
+
+    fn launch_softmax(&self, plan: &SoftmaxPlan, x: &HostData, y: &mut HostData) -> Result<()> {
+        self.run(|| match (x, y) {
+            (HostData::F32(x), HostData::F32(y)) => softmax::softmax(plan, x, y),
+            (HostData::F16(x), HostData::F16(y)) => softmax::softmax(plan, x, y),
+            _ => unreachable!("plans are validated: input and output share a dtype"),
+        });
+        Ok(())
+    }
+}
+
+/// The data as f32: borrowed for F32, widened (exactly) for F16.
+fn as_f32(data: &HostData) -> Cow<'_, [f32]> {
+    match data {
+        HostData::F32(v) => Cow::Borrowed(v),
+        HostData::F16(v) => {
+            let mut out = vec![0.0; v.len()];
+            v.convert_to_f32_slice(&mut out);
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// Runs `f` on an f32 view of `y`: directly for F32, through one f32 scratch buffer rounded
+/// once into F16 storage.
+fn write_f32(y: &mut HostData, f: impl FnOnce(&mut [f32])) {
+    match y {
+        HostData::F32(y) => f(y),
+        HostData::F16(y) => {
+            let mut scratch = vec![0.0; y.len()];
+            f(&mut scratch);
+            y.convert_from_f32_slice(&scratch);
+        }
+    }
+}
+
+/// Widens `x` into `out` (replacing its contents).
+fn widen<T: Element>(x: &[T], out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    match T::DTYPE {
+        DType::F32 => out.copy_from_slice(bytemuck::cast_slice(x)),
+        DType::F16 => bytemuck::cast_slice::<T, f16>(x).convert_to_f32_slice(out),
+    }
+}
+
+/// Rounds `x` into `out` (same length).
+fn narrow<T: Element>(x: &[f32], out: &mut [T]) {
+    match T::DTYPE {
+        DType::F32 => out.copy_from_slice(bytemuck::cast_slice(x)),
+        DType::F16 => bytemuck::cast_slice_mut::<T, f16>(out).convert_from_f32_slice(x),
+    }
+}
+
+/// Runs an elementwise f32 kernel `f(x, y)` over storage of type `T`: directly for f32, in
+/// small widened chunks otherwise.
+fn widen_chunks<T: Element>(x: &[T], y: &mut [T], mut f: impl FnMut(&[f32], &mut [f32])) {
+    const CHUNK: usize = 1024;
+    if T::DTYPE == DType::F32 {
+        return f(bytemuck::cast_slice(x), bytemuck::cast_slice_mut(y));
+    }
+    let (mut xs, mut ys) = ([0.0f32; CHUNK], [0.0f32; CHUNK]);
+    for (xc, yc) in x.chunks(CHUNK).zip(y.chunks_mut(CHUNK)) {
+        let n = xc.len();
+        bytemuck::cast_slice::<T, f16>(xc).convert_to_f32_slice(&mut xs[..n]);
+        f(&xs[..n], &mut ys[..n]);
+        narrow(&ys[..n], yc);
+    }
+}

@@ -1,0 +1,127 @@
+//! CPU softmax, numerically stable (`exp(x − max)`), over a `[outer, len, inner]` view. Each
+//! outer slab is one task; along a contiguous axis (`inner == 1`) each row is three vectorised
+//! passes (max, exp+sum, scale), otherwise the passes run over whole `inner`-wide rows.
+
+use rayon::prelude::*;
+
+use super::simd::{exp, multiversion};
+use super::{narrow, widen};
+use crate::dtype::{DType, Element};
+use crate::ops::SoftmaxPlan;
+
+/// Lanes of the independent accumulators that let the reductions vectorise.
+const LANES: usize = 8;
+
+/// Computes `plan` for storage type `T` (FP16 slabs are widened to FP32 and back).
+pub fn softmax<T: Element>(plan: &SoftmaxPlan, x: &[T], y: &mut [T]) {
+    let slab = plan.len * plan.inner;
+    if slab == 0 {
+        return;
+    }
+    // Rows of a contiguous axis are independent: hand several to one task when they are short.
+    let rows_per_task = if plan.inner == 1 {
+        (4096 / plan.len).max(1)
+    } else {
+        1
+    };
+    y.par_chunks_mut(slab * rows_per_task)
+        .zip(x.par_chunks(slab * rows_per_task))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(xs, ys), (yt, xt)| {
+                for (yc, xc) in yt.chunks_mut(slab).zip(xt.chunks(slab)) {
+                    slab_f32(plan, xc, yc, xs, ys);
+                }
+            },
+        );
+}
+
+/// One slab `[len, inner]`, through f32 scratch when `T` is not f32.
+fn slab_f32<T: Element>(
+    plan: &SoftmaxPlan,
+    x: &[T],
+    y: &mut [T],
+    xs: &mut Vec<f32>,
+    ys: &mut Vec<f32>,
+) {
+    if T::DTYPE == DType::F32 {
+        let (x, y): (&[f32], &mut [f32]) = (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(y));
+        slab(plan, x, y);
+        return;
+    }
+    widen(x, xs);
+    ys.resize(x.len(), 0.0);
+    slab(plan, xs, ys);
+    narrow(ys, y);
+}
+
+fn slab(plan: &SoftmaxPlan, x: &[f32], y: &mut [f32]) {
+    if plan.inner == 1 {
+        row(x, y);
+    } else {
+        strided(x, y, plan.inner);
+    }
+}
+
+multiversion! {
+    /// Softmax of one contiguous row.
+    fn row(x: &[f32], y: &mut [f32]) {
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        let chunks = x.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for l in 0..LANES {
+                acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+            }
+        }
+        let mut max = tail.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        for a in acc {
+            max = if a > max { a } else { max };
+        }
+        // The comparisons skip NaN; exp(NaN − max) below still turns the whole row NaN.
+        let mut sums = [0.0f32; LANES];
+        let (yc, yt) = y.split_at_mut(x.len() / LANES * LANES);
+        for (yv, xv) in yc.chunks_exact_mut(LANES).zip(x.chunks_exact(LANES)) {
+            for l in 0..LANES {
+                yv[l] = exp(xv[l] - max);
+                sums[l] += yv[l];
+            }
+        }
+        let mut sum: f32 = sums.iter().sum();
+        for (yv, &xv) in yt.iter_mut().zip(tail) {
+            *yv = exp(xv - max);
+            sum += *yv;
+        }
+        let inv = 1.0 / sum;
+        for v in y.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax down the columns of a `[len, inner]` slab: every pass runs along contiguous rows.
+    fn strided(x: &[f32], y: &mut [f32], inner: usize) {
+        let mut max = vec![f32::NEG_INFINITY; inner];
+        for xr in x.chunks_exact(inner) {
+            for (m, &v) in max.iter_mut().zip(xr) {
+                *m = if v > *m { v } else { *m };
+            }
+        }
+        let mut sum = vec![0.0f32; inner];
+        for (yr, xr) in y.chunks_exact_mut(inner).zip(x.chunks_exact(inner)) {
+            for ((yv, &xv), (s, &m)) in yr.iter_mut().zip(xr).zip(sum.iter_mut().zip(&max)) {
+                *yv = exp(xv - m);
+                *s += *yv;
+            }
+        }
+        for s in sum.iter_mut() {
+            *s = 1.0 / *s;
+        }
+        for yr in y.chunks_exact_mut(inner) {
+            for (yv, &inv) in yr.iter_mut().zip(&sum) {
+                *yv *= inv;
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The backend contract: how a device allocates, moves and computes tensors.
+//!
+//! A backend implements a few primitives — allocate, upload, download, synchronise — and one
+//! `launch_*` method per op family that executes an already validated plan from [`crate::ops`].
+//! The user-facing op methods (`gemm`, `conv`, …, and their `_into` forms that write a given
+//! output) are provided on top: validate → allocate → launch. Everything that computes — the CPU
+//! backend, the CUDA backend, a metered accelerator wrapping either, a remote client — is a
+//! `Backend`, so one test suite and one bench suite run against all of them.
+
+pub mod cpu;
+
+pub use cpu::CpuBackend;
+
+use crate::error::{Error, Result};
+use crate::ops::{
+    BatchNorm, BatchNormPlan, Conv, ConvPlan, Gemm, GemmPlan, MatMul, Softmax, SoftmaxPlan,
+};
+use crate::tensor::{HostTensor, Tensor, TensorDesc};
+
+/// A device that stores tensors and computes the op families on them.
+pub trait Backend: Send + Sync {
+    /// Where this backend keeps one tensor's data.
+    type Storage: Send + Sync;
+
+    /// A short human-readable name ("cpu", "cuda:0", …).
+    fn name(&self) -> String;
+
+    /// Allocates a tensor; its contents are unspecified until written.
+    fn alloc(&self, desc: &TensorDesc) -> Result<Tensor<Self::Storage>>;
+
+    /// Copies a host tensor onto the device.
+    fn upload(&self, host: &HostTensor) -> Result<Tensor<Self::Storage>>;
+
+    /// Copies a tensor back to the host (waiting for work that writes it).
+    fn download(&self, t: &Tensor<Self::Storage>) -> Result<HostTensor>;
+
+    /// Waits until all launched work has finished.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Executes a validated GEMM plan. `c` is present iff `plan.c` is.
+    fn launch_gemm(
+        &self,
+        plan: &GemmPlan,
+        a: &Self::Storage,
+        b: &Self::Storage,
+        c: Option<&Self::Storage>,
+        y: &mut Self::Storage,
+    ) -> Result<()>;
+
+    /// Executes a validated convolution plan. `bias` is present iff `plan.bias`.
+    fn launch_conv(
+        &self,
+        plan: &ConvPlan,
+        x: &Self::Storage,
+        w: &Self::Storage,
+        bias: Option<&Self::Storage>,
+        y: &mut Self::Storage,
+    ) -> Result<()>;
+
+    /// Executes a validated batch-norm plan; `params` are scale, bias, mean, var.
+    fn launch_batch_norm(
+        &self,
+        plan: &BatchNormPlan,
+        x: &Self::Storage,
+        params: [&Self::Storage; 4],
+        y: &mut Self::Storage,
+    ) -> Result<()>;
+
+    /// Executes a validated softmax plan.
+    fn launch_softmax(
+        &self,
+        plan: &SoftmaxPlan,
+        x: &Self::Storage,
+        y: &mut Self::Storage,
+    ) -> Result<()>;
+
+    /// ONNX Gemm: `relu?(alpha·A'·B' + beta·C)`.
+    fn gemm(
+        &self,
+        op: &Gemm,
+        a: &Tensor<Self::Storage>,
+        b: &Tensor<Self::Storage>,
+        c: Option<&Tensor<Self::Storage>>,
+    ) -> Result<Tensor<Self::Storage>> {
+        let plan = op.plan(a.desc(), b.desc(), c.map(Tensor::desc))?;
+        let mut y = self.alloc(&plan.output)?;
+        self.launch_gemm(
+            &plan,
+            a.storage(),
+            b.storage(),
+            c.map(Tensor::storage),
+            y.storage_mut(),
+        )?;
+        Ok(y)
+    }
+
+    /// ONNX Gemm written into `y`, which must have the output's shape and dtype.
+    fn gemm_into(
+        &self,
+        op: &Gemm,
+        a: &Tensor<Self::Storage>,
+        b: &Tensor<Self::Storage>,
+        c: Option<&Tensor<Self::Storage>>,
+        y: &mut Tensor<Self::Storage>,
+    ) -> Result<()> {
+        let plan = op.plan(a.desc(), b.desc(), c.map(Tensor::desc))?;
+        check_output("Gemm", &plan.output, y.desc())?;
+        self.launch_gemm(
+            &plan,
+            a.storage(),
+            b.storage(),
+            c.map(Tensor::storage),
+            y.storage_mut(),
+        )
+    }
+
+    /// ONNX MatMul with batch broadcasting.
+    fn matmul(
+        &self,
+        a: &Tensor<Self::Storage>,
+        b: &Tensor<Self::Storage>,
+    ) -> Result<Tensor<Self::Storage>> {
+        let plan = MatMul.plan(a.desc(), b.desc())?;
+        let mut y = self.alloc(&plan.output)?;
+        self.launch_gemm(&plan, a.storage(), b.storage(), None, y.storage_mut())?;
+        Ok(y)
+    }
+
+    /// ONNX MatMul written into `y`.
+    fn matmul_into(
+        &self,
+        a: &Tensor<Self::Storage>,
+        b: &Tensor<Self::Storage>,
+        y: &mut Tensor<Self::Storage>,
+    ) -> Result<()> {
+        let plan = MatMul.plan(a.desc(), b.desc())?;
+        check_output("MatMul", &plan.output, y.desc())?;
+        self.launch_gemm(&plan, a.storage(), b.storage(), None, y.storage_mut())
+    }
+
+    /// ONNX Conv (2-D, NCHW/OIHW) with optional bias.
+    fn conv(
+        &self,
+        op: &Conv,
+        x: &Tensor<Self::Storage>,
+        w: &Tensor<Self::Storage>,
+        bias: Option<&Tensor<Self::Storage>>,
+    ) -> Result<Tensor<Self::Storage>> {
+        let plan = op.plan(x.desc(), w.desc(), bias.map(Tensor::desc))?;
+        let mut y = self.alloc(&plan.output)?;
+        self.launch_conv(
+            &plan,
+            x.storage(),
+            w.storage(),
+            bias.map(Tensor::storage),
+            y.storage_mut(),
+        )?;
+        Ok(y)
+    }
+
+    /// ONNX Conv written into `y`.
+    fn conv_into(
+        &self,
+        op: &Conv,
+        x: &Tensor<Self::Storage>,
+        w: &Tensor<Self::Storage>,
+        bias: Option<&Tensor<Self::Storage>>,
+        y: &mut Tensor<Self::Storage>,
+    ) -> Result<()> {
+        let plan = op.plan(x.desc(), w.desc(), bias.map(Tensor::desc))?;
+        check_output("Conv", &plan.output, y.desc())?;
+        self.launch_conv(
+            &plan,
+            x.storage(),
+            w.storage(),
+            bias.map(Tensor::storage),
+            y.storage_mut(),
+        )
+    }
+
+    /// ONNX BatchNormalization (inference); `params` are scale, bias, mean, var.
+    fn batch_norm(
+        &self,
+        op: &BatchNorm,
+        x: &Tensor<Self::Storage>,
+        params: [&Tensor<Self::Storage>; 4],
+    ) -> Result<Tensor<Self::Storage>> {
+        let plan = op.plan(x.desc(), params.map(Tensor::desc))?;
+        let mut y = self.alloc(&plan.output)?;
+        self.launch_batch_norm(
+            &plan,
+            x.storage(),
+            params.map(Tensor::storage),
+            y.storage_mut(),
+        )?;
+        Ok(y)
+    }
+
+    /// ONNX BatchNormalization written into `y`.
+    fn batch_norm_into(
+        &self,
+        op: &BatchNorm,
+        x: &Tensor<Self::Storage>,
+        params: [&Tensor<Self::Storage>; 4],
+        y: &mut Tensor<Self::Storage>,
+    ) -> Result<()> {
+        let plan = op.plan(x.desc(), params.map(Tensor::desc))?;
+        check_output("BatchNormalization", &plan.output, y.desc())?;
+        self.launch_batch_norm(
+            &plan,
+            x.storage(),
+            params.map(Tensor::storage),
+            y.storage_mut(),
+        )
+    }
+
+    /// ONNX Softmax along `op.axis`.
+    fn softmax(&self, op: &Softmax, x: &Tensor<Self::Storage>) -> Result<Tensor<Self::Storage>> {
+        let plan = op.plan(x.desc())?;
+        let mut y = self.alloc(&plan.output)?;
+        self.launch_softmax(&plan, x.storage(), y.storage_mut())?;
+        Ok(y)
+    }
+
+    /// ONNX Softmax written into `y`.
+    fn softmax_into(
+        &self,
+        op: &Softmax,
+        x: &Tensor<Self::Storage>,
+        y: &mut Tensor<Self::Storage>,
+    ) -> Result<()> {
+        let plan = op.plan(x.desc())?;
+        check_output("Softmax", &plan.output, y.desc())?;
+        self.launch_softmax(&plan, x.storage(), y.storage_mut())
+    }
+}
+
+/// Checks that a caller-provided output matches what the op produces.
+fn check_output(op: &'static str, expected: &TensorDesc, got: &TensorDesc) -> Result<()> {
+    if expected != got {
+        return Err(Error::Output {
+            op,
+            expected: expected.shape().to_vec(),
+            expected_dtype: expected.dtype(),
+            got: got.shape().to_vec(),
+            got_dtype: got.dtype(),
+        });
+    }
+    Ok(())
+}

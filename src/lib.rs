@@ -1,0 +1,36 @@
+//! # eia — open elastic inference accelerators
+//!
+//! ONNX-exact inference ops (GEMM/MatMul, Conv, BatchNormalization, Softmax) in FP32 and in FP16
+//! with FP32 accumulation, on a fast multi-threaded CPU backend, behind one backend contract that
+//! the CUDA backend, metered virtual accelerators and the remote client implement too.
+//!
+//! ```
+//! use eia::{Backend, CpuBackend, HostTensor, ops::Gemm};
+//!
+//! let cpu = CpuBackend::new();
+//! let a = cpu.upload(&HostTensor::new(&[2, 3], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0])?)?;
+//! let b = cpu.upload(&HostTensor::new(&[3, 1], vec![1.0f32, 0.5, 0.25])?)?;
+//! let y = cpu.download(&cpu.gemm(&Gemm::default(), &a, &b, None)?)?;
+//! assert_eq!(y.data().to_f32_vec(), vec![2.75, 8.0]);
+//! # Ok::<(), eia::Error>(())
+//! ```
+//!
+//! # Layout
+//!
+//! The modules follow the flow of one op call:
+//! - [`ops`] — what a computation means: ONNX attributes, validation, shape inference, FLOPs.
+//! - [`backend`] — how a device computes it: the [`Backend`] contract and the [`CpuBackend`].
+//! - [`tensor`], [`dtype`] — tensors, descriptors, host data, element types.
+//! - [`error`] — the one typed [`Error`].
+
+pub mod backend;
+pub mod dtype;
+pub mod error;
+pub mod ops;
+pub mod tensor;
+
+pub use backend::{Backend, CpuBackend};
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use half::f16;
+pub use tensor::{HostData, HostTensor, Tensor, TensorDesc};

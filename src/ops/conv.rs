@@ -1,0 +1,234 @@
+//! Conv (ONNX, 2-D): NCHW input, OIHW weights, strides, asymmetric pads, dilations, groups
+//! (depthwise included), optional bias, auto_pad, and an optional fused ReLU.
+
+use super::{expect_rank, same_dtype};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::TensorDesc;
+
+const OP: &str = "Conv";
+
+/// ONNX `auto_pad`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AutoPad {
+    /// Use the explicit `pads`.
+    #[default]
+    NotSet,
+    /// Output is `ceil(in / stride)`; odd padding goes at the end.
+    SameUpper,
+    /// Output is `ceil(in / stride)`; odd padding goes at the beginning.
+    SameLower,
+    /// No padding.
+    Valid,
+}
+
+/// ONNX Conv attributes for 2-D inputs, plus an optional fused ReLU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conv {
+    /// `[stride_h, stride_w]`.
+    pub strides: [usize; 2],
+    /// ONNX order `[top, left, bottom, right]`; used only with `AutoPad::NotSet`.
+    pub pads: [usize; 4],
+    /// `[dilation_h, dilation_w]`.
+    pub dilations: [usize; 2],
+    pub group: usize,
+    pub auto_pad: AutoPad,
+    /// Optional ONNX `kernel_shape`; when given it must match the weights.
+    pub kernel_shape: Option<[usize; 2]>,
+    /// Apply `max(0, y)` after the bias (fused epilogue).
+    pub relu: bool,
+}
+
+impl Default for Conv {
+    fn default() -> Self {
+        Conv {
+            strides: [1, 1],
+            pads: [0; 4],
+            dilations: [1, 1],
+            group: 1,
+            auto_pad: AutoPad::NotSet,
+            kernel_shape: None,
+            relu: false,
+        }
+    }
+}
+
+/// A validated 2-D convolution. Input `[n, c, h, w]`, weights `[k, c/group, r, s]`, output
+/// `[n, k, p, q]`; input row `p·stride_h + r·dilation_h - pad_top` feeds output row `p`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvPlan {
+    pub dtype: DType,
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub r: usize,
+    pub s: usize,
+    pub p: usize,
+    pub q: usize,
+    pub group: usize,
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// Resolved `[top, left]` padding (bottom/right follow from the output size).
+    pub pad: [usize; 2],
+    pub bias: bool,
+    pub relu: bool,
+    pub output: TensorDesc,
+}
+
+impl ConvPlan {
+    /// Input channels per group.
+    pub fn c_per_group(&self) -> usize {
+        self.c / self.group
+    }
+
+    /// Output channels per group.
+    pub fn k_per_group(&self) -> usize {
+        self.k / self.group
+    }
+
+    /// Exact FLOP count: `2·N·K·P·Q·(C/group)·R·S`.
+    pub fn flops(&self) -> u64 {
+        2 * [
+            self.n,
+            self.k,
+            self.p,
+            self.q,
+            self.c_per_group(),
+            self.r,
+            self.s,
+        ]
+        .iter()
+        .map(|&d| d as u64)
+        .product::<u64>()
+    }
+}
+
+impl Conv {
+    /// Validates input `x` (NCHW), weights `w` (OIHW) and optional bias `[K]`, and resolves
+    /// padding and the output shape.
+    pub fn plan(
+        &self,
+        x: &TensorDesc,
+        w: &TensorDesc,
+        bias: Option<&TensorDesc>,
+    ) -> Result<ConvPlan> {
+        let dtype = x.dtype();
+        same_dtype(OP, "W", dtype, w)?;
+        expect_rank(OP, "X", x, 4)?;
+        expect_rank(OP, "W", w, 4)?;
+        for (name, v) in [("strides", self.strides), ("dilations", self.dilations)] {
+            if v.contains(&0) {
+                return Err(Error::attribute(
+                    OP,
+                    name,
+                    format!("must be >= 1, got {v:?}"),
+                ));
+            }
+        }
+        let [n, c, h, wd] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+        let [k, cg, r, s] = [w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]];
+        let group = self.group;
+        if group == 0 {
+            return Err(Error::attribute(OP, "group", "must be >= 1, got 0"));
+        }
+        if c % group != 0 || k % group != 0 {
+            return Err(Error::attribute(
+                OP,
+                "group",
+                format!("{group} must divide input channels C={c} and output channels K={k}"),
+            ));
+        }
+        if cg != c / group {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "W {:?} has {cg} input channels per group, X {:?} with group={group} needs {}",
+                    w.shape(),
+                    x.shape(),
+                    c / group
+                ),
+            ));
+        }
+        if r == 0 || s == 0 {
+            return Err(Error::shape(
+                OP,
+                format!("W {:?} has an empty kernel", w.shape()),
+            ));
+        }
+        if let Some(ks) = self.kernel_shape {
+            if ks != [r, s] {
+                return Err(Error::attribute(
+                    OP,
+                    "kernel_shape",
+                    format!("{ks:?} does not match the weights' kernel [{r}, {s}]"),
+                ));
+            }
+        }
+        if let Some(b) = bias {
+            same_dtype(OP, "B", dtype, b)?;
+            if b.shape() != [k] {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "bias B must have shape [{k}] (one per output channel), got {:?}",
+                        b.shape()
+                    ),
+                ));
+            }
+        }
+        let (pad_h, p) = self.resolve_axis(0, h, r)?;
+        let (pad_w, q) = self.resolve_axis(1, wd, s)?;
+        Ok(ConvPlan {
+            dtype,
+            n,
+            c,
+            h,
+            w: wd,
+            k,
+            r,
+            s,
+            p,
+            q,
+            group,
+            stride: self.strides,
+            dilation: self.dilations,
+            pad: [pad_h, pad_w],
+            bias: bias.is_some(),
+            relu: self.relu,
+            output: TensorDesc::new(dtype, &[n, k, p, q])?,
+        })
+    }
+
+    /// Padding at the beginning and the output size along spatial axis `axis` (0 = H, 1 = W).
+    fn resolve_axis(&self, axis: usize, input: usize, kernel: usize) -> Result<(usize, usize)> {
+        let stride = self.strides[axis];
+        let extent = self.dilations[axis] * (kernel - 1) + 1;
+        let (begin, end) = match self.auto_pad {
+            AutoPad::NotSet => (self.pads[axis], self.pads[axis + 2]),
+            AutoPad::Valid => (0, 0),
+            AutoPad::SameUpper | AutoPad::SameLower => {
+                let out = input.div_ceil(stride);
+                let total = ((out.max(1) - 1) * stride + extent).saturating_sub(input);
+                let small = total / 2;
+                if self.auto_pad == AutoPad::SameUpper {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                }
+            }
+        };
+        let padded = input + begin + end;
+        if padded < extent {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{} axis: padded input {padded} (input {input} + pads {begin}+{end}) is smaller than the dilated kernel {extent}",
+                    ["H", "W"][axis]
+                ),
+            ));
+        }
+        Ok((begin, (padded - extent) / stride + 1))
+    }
+}

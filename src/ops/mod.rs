@@ -1,0 +1,63 @@
+//! What each computation means, independent of any device: ONNX attributes, validation and shape
+//! inference (a typed error for every bad operand), and the exact FLOP count the meter charges.
+//!
+//! Each op family turns its attributes and operand descriptors into a *plan*: the validated,
+//! fully resolved problem a backend executes without checking anything again.
+//!
+//! FLOP counts (what the meter charges, per the product contract):
+//! - Gemm / MatMul: `2·M·N·K` per batch matrix; the alpha/beta/C epilogue and ReLU are not charged.
+//! - Conv: `2·N·K·P·Q·(C/group)·R·S`; bias and ReLU are not charged.
+//! - BatchNormalization: `2` per element (one multiply, one add after folding the statistics).
+//! - Softmax: `5` per element (max, subtract, exp, sum, scale).
+
+pub mod batchnorm;
+pub mod conv;
+pub mod gemm;
+pub mod softmax;
+
+pub use batchnorm::{BatchNorm, BatchNormPlan};
+pub use conv::{AutoPad, Conv, ConvPlan};
+pub use gemm::{Gemm, GemmPlan, MatLayout, MatMul};
+pub use softmax::{Softmax, SoftmaxPlan};
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::TensorDesc;
+
+/// Checks that `operand` has the op's dtype.
+fn same_dtype(
+    op: &'static str,
+    operand: &'static str,
+    expected: DType,
+    t: &TensorDesc,
+) -> Result<()> {
+    if t.dtype() != expected {
+        return Err(Error::DTypeMismatch {
+            op,
+            operand,
+            expected,
+            got: t.dtype(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `t` has rank `rank`.
+fn expect_rank(op: &'static str, operand: &'static str, t: &TensorDesc, rank: usize) -> Result<()> {
+    if t.rank() != rank {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{operand} must have rank {rank}, got shape {:?} (rank {})",
+                t.shape(),
+                t.rank()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Product of dimensions as u64 (FLOP counts never overflow for tensors that fit in memory).
+fn product(dims: &[usize]) -> u64 {
+    dims.iter().map(|&d| d as u64).product()
+}

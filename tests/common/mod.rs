@@ -1,0 +1,124 @@
+//! The op conformance suite, written once and run against every backend.
+//!
+//! `backend_suite!(make_backend)` expands to one `#[test]` per suite function for the backend
+//! built by `make_backend` (candle's `test_device!` pattern). Every check compares against the
+//! float64 reference (`reference.rs`) on fresh random inputs rounded to the tested dtype, writes
+//! into outputs poisoned with NaN first, and bounds the relative error ‖out − ref‖ / ‖ref‖ by
+//! 1e-5 (F32) or 1e-3 (F16). The random seed is printed so a failure can be replayed with
+//! `EIA_TEST_SEED=<seed>`.
+
+#![allow(dead_code)]
+
+pub mod reference;
+pub mod suite;
+
+use eia::{Backend, DType, HostTensor, Tensor};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// Relative error bound per dtype.
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 1e-3,
+    }
+}
+
+/// A seeded generator: fresh each run unless `EIA_TEST_SEED` is set; the seed is printed.
+pub fn rng(test: &str) -> StdRng {
+    let seed = std::env::var("EIA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random::<u64>());
+    println!("{test}: EIA_TEST_SEED={seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// A host tensor of `dtype` with uniform values in `[lo, hi)` (never all zero), rounded to
+/// `dtype`.
+pub fn random(rng: &mut StdRng, dtype: DType, shape: &[usize], lo: f32, hi: f32) -> HostTensor {
+    let len: usize = shape.iter().product();
+    let values: Vec<f32> = (0..len).map(|_| rng.random_range(lo..hi)).collect();
+    HostTensor::from_f32(dtype, shape, &values).unwrap()
+}
+
+/// The tensor's values widened to f64 (what the reference sees: the rounded inputs).
+pub fn f64s(t: &HostTensor) -> Vec<f64> {
+    t.data().to_f64_vec()
+}
+
+/// A device tensor of `dtype` and `shape` filled with NaN.
+pub fn poisoned<B: Backend>(backend: &B, dtype: DType, shape: &[usize]) -> Tensor<B::Storage> {
+    backend
+        .upload(&HostTensor::full(dtype, shape, f32::NAN).unwrap())
+        .unwrap()
+}
+
+/// Asserts `got` (downloaded) matches `want` within the dtype's relative error bound; NaN in
+/// `got` fails unless `want` has NaN in the same place.
+pub fn assert_close(what: &str, got: &HostTensor, want: &[f64], want_shape: &[usize]) {
+    assert_eq!(got.shape(), want_shape, "{what}: output shape");
+    let tol = tolerance(got.dtype());
+    let got = got.data().to_f64_vec();
+    assert_eq!(got.len(), want.len(), "{what}: output length");
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if w.is_nan() {
+            assert!(
+                g.is_nan(),
+                "{what}: element {i} is {g}, the reference is NaN"
+            );
+            continue;
+        }
+        assert!(
+            !g.is_nan(),
+            "{what}: element {i} is NaN (unwritten or invalid), reference {w}"
+        );
+        if w.is_infinite() || g.is_infinite() {
+            assert_eq!(g, w, "{what}: element {i}");
+            continue;
+        }
+        diff += (g - w) * (g - w);
+        norm += w * w;
+    }
+    let rel = if norm == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / norm).sqrt()
+    };
+    assert!(
+        rel <= tol,
+        "{what}: relative error {rel:.3e} exceeds {tol:e}"
+    );
+}
+
+/// Runs the suite for one backend.
+#[macro_export]
+macro_rules! backend_suite {
+    ($make:expr) => {
+        $crate::backend_suite!(@tests $make;
+            gemm_matches_reference,
+            gemm_allocating_form,
+            matmul_batched_broadcast,
+            conv_matches_reference,
+            conv_resnet_shapes,
+            batch_norm_matches_reference,
+            softmax_every_axis,
+            softmax_extremes,
+            empty_tensors,
+            errors_gemm_matmul,
+            errors_conv,
+            errors_batch_norm_softmax,
+            errors_leave_output_untouched,
+        );
+    };
+    (@tests $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let backend = $make;
+                common::suite::$name(&backend);
+            }
+        )*
+    };
+}

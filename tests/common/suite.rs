@@ -1,0 +1,779 @@
+//! The suite bodies, generic over the backend. Each runs both dtypes.
+
+use eia::ops::{AutoPad, BatchNorm, Conv, Gemm, Softmax};
+use eia::{Backend, DType, Error, HostTensor};
+use rand::RngExt;
+
+use super::{assert_close, f64s, poisoned, random, reference, rng};
+
+fn up<B: Backend>(b: &B, t: &HostTensor) -> eia::Tensor<B::Storage> {
+    b.upload(t).unwrap()
+}
+
+/// Gemm over edge shapes × transposes × every C broadcast × alpha/beta × ReLU.
+pub fn gemm_matches_reference<B: Backend>(backend: &B) {
+    let mut rng = rng("gemm_matches_reference");
+    let shapes = [
+        (1, 1, 1),
+        (1, 7, 13),
+        (17, 1, 5),
+        (3, 5, 1),
+        (31, 37, 41),
+        (64, 64, 64),
+        (127, 129, 65),
+        (8, 9, 4099),
+        (257, 200, 300),
+    ];
+    let mut case = 0usize;
+    for dtype in DType::ALL {
+        for &(m, n, k) in &shapes {
+            for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+                case += 1;
+                let c_shape: Option<Vec<usize>> = match case % 6 {
+                    0 => None,
+                    1 => Some(vec![]),
+                    2 => Some(vec![n]),
+                    3 => Some(vec![m, 1]),
+                    4 => Some(vec![m, n]),
+                    _ => Some(vec![1, n]),
+                };
+                let op = Gemm {
+                    alpha: rng.random_range(0.5..2.0),
+                    beta: rng.random_range(-1.5..1.5),
+                    trans_a,
+                    trans_b,
+                    relu: case % 5 == 0,
+                };
+                let a_shape = if trans_a { [k, m] } else { [m, k] };
+                let b_shape = if trans_b { [n, k] } else { [k, n] };
+                let a = random(&mut rng, dtype, &a_shape, -1.0, 1.0);
+                let b = random(&mut rng, dtype, &b_shape, -1.0, 1.0);
+                let c = c_shape
+                    .as_ref()
+                    .map(|s| random(&mut rng, dtype, s, -1.0, 1.0));
+                let (want, want_shape) = reference::gemm(
+                    &f64s(&a),
+                    &a_shape,
+                    &f64s(&b),
+                    &b_shape,
+                    c.as_ref()
+                        .map(|c| (f64s(c), c.shape().to_vec()))
+                        .as_ref()
+                        .map(|(v, s)| (&v[..], &s[..])),
+                    op.alpha as f64,
+                    op.beta as f64,
+                    trans_a,
+                    trans_b,
+                    op.relu,
+                );
+                let (da, db) = (up(backend, &a), up(backend, &b));
+                let dc = c.as_ref().map(|c| up(backend, c));
+                let mut y = poisoned(backend, dtype, &want_shape);
+                backend
+                    .gemm_into(&op, &da, &db, dc.as_ref(), &mut y)
+                    .unwrap();
+                let what = format!("{dtype} Gemm m={m} n={n} k={k} {op:?} C={c_shape:?}");
+                assert_close(&what, &backend.download(&y).unwrap(), &want, &want_shape);
+            }
+        }
+    }
+}
+
+/// The allocating forms return the same as the `_into` forms.
+pub fn gemm_allocating_form<B: Backend>(backend: &B) {
+    let mut rng = rng("gemm_allocating_form");
+    for dtype in DType::ALL {
+        let a = random(&mut rng, dtype, &[19, 23], -1.0, 1.0);
+        let b = random(&mut rng, dtype, &[23, 11], -1.0, 1.0);
+        let (want, shape) = reference::gemm(
+            &f64s(&a),
+            &[19, 23],
+            &f64s(&b),
+            &[23, 11],
+            None,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+        );
+        let y = backend
+            .gemm(&Gemm::default(), &up(backend, &a), &up(backend, &b), None)
+            .unwrap();
+        assert_close(
+            &format!("{dtype} Gemm (allocating)"),
+            &backend.download(&y).unwrap(),
+            &want,
+            &shape,
+        );
+        let y = backend.matmul(&up(backend, &a), &up(backend, &b)).unwrap();
+        assert_close(
+            &format!("{dtype} MatMul (allocating)"),
+            &backend.download(&y).unwrap(),
+            &want,
+            &shape,
+        );
+    }
+}
+
+/// MatMul: 1-D promotion, batch dims, broadcasting both ways.
+pub fn matmul_batched_broadcast<B: Backend>(backend: &B) {
+    let mut rng = rng("matmul_batched_broadcast");
+    let cases: [(&[usize], &[usize]); 10] = [
+        (&[5], &[5]),
+        (&[5], &[5, 3]),
+        (&[4, 5], &[5]),
+        (&[7, 1], &[1, 3]),
+        (&[2, 3, 4], &[4, 5]),
+        (&[3, 4], &[2, 4, 5]),
+        (&[2, 1, 3, 4], &[5, 4, 6]),
+        (&[1, 4], &[3, 4, 2]),
+        (&[64, 13, 17], &[64, 17, 19]),
+        (&[2, 3, 33, 65], &[1, 3, 65, 31]),
+    ];
+    for dtype in DType::ALL {
+        for (a_shape, b_shape) in cases {
+            let a = random(&mut rng, dtype, a_shape, -1.0, 1.0);
+            let b = random(&mut rng, dtype, b_shape, -1.0, 1.0);
+            let (want, want_shape) = reference::matmul(&f64s(&a), a_shape, &f64s(&b), b_shape);
+            let mut y = poisoned(backend, dtype, &want_shape);
+            backend
+                .matmul_into(&up(backend, &a), &up(backend, &b), &mut y)
+                .unwrap();
+            let what = format!("{dtype} MatMul {a_shape:?} x {b_shape:?}");
+            assert_close(&what, &backend.download(&y).unwrap(), &want, &want_shape);
+        }
+    }
+}
+
+/// One conv case: input shape, weight shape, attributes, with or without bias.
+fn conv_case<B: Backend>(
+    backend: &B,
+    rng: &mut rand::rngs::StdRng,
+    dtype: DType,
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    op: &Conv,
+    bias: bool,
+) {
+    let x = random(rng, dtype, &x_shape, -1.0, 1.0);
+    let w = random(rng, dtype, &w_shape, -1.0, 1.0);
+    let b = bias.then(|| random(rng, dtype, &[w_shape[0]], -1.0, 1.0));
+    let bias64 = b.as_ref().map(f64s);
+    let (want, want_shape) = reference::conv(
+        op,
+        &f64s(&x),
+        &x_shape,
+        &f64s(&w),
+        &w_shape,
+        bias64.as_deref(),
+    );
+    let db = b.as_ref().map(|b| up(backend, b));
+    let mut y = poisoned(backend, dtype, &want_shape);
+    backend
+        .conv_into(op, &up(backend, &x), &up(backend, &w), db.as_ref(), &mut y)
+        .unwrap();
+    let what = format!("{dtype} Conv X{x_shape:?} W{w_shape:?} bias={bias} {op:?}");
+    assert_close(&what, &backend.download(&y).unwrap(), &want, &want_shape);
+}
+
+/// Conv edge cases: strides, asymmetric pads, dilations, groups, depthwise, auto_pad, 1×1.
+pub fn conv_matches_reference<B: Backend>(backend: &B) {
+    let mut rng = rng("conv_matches_reference");
+    let conv = |strides: [usize; 2],
+                pads: [usize; 4],
+                dilations: [usize; 2],
+                group: usize,
+                auto_pad: AutoPad,
+                relu: bool| Conv {
+        strides,
+        pads,
+        dilations,
+        group,
+        auto_pad,
+        kernel_shape: None,
+        relu,
+    };
+    use AutoPad::*;
+    #[rustfmt::skip]
+    let cases: Vec<([usize; 4], [usize; 4], Conv, bool)> = vec![
+        ([1, 1, 1, 1], [1, 1, 1, 1], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), false),
+        ([1, 3, 7, 7], [5, 3, 3, 3], conv([1, 1], [1, 1, 1, 1], [1, 1], 1, NotSet, false), true),
+        ([2, 3, 11, 13], [4, 3, 3, 3], conv([2, 2], [1, 1, 1, 1], [1, 1], 1, NotSet, true), true),
+        ([1, 2, 9, 10], [3, 2, 3, 2], conv([1, 2], [2, 0, 1, 3], [1, 1], 1, NotSet, false), true),
+        ([1, 4, 13, 11], [6, 4, 3, 3], conv([1, 1], [2, 2, 2, 2], [2, 3], 1, NotSet, false), false),
+        ([2, 6, 8, 9], [4, 3, 3, 3], conv([1, 1], [1, 1, 1, 1], [1, 1], 2, NotSet, false), true),
+        ([1, 8, 10, 10], [8, 1, 3, 3], conv([1, 1], [1, 1, 1, 1], [1, 1], 8, NotSet, true), true),
+        ([2, 5, 12, 9], [10, 1, 5, 3], conv([2, 1], [2, 1, 0, 2], [1, 2], 5, NotSet, false), true),
+        ([1, 7, 9, 9], [7, 1, 3, 3], conv([2, 2], [0; 4], [1, 1], 7, SameUpper, false), false),
+        ([1, 16, 5, 7], [11, 16, 1, 1], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), true),
+        ([3, 16, 7, 7], [8, 16, 1, 1], conv([2, 2], [0; 4], [1, 1], 1, NotSet, false), false),
+        ([1, 3, 23, 23], [8, 3, 7, 7], conv([2, 2], [3, 3, 3, 3], [1, 1], 1, NotSet, true), true),
+        ([1, 3, 10, 9], [4, 3, 4, 3], conv([3, 2], [0; 4], [1, 1], 1, SameUpper, false), true),
+        ([1, 3, 10, 9], [4, 3, 4, 3], conv([3, 2], [0; 4], [1, 1], 1, SameLower, false), true),
+        ([1, 3, 10, 9], [4, 3, 4, 2], conv([2, 3], [0; 4], [2, 1], 1, Valid, false), false),
+        ([1, 2, 5, 5], [3, 2, 5, 5], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), true),
+        ([1, 2, 3, 3], [3, 2, 3, 3], conv([1, 1], [4, 4, 4, 4], [1, 1], 1, NotSet, false), false),
+        ([1, 640, 3, 3], [5, 640, 3, 3], conv([1, 1], [1, 1, 1, 1], [1, 1], 1, NotSet, false), false),
+        ([2, 12, 6, 6], [12, 4, 3, 3], conv([1, 1], [1, 1, 1, 1], [1, 1], 3, NotSet, false), true),
+    ];
+    for dtype in DType::ALL {
+        for (x, w, op, bias) in &cases {
+            conv_case(backend, &mut rng, dtype, *x, *w, op, *bias);
+        }
+    }
+}
+
+/// ResNet-50 layer shapes at batch 1 (large K, many channels); exercises the threaded paths.
+pub fn conv_resnet_shapes<B: Backend>(backend: &B) {
+    let mut rng = rng("conv_resnet_shapes");
+    let pad1 = Conv {
+        pads: [1; 4],
+        ..Conv::default()
+    };
+    let cases: [([usize; 4], [usize; 4], Conv); 3] = [
+        ([1, 64, 14, 14], [64, 64, 3, 3], pad1.clone()),
+        ([1, 256, 14, 14], [64, 256, 1, 1], Conv::default()),
+        (
+            [1, 128, 15, 15],
+            [128, 128, 3, 3],
+            Conv {
+                strides: [2, 2],
+                ..pad1
+            },
+        ),
+    ];
+    for dtype in DType::ALL {
+        for (x, w, op) in &cases {
+            conv_case(backend, &mut rng, dtype, *x, *w, op, true);
+        }
+    }
+}
+
+/// BatchNormalization over ranks 2–5 and several epsilons.
+pub fn batch_norm_matches_reference<B: Backend>(backend: &B) {
+    let mut rng = rng("batch_norm_matches_reference");
+    let shapes: [&[usize]; 6] = [
+        &[1, 1],
+        &[2, 3],
+        &[3, 5, 7],
+        &[2, 4, 5, 6],
+        &[1, 3, 1, 1, 2],
+        &[2, 64, 33, 17],
+    ];
+    for dtype in DType::ALL {
+        for (i, shape) in shapes.iter().enumerate() {
+            let c = shape[1];
+            let op = BatchNorm {
+                epsilon: [1e-5, 1e-3, 0.0, 0.1][i % 4],
+            };
+            let x = random(&mut rng, dtype, shape, -3.0, 3.0);
+            let scale = random(&mut rng, dtype, &[c], 0.5, 2.0);
+            let bias = random(&mut rng, dtype, &[c], -1.0, 1.0);
+            let mean = random(&mut rng, dtype, &[c], -0.5, 0.5);
+            let var = random(&mut rng, dtype, &[c], 0.25, 2.0);
+            let want = reference::batch_norm(
+                &f64s(&x),
+                shape,
+                &f64s(&scale),
+                &f64s(&bias),
+                &f64s(&mean),
+                &f64s(&var),
+                op.epsilon as f64,
+            );
+            let params = [&scale, &bias, &mean, &var].map(|t| up(backend, t));
+            let mut y = poisoned(backend, dtype, shape);
+            backend
+                .batch_norm_into(
+                    &op,
+                    &up(backend, &x),
+                    [&params[0], &params[1], &params[2], &params[3]],
+                    &mut y,
+                )
+                .unwrap();
+            let what = format!("{dtype} BatchNormalization {shape:?} {op:?}");
+            assert_close(&what, &backend.download(&y).unwrap(), &want, shape);
+        }
+    }
+}
+
+fn softmax_case<B: Backend>(backend: &B, x: &HostTensor, axis: i64) {
+    let want = reference::softmax(&f64s(x), x.shape(), axis);
+    let mut y = poisoned(backend, x.dtype(), x.shape());
+    backend
+        .softmax_into(&Softmax { axis }, &up(backend, x), &mut y)
+        .unwrap();
+    let what = format!("{} Softmax {:?} axis={axis}", x.dtype(), x.shape());
+    assert_close(&what, &backend.download(&y).unwrap(), &want, x.shape());
+}
+
+/// Softmax along every axis, negative and positive, of several ranks, and long rows.
+pub fn softmax_every_axis<B: Backend>(backend: &B) {
+    let mut rng = rng("softmax_every_axis");
+    let shapes: [&[usize]; 7] = [
+        &[1],
+        &[1, 1],
+        &[3, 4, 5],
+        &[2, 3, 5, 7],
+        &[7, 1000],
+        &[3, 32771],
+        &[4099, 3],
+    ];
+    for dtype in DType::ALL {
+        for shape in shapes {
+            let x = random(&mut rng, dtype, shape, -5.0, 5.0);
+            let rank = shape.len() as i64;
+            for axis in -rank..rank {
+                softmax_case(backend, &x, axis);
+            }
+        }
+    }
+}
+
+/// Large magnitudes (stability), `-inf` entries (→ 0) and a fully `-inf` row (→ NaN, as the
+/// definition gives).
+pub fn softmax_extremes<B: Backend>(backend: &B) {
+    let mut rng = rng("softmax_extremes");
+    for dtype in DType::ALL {
+        let big = if dtype == DType::F16 { 60000.0 } else { 1e30 };
+        let x = random(&mut rng, dtype, &[4, 37], big * 0.99, big);
+        softmax_case(backend, &x, -1);
+        softmax_case(backend, &x, 0);
+        let mut values = random(&mut rng, dtype, &[3, 19], -4.0, 4.0)
+            .data()
+            .to_f32_vec();
+        for (i, v) in values.iter_mut().enumerate() {
+            if i % 3 == 0 || (19..38).contains(&i) {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+        let x = HostTensor::from_f32(dtype, &[3, 19], &values).unwrap();
+        softmax_case(backend, &x, -1);
+        let y = backend
+            .download(
+                &backend
+                    .softmax(&Softmax { axis: 1 }, &up(backend, &x))
+                    .unwrap(),
+            )
+            .unwrap();
+        let y = y.data().to_f32_vec();
+        assert!(
+            y[19..38].iter().all(|v| v.is_nan()),
+            "{dtype}: an all -inf row has no softmax"
+        );
+        assert!(
+            y[..19].iter().step_by(3).all(|&v| v == 0.0),
+            "{dtype}: -inf entries give exactly 0"
+        );
+    }
+}
+
+/// Zero-sized dimensions are valid and produce empty (or zero-filled for K = 0) outputs.
+pub fn empty_tensors<B: Backend>(backend: &B) {
+    for dtype in DType::ALL {
+        let a = HostTensor::full(dtype, &[3, 0], 1.0).unwrap();
+        let b = HostTensor::full(dtype, &[0, 4], 1.0).unwrap();
+        let c = HostTensor::full(dtype, &[4], 0.5).unwrap();
+        let mut y = poisoned(backend, dtype, &[3, 4]);
+        let op = Gemm {
+            beta: 2.0,
+            ..Gemm::default()
+        };
+        backend
+            .gemm_into(
+                &op,
+                &up(backend, &a),
+                &up(backend, &b),
+                Some(&up(backend, &c)),
+                &mut y,
+            )
+            .unwrap();
+        assert_close(
+            &format!("{dtype} Gemm K=0"),
+            &backend.download(&y).unwrap(),
+            &[1.0; 12],
+            &[3, 4],
+        );
+        let mut y = poisoned(backend, dtype, &[3, 4]);
+        backend
+            .matmul_into(&up(backend, &a), &up(backend, &b), &mut y)
+            .unwrap();
+        assert_close(
+            &format!("{dtype} MatMul K=0"),
+            &backend.download(&y).unwrap(),
+            &[0.0; 12],
+            &[3, 4],
+        );
+        let x = HostTensor::full(dtype, &[0, 5], 1.0).unwrap();
+        let y = backend
+            .softmax(&Softmax::default(), &up(backend, &x))
+            .unwrap();
+        assert_eq!(backend.download(&y).unwrap().shape(), &[0, 5]);
+    }
+}
+
+fn expect_err<T: std::fmt::Debug>(what: &str, r: eia::Result<T>, check: impl Fn(&Error) -> bool) {
+    match r {
+        Err(e) => {
+            assert!(check(&e), "{what}: unexpected error kind: {e:?}");
+            assert!(!e.to_string().is_empty());
+        }
+        Ok(v) => panic!("{what}: expected an error, got {v:?}"),
+    }
+}
+
+fn h(dtype: DType, shape: &[usize]) -> HostTensor {
+    HostTensor::full(dtype, shape, 1.0).unwrap()
+}
+
+/// Every Gemm/MatMul validation error is typed and readable.
+pub fn errors_gemm_matmul<B: Backend>(backend: &B) {
+    let f = |shape: &[usize]| up(backend, &h(DType::F32, shape));
+    let g = |shape: &[usize]| up(backend, &h(DType::F16, shape));
+    let shape_err = |e: &Error| matches!(e, Error::Shape { .. });
+    let d = Gemm::default();
+    expect_err(
+        "K mismatch",
+        backend.gemm(&d, &f(&[2, 3]), &f(&[4, 5]), None).map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "rank of A",
+        backend
+            .gemm(&d, &f(&[2, 3, 1]), &f(&[3, 5]), None)
+            .map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "rank of B",
+        backend.gemm(&d, &f(&[2, 3]), &f(&[3]), None).map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "C broadcast",
+        backend
+            .gemm(&d, &f(&[2, 3]), &f(&[3, 5]), Some(&f(&[4])))
+            .map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "C rank",
+        backend
+            .gemm(&d, &f(&[2, 3]), &f(&[3, 5]), Some(&f(&[1, 2, 5])))
+            .map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "C rows",
+        backend
+            .gemm(&d, &f(&[2, 3]), &f(&[3, 5]), Some(&f(&[3, 5])))
+            .map(|_| ()),
+        shape_err,
+    );
+    let trans = Gemm { trans_a: true, ..d };
+    expect_err(
+        "transA K mismatch",
+        backend
+            .gemm(&trans, &f(&[2, 3]), &f(&[3, 5]), None)
+            .map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "dtype B",
+        backend.gemm(&d, &f(&[2, 3]), &g(&[3, 5]), None).map(|_| ()),
+        |e| matches!(e, Error::DTypeMismatch { operand: "B", .. }),
+    );
+    expect_err(
+        "dtype C",
+        backend
+            .gemm(&d, &f(&[2, 3]), &f(&[3, 5]), Some(&g(&[5])))
+            .map(|_| ()),
+        |e| matches!(e, Error::DTypeMismatch { operand: "C", .. }),
+    );
+    let nan_alpha = Gemm {
+        alpha: f32::NAN,
+        ..d
+    };
+    expect_err(
+        "alpha NaN",
+        backend
+            .gemm(&nan_alpha, &f(&[2, 3]), &f(&[3, 5]), None)
+            .map(|_| ()),
+        |e| matches!(e, Error::Attribute { name: "alpha", .. }),
+    );
+    expect_err(
+        "MatMul scalar",
+        backend.matmul(&f(&[]), &f(&[3])).map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "MatMul K",
+        backend.matmul(&f(&[2, 3]), &f(&[4, 5])).map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "MatMul batch",
+        backend.matmul(&f(&[2, 2, 3]), &f(&[3, 3, 5])).map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "MatMul dtype",
+        backend.matmul(&g(&[2, 3]), &f(&[3, 5])).map(|_| ()),
+        |e| matches!(e, Error::DTypeMismatch { .. }),
+    );
+    let msg = backend
+        .gemm(&d, &f(&[2, 3]), &f(&[4, 5]), None)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("Gemm") && msg.contains("K=3") && msg.contains("K=4"),
+        "message names the op and both K: {msg}"
+    );
+}
+
+/// Every Conv validation error is typed and readable.
+pub fn errors_conv<B: Backend>(backend: &B) {
+    let f = |shape: &[usize]| up(backend, &h(DType::F32, shape));
+    let x = f(&[1, 4, 8, 8]);
+    let w = f(&[6, 4, 3, 3]);
+    let d = Conv::default();
+    let shape_err = |e: &Error| matches!(e, Error::Shape { .. });
+    let attr = |name: &'static str| move |e: &Error| matches!(e, Error::Attribute { name: n, .. } if *n == name);
+    expect_err(
+        "rank X",
+        backend.conv(&d, &f(&[4, 8, 8]), &w, None).map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "rank W",
+        backend.conv(&d, &x, &f(&[6, 4, 3]), None).map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "channels",
+        backend.conv(&d, &x, &f(&[6, 3, 3, 3]), None).map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "group divides",
+        backend
+            .conv(
+                &Conv {
+                    group: 3,
+                    ..d.clone()
+                },
+                &x,
+                &w,
+                None,
+            )
+            .map(|_| ()),
+        attr("group"),
+    );
+    expect_err(
+        "group zero",
+        backend
+            .conv(
+                &Conv {
+                    group: 0,
+                    ..d.clone()
+                },
+                &x,
+                &w,
+                None,
+            )
+            .map(|_| ()),
+        attr("group"),
+    );
+    expect_err(
+        "stride zero",
+        backend
+            .conv(
+                &Conv {
+                    strides: [0, 1],
+                    ..d.clone()
+                },
+                &x,
+                &w,
+                None,
+            )
+            .map(|_| ()),
+        attr("strides"),
+    );
+    expect_err(
+        "dilation zero",
+        backend
+            .conv(
+                &Conv {
+                    dilations: [1, 0],
+                    ..d.clone()
+                },
+                &x,
+                &w,
+                None,
+            )
+            .map(|_| ()),
+        attr("dilations"),
+    );
+    expect_err(
+        "kernel too big",
+        backend.conv(&d, &x, &f(&[6, 4, 9, 3]), None).map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "dilated kernel too big",
+        backend
+            .conv(
+                &Conv {
+                    dilations: [4, 1],
+                    ..d.clone()
+                },
+                &x,
+                &w,
+                None,
+            )
+            .map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "bias shape",
+        backend.conv(&d, &x, &w, Some(&f(&[5]))).map(|_| ()),
+        shape_err,
+    );
+    expect_err(
+        "bias dtype",
+        backend
+            .conv(&d, &x, &w, Some(&up(backend, &h(DType::F16, &[6]))))
+            .map(|_| ()),
+        |e| matches!(e, Error::DTypeMismatch { .. }),
+    );
+    expect_err(
+        "kernel_shape",
+        backend
+            .conv(
+                &Conv {
+                    kernel_shape: Some([5, 5]),
+                    ..d.clone()
+                },
+                &x,
+                &w,
+                None,
+            )
+            .map(|_| ()),
+        attr("kernel_shape"),
+    );
+    expect_err(
+        "empty kernel",
+        backend.conv(&d, &x, &f(&[6, 4, 0, 3]), None).map(|_| ()),
+        shape_err,
+    );
+}
+
+/// Every BatchNormalization and Softmax validation error is typed and readable.
+pub fn errors_batch_norm_softmax<B: Backend>(backend: &B) {
+    let f = |shape: &[usize]| up(backend, &h(DType::F32, shape));
+    let p = f(&[3]);
+    let bn = BatchNorm::default();
+    expect_err(
+        "rank 1",
+        backend
+            .batch_norm(&bn, &f(&[3]), [&p, &p, &p, &p])
+            .map(|_| ()),
+        |e| matches!(e, Error::Shape { .. }),
+    );
+    expect_err(
+        "param shape",
+        backend
+            .batch_norm(&bn, &f(&[2, 3, 4]), [&p, &p, &f(&[4]), &p])
+            .map(|_| ()),
+        |e| matches!(e, Error::Shape { msg, .. } if msg.contains("input_mean")),
+    );
+    expect_err(
+        "param dtype",
+        backend
+            .batch_norm(
+                &bn,
+                &f(&[2, 3, 4]),
+                [&p, &up(backend, &h(DType::F16, &[3])), &p, &p],
+            )
+            .map(|_| ()),
+        |e| matches!(e, Error::DTypeMismatch { operand: "B", .. }),
+    );
+    expect_err(
+        "epsilon",
+        backend
+            .batch_norm(&BatchNorm { epsilon: -1.0 }, &f(&[2, 3]), [&p, &p, &p, &p])
+            .map(|_| ()),
+        |e| {
+            matches!(
+                e,
+                Error::Attribute {
+                    name: "epsilon",
+                    ..
+                }
+            )
+        },
+    );
+    for axis in [3, -4, i64::MAX, i64::MIN] {
+        expect_err(
+            "softmax axis",
+            backend
+                .softmax(&Softmax { axis }, &f(&[2, 3, 4]))
+                .map(|_| ()),
+            |e| matches!(e, Error::Attribute { name: "axis", .. }),
+        );
+    }
+    expect_err(
+        "softmax scalar",
+        backend.softmax(&Softmax::default(), &f(&[])).map(|_| ()),
+        |e| matches!(e, Error::Shape { .. }),
+    );
+    expect_err(
+        "host data length",
+        HostTensor::new(&[2, 3], vec![1.0f32; 5]),
+        |e| matches!(e, Error::DataLength { .. }),
+    );
+    expect_err(
+        "host bytes length",
+        HostTensor::from_bytes(DType::F16, &[3], &[0u8; 5]),
+        |e| matches!(e, Error::ByteLength { .. }),
+    );
+    expect_err(
+        "shape overflow",
+        HostTensor::full(DType::F32, &[usize::MAX, 2], 0.0),
+        |e| matches!(e, Error::ShapeOverflow { .. }),
+    );
+    expect_err("dtype name", "int8".parse::<DType>(), |e| {
+        matches!(e, Error::UnknownDType(_))
+    });
+}
+
+/// A failed `_into` call (bad operands or a wrong output) leaves the output as it was.
+pub fn errors_leave_output_untouched<B: Backend>(backend: &B) {
+    let f = |shape: &[usize]| up(backend, &h(DType::F32, shape));
+    let mut y = poisoned(backend, DType::F32, &[2, 5]);
+    expect_err(
+        "bad operands",
+        backend.gemm_into(&Gemm::default(), &f(&[2, 3]), &f(&[4, 5]), None, &mut y),
+        |e| matches!(e, Error::Shape { .. }),
+    );
+    let mut wrong = poisoned(backend, DType::F32, &[5, 2]);
+    expect_err(
+        "wrong output shape",
+        backend.gemm_into(&Gemm::default(), &f(&[2, 3]), &f(&[3, 5]), None, &mut wrong),
+        |e| matches!(e, Error::Output { .. }),
+    );
+    let mut wrong_dtype = poisoned(backend, DType::F16, &[2, 5]);
+    expect_err(
+        "wrong output dtype",
+        backend.softmax_into(&Softmax::default(), &f(&[2, 5]), &mut wrong_dtype),
+        |e| matches!(e, Error::Output { .. }),
+    );
+    for t in [&y, &wrong] {
+        let v = backend.download(t).unwrap().data().to_f32_vec();
+        assert!(
+            v.iter().all(|v| v.is_nan()),
+            "output changed by a failed call"
+        );
+    }
+}
