@@ -22,12 +22,14 @@
 //! - [`backend`] — how a device computes it: the [`Backend`] contract and the [`CpuBackend`].
 //! - [`tensor`], [`dtype`] — tensors, descriptors, host data, element types.
 //! - [`error`] — the one typed [`Error`].
+//! - [`workload`] — named inference shapes shared by `eia run`, the benches and the peer script.
 
 pub mod backend;
 pub mod dtype;
 pub mod error;
 pub mod ops;
 pub mod tensor;
+pub mod workload;
 
 pub use backend::{Backend, CpuBackend};
 pub use dtype::{DType, Element};
