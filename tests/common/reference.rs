@@ -54,8 +54,7 @@ pub fn gemm(
             let mut v = alpha * acc;
             if let Some((c, cs)) = c {
                 // Right-align C's shape against [m, n]; dims of 1 broadcast.
-                let full: Vec<usize> = std::iter::repeat(1)
-                    .take(2 - cs.len())
+                let full: Vec<usize> = std::iter::repeat_n(1, 2 - cs.len())
                     .chain(cs.iter().copied())
                     .collect();
                 let ci = if full[0] == 1 { 0 } else { i };
@@ -90,8 +89,7 @@ pub fn matmul(
     let rank = a2.len().max(b2.len()) - 2;
     let pad = |s: &[usize]| -> Vec<usize> {
         let batch = &s[..s.len() - 2];
-        std::iter::repeat(1)
-            .take(rank - batch.len())
+        std::iter::repeat_n(1, rank - batch.len())
             .chain(batch.iter().copied())
             .collect()
     };

@@ -12,9 +12,6 @@ mod softmax;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
-
 use super::Backend;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
@@ -153,7 +150,7 @@ fn as_f32(data: &HostData) -> Cow<'_, [f32]> {
         HostData::F32(v) => Cow::Borrowed(v),
         HostData::F16(v) => {
             let mut out = vec![0.0; v.len()];
-            v.convert_to_f32_slice(&mut out);
+            simd::f16_to_f32(v, &mut out);
             Cow::Owned(out)
         }
     }
@@ -167,7 +164,7 @@ fn write_f32(y: &mut HostData, f: impl FnOnce(&mut [f32])) {
         HostData::F16(y) => {
             let mut scratch = vec![0.0; y.len()];
             f(&mut scratch);
-            y.convert_from_f32_slice(&scratch);
+            simd::f32_to_f16(&scratch, y);
         }
     }
 }
@@ -177,7 +174,7 @@ fn widen<T: Element>(x: &[T], out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);
     match T::DTYPE {
         DType::F32 => out.copy_from_slice(bytemuck::cast_slice(x)),
-        DType::F16 => bytemuck::cast_slice::<T, f16>(x).convert_to_f32_slice(out),
+        DType::F16 => simd::f16_to_f32(bytemuck::cast_slice(x), out),
     }
 }
 
@@ -185,7 +182,7 @@ fn widen<T: Element>(x: &[T], out: &mut Vec<f32>) {
 fn narrow<T: Element>(x: &[f32], out: &mut [T]) {
     match T::DTYPE {
         DType::F32 => out.copy_from_slice(bytemuck::cast_slice(x)),
-        DType::F16 => bytemuck::cast_slice_mut::<T, f16>(out).convert_from_f32_slice(x),
+        DType::F16 => simd::f32_to_f16(x, bytemuck::cast_slice_mut(out)),
     }
 }
 
@@ -199,7 +196,7 @@ fn widen_chunks<T: Element>(x: &[T], y: &mut [T], mut f: impl FnMut(&[f32], &mut
     let (mut xs, mut ys) = ([0.0f32; CHUNK], [0.0f32; CHUNK]);
     for (xc, yc) in x.chunks(CHUNK).zip(y.chunks_mut(CHUNK)) {
         let n = xc.len();
-        bytemuck::cast_slice::<T, f16>(xc).convert_to_f32_slice(&mut xs[..n]);
+        simd::f16_to_f32(bytemuck::cast_slice(xc), &mut xs[..n]);
         f(&xs[..n], &mut ys[..n]);
         narrow(&ys[..n], yc);
     }

@@ -32,6 +32,7 @@ pub(crate) use multiversion;
 /// vectorise. Inputs below −87.3 (including −∞) give exactly 0; NaN gives NaN. Inputs above 88.3
 /// are clamped (softmax only ever passes `x − max ≤ 0`).
 #[inline(always)]
+#[allow(clippy::excessive_precision)] // Cephes coefficients, as published
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
@@ -39,7 +40,10 @@ pub fn exp(x: f32) -> f32 {
     // 1.5·2^23: adding it rounds to the nearest integer in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.3, 88.3);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    // The integer n sits in t's low mantissa bits (no float→int conversion, which does not vectorise).
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -48,7 +52,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let e = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
     if x < -87.3 {
         0.0
     } else {
@@ -79,5 +83,70 @@ mod tests {
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(f32::NAN).is_nan());
+    }
+}
+
+/// Widens FP16 to FP32 (exact): F16C eight at a time where the CPU has it.
+pub fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU supports F16C and AVX; lengths are equal (asserted above).
+        unsafe { f16c::widen(src, dst) };
+        return;
+    }
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+}
+
+/// Rounds FP32 to FP16 (nearest even): F16C eight at a time where the CPU has it.
+pub fn f32_to_f16(src: &[f32], dst: &mut [half::f16]) {
+    assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU supports F16C and AVX; lengths are equal (asserted above).
+        unsafe { f16c::narrow(src, dst) };
+        return;
+    }
+    half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX and F16C; `dst.len() == src.len()`.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn widen(src: &[f16], dst: &mut [f32]) {
+        let full = src.len() / 8 * 8;
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= full <= len of both slices; unaligned loads and stores.
+            unsafe {
+                let v = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(v));
+            }
+        }
+        for (d, s) in dst[full..].iter_mut().zip(&src[full..]) {
+            *d = s.to_f32();
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX and F16C; `dst.len() == src.len()`.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn narrow(src: &[f32], dst: &mut [f16]) {
+        let full = src.len() / 8 * 8;
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= full <= len of both slices; unaligned loads and stores.
+            unsafe {
+                let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+            }
+        }
+        for (d, s) in dst[full..].iter_mut().zip(&src[full..]) {
+            *d = f16::from_f32(*s);
+        }
     }
 }

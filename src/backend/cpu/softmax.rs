@@ -79,24 +79,28 @@ multiversion! {
             max = if a > max { a } else { max };
         }
         // The comparisons skip NaN; exp(NaN − max) below still turns the whole row NaN.
-        let mut sums = [0.0f32; LANES];
-        let (yc, yt) = y.split_at_mut(x.len() / LANES * LANES);
-        for (yv, xv) in yc.chunks_exact_mut(LANES).zip(x.chunks_exact(LANES)) {
-            for l in 0..LANES {
-                yv[l] = exp(xv[l] - max);
-                sums[l] += yv[l];
-            }
-        }
-        let mut sum: f32 = sums.iter().sum();
-        for (yv, &xv) in yt.iter_mut().zip(tail) {
+        for (yv, &xv) in y.iter_mut().zip(x) {
             *yv = exp(xv - max);
-            sum += *yv;
         }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / sum(y);
         for v in y.iter_mut() {
             *v *= inv;
         }
     }
+}
+
+/// Sum with independent lanes, so that the reduction vectorises.
+#[inline(always)]
+fn sum(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 multiversion! {
