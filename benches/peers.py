@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Peer benchmarks for `eia`: time the same workloads on onnxruntime (CPU) and numpy.
+
+Reads the workload descriptions printed by `eia workloads --json` (one JSON
+object per line, from a file argument or stdin), builds for each one an ONNX
+model in memory whose only node is the op itself (opset 17), runs it with
+onnxruntime's CPUExecutionProvider and prints one JSON object per line:
+
+  {"id": ..., "dtype": "FP32"|"FP16", "peer": "onnxruntime"|"numpy",
+   "median_s": ..., "runs": ..., "threads": ..., "graph": "Cast>Gemm>Cast"}
+
+"graph" lists the op types onnxruntime actually runs after its graph
+optimisations; "fallback": true is added when it inserted Cast nodes, i.e. it
+has no kernel for the op in that dtype and computes it in fp32 between casts.
+When a session cannot be built or run, {"id", "dtype", "peer", "error"} is
+printed instead.
+
+Model layout: Gemm takes A[m,k] and B[k,n] as graph inputs (plain Y = A.B, as
+numpy and eia see them); Conv takes X as input and W, bias as initializers;
+BatchNormalization takes X as input and scale, B, mean, var as initializers;
+Softmax (axis=-1) takes X as input. Inputs are deterministic uniform random
+values (seeded from the workload id); BN variance lies in [0.5, 1.5].
+
+For gemm workloads numpy `a @ b` (its bundled OpenBLAS) is timed as a second
+peer, in FP32 only (numpy's fp16 matmul is not a BLAS kernel, not a fair peer).
+
+`peers.py --join EIA.jsonl PEERS.jsonl` instead prints the comparison table
+(used by benches/compare.sh): eia's throughput, each peer's, and eia/peer.
+
+Usage:
+  eia workloads --json | python3 benches/peers.py [--dtype fp32] [--dtype fp16]
+      [--filter TEXT] [--seconds 0.3] [--threads N]
+  python3 benches/peers.py --join eia.jsonl peers.jsonl
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+
+MEMORY_BOUND = {"batchnorm", "softmax"}  # reported in GB/s; gemm and conv in GFLOPS
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("workloads", nargs="?", help="file of `eia workloads --json` lines (default: stdin)")
+    p.add_argument("--dtype", action="append", choices=["fp32", "fp16"],
+                   help="element type (repeatable; default both)")
+    p.add_argument("--filter", default="", help="only workloads whose id contains TEXT")
+    p.add_argument("--seconds", type=float, default=0.3, help="timing budget per workload and peer")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (default: cores)")
+    p.add_argument("--join", nargs=2, metavar=("EIA_JSONL", "PEERS_JSONL"),
+                   help="print the comparison table of two result files and exit")
+    return p.parse_args()
+
+
+def read_jsonl(lines):
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+# ----------------------------------------------------------------------------
+# Timing
+
+def time_it(fn, seconds):
+    """Warm up once, then time fn() for about `seconds` (at least 3 runs); return (median, runs)."""
+    fn()
+    times = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), len(times)
+
+
+# ----------------------------------------------------------------------------
+# Model construction
+
+def build(w, np_dtype, onnx_dtype, rng):
+    """Return (onnx model, feeds dict) for one workload."""
+    from onnx import helper, numpy_helper
+
+    def rand(shape, lo=-1.0, hi=1.0):
+        return rng.uniform(lo, hi, size=shape).astype(np.float32).astype(np_dtype)
+
+    family = w["family"]
+    inputs, inits, attrs = {}, {}, {}
+    if family == "gemm":
+        op = "Gemm"
+        inputs = {"A": rand((w["m"], w["k"])), "B": rand((w["k"], w["n"]))}
+    elif family == "conv":
+        op = "Conv"
+        inputs = {"X": rand(w["x"])}
+        inits = {"W": rand(w["w"]), "Bias": rand((w["w"][0],))}
+        attrs = dict(kernel_shape=w["w"][2:], strides=w["strides"], pads=w["pads"],
+                     dilations=w["dilations"], group=w["group"])
+    elif family == "batchnorm":
+        op = "BatchNormalization"
+        c = w["shape"][1]
+        inputs = {"X": rand(w["shape"])}
+        inits = {"scale": rand((c,), 0.5, 1.5), "B": rand((c,)),
+                 "mean": rand((c,), -0.5, 0.5), "var": rand((c,), 0.5, 1.5)}
+        attrs = dict(epsilon=1e-5)
+    elif family == "softmax":
+        op = "Softmax"
+        inputs = {"X": rand(w["shape"])}
+        attrs = dict(axis=-1)
+    else:
+        raise ValueError(f"unknown family {family!r}")
+
+    node = helper.make_node(op, list(inputs) + list(inits), ["Y"], **attrs)
+    graph = helper.make_graph(
+        [node], w["id"].replace("/", "_"),
+        [helper.make_tensor_value_info(n, onnx_dtype, a.shape) for n, a in inputs.items()],
+        [helper.make_tensor_value_info("Y", onnx_dtype, None)],
+        [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by any onnxruntime that supports opset 17
+    return model, inputs
+
+
+def ort_session(model, threads, optimized_path):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only (hides the "serializing optimized model" warning)
+    so.optimized_model_filepath = optimized_path  # to see what actually runs (casts, NCHWc)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def run_peers(args):
+    threads = args.threads
+    dtypes = args.dtype or ["fp32", "fp16"]
+    text = open(args.workloads).read() if args.workloads else sys.stdin.read()
+    workloads = [w for w in read_jsonl(text.splitlines()) if args.filter in w["id"]]
+    types = {"fp32": (np.float32, onnx.TensorProto.FLOAT), "fp16": (np.float16, onnx.TensorProto.FLOAT16)}
+
+    tmpdir = tempfile.mkdtemp(prefix="eia-peers-")
+    optimized = os.path.join(tmpdir, "optimized.onnx")
+    for w in workloads:
+        for dt in dtypes:
+            np_dtype, onnx_dtype = types[dt]
+            rng = np.random.default_rng(zlib.crc32(w["id"].encode()))
+            base = {"id": w["id"], "dtype": dt.upper()}
+            model, feeds = build(w, np_dtype, onnx_dtype, rng)
+
+            try:
+                sess = ort_session(model, threads, optimized)
+                ops = [n.op_type for n in onnx.load(optimized).graph.node]
+                median, runs = time_it(lambda: sess.run(None, feeds), args.seconds)
+                rec = dict(base, peer="onnxruntime", median_s=median, runs=runs, threads=threads,
+                           graph=">".join(ops))
+                if "Cast" in ops:
+                    rec["fallback"] = True
+                del sess
+            except Exception as e:  # no kernel for this dtype, bad shape, ...
+                rec = dict(base, peer="onnxruntime", error=" ".join(str(e).split())[:300])
+            print(json.dumps(rec), flush=True)
+
+            if w["family"] == "gemm" and dt == "fp32":
+                a, b = feeds["A"], feeds["B"]
+                median, runs = time_it(lambda: a @ b, args.seconds)
+                print(json.dumps(dict(base, peer="numpy", median_s=median, runs=runs, threads=threads)),
+                      flush=True)
+    if os.path.exists(optimized):
+        os.remove(optimized)
+    os.rmdir(tmpdir)
+
+
+# ----------------------------------------------------------------------------
+# Join: the comparison table
+
+def join(eia_path, peers_path):
+    eia = read_jsonl(open(eia_path))
+    peers = {}
+    for r in read_jsonl(open(peers_path)):
+        peers[(r["id"], r["dtype"], r["peer"])] = r
+    names = ["onnxruntime", "numpy"]
+
+    def rate(e, median):
+        work = e["bytes"] if e["family"] in MEMORY_BOUND else e["flops"]
+        return work / median / 1e9
+
+    head = f"{'workload':<28} {'dtype':<5} {'unit':<6} {'eia':>8}"
+    for n in names:
+        head += f" {n:>11} {'eia/' + n[:4]:>9}"
+    print(head)
+    print("-" * len(head))
+    notes = []
+    for e in eia:
+        unit = "GB/s" if e["family"] in MEMORY_BOUND else "GFLOPS"
+        line = f"{e['id']:<28} {e['dtype']:<5} {unit:<6} {rate(e, e['median_s']):>8.2f}"
+        for n in names:
+            p = peers.get((e["id"], e["dtype"], n))
+            if p is None:
+                line += f" {'-':>11} {'-':>9}"
+            elif "error" in p:
+                line += f" {'error':>11} {'-':>9}"
+                notes.append(f"{e['id']} {e['dtype']} {n}: {p['error']}")
+            else:
+                mark = "*" if p.get("fallback") else ""
+                line += f" {rate(e, p['median_s']):>10.2f}{mark or ' '} {e['median_s'] and p['median_s'] / e['median_s']:>8.2f}x"
+                if mark:
+                    notes.append(f"{e['id']} {e['dtype']} {n}: ran as {p['graph']}")
+        print(line)
+    print()
+    print(f"{unit_note()}")
+    if notes:
+        print("* onnxruntime has no CPU kernel for this op in this dtype: it inserted Casts and ran it in fp32.")
+        print("Notes:")
+        for n in notes:
+            print("  " + n)
+
+
+def unit_note():
+    return ("Throughput from eia's flops/bytes for the workload divided by each median time; "
+            "eia/peer = peer median / eia median (>1: eia faster).")
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    if args.join:
+        join(*args.join)
+        sys.exit(0)
+    # numpy's OpenBLAS reads its thread count at import time.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    run_peers(args)
