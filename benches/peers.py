@@ -179,46 +179,46 @@ def join(eia_path, peers_path):
     peers = {}
     for r in read_jsonl(open(peers_path)):
         peers[(r["id"], r["dtype"], r["peer"])] = r
-    names = ["onnxruntime", "numpy"]
+    names = {"onnxruntime": "ort", "numpy": "numpy"}  # peer -> column label
 
     def rate(e, median):
         work = e["bytes"] if e["family"] in MEMORY_BOUND else e["flops"]
         return work / median / 1e9
 
     head = f"{'workload':<28} {'dtype':<5} {'unit':<6} {'eia':>8}"
-    for n in names:
-        head += f" {n:>11} {'eia/' + n[:4]:>9}"
+    for label in names.values():
+        head += f" {label:>9} {'eia/' + label:>9}"
     print(head)
     print("-" * len(head))
-    notes = []
+    notes, fallbacks = [], {}  # errors; onnxruntime's fallback graph -> workload ids
     for e in eia:
         unit = "GB/s" if e["family"] in MEMORY_BOUND else "GFLOPS"
         line = f"{e['id']:<28} {e['dtype']:<5} {unit:<6} {rate(e, e['median_s']):>8.2f}"
         for n in names:
             p = peers.get((e["id"], e["dtype"], n))
             if p is None:
-                line += f" {'-':>11} {'-':>9}"
+                line += f" {'-':>9} {'-':>9}"
             elif "error" in p:
-                line += f" {'error':>11} {'-':>9}"
+                line += f" {'error':>9} {'-':>9}"
                 notes.append(f"{e['id']} {e['dtype']} {n}: {p['error']}")
             else:
                 mark = "*" if p.get("fallback") else ""
-                line += f" {rate(e, p['median_s']):>10.2f}{mark or ' '} {e['median_s'] and p['median_s'] / e['median_s']:>8.2f}x"
+                ratio = p["median_s"] / e["median_s"]
+                line += f" {rate(e, p['median_s']):>8.2f}{mark or ' '} {ratio:>8.2f}x"
                 if mark:
-                    notes.append(f"{e['id']} {e['dtype']} {n}: ran as {p['graph']}")
+                    fallbacks.setdefault(f"{e['family']} {e['dtype']}: {p['graph']}", []).append(e["id"])
         print(line)
     print()
-    print(f"{unit_note()}")
+    print("Throughput = eia's flops (GFLOPS) or bytes (GB/s) for the workload / median time; "
+          "eia/peer = peer median / eia median (>1: eia faster).")
+    if fallbacks:
+        print("* onnxruntime inserted Cast nodes (no CPU kernel for the op in this dtype: it ran in fp32):")
+        for graph, ids in fallbacks.items():
+            print(f"  {graph}  ({len(ids)} workload{'s' if len(ids) > 1 else ''})")
     if notes:
-        print("* onnxruntime has no CPU kernel for this op in this dtype: it inserted Casts and ran it in fp32.")
-        print("Notes:")
+        print("Errors:")
         for n in notes:
             print("  " + n)
-
-
-def unit_note():
-    return ("Throughput from eia's flops/bytes for the workload divided by each median time; "
-            "eia/peer = peer median / eia median (>1: eia faster).")
 
 
 if __name__ == "__main__":
@@ -227,7 +227,7 @@ if __name__ == "__main__":
         join(*args.join)
         sys.exit(0)
     # numpy's OpenBLAS reads its thread count at import time.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
     import numpy as np
     import onnx
     import onnxruntime as ort
