@@ -1,9 +1,9 @@
-//! Vector helpers for the CPU kernels: a branch-free `exp` that LLVM vectorises, and
-//! `multiversion!`, which compiles a kernel twice (baseline x86-64 and AVX2+FMA) and picks one
-//! at run time.
+//! Vector helpers for the CPU kernels: a branch-free `exp` that LLVM vectorises, F16C
+//! conversions, and `multiversion!`, which compiles a kernel three times (baseline x86-64,
+//! AVX2+FMA, AVX-512) and picks one at run time.
 
 /// Defines `fn $name(...)` whose body is compiled for the baseline target and, on x86-64, also
-/// with AVX2+FMA enabled; the AVX2 copy runs when the CPU supports it.
+/// with AVX2+FMA and with AVX-512F enabled; the widest copy the CPU supports runs.
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -12,9 +12,18 @@ macro_rules! multiversion {
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the running CPU supports AVX-512F (and so AVX2 and FMA), the
+                    // features `avx512` was compiled for.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: the running CPU supports AVX2 and FMA, the features `avx2` was

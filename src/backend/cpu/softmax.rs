@@ -1,6 +1,6 @@
 //! CPU softmax, numerically stable (`exp(x − max)`), over a `[outer, len, inner]` view. Each
 //! outer slab is one task; along a contiguous axis (`inner == 1`) each row is three vectorised
-//! passes (max, exp+sum, scale), otherwise the passes run over whole `inner`-wide rows.
+//! passes (max, exp with the sum, scale), otherwise the passes run over whole `inner`-wide rows.
 
 use rayon::prelude::*;
 
@@ -10,7 +10,7 @@ use crate::dtype::{DType, Element};
 use crate::ops::SoftmaxPlan;
 
 /// Lanes of the independent accumulators that let the reductions vectorise.
-const LANES: usize = 8;
+const LANES: usize = 16;
 
 /// Computes `plan` for storage type `T` (FP16 slabs are widened to FP32 and back).
 pub fn softmax<T: Element>(plan: &SoftmaxPlan, x: &[T], y: &mut [T]) {
@@ -79,28 +79,24 @@ multiversion! {
             max = if a > max { a } else { max };
         }
         // The comparisons skip NaN; exp(NaN − max) below still turns the whole row NaN.
-        for (yv, &xv) in y.iter_mut().zip(x) {
-            *yv = exp(xv - max);
+        let mut sums = [0.0f32; LANES];
+        let split = x.len() / LANES * LANES;
+        for (yc, xc) in y[..split].chunks_exact_mut(LANES).zip(x[..split].chunks_exact(LANES)) {
+            for l in 0..LANES {
+                yc[l] = exp(xc[l] - max);
+                sums[l] += yc[l];
+            }
         }
-        let inv = 1.0 / sum(y);
+        let mut total: f32 = sums.iter().sum();
+        for (yv, &xv) in y[split..].iter_mut().zip(&x[split..]) {
+            *yv = exp(xv - max);
+            total += *yv;
+        }
+        let inv = 1.0 / total;
         for v in y.iter_mut() {
             *v *= inv;
         }
     }
-}
-
-/// Sum with independent lanes, so that the reduction vectorises.
-#[inline(always)]
-fn sum(v: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let chunks = v.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for l in 0..LANES {
-            acc[l] += c[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 multiversion! {
