@@ -91,7 +91,13 @@ fn run(cli: Cli) -> eia::Result<()> {
                 });
             }
             if !json {
-                println!("eia run: {} workloads × {} dtypes on the cpu backend ({} threads), {seconds} s each", workloads.len(), dtypes.len(), backend.threads());
+                println!(
+                    "eia run: {} workloads × {} dtypes on the cpu backend ({} threads, {} kernels), {seconds} s each",
+                    workloads.len(),
+                    dtypes.len(),
+                    backend.threads(),
+                    backend.simd()
+                );
                 println!(
                     "{:<34} {:>5} {:>10} {:>10} {:>9} {:>9} {:>14}",
                     "workload", "dtype", "GFLOP", "median ms", "GFLOPS", "GB/s", "checksum"

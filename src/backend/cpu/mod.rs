@@ -55,6 +55,16 @@ impl CpuBackend {
         }
     }
 
+    /// The vector instruction set the kernels use ("avx512", "avx2" or "baseline"), chosen at
+    /// run time from the CPU and capped by `EIA_CPU_SIMD`.
+    pub fn simd(&self) -> &'static str {
+        match simd::level() {
+            simd::Level::Avx512 => "avx512",
+            simd::Level::Avx2 => "avx2",
+            simd::Level::Baseline => "baseline",
+        }
+    }
+
     fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match &self.pool {
             Some(pool) => pool.install(f),

@@ -20,12 +20,13 @@ macro_rules! multiversion {
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx512f") {
+                let level = $crate::backend::cpu::simd::level();
+                if level >= $crate::backend::cpu::simd::Level::Avx512 {
                     // SAFETY: the running CPU supports AVX-512F (and so AVX2 and FMA), the
                     // features `avx512` was compiled for.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                if level >= $crate::backend::cpu::simd::Level::Avx2 {
                     // SAFETY: the running CPU supports AVX2 and FMA, the features `avx2` was
                     // compiled for.
                     return unsafe { avx2($($arg),*) };
@@ -36,6 +37,47 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// The instruction sets the CPU kernels may use, in increasing order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Baseline,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512F on top of `Avx2`.
+    Avx512,
+}
+
+/// The widest level the CPU supports, capped by `EIA_CPU_SIMD=baseline|avx2|avx512` (read once;
+/// the tests use it to cover every code path on one machine).
+pub fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("EIA_CPU_SIMD").as_deref() {
+            Ok("baseline") => Level::Baseline,
+            Ok("avx2") => Level::Avx2,
+            _ => Level::Avx512,
+        };
+        detected().min(cap)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detected() -> Level {
+    use std::is_x86_feature_detected as has;
+    if !(has!("avx2") && has!("fma") && has!("f16c")) {
+        Level::Baseline
+    } else if has!("avx512f") {
+        Level::Avx512
+    } else {
+        Level::Avx2
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detected() -> Level {
+    Level::Baseline
+}
 
 /// `e^x` in FP32 within 2 ulp (Cephes `expf` polynomial), without branches so that loops over it
 /// vectorise. Inputs below −87.3 (including −∞) give exactly 0; NaN gives NaN. Inputs above 88.3
@@ -99,7 +141,7 @@ mod tests {
 pub fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx") {
+    if level() >= Level::Avx2 {
         // SAFETY: the CPU supports F16C and AVX; lengths are equal (asserted above).
         unsafe { f16c::widen(src, dst) };
         return;
@@ -111,7 +153,7 @@ pub fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
 pub fn f32_to_f16(src: &[f32], dst: &mut [half::f16]) {
     assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx") {
+    if level() >= Level::Avx2 {
         // SAFETY: the CPU supports F16C and AVX; lengths are equal (asserted above).
         unsafe { f16c::narrow(src, dst) };
         return;
