@@ -150,9 +150,10 @@ fn run(cli: Cli) -> eia::Result<()> {
         Command::Info => {
             let backend = CpuBackend::new();
             println!(
-                "backend: {} ({} threads)",
+                "backend: {} ({} threads, {} kernels; EIA_CPU_SIMD=avx2|baseline caps them)",
                 backend.name(),
-                backend.threads()
+                backend.threads(),
+                backend.simd()
             );
             #[cfg(target_arch = "x86_64")]
             {
