@@ -2,8 +2,9 @@
 //!
 //! A backend implements a few primitives — allocate, upload, download, synchronise — and one
 //! `launch_*` method per op family that executes an already validated plan from [`crate::ops`].
-//! The user-facing op methods (`gemm`, `conv`, …, and their `_into` forms that write a given
-//! output) are provided on top: validate → allocate → launch. Everything that computes — the CPU
+//! The user-facing op methods are provided on top: the `_into` forms validate, check the given
+//! output and launch; the allocating forms (`gemm`, `conv`, …) allocate the output the plan
+//! names and call the `_into` form. Everything that computes — the CPU
 //! backend, the CUDA backend, a metered accelerator wrapping either, a remote client — is a
 //! `Backend`, so one test suite and one bench suite run against all of them.
 
@@ -84,15 +85,8 @@ pub trait Backend: Send + Sync {
         b: &Tensor<Self::Storage>,
         c: Option<&Tensor<Self::Storage>>,
     ) -> Result<Tensor<Self::Storage>> {
-        let plan = op.plan(a.desc(), b.desc(), c.map(Tensor::desc))?;
-        let mut y = self.alloc(&plan.output)?;
-        self.launch_gemm(
-            &plan,
-            a.storage(),
-            b.storage(),
-            c.map(Tensor::storage),
-            y.storage_mut(),
-        )?;
+        let mut y = self.alloc(&op.plan(a.desc(), b.desc(), c.map(Tensor::desc))?.output)?;
+        self.gemm_into(op, a, b, c, &mut y)?;
         Ok(y)
     }
 
@@ -122,9 +116,8 @@ pub trait Backend: Send + Sync {
         a: &Tensor<Self::Storage>,
         b: &Tensor<Self::Storage>,
     ) -> Result<Tensor<Self::Storage>> {
-        let plan = MatMul.plan(a.desc(), b.desc())?;
-        let mut y = self.alloc(&plan.output)?;
-        self.launch_gemm(&plan, a.storage(), b.storage(), None, y.storage_mut())?;
+        let mut y = self.alloc(&MatMul.plan(a.desc(), b.desc())?.output)?;
+        self.matmul_into(a, b, &mut y)?;
         Ok(y)
     }
 
@@ -148,15 +141,8 @@ pub trait Backend: Send + Sync {
         w: &Tensor<Self::Storage>,
         bias: Option<&Tensor<Self::Storage>>,
     ) -> Result<Tensor<Self::Storage>> {
-        let plan = op.plan(x.desc(), w.desc(), bias.map(Tensor::desc))?;
-        let mut y = self.alloc(&plan.output)?;
-        self.launch_conv(
-            &plan,
-            x.storage(),
-            w.storage(),
-            bias.map(Tensor::storage),
-            y.storage_mut(),
-        )?;
+        let mut y = self.alloc(&op.plan(x.desc(), w.desc(), bias.map(Tensor::desc))?.output)?;
+        self.conv_into(op, x, w, bias, &mut y)?;
         Ok(y)
     }
 
@@ -187,14 +173,8 @@ pub trait Backend: Send + Sync {
         x: &Tensor<Self::Storage>,
         params: [&Tensor<Self::Storage>; 4],
     ) -> Result<Tensor<Self::Storage>> {
-        let plan = op.plan(x.desc(), params.map(Tensor::desc))?;
-        let mut y = self.alloc(&plan.output)?;
-        self.launch_batch_norm(
-            &plan,
-            x.storage(),
-            params.map(Tensor::storage),
-            y.storage_mut(),
-        )?;
+        let mut y = self.alloc(&op.plan(x.desc(), params.map(Tensor::desc))?.output)?;
+        self.batch_norm_into(op, x, params, &mut y)?;
         Ok(y)
     }
 
@@ -218,9 +198,8 @@ pub trait Backend: Send + Sync {
 
     /// ONNX Softmax along `op.axis`.
     fn softmax(&self, op: &Softmax, x: &Tensor<Self::Storage>) -> Result<Tensor<Self::Storage>> {
-        let plan = op.plan(x.desc())?;
-        let mut y = self.alloc(&plan.output)?;
-        self.launch_softmax(&plan, x.storage(), y.storage_mut())?;
+        let mut y = self.alloc(&op.plan(x.desc())?.output)?;
+        self.softmax_into(op, x, &mut y)?;
         Ok(y)
     }
 
