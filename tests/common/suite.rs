@@ -216,6 +216,9 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
         ([1, 2, 3, 3], [3, 2, 3, 3], conv([1, 1], [4, 4, 4, 4], [1, 1], 1, NotSet, false), false),
         ([1, 640, 3, 3], [5, 640, 3, 3], conv([1, 1], [1, 1, 1, 1], [1, 1], 1, NotSet, false), false),
         ([2, 12, 6, 6], [12, 4, 3, 3], conv([1, 1], [1, 1, 1, 1], [1, 1], 3, NotSet, false), true),
+        // Kernel columns that only ever see padding (found by the property test).
+        ([1, 1, 1, 1], [1, 1, 1, 3], conv([1, 1], [0; 4], [1, 2], 1, SameUpper, false), false),
+        ([1, 2, 1, 2], [2, 1, 1, 3], conv([1, 2], [0, 3, 0, 3], [1, 2], 2, NotSet, true), true),
     ];
     for dtype in DType::ALL {
         for (x, w, op, bias) in &cases {

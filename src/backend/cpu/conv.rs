@@ -180,6 +180,10 @@ fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], y: &mut [f32]) {
             for si in 0..plan.s {
                 let wv = wk[ri * plan.s + si];
                 let (q_lo, q_hi, off) = valid_columns(plan, si);
+                if q_lo == q_hi {
+                    // This kernel column only ever reads padding.
+                    continue;
+                }
                 let base = off.wrapping_sub(plan.pad[1]);
                 for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
                     let Some(ih) = input_row(plan, pi, ri) else {
