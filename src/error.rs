@@ -68,6 +68,59 @@ pub enum Error {
     /// A backend failed or is unavailable (no CUDA driver, out of device memory, ...).
     #[error("{backend} backend: {msg}")]
     Backend { backend: &'static str, msg: String },
+
+    /// A tier name that is neither built in nor configured.
+    #[error("unknown tier {name:?}: valid tiers are {} (an `ml.` prefix is accepted)", valid.join(", "))]
+    UnknownTier { name: String, valid: Vec<String> },
+
+    /// A configuration (tier file, device settings) is malformed or inconsistent.
+    #[error("configuration {source_name}: {msg}")]
+    Config { source_name: String, msg: String },
+
+    /// An allocation would take an accelerator past its tier's memory.
+    #[error("accelerator {accelerator} ({tier}): allocating {} would exceed its memory quota: {} in use of {}; free tensors or resize to a larger tier", bytes(*requested), bytes(*used), bytes(*quota))]
+    MemoryQuota {
+        accelerator: u64,
+        tier: String,
+        requested: u64,
+        used: u64,
+        quota: u64,
+    },
+
+    /// A resize to a tier whose memory is smaller than what the accelerator holds.
+    #[error("accelerator {accelerator}: cannot resize to {tier}: {} in use exceeds its {} quota; free tensors first", bytes(*used), bytes(*quota))]
+    ResizeBelowUsage {
+        accelerator: u64,
+        tier: String,
+        used: u64,
+        quota: u64,
+    },
+
+    /// Attaching (or resizing) would exceed what the device can deliver.
+    #[error("device capacity: {0}")]
+    Capacity(String),
+
+    /// The accelerator was detached; its tensors are gone.
+    #[error("accelerator {0} is detached: its memory was freed and it runs no more ops")]
+    Detached(u64),
+
+    /// A tensor of one accelerator was passed to another.
+    #[error("tensor belongs to accelerator {owner}, not to accelerator {accelerator}; download and upload it to move it")]
+    ForeignTensor { accelerator: u64, owner: u64 },
+}
+
+/// `n` bytes for people: "1.50 GiB (1610612736 bytes)".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let (mut value, mut unit) = (n as f64 / 1024.0, 0);
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2} {} ({n} bytes)", UNITS[unit])
 }
 
 impl Error {

@@ -2,7 +2,7 @@
 //!
 //! ONNX-exact inference ops (GEMM/MatMul, Conv, BatchNormalization, Softmax) in FP32 and in FP16
 //! with FP32 accumulation, on a fast multi-threaded CPU backend, behind one backend contract that
-//! the CUDA backend, metered virtual accelerators and the remote client implement too.
+//! metered virtual accelerators, the CUDA backend and the remote client implement too.
 //!
 //! ```
 //! use eia::{Backend, CpuBackend, HostTensor, ops::Gemm};
@@ -19,11 +19,14 @@
 //!
 //! The modules follow the flow of one op call:
 //! - [`ops`] — what a computation means: ONNX attributes, validation, shape inference, FLOPs.
+//! - [`accelerator`] — how much one virtual accelerator may use: tiers, the FLOP meter, memory
+//!   quotas, admission, usage; an [`Accelerator`] is a [`Backend`] wrapping a device's backend.
 //! - [`backend`] — how a device computes it: the [`Backend`] contract and the [`CpuBackend`].
 //! - [`tensor`], [`dtype`] — tensors, descriptors, host data, element types.
 //! - [`error`] — the one typed [`Error`].
 //! - [`workload`] — named inference shapes shared by `eia run`, the benches and the peer script.
 
+pub mod accelerator;
 pub mod backend;
 pub mod dtype;
 pub mod error;
@@ -31,6 +34,7 @@ pub mod ops;
 pub mod tensor;
 pub mod workload;
 
+pub use accelerator::{Accelerator, Device, DeviceConfig, Tier, Tiers, Usage};
 pub use backend::{Backend, CpuBackend};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};

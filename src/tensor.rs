@@ -142,7 +142,7 @@ impl From<Vec<f16>> for HostData {
 }
 
 /// A tensor: its descriptor and the storage a backend keeps it in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tensor<S> {
     desc: TensorDesc,
     storage: S,

@@ -40,6 +40,21 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// The device's memory in bytes, where the backend knows it (admission control uses it).
+    fn total_memory(&self) -> Option<u64> {
+        None
+    }
+
+    /// A handle on the same device whose work is queued independently of this one's: each
+    /// virtual accelerator takes one (the CUDA backend gives it its own stream; a CPU backend
+    /// shares its thread pool).
+    fn fork(&self) -> Result<Self>
+    where
+        Self: Sized + Clone,
+    {
+        Ok(self.clone())
+    }
+
     /// Executes a validated GEMM plan. `c` is present iff `plan.c` is.
     fn launch_gemm(
         &self,

@@ -80,6 +80,14 @@ impl Backend for CpuBackend {
         "cpu".to_string()
     }
 
+    /// The host's physical memory (`MemTotal` in `/proc/meminfo`), where the OS says.
+    fn total_memory(&self) -> Option<u64> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    }
+
     fn alloc(&self, desc: &TensorDesc) -> Result<HostTensor> {
         Ok(Tensor::from_parts(
             desc.clone(),

@@ -1,0 +1,228 @@
+//! A device sliced into virtual accelerators: its capacity (configured, or measured by a short
+//! calibration), the tiers it offers, and admission — attaching or resizing beyond capacity
+//! (the sum of attached tier rates per precision, the sum of their memory) is refused unless
+//! overcommit is configured.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::meter::DEFAULT_BURST;
+use super::{Accelerator, Tier, Tiers};
+use crate::backend::Backend;
+use crate::dtype::DType;
+use crate::error::{bytes, Error, Result};
+use crate::ops::Gemm;
+use crate::tensor::HostTensor;
+
+/// What a device can deliver: compute per precision and memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    /// FP32 TFLOPS.
+    pub fp32_tflops: f64,
+    /// FP16 (FP32-accumulate) TFLOPS.
+    pub fp16_tflops: f64,
+    /// Bytes of memory.
+    pub memory: u64,
+}
+
+impl Capacity {
+    /// Measures a backend: the best GEMM rate (512³) per dtype over about 0.1 s each, and the
+    /// memory the backend reports (unlimited where it reports none).
+    pub fn measure<B: Backend>(backend: &B) -> Result<Capacity> {
+        const N: usize = 512;
+        let mut tflops = [0.0; 2];
+        for (slot, dtype) in tflops.iter_mut().zip(DType::ALL) {
+            let x = backend.upload(&HostTensor::full(dtype, &[N, N], 0.5)?)?;
+            let mut y = backend.alloc(x.desc())?;
+            let op = Gemm::default();
+            backend.gemm_into(&op, &x, &x, None, &mut y)?; // warm-up
+            backend.synchronize()?;
+            let started = Instant::now();
+            let mut best = Duration::MAX;
+            while started.elapsed() < Duration::from_millis(100) {
+                let t = Instant::now();
+                backend.gemm_into(&op, &x, &x, None, &mut y)?;
+                backend.synchronize()?;
+                best = best.min(t.elapsed());
+            }
+            *slot = 2.0 * (N * N * N) as f64 / best.as_secs_f64().max(1e-9) / 1e12;
+        }
+        Ok(Capacity {
+            fp32_tflops: tflops[0],
+            fp16_tflops: tflops[1],
+            memory: backend.total_memory().unwrap_or(u64::MAX),
+        })
+    }
+
+    fn tflops(&self, dtype: DType) -> f64 {
+        match dtype {
+            DType::F32 => self.fp32_tflops,
+            DType::F16 => self.fp16_tflops,
+        }
+    }
+}
+
+/// How a device is sliced.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// The tiers accelerators may attach as (default: the six built-in tiers).
+    pub tiers: Tiers,
+    /// The device's capacity; `None` measures it when the device is created.
+    pub capacity: Option<Capacity>,
+    /// Admit accelerators beyond capacity (their tiers' rates are then not guaranteed).
+    pub overcommit: bool,
+    /// Each accelerator's meter burst (see [`super::meter`]).
+    pub burst: Duration,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            tiers: Tiers::builtin(),
+            capacity: None,
+            overcommit: false,
+            burst: DEFAULT_BURST,
+        }
+    }
+}
+
+/// A physical device (a backend) shared by virtual accelerators. Cheap to clone.
+pub struct Device<B: Backend> {
+    pub(super) inner: Arc<DeviceInner<B>>,
+}
+
+impl<B: Backend> Clone for Device<B> {
+    fn clone(&self) -> Self {
+        Device {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+pub(super) struct DeviceInner<B: Backend> {
+    pub(super) backend: B,
+    pub(super) config: DeviceConfig,
+    pub(super) capacity: Capacity,
+    /// The tier of every attached accelerator, by id. Lock order: this, then an accelerator's
+    /// state.
+    pub(super) attached: Mutex<BTreeMap<u64, Tier>>,
+    pub(super) memory_in_use: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl<B: Backend + Clone + 'static> Device<B> {
+    /// Slices `backend` as `config` says (measuring its capacity if none is given).
+    pub fn new(backend: B, config: DeviceConfig) -> Result<Self> {
+        let capacity = match config.capacity {
+            Some(c) => c,
+            None => Capacity::measure(&backend)?,
+        };
+        Ok(Device {
+            inner: Arc::new(DeviceInner {
+                backend,
+                config,
+                capacity,
+                attached: Mutex::new(BTreeMap::new()),
+                memory_in_use: AtomicU64::new(0),
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Attaches an accelerator of the tier called `tier` (built-in or configured).
+    pub fn attach(&self, tier: &str) -> Result<Accelerator<B>> {
+        let tier = self.inner.config.tiers.get(tier)?.clone();
+        self.attach_tier(tier)
+    }
+
+    /// Attaches an accelerator of `tier` (which need not be one of the device's named tiers).
+    pub fn attach_tier(&self, tier: Tier) -> Result<Accelerator<B>> {
+        let mut attached = self.inner.lock_attached();
+        self.inner.admit(&attached, None, &tier)?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let accelerator = Accelerator::new(self.clone(), id, tier.clone())?;
+        attached.insert(id, tier);
+        Ok(accelerator)
+    }
+
+    /// The backend the accelerators run on.
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
+    }
+
+    /// The tiers accelerators may attach as.
+    pub fn tiers(&self) -> &Tiers {
+        &self.inner.config.tiers
+    }
+
+    /// The device's capacity (configured or measured).
+    pub fn capacity(&self) -> Capacity {
+        self.inner.capacity
+    }
+
+    /// The attached accelerators' ids and tiers.
+    pub fn attached(&self) -> Vec<(u64, Tier)> {
+        let attached = self.inner.lock_attached();
+        attached.iter().map(|(id, t)| (*id, t.clone())).collect()
+    }
+
+    /// Bytes held by all attached accelerators together.
+    pub fn memory_in_use(&self) -> u64 {
+        self.inner.memory_in_use.load(Ordering::Relaxed)
+    }
+}
+
+impl<B: Backend> DeviceInner<B> {
+    pub(super) fn lock_attached(&self) -> MutexGuard<'_, BTreeMap<u64, Tier>> {
+        self.attached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks that `tier` fits beside the attached accelerators (other than `replacing`).
+    pub(super) fn admit(
+        &self,
+        attached: &BTreeMap<u64, Tier>,
+        replacing: Option<u64>,
+        tier: &Tier,
+    ) -> Result<()> {
+        if self.config.overcommit {
+            return Ok(());
+        }
+        let others = attached
+            .iter()
+            .filter(|(id, _)| Some(**id) != replacing)
+            .map(|(_, t)| t);
+        let cap = &self.capacity;
+        let mut over = Vec::new();
+        for dtype in DType::ALL {
+            let used: f64 = others.clone().map(|t| t.tflops(dtype)).sum();
+            if used + tier.tflops(dtype) > cap.tflops(dtype) * (1.0 + 1e-9) {
+                over.push(format!(
+                    "{dtype}: {} TFLOPS needed, {used:.3} of {:.3} TFLOPS already attached",
+                    tier.tflops(dtype),
+                    cap.tflops(dtype)
+                ));
+            }
+        }
+        let used: u64 = others.map(|t| t.memory()).sum();
+        if used.saturating_add(tier.memory()) > cap.memory {
+            over.push(format!(
+                "memory: {} needed, {} of {} already attached",
+                bytes(tier.memory()),
+                bytes(used),
+                bytes(cap.memory)
+            ));
+        }
+        if over.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Capacity(format!(
+            "{} ({} attached) does not fit on {}: {}; detach an accelerator, choose a smaller tier, or configure overcommit",
+            tier.name(),
+            attached.len(),
+            self.backend.name(),
+            over.join("; ")
+        )))
+    }
+}

@@ -1,0 +1,68 @@
+//! Nothing leaks: 10,000 attach / upload / op / detach cycles leave the heap where it started.
+//! A counting global allocator measures live heap bytes exactly; this binary holds one test so
+//! nothing else allocates meanwhile.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use eia::accelerator::{Capacity, Device, DeviceConfig};
+use eia::ops::Softmax;
+use eia::{Backend, CpuBackend, DType, HostTensor};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+#[test]
+fn attach_detach_cycles_leave_memory_where_it_started() {
+    let config = DeviceConfig {
+        capacity: Some(Capacity {
+            fp32_tflops: 100.0,
+            fp16_tflops: 800.0,
+            memory: 64 << 30,
+        }),
+        ..DeviceConfig::default()
+    };
+    // One private thread: no pool grows or shrinks its bookkeeping between cycles.
+    let device = Device::new(CpuBackend::with_threads(1).unwrap(), config).unwrap();
+    let x_host = HostTensor::from_f32(DType::F32, &[8, 32], &[0.25; 256]).unwrap();
+    let cycle = |i: usize| {
+        let acc = device
+            .attach(["eia1.medium", "eia2.large", "ml.eia2.xlarge"][i % 3])
+            .unwrap();
+        let x = acc.upload(&x_host).unwrap();
+        let y = acc.softmax(&Softmax::default(), &x).unwrap();
+        match i % 4 {
+            0 => drop(acc.detach().unwrap()), // handles outlive the detach
+            1 => drop((x, y)),                // handles freed before an implicit detach
+            _ => {}                           // the accelerator dropped with its tensors
+        }
+    };
+    cycle(0);
+    let before = LIVE.load(Ordering::Relaxed);
+    for i in 0..10_000 {
+        cycle(i);
+    }
+    let after = LIVE.load(Ordering::Relaxed);
+    assert!(device.attached().is_empty());
+    assert_eq!(device.memory_in_use(), 0);
+    assert_eq!(
+        after - before,
+        0,
+        "live heap bytes changed over 10,000 cycles"
+    );
+}
