@@ -8,7 +8,7 @@ use std::str::FromStr;
 use crate::error::Error;
 
 /// The element type of a tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DType {
     /// IEEE 754 binary32; arithmetic in FP32.
     F32,

@@ -109,18 +109,22 @@ pub enum Error {
     ForeignTensor { accelerator: u64, owner: u64 },
 }
 
-/// `n` bytes for people: "1.50 GiB (1610612736 bytes)".
+/// `n` bytes for people: "2 GiB" when exact, else "1.50 GiB (1610612736 bytes)".
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
         return format!("{n} bytes");
     }
-    let (mut value, mut unit) = (n as f64 / 1024.0, 0);
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
+    let (mut scale, mut unit) = (1024u64, 0);
+    while n >= scale * 1024 && unit + 1 < UNITS.len() {
+        scale *= 1024;
         unit += 1;
     }
-    format!("{value:.2} {} ({n} bytes)", UNITS[unit])
+    if n % scale == 0 {
+        format!("{} {}", n / scale, UNITS[unit])
+    } else {
+        format!("{:.2} {} ({n} bytes)", n as f64 / scale as f64, UNITS[unit])
+    }
 }
 
 impl Error {

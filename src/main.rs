@@ -1,11 +1,14 @@
-//! The `eia` command: `eia run` runs the inference workloads on the CPU backend and prints
-//! throughput; `eia workloads` lists them (JSON for the peer comparison script); `eia info`
-//! describes the backend.
+//! The `eia` command: `eia run` runs the inference workloads on the CPU backend (or on a metered
+//! accelerator of a tier) and prints throughput; `eia tiers` prints the tier table; `eia
+//! workloads` lists the workloads (JSON for the peer comparison script); `eia info` describes
+//! the backend.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use eia::accelerator::{Device, DeviceConfig, Tiers};
 use eia::workload::Workload;
 use eia::{Backend, CpuBackend, DType};
 
@@ -35,6 +38,21 @@ enum Command {
         /// Print one JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Run on a virtual accelerator of this tier (metered at its rates) and print its usage.
+        #[arg(long)]
+        tier: Option<String>,
+        /// Admit the tier even if the device's measured capacity is below its rates.
+        #[arg(long, requires = "tier")]
+        overcommit: bool,
+        #[command(flatten)]
+        tiers: TierFile,
+    },
+    /// Print the tiers: FP32 and FP16 TFLOPS and memory (built-in, plus `--tiers FILE`).
+    Tiers {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        tiers: TierFile,
     },
     /// List the workloads (`--json`: shapes and attributes, one object per line).
     Workloads {
@@ -43,6 +61,24 @@ enum Command {
     },
     /// Describe the backend: threads and CPU features.
     Info,
+}
+
+/// Where custom tiers come from.
+#[derive(Args)]
+struct TierFile {
+    /// A TOML file of custom tiers (`[[tier]]` tables: name, fp32_tflops, fp16_tflops,
+    /// memory_mib), added to the built-in ones.
+    #[arg(long = "tiers", value_name = "FILE")]
+    path: Option<PathBuf>,
+}
+
+impl TierFile {
+    fn load(&self) -> eia::Result<Tiers> {
+        match &self.path {
+            Some(path) => Tiers::load(path),
+            None => Ok(Tiers::builtin()),
+        }
+    }
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -67,11 +103,15 @@ fn run(cli: Cli) -> eia::Result<()> {
             threads,
             seconds,
             json,
+            tier,
+            overcommit,
+            tiers,
         } => {
             let backend = match threads {
                 Some(t) => CpuBackend::with_threads(t)?,
                 None => CpuBackend::new(),
             };
+            let tiers = tiers.load()?;
             let dtypes = if dtypes.is_empty() {
                 DType::ALL.to_vec()
             } else {
@@ -90,49 +130,86 @@ fn run(cli: Cli) -> eia::Result<()> {
                     ),
                 });
             }
+            let header = format!(
+                "{} workloads × {} dtypes on the cpu backend ({} threads, {} kernels), {seconds} s each",
+                workloads.len(),
+                dtypes.len(),
+                backend.threads(),
+                backend.simd()
+            );
+            let Some(tier) = tier else {
+                let plan = RunPlan {
+                    workloads,
+                    dtypes,
+                    seconds,
+                    json,
+                    tier: None,
+                    header,
+                    threads: backend.threads(),
+                };
+                return run_workloads(&backend, &plan);
+            };
+            let threads = backend.threads();
+            let config = DeviceConfig {
+                tiers,
+                overcommit,
+                ..DeviceConfig::default()
+            };
+            let device = Device::new(backend, config)?;
+            let cap = device.capacity();
+            let tier = device.tiers().get(&tier)?.clone();
+            let accel = device.attach_tier(tier.clone())?;
+            let header = format!(
+                "{header}\nmetered as {tier} on a device measured at {:.3} FP32 / {:.3} FP16 TFLOPS{}",
+                cap.fp32_tflops,
+                cap.fp16_tflops,
+                if overcommit { " (overcommitted)" } else { "" }
+            );
+            let plan = RunPlan {
+                workloads,
+                dtypes,
+                seconds,
+                json,
+                tier: Some(tier),
+                header,
+                threads,
+            };
+            run_workloads(&accel, &plan)?;
+            let usage = accel.detach()?;
+            if !json {
+                println!("{usage}");
+            }
+            Ok(())
+        }
+        Command::Tiers { json, tiers } => {
+            let tiers = tiers.load()?;
             if !json {
                 println!(
-                    "eia run: {} workloads × {} dtypes on the cpu backend ({} threads, {} kernels), {seconds} s each",
-                    workloads.len(),
-                    dtypes.len(),
-                    backend.threads(),
-                    backend.simd()
-                );
-                println!(
-                    "{:<34} {:>5} {:>10} {:>10} {:>9} {:>9} {:>14}",
-                    "workload", "dtype", "GFLOP", "median ms", "GFLOPS", "GB/s", "checksum"
+                    "{:<16} {:>11} {:>11} {:>12}",
+                    "tier", "FP32 TFLOPS", "FP16 TFLOPS", "memory"
                 );
             }
-            let mut total = Duration::ZERO;
-            for dtype in &dtypes {
-                for w in &workloads {
-                    let r = measure(&backend, w, *dtype, seconds)?;
-                    total += r.median * r.runs as u32;
-                    if json {
-                        println!(
-                            "{{\"id\":\"{}\",\"family\":\"{}\",\"dtype\":\"{}\",\"flops\":{},\"bytes\":{},\"median_s\":{:.9},\"runs\":{},\"threads\":{}}}",
-                            w.id(), w.family(), dtype, r.flops, r.bytes, r.median.as_secs_f64(), r.runs, backend.threads()
-                        );
+            for t in tiers.iter() {
+                let (f32r, f16r) = (t.tflops(DType::F32), t.tflops(DType::F16));
+                if json {
+                    println!(
+                        "{{\"tier\":\"{}\",\"fp32_tflops\":{f32r},\"fp16_tflops\":{f16r},\"memory_bytes\":{}}}",
+                        t.name(),
+                        t.memory()
+                    );
+                } else {
+                    let mib = t.memory() as f64 / (1u64 << 20) as f64;
+                    let memory = if mib >= 1024.0 {
+                        format!("{:.0} GiB", mib / 1024.0)
                     } else {
-                        let s = r.median.as_secs_f64();
-                        println!(
-                            "{:<34} {:>5} {:>10.3} {:>10.3} {:>9.1} {:>9.2} {:>14.6e}",
-                            w.id(),
-                            dtype,
-                            r.flops as f64 / 1e9,
-                            s * 1e3,
-                            r.flops as f64 / s / 1e9,
-                            r.bytes as f64 / s / 1e9,
-                            r.checksum
-                        );
-                    }
+                        format!("{mib:.0} MiB")
+                    };
+                    println!("{:<16} {f32r:>11} {f16r:>11} {memory:>12}", t.name());
                 }
             }
             if !json {
                 println!(
-                    "done: {} results, {:.1} s of op time",
-                    workloads.len() * dtypes.len(),
-                    total.as_secs_f64()
+                    "(SageMaker's ml.<tier> spelling is accepted; --tiers FILE adds custom tiers)"
                 );
             }
             Ok(())
@@ -171,6 +248,85 @@ fn run(cli: Cli) -> eia::Result<()> {
     }
 }
 
+/// What `eia run` runs and how it prints.
+struct RunPlan {
+    workloads: Vec<Workload>,
+    dtypes: Vec<DType>,
+    seconds: f64,
+    json: bool,
+    /// The tier the backend is metered at, if any (adds a "% of tier" column).
+    tier: Option<eia::Tier>,
+    header: String,
+    threads: usize,
+}
+
+/// Measures every workload × dtype of `plan` on `backend` and prints one line each.
+fn run_workloads<B: Backend>(backend: &B, plan: &RunPlan) -> eia::Result<()> {
+    if !plan.json {
+        println!("eia run: {}", plan.header);
+        println!(
+            "{:<34} {:>5} {:>10} {:>10} {:>9} {:>9} {:>14}{}",
+            "workload",
+            "dtype",
+            "GFLOP",
+            "median ms",
+            "GFLOPS",
+            "GB/s",
+            "checksum",
+            if plan.tier.is_some() {
+                "  % of tier"
+            } else {
+                ""
+            }
+        );
+    }
+    let mut total = Duration::ZERO;
+    for dtype in &plan.dtypes {
+        for w in &plan.workloads {
+            let r = measure(backend, w, *dtype, plan.seconds)?;
+            total += r.median * r.runs as u32;
+            let s = r.median.as_secs_f64();
+            let gflops = r.flops as f64 / s / 1e9;
+            if plan.json {
+                println!(
+                    "{{\"id\":\"{}\",\"family\":\"{}\",\"dtype\":\"{}\",\"flops\":{},\"bytes\":{},\"median_s\":{:.9},\"runs\":{},\"threads\":{}{}}}",
+                    w.id(), w.family(), dtype, r.flops, r.bytes, s, r.runs, plan.threads,
+                    plan.tier.as_ref().map(|t| format!(",\"tier\":\"{}\"", t.name())).unwrap_or_default()
+                );
+            } else {
+                let of_tier = plan
+                    .tier
+                    .as_ref()
+                    .map(|t| {
+                        format!(
+                            "  {:>8.1}%",
+                            100.0 * gflops * 1e9 / t.flops_per_second(*dtype)
+                        )
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{:<34} {:>5} {:>10.3} {:>10.3} {:>9.1} {:>9.2} {:>14.6e}{of_tier}",
+                    w.id(),
+                    dtype,
+                    r.flops as f64 / 1e9,
+                    s * 1e3,
+                    gflops,
+                    r.bytes as f64 / s / 1e9,
+                    r.checksum
+                );
+            }
+        }
+    }
+    if !plan.json {
+        println!(
+            "done: {} results, {:.1} s of op time",
+            plan.workloads.len() * plan.dtypes.len(),
+            total.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 /// One workload's timing.
 struct Measured {
     flops: u64,
@@ -181,8 +337,8 @@ struct Measured {
 }
 
 /// Runs `w` once to warm up, then repeatedly for about `seconds` (at least 3 runs); median time.
-fn measure(
-    backend: &CpuBackend,
+fn measure<B: Backend>(
+    backend: &B,
     w: &Workload,
     dtype: DType,
     seconds: f64,

@@ -57,7 +57,7 @@ fn memory_quota_is_enforced_and_nothing_held_is_lost() {
             quota: MIB,
         }
     );
-    assert!(e.to_string().contains("640.00 KiB"), "{e}");
+    assert!(e.to_string().contains("640 KiB in use of 1 MiB"), "{e}");
     // An op whose output would not fit fails the same way, before running.
     let e = acc.softmax(&Softmax::default(), &kept).unwrap_err();
     assert!(matches!(e, Error::MemoryQuota { .. }), "{e}");

@@ -196,7 +196,7 @@ impl<B: Backend> DeviceInner<B> {
         let cap = &self.capacity;
         let mut over = Vec::new();
         for dtype in DType::ALL {
-            let used: f64 = others.clone().map(|t| t.tflops(dtype)).sum();
+            let used = others.clone().fold(0.0, |sum, t| sum + t.tflops(dtype));
             if used + tier.tflops(dtype) > cap.tflops(dtype) * (1.0 + 1e-9) {
                 over.push(format!(
                     "{dtype}: {} TFLOPS needed, {used:.3} of {:.3} TFLOPS already attached",
@@ -218,7 +218,7 @@ impl<B: Backend> DeviceInner<B> {
             return Ok(());
         }
         Err(Error::Capacity(format!(
-            "{} ({} attached) does not fit on {}: {}; detach an accelerator, choose a smaller tier, or configure overcommit",
+            "{} ({} attached) does not fit on {}: {}; detach an accelerator, choose a smaller tier, or configure overcommit (`eia run --overcommit`)",
             tier.name(),
             attached.len(),
             self.backend.name(),
