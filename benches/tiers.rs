@@ -32,8 +32,8 @@ const SUITE: [&str; 6] = [
     "gemm/32x1000x2048",
     "conv/res4_3x3/n1",
     "conv/res2_1x1/n1",
-    "bn/",
-    "softmax/",
+    "batchnorm/1x64x112x112",
+    "softmax/64x4096",
 ];
 
 fn tiers() -> Tiers {
