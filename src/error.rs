@@ -104,6 +104,14 @@ pub enum Error {
     #[error("accelerator {0} is detached: its memory was freed and it runs no more ops")]
     Detached(u64),
 
+    /// A remote server refused a call (its gRPC status code and message).
+    #[error("server: {code}: {msg}")]
+    Remote { code: String, msg: String },
+
+    /// The network failed: cannot connect, connection lost, bad TLS or address.
+    #[error("network: {0}")]
+    Network(String),
+
     /// A tensor of one accelerator was passed to another.
     #[error("tensor belongs to accelerator {owner}, not to accelerator {accelerator}; download and upload it to move it")]
     ForeignTensor { accelerator: u64, owner: u64 },

@@ -391,6 +391,21 @@ where
         Ok(t)
     }
 
+    fn write(&self, t: &mut Tensor<Buffer>, host: &HostTensor) -> Result<()> {
+        crate::backend::check_write(t.desc(), host.desc())?;
+        let inner = &*self.inner;
+        let mut state = inner.lock();
+        state.live(inner.id)?;
+        inner.own(t.storage())?;
+        let stored = state
+            .buffers
+            .get_mut(&t.storage().id)
+            .ok_or_else(|| inner.missing())?;
+        inner.backend.write(stored, host)?;
+        state.counters.uploaded += host.desc().bytes() as u64;
+        Ok(())
+    }
+
     fn download(&self, t: &Tensor<Buffer>) -> Result<HostTensor> {
         let inner = &*self.inner;
         let mut state = inner.lock();

@@ -32,6 +32,9 @@ pub trait Backend: Send + Sync {
     /// Copies a host tensor onto the device.
     fn upload(&self, host: &HostTensor) -> Result<Tensor<Self::Storage>>;
 
+    /// Copies host data into an existing tensor of the same dtype and shape.
+    fn write(&self, t: &mut Tensor<Self::Storage>, host: &HostTensor) -> Result<()>;
+
     /// Copies a tensor back to the host (waiting for work that writes it).
     fn download(&self, t: &Tensor<Self::Storage>) -> Result<HostTensor>;
 
@@ -231,8 +234,17 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// Checks that host data written into a tensor has the tensor's dtype and shape.
+pub(crate) fn check_write(t: &TensorDesc, host: &TensorDesc) -> Result<()> {
+    check_output("write", t, host)
+}
+
 /// Checks that a caller-provided output matches what the op produces.
-fn check_output(op: &'static str, expected: &TensorDesc, got: &TensorDesc) -> Result<()> {
+pub(crate) fn check_output(
+    op: &'static str,
+    expected: &TensorDesc,
+    got: &TensorDesc,
+) -> Result<()> {
     if expected != got {
         return Err(Error::Output {
             op,

@@ -2,7 +2,8 @@
 //! inference (a typed error for every bad operand), and the exact FLOP count the meter charges.
 //!
 //! Each op family turns its attributes and operand descriptors into a *plan*: the validated,
-//! fully resolved problem a backend executes without checking anything again.
+//! fully resolved problem a backend executes without checking anything again. A plan also keeps
+//! the attributes it came from, so a remote backend can send the op rather than the plan.
 //!
 //! FLOP counts (what the meter charges, per the product contract):
 //! - Gemm / MatMul: `2·M·N·K` per batch matrix; the alpha/beta/C epilogue and ReLU are not charged.
@@ -17,7 +18,7 @@ pub mod softmax;
 
 pub use batchnorm::{BatchNorm, BatchNormPlan};
 pub use conv::{AutoPad, Conv, ConvPlan};
-pub use gemm::{Gemm, GemmPlan, MatLayout, MatMul};
+pub use gemm::{Gemm, GemmPlan, GemmSource, MatLayout, MatMul};
 pub use softmax::{Softmax, SoftmaxPlan};
 
 use crate::dtype::DType;

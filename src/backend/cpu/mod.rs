@@ -99,6 +99,12 @@ impl Backend for CpuBackend {
         Ok(host.clone())
     }
 
+    fn write(&self, t: &mut HostTensor, host: &HostTensor) -> Result<()> {
+        super::check_write(t.desc(), host.desc())?;
+        *t.storage_mut() = host.data().clone();
+        Ok(())
+    }
+
     fn download(&self, t: &HostTensor) -> Result<HostTensor> {
         Ok(t.clone())
     }

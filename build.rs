@@ -1,0 +1,9 @@
+//! Generates the gRPC code for `proto/eia/v1/eia.proto` with protox (a pure-Rust protobuf
+//! compiler), so building needs no system `protoc`, no nvcc and no GPU.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(["eia/v1/eia.proto"], ["proto"])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,678 @@
+//! The remote client: a [`Connection`] to an `eia serve` server and [`RemoteAccelerator`]s
+//! attached through it, with the same [`Backend`] API as a local accelerator — every op
+//! validates locally first (same typed errors), then runs on the server. A [`Program`] runs a
+//! sequence of ops (say, a whole CNN forward pass) in one round trip.
+//!
+//! The client is blocking: it drives its own small tokio runtime, so call it from ordinary
+//! threads (inside an async runtime, use `spawn_blocking`). A background task renews each
+//! accelerator's lease while it is attached; dropping a [`RemoteBuffer`] queues its tensor to be
+//! freed with the next call; dropping a [`RemoteAccelerator`] detaches it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::Request;
+
+use super::convert::{self, error};
+use super::proto::{self, accelerators_client::AcceleratorsClient};
+use crate::accelerator::{Tier, Usage};
+use crate::backend::{check_output, check_write, Backend};
+use crate::error::{Error, Result};
+use crate::ops::{
+    BatchNorm, BatchNormPlan, Conv, ConvPlan, Gemm, GemmPlan, MatMul, Softmax, SoftmaxPlan,
+};
+use crate::tensor::{HostTensor, Tensor, TensorDesc};
+
+/// How a client connects.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The bearer token, if the server needs one.
+    pub token: Option<String>,
+    /// PEM of the CA that signed the server's certificate (for `https://` URLs).
+    pub ca_pem: Option<Vec<u8>>,
+    /// The name the server's certificate is for (default: the URL's host).
+    pub tls_domain: Option<String>,
+    /// Size of upload chunks (default 1 MiB).
+    pub chunk_bytes: usize,
+    /// Largest gRPC message either way (default 64 MiB).
+    pub max_message_bytes: usize,
+    /// How long to wait for the connection (default 10 s).
+    pub connect_timeout: Duration,
+    /// Renew each accelerator's lease in the background (default true; without it the server
+    /// detaches an accelerator left idle for its lease).
+    pub heartbeat: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            token: None,
+            ca_pem: None,
+            tls_domain: None,
+            chunk_bytes: 1 << 20,
+            max_message_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(10),
+            heartbeat: true,
+        }
+    }
+}
+
+/// A connection to a server. Cheap to share (`Arc`).
+pub struct Connection {
+    runtime: tokio::runtime::Runtime,
+    client: AcceleratorsClient<Channel>,
+    token: Option<MetadataValue<Ascii>>,
+    url: String,
+    chunk_bytes: usize,
+    heartbeat: bool,
+}
+
+fn network(e: impl std::fmt::Display) -> Error {
+    Error::Network(e.to_string())
+}
+
+impl Connection {
+    /// Connects to `url` (`http://host:port`, or `https://` with `config.ca_pem`).
+    pub fn connect(url: &str, config: ClientConfig) -> Result<Arc<Connection>> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("eia-client")
+            .enable_all()
+            .build()
+            .map_err(network)?;
+        let mut endpoint = Channel::from_shared(url.to_string())
+            .map_err(|e| Error::Network(format!("bad server URL {url:?}: {e}")))?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true);
+        if let Some(ca) = &config.ca_pem {
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if let Some(domain) = &config.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(tls).map_err(network)?;
+        }
+        let channel = runtime
+            .block_on(endpoint.connect())
+            .map_err(|e| Error::Network(format!("cannot connect to {url}: {e:?}")))?;
+        let client = AcceleratorsClient::new(channel)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+        let token = match &config.token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| Error::Network("the token must be printable ASCII".into()))?,
+            ),
+            None => None,
+        };
+        Ok(Arc::new(Connection {
+            runtime,
+            client,
+            token,
+            url: url.to_string(),
+            chunk_bytes: config.chunk_bytes.max(1),
+            heartbeat: config.heartbeat,
+        }))
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        if let Some(token) = &self.token {
+            req.metadata_mut().insert("authorization", token.clone());
+        }
+        req
+    }
+
+    /// Whether the server is live (Open Inference Protocol health).
+    pub fn live(&self) -> Result<bool> {
+        let mut c = self.client.clone();
+        let r = self
+            .runtime
+            .block_on(c.server_live(proto::ServerLiveRequest {}))
+            .map_err(error)?;
+        Ok(r.into_inner().live)
+    }
+
+    /// The tiers the server offers.
+    pub fn tiers(&self) -> Result<Vec<Tier>> {
+        let mut c = self.client.clone();
+        let r = self
+            .runtime
+            .block_on(c.tiers(self.request(proto::TiersRequest {})))
+            .map_err(error)?;
+        r.into_inner()
+            .tiers
+            .into_iter()
+            .map(|t| convert::tier_from(Some(t)))
+            .collect()
+    }
+
+    /// Attaches an accelerator of the tier called `tier` on the server.
+    pub fn attach(self: &Arc<Self>, tier: &str) -> Result<RemoteAccelerator> {
+        let mut c = self.client.clone();
+        let r = self
+            .runtime
+            .block_on(c.attach(self.request(proto::AttachRequest { tier: tier.into() })))
+            .map_err(error)?
+            .into_inner();
+        let id = r.accelerator;
+        let lease = Duration::try_from_secs_f64(r.lease_seconds).unwrap_or(Duration::from_secs(30));
+        // Renew the lease three times per lease period while attached.
+        let heartbeat = self.heartbeat.then(|| {
+            let mut c = self.client.clone();
+            let token = self.token.clone();
+            self.runtime.spawn(async move {
+                let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(5)));
+                loop {
+                    tick.tick().await;
+                    let mut req = Request::new(proto::HeartbeatRequest { accelerator: id });
+                    if let Some(t) = &token {
+                        req.metadata_mut().insert("authorization", t.clone());
+                    }
+                    if c.heartbeat(req).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        Ok(RemoteAccelerator {
+            conn: Arc::clone(self),
+            id,
+            tier: Mutex::new(convert::tier_from(r.tier)?),
+            pending_free: Arc::new(Mutex::new(Vec::new())),
+            heartbeat,
+            detached: AtomicBool::new(false),
+        })
+    }
+}
+
+/// An accelerator on a server, used like a local one.
+pub struct RemoteAccelerator {
+    conn: Arc<Connection>,
+    id: u64,
+    tier: Mutex<Tier>,
+    /// Tensors whose handles were dropped, freed with the next call.
+    pending_free: Arc<Mutex<Vec<u64>>>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    detached: AtomicBool,
+}
+
+/// A tensor on a remote accelerator (a handle; dropping it frees the tensor).
+pub struct RemoteBuffer {
+    id: u64,
+    accelerator: u64,
+    pending_free: Weak<Mutex<Vec<u64>>>,
+}
+
+impl std::fmt::Debug for RemoteBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RemoteBuffer {} of accelerator {}",
+            self.id, self.accelerator
+        )
+    }
+}
+
+impl Drop for RemoteBuffer {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending_free.upgrade() {
+            lock(&pending).push(self.id);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RemoteAccelerator {
+    /// Its id on the server.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The tier it is attached as.
+    pub fn tier(&self) -> Tier {
+        lock(&self.tier).clone()
+    }
+
+    fn live(&self) -> Result<()> {
+        if self.detached.load(Ordering::Acquire) {
+            return Err(Error::Detached(self.id));
+        }
+        Ok(())
+    }
+
+    fn client(&self) -> AcceleratorsClient<Channel> {
+        self.conn.client.clone()
+    }
+
+    fn take_frees(&self) -> Vec<u64> {
+        std::mem::take(&mut *lock(&self.pending_free))
+    }
+
+    /// Frees dropped tensors now (before anything that allocates, so the quota is current).
+    fn flush_frees(&self) -> Result<()> {
+        let tensors = self.take_frees();
+        if tensors.is_empty() {
+            return Ok(());
+        }
+        let req = self.conn.request(proto::FreeRequest {
+            accelerator: self.id,
+            tensors,
+        });
+        self.conn
+            .runtime
+            .block_on(self.client().free(req))
+            .map_err(error)?;
+        Ok(())
+    }
+
+    fn handle(&self, desc: &TensorDesc, id: u64) -> Tensor<RemoteBuffer> {
+        Tensor::from_parts(
+            desc.clone(),
+            RemoteBuffer {
+                id,
+                accelerator: self.id,
+                pending_free: Arc::downgrade(&self.pending_free),
+            },
+        )
+    }
+
+    fn own(&self, b: &RemoteBuffer) -> Result<u64> {
+        if b.accelerator != self.id {
+            return Err(Error::ForeignTensor {
+                accelerator: self.id,
+                owner: b.accelerator,
+            });
+        }
+        Ok(b.id)
+    }
+
+    /// Its usage so far, as the server records it.
+    pub fn usage(&self) -> Result<Usage> {
+        self.live()?;
+        let req = self.conn.request(proto::UsageRequest {
+            accelerator: self.id,
+        });
+        let r = self
+            .conn
+            .runtime
+            .block_on(self.client().usage(req))
+            .map_err(error)?;
+        convert::usage_from(r.into_inner().usage)
+    }
+
+    /// Moves it to another tier, keeping its tensors.
+    pub fn resize(&self, tier: &str) -> Result<()> {
+        self.live()?;
+        self.flush_frees()?;
+        let req = self.conn.request(proto::ResizeRequest {
+            accelerator: self.id,
+            tier: tier.into(),
+        });
+        let r = self
+            .conn
+            .runtime
+            .block_on(self.client().resize(req))
+            .map_err(error)?;
+        *lock(&self.tier) = convert::tier_from(r.into_inner().tier)?;
+        Ok(())
+    }
+
+    /// Detaches it, freeing everything it holds on the server; returns the final usage.
+    pub fn detach(&self) -> Result<Usage> {
+        if self.detached.swap(true, Ordering::AcqRel) {
+            return Err(Error::Detached(self.id));
+        }
+        if let Some(h) = &self.heartbeat {
+            h.abort();
+        }
+        let req = self.conn.request(proto::DetachRequest {
+            accelerator: self.id,
+        });
+        let r = self
+            .conn
+            .runtime
+            .block_on(self.client().detach(req))
+            .map_err(error)?;
+        convert::usage_from(r.into_inner().usage)
+    }
+
+    /// Runs a program in one round trip; returns the tensors it reads, in order.
+    pub fn run(&self, program: &Program) -> Result<Vec<HostTensor>> {
+        self.live()?;
+        if program.accelerator.is_some_and(|a| a != self.id) {
+            return Err(Error::ForeignTensor {
+                accelerator: self.id,
+                owner: program.accelerator.unwrap_or_default(),
+            });
+        }
+        let req = self.conn.request(proto::RunRequest {
+            accelerator: self.id,
+            free: self.take_frees(),
+            writes: program.writes.clone(),
+            ops: program.ops.clone(),
+            reads: program.reads.iter().map(|(id, _)| *id).collect(),
+        });
+        let r = self
+            .conn
+            .runtime
+            .block_on(self.client().run(req))
+            .map_err(error)?
+            .into_inner();
+        if r.reads.len() != program.reads.len() {
+            return Err(Error::Remote {
+                code: "DataLoss".into(),
+                msg: format!(
+                    "asked for {} tensors, got {}",
+                    program.reads.len(),
+                    r.reads.len()
+                ),
+            });
+        }
+        r.reads
+            .iter()
+            .zip(&program.reads)
+            .map(|(bytes, (_, desc))| HostTensor::from_bytes(desc.dtype(), desc.shape(), bytes))
+            .collect()
+    }
+
+    fn run_one(
+        &self,
+        kind: proto::op::Kind,
+        inputs: &[&RemoteBuffer],
+        y: &RemoteBuffer,
+    ) -> Result<()> {
+        let mut program = Program::new();
+        program.push(self.id, kind, inputs, y)?;
+        self.run(&program).map(|_| ())
+    }
+}
+
+impl Drop for RemoteAccelerator {
+    fn drop(&mut self) {
+        if !self.detached.load(Ordering::Acquire) {
+            let _ = self.detach();
+        }
+    }
+}
+
+impl Backend for RemoteAccelerator {
+    type Storage = RemoteBuffer;
+
+    fn name(&self) -> String {
+        format!(
+            "remote accelerator {} ({}) at {}",
+            self.id,
+            lock(&self.tier).name(),
+            self.conn.url
+        )
+    }
+
+    fn alloc(&self, desc: &TensorDesc) -> Result<Tensor<RemoteBuffer>> {
+        self.live()?;
+        self.flush_frees()?;
+        let req = self.conn.request(proto::AllocRequest {
+            accelerator: self.id,
+            tensors: vec![convert::meta(desc)],
+        });
+        let r = self
+            .conn
+            .runtime
+            .block_on(self.client().alloc(req))
+            .map_err(error)?;
+        let id = *r
+            .into_inner()
+            .tensors
+            .first()
+            .ok_or_else(|| Error::Remote {
+                code: "DataLoss".into(),
+                msg: "the server allocated nothing".into(),
+            })?;
+        Ok(self.handle(desc, id))
+    }
+
+    fn upload(&self, host: &HostTensor) -> Result<Tensor<RemoteBuffer>> {
+        self.live()?;
+        self.flush_frees()?;
+        let bytes = host.as_bytes();
+        let mut chunks: Vec<proto::UploadChunk> = bytes
+            .chunks(self.conn.chunk_bytes)
+            .map(|c| proto::UploadChunk {
+                header: None,
+                data: c.to_vec(),
+            })
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(proto::UploadChunk::default());
+        }
+        chunks[0].header = Some(proto::UploadHeader {
+            accelerator: self.id,
+            meta: Some(convert::meta(host.desc())),
+        });
+        let req = self.conn.request(tokio_stream::iter(chunks));
+        let r = self
+            .conn
+            .runtime
+            .block_on(self.client().upload(req))
+            .map_err(error)?;
+        Ok(self.handle(host.desc(), r.into_inner().tensor))
+    }
+
+    fn write(&self, t: &mut Tensor<RemoteBuffer>, host: &HostTensor) -> Result<()> {
+        let mut program = Program::new();
+        program.write(t, host)?;
+        self.run(&program).map(|_| ())
+    }
+
+    fn download(&self, t: &Tensor<RemoteBuffer>) -> Result<HostTensor> {
+        self.live()?;
+        let tensor = self.own(t.storage())?;
+        let req = self.conn.request(proto::DownloadRequest {
+            accelerator: self.id,
+            tensor,
+        });
+        let client = self.client();
+        let data = self.conn.runtime.block_on(async move {
+            let mut client = client;
+            let mut stream = client.download(req).await?.into_inner();
+            let mut data = Vec::with_capacity(t.desc().bytes());
+            while let Some(chunk) = stream.message().await? {
+                data.extend_from_slice(&chunk.data);
+            }
+            Ok::<_, tonic::Status>(data)
+        });
+        HostTensor::from_bytes(t.dtype(), t.shape(), &data.map_err(error)?)
+    }
+
+    fn launch_gemm(
+        &self,
+        plan: &GemmPlan,
+        a: &RemoteBuffer,
+        b: &RemoteBuffer,
+        c: Option<&RemoteBuffer>,
+        y: &mut RemoteBuffer,
+    ) -> Result<()> {
+        let mut inputs = vec![a, b];
+        inputs.extend(c);
+        self.run_one(convert::gemm_kind(plan), &inputs, y)
+    }
+
+    fn launch_conv(
+        &self,
+        plan: &ConvPlan,
+        x: &RemoteBuffer,
+        w: &RemoteBuffer,
+        bias: Option<&RemoteBuffer>,
+        y: &mut RemoteBuffer,
+    ) -> Result<()> {
+        let mut inputs = vec![x, w];
+        inputs.extend(bias);
+        self.run_one(convert::conv_kind(plan), &inputs, y)
+    }
+
+    fn launch_batch_norm(
+        &self,
+        plan: &BatchNormPlan,
+        x: &RemoteBuffer,
+        params: [&RemoteBuffer; 4],
+        y: &mut RemoteBuffer,
+    ) -> Result<()> {
+        let inputs = [x, params[0], params[1], params[2], params[3]];
+        self.run_one(convert::batch_norm_kind(plan), &inputs, y)
+    }
+
+    fn launch_softmax(
+        &self,
+        plan: &SoftmaxPlan,
+        x: &RemoteBuffer,
+        y: &mut RemoteBuffer,
+    ) -> Result<()> {
+        self.run_one(convert::softmax_kind(plan), &[x], y)
+    }
+}
+
+/// A sequence of writes, ops and reads over one remote accelerator's tensors, run in one round
+/// trip by [`RemoteAccelerator::run`]. Each op is validated as it is added (the same typed
+/// errors as a local call) and writes into an existing output tensor.
+#[derive(Debug, Default, Clone)]
+pub struct Program {
+    accelerator: Option<u64>,
+    writes: Vec<proto::TensorWrite>,
+    ops: Vec<proto::Op>,
+    reads: Vec<(u64, TensorDesc)>,
+}
+
+type T = Tensor<RemoteBuffer>;
+
+impl Program {
+    pub fn new() -> Program {
+        Program::default()
+    }
+
+    fn same_accelerator(&mut self, accelerator: u64) -> Result<()> {
+        match self.accelerator {
+            Some(a) if a != accelerator => Err(Error::ForeignTensor {
+                accelerator: a,
+                owner: accelerator,
+            }),
+            _ => {
+                self.accelerator = Some(accelerator);
+                Ok(())
+            }
+        }
+    }
+
+    fn push(
+        &mut self,
+        accelerator: u64,
+        kind: proto::op::Kind,
+        inputs: &[&RemoteBuffer],
+        y: &RemoteBuffer,
+    ) -> Result<()> {
+        for b in inputs.iter().chain([&y]) {
+            self.same_accelerator(b.accelerator)?;
+        }
+        self.same_accelerator(accelerator)?;
+        self.ops.push(proto::Op {
+            kind: Some(kind),
+            inputs: inputs.iter().map(|b| b.id).collect(),
+            output: y.id,
+        });
+        Ok(())
+    }
+
+    /// Writes host data into `t` before the first op.
+    pub fn write(&mut self, t: &T, host: &HostTensor) -> Result<&mut Self> {
+        check_write(t.desc(), host.desc())?;
+        self.same_accelerator(t.storage().accelerator)?;
+        self.writes.push(proto::TensorWrite {
+            tensor: t.storage().id,
+            data: host.as_bytes().to_vec(),
+        });
+        Ok(self)
+    }
+
+    /// Reads `t` after the last op.
+    pub fn read(&mut self, t: &T) -> Result<&mut Self> {
+        self.same_accelerator(t.storage().accelerator)?;
+        self.reads.push((t.storage().id, t.desc().clone()));
+        Ok(self)
+    }
+
+    pub fn gemm(&mut self, op: &Gemm, a: &T, b: &T, c: Option<&T>, y: &T) -> Result<&mut Self> {
+        let plan = op.plan(a.desc(), b.desc(), c.map(Tensor::desc))?;
+        check_output("Gemm", &plan.output, y.desc())?;
+        let mut inputs = vec![a.storage(), b.storage()];
+        inputs.extend(c.map(Tensor::storage));
+        let acc = a.storage().accelerator;
+        self.push(acc, convert::gemm_kind(&plan), &inputs, y.storage())?;
+        Ok(self)
+    }
+
+    pub fn matmul(&mut self, a: &T, b: &T, y: &T) -> Result<&mut Self> {
+        let plan = MatMul.plan(a.desc(), b.desc())?;
+        check_output("MatMul", &plan.output, y.desc())?;
+        let acc = a.storage().accelerator;
+        self.push(
+            acc,
+            convert::gemm_kind(&plan),
+            &[a.storage(), b.storage()],
+            y.storage(),
+        )?;
+        Ok(self)
+    }
+
+    pub fn conv(&mut self, op: &Conv, x: &T, w: &T, bias: Option<&T>, y: &T) -> Result<&mut Self> {
+        let plan = op.plan(x.desc(), w.desc(), bias.map(Tensor::desc))?;
+        check_output("Conv", &plan.output, y.desc())?;
+        let mut inputs = vec![x.storage(), w.storage()];
+        inputs.extend(bias.map(Tensor::storage));
+        let acc = x.storage().accelerator;
+        self.push(acc, convert::conv_kind(&plan), &inputs, y.storage())?;
+        Ok(self)
+    }
+
+    pub fn batch_norm(
+        &mut self,
+        op: &BatchNorm,
+        x: &T,
+        params: [&T; 4],
+        y: &T,
+    ) -> Result<&mut Self> {
+        let plan = op.plan(x.desc(), params.map(Tensor::desc))?;
+        check_output("BatchNormalization", &plan.output, y.desc())?;
+        let mut inputs = vec![x.storage()];
+        inputs.extend(params.map(Tensor::storage));
+        let acc = x.storage().accelerator;
+        self.push(acc, convert::batch_norm_kind(&plan), &inputs, y.storage())?;
+        Ok(self)
+    }
+
+    pub fn softmax(&mut self, op: &Softmax, x: &T, y: &T) -> Result<&mut Self> {
+        let plan = op.plan(x.desc())?;
+        check_output("Softmax", &plan.output, y.desc())?;
+        let acc = x.storage().accelerator;
+        self.push(
+            acc,
+            convert::softmax_kind(&plan),
+            &[x.storage()],
+            y.storage(),
+        )?;
+        Ok(self)
+    }
+
+    /// Number of ops.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}

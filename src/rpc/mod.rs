@@ -1,0 +1,18 @@
+//! The network accelerator: `eia serve` exposes a device's virtual accelerators over gRPC
+//! (schema in `proto/eia/v1/eia.proto`), and [`RemoteAccelerator`] is a client with the same
+//! [`crate::Backend`] API as a local accelerator.
+
+/// The generated protobuf messages and gRPC stubs.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("eia.v1");
+}
+
+pub mod auth;
+pub mod client;
+pub mod convert;
+pub mod server;
+
+pub use auth::Tokens;
+pub use client::{ClientConfig, Connection, Program, RemoteAccelerator, RemoteBuffer};
+pub use server::{spawn, ServerConfig, ServerHandle, Service};

@@ -1,0 +1,663 @@
+//! `eia serve`: the gRPC service over a device's virtual accelerators.
+//!
+//! Each attached accelerator belongs to the token that attached it and keeps its tensors in a
+//! handle table; ops and transfers run on blocking threads (the meter sleeps, the CPU backend
+//! computes) so the async runtime keeps serving other tenants. A reaper detaches accelerators
+//! whose lease ran out (no call for `lease`), freeing all their memory.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::{Principal, Tokens};
+use super::convert::{self, invalid, status, WireOp};
+use super::proto::{self, accelerators_server::Accelerators};
+use crate::accelerator::{Accelerator, Buffer, Device, DeviceConfig};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::tensor::{HostTensor, Tensor};
+
+/// How a server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The device's tiers, capacity, overcommit and meter burst.
+    pub device: DeviceConfig,
+    /// Accepted tokens; `None` serves anyone (the loopback default).
+    pub tokens: Option<Tokens>,
+    /// An accelerator with no call for this long is detached (default 30 s).
+    pub lease: Duration,
+    /// Largest gRPC message either way (default 64 MiB); larger tensors stream in chunks.
+    pub max_message_bytes: usize,
+    /// Size of the chunks a download streams (default 1 MiB).
+    pub chunk_bytes: usize,
+    /// PEM certificate chain and private key: serve TLS (rustls) instead of plain TCP.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            device: DeviceConfig::default(),
+            tokens: None,
+            lease: Duration::from_secs(30),
+            max_message_bytes: 64 << 20,
+            chunk_bytes: 1 << 20,
+            tls: None,
+        }
+    }
+}
+
+/// The gRPC service (generic over the device's backend).
+pub struct Service<B: Backend> {
+    shared: Arc<Shared<B>>,
+}
+
+struct Shared<B: Backend> {
+    device: Device<B>,
+    tokens: Option<Tokens>,
+    lease: Duration,
+    chunk_bytes: usize,
+    accelerators: Mutex<HashMap<u64, Arc<Attached<B>>>>,
+}
+
+/// One attached accelerator and its tensors.
+struct Attached<B: Backend> {
+    accel: Accelerator<B>,
+    owner: String,
+    tensors: Mutex<HashMap<u64, Tensor<Buffer>>>,
+    next_tensor: AtomicU64,
+    last_seen: Mutex<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<B: Backend + Clone + 'static> Attached<B> {
+    fn insert(&self, t: Tensor<Buffer>) -> u64 {
+        let id = self.next_tensor.fetch_add(1, Ordering::Relaxed);
+        lock(&self.tensors).insert(id, t);
+        id
+    }
+}
+
+fn not_found(accelerator: u64, tensor: u64) -> Status {
+    Status::not_found(format!(
+        "accelerator {accelerator} has no tensor {tensor} (never allocated, or freed)"
+    ))
+}
+
+impl<B: Backend + Clone + 'static> Service<B> {
+    /// A service over a new device on `backend`, with its lease reaper running on the current
+    /// tokio runtime.
+    pub fn new(backend: B, config: &ServerConfig) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            device: Device::new(backend, config.device.clone())?,
+            tokens: config.tokens.clone(),
+            lease: config.lease,
+            chunk_bytes: config.chunk_bytes.max(1),
+            accelerators: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(reap(Arc::downgrade(&shared)));
+        Ok(Service { shared })
+    }
+
+    /// The device the service slices.
+    pub fn device(&self) -> &Device<B> {
+        &self.shared.device
+    }
+
+    fn principal<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        match &self.shared.tokens {
+            None => Ok(Principal::anonymous()),
+            Some(tokens) => tokens.authenticate(req.metadata()),
+        }
+    }
+
+    /// The caller's accelerator `id` (renewing its lease).
+    fn get(&self, who: &Principal, id: u64) -> Result<Arc<Attached<B>>, Status> {
+        let attached = lock(&self.shared.accelerators)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no accelerator {id} (never attached, detached, or its lease expired)"
+                ))
+            })?;
+        if attached.owner != who.name {
+            return Err(Status::permission_denied(format!(
+                "accelerator {id} belongs to another token"
+            )));
+        }
+        *lock(&attached.last_seen) = Instant::now();
+        Ok(attached)
+    }
+}
+
+/// Runs blocking work (ops, the meter's waits, copies) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+}
+
+/// Detaches accelerators whose lease ran out, until the service is gone.
+async fn reap<B: Backend + Clone + 'static>(shared: Weak<Shared<B>>) {
+    loop {
+        let period = match shared.upgrade() {
+            Some(s) => (s.lease / 4).max(Duration::from_millis(10)),
+            None => return,
+        };
+        tokio::time::sleep(period).await;
+        let Some(s) = shared.upgrade() else { return };
+        let expired: Vec<Arc<Attached<B>>> = {
+            let mut map = lock(&s.accelerators);
+            let ids: Vec<u64> = map
+                .iter()
+                .filter(|(_, a)| lock(&a.last_seen).elapsed() > s.lease)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        for a in expired {
+            lock(&a.tensors).clear();
+            let _ = a.accel.detach();
+        }
+    }
+}
+
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<proto::DownloadChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
+    async fn server_live(
+        &self,
+        _: Request<proto::ServerLiveRequest>,
+    ) -> Result<Response<proto::ServerLiveResponse>, Status> {
+        Ok(Response::new(proto::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<proto::ServerReadyRequest>,
+    ) -> Result<Response<proto::ServerReadyResponse>, Status> {
+        Ok(Response::new(proto::ServerReadyResponse { ready: true }))
+    }
+
+    async fn tiers(
+        &self,
+        req: Request<proto::TiersRequest>,
+    ) -> Result<Response<proto::TiersResponse>, Status> {
+        self.principal(&req)?;
+        let tiers = self
+            .shared
+            .device
+            .tiers()
+            .iter()
+            .map(convert::tier)
+            .collect();
+        Ok(Response::new(proto::TiersResponse { tiers }))
+    }
+
+    async fn attach(
+        &self,
+        req: Request<proto::AttachRequest>,
+    ) -> Result<Response<proto::AttachResponse>, Status> {
+        let who = self.principal(&req)?;
+        let tier = self
+            .shared
+            .device
+            .tiers()
+            .get(&req.get_ref().tier)
+            .map_err(status)?
+            .clone();
+        if !who.may_attach(tier.name()) {
+            return Err(Status::permission_denied(format!(
+                "token {:?} may not attach {}",
+                who.name,
+                tier.name()
+            )));
+        }
+        let mut map = lock(&self.shared.accelerators);
+        let held = map.values().filter(|a| a.owner == who.name).count();
+        if held >= who.max_accelerators {
+            return Err(Status::resource_exhausted(format!(
+                "token {:?} already holds {held} accelerators, its limit",
+                who.name
+            )));
+        }
+        let accel = self
+            .shared
+            .device
+            .attach_tier(tier.clone())
+            .map_err(status)?;
+        let id = accel.id();
+        map.insert(
+            id,
+            Arc::new(Attached {
+                accel,
+                owner: who.name,
+                tensors: Mutex::new(HashMap::new()),
+                next_tensor: AtomicU64::new(1),
+                last_seen: Mutex::new(Instant::now()),
+            }),
+        );
+        Ok(Response::new(proto::AttachResponse {
+            accelerator: id,
+            tier: Some(convert::tier(&tier)),
+            lease_seconds: self.shared.lease.as_secs_f64(),
+        }))
+    }
+
+    async fn resize(
+        &self,
+        req: Request<proto::ResizeRequest>,
+    ) -> Result<Response<proto::ResizeResponse>, Status> {
+        let who = self.principal(&req)?;
+        let a = self.get(&who, req.get_ref().accelerator)?;
+        let tier = self
+            .shared
+            .device
+            .tiers()
+            .get(&req.get_ref().tier)
+            .map_err(status)?
+            .clone();
+        if !who.may_attach(tier.name()) {
+            return Err(Status::permission_denied(format!(
+                "token {:?} may not use {}",
+                who.name,
+                tier.name()
+            )));
+        }
+        a.accel.resize_tier(tier.clone()).map_err(status)?;
+        Ok(Response::new(proto::ResizeResponse {
+            tier: Some(convert::tier(&tier)),
+        }))
+    }
+
+    async fn detach(
+        &self,
+        req: Request<proto::DetachRequest>,
+    ) -> Result<Response<proto::DetachResponse>, Status> {
+        let who = self.principal(&req)?;
+        let id = req.get_ref().accelerator;
+        let a = self.get(&who, id)?;
+        lock(&self.shared.accelerators).remove(&id);
+        let usage = blocking(move || {
+            lock(&a.tensors).clear();
+            a.accel.detach().map_err(status)
+        })
+        .await?;
+        Ok(Response::new(proto::DetachResponse {
+            usage: Some(convert::usage(&usage)),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let who = self.principal(&req)?;
+        self.get(&who, req.get_ref().accelerator)?;
+        Ok(Response::new(proto::HeartbeatResponse {}))
+    }
+
+    async fn usage(
+        &self,
+        req: Request<proto::UsageRequest>,
+    ) -> Result<Response<proto::UsageResponse>, Status> {
+        let who = self.principal(&req)?;
+        let a = self.get(&who, req.get_ref().accelerator)?;
+        Ok(Response::new(proto::UsageResponse {
+            usage: Some(convert::usage(&a.accel.usage())),
+        }))
+    }
+
+    async fn alloc(
+        &self,
+        req: Request<proto::AllocRequest>,
+    ) -> Result<Response<proto::AllocResponse>, Status> {
+        let who = self.principal(&req)?;
+        let a = self.get(&who, req.get_ref().accelerator)?;
+        let descs = req
+            .get_ref()
+            .tensors
+            .iter()
+            .map(|m| convert::desc(Some(m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tensors = blocking(move || {
+            // All or nothing: tensors allocated before a failure are dropped (freed).
+            let made = descs
+                .iter()
+                .map(|d| a.accel.alloc(d))
+                .collect::<Result<Vec<_>>>()
+                .map_err(status)?;
+            Ok(made.into_iter().map(|t| a.insert(t)).collect())
+        })
+        .await?;
+        Ok(Response::new(proto::AllocResponse { tensors }))
+    }
+
+    async fn free(
+        &self,
+        req: Request<proto::FreeRequest>,
+    ) -> Result<Response<proto::FreeResponse>, Status> {
+        let who = self.principal(&req)?;
+        let a = self.get(&who, req.get_ref().accelerator)?;
+        free(&a, &req.get_ref().tensors)?;
+        Ok(Response::new(proto::FreeResponse {}))
+    }
+
+    async fn upload(
+        &self,
+        req: Request<Streaming<proto::UploadChunk>>,
+    ) -> Result<Response<proto::UploadResponse>, Status> {
+        let who = self.principal(&req)?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| invalid("an upload needs at least one message"))?;
+        let header = first
+            .header
+            .ok_or_else(|| invalid("the first upload message must carry the header"))?;
+        let a = self.get(&who, header.accelerator)?;
+        let desc = convert::desc(header.meta.as_ref())?;
+        let want = desc.bytes();
+        let usage = a.accel.usage();
+        if usage.memory_used.saturating_add(want as u64) > usage.memory_quota {
+            return Err(status(Error::MemoryQuota {
+                accelerator: usage.accelerator,
+                tier: usage.tier,
+                requested: want as u64,
+                used: usage.memory_used,
+                quota: usage.memory_quota,
+            }));
+        }
+        let mut data = Vec::with_capacity(want);
+        let mut chunk = first.data;
+        loop {
+            if data.len() + chunk.len() > want {
+                return Err(invalid(format!(
+                    "upload: more than the {want} bytes a {} {:?} tensor holds",
+                    desc.dtype(),
+                    desc.shape()
+                )));
+            }
+            data.extend_from_slice(&chunk);
+            match stream.message().await? {
+                Some(next) if next.header.is_some() => {
+                    return Err(invalid("upload: only the first message carries a header"))
+                }
+                Some(next) => chunk = next.data,
+                None => break,
+            }
+        }
+        let host = HostTensor::from_bytes(desc.dtype(), desc.shape(), &data).map_err(status)?;
+        let tensor = blocking(move || {
+            let t = a.accel.upload(&host).map_err(status)?;
+            Ok(a.insert(t))
+        })
+        .await?;
+        Ok(Response::new(proto::UploadResponse { tensor }))
+    }
+
+    type DownloadStream = DownloadStream;
+
+    async fn download(
+        &self,
+        req: Request<proto::DownloadRequest>,
+    ) -> Result<Response<DownloadStream>, Status> {
+        let who = self.principal(&req)?;
+        let (id, tensor) = (req.get_ref().accelerator, req.get_ref().tensor);
+        let a = self.get(&who, id)?;
+        let host = blocking(move || {
+            let tensors = lock(&a.tensors);
+            let t = tensors.get(&tensor).ok_or_else(|| not_found(id, tensor))?;
+            a.accel.download(t).map_err(status)
+        })
+        .await?;
+        let meta = convert::meta(host.desc());
+        let bytes = host.as_bytes();
+        let mut chunks: Vec<Result<proto::DownloadChunk, Status>> = bytes
+            .chunks(self.shared.chunk_bytes)
+            .map(|c| {
+                Ok(proto::DownloadChunk {
+                    meta: None,
+                    data: c.to_vec(),
+                })
+            })
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(Ok(proto::DownloadChunk::default()));
+        }
+        if let Some(Ok(first)) = chunks.first_mut() {
+            first.meta = Some(meta);
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn run(
+        &self,
+        req: Request<proto::RunRequest>,
+    ) -> Result<Response<proto::RunResponse>, Status> {
+        let who = self.principal(&req)?;
+        let a = self.get(&who, req.get_ref().accelerator)?;
+        let program = req.into_inner();
+        free(&a, &program.free)?;
+        let reads = blocking(move || run_program(&a, program)).await?;
+        Ok(Response::new(proto::RunResponse { reads }))
+    }
+}
+
+fn free<B: Backend + Clone + 'static>(a: &Attached<B>, ids: &[u64]) -> Result<(), Status> {
+    let mut tensors = lock(&a.tensors);
+    if let Some(missing) = ids.iter().find(|id| !tensors.contains_key(id)) {
+        return Err(not_found(a.accel.id(), *missing));
+    }
+    for id in ids {
+        tensors.remove(id);
+    }
+    Ok(())
+}
+
+/// Writes, runs the ops in order, reads. An error names the op that failed; the ops before it
+/// have run.
+fn run_program<B: Backend + Clone + 'static>(
+    a: &Attached<B>,
+    program: proto::RunRequest,
+) -> Result<Vec<Vec<u8>>, Status> {
+    let accel = &a.accel;
+    let id = accel.id();
+    let mut tensors = lock(&a.tensors);
+    for w in &program.writes {
+        let t = tensors
+            .get_mut(&w.tensor)
+            .ok_or_else(|| not_found(id, w.tensor))?;
+        let host = HostTensor::from_bytes(t.dtype(), t.shape(), &w.data).map_err(status)?;
+        accel.write(t, &host).map_err(status)?;
+    }
+    for (i, op) in program.ops.iter().enumerate() {
+        let wire = convert::op_from(op.kind.as_ref())?;
+        let context = |s: Status| {
+            Status::new(
+                s.code(),
+                format!("op {i} ({}): {}", wire.name(), s.message()),
+            )
+        };
+        let (lo, hi) = wire.arity();
+        if op.inputs.len() < lo || op.inputs.len() > hi {
+            return Err(context(invalid(format!(
+                "takes {lo}..={hi} inputs, got {}",
+                op.inputs.len()
+            ))));
+        }
+        if op.inputs.contains(&op.output) {
+            return Err(context(invalid(format!(
+                "tensor {} is both an input and the output",
+                op.output
+            ))));
+        }
+        let mut y = tensors
+            .remove(&op.output)
+            .ok_or_else(|| context(not_found(id, op.output)))?;
+        let result = (|| {
+            let x: Vec<&Tensor<Buffer>> = op
+                .inputs
+                .iter()
+                .map(|t| tensors.get(t).ok_or_else(|| not_found(id, *t)))
+                .collect::<Result<_, _>>()?;
+            match &wire {
+                WireOp::Gemm(g) => accel.gemm_into(g, x[0], x[1], x.get(2).copied(), &mut y),
+                WireOp::MatMul => accel.matmul_into(x[0], x[1], &mut y),
+                WireOp::Conv(c) => accel.conv_into(c, x[0], x[1], x.get(2).copied(), &mut y),
+                WireOp::BatchNorm(b) => {
+                    accel.batch_norm_into(b, x[0], [x[1], x[2], x[3], x[4]], &mut y)
+                }
+                WireOp::Softmax(s) => accel.softmax_into(s, x[0], &mut y),
+            }
+            .map_err(status)
+        })();
+        tensors.insert(op.output, y);
+        result.map_err(context)?;
+    }
+    program
+        .reads
+        .iter()
+        .map(|t| {
+            let tensor = tensors.get(t).ok_or_else(|| not_found(id, *t))?;
+            Ok(accel.download(tensor).map_err(status)?.as_bytes().to_vec())
+        })
+        .collect()
+}
+
+/// A running server: its address; dropping it (or [`ServerHandle::shutdown`]) stops it.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl ServerHandle {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL a client connects to (`http://` or `https://` with TLS).
+    pub fn url(&self, tls: bool) -> String {
+        format!("{}://{}", if tls { "https" } else { "http" }, self.addr)
+    }
+
+    /// Stops the server and waits for it.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| Error::Network("the server thread panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+/// Starts a server on `addr` (e.g. `127.0.0.1:0` for any free port) in a thread with its own
+/// runtime and returns once it listens.
+pub fn spawn<B: Backend + Clone + 'static>(
+    addr: SocketAddr,
+    backend: B,
+    config: ServerConfig,
+) -> Result<ServerHandle> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("eia-server".into())
+        .spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("eia-server-rt")
+                .build()
+                .map_err(|e| Error::Network(format!("cannot start the runtime: {e}")))?;
+            runtime.block_on(async move {
+                let started = async {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| Error::Network(format!("cannot listen on {addr}: {e}")))?;
+                    let local = listener
+                        .local_addr()
+                        .map_err(|e| Error::Network(e.to_string()))?;
+                    let service = Service::new(backend, &config)?;
+                    Ok::<_, Error>((listener, local, service))
+                }
+                .await;
+                let (listener, local, service) = match started {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
+                let _ = ready_tx.send(Ok(local));
+                serve(listener, service, &config, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+            })
+        })
+        .map_err(|e| Error::Network(format!("cannot start the server thread: {e}")))?;
+    let addr = ready_rx
+        .recv()
+        .map_err(|_| Error::Network("the server thread stopped before listening".into()))??;
+    Ok(ServerHandle {
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+/// Serves `service` on `listener` until `shutdown` completes.
+pub async fn serve<B: Backend + Clone + 'static>(
+    listener: tokio::net::TcpListener,
+    service: Service<B>,
+    config: &ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let grpc = proto::accelerators_server::AcceleratorsServer::new(service)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::Network(format!("TLS certificate or key: {e}")))?;
+    }
+    builder
+        .add_service(grpc)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|e| Error::Network(format!("server: {e}")))
+}

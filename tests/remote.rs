@@ -1,0 +1,453 @@
+//! The network accelerator on loopback: the op suite unchanged against a remote accelerator,
+//! programs, auth refusals, ownership, leases, bad input statuses.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use eia::accelerator::{Capacity, DeviceConfig, Tiers};
+use eia::ops::{Gemm, Softmax};
+use eia::rpc::{
+    auth, ClientConfig, Connection, Program, RemoteAccelerator, ServerConfig, ServerHandle, Tokens,
+};
+use eia::{Backend, CpuBackend, DType, Error, HostTensor};
+
+const TIERS: &str = "[[tier]]\nname = \"big\"\nfp32_tflops = 50.0\nfp16_tflops = 50.0\nmemory_mib = 2048\n\n\
+                     [[tier]]\nname = \"small\"\nfp32_tflops = 1.0\nfp16_tflops = 1.0\nmemory_mib = 1\n";
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        device: DeviceConfig {
+            tiers: Tiers::with_toml("test", TIERS).unwrap(),
+            capacity: Some(Capacity {
+                fp32_tflops: 1e6,
+                fp16_tflops: 1e6,
+                memory: 1 << 40,
+            }),
+            ..DeviceConfig::default()
+        },
+        ..ServerConfig::default()
+    }
+}
+
+fn start(config: ServerConfig) -> ServerHandle {
+    eia::rpc::spawn("127.0.0.1:0".parse().unwrap(), CpuBackend::new(), config).unwrap()
+}
+
+/// One open server for the suite.
+fn open_server() -> &'static str {
+    static SERVER: OnceLock<(ServerHandle, String)> = OnceLock::new();
+    &SERVER
+        .get_or_init(|| {
+            let s = start(config());
+            let url = s.url(false);
+            (s, url)
+        })
+        .1
+}
+
+fn remote(tier: &str) -> RemoteAccelerator {
+    let conn = Connection::connect(open_server(), ClientConfig::default()).unwrap();
+    conn.attach(tier).unwrap()
+}
+
+backend_suite!(remote("big"));
+
+fn host(shape: &[usize], seed: f32) -> HostTensor {
+    let len: usize = shape.iter().product();
+    let v: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37 + seed).sin()).collect();
+    HostTensor::from_f32(DType::F32, shape, &v).unwrap()
+}
+
+fn remote_code(e: &Error) -> &str {
+    match e {
+        Error::Remote { code, .. } => code,
+        other => panic!("expected a server status, got {other}"),
+    }
+}
+
+#[test]
+fn program_runs_many_ops_in_one_round_trip() {
+    let acc = remote("big");
+    let w = acc.upload(&host(&[16, 8], 0.3)).unwrap();
+    let x = acc
+        .alloc(&eia::TensorDesc::new(DType::F32, &[4, 16]).unwrap())
+        .unwrap();
+    let h = acc
+        .alloc(&eia::TensorDesc::new(DType::F32, &[4, 8]).unwrap())
+        .unwrap();
+    let p = acc.alloc(h.desc()).unwrap();
+    let input = host(&[4, 16], 1.1);
+    let relu = Gemm {
+        relu: true,
+        ..Gemm::default()
+    };
+    let mut program = Program::new();
+    program.write(&x, &input).unwrap();
+    program.gemm(&relu, &x, &w, None, &h).unwrap();
+    program.softmax(&Softmax::default(), &h, &p).unwrap();
+    program.read(&p).unwrap();
+    let out = acc.run(&program).unwrap();
+    // The same on the local CPU backend.
+    let cpu = CpuBackend::new();
+    let want = cpu
+        .softmax(
+            &Softmax::default(),
+            &cpu.gemm(&relu, &input, &host(&[16, 8], 0.3), None).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(out, vec![want]);
+    let u = acc.usage().unwrap();
+    assert_eq!((u.ops, u.flops_f32), (2, 2 * 4 * 8 * 16 + 5 * 32));
+    // A bad op is refused locally with the same typed error as a local call.
+    let e = program
+        .gemm(&Gemm::default(), &x, &x, None, &h)
+        .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
+#[test]
+fn tokens_are_checked_and_scoped() {
+    let tokens = Tokens::from_toml(
+        "tokens",
+        &format!(
+            "[[token]]\nname = \"alice\"\nsha256 = \"{}\"\ntiers = [\"small\"]\nmax_accelerators = 1\n\
+             [[token]]\nname = \"bob\"\nsha256 = \"{}\"\ntiers = [\"*\"]\nmax_accelerators = 4\n",
+            auth::hash("alice-secret"),
+            auth::hash("bob-secret")
+        ),
+    )
+    .unwrap();
+    let server = start(ServerConfig {
+        tokens: Some(tokens),
+        ..config()
+    });
+    let url = server.url(false);
+    let connect = |token: Option<&str>| {
+        let cfg = ClientConfig {
+            token: token.map(str::to_string),
+            ..ClientConfig::default()
+        };
+        Connection::connect(&url, cfg).unwrap()
+    };
+    let anon = connect(None);
+    assert!(anon.live().unwrap(), "health needs no token");
+    assert_eq!(
+        remote_code(&anon.attach("small").err().unwrap()),
+        "Unauthenticated"
+    );
+    assert_eq!(
+        remote_code(&connect(Some("wrong")).attach("small").err().unwrap()),
+        "Unauthenticated"
+    );
+    let alice = connect(Some("alice-secret"));
+    assert_eq!(
+        remote_code(&alice.attach("big").err().unwrap()),
+        "PermissionDenied"
+    );
+    assert_eq!(
+        remote_code(&alice.attach("nope").err().unwrap()),
+        "InvalidArgument"
+    );
+    let a = alice.attach("ml.small").unwrap();
+    assert_eq!(
+        remote_code(&alice.attach("small").err().unwrap()),
+        "ResourceExhausted"
+    );
+    let t = a.upload(&host(&[8], 0.0)).unwrap();
+    // Over the quota (1 MiB): RESOURCE_EXHAUSTED, and the first tensor is intact.
+    let e = a.upload(&host(&[300, 1024], 0.0)).unwrap_err();
+    assert_eq!(remote_code(&e), "ResourceExhausted");
+    assert!(e.to_string().contains("quota"), "{e}");
+    assert_eq!(a.download(&t).unwrap(), host(&[8], 0.0));
+    // Bob cannot see or use alice's accelerator.
+    let bob = connect(Some("bob-secret"));
+    let b = bob.attach("big").unwrap();
+    assert!(b.usage().is_ok());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        let mut c = eia::rpc::proto::accelerators_client::AcceleratorsClient::connect(url.clone())
+            .await
+            .unwrap();
+        let mut req = tonic::Request::new(eia::rpc::proto::UsageRequest {
+            accelerator: a.id(),
+        });
+        req.metadata_mut()
+            .insert("authorization", "Bearer bob-secret".parse().unwrap());
+        c.usage(req).await.unwrap_err()
+    });
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+}
+
+/// A server whose device holds exactly one "small" accelerator (1 MiB), so a second attach
+/// succeeds only once the first is detached.
+fn one_slot_server(lease: Duration) -> ServerHandle {
+    let mut cfg = config();
+    cfg.device.capacity = Some(Capacity {
+        fp32_tflops: 1.0,
+        fp16_tflops: 1.0,
+        memory: 1 << 20,
+    });
+    cfg.lease = lease;
+    start(cfg)
+}
+
+#[test]
+fn lease_expiry_detaches_and_frees() {
+    let server = one_slot_server(Duration::from_millis(200));
+    let url = server.url(false);
+    // With heartbeats the accelerator outlives its lease several times over.
+    let conn = Connection::connect(&url, ClientConfig::default()).unwrap();
+    let acc = conn.attach("small").unwrap();
+    let t = acc.upload(&host(&[64, 64], 0.5)).unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(acc.download(&t).unwrap(), host(&[64, 64], 0.5));
+    drop((t, acc)); // detaches
+                    // A client that goes silent (no heartbeat) loses its accelerator after the lease.
+    let silent = ClientConfig {
+        heartbeat: false,
+        ..ClientConfig::default()
+    };
+    let conn = Connection::connect(&url, silent).unwrap();
+    let lost = conn.attach("small").unwrap();
+    lost.upload(&host(&[64, 64], 0.5)).unwrap();
+    assert_eq!(
+        remote_code(&conn.attach("small").err().unwrap()),
+        "ResourceExhausted"
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(remote_code(&lost.usage().unwrap_err()), "NotFound");
+    let again = conn.attach("small").unwrap();
+    assert_eq!(again.usage().unwrap().memory_used, 0);
+}
+
+#[test]
+fn a_client_killed_mid_upload_leaves_nothing_behind() {
+    use eia::rpc::proto::{
+        accelerators_client::AcceleratorsClient, AttachRequest, TensorMeta, UploadChunk,
+        UploadHeader, UsageRequest,
+    };
+    let server = one_slot_server(Duration::from_secs(30));
+    let url = server.url(false);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = AcceleratorsClient::connect(url.clone()).await.unwrap();
+        let id = client
+            .attach(AttachRequest {
+                tier: "small".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .accelerator;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(UploadChunk {
+            header: Some(UploadHeader {
+                accelerator: id,
+                meta: Some(TensorMeta {
+                    datatype: "FP32".into(),
+                    shape: vec![1024, 64],
+                }),
+            }),
+            data: vec![0u8; 4096],
+        })
+        .await
+        .unwrap();
+        let mut uploader = client.clone();
+        let upload = tokio::spawn(async move {
+            uploader
+                .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        upload.abort(); // the client dies mid-stream
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let usage = client
+            .usage(UsageRequest { accelerator: id })
+            .await
+            .unwrap()
+            .into_inner()
+            .usage
+            .unwrap();
+        assert_eq!((usage.memory_used, usage.bytes_uploaded), (0, 0));
+    });
+}
+
+#[test]
+fn bad_input_gets_proper_statuses() {
+    use eia::rpc::proto::{accelerators_client::AcceleratorsClient, *};
+    let url = open_server().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = AcceleratorsClient::connect(url).await.unwrap();
+        let id = c
+            .attach(AttachRequest { tier: "big".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .accelerator;
+        let meta = |dt: &str, shape: Vec<u64>| {
+            Some(TensorMeta {
+                datatype: dt.into(),
+                shape,
+            })
+        };
+        let status = c
+            .alloc(AllocRequest {
+                accelerator: id,
+                tensors: vec![meta("FP64", vec![2]).unwrap()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        let status = c
+            .alloc(AllocRequest {
+                accelerator: 999,
+                tensors: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+        let status = c
+            .alloc(AllocRequest {
+                accelerator: id,
+                tensors: vec![meta("FP32", vec![u64::MAX, 4]).unwrap()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        let t = c
+            .alloc(AllocRequest {
+                accelerator: id,
+                tensors: vec![
+                    meta("FP32", vec![2, 3]).unwrap(),
+                    meta("FP32", vec![3, 2]).unwrap(),
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tensors;
+        // Wrong byte length on a write.
+        let status = c
+            .run(RunRequest {
+                accelerator: id,
+                writes: vec![TensorWrite {
+                    tensor: t[0],
+                    data: vec![0; 5],
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        // Shape mismatch inside a program names the op.
+        let gemm = Op {
+            kind: Some(op::Kind::Gemm(GemmOp {
+                alpha: 1.0,
+                beta: 1.0,
+                ..Default::default()
+            })),
+            inputs: vec![t[0], t[0]],
+            output: t[1],
+        };
+        let status = c
+            .run(RunRequest {
+                accelerator: id,
+                ops: vec![gemm],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        assert!(status.message().starts_with("op 0 (Gemm)"), "{status}");
+        // Unknown handle, aliasing, missing kind, wrong arity, bad conv attributes.
+        for (op, want) in [
+            (
+                Op {
+                    kind: Some(op::Kind::Softmax(SoftmaxOp { axis: -1 })),
+                    inputs: vec![77],
+                    output: t[1],
+                },
+                tonic::Code::NotFound,
+            ),
+            (
+                Op {
+                    kind: Some(op::Kind::Softmax(SoftmaxOp { axis: -1 })),
+                    inputs: vec![t[1]],
+                    output: t[1],
+                },
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                Op {
+                    kind: None,
+                    inputs: vec![t[0]],
+                    output: t[1],
+                },
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                Op {
+                    kind: Some(op::Kind::Matmul(MatMulOp {})),
+                    inputs: vec![t[0]],
+                    output: t[1],
+                },
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                Op {
+                    kind: Some(op::Kind::Conv(ConvOp {
+                        strides: vec![1],
+                        ..Default::default()
+                    })),
+                    inputs: vec![t[0], t[0]],
+                    output: t[1],
+                },
+                tonic::Code::InvalidArgument,
+            ),
+        ] {
+            let status = c
+                .run(RunRequest {
+                    accelerator: id,
+                    ops: vec![op],
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), want, "{status}");
+        }
+        // An upload longer than its header says.
+        let chunk = UploadChunk {
+            header: Some(UploadHeader {
+                accelerator: id,
+                meta: meta("FP16", vec![2]),
+            }),
+            data: vec![0; 6],
+        };
+        let status = c.upload(tokio_stream::iter(vec![chunk])).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        // Free of an unknown tensor.
+        let status = c
+            .free(FreeRequest {
+                accelerator: id,
+                tensors: vec![12345],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+        // The accelerator still works after all of that.
+        let p = c
+            .run(RunRequest {
+                accelerator: id,
+                reads: vec![t[0]],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(p.reads[0].len(), 24);
+    });
+}
