@@ -28,6 +28,7 @@
 
 pub mod accelerator;
 pub mod backend;
+pub mod demo;
 pub mod dtype;
 pub mod error;
 pub mod ops;

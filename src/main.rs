@@ -47,6 +47,49 @@ enum Command {
         #[command(flatten)]
         tiers: TierFile,
     },
+    /// The whole product on loopback: an embedded server, a client attaching an accelerator, a
+    /// small CNN run in one round trip per input; prints latency, TFLOPS against the tier, usage.
+    Demo {
+        /// The tier to attach.
+        #[arg(long, default_value = "eia2.medium")]
+        tier: String,
+        /// fp16 (mixed precision, the tier's higher rate) or fp32.
+        #[arg(long, default_value = "fp16", value_parser = parse_dtype)]
+        dtype: DType,
+        /// How many inferences to run.
+        #[arg(long, default_value_t = 200)]
+        inferences: usize,
+        #[command(flatten)]
+        tiers: TierFile,
+    },
+    /// Serve this host's virtual accelerators over gRPC (CPU backend where there is no GPU).
+    Serve {
+        /// Address to listen on (loopback by default).
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: std::net::SocketAddr,
+        /// Token file (TOML, hashed secrets); without it anyone who can connect may attach.
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
+        /// Seconds without a call after which an accelerator is detached.
+        #[arg(long, default_value_t = 30.0)]
+        lease: f64,
+        /// PEM certificate chain: serve TLS (needs --tls-key).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Admit accelerators beyond the device's measured capacity.
+        #[arg(long)]
+        overcommit: bool,
+        /// Largest gRPC message in MiB (tensors beyond it stream in chunks).
+        #[arg(long, default_value_t = 64)]
+        max_message_mib: usize,
+        #[command(flatten)]
+        tiers: TierFile,
+    },
+    /// Print the SHA-256 of a token secret, for a token file.
+    TokenHash { secret: String },
     /// Print the tiers: FP32 and FP16 TFLOPS and memory (built-in, plus `--tiers FILE`).
     Tiers {
         #[arg(long)]
@@ -179,6 +222,70 @@ fn run(cli: Cli) -> eia::Result<()> {
             if !json {
                 println!("{usage}");
             }
+            Ok(())
+        }
+        Command::Demo {
+            tier,
+            dtype,
+            inferences,
+            tiers,
+        } => eia::demo::run(&eia::demo::DemoOptions {
+            tier,
+            dtype,
+            inferences: inferences.max(1),
+            tiers: tiers.load()?,
+        }),
+        Command::Serve {
+            listen,
+            tokens,
+            lease,
+            tls_cert,
+            tls_key,
+            overcommit,
+            max_message_mib,
+            tiers,
+        } => {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|e| eia::Error::Config {
+                    source_name: p.display().to_string(),
+                    msg: format!("cannot read: {e}"),
+                })
+            };
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            };
+            let config = eia::rpc::ServerConfig {
+                device: DeviceConfig {
+                    tiers: tiers.load()?,
+                    overcommit,
+                    ..DeviceConfig::default()
+                },
+                tokens: tokens.as_deref().map(eia::rpc::Tokens::load).transpose()?,
+                lease: Duration::try_from_secs_f64(lease).map_err(|e| eia::Error::Config {
+                    source_name: "--lease".into(),
+                    msg: e.to_string(),
+                })?,
+                max_message_bytes: max_message_mib << 20,
+                tls: tls.clone(),
+                ..eia::rpc::ServerConfig::default()
+            };
+            let auth = if config.tokens.is_some() {
+                "bearer tokens"
+            } else {
+                "no authentication"
+            };
+            let server = eia::rpc::spawn(listen, CpuBackend::new(), config)?;
+            println!(
+                "eia serve: listening on {} ({auth}); Ctrl-C stops",
+                server.url(tls.is_some())
+            );
+            loop {
+                std::thread::park();
+            }
+        }
+        Command::TokenHash { secret } => {
+            println!("{}", eia::rpc::auth::hash(&secret));
             Ok(())
         }
         Command::Tiers { json, tiers } => {

@@ -57,12 +57,25 @@ pub fn poisoned<B: Backend>(backend: &B, dtype: DType, shape: &[usize]) -> Tenso
 /// Asserts `got` (downloaded) matches `want` within the dtype's relative error bound; NaN in
 /// `got` fails unless `want` has NaN in the same place.
 pub fn assert_close(what: &str, got: &HostTensor, want: &[f64], want_shape: &[usize]) {
+    assert_close_scaled(what, got, want, want, want_shape)
+}
+
+/// Like [`assert_close`], but the error is relative to ‖scale‖ — for sums whose terms cancel,
+/// `scale` is the same computation on absolute values (the standard backward error bound), so a
+/// result near zero made of large terms is judged by the size of the terms.
+pub fn assert_close_scaled(
+    what: &str,
+    got: &HostTensor,
+    want: &[f64],
+    scale: &[f64],
+    want_shape: &[usize],
+) {
     assert_eq!(got.shape(), want_shape, "{what}: output shape");
     let tol = tolerance(got.dtype());
     let got = got.data().to_f64_vec();
     assert_eq!(got.len(), want.len(), "{what}: output length");
     let (mut diff, mut norm) = (0.0f64, 0.0f64);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+    for (i, ((&g, &w), &sc)) in got.iter().zip(want).zip(scale).enumerate() {
         if w.is_nan() {
             assert!(
                 g.is_nan(),
@@ -79,7 +92,7 @@ pub fn assert_close(what: &str, got: &HostTensor, want: &[f64], want_shape: &[us
             continue;
         }
         diff += (g - w) * (g - w);
-        norm += w * w;
+        norm += sc * sc;
     }
     let rel = if norm == 0.0 {
         diff.sqrt()
