@@ -451,3 +451,31 @@ fn bad_input_gets_proper_statuses() {
         assert_eq!(p.reads[0].len(), 24);
     });
 }
+
+#[test]
+fn tls_serves_and_refuses_plain_clients() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let server = start(ServerConfig {
+        tls: Some((cert_pem.clone().into_bytes(), key_pem.into_bytes())),
+        ..config()
+    });
+    let tls = ClientConfig {
+        ca_pem: Some(cert_pem.into_bytes()),
+        tls_domain: Some("localhost".into()),
+        ..ClientConfig::default()
+    };
+    let conn = Connection::connect(&server.url(true), tls).unwrap();
+    let acc = conn.attach("big").unwrap();
+    let data = host(&[1024, 600], 0.9); // 2.4 MB: three upload chunks
+    let t = acc.upload(&data).unwrap();
+    assert_eq!(acc.download(&t).unwrap(), data);
+    // A client that does not speak TLS fails at once (an HTTP/2 protocol error), not a hang.
+    let plain = ClientConfig {
+        connect_timeout: Duration::from_secs(2),
+        ..ClientConfig::default()
+    };
+    let failed = Connection::connect(&server.url(false), plain).and_then(|c| c.live());
+    let e = failed.expect_err("a plain client cannot talk to a TLS server");
+    assert!(matches!(e, Error::Network(_) | Error::Remote { .. }), "{e}");
+}
