@@ -479,3 +479,54 @@ fn tls_serves_and_refuses_plain_clients() {
     let e = failed.expect_err("a plain client cannot talk to a TLS server");
     assert!(matches!(e, Error::Network(_) | Error::Remote { .. }), "{e}");
 }
+
+#[test]
+fn thirty_two_clients_at_once_each_get_their_own_rate() {
+    // Two slow tiers, so 32 metered clients fit easily on the CPU device.
+    let mut cfg = config();
+    cfg.device.tiers = Tiers::with_toml(
+        "slow",
+        "[[tier]]\nname = \"s1\"\nfp32_tflops = 0.0002\nfp16_tflops = 0.0002\nmemory_mib = 8\n\
+         [[tier]]\nname = \"s2\"\nfp32_tflops = 0.0004\nfp16_tflops = 0.0004\nmemory_mib = 8\n",
+    )
+    .unwrap();
+    let server = start(cfg);
+    let url = server.url(false);
+    const N: usize = 128; // a 128³ GEMM: 21 ms on s1, 10.5 ms on s2
+    let flops = 2.0 * (N * N * N) as f64;
+    let results: Vec<(f64, f64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..32)
+            .map(|i| {
+                let url = url.clone();
+                s.spawn(move || {
+                    let conn = Connection::connect(&url, ClientConfig::default()).unwrap();
+                    let acc = conn.attach(if i % 2 == 0 { "s1" } else { "s2" }).unwrap();
+                    let rate = acc.tier().flops_per_second(DType::F32);
+                    let a = acc.upload(&host(&[N, N], i as f32)).unwrap();
+                    let mut y = acc.alloc(a.desc()).unwrap();
+                    let op = Gemm::default();
+                    let warm = std::time::Instant::now();
+                    while warm.elapsed() < Duration::from_millis(300) {
+                        acc.gemm_into(&op, &a, &a, None, &mut y).unwrap();
+                    }
+                    let t = std::time::Instant::now();
+                    let mut ops = 0;
+                    while t.elapsed() < Duration::from_millis(1500) {
+                        acc.gemm_into(&op, &a, &a, None, &mut y).unwrap();
+                        ops += 1;
+                    }
+                    (ops as f64 * flops / t.elapsed().as_secs_f64(), rate)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (achieved, rate)) in results.iter().enumerate() {
+        let ratio = achieved / rate;
+        println!("client {i}: {ratio:.4} of its tier");
+        assert!(
+            (ratio - 1.0).abs() < 0.10,
+            "client {i}: achieved/tier = {ratio:.4}"
+        );
+    }
+}
