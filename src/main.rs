@@ -82,6 +82,9 @@ enum Command {
         /// Admit accelerators beyond the device's measured capacity.
         #[arg(long)]
         overcommit: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
         /// Largest gRPC message in MiB (tensors beyond it stream in chunks).
         #[arg(long, default_value_t = 64)]
         max_message_mib: usize,
@@ -242,6 +245,7 @@ fn run(cli: Cli) -> eia::Result<()> {
             tls_cert,
             tls_key,
             overcommit,
+            metrics,
             max_message_mib,
             tiers,
         } => {
@@ -268,6 +272,7 @@ fn run(cli: Cli) -> eia::Result<()> {
                 })?,
                 max_message_bytes: max_message_mib << 20,
                 tls: tls.clone(),
+                metrics,
                 ..eia::rpc::ServerConfig::default()
             };
             let auth = if config.tokens.is_some() {
@@ -280,6 +285,9 @@ fn run(cli: Cli) -> eia::Result<()> {
                 "eia serve: listening on {} ({auth}); Ctrl-C stops",
                 server.url(tls.is_some())
             );
+            if let Some(at) = server.metrics_addr() {
+                println!("metrics: http://{at}/metrics");
+            }
             loop {
                 std::thread::park();
             }

@@ -530,3 +530,32 @@ fn thirty_two_clients_at_once_each_get_their_own_rate() {
         );
     }
 }
+
+#[test]
+fn metrics_endpoint_reports_each_accelerator() {
+    use std::io::{Read, Write};
+    let server = start(ServerConfig {
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    });
+    let conn = Connection::connect(&server.url(false), ClientConfig::default()).unwrap();
+    let acc = conn.attach("big").unwrap();
+    let x = acc.upload(&host(&[4, 8], 0.2)).unwrap();
+    acc.softmax(&Softmax::default(), &x).unwrap();
+    let mut http = std::net::TcpStream::connect(server.metrics_addr().unwrap()).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let id = acc.id();
+    for line in [
+        format!("eia_accelerator_ops_total{{accelerator=\"{id}\",owner=\"anonymous\",tier=\"big\"}} 1"),
+        format!("eia_accelerator_flops_total{{accelerator=\"{id}\",dtype=\"FP32\",owner=\"anonymous\",tier=\"big\"}} 160"),
+        format!("eia_accelerator_memory_bytes{{accelerator=\"{id}\",owner=\"anonymous\",tier=\"big\"}} 256"),
+        "eia_accelerators_attached 1".to_string(),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in\n{text}");
+    }
+}

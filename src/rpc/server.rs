@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub chunk_bytes: usize,
     /// PEM certificate chain and private key: serve TLS (rustls) instead of plain TCP.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP); `None`: nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +51,7 @@ impl Default for ServerConfig {
             max_message_bytes: 64 << 20,
             chunk_bytes: 1 << 20,
             tls: None,
+            metrics: None,
         }
     }
 }
@@ -111,6 +114,20 @@ impl<B: Backend + Clone + 'static> Service<B> {
     /// The device the service slices.
     pub fn device(&self) -> &Device<B> {
         &self.shared.device
+    }
+
+    /// The Prometheus exposition text for the accelerators attached now.
+    pub fn metrics(&self) -> Result<String> {
+        let attached: Vec<Arc<Attached<B>>> =
+            lock(&self.shared.accelerators).values().cloned().collect();
+        let samples: Vec<super::metrics::Sample> = attached
+            .iter()
+            .map(|a| super::metrics::Sample {
+                owner: a.owner.clone(),
+                usage: a.accel.usage(),
+            })
+            .collect();
+        super::metrics::render(&samples, self.shared.device.memory_in_use())
     }
 
     fn principal<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
@@ -542,6 +559,7 @@ fn run_program<B: Backend + Clone + 'static>(
 /// A running server: its address; dropping it (or [`ServerHandle::shutdown`]) stops it.
 pub struct ServerHandle {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
@@ -550,6 +568,11 @@ impl ServerHandle {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the metrics endpoint, if one was configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The URL a client connects to (`http://` or `https://` with TLS).
@@ -607,7 +630,19 @@ pub fn spawn<B: Backend + Clone + 'static>(
                         .local_addr()
                         .map_err(|e| Error::Network(e.to_string()))?;
                     let service = Service::new(backend, &config)?;
-                    Ok::<_, Error>((listener, local, service))
+                    let metrics = match config.metrics {
+                        Some(at) => Some(
+                            serve_metrics(
+                                at,
+                                Service {
+                                    shared: Arc::clone(&service.shared),
+                                },
+                            )
+                            .await?,
+                        ),
+                        None => None,
+                    };
+                    Ok::<_, Error>((listener, (local, metrics), service))
                 }
                 .await;
                 let (listener, local, service) = match started {
@@ -625,14 +660,45 @@ pub fn spawn<B: Backend + Clone + 'static>(
             })
         })
         .map_err(|e| Error::Network(format!("cannot start the server thread: {e}")))?;
-    let addr = ready_rx
+    let (addr, metrics_addr) = ready_rx
         .recv()
         .map_err(|_| Error::Network("the server thread stopped before listening".into()))??;
     Ok(ServerHandle {
         addr,
+        metrics_addr,
         stop: Some(stop_tx),
         thread: Some(thread),
     })
+}
+
+/// Serves `GET /metrics` for `service` on `at` (in the background); returns the bound address.
+async fn serve_metrics<B: Backend + Clone + 'static>(
+    at: SocketAddr,
+    service: Service<B>,
+) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .map_err(|e| Error::Network(format!("cannot listen for metrics on {at}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::Network(e.to_string()))?;
+    let service = Arc::new(service);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let service = Arc::clone(&service);
+            async move {
+                match service.metrics() {
+                    Ok(text) => (axum::http::StatusCode::OK, text),
+                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(local)
 }
 
 /// Serves `service` on `listener` until `shutdown` completes.
