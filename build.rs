@@ -1,9 +1,10 @@
-//! Generates the gRPC code for `proto/eia/v1/eia.proto` with protox (a pure-Rust protobuf
+//! Generates the gRPC code for `proto/eia/v1/eia.proto` (and the bench floor's
+//! `proto/eia/echo/v1/echo.proto`) with protox (a pure-Rust protobuf
 //! compiler), so building needs no system `protoc`, no nvcc and no GPU.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["eia/v1/eia.proto"], ["proto"])?;
+    let descriptors = protox::compile(["eia/v1/eia.proto", "eia/echo/v1/echo.proto"], ["proto"])?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

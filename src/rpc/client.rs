@@ -86,6 +86,8 @@ impl Connection {
         let mut endpoint = Channel::from_shared(url.to_string())
             .map_err(|e| Error::Network(format!("bad server URL {url:?}: {e}")))?
             .connect_timeout(config.connect_timeout)
+            .initial_stream_window_size(Some(super::server::WINDOW_BYTES))
+            .initial_connection_window_size(Some(2 * super::server::WINDOW_BYTES))
             .tcp_nodelay(true);
         if let Some(ca) = &config.ca_pem {
             let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));

@@ -11,6 +11,7 @@ pub mod proto {
 pub mod auth;
 pub mod client;
 pub mod convert;
+pub mod echo;
 pub mod metrics;
 pub mod server;
 

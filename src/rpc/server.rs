@@ -23,6 +23,9 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::{HostTensor, Tensor};
 
+/// HTTP/2 flow-control window per stream (server and client).
+pub const WINDOW_BYTES: u32 = 8 << 20;
+
 /// How a server runs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -711,7 +714,10 @@ pub async fn serve<B: Backend + Clone + 'static>(
     let grpc = proto::accelerators_server::AcceleratorsServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    let mut builder = tonic::transport::Server::builder();
+    // Large HTTP/2 windows: a tensor upload is not held to one 64 KiB window per round trip.
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(WINDOW_BYTES))
+        .initial_connection_window_size(Some(2 * WINDOW_BYTES));
     if let Some((cert, key)) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder
