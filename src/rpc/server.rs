@@ -140,6 +140,25 @@ impl<B: Backend + Clone + 'static> Service<B> {
         }
     }
 
+    /// The tier called `name`, if it exists and the caller may use it.
+    fn tier_for(&self, who: &Principal, name: &str) -> Result<crate::accelerator::Tier, Status> {
+        let tier = self
+            .shared
+            .device
+            .tiers()
+            .get(name)
+            .map_err(status)?
+            .clone();
+        if !who.may_attach(tier.name()) {
+            return Err(Status::permission_denied(format!(
+                "token {:?} may not use tier {}",
+                who.name,
+                tier.name()
+            )));
+        }
+        Ok(tier)
+    }
+
     /// The caller's accelerator `id` (renewing its lease).
     fn get(&self, who: &Principal, id: u64) -> Result<Arc<Attached<B>>, Status> {
         let attached = lock(&self.shared.accelerators)
@@ -232,20 +251,7 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         req: Request<proto::AttachRequest>,
     ) -> Result<Response<proto::AttachResponse>, Status> {
         let who = self.principal(&req)?;
-        let tier = self
-            .shared
-            .device
-            .tiers()
-            .get(&req.get_ref().tier)
-            .map_err(status)?
-            .clone();
-        if !who.may_attach(tier.name()) {
-            return Err(Status::permission_denied(format!(
-                "token {:?} may not attach {}",
-                who.name,
-                tier.name()
-            )));
-        }
+        let tier = self.tier_for(&who, &req.get_ref().tier)?;
         let mut map = lock(&self.shared.accelerators);
         let held = map.values().filter(|a| a.owner == who.name).count();
         if held >= who.max_accelerators {
@@ -283,20 +289,7 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
     ) -> Result<Response<proto::ResizeResponse>, Status> {
         let who = self.principal(&req)?;
         let a = self.get(&who, req.get_ref().accelerator)?;
-        let tier = self
-            .shared
-            .device
-            .tiers()
-            .get(&req.get_ref().tier)
-            .map_err(status)?
-            .clone();
-        if !who.may_attach(tier.name()) {
-            return Err(Status::permission_denied(format!(
-                "token {:?} may not use {}",
-                who.name,
-                tier.name()
-            )));
-        }
+        let tier = self.tier_for(&who, &req.get_ref().tier)?;
         a.accel.resize_tier(tier.clone()).map_err(status)?;
         Ok(Response::new(proto::ResizeResponse {
             tier: Some(convert::tier(&tier)),
