@@ -31,12 +31,7 @@ pub struct DemoOptions {
 /// Deterministic values in `[lo, hi)`.
 fn values(seed: &mut u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n)
-        .map(|_| {
-            *seed ^= *seed << 13;
-            *seed ^= *seed >> 7;
-            *seed ^= *seed << 17;
-            lo + (hi - lo) * ((*seed >> 40) as f32 / (1u64 << 24) as f32)
-        })
+        .map(|_| crate::workload::uniform(seed, lo, hi))
         .collect()
 }
 

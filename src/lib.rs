@@ -22,6 +22,9 @@
 //! - [`accelerator`] — how much one virtual accelerator may use: tiers, the FLOP meter, memory
 //!   quotas, admission, usage; an [`Accelerator`] is a [`Backend`] wrapping a device's backend.
 //! - [`backend`] — how a device computes it: the [`Backend`] contract and the [`CpuBackend`].
+//! - [`rpc`] — how a remote host reaches it: the gRPC server (`eia serve`), the
+//!   `RemoteAccelerator` client with the same [`Backend`] API, tokens, leases, metrics.
+//! - [`demo`] — `eia demo`: an embedded server, a client and a small CNN, end to end.
 //! - [`tensor`], [`dtype`] — tensors, descriptors, host data, element types.
 //! - [`error`] — the one typed [`Error`].
 //! - [`workload`] — named inference shapes shared by `eia run`, the benches and the peer script.

@@ -208,8 +208,8 @@ impl Workload {
     }
 }
 
-/// A uniform value in `[lo, hi)` from a xorshift state.
-fn uniform(state: &mut u64, lo: f32, hi: f32) -> f32 {
+/// A uniform value in `[lo, hi)` from a xorshift state (deterministic test and demo data).
+pub fn uniform(state: &mut u64, lo: f32, hi: f32) -> f32 {
     *state ^= *state << 13;
     *state ^= *state >> 7;
     *state ^= *state << 17;

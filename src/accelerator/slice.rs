@@ -176,6 +176,12 @@ where
         Ok(())
     }
 
+    /// Checks that `bytes` more would fit in its quota now (a later allocation checks again):
+    /// lets a caller refuse early, e.g. before receiving a large upload.
+    pub fn check_room(&self, bytes: u64) -> Result<()> {
+        self.inner.check_room(&self.inner.lock(), bytes)
+    }
+
     /// Detaches it: frees every tensor it holds, releases its share of the device and returns
     /// the final usage. Its tensor handles and any further call fail with
     /// [`Error::Detached`].
@@ -241,16 +247,7 @@ where
         let inner = &*self.inner;
         let bytes = desc.bytes() as u64;
         let mut state = inner.lock();
-        state.live(inner.id)?;
-        if state.used.saturating_add(bytes) > state.tier.memory() {
-            return Err(Error::MemoryQuota {
-                accelerator: inner.id,
-                tier: state.tier.name().to_string(),
-                requested: bytes,
-                used: state.used,
-                quota: state.tier.memory(),
-            });
-        }
+        inner.check_room(&state, bytes)?;
         let tensor = make(&inner.backend)?;
         let id = state.next_buffer;
         state.next_buffer += 1;
@@ -285,6 +282,21 @@ fn dtype_index(dtype: DType) -> usize {
 impl<B: Backend> Inner<B> {
     fn lock(&self) -> MutexGuard<'_, State<B::Storage>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The quota check every allocation makes: live, and `bytes` more fit in the tier's memory.
+    fn check_room(&self, state: &State<B::Storage>, bytes: u64) -> Result<()> {
+        state.live(self.id)?;
+        if state.used.saturating_add(bytes) > state.tier.memory() {
+            return Err(Error::MemoryQuota {
+                accelerator: self.id,
+                tier: state.tier.name().to_string(),
+                requested: bytes,
+                used: state.used,
+                quota: state.tier.memory(),
+            });
+        }
+        Ok(())
     }
 
     fn own(&self, buffer: &Buffer) -> Result<()> {

@@ -213,15 +213,17 @@ impl Tiers {
     }
 
     fn find(&self, name: &str) -> Option<&Tier> {
-        let bare = |n: &str| {
-            let lower = n.to_ascii_lowercase();
-            lower
-                .strip_prefix("ml.")
-                .map(str::to_string)
-                .unwrap_or(lower)
-        };
-        let wanted = bare(name);
-        self.tiers.iter().find(|t| bare(&t.name) == wanted)
+        let wanted = canonical(name);
+        self.tiers.iter().find(|t| canonical(&t.name) == wanted)
+    }
+}
+
+/// A tier name as compared: lower case, without SageMaker's `ml.` prefix.
+pub fn canonical(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    match lower.strip_prefix("ml.") {
+        Some(bare) => bare.to_string(),
+        None => lower,
     }
 }
 

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
+use crate::accelerator::tier::canonical;
 use crate::error::{Error, Result};
 
 /// Who is calling: a configured token, or anyone when the server has no tokens.
@@ -42,14 +43,6 @@ impl Principal {
             .as_ref()
             .is_none_or(|t| t.iter().any(|n| *n == canonical(tier)))
     }
-}
-
-fn canonical(tier: &str) -> String {
-    let lower = tier.to_ascii_lowercase();
-    lower
-        .strip_prefix("ml.")
-        .map(str::to_string)
-        .unwrap_or(lower)
 }
 
 /// The SHA-256 of a token secret, in lower-case hex (what the token file stores).

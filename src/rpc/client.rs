@@ -16,7 +16,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::Request;
 
-use super::convert::{self, error};
+use super::convert::{self, data_loss, error};
 use super::proto::{self, accelerators_client::AcceleratorsClient};
 use crate::accelerator::{Tier, Usage};
 use crate::backend::{check_output, check_write, Backend};
@@ -120,6 +120,17 @@ impl Connection {
         }))
     }
 
+    /// Runs one call to completion on the client's runtime; a refusal becomes an [`Error`].
+    fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        self.runtime
+            .block_on(call)
+            .map(tonic::Response::into_inner)
+            .map_err(error)
+    }
+
     fn request<T>(&self, message: T) -> Request<T> {
         let mut req = Request::new(message);
         if let Some(token) = &self.token {
@@ -131,22 +142,15 @@ impl Connection {
     /// Whether the server is live (Open Inference Protocol health).
     pub fn live(&self) -> Result<bool> {
         let mut c = self.client.clone();
-        let r = self
-            .runtime
-            .block_on(c.server_live(proto::ServerLiveRequest {}))
-            .map_err(error)?;
-        Ok(r.into_inner().live)
+        let r = self.call(c.server_live(proto::ServerLiveRequest {}))?;
+        Ok(r.live)
     }
 
     /// The tiers the server offers.
     pub fn tiers(&self) -> Result<Vec<Tier>> {
         let mut c = self.client.clone();
-        let r = self
-            .runtime
-            .block_on(c.tiers(self.request(proto::TiersRequest {})))
-            .map_err(error)?;
-        r.into_inner()
-            .tiers
+        let r = self.call(c.tiers(self.request(proto::TiersRequest {})))?;
+        r.tiers
             .into_iter()
             .map(|t| convert::tier_from(Some(t)))
             .collect()
@@ -155,11 +159,7 @@ impl Connection {
     /// Attaches an accelerator of the tier called `tier` on the server.
     pub fn attach(self: &Arc<Self>, tier: &str) -> Result<RemoteAccelerator> {
         let mut c = self.client.clone();
-        let r = self
-            .runtime
-            .block_on(c.attach(self.request(proto::AttachRequest { tier: tier.into() })))
-            .map_err(error)?
-            .into_inner();
+        let r = self.call(c.attach(self.request(proto::AttachRequest { tier: tier.into() })))?;
         let id = r.accelerator;
         let lease = Duration::try_from_secs_f64(r.lease_seconds).unwrap_or(Duration::from_secs(30));
         // Renew the lease three times per lease period while attached.
@@ -267,10 +267,7 @@ impl RemoteAccelerator {
             accelerator: self.id,
             tensors,
         });
-        self.conn
-            .runtime
-            .block_on(self.client().free(req))
-            .map_err(error)?;
+        self.conn.call(self.client().free(req))?;
         Ok(())
     }
 
@@ -301,12 +298,8 @@ impl RemoteAccelerator {
         let req = self.conn.request(proto::UsageRequest {
             accelerator: self.id,
         });
-        let r = self
-            .conn
-            .runtime
-            .block_on(self.client().usage(req))
-            .map_err(error)?;
-        convert::usage_from(r.into_inner().usage)
+        let r = self.conn.call(self.client().usage(req))?;
+        convert::usage_from(r.usage)
     }
 
     /// Moves it to another tier, keeping its tensors.
@@ -317,12 +310,8 @@ impl RemoteAccelerator {
             accelerator: self.id,
             tier: tier.into(),
         });
-        let r = self
-            .conn
-            .runtime
-            .block_on(self.client().resize(req))
-            .map_err(error)?;
-        *lock(&self.tier) = convert::tier_from(r.into_inner().tier)?;
+        let r = self.conn.call(self.client().resize(req))?;
+        *lock(&self.tier) = convert::tier_from(r.tier)?;
         Ok(())
     }
 
@@ -337,12 +326,8 @@ impl RemoteAccelerator {
         let req = self.conn.request(proto::DetachRequest {
             accelerator: self.id,
         });
-        let r = self
-            .conn
-            .runtime
-            .block_on(self.client().detach(req))
-            .map_err(error)?;
-        convert::usage_from(r.into_inner().usage)
+        let r = self.conn.call(self.client().detach(req))?;
+        convert::usage_from(r.usage)
     }
 
     /// Runs a program in one round trip; returns the tensors it reads, in order.
@@ -361,21 +346,13 @@ impl RemoteAccelerator {
             ops: program.ops.clone(),
             reads: program.reads.iter().map(|(id, _)| *id).collect(),
         });
-        let r = self
-            .conn
-            .runtime
-            .block_on(self.client().run(req))
-            .map_err(error)?
-            .into_inner();
+        let r = self.conn.call(self.client().run(req))?;
         if r.reads.len() != program.reads.len() {
-            return Err(Error::Remote {
-                code: "DataLoss".into(),
-                msg: format!(
-                    "asked for {} tensors, got {}",
-                    program.reads.len(),
-                    r.reads.len()
-                ),
-            });
+            return Err(data_loss(format!(
+                "asked for {} tensors, got {}",
+                program.reads.len(),
+                r.reads.len()
+            )));
         }
         r.reads
             .iter()
@@ -423,19 +400,11 @@ impl Backend for RemoteAccelerator {
             accelerator: self.id,
             tensors: vec![convert::meta(desc)],
         });
-        let r = self
-            .conn
-            .runtime
-            .block_on(self.client().alloc(req))
-            .map_err(error)?;
+        let r = self.conn.call(self.client().alloc(req))?;
         let id = *r
-            .into_inner()
             .tensors
             .first()
-            .ok_or_else(|| Error::Remote {
-                code: "DataLoss".into(),
-                msg: "the server allocated nothing".into(),
-            })?;
+            .ok_or_else(|| data_loss("the server allocated nothing"))?;
         Ok(self.handle(desc, id))
     }
 
@@ -458,12 +427,8 @@ impl Backend for RemoteAccelerator {
             meta: Some(convert::meta(host.desc())),
         });
         let req = self.conn.request(tokio_stream::iter(chunks));
-        let r = self
-            .conn
-            .runtime
-            .block_on(self.client().upload(req))
-            .map_err(error)?;
-        Ok(self.handle(host.desc(), r.into_inner().tensor))
+        let r = self.conn.call(self.client().upload(req))?;
+        Ok(self.handle(host.desc(), r.tensor))
     }
 
     fn write(&self, t: &mut Tensor<RemoteBuffer>, host: &HostTensor) -> Result<()> {

@@ -41,6 +41,14 @@ pub fn error(s: Status) -> Error {
     }
 }
 
+/// The error for a server reply that lacks what the protocol promises.
+pub fn data_loss(msg: impl Into<String>) -> Error {
+    Error::Remote {
+        code: "DataLoss".into(),
+        msg: msg.into(),
+    }
+}
+
 pub fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg)
 }
@@ -75,10 +83,7 @@ pub fn tier(t: &Tier) -> proto::Tier {
 }
 
 pub fn tier_from(t: Option<proto::Tier>) -> crate::Result<Tier> {
-    let t = t.ok_or_else(|| Error::Remote {
-        code: "DataLoss".into(),
-        msg: "the server sent no tier".into(),
-    })?;
+    let t = t.ok_or_else(|| data_loss("the server sent no tier"))?;
     Tier::new(&t.name, t.fp32_tflops, t.fp16_tflops, t.memory_bytes)
 }
 
@@ -104,10 +109,7 @@ pub fn usage(u: &Usage) -> proto::Usage {
 }
 
 pub fn usage_from(u: Option<proto::Usage>) -> crate::Result<Usage> {
-    let u = u.ok_or_else(|| Error::Remote {
-        code: "DataLoss".into(),
-        msg: "the server sent no usage".into(),
-    })?;
+    let u = u.ok_or_else(|| data_loss("the server sent no usage"))?;
     let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or_default();
     Ok(Usage {
         accelerator: u.accelerator,

@@ -385,16 +385,7 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         let a = self.get(&who, header.accelerator)?;
         let desc = convert::desc(header.meta.as_ref())?;
         let want = desc.bytes();
-        let usage = a.accel.usage();
-        if usage.memory_used.saturating_add(want as u64) > usage.memory_quota {
-            return Err(status(Error::MemoryQuota {
-                accelerator: usage.accelerator,
-                tier: usage.tier,
-                requested: want as u64,
-                used: usage.memory_used,
-                quota: usage.memory_quota,
-            }));
-        }
+        a.accel.check_room(want as u64).map_err(status)?;
         let mut data = Vec::with_capacity(want);
         let mut chunk = first.data;
         loop {
