@@ -24,6 +24,7 @@
 //! - [`backend`] — how a device computes it: the [`Backend`] contract and the [`CpuBackend`].
 //! - [`rpc`] — how a remote host reaches it: the gRPC server (`eia serve`), the
 //!   `RemoteAccelerator` client with the same [`Backend`] API, tokens, leases, metrics.
+//! - [`ffi`] — the C ABI (`include/eia.h`): the same product for C, Python and other runtimes.
 //! - [`demo`] — `eia demo`: an embedded server, a client and a small CNN, end to end.
 //! - [`tensor`], [`dtype`] — tensors, descriptors, host data, element types.
 //! - [`error`] — the one typed [`Error`].
@@ -34,6 +35,7 @@ pub mod backend;
 pub mod demo;
 pub mod dtype;
 pub mod error;
+pub mod ffi;
 pub mod ops;
 pub mod rpc;
 pub mod tensor;

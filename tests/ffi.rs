@@ -1,0 +1,627 @@
+//! The C ABI from Rust: the header matches the library, every op matches the Rust API exactly
+//! on local and remote accelerators, and every bad call gives its error code with out-parameters
+//! untouched. (`examples/c` and `examples/python` drive the same ABI from C and ctypes.)
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr;
+
+use eia::ffi::accelerator::*;
+use eia::ffi::error::*;
+use eia::ffi::ops::*;
+use eia::ffi::tensor::*;
+use eia::ffi::{EIA_F16, EIA_F32};
+use eia::ops::{BatchNorm, Conv, Gemm, Softmax};
+use eia::{Backend, CpuBackend, DType, HostTensor};
+
+const TIERS: &str =
+    "[[tier]]\nname = \"tiny\"\nfp32_tflops = 1.0\nfp16_tflops = 2.0\nmemory_mib = 1\n";
+
+/// The code and message of a call's result, freeing the error.
+fn outcome(e: Option<Box<eia_error>>) -> (u32, String) {
+    let code = eia_error_code(e.as_deref());
+    // SAFETY: eia_error_message returns a NUL-terminated string valid until the error is freed.
+    let msg = unsafe { CStr::from_ptr(eia_error_message(e.as_deref())) }
+        .to_str()
+        .unwrap()
+        .to_string();
+    eia_error_free(e);
+    (code, msg)
+}
+
+#[track_caller]
+fn ok(e: Option<Box<eia_error>>) {
+    let (code, msg) = outcome(e);
+    assert_eq!(code, EIA_OK, "unexpected error: {msg}");
+}
+
+#[track_caller]
+fn fails(e: Option<Box<eia_error>>, expected: u32, words: &str) {
+    let (code, msg) = outcome(e);
+    assert_eq!(code, expected, "wrong code for error {msg:?}");
+    assert!(msg.contains(words), "{msg:?} should mention {words:?}");
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+fn device() -> *mut eia_device {
+    let toml = cstr(TIERS);
+    let mut d = ptr::null_mut();
+    ok(unsafe { eia_device_new(toml.as_ptr(), true, Some(&mut d)) });
+    d
+}
+
+fn attach(d: *mut eia_device, tier: &str) -> *mut eia_accelerator {
+    let tier = cstr(tier);
+    let mut a = ptr::null_mut();
+    ok(unsafe { eia_device_attach(d.as_ref(), tier.as_ptr(), Some(&mut a)) });
+    a
+}
+
+fn tensor(a: *mut eia_accelerator, host: &HostTensor) -> *mut eia_tensor {
+    let dtype = match host.dtype() {
+        DType::F32 => EIA_F32,
+        DType::F16 => EIA_F16,
+    };
+    let bytes = host.as_bytes();
+    let mut t = ptr::null_mut();
+    ok(unsafe {
+        eia_tensor_new(
+            a.as_ref(),
+            dtype,
+            host.shape().as_ptr(),
+            host.shape().len(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            Some(&mut t),
+        )
+    });
+    t
+}
+
+fn read(t: *mut eia_tensor) -> Vec<u8> {
+    let mut n = 0;
+    ok(eia_tensor_bytes(unsafe { t.as_ref() }, Some(&mut n)));
+    let mut out = vec![0xA5u8; n];
+    ok(unsafe { eia_tensor_read(t.as_ref(), out.as_mut_ptr().cast(), n) });
+    out
+}
+
+/// Random values in [-1, 1), never all zero, from a fixed seed per call site.
+fn random(dtype: DType, shape: &[usize], seed: u64) -> HostTensor {
+    let len: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    HostTensor::from_f32(dtype, shape, &v).unwrap()
+}
+
+#[test]
+fn header_matches_the_library() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = cbindgen::Config::from_file(format!("{root}/cbindgen.toml")).unwrap();
+    let mut generated = Vec::new();
+    cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(format!("{root}/src/ffi/mod.rs"))
+        .generate()
+        .expect("cbindgen reads src/ffi")
+        .write(&mut generated);
+    let path = format!("{root}/include/eia.h");
+    if std::env::var_os("EIA_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "include/eia.h differs from what src/ffi declares: run \
+         `EIA_BLESS=1 cargo test --release --test ffi header` and commit the header"
+    );
+    let header = String::from_utf8(generated).unwrap();
+    for f in [
+        "eia_device_new",
+        "eia_connection_attach",
+        "eia_tensor_new",
+        "eia_tensor_read",
+        "eia_gemm",
+        "eia_matmul",
+        "eia_conv",
+        "eia_batch_norm",
+        "eia_softmax",
+        "eia_accelerator_usage",
+        "eia_accelerator_resize",
+        "eia_accelerator_detach",
+    ] {
+        assert!(header.contains(&format!(" *{f}(")), "header declares {f}");
+    }
+}
+
+/// Runs each op through the ABI on `a` and checks it bit for bit against the Rust API on the CPU
+/// backend, in both dtypes.
+fn ops_match_the_rust_api(a: *mut eia_accelerator) {
+    let cpu = CpuBackend::new();
+    let same = |t: *mut eia_tensor, expected: HostTensor| {
+        assert_eq!(read(t), expected.as_bytes(), "{:?}", expected.shape());
+        eia_tensor_free(unsafe { Box::from_raw(t) }.into());
+    };
+    for dtype in DType::ALL {
+        // Gemm with transposes, C broadcast and alpha/beta.
+        let (ha, hb, hc) = (
+            random(dtype, &[7, 5], 1),
+            random(dtype, &[3, 7], 2),
+            random(dtype, &[3], 3),
+        );
+        let gemm = Gemm {
+            alpha: 0.5,
+            beta: -2.0,
+            trans_a: true,
+            trans_b: true,
+            relu: false,
+        };
+        let attrs = eia_gemm_attrs {
+            alpha: 0.5,
+            beta: -2.0,
+            trans_a: true,
+            trans_b: true,
+            relu: false,
+        };
+        let (ta, tb, tc) = (tensor(a, &ha), tensor(a, &hb), tensor(a, &hc));
+        let mut y = ptr::null_mut();
+        ok(unsafe {
+            eia_gemm(
+                a.as_ref(),
+                Some(&attrs),
+                ta.as_ref(),
+                tb.as_ref(),
+                tc.as_ref(),
+                Some(&mut y),
+            )
+        });
+        let (ca, cb, cc) = (
+            cpu.upload(&ha).unwrap(),
+            cpu.upload(&hb).unwrap(),
+            cpu.upload(&hc).unwrap(),
+        );
+        same(y, cpu.gemm(&gemm, &ca, &cb, Some(&cc)).unwrap());
+
+        // MatMul with batch broadcasting.
+        let hm = random(dtype, &[2, 1, 5, 3], 4);
+        let tm = tensor(a, &hm);
+        ok(unsafe { eia_matmul(a.as_ref(), ta.as_ref(), tm.as_ref(), Some(&mut y)) });
+        let expected = cpu.matmul(&ca, &cpu.upload(&hm).unwrap()).unwrap();
+        same(y, expected);
+
+        // Conv: groups, strides, asymmetric pads, dilation, bias, fused ReLU.
+        let (hx, hw, hbias) = (
+            random(dtype, &[2, 4, 9, 7], 5),
+            random(dtype, &[6, 2, 3, 2], 6),
+            random(dtype, &[6], 7),
+        );
+        let conv = Conv {
+            strides: [2, 1],
+            pads: [1, 0, 2, 1],
+            dilations: [1, 2],
+            group: 2,
+            relu: true,
+            ..Conv::default()
+        };
+        let mut cattrs = eia_conv_attrs_default();
+        cattrs.strides = [2, 1];
+        cattrs.pads = [1, 0, 2, 1];
+        cattrs.dilations = [1, 2];
+        cattrs.group = 2;
+        cattrs.relu = true;
+        let (tx, tw, tbias) = (tensor(a, &hx), tensor(a, &hw), tensor(a, &hbias));
+        ok(unsafe {
+            eia_conv(
+                a.as_ref(),
+                Some(&cattrs),
+                tx.as_ref(),
+                tw.as_ref(),
+                tbias.as_ref(),
+                Some(&mut y),
+            )
+        });
+        let cx = cpu.upload(&hx).unwrap();
+        let expected = cpu
+            .conv(
+                &conv,
+                &cx,
+                &cpu.upload(&hw).unwrap(),
+                Some(&cpu.upload(&hbias).unwrap()),
+            )
+            .unwrap();
+        same(y, expected);
+
+        // BatchNormalization (variance kept positive).
+        let params: Vec<HostTensor> = (0..4)
+            .map(|i| {
+                let p = random(dtype, &[4], 10 + i);
+                if i == 3 {
+                    let v: Vec<f32> = p
+                        .data()
+                        .to_f32_vec()
+                        .iter()
+                        .map(|x| x.abs() + 0.5)
+                        .collect();
+                    HostTensor::from_f32(dtype, &[4], &v).unwrap()
+                } else {
+                    p
+                }
+            })
+            .collect();
+        let tp: Vec<_> = params.iter().map(|p| tensor(a, p)).collect();
+        let battrs = eia_batch_norm_attrs { epsilon: 1e-3 };
+        ok(unsafe {
+            eia_batch_norm(
+                a.as_ref(),
+                Some(&battrs),
+                tx.as_ref(),
+                tp[0].as_ref(),
+                tp[1].as_ref(),
+                tp[2].as_ref(),
+                tp[3].as_ref(),
+                Some(&mut y),
+            )
+        });
+        let cp: Vec<_> = params.iter().map(|p| cpu.upload(p).unwrap()).collect();
+        let expected = cpu
+            .batch_norm(
+                &BatchNorm { epsilon: 1e-3 },
+                &cx,
+                [&cp[0], &cp[1], &cp[2], &cp[3]],
+            )
+            .unwrap();
+        same(y, expected);
+
+        // Softmax along a middle axis.
+        let sattrs = eia_softmax_attrs { axis: -3 };
+        ok(unsafe { eia_softmax(a.as_ref(), Some(&sattrs), tx.as_ref(), Some(&mut y)) });
+        same(y, cpu.softmax(&Softmax { axis: -3 }, &cx).unwrap());
+
+        for t in [ta, tb, tc, tm, tx, tw, tbias].into_iter().chain(tp) {
+            eia_tensor_free(unsafe { Box::from_raw(t) }.into());
+        }
+    }
+}
+
+#[test]
+fn local_ops_match_the_rust_api_and_usage_counts_them() {
+    let d = device();
+    let a = attach(d, "tiny");
+    ops_match_the_rust_api(a);
+    let mut u = eia_usage::default();
+    ok(eia_accelerator_usage(unsafe { a.as_ref() }, Some(&mut u)));
+    assert_eq!(u.ops, 10);
+    assert!(u.flops_f32 > 0 && u.flops_f16 > 0);
+    assert_eq!(u.memory_used, 0, "every tensor was freed");
+    assert_eq!(u.memory_quota, 1 << 20);
+    let mut tier = eia_tier_info::default();
+    ok(eia_accelerator_tier(unsafe { a.as_ref() }, Some(&mut tier)));
+    assert_eq!((tier.fp32_tflops, tier.fp16_tflops), (1.0, 2.0));
+    let mut summary: *mut c_char = ptr::null_mut();
+    ok(eia_accelerator_summary(
+        unsafe { a.as_ref() },
+        Some(&mut summary),
+    ));
+    let text = unsafe { CStr::from_ptr(summary) }
+        .to_str()
+        .unwrap()
+        .to_string();
+    unsafe { eia_string_free(summary) };
+    assert!(text.contains("bound"), "{text}");
+    let mut last = eia_usage::default();
+    ok(eia_accelerator_detach(
+        unsafe { a.as_ref() },
+        Some(&mut last),
+    ));
+    assert_eq!(last.ops, 10);
+    eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
+    eia_device_free(unsafe { Box::from_raw(d) }.into());
+}
+
+#[test]
+fn remote_ops_match_the_rust_api() {
+    let server = eia::rpc::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        CpuBackend::new(),
+        eia::rpc::ServerConfig {
+            device: eia::DeviceConfig {
+                tiers: eia::Tiers::with_toml("test", TIERS).unwrap(),
+                overcommit: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let url = cstr(&server.url(false));
+    let mut conn = ptr::null_mut();
+    ok(unsafe { eia_connection_new(url.as_ptr(), ptr::null(), ptr::null(), Some(&mut conn)) });
+    let tier = cstr("tiny");
+    let mut a = ptr::null_mut();
+    ok(unsafe { eia_connection_attach(conn.as_ref(), tier.as_ptr(), Some(&mut a)) });
+    // Freeing the connection first is allowed: the accelerator keeps it open.
+    eia_connection_free(unsafe { Box::from_raw(conn) }.into());
+    ops_match_the_rust_api(a);
+    let mut u = eia_usage::default();
+    ok(eia_accelerator_usage(unsafe { a.as_ref() }, Some(&mut u)));
+    assert_eq!(u.ops, 10);
+    eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
+
+    // Nothing listens on port 1: a network error, not a crash.
+    let nowhere = cstr("http://127.0.0.1:1");
+    let mut unused = ptr::null_mut();
+    let e = unsafe {
+        eia_connection_new(
+            nowhere.as_ptr(),
+            ptr::null(),
+            ptr::null(),
+            Some(&mut unused),
+        )
+    };
+    fails(e, EIA_ERR_NETWORK, "cannot connect");
+    assert!(unused.is_null());
+}
+
+#[test]
+fn bad_calls_give_their_codes_and_leave_outputs_alone() {
+    let d = device();
+    let a = attach(d, "tiny");
+    let acc = unsafe { a.as_ref() };
+    let x = tensor(a, &random(DType::F32, &[2, 3], 1));
+    let sentinel = ptr::dangling_mut::<eia_tensor>();
+    let mut y = sentinel;
+    let shape = [2usize, 3];
+    let data = [1.0f32; 6];
+    let gemm = eia_gemm_attrs_default();
+
+    // NULL handles, strings and out-parameters.
+    fails(
+        unsafe { eia_device_attach(None, c"tiny".as_ptr(), Some(&mut ptr::null_mut())) },
+        EIA_ERR_NULL_ARGUMENT,
+        "`device`",
+    );
+    fails(
+        unsafe { eia_device_attach(d.as_ref(), ptr::null(), Some(&mut ptr::null_mut())) },
+        EIA_ERR_NULL_ARGUMENT,
+        "`tier`",
+    );
+    fails(
+        unsafe { eia_device_new(ptr::null(), false, None) },
+        EIA_ERR_NULL_ARGUMENT,
+        "`out`",
+    );
+    fails(
+        unsafe { eia_gemm(acc, None, x.as_ref(), x.as_ref(), None, Some(&mut y)) },
+        EIA_ERR_NULL_ARGUMENT,
+        "`attrs`",
+    );
+    fails(
+        unsafe { eia_gemm(acc, Some(&gemm), x.as_ref(), None, None, Some(&mut y)) },
+        EIA_ERR_NULL_ARGUMENT,
+        "`b`",
+    );
+    fails(
+        unsafe { eia_softmax(acc, Some(&eia_softmax_attrs_default()), x.as_ref(), None) },
+        EIA_ERR_NULL_ARGUMENT,
+        "`y`",
+    );
+    let e = unsafe {
+        eia_tensor_new(
+            acc,
+            EIA_F32,
+            ptr::null(),
+            2,
+            data.as_ptr().cast(),
+            24,
+            Some(&mut y),
+        )
+    };
+    fails(e, EIA_ERR_NULL_ARGUMENT, "`shape`");
+    let e = unsafe {
+        eia_tensor_new(
+            acc,
+            EIA_F32,
+            shape.as_ptr(),
+            2,
+            ptr::null(),
+            24,
+            Some(&mut y),
+        )
+    };
+    fails(e, EIA_ERR_NULL_ARGUMENT, "`data`");
+    fails(
+        eia_tensor_bytes(None, Some(&mut 0)),
+        EIA_ERR_NULL_ARGUMENT,
+        "`tensor`",
+    );
+
+    // Values out of range.
+    let e = unsafe {
+        eia_tensor_new(
+            acc,
+            7,
+            shape.as_ptr(),
+            2,
+            data.as_ptr().cast(),
+            24,
+            Some(&mut y),
+        )
+    };
+    fails(e, EIA_ERR_INVALID_ARGUMENT, "dtype 7");
+    let e = unsafe {
+        eia_tensor_new(
+            acc,
+            EIA_F32,
+            shape.as_ptr(),
+            2,
+            data.as_ptr().cast(),
+            20,
+            Some(&mut y),
+        )
+    };
+    fails(e, EIA_ERR_DATA_LENGTH, "20 bytes");
+    let bad_utf8 = [0xFFu8, 0];
+    fails(
+        unsafe {
+            eia_device_attach(
+                d.as_ref(),
+                bad_utf8.as_ptr().cast(),
+                Some(&mut ptr::null_mut()),
+            )
+        },
+        EIA_ERR_INVALID_ARGUMENT,
+        "UTF-8",
+    );
+    let mut conv = eia_conv_attrs_default();
+    conv.auto_pad = 9;
+    fails(
+        unsafe { eia_conv(acc, Some(&conv), x.as_ref(), x.as_ref(), None, Some(&mut y)) },
+        EIA_ERR_INVALID_ARGUMENT,
+        "auto_pad 9",
+    );
+    let mut small = [0u8; 8];
+    fails(
+        unsafe { eia_tensor_read(x.as_ref(), small.as_mut_ptr().cast::<c_void>(), 8) },
+        EIA_ERR_DATA_LENGTH,
+        "needs 24",
+    );
+    fails(
+        unsafe { eia_tensor_write(x.as_mut(), data.as_ptr().cast(), 23) },
+        EIA_ERR_DATA_LENGTH,
+        "23 bytes",
+    );
+
+    // The op contracts: shape, dtype, attribute errors.
+    fails(
+        unsafe { eia_gemm(acc, Some(&gemm), x.as_ref(), x.as_ref(), None, Some(&mut y)) },
+        EIA_ERR_SHAPE,
+        "Gemm",
+    );
+    let h = tensor(a, &random(DType::F16, &[3, 2], 2));
+    fails(
+        unsafe { eia_gemm(acc, Some(&gemm), x.as_ref(), h.as_ref(), None, Some(&mut y)) },
+        EIA_ERR_DTYPE,
+        "FP16",
+    );
+    fails(
+        unsafe {
+            eia_softmax(
+                acc,
+                Some(&eia_softmax_attrs { axis: 2 }),
+                x.as_ref(),
+                Some(&mut y),
+            )
+        },
+        EIA_ERR_ATTRIBUTE,
+        "axis",
+    );
+
+    // Tiers, quotas, ownership, detach.
+    fails(
+        unsafe {
+            eia_device_attach(
+                d.as_ref(),
+                c"eia9.huge".as_ptr(),
+                Some(&mut ptr::null_mut()),
+            )
+        },
+        EIA_ERR_UNKNOWN_TIER,
+        "eia2.medium",
+    );
+    let big = [1usize << 20];
+    let e = unsafe {
+        eia_tensor_new(
+            acc,
+            EIA_F32,
+            big.as_ptr(),
+            1,
+            vec![0u8; 4 << 20].as_ptr().cast(),
+            4 << 20,
+            Some(&mut y),
+        )
+    };
+    fails(e, EIA_ERR_MEMORY_QUOTA, "quota");
+    let other = attach(d, "tiny");
+    fails(
+        unsafe {
+            eia_softmax(
+                other.as_ref(),
+                Some(&eia_softmax_attrs_default()),
+                x.as_ref(),
+                Some(&mut y),
+            )
+        },
+        EIA_ERR_INVALID_ARGUMENT,
+        "belongs to accelerator",
+    );
+    fails(
+        unsafe {
+            eia_device_new(
+                c"[[tier]]\nname = 3".as_ptr(),
+                true,
+                Some(&mut ptr::null_mut()),
+            )
+        },
+        EIA_ERR_CONFIG,
+        "tiers_toml",
+    );
+    ok(eia_accelerator_detach(acc, None));
+    fails(
+        eia_accelerator_detach(acc, None),
+        EIA_ERR_DETACHED,
+        "detached",
+    );
+    let mut back = [0u8; 24];
+    fails(
+        unsafe { eia_tensor_read(x.as_ref(), back.as_mut_ptr().cast::<c_void>(), 24) },
+        EIA_ERR_DETACHED,
+        "detached",
+    );
+    assert_eq!(y, sentinel, "no failed call wrote its out-parameter");
+
+    // Free in any order: accelerators before their tensors, NULL everywhere.
+    eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
+    eia_accelerator_free(unsafe { Box::from_raw(other) }.into());
+    eia_device_free(unsafe { Box::from_raw(d) }.into());
+    eia_tensor_free(unsafe { Box::from_raw(x) }.into());
+    eia_tensor_free(unsafe { Box::from_raw(h) }.into());
+    eia_tensor_free(None);
+    eia_accelerator_free(None);
+    eia_error_free(None);
+    unsafe { eia_string_free(ptr::null_mut()) };
+    assert_eq!(eia_error_code(None), EIA_OK);
+}
+
+#[test]
+fn resize_moves_tiers_and_refuses_below_usage() {
+    let d = device();
+    let a = attach(d, "eia2.large");
+    let acc = unsafe { a.as_ref() };
+    let t = tensor(a, &random(DType::F16, &[1 << 20], 3));
+    fails(
+        unsafe { eia_accelerator_resize(acc, c"tiny".as_ptr()) },
+        EIA_ERR_MEMORY_QUOTA,
+        "free tensors first",
+    );
+    eia_tensor_free(unsafe { Box::from_raw(t) }.into());
+    ok(unsafe { eia_accelerator_resize(acc, c"ml.TINY".as_ptr()) });
+    let mut name: *mut c_char = ptr::null_mut();
+    ok(eia_accelerator_tier_name(acc, Some(&mut name)));
+    assert_eq!(unsafe { CStr::from_ptr(name) }.to_str().unwrap(), "tiny");
+    unsafe { eia_string_free(name) };
+    let version = unsafe { CStr::from_ptr(eia_version()) }.to_str().unwrap();
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
+    eia_device_free(unsafe { Box::from_raw(d) }.into());
+}
