@@ -625,3 +625,43 @@ fn resize_moves_tiers_and_refuses_below_usage() {
     eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
     eia_device_free(unsafe { Box::from_raw(d) }.into());
 }
+
+#[test]
+fn many_threads_share_one_accelerator_and_its_tensors() {
+    let d = device();
+    let a = attach(d, "eia2.medium");
+    let (ha, hb) = (
+        random(DType::F32, &[33, 17], 8),
+        random(DType::F32, &[17, 9], 9),
+    );
+    let (ta, tb) = (tensor(a, &ha), tensor(a, &hb));
+    let cpu = CpuBackend::new();
+    let expected = cpu
+        .matmul(&cpu.upload(&ha).unwrap(), &cpu.upload(&hb).unwrap())
+        .unwrap();
+    // The handles are shared by reference, as C threads would share the pointers.
+    let (acc, ta, tb) = unsafe { (&*a, &*ta, &*tb) };
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    let mut y = ptr::null_mut();
+                    ok(eia_matmul(Some(acc), Some(ta), Some(tb), Some(&mut y)));
+                    assert_eq!(read(y), expected.as_bytes());
+                    eia_tensor_free(unsafe { Box::from_raw(y) }.into());
+                }
+            });
+        }
+    });
+    let mut u = eia_usage::default();
+    ok(eia_accelerator_usage(Some(acc), Some(&mut u)));
+    assert_eq!(u.ops, 200);
+    let (ta, tb) = (
+        ta as *const eia_tensor as *mut eia_tensor,
+        tb as *const _ as *mut eia_tensor,
+    );
+    eia_tensor_free(unsafe { Box::from_raw(ta) }.into());
+    eia_tensor_free(unsafe { Box::from_raw(tb) }.into());
+    eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
+    eia_device_free(unsafe { Box::from_raw(d) }.into());
+}
