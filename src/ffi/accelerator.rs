@@ -4,7 +4,7 @@
 use std::ffi::c_char;
 use std::sync::Arc;
 
-use super::error::{dispose, eia_error, guard};
+use super::error::{dispose, eia_error, guard, Outcome};
 use super::{optional_string, owned_string, required, string};
 use crate::accelerator::{Accelerator, Device, DeviceConfig, Tier, Tiers, Usage};
 use crate::backend::CpuBackend;
@@ -69,10 +69,22 @@ impl Accel {
     }
 }
 
-fn handle(accel: Accel) -> *mut eia_accelerator {
-    Box::into_raw(Box::new(eia_accelerator {
-        accel: Arc::new(accel),
-    }))
+/// Attaches the tier named by the C string `tier` with `attach` and hands the new accelerator to
+/// `out`.
+///
+/// # Safety
+/// `tier` is NULL or a NUL-terminated string.
+unsafe fn attach(
+    tier: *const c_char,
+    out: Option<&mut *mut eia_accelerator>,
+    attach: impl FnOnce(&str) -> Result<Accel>,
+) -> Outcome {
+    let out = required(out, "out")?;
+    // SAFETY: the caller's contract.
+    let tier = unsafe { string(tier, "tier") }?;
+    let accel = Arc::new(attach(tier)?);
+    *out = Box::into_raw(Box::new(eia_accelerator { accel }));
+    Ok(())
 }
 
 /// One accelerator's usage (see `eia_accelerator_usage`). Durations are in seconds.
@@ -197,11 +209,8 @@ pub unsafe extern "C" fn eia_device_attach(
 ) -> Option<Box<eia_error>> {
     guard(|| {
         let device = required(device, "device")?;
-        let out = required(out, "out")?;
         // SAFETY: the caller's contract.
-        let tier = unsafe { string(tier, "tier") }?;
-        *out = handle(Accel::Local(device.device.attach(tier)?));
-        Ok(())
+        unsafe { attach(tier, out, |t| Ok(Accel::Local(device.device.attach(t)?))) }
     })
 }
 
@@ -256,11 +265,12 @@ pub unsafe extern "C" fn eia_connection_attach(
 ) -> Option<Box<eia_error>> {
     guard(|| {
         let connection = required(connection, "connection")?;
-        let out = required(out, "out")?;
         // SAFETY: the caller's contract.
-        let tier = unsafe { string(tier, "tier") }?;
-        *out = handle(Accel::Remote(connection.connection.attach(tier)?));
-        Ok(())
+        unsafe {
+            attach(tier, out, |t| {
+                Ok(Accel::Remote(connection.connection.attach(t)?))
+            })
+        }
     })
 }
 
