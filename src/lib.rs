@@ -1,8 +1,8 @@
 //! # eia — open elastic inference accelerators
 //!
 //! ONNX-exact inference ops (GEMM/MatMul, Conv, BatchNormalization, Softmax) in FP32 and in FP16
-//! with FP32 accumulation, on a fast multi-threaded CPU backend, behind one backend contract that
-//! metered virtual accelerators, the CUDA backend and the remote client implement too.
+//! with FP32 accumulation, on a fast multi-threaded CPU backend and a CUDA backend, behind one
+//! backend contract that metered virtual accelerators and the remote client implement too.
 //!
 //! ```
 //! use eia::{Backend, CpuBackend, HostTensor, ops::Gemm};
@@ -21,7 +21,8 @@
 //! - [`ops`] — what a computation means: ONNX attributes, validation, shape inference, FLOPs.
 //! - [`accelerator`] — how much one virtual accelerator may use: tiers, the FLOP meter, memory
 //!   quotas, admission, usage; an [`Accelerator`] is a [`Backend`] wrapping a device's backend.
-//! - [`backend`] — how a device computes it: the [`Backend`] contract and the [`CpuBackend`].
+//! - [`backend`] — how a device computes it: the [`Backend`] contract, the [`CpuBackend`], and
+//!   the [`CudaBackend`] (PTX kernels from `kernels/`, launched through `cudarc`).
 //! - [`rpc`] — how a remote host reaches it: the gRPC server (`eia serve`), the
 //!   `RemoteAccelerator` client with the same [`Backend`] API, tokens, leases, metrics.
 //! - [`ffi`] — the C ABI (`include/eia.h`): the same product for C, Python and other runtimes.
@@ -42,7 +43,7 @@ pub mod tensor;
 pub mod workload;
 
 pub use accelerator::{Accelerator, Device, DeviceConfig, Tier, Tiers, Usage};
-pub use backend::{Backend, CpuBackend};
+pub use backend::{Backend, CpuBackend, CudaBackend};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use half::f16;

@@ -105,7 +105,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Describe the backend: threads and CPU features.
+    /// Describe the backends: CPU threads and features, and the CUDA device (or why there is none).
     Info,
 }
 
@@ -357,6 +357,14 @@ fn run(cli: Cli) -> eia::Result<()> {
                     f("f16c", std::is_x86_feature_detected!("f16c")),
                     f("avx512f", std::is_x86_feature_detected!("avx512f"))
                 );
+            }
+            match eia::CudaBackend::new(0) {
+                Ok(gpu) => println!(
+                    "cuda: {}, {:.1} GiB",
+                    gpu.name(),
+                    gpu.total_memory().unwrap_or(0) as f64 / (1u64 << 30) as f64
+                ),
+                Err(e) => println!("cuda: unavailable ({e})"),
             }
             Ok(())
         }

@@ -98,6 +98,34 @@ impl Workload {
             .into()
     }
 
+    /// The sizes a GPU is judged at besides the shared ones: GEMM 4096³ and 8192³, and batch norm
+    /// and softmax on tensors far larger than a GPU's caches.
+    pub fn gpu_scale() -> Vec<Workload> {
+        vec![
+            Workload::Gemm {
+                m: 4096,
+                n: 4096,
+                k: 4096,
+            },
+            Workload::Gemm {
+                m: 8192,
+                n: 8192,
+                k: 8192,
+            },
+            Workload::BatchNorm {
+                shape: [32, 256, 56, 56],
+            },
+            Workload::Softmax {
+                rows: 65536,
+                len: 1000,
+            },
+            Workload::Softmax {
+                rows: 4096,
+                len: 32768,
+            },
+        ]
+    }
+
     /// Every workload of every family (convolutions at batch 1 and 8).
     pub fn all() -> Vec<Workload> {
         let mut all = Self::gemms();

@@ -9,8 +9,14 @@
 //! `Backend`, so one test suite and one bench suite run against all of them.
 
 pub mod cpu;
+pub mod cuda;
+#[cfg(feature = "emu")]
+pub mod emu;
 
 pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
+#[cfg(feature = "emu")]
+pub use emu::EmuBackend;
 
 use crate::error::{Error, Result};
 use crate::ops::{
