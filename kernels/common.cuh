@@ -16,6 +16,11 @@
 #else
 #include <cuda_fp16.h>
 
+// NVRTC has no <math.h>; the emulator gets INFINITY from the host's.
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 // A kernel taking one params struct by value (see kernels/README.md).
 #define EIA_KERNEL(name, Params) extern "C" __global__ void name(const Params p)
 #define EIA_KERNEL_BOUNDS(name, Params, threads) \

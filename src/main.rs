@@ -64,6 +64,9 @@ enum Command {
     },
     /// Serve this host's virtual accelerators over gRPC (CPU backend where there is no GPU).
     Serve {
+        /// The device to slice: `auto` (the first CUDA GPU, else the CPU), `cuda` or `cpu`.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "cpu"])]
+        backend: String,
         /// Address to listen on (loopback by default).
         #[arg(long, default_value = "127.0.0.1:8470")]
         listen: std::net::SocketAddr,
@@ -239,6 +242,7 @@ fn run(cli: Cli) -> eia::Result<()> {
             tiers: tiers.load()?,
         }),
         Command::Serve {
+            backend,
             listen,
             tokens,
             lease,
@@ -280,9 +284,26 @@ fn run(cli: Cli) -> eia::Result<()> {
             } else {
                 "no authentication"
             };
-            let server = eia::rpc::spawn(listen, CpuBackend::new(), config)?;
+            let (server, device) = match (backend.as_str(), eia::CudaBackend::new(0)) {
+                ("cpu", _) => (
+                    eia::rpc::spawn(listen, CpuBackend::new(), config)?,
+                    "cpu".into(),
+                ),
+                (_, Ok(gpu)) => {
+                    let name = gpu.name();
+                    (eia::rpc::spawn(listen, gpu, config)?, name)
+                }
+                ("cuda", Err(e)) => return Err(e),
+                (_, Err(e)) => {
+                    println!("no GPU, serving the CPU backend: {e}");
+                    (
+                        eia::rpc::spawn(listen, CpuBackend::new(), config)?,
+                        "cpu".into(),
+                    )
+                }
+            };
             println!(
-                "eia serve: listening on {} ({auth}); Ctrl-C stops",
+                "eia serve: {device} accelerators, listening on {} ({auth}); Ctrl-C stops",
                 server.url(tls.is_some())
             );
             if let Some(at) = server.metrics_addr() {

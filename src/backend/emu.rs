@@ -1,0 +1,352 @@
+//! The CUDA kernels on the CPU (feature `emu`): [`EmuBackend`] runs the very launches the CUDA
+//! backend makes — planned by [`cuda::launch`](super::cuda::launch) for `sm_80`, with the same
+//! grids, blocks and params structs — through an emulator compiled from the very kernel sources
+//! `kernels/*.cu` (`kernels/emu/`, built by `build.rs`). It exists to test those sources with the
+//! conformance suite on machines without a GPU (`tests/emu.rs`): every CUDA thread is a fiber,
+//! warp operations and barriers are emulated one lane at a time, so it is slow — a testing
+//! tool, not a product backend.
+//!
+//! Besides wrong results, it reports what would go unnoticed or crash on a GPU as
+//! `Error::Backend` errors naming the kernel: divergent barriers and warp operations, invalid
+//! launch configurations, misaligned `cp.async` / `ldmatrix` addresses, writes outside a
+//! tensor (each buffer is surrounded by guard bands checked after every launch) and writes into
+//! an input. Reads of memory never written show up as NaN in the results: fresh buffers, their
+//! padding and shared memory at the start of every block hold a NaN pattern.
+
+use std::alloc::{self, Layout};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ptr::NonNull;
+
+use super::cuda::launch::{self, Arch, Launch, Ptr};
+use super::Backend;
+use crate::error::{Error, Result};
+use crate::ops::{BatchNormPlan, ConvPlan, GemmPlan, SoftmaxPlan};
+use crate::tensor::{HostData, HostTensor, Tensor, TensorDesc};
+
+extern "C" {
+    /// `kernels/emu/runtime.cpp`: runs one kernel over a grid; 0, or nonzero with a message.
+    fn eia_emu_launch(
+        kernel: *const c_char,
+        grid: *const u32,
+        block: *const u32,
+        params: *const c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+}
+
+/// Bytes of guard band on each side of a buffer.
+const GUARD: usize = 64;
+/// The fill of guard bands, padding and fresh allocations: `0x7ff5` repeated, a NaN both as
+/// binary16 and (twice) as binary32, so reading it shows up as NaN in a result.
+const CANARY: [u8; 2] = 0x7ff5u16.to_le_bytes();
+
+fn emu_err(msg: String) -> Error {
+    Error::Backend {
+        backend: "emu",
+        msg,
+    }
+}
+
+/// One tensor's memory, laid out as on the GPU (row-major f32 or binary16 from a 64-byte
+/// aligned start), between guard bands.
+pub struct EmuBuffer {
+    /// The allocation: `GUARD` bytes, the data rounded up to 16 bytes, `GUARD` bytes.
+    base: NonNull<u8>,
+    /// Bytes of data.
+    len: usize,
+}
+
+// SAFETY: an EmuBuffer owns its allocation outright, like a Box<[u8]>, so moving it to another
+// thread moves the memory with it.
+unsafe impl Send for EmuBuffer {}
+// SAFETY: through `&EmuBuffer` the memory is only read, except by a kernel in the unsafe
+// `EmuBackend::launch_kernel`, whose caller guarantees that nothing else uses the buffer
+// meanwhile (and launches are serialised by the emulator).
+unsafe impl Sync for EmuBuffer {}
+
+impl EmuBuffer {
+    fn layout(len: usize) -> Result<Layout> {
+        len.checked_next_multiple_of(16)
+            .and_then(|l| l.checked_add(2 * GUARD))
+            .and_then(|size| Layout::from_size_align(size, 64).ok())
+            .ok_or_else(|| emu_err(format!("cannot allocate {len} bytes")))
+    }
+
+    /// A buffer of `len` bytes, all of them (and the guard bands) holding the canary.
+    fn new(len: usize) -> Result<Self> {
+        let layout = Self::layout(len)?;
+        // SAFETY: the layout has a nonzero size (at least the two guard bands).
+        let base = NonNull::new(unsafe { alloc::alloc(layout) })
+            .ok_or_else(|| emu_err(format!("out of memory allocating {len} bytes")))?;
+        // SAFETY: base points to layout.size() bytes just allocated and not yet shared.
+        let all = unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), layout.size()) };
+        for pair in all.chunks_exact_mut(2) {
+            pair.copy_from_slice(&CANARY);
+        }
+        Ok(EmuBuffer { base, len })
+    }
+
+    /// A buffer holding `bytes`.
+    fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut buf = Self::new(bytes.len())?;
+        buf.data_mut().copy_from_slice(bytes);
+        Ok(buf)
+    }
+
+    /// The address kernels see: of the first data byte, or 0 for an empty buffer (as the CUDA
+    /// backend passes, having nothing allocated).
+    pub fn addr(&self) -> Ptr {
+        if self.len == 0 {
+            0
+        } else {
+            self.base.as_ptr() as Ptr + GUARD as Ptr
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        // SAFETY: the data lies within the allocation; no launch runs while `self` is borrowed
+        // here, so nothing writes it meanwhile.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(GUARD), self.len) }
+    }
+
+    fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `data`, and `&mut self` makes the borrow exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(GUARD), self.len) }
+    }
+
+    /// The first overwritten guard byte, as an offset from the data start, if any.
+    fn overwritten(&self) -> Option<isize> {
+        let size = Self::layout(self.len).ok()?.size();
+        // SAFETY: the whole allocation, read while no launch runs.
+        let all = unsafe { std::slice::from_raw_parts(self.base.as_ptr(), size) };
+        let bad = |i: usize| all[i] != CANARY[i % 2];
+        (0..GUARD)
+            .chain(GUARD + self.len..size)
+            .find(|&i| bad(i))
+            .map(|i| i as isize - GUARD as isize)
+    }
+}
+
+impl Drop for EmuBuffer {
+    fn drop(&mut self) {
+        if let Ok(layout) = Self::layout(self.len) {
+            // SAFETY: allocated in `new` with this very layout.
+            unsafe { alloc::dealloc(self.base.as_ptr(), layout) }
+        }
+    }
+}
+
+/// Runs the CUDA kernel sources on the CPU (see the module docs). For tests; slow.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EmuBackend;
+
+impl EmuBackend {
+    /// The emulator. Handles hold no state: all share the one emulator, which runs one launch
+    /// at a time.
+    pub fn new() -> Self {
+        EmuBackend
+    }
+
+    /// Runs one kernel compiled into the emulator by name — an op kernel or one of the
+    /// emulator's self-test kernels (`kernels/emu/selftest.cu`) — over `grid` × `block`, then
+    /// checks the guard bands of `buffers` (named by their index in errors).
+    ///
+    /// # Safety
+    ///
+    /// `params` must be the params struct the kernel takes (`#[repr(C)]`, field for field), and
+    /// every address in it must point to live memory — such as an [`EmuBuffer::addr`] — holding
+    /// everything the kernel reads or writes there for this grid. The kernel may write into
+    /// `buffers` although they are borrowed shared: nothing else reads them meanwhile.
+    pub unsafe fn launch_kernel<P: Copy>(
+        &self,
+        kernel: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        params: &P,
+        buffers: &[&EmuBuffer],
+    ) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { emulate(kernel, grid, block, params as *const P as *const c_void)? };
+        let names: Vec<String> = (0..buffers.len()).map(|i| format!("buffer {i}")).collect();
+        let named: Vec<(&str, &EmuBuffer)> = names
+            .iter()
+            .map(String::as_str)
+            .zip(buffers.iter().copied())
+            .collect();
+        check_guards(kernel, &named)
+    }
+
+    /// Runs the launches planned for `y` from `inputs`, then checks that no kernel wrote
+    /// outside its tensors or into an input. A launch with nothing to write is skipped, as the
+    /// CUDA backend skips it.
+    fn run(
+        &self,
+        inputs: &[(&str, Option<&EmuBuffer>)],
+        y: &mut EmuBuffer,
+        plan: impl FnOnce(&[Ptr], Ptr) -> Vec<Launch>,
+    ) -> Result<()> {
+        if y.len == 0 {
+            return Ok(());
+        }
+        let ptrs: Vec<Ptr> = inputs
+            .iter()
+            .map(|(_, b)| b.map_or(0, EmuBuffer::addr))
+            .collect();
+        let before: Vec<Option<Vec<u8>>> = inputs
+            .iter()
+            .map(|(_, b)| b.map(|b| b.data().to_vec()))
+            .collect();
+        for l in plan(&ptrs, y.addr()) {
+            // SAFETY: the planner built the params of a kernel of its family (kernels/README.md:
+            // the Rust struct mirrors the C one) from the addresses above, whose buffers the
+            // validated plan sizes and which stay borrowed for the whole launch.
+            unsafe { emulate(&l.kernel, l.grid, l.block, l.args.as_ptr())? };
+            let buffers: Vec<(&str, &EmuBuffer)> = inputs
+                .iter()
+                .filter_map(|&(n, b)| b.map(|b| (n, b)))
+                .chain([("the output", &*y)])
+                .collect();
+            check_guards(&l.kernel, &buffers)?;
+        }
+        for ((name, buf), before) in inputs.iter().zip(before) {
+            if let (Some(buf), Some(before)) = (buf, before) {
+                if buf.data() != before {
+                    return Err(emu_err(format!("a kernel wrote into its input {name}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fails if `kernel` overwrote a guard band of one of `buffers`.
+fn check_guards(kernel: &str, buffers: &[(&str, &EmuBuffer)]) -> Result<()> {
+    for (name, buf) in buffers {
+        if let Some(at) = buf.overwritten() {
+            return Err(emu_err(format!(
+                "kernel {kernel} wrote outside {name} ({} bytes): at byte offset {at}",
+                buf.len
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `kernel` through the emulator with the params struct at `params`.
+///
+/// # Safety
+///
+/// As [`EmuBackend::launch_kernel`].
+unsafe fn emulate(
+    kernel: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    params: *const c_void,
+) -> Result<()> {
+    let name = CString::new(kernel).map_err(|_| emu_err(format!("bad kernel name {kernel:?}")))?;
+    let mut err = [0 as c_char; 1024];
+    // SAFETY: the name is NUL-terminated, grid and block hold three u32 each and err has the
+    // length passed; params and the memory it addresses are the caller's contract.
+    let rc = unsafe {
+        eia_emu_launch(
+            name.as_ptr(),
+            grid.as_ptr(),
+            block.as_ptr(),
+            params,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: on failure the runtime wrote a NUL-terminated message into err.
+    let msg = unsafe { CStr::from_ptr(err.as_ptr()) };
+    Err(emu_err(msg.to_string_lossy().into_owned()))
+}
+
+impl Backend for EmuBackend {
+    type Storage = EmuBuffer;
+
+    fn name(&self) -> String {
+        "emu (CUDA kernels on the CPU)".to_string()
+    }
+
+    /// Fresh memory holds the canary (NaN), not zeros: kernels must write every output.
+    fn alloc(&self, desc: &TensorDesc) -> Result<Tensor<EmuBuffer>> {
+        Ok(Tensor::from_parts(
+            desc.clone(),
+            EmuBuffer::new(desc.bytes())?,
+        ))
+    }
+
+    fn upload(&self, host: &HostTensor) -> Result<Tensor<EmuBuffer>> {
+        let buf = EmuBuffer::from_bytes(host.as_bytes())?;
+        Ok(Tensor::from_parts(host.desc().clone(), buf))
+    }
+
+    fn write(&self, t: &mut Tensor<EmuBuffer>, host: &HostTensor) -> Result<()> {
+        super::check_write(t.desc(), host.desc())?;
+        t.storage_mut().data_mut().copy_from_slice(host.as_bytes());
+        Ok(())
+    }
+
+    fn download(&self, t: &Tensor<EmuBuffer>) -> Result<HostTensor> {
+        let data = HostData::from_bytes(t.dtype(), t.storage().data());
+        Ok(Tensor::from_parts(t.desc().clone(), data))
+    }
+
+    fn launch_gemm(
+        &self,
+        plan: &GemmPlan,
+        a: &EmuBuffer,
+        b: &EmuBuffer,
+        c: Option<&EmuBuffer>,
+        y: &mut EmuBuffer,
+    ) -> Result<()> {
+        let inputs = [("A", Some(a)), ("B", Some(b)), ("C", c)];
+        self.run(&inputs, y, |p, y| {
+            launch::gemm::gemm(plan, Arch::SM80, p[0], p[1], c.map(|_| p[2]), y)
+        })
+    }
+
+    fn launch_conv(
+        &self,
+        plan: &ConvPlan,
+        x: &EmuBuffer,
+        w: &EmuBuffer,
+        bias: Option<&EmuBuffer>,
+        y: &mut EmuBuffer,
+    ) -> Result<()> {
+        let inputs = [("X", Some(x)), ("W", Some(w)), ("B", bias)];
+        self.run(&inputs, y, |p, y| {
+            launch::conv::conv(plan, Arch::SM80, p[0], p[1], bias.map(|_| p[2]), y)
+        })
+    }
+
+    fn launch_batch_norm(
+        &self,
+        plan: &BatchNormPlan,
+        x: &EmuBuffer,
+        params: [&EmuBuffer; 4],
+        y: &mut EmuBuffer,
+    ) -> Result<()> {
+        let inputs = [
+            ("X", Some(x)),
+            ("scale", Some(params[0])),
+            ("B", Some(params[1])),
+            ("input_mean", Some(params[2])),
+            ("input_var", Some(params[3])),
+        ];
+        self.run(&inputs, y, |p, y| {
+            launch::batchnorm::batch_norm(plan, Arch::SM80, p[0], [p[1], p[2], p[3], p[4]], y)
+        })
+    }
+
+    fn launch_softmax(&self, plan: &SoftmaxPlan, x: &EmuBuffer, y: &mut EmuBuffer) -> Result<()> {
+        self.run(&[("input", Some(x))], y, |p, y| {
+            launch::softmax::softmax(plan, Arch::SM80, p[0], y)
+        })
+    }
+}
