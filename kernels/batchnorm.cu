@@ -38,48 +38,6 @@ struct BatchNormParams {
     int vec;           // 1: the 16-byte vector path (x and y 16-byte aligned)
 };
 
-// V consecutive elements of T widened to float: a 16-byte load or store for V > 1.
-template <typename T, int V>
-struct BnVec;
-template <typename T>
-struct BnVec<T, 1> {
-    static __device__ __forceinline__ void load(float (&v)[1], const T *p) { v[0] = eia_load(p, 0); }
-    static __device__ __forceinline__ void store(T *p, const float (&v)[1]) { eia_store(p, 0, v[0]); }
-};
-template <>
-struct BnVec<float, 4> {
-    static __device__ __forceinline__ void load(float (&v)[4], const float *p) {
-        const float4 q = *reinterpret_cast<const float4 *>(p);
-        v[0] = q.x;
-        v[1] = q.y;
-        v[2] = q.z;
-        v[3] = q.w;
-    }
-    static __device__ __forceinline__ void store(float *p, const float (&v)[4]) {
-        *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
-    }
-};
-template <>
-struct BnVec<__half, 8> {
-    static __device__ __forceinline__ void load(float (&v)[8], const __half *p) {
-        const uint4 q = *reinterpret_cast<const uint4 *>(p);
-        const __half2 *h = reinterpret_cast<const __half2 *>(&q);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float2 f = __half22float2(h[i]);
-            v[2 * i] = f.x;
-            v[2 * i + 1] = f.y;
-        }
-    }
-    static __device__ __forceinline__ void store(__half *p, const float (&v)[8]) {
-        uint4 q;
-        __half2 *h = reinterpret_cast<__half2 *>(&q);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
-        *reinterpret_cast<uint4 *>(p) = q;
-    }
-};
-
 // The folded affine map of channel ch: y = x·a + b.
 template <typename T>
 __device__ __forceinline__ void bn_fold(const BatchNormParams &p, long long ch, float &a, float &b) {
@@ -114,7 +72,7 @@ __device__ __forceinline__ void bn_plane(const BatchNormParams &p) {
 #pragma unroll
         for (int k = 0; k < BN_PLANE_ITEMS; ++k) {
             const long long i = v0 + (long long)k * blockDim.x;
-            if (i < nv) BnVec<T, V>::load(v[k], xs + i * V);
+            if (i < nv) EiaVec<T, V>::load(v[k], xs + i * V);
         }
 #pragma unroll
         for (int k = 0; k < BN_PLANE_ITEMS; ++k) {
@@ -122,7 +80,7 @@ __device__ __forceinline__ void bn_plane(const BatchNormParams &p) {
             if (i < nv) {
 #pragma unroll
                 for (int e = 0; e < V; ++e) v[k][e] = fmaf(v[k][e], a, sh);
-                BnVec<T, V>::store(ys + i * V, v[k]);
+                EiaVec<T, V>::store(ys + i * V, v[k]);
             }
         }
         const int t = threadIdx.x;
@@ -164,13 +122,13 @@ __device__ __forceinline__ void bn_rows(const BatchNormParams &p) {
         float v[BN_ROWS_UNROLL][V];
 #pragma unroll
         for (int u = 0; u < BN_ROWS_UNROLL; ++u)
-            if (r + u * step < p.n) BnVec<T, V>::load(v[u], x + (r + u * step) * w);
+            if (r + u * step < p.n) EiaVec<T, V>::load(v[u], x + (r + u * step) * w);
 #pragma unroll
         for (int u = 0; u < BN_ROWS_UNROLL; ++u)
             if (r + u * step < p.n) {
 #pragma unroll
                 for (int e = 0; e < V; ++e) v[u][e] = fmaf(v[u][e], a[e], sh[e]);
-                BnVec<T, V>::store(y + (r + u * step) * w, v[u]);
+                EiaVec<T, V>::store(y + (r + u * step) * w, v[u]);
             }
     }
 }

@@ -114,3 +114,46 @@ __device__ __forceinline__ void eia_store(float *p, long long i, float v) { p[i]
 __device__ __forceinline__ void eia_store(__half *p, long long i, float v) {
     p[i] = __float2half_rn(v);
 }
+
+// V consecutive elements of T widened to floats: V = 1 (scalar, any address), or one 16-byte
+// access of 4 floats or 8 halves (p 16-byte aligned); stores round to T once.
+template <typename T, int V>
+struct EiaVec;
+template <typename T>
+struct EiaVec<T, 1> {
+    static __device__ __forceinline__ void load(float (&v)[1], const T *p) { v[0] = eia_load(p, 0); }
+    static __device__ __forceinline__ void store(T *p, const float (&v)[1]) { eia_store(p, 0, v[0]); }
+};
+template <>
+struct EiaVec<float, 4> {
+    static __device__ __forceinline__ void load(float (&v)[4], const float *p) {
+        const float4 q = *reinterpret_cast<const float4 *>(p);
+        v[0] = q.x;
+        v[1] = q.y;
+        v[2] = q.z;
+        v[3] = q.w;
+    }
+    static __device__ __forceinline__ void store(float *p, const float (&v)[4]) {
+        *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+};
+template <>
+struct EiaVec<__half, 8> {
+    static __device__ __forceinline__ void load(float (&v)[8], const __half *p) {
+        const uint4 q = *reinterpret_cast<const uint4 *>(p);
+        const __half2 *h = reinterpret_cast<const __half2 *>(&q);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float2 f = __half22float2(h[i]);
+            v[2 * i] = f.x;
+            v[2 * i + 1] = f.y;
+        }
+    }
+    static __device__ __forceinline__ void store(__half *p, const float (&v)[8]) {
+        uint4 q;
+        __half2 *h = reinterpret_cast<__half2 *>(&q);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+        *reinterpret_cast<uint4 *>(p) = q;
+    }
+};

@@ -46,48 +46,6 @@ struct SoftmaxParams {
     int lanes;  // warp kernel: lanes per row, a power of two <= 32
 };
 
-// V consecutive elements of T widened to float: a 16-byte load or store for V > 1.
-template <typename T, int V>
-struct SmVec;
-template <typename T>
-struct SmVec<T, 1> {
-    static __device__ __forceinline__ void load(float (&v)[1], const T *p) { v[0] = eia_load(p, 0); }
-    static __device__ __forceinline__ void store(T *p, const float (&v)[1]) { eia_store(p, 0, v[0]); }
-};
-template <>
-struct SmVec<float, 4> {
-    static __device__ __forceinline__ void load(float (&v)[4], const float *p) {
-        const float4 q = *reinterpret_cast<const float4 *>(p);
-        v[0] = q.x;
-        v[1] = q.y;
-        v[2] = q.z;
-        v[3] = q.w;
-    }
-    static __device__ __forceinline__ void store(float *p, const float (&v)[4]) {
-        *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
-    }
-};
-template <>
-struct SmVec<__half, 8> {
-    static __device__ __forceinline__ void load(float (&v)[8], const __half *p) {
-        const uint4 q = *reinterpret_cast<const uint4 *>(p);
-        const __half2 *h = reinterpret_cast<const __half2 *>(&q);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float2 f = __half22float2(h[i]);
-            v[2 * i] = f.x;
-            v[2 * i + 1] = f.y;
-        }
-    }
-    static __device__ __forceinline__ void store(__half *p, const float (&v)[8]) {
-        uint4 q;
-        __half2 *h = reinterpret_cast<__half2 *>(&q);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
-        *reinterpret_cast<uint4 *>(p) = q;
-    }
-};
-
 // One row of len elements starting at element `start` of its tensor: [head | body | tail], the
 // body made of whole 16-byte-aligned V-element slots, head and tail shorter than one slot.
 template <int V>
@@ -196,7 +154,7 @@ __device__ __forceinline__ void sm_row_regs(const T *x, T *y, long long len, lon
 #pragma unroll
     for (int k = 0; k < CH; ++k) {
         if (t + k * g < body) {
-            SmVec<T, V>::load(v[k], x + (row.head + (t + k * g) * V));
+            EiaVec<T, V>::load(v[k], x + (row.head + (t + k * g) * V));
         } else {
 #pragma unroll
             for (int e = 0; e < V; ++e) v[k][e] = -INFINITY;
@@ -235,7 +193,7 @@ __device__ __forceinline__ void sm_row_regs(const T *x, T *y, long long len, lon
         if (t + k * g < body) {
 #pragma unroll
             for (int e = 0; e < V; ++e) v[k][e] *= inv;
-            SmVec<T, V>::store(y + (row.head + (t + k * g) * V), v[k]);
+            EiaVec<T, V>::store(y + (row.head + (t + k * g) * V), v[k]);
         }
     }
 }
@@ -296,7 +254,7 @@ __device__ __forceinline__ void softmax_long(const SoftmaxParams &p, float *red)
             for (int u = 0; u < U; ++u) {
                 const long long ku = k + (long long)u * g;
                 if (ku < row.body) {
-                    SmVec<T, V>::load(v[u], x + row.slot(ku));
+                    EiaVec<T, V>::load(v[u], x + row.slot(ku));
                 } else {
 #pragma unroll
                     for (int e = 0; e < V; ++e) v[u][e] = -INFINITY;
@@ -345,7 +303,7 @@ __device__ __forceinline__ void softmax_long(const SoftmaxParams &p, float *red)
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 const long long ku = k + (long long)u * g;
-                if (ku < row.body) SmVec<T, V>::load(v[u], x + row.slot(ku));
+                if (ku < row.body) EiaVec<T, V>::load(v[u], x + row.slot(ku));
             }
 #pragma unroll
             for (int u = 0; u < U; ++u) {
@@ -353,7 +311,7 @@ __device__ __forceinline__ void softmax_long(const SoftmaxParams &p, float *red)
                 if (ku < row.body) {
 #pragma unroll
                     for (int e = 0; e < V; ++e) v[u][e] = expf(v[u][e] - mx) * inv;
-                    SmVec<T, V>::store(y + row.slot(ku), v[u]);
+                    EiaVec<T, V>::store(y + row.slot(ku), v[u]);
                 }
             }
         }

@@ -143,14 +143,7 @@ mod tests {
     #[test]
     fn constants_match_the_kernel_source() {
         let src = include_str!("../../../../kernels/batchnorm.cu");
-        let define = |name: &str| -> usize {
-            src.lines()
-                .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
-                .and_then(|v| v.split_whitespace().next())
-                .unwrap_or_else(|| panic!("batchnorm.cu has no #define {name}"))
-                .parse()
-                .unwrap()
-        };
+        let define = |name: &str| crate::backend::cuda::launch::c_define(src, "batchnorm.cu", name);
         assert_eq!(define("BN_BLOCK"), BLOCK as usize);
         assert_eq!(define("BN_PLANE_ITEMS"), PLANE_ITEMS);
         assert_eq!(define("BN_PLANE_MIN_INNER"), PLANE_MIN_INNER);

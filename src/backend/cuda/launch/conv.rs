@@ -345,14 +345,7 @@ mod tests {
     #[test]
     fn constants_match_the_kernel_source() {
         let src = include_str!("../../../../kernels/conv.cu");
-        let define = |name: &str| -> usize {
-            src.lines()
-                .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
-                .unwrap_or_else(|| panic!("conv.cu has no #define {name}"))
-                .trim()
-                .parse()
-                .unwrap()
-        };
+        let define = |name: &str| crate::backend::cuda::launch::c_define(src, "conv.cu", name);
         for (kernel, name) in [
             (ConvKernel::Tc128x128, "TC128X128"),
             (ConvKernel::Tc128x64, "TC128X64"),

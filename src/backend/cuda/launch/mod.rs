@@ -138,3 +138,15 @@ pub fn dtype_suffix(dtype: DType) -> &'static str {
 pub fn blocks(a: usize, b: usize) -> u32 {
     a.div_ceil(b) as u32
 }
+
+/// The value of `#define NAME <integer>` in a kernel source (tests check that a planner's
+/// constants are the ones its kernels were compiled with).
+#[cfg(test)]
+pub(crate) fn c_define(src: &str, file: &str, name: &str) -> usize {
+    src.lines()
+        .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{file} has no #define {name}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{file}: #define {name}: {e}"))
+}

@@ -155,14 +155,7 @@ mod tests {
     #[test]
     fn constants_match_the_kernel_source() {
         let src = include_str!("../../../../kernels/softmax.cu");
-        let define = |name: &str| -> usize {
-            src.lines()
-                .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
-                .and_then(|v| v.split_whitespace().next())
-                .unwrap_or_else(|| panic!("softmax.cu has no #define {name}"))
-                .parse()
-                .unwrap()
-        };
+        let define = |name: &str| crate::backend::cuda::launch::c_define(src, "softmax.cu", name);
         assert_eq!(define("SM_WARP_THREADS"), WARP_THREADS as usize);
         assert_eq!(define("SM_WARP_ELTS"), WARP_ELTS);
         assert_eq!(define("SM_BLOCK_THREADS"), BLOCK_THREADS as usize);
