@@ -243,15 +243,17 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
     }
 }
 
-/// ResNet-50 layer shapes at batch 1 (large K, many channels); exercises the threaded paths.
+/// ResNet-50 layer shapes at batch 1 (large K, many channels); exercises the threaded paths,
+/// including output-column blocks that start and end inside an output row (the 30×30 case).
 pub fn conv_resnet_shapes<B: Backend>(backend: &B) {
     let mut rng = rng("conv_resnet_shapes");
     let pad1 = Conv {
         pads: [1; 4],
         ..Conv::default()
     };
-    let cases: [([usize; 4], [usize; 4], Conv); 3] = [
+    let cases: [([usize; 4], [usize; 4], Conv); 4] = [
         ([1, 64, 14, 14], [64, 64, 3, 3], pad1.clone()),
+        ([1, 32, 30, 30], [16, 32, 3, 3], pad1.clone()),
         ([1, 256, 14, 14], [64, 256, 1, 1], Conv::default()),
         (
             [1, 128, 15, 15],

@@ -1,42 +1,43 @@
-//! CPU convolution. Grouped/dense convolutions lower to GEMM per (image, group):
-//! `Y[k, p·q] = W[k, c·r·s] · col[c·r·s, p·q]`, where `col` is the im2col unfolding of the input
-//! (or the input itself for a 1×1, stride-1, unpadded convolution). Convolutions with one input
-//! channel per group (depthwise) use a direct kernel. Bias and ReLU are applied per output row.
+//! CPU convolution. Grouped/dense convolutions lower to GEMM per (image, group) and block of
+//! output columns: `Y[k, j0..j1] = W[k, c·r·s] · col[c·r·s, j0..j1]`, where `col` is the im2col
+//! unfolding of just those output positions (or the input itself for a 1×1, stride-1, unpadded
+//! convolution). Blocks are sized so `col` stays in L2 and spread over threads, which also splits
+//! batch-1 convolutions; bias and ReLU are applied to each block while it is still in cache.
+//! Convolutions with one input channel per group use the direct kernel in `depthwise`.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::depthwise::depthwise;
 use super::gemm::relu;
 use crate::ops::ConvPlan;
 
-/// Below this many FLOPs per (image, group) GEMM, work is spread one GEMM per thread.
-const SMALL_GEMM_FLOPS: usize = 1 << 22;
+/// Target size of one im2col block (fits L2 next to the GEMM's packed operands).
+const COL_BLOCK_BYTES: usize = 256 << 10;
 
-/// Per-thread im2col buffers up to this size stay cache-friendly enough that one GEMM per
-/// thread beats splitting each GEMM across threads (measured on ResNet-50 shapes at batch 8).
-const PER_THREAD_COL_BYTES: usize = 4 << 20;
+/// Fewest output columns per block: narrower GEMMs reload the weights too often.
+const MIN_BLOCK_COLUMNS: usize = 64;
 
 /// Computes `plan` in FP32. `y` is fully written; its previous contents are ignored.
 pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
-    let pq = plan.p * plan.q;
     if y.is_empty() {
         return;
     }
     if plan.c_per_group() == 1 {
-        depthwise(plan, x, w, y);
+        depthwise(plan, x, w, bias, y);
     } else {
-        lowered(plan, x, w, y);
+        lowered(plan, x, w, bias, y);
     }
-    // Epilogue: one output row of p·q per (image, channel).
-    y.par_chunks_mut(pq).enumerate().for_each(|(row, out)| {
-        if let Some(bias) = bias {
-            let b = bias[row % plan.k];
-            out.iter_mut().for_each(|v| *v += b);
-        }
-        if plan.relu {
-            relu(out);
-        }
-    });
+}
+
+/// Adds `bias` to `out` and applies the plan's ReLU.
+fn epilogue(plan: &ConvPlan, bias: Option<f32>, out: &mut [f32]) {
+    if let Some(b) = bias {
+        out.iter_mut().for_each(|v| *v += b);
+    }
+    if plan.relu {
+        relu(out);
+    }
 }
 
 /// Whether the input can be used as the im2col matrix directly.
@@ -49,40 +50,77 @@ fn is_pointwise(plan: &ConvPlan) -> bool {
         && plan.q == plan.w
 }
 
-/// The GEMM lowering for every (image, group).
-fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], y: &mut [f32]) {
+/// Output columns per block for `chunks` (image, group) GEMMs of `crs`×`pq` im2col matrices:
+/// about [`COL_BLOCK_BYTES`] of `col`, balanced over the threads when there are fewer chunks
+/// than threads, or all of `pq` when splitting would leave blocks too narrow.
+fn block_columns(pq: usize, crs: usize, chunks: usize, threads: usize) -> usize {
+    let nb = (COL_BLOCK_BYTES / (4 * crs.max(1)))
+        .max(MIN_BLOCK_COLUMNS)
+        .min(pq);
+    if chunks >= threads {
+        return nb;
+    }
+    let blocks = pq.div_ceil(nb).next_multiple_of(threads.div_ceil(chunks));
+    let balanced = pq.div_ceil(blocks);
+    if balanced >= MIN_BLOCK_COLUMNS / 2 {
+        balanced
+    } else {
+        pq
+    }
+}
+
+/// The output, shared by work items that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+
+// SAFETY: `Out` is only dereferenced by `lowered`'s work items, each of which writes a region
+// of the output (its group's rows × its block's columns) that no other item touches.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// The GEMM lowering for every (image, group) and block of output columns.
+fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let (cg, kg) = (plan.c_per_group(), plan.k_per_group());
-    let (hw, pq, crs) = (
-        plan.h * plan.w,
-        plan.p * plan.q,
-        plan.c_per_group() * plan.r * plan.s,
-    );
+    let (hw, pq, crs) = (plan.h * plan.w, plan.p * plan.q, cg * plan.r * plan.s);
     let pointwise = is_pointwise(plan);
+    let threads = rayon::current_num_threads();
+    let chunks = plan.n * plan.group;
+    let nb = block_columns(pq, crs, chunks, threads);
+    let blocks = pq.div_ceil(nb);
+    let items = chunks * blocks;
+    assert_eq!(y.len(), chunks * kg * pq);
+    let out = Out(y.as_mut_ptr());
     // y is [n, group, kg, p·q]: chunk i is image i / group, group i % group.
-    let one = |i: usize, yg: &mut [f32], col: &mut Vec<f32>, parallel: bool| {
+    let one = |item: usize, col: &mut Vec<f32>, parallelism: Parallelism| {
+        let (i, j0) = (item / blocks, item % blocks * nb);
         let (ni, g) = (i / plan.group, i % plan.group);
+        let cols = nb.min(pq - j0);
         let xg = &x[(ni * plan.c + g * cg) * hw..][..cg * hw];
-        let unfolded: &[f32] = if pointwise {
-            xg
+        let (unfolded, row_stride) = if pointwise {
+            (&xg[j0..], hw)
         } else {
-            col.resize(crs * pq, 0.0);
-            im2col(plan, xg, col, parallel);
-            col
+            col.resize(crs * cols, 0.0);
+            im2col(plan, xg, j0, cols, col);
+            (&col[..], cols)
         };
         let wg = &w[g * kg * crs..][..kg * crs];
-        let parallelism = if parallel {
-            Parallelism::Rayon(0)
-        } else {
-            Parallelism::None
-        };
-        // SAFETY: wg is kg×crs row-major, `unfolded` is crs×pq row-major and yg is kg×pq
-        // row-major, all exactly sized above; yg is exclusively borrowed and aliases neither.
+        let y0 = i * kg * pq + j0;
+        // SAFETY: wg is kg×crs row-major; `unfolded` holds crs rows of `cols` values at
+        // `row_stride` (im2col sized it, or it is the group's [cg, h·w] input with cols ≤ h·w − j0);
+        // the destination is rows y0 + kk·pq, kk < kg, columns 0..cols, inside y (asserted above)
+        // and written by this item only, and it aliases neither operand.
         unsafe {
             gemm::gemm(
                 kg,
-                pq,
+                cols,
                 crs,
-                yg.as_mut_ptr(),
+                out.ptr().add(y0),
                 1,
                 pq as isize,
                 false,
@@ -91,7 +129,7 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], y: &mut [f32]) {
                 crs as isize,
                 unfolded.as_ptr(),
                 1,
-                pq as isize,
+                row_stride as isize,
                 0.0,
                 1.0,
                 false,
@@ -100,49 +138,62 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], y: &mut [f32]) {
                 parallelism,
             );
         }
+        for kk in 0..kg {
+            // SAFETY: as above, this item's own row segment of y, no longer borrowed by gemm.
+            let row = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(y0 + kk * pq), cols) };
+            epilogue(plan, bias.map(|b| b[g * kg + kk]), row);
+        }
     };
-    let chunks = plan.n * plan.group;
-    let small = 2 * kg * pq * crs < SMALL_GEMM_FLOPS;
-    let fits = chunks >= rayon::current_num_threads() && crs * pq * 4 <= PER_THREAD_COL_BYTES;
-    if chunks > 1 && (small || fits) {
-        y.par_chunks_mut(kg * pq)
-            .enumerate()
-            .for_each_init(Vec::new, |col, (i, yg)| one(i, yg, col, false));
+    if items >= threads {
+        (0..items)
+            .into_par_iter()
+            .for_each_init(Vec::new, |col, item| one(item, col, Parallelism::None));
     } else {
         let mut col = Vec::new();
-        for (i, yg) in y.chunks_mut(kg * pq).enumerate() {
-            one(i, yg, &mut col, true);
+        for item in 0..items {
+            one(item, &mut col, Parallelism::Rayon(0));
         }
     }
 }
 
-/// Unfolds one group's input `[cg, h, w]` into `col[(c·r + r)·s + s, p·q]`, zero where the
-/// window falls into padding.
-fn im2col(plan: &ConvPlan, xg: &[f32], col: &mut [f32], parallel: bool) {
-    let pq = plan.p * plan.q;
-    let row = |(index, out): (usize, &mut [f32])| {
+/// Unfolds output columns `j0..j0 + cols` of one group's input `[cg, h, w]` into
+/// `col[(c·r + r)·s + s, cols]`, zero where the window falls into padding.
+fn im2col(plan: &ConvPlan, xg: &[f32], j0: usize, cols: usize, col: &mut [f32]) {
+    for (index, out) in col.chunks_exact_mut(cols).enumerate() {
         let (ci, rs) = (index / (plan.r * plan.s), index % (plan.r * plan.s));
         let (ri, si) = (rs / plan.s, rs % plan.s);
         let xc = &xg[ci * plan.h * plan.w..][..plan.h * plan.w];
         let (q_lo, q_hi, off) = valid_columns(plan, si);
-        for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
+        let mut done = 0;
+        while done < cols {
+            // The rest of output row `pi`, from column `q0`, or the block's end.
+            let (pi, q0) = ((j0 + done) / plan.q, (j0 + done) % plan.q);
+            let len = (plan.q - q0).min(cols - done);
+            let seg = &mut out[done..done + len];
+            done += len;
             let Some(ih) = input_row(plan, pi, ri) else {
-                out_row.fill(0.0);
+                seg.fill(0.0);
                 continue;
             };
             let x_row = &xc[ih * plan.w..][..plan.w];
-            out_row[..q_lo].fill(0.0);
-            out_row[q_hi..].fill(0.0);
+            let lo = q_lo.clamp(q0, q0 + len);
+            let hi = q_hi.clamp(lo, q0 + len);
+            seg[..lo - q0].fill(0.0);
+            seg[hi - q0..].fill(0.0);
+            let valid = &mut seg[lo - q0..hi - q0];
+            if valid.is_empty() {
+                continue;
+            }
             let sw = plan.stride[1];
-            for (qi, v) in (q_lo..q_hi).zip(&mut out_row[q_lo..q_hi]) {
-                *v = x_row[(qi * sw) + off - plan.pad[1]];
+            let first = lo * sw + off - plan.pad[1];
+            if sw == 1 {
+                valid.copy_from_slice(&x_row[first..first + valid.len()]);
+            } else {
+                for (v, &xv) in valid.iter_mut().zip(x_row[first..].iter().step_by(sw)) {
+                    *v = xv;
+                }
             }
         }
-    };
-    if parallel {
-        col.par_chunks_mut(pq).enumerate().for_each(row);
-    } else {
-        col.chunks_mut(pq).enumerate().for_each(row);
     }
 }
 
@@ -164,46 +215,4 @@ fn valid_columns(plan: &ConvPlan, si: usize) -> (usize, usize, usize) {
     let q_lo = pl.saturating_sub(off).div_ceil(sw).min(q);
     let q_hi = (pl + w).saturating_sub(off).div_ceil(sw).clamp(q_lo, q);
     (q_lo, q_hi, off)
-}
-
-/// Direct convolution for one input channel per group: each output channel `k` reads input
-/// channel `k / (K/group)`.
-fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], y: &mut [f32]) {
-    let (hw, pq, rs) = (plan.h * plan.w, plan.p * plan.q, plan.r * plan.s);
-    let kg = plan.k_per_group();
-    y.par_chunks_mut(pq).enumerate().for_each(|(row, out)| {
-        let (ni, ki) = (row / plan.k, row % plan.k);
-        let xc = &x[(ni * plan.c + ki / kg) * hw..][..hw];
-        let wk = &w[ki * rs..][..rs];
-        out.fill(0.0);
-        for ri in 0..plan.r {
-            for si in 0..plan.s {
-                let wv = wk[ri * plan.s + si];
-                let (q_lo, q_hi, off) = valid_columns(plan, si);
-                if q_lo == q_hi {
-                    // This kernel column only ever reads padding.
-                    continue;
-                }
-                let base = off.wrapping_sub(plan.pad[1]);
-                for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
-                    let Some(ih) = input_row(plan, pi, ri) else {
-                        continue;
-                    };
-                    let x_row = &xc[ih * plan.w..][..plan.w];
-                    let out_valid = &mut out_row[q_lo..q_hi];
-                    if plan.stride[1] == 1 {
-                        let start = q_lo.wrapping_add(base);
-                        let x_valid = &x_row[start..start + out_valid.len()];
-                        for (v, &xv) in out_valid.iter_mut().zip(x_valid) {
-                            *v += wv * xv;
-                        }
-                    } else {
-                        for (qi, v) in (q_lo..q_hi).zip(out_valid.iter_mut()) {
-                            *v += wv * x_row[(qi * plan.stride[1]).wrapping_add(base)];
-                        }
-                    }
-                }
-            }
-        }
-    });
 }

@@ -5,6 +5,7 @@
 
 mod batchnorm;
 mod conv;
+mod depthwise;
 mod gemm;
 mod simd;
 mod softmax;
