@@ -51,12 +51,17 @@ fn is_pointwise(plan: &ConvPlan) -> bool {
 }
 
 /// Output columns per block for `chunks` (image, group) GEMMs of `crs`×`pq` im2col matrices:
-/// about [`COL_BLOCK_BYTES`] of `col`, balanced over the threads when there are fewer chunks
-/// than threads, or all of `pq` when splitting would leave blocks too narrow.
-fn block_columns(pq: usize, crs: usize, chunks: usize, threads: usize) -> usize {
-    let nb = (COL_BLOCK_BYTES / (4 * crs.max(1)))
-        .max(MIN_BLOCK_COLUMNS)
-        .min(pq);
+/// about [`COL_BLOCK_BYTES`] of `col` (all of `pq` when the input is used directly), balanced
+/// over the threads when there are fewer chunks than threads, or all of `pq` when splitting
+/// would leave blocks too narrow.
+fn block_columns(pq: usize, crs: usize, pointwise: bool, chunks: usize, threads: usize) -> usize {
+    let nb = if pointwise {
+        pq
+    } else {
+        (COL_BLOCK_BYTES / (4 * crs.max(1)))
+            .max(MIN_BLOCK_COLUMNS)
+            .min(pq)
+    };
     if chunks >= threads {
         return nb;
     }
@@ -91,7 +96,7 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
     let pointwise = is_pointwise(plan);
     let threads = rayon::current_num_threads();
     let chunks = plan.n * plan.group;
-    let nb = block_columns(pq, crs, chunks, threads);
+    let nb = block_columns(pq, crs, pointwise, chunks, threads);
     let blocks = pq.div_ceil(nb);
     let items = chunks * blocks;
     assert_eq!(y.len(), chunks * kg * pq);
