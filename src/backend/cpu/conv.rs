@@ -111,7 +111,14 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
             (&xg[j0..], hw)
         } else {
             col.resize(crs * cols, 0.0);
-            im2col(plan, xg, j0, cols, col);
+            im2col(
+                plan,
+                xg,
+                j0,
+                cols,
+                col,
+                matches!(parallelism, Parallelism::Rayon(_)),
+            );
             (&col[..], cols)
         };
         let wg = &w[g * kg * crs..][..kg * crs];
@@ -162,9 +169,10 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
 }
 
 /// Unfolds output columns `j0..j0 + cols` of one group's input `[cg, h, w]` into
-/// `col[(c·r + r)·s + s, cols]`, zero where the window falls into padding.
-fn im2col(plan: &ConvPlan, xg: &[f32], j0: usize, cols: usize, col: &mut [f32]) {
-    for (index, out) in col.chunks_exact_mut(cols).enumerate() {
+/// `col[(c·r + r)·s + s, cols]`, zero where the window falls into padding; rows in parallel
+/// when `parallel`.
+fn im2col(plan: &ConvPlan, xg: &[f32], j0: usize, cols: usize, col: &mut [f32], parallel: bool) {
+    let row = |(index, out): (usize, &mut [f32])| {
         let (ci, rs) = (index / (plan.r * plan.s), index % (plan.r * plan.s));
         let (ri, si) = (rs / plan.s, rs % plan.s);
         let xc = &xg[ci * plan.h * plan.w..][..plan.h * plan.w];
@@ -199,6 +207,11 @@ fn im2col(plan: &ConvPlan, xg: &[f32], j0: usize, cols: usize, col: &mut [f32]) 
                 }
             }
         }
+    };
+    if parallel {
+        col.par_chunks_exact_mut(cols).enumerate().for_each(row);
+    } else {
+        col.chunks_exact_mut(cols).enumerate().for_each(row);
     }
 }
 
