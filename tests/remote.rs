@@ -250,7 +250,7 @@ fn a_client_killed_mid_upload_leaves_nothing_behind() {
                     shape: vec![1024, 64],
                 }),
             }),
-            data: vec![0u8; 4096],
+            data: vec![0u8; 4096].into(),
         })
         .await
         .unwrap();
@@ -336,7 +336,7 @@ fn bad_input_gets_proper_statuses() {
                 accelerator: id,
                 writes: vec![TensorWrite {
                     tensor: t[0],
-                    data: vec![0; 5],
+                    data: vec![0; 5].into(),
                 }],
                 ..Default::default()
             })
@@ -425,7 +425,7 @@ fn bad_input_gets_proper_statuses() {
                 accelerator: id,
                 meta: meta("FP16", vec![2]),
             }),
-            data: vec![0; 6],
+            data: vec![0; 6].into(),
         };
         let status = c.upload(tokio_stream::iter(vec![chunk])).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");

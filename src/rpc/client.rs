@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::Request;
 
+use super::chunks::{self, Assembly};
 use super::convert::{self, data_loss, error};
 use super::proto::{self, accelerators_client::AcceleratorsClient};
 use crate::accelerator::{Tier, Usage};
@@ -361,6 +363,23 @@ impl RemoteAccelerator {
             .collect()
     }
 
+    /// Uploads a tensor's bytes in chunks that slice `bytes` (no copy per chunk).
+    fn upload_bytes(&self, desc: &TensorDesc, bytes: Bytes) -> Result<Tensor<RemoteBuffer>> {
+        self.flush_frees()?;
+        let mut header = Some(proto::UploadHeader {
+            accelerator: self.id,
+            meta: Some(convert::meta(desc)),
+        });
+        let chunks =
+            chunks::split(bytes, self.conn.chunk_bytes).map(move |data| proto::UploadChunk {
+                header: header.take(),
+                data,
+            });
+        let req = self.conn.request(tokio_stream::iter(chunks));
+        let r = self.conn.call(self.client().upload(req))?;
+        Ok(self.handle(desc, r.tensor))
+    }
+
     fn run_one(
         &self,
         kind: proto::op::Kind,
@@ -410,25 +429,16 @@ impl Backend for RemoteAccelerator {
 
     fn upload(&self, host: &HostTensor) -> Result<Tensor<RemoteBuffer>> {
         self.live()?;
-        self.flush_frees()?;
-        let bytes = host.as_bytes();
-        let mut chunks: Vec<proto::UploadChunk> = bytes
-            .chunks(self.conn.chunk_bytes)
-            .map(|c| proto::UploadChunk {
-                header: None,
-                data: c.to_vec(),
-            })
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(proto::UploadChunk::default());
-        }
-        chunks[0].header = Some(proto::UploadHeader {
-            accelerator: self.id,
-            meta: Some(convert::meta(host.desc())),
-        });
-        let req = self.conn.request(tokio_stream::iter(chunks));
-        let r = self.conn.call(self.client().upload(req))?;
-        Ok(self.handle(host.desc(), r.tensor))
+        // One copy into a shared buffer the chunks then slice (the host tensor stays the
+        // caller's); `upload_owned` skips even that.
+        self.upload_bytes(host.desc(), Bytes::copy_from_slice(host.as_bytes()))
+    }
+
+    /// Sends the caller's tensor without copying it: the chunks are slices of its own buffer.
+    fn upload_owned(&self, host: HostTensor) -> Result<Tensor<RemoteBuffer>> {
+        self.live()?;
+        let desc = host.desc().clone();
+        self.upload_bytes(&desc, chunks::host_bytes(host.into_storage()))
     }
 
     fn write(&self, t: &mut Tensor<RemoteBuffer>, host: &HostTensor) -> Result<()> {
@@ -445,16 +455,22 @@ impl Backend for RemoteAccelerator {
             tensor,
         });
         let client = self.client();
-        let data = self.conn.runtime.block_on(async move {
+        let received = self.conn.runtime.block_on(async move {
             let mut client = client;
             let mut stream = client.download(req).await?.into_inner();
-            let mut data = Vec::with_capacity(t.desc().bytes());
+            // Chunks land once, in the tensor's final buffer.
+            let mut data = Assembly::new(t.desc().clone()).ok_or_else(|| {
+                tonic::Status::resource_exhausted(format!(
+                    "download: the client cannot hold {} bytes",
+                    t.desc().bytes()
+                ))
+            })?;
             while let Some(chunk) = stream.message().await? {
-                data.extend_from_slice(&chunk.data);
+                data.push(&chunk.data);
             }
             Ok::<_, tonic::Status>(data)
         });
-        HostTensor::from_bytes(t.dtype(), t.shape(), &data.map_err(error)?)
+        received.map_err(error)?.finish()
     }
 
     fn launch_gemm(
@@ -560,7 +576,7 @@ impl Program {
         self.same_accelerator(t.storage().accelerator)?;
         self.writes.push(proto::TensorWrite {
             tensor: t.storage().id,
-            data: host.as_bytes().to_vec(),
+            data: Bytes::copy_from_slice(host.as_bytes()),
         });
         Ok(self)
     }
