@@ -487,7 +487,8 @@ fn run_program<B: Backend + Clone + 'static>(
         accel.write(t, &host).map_err(status)?;
     }
     for (i, op) in program.ops.iter().enumerate() {
-        let wire = convert::op_from(op.kind.as_ref())?;
+        let wire = convert::op_from(op.kind.as_ref())
+            .map_err(|s| Status::new(s.code(), format!("op {i}: {}", s.message())))?;
         let context = |s: Status| {
             Status::new(
                 s.code(),
