@@ -72,6 +72,9 @@ pub struct Connection {
     heartbeat: bool,
 }
 
+/// Upload chunks copied ahead of the one being sent.
+const UPLOAD_QUEUE: usize = 4;
+
 fn network(e: impl std::fmt::Display) -> Error {
     Error::Network(e.to_string())
 }
@@ -363,13 +366,17 @@ impl RemoteAccelerator {
             .collect()
     }
 
+    fn upload_header(&self, desc: &TensorDesc) -> proto::UploadHeader {
+        proto::UploadHeader {
+            accelerator: self.id,
+            meta: Some(convert::meta(desc)),
+        }
+    }
+
     /// Uploads a tensor's bytes in chunks that slice `bytes` (no copy per chunk).
     fn upload_bytes(&self, desc: &TensorDesc, bytes: Bytes) -> Result<Tensor<RemoteBuffer>> {
         self.flush_frees()?;
-        let mut header = Some(proto::UploadHeader {
-            accelerator: self.id,
-            meta: Some(convert::meta(desc)),
-        });
+        let mut header = Some(self.upload_header(desc));
         let chunks =
             chunks::split(bytes, self.conn.chunk_bytes).map(move |data| proto::UploadChunk {
                 header: header.take(),
@@ -427,11 +434,44 @@ impl Backend for RemoteAccelerator {
         Ok(self.handle(desc, id))
     }
 
+    /// Streams the caller's tensor: each chunk is copied out of it as the previous ones go
+    /// (on this thread, while the client's runtime encodes and sends), so the copies land in
+    /// recycled chunk-sized buffers rather than a second tensor-sized one; `upload_owned`
+    /// copies nothing.
     fn upload(&self, host: &HostTensor) -> Result<Tensor<RemoteBuffer>> {
         self.live()?;
-        // One copy into a shared buffer the chunks then slice (the host tensor stays the
-        // caller's); `upload_owned` skips even that.
-        self.upload_bytes(host.desc(), Bytes::copy_from_slice(host.as_bytes()))
+        self.flush_frees()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_QUEUE);
+        let req = self
+            .conn
+            .request(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut client = self.client();
+        let mut header = Some(self.upload_header(host.desc()));
+        let chunk = self.conn.chunk_bytes;
+        let bytes = host.as_bytes();
+        let r = self.conn.runtime.block_on(async move {
+            let mut call = tokio::spawn(async move { client.upload(req).await });
+            for i in 0..bytes.len().div_ceil(chunk).max(1) {
+                let piece =
+                    &bytes[(i * chunk).min(bytes.len())..((i + 1) * chunk).min(bytes.len())];
+                let message = proto::UploadChunk {
+                    header: header.take(),
+                    data: Bytes::copy_from_slice(piece),
+                };
+                tokio::select! {
+                    // Refused before the end (quota, bad header): stop copying, take its status.
+                    done = &mut call => return done,
+                    sent = tx.send(message) => if sent.is_err() { break },
+                }
+            }
+            drop(tx);
+            call.await
+        });
+        let r = r
+            .map_err(|e| Error::Network(format!("the upload task failed: {e}")))?
+            .map_err(error)?
+            .into_inner();
+        Ok(self.handle(host.desc(), r.tensor))
     }
 
     /// Sends the caller's tensor without copying it: the chunks are slices of its own buffer.

@@ -687,6 +687,13 @@ async fn serve_metrics<B: Backend + Clone + 'static>(
     Ok(local)
 }
 
+/// Connections accepted on `listener`, with TCP_NODELAY as tonic sets it when it binds the
+/// address itself (with Nagle's algorithm a stream's last small frames, such as the trailers
+/// after a tensor, can wait for a delayed ACK: tens of milliseconds).
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Serves `service` on `listener` until `shutdown` completes.
 pub async fn serve<B: Backend + Clone + 'static>(
     listener: tokio::net::TcpListener,
@@ -709,10 +716,7 @@ pub async fn serve<B: Backend + Clone + 'static>(
     }
     builder
         .add_service(grpc)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| Error::Network(format!("server: {e}")))
 }
