@@ -104,11 +104,29 @@ impl HostData {
         }
     }
 
+    /// `len` zero elements of `dtype`, or `None` if the memory cannot be had. Large buffers come
+    /// from zeroed pages (no pass over them here): the way to fill one from bytes arriving in
+    /// pieces, through [`HostData::as_bytes_mut`], without an intermediate copy.
+    pub fn try_zeroed(dtype: DType, len: usize) -> Option<Self> {
+        Some(match dtype {
+            DType::F32 => HostData::F32(bytemuck::allocation::try_zeroed_vec(len).ok()?),
+            DType::F16 => HostData::F16(bytemuck::allocation::try_zeroed_vec(len).ok()?),
+        })
+    }
+
     /// Zero-copy view of the elements as bytes.
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             HostData::F32(v) => bytemuck::cast_slice(v),
             HostData::F16(v) => bytemuck::cast_slice(v),
+        }
+    }
+
+    /// Zero-copy mutable view of the elements as bytes (little-endian, like every host).
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            HostData::F32(v) => bytemuck::cast_slice_mut(v),
+            HostData::F16(v) => bytemuck::cast_slice_mut(v),
         }
     }
 
@@ -126,6 +144,13 @@ impl HostData {
             HostData::F32(v) => v.clone(),
             HostData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
         }
+    }
+}
+
+/// The elements as bytes, so owned host data can back a shared byte buffer without a copy.
+impl AsRef<[u8]> for HostData {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
     }
 }
 

@@ -250,7 +250,7 @@ fn a_client_killed_mid_upload_leaves_nothing_behind() {
                     shape: vec![1024, 64],
                 }),
             }),
-            data: vec![0u8; 4096],
+            data: vec![0u8; 4096].into(),
         })
         .await
         .unwrap();
@@ -336,7 +336,7 @@ fn bad_input_gets_proper_statuses() {
                 accelerator: id,
                 writes: vec![TensorWrite {
                     tensor: t[0],
-                    data: vec![0; 5],
+                    data: vec![0; 5].into(),
                 }],
                 ..Default::default()
             })
@@ -425,7 +425,7 @@ fn bad_input_gets_proper_statuses() {
                 accelerator: id,
                 meta: meta("FP16", vec![2]),
             }),
-            data: vec![0; 6],
+            data: vec![0; 6].into(),
         };
         let status = c.upload(tokio_stream::iter(vec![chunk])).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
@@ -558,4 +558,32 @@ fn metrics_endpoint_reports_each_accelerator() {
     ] {
         assert!(text.contains(&line), "missing {line:?} in\n{text}");
     }
+}
+
+#[test]
+fn uploads_stream_in_chunks_and_a_refusal_stops_the_sender() {
+    // 5 MiB: five chunks, copied one by one as they go (`upload`) or sliced from the caller's
+    // buffer (`upload_owned`); both arrive intact.
+    let acc = remote("big");
+    let data = host(&[5, 1 << 18], 0.7);
+    let t = acc.upload(&data).unwrap();
+    assert_eq!(acc.download(&t).unwrap(), data);
+    let owned = acc.upload_owned(data.clone()).unwrap();
+    assert_eq!(acc.download(&owned).unwrap(), data);
+    let empty = host(&[0, 3], 0.0);
+    assert_eq!(acc.download(&acc.upload(&empty).unwrap()).unwrap(), empty);
+    let u = acc.usage().unwrap();
+    assert_eq!((u.bytes_uploaded, u.bytes_downloaded), (10 << 20, 10 << 20));
+    // 64 MiB into a 1 MiB quota: refused on the header; the client stops copying and sending
+    // at once (no hang on a full queue) and nothing is held.
+    let small = remote("small");
+    let started = std::time::Instant::now();
+    let e = small.upload(&host(&[16, 1 << 20], 0.1)).unwrap_err();
+    assert_eq!(remote_code(&e), "ResourceExhausted", "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(small.usage().unwrap().memory_used, 0);
+    assert!(
+        small.upload(&host(&[8], 0.0)).is_ok(),
+        "the connection still works"
+    );
 }

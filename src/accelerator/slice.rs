@@ -403,6 +403,15 @@ where
         Ok(t)
     }
 
+    /// As [`Backend::upload`], handing `host` to the device backend's owning upload (the CPU
+    /// backend keeps it without a copy).
+    fn upload_owned(&self, host: HostTensor) -> Result<Tensor<Buffer>> {
+        let desc = host.desc().clone();
+        let t = self.store(&desc, |b| b.upload_owned(host))?;
+        self.inner.lock().counters.uploaded += desc.bytes() as u64;
+        Ok(t)
+    }
+
     fn write(&self, t: &mut Tensor<Buffer>, host: &HostTensor) -> Result<()> {
         crate::backend::check_write(t.desc(), host.desc())?;
         let inner = &*self.inner;

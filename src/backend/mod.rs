@@ -38,6 +38,13 @@ pub trait Backend: Send + Sync {
     /// Copies a host tensor onto the device.
     fn upload(&self, host: &HostTensor) -> Result<Tensor<Self::Storage>>;
 
+    /// Puts a host tensor the caller gives up onto the device. The default copies it like
+    /// [`Backend::upload`]; a backend whose storage is host memory (the CPU backend) moves it
+    /// instead, so a tensor assembled from the network is stored without another copy.
+    fn upload_owned(&self, host: HostTensor) -> Result<Tensor<Self::Storage>> {
+        self.upload(&host)
+    }
+
     /// Copies host data into an existing tensor of the same dtype and shape.
     fn write(&self, t: &mut Tensor<Self::Storage>, host: &HostTensor) -> Result<()>;
 

@@ -205,15 +205,39 @@ impl Conv {
     }
 
     /// Padding at the beginning and the output size along spatial axis `axis` (0 = H, 1 = W).
+    /// Sizes that overflow `usize` (huge dilations or pads) are refused, not wrapped.
     fn resolve_axis(&self, axis: usize, input: usize, kernel: usize) -> Result<(usize, usize)> {
         let stride = self.strides[axis];
-        let extent = self.dilations[axis] * (kernel - 1) + 1;
+        let name = ["H", "W"][axis];
+        let extent = self.dilations[axis]
+            .checked_mul(kernel - 1)
+            .and_then(|e| e.checked_add(1))
+            .ok_or_else(|| {
+                Error::attribute(
+                    OP,
+                    "dilations",
+                    format!(
+                        "{:?}: the dilated kernel ({kernel} taps on the {name} axis) overflows",
+                        self.dilations
+                    ),
+                )
+            })?;
         let (begin, end) = match self.auto_pad {
             AutoPad::NotSet => (self.pads[axis], self.pads[axis + 2]),
             AutoPad::Valid => (0, 0),
             AutoPad::SameUpper | AutoPad::SameLower => {
                 let out = input.div_ceil(stride);
-                let total = ((out.max(1) - 1) * stride + extent).saturating_sub(input);
+                // (out - 1)·stride < input, so only the extent can overflow here.
+                let total = ((out.max(1) - 1) * stride)
+                    .checked_add(extent)
+                    .ok_or_else(|| {
+                        Error::attribute(
+                            OP,
+                            "dilations",
+                            format!("{:?}: the padding SAME needs overflows", self.dilations),
+                        )
+                    })?
+                    .saturating_sub(input);
                 let small = total / 2;
                 if self.auto_pad == AutoPad::SameUpper {
                     (small, total - small)
@@ -222,7 +246,19 @@ impl Conv {
                 }
             }
         };
-        let padded = input + begin + end;
+        let padded = input
+            .checked_add(begin)
+            .and_then(|v| v.checked_add(end))
+            .ok_or_else(|| {
+                Error::attribute(
+                    OP,
+                    "pads",
+                    format!(
+                        "{:?}: the padded {name} axis (input {input} + {begin} + {end}) overflows",
+                        self.pads
+                    ),
+                )
+            })?;
         if padded < extent {
             return Err(Error::shape(
                 OP,

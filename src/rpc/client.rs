@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::Request;
 
+use super::chunks::{self, Assembly};
 use super::convert::{self, data_loss, error};
 use super::proto::{self, accelerators_client::AcceleratorsClient};
 use crate::accelerator::{Tier, Usage};
@@ -69,6 +71,9 @@ pub struct Connection {
     chunk_bytes: usize,
     heartbeat: bool,
 }
+
+/// Upload chunks copied ahead of the one being sent.
+const UPLOAD_QUEUE: usize = 4;
 
 fn network(e: impl std::fmt::Display) -> Error {
     Error::Network(e.to_string())
@@ -361,6 +366,27 @@ impl RemoteAccelerator {
             .collect()
     }
 
+    fn upload_header(&self, desc: &TensorDesc) -> proto::UploadHeader {
+        proto::UploadHeader {
+            accelerator: self.id,
+            meta: Some(convert::meta(desc)),
+        }
+    }
+
+    /// Uploads a tensor's bytes in chunks that slice `bytes` (no copy per chunk).
+    fn upload_bytes(&self, desc: &TensorDesc, bytes: Bytes) -> Result<Tensor<RemoteBuffer>> {
+        self.flush_frees()?;
+        let mut header = Some(self.upload_header(desc));
+        let chunks =
+            chunks::split(bytes, self.conn.chunk_bytes).map(move |data| proto::UploadChunk {
+                header: header.take(),
+                data,
+            });
+        let req = self.conn.request(tokio_stream::iter(chunks));
+        let r = self.conn.call(self.client().upload(req))?;
+        Ok(self.handle(desc, r.tensor))
+    }
+
     fn run_one(
         &self,
         kind: proto::op::Kind,
@@ -408,27 +434,51 @@ impl Backend for RemoteAccelerator {
         Ok(self.handle(desc, id))
     }
 
+    /// Streams the caller's tensor: each chunk is copied out of it as the previous ones go
+    /// (on this thread, while the client's runtime encodes and sends), so the copies land in
+    /// recycled chunk-sized buffers rather than a second tensor-sized one; `upload_owned`
+    /// copies nothing.
     fn upload(&self, host: &HostTensor) -> Result<Tensor<RemoteBuffer>> {
         self.live()?;
         self.flush_frees()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_QUEUE);
+        let req = self
+            .conn
+            .request(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut client = self.client();
+        let mut header = Some(self.upload_header(host.desc()));
+        let chunk = self.conn.chunk_bytes;
         let bytes = host.as_bytes();
-        let mut chunks: Vec<proto::UploadChunk> = bytes
-            .chunks(self.conn.chunk_bytes)
-            .map(|c| proto::UploadChunk {
-                header: None,
-                data: c.to_vec(),
-            })
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(proto::UploadChunk::default());
-        }
-        chunks[0].header = Some(proto::UploadHeader {
-            accelerator: self.id,
-            meta: Some(convert::meta(host.desc())),
+        let r = self.conn.runtime.block_on(async move {
+            let mut call = tokio::spawn(async move { client.upload(req).await });
+            for i in 0..bytes.len().div_ceil(chunk).max(1) {
+                let piece =
+                    &bytes[(i * chunk).min(bytes.len())..((i + 1) * chunk).min(bytes.len())];
+                let message = proto::UploadChunk {
+                    header: header.take(),
+                    data: Bytes::copy_from_slice(piece),
+                };
+                tokio::select! {
+                    // Refused before the end (quota, bad header): stop copying, take its status.
+                    done = &mut call => return done,
+                    sent = tx.send(message) => if sent.is_err() { break },
+                }
+            }
+            drop(tx);
+            call.await
         });
-        let req = self.conn.request(tokio_stream::iter(chunks));
-        let r = self.conn.call(self.client().upload(req))?;
+        let r = r
+            .map_err(|e| Error::Network(format!("the upload task failed: {e}")))?
+            .map_err(error)?
+            .into_inner();
         Ok(self.handle(host.desc(), r.tensor))
+    }
+
+    /// Sends the caller's tensor without copying it: the chunks are slices of its own buffer.
+    fn upload_owned(&self, host: HostTensor) -> Result<Tensor<RemoteBuffer>> {
+        self.live()?;
+        let desc = host.desc().clone();
+        self.upload_bytes(&desc, chunks::host_bytes(host.into_storage()))
     }
 
     fn write(&self, t: &mut Tensor<RemoteBuffer>, host: &HostTensor) -> Result<()> {
@@ -445,16 +495,22 @@ impl Backend for RemoteAccelerator {
             tensor,
         });
         let client = self.client();
-        let data = self.conn.runtime.block_on(async move {
+        let received = self.conn.runtime.block_on(async move {
             let mut client = client;
             let mut stream = client.download(req).await?.into_inner();
-            let mut data = Vec::with_capacity(t.desc().bytes());
+            // Chunks land once, in the tensor's final buffer.
+            let mut data = Assembly::new(t.desc().clone()).ok_or_else(|| {
+                tonic::Status::resource_exhausted(format!(
+                    "download: the client cannot hold {} bytes",
+                    t.desc().bytes()
+                ))
+            })?;
             while let Some(chunk) = stream.message().await? {
-                data.extend_from_slice(&chunk.data);
+                data.push(&chunk.data);
             }
             Ok::<_, tonic::Status>(data)
         });
-        HostTensor::from_bytes(t.dtype(), t.shape(), &data.map_err(error)?)
+        received.map_err(error)?.finish()
     }
 
     fn launch_gemm(
@@ -560,7 +616,7 @@ impl Program {
         self.same_accelerator(t.storage().accelerator)?;
         self.writes.push(proto::TensorWrite {
             tensor: t.storage().id,
-            data: host.as_bytes().to_vec(),
+            data: Bytes::copy_from_slice(host.as_bytes()),
         });
         Ok(self)
     }

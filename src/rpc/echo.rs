@@ -53,7 +53,8 @@ impl Echo for EchoService {
 }
 
 /// Serves the echo service on `addr` from its own thread and runtime (as `eia::rpc::spawn`
-/// serves eia, with the same HTTP/2 windows), for the life of the process; returns the address.
+/// serves eia, with the same HTTP/2 windows and TCP options), for the life of the process;
+/// returns the address.
 pub fn spawn(addr: SocketAddr, max_message_bytes: usize) -> std::io::Result<SocketAddr> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -69,7 +70,7 @@ pub fn spawn(addr: SocketAddr, max_message_bytes: usize) -> std::io::Result<Sock
                 .initial_stream_window_size(Some(super::server::WINDOW_BYTES))
                 .initial_connection_window_size(Some(2 * super::server::WINDOW_BYTES))
                 .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(super::server::incoming(listener))
                 .await;
         })
     });

@@ -9,6 +9,7 @@ pub mod proto {
 }
 
 pub mod auth;
+pub mod chunks;
 pub mod client;
 pub mod convert;
 pub mod echo;

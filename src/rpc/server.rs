@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Principal, Tokens};
+use super::chunks::{self, Assembly};
 use super::convert::{self, invalid, status, WireOp};
 use super::proto::{self, accelerators_server::Accelerators};
 use crate::accelerator::{Accelerator, Buffer, Device, DeviceConfig};
@@ -385,18 +387,21 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         let a = self.get(&who, header.accelerator)?;
         let desc = convert::desc(header.meta.as_ref())?;
         let want = desc.bytes();
+        // Refused before anything more is read when it cannot fit the quota.
         a.accel.check_room(want as u64).map_err(status)?;
-        let mut data = Vec::with_capacity(want);
+        // Chunks land once, in the tensor's final buffer, which the backend then keeps.
+        let mut data = Assembly::new(desc).ok_or_else(|| {
+            Status::resource_exhausted(format!("upload: the host cannot hold {want} more bytes"))
+        })?;
         let mut chunk = first.data;
         loop {
-            if data.len() + chunk.len() > want {
+            if !data.push(&chunk) {
                 return Err(invalid(format!(
                     "upload: more than the {want} bytes a {} {:?} tensor holds",
-                    desc.dtype(),
-                    desc.shape()
+                    data.desc().dtype(),
+                    data.desc().shape()
                 )));
             }
-            data.extend_from_slice(&chunk);
             match stream.message().await? {
                 Some(next) if next.header.is_some() => {
                     return Err(invalid("upload: only the first message carries a header"))
@@ -405,9 +410,9 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
                 None => break,
             }
         }
-        let host = HostTensor::from_bytes(desc.dtype(), desc.shape(), &data).map_err(status)?;
+        let host = data.finish().map_err(status)?;
         let tensor = blocking(move || {
-            let t = a.accel.upload(&host).map_err(status)?;
+            let t = a.accel.upload_owned(host).map_err(status)?;
             Ok(a.insert(t))
         })
         .await?;
@@ -429,23 +434,15 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
             a.accel.download(t).map_err(status)
         })
         .await?;
-        let meta = convert::meta(host.desc());
-        let bytes = host.as_bytes();
-        let mut chunks: Vec<Result<proto::DownloadChunk, Status>> = bytes
-            .chunks(self.shared.chunk_bytes)
-            .map(|c| {
-                Ok(proto::DownloadChunk {
-                    meta: None,
-                    data: c.to_vec(),
-                })
+        // Every chunk is a slice of the downloaded tensor's own buffer (no copy per chunk).
+        let mut meta = Some(convert::meta(host.desc()));
+        let bytes = chunks::host_bytes(host.into_storage());
+        let chunks = chunks::split(bytes, self.shared.chunk_bytes).map(move |data| {
+            Ok(proto::DownloadChunk {
+                meta: meta.take(),
+                data,
             })
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(Ok(proto::DownloadChunk::default()));
-        }
-        if let Some(Ok(first)) = chunks.first_mut() {
-            first.meta = Some(meta);
-        }
+        });
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
@@ -478,7 +475,7 @@ fn free<B: Backend + Clone + 'static>(a: &Attached<B>, ids: &[u64]) -> Result<()
 fn run_program<B: Backend + Clone + 'static>(
     a: &Attached<B>,
     program: proto::RunRequest,
-) -> Result<Vec<Vec<u8>>, Status> {
+) -> Result<Vec<Bytes>, Status> {
     let accel = &a.accel;
     let id = accel.id();
     let mut tensors = lock(&a.tensors);
@@ -490,7 +487,8 @@ fn run_program<B: Backend + Clone + 'static>(
         accel.write(t, &host).map_err(status)?;
     }
     for (i, op) in program.ops.iter().enumerate() {
-        let wire = convert::op_from(op.kind.as_ref())?;
+        let wire = convert::op_from(op.kind.as_ref())
+            .map_err(|s| Status::new(s.code(), format!("op {i}: {}", s.message())))?;
         let context = |s: Status| {
             Status::new(
                 s.code(),
@@ -538,7 +536,8 @@ fn run_program<B: Backend + Clone + 'static>(
         .iter()
         .map(|t| {
             let tensor = tensors.get(t).ok_or_else(|| not_found(id, *t))?;
-            Ok(accel.download(tensor).map_err(status)?.as_bytes().to_vec())
+            let host = accel.download(tensor).map_err(status)?;
+            Ok(chunks::host_bytes(host.into_storage()))
         })
         .collect()
 }
@@ -688,6 +687,13 @@ async fn serve_metrics<B: Backend + Clone + 'static>(
     Ok(local)
 }
 
+/// Connections accepted on `listener`, with TCP_NODELAY as tonic sets it when it binds the
+/// address itself (with Nagle's algorithm a stream's last small frames, such as the trailers
+/// after a tensor, can wait for a delayed ACK: tens of milliseconds).
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Serves `service` on `listener` until `shutdown` completes.
 pub async fn serve<B: Backend + Clone + 'static>(
     listener: tokio::net::TcpListener,
@@ -710,10 +716,7 @@ pub async fn serve<B: Backend + Clone + 'static>(
     }
     builder
         .add_service(grpc)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| Error::Network(format!("server: {e}")))
 }
