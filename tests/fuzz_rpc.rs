@@ -656,6 +656,9 @@ fn alloc_free_download_with_arbitrary_meta_and_handles() {
                     Ok::<_, tonic::Status>(tonic::Response::new(n))
                 });
                 allowed("download", &r)?;
+                if let (Ok(n), Some(i)) = (&r, pool.iter().position(|&t| t == tensor)) {
+                    prop_assert_eq!(Some(*n.get_ref()), meta_bytes(&metas[i]));
+                }
             }
             let r = env.rt.block_on(c.free(proto::FreeRequest {
                 accelerator: acc,
