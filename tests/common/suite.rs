@@ -23,6 +23,11 @@ pub fn gemm_matches_reference<B: Backend>(backend: &B) {
         (127, 129, 65),
         (8, 9, 4099),
         (257, 200, 300),
+        // Large enough to be split across threads: a GEMV split over K, one split over its
+        // outputs, and a short wide matrix split along its columns.
+        (1, 300, 4099),
+        (3001, 1, 700),
+        (20, 300, 400),
     ];
     let mut case = 0usize;
     for dtype in DType::ALL {

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::depthwise::depthwise;
 use super::gemm::relu;
+use super::Disjoint;
 use crate::ops::ConvPlan;
 
 /// Target size of one im2col block (fits L2 next to the GEMM's packed operands).
@@ -74,21 +75,6 @@ fn block_columns(pq: usize, crs: usize, pointwise: bool, chunks: usize, threads:
     }
 }
 
-/// The output, shared by work items that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-
-// SAFETY: `Out` is only dereferenced by `lowered`'s work items, each of which writes a region
-// of the output (its group's rows × its block's columns) that no other item touches.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// The GEMM lowering for every (image, group) and block of output columns.
 fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let (cg, kg) = (plan.c_per_group(), plan.k_per_group());
@@ -100,7 +86,7 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
     let blocks = pq.div_ceil(nb);
     let items = chunks * blocks;
     assert_eq!(y.len(), chunks * kg * pq);
-    let out = Out(y.as_mut_ptr());
+    let out = Disjoint::new(y);
     // y is [n, group, kg, p·q]: chunk i is image i / group, group i % group.
     let one = |item: usize, col: &mut Vec<f32>, parallelism: Parallelism| {
         let (i, j0) = (item / blocks, item % blocks * nb);
@@ -152,7 +138,7 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
         }
         for kk in 0..kg {
             // SAFETY: as above, this item's own row segment of y, no longer borrowed by gemm.
-            let row = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(y0 + kk * pq), cols) };
+            let row = unsafe { out.slice(y0 + kk * pq, cols) };
             epilogue(plan, bias.map(|b| b[g * kg + kk]), row);
         }
     };

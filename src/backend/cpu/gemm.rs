@@ -1,14 +1,33 @@
-//! CPU GEMM on the `gemm` crate's FP32 kernels: batched, strided (transposes cost nothing), with
-//! the C broadcast and ReLU epilogue applied around the core product.
+//! CPU GEMM in FP32: batched and strided (transposes cost nothing), with the C broadcast and
+//! ReLU epilogue applied around the core product. Each output matrix is cut into one block of
+//! rows (or columns, when it is wider than tall) per thread, and each block is one
+//! single-threaded product: the `gemm` crate's kernels, or a vectorised GEMV when the output is
+//! a single row or column.
+
+use std::ops::Range;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::ops::GemmPlan;
+use super::simd::multiversion;
+use super::Disjoint;
+use crate::ops::{GemmPlan, MatLayout};
 
-/// Below this many FLOPs per matrix, a batch runs one matrix per thread instead of splitting
-/// each matrix across threads.
+/// Below this many FLOPs per matrix a matrix is not split across threads (a batch of such
+/// matrices runs one matrix per thread instead).
 const SMALL_MATRIX_FLOPS: usize = 1 << 21;
+
+/// Fewest rows per block when a matrix is split along its rows.
+const MIN_BLOCK_ROWS: usize = 16;
+
+/// Fewest matrix rows per part when a GEMV's sum over K is split across threads.
+const MIN_GEMV_ROWS: usize = 64;
+
+/// Column blocks are multiples of this many columns (one AVX-512 vector).
+const COLUMN_ALIGN: usize = 16;
+
+/// Lanes of the independent accumulators that let a dot product vectorise.
+const LANES: usize = 16;
 
 /// Computes `plan` in FP32. `y` is fully written; its previous contents are ignored.
 pub fn gemm_f32(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mut [f32]) {
@@ -16,37 +35,97 @@ pub fn gemm_f32(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mu
     if mn == 0 {
         return;
     }
-    let one = |index: usize, yb: &mut [f32], parallelism: Parallelism| {
-        let (a_off, b_off) = plan.batch_offsets(index);
-        matrix(plan, &a[a_off..], &b[b_off..], c, yb, parallelism);
-    };
     let small = 2 * mn * plan.k < SMALL_MATRIX_FLOPS;
+    // Output matrix `index`, cut into at most `parts` blocks computed in parallel.
+    let matrix = |index: usize, y: &mut [f32], parts: usize| {
+        let (a_off, b_off) = plan.batch_offsets(index);
+        let (a, b) = (&a[a_off..], &b[b_off..]);
+        if plan.m == 1 || plan.n == 1 {
+            return gemv(plan, a, b, c, y, parts);
+        }
+        let out = Disjoint::new(y);
+        // SAFETY: `out` is this matrix's m×n output, exclusively borrowed here, and the blocks
+        // of `split` are disjoint rectangles of it, one per call.
+        let run = |block: Block| unsafe { product(plan, a, b, c, out, block) };
+        let mut blocks = split(plan.m, plan.n, parts);
+        if blocks.len() == 1 {
+            run(blocks.remove(0));
+        } else {
+            blocks.into_par_iter().for_each(run);
+        }
+    };
     if plan.batch() > 1 && small {
         y.par_chunks_mut(mn)
             .enumerate()
-            .for_each(|(i, yb)| one(i, yb, Parallelism::None));
+            .for_each(|(i, yb)| matrix(i, yb, 1));
     } else {
+        let parts = if small {
+            1
+        } else {
+            rayon::current_num_threads()
+        };
         for (i, yb) in y.chunks_mut(mn).enumerate() {
-            one(i, yb, Parallelism::Rayon(0));
+            matrix(i, yb, parts);
         }
     }
 }
 
-/// One `m×n` output matrix: `y = relu?(alpha·A·B + beta·C)`.
-fn matrix(
+/// A rectangle of one output matrix.
+#[derive(Clone, Debug, PartialEq)]
+struct Block {
+    rows: Range<usize>,
+    cols: Range<usize>,
+}
+
+/// Cuts an `m×n` matrix into at most `parts` blocks: along the rows while every block keeps at
+/// least [`MIN_BLOCK_ROWS`] (the `gemm` crate is fastest so, even on wide matrices), else along
+/// the columns in multiples of [`COLUMN_ALIGN`].
+fn split(m: usize, n: usize, parts: usize) -> Vec<Block> {
+    if m >= parts * MIN_BLOCK_ROWS || m >= n {
+        let rows = m.div_ceil(parts.max(1));
+        (0..m)
+            .step_by(rows)
+            .map(|r0| Block {
+                rows: r0..(r0 + rows).min(m),
+                cols: 0..n,
+            })
+            .collect()
+    } else {
+        let cols = n.div_ceil(parts.max(1)).next_multiple_of(COLUMN_ALIGN);
+        (0..n)
+            .step_by(cols)
+            .map(|c0| Block {
+                rows: 0..m,
+                cols: c0..(c0 + cols).min(n),
+            })
+            .collect()
+    }
+}
+
+/// One block of one output matrix on the calling thread: `y = relu?(alpha·A·B + beta·C)`.
+///
+/// # Safety
+/// `out` must point at the matrix's `m×n` row-major output, and no other thread may access
+/// `block` of it during the call.
+unsafe fn product(
     plan: &GemmPlan,
     a: &[f32],
     b: &[f32],
     c: Option<&[f32]>,
-    y: &mut [f32],
-    parallelism: Parallelism,
+    out: Disjoint,
+    block: Block,
 ) {
-    let (m, n, k) = (plan.m, plan.n, plan.k);
+    let (n, k) = (plan.n, plan.k);
+    let (r0, c0, width) = (block.rows.start, block.cols.start, block.cols.len());
+    debug_assert!(plan.m > 1 && n > 1, "single rows and columns go to `gemv`");
+    // SAFETY: row i of the block is `width` values at i·n + c0, inside the m×n output and
+    // owned by this call (the caller's contract).
+    let row = |i: usize| unsafe { out.slice(i * n + c0, width) };
     // Seed the output with beta·C (broadcast); the product then accumulates onto it.
     let seeded = match (c, plan.c) {
         (Some(c), Some(layout)) if plan.beta != 0.0 => {
-            for (i, row) in y.chunks_exact_mut(n).enumerate() {
-                for (j, v) in row.iter_mut().enumerate() {
+            for i in block.rows.clone() {
+                for (j, v) in block.cols.clone().zip(row(i)) {
                     *v = plan.beta * c[i * layout.row + j * layout.col];
                 }
             }
@@ -56,27 +135,28 @@ fn matrix(
     };
     if k == 0 {
         if !seeded {
-            y.fill(0.0);
+            block.rows.clone().for_each(|i| row(i).fill(0.0));
         }
     } else {
-        debug_assert!(a.len() > (m - 1) * plan.a.row + (k - 1) * plan.a.col);
+        debug_assert!(a.len() > (plan.m - 1) * plan.a.row + (k - 1) * plan.a.col);
         debug_assert!(b.len() > (k - 1) * plan.b.row + (n - 1) * plan.b.col);
         // SAFETY: the plan was validated against the operand shapes, so every index
         // `i·row + j·col` of A (m×k), B (k×n) and Y (m×n, row stride n) lies inside its slice
-        // (checked above in debug builds); `y` is exclusively borrowed and does not alias A or B.
+        // (checked above in debug builds); the block's part of `y` is ours alone and aliases
+        // neither A nor B.
         unsafe {
             gemm::gemm(
-                m,
-                n,
+                block.rows.len(),
+                width,
                 k,
-                y.as_mut_ptr(),
+                out.ptr().add(r0 * n + c0),
                 1,
                 n as isize,
                 seeded,
-                a.as_ptr(),
+                a.as_ptr().add(r0 * plan.a.row),
                 plan.a.col as isize,
                 plan.a.row as isize,
-                b.as_ptr(),
+                b.as_ptr().add(c0 * plan.b.col),
                 plan.b.col as isize,
                 plan.b.row as isize,
                 1.0,
@@ -84,12 +164,120 @@ fn matrix(
                 false,
                 false,
                 false,
-                parallelism,
+                Parallelism::None,
             );
         }
     }
     if plan.relu {
+        block.rows.for_each(|i| relu(row(i)));
+    }
+}
+
+/// One output matrix with a single row or column (`y` holds its `m·n` values), split over
+/// `parts` threads: `y = relu?(alpha·A·B + beta·C)` as matrix × vector.
+fn gemv(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mut [f32], parts: usize) {
+    let k = plan.k;
+    // The vector (alpha folded in) and the k×len matrix it multiplies, as strides.
+    let (vector, stride, mat, layout) = if plan.m == 1 {
+        // y[0, j] = alpha · Σ A[0, kk] · B[kk, j].
+        (a, plan.a.col, b, plan.b)
+    } else {
+        // y[i, 0] = alpha · Σ B[kk, 0] · A[i, kk]: A read transposed.
+        let at = MatLayout {
+            row: plan.a.col,
+            col: plan.a.row,
+        };
+        (b, plan.b.row, a, at)
+    };
+    let x: Vec<f32> = (0..k).map(|kk| plan.alpha * vector[kk * stride]).collect();
+    match (c, plan.c) {
+        // C broadcast to m×n, walked in y's order (one of m, n is 1).
+        (Some(c), Some(l)) if plan.beta != 0.0 => {
+            let step = if plan.m == 1 { l.col } else { l.row };
+            for (j, v) in y.iter_mut().enumerate() {
+                *v = plan.beta * c[j * step];
+            }
+        }
+        _ => y.fill(0.0),
+    }
+    if k > 0 && layout.col == 1 {
+        // Matrix rows are contiguous: y += xᵀ·mat row by row, each part over its own rows of
+        // the matrix (contiguous streams) into its own partial sum.
+        let rows = k.div_ceil(parts).max(MIN_GEMV_ROWS);
+        if rows >= k {
+            axpy_rows(&x, mat, layout.row, y);
+        } else {
+            let len = y.len();
+            let partials: Vec<Vec<f32>> = (0..k)
+                .into_par_iter()
+                .step_by(rows)
+                .map(|k0| {
+                    let mut part = vec![0.0; len];
+                    let k1 = (k0 + rows).min(k);
+                    axpy_rows(&x[k0..k1], &mat[k0 * layout.row..], layout.row, &mut part);
+                    part
+                })
+                .collect();
+            for part in partials {
+                y.iter_mut().zip(part).for_each(|(v, p)| *v += p);
+            }
+        }
+    } else if k > 0 {
+        // One dot product per output, over a contiguous (or gathered) matrix column.
+        let chunk = y.len().div_ceil(parts).max(COLUMN_ALIGN);
+        y.par_chunks_mut(chunk).enumerate().for_each(|(ci, yc)| {
+            let mut column = Vec::new();
+            for (jj, v) in yc.iter_mut().enumerate() {
+                let j = ci * chunk + jj;
+                let col = if layout.row == 1 {
+                    &mat[j * layout.col..][..k]
+                } else {
+                    column.clear();
+                    column.extend((0..k).map(|kk| mat[kk * layout.row + j * layout.col]));
+                    &column[..]
+                };
+                *v += dot(&x, col);
+            }
+        });
+    }
+    if plan.relu {
         relu(y);
+    }
+}
+
+multiversion! {
+    /// `y[j] += Σ_kk x[kk] · mat[kk·row + j]`, four matrix rows per pass over `y`.
+    fn axpy_rows(x: &[f32], mat: &[f32], row: usize, y: &mut [f32]) {
+        let len = y.len();
+        let quads = x.len() / 4 * 4;
+        for kk in (0..quads).step_by(4) {
+            let r = |i: usize| &mat[(kk + i) * row..][..len];
+            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+            let (x0, x1, x2, x3) = (x[kk], x[kk + 1], x[kk + 2], x[kk + 3]);
+            for ((((v, &m0), &m1), &m2), &m3) in y.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+                *v += x0 * m0 + x1 * m1 + x2 * m2 + x3 * m3;
+            }
+        }
+        for (kk, &xk) in x.iter().enumerate().skip(quads) {
+            for (v, &m) in y.iter_mut().zip(&mat[kk * row..][..len]) {
+                *v += xk * m;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `Σ x[i] · y[i]` in [`LANES`] independent partial sums.
+    fn dot(x: &[f32], y: &[f32]) -> f32 {
+        let mut acc = [0.0f32; LANES];
+        let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+        let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+        for (xv, yv) in xc.zip(yc) {
+            for l in 0..LANES {
+                acc[l] += xv[l] * yv[l];
+            }
+        }
+        acc.iter().sum::<f32>() + tail
     }
 }
 
@@ -99,5 +287,48 @@ pub fn relu(y: &mut [f32]) {
         if *v < 0.0 {
             *v = 0.0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{split, Block};
+
+    #[test]
+    fn split_cuts_the_longer_side_into_disjoint_covering_blocks() {
+        assert_eq!(
+            split(256, 196, 2),
+            vec![
+                Block {
+                    rows: 0..128,
+                    cols: 0..196
+                },
+                Block {
+                    rows: 128..256,
+                    cols: 0..196
+                },
+            ]
+        );
+        assert_eq!(
+            split(1, 1000, 2),
+            vec![
+                Block {
+                    rows: 0..1,
+                    cols: 0..512
+                },
+                Block {
+                    rows: 0..1,
+                    cols: 512..1000
+                },
+            ]
+        );
+        assert_eq!(split(5, 3, 16).len(), 5);
+        assert_eq!(
+            split(7, 9, 1),
+            vec![Block {
+                rows: 0..7,
+                cols: 0..9
+            }]
+        );
     }
 }

@@ -174,6 +174,36 @@ impl Backend for CpuBackend {
     }
 }
 
+/// An f32 output shared by parallel work items that each write a disjoint part of it.
+#[derive(Clone, Copy)]
+struct Disjoint(*mut f32);
+
+// SAFETY: a `Disjoint` only hands out the parts its users' contracts make disjoint (see
+// `Disjoint::slice`), so sharing the pointer across threads creates no data race.
+unsafe impl Send for Disjoint {}
+unsafe impl Sync for Disjoint {}
+
+impl Disjoint {
+    fn new(y: &mut [f32]) -> Self {
+        Disjoint(y.as_mut_ptr())
+    }
+
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+
+    /// The `len` values from `offset`.
+    ///
+    /// # Safety
+    /// They must lie inside the slice `self` was made from, and no other reference to them may
+    /// exist while the returned one lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice<'a>(self, offset: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    }
+}
+
 /// The data as f32: borrowed for F32, widened (exactly) for F16.
 fn as_f32(data: &HostData) -> Cow<'_, [f32]> {
     match data {
