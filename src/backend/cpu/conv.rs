@@ -1,8 +1,14 @@
 //! CPU convolution. Grouped/dense convolutions lower to GEMM per (image, group) and block of
 //! output columns: `Y[k, j0..j1] = W[k, c·r·s] · col[c·r·s, j0..j1]`, where `col` is the im2col
 //! unfolding of just those output positions (or the input itself for a 1×1, stride-1, unpadded
-//! convolution). Blocks are sized so `col` stays in L2 and spread over threads, which also splits
-//! batch-1 convolutions; bias and ReLU are applied to each block while it is still in cache.
+//! convolution). Two ways to use the threads:
+//! - column blocks sized so `col` stays in L2, one per thread at a time (balanced when a batch-1
+//!   convolution has few);
+//! - for a small `col` at batch 1 (the deep ResNet layers), `col` unfolded whole and the GEMM
+//!   split by output channels, so the weights are read once.
+//!
+//! With a column stride above 1 the input is first split into column phases, so every im2col
+//! copy is contiguous. Bias and ReLU are applied to each block while it is still in cache.
 //! Convolutions with one input channel per group use the direct kernel in `depthwise`.
 
 use gemm::Parallelism;
@@ -15,6 +21,12 @@ use crate::ops::ConvPlan;
 
 /// Target size of one im2col block (fits L2 next to the GEMM's packed operands).
 const COL_BLOCK_BYTES: usize = 256 << 10;
+
+/// Largest im2col matrix unfolded whole and shared by all threads (about one L2).
+const BY_ROWS_MAX_COL_BYTES: usize = 2 << 20;
+
+/// Fewest output channels per thread when a GEMM is split by output channels.
+const MIN_SPLIT_CHANNELS: usize = 16;
 
 /// Fewest output columns per block: narrower GEMMs reload the weights too often.
 const MIN_BLOCK_COLUMNS: usize = 64;
@@ -78,17 +90,33 @@ fn block_columns(pq: usize, crs: usize, pointwise: bool, chunks: usize, threads:
 /// The GEMM lowering for every (image, group) and block of output columns.
 fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let (cg, kg) = (plan.c_per_group(), plan.k_per_group());
-    let (hw, pq, crs) = (plan.h * plan.w, plan.p * plan.q, cg * plan.r * plan.s);
+    let (pq, crs) = (plan.p * plan.q, cg * plan.r * plan.s);
     let pointwise = is_pointwise(plan);
     let threads = rayon::current_num_threads();
     let chunks = plan.n * plan.group;
-    let nb = block_columns(pq, crs, pointwise, chunks, threads);
+    // Fewer (image, group) chunks than threads and a small im2col matrix (the deep layers at
+    // batch 1): unfold it whole, then split the GEMM by output channels, so no thread re-reads
+    // the weights. Otherwise each thread takes column blocks of its own.
+    let by_rows = threads > 1
+        && chunks < threads
+        && kg >= threads * MIN_SPLIT_CHANNELS
+        && 4 * crs * pq <= BY_ROWS_MAX_COL_BYTES;
+    let nb = if by_rows {
+        pq
+    } else {
+        block_columns(pq, crs, pointwise, chunks, threads)
+    };
     let blocks = pq.div_ceil(nb);
     let items = chunks * blocks;
     assert_eq!(y.len(), chunks * kg * pq);
+    // Strided convolutions read the input through its column phases (see `Phases`).
+    let phased = (plan.stride[1] > 1).then(|| Phases::new(plan, x));
+    let x = phased.as_ref().map_or(x, |p| &p.data[..]);
+    // Elements per input channel as stored in `x` (rows padded to whole phases).
+    let hw = plan.h * row_len(plan);
     let out = Disjoint::new(y);
     // y is [n, group, kg, p·q]: chunk i is image i / group, group i % group.
-    let one = |item: usize, col: &mut Vec<f32>, parallelism: Parallelism| {
+    let one = |item: usize, col: &mut Vec<f32>, row_parts: usize| {
         let (i, j0) = (item / blocks, item % blocks * nb);
         let (ni, g) = (i / plan.group, i % plan.group);
         let cols = nb.min(pq - j0);
@@ -97,71 +125,111 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
             (&xg[j0..], hw)
         } else {
             col.resize(crs * cols, 0.0);
-            im2col(
-                plan,
-                xg,
-                j0,
-                cols,
-                col,
-                matches!(parallelism, Parallelism::Rayon(_)),
-            );
+            im2col(plan, xg, j0, cols, col, row_parts > 1);
             (&col[..], cols)
         };
-        let wg = &w[g * kg * crs..][..kg * crs];
-        let y0 = i * kg * pq + j0;
-        // SAFETY: wg is kg×crs row-major; `unfolded` holds crs rows of `cols` values at
-        // `row_stride` (im2col sized it, or it is the group's [cg, h·w] input with cols ≤ h·w − j0);
-        // the destination is rows y0 + kk·pq, kk < kg, columns 0..cols, inside y (asserted above)
-        // and written by this item only, and it aliases neither operand.
-        unsafe {
-            gemm::gemm(
-                kg,
-                cols,
-                crs,
-                out.ptr().add(y0),
-                1,
-                pq as isize,
-                false,
-                wg.as_ptr(),
-                1,
-                crs as isize,
-                unfolded.as_ptr(),
-                1,
-                row_stride as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-        for kk in 0..kg {
-            // SAFETY: as above, this item's own row segment of y, no longer borrowed by gemm.
-            let row = unsafe { out.slice(y0 + kk * pq, cols) };
-            epilogue(plan, bias.map(|b| b[g * kg + kk]), row);
+        let rows = kg.div_ceil(row_parts);
+        let gemm_rows = |k0: usize| {
+            let kr = (k0 + rows).min(kg) - k0;
+            let wg = &w[(g * kg + k0) * crs..][..kr * crs];
+            let y0 = (i * kg + k0) * pq + j0;
+            // SAFETY: wg is kr×crs row-major; `unfolded` holds crs rows of `cols` values at
+            // `row_stride` (im2col sized it, or it is the group's [cg, h·w] input with
+            // cols ≤ h·w − j0); the destination is rows y0 + kk·pq, kk < kr, columns 0..cols,
+            // inside y (asserted above) and written by this call only; it aliases neither
+            // operand.
+            unsafe {
+                gemm::gemm(
+                    kr,
+                    cols,
+                    crs,
+                    out.ptr().add(y0),
+                    1,
+                    pq as isize,
+                    false,
+                    wg.as_ptr(),
+                    1,
+                    crs as isize,
+                    unfolded.as_ptr(),
+                    1,
+                    row_stride as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            for kk in 0..kr {
+                // SAFETY: as above, this call's own row segment of y, no longer borrowed by gemm.
+                let row = unsafe { out.slice(y0 + kk * pq, cols) };
+                epilogue(plan, bias.map(|b| b[g * kg + k0 + kk]), row);
+            }
+        };
+        if row_parts > 1 {
+            (0..kg).into_par_iter().step_by(rows).for_each(gemm_rows);
+        } else {
+            gemm_rows(0);
         }
     };
-    if items >= threads {
-        (0..items)
-            .into_par_iter()
-            .for_each_init(Vec::new, |col, item| one(item, col, Parallelism::None));
-    } else {
+    if by_rows {
         let mut col = Vec::new();
         for item in 0..items {
-            one(item, &mut col, Parallelism::Rayon(0));
+            one(item, &mut col, threads);
         }
+    } else {
+        (0..items)
+            .into_par_iter()
+            .for_each_init(Vec::new, |col, item| one(item, col, 1));
     }
 }
 
-/// Unfolds output columns `j0..j0 + cols` of one group's input `[cg, h, w]` into
-/// `col[(c·r + r)·s + s, cols]`, zero where the window falls into padding; rows in parallel
-/// when `parallel`.
+/// The input with every row split into its column phases, for a convolution of column stride
+/// `sw > 1`: row `[x0, x1, x2, …]` becomes `[x0, x_sw, …, x1, x_{1+sw}, …]`, phase by phase,
+/// each phase `ceil(w / sw)` long (the last ones padded). A strided window's columns are then
+/// contiguous within one phase, and im2col copies them with `memcpy`.
+struct Phases {
+    data: Vec<f32>,
+}
+
+impl Phases {
+    fn new(plan: &ConvPlan, x: &[f32]) -> Self {
+        let (w, sw) = (plan.w, plan.stride[1]);
+        let width = phase_width(plan);
+        let mut data = vec![0.0; x.len() / w * row_len(plan)];
+        data.par_chunks_mut(row_len(plan))
+            .zip(x.par_chunks(w))
+            .for_each(|(dst, src)| {
+                for (phase, out) in dst.chunks_exact_mut(width).enumerate() {
+                    for (o, &v) in out.iter_mut().zip(src.iter().skip(phase).step_by(sw)) {
+                        *o = v;
+                    }
+                }
+            });
+        Phases { data }
+    }
+}
+
+/// Length of one column phase of an input row (see [`Phases`]; `w` at stride 1).
+fn phase_width(plan: &ConvPlan) -> usize {
+    plan.w.div_ceil(plan.stride[1])
+}
+
+/// Length of an input row as im2col reads it: all its phases (`w` at stride 1).
+fn row_len(plan: &ConvPlan) -> usize {
+    phase_width(plan) * plan.stride[1]
+}
+
+/// Unfolds output columns `j0..j0 + cols` of one group's input `[cg, h, w]` (rows split into
+/// [`Phases`] when the column stride is above 1) into `col[(c·r + r)·s + s, cols]`, zero where
+/// the window falls into padding; rows in parallel when `parallel`.
 fn im2col(plan: &ConvPlan, xg: &[f32], j0: usize, cols: usize, col: &mut [f32], parallel: bool) {
+    let (sw, width, row_len) = (plan.stride[1], phase_width(plan), row_len(plan));
     let row = |(index, out): (usize, &mut [f32])| {
         let (ci, rs) = (index / (plan.r * plan.s), index % (plan.r * plan.s));
         let (ri, si) = (rs / plan.s, rs % plan.s);
-        let xc = &xg[ci * plan.h * plan.w..][..plan.h * plan.w];
+        let xc = &xg[ci * plan.h * row_len..][..plan.h * row_len];
         let (q_lo, q_hi, off) = valid_columns(plan, si);
         let mut done = 0;
         while done < cols {
@@ -174,7 +242,7 @@ fn im2col(plan: &ConvPlan, xg: &[f32], j0: usize, cols: usize, col: &mut [f32], 
                 seg.fill(0.0);
                 continue;
             };
-            let x_row = &xc[ih * plan.w..][..plan.w];
+            let x_row = &xc[ih * row_len..][..row_len];
             let lo = q_lo.clamp(q0, q0 + len);
             let hi = q_hi.clamp(lo, q0 + len);
             seg[..lo - q0].fill(0.0);
@@ -183,15 +251,10 @@ fn im2col(plan: &ConvPlan, xg: &[f32], j0: usize, cols: usize, col: &mut [f32], 
             if valid.is_empty() {
                 continue;
             }
-            let sw = plan.stride[1];
+            // Input columns first, first + sw, …: consecutive in phase `first % sw`.
             let first = lo * sw + off - plan.pad[1];
-            if sw == 1 {
-                valid.copy_from_slice(&x_row[first..first + valid.len()]);
-            } else {
-                for (v, &xv) in valid.iter_mut().zip(x_row[first..].iter().step_by(sw)) {
-                    *v = xv;
-                }
-            }
+            let start = first % sw * width + first / sw;
+            valid.copy_from_slice(&x_row[start..start + valid.len()]);
         }
     };
     if parallel {
