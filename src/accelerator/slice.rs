@@ -446,6 +446,10 @@ where
         self.inner.backend.synchronize()
     }
 
+    fn run_ops<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.inner.backend.run_ops(f)
+    }
+
     fn total_memory(&self) -> Option<u64> {
         Some(self.inner.lock().tier.memory())
     }

@@ -89,6 +89,14 @@ impl Backend for CpuBackend {
         kib.checked_mul(1024)
     }
 
+    /// Runs `f` on a thread of the pool (the calling one if it is already there).
+    fn run_ops<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => rayon::scope(|_| f()),
+        }
+    }
+
     fn alloc(&self, desc: &TensorDesc) -> Result<HostTensor> {
         Ok(Tensor::from_parts(
             desc.clone(),
