@@ -2,6 +2,8 @@
 //! conversions, and `multiversion!`, which compiles a kernel three times (baseline x86-64,
 //! AVX2+FMA, AVX-512) and picks one at run time.
 
+use std::mem::MaybeUninit;
+
 /// Defines `fn $name(...)` whose body is compiled for the baseline target and, on x86-64, also
 /// with AVX2+FMA and with AVX-512F enabled; the widest copy the CPU supports runs.
 macro_rules! multiversion {
@@ -140,6 +142,14 @@ mod tests {
 
 /// Widens FP16 to FP32 (exact): F16C eight at a time where the CPU has it.
 pub fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and `f16_to_f32_uninit` stores only
+    // initialised values through the view.
+    let dst = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    f16_to_f32_uninit(src, dst);
+}
+
+/// [`f16_to_f32`] into memory that need not be initialised; every element of `dst` is written.
+pub fn f16_to_f32_uninit(src: &[half::f16], dst: &mut [MaybeUninit<f32>]) {
     assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
     if level() >= Level::Avx2 {
@@ -147,7 +157,9 @@ pub fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
         unsafe { f16c::widen(src, dst) };
         return;
     }
-    half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.write(s.to_f32());
+    }
 }
 
 /// Rounds FP32 to FP16 (nearest even): F16C eight at a time where the CPU has it.
@@ -166,21 +178,22 @@ pub fn f32_to_f16(src: &[f32], dst: &mut [half::f16]) {
 mod f16c {
     use half::f16;
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     /// # Safety
     /// The CPU must support AVX and F16C; `dst.len() == src.len()`.
     #[target_feature(enable = "avx,f16c")]
-    pub unsafe fn widen(src: &[f16], dst: &mut [f32]) {
+    pub unsafe fn widen(src: &[f16], dst: &mut [MaybeUninit<f32>]) {
         let full = src.len() / 8 * 8;
         for i in (0..full).step_by(8) {
             // SAFETY: i + 8 <= full <= len of both slices; unaligned loads and stores.
             unsafe {
                 let v = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
-                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(v));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i) as *mut f32, _mm256_cvtph_ps(v));
             }
         }
         for (d, s) in dst[full..].iter_mut().zip(&src[full..]) {
-            *d = s.to_f32();
+            d.write(s.to_f32());
         }
     }
 
