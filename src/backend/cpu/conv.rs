@@ -5,7 +5,9 @@
 //! - column blocks sized so `col` stays in L2, one per thread at a time (balanced when a batch-1
 //!   convolution has few);
 //! - for a small `col` at batch 1 (the deep ResNet layers), `col` unfolded whole and the GEMM
-//!   split by output channels, so the weights are read once.
+//!   split by output channels, so the weights are read once;
+//! - for small output maps at batch > 1, the `col` of several images side by side as one wider
+//!   GEMM per thread (`stacked`).
 //!
 //! With a column stride above 1 the input is first split into column phases, so every im2col
 //! copy is contiguous. Bias and ReLU are applied to each block while it is still in cache.
@@ -24,6 +26,10 @@ const COL_BLOCK_BYTES: usize = 256 << 10;
 
 /// Largest im2col matrix unfolded whole and shared by all threads (about one L2).
 const BY_ROWS_MAX_COL_BYTES: usize = 2 << 20;
+
+/// Output maps smaller than this many positions are stacked across images at batch > 1 (see
+/// `stacked`).
+const STACK_COLUMNS: usize = 192;
 
 /// Fewest output channels per thread when a GEMM is split by output channels.
 const MIN_SPLIT_CHANNELS: usize = 16;
@@ -114,6 +120,9 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
     let x = phased.as_ref().map_or(x, |p| &p.data[..]);
     // Elements per input channel as stored in `x` (rows padded to whole phases).
     let hw = plan.h * row_len(plan);
+    if !pointwise && !by_rows && plan.n > 1 && pq < STACK_COLUMNS {
+        return stacked(plan, x, hw, w, bias, y);
+    }
     let out = Disjoint::new(y);
     // y is [n, group, kg, p·q]: chunk i is image i / group, group i % group.
     let one = |item: usize, col: &mut Vec<f32>, row_parts: usize| {
@@ -125,7 +134,7 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
             (&xg[j0..], hw)
         } else {
             col.resize(crs * cols, 0.0);
-            im2col(plan, xg, j0, cols, col, row_parts > 1);
+            im2col(plan, xg, j0, cols, col, cols, row_parts > 1);
             (&col[..], cols)
         };
         let rows = kg.div_ceil(row_parts);
@@ -185,6 +194,72 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
     }
 }
 
+/// Small output maps at batch > 1: the im2col matrices of a stack of images side by side make
+/// one GEMM of at least [`STACK_COLUMNS`] columns (small maps fill the GEMM's vector tiles
+/// poorly and make it re-read the weights per image), computed into scratch and scattered to
+/// each image's output with the epilogue. `x` is as `lowered` stores it (`hw` per channel).
+fn stacked(plan: &ConvPlan, x: &[f32], hw: usize, w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let (cg, kg) = (plan.c_per_group(), plan.k_per_group());
+    let (pq, crs) = (plan.p * plan.q, cg * plan.r * plan.s);
+    let threads = rayon::current_num_threads();
+    // Images per stack: enough columns, yet a stack per thread where the batch allows.
+    let stack = STACK_COLUMNS
+        .div_ceil(pq)
+        .min(plan.n.div_ceil(threads.div_ceil(plan.group)))
+        .max(1);
+    let stacks = plan.n.div_ceil(stack);
+    let out = Disjoint::new(y);
+    (0..stacks * plan.group).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(col, product), item| {
+            let (si, g) = (item / plan.group, item % plan.group);
+            let images = si * stack..(si * stack + stack).min(plan.n);
+            let width = images.len() * pq;
+            col.resize(crs * width, 0.0);
+            product.resize(kg * width, 0.0);
+            for (slot, ni) in images.clone().enumerate() {
+                let xg = &x[(ni * plan.c + g * cg) * hw..][..cg * hw];
+                im2col(plan, xg, 0, pq, &mut col[slot * pq..], width, false);
+            }
+            let wg = &w[g * kg * crs..][..kg * crs];
+            // SAFETY: wg is kg×crs row-major, col is crs×width row-major and product kg×width
+            // row-major, all distinct allocations.
+            unsafe {
+                gemm::gemm(
+                    kg,
+                    width,
+                    crs,
+                    product.as_mut_ptr(),
+                    1,
+                    width as isize,
+                    false,
+                    wg.as_ptr(),
+                    1,
+                    crs as isize,
+                    col.as_ptr(),
+                    1,
+                    width as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            for (slot, ni) in images.enumerate() {
+                for kk in 0..kg {
+                    // SAFETY: image ni, group g, channel kk's output row: inside y
+                    // ([n, group, kg, pq]) and written by this item only.
+                    let row = unsafe { out.slice(((ni * plan.group + g) * kg + kk) * pq, pq) };
+                    row.copy_from_slice(&product[kk * width + slot * pq..][..pq]);
+                    epilogue(plan, bias.map(|b| b[g * kg + kk]), row);
+                }
+            }
+        },
+    );
+}
+
 /// The input with every row split into its column phases, for a convolution of column stride
 /// `sw > 1`: row `[x0, x1, x2, …]` becomes `[x0, x_sw, …, x1, x_{1+sw}, …]`, phase by phase,
 /// each phase `ceil(w / sw)` long (the last ones padded). A strided window's columns are then
@@ -222,11 +297,21 @@ fn row_len(plan: &ConvPlan) -> usize {
 }
 
 /// Unfolds output columns `j0..j0 + cols` of one group's input `[cg, h, w]` (rows split into
-/// [`Phases`] when the column stride is above 1) into `col[(c·r + r)·s + s, cols]`, zero where
-/// the window falls into padding; rows in parallel when `parallel`.
-fn im2col(plan: &ConvPlan, xg: &[f32], j0: usize, cols: usize, col: &mut [f32], parallel: bool) {
+/// [`Phases`] when the column stride is above 1) into the first `cols` values of the rows of
+/// `col` (`stride` apart), row `(c·r + r)·s + s`, zero where the window falls into padding;
+/// rows in parallel when `parallel`.
+fn im2col(
+    plan: &ConvPlan,
+    xg: &[f32],
+    j0: usize,
+    cols: usize,
+    col: &mut [f32],
+    stride: usize,
+    parallel: bool,
+) {
     let (sw, width, row_len) = (plan.stride[1], phase_width(plan), row_len(plan));
     let row = |(index, out): (usize, &mut [f32])| {
+        let out = &mut out[..cols];
         let (ci, rs) = (index / (plan.r * plan.s), index % (plan.r * plan.s));
         let (ri, si) = (rs / plan.s, rs % plan.s);
         let xc = &xg[ci * plan.h * row_len..][..plan.h * row_len];
@@ -258,9 +343,9 @@ fn im2col(plan: &ConvPlan, xg: &[f32], j0: usize, cols: usize, col: &mut [f32], 
         }
     };
     if parallel {
-        col.par_chunks_exact_mut(cols).enumerate().for_each(row);
+        col.par_chunks_mut(stride).enumerate().for_each(row);
     } else {
-        col.chunks_exact_mut(cols).enumerate().for_each(row);
+        col.chunks_mut(stride).enumerate().for_each(row);
     }
 }
 
