@@ -7,14 +7,13 @@ mod batchnorm;
 mod conv;
 mod depthwise;
 mod gemm;
+mod scratch;
 mod simd;
 mod softmax;
 
-use std::borrow::Cow;
-
-use rayon::prelude::*;
 use std::sync::Arc;
 
+use self::scratch::{as_f32, write_f32};
 use super::Backend;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
@@ -211,43 +210,6 @@ impl Disjoint {
     unsafe fn slice<'a>(self, offset: usize, len: usize) -> &'a mut [f32] {
         // SAFETY: the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
-    }
-}
-
-/// Elements per task when whole tensors are converted in parallel.
-const CONVERT_CHUNK: usize = 1 << 15;
-
-/// The data as f32: borrowed for F32, widened (exactly, in parallel) for F16.
-fn as_f32(data: &HostData) -> Cow<'_, [f32]> {
-    match data {
-        HostData::F32(v) => Cow::Borrowed(v),
-        HostData::F16(v) => {
-            let mut out = Vec::with_capacity(v.len());
-            out.spare_capacity_mut()[..v.len()]
-                .par_chunks_mut(CONVERT_CHUNK)
-                .zip(v.par_chunks(CONVERT_CHUNK))
-                .for_each(|(d, s)| simd::f16_to_f32_uninit(s, d));
-            // SAFETY: the chunks above cover the first `v.len()` elements, and
-            // `f16_to_f32_uninit` writes every element of its destination.
-            unsafe { out.set_len(v.len()) };
-            Cow::Owned(out)
-        }
-    }
-}
-
-/// Runs `f` on an f32 view of `y`: directly for F32, through one f32 scratch buffer rounded
-/// once (in parallel) into F16 storage.
-fn write_f32(y: &mut HostData, f: impl FnOnce(&mut [f32])) {
-    match y {
-        HostData::F32(y) => f(y),
-        HostData::F16(y) => {
-            let mut scratch = vec![0.0; y.len()];
-            f(&mut scratch);
-            scratch
-                .par_chunks(CONVERT_CHUNK)
-                .zip(y.par_chunks_mut(CONVERT_CHUNK))
-                .for_each(|(s, d)| simd::f32_to_f16(s, d));
-        }
     }
 }
 

@@ -1,0 +1,127 @@
+//! FP16 operands and outputs as f32 for the FP32 kernels, through recycled buffers: widening
+//! and rounding run in parallel, and a buffer taken back from an earlier op costs neither the
+//! allocator's zeroing nor the page faults of fresh memory.
+
+use std::ops::Deref;
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::simd;
+use crate::tensor::HostData;
+
+/// Elements per task when whole tensors are converted in parallel.
+const CONVERT_CHUNK: usize = 1 << 15;
+
+/// Most buffers kept for reuse.
+const KEPT_BUFFERS: usize = 8;
+
+/// Largest buffer kept for reuse, in elements (256 MiB of f32).
+const KEPT_MAX_LEN: usize = 64 << 20;
+
+/// Buffers given back by finished ops, shared by every CPU backend.
+static KEPT: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// An f32 buffer that goes back to [`KEPT`] when dropped. Its initialised length is kept;
+/// its values are whatever the last user left.
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    /// The smallest kept buffer of capacity ≥ `len`, or a new empty one.
+    fn take(len: usize) -> Self {
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..kept.len())
+            .filter(|&i| kept[i].capacity() >= len)
+            .min_by_key(|&i| kept[i].capacity());
+        Scratch(best.map_or_else(|| Vec::with_capacity(len), |i| kept.swap_remove(i)))
+    }
+
+    /// The first `len` values, initialised (zero where never written before).
+    fn values(&mut self, len: usize) -> &mut [f32] {
+        if self.0.len() < len {
+            self.0.resize(len, 0.0);
+        }
+        &mut self.0[..len]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.0);
+        if buffer.capacity() == 0 || buffer.capacity() > KEPT_MAX_LEN {
+            return;
+        }
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < KEPT_BUFFERS {
+            kept.push(buffer);
+        } else if let Some(smallest) = kept.iter_mut().min_by_key(|b| b.capacity()) {
+            if smallest.capacity() < buffer.capacity() {
+                *smallest = buffer;
+            }
+        }
+    }
+}
+
+/// An operand as f32: the FP32 data itself, or FP16 data widened into a scratch buffer.
+pub struct F32View<'a>(View<'a>);
+
+enum View<'a> {
+    Borrowed(&'a [f32]),
+    Widened(Scratch, usize),
+}
+
+impl Deref for F32View<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match &self.0 {
+            View::Borrowed(v) => v,
+            View::Widened(s, len) => &s.0[..*len],
+        }
+    }
+}
+
+/// The data as f32: borrowed for F32, widened (exactly, in parallel) for F16.
+pub fn as_f32(data: &HostData) -> F32View<'_> {
+    match data {
+        HostData::F32(v) => F32View(View::Borrowed(v)),
+        HostData::F16(v) => {
+            let mut scratch = Scratch::take(v.len());
+            if scratch.0.len() >= v.len() {
+                scratch
+                    .values(v.len())
+                    .par_chunks_mut(CONVERT_CHUNK)
+                    .zip(v.par_chunks(CONVERT_CHUNK))
+                    .for_each(|(d, s)| simd::f16_to_f32(s, d));
+            } else {
+                // Never-initialised capacity: write it without zeroing it first.
+                scratch.0.clear();
+                scratch.0.spare_capacity_mut()[..v.len()]
+                    .par_chunks_mut(CONVERT_CHUNK)
+                    .zip(v.par_chunks(CONVERT_CHUNK))
+                    .for_each(|(d, s)| simd::f16_to_f32_uninit(s, d));
+                // SAFETY: the chunks above cover the first `v.len()` elements (capacity ≥
+                // v.len() by `take`), and `f16_to_f32_uninit` writes every element it is given.
+                unsafe { scratch.0.set_len(v.len()) };
+            }
+            F32View(View::Widened(scratch, v.len()))
+        }
+    }
+}
+
+/// Runs `f` on an f32 view of `y`, which `f` must write in full: directly for F32, through a
+/// scratch buffer rounded once (in parallel) into F16 storage.
+pub fn write_f32(y: &mut HostData, f: impl FnOnce(&mut [f32])) {
+    match y {
+        HostData::F32(y) => f(y),
+        HostData::F16(y) => {
+            let mut scratch = Scratch::take(y.len());
+            let values = scratch.values(y.len());
+            f(values);
+            values
+                .par_chunks(CONVERT_CHUNK)
+                .zip(y.par_chunks_mut(CONVERT_CHUNK))
+                .for_each(|(s, d)| simd::f32_to_f16(s, d));
+        }
+    }
+}
