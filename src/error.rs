@@ -128,7 +128,7 @@ pub fn bytes(n: u64) -> String {
         scale *= 1024;
         unit += 1;
     }
-    if n % scale == 0 {
+    if n.is_multiple_of(scale) {
         format!("{} {}", n / scale, UNITS[unit])
     } else {
         format!("{:.2} {} ({n} bytes)", n as f64 / scale as f64, UNITS[unit])

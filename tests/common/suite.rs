@@ -47,7 +47,7 @@ pub fn gemm_matches_reference<B: Backend>(backend: &B) {
                     beta: rng.random_range(-1.5..1.5),
                     trans_a,
                     trans_b,
-                    relu: case % 5 == 0,
+                    relu: case.is_multiple_of(5),
                 };
                 let a_shape = if trans_a { [k, m] } else { [m, k] };
                 let b_shape = if trans_b { [n, k] } else { [k, n] };

@@ -56,7 +56,7 @@ pub fn batch_norm(
         return Vec::new();
     }
     let width = 16 / plan.dtype.size(); // elements per 16-byte vector
-    let aligned = x % 16 == 0 && y % 16 == 0;
+    let aligned = x.is_multiple_of(16) && y.is_multiple_of(16);
     let [scale, bias, mean, var] = params;
     let mut args = BatchNormParams {
         x,
@@ -190,7 +190,9 @@ mod tests {
                     let v = if x % 16 == 0 { 16 / dtype.size() } else { 1 };
                     assert_eq!(p.vec, (v > 1) as i32);
                     let threads = l.block[0] as usize;
-                    assert!(threads % 32 == 0 && threads <= BLOCK as usize && threads >= v);
+                    assert!(
+                        threads.is_multiple_of(32) && threads <= BLOCK as usize && threads >= v
+                    );
                     // Every vector of a plane has a (chunk, thread, item); no chunk is wasted.
                     let per_chunk = threads * PLANE_ITEMS * v;
                     assert!(p.chunks as usize * per_chunk >= inner);

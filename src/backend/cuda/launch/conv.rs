@@ -194,7 +194,7 @@ pub fn direct_input(plan: &ConvPlan) -> bool {
         && plan.stride == [1, 1]
         && plan.pad == [0, 0]
         && (plan.p, plan.q) == (plan.h, plan.w)
-        && (plan.p * plan.q) % 8 == 0
+        && (plan.p * plan.q).is_multiple_of(8)
 }
 
 /// `v` as a kernel `int`.
@@ -250,8 +250,8 @@ pub fn conv(plan: &ConvPlan, arch: Arch, x: Ptr, w: Ptr, bias: Option<Ptr>, y: P
         pad_h: int(plan.pad[0], "pad"),
         pad_w: int(plan.pad[1], "pad"),
         relu: plan.relu as i32,
-        a_async: (plan.dtype == DType::F16 && direct_input(plan) && x % 16 == 0) as i32,
-        b_async: (plan.dtype == DType::F16 && kdim % 8 == 0 && w % 16 == 0) as i32,
+        a_async: (plan.dtype == DType::F16 && direct_input(plan) && x.is_multiple_of(16)) as i32,
+        b_async: (plan.dtype == DType::F16 && kdim % 8 == 0 && w.is_multiple_of(16)) as i32,
         tiles: int(tiles, "depthwise tiles per plane"),
     };
     // Images per launch, so that each launch's M (or depthwise blocks) fits an i32.

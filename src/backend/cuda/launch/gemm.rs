@@ -144,8 +144,8 @@ fn runs(
     };
     let vec = unit == 1
         && other % run == 0
-        && batch.iter().all(|d| batch_stride(d) % run == 0)
-        && ptr % 16 == 0;
+        && batch.iter().all(|d| batch_stride(d).is_multiple_of(run))
+        && ptr.is_multiple_of(16);
     (along_k, vec)
 }
 
@@ -154,14 +154,14 @@ fn runs(
 /// other stride and batch stride a multiple of 8 elements, and both bases 16-byte aligned.
 fn f16_kernel(plan: &GemmPlan, batch: &[BatchDim], a: Ptr, b: Ptr) -> Kernel {
     let aligned = plan.a.col == 1
-        && plan.a.row % 8 == 0
-        && plan.k % 8 == 0
+        && plan.a.row.is_multiple_of(8)
+        && plan.k.is_multiple_of(8)
         && batch.iter().all(|d| d.a % 8 == 0 && d.b % 8 == 0)
-        && a % 16 == 0
-        && b % 16 == 0;
-    if aligned && plan.b.col == 1 && plan.b.row % 8 == 0 && plan.n % 8 == 0 {
+        && a.is_multiple_of(16)
+        && b.is_multiple_of(16);
+    if aligned && plan.b.col == 1 && plan.b.row.is_multiple_of(8) && plan.n.is_multiple_of(8) {
         Kernel::Tc
-    } else if aligned && plan.b.row == 1 && plan.b.col % 8 == 0 {
+    } else if aligned && plan.b.row == 1 && plan.b.col.is_multiple_of(8) {
         Kernel::TcNt
     } else {
         Kernel::TcGather

@@ -49,7 +49,7 @@ pub fn softmax(plan: &SoftmaxPlan, arch: Arch, x: Ptr, y: Ptr) -> Vec<Launch> {
         return Vec::new();
     }
     let width = 16 / plan.dtype.size(); // elements per 16-byte vector
-    let aligned = x % 16 == 0 && y % 16 == 0;
+    let aligned = x.is_multiple_of(16) && y.is_multiple_of(16);
     let mut args = SoftmaxParams {
         x,
         y,
