@@ -9,7 +9,9 @@ use std::ops::Range;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::simd::multiversion;
+use half::f16;
+
+use super::simd::{self, multiversion};
 use super::Disjoint;
 use crate::ops::{GemmPlan, MatLayout};
 
@@ -22,6 +24,12 @@ const MIN_BLOCK_ROWS: usize = 16;
 
 /// Fewest matrix rows per part when a GEMV's sum over K is split across threads.
 const MIN_GEMV_ROWS: usize = 64;
+
+/// Most rows of A for which an FP16 B is widened panel by panel (see [`gemm_f16_b`]).
+const PANEL_MAX_ROWS: usize = 128;
+
+/// Target size of one widened panel of B.
+const PANEL_BYTES: usize = 512 << 10;
 
 /// Column blocks are multiples of this many columns (one AVX-512 vector).
 const COLUMN_ALIGN: usize = 16;
@@ -46,7 +54,13 @@ pub fn gemm_f32(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mu
         let out = Disjoint::new(y);
         // SAFETY: `out` is this matrix's m×n output, exclusively borrowed here, and the blocks
         // of `split` are disjoint rectangles of it, one per call.
-        let run = |block: Block| unsafe { product(plan, a, b, c, out, block) };
+        let run = |block: Block| {
+            let b = Columns {
+                at: &b[block.cols.start * plan.b.col..],
+                layout: plan.b,
+            };
+            unsafe { product(plan, a, b, c, out, block) }
+        };
         let mut blocks = split(plan.m, plan.n, parts);
         if blocks.len() == 1 {
             run(blocks.remove(0));
@@ -102,6 +116,14 @@ fn split(m: usize, n: usize, parts: usize) -> Vec<Block> {
     }
 }
 
+/// The columns of B a block multiplies, from its first one: `at[kk·layout.row + jj·layout.col]`
+/// is `B[kk, c0 + jj]`.
+#[derive(Clone, Copy)]
+struct Columns<'a> {
+    at: &'a [f32],
+    layout: MatLayout,
+}
+
 /// One block of one output matrix on the calling thread: `y = relu?(alpha·A·B + beta·C)`.
 ///
 /// # Safety
@@ -110,7 +132,7 @@ fn split(m: usize, n: usize, parts: usize) -> Vec<Block> {
 unsafe fn product(
     plan: &GemmPlan,
     a: &[f32],
-    b: &[f32],
+    b: Columns,
     c: Option<&[f32]>,
     out: Disjoint,
     block: Block,
@@ -139,11 +161,11 @@ unsafe fn product(
         }
     } else {
         debug_assert!(a.len() > (plan.m - 1) * plan.a.row + (k - 1) * plan.a.col);
-        debug_assert!(b.len() > (k - 1) * plan.b.row + (n - 1) * plan.b.col);
+        debug_assert!(b.at.len() > (k - 1) * b.layout.row + (width - 1) * b.layout.col);
         // SAFETY: the plan was validated against the operand shapes, so every index
-        // `i·row + j·col` of A (m×k), B (k×n) and Y (m×n, row stride n) lies inside its slice
-        // (checked above in debug builds); the block's part of `y` is ours alone and aliases
-        // neither A nor B.
+        // `i·row + j·col` of A (m×k), of the block's columns of B (k×width) and of Y (m×n, row
+        // stride n) lies inside its slice (checked above in debug builds); the block's part of
+        // `y` is ours alone and aliases neither A nor B.
         unsafe {
             gemm::gemm(
                 block.rows.len(),
@@ -156,9 +178,9 @@ unsafe fn product(
                 a.as_ptr().add(r0 * plan.a.row),
                 plan.a.col as isize,
                 plan.a.row as isize,
-                b.as_ptr().add(c0 * plan.b.col),
-                plan.b.col as isize,
-                plan.b.row as isize,
+                b.at.as_ptr(),
+                b.layout.col as isize,
+                b.layout.row as isize,
                 1.0,
                 plan.alpha,
                 false,
@@ -170,6 +192,65 @@ unsafe fn product(
     }
     if plan.relu {
         block.rows.for_each(|i| relu(row(i)));
+    }
+}
+
+/// Whether an FP16 GEMM should widen B panel by panel ([`gemm_f16_b`]): a single matrix with
+/// few rows, whose B is read too few times to pay for widening it whole first.
+pub fn widens_b_in_panels(plan: &GemmPlan) -> bool {
+    plan.batch() == 1
+        && (2..=PANEL_MAX_ROWS).contains(&plan.m)
+        && plan.n > 1
+        && plan.k > 0
+        && (plan.b.col == 1 || plan.b.row == 1)
+}
+
+/// [`gemm_f32`] with B in FP16, for plans where [`widens_b_in_panels`]: each task widens a
+/// panel of B's columns (about [`PANEL_BYTES`], so it stays in L2) and multiplies it at once.
+pub fn gemm_f16_b(plan: &GemmPlan, a: &[f32], b: &[f16], c: Option<&[f32]>, y: &mut [f32]) {
+    debug_assert!(widens_b_in_panels(plan));
+    let (n, k) = (plan.n, plan.k);
+    let width = (PANEL_BYTES / (4 * k)).next_multiple_of(COLUMN_ALIGN).min(
+        n.div_ceil(rayon::current_num_threads())
+            .next_multiple_of(COLUMN_ALIGN),
+    );
+    let out = Disjoint::new(y);
+    (0..n)
+        .into_par_iter()
+        .step_by(width)
+        .for_each_init(Vec::new, |panel, j0| {
+            let cols = j0..(j0 + width).min(n);
+            let layout = widen_panel(plan, b, cols.clone(), panel);
+            let b = Columns { at: panel, layout };
+            let block = Block {
+                rows: 0..plan.m,
+                cols,
+            };
+            // SAFETY: `out` is the m×n output, exclusively borrowed, and the column panels
+            // are disjoint.
+            unsafe { product(plan, a, b, c, out, block) };
+        });
+}
+
+/// Widens columns `cols` of B into `panel` (k×width), row-major when B's rows are contiguous,
+/// column-major when its columns are; returns the panel's layout.
+fn widen_panel(plan: &GemmPlan, b: &[f16], cols: Range<usize>, panel: &mut Vec<f32>) -> MatLayout {
+    let (k, width, l) = (plan.k, cols.len(), plan.b);
+    panel.resize(k * width, 0.0);
+    if l.col == 1 {
+        for (kk, dst) in panel.chunks_exact_mut(width).enumerate() {
+            simd::f16_to_f32(&b[kk * l.row + cols.start..][..width], dst);
+        }
+        MatLayout { row: width, col: 1 }
+    } else {
+        debug_assert_eq!(
+            l.row, 1,
+            "`widens_b_in_panels` takes contiguous rows or columns"
+        );
+        for (j, dst) in cols.zip(panel.chunks_exact_mut(k)) {
+            simd::f16_to_f32(&b[j * l.col..][..k], dst);
+        }
+        MatLayout { row: 1, col: k }
     }
 }
 

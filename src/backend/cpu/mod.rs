@@ -133,8 +133,16 @@ impl Backend for CpuBackend {
         y: &mut HostData,
     ) -> Result<()> {
         self.run(|| {
-            let (a, b, c) = (as_f32(a), as_f32(b), c.map(as_f32));
-            write_f32(y, |y| gemm::gemm_f32(plan, &a, &b, c.as_deref(), y));
+            let (a, c) = (as_f32(a), c.map(as_f32));
+            match b {
+                HostData::F16(b) if gemm::widens_b_in_panels(plan) => {
+                    write_f32(y, |y| gemm::gemm_f16_b(plan, &a, b, c.as_deref(), y));
+                }
+                _ => {
+                    let b = as_f32(b);
+                    write_f32(y, |y| gemm::gemm_f32(plan, &a, &b, c.as_deref(), y));
+                }
+            }
         });
         Ok(())
     }
