@@ -148,26 +148,13 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
             // inside y (asserted above) and written by this call only; it aliases neither
             // operand.
             unsafe {
-                gemm::gemm(
-                    kr,
-                    cols,
-                    crs,
+                weights_times_col(
+                    (kr, cols, crs),
                     out.ptr().add(y0),
-                    1,
-                    pq as isize,
-                    false,
-                    wg.as_ptr(),
-                    1,
-                    crs as isize,
-                    unfolded.as_ptr(),
-                    1,
-                    row_stride as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
+                    pq,
+                    wg,
+                    unfolded,
+                    row_stride,
                 );
             }
             for kk in 0..kr {
@@ -225,26 +212,13 @@ fn stacked(plan: &ConvPlan, x: &[f32], hw: usize, w: &[f32], bias: Option<&[f32]
             // SAFETY: wg is kg×crs row-major, col is crs×width row-major and product kg×width
             // row-major, all distinct allocations.
             unsafe {
-                gemm::gemm(
-                    kg,
-                    width,
-                    crs,
+                weights_times_col(
+                    (kg, width, crs),
                     product.as_mut_ptr(),
-                    1,
-                    width as isize,
-                    false,
-                    wg.as_ptr(),
-                    1,
-                    crs as isize,
-                    col.as_ptr(),
-                    1,
-                    width as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
+                    width,
+                    wg,
+                    col,
+                    width,
                 );
             }
             for (slot, ni) in images.enumerate() {
@@ -258,6 +232,49 @@ fn stacked(plan: &ConvPlan, x: &[f32], hw: usize, w: &[f32], bias: Option<&[f32]
             }
         },
     );
+}
+
+/// `dst = W · col` on the calling thread, for `(rows, cols, crs)`: W is `rows×crs` row-major,
+/// `col` holds `crs` rows of `cols` values `col_stride` apart, and `dst` gets `rows` rows of
+/// `cols` values `dst_stride` apart.
+///
+/// # Safety
+/// `dst` must be valid for those writes, and no other thread may access them during the call;
+/// it aliases neither operand. The slices must hold the extents above.
+unsafe fn weights_times_col(
+    (rows, cols, crs): (usize, usize, usize),
+    dst: *mut f32,
+    dst_stride: usize,
+    w: &[f32],
+    col: &[f32],
+    col_stride: usize,
+) {
+    debug_assert!(w.len() >= rows * crs);
+    debug_assert!(crs == 0 || col.len() >= (crs - 1) * col_stride + cols);
+    // SAFETY: the caller's contract; `gemm` reads only inside the extents checked above.
+    unsafe {
+        gemm::gemm(
+            rows,
+            cols,
+            crs,
+            dst,
+            1,
+            dst_stride as isize,
+            false,
+            w.as_ptr(),
+            1,
+            crs as isize,
+            col.as_ptr(),
+            1,
+            col_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
 }
 
 /// The input with every row split into its column phases, for a convolution of column stride
