@@ -1,8 +1,9 @@
 //! CPU GEMM in FP32: batched and strided (transposes cost nothing), with the C broadcast and
 //! ReLU epilogue applied around the core product. Each output matrix is cut into one block of
-//! rows (or columns, when it is wider than tall) per thread, and each block is one
-//! single-threaded product: the `gemm` crate's kernels, or a vectorised GEMV when the output is
-//! a single row or column.
+//! rows per thread (of columns when it has too few rows), and each block is one
+//! single-threaded product on the `gemm` crate's kernels. Outputs with a single row or column
+//! take a vectorised GEMV instead. FP16 GEMMs with few rows widen B one L2-sized panel of
+//! columns at a time, just before multiplying it (`gemm_f16_b`).
 
 use std::ops::Range;
 
