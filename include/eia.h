@@ -173,7 +173,8 @@ typedef uint32_t eia_dtype_t;
 // A configuration (tier TOML, certificate) is malformed.
 #define EIA_ERR_CONFIG 8
 
-// An allocation or resize would exceed the accelerator's memory quota.
+// An allocation or resize would exceed the accelerator's memory quota or its limit on live
+// tensors.
 #define EIA_ERR_MEMORY_QUOTA 9
 
 // Attaching or resizing would exceed what the device can deliver.

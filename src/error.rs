@@ -87,6 +87,10 @@ pub enum Error {
         quota: u64,
     },
 
+    /// An allocation would take an accelerator past its limit on live tensors.
+    #[error("accelerator {accelerator}: it holds {limit} tensors, the most one accelerator may hold; free tensors first")]
+    TensorLimit { accelerator: u64, limit: usize },
+
     /// A resize to a tier whose memory is smaller than what the accelerator holds.
     #[error("accelerator {accelerator}: cannot resize to {tier}: {} in use exceeds its {} quota; free tensors first", bytes(*used), bytes(*quota))]
     ResizeBelowUsage {

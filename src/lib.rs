@@ -28,7 +28,7 @@
 //! - [`ffi`] — the C ABI (`include/eia.h`): the same product for C, Python and other runtimes.
 //! - [`demo`] — `eia demo`: an embedded server, a client and a small CNN, end to end.
 //! - [`tensor`], [`dtype`] — tensors, descriptors, host data, element types.
-//! - [`error`] — the one typed [`Error`].
+//! - [`error`] — the one typed [`Error`]; [`sync`] — poison-tolerant locks.
 //! - [`workload`] — named inference shapes shared by `eia run`, the benches and the peer script.
 
 pub mod accelerator;
@@ -39,6 +39,7 @@ pub mod error;
 pub mod ffi;
 pub mod ops;
 pub mod rpc;
+pub mod sync;
 pub mod tensor;
 pub mod workload;
 

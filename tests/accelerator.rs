@@ -4,7 +4,7 @@
 
 mod common;
 
-use eia::accelerator::{Capacity, Device, DeviceConfig, Tier, Tiers};
+use eia::accelerator::{Capacity, Device, DeviceConfig, Tier, Tiers, MIN_TENSOR_CHARGE};
 use eia::ops::{Gemm, Softmax};
 use eia::{Backend, CpuBackend, DType, Error, HostTensor};
 
@@ -94,7 +94,8 @@ fn use_after_detach_and_double_detach_are_errors() {
     let acc = device.attach("huge").unwrap();
     let x = acc.upload(&host(&[4, 8], 0.1)).unwrap();
     let y = acc.softmax(&Softmax::default(), &x).unwrap();
-    assert_eq!(device.memory_in_use(), 2 * 4 * 8 * 4);
+    // Two 128-byte tensors, each charged the minimum.
+    assert_eq!(device.memory_in_use(), 2 * MIN_TENSOR_CHARGE);
     let usage = acc.detach().unwrap();
     assert_eq!((usage.ops, usage.memory_used), (1, 0));
     assert_eq!(
@@ -197,9 +198,16 @@ fn admission_refuses_beyond_capacity_unless_overcommitted() {
     second.resize("huge").unwrap();
     drop(small);
 
+    // Overcommit shares compute (2 × 90 of 100 TFLOPS), never memory (a third 512 MiB tier
+    // does not fit in 1 GiB).
     let loose = device(true);
-    let many: Vec<_> = (0..5).map(|_| loose.attach("huge").unwrap()).collect();
-    assert_eq!(loose.attached().len(), many.len());
+    let two: Vec<_> = (0..2).map(|_| loose.attach("huge").unwrap()).collect();
+    assert_eq!(loose.attached().len(), two.len());
+    let e = loose.attach("huge").err().unwrap();
+    assert!(
+        matches!(&e, Error::Capacity(m) if m.contains("memory") && !m.contains("FP32")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -302,6 +302,13 @@ fn meta_bytes(m: &proto::TensorMeta) -> Option<usize> {
     convert::desc(Some(m)).ok().map(|d| d.bytes())
 }
 
+/// What a tensor of `m` is charged against the quota (at least the per-tensor minimum).
+fn meta_charge(m: &proto::TensorMeta) -> Option<usize> {
+    convert::desc(Some(m))
+        .ok()
+        .map(|d| eia::accelerator::charge(&d) as usize)
+}
+
 /// A handle: one of the case's (by index), an arbitrary number, or (in programs) a member of
 /// the conv family or of a same-shape pair.
 #[derive(Debug, Clone)]
@@ -634,7 +641,7 @@ fn alloc_free_download_with_arbitrary_meta_and_handles() {
                 .into_inner()
                 .usage
                 .unwrap();
-            let held: usize = metas.iter().filter_map(meta_bytes).sum();
+            let held: usize = metas.iter().filter_map(meta_charge).sum();
             prop_assert_eq!(u.memory_used, if pool.is_empty() { 0 } else { held as u64 });
             for h in &downloads {
                 let tensor = resolve(h, &pool);
@@ -801,7 +808,10 @@ fn uploads_with_wrong_totals_headers_and_meta() {
                         back
                     });
                     prop_assert_eq!(back, data);
-                    prop_assert_eq!(usage.memory_used, n as u64);
+                    prop_assert_eq!(
+                        usage.memory_used,
+                        (n as u64).max(eia::accelerator::MIN_TENSOR_CHARGE)
+                    );
                 }
                 Err(s) => {
                     // A refused upload leaves nothing behind.

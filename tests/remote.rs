@@ -177,7 +177,8 @@ fn tokens_are_checked_and_scoped() {
             .insert("authorization", "Bearer bob-secret".parse().unwrap());
         c.usage(req).await.unwrap_err()
     });
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    // Another token's accelerator is indistinguishable from one that does not exist.
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
 }
 
 /// A server whose device holds exactly one "small" accelerator (1 MiB), so a second attach
@@ -553,7 +554,7 @@ fn metrics_endpoint_reports_each_accelerator() {
     for line in [
         format!("eia_accelerator_ops_total{{accelerator=\"{id}\",owner=\"anonymous\",tier=\"big\"}} 1"),
         format!("eia_accelerator_flops_total{{accelerator=\"{id}\",dtype=\"FP32\",owner=\"anonymous\",tier=\"big\"}} 160"),
-        format!("eia_accelerator_memory_bytes{{accelerator=\"{id}\",owner=\"anonymous\",tier=\"big\"}} 256"),
+        format!("eia_accelerator_memory_bytes{{accelerator=\"{id}\",owner=\"anonymous\",tier=\"big\"}} 1024"), // two tensors at the minimum charge
         "eia_accelerators_attached 1".to_string(),
     ] {
         assert!(text.contains(&line), "missing {line:?} in\n{text}");

@@ -1,19 +1,27 @@
 //! A device sliced into virtual accelerators: its capacity (configured, or measured by a short
 //! calibration), the tiers it offers, and admission — attaching or resizing beyond capacity
-//! (the sum of attached tier rates per precision, the sum of their memory) is refused unless
-//! overcommit is configured.
+//! (the sum of attached tier rates per precision, the sum of their memory) is refused; overcommit
+//! lifts the compute check, never the memory one.
+//!
+//! The device also holds what must outlive one accelerator: each owner's meter debt (an
+//! accelerator detached in debt passes it to the owner's next one, so detaching never forgives
+//! it) and the fair queue that shares the device between contending accelerators in proportion
+//! to their tiers' rates ([`super::fair`]). Accelerator ids are random and never 0, so they
+//! cannot be guessed and a restarted server does not hand out the ids it handed out before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::fair::FairQueue;
 use super::meter::DEFAULT_BURST;
 use super::{Accelerator, Tier, Tiers};
 use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::{bytes, Error, Result};
 use crate::ops::Gemm;
+use crate::sync::lock;
 use crate::tensor::HostTensor;
 
 /// What a device can deliver: compute per precision and memory.
@@ -75,6 +83,9 @@ pub struct DeviceConfig {
     pub overcommit: bool,
     /// Each accelerator's meter burst (see [`super::meter`]).
     pub burst: Duration,
+    /// The most tensors one accelerator may hold at once (each is also charged at least
+    /// [`super::slice::MIN_TENSOR_CHARGE`] bytes of its quota).
+    pub max_tensors: usize,
 }
 
 impl Default for DeviceConfig {
@@ -84,6 +95,7 @@ impl Default for DeviceConfig {
             capacity: None,
             overcommit: false,
             burst: DEFAULT_BURST,
+            max_tensors: 65_536,
         }
     }
 }
@@ -109,8 +121,14 @@ pub(super) struct DeviceInner<B: Backend> {
     /// state.
     pub(super) attached: Mutex<BTreeMap<u64, Tier>>,
     pub(super) memory_in_use: AtomicU64,
-    next_id: AtomicU64,
+    /// Per owner, when the debt of its detached accelerators is paid (entries in the past are
+    /// dropped when read).
+    owed: Mutex<HashMap<String, Instant>>,
+    pub(super) fair: FairQueue,
 }
+
+/// The owner of accelerators attached through the local API ([`Device::attach`]).
+pub const LOCAL_OWNER: &str = "local";
 
 impl<B: Backend + Clone + 'static> Device<B> {
     /// Slices `backend` as `config` says (measuring its capacity if none is given).
@@ -126,7 +144,8 @@ impl<B: Backend + Clone + 'static> Device<B> {
                 capacity,
                 attached: Mutex::new(BTreeMap::new()),
                 memory_in_use: AtomicU64::new(0),
-                next_id: AtomicU64::new(1),
+                owed: Mutex::new(HashMap::new()),
+                fair: FairQueue::default(),
             }),
         })
     }
@@ -137,12 +156,25 @@ impl<B: Backend + Clone + 'static> Device<B> {
         self.attach_tier(tier)
     }
 
-    /// Attaches an accelerator of `tier` (which need not be one of the device's named tiers).
+    /// Attaches an accelerator of `tier` (which need not be one of the device's named tiers)
+    /// for the local owner.
     pub fn attach_tier(&self, tier: Tier) -> Result<Accelerator<B>> {
+        self.attach_for(LOCAL_OWNER, tier)
+    }
+
+    /// Attaches an accelerator of `tier` for `owner` (a server passes the token's name): its
+    /// meter starts empty, or in the debt `owner`'s detached accelerators left unpaid.
+    pub fn attach_for(&self, owner: &str, tier: Tier) -> Result<Accelerator<B>> {
         let mut attached = self.inner.lock_attached();
         self.inner.admit(&attached, None, &tier)?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let accelerator = Accelerator::new(self.clone(), id, tier.clone())?;
+        let id = loop {
+            let id: u64 = rand::random();
+            if id != 0 && !attached.contains_key(&id) {
+                break id;
+            }
+        };
+        let meter_empty_at = self.inner.owed_until(owner);
+        let accelerator = Accelerator::new(self.clone(), id, owner, tier.clone(), meter_empty_at)?;
         attached.insert(id, tier);
         Ok(accelerator)
     }
@@ -176,7 +208,26 @@ impl<B: Backend + Clone + 'static> Device<B> {
 
 impl<B: Backend> DeviceInner<B> {
     pub(super) fn lock_attached(&self) -> MutexGuard<'_, BTreeMap<u64, Tier>> {
-        self.attached.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.attached)
+    }
+
+    /// When `owner`'s unpaid meter debt is paid: now if it owes nothing.
+    fn owed_until(&self, owner: &str) -> Instant {
+        let now = Instant::now();
+        let mut owed = lock(&self.owed);
+        owed.retain(|_, until| *until > now);
+        owed.get(owner).copied().unwrap_or(now).max(now)
+    }
+
+    /// Records what a detaching accelerator of `owner` leaves: its meter empties at
+    /// `meter_empty_at`, which the owner's next accelerator inherits while it is in the future.
+    pub(super) fn settle(&self, id: u64, owner: &str, meter_empty_at: Instant) {
+        self.fair.forget(id);
+        if meter_empty_at > Instant::now() {
+            let mut owed = lock(&self.owed);
+            let until = owed.entry(owner.to_string()).or_insert(meter_empty_at);
+            *until = (*until).max(meter_empty_at);
+        }
     }
 
     /// Checks that `tier` fits beside the attached accelerators (other than `replacing`).
@@ -186,16 +237,20 @@ impl<B: Backend> DeviceInner<B> {
         replacing: Option<u64>,
         tier: &Tier,
     ) -> Result<()> {
-        if self.config.overcommit {
-            return Ok(());
-        }
         let others = attached
             .iter()
             .filter(|(id, _)| Some(**id) != replacing)
             .map(|(_, t)| t);
         let cap = &self.capacity;
         let mut over = Vec::new();
-        for dtype in DType::ALL {
+        // Overcommit shares compute (the fair queue divides it by tier rate); memory is never
+        // overcommitted.
+        let compute = if self.config.overcommit {
+            &[][..]
+        } else {
+            &DType::ALL[..]
+        };
+        for &dtype in compute {
             let used = others.clone().fold(0.0, |sum, t| sum + t.tflops(dtype));
             if used + tier.tflops(dtype) > cap.tflops(dtype) * (1.0 + 1e-9) {
                 over.push(format!(
@@ -218,7 +273,7 @@ impl<B: Backend> DeviceInner<B> {
             return Ok(());
         }
         Err(Error::Capacity(format!(
-            "{} ({} attached) does not fit on {}: {}; detach an accelerator, choose a smaller tier, or configure overcommit (`eia run --overcommit`)",
+            "{} ({} attached) does not fit on {}: {}; detach an accelerator, choose a smaller tier, or (for compute only) configure overcommit (`eia run --overcommit`)",
             tier.name(),
             attached.len(),
             self.backend.name(),

@@ -3,20 +3,25 @@
 //!
 //! An op's cost is its exact FLOP count divided by the tier's rate for its precision, in
 //! seconds. The bucket refills at one accelerator-second per second and holds at most `burst`
-//! seconds; it starts full. An op of cost `c` starts once the bucket holds `min(c, burst)`
-//! seconds and is then charged `c` — so an op larger than the burst waits for a full bucket and
-//! leaves it in debt, which the following ops wait out (no op ever waits forever).
+//! seconds. A new bucket starts *empty* at a given instant — now, or later when its owner still
+//! owes debt from an accelerator it detached (see [`super::Device`]) — so attaching afresh never
+//! buys a free burst and detaching never forgives debt. An op of cost `c` starts once the
+//! bucket holds `min(c, burst)` seconds and is then charged `c` — so an op larger than the
+//! burst waits for a full bucket and leaves it in debt, which the following ops wait out (no op
+//! ever waits forever).
 //!
 //! Bound (the documented burst): over any window of `W` seconds, the ops started in it cost at
 //! most `W + max(burst, largest op cost)` accelerator-seconds; a client that keeps the meter busy
-//! gets exactly `W` (its tier's rate) once the initial burst is spent. Because tokens are
-//! seconds, not FLOPs, a resize changes the rate without touching the balance.
+//! gets exactly `W` (its tier's rate). Because tokens are seconds, not FLOPs, a resize changes
+//! the rate without touching the balance.
 //!
 //! Waiting sleeps the calling thread (it never spins), and sleeping too long costs nothing: the
 //! bucket keeps refilling while the thread oversleeps, up to `burst`.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::sync::lock;
 
 /// The default burst: 20 ms of accelerator time (2% of a one-second window).
 pub const DEFAULT_BURST: Duration = Duration::from_millis(20);
@@ -32,14 +37,21 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// A full meter with the given burst.
-    pub fn new(burst: Duration) -> Meter {
-        let burst = burst.as_secs_f64();
+    /// A meter with the given burst whose bucket is empty at `empty_at` (if that is later than
+    /// now, the meter starts in debt until then) and refills from there.
+    pub fn new(burst: Duration, empty_at: Instant) -> Meter {
+        let epoch = Instant::now();
         Meter {
-            epoch: Instant::now(),
-            burst,
-            empty_at: Mutex::new(-burst),
+            epoch,
+            burst: burst.as_secs_f64(),
+            empty_at: Mutex::new(empty_at.saturating_duration_since(epoch).as_secs_f64()),
         }
+    }
+
+    /// The instant at which the bucket is (or was, or will be once its debt is waited out)
+    /// empty; never earlier than the meter's creation.
+    pub fn empty_at(&self) -> Instant {
+        self.epoch + Duration::from_secs_f64(lock(&self.empty_at).max(0.0))
     }
 
     /// The burst in seconds.
@@ -71,13 +83,13 @@ impl Meter {
     /// The balance now in accelerator-seconds (negative: debt still to wait out).
     pub fn balance(&self) -> f64 {
         let now = self.epoch.elapsed().as_secs_f64();
-        let empty_at = *self.empty_at.lock().unwrap_or_else(|e| e.into_inner());
+        let empty_at = *lock(&self.empty_at);
         (now - empty_at).min(self.burst)
     }
 
     /// The pure bucket step at time `now` (seconds since the epoch): returns the start time.
     fn reserve_at(&self, cost: f64, now: f64) -> f64 {
-        let mut empty_at = self.empty_at.lock().unwrap_or_else(|e| e.into_inner());
+        let mut empty_at = lock(&self.empty_at);
         let start = now.max(*empty_at + cost.min(self.burst));
         *empty_at = empty_at.max(start - self.burst) + cost;
         start
@@ -88,8 +100,24 @@ impl Meter {
 mod tests {
     use super::*;
 
+    /// A meter whose bucket is full at t = 0 (the pure steps below start from there).
     fn meter(burst: f64) -> Meter {
-        Meter::new(Duration::from_secs_f64(burst))
+        let m = Meter::new(Duration::from_secs_f64(burst), Instant::now());
+        *lock(&m.empty_at) = -burst;
+        m
+    }
+
+    #[test]
+    fn a_new_meter_starts_empty_or_in_debt() {
+        let m = Meter::new(Duration::from_millis(20), Instant::now());
+        assert!(m.balance().abs() < 0.005, "{}", m.balance());
+        let owed = Meter::new(
+            Duration::from_millis(20),
+            Instant::now() + Duration::from_secs(2),
+        );
+        assert!((owed.balance() + 2.0).abs() < 0.01, "{}", owed.balance());
+        // The first op waits for min(cost, burst) of refill: no free burst on attach.
+        assert!((m.reserve_at(0.005, 0.0) - 0.005).abs() < 1e-3);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`slice`] — one [`Accelerator`]: its own memory (quota = the tier's memory), meter and
 //!   backend queue; a [`crate::Backend`] itself, so every op runs on it.
 //! - [`meter`] — the token bucket that paces ops at the tier's rate, per precision.
+//! - [`fair`] — the queue that shares a contended device between accelerators by tier rate.
 //! - [`usage`] — what an accelerator did, and whether the meter held it back.
 //!
 //! ```
@@ -25,13 +26,14 @@
 //! ```
 
 pub mod device;
+pub mod fair;
 pub mod meter;
 pub mod slice;
 pub mod tier;
 pub mod usage;
 
-pub use device::{Capacity, Device, DeviceConfig};
+pub use device::{Capacity, Device, DeviceConfig, LOCAL_OWNER};
 pub use meter::Meter;
-pub use slice::{Accelerator, Buffer};
+pub use slice::{charge, Accelerator, Buffer, Reservation, MIN_TENSOR_CHARGE};
 pub use tier::{Tier, Tiers};
 pub use usage::Usage;

@@ -1,17 +1,29 @@
 //! One virtual accelerator: a slice of a device with its own tier, meter, memory and backend
 //! queue. It is a [`Backend`] itself, so every op runs on it unchanged; each launch follows the
 //! product's flow — validate (the op's plan), check the tensors are live and its own, charge the
-//! meter and wait, launch on the device, record usage.
+//! meter and wait, take the device's fair-queue turn, launch on the device, record usage.
 //!
 //! Tensors on an accelerator are [`Buffer`] handles: the accelerator holds their storage, so
 //! detaching frees everything at once, and a handle used after detach (or on another
 //! accelerator) is a typed error rather than a dangling pointer. Dropping a handle frees its
 //! storage and its share of the quota.
+//!
+//! Locking: the accelerator's state (tier, handle table, counters) is locked only for
+//! bookkeeping, never while an op waits on the meter, computes or copies. Each tensor's storage
+//! has a lock of its own that the op, upload or download using it holds — so usage, metrics,
+//! frees and detach never wait for an op, and nothing of one accelerator waits for another's.
+//! A panic inside a backend launch is caught: the op fails with a backend error, the output
+//! stays allocated and charged like any tensor, and the accelerator stays usable.
+//!
+//! Memory: every tensor is charged its bytes, at least [`MIN_TENSOR_CHARGE`], against the
+//! tier's quota *before* its storage exists ([`Accelerator::reserve`]), and the number of live
+//! tensors is limited ([`crate::accelerator::DeviceConfig::max_tensors`]).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::meter::Meter;
@@ -20,7 +32,17 @@ use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::{BatchNormPlan, ConvPlan, GemmPlan, SoftmaxPlan};
+use crate::sync::{lock, read, write};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
+
+/// The least any tensor is charged against its accelerator's quota, whatever its size: the
+/// bookkeeping behind a handle is not free, so a client cannot hold millions of empty tensors.
+pub const MIN_TENSOR_CHARGE: u64 = 512;
+
+/// What a tensor of `desc` is charged against the quota.
+pub fn charge(desc: &TensorDesc) -> u64 {
+    (desc.bytes() as u64).max(MIN_TENSOR_CHARGE)
+}
 
 /// A virtual accelerator attached to a [`Device`]. Share it between threads by reference or
 /// `Arc`; dropping it detaches it.
@@ -32,7 +54,10 @@ pub struct Accelerator<B: Backend> {
 pub struct Buffer {
     id: u64,
     accelerator: u64,
+    /// The data's size.
     bytes: u64,
+    /// What it is charged against the quota.
+    charged: u64,
     owner: Weak<dyn Release>,
 }
 
@@ -56,18 +81,48 @@ impl Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         if let Some(owner) = self.owner.upgrade() {
-            owner.release(self.id);
+            owner.release(self.id, self.charged);
         }
     }
 }
 
-/// Frees one buffer's storage (implemented by the accelerator that holds it).
+/// Frees one buffer's storage, or a reservation (implemented by the accelerator that holds it).
 trait Release: Send + Sync {
-    fn release(&self, buffer: u64);
+    fn release(&self, buffer: u64, charged: u64);
+    fn unreserve(&self, bytes: u64);
 }
+
+/// Quota held for a tensor that does not exist yet (an upload still arriving): it counts in the
+/// accelerator's memory use and tensor count from [`Accelerator::reserve`] until it becomes
+/// the tensor or is dropped.
+pub struct Reservation {
+    accelerator: u64,
+    desc: TensorDesc,
+    bytes: u64,
+    owner: Weak<dyn Release>,
+}
+
+impl Reservation {
+    /// The tensor it reserves room for.
+    pub fn desc(&self) -> &TensorDesc {
+        &self.desc
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(owner) = self.owner.upgrade() {
+            owner.unreserve(self.bytes);
+        }
+    }
+}
+
+/// One tensor's storage, locked by whoever uses it (see the module doc).
+type Slot<S> = Arc<RwLock<Tensor<S>>>;
 
 struct Inner<B: Backend> {
     id: u64,
+    owner: String,
     device: Device<B>,
     backend: B,
     meter: Meter,
@@ -79,9 +134,12 @@ struct State<S> {
     tier: Tier,
     /// How long it was attached, once detached.
     detached: Option<Duration>,
-    buffers: HashMap<u64, Tensor<S>>,
+    buffers: HashMap<u64, Slot<S>>,
     next_buffer: u64,
+    /// Bytes charged: live tensors and reservations.
     used: u64,
+    /// Reservations not yet turned into tensors.
+    reserved: usize,
     counters: Counters,
 }
 
@@ -111,12 +169,19 @@ impl<B> Accelerator<B>
 where
     B: Backend + Clone + 'static,
 {
-    pub(super) fn new(device: Device<B>, id: u64, tier: Tier) -> Result<Self> {
+    pub(super) fn new(
+        device: Device<B>,
+        id: u64,
+        owner: &str,
+        tier: Tier,
+        meter_empty_at: Instant,
+    ) -> Result<Self> {
         let backend = device.backend().fork()?;
-        let meter = Meter::new(device.inner.config.burst);
+        let meter = Meter::new(device.inner.config.burst, meter_empty_at);
         Ok(Accelerator {
             inner: Arc::new(Inner {
                 id,
+                owner: owner.to_string(),
                 device,
                 backend,
                 meter,
@@ -127,15 +192,22 @@ where
                     buffers: HashMap::new(),
                     next_buffer: 0,
                     used: 0,
+                    reserved: 0,
                     counters: Counters::default(),
                 }),
             }),
         })
     }
 
-    /// This accelerator's id on its device.
+    /// This accelerator's id on its device (random, never 0).
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// Who attached it ([`super::device::LOCAL_OWNER`] through the local API, a token's name
+    /// on a server): meter debt left at detach passes to the owner's next accelerator.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
     }
 
     /// The tier it is attached as.
@@ -176,21 +248,60 @@ where
         Ok(())
     }
 
-    /// Checks that `bytes` more would fit in its quota now (a later allocation checks again):
-    /// lets a caller refuse early, e.g. before receiving a large upload.
-    pub fn check_room(&self, bytes: u64) -> Result<()> {
-        self.inner.check_room(&self.inner.lock(), bytes)
+    /// Reserves quota (and a tensor slot) for a tensor of `desc` before its data exists — e.g.
+    /// before receiving an upload — so concurrent transfers cannot together exceed the quota.
+    /// The room is held until the reservation becomes a tensor
+    /// ([`Accelerator::upload_reserved`]) or is dropped.
+    pub fn reserve(&self, desc: &TensorDesc) -> Result<Reservation> {
+        let inner = &*self.inner;
+        let bytes = charge(desc);
+        let mut state = inner.lock();
+        inner.check_room(&state, bytes)?;
+        state.used += bytes;
+        state.reserved += 1;
+        state.counters.high_water = state.counters.high_water.max(state.used);
+        inner
+            .device
+            .inner
+            .memory_in_use
+            .fetch_add(bytes, Ordering::Relaxed);
+        Ok(Reservation {
+            accelerator: inner.id,
+            desc: desc.clone(),
+            bytes,
+            owner: Arc::downgrade(&self.inner) as Weak<dyn Release>,
+        })
+    }
+
+    /// Stores `host` in the room `reservation` holds (as [`Backend::upload_owned`]).
+    pub fn upload_reserved(
+        &self,
+        reservation: Reservation,
+        host: HostTensor,
+    ) -> Result<Tensor<Buffer>> {
+        if reservation.accelerator != self.inner.id {
+            return Err(Error::ForeignTensor {
+                accelerator: self.inner.id,
+                owner: reservation.accelerator,
+            });
+        }
+        crate::backend::check_write(reservation.desc(), host.desc())?;
+        let bytes = host.desc().bytes() as u64;
+        let t = self.store(reservation, |b| b.upload_owned(host))?;
+        self.inner.lock().counters.uploaded += bytes;
+        Ok(t)
     }
 
     /// Detaches it: frees every tensor it holds, releases its share of the device and returns
     /// the final usage. Its tensor handles and any further call fail with
-    /// [`Error::Detached`].
+    /// [`Error::Detached`]. Meter debt is not forgiven: the owner's next accelerator inherits it.
     pub fn detach(&self) -> Result<Usage> {
         self.inner.detach()
     }
 
     /// Runs one op: checks the tensors, charges `flops` at the tier's rate for `dtype`, waits on
-    /// the meter, then launches with the storages of `inputs` and `output`.
+    /// the meter and for the device's fair-queue turn, then launches with the storages of
+    /// `inputs` and `output`, each under its own lock.
     fn run_op(
         &self,
         flops: u64,
@@ -200,34 +311,33 @@ where
         launch: impl FnOnce(&B, &[&B::Storage], &mut B::Storage) -> Result<()>,
     ) -> Result<()> {
         let inner = &*self.inner;
-        let cost = {
+        let (cost, input_slots, output_slot) = {
             let state = inner.lock();
             state.live(inner.id)?;
-            for b in inputs.iter().copied().chain([&*output]) {
-                inner.own(b)?;
-            }
-            state.tier.cost(flops, dtype)
+            let slots = inputs
+                .iter()
+                .map(|b| inner.slot(&state, b))
+                .collect::<Result<Vec<_>>>()?;
+            let y = inner.slot(&state, output)?;
+            (state.tier.cost(flops, dtype), slots, y)
         };
         let waited = inner.meter.wait(cost);
-        let mut state = inner.lock();
-        state.live(inner.id)?;
-        let mut y = state
-            .buffers
-            .remove(&output.id)
-            .ok_or_else(|| inner.missing())?;
+        inner.lock().live(inner.id)?;
         let started = Instant::now();
         let result = {
-            let storages: Option<Vec<&B::Storage>> = inputs
-                .iter()
-                .map(|b| state.buffers.get(&b.id).map(Tensor::storage))
-                .collect();
-            match storages {
-                Some(storages) => launch(&inner.backend, &storages, y.storage_mut()),
-                None => Err(inner.missing()),
-            }
+            let _turn = inner.device.inner.fair.turn(inner.id, cost);
+            // A handle is either this op's output (`&mut`) or read by it, never both (the
+            // borrow rules), so these locks never wait on another op's.
+            let guards: Vec<_> = input_slots.iter().map(|s| read(s)).collect();
+            let mut y = write(&output_slot);
+            let storages: Vec<&B::Storage> = guards.iter().map(|t| t.storage()).collect();
+            catch_unwind(AssertUnwindSafe(|| {
+                launch(&inner.backend, &storages, y.storage_mut())
+            }))
+            .unwrap_or_else(|panic| Err(inner.panicked(panic)))
         };
         let busy = started.elapsed();
-        state.buffers.insert(output.id, y);
+        let mut state = inner.lock();
         let c = &mut state.counters;
         c.ops += 1;
         c.flops[dtype_index(dtype)] += flops;
@@ -238,34 +348,32 @@ where
         result
     }
 
-    /// Stores a tensor made by `make` after checking the quota.
+    /// Stores a tensor made by `make` in the room `reservation` holds.
     fn store(
         &self,
-        desc: &TensorDesc,
+        mut reservation: Reservation,
         make: impl FnOnce(&B) -> Result<Tensor<B::Storage>>,
     ) -> Result<Tensor<Buffer>> {
         let inner = &*self.inner;
-        let bytes = desc.bytes() as u64;
-        let mut state = inner.lock();
-        inner.check_room(&state, bytes)?;
         let tensor = make(&inner.backend)?;
+        let desc = reservation.desc.clone();
+        let mut state = inner.lock();
+        state.live(inner.id)?;
         let id = state.next_buffer;
         state.next_buffer += 1;
-        state.buffers.insert(id, tensor);
-        state.used += bytes;
-        state.counters.high_water = state.counters.high_water.max(state.used);
-        inner
-            .device
-            .inner
-            .memory_in_use
-            .fetch_add(bytes, Ordering::Relaxed);
+        state.buffers.insert(id, Arc::new(RwLock::new(tensor)));
+        state.reserved -= 1;
+        let charged = reservation.bytes;
+        // The reservation's room now belongs to the tensor: disarm its release.
+        reservation.owner = Weak::<Inner<B>>::new();
         let owner: Weak<dyn Release> = Arc::downgrade(&self.inner) as Weak<dyn Release>;
         Ok(Tensor::from_parts(
             desc.clone(),
             Buffer {
                 id,
                 accelerator: inner.id,
-                bytes,
+                bytes: desc.bytes() as u64,
+                charged,
                 owner,
             },
         ))
@@ -281,12 +389,20 @@ fn dtype_index(dtype: DType) -> usize {
 
 impl<B: Backend> Inner<B> {
     fn lock(&self) -> MutexGuard<'_, State<B::Storage>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
-    /// The quota check every allocation makes: live, and `bytes` more fit in the tier's memory.
+    /// The check every allocation makes: live, below the tensor limit, and `bytes` more fit
+    /// in the tier's memory.
     fn check_room(&self, state: &State<B::Storage>, bytes: u64) -> Result<()> {
         state.live(self.id)?;
+        let limit = self.device.inner.config.max_tensors;
+        if state.buffers.len() + state.reserved >= limit {
+            return Err(Error::TensorLimit {
+                accelerator: self.id,
+                limit,
+            });
+        }
         if state.used.saturating_add(bytes) > state.tier.memory() {
             return Err(Error::MemoryQuota {
                 accelerator: self.id,
@@ -299,21 +415,33 @@ impl<B: Backend> Inner<B> {
         Ok(())
     }
 
-    fn own(&self, buffer: &Buffer) -> Result<()> {
+    /// The storage slot of one of this accelerator's buffers.
+    fn slot(&self, state: &State<B::Storage>, buffer: &Buffer) -> Result<Slot<B::Storage>> {
         if buffer.accelerator != self.id {
             return Err(Error::ForeignTensor {
                 accelerator: self.id,
                 owner: buffer.accelerator,
             });
         }
-        Ok(())
+        state.live(self.id)?;
+        state
+            .buffers
+            .get(&buffer.id)
+            .cloned()
+            .ok_or(Error::Detached(self.id))
     }
 
-    fn missing(&self) -> Error {
+    /// The error an op gets when its backend launch panicked.
+    fn panicked(&self, panic: Box<dyn std::any::Any + Send>) -> Error {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
         Error::Backend {
             backend: "accelerator",
             msg: format!(
-                "accelerator {}: a tensor's storage is missing (an earlier launch panicked)",
+                "accelerator {}: the launch failed inside the backend ({what}); this is a bug in eia, please report it — the output's contents are unspecified, the accelerator and its other tensors are unaffected",
                 self.id
             ),
         }
@@ -347,27 +475,50 @@ impl<B: Backend> Inner<B> {
         let mut state = self.lock();
         state.live(self.id)?;
         state.detached = Some(self.attached_at.elapsed());
-        state.buffers.clear();
+        // Storage an op is still using is freed when that op ends.
+        let buffers = std::mem::take(&mut state.buffers);
         device
             .memory_in_use
             .fetch_sub(state.used, Ordering::Relaxed);
         state.used = 0;
+        state.reserved = 0;
         attached.remove(&self.id);
-        Ok(self.usage(&state))
+        device.settle(self.id, &self.owner, self.meter.empty_at());
+        let usage = self.usage(&state);
+        drop((state, attached));
+        drop(buffers);
+        Ok(usage)
     }
-}
 
-impl<B: Backend> Release for Inner<B> {
-    fn release(&self, buffer: u64) {
-        let mut state = self.lock();
-        if let Some(t) = state.buffers.remove(&buffer) {
-            let bytes = t.desc().bytes() as u64;
+    /// Takes `bytes` off the accelerator's and the device's memory use (unless detach already
+    /// zeroed them).
+    fn uncharge(&self, state: &mut State<B::Storage>, bytes: u64) {
+        if state.detached.is_none() {
             state.used -= bytes;
             self.device
                 .inner
                 .memory_in_use
                 .fetch_sub(bytes, Ordering::Relaxed);
         }
+    }
+}
+
+impl<B: Backend> Release for Inner<B> {
+    fn release(&self, buffer: u64, charged: u64) {
+        let mut state = self.lock();
+        if let Some(slot) = state.buffers.remove(&buffer) {
+            self.uncharge(&mut state, charged);
+            drop(state);
+            drop(slot);
+        }
+    }
+
+    fn unreserve(&self, bytes: u64) {
+        let mut state = self.lock();
+        if state.detached.is_none() {
+            state.reserved -= 1;
+        }
+        self.uncharge(&mut state, bytes);
     }
 }
 
@@ -394,11 +545,11 @@ where
     }
 
     fn alloc(&self, desc: &TensorDesc) -> Result<Tensor<Buffer>> {
-        self.store(desc, |b| b.alloc(desc))
+        self.store(self.reserve(desc)?, |b| b.alloc(desc))
     }
 
     fn upload(&self, host: &HostTensor) -> Result<Tensor<Buffer>> {
-        let t = self.store(host.desc(), |b| b.upload(host))?;
+        let t = self.store(self.reserve(host.desc())?, |b| b.upload(host))?;
         self.inner.lock().counters.uploaded += host.desc().bytes() as u64;
         Ok(t)
     }
@@ -406,38 +557,24 @@ where
     /// As [`Backend::upload`], handing `host` to the device backend's owning upload (the CPU
     /// backend keeps it without a copy).
     fn upload_owned(&self, host: HostTensor) -> Result<Tensor<Buffer>> {
-        let desc = host.desc().clone();
-        let t = self.store(&desc, |b| b.upload_owned(host))?;
-        self.inner.lock().counters.uploaded += desc.bytes() as u64;
-        Ok(t)
+        let reservation = self.reserve(host.desc())?;
+        self.upload_reserved(reservation, host)
     }
 
     fn write(&self, t: &mut Tensor<Buffer>, host: &HostTensor) -> Result<()> {
         crate::backend::check_write(t.desc(), host.desc())?;
         let inner = &*self.inner;
-        let mut state = inner.lock();
-        state.live(inner.id)?;
-        inner.own(t.storage())?;
-        let stored = state
-            .buffers
-            .get_mut(&t.storage().id)
-            .ok_or_else(|| inner.missing())?;
-        inner.backend.write(stored, host)?;
-        state.counters.uploaded += host.desc().bytes() as u64;
+        let slot = inner.slot(&inner.lock(), t.storage())?;
+        inner.backend.write(&mut write(&slot), host)?;
+        inner.lock().counters.uploaded += host.desc().bytes() as u64;
         Ok(())
     }
 
     fn download(&self, t: &Tensor<Buffer>) -> Result<HostTensor> {
         let inner = &*self.inner;
-        let mut state = inner.lock();
-        state.live(inner.id)?;
-        inner.own(t.storage())?;
-        let stored = state
-            .buffers
-            .get(&t.storage().id)
-            .ok_or_else(|| inner.missing())?;
-        let host = inner.backend.download(stored)?;
-        state.counters.downloaded += t.desc().bytes() as u64;
+        let slot = inner.slot(&inner.lock(), t.storage())?;
+        let host = inner.backend.download(&read(&slot))?;
+        inner.lock().counters.downloaded += t.desc().bytes() as u64;
         Ok(host)
     }
 

@@ -30,7 +30,8 @@ pub const EIA_ERR_DATA_LENGTH: eia_code_t = 6;
 pub const EIA_ERR_UNKNOWN_TIER: eia_code_t = 7;
 /// A configuration (tier TOML, certificate) is malformed.
 pub const EIA_ERR_CONFIG: eia_code_t = 8;
-/// An allocation or resize would exceed the accelerator's memory quota.
+/// An allocation or resize would exceed the accelerator's memory quota or its limit on live
+/// tensors.
 pub const EIA_ERR_MEMORY_QUOTA: eia_code_t = 9;
 /// Attaching or resizing would exceed what the device can deliver.
 pub const EIA_ERR_CAPACITY: eia_code_t = 10;
@@ -98,7 +99,9 @@ impl From<Error> for eia_error {
             Error::Backend { .. } => EIA_ERR_BACKEND,
             Error::UnknownTier { .. } => EIA_ERR_UNKNOWN_TIER,
             Error::Config { .. } => EIA_ERR_CONFIG,
-            Error::MemoryQuota { .. } | Error::ResizeBelowUsage { .. } => EIA_ERR_MEMORY_QUOTA,
+            Error::MemoryQuota { .. }
+            | Error::TensorLimit { .. }
+            | Error::ResizeBelowUsage { .. } => EIA_ERR_MEMORY_QUOTA,
             Error::Capacity(_) => EIA_ERR_CAPACITY,
             Error::Detached(_) => EIA_ERR_DETACHED,
             Error::Remote { .. } => EIA_ERR_REMOTE,

@@ -9,7 +9,7 @@
 //! freed with the next call; dropping a [`RemoteAccelerator`] detaches it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::ops::{
     BatchNorm, BatchNormPlan, Conv, ConvPlan, Gemm, GemmPlan, MatMul, Softmax, SoftmaxPlan,
 };
+use crate::sync::lock;
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// How a client connects.
@@ -230,10 +231,6 @@ impl Drop for RemoteBuffer {
             lock(&pending).push(self.id);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RemoteAccelerator {

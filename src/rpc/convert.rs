@@ -17,9 +17,10 @@ use crate::tensor::TensorDesc;
 /// The status a server returns for an error.
 pub fn status(e: Error) -> Status {
     let code = match &e {
-        Error::MemoryQuota { .. } | Error::Capacity(_) | Error::ResizeBelowUsage { .. } => {
-            Code::ResourceExhausted
-        }
+        Error::MemoryQuota { .. }
+        | Error::TensorLimit { .. }
+        | Error::Capacity(_)
+        | Error::ResizeBelowUsage { .. } => Code::ResourceExhausted,
         Error::Detached(_) => Code::NotFound,
         Error::Backend { .. } | Error::Network(_) => Code::Internal,
         Error::Remote { .. } => Code::Unknown,

@@ -1,15 +1,25 @@
 //! `eia serve`: the gRPC service over a device's virtual accelerators.
 //!
 //! Each attached accelerator belongs to the token that attached it and keeps its tensors in a
-//! handle table; ops and transfers run on blocking threads (the meter sleeps, the CPU backend
-//! computes) so the async runtime keeps serving other tenants. A reaper detaches accelerators
-//! whose lease ran out (no call for `lease`), freeing all their memory.
+//! handle table. Handles are random 64-bit ids (never 0): a tensor is named by its
+//! accelerator's and its own id, 128 random bits that cannot be guessed and that a restarted
+//! server does not hand out again; an id that is not the caller's — never issued, freed,
+//! detached, or another token's — is NOT_FOUND, whoever asks, so no token learns which ids
+//! exist.
+//!
+//! Ops and transfers run on blocking threads (the meter sleeps, the CPU backend computes), at
+//! most [`CALLS_PER_ACCELERATOR`] at once per accelerator, so the async runtime and the
+//! blocking pool keep serving other tenants. The locks the async threads take — the
+//! accelerator map, a handle table, an accelerator's bookkeeping — are only ever held for
+//! bookkeeping; a program holds its own tensors' locks while it waits on the meter and
+//! computes, and nothing else of any tenant waits for those. Uploads reserve their quota before
+//! their bytes arrive and are cancelled when their accelerator goes. A reaper detaches
+//! accelerators whose lease ran out (no call for `lease`), freeing all their memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,10 +33,16 @@ use super::proto::{self, accelerators_server::Accelerators};
 use crate::accelerator::{Accelerator, Buffer, Device, DeviceConfig};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::sync::{lock, read, write};
 use crate::tensor::{HostTensor, Tensor};
 
 /// HTTP/2 flow-control window per stream (server and client).
 pub const WINDOW_BYTES: u32 = 8 << 20;
+
+/// Calls of one accelerator that may hold a blocking thread at once (ops waiting on the meter
+/// or computing, transfers); more wait their turn without holding a thread, so one tenant
+/// cannot take the blocking pool from the others.
+pub const CALLS_PER_ACCELERATOR: usize = 4;
 
 /// How a server runs.
 #[derive(Debug, Clone)]
@@ -74,24 +90,66 @@ struct Shared<B: Backend> {
     accelerators: Mutex<HashMap<u64, Arc<Attached<B>>>>,
 }
 
+/// One tensor of an attached accelerator, locked by the program or transfer using it.
+type Held = Arc<RwLock<Tensor<Buffer>>>;
+
 /// One attached accelerator and its tensors.
 struct Attached<B: Backend> {
     accel: Accelerator<B>,
     owner: String,
-    tensors: Mutex<HashMap<u64, Tensor<Buffer>>>,
-    next_tensor: AtomicU64,
+    tensors: Mutex<HashMap<u64, Held>>,
     last_seen: Mutex<Instant>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    /// Permits for calls that hold a blocking thread ([`CALLS_PER_ACCELERATOR`]).
+    calls: tokio::sync::Semaphore,
+    /// Becomes true when it is detached (by its client or the lease reaper): uploads still
+    /// arriving stop and free their buffers.
+    gone: tokio::sync::watch::Sender<bool>,
 }
 
 impl<B: Backend + Clone + 'static> Attached<B> {
+    /// Adds a tensor under a new random id.
     fn insert(&self, t: Tensor<Buffer>) -> u64 {
-        let id = self.next_tensor.fetch_add(1, Ordering::Relaxed);
-        lock(&self.tensors).insert(id, t);
+        let mut tensors = lock(&self.tensors);
+        let id = loop {
+            let id: u64 = rand::random();
+            if id != 0 && !tensors.contains_key(&id) {
+                break id;
+            }
+        };
+        tensors.insert(id, Arc::new(RwLock::new(t)));
         id
+    }
+
+    /// The tensor called `id`.
+    fn tensor(&self, id: u64) -> Result<Held, Status> {
+        lock(&self.tensors)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| not_found(self.accel.id(), id))
+    }
+
+    /// Runs `f` on a blocking thread once one of this accelerator's call permits is free.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Self) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let _permit = self
+            .calls
+            .acquire()
+            .await
+            .map_err(|_| Status::internal("the accelerator's call queue closed"))?;
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+    }
+
+    /// Detaches it: its uploads stop, its tensors are freed, and the final usage is returned.
+    fn detach(&self) -> Result<crate::accelerator::Usage, Status> {
+        self.gone.send_replace(true);
+        let tensors = std::mem::take(&mut *lock(&self.tensors));
+        drop(tensors);
+        self.accel.detach().map_err(status)
     }
 }
 
@@ -161,33 +219,21 @@ impl<B: Backend + Clone + 'static> Service<B> {
         Ok(tier)
     }
 
-    /// The caller's accelerator `id` (renewing its lease).
+    /// The caller's accelerator `id` (renewing its lease). Another token's accelerator is
+    /// NOT_FOUND with the same message as one that does not exist.
     fn get(&self, who: &Principal, id: u64) -> Result<Arc<Attached<B>>, Status> {
         let attached = lock(&self.shared.accelerators)
             .get(&id)
+            .filter(|a| a.owner == who.name)
             .cloned()
             .ok_or_else(|| {
                 Status::not_found(format!(
-                    "no accelerator {id} (never attached, detached, or its lease expired)"
+                    "no accelerator {id} for this token (never attached, detached, or its lease expired)"
                 ))
             })?;
-        if attached.owner != who.name {
-            return Err(Status::permission_denied(format!(
-                "accelerator {id} belongs to another token"
-            )));
-        }
         *lock(&attached.last_seen) = Instant::now();
         Ok(attached)
     }
-}
-
-/// Runs blocking work (ops, the meter's waits, copies) off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
 }
 
 /// Detaches accelerators whose lease ran out, until the service is gone.
@@ -209,8 +255,7 @@ async fn reap<B: Backend + Clone + 'static>(shared: Weak<Shared<B>>) {
             ids.iter().filter_map(|id| map.remove(id)).collect()
         };
         for a in expired {
-            lock(&a.tensors).clear();
-            let _ = a.accel.detach();
+            let _ = a.detach();
         }
     }
 }
@@ -265,7 +310,7 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         let accel = self
             .shared
             .device
-            .attach_tier(tier.clone())
+            .attach_for(&who.name, tier.clone())
             .map_err(status)?;
         let id = accel.id();
         map.insert(
@@ -274,8 +319,9 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
                 accel,
                 owner: who.name,
                 tensors: Mutex::new(HashMap::new()),
-                next_tensor: AtomicU64::new(1),
                 last_seen: Mutex::new(Instant::now()),
+                calls: tokio::sync::Semaphore::new(CALLS_PER_ACCELERATOR),
+                gone: tokio::sync::watch::Sender::new(false),
             }),
         );
         Ok(Response::new(proto::AttachResponse {
@@ -306,11 +352,7 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         let id = req.get_ref().accelerator;
         let a = self.get(&who, id)?;
         lock(&self.shared.accelerators).remove(&id);
-        let usage = blocking(move || {
-            lock(&a.tensors).clear();
-            a.accel.detach().map_err(status)
-        })
-        .await?;
+        let usage = a.detach()?;
         Ok(Response::new(proto::DetachResponse {
             usage: Some(convert::usage(&usage)),
         }))
@@ -348,16 +390,17 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
             .iter()
             .map(|m| convert::desc(Some(m)))
             .collect::<Result<Vec<_>, _>>()?;
-        let tensors = blocking(move || {
-            // All or nothing: tensors allocated before a failure are dropped (freed).
-            let made = descs
-                .iter()
-                .map(|d| a.accel.alloc(d))
-                .collect::<Result<Vec<_>>>()
-                .map_err(status)?;
-            Ok(made.into_iter().map(|t| a.insert(t)).collect())
-        })
-        .await?;
+        let tensors = a
+            .blocking(move |a| {
+                // All or nothing: tensors allocated before a failure are dropped (freed).
+                let made = descs
+                    .iter()
+                    .map(|d| a.accel.alloc(d))
+                    .collect::<Result<Vec<_>>>()
+                    .map_err(status)?;
+                Ok(made.into_iter().map(|t| a.insert(t)).collect())
+            })
+            .await?;
         Ok(Response::new(proto::AllocResponse { tensors }))
     }
 
@@ -387,8 +430,10 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         let a = self.get(&who, header.accelerator)?;
         let desc = convert::desc(header.meta.as_ref())?;
         let want = desc.bytes();
-        // Refused before anything more is read when it cannot fit the quota.
-        a.accel.check_room(want as u64).map_err(status)?;
+        // The quota is reserved before anything more is read (refused if it cannot fit), and
+        // counted as in use until the tensor exists or the upload fails.
+        let reservation = a.accel.reserve(&desc).map_err(status)?;
+        let mut gone = a.gone.subscribe();
         // Chunks land once, in the tensor's final buffer, which the backend then keeps.
         let mut data = Assembly::new(desc).ok_or_else(|| {
             Status::resource_exhausted(format!("upload: the host cannot hold {want} more bytes"))
@@ -402,7 +447,16 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
                     data.desc().shape()
                 )));
             }
-            match stream.message().await? {
+            let next = tokio::select! {
+                next = stream.message() => next?,
+                _ = gone.wait_for(|gone| *gone) => {
+                    return Err(Status::not_found(format!(
+                        "upload: accelerator {} was detached while the upload arrived",
+                        header.accelerator
+                    )))
+                }
+            };
+            match next {
                 Some(next) if next.header.is_some() => {
                     return Err(invalid("upload: only the first message carries a header"))
                 }
@@ -411,11 +465,12 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
             }
         }
         let host = data.finish().map_err(status)?;
-        let tensor = blocking(move || {
-            let t = a.accel.upload_owned(host).map_err(status)?;
-            Ok(a.insert(t))
-        })
-        .await?;
+        let tensor = a
+            .blocking(move |a| {
+                let t = a.accel.upload_reserved(reservation, host).map_err(status)?;
+                Ok(a.insert(t))
+            })
+            .await?;
         Ok(Response::new(proto::UploadResponse { tensor }))
     }
 
@@ -428,12 +483,10 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         let who = self.principal(&req)?;
         let (id, tensor) = (req.get_ref().accelerator, req.get_ref().tensor);
         let a = self.get(&who, id)?;
-        let host = blocking(move || {
-            let tensors = lock(&a.tensors);
-            let t = tensors.get(&tensor).ok_or_else(|| not_found(id, tensor))?;
-            a.accel.download(t).map_err(status)
-        })
-        .await?;
+        let t = a.tensor(tensor)?;
+        let host = a
+            .blocking(move |a| a.accel.download(&read(&t)).map_err(status))
+            .await?;
         // Every chunk is a slice of the downloaded tensor's own buffer (no copy per chunk).
         let mut meta = Some(convert::meta(host.desc()));
         let bytes = chunks::host_bytes(host.into_storage());
@@ -454,35 +507,83 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         let a = self.get(&who, req.get_ref().accelerator)?;
         let program = req.into_inner();
         free(&a, &program.free)?;
-        let reads = blocking(move || run_program(&a, program)).await?;
+        let reads = a.blocking(move |a| run_program(a, program)).await?;
         Ok(Response::new(proto::RunResponse { reads }))
     }
 }
 
+/// Frees tensors, all or none. Storage a running program still uses is freed when it ends.
 fn free<B: Backend + Clone + 'static>(a: &Attached<B>, ids: &[u64]) -> Result<(), Status> {
-    let mut tensors = lock(&a.tensors);
-    if let Some(missing) = ids.iter().find(|id| !tensors.contains_key(id)) {
-        return Err(not_found(a.accel.id(), *missing));
-    }
-    for id in ids {
-        tensors.remove(id);
-    }
+    let freed: Vec<Held> = {
+        let mut tensors = lock(&a.tensors);
+        if let Some(missing) = ids.iter().find(|id| !tensors.contains_key(id)) {
+            return Err(not_found(a.accel.id(), *missing));
+        }
+        ids.iter().filter_map(|id| tensors.remove(id)).collect()
+    };
+    drop(freed);
     Ok(())
 }
 
-/// Writes, runs the ops in order, reads. An error names the op that failed; the ops before it
-/// have run.
+/// A tensor a program holds for its whole run: written (an op's output, a write) or only read.
+enum Use<'a> {
+    Read(std::sync::RwLockReadGuard<'a, Tensor<Buffer>>),
+    Write(std::sync::RwLockWriteGuard<'a, Tensor<Buffer>>),
+}
+
+impl std::ops::Deref for Use<'_> {
+    type Target = Tensor<Buffer>;
+    fn deref(&self) -> &Tensor<Buffer> {
+        match self {
+            Use::Read(t) => t,
+            Use::Write(t) => t,
+        }
+    }
+}
+
+/// Writes, runs the ops in order, reads. Every tensor it names is looked up first (an unknown
+/// one fails the program before anything runs) and locked for the whole program, in id order,
+/// so concurrent programs of one accelerator cannot deadlock; nothing else waits on those
+/// locks but this accelerator's own calls. An error names the op that failed; the ops before
+/// it have run.
 fn run_program<B: Backend + Clone + 'static>(
     a: &Attached<B>,
     program: proto::RunRequest,
 ) -> Result<Vec<Bytes>, Status> {
     let accel = &a.accel;
     let id = accel.id();
-    let mut tensors = lock(&a.tensors);
+    let mut writes: BTreeMap<u64, bool> = BTreeMap::new();
     for w in &program.writes {
-        let t = tensors
-            .get_mut(&w.tensor)
-            .ok_or_else(|| not_found(id, w.tensor))?;
+        writes.insert(w.tensor, true);
+    }
+    for op in &program.ops {
+        for t in &op.inputs {
+            writes.entry(*t).or_insert(false);
+        }
+        writes.insert(op.output, true);
+    }
+    for t in &program.reads {
+        writes.entry(*t).or_insert(false);
+    }
+    let held: Vec<(u64, Held)> = writes
+        .keys()
+        .map(|&t| Ok((t, a.tensor(t)?)))
+        .collect::<Result<_, Status>>()?;
+    let mut tensors: BTreeMap<u64, Use> = held
+        .iter()
+        .map(|(t, h)| {
+            let guard = if writes[t] {
+                Use::Write(write(h))
+            } else {
+                Use::Read(read(h))
+            };
+            (*t, guard)
+        })
+        .collect();
+    for w in &program.writes {
+        let Some(Use::Write(t)) = tensors.get_mut(&w.tensor) else {
+            return Err(not_found(id, w.tensor));
+        };
         let host = HostTensor::from_bytes(t.dtype(), t.shape(), &w.data).map_err(status)?;
         accel.write(t, &host).map_err(status)?;
     }
@@ -508,14 +609,19 @@ fn run_program<B: Backend + Clone + 'static>(
                 op.output
             ))));
         }
-        let mut y = tensors
-            .remove(&op.output)
-            .ok_or_else(|| context(not_found(id, op.output)))?;
+        let Some(Use::Write(mut y)) = tensors.remove(&op.output) else {
+            return Err(context(not_found(id, op.output)));
+        };
         let result = (|| {
             let x: Vec<&Tensor<Buffer>> = op
                 .inputs
                 .iter()
-                .map(|t| tensors.get(t).ok_or_else(|| not_found(id, *t)))
+                .map(|t| {
+                    tensors
+                        .get(t)
+                        .map(|u| &**u)
+                        .ok_or_else(|| not_found(id, *t))
+                })
                 .collect::<Result<_, _>>()?;
             match &wire {
                 WireOp::Gemm(g) => accel.gemm_into(g, x[0], x[1], x.get(2).copied(), &mut y),
@@ -528,7 +634,7 @@ fn run_program<B: Backend + Clone + 'static>(
             }
             .map_err(status)
         })();
-        tensors.insert(op.output, y);
+        tensors.insert(op.output, Use::Write(y));
         result.map_err(context)?;
     }
     program

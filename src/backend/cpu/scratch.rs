@@ -29,7 +29,7 @@ struct Scratch(Vec<f32>);
 impl Scratch {
     /// The smallest kept buffer of capacity ≥ `len`, or a new empty one.
     fn take(len: usize) -> Self {
-        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = crate::sync::lock(&KEPT);
         let best = (0..kept.len())
             .filter(|&i| kept[i].capacity() >= len)
             .min_by_key(|&i| kept[i].capacity());
@@ -51,7 +51,7 @@ impl Drop for Scratch {
         if buffer.capacity() == 0 || buffer.capacity() > KEPT_MAX_LEN {
             return;
         }
-        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = crate::sync::lock(&KEPT);
         if kept.len() < KEPT_BUFFERS {
             kept.push(buffer);
         } else if let Some(smallest) = kept.iter_mut().min_by_key(|b| b.capacity()) {

@@ -133,7 +133,7 @@ impl CudaBackend {
     /// Loads (once per device) and returns a kernel.
     fn function(&self, launch: &Launch) -> Result<CudaFunction> {
         let dev = &self.device;
-        if let Some(f) = dev.functions.lock().unwrap().get(&launch.kernel) {
+        if let Some(f) = crate::sync::lock(&dev.functions).get(&launch.kernel) {
             return Ok(f.clone());
         }
         let file = || {
@@ -144,7 +144,7 @@ impl CudaBackend {
             )
         };
         let module = {
-            let mut modules = dev.modules.lock().unwrap();
+            let mut modules = crate::sync::lock(&dev.modules);
             match modules.get(&(launch.family, launch.target)) {
                 Some(m) => m.clone(),
                 None => {
@@ -181,10 +181,7 @@ impl CudaBackend {
                 e,
             )
         })?;
-        dev.functions
-            .lock()
-            .unwrap()
-            .insert(launch.kernel.clone(), f.clone());
+        crate::sync::lock(&dev.functions).insert(launch.kernel.clone(), f.clone());
         Ok(f)
     }
 
