@@ -1,7 +1,7 @@
 //! BatchNormalization (ONNX, inference form): `y = scale·(x − mean)/√(var + ε) + bias` per
 //! channel (dimension 1) of an `[N, C, D1, …]` input.
 
-use super::{product, same_dtype};
+use super::{indexable, product, same_dtype};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
@@ -44,6 +44,7 @@ impl BatchNorm {
     /// ONNX order: scale, bias, mean, var.
     pub fn plan(&self, x: &TensorDesc, params: [&TensorDesc; 4]) -> Result<BatchNormPlan> {
         let dtype = x.dtype();
+        indexable(OP, &[("X", x)])?;
         if x.rank() < 2 {
             return Err(Error::shape(
                 OP,

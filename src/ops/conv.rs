@@ -1,7 +1,7 @@
 //! Conv (ONNX, 2-D): NCHW input, OIHW weights, strides, asymmetric pads, dilations, groups
 //! (depthwise included), optional bias, auto_pad, and an optional fused ReLU.
 
-use super::{expect_rank, same_dtype};
+use super::{expect_rank, indexable, output, same_dtype, MAX_ELEMENTS};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
@@ -118,14 +118,15 @@ impl Conv {
     ) -> Result<ConvPlan> {
         let dtype = x.dtype();
         same_dtype(OP, "W", dtype, w)?;
+        indexable(OP, &[("X", x), ("W", w)])?;
         expect_rank(OP, "X", x, 4)?;
         expect_rank(OP, "W", w, 4)?;
         for (name, v) in [("strides", self.strides), ("dilations", self.dilations)] {
-            if v.contains(&0) {
+            if v.iter().any(|&d| d == 0 || d > MAX_ELEMENTS) {
                 return Err(Error::attribute(
                     OP,
                     name,
-                    format!("must be >= 1, got {v:?}"),
+                    format!("must be in 1..={MAX_ELEMENTS}, got {v:?}"),
                 ));
             }
         }
@@ -200,7 +201,7 @@ impl Conv {
             pad: [pad_h, pad_w],
             bias: bias.is_some(),
             relu: self.relu,
-            output: TensorDesc::new(dtype, &[n, k, p, q])?,
+            output: output(OP, dtype, &[n, k, p, q])?,
         })
     }
 
@@ -259,6 +260,16 @@ impl Conv {
                     ),
                 )
             })?;
+        if padded > MAX_ELEMENTS {
+            return Err(Error::attribute(
+                OP,
+                "pads",
+                format!(
+                    "{:?}: the padded {name} axis (input {input} + {begin} + {end}) exceeds {MAX_ELEMENTS}, the most any backend indexes",
+                    self.pads
+                ),
+            ));
+        }
         if padded < extent {
             return Err(Error::shape(
                 OP,

@@ -1,7 +1,7 @@
 //! Gemm (`Y = alpha·A'·B' + beta·C`, ONNX) and MatMul (numpy-style batched matmul, ONNX), both
 //! resolved into one [`GemmPlan`]: a batch of `M×K · K×N` products over strided operands.
 
-use super::{expect_rank, product, same_dtype};
+use super::{expect_rank, indexable, output, product, same_dtype};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
@@ -104,6 +104,10 @@ impl Gemm {
         const OP: &str = "Gemm";
         let dtype = a.dtype();
         same_dtype(OP, "B", dtype, b)?;
+        indexable(OP, &[("A", a), ("B", b)])?;
+        if let Some(c) = c {
+            indexable(OP, &[("C", c)])?;
+        }
         expect_rank(OP, "A", a, 2)?;
         expect_rank(OP, "B", b, 2)?;
         for (name, v) in [("alpha", self.alpha), ("beta", self.beta)] {
@@ -170,7 +174,7 @@ impl Gemm {
             beta: self.beta,
             c: c_layout,
             relu: self.relu,
-            output: TensorDesc::new(dtype, &[m, n])?,
+            output: output(OP, dtype, &[m, n])?,
         })
     }
 }
@@ -212,6 +216,7 @@ impl MatMul {
         const OP: &str = "MatMul";
         let dtype = a.dtype();
         same_dtype(OP, "B", dtype, b)?;
+        indexable(OP, &[("A", a), ("B", b)])?;
         if a.rank() == 0 || b.rank() == 0 {
             return Err(Error::shape(
                 OP,
@@ -303,7 +308,7 @@ impl MatMul {
             beta: 0.0,
             c: None,
             relu: false,
-            output: TensorDesc::new(dtype, &out_shape)?,
+            output: output(OP, dtype, &out_shape)?,
         })
     }
 }

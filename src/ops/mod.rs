@@ -58,6 +58,35 @@ fn expect_rank(op: &'static str, operand: &'static str, t: &TensorDesc, rank: us
     Ok(())
 }
 
+/// The most elements one operand may hold, and the largest padded extent of a convolution
+/// axis: what every backend can index (the CUDA kernels index with 32-bit signed integers).
+/// Plans refuse larger problems with a typed error rather than letting a backend overflow.
+pub const MAX_ELEMENTS: usize = i32::MAX as usize;
+
+/// Checks that every operand is within [`MAX_ELEMENTS`].
+fn indexable(op: &'static str, operands: &[(&'static str, &TensorDesc)]) -> Result<()> {
+    for (name, t) in operands {
+        if t.len() > MAX_ELEMENTS {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{name} {:?} holds {} elements, more than the {MAX_ELEMENTS} any backend indexes; split the work",
+                    t.shape(),
+                    t.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The output's descriptor, checked like an operand ([`indexable`]).
+fn output(op: &'static str, dtype: DType, shape: &[usize]) -> Result<TensorDesc> {
+    let desc = TensorDesc::new(dtype, shape)?;
+    indexable(op, &[("the output", &desc)])?;
+    Ok(desc)
+}
+
 /// Product of dimensions as u64 (FLOP counts never overflow for tensors that fit in memory).
 fn product(dims: &[usize]) -> u64 {
     dims.iter().map(|&d| d as u64).product()

@@ -2,7 +2,7 @@
 //! counting from the end. Entries of `-inf` give 0; a row whose entries are all `-inf` (or that
 //! holds NaN or `+inf`) has no defined softmax and gives NaN, as the float64 formula does.
 
-use super::product;
+use super::{indexable, product};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
@@ -44,6 +44,7 @@ impl SoftmaxPlan {
 impl Softmax {
     /// Validates the axis against `x` and resolves the `[outer, len, inner]` view.
     pub fn plan(&self, x: &TensorDesc) -> Result<SoftmaxPlan> {
+        indexable(OP, &[("X", x)])?;
         let rank = x.rank() as i64;
         if rank == 0 {
             return Err(Error::shape(OP, "input must have rank >= 1, got a scalar"));

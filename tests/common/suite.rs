@@ -257,6 +257,8 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
         // Kernel columns that only ever see padding (found by the property test).
         ([1, 1, 1, 1], [1, 1, 1, 3], conv([1, 1], [0; 4], [1, 2], 1, SameUpper, false), false),
         ([1, 2, 1, 2], [2, 1, 1, 3], conv([1, 2], [0, 3, 0, 3], [1, 2], 2, NotSet, true), true),
+        // Strides larger than the input, with pads wide enough for two outputs per axis.
+        ([1, 2, 3, 4], [3, 2, 2, 2], conv([5, 7], [3, 4, 3, 4], [1, 1], 1, NotSet, false), true),
     ];
     for dtype in DType::ALL {
         for (x, w, op, bias) in &cases {
@@ -634,6 +636,22 @@ pub fn errors_conv<B: Backend>(backend: &B) {
             .conv(
                 &Conv {
                     strides: [0, 1],
+                    ..d.clone()
+                },
+                &x,
+                &w,
+                None,
+            )
+            .map(|_| ()),
+        attr("strides"),
+    );
+    // Beyond what any backend indexes (the CPU's strided path once overflowed on this).
+    expect_err(
+        "stride 2^40",
+        backend
+            .conv(
+                &Conv {
+                    strides: [1, 1 << 40],
                     ..d.clone()
                 },
                 &x,

@@ -308,9 +308,10 @@ fn phase_width(plan: &ConvPlan) -> usize {
     plan.w.div_ceil(plan.stride[1])
 }
 
-/// Length of an input row as im2col reads it: all its phases (`w` at stride 1).
+/// Length of an input row as im2col reads it: all its phases (`w` at stride 1). A stride above
+/// `w` leaves every phase past the `w`-th empty, so only `min(stride, w)` phases are kept.
 fn row_len(plan: &ConvPlan) -> usize {
-    phase_width(plan) * plan.stride[1]
+    phase_width(plan) * plan.stride[1].min(plan.w)
 }
 
 /// Unfolds output columns `j0..j0 + cols` of one group's input `[cg, h, w]` (rows split into
