@@ -1,7 +1,7 @@
 //! Conv (ONNX, 2-D): NCHW input, OIHW weights, strides, asymmetric pads, dilations, groups
 //! (depthwise included), optional bias, auto_pad, and an optional fused ReLU.
 
-use super::{expect_rank, indexable, output, same_dtype, MAX_ELEMENTS};
+use super::{expect_rank, indexable, output, same_dtype, MAX_DIM};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
@@ -122,11 +122,11 @@ impl Conv {
         expect_rank(OP, "X", x, 4)?;
         expect_rank(OP, "W", w, 4)?;
         for (name, v) in [("strides", self.strides), ("dilations", self.dilations)] {
-            if v.iter().any(|&d| d == 0 || d > MAX_ELEMENTS) {
+            if v.iter().any(|&d| d == 0 || d > MAX_DIM) {
                 return Err(Error::attribute(
                     OP,
                     name,
-                    format!("must be in 1..={MAX_ELEMENTS}, got {v:?}"),
+                    format!("must be in 1..={MAX_DIM}, got {v:?}"),
                 ));
             }
         }
@@ -260,12 +260,12 @@ impl Conv {
                     ),
                 )
             })?;
-        if padded > MAX_ELEMENTS {
+        if padded > MAX_DIM {
             return Err(Error::attribute(
                 OP,
                 "pads",
                 format!(
-                    "{:?}: the padded {name} axis (input {input} + {begin} + {end}) exceeds {MAX_ELEMENTS}, the most any backend indexes",
+                    "{:?}: the padded {name} axis (input {input} + {begin} + {end}) exceeds {MAX_DIM}, the most any backend indexes",
                     self.pads
                 ),
             ));

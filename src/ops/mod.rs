@@ -58,21 +58,22 @@ fn expect_rank(op: &'static str, operand: &'static str, t: &TensorDesc, rank: us
     Ok(())
 }
 
-/// The most elements one operand may hold, and the largest padded extent of a convolution
-/// axis: what every backend can index (the CUDA kernels index with 32-bit signed integers).
-/// Plans refuse larger problems with a typed error rather than letting a backend overflow.
-pub const MAX_ELEMENTS: usize = i32::MAX as usize;
+/// The largest dimension of any operand, and the largest stride, dilation and padded extent of
+/// a convolution axis: what every backend can index (the CUDA kernels index one image, one
+/// matrix, one row with 32-bit signed integers; their planners split larger batches into
+/// several launches). Plans refuse larger problems with a typed error rather than letting a
+/// backend overflow.
+pub const MAX_DIM: usize = i32::MAX as usize;
 
-/// Checks that every operand is within [`MAX_ELEMENTS`].
+/// Checks that every dimension of every operand is within [`MAX_DIM`].
 fn indexable(op: &'static str, operands: &[(&'static str, &TensorDesc)]) -> Result<()> {
     for (name, t) in operands {
-        if t.len() > MAX_ELEMENTS {
+        if let Some(d) = t.shape().iter().find(|&&d| d > MAX_DIM) {
             return Err(Error::shape(
                 op,
                 format!(
-                    "{name} {:?} holds {} elements, more than the {MAX_ELEMENTS} any backend indexes; split the work",
-                    t.shape(),
-                    t.len()
+                    "{name} {:?} has a dimension of {d}, more than the {MAX_DIM} any backend indexes",
+                    t.shape()
                 ),
             ));
         }
