@@ -73,9 +73,21 @@ enum Command {
         /// Token file (TOML, hashed secrets); without it anyone who can connect may attach.
         #[arg(long, value_name = "FILE")]
         tokens: Option<PathBuf>,
-        /// Seconds without a call after which an accelerator is detached.
+        /// Seconds without a call after which an accelerator is detached (more than 0; clients
+        /// renew it by themselves while attached).
         #[arg(long, default_value_t = 30.0)]
         lease: f64,
+        /// On SIGTERM or Ctrl-C: seconds calls in flight get to finish before the remaining
+        /// accelerators are detached (attaches are refused from the signal on).
+        #[arg(long, default_value_t = 30.0)]
+        drain_timeout: f64,
+        /// Append every final usage record (detach, lease expiry, drain) to FILE, one JSON
+        /// object per line.
+        #[arg(long, value_name = "FILE")]
+        usage_log: Option<PathBuf>,
+        /// Log format on stderr (filter with RUST_LOG, e.g. `RUST_LOG=eia=debug`).
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
         /// PEM certificate chain: serve TLS (needs --tls-key).
         #[arg(long, value_name = "FILE", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -132,6 +144,39 @@ impl TierFile {
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
     s.parse().map_err(|e: eia::Error| e.to_string())
+}
+
+/// Logs to stderr as text or JSON, filtered by RUST_LOG (default: info). Secrets are never
+/// logged: tokens appear by name only.
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
+/// Blocks until SIGTERM or SIGINT (Ctrl-C) and says which.
+fn wait_for_stop_signal() -> eia::Result<&'static str> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eia::Error::Network(format!("cannot wait for signals: {e}")))?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| eia::Error::Network(format!("cannot handle SIGTERM: {e}")))?;
+        tokio::select! {
+            _ = term.recv() => Ok("SIGTERM"),
+            r = tokio::signal::ctrl_c() => r
+                .map(|_| "SIGINT")
+                .map_err(|e| eia::Error::Network(format!("cannot handle Ctrl-C: {e}"))),
+        }
+    })
 }
 
 fn main() -> ExitCode {
@@ -246,6 +291,9 @@ fn run(cli: Cli) -> eia::Result<()> {
             listen,
             tokens,
             lease,
+            drain_timeout,
+            usage_log,
+            log_format,
             tls_cert,
             tls_key,
             overcommit,
@@ -263,6 +311,14 @@ fn run(cli: Cli) -> eia::Result<()> {
                 (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
                 _ => None,
             };
+            init_logs(&log_format);
+            let seconds = |flag: &str, v: f64| {
+                Duration::try_from_secs_f64(v).map_err(|e| eia::Error::Config {
+                    source_name: flag.into(),
+                    msg: e.to_string(),
+                })
+            };
+            let drain_timeout = seconds("--drain-timeout", drain_timeout)?;
             let config = eia::rpc::ServerConfig {
                 device: DeviceConfig {
                     tiers: tiers.load()?,
@@ -270,10 +326,8 @@ fn run(cli: Cli) -> eia::Result<()> {
                     ..DeviceConfig::default()
                 },
                 tokens: tokens.as_deref().map(eia::rpc::Tokens::load).transpose()?,
-                lease: Duration::try_from_secs_f64(lease).map_err(|e| eia::Error::Config {
-                    source_name: "--lease".into(),
-                    msg: e.to_string(),
-                })?,
+                lease: seconds("--lease", lease)?,
+                usage_log,
                 max_message_bytes: max_message_mib << 20,
                 tls: tls.clone(),
                 metrics,
@@ -303,15 +357,27 @@ fn run(cli: Cli) -> eia::Result<()> {
                 }
             };
             println!(
-                "eia serve: {device} accelerators, listening on {} ({auth}); Ctrl-C stops",
+                "eia serve: {device} accelerators, listening on {} ({auth}); SIGTERM or Ctrl-C drains and stops",
                 server.url(tls.is_some())
             );
             if let Some(at) = server.metrics_addr() {
                 println!("metrics: http://{at}/metrics");
             }
-            loop {
-                std::thread::park();
-            }
+            tracing::info!(
+                %device,
+                addr = %server.addr(),
+                auth,
+                tls = tls.is_some(),
+                metrics = ?server.metrics_addr(),
+                lease_s = lease,
+                drain_timeout_s = drain_timeout.as_secs_f64(),
+                "serving"
+            );
+            let signal = wait_for_stop_signal()?;
+            tracing::info!(signal, "stop signal: draining");
+            server.drain(drain_timeout)?;
+            tracing::info!("stopped");
+            Ok(())
         }
         Command::TokenHash { secret } => {
             println!("{}", eia::rpc::auth::hash(&secret));

@@ -108,21 +108,29 @@ impl fmt::Display for Usage {
             bytes(self.memory_high_water),
             bytes(self.memory_quota)
         )?;
-        if self.meter_bound() {
-            write!(
-                f,
-                "\n  meter-bound: ops waited on the tier's rate; a larger tier{} would run them faster",
-                if self.flops_f32 > self.flops_f16 {
-                    ", or FP16 (metered at its higher FP16 rate),"
-                } else {
-                    ""
-                }
-            )?;
-        } else if self.ops > 0 {
-            write!(
-                f,
-                "\n  device-bound: the meter rarely waited; a larger tier would not help"
-            )?;
+        if self.ops > 0 {
+            let waiting = 100.0 * self.meter_bound_fraction();
+            let fp16 = if self.flops_f32 > self.flops_f16 {
+                " (or FP16, metered at its higher rate)"
+            } else {
+                ""
+            };
+            if self.meter_bound() {
+                write!(
+                    f,
+                    "\n  meter-bound: {waiting:.0}% of op time waited on the tier's rate; a larger tier{fp16} would run these ops faster"
+                )?;
+            } else if waiting >= 10.0 {
+                write!(
+                    f,
+                    "\n  partly meter-bound: {waiting:.0}% of op time waited on the tier's rate; a larger tier{fp16} would save at most that share"
+                )?;
+            } else {
+                write!(
+                    f,
+                    "\n  device-bound: {waiting:.0}% of op time waited on the meter; the device set the pace, a larger tier would not help"
+                )?;
+            }
         }
         Ok(())
     }

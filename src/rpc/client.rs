@@ -168,7 +168,9 @@ impl Connection {
         let r = self.call(c.attach(self.request(proto::AttachRequest { tier: tier.into() })))?;
         let id = r.accelerator;
         let lease = Duration::try_from_secs_f64(r.lease_seconds).unwrap_or(Duration::from_secs(30));
-        // Renew the lease three times per lease period while attached.
+        // Renew the lease three times per lease period while attached. A failed heartbeat (a
+        // network blip, a busy server) is retried at the next tick; only the server saying the
+        // accelerator is gone (NOT_FOUND) ends it.
         let heartbeat = self.heartbeat.then(|| {
             let mut c = self.client.clone();
             let token = self.token.clone();
@@ -180,8 +182,10 @@ impl Connection {
                     if let Some(t) = &token {
                         req.metadata_mut().insert("authorization", t.clone());
                     }
-                    if c.heartbeat(req).await.is_err() {
-                        return;
+                    if let Err(s) = c.heartbeat(req).await {
+                        if s.code() == tonic::Code::NotFound {
+                            return;
+                        }
                     }
                 }
             })

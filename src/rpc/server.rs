@@ -15,10 +15,20 @@
 //! computes, and nothing else of any tenant waits for those. Uploads reserve their quota before
 //! their bytes arrive and are cancelled when their accelerator goes. A reaper detaches
 //! accelerators whose lease ran out (no call for `lease`), freeing all their memory.
+//!
+//! Operations: `grpc.health.v1` (tonic-health) reports the service SERVING until a drain
+//! starts; a drain ([`ServerHandle::drain`], `eia serve` on SIGTERM or Ctrl-C) refuses new
+//! attaches with UNAVAILABLE, lets calls in flight finish up to a timeout, then detaches every
+//! accelerator (calls still waiting end with UNAVAILABLE) and stops. Every detach — by the
+//! client, by lease expiry, by a drain — logs the accelerator's final usage record (`tracing`)
+//! and appends it, as one JSON object per line, to the usage log if one is configured.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -61,6 +71,8 @@ pub struct ServerConfig {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP); `None`: nowhere.
     pub metrics: Option<SocketAddr>,
+    /// A file every final usage record is appended to, one JSON object per line.
+    pub usage_log: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +85,7 @@ impl Default for ServerConfig {
             chunk_bytes: 1 << 20,
             tls: None,
             metrics: None,
+            usage_log: None,
         }
     }
 }
@@ -88,6 +101,97 @@ struct Shared<B: Backend> {
     lease: Duration,
     chunk_bytes: usize,
     accelerators: Mutex<HashMap<u64, Arc<Attached<B>>>>,
+    /// Set when a drain starts: attaches are refused and readiness is false.
+    draining: AtomicBool,
+    health: tonic_health::server::HealthReporter,
+    usage_log: Option<Mutex<std::fs::File>>,
+}
+
+impl<B: Backend + Clone + 'static> Shared<B> {
+    /// Logs a detached accelerator's final usage and appends it to the usage log.
+    fn record(&self, owner: &str, why: &str, usage: &crate::accelerator::Usage) {
+        tracing::info!(
+            accelerator = usage.accelerator,
+            owner,
+            tier = %usage.tier,
+            why,
+            attached_s = usage.attached.as_secs_f64(),
+            ops = usage.ops,
+            flops_fp32 = usage.flops_f32,
+            flops_fp16 = usage.flops_f16,
+            charged_s = usage.charged,
+            meter_wait_s = usage.meter_wait.as_secs_f64(),
+            memory_high_water = usage.memory_high_water,
+            "detached"
+        );
+        if let Some(file) = &self.usage_log {
+            let line = serde_json::json!({
+                "accelerator": usage.accelerator,
+                "owner": owner,
+                "tier": usage.tier,
+                "why": why,
+                "attached_seconds": usage.attached.as_secs_f64(),
+                "ops": usage.ops,
+                "flops_fp32": usage.flops_f32,
+                "flops_fp16": usage.flops_f16,
+                "charged_seconds": usage.charged,
+                "meter_wait_seconds": usage.meter_wait.as_secs_f64(),
+                "busy_seconds": usage.busy.as_secs_f64(),
+                "bytes_uploaded": usage.bytes_uploaded,
+                "bytes_downloaded": usage.bytes_downloaded,
+                "memory_high_water": usage.memory_high_water,
+                "memory_quota": usage.memory_quota,
+            });
+            if let Err(e) = writeln!(lock(file), "{line}") {
+                tracing::error!(error = %e, "cannot append to the usage log");
+            }
+        }
+    }
+
+    /// Detaches accelerator `a` (already out of the map) and records why.
+    fn retire(&self, a: &Attached<B>, why: &str) -> Result<crate::accelerator::Usage, Status> {
+        let usage = a.detach()?;
+        self.record(&a.owner, why, &usage);
+        Ok(usage)
+    }
+
+    /// Starts a drain and waits (up to `timeout`) for calls in flight, then detaches every
+    /// accelerator.
+    async fn drain(&self, timeout: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<proto::accelerators_server::AcceleratorsServer<Service<B>>>()
+            .await;
+        let started = Instant::now();
+        tracing::info!(
+            timeout_s = timeout.as_secs_f64(),
+            "draining: attaches refused"
+        );
+        let busy = || {
+            lock(&self.accelerators)
+                .values()
+                .filter(|a| a.calls.available_permits() < CALLS_PER_ACCELERATOR)
+                .count()
+        };
+        while busy() > 0 && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = busy();
+        let all: Vec<Arc<Attached<B>>> = lock(&self.accelerators).drain().map(|(_, a)| a).collect();
+        for a in &all {
+            a.drained.store(true, Ordering::SeqCst);
+            let _ = self.retire(a, "drain");
+        }
+        tracing::info!(
+            accelerators = all.len(),
+            cut_short = left,
+            seconds = started.elapsed().as_secs_f64(),
+            "drained"
+        );
+    }
 }
 
 /// One tensor of an attached accelerator, locked by the program or transfer using it.
@@ -104,6 +208,8 @@ struct Attached<B: Backend> {
     /// Becomes true when it is detached (by its client or the lease reaper): uploads still
     /// arriving stop and free their buffers.
     gone: tokio::sync::watch::Sender<bool>,
+    /// Set when a drain detaches it: calls still waiting end with UNAVAILABLE.
+    drained: AtomicBool,
 }
 
 impl<B: Backend + Clone + 'static> Attached<B> {
@@ -139,9 +245,22 @@ impl<B: Backend + Clone + 'static> Attached<B> {
             .await
             .map_err(|_| Status::internal("the accelerator's call queue closed"))?;
         let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&me))
+        let result = tokio::task::spawn_blocking(move || f(&me))
             .await
-            .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+            .map_err(|e| Status::internal(format!("worker failed: {e}")))?;
+        result.map_err(|s| self.unless_drained(s))
+    }
+
+    /// `s`, or UNAVAILABLE if a drain detached the accelerator under the call.
+    fn unless_drained(&self, s: Status) -> Status {
+        if self.drained.load(Ordering::SeqCst) {
+            Status::unavailable(format!(
+                "the server drained (shut down) before this call finished: {}",
+                s.message()
+            ))
+        } else {
+            s
+        }
     }
 
     /// Detaches it: its uploads stop, its tensors are freed, and the final usage is returned.
@@ -163,12 +282,34 @@ impl<B: Backend + Clone + 'static> Service<B> {
     /// A service over a new device on `backend`, with its lease reaper running on the current
     /// tokio runtime.
     pub fn new(backend: B, config: &ServerConfig) -> Result<Self> {
+        if config.lease.is_zero() {
+            return Err(Error::Config {
+                source_name: "lease".into(),
+                msg: "must be more than 0 s: an accelerator whose client is gone is detached after its lease, and a lease of 0 would detach every accelerator at once".into(),
+            });
+        }
+        let usage_log = match &config.usage_log {
+            None => None,
+            Some(path) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| Error::Config {
+                        source_name: path.display().to_string(),
+                        msg: format!("cannot open the usage log: {e}"),
+                    })?,
+            )),
+        };
         let shared = Arc::new(Shared {
             device: Device::new(backend, config.device.clone())?,
             tokens: config.tokens.clone(),
             lease: config.lease,
             chunk_bytes: config.chunk_bytes.max(1),
             accelerators: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            health: tonic_health::server::HealthReporter::new(),
+            usage_log,
         });
         tokio::spawn(reap(Arc::downgrade(&shared)));
         Ok(Service { shared })
@@ -196,7 +337,13 @@ impl<B: Backend + Clone + 'static> Service<B> {
     fn principal<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
         match &self.shared.tokens {
             None => Ok(Principal::anonymous()),
-            Some(tokens) => tokens.authenticate(req.metadata()),
+            Some(tokens) => tokens.authenticate(req.metadata()).inspect_err(|s| {
+                tracing::warn!(
+                    peer = ?req.remote_addr(),
+                    reason = s.message(),
+                    "authentication failed"
+                )
+            }),
         }
     }
 
@@ -255,7 +402,13 @@ async fn reap<B: Backend + Clone + 'static>(shared: Weak<Shared<B>>) {
             ids.iter().filter_map(|id| map.remove(id)).collect()
         };
         for a in expired {
-            let _ = a.detach();
+            tracing::warn!(
+                accelerator = a.accel.id(),
+                owner = %a.owner,
+                lease_s = s.lease.as_secs_f64(),
+                "lease expired: no call within the lease"
+            );
+            let _ = s.retire(&a, "lease expired");
         }
     }
 }
@@ -275,7 +428,9 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         &self,
         _: Request<proto::ServerReadyRequest>,
     ) -> Result<Response<proto::ServerReadyResponse>, Status> {
-        Ok(Response::new(proto::ServerReadyResponse { ready: true }))
+        Ok(Response::new(proto::ServerReadyResponse {
+            ready: !self.shared.draining.load(Ordering::SeqCst),
+        }))
     }
 
     async fn tiers(
@@ -298,10 +453,16 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         req: Request<proto::AttachRequest>,
     ) -> Result<Response<proto::AttachResponse>, Status> {
         let who = self.principal(&req)?;
+        if self.shared.draining.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(
+                "the server is draining (shutting down): attach on another server",
+            ));
+        }
         let tier = self.tier_for(&who, &req.get_ref().tier)?;
         let mut map = lock(&self.shared.accelerators);
         let held = map.values().filter(|a| a.owner == who.name).count();
         if held >= who.max_accelerators {
+            tracing::info!(owner = %who.name, tier = tier.name(), held, "attach refused: token limit");
             return Err(Status::resource_exhausted(format!(
                 "token {:?} already holds {held} accelerators, its limit",
                 who.name
@@ -311,8 +472,10 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
             .shared
             .device
             .attach_for(&who.name, tier.clone())
+            .inspect_err(|e| tracing::info!(owner = %who.name, tier = tier.name(), error = %e, "attach refused"))
             .map_err(status)?;
         let id = accel.id();
+        tracing::info!(accelerator = id, owner = %who.name, tier = tier.name(), "attached");
         map.insert(
             id,
             Arc::new(Attached {
@@ -322,6 +485,7 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
                 last_seen: Mutex::new(Instant::now()),
                 calls: tokio::sync::Semaphore::new(CALLS_PER_ACCELERATOR),
                 gone: tokio::sync::watch::Sender::new(false),
+                drained: AtomicBool::new(false),
             }),
         );
         Ok(Response::new(proto::AttachResponse {
@@ -339,6 +503,7 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         let a = self.get(&who, req.get_ref().accelerator)?;
         let tier = self.tier_for(&who, &req.get_ref().tier)?;
         a.accel.resize_tier(tier.clone()).map_err(status)?;
+        tracing::info!(accelerator = a.accel.id(), owner = %a.owner, tier = tier.name(), "resized");
         Ok(Response::new(proto::ResizeResponse {
             tier: Some(convert::tier(&tier)),
         }))
@@ -352,7 +517,7 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         let id = req.get_ref().accelerator;
         let a = self.get(&who, id)?;
         lock(&self.shared.accelerators).remove(&id);
-        let usage = a.detach()?;
+        let usage = self.shared.retire(&a, "client detached")?;
         Ok(Response::new(proto::DetachResponse {
             usage: Some(convert::usage(&usage)),
         }))
@@ -450,10 +615,10 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
             let next = tokio::select! {
                 next = stream.message() => next?,
                 _ = gone.wait_for(|gone| *gone) => {
-                    return Err(Status::not_found(format!(
+                    return Err(a.unless_drained(Status::not_found(format!(
                         "upload: accelerator {} was detached while the upload arrived",
                         header.accelerator
-                    )))
+                    ))))
                 }
             };
             match next {
@@ -652,7 +817,8 @@ fn run_program<B: Backend + Clone + 'static>(
 pub struct ServerHandle {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Starts the drain (with its timeout) that ends the server.
+    stop: Option<tokio::sync::oneshot::Sender<Duration>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
@@ -672,14 +838,22 @@ impl ServerHandle {
         format!("{}://{}", if tls { "https" } else { "http" }, self.addr)
     }
 
-    /// Stops the server and waits for it.
+    /// Stops the server at once (a drain with no wait: calls in flight end with UNAVAILABLE)
+    /// and waits for it.
     pub fn shutdown(mut self) -> Result<()> {
-        self.stop_and_join()
+        self.stop_and_join(Duration::ZERO)
     }
 
-    fn stop_and_join(&mut self) -> Result<()> {
+    /// Drains the server — attaches refused, readiness false, calls in flight given up to
+    /// `timeout` to finish, then every accelerator detached and its usage recorded — and
+    /// waits for it to stop.
+    pub fn drain(mut self, timeout: Duration) -> Result<()> {
+        self.stop_and_join(timeout)
+    }
+
+    fn stop_and_join(&mut self, drain: Duration) -> Result<()> {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(drain);
         }
         match self.thread.take() {
             Some(t) => t
@@ -692,7 +866,7 @@ impl ServerHandle {
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        let _ = self.stop_and_join();
+        let _ = self.stop_and_join(Duration::ZERO);
     }
 }
 
@@ -704,7 +878,7 @@ pub fn spawn<B: Backend + Clone + 'static>(
     config: ServerConfig,
 ) -> Result<ServerHandle> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Duration>();
     let thread = std::thread::Builder::new()
         .name("eia-server".into())
         .spawn(move || -> Result<()> {
@@ -713,7 +887,7 @@ pub fn spawn<B: Backend + Clone + 'static>(
                 .thread_name("eia-server-rt")
                 .build()
                 .map_err(|e| Error::Network(format!("cannot start the runtime: {e}")))?;
-            runtime.block_on(async move {
+            let served = runtime.block_on(async move {
                 let started = async {
                     let listener = tokio::net::TcpListener::bind(addr)
                         .await
@@ -745,11 +919,16 @@ pub fn spawn<B: Backend + Clone + 'static>(
                     }
                 };
                 let _ = ready_tx.send(Ok(local));
-                serve(listener, service, &config, async {
-                    let _ = stop_rx.await;
+                let shared = Arc::clone(&service.shared);
+                serve(listener, service, &config, async move {
+                    let drain = stop_rx.await.unwrap_or(Duration::ZERO);
+                    shared.drain(drain).await;
                 })
                 .await
-            })
+            });
+            // Blocking threads still sleeping on a meter hold nothing: do not wait for them.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            served
         })
         .map_err(|e| Error::Network(format!("cannot start the server thread: {e}")))?;
     let (addr, metrics_addr) = ready_rx
@@ -807,10 +986,17 @@ pub async fn serve<B: Backend + Clone + 'static>(
     config: &ServerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    let health = service.shared.health.clone();
     let grpc = proto::accelerators_server::AcceleratorsServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     // Large HTTP/2 windows: a tensor upload is not held to one 64 KiB window per round trip.
+    health
+        .set_serving::<proto::accelerators_server::AcceleratorsServer<Service<B>>>()
+        .await;
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health),
+    );
     let mut builder = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(WINDOW_BYTES))
         .initial_connection_window_size(Some(2 * WINDOW_BYTES));
@@ -822,6 +1008,7 @@ pub async fn serve<B: Backend + Clone + 'static>(
     }
     builder
         .add_service(grpc)
+        .add_service(health)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| Error::Network(format!("server: {e}")))
