@@ -206,3 +206,54 @@ fn eia_serve_drains_and_exits_0_on_sigterm() {
         assert!(logs.contains(event), "no {event} in\n{logs}");
     }
 }
+
+#[test]
+fn a_stalled_upload_is_ended_and_its_memory_freed() {
+    let server = eia::rpc::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        CpuBackend::new(),
+        ServerConfig {
+            stream_idle_timeout: Duration::from_millis(300),
+            ..config(None)
+        },
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut c = rt
+        .block_on(AcceleratorsClient::connect(server.url(false)))
+        .unwrap();
+    let id = rt
+        .block_on(c.attach(proto::AttachRequest {
+            tier: "slow".into(),
+        }))
+        .unwrap()
+        .into_inner()
+        .accelerator;
+    // The header and 1 KiB of a 4 MiB tensor, then nothing (the sender stays open).
+    let (tx, rx) = tokio::sync::mpsc::channel::<proto::UploadChunk>(1);
+    tx.try_send(proto::UploadChunk {
+        header: Some(proto::UploadHeader {
+            accelerator: id,
+            meta: Some(proto::TensorMeta {
+                datatype: "FP32".into(),
+                shape: vec![1 << 20],
+            }),
+        }),
+        data: vec![0u8; 1024].into(),
+    })
+    .unwrap();
+    let started = Instant::now();
+    let status = rt
+        .block_on(c.upload(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .unwrap_err();
+    println!("stalled upload ended after {:?}", started.elapsed());
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    let usage = rt
+        .block_on(c.usage(proto::UsageRequest { accelerator: id }))
+        .unwrap()
+        .into_inner()
+        .usage
+        .unwrap();
+    assert_eq!(usage.memory_used, 0, "the reservation was released");
+    drop(tx);
+}

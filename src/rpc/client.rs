@@ -44,6 +44,9 @@ pub struct ClientConfig {
     pub max_message_bytes: usize,
     /// How long to wait for the connection (default 10 s).
     pub connect_timeout: Duration,
+    /// Each call's deadline (default 600 s), also sent to the server (`grpc-timeout`), which
+    /// stops waiting on a call past it; a call that misses it is an [`Error::Network`].
+    pub timeout: Duration,
     /// Renew each accelerator's lease in the background (default true; without it the server
     /// detaches an accelerator left idle for its lease).
     pub heartbeat: bool,
@@ -58,6 +61,7 @@ impl Default for ClientConfig {
             chunk_bytes: 1 << 20,
             max_message_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(600),
             heartbeat: true,
         }
     }
@@ -92,6 +96,11 @@ impl Connection {
         let mut endpoint = Channel::from_shared(url.to_string())
             .map_err(|e| Error::Network(format!("bad server URL {url:?}: {e}")))?
             .connect_timeout(config.connect_timeout)
+            .timeout(config.timeout)
+            // A server that vanished without closing the connection is noticed.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
             .initial_stream_window_size(Some(super::server::WINDOW_BYTES))
             .initial_connection_window_size(Some(2 * super::server::WINDOW_BYTES))
             .tcp_nodelay(true);

@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
     /// A file every final usage record is appended to, one JSON object per line.
     pub usage_log: Option<PathBuf>,
+    /// An upload that sends nothing for this long is ended with DEADLINE_EXCEEDED and its
+    /// buffer freed (default 30 s).
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +89,7 @@ impl Default for ServerConfig {
             tls: None,
             metrics: None,
             usage_log: None,
+            stream_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -100,6 +104,7 @@ struct Shared<B: Backend> {
     tokens: Option<Tokens>,
     lease: Duration,
     chunk_bytes: usize,
+    stream_idle_timeout: Duration,
     accelerators: Mutex<HashMap<u64, Arc<Attached<B>>>>,
     /// Set when a drain starts: attaches are refused and readiness is false.
     draining: AtomicBool,
@@ -306,6 +311,7 @@ impl<B: Backend + Clone + 'static> Service<B> {
             tokens: config.tokens.clone(),
             lease: config.lease,
             chunk_bytes: config.chunk_bytes.max(1),
+            stream_idle_timeout: config.stream_idle_timeout,
             accelerators: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             health: tonic_health::server::HealthReporter::new(),
@@ -612,8 +618,14 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
                     data.desc().shape()
                 )));
             }
+            let idle = self.shared.stream_idle_timeout;
             let next = tokio::select! {
-                next = stream.message() => next?,
+                next = tokio::time::timeout(idle, stream.message()) => next.map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "upload: no data for {:.0} s; the upload was ended and its memory freed",
+                        idle.as_secs_f64()
+                    ))
+                })??,
                 _ = gone.wait_for(|gone| *gone) => {
                     return Err(a.unless_drained(Status::not_found(format!(
                         "upload: accelerator {} was detached while the upload arrived",
@@ -999,7 +1011,13 @@ pub async fn serve<B: Backend + Clone + 'static>(
     );
     let mut builder = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(WINDOW_BYTES))
-        .initial_connection_window_size(Some(2 * WINDOW_BYTES));
+        .initial_connection_window_size(Some(2 * WINDOW_BYTES))
+        // Dead peers are noticed (HTTP/2 pings, TCP keepalive); one connection cannot open
+        // unbounded streams. Calls honour the client's `grpc-timeout`.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .max_concurrent_streams(Some(256));
     if let Some((cert, key)) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder
