@@ -346,12 +346,12 @@ fn bad_input_gets_proper_statuses() {
         // Shape mismatch inside a program names the op.
         let gemm = Op {
             kind: Some(op::Kind::Gemm(GemmOp {
-                alpha: 1.0,
-                beta: 1.0,
+                alpha: Some(1.0),
+                beta: Some(1.0),
                 ..Default::default()
             })),
             inputs: vec![t[0], t[0]],
-            output: t[1],
+            output: Some(t[1]),
         };
         let status = c
             .run(RunRequest {
@@ -367,17 +367,17 @@ fn bad_input_gets_proper_statuses() {
         for (op, want) in [
             (
                 Op {
-                    kind: Some(op::Kind::Softmax(SoftmaxOp { axis: -1 })),
+                    kind: Some(op::Kind::Softmax(SoftmaxOp { axis: Some(-1) })),
                     inputs: vec![77],
-                    output: t[1],
+                    output: Some(t[1]),
                 },
                 tonic::Code::NotFound,
             ),
             (
                 Op {
-                    kind: Some(op::Kind::Softmax(SoftmaxOp { axis: -1 })),
+                    kind: Some(op::Kind::Softmax(SoftmaxOp { axis: Some(-1) })),
                     inputs: vec![t[1]],
-                    output: t[1],
+                    output: Some(t[1]),
                 },
                 tonic::Code::InvalidArgument,
             ),
@@ -385,7 +385,7 @@ fn bad_input_gets_proper_statuses() {
                 Op {
                     kind: None,
                     inputs: vec![t[0]],
-                    output: t[1],
+                    output: Some(t[1]),
                 },
                 tonic::Code::InvalidArgument,
             ),
@@ -393,7 +393,7 @@ fn bad_input_gets_proper_statuses() {
                 Op {
                     kind: Some(op::Kind::Matmul(MatMulOp {})),
                     inputs: vec![t[0]],
-                    output: t[1],
+                    output: Some(t[1]),
                 },
                 tonic::Code::InvalidArgument,
             ),
@@ -404,7 +404,7 @@ fn bad_input_gets_proper_statuses() {
                         ..Default::default()
                     })),
                     inputs: vec![t[0], t[0]],
-                    output: t[1],
+                    output: Some(t[1]),
                 },
                 tonic::Code::InvalidArgument,
             ),

@@ -12,18 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Principal, Tokens};
 use super::chunks::{self, Assembly};
-use super::convert::{self, invalid, status, WireOp};
+use super::convert::{self, invalid, status};
 use super::proto::{self, accelerators_server::Accelerators};
 use crate::accelerator::{Accelerator, Buffer, Device, DeviceConfig};
-use crate::backend::Backend;
+use crate::backend::{check_output, Backend};
 use crate::error::{Error, Result};
-use crate::tensor::{HostTensor, Tensor};
+use crate::ops::Op;
+use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// HTTP/2 flow-control window per stream (server and client).
 pub const WINDOW_BYTES: u32 = 8 << 20;
@@ -89,9 +89,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<B: Backend + Clone + 'static> Attached<B> {
     fn insert(&self, t: Tensor<Buffer>) -> u64 {
-        let id = self.next_tensor.fetch_add(1, Ordering::Relaxed);
+        let id = self.new_id();
         lock(&self.tensors).insert(id, t);
         id
+    }
+
+    /// A handle for a new tensor.
+    fn new_id(&self) -> u64 {
+        self.next_tensor.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -453,9 +458,8 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         let who = self.principal(&req)?;
         let a = self.get(&who, req.get_ref().accelerator)?;
         let program = req.into_inner();
-        free(&a, &program.free)?;
-        let reads = blocking(move || run_program(&a, program)).await?;
-        Ok(Response::new(proto::RunResponse { reads }))
+        let response = blocking(move || run_program(&a, program)).await?;
+        Ok(Response::new(response))
     }
 }
 
@@ -470,76 +474,166 @@ fn free<B: Backend + Clone + 'static>(a: &Attached<B>, ids: &[u64]) -> Result<()
     Ok(())
 }
 
-/// Writes, runs the ops in order, reads. An error names the op that failed; the ops before it
-/// have run.
+/// A program's op, checked against the tensors it names.
+struct Checked {
+    op: Op,
+    /// The output's handle, or its descriptor where the server allocates it.
+    output: Result<u64, TensorDesc>,
+}
+
+/// Adds the op's index and name (once decoded) to a refusal.
+fn in_op(i: usize, name: Option<&'static str>) -> impl Fn(Status) -> Status {
+    move |s: Status| {
+        let name = name.map_or(String::new(), |n| format!(" ({n})"));
+        Status::new(s.code(), format!("op {i}{name}: {}", s.message()))
+    }
+}
+
+/// Checks a whole program before anything runs: the frees, every write (handle and byte
+/// length), every op (decoded, planned against its inputs' descriptors, its output's checked)
+/// and every read. Tensors the program frees cannot be named by the rest of it.
+fn check_program(
+    accelerator: u64,
+    tensors: &HashMap<u64, Tensor<Buffer>>,
+    program: &proto::RunRequest,
+) -> Result<Vec<Checked>, Status> {
+    let desc = |id: u64| match tensors.get(&id) {
+        Some(t) if !program.free.contains(&id) => Ok(t.desc()),
+        _ => Err(not_found(accelerator, id)),
+    };
+    for id in &program.free {
+        tensors
+            .get(id)
+            .ok_or_else(|| not_found(accelerator, *id))?;
+    }
+    for w in &program.writes {
+        let d = desc(w.tensor)?;
+        if w.data.len() != d.bytes() {
+            return Err(status(Error::ByteLength {
+                dtype: d.dtype(),
+                shape: d.shape().to_vec(),
+                expected: d.bytes(),
+                got: w.data.len(),
+            }));
+        }
+    }
+    let checked = program
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(i, wire)| {
+            let op = convert::op_from(wire.kind.as_ref()).map_err(in_op(i, None))?;
+            let context = in_op(i, Some(op.name()));
+            if let Some(y) = wire.output.filter(|y| wire.inputs.contains(y)) {
+                return Err(context(invalid(format!(
+                    "tensor {y} is both an input and the output"
+                ))));
+            }
+            let inputs = wire
+                .inputs
+                .iter()
+                .map(|&t| desc(t))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&context)?;
+            let plan = op.plan(&inputs).map_err(|e| context(status(e)))?;
+            let output = match wire.output {
+                Some(y) => {
+                    let got = desc(y).map_err(&context)?;
+                    check_output(op.name(), plan.output(), got).map_err(|e| context(status(e)))?;
+                    Ok(y)
+                }
+                None => Err(plan.output().clone()),
+            };
+            Ok(Checked { op, output })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    for id in &program.reads {
+        desc(*id)?;
+    }
+    Ok(checked)
+}
+
+/// Runs a program: checks it whole ([`check_program`]; a program refused there changes nothing
+/// and charges nothing), then frees, allocates the outputs the server is asked for (all or
+/// none), writes, runs the ops in order and reads. An error while running names the op that
+/// failed; the ops before it have run, and the outputs the server allocated are freed.
 fn run_program<B: Backend + Clone + 'static>(
     a: &Attached<B>,
     program: proto::RunRequest,
-) -> Result<Vec<Bytes>, Status> {
+) -> Result<proto::RunResponse, Status> {
     let accel = &a.accel;
     let id = accel.id();
     let mut tensors = lock(&a.tensors);
-    for w in &program.writes {
-        let t = tensors
-            .get_mut(&w.tensor)
-            .ok_or_else(|| not_found(id, w.tensor))?;
-        let host = HostTensor::from_bytes(t.dtype(), t.shape(), &w.data).map_err(status)?;
-        accel.write(t, &host).map_err(status)?;
+    let ops = check_program(id, &tensors, &program)?;
+    for t in &program.free {
+        tensors.remove(t);
     }
-    for (i, op) in program.ops.iter().enumerate() {
-        let wire = convert::op_from(op.kind.as_ref())
-            .map_err(|s| Status::new(s.code(), format!("op {i}: {}", s.message())))?;
-        let context = |s: Status| {
-            Status::new(
-                s.code(),
-                format!("op {i} ({}): {}", wire.name(), s.message()),
-            )
-        };
-        let (lo, hi) = wire.arity();
-        if op.inputs.len() < lo || op.inputs.len() > hi {
-            return Err(context(invalid(format!(
-                "takes {lo}..={hi} inputs, got {}",
-                op.inputs.len()
-            ))));
+    // The outputs the server allocates, all or none (a failure drops those made so far).
+    let (mut handles, mut outputs, mut made) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, op) in ops.iter().enumerate() {
+        match &op.output {
+            Ok(y) => handles.push(*y),
+            Err(desc) => {
+                made.push(accel.alloc(desc).map_err(|e| in_op(i, Some(op.op.name()))(status(e)))?);
+                let y = a.new_id();
+                handles.push(y);
+                outputs.push(proto::AllocatedOutput {
+                    op: i as u32,
+                    tensor: y,
+                    meta: Some(convert::meta(desc)),
+                });
+            }
         }
-        if op.inputs.contains(&op.output) {
-            return Err(context(invalid(format!(
-                "tensor {} is both an input and the output",
-                op.output
-            ))));
+    }
+    for (o, t) in outputs.iter().zip(made) {
+        tensors.insert(o.tensor, t);
+    }
+    let ran = (|| {
+        for w in &program.writes {
+            let t = tensors
+                .get_mut(&w.tensor)
+                .ok_or_else(|| not_found(id, w.tensor))?;
+            let host = HostTensor::from_bytes(t.dtype(), t.shape(), &w.data).map_err(status)?;
+            accel.write(t, &host).map_err(status)?;
         }
-        let mut y = tensors
-            .remove(&op.output)
-            .ok_or_else(|| context(not_found(id, op.output)))?;
-        let result = (|| {
-            let x: Vec<&Tensor<Buffer>> = op
+        for (i, (op, (wire, &y))) in ops.iter().zip(program.ops.iter().zip(&handles)).enumerate() {
+            let context = in_op(i, Some(op.op.name()));
+            let mut out = tensors.remove(&y).ok_or_else(|| context(not_found(id, y)))?;
+            let result = wire
                 .inputs
                 .iter()
                 .map(|t| tensors.get(t).ok_or_else(|| not_found(id, *t)))
-                .collect::<Result<_, _>>()?;
-            match &wire {
-                WireOp::Gemm(g) => accel.gemm_into(g, x[0], x[1], x.get(2).copied(), &mut y),
-                WireOp::MatMul => accel.matmul_into(x[0], x[1], &mut y),
-                WireOp::Conv(c) => accel.conv_into(c, x[0], x[1], x.get(2).copied(), &mut y),
-                WireOp::BatchNorm(b) => {
-                    accel.batch_norm_into(b, x[0], [x[1], x[2], x[3], x[4]], &mut y)
-                }
-                WireOp::Softmax(s) => accel.softmax_into(s, x[0], &mut y),
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|x| accel.apply_into(&op.op, &x, &mut out).map_err(status));
+            tensors.insert(y, out);
+            result.map_err(context)?;
+        }
+        program
+            .reads
+            .iter()
+            .map(|t| {
+                let tensor = tensors.get(t).ok_or_else(|| not_found(id, *t))?;
+                let host = accel.download(tensor).map_err(status)?;
+                Ok((convert::meta(host.desc()), chunks::host_bytes(host.into_storage())))
+            })
+            .collect::<Result<Vec<_>, Status>>()
+    })();
+    match ran {
+        Ok(reads) => {
+            let (read_meta, reads) = reads.into_iter().unzip();
+            Ok(proto::RunResponse {
+                reads,
+                read_meta,
+                outputs,
+            })
+        }
+        Err(e) => {
+            for o in &outputs {
+                tensors.remove(&o.tensor);
             }
-            .map_err(status)
-        })();
-        tensors.insert(op.output, y);
-        result.map_err(context)?;
+            Err(e)
+        }
     }
-    program
-        .reads
-        .iter()
-        .map(|t| {
-            let tensor = tensors.get(t).ok_or_else(|| not_found(id, *t))?;
-            let host = accel.download(tensor).map_err(status)?;
-            Ok(chunks::host_bytes(host.into_storage()))
-        })
-        .collect()
 }
 
 /// A running server: its address; dropping it (or [`ServerHandle::shutdown`]) stops it.
