@@ -455,8 +455,12 @@ where
     }
 
     fn launch(&self, plan: &Plan, inputs: &[&Buffer], y: &mut Buffer) -> Result<()> {
-        self.run_op(plan.flops(), plan.output().dtype(), inputs, y, |be, s, y| {
-            be.launch(plan, s, y)
-        })
+        self.run_op(
+            plan.flops(),
+            plan.output().dtype(),
+            inputs,
+            y,
+            |be, s, y| be.launch(plan, s, y),
+        )
     }
 }

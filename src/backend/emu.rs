@@ -290,7 +290,14 @@ impl Backend for EmuBackend {
     }
 
     fn launch(&self, plan: &Plan, inputs: &[&EmuBuffer], y: &mut EmuBuffer) -> Result<()> {
-        let named: Vec<(&str, &EmuBuffer)> = plan.op.inputs().0.iter().copied().zip(inputs.iter().copied()).collect();
+        let named: Vec<(&str, &EmuBuffer)> = plan
+            .op
+            .inputs()
+            .0
+            .iter()
+            .copied()
+            .zip(inputs.iter().copied())
+            .collect();
         self.run(&named, y, |p, y| launch::launches(plan, Arch::SM80, p, y))
     }
 }

@@ -223,7 +223,10 @@ fn storages<'a, S>(inputs: &[&'a Tensor<S>]) -> Vec<&'a S> {
 }
 
 /// The required operands followed by the optional one, if given.
-fn operands<'a, S>(required: &[&'a Tensor<S>], optional: Option<&'a Tensor<S>>) -> Vec<&'a Tensor<S>> {
+fn operands<'a, S>(
+    required: &[&'a Tensor<S>],
+    optional: Option<&'a Tensor<S>>,
+) -> Vec<&'a Tensor<S>> {
     required.iter().copied().chain(optional).collect()
 }
 

@@ -97,7 +97,10 @@ impl Op {
     pub fn plan(&self, inputs: &[&TensorDesc]) -> Result<Plan> {
         if !self.arity().contains(&inputs.len()) {
             let (names, required) = self.inputs();
-            let optional: String = names[required..].iter().map(|n| format!("[, {n}]")).collect();
+            let optional: String = names[required..]
+                .iter()
+                .map(|n| format!("[, {n}]"))
+                .collect();
             return Err(Error::Arity {
                 op: self.name(),
                 expected: format!("{}{optional}", names[..required].join(", ")),

@@ -420,7 +420,6 @@ impl RemoteAccelerator {
         let r = self.conn.call(self.client().upload(req))?;
         Ok(self.handle(desc, r.tensor))
     }
-
 }
 
 impl Drop for RemoteAccelerator {
@@ -608,7 +607,10 @@ impl Program {
     /// local call — and returns its plan and the inputs' storages.
     fn check<'a>(op: &Op, inputs: &[&'a T]) -> Result<(Plan, Vec<&'a RemoteBuffer>)> {
         let descs: Vec<&TensorDesc> = inputs.iter().map(|t| t.desc()).collect();
-        Ok((op.plan(&descs)?, inputs.iter().map(|t| t.storage()).collect()))
+        Ok((
+            op.plan(&descs)?,
+            inputs.iter().map(|t| t.storage()).collect(),
+        ))
     }
 
     /// Writes host data into `t` before the first op.

@@ -502,9 +502,7 @@ fn check_program(
         _ => Err(not_found(accelerator, id)),
     };
     for id in &program.free {
-        tensors
-            .get(id)
-            .ok_or_else(|| not_found(accelerator, *id))?;
+        tensors.get(id).ok_or_else(|| not_found(accelerator, *id))?;
     }
     for w in &program.writes {
         let d = desc(w.tensor)?;
@@ -574,7 +572,11 @@ fn run_program<B: Backend + Clone + 'static>(
         match &op.output {
             Ok(y) => handles.push(*y),
             Err(desc) => {
-                made.push(accel.alloc(desc).map_err(|e| in_op(i, Some(op.op.name()))(status(e)))?);
+                made.push(
+                    accel
+                        .alloc(desc)
+                        .map_err(|e| in_op(i, Some(op.op.name()))(status(e)))?,
+                );
                 let y = a.new_id();
                 handles.push(y);
                 outputs.push(proto::AllocatedOutput {
@@ -598,7 +600,9 @@ fn run_program<B: Backend + Clone + 'static>(
         }
         for (i, (op, (wire, &y))) in ops.iter().zip(program.ops.iter().zip(&handles)).enumerate() {
             let context = in_op(i, Some(op.op.name()));
-            let mut out = tensors.remove(&y).ok_or_else(|| context(not_found(id, y)))?;
+            let mut out = tensors
+                .remove(&y)
+                .ok_or_else(|| context(not_found(id, y)))?;
             let result = wire
                 .inputs
                 .iter()
@@ -614,7 +618,10 @@ fn run_program<B: Backend + Clone + 'static>(
             .map(|t| {
                 let tensor = tensors.get(t).ok_or_else(|| not_found(id, *t))?;
                 let host = accel.download(tensor).map_err(status)?;
-                Ok((convert::meta(host.desc()), chunks::host_bytes(host.into_storage())))
+                Ok((
+                    convert::meta(host.desc()),
+                    chunks::host_bytes(host.into_storage()),
+                ))
             })
             .collect::<Result<Vec<_>, Status>>()
     })();
