@@ -539,7 +539,7 @@ impl Backend for RemoteAccelerator {
     /// Runs the plan's op on the server (a program of one op).
     fn launch(&self, plan: &Plan, inputs: &[&RemoteBuffer], y: &mut RemoteBuffer) -> Result<()> {
         let mut program = Program::new();
-        program.push(self.id, &plan.op, inputs, Some(y))?;
+        program.push(Some(self.id), &plan.op, inputs, Some(y))?;
         self.run(&program).map(|_| ())
     }
 }
@@ -555,7 +555,8 @@ pub struct Ran {
 
 /// A sequence of writes, ops and reads over one remote accelerator's tensors, run in one round
 /// trip by [`RemoteAccelerator::run`]. Each op is validated as it is added (the same typed
-/// errors as a local call) and writes into an existing output tensor.
+/// errors as a local call) and writes into an existing output tensor ([`Program::apply`] and
+/// the typed forms) or one the server allocates ([`Program::apply_new`]).
 #[derive(Debug, Default, Clone)]
 pub struct Program {
     accelerator: Option<u64>,
@@ -584,17 +585,19 @@ impl Program {
         }
     }
 
+    /// Adds `op` (output `y`, or one the server allocates), checking that its tensors — and
+    /// `accelerator`, where given — are the program's accelerator.
     fn push(
         &mut self,
-        accelerator: u64,
+        accelerator: Option<u64>,
         op: &Op,
         inputs: &[&RemoteBuffer],
         y: Option<&RemoteBuffer>,
     ) -> Result<()> {
-        for b in inputs.iter().copied().chain(y) {
-            self.same_accelerator(b.accelerator)?;
+        let tensors = inputs.iter().chain(&y).map(|b| b.accelerator);
+        for a in tensors.chain(accelerator) {
+            self.same_accelerator(a)?;
         }
-        self.same_accelerator(accelerator)?;
         self.ops.push(proto::Op {
             kind: Some(convert::op_kind(op)),
             inputs: inputs.iter().map(|b| b.id).collect(),
@@ -635,8 +638,7 @@ impl Program {
     pub fn apply(&mut self, op: &Op, inputs: &[&T], y: &T) -> Result<&mut Self> {
         let (plan, x) = Self::check(op, inputs)?;
         check_output(op.name(), plan.output(), y.desc())?;
-        let acc = y.storage().accelerator;
-        self.push(acc, op, &x, Some(y.storage()))?;
+        self.push(None, op, &x, Some(y.storage()))?;
         Ok(self)
     }
 
@@ -644,15 +646,7 @@ impl Program {
     /// returns it (later ops of this program cannot name it).
     pub fn apply_new(&mut self, op: &Op, inputs: &[&T]) -> Result<&mut Self> {
         let (_, x) = Self::check(op, inputs)?;
-        let acc = x.first().map_or(self.accelerator, |b| Some(b.accelerator));
-        match acc {
-            Some(acc) => self.push(acc, op, &x, None)?,
-            None => self.ops.push(proto::Op {
-                kind: Some(convert::op_kind(op)),
-                inputs: Vec::new(),
-                output: None,
-            }),
-        }
+        self.push(None, op, &x, None)?;
         Ok(self)
     }
 
