@@ -413,7 +413,7 @@ enum ConvMutation {
     Strides(Vec<u64>),
     Pads(Vec<u64>),
     Dilations(Vec<u64>),
-    Group(Option<u64>),
+    Group(u64),
     AutoPad(String),
     KernelShape(Vec<u64>),
 }
@@ -427,7 +427,7 @@ fn conv_op() -> impl Strategy<Value = proto::ConvOp> {
         pair(),
         prop::collection::vec(0u64..2, 4),
         pair(),
-        prop_oneof![4 => Just(Some(1u64)), 1 => Just(Some(2u64)), 1 => Just(None)],
+        prop_oneof![8 => Just(Some(1u64)), 2 => Just(Some(2u64)), 1 => Just(None)],
         prop::sample::select(vec![
             "",
             "",
@@ -443,7 +443,7 @@ fn conv_op() -> impl Strategy<Value = proto::ConvOp> {
         1 => attr_pair().prop_map(ConvMutation::Strides),
         2 => pads().prop_map(ConvMutation::Pads),
         2 => attr_pair().prop_map(ConvMutation::Dilations),
-        1 => prop::option::of(prop_oneof![0u64..4, any::<u64>()]).prop_map(ConvMutation::Group),
+        1 => prop_oneof![0u64..4, any::<u64>()].prop_map(ConvMutation::Group),
         1 => prop_oneof![
             prop::sample::select(vec!["", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"])
                 .prop_map(String::from),
@@ -468,7 +468,7 @@ fn conv_op() -> impl Strategy<Value = proto::ConvOp> {
                     ConvMutation::Strides(v) => c.strides = v,
                     ConvMutation::Pads(v) => c.pads = v,
                     ConvMutation::Dilations(v) => c.dilations = v,
-                    ConvMutation::Group(g) => c.group = g,
+                    ConvMutation::Group(g) => c.group = Some(g),
                     ConvMutation::AutoPad(a) => c.auto_pad = a,
                     ConvMutation::KernelShape(v) => c.kernel_shape = v,
                 }
