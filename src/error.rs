@@ -22,6 +22,14 @@ pub enum Error {
         got: DType,
     },
 
+    /// An op was given too few or too many inputs.
+    #[error("{op}: takes inputs {expected}, got {got} inputs")]
+    Arity {
+        op: &'static str,
+        expected: String,
+        got: usize,
+    },
+
     /// An attribute value is out of range or inconsistent with the operands.
     #[error("{op}: attribute {name}: {msg}")]
     Attribute {

@@ -18,10 +18,12 @@
 //! # Layout
 //!
 //! The modules follow the flow of one op call:
-//! - [`ops`] — what a computation means: ONNX attributes, validation, shape inference, FLOPs.
+//! - [`ops`] — what a computation means: one [`ops::Op`] enum (attributes, arity, plan) every
+//!   front end turns its input into; validation, shape inference, FLOPs.
 //! - [`accelerator`] — how much one virtual accelerator may use: tiers, the FLOP meter, memory
 //!   quotas, admission, usage; an [`Accelerator`] is a [`Backend`] wrapping a device's backend.
-//! - [`backend`] — how a device computes it: the [`Backend`] contract, the [`CpuBackend`], and
+//! - [`backend`] — how a device computes it: the [`Backend`] contract (one `launch` of a plan;
+//!   any op through `apply` / `apply_into`), the [`CpuBackend`], and
 //!   the [`CudaBackend`] (PTX kernels from `kernels/`, launched through `cudarc`).
 //! - [`rpc`] — how a remote host reaches it: the gRPC server (`eia serve`), the
 //!   `RemoteAccelerator` client with the same [`Backend`] API, tokens, leases, metrics.

@@ -6,7 +6,7 @@
 use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::{BatchNorm, Conv, Gemm, Softmax};
+use crate::ops::{BatchNorm, Conv, Gemm, Op, Softmax};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// One benchmarkable problem.
@@ -172,27 +172,21 @@ impl Workload {
         }
     }
 
+    /// The op it runs.
+    pub fn op(&self) -> Op {
+        match self {
+            Workload::Gemm { .. } => Op::Gemm(Gemm::default()),
+            Workload::Conv { conv, .. } => Op::Conv(conv.clone()),
+            Workload::BatchNorm { .. } => Op::BatchNorm(BatchNorm::default()),
+            Workload::Softmax { .. } => Op::Softmax(Softmax::default()),
+        }
+    }
+
     /// Exact FLOPs (what the meter charges) and the output descriptor.
     pub fn plan(&self, dtype: DType) -> Result<(u64, TensorDesc)> {
-        let i = self.input_descs(dtype)?;
-        Ok(match self {
-            Workload::Gemm { .. } => {
-                let p = Gemm::default().plan(&i[0], &i[1], None)?;
-                (p.flops(), p.output)
-            }
-            Workload::Conv { conv, .. } => {
-                let p = conv.plan(&i[0], &i[1], Some(&i[2]))?;
-                (p.flops(), p.output)
-            }
-            Workload::BatchNorm { .. } => {
-                let p = BatchNorm::default().plan(&i[0], [&i[1], &i[2], &i[3], &i[4]])?;
-                (p.flops(), p.output)
-            }
-            Workload::Softmax { .. } => {
-                let p = Softmax::default().plan(&i[0])?;
-                (p.flops(), p.output)
-            }
-        })
+        let inputs = self.input_descs(dtype)?;
+        let plan = self.op().plan(&inputs.iter().collect::<Vec<_>>())?;
+        Ok((plan.flops(), plan.output().clone()))
     }
 
     /// Compulsory memory traffic in bytes: every input read once, the output written once.
@@ -229,7 +223,7 @@ impl Workload {
             .collect::<Result<Vec<_>>>()?;
         let output = backend.alloc(&self.plan(dtype)?.1)?;
         Ok(Prepared {
-            workload: self.clone(),
+            op: self.op(),
             inputs,
             output,
         })
@@ -246,7 +240,7 @@ pub fn uniform(state: &mut u64, lo: f32, hi: f32) -> f32 {
 
 /// A workload's tensors on a backend, ready to run repeatedly.
 pub struct Prepared<B: Backend> {
-    workload: Workload,
+    op: Op,
     inputs: Vec<Tensor<B::Storage>>,
     output: Tensor<B::Storage>,
 }
@@ -254,18 +248,8 @@ pub struct Prepared<B: Backend> {
 impl<B: Backend> Prepared<B> {
     /// Runs the op once into the prepared output (asynchronously on asynchronous backends).
     pub fn run(&mut self, backend: &B) -> Result<()> {
-        let (i, y) = (&self.inputs, &mut self.output);
-        match &self.workload {
-            Workload::Gemm { .. } => backend.gemm_into(&Gemm::default(), &i[0], &i[1], None, y),
-            Workload::Conv { conv, .. } => backend.conv_into(conv, &i[0], &i[1], Some(&i[2]), y),
-            Workload::BatchNorm { .. } => backend.batch_norm_into(
-                &BatchNorm::default(),
-                &i[0],
-                [&i[1], &i[2], &i[3], &i[4]],
-                y,
-            ),
-            Workload::Softmax { .. } => backend.softmax_into(&Softmax::default(), &i[0], y),
-        }
+        let inputs: Vec<&Tensor<B::Storage>> = self.inputs.iter().collect();
+        backend.apply_into(&self.op, &inputs, &mut self.output)
     }
 
     /// The output of the last run.

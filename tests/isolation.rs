@@ -418,7 +418,7 @@ fn a_program_naming_an_unknown_tensor_runs_nothing() {
             ops: vec![proto::Op {
                 kind: Some(proto::op::Kind::Matmul(proto::MatMulOp {})),
                 inputs: vec![t[0], t[0]],
-                output: t[1],
+                output: Some(t[1]),
             }],
             reads: vec![t[1] ^ 1],
         }))
@@ -458,7 +458,7 @@ fn overcommitted_tiers_share_the_device_by_rate() {
     // Three submitting threads per accelerator, and ops long enough (192³) for a thread to
     // queue its next op while another runs, keep each accelerator backlogged even while some of
     // its threads are descheduled on a busy machine (a tenant that is not asking gets nothing).
-    let flops = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let run = |acc: &eia::Accelerator<CpuBackend>| {
             let x = acc.upload(&host(&[192, 192], 0.7)).unwrap();
             let mut y = acc

@@ -347,12 +347,12 @@ fn bad_input_gets_proper_statuses() {
         // Shape mismatch inside a program names the op.
         let gemm = Op {
             kind: Some(op::Kind::Gemm(GemmOp {
-                alpha: 1.0,
-                beta: 1.0,
+                alpha: Some(1.0),
+                beta: Some(1.0),
                 ..Default::default()
             })),
             inputs: vec![t[0], t[0]],
-            output: t[1],
+            output: Some(t[1]),
         };
         let status = c
             .run(RunRequest {
@@ -368,17 +368,17 @@ fn bad_input_gets_proper_statuses() {
         for (op, want) in [
             (
                 Op {
-                    kind: Some(op::Kind::Softmax(SoftmaxOp { axis: -1 })),
+                    kind: Some(op::Kind::Softmax(SoftmaxOp { axis: Some(-1) })),
                     inputs: vec![77],
-                    output: t[1],
+                    output: Some(t[1]),
                 },
                 tonic::Code::NotFound,
             ),
             (
                 Op {
-                    kind: Some(op::Kind::Softmax(SoftmaxOp { axis: -1 })),
+                    kind: Some(op::Kind::Softmax(SoftmaxOp { axis: Some(-1) })),
                     inputs: vec![t[1]],
-                    output: t[1],
+                    output: Some(t[1]),
                 },
                 tonic::Code::InvalidArgument,
             ),
@@ -386,7 +386,7 @@ fn bad_input_gets_proper_statuses() {
                 Op {
                     kind: None,
                     inputs: vec![t[0]],
-                    output: t[1],
+                    output: Some(t[1]),
                 },
                 tonic::Code::InvalidArgument,
             ),
@@ -394,7 +394,7 @@ fn bad_input_gets_proper_statuses() {
                 Op {
                     kind: Some(op::Kind::Matmul(MatMulOp {})),
                     inputs: vec![t[0]],
-                    output: t[1],
+                    output: Some(t[1]),
                 },
                 tonic::Code::InvalidArgument,
             ),
@@ -405,7 +405,7 @@ fn bad_input_gets_proper_statuses() {
                         ..Default::default()
                     })),
                     inputs: vec![t[0], t[0]],
-                    output: t[1],
+                    output: Some(t[1]),
                 },
                 tonic::Code::InvalidArgument,
             ),
@@ -587,4 +587,370 @@ fn uploads_stream_in_chunks_and_a_refusal_stops_the_sender() {
         small.upload(&host(&[8], 0.0)).is_ok(),
         "the connection still works"
     );
+}
+
+/// A raw gRPC client on the open server with a fresh accelerator of tier "big".
+fn raw() -> (
+    tokio::runtime::Runtime,
+    eia::rpc::proto::accelerators_client::AcceleratorsClient<tonic::transport::Channel>,
+    u64,
+) {
+    use eia::rpc::proto::{accelerators_client::AcceleratorsClient, AttachRequest};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (c, id) = rt.block_on(async {
+        let mut c = AcceleratorsClient::connect(open_server().to_string())
+            .await
+            .unwrap();
+        let id = c
+            .attach(AttachRequest { tier: "big".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .accelerator;
+        (c, id)
+    });
+    (rt, c, id)
+}
+
+fn f32_meta(shape: &[usize]) -> eia::rpc::proto::TensorMeta {
+    eia::rpc::convert::meta(&eia::TensorDesc::new(DType::F32, shape).unwrap())
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// Issue 13 row 9: attributes a client leaves unset take their ONNX defaults (Gemm alpha =
+/// beta = 1, Softmax axis -1, BatchNormalization epsilon 1e-5), not proto3's zeros.
+#[test]
+fn unset_attributes_take_onnx_defaults() {
+    use eia::rpc::proto::{op::Kind, *};
+    let (rt, mut c, id) = raw();
+    let (a, b, cc) = (host(&[2, 3], 0.1), host(&[3, 2], 0.7), host(&[2, 2], 1.3));
+    let x = host(&[1, 2, 3], 0.4);
+    let ones = HostTensor::full(DType::F32, &[2], 1.0).unwrap();
+    let zeros = HostTensor::full(DType::F32, &[2], 0.0).unwrap();
+    let shapes: [&[usize]; 11] = [
+        &[2, 3],
+        &[3, 2],
+        &[2, 2],
+        &[2, 2], // 0-3: A, B, C, Gemm Y
+        &[1, 2, 3],
+        &[1, 2, 3], // 4-5: X, Softmax Y
+        &[2],
+        &[2],
+        &[2],
+        &[2],
+        &[1, 2, 3], // 6-10: scale, bias, mean, var, BatchNorm Y
+    ];
+    let t = rt.block_on(async {
+        c.alloc(AllocRequest {
+            accelerator: id,
+            tensors: shapes.iter().map(|s| f32_meta(s)).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tensors
+    });
+    let data = [
+        (0, &a),
+        (1, &b),
+        (2, &cc),
+        (4, &x),
+        (6, &ones),
+        (7, &zeros),
+        (8, &zeros),
+        (9, &zeros),
+    ];
+    let writes = data
+        .iter()
+        .map(|(i, h)| TensorWrite {
+            tensor: t[*i],
+            data: h.as_bytes().to_vec().into(),
+        })
+        .collect();
+    let op = |kind: Kind, inputs: &[usize], output: usize| Op {
+        kind: Some(kind),
+        inputs: inputs.iter().map(|&i| t[i]).collect(),
+        output: Some(t[output]),
+    };
+    let ops = vec![
+        op(Kind::Gemm(GemmOp::default()), &[0, 1, 2], 3),
+        op(Kind::Softmax(SoftmaxOp::default()), &[4], 5),
+        op(
+            Kind::BatchNorm(BatchNormOp::default()),
+            &[4, 6, 7, 8, 9],
+            10,
+        ),
+    ];
+    let out = rt.block_on(async {
+        c.run(RunRequest {
+            accelerator: id,
+            writes,
+            ops,
+            reads: vec![t[3], t[5], t[10]],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    });
+    let cpu = CpuBackend::new();
+    let want = [
+        cpu.gemm(&Gemm::default(), &a, &b, Some(&cc)).unwrap(),
+        cpu.softmax(&Softmax::default(), &x).unwrap(),
+        cpu.batch_norm(
+            &eia::ops::BatchNorm::default(),
+            &x,
+            [&ones, &zeros, &zeros, &zeros],
+        )
+        .unwrap(),
+    ];
+    for ((got, want), what) in out
+        .reads
+        .iter()
+        .zip(&want)
+        .zip(["Gemm", "Softmax", "BatchNorm"])
+    {
+        assert_eq!(
+            f32s(got),
+            want.data().to_f32_vec(),
+            "{what} with unset attributes"
+        );
+    }
+}
+
+/// Issue 13 row 10: a program is checked whole before anything runs — an unknown read, a bad
+/// op after a good one, or an unknown free leaves every tensor as it was and charges nothing.
+#[test]
+fn a_refused_run_changes_nothing_and_charges_nothing() {
+    use eia::rpc::proto::{op::Kind, *};
+    let (rt, mut c, id) = raw();
+    rt.block_on(async {
+        let t = c
+            .alloc(AllocRequest {
+                accelerator: id,
+                tensors: vec![f32_meta(&[2, 3]), f32_meta(&[2, 3]), f32_meta(&[3, 3])],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tensors;
+        let before = host(&[2, 3], 0.2);
+        let write = |tensor: u64, h: &HostTensor| TensorWrite {
+            tensor,
+            data: h.as_bytes().to_vec().into(),
+        };
+        c.run(RunRequest {
+            accelerator: id,
+            writes: vec![write(t[0], &before), write(t[1], &before)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let softmax = Op {
+            kind: Some(Kind::Softmax(SoftmaxOp { axis: Some(-1) })),
+            inputs: vec![t[0]],
+            output: Some(t[1]),
+        };
+        let bad_gemm = Op {
+            kind: Some(Kind::Gemm(GemmOp::default())),
+            inputs: vec![t[0], t[0]],
+            output: Some(t[2]),
+        };
+        let refused = [
+            (
+                "an unknown read",
+                RunRequest {
+                    ops: vec![softmax.clone()],
+                    reads: vec![t[1], 999_999],
+                    ..Default::default()
+                },
+                tonic::Code::NotFound,
+            ),
+            (
+                "a bad op after a good one",
+                RunRequest {
+                    ops: vec![softmax.clone(), bad_gemm],
+                    ..Default::default()
+                },
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                "an unknown free",
+                RunRequest {
+                    free: vec![t[2], 999_999],
+                    ops: vec![softmax.clone()],
+                    ..Default::default()
+                },
+                tonic::Code::NotFound,
+            ),
+            (
+                "an op on a tensor the program frees",
+                RunRequest {
+                    free: vec![t[0]],
+                    ops: vec![softmax.clone()],
+                    ..Default::default()
+                },
+                tonic::Code::NotFound,
+            ),
+        ];
+        for (what, mut run, code) in refused {
+            run.accelerator = id;
+            run.writes = vec![write(t[0], &host(&[2, 3], 5.0))];
+            let status = c.run(run).await.unwrap_err();
+            assert_eq!(status.code(), code, "{what}: {status}");
+            let read = c
+                .run(RunRequest {
+                    accelerator: id,
+                    reads: vec![t[0], t[1]],
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|s| panic!("{what}: a tensor was freed: {s}"))
+                .into_inner();
+            for got in &read.reads {
+                assert_eq!(
+                    f32s(got),
+                    before.data().to_f32_vec(),
+                    "{what}: a tensor changed"
+                );
+            }
+            let usage = c
+                .usage(UsageRequest { accelerator: id })
+                .await
+                .unwrap()
+                .into_inner()
+                .usage
+                .unwrap();
+            assert_eq!((usage.ops, usage.flops_fp32), (0, 0), "{what}: charged");
+        }
+    });
+}
+
+/// Issue 13: an op given no output gets one from the server (handle and meta in the reply),
+/// and every read comes back with its datatype and shape.
+#[test]
+fn ops_may_ask_the_server_for_their_outputs() {
+    use eia::rpc::proto::{op::Kind, *};
+    let (rt, mut c, id) = raw();
+    rt.block_on(async {
+        let t = c
+            .alloc(AllocRequest {
+                accelerator: id,
+                tensors: vec![f32_meta(&[2, 3]), f32_meta(&[3, 4])],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tensors;
+        let (a, b) = (host(&[2, 3], 0.5), host(&[3, 4], 0.9));
+        let out = c
+            .run(RunRequest {
+                accelerator: id,
+                writes: vec![
+                    TensorWrite {
+                        tensor: t[0],
+                        data: a.as_bytes().to_vec().into(),
+                    },
+                    TensorWrite {
+                        tensor: t[1],
+                        data: b.as_bytes().to_vec().into(),
+                    },
+                ],
+                ops: vec![
+                    Op {
+                        kind: Some(Kind::Matmul(MatMulOp {})),
+                        inputs: vec![t[0], t[1]],
+                        output: None,
+                    },
+                    Op {
+                        kind: Some(Kind::Softmax(SoftmaxOp::default())),
+                        inputs: vec![t[0]],
+                        output: Some(t[0]),
+                    },
+                ],
+                reads: vec![t[1]],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        // The second op aliases its input: refused, and the output the first would have had
+        // was never allocated.
+        assert_eq!(out.code(), tonic::Code::InvalidArgument, "{out}");
+        let usage = c
+            .usage(UsageRequest { accelerator: id })
+            .await
+            .unwrap()
+            .into_inner()
+            .usage
+            .unwrap();
+        assert_eq!(usage.memory_used, (6 + 12) * 4);
+        let out = c
+            .run(RunRequest {
+                accelerator: id,
+                writes: vec![
+                    TensorWrite {
+                        tensor: t[0],
+                        data: a.as_bytes().to_vec().into(),
+                    },
+                    TensorWrite {
+                        tensor: t[1],
+                        data: b.as_bytes().to_vec().into(),
+                    },
+                ],
+                ops: vec![Op {
+                    kind: Some(Kind::Matmul(MatMulOp {})),
+                    inputs: vec![t[0], t[1]],
+                    output: None,
+                }],
+                reads: vec![t[1]],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(out.read_meta, vec![f32_meta(&[3, 4])]);
+        assert_eq!(out.outputs.len(), 1);
+        let y = &out.outputs[0];
+        assert_eq!((y.op, y.meta.clone()), (0, Some(f32_meta(&[2, 4]))));
+        let read = c
+            .run(RunRequest {
+                accelerator: id,
+                reads: vec![y.tensor],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let want = CpuBackend::new().matmul(&a, &b).unwrap();
+        assert_eq!(f32s(&read.reads[0]), want.data().to_f32_vec());
+        assert_eq!(read.read_meta, vec![f32_meta(&[2, 4])]);
+    });
+}
+
+/// The Rust client's side of server-allocated outputs: `Program::apply_new` and `run_all`.
+#[test]
+fn program_apply_new_returns_server_allocated_outputs() {
+    use eia::ops::Op;
+    let acc = remote("big");
+    let (a, b) = (host(&[2, 3], 0.5), host(&[3, 4], 0.9));
+    let (da, db) = (acc.upload(&a).unwrap(), acc.upload(&b).unwrap());
+    let mut program = Program::new();
+    program.apply_new(&Op::MatMul, &[&da, &db]).unwrap();
+    program.read(&db).unwrap();
+    let ran = acc.run_all(&program).unwrap();
+    assert_eq!(ran.reads, vec![b.clone()]);
+    assert_eq!(ran.allocated.len(), 1);
+    let y = &ran.allocated[0];
+    assert_eq!(y.shape(), &[2, 4]);
+    let want = CpuBackend::new().matmul(&a, &b).unwrap();
+    assert_eq!(acc.download(y).unwrap(), want);
+    // Validated locally first, with the local error.
+    let e = program.apply_new(&Op::MatMul, &[&da, &da]).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
 }

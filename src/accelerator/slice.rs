@@ -31,7 +31,7 @@ use super::{Device, Tier, Usage};
 use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{BatchNormPlan, ConvPlan, GemmPlan, SoftmaxPlan};
+use crate::ops::Plan;
 use crate::sync::{lock, read, write};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
@@ -591,52 +591,13 @@ where
         Some(self.inner.lock().tier.memory())
     }
 
-    fn launch_gemm(
-        &self,
-        plan: &GemmPlan,
-        a: &Buffer,
-        b: &Buffer,
-        c: Option<&Buffer>,
-        y: &mut Buffer,
-    ) -> Result<()> {
-        let mut inputs = vec![a, b];
-        inputs.extend(c);
-        self.run_op(plan.flops(), plan.output.dtype(), &inputs, y, |be, s, y| {
-            be.launch_gemm(plan, s[0], s[1], s.get(2).copied(), y)
-        })
-    }
-
-    fn launch_conv(
-        &self,
-        plan: &ConvPlan,
-        x: &Buffer,
-        w: &Buffer,
-        bias: Option<&Buffer>,
-        y: &mut Buffer,
-    ) -> Result<()> {
-        let mut inputs = vec![x, w];
-        inputs.extend(bias);
-        self.run_op(plan.flops(), plan.output.dtype(), &inputs, y, |be, s, y| {
-            be.launch_conv(plan, s[0], s[1], s.get(2).copied(), y)
-        })
-    }
-
-    fn launch_batch_norm(
-        &self,
-        plan: &BatchNormPlan,
-        x: &Buffer,
-        params: [&Buffer; 4],
-        y: &mut Buffer,
-    ) -> Result<()> {
-        let inputs = [x, params[0], params[1], params[2], params[3]];
-        self.run_op(plan.flops(), plan.output.dtype(), &inputs, y, |be, s, y| {
-            be.launch_batch_norm(plan, s[0], [s[1], s[2], s[3], s[4]], y)
-        })
-    }
-
-    fn launch_softmax(&self, plan: &SoftmaxPlan, x: &Buffer, y: &mut Buffer) -> Result<()> {
-        self.run_op(plan.flops(), plan.output.dtype(), &[x], y, |be, s, y| {
-            be.launch_softmax(plan, s[0], y)
-        })
+    fn launch(&self, plan: &Plan, inputs: &[&Buffer], y: &mut Buffer) -> Result<()> {
+        self.run_op(
+            plan.flops(),
+            plan.output().dtype(),
+            inputs,
+            y,
+            |be, s, y| be.launch(plan, s, y),
+        )
     }
 }

@@ -20,7 +20,7 @@ use std::ptr::NonNull;
 use super::cuda::launch::{self, Arch, Launch, Ptr};
 use super::Backend;
 use crate::error::{Error, Result};
-use crate::ops::{BatchNormPlan, ConvPlan, GemmPlan, SoftmaxPlan};
+use crate::ops::Plan;
 use crate::tensor::{HostData, HostTensor, Tensor, TensorDesc};
 
 extern "C" {
@@ -182,21 +182,15 @@ impl EmuBackend {
     /// CUDA backend skips it.
     fn run(
         &self,
-        inputs: &[(&str, Option<&EmuBuffer>)],
+        inputs: &[(&str, &EmuBuffer)],
         y: &mut EmuBuffer,
         plan: impl FnOnce(&[Ptr], Ptr) -> Vec<Launch>,
     ) -> Result<()> {
         if y.len == 0 {
             return Ok(());
         }
-        let ptrs: Vec<Ptr> = inputs
-            .iter()
-            .map(|(_, b)| b.map_or(0, EmuBuffer::addr))
-            .collect();
-        let before: Vec<Option<Vec<u8>>> = inputs
-            .iter()
-            .map(|(_, b)| b.map(|b| b.data().to_vec()))
-            .collect();
+        let ptrs: Vec<Ptr> = inputs.iter().map(|(_, b)| b.addr()).collect();
+        let before: Vec<Vec<u8>> = inputs.iter().map(|(_, b)| b.data().to_vec()).collect();
         for l in plan(&ptrs, y.addr()) {
             // SAFETY: the planner built the params of a kernel of its family (kernels/README.md:
             // the Rust struct mirrors the C one) from the addresses above, whose buffers the
@@ -204,16 +198,14 @@ impl EmuBackend {
             unsafe { emulate(&l.kernel, l.grid, l.block, l.args.as_ptr())? };
             let buffers: Vec<(&str, &EmuBuffer)> = inputs
                 .iter()
-                .filter_map(|&(n, b)| b.map(|b| (n, b)))
+                .copied()
                 .chain([("the output", &*y)])
                 .collect();
             check_guards(&l.kernel, &buffers)?;
         }
         for ((name, buf), before) in inputs.iter().zip(before) {
-            if let (Some(buf), Some(before)) = (buf, before) {
-                if buf.data() != before {
-                    return Err(emu_err(format!("a kernel wrote into its input {name}")));
-                }
+            if buf.data() != before {
+                return Err(emu_err(format!("a kernel wrote into its input {name}")));
             }
         }
         Ok(())
@@ -297,56 +289,15 @@ impl Backend for EmuBackend {
         Ok(Tensor::from_parts(t.desc().clone(), data))
     }
 
-    fn launch_gemm(
-        &self,
-        plan: &GemmPlan,
-        a: &EmuBuffer,
-        b: &EmuBuffer,
-        c: Option<&EmuBuffer>,
-        y: &mut EmuBuffer,
-    ) -> Result<()> {
-        let inputs = [("A", Some(a)), ("B", Some(b)), ("C", c)];
-        self.run(&inputs, y, |p, y| {
-            launch::gemm::gemm(plan, Arch::SM80, p[0], p[1], c.map(|_| p[2]), y)
-        })
-    }
-
-    fn launch_conv(
-        &self,
-        plan: &ConvPlan,
-        x: &EmuBuffer,
-        w: &EmuBuffer,
-        bias: Option<&EmuBuffer>,
-        y: &mut EmuBuffer,
-    ) -> Result<()> {
-        let inputs = [("X", Some(x)), ("W", Some(w)), ("B", bias)];
-        self.run(&inputs, y, |p, y| {
-            launch::conv::conv(plan, Arch::SM80, p[0], p[1], bias.map(|_| p[2]), y)
-        })
-    }
-
-    fn launch_batch_norm(
-        &self,
-        plan: &BatchNormPlan,
-        x: &EmuBuffer,
-        params: [&EmuBuffer; 4],
-        y: &mut EmuBuffer,
-    ) -> Result<()> {
-        let inputs = [
-            ("X", Some(x)),
-            ("scale", Some(params[0])),
-            ("B", Some(params[1])),
-            ("input_mean", Some(params[2])),
-            ("input_var", Some(params[3])),
-        ];
-        self.run(&inputs, y, |p, y| {
-            launch::batchnorm::batch_norm(plan, Arch::SM80, p[0], [p[1], p[2], p[3], p[4]], y)
-        })
-    }
-
-    fn launch_softmax(&self, plan: &SoftmaxPlan, x: &EmuBuffer, y: &mut EmuBuffer) -> Result<()> {
-        self.run(&[("input", Some(x))], y, |p, y| {
-            launch::softmax::softmax(plan, Arch::SM80, p[0], y)
-        })
+    fn launch(&self, plan: &Plan, inputs: &[&EmuBuffer], y: &mut EmuBuffer) -> Result<()> {
+        let named: Vec<(&str, &EmuBuffer)> = plan
+            .op
+            .inputs()
+            .0
+            .iter()
+            .copied()
+            .zip(inputs.iter().copied())
+            .collect();
+        self.run(&named, y, |p, y| launch::launches(plan, Arch::SM80, p, y))
     }
 }

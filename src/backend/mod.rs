@@ -1,10 +1,11 @@
 //! The backend contract: how a device allocates, moves and computes tensors.
 //!
 //! A backend implements a few primitives — allocate, upload, download, synchronise — and one
-//! `launch_*` method per op family that executes an already validated plan from [`crate::ops`].
-//! The user-facing op methods are provided on top: the `_into` forms validate, check the given
-//! output and launch; the allocating forms (`gemm`, `conv`, …) allocate the output the plan
-//! names and call the `_into` form. Everything that computes — the CPU
+//! [`Backend::launch`] that executes an already validated [`Plan`] from [`crate::ops`]. Every op
+//! runs through one provided entry point, [`Backend::apply_into`] (validate the [`Op`] against
+//! its inputs, check the given output, launch), or [`Backend::apply`], which allocates the
+//! output the plan names; the typed methods (`gemm`, `conv_into`, …) are one-line conveniences
+//! over them. Everything that computes — the CPU
 //! backend, the CUDA backend, a metered accelerator wrapping either, a remote client — is a
 //! `Backend`, so one test suite and one bench suite run against all of them.
 
@@ -19,9 +20,7 @@ pub use cuda::CudaBackend;
 pub use emu::EmuBackend;
 
 use crate::error::{Error, Result};
-use crate::ops::{
-    BatchNorm, BatchNormPlan, Conv, ConvPlan, Gemm, GemmPlan, MatMul, Softmax, SoftmaxPlan,
-};
+use crate::ops::{BatchNorm, Conv, Gemm, Op, Plan, Softmax};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// A device that stores tensors and computes the op families on them.
@@ -82,42 +81,32 @@ pub trait Backend: Send + Sync {
         Ok(self.clone())
     }
 
-    /// Executes a validated GEMM plan. `c` is present iff `plan.c` is.
-    fn launch_gemm(
-        &self,
-        plan: &GemmPlan,
-        a: &Self::Storage,
-        b: &Self::Storage,
-        c: Option<&Self::Storage>,
-        y: &mut Self::Storage,
-    ) -> Result<()>;
+    /// Executes a validated plan: `inputs` are the storages of the operands `plan` was made
+    /// from, in the op's order, and `y` has the plan's output descriptor ([`Backend::apply_into`]
+    /// guarantees both). The one method a backend implements to compute.
+    fn launch(&self, plan: &Plan, inputs: &[&Self::Storage], y: &mut Self::Storage) -> Result<()>;
 
-    /// Executes a validated convolution plan. `bias` is present iff `plan.bias`.
-    fn launch_conv(
+    /// Runs `op` on `inputs` (in the op's ONNX order) into `y`, which must have the output's
+    /// shape and dtype. Every op goes through here: validation (a typed error for every bad
+    /// input, and `y` untouched), then [`Backend::launch`].
+    fn apply_into(
         &self,
-        plan: &ConvPlan,
-        x: &Self::Storage,
-        w: &Self::Storage,
-        bias: Option<&Self::Storage>,
-        y: &mut Self::Storage,
-    ) -> Result<()>;
+        op: &Op,
+        inputs: &[&Tensor<Self::Storage>],
+        y: &mut Tensor<Self::Storage>,
+    ) -> Result<()> {
+        let plan = plan(op, inputs)?;
+        check_output(op.name(), plan.output(), y.desc())?;
+        self.launch(&plan, &storages(inputs), y.storage_mut())
+    }
 
-    /// Executes a validated batch-norm plan; `params` are scale, bias, mean, var.
-    fn launch_batch_norm(
-        &self,
-        plan: &BatchNormPlan,
-        x: &Self::Storage,
-        params: [&Self::Storage; 4],
-        y: &mut Self::Storage,
-    ) -> Result<()>;
-
-    /// Executes a validated softmax plan.
-    fn launch_softmax(
-        &self,
-        plan: &SoftmaxPlan,
-        x: &Self::Storage,
-        y: &mut Self::Storage,
-    ) -> Result<()>;
+    /// Runs `op` on `inputs` into a new output tensor.
+    fn apply(&self, op: &Op, inputs: &[&Tensor<Self::Storage>]) -> Result<Tensor<Self::Storage>> {
+        let plan = plan(op, inputs)?;
+        let mut y = self.alloc(plan.output())?;
+        self.launch(&plan, &storages(inputs), y.storage_mut())?;
+        Ok(y)
+    }
 
     /// ONNX Gemm: `relu?(alpha·A'·B' + beta·C)`.
     fn gemm(
@@ -127,9 +116,7 @@ pub trait Backend: Send + Sync {
         b: &Tensor<Self::Storage>,
         c: Option<&Tensor<Self::Storage>>,
     ) -> Result<Tensor<Self::Storage>> {
-        let mut y = self.alloc(&op.plan(a.desc(), b.desc(), c.map(Tensor::desc))?.output)?;
-        self.gemm_into(op, a, b, c, &mut y)?;
-        Ok(y)
+        self.apply(&Op::Gemm(*op), &operands(&[a, b], c))
     }
 
     /// ONNX Gemm written into `y`, which must have the output's shape and dtype.
@@ -141,15 +128,7 @@ pub trait Backend: Send + Sync {
         c: Option<&Tensor<Self::Storage>>,
         y: &mut Tensor<Self::Storage>,
     ) -> Result<()> {
-        let plan = op.plan(a.desc(), b.desc(), c.map(Tensor::desc))?;
-        check_output("Gemm", &plan.output, y.desc())?;
-        self.launch_gemm(
-            &plan,
-            a.storage(),
-            b.storage(),
-            c.map(Tensor::storage),
-            y.storage_mut(),
-        )
+        self.apply_into(&Op::Gemm(*op), &operands(&[a, b], c), y)
     }
 
     /// ONNX MatMul with batch broadcasting.
@@ -158,9 +137,7 @@ pub trait Backend: Send + Sync {
         a: &Tensor<Self::Storage>,
         b: &Tensor<Self::Storage>,
     ) -> Result<Tensor<Self::Storage>> {
-        let mut y = self.alloc(&MatMul.plan(a.desc(), b.desc())?.output)?;
-        self.matmul_into(a, b, &mut y)?;
-        Ok(y)
+        self.apply(&Op::MatMul, &[a, b])
     }
 
     /// ONNX MatMul written into `y`.
@@ -170,9 +147,7 @@ pub trait Backend: Send + Sync {
         b: &Tensor<Self::Storage>,
         y: &mut Tensor<Self::Storage>,
     ) -> Result<()> {
-        let plan = MatMul.plan(a.desc(), b.desc())?;
-        check_output("MatMul", &plan.output, y.desc())?;
-        self.launch_gemm(&plan, a.storage(), b.storage(), None, y.storage_mut())
+        self.apply_into(&Op::MatMul, &[a, b], y)
     }
 
     /// ONNX Conv (2-D, NCHW/OIHW) with optional bias.
@@ -183,9 +158,7 @@ pub trait Backend: Send + Sync {
         w: &Tensor<Self::Storage>,
         bias: Option<&Tensor<Self::Storage>>,
     ) -> Result<Tensor<Self::Storage>> {
-        let mut y = self.alloc(&op.plan(x.desc(), w.desc(), bias.map(Tensor::desc))?.output)?;
-        self.conv_into(op, x, w, bias, &mut y)?;
-        Ok(y)
+        self.apply(&Op::Conv(op.clone()), &operands(&[x, w], bias))
     }
 
     /// ONNX Conv written into `y`.
@@ -197,15 +170,7 @@ pub trait Backend: Send + Sync {
         bias: Option<&Tensor<Self::Storage>>,
         y: &mut Tensor<Self::Storage>,
     ) -> Result<()> {
-        let plan = op.plan(x.desc(), w.desc(), bias.map(Tensor::desc))?;
-        check_output("Conv", &plan.output, y.desc())?;
-        self.launch_conv(
-            &plan,
-            x.storage(),
-            w.storage(),
-            bias.map(Tensor::storage),
-            y.storage_mut(),
-        )
+        self.apply_into(&Op::Conv(op.clone()), &operands(&[x, w], bias), y)
     }
 
     /// ONNX BatchNormalization (inference); `params` are scale, bias, mean, var.
@@ -215,9 +180,8 @@ pub trait Backend: Send + Sync {
         x: &Tensor<Self::Storage>,
         params: [&Tensor<Self::Storage>; 4],
     ) -> Result<Tensor<Self::Storage>> {
-        let mut y = self.alloc(&op.plan(x.desc(), params.map(Tensor::desc))?.output)?;
-        self.batch_norm_into(op, x, params, &mut y)?;
-        Ok(y)
+        let [s, b, m, v] = params;
+        self.apply(&Op::BatchNorm(*op), &[x, s, b, m, v])
     }
 
     /// ONNX BatchNormalization written into `y`.
@@ -228,21 +192,13 @@ pub trait Backend: Send + Sync {
         params: [&Tensor<Self::Storage>; 4],
         y: &mut Tensor<Self::Storage>,
     ) -> Result<()> {
-        let plan = op.plan(x.desc(), params.map(Tensor::desc))?;
-        check_output("BatchNormalization", &plan.output, y.desc())?;
-        self.launch_batch_norm(
-            &plan,
-            x.storage(),
-            params.map(Tensor::storage),
-            y.storage_mut(),
-        )
+        let [s, b, m, v] = params;
+        self.apply_into(&Op::BatchNorm(*op), &[x, s, b, m, v], y)
     }
 
     /// ONNX Softmax along `op.axis`.
     fn softmax(&self, op: &Softmax, x: &Tensor<Self::Storage>) -> Result<Tensor<Self::Storage>> {
-        let mut y = self.alloc(&op.plan(x.desc())?.output)?;
-        self.softmax_into(op, x, &mut y)?;
-        Ok(y)
+        self.apply(&Op::Softmax(*op), &[x])
     }
 
     /// ONNX Softmax written into `y`.
@@ -252,10 +208,26 @@ pub trait Backend: Send + Sync {
         x: &Tensor<Self::Storage>,
         y: &mut Tensor<Self::Storage>,
     ) -> Result<()> {
-        let plan = op.plan(x.desc())?;
-        check_output("Softmax", &plan.output, y.desc())?;
-        self.launch_softmax(&plan, x.storage(), y.storage_mut())
+        self.apply_into(&Op::Softmax(*op), &[x], y)
     }
+}
+
+/// `op`'s plan for the descriptors of `inputs`.
+fn plan<S>(op: &Op, inputs: &[&Tensor<S>]) -> Result<Plan> {
+    let descs: Vec<&TensorDesc> = inputs.iter().map(|t| t.desc()).collect();
+    op.plan(&descs)
+}
+
+fn storages<'a, S>(inputs: &[&'a Tensor<S>]) -> Vec<&'a S> {
+    inputs.iter().map(|t| t.storage()).collect()
+}
+
+/// The required operands followed by the optional one, if given.
+fn operands<'a, S>(
+    required: &[&'a Tensor<S>],
+    optional: Option<&'a Tensor<S>>,
+) -> Vec<&'a Tensor<S>> {
+    required.iter().copied().chain(optional).collect()
 }
 
 /// Checks that host data written into a tensor has the tensor's dtype and shape.

@@ -95,7 +95,9 @@ impl From<Error> for eia_error {
             Error::DTypeMismatch { .. } | Error::UnknownDType(_) => EIA_ERR_DTYPE,
             Error::Attribute { .. } => EIA_ERR_ATTRIBUTE,
             Error::DataLength { .. } | Error::ByteLength { .. } => EIA_ERR_DATA_LENGTH,
-            Error::Output { .. } | Error::ForeignTensor { .. } => EIA_ERR_INVALID_ARGUMENT,
+            Error::Output { .. } | Error::ForeignTensor { .. } | Error::Arity { .. } => {
+                EIA_ERR_INVALID_ARGUMENT
+            }
             Error::Backend { .. } => EIA_ERR_BACKEND,
             Error::UnknownTier { .. } => EIA_ERR_UNKNOWN_TIER,
             Error::Config { .. } => EIA_ERR_CONFIG,

@@ -1,5 +1,6 @@
 //! The ops across the C ABI, with their ONNX attributes as plain C structs (each with an
-//! `_default()` giving the ONNX defaults). Every op allocates its output on the accelerator.
+//! `_default()` giving the ONNX defaults) turned into an [`Op`] and run through the one entry
+//! point, [`crate::Backend::apply`]. Every op allocates its output on the accelerator.
 
 use std::sync::Arc;
 
@@ -7,8 +8,7 @@ use super::accelerator::{eia_accelerator, Accel};
 use super::error::{eia_error, guard, Outcome};
 use super::required;
 use super::tensor::{eia_tensor, on_accel, Held};
-use crate::error::Error;
-use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, Softmax};
+use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
 use crate::tensor::Tensor;
 
 /// ONNX `auto_pad` (one of the `EIA_AUTO_PAD_*` values).
@@ -151,48 +151,31 @@ pub extern "C" fn eia_softmax_attrs_default() -> eia_softmax_attrs {
     }
 }
 
-/// One op call with its attributes; the operands come in the op's ONNX input order.
-enum Call {
-    Gemm(Gemm),
-    MatMul,
-    Conv(Conv),
-    BatchNorm(BatchNorm),
-    Softmax(Softmax),
-}
-
-/// Runs `call` on `accelerator` over `inputs` (`None`: an optional input left out) and hands the
-/// new output to `out`.
+/// Runs `op` on `accelerator` over `inputs` (in the op's ONNX order; `None`: an optional input
+/// left out, always last) and hands the new output to `out`.
 fn run(
     accelerator: &eia_accelerator,
-    call: Call,
+    op: Op,
     inputs: &[Option<&eia_tensor>],
     out: &mut *mut eia_tensor,
 ) -> Outcome {
     let accel = &accelerator.accel;
-    *out =
-        on_accel!(&**accel, b => eia_tensor::new(accel, b.wrap(launch(b, accel, &call, inputs)?)));
+    *out = on_accel!(&**accel, b => eia_tensor::new(accel, b.wrap(apply(b, accel, &op, inputs)?)));
     Ok(())
 }
 
-fn launch<B: Held>(
+fn apply<B: Held>(
     b: &B,
     accel: &Arc<Accel>,
-    call: &Call,
+    op: &Op,
     inputs: &[Option<&eia_tensor>],
 ) -> Result<Tensor<B::Storage>, eia_error> {
-    let t = inputs
+    let x = inputs
         .iter()
-        .map(|t| t.map(|t| t.on::<B>(accel)).transpose())
+        .flatten()
+        .map(|t| t.on::<B>(accel))
         .collect::<Result<Vec<_>, _>>()?;
-    let need = |i: usize| t[i].expect("required inputs were checked for NULL");
-    let result: Result<_, Error> = match call {
-        Call::Gemm(op) => b.gemm(op, need(0), need(1), t[2]),
-        Call::MatMul => b.matmul(need(0), need(1)),
-        Call::Conv(op) => b.conv(op, need(0), need(1), t[2]),
-        Call::BatchNorm(op) => b.batch_norm(op, need(0), [need(1), need(2), need(3), need(4)]),
-        Call::Softmax(op) => b.softmax(op, need(0)),
-    };
-    Ok(result?)
+    Ok(b.apply(op, &x)?)
 }
 
 /// ONNX Gemm: `Y = relu?(alpha·A'·B' + beta·C)` for 2-D `a`, `b`; `c` (unidirectionally
@@ -208,9 +191,9 @@ pub extern "C" fn eia_gemm(
 ) -> Option<Box<eia_error>> {
     guard(|| {
         let accelerator = required(accelerator, "accelerator")?;
-        let call = Call::Gemm(required(attrs, "attrs")?.into());
+        let op = Op::Gemm(required(attrs, "attrs")?.into());
         let inputs = [Some(required(a, "a")?), Some(required(b, "b")?), c];
-        run(accelerator, call, &inputs, required(y, "y")?)
+        run(accelerator, op, &inputs, required(y, "y")?)
     })
 }
 
@@ -225,7 +208,7 @@ pub extern "C" fn eia_matmul(
     guard(|| {
         let accelerator = required(accelerator, "accelerator")?;
         let inputs = [Some(required(a, "a")?), Some(required(b, "b")?)];
-        run(accelerator, Call::MatMul, &inputs, required(y, "y")?)
+        run(accelerator, Op::MatMul, &inputs, required(y, "y")?)
     })
 }
 
@@ -241,9 +224,9 @@ pub extern "C" fn eia_conv(
 ) -> Option<Box<eia_error>> {
     guard(|| {
         let accelerator = required(accelerator, "accelerator")?;
-        let call = Call::Conv(required(attrs, "attrs")?.try_into()?);
+        let op = Op::Conv(required(attrs, "attrs")?.try_into()?);
         let inputs = [Some(required(x, "x")?), Some(required(w, "w")?), bias];
-        run(accelerator, call, &inputs, required(y, "y")?)
+        run(accelerator, op, &inputs, required(y, "y")?)
     })
 }
 
@@ -262,7 +245,7 @@ pub extern "C" fn eia_batch_norm(
 ) -> Option<Box<eia_error>> {
     guard(|| {
         let accelerator = required(accelerator, "accelerator")?;
-        let call = Call::BatchNorm(BatchNorm {
+        let op = Op::BatchNorm(BatchNorm {
             epsilon: required(attrs, "attrs")?.epsilon,
         });
         let inputs = [
@@ -272,7 +255,7 @@ pub extern "C" fn eia_batch_norm(
             Some(required(mean, "mean")?),
             Some(required(var, "var")?),
         ];
-        run(accelerator, call, &inputs, required(y, "y")?)
+        run(accelerator, op, &inputs, required(y, "y")?)
     })
 }
 
@@ -286,10 +269,10 @@ pub extern "C" fn eia_softmax(
 ) -> Option<Box<eia_error>> {
     guard(|| {
         let accelerator = required(accelerator, "accelerator")?;
-        let call = Call::Softmax(Softmax {
+        let op = Op::Softmax(Softmax {
             axis: required(attrs, "attrs")?.axis,
         });
         let inputs = [Some(required(x, "x")?)];
-        run(accelerator, call, &inputs, required(y, "y")?)
+        run(accelerator, op, &inputs, required(y, "y")?)
     })
 }

@@ -57,8 +57,6 @@ impl Default for Conv {
 /// `[n, k, p, q]`; input row `p·stride_h + r·dilation_h - pad_top` feeds output row `p`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvPlan {
-    /// The attributes this plan was made from.
-    pub attrs: Conv,
     pub dtype: DType,
     pub n: usize,
     pub c: usize,
@@ -184,7 +182,6 @@ impl Conv {
         let (pad_h, p) = self.resolve_axis(0, h, r)?;
         let (pad_w, q) = self.resolve_axis(1, wd, s)?;
         Ok(ConvPlan {
-            attrs: self.clone(),
             dtype,
             n,
             c,

@@ -33,13 +33,6 @@ impl Default for Gemm {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct MatMul;
 
-/// The op a [`GemmPlan`] was made from (what a remote backend sends instead of the plan).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum GemmSource {
-    Gemm(Gemm),
-    MatMul,
-}
-
 /// Element strides of a logical row-major matrix view: element `(i, j)` is at
 /// `i·row + j·col`. A stride of 0 broadcasts along that axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +46,6 @@ pub struct MatLayout {
 /// contiguous at `b·m·n`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GemmPlan {
-    /// The op this plan was made from.
-    pub source: GemmSource,
     pub dtype: DType,
     pub m: usize,
     pub n: usize,
@@ -160,7 +151,6 @@ impl Gemm {
             }
         };
         Ok(GemmPlan {
-            source: GemmSource::Gemm(*self),
             dtype,
             m,
             n,
@@ -294,7 +284,6 @@ impl MatMul {
             out_shape.push(n);
         }
         Ok(GemmPlan {
-            source: GemmSource::MatMul,
             dtype,
             m,
             n,

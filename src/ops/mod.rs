@@ -1,9 +1,13 @@
 //! What each computation means, independent of any device: ONNX attributes, validation and shape
 //! inference (a typed error for every bad operand), and the exact FLOP count the meter charges.
 //!
-//! Each op family turns its attributes and operand descriptors into a *plan*: the validated,
-//! fully resolved problem a backend executes without checking anything again. A plan also keeps
-//! the attributes it came from, so a remote backend can send the op rather than the plan.
+//! Every op is one variant of [`Op`] (its attributes): its ONNX name, its arity and its
+//! [`Op::plan`], which turns the operand descriptors into a [`Plan`] — the validated, fully
+//! resolved problem a backend executes without checking anything again ([`FamilyPlan`], one per
+//! kernel family), with its output descriptor and FLOP count. A plan keeps the [`Op`] it came
+//! from (`plan.op`), so a remote backend sends the op rather than the plan. Every front end
+//! (Rust calls, the gRPC server, the C ABI, the remote `Program`) turns its input into an `Op`
+//! once and runs it through [`crate::Backend::apply_into`].
 //!
 //! FLOP counts (what the meter charges, per the product contract):
 //! - Gemm / MatMul: `2·M·N·K` per batch matrix; the alpha/beta/C epilogue and ReLU are not charged.
@@ -18,12 +22,127 @@ pub mod softmax;
 
 pub use batchnorm::{BatchNorm, BatchNormPlan};
 pub use conv::{AutoPad, Conv, ConvPlan};
-pub use gemm::{Gemm, GemmPlan, GemmSource, MatLayout, MatMul};
+pub use gemm::{Gemm, GemmPlan, MatLayout, MatMul};
 pub use softmax::{Softmax, SoftmaxPlan};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
+
+/// One op with its attributes: what every front end turns its input into.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Inputs A, B[, C].
+    Gemm(Gemm),
+    /// Inputs A, B.
+    MatMul,
+    /// Inputs X, W[, B].
+    Conv(Conv),
+    /// Inputs X, scale, B, input_mean, input_var.
+    BatchNorm(BatchNorm),
+    /// Input X.
+    Softmax(Softmax),
+}
+
+/// An op's validated plan: the kernel family's resolved problem, and the op it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The op (with its attributes) this plan was made from.
+    pub op: Op,
+    pub family: FamilyPlan,
+}
+
+/// The resolved problem of one kernel family (what a backend's kernels take).
+#[derive(Clone, Debug, PartialEq)]
+pub enum FamilyPlan {
+    /// Gemm and MatMul.
+    Gemm(GemmPlan),
+    Conv(ConvPlan),
+    BatchNorm(BatchNormPlan),
+    Softmax(SoftmaxPlan),
+}
+
+impl Op {
+    /// The ONNX op type.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Gemm(_) => "Gemm",
+            Op::MatMul => "MatMul",
+            Op::Conv(_) => "Conv",
+            Op::BatchNorm(_) => "BatchNormalization",
+            Op::Softmax(_) => "Softmax",
+        }
+    }
+
+    /// Its inputs' ONNX names in order, and how many of them are required (the rest are
+    /// optional and may be left off the end).
+    pub fn inputs(&self) -> (&'static [&'static str], usize) {
+        match self {
+            Op::Gemm(_) => (&["A", "B", "C"], 2),
+            Op::MatMul => (&["A", "B"], 2),
+            Op::Conv(_) => (&["X", "W", "B"], 2),
+            Op::BatchNorm(_) => (&["X", "scale", "B", "input_mean", "input_var"], 5),
+            Op::Softmax(_) => (&["X"], 1),
+        }
+    }
+
+    /// How many inputs it takes (fewest ..= most).
+    pub fn arity(&self) -> std::ops::RangeInclusive<usize> {
+        let (names, required) = self.inputs();
+        required..=names.len()
+    }
+
+    /// Validates the inputs' descriptors (count, dtypes, shapes) and the attributes against
+    /// them, and resolves the plan.
+    pub fn plan(&self, inputs: &[&TensorDesc]) -> Result<Plan> {
+        if !self.arity().contains(&inputs.len()) {
+            let (names, required) = self.inputs();
+            let optional: String = names[required..]
+                .iter()
+                .map(|n| format!("[, {n}]"))
+                .collect();
+            return Err(Error::Arity {
+                op: self.name(),
+                expected: format!("{}{optional}", names[..required].join(", ")),
+                got: inputs.len(),
+            });
+        }
+        let x = inputs;
+        let family = match self {
+            Op::Gemm(g) => FamilyPlan::Gemm(g.plan(x[0], x[1], x.get(2).copied())?),
+            Op::MatMul => FamilyPlan::Gemm(MatMul.plan(x[0], x[1])?),
+            Op::Conv(c) => FamilyPlan::Conv(c.plan(x[0], x[1], x.get(2).copied())?),
+            Op::BatchNorm(b) => FamilyPlan::BatchNorm(b.plan(x[0], [x[1], x[2], x[3], x[4]])?),
+            Op::Softmax(s) => FamilyPlan::Softmax(s.plan(x[0])?),
+        };
+        Ok(Plan {
+            op: self.clone(),
+            family,
+        })
+    }
+}
+
+impl Plan {
+    /// The output's dtype and shape.
+    pub fn output(&self) -> &TensorDesc {
+        match &self.family {
+            FamilyPlan::Gemm(p) => &p.output,
+            FamilyPlan::Conv(p) => &p.output,
+            FamilyPlan::BatchNorm(p) => &p.output,
+            FamilyPlan::Softmax(p) => &p.output,
+        }
+    }
+
+    /// Exact FLOP count (what the meter charges).
+    pub fn flops(&self) -> u64 {
+        match &self.family {
+            FamilyPlan::Gemm(p) => p.flops(),
+            FamilyPlan::Conv(p) => p.flops(),
+            FamilyPlan::BatchNorm(p) => p.flops(),
+            FamilyPlan::Softmax(p) => p.flops(),
+        }
+    }
+}
 
 /// Checks that `operand` has the op's dtype.
 fn same_dtype(

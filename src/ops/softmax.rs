@@ -25,8 +25,6 @@ impl Default for Softmax {
 /// A validated softmax viewed as `[outer, len, inner]` with the reduction over `len`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SoftmaxPlan {
-    /// The axis attribute as given (possibly negative).
-    pub axis: i64,
     pub dtype: DType,
     pub outer: usize,
     pub len: usize,
@@ -65,7 +63,6 @@ impl Softmax {
         let axis = self.axis.rem_euclid(rank) as usize;
         let shape = x.shape();
         Ok(SoftmaxPlan {
-            axis: self.axis,
             dtype: x.dtype(),
             outer: shape[..axis].iter().product(),
             len: shape[axis],

@@ -23,9 +23,7 @@ use super::proto::{self, accelerators_client::AcceleratorsClient};
 use crate::accelerator::{Tier, Usage};
 use crate::backend::{check_output, check_write, Backend};
 use crate::error::{Error, Result};
-use crate::ops::{
-    BatchNorm, BatchNormPlan, Conv, ConvPlan, Gemm, GemmPlan, MatMul, Softmax, SoftmaxPlan,
-};
+use crate::ops::{BatchNorm, Conv, Gemm, Op, Plan, Softmax};
 use crate::sync::lock;
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
@@ -287,14 +285,16 @@ impl RemoteAccelerator {
     }
 
     fn handle(&self, desc: &TensorDesc, id: u64) -> Tensor<RemoteBuffer> {
-        Tensor::from_parts(
-            desc.clone(),
-            RemoteBuffer {
-                id,
-                accelerator: self.id,
-                pending_free: Arc::downgrade(&self.pending_free),
-            },
-        )
+        Tensor::from_parts(desc.clone(), self.handle_id(id))
+    }
+
+    /// The handle of the server's tensor `id` (dropping it frees the tensor).
+    fn handle_id(&self, id: u64) -> RemoteBuffer {
+        RemoteBuffer {
+            id,
+            accelerator: self.id,
+            pending_free: Arc::downgrade(&self.pending_free),
+        }
     }
 
     fn own(&self, b: &RemoteBuffer) -> Result<u64> {
@@ -345,8 +345,15 @@ impl RemoteAccelerator {
         convert::usage_from(r.usage)
     }
 
-    /// Runs a program in one round trip; returns the tensors it reads, in order.
+    /// Runs a program in one round trip; returns the tensors it reads, in order (the outputs
+    /// the server allocated, if any, are freed: see [`RemoteAccelerator::run_all`]).
     pub fn run(&self, program: &Program) -> Result<Vec<HostTensor>> {
+        Ok(self.run_all(program)?.reads)
+    }
+
+    /// Runs a program in one round trip; returns the tensors it reads and the outputs the
+    /// server allocated for it ([`Program::apply_new`]).
+    pub fn run_all(&self, program: &Program) -> Result<Ran> {
         self.live()?;
         if program.accelerator.is_some_and(|a| a != self.id) {
             return Err(Error::ForeignTensor {
@@ -362,18 +369,45 @@ impl RemoteAccelerator {
             reads: program.reads.iter().map(|(id, _)| *id).collect(),
         });
         let r = self.conn.call(self.client().run(req))?;
-        if r.reads.len() != program.reads.len() {
+        let new = program.ops.iter().filter(|op| op.output.is_none()).count();
+        if r.reads.len() != program.reads.len() || r.outputs.len() != new {
             return Err(data_loss(format!(
-                "asked for {} tensors, got {}",
+                "asked for {} tensors and {new} new outputs, got {} and {}",
                 program.reads.len(),
-                r.reads.len()
+                r.reads.len(),
+                r.outputs.len()
             )));
         }
-        r.reads
+        // Handles first, so that whatever fails below frees them.
+        let allocated = r
+            .outputs
+            .iter()
+            .map(|o| (self.handle_id(o.tensor), convert::desc(o.meta.as_ref())))
+            .collect::<Vec<_>>();
+        let reads = r
+            .reads
             .iter()
             .zip(&program.reads)
-            .map(|(bytes, (_, desc))| HostTensor::from_bytes(desc.dtype(), desc.shape(), bytes))
-            .collect()
+            .enumerate()
+            .map(|(i, (bytes, (_, desc)))| {
+                let meta = convert::desc(r.read_meta.get(i)).map_err(error)?;
+                if &meta != desc {
+                    return Err(data_loss(format!(
+                        "read {i}: expected {} {:?}, the server sent {} {:?}",
+                        desc.dtype(),
+                        desc.shape(),
+                        meta.dtype(),
+                        meta.shape()
+                    )));
+                }
+                HostTensor::from_bytes(desc.dtype(), desc.shape(), bytes)
+            })
+            .collect::<Result<_>>()?;
+        let allocated = allocated
+            .into_iter()
+            .map(|(buffer, desc)| Ok(Tensor::from_parts(desc.map_err(error)?, buffer)))
+            .collect::<Result<_>>()?;
+        Ok(Ran { reads, allocated })
     }
 
     fn upload_header(&self, desc: &TensorDesc) -> proto::UploadHeader {
@@ -395,17 +429,6 @@ impl RemoteAccelerator {
         let req = self.conn.request(tokio_stream::iter(chunks));
         let r = self.conn.call(self.client().upload(req))?;
         Ok(self.handle(desc, r.tensor))
-    }
-
-    fn run_one(
-        &self,
-        kind: proto::op::Kind,
-        inputs: &[&RemoteBuffer],
-        y: &RemoteBuffer,
-    ) -> Result<()> {
-        let mut program = Program::new();
-        program.push(self.id, kind, inputs, y)?;
-        self.run(&program).map(|_| ())
     }
 }
 
@@ -523,56 +546,27 @@ impl Backend for RemoteAccelerator {
         received.map_err(error)?.finish()
     }
 
-    fn launch_gemm(
-        &self,
-        plan: &GemmPlan,
-        a: &RemoteBuffer,
-        b: &RemoteBuffer,
-        c: Option<&RemoteBuffer>,
-        y: &mut RemoteBuffer,
-    ) -> Result<()> {
-        let mut inputs = vec![a, b];
-        inputs.extend(c);
-        self.run_one(convert::gemm_kind(plan), &inputs, y)
+    /// Runs the plan's op on the server (a program of one op).
+    fn launch(&self, plan: &Plan, inputs: &[&RemoteBuffer], y: &mut RemoteBuffer) -> Result<()> {
+        let mut program = Program::new();
+        program.push(Some(self.id), &plan.op, inputs, Some(y))?;
+        self.run(&program).map(|_| ())
     }
+}
 
-    fn launch_conv(
-        &self,
-        plan: &ConvPlan,
-        x: &RemoteBuffer,
-        w: &RemoteBuffer,
-        bias: Option<&RemoteBuffer>,
-        y: &mut RemoteBuffer,
-    ) -> Result<()> {
-        let mut inputs = vec![x, w];
-        inputs.extend(bias);
-        self.run_one(convert::conv_kind(plan), &inputs, y)
-    }
-
-    fn launch_batch_norm(
-        &self,
-        plan: &BatchNormPlan,
-        x: &RemoteBuffer,
-        params: [&RemoteBuffer; 4],
-        y: &mut RemoteBuffer,
-    ) -> Result<()> {
-        let inputs = [x, params[0], params[1], params[2], params[3]];
-        self.run_one(convert::batch_norm_kind(plan), &inputs, y)
-    }
-
-    fn launch_softmax(
-        &self,
-        plan: &SoftmaxPlan,
-        x: &RemoteBuffer,
-        y: &mut RemoteBuffer,
-    ) -> Result<()> {
-        self.run_one(convert::softmax_kind(plan), &[x], y)
-    }
+/// What [`RemoteAccelerator::run_all`] returns.
+#[derive(Debug)]
+pub struct Ran {
+    /// The tensors the program read, in order.
+    pub reads: Vec<HostTensor>,
+    /// The outputs the server allocated, in op order.
+    pub allocated: Vec<Tensor<RemoteBuffer>>,
 }
 
 /// A sequence of writes, ops and reads over one remote accelerator's tensors, run in one round
 /// trip by [`RemoteAccelerator::run`]. Each op is validated as it is added (the same typed
-/// errors as a local call) and writes into an existing output tensor.
+/// errors as a local call) and writes into an existing output tensor ([`Program::apply`] and
+/// the typed forms) or one the server allocates ([`Program::apply_new`]).
 #[derive(Debug, Default, Clone)]
 pub struct Program {
     accelerator: Option<u64>,
@@ -601,23 +595,35 @@ impl Program {
         }
     }
 
+    /// Adds `op` (output `y`, or one the server allocates), checking that its tensors — and
+    /// `accelerator`, where given — are the program's accelerator.
     fn push(
         &mut self,
-        accelerator: u64,
-        kind: proto::op::Kind,
+        accelerator: Option<u64>,
+        op: &Op,
         inputs: &[&RemoteBuffer],
-        y: &RemoteBuffer,
+        y: Option<&RemoteBuffer>,
     ) -> Result<()> {
-        for b in inputs.iter().chain([&y]) {
-            self.same_accelerator(b.accelerator)?;
+        let tensors = inputs.iter().chain(&y).map(|b| b.accelerator);
+        for a in tensors.chain(accelerator) {
+            self.same_accelerator(a)?;
         }
-        self.same_accelerator(accelerator)?;
         self.ops.push(proto::Op {
-            kind: Some(kind),
+            kind: Some(convert::op_kind(op)),
             inputs: inputs.iter().map(|b| b.id).collect(),
-            output: y.id,
+            output: y.map(|y| y.id),
         });
         Ok(())
+    }
+
+    /// Validates `op` on `inputs` (in the op's ONNX order) now — the same typed errors as a
+    /// local call — and returns its plan and the inputs' storages.
+    fn check<'a>(op: &Op, inputs: &[&'a T]) -> Result<(Plan, Vec<&'a RemoteBuffer>)> {
+        let descs: Vec<&TensorDesc> = inputs.iter().map(|t| t.desc()).collect();
+        Ok((
+            op.plan(&descs)?,
+            inputs.iter().map(|t| t.storage()).collect(),
+        ))
     }
 
     /// Writes host data into `t` before the first op.
@@ -638,37 +644,34 @@ impl Program {
         Ok(self)
     }
 
-    pub fn gemm(&mut self, op: &Gemm, a: &T, b: &T, c: Option<&T>, y: &T) -> Result<&mut Self> {
-        let plan = op.plan(a.desc(), b.desc(), c.map(Tensor::desc))?;
-        check_output("Gemm", &plan.output, y.desc())?;
-        let mut inputs = vec![a.storage(), b.storage()];
-        inputs.extend(c.map(Tensor::storage));
-        let acc = a.storage().accelerator;
-        self.push(acc, convert::gemm_kind(&plan), &inputs, y.storage())?;
+    /// Runs `op` on `inputs` (in the op's ONNX order) into `y`.
+    pub fn apply(&mut self, op: &Op, inputs: &[&T], y: &T) -> Result<&mut Self> {
+        let (plan, x) = Self::check(op, inputs)?;
+        check_output(op.name(), plan.output(), y.desc())?;
+        self.push(None, op, &x, Some(y.storage()))?;
         Ok(self)
+    }
+
+    /// Runs `op` on `inputs` into an output the server allocates: [`RemoteAccelerator::run_all`]
+    /// returns it (later ops of this program cannot name it).
+    pub fn apply_new(&mut self, op: &Op, inputs: &[&T]) -> Result<&mut Self> {
+        let (_, x) = Self::check(op, inputs)?;
+        self.push(None, op, &x, None)?;
+        Ok(self)
+    }
+
+    pub fn gemm(&mut self, op: &Gemm, a: &T, b: &T, c: Option<&T>, y: &T) -> Result<&mut Self> {
+        let inputs: Vec<&T> = [a, b].into_iter().chain(c).collect();
+        self.apply(&Op::Gemm(*op), &inputs, y)
     }
 
     pub fn matmul(&mut self, a: &T, b: &T, y: &T) -> Result<&mut Self> {
-        let plan = MatMul.plan(a.desc(), b.desc())?;
-        check_output("MatMul", &plan.output, y.desc())?;
-        let acc = a.storage().accelerator;
-        self.push(
-            acc,
-            convert::gemm_kind(&plan),
-            &[a.storage(), b.storage()],
-            y.storage(),
-        )?;
-        Ok(self)
+        self.apply(&Op::MatMul, &[a, b], y)
     }
 
     pub fn conv(&mut self, op: &Conv, x: &T, w: &T, bias: Option<&T>, y: &T) -> Result<&mut Self> {
-        let plan = op.plan(x.desc(), w.desc(), bias.map(Tensor::desc))?;
-        check_output("Conv", &plan.output, y.desc())?;
-        let mut inputs = vec![x.storage(), w.storage()];
-        inputs.extend(bias.map(Tensor::storage));
-        let acc = x.storage().accelerator;
-        self.push(acc, convert::conv_kind(&plan), &inputs, y.storage())?;
-        Ok(self)
+        let inputs: Vec<&T> = [x, w].into_iter().chain(bias).collect();
+        self.apply(&Op::Conv(op.clone()), &inputs, y)
     }
 
     pub fn batch_norm(
@@ -678,26 +681,12 @@ impl Program {
         params: [&T; 4],
         y: &T,
     ) -> Result<&mut Self> {
-        let plan = op.plan(x.desc(), params.map(Tensor::desc))?;
-        check_output("BatchNormalization", &plan.output, y.desc())?;
-        let mut inputs = vec![x.storage()];
-        inputs.extend(params.map(Tensor::storage));
-        let acc = x.storage().accelerator;
-        self.push(acc, convert::batch_norm_kind(&plan), &inputs, y.storage())?;
-        Ok(self)
+        let [s, b, m, v] = params;
+        self.apply(&Op::BatchNorm(*op), &[x, s, b, m, v], y)
     }
 
     pub fn softmax(&mut self, op: &Softmax, x: &T, y: &T) -> Result<&mut Self> {
-        let plan = op.plan(x.desc())?;
-        check_output("Softmax", &plan.output, y.desc())?;
-        let acc = x.storage().accelerator;
-        self.push(
-            acc,
-            convert::softmax_kind(&plan),
-            &[x.storage()],
-            y.storage(),
-        )?;
-        Ok(self)
+        self.apply(&Op::Softmax(*op), &[x], y)
     }
 
     /// Number of ops.

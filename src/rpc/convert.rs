@@ -1,6 +1,7 @@
-//! Conversions between the wire messages and eia's types, in both directions, and between
-//! [`Error`] and gRPC statuses. Everything that decodes client input validates it here and
-//! returns INVALID_ARGUMENT with a readable message rather than panicking.
+//! Conversions between the wire messages and eia's types ([`Op`] included, with the ONNX
+//! defaults of attributes left unset), in both directions, and between [`Error`] and gRPC
+//! statuses. Everything that decodes client input validates it here and returns
+//! INVALID_ARGUMENT with a readable message rather than panicking.
 
 use std::time::Duration;
 
@@ -10,8 +11,7 @@ use super::proto;
 use crate::accelerator::{Tier, Usage};
 use crate::dtype::DType;
 use crate::error::Error;
-use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, GemmSource, Softmax};
-use crate::ops::{BatchNormPlan, ConvPlan, GemmPlan, SoftmaxPlan};
+use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
 use crate::tensor::TensorDesc;
 
 /// The status a server returns for an error.
@@ -132,58 +132,42 @@ pub fn usage_from(u: Option<proto::Usage>) -> crate::Result<Usage> {
     })
 }
 
-/// An op decoded from the wire, with its attributes validated for form (the accelerator
-/// validates them against the operands).
-pub enum WireOp {
-    Gemm(Gemm),
-    MatMul,
-    Conv(Conv),
-    BatchNorm(BatchNorm),
-    Softmax(Softmax),
-}
-
-impl WireOp {
-    /// (fewest, most) input handles the op takes.
-    pub fn arity(&self) -> (usize, usize) {
-        match self {
-            WireOp::Gemm(_) => (2, 3),
-            WireOp::MatMul => (2, 2),
-            WireOp::Conv(_) => (2, 3),
-            WireOp::BatchNorm(_) => (5, 5),
-            WireOp::Softmax(_) => (1, 1),
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            WireOp::Gemm(_) => "Gemm",
-            WireOp::MatMul => "MatMul",
-            WireOp::Conv(_) => "Conv",
-            WireOp::BatchNorm(_) => "BatchNormalization",
-            WireOp::Softmax(_) => "Softmax",
-        }
-    }
-}
-
-pub fn op_from(kind: Option<&proto::op::Kind>) -> Result<WireOp, Status> {
+/// An op from the wire: its attributes validated for form (the plan validates them against the
+/// operands), ONNX defaults for those left unset.
+pub fn op_from(kind: Option<&proto::op::Kind>) -> Result<Op, Status> {
     use proto::op::Kind;
     Ok(match kind.ok_or_else(|| invalid("op kind is missing"))? {
-        Kind::Gemm(g) => WireOp::Gemm(Gemm {
-            alpha: g.alpha,
-            beta: g.beta,
-            trans_a: g.trans_a,
-            trans_b: g.trans_b,
-            relu: g.relu,
+        Kind::Gemm(g) => {
+            let d = Gemm::default();
+            Op::Gemm(Gemm {
+                alpha: g.alpha.unwrap_or(d.alpha),
+                beta: g.beta.unwrap_or(d.beta),
+                trans_a: g.trans_a,
+                trans_b: g.trans_b,
+                relu: g.relu,
+            })
+        }
+        Kind::Matmul(_) => Op::MatMul,
+        Kind::Conv(c) => Op::Conv(conv_from(c)?),
+        Kind::BatchNorm(b) => Op::BatchNorm(BatchNorm {
+            epsilon: b.epsilon.unwrap_or(BatchNorm::default().epsilon),
         }),
-        Kind::Matmul(_) => WireOp::MatMul,
-        Kind::Conv(c) => WireOp::Conv(conv_from(c)?),
-        Kind::BatchNorm(b) => WireOp::BatchNorm(BatchNorm { epsilon: b.epsilon }),
-        Kind::Softmax(s) => WireOp::Softmax(Softmax { axis: s.axis }),
+        Kind::Softmax(s) => Op::Softmax(Softmax {
+            axis: s.axis.unwrap_or(Softmax::default().axis),
+        }),
     })
 }
 
 fn conv_from(c: &proto::ConvOp) -> Result<Conv, Status> {
-    fn fixed<const N: usize>(name: &str, v: &[u64]) -> Result<[usize; N], Status> {
+    /// Exactly `N` values, or `default` for an empty list.
+    fn fixed<const N: usize>(
+        name: &str,
+        v: &[u64],
+        default: [usize; N],
+    ) -> Result<[usize; N], Status> {
+        if v.is_empty() {
+            return Ok(default);
+        }
         let values: Vec<usize> = v
             .iter()
             .map(|&x| {
@@ -205,61 +189,56 @@ fn conv_from(c: &proto::ConvOp) -> Result<Conv, Status> {
             )))
         }
     };
+    let d = Conv::default();
     Ok(Conv {
-        strides: fixed("strides", &c.strides)?,
-        pads: fixed("pads", &c.pads)?,
-        dilations: fixed("dilations", &c.dilations)?,
-        group: usize::try_from(c.group).map_err(|_| invalid("Conv group is too large"))?,
+        strides: fixed("strides", &c.strides, d.strides)?,
+        pads: fixed("pads", &c.pads, d.pads)?,
+        dilations: fixed("dilations", &c.dilations, d.dilations)?,
+        group: match c.group {
+            None => d.group,
+            Some(g) => usize::try_from(g).map_err(|_| invalid("Conv group is too large"))?,
+        },
         auto_pad,
         kernel_shape: if c.kernel_shape.is_empty() {
             None
         } else {
-            Some(fixed("kernel_shape", &c.kernel_shape)?)
+            Some(fixed("kernel_shape", &c.kernel_shape, [0, 0])?)
         },
         relu: c.relu,
     })
 }
 
-/// The wire form of the op a GEMM plan came from.
-pub fn gemm_kind(plan: &GemmPlan) -> proto::op::Kind {
-    match plan.source {
-        GemmSource::Gemm(g) => proto::op::Kind::Gemm(proto::GemmOp {
-            alpha: g.alpha,
-            beta: g.beta,
+/// An op's wire form, every attribute set explicitly.
+pub fn op_kind(op: &Op) -> proto::op::Kind {
+    use proto::op::Kind;
+    let u = |v: &[usize]| v.iter().map(|&x| x as u64).collect();
+    match op {
+        Op::Gemm(g) => Kind::Gemm(proto::GemmOp {
+            alpha: Some(g.alpha),
+            beta: Some(g.beta),
             trans_a: g.trans_a,
             trans_b: g.trans_b,
             relu: g.relu,
         }),
-        GemmSource::MatMul => proto::op::Kind::Matmul(proto::MatMulOp {}),
+        Op::MatMul => Kind::Matmul(proto::MatMulOp {}),
+        Op::Conv(c) => Kind::Conv(proto::ConvOp {
+            strides: u(&c.strides),
+            pads: u(&c.pads),
+            dilations: u(&c.dilations),
+            group: Some(c.group as u64),
+            auto_pad: match c.auto_pad {
+                AutoPad::NotSet => "NOTSET",
+                AutoPad::SameUpper => "SAME_UPPER",
+                AutoPad::SameLower => "SAME_LOWER",
+                AutoPad::Valid => "VALID",
+            }
+            .to_string(),
+            kernel_shape: c.kernel_shape.map(|k| u(&k)).unwrap_or_default(),
+            relu: c.relu,
+        }),
+        Op::BatchNorm(b) => Kind::BatchNorm(proto::BatchNormOp {
+            epsilon: Some(b.epsilon),
+        }),
+        Op::Softmax(s) => Kind::Softmax(proto::SoftmaxOp { axis: Some(s.axis) }),
     }
-}
-
-pub fn conv_kind(plan: &ConvPlan) -> proto::op::Kind {
-    let c = &plan.attrs;
-    let u = |v: &[usize]| v.iter().map(|&x| x as u64).collect();
-    proto::op::Kind::Conv(proto::ConvOp {
-        strides: u(&c.strides),
-        pads: u(&c.pads),
-        dilations: u(&c.dilations),
-        group: c.group as u64,
-        auto_pad: match c.auto_pad {
-            AutoPad::NotSet => "NOTSET",
-            AutoPad::SameUpper => "SAME_UPPER",
-            AutoPad::SameLower => "SAME_LOWER",
-            AutoPad::Valid => "VALID",
-        }
-        .to_string(),
-        kernel_shape: c.kernel_shape.map(|k| u(&k)).unwrap_or_default(),
-        relu: c.relu,
-    })
-}
-
-pub fn batch_norm_kind(plan: &BatchNormPlan) -> proto::op::Kind {
-    proto::op::Kind::BatchNorm(proto::BatchNormOp {
-        epsilon: plan.epsilon,
-    })
-}
-
-pub fn softmax_kind(plan: &SoftmaxPlan) -> proto::op::Kind {
-    proto::op::Kind::Softmax(proto::SoftmaxOp { axis: plan.axis })
 }

@@ -17,5 +17,5 @@ pub mod metrics;
 pub mod server;
 
 pub use auth::Tokens;
-pub use client::{ClientConfig, Connection, Program, RemoteAccelerator, RemoteBuffer};
+pub use client::{ClientConfig, Connection, Program, Ran, RemoteAccelerator, RemoteBuffer};
 pub use server::{spawn, ServerConfig, ServerHandle, Service};

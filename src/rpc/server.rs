@@ -38,13 +38,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Principal, Tokens};
 use super::chunks::{self, Assembly};
-use super::convert::{self, invalid, status, WireOp};
+use super::convert::{self, invalid, status};
 use super::proto::{self, accelerators_server::Accelerators};
 use crate::accelerator::{Accelerator, Buffer, Device, DeviceConfig};
-use crate::backend::Backend;
+use crate::backend::{check_output, Backend};
 use crate::error::{Error, Result};
+use crate::ops::Op;
 use crate::sync::{lock, read, write};
-use crate::tensor::{HostTensor, Tensor};
+use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// HTTP/2 flow-control window per stream (server and client).
 pub const WINDOW_BYTES: u32 = 8 << 20;
@@ -683,9 +684,8 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         let who = self.principal(&req)?;
         let a = self.get(&who, req.get_ref().accelerator)?;
         let program = req.into_inner();
-        free(&a, &program.free)?;
-        let reads = a.blocking(move |a| run_program(a, program)).await?;
-        Ok(Response::new(proto::RunResponse { reads }))
+        let response = a.blocking(move |a| run_program(a, program)).await?;
+        Ok(Response::new(response))
     }
 }
 
@@ -718,26 +718,187 @@ impl std::ops::Deref for Use<'_> {
     }
 }
 
-/// Writes, runs the ops in order, reads. Every tensor it names is looked up first (an unknown
-/// one fails the program before anything runs) and locked for the whole program, in id order,
-/// so concurrent programs of one accelerator cannot deadlock; nothing else waits on those
-/// locks but this accelerator's own calls. An error names the op that failed; the ops before
-/// it have run.
+/// A program's op, checked against the tensors it names.
+struct Checked {
+    op: Op,
+    /// The output's handle, or its descriptor where the server allocates it.
+    output: Result<u64, TensorDesc>,
+}
+
+/// Adds the op's index and name (once decoded) to a refusal.
+fn in_op(i: usize, name: Option<&'static str>) -> impl Fn(Status) -> Status {
+    move |s: Status| {
+        let name = name.map_or(String::new(), |n| format!(" ({n})"));
+        Status::new(s.code(), format!("op {i}{name}: {}", s.message()))
+    }
+}
+
+/// Checks a whole program before anything runs: the frees, every write (handle and byte
+/// length), every op (decoded, planned against its inputs' descriptors, its output's checked)
+/// and every read. Tensors the program frees cannot be named by the rest of it. `desc_of`
+/// gives the descriptor of each tensor the accelerator holds.
+fn check_program(
+    accelerator: u64,
+    desc_of: impl Fn(u64) -> Option<TensorDesc>,
+    program: &proto::RunRequest,
+) -> Result<Vec<Checked>, Status> {
+    let desc = |id: u64| match desc_of(id) {
+        Some(d) if !program.free.contains(&id) => Ok(d),
+        _ => Err(not_found(accelerator, id)),
+    };
+    for id in &program.free {
+        desc_of(*id).ok_or_else(|| not_found(accelerator, *id))?;
+    }
+    for w in &program.writes {
+        let d = desc(w.tensor)?;
+        if w.data.len() != d.bytes() {
+            return Err(status(Error::ByteLength {
+                dtype: d.dtype(),
+                shape: d.shape().to_vec(),
+                expected: d.bytes(),
+                got: w.data.len(),
+            }));
+        }
+    }
+    let checked = program
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(i, wire)| {
+            let op = convert::op_from(wire.kind.as_ref()).map_err(in_op(i, None))?;
+            let context = in_op(i, Some(op.name()));
+            if let Some(y) = wire.output.filter(|y| wire.inputs.contains(y)) {
+                return Err(context(invalid(format!(
+                    "tensor {y} is both an input and the output"
+                ))));
+            }
+            let inputs = wire
+                .inputs
+                .iter()
+                .map(|&t| desc(t))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&context)?;
+            let plan = op
+                .plan(&inputs.iter().collect::<Vec<_>>())
+                .map_err(|e| context(status(e)))?;
+            let output = match wire.output {
+                Some(y) => {
+                    let got = desc(y).map_err(&context)?;
+                    check_output(op.name(), plan.output(), &got).map_err(|e| context(status(e)))?;
+                    Ok(y)
+                }
+                None => Err(plan.output().clone()),
+            };
+            Ok(Checked { op, output })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    for id in &program.reads {
+        desc(*id)?;
+    }
+    Ok(checked)
+}
+
+/// Runs a program: checks it whole ([`check_program`]; a program refused there changes nothing
+/// and charges nothing), then frees, allocates the outputs the server is asked for (all or
+/// none), writes, runs the ops in order and reads. Every tensor it uses is locked for the whole
+/// program, in id order, so concurrent programs of one accelerator cannot deadlock; nothing
+/// else waits on those locks but this accelerator's own calls, and the handle table is locked
+/// only to look tensors up. An error while running names the op that failed; the ops before it
+/// have run, and the outputs the server allocated are freed.
 fn run_program<B: Backend + Clone + 'static>(
     a: &Attached<B>,
     program: proto::RunRequest,
-) -> Result<Vec<Bytes>, Status> {
+) -> Result<proto::RunResponse, Status> {
     let accel = &a.accel;
     let id = accel.id();
+    // Every tensor the program names, looked up once.
+    let mut named: Vec<u64> = program.free.clone();
+    named.extend(program.writes.iter().map(|w| w.tensor));
+    for op in &program.ops {
+        named.extend(&op.inputs);
+        named.extend(op.output);
+    }
+    named.extend(&program.reads);
+    let found: HashMap<u64, Held> = {
+        let tensors = lock(&a.tensors);
+        named
+            .iter()
+            .filter_map(|t| tensors.get(t).map(|h| (*t, Arc::clone(h))))
+            .collect()
+    };
+    let ops = check_program(
+        id,
+        |t| found.get(&t).map(|h| read(h).desc().clone()),
+        &program,
+    )?;
+    drop(found);
+    free(a, &program.free)?;
+    // The outputs the server allocates, all or none (a failure drops those made so far).
+    let mut made = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(desc) = &op.output {
+            made.push(
+                accel
+                    .alloc(desc)
+                    .map_err(|e| in_op(i, Some(op.op.name()))(status(e)))?,
+            );
+        }
+    }
+    let mut made = made.into_iter();
+    let (mut handles, mut outputs) = (Vec::new(), Vec::new());
+    for (i, op) in ops.iter().enumerate() {
+        match &op.output {
+            Ok(y) => handles.push(*y),
+            Err(desc) => {
+                let y = a.insert(made.next().expect("one made per allocated output"));
+                handles.push(y);
+                outputs.push(proto::AllocatedOutput {
+                    op: i as u32,
+                    tensor: y,
+                    meta: Some(convert::meta(desc)),
+                });
+            }
+        }
+    }
+    let ran = run_checked(a, &program, &ops, &handles);
+    match ran {
+        Ok(reads) => {
+            let (read_meta, reads) = reads.into_iter().unzip();
+            Ok(proto::RunResponse {
+                reads,
+                read_meta,
+                outputs,
+            })
+        }
+        Err(e) => {
+            let mut tensors = lock(&a.tensors);
+            for o in &outputs {
+                tensors.remove(&o.tensor);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The writes, ops (outputs `handles`) and reads of a checked program, under its tensors' locks.
+fn run_checked<B: Backend + Clone + 'static>(
+    a: &Attached<B>,
+    program: &proto::RunRequest,
+    ops: &[Checked],
+    handles: &[u64],
+) -> Result<Vec<(proto::TensorMeta, Bytes)>, Status> {
+    let accel = &a.accel;
+    let id = accel.id();
+    // Which tensors it writes (writes, outputs) and which it only reads, in id order.
     let mut writes: BTreeMap<u64, bool> = BTreeMap::new();
     for w in &program.writes {
         writes.insert(w.tensor, true);
     }
-    for op in &program.ops {
+    for (op, &y) in program.ops.iter().zip(handles) {
         for t in &op.inputs {
             writes.entry(*t).or_insert(false);
         }
-        writes.insert(op.output, true);
+        writes.insert(y, true);
     }
     for t in &program.reads {
         writes.entry(*t).or_insert(false);
@@ -764,54 +925,23 @@ fn run_program<B: Backend + Clone + 'static>(
         let host = HostTensor::from_bytes(t.dtype(), t.shape(), &w.data).map_err(status)?;
         accel.write(t, &host).map_err(status)?;
     }
-    for (i, op) in program.ops.iter().enumerate() {
-        let wire = convert::op_from(op.kind.as_ref())
-            .map_err(|s| Status::new(s.code(), format!("op {i}: {}", s.message())))?;
-        let context = |s: Status| {
-            Status::new(
-                s.code(),
-                format!("op {i} ({}): {}", wire.name(), s.message()),
-            )
+    for (i, (op, (wire, &y))) in ops.iter().zip(program.ops.iter().zip(handles)).enumerate() {
+        let context = in_op(i, Some(op.op.name()));
+        let Some(Use::Write(mut out)) = tensors.remove(&y) else {
+            return Err(context(not_found(id, y)));
         };
-        let (lo, hi) = wire.arity();
-        if op.inputs.len() < lo || op.inputs.len() > hi {
-            return Err(context(invalid(format!(
-                "takes {lo}..={hi} inputs, got {}",
-                op.inputs.len()
-            ))));
-        }
-        if op.inputs.contains(&op.output) {
-            return Err(context(invalid(format!(
-                "tensor {} is both an input and the output",
-                op.output
-            ))));
-        }
-        let Some(Use::Write(mut y)) = tensors.remove(&op.output) else {
-            return Err(context(not_found(id, op.output)));
-        };
-        let result = (|| {
-            let x: Vec<&Tensor<Buffer>> = op
-                .inputs
-                .iter()
-                .map(|t| {
-                    tensors
-                        .get(t)
-                        .map(|u| &**u)
-                        .ok_or_else(|| not_found(id, *t))
-                })
-                .collect::<Result<_, _>>()?;
-            match &wire {
-                WireOp::Gemm(g) => accel.gemm_into(g, x[0], x[1], x.get(2).copied(), &mut y),
-                WireOp::MatMul => accel.matmul_into(x[0], x[1], &mut y),
-                WireOp::Conv(c) => accel.conv_into(c, x[0], x[1], x.get(2).copied(), &mut y),
-                WireOp::BatchNorm(b) => {
-                    accel.batch_norm_into(b, x[0], [x[1], x[2], x[3], x[4]], &mut y)
-                }
-                WireOp::Softmax(s) => accel.softmax_into(s, x[0], &mut y),
-            }
-            .map_err(status)
-        })();
-        tensors.insert(op.output, Use::Write(y));
+        let result = wire
+            .inputs
+            .iter()
+            .map(|t| {
+                tensors
+                    .get(t)
+                    .map(|u| &**u)
+                    .ok_or_else(|| not_found(id, *t))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|x| accel.apply_into(&op.op, &x, &mut out).map_err(status));
+        tensors.insert(y, Use::Write(out));
         result.map_err(context)?;
     }
     program
@@ -820,7 +950,10 @@ fn run_program<B: Backend + Clone + 'static>(
         .map(|t| {
             let tensor = tensors.get(t).ok_or_else(|| not_found(id, *t))?;
             let host = accel.download(tensor).map_err(status)?;
-            Ok(chunks::host_bytes(host.into_storage()))
+            Ok((
+                convert::meta(host.desc()),
+                chunks::host_bytes(host.into_storage()),
+            ))
         })
         .collect()
 }

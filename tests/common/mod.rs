@@ -120,6 +120,7 @@ macro_rules! backend_suite {
             softmax_extremes,
             empty_tensors,
             errors_gemm_matmul,
+            errors_arity,
             errors_conv,
             errors_batch_norm_softmax,
             errors_leave_output_untouched,

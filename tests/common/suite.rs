@@ -1,6 +1,9 @@
-//! The suite bodies, generic over the backend. Each runs both dtypes.
+//! The suite bodies, generic over the backend. Each runs both dtypes. Results are checked
+//! through the one entry point every front end uses, [`Backend::apply_into`] (with an [`Op`]);
+//! the typed conveniences (`gemm`, `conv`, …) are covered by the allocating-form and error
+//! checks.
 
-use eia::ops::{AutoPad, BatchNorm, Conv, Gemm, Softmax};
+use eia::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
 use eia::{Backend, DType, Error, HostTensor};
 use rand::RngExt;
 
@@ -86,11 +89,14 @@ pub fn gemm_matches_reference<B: Backend>(backend: &B) {
                     trans_b,
                     false,
                 );
-                let (da, db) = (up(backend, &a), up(backend, &b));
-                let dc = c.as_ref().map(|c| up(backend, c));
+                let inputs: Vec<_> = [&a, &b]
+                    .into_iter()
+                    .chain(&c)
+                    .map(|t| up(backend, t))
+                    .collect();
                 let mut y = poisoned(backend, dtype, &want_shape);
                 backend
-                    .gemm_into(&op, &da, &db, dc.as_ref(), &mut y)
+                    .apply_into(&Op::Gemm(op), &inputs.iter().collect::<Vec<_>>(), &mut y)
                     .unwrap();
                 let what = format!("{dtype} Gemm m={m} n={n} k={k} {op:?} C={c_shape:?}");
                 let got = backend.download(&y).unwrap();
@@ -134,6 +140,15 @@ pub fn gemm_allocating_form<B: Backend>(backend: &B) {
             &want,
             &shape,
         );
+        let y = backend
+            .apply(&Op::MatMul, &[&up(backend, &a), &up(backend, &b)])
+            .unwrap();
+        assert_close(
+            &format!("{dtype} MatMul (apply)"),
+            &backend.download(&y).unwrap(),
+            &want,
+            &shape,
+        );
     }
 }
 
@@ -159,7 +174,7 @@ pub fn matmul_batched_broadcast<B: Backend>(backend: &B) {
             let (want, want_shape) = reference::matmul(&f64s(&a), a_shape, &f64s(&b), b_shape);
             let mut y = poisoned(backend, dtype, &want_shape);
             backend
-                .matmul_into(&up(backend, &a), &up(backend, &b), &mut y)
+                .apply_into(&Op::MatMul, &[&up(backend, &a), &up(backend, &b)], &mut y)
                 .unwrap();
             let what = format!("{dtype} MatMul {a_shape:?} x {b_shape:?}");
             assert_close(&what, &backend.download(&y).unwrap(), &want, &want_shape);
@@ -205,10 +220,18 @@ fn conv_case<B: Backend>(
         &w_shape,
         bias_abs.as_deref(),
     );
-    let db = b.as_ref().map(|b| up(backend, b));
+    let inputs: Vec<_> = [&x, &w]
+        .into_iter()
+        .chain(&b)
+        .map(|t| up(backend, t))
+        .collect();
     let mut y = poisoned(backend, dtype, &want_shape);
     backend
-        .conv_into(op, &up(backend, &x), &up(backend, &w), db.as_ref(), &mut y)
+        .apply_into(
+            &Op::Conv(op.clone()),
+            &inputs.iter().collect::<Vec<_>>(),
+            &mut y,
+        )
         .unwrap();
     let what = format!("{dtype} Conv X{x_shape:?} W{w_shape:?} bias={bias} {op:?}");
     let got = backend.download(&y).unwrap();
@@ -326,15 +349,10 @@ pub fn batch_norm_matches_reference<B: Backend>(backend: &B) {
                 &f64s(&var),
                 op.epsilon as f64,
             );
-            let params = [&scale, &bias, &mean, &var].map(|t| up(backend, t));
+            let inputs = [&x, &scale, &bias, &mean, &var].map(|t| up(backend, t));
             let mut y = poisoned(backend, dtype, shape);
             backend
-                .batch_norm_into(
-                    &op,
-                    &up(backend, &x),
-                    [&params[0], &params[1], &params[2], &params[3]],
-                    &mut y,
-                )
+                .apply_into(&Op::BatchNorm(op), &inputs.each_ref(), &mut y)
                 .unwrap();
             let what = format!("{dtype} BatchNormalization {shape:?} {op:?}");
             assert_close(&what, &backend.download(&y).unwrap(), &want, shape);
@@ -346,7 +364,7 @@ fn softmax_case<B: Backend>(backend: &B, x: &HostTensor, axis: i64) {
     let want = reference::softmax(&f64s(x), x.shape(), axis);
     let mut y = poisoned(backend, x.dtype(), x.shape());
     backend
-        .softmax_into(&Softmax { axis }, &up(backend, x), &mut y)
+        .apply_into(&Op::Softmax(Softmax { axis }), &[&up(backend, x)], &mut y)
         .unwrap();
     let what = format!("{} Softmax {:?} axis={axis}", x.dtype(), x.shape());
     assert_close(&what, &backend.download(&y).unwrap(), &want, x.shape());
@@ -575,6 +593,35 @@ pub fn errors_gemm_matmul<B: Backend>(backend: &B) {
         msg.contains("Gemm") && msg.contains("K=3") && msg.contains("K=4"),
         "message names the op and both K: {msg}"
     );
+}
+
+/// Too few or too many inputs for any op is an `Arity` error naming the op's inputs.
+pub fn errors_arity<B: Backend>(backend: &B) {
+    let t = up(backend, &h(DType::F32, &[2, 2]));
+    let ops = [
+        Op::Gemm(Gemm::default()),
+        Op::MatMul,
+        Op::Conv(Conv::default()),
+        Op::BatchNorm(BatchNorm::default()),
+        Op::Softmax(Softmax::default()),
+    ];
+    for op in &ops {
+        for n in [0, *op.arity().end() + 1] {
+            let inputs = vec![&t; n];
+            let what = format!("{} with {n} inputs", op.name());
+            expect_err(
+                &what,
+                backend.apply(op, &inputs).map(|_| ()),
+                |e| matches!(e, Error::Arity { got, .. } if *got == n),
+            );
+        }
+    }
+    let msg = backend
+        .apply(&ops[0], &[&t])
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("Gemm") && msg.contains("A, B[, C]"), "{msg}");
 }
 
 /// Every Conv validation error is typed and readable.

@@ -17,7 +17,7 @@ use self::scratch::{as_f32, write_f32};
 use super::Backend;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::ops::{BatchNormPlan, ConvPlan, GemmPlan, SoftmaxPlan};
+use crate::ops::{FamilyPlan, GemmPlan, Plan};
 use crate::tensor::{HostData, HostTensor, Tensor, TensorDesc};
 
 /// Computes on host threads. Cheap to clone.
@@ -124,70 +124,43 @@ impl Backend for CpuBackend {
         Ok(t.clone())
     }
 
-    fn launch_gemm(
-        &self,
-        plan: &GemmPlan,
-        a: &HostData,
-        b: &HostData,
-        c: Option<&HostData>,
-        y: &mut HostData,
-    ) -> Result<()> {
-        self.run(|| {
-            let (a, c) = (as_f32(a), c.map(as_f32));
-            match b {
-                HostData::F16(b) if gemm::widens_b_in_panels(plan) => {
-                    write_f32(y, |y| gemm::gemm_f16_b(plan, &a, b, c.as_deref(), y));
-                }
-                _ => {
-                    let b = as_f32(b);
-                    write_f32(y, |y| gemm::gemm_f32(plan, &a, &b, c.as_deref(), y));
+    fn launch(&self, plan: &Plan, x: &[&HostData], y: &mut HostData) -> Result<()> {
+        self.run(|| match &plan.family {
+            FamilyPlan::Gemm(p) => gemm(p, x[0], x[1], x.get(2).copied(), y),
+            FamilyPlan::Conv(p) => {
+                let (x, w, bias) = (as_f32(x[0]), as_f32(x[1]), x.get(2).copied().map(as_f32));
+                write_f32(y, |y| conv::conv_f32(p, &x, &w, bias.as_deref(), y));
+            }
+            FamilyPlan::BatchNorm(p) => {
+                let params = [x[1], x[2], x[3], x[4]].map(as_f32);
+                let coef = batchnorm::fold(p, [&params[0], &params[1], &params[2], &params[3]]);
+                match (x[0], y) {
+                    (HostData::F32(x), HostData::F32(y)) => batchnorm::apply(p, &coef, x, y),
+                    (HostData::F16(x), HostData::F16(y)) => batchnorm::apply(p, &coef, x, y),
+                    _ => unreachable!("plans are validated: input and output share a dtype"),
                 }
             }
-        });
-        Ok(())
-    }
-
-    fn launch_conv(
-        &self,
-        plan: &ConvPlan,
-        x: &HostData,
-        w: &HostData,
-        bias: Option<&HostData>,
-        y: &mut HostData,
-    ) -> Result<()> {
-        self.run(|| {
-            let (x, w, bias) = (as_f32(x), as_f32(w), bias.map(as_f32));
-            write_f32(y, |y| conv::conv_f32(plan, &x, &w, bias.as_deref(), y));
-        });
-        Ok(())
-    }
-
-    fn launch_batch_norm(
-        &self,
-        plan: &BatchNormPlan,
-        x: &HostData,
-        params: [&HostData; 4],
-        y: &mut HostData,
-    ) -> Result<()> {
-        self.run(|| {
-            let params = params.map(as_f32);
-            let coef = batchnorm::fold(plan, [&params[0], &params[1], &params[2], &params[3]]);
-            match (x, y) {
-                (HostData::F32(x), HostData::F32(y)) => batchnorm::apply(plan, &coef, x, y),
-                (HostData::F16(x), HostData::F16(y)) => batchnorm::apply(plan, &coef, x, y),
+            FamilyPlan::Softmax(p) => match (x[0], y) {
+                (HostData::F32(x), HostData::F32(y)) => softmax::softmax(p, x, y),
+                (HostData::F16(x), HostData::F16(y)) => softmax::softmax(p, x, y),
                 _ => unreachable!("plans are validated: input and output share a dtype"),
-            }
+            },
         });
         Ok(())
     }
+}
 
-    fn launch_softmax(&self, plan: &SoftmaxPlan, x: &HostData, y: &mut HostData) -> Result<()> {
-        self.run(|| match (x, y) {
-            (HostData::F32(x), HostData::F32(y)) => softmax::softmax(plan, x, y),
-            (HostData::F16(x), HostData::F16(y)) => softmax::softmax(plan, x, y),
-            _ => unreachable!("plans are validated: input and output share a dtype"),
-        });
-        Ok(())
+/// A GEMM (or MatMul) plan on host data.
+fn gemm(plan: &GemmPlan, a: &HostData, b: &HostData, c: Option<&HostData>, y: &mut HostData) {
+    let (a, c) = (as_f32(a), c.map(as_f32));
+    match b {
+        HostData::F16(b) if gemm::widens_b_in_panels(plan) => {
+            write_f32(y, |y| gemm::gemm_f16_b(plan, &a, b, c.as_deref(), y));
+        }
+        _ => {
+            let b = as_f32(b);
+            write_f32(y, |y| gemm::gemm_f32(plan, &a, &b, c.as_deref(), y));
+        }
     }
 }
 

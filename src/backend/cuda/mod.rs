@@ -19,10 +19,10 @@ use cudarc::driver::{
     DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
 };
 
-use self::launch::{Arch, Family, KernelArgs, Launch, Ptr, Target};
+use self::launch::{Arch, Family, KernelArgs, Launch, Target};
 use super::Backend;
 use crate::error::{Error, Result};
-use crate::ops::{BatchNormPlan, ConvPlan, GemmPlan, SoftmaxPlan};
+use crate::ops::Plan;
 use crate::tensor::{HostData, HostTensor, Tensor, TensorDesc};
 
 /// Device memory of one tensor (`None` for a tensor with no elements: CUDA cannot allocate 0
@@ -203,42 +203,13 @@ impl CudaBackend {
             };
             // SAFETY: the kernel takes exactly one parameter, the params struct pushed above,
             // whose #[repr(C)] layout mirrors the C struct of its .cu file (kernels/README.md).
-            // Its pointers come from `ptrs` below: live allocations of this device whose sizes
+            // Its pointers come from `ptrs` in `launch`: live allocations of this device whose sizes
             // the validated plan matches, kept alive by the caller until the launch is queued
             // (the stream orders later frees after it).
             unsafe { builder.launch(cfg) }
                 .map_err(|e| cuda_err(format!("launching {}", l.kernel), e))?;
         }
         Ok(())
-    }
-
-    /// Launches `plan`'s kernels with the device addresses of the operands and the output.
-    fn launch_with(
-        &self,
-        inputs: &[Option<&CudaStorage>],
-        y: &mut CudaStorage,
-        make: impl FnOnce(Arch, &[Option<Ptr>], Ptr) -> Vec<Launch>,
-    ) -> Result<()> {
-        let Some(out) = y.0.as_mut() else {
-            return Ok(()); // nothing to write
-        };
-        let stream = &self.stream;
-        // The guards make the stream wait for earlier writes of each buffer and record this
-        // use; they are dropped after the launches are queued.
-        let mut guards = Vec::with_capacity(inputs.len());
-        let mut ptrs = Vec::with_capacity(inputs.len());
-        for s in inputs {
-            match s.and_then(|s| s.0.as_ref()) {
-                Some(buf) => {
-                    let (ptr, guard) = buf.device_ptr(stream);
-                    ptrs.push(Some(ptr));
-                    guards.push(guard);
-                }
-                None => ptrs.push(None),
-            }
-        }
-        let (yptr, _yguard) = out.device_ptr_mut(stream);
-        self.run(make(self.device.arch, &ptrs, yptr))
     }
 }
 
@@ -248,11 +219,6 @@ unsafe impl DeviceRepr for launch::gemm::GemmParams {}
 unsafe impl DeviceRepr for launch::conv::ConvParams {}
 unsafe impl DeviceRepr for launch::batchnorm::BatchNormParams {}
 unsafe impl DeviceRepr for launch::softmax::SoftmaxParams {}
-
-/// The address of a present operand (the plan guarantees the non-empty ones are present).
-fn ptr(p: Option<Ptr>) -> Ptr {
-    p.unwrap_or(0)
-}
 
 impl Backend for CudaBackend {
     type Storage = CudaStorage;
@@ -342,60 +308,27 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn launch_gemm(
-        &self,
-        plan: &GemmPlan,
-        a: &CudaStorage,
-        b: &CudaStorage,
-        c: Option<&CudaStorage>,
-        y: &mut CudaStorage,
-    ) -> Result<()> {
-        self.launch_with(&[Some(a), Some(b), c], y, |arch, p, y| {
-            launch::gemm::gemm(plan, arch, ptr(p[0]), ptr(p[1]), c.and(p[2]), y)
-        })
-    }
-
-    fn launch_conv(
-        &self,
-        plan: &ConvPlan,
-        x: &CudaStorage,
-        w: &CudaStorage,
-        bias: Option<&CudaStorage>,
-        y: &mut CudaStorage,
-    ) -> Result<()> {
-        self.launch_with(&[Some(x), Some(w), bias], y, |arch, p, y| {
-            launch::conv::conv(plan, arch, ptr(p[0]), ptr(p[1]), bias.and(p[2]), y)
-        })
-    }
-
-    fn launch_batch_norm(
-        &self,
-        plan: &BatchNormPlan,
-        x: &CudaStorage,
-        params: [&CudaStorage; 4],
-        y: &mut CudaStorage,
-    ) -> Result<()> {
-        let inputs = [
-            Some(x),
-            Some(params[0]),
-            Some(params[1]),
-            Some(params[2]),
-            Some(params[3]),
-        ];
-        self.launch_with(&inputs, y, |arch, p, y| {
-            let params = [ptr(p[1]), ptr(p[2]), ptr(p[3]), ptr(p[4])];
-            launch::batchnorm::batch_norm(plan, arch, ptr(p[0]), params, y)
-        })
-    }
-
-    fn launch_softmax(
-        &self,
-        plan: &SoftmaxPlan,
-        x: &CudaStorage,
-        y: &mut CudaStorage,
-    ) -> Result<()> {
-        self.launch_with(&[Some(x)], y, |arch, p, y| {
-            launch::softmax::softmax(plan, arch, ptr(p[0]), y)
-        })
+    /// Launches `plan`'s kernels with the device addresses of the operands and the output.
+    fn launch(&self, plan: &Plan, inputs: &[&CudaStorage], y: &mut CudaStorage) -> Result<()> {
+        let Some(out) = y.0.as_mut() else {
+            return Ok(()); // nothing to write
+        };
+        let stream = &self.stream;
+        // The guards make the stream wait for earlier writes of each buffer and record this
+        // use; they are dropped after the launches are queued. An empty operand has address 0.
+        let mut guards = Vec::with_capacity(inputs.len());
+        let mut ptrs = Vec::with_capacity(inputs.len());
+        for s in inputs {
+            match &s.0 {
+                Some(buf) => {
+                    let (ptr, guard) = buf.device_ptr(stream);
+                    ptrs.push(ptr);
+                    guards.push(guard);
+                }
+                None => ptrs.push(0),
+            }
+        }
+        let (yptr, _yguard) = out.device_ptr_mut(stream);
+        self.run(launch::launches(plan, self.device.arch, &ptrs, yptr))
     }
 }

@@ -1,7 +1,8 @@
 //! Launch planning: from a validated op plan to the kernel launches that compute it — which
 //! kernel of which PTX family, its grid and block, and its one params struct (the kernel ABI of
 //! `kernels/README.md`). Pure Rust with no CUDA call, so the CUDA backend and the CPU emulator
-//! of the kernels (`EmuBackend`, feature `emu`) execute the very same launches.
+//! of the kernels (`EmuBackend`, feature `emu`) execute the very same launches ([`launches`]:
+//! one dispatch from an op's plan to its family's planner).
 
 pub mod batchnorm;
 pub mod conv;
@@ -11,6 +12,7 @@ pub mod softmax;
 use std::ffi::c_void;
 
 use crate::dtype::DType;
+use crate::ops::{FamilyPlan, Plan};
 
 /// A device address (a `CUdeviceptr` on the GPU, a host address in the emulator).
 pub type Ptr = u64;
@@ -124,6 +126,19 @@ pub struct Launch {
     pub grid: [u32; 3],
     pub block: [u32; 3],
     pub args: KernelArgs,
+}
+
+/// The launches that compute `plan` from the operands at `x` (in the op's order; 0 for an
+/// empty tensor) into the output at `y`.
+pub fn launches(plan: &Plan, arch: Arch, x: &[Ptr], y: Ptr) -> Vec<Launch> {
+    match &plan.family {
+        FamilyPlan::Gemm(p) => gemm::gemm(p, arch, x[0], x[1], x.get(2).copied(), y),
+        FamilyPlan::Conv(p) => conv::conv(p, arch, x[0], x[1], x.get(2).copied(), y),
+        FamilyPlan::BatchNorm(p) => {
+            batchnorm::batch_norm(p, arch, x[0], [x[1], x[2], x[3], x[4]], y)
+        }
+        FamilyPlan::Softmax(p) => softmax::softmax(p, arch, x[0], y),
+    }
 }
 
 /// The kernel-name suffix of a dtype.
