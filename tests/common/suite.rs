@@ -257,6 +257,12 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
         // Kernel columns that only ever see padding (found by the property test).
         ([1, 1, 1, 1], [1, 1, 1, 3], conv([1, 1], [0; 4], [1, 2], 1, SameUpper, false), false),
         ([1, 2, 1, 2], [2, 1, 1, 3], conv([1, 2], [0, 3, 0, 3], [1, 2], 2, NotSet, true), true),
+        // Pointwise convolutions whose FP16 input tiles are copied by cp.async (p·q % 8 == 0):
+        // K a multiple of the k-tile and not, several M and N tiles, and groups whose weights
+        // start off a 16-byte boundary (issue 20: F1, F2).
+        ([2, 40, 8, 8], [136, 40, 1, 1], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), true),
+        ([1, 24, 8, 8], [24, 3, 1, 1], conv([1, 1], [0; 4], [1, 1], 8, NotSet, true), true),
+        ([1, 64, 4, 6], [72, 64, 1, 1], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), false),
     ];
     for dtype in DType::ALL {
         for (x, w, op, bias) in &cases {
