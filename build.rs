@@ -32,6 +32,10 @@ mod emu {
 
     pub fn build() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed=kernels");
+        // scripts/emu-coverage: the kernels with gcov counters (and no global-write check,
+        // which the counters, shared by all blocks, would trip).
+        println!("cargo:rerun-if-env-changed=EIA_EMU_COVERAGE");
+        let coverage = std::env::var_os("EIA_EMU_COVERAGE").is_some();
         let families: Vec<&str> = FAMILIES
             .into_iter()
             .filter(|f| Path::new(&format!("kernels/{f}.cu")).exists())
@@ -72,11 +76,18 @@ mod emu {
             .flag("-fsanitize=thread")
             .flag("-fno-tree-sra")
             .debug(true);
+        if coverage {
+            kernels.flag("--coverage");
+        }
         for f in &families {
             kernels.file(format!("kernels/emu/{f}.cpp"));
         }
         let objects = kernels.try_compile_intermediates()?;
         let mut build = base();
+        if coverage {
+            build.define("EIA_EMU_COVERAGE", None);
+            println!("cargo:rustc-link-lib=gcov");
+        }
         build
             .file("kernels/emu/runtime.cpp")
             .file(&generated)

@@ -302,13 +302,16 @@ pub fn conv_resnet_shapes<B: Backend>(backend: &B) {
 /// BatchNormalization over ranks 2–5 and several epsilons.
 pub fn batch_norm_matches_reference<B: Backend>(backend: &B) {
     let mut rng = rng("batch_norm_matches_reference");
-    let shapes: [&[usize]; 6] = [
+    let shapes: [&[usize]; 7] = [
         &[1, 1],
         &[2, 3],
         &[3, 5, 7],
         &[2, 4, 5, 6],
         &[1, 3, 1, 1, 2],
         &[2, 64, 33, 17],
+        // Planes of at least 1024 elements (the CUDA plane kernel), over several blocks each,
+        // starting off a 16-byte boundary (peeled heads and tails).
+        &[1, 2, 9001],
     ];
     for dtype in DType::ALL {
         for (i, shape) in shapes.iter().enumerate() {
@@ -359,12 +362,13 @@ fn softmax_case<B: Backend>(backend: &B, x: &HostTensor, axis: i64) {
 /// Softmax along every axis, negative and positive, of several ranks, and long rows.
 pub fn softmax_every_axis<B: Backend>(backend: &B) {
     let mut rng = rng("softmax_every_axis");
-    let shapes: [&[usize]; 7] = [
+    let shapes: [&[usize]; 8] = [
         &[1],
         &[1, 1],
         &[3, 4, 5],
         &[2, 3, 5, 7],
         &[7, 1000],
+        &[2, 3000],
         &[3, 32771],
         &[4099, 3],
     ];
