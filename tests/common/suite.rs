@@ -362,13 +362,17 @@ fn softmax_case<B: Backend>(backend: &B, x: &HostTensor, axis: i64) {
 /// Softmax along every axis, negative and positive, of several ranks, and long rows.
 pub fn softmax_every_axis<B: Backend>(backend: &B) {
     let mut rng = rng("softmax_every_axis");
-    let shapes: [&[usize]; 8] = [
+    let shapes: [&[usize]; 11] = [
         &[1],
         &[1, 1],
         &[3, 4, 5],
         &[2, 3, 5, 7],
         &[7, 1000],
+        // Rows for the CUDA block kernel at each of its block sizes (128 to 1024 threads).
+        &[2, 1500],
         &[2, 3000],
+        &[1, 6000],
+        &[1, 12000],
         &[3, 32771],
         &[4099, 3],
     ];
