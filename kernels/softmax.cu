@@ -85,7 +85,9 @@ __device__ __forceinline__ void sm_online(float &m, float &s, const float (&v)[N
 __device__ __forceinline__ void sm_merge(float &m, float &s, float m2, float s2) {
     const float mx = fmaxf(m, m2);
     const float r = mx == -INFINITY ? 0.0f : mx;
-    s = s * expf(m - r) + s2 * expf(m2 - r);
+    // One explicit fmaf: NVRTC would contract a·b + c·d itself (fmad=true) and the emulator
+    // would not, so that the two would round differently.
+    s = fmaf(s, expf(m - r), s2 * expf(m2 - r));
     m = mx;
 }
 

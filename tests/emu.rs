@@ -3,8 +3,10 @@
 //! (`selftest_*`, kernels in `kernels/emu/selftest.cu`): the mma.m16n8k16 and ldmatrix fragment
 //! layouts against those `kernels/common.cuh` documents, warp shuffles against CUDA's
 //! semantics, cp.async zero-fill, barriers over shared memory, thread and block indices, half
-//! conversions against the `half` crate, and the detection of divergent code, invalid launches
-//! and stores outside a buffer.
+//! conversions against the `half` crate, and the detection of divergent code, invalid launches,
+//! stores outside a buffer and what the sanitizer checks (races, unwritten shared memory,
+//! misaligned accesses); and bugs planted in the kernels (`planted`), each of which a check must
+//! flag.
 #![cfg(feature = "emu")]
 
 mod common;
