@@ -281,6 +281,11 @@ void describe(const void *pc, char *out, size_t n) {
     fn[strcspn(fn, "\n")] = 0;
     line[strcspn(line, " \n")] = 0;
     const char *file = strstr(line, "kernels/");
+    if (file && strncmp(file, "kernels/emu/../", 15) == 0) {
+        static thread_local char path[256];
+        snprintf(path, sizeof path, "kernels/%s", file + 15);
+        file = path;
+    }
     snprintf(out, n, "%s at %s", fn, file ? file : line);
 }
 
