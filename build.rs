@@ -3,7 +3,8 @@
 //! compiler), so building needs no system `protoc`, no nvcc and no GPU.
 //!
 //! With feature `emu`, also compiles the CUDA kernel sources `kernels/*.cu` for the CPU
-//! emulator (`kernels/emu/`, C++20) into a static library linked into the crate.
+//! emulator (`kernels/emu/`, C++20; the kernels instrumented for its sanitizer) into a static
+//! library linked into the crate.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -31,6 +32,10 @@ mod emu {
 
     pub fn build() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed=kernels");
+        // scripts/emu-coverage: the kernels with gcov counters (and no global-write check,
+        // which the counters, shared by all blocks, would trip).
+        println!("cargo:rerun-if-env-changed=EIA_EMU_COVERAGE");
+        let coverage = std::env::var_os("EIA_EMU_COVERAGE").is_some();
         let families: Vec<&str> = FAMILIES
             .into_iter()
             .filter(|f| Path::new(&format!("kernels/{f}.cu")).exists())
@@ -50,21 +55,43 @@ mod emu {
         let generated = PathBuf::from(std::env::var("OUT_DIR")?).join("emu_families.cpp");
         std::fs::write(&generated, list)?;
 
-        let mut build = cc::Build::new();
-        build
-            .cpp(true)
-            .std("c++20")
-            .opt_level(2)
-            .define("EIA_EMU", None)
-            .include("kernels")
-            .flag("-Wno-unknown-pragmas")
-            // Kernels reinterpret memory freely (vector loads, half2 as u32), as CUDA allows.
-            .flag("-fno-strict-aliasing")
-            .file("kernels/emu/runtime.cpp")
-            .file(&generated);
-        for f in &families {
-            build.file(format!("kernels/emu/{f}.cpp"));
+        let base = || {
+            let mut b = cc::Build::new();
+            b.cpp(true)
+                .std("c++20")
+                .opt_level(2)
+                .define("EIA_EMU", None)
+                .include("kernels")
+                .flag("-Wno-unknown-pragmas")
+                // Kernels reinterpret memory freely (vector loads, half2 as u32), as CUDA allows.
+                .flag("-fno-strict-aliasing");
+            b
+        };
+        // The kernels, instrumented: every load and store calls the sanitizer's __tsan_*
+        // callbacks in runtime.cpp (no ThreadSanitizer runtime is linked), and debug
+        // information lets its messages name source lines.
+        let mut kernels = base();
+        // -fno-tree-sra keeps 16-byte vector accesses whole, so that their alignment is checked.
+        kernels
+            .flag("-fsanitize=thread")
+            .flag("-fno-tree-sra")
+            .debug(true);
+        if coverage {
+            kernels.flag("--coverage");
         }
+        for f in &families {
+            kernels.file(format!("kernels/emu/{f}.cpp"));
+        }
+        let objects = kernels.try_compile_intermediates()?;
+        let mut build = base();
+        if coverage {
+            build.define("EIA_EMU_COVERAGE", None);
+            println!("cargo:rustc-link-lib=gcov");
+        }
+        build
+            .file("kernels/emu/runtime.cpp")
+            .file(&generated)
+            .objects(objects);
         build.try_compile("eia_emu")?;
         Ok(())
     }

@@ -84,8 +84,9 @@ __device__ __forceinline__ void bn_plane(const BatchNormParams &p) {
             }
         }
         const int t = threadIdx.x;
-        if (chunk == 0 && t < head) eia_store(y, start + t, fmaf(eia_load(x, start + t), a, sh));
-        if (chunk == 0 && t < tail) {
+        const bool peel = chunk == 0 || EIA_PLANT(batchnorm_plane_peel_every_chunk);
+        if (peel && t < head) eia_store(y, start + t, fmaf(eia_load(x, start + t), a, sh));
+        if (peel && t < tail) {
             const long long i = start + head + nv * V + t;
             eia_store(y, i, fmaf(eia_load(x, i), a, sh));
         }

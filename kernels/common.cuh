@@ -23,6 +23,8 @@
 
 // A kernel taking one params struct by value (see kernels/README.md).
 #define EIA_KERNEL(name, Params) extern "C" __global__ void name(const Params p)
+// Test-only planted bugs (kernels/emu/emu.h): never on the GPU.
+#define EIA_PLANT(bug) false
 #define EIA_KERNEL_BOUNDS(name, Params, threads) \
     extern "C" __global__ void __launch_bounds__(threads) name(const Params p)
 

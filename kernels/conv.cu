@@ -160,13 +160,22 @@ __device__ __forceinline__ float conv_epilogue(const ConvParams &p, float v, flo
 
 __device__ __forceinline__ constexpr int conv_cmax(int a, int b) { return a > b ? a : b; }
 
+// Shared memory of a BM×BN tensor-core tile, in uint4: two stages of A and B, or C (below).
+// Declared by each kernel, not in the template: static locals of a template are COMDAT objects,
+// which the emulator could not keep in its shared-memory section.
+__device__ __forceinline__ constexpr int conv_tc_smem(int bm, int bn) {
+    return conv_cmax(2 * (CONV_TC_BK * (bm + 8) + bn * (CONV_TC_BK + 8)), bn * (bm + 8)) / 8;
+}
+
 // ---------------------------------------------------------------------------------------------
 // FP16 implicit GEMM on tensor cores. BM×BN block tile, BK = 32, WM×WN warps.
 // Shared memory: A as [BK][BM] (M contiguous, read with ldmatrix.trans), B as [BN][BK] (K
 // contiguous, read with ldmatrix), both padded by 8 halves so ldmatrix rows hit distinct banks;
 // the epilogue reuses it as C [BN][BM] (FP16, already biased and rounded) for coalesced stores.
+// smem: conv_tc_smem(BM, BN) uint4; tab: the two k-tile tables.
 template <int BM, int BN, int WM, int WN>
-__device__ __forceinline__ void conv_igemm_tc(const ConvParams &p) {
+__device__ __forceinline__ void conv_igemm_tc(const ConvParams &p, uint4 *smem,
+                                              uint4 (*tab)[CONV_TC_BK]) {
     constexpr int THREADS = WM * WN * 32;
     constexpr int BK = CONV_TC_BK;
     constexpr int WTM = BM / WM, WTN = BN / WN; // warp tile
@@ -182,9 +191,8 @@ __device__ __forceinline__ void conv_igemm_tc(const ConvParams &p) {
     static_assert(THREADS % BM == 0 && BK % A_KSTEP == 0 && BK % A_CKSTEP == 0, "A tile mapping");
     static_assert((BN * (BK / 8)) % THREADS == 0 && BN % B_NSTEP == 0, "B tile mapping");
     static_assert(NT % 2 == 0 && WTM % 16 == 0, "warp tile");
+    static_assert(SMEM_HALVES == conv_tc_smem(BM, BN) * 8, "shared memory size");
 
-    __shared__ uint4 smem[SMEM_HALVES / 8];
-    __shared__ uint4 tab[2][BK];
     __half *As = reinterpret_cast<__half *>(smem); // [2][BK][A_LD]
     __half *Bs = As + 2 * A_STAGE;                 // [2][BN][B_LD]
 
@@ -194,7 +202,9 @@ __device__ __forceinline__ void conv_igemm_tc(const ConvParams &p) {
     const int grp = p.group0 + blockIdx.z;
     const int mb = blockIdx.x * BM, nb = blockIdx.y * BN;
 
-    const __half *wg = reinterpret_cast<const __half *>(p.w) + (long long)grp * p.w_group;
+    const __half *w0 = reinterpret_cast<const __half *>(p.w);
+    const __half *x0 = reinterpret_cast<const __half *>(p.x);
+    const __half *wg = w0 + (long long)grp * p.w_group;
     const __half zero = __float2half_rn(0.f);
 
     // A gathered: pixel am of the tile, k rows ak0, ak0 + A_KSTEP, ... (into registers).
@@ -221,7 +231,11 @@ __device__ __forceinline__ void conv_igemm_tc(const ConvParams &p) {
             for (int i = 0; i < A_CHUNKS; ++i) {
                 const int kr = a_k0 + i * A_CKSTEP;
                 const bool ok = a_src != nullptr && k0 + kr < p.kdim;
-                const __half *src = ok ? a_src + (long long)(k0 + kr) * p.hw : wg;
+                // A zero-fill copy reads nothing but still needs an aligned address: x itself
+                // (a_async checks its alignment), not the weights of a group (issue 20, F1).
+                const __half *src = ok ? a_src + (long long)(k0 + kr) * p.hw
+                                  : EIA_PLANT(conv_tc_misaligned_fallback) ? wg
+                                                                            : x0;
                 eia_cp_async_16(&As[st * A_STAGE + kr * A_LD + a_mc], src, ok);
             }
         } else if (p.rs <= CONV_MASK_BITS) {
@@ -240,7 +254,7 @@ __device__ __forceinline__ void conv_igemm_tc(const ConvParams &p) {
                 const int c = tid + i * THREADS;
                 const int n = c / (BK / 8), kc = (c % (BK / 8)) * 8;
                 const bool ok = nb + n < p.kg && k0 + kc < p.kdim;
-                const __half *src = ok ? wg + (long long)(nb + n) * p.kdim + (k0 + kc) : wg;
+                const __half *src = ok ? wg + (long long)(nb + n) * p.kdim + (k0 + kc) : w0;
                 eia_cp_async_16(&Bs[st * B_STAGE + n * B_LD + kc], src, ok);
             }
         } else {
@@ -318,11 +332,12 @@ __device__ __forceinline__ void conv_igemm_tc(const ConvParams &p) {
                 for (int j = 0; j < NT; ++j) eia_mma_16816(acc[i][j], af[i], bf[j]);
         }
         if (more) {
-            commit(nxt);
+            commit(EIA_PLANT(conv_tc_wrong_stage) ? cur : nxt);
             if (!p.a_async && kt + 2 < nk) conv_fill_table<BK>(tab[cur], p, (kt + 2) * BK);
         }
-        eia_cp_async_wait<0>();
-        __syncthreads();
+        if (EIA_PLANT(conv_tc_early_wait)) eia_cp_async_wait<1>();
+        else eia_cp_async_wait<0>();
+        if (!EIA_PLANT(conv_tc_nosync)) __syncthreads();
     }
 
     // Epilogue: bias, ReLU, one rounding, into C [BN][C_LD] in shared memory.
@@ -363,13 +378,19 @@ __device__ __forceinline__ void conv_igemm_tc(const ConvParams &p) {
 }
 
 EIA_KERNEL_BOUNDS(conv_tc128x128_f16, ConvParams, CONV_TC128X128_THREADS) {
-    conv_igemm_tc<CONV_TC128X128_BM, CONV_TC128X128_BN, 2, 4>(p);
+    __shared__ uint4 smem[conv_tc_smem(CONV_TC128X128_BM, CONV_TC128X128_BN)];
+    __shared__ uint4 tab[2][CONV_TC_BK];
+    conv_igemm_tc<CONV_TC128X128_BM, CONV_TC128X128_BN, 2, 4>(p, smem, tab);
 }
 EIA_KERNEL_BOUNDS(conv_tc128x64_f16, ConvParams, CONV_TC128X64_THREADS) {
-    conv_igemm_tc<CONV_TC128X64_BM, CONV_TC128X64_BN, 4, 2>(p);
+    __shared__ uint4 smem[conv_tc_smem(CONV_TC128X64_BM, CONV_TC128X64_BN)];
+    __shared__ uint4 tab[2][CONV_TC_BK];
+    conv_igemm_tc<CONV_TC128X64_BM, CONV_TC128X64_BN, 4, 2>(p, smem, tab);
 }
 EIA_KERNEL_BOUNDS(conv_tc64x64_f16, ConvParams, CONV_TC64X64_THREADS) {
-    conv_igemm_tc<CONV_TC64X64_BM, CONV_TC64X64_BN, 2, 2>(p);
+    __shared__ uint4 smem[conv_tc_smem(CONV_TC64X64_BM, CONV_TC64X64_BN)];
+    __shared__ uint4 tab[2][CONV_TC_BK];
+    conv_igemm_tc<CONV_TC64X64_BM, CONV_TC64X64_BN, 2, 2>(p, smem, tab);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,7 +479,7 @@ EIA_KERNEL_BOUNDS(conv_simt_f32, ConvParams, CONV_SIMT_THREADS) {
             store(nxt);
             if (kt + 2 < nk) conv_fill_table<BK>(tab[cur], p, (kt + 2) * BK);
         }
-        __syncthreads();
+        if (!EIA_PLANT(conv_simt_nosync)) __syncthreads();
     }
 
     // Epilogue: bias, ReLU, NCHW stores.

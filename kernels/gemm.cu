@@ -230,7 +230,7 @@ EIA_KERNEL_BOUNDS(gemm_simt_f32, GemmParams, SG_THREADS) {
             sg_run_store(ra, a_k, as[cur ^ 1], na);
             sg_run_store(rb, b_k, bs[cur ^ 1], nb);
         }
-        __syncthreads();
+        if (!EIA_PLANT(gemm_simt_nosync)) __syncthreads();
     }
 
     const float *c = static_cast<const float *>(p.c);
@@ -405,7 +405,9 @@ __device__ __forceinline__ void tc_pipelined(const GemmParams &p,
         const int k0 = kt * TC_BK;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-            eia_cp_async_16(&as[s][sa[i]], ga[i] + k0, a_in[i] && k0 + ak[i] < p.k);
+            const bool a_ok = a_in[i] && k0 + ak[i] < p.k;
+            eia_cp_async_16(&as[s][sa[i]],
+                            ga[i] + k0 + (!a_ok && EIA_PLANT(gemm_tc_misaligned_fallback)), a_ok);
             eia_cp_async_16(&bs[s][sb[i]], gb[i] + kt * b_step, b_in[i] && k0 + bk[i] < p.k);
         }
     };
@@ -425,11 +427,12 @@ __device__ __forceinline__ void tc_pipelined(const GemmParams &p,
         eia_cp_async_commit();
     }
     for (int kt = 0; kt < tiles; ++kt) {
-        eia_cp_async_wait<TC_STAGES - 2>();
-        __syncthreads();
+        if (EIA_PLANT(gemm_tc_early_wait)) eia_cp_async_wait<TC_STAGES - 1>();
+        else eia_cp_async_wait<TC_STAGES - 2>();
+        if (!EIA_PLANT(gemm_tc_nosync)) __syncthreads();
         // The stage refilled here was last read in iteration kt - 1, which every warp has left.
         const int next = kt + TC_STAGES - 1;
-        if (next < tiles) load(next, next % TC_STAGES);
+        if (next < tiles) load(next, (next + EIA_PLANT(gemm_tc_wrong_stage)) % TC_STAGES);
         eia_cp_async_commit();
         const int s = kt % TC_STAGES;
         tc_stage_mma<BT>(acc, as[s], bs[s], wm, wn, lane);

@@ -85,7 +85,9 @@ __device__ __forceinline__ void sm_online(float &m, float &s, const float (&v)[N
 __device__ __forceinline__ void sm_merge(float &m, float &s, float m2, float s2) {
     const float mx = fmaxf(m, m2);
     const float r = mx == -INFINITY ? 0.0f : mx;
-    s = s * expf(m - r) + s2 * expf(m2 - r);
+    // One explicit fmaf: NVRTC would contract a·b + c·d itself (fmad=true) and the emulator
+    // would not, so that the two would round differently.
+    s = fmaf(s, expf(m - r), s2 * expf(m2 - r));
     m = mx;
 }
 
@@ -99,7 +101,7 @@ __device__ __forceinline__ float sm_block_max(float v, float *red) {
         const float r = eia_warp_max(lane < (int)(blockDim.x >> 5) ? red[lane] : -INFINITY);
         if (lane == 0) red[32] = r;
     }
-    __syncthreads();
+    if (!EIA_PLANT(softmax_block_nosync)) __syncthreads();
     return red[32];
 }
 __device__ __forceinline__ float sm_block_sum(float v, float *red) {
@@ -206,6 +208,7 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams &p) {
     const int rows_per_warp = 32 / lanes;
     const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
     const long long warp = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (EIA_PLANT(softmax_warp_lane_exit) && lane == 31) return;
     // The loop runs the same count in all lanes of a warp: the shuffles see full warps.
     for (long long first = warp * rows_per_warp; first < p.outer; first += warps * rows_per_warp) {
         const long long r = first + lane / lanes;
@@ -274,7 +277,7 @@ __device__ __forceinline__ void softmax_long(const SoftmaxParams &p, float *red)
             red[warp] = m;
             red[33 + warp] = s;
         }
-        __syncthreads();
+        if (!EIA_PLANT(softmax_long_divergent_sync) || warp == 0) __syncthreads();
         if (warp == 0) {
             const bool in = lane < (g >> 5);
             m = in ? red[lane] : -INFINITY;
@@ -353,7 +356,7 @@ __device__ __forceinline__ void softmax_strided(const SoftmaxParams &p, float *s
                     sm_m[tid] = m;
                     sm_s[tid] = s;
                 }
-                __syncthreads();
+                if (!EIA_PLANT(softmax_strided_nosync)) __syncthreads();
             }
             const float mx = sm_m[tx], inv = 1.0f / sm_s[tx];
             if (ok) {

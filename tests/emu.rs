@@ -3,8 +3,10 @@
 //! (`selftest_*`, kernels in `kernels/emu/selftest.cu`): the mma.m16n8k16 and ldmatrix fragment
 //! layouts against those `kernels/common.cuh` documents, warp shuffles against CUDA's
 //! semantics, cp.async zero-fill, barriers over shared memory, thread and block indices, half
-//! conversions against the `half` crate, and the detection of divergent code, invalid launches
-//! and stores outside a buffer.
+//! conversions against the `half` crate, and the detection of divergent code, invalid launches,
+//! stores outside a buffer and what the sanitizer checks (races, unwritten shared memory,
+//! misaligned accesses); and bugs planted in the kernels (`planted`), each of which a check must
+//! flag.
 #![cfg(feature = "emu")]
 
 mod common;
@@ -317,11 +319,7 @@ mod selftest {
                     (32 + 100 * 2 + 10000 * 3 + 1000000 * 2) as f32,
                 ];
                 assert_eq!(o[..4], want, "block {b} thread {t}");
-                let fresh = o[4].to_bits();
-                assert_eq!(
-                    fresh, 0x7ff57ff5,
-                    "block {b} thread {t}: unwritten shared memory"
-                );
+                assert_eq!(o[4], b as f32, "block {b} thread {t}: its own write");
             }
         }
     }
@@ -443,12 +441,14 @@ mod selftest {
         mode: i32,
     }
 
-    /// Divergent barriers and warp operations, partial masks, misaligned addresses and invalid
-    /// launches end the launch with an error (no hang, no crash); the emulator runs on after.
+    /// Divergent barriers and warp operations, partial masks, misaligned addresses (predicated-off
+    /// copies included), shared-memory races, reads of unwritten shared memory (also a cp.async
+    /// read before its wait_group), global bytes written by two blocks and invalid launches end
+    /// the launch with an error (no hang, no crash); the emulator runs on after.
     #[test]
     fn selftest_detects_divergence_and_bad_launches() {
         let emu = EmuBackend::new();
-        let out = alloc(&emu, DType::F32, 64);
+        let out = alloc(&emu, DType::F32, 128);
         let run = |mode: i32, grid: [u32; 3], block: [u32; 3]| {
             let params = DivergeParams {
                 out: addr(&out),
@@ -492,12 +492,34 @@ mod selftest {
         );
         expect(7, grid, block, "eia_ldmatrix_x2: row address");
         expect(8, grid, block, "wait at __syncthreads");
+        expect(9, grid, block, "synccheck: divergent __syncthreads");
+        expect(
+            10,
+            grid,
+            block,
+            "racecheck: write/write hazard on shared memory",
+        );
+        expect(11, grid, block, "initcheck: block (0,0,0)");
+        expect(12, grid, block, "is not 16-byte aligned (a zero-fill copy");
+        expect(
+            13,
+            grid,
+            block,
+            "memcheck: misaligned 16-byte read of global memory",
+        );
+        expect(
+            14,
+            grid,
+            block,
+            "racecheck: blocks (0,0,0) and (1,0,0) both write global",
+        );
+        expect(15, grid, block, "initcheck: block (0,0,0)");
         expect(0, grid, [48, 1, 1], "block (48,1,1) is invalid");
         expect(0, grid, [2048, 1, 1], "is invalid");
         expect(0, [0, 1, 1], block, "grid (0,1,1) is invalid");
         expect(0, [1, 65536, 1], block, "is invalid");
         run(0, grid, block).unwrap();
-        let want: Vec<f32> = (0..64).map(|t| (t ^ 1) as f32).collect();
+        let want: Vec<f32> = (0..128).map(|t| ((t % 64) ^ 1) as f32).collect();
         assert_eq!(
             read(&emu, &out),
             want,
@@ -588,6 +610,146 @@ mod selftest {
                 s * 1e3,
                 s * 1e9 / waits,
                 waits / s / 1e6
+            );
+        }
+    }
+}
+
+/// Bugs planted in the kernels (`EIA_PLANT` in `kernels/*.cu`, compiled only into the emulator):
+/// each must end its launch with the sanitizer check named here, so that the checks are known
+/// to work on the real kernels (issue 20).
+mod planted {
+    use std::ffi::CStr;
+
+    use eia::backend::EmuBackend;
+    use eia::ops::{BatchNorm, Conv, Gemm, Softmax};
+    use eia::{Backend, DType, HostTensor};
+
+    /// A deterministic tensor of `shape` with values in [-1, 1).
+    fn tensor(
+        emu: &EmuBackend,
+        dtype: DType,
+        shape: &[usize],
+    ) -> eia::Tensor<eia::backend::emu::EmuBuffer> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 211) as f32 / 105.5 - 1.0)
+            .collect();
+        emu.upload(&HostTensor::from_f32(dtype, shape, &v).unwrap())
+            .unwrap()
+    }
+
+    /// A missing or misplaced barrier or wait: a race, or a read of shared memory before any
+    /// write (which of the two comes first depends on the schedule).
+    const SYNC: &[&str] = &["racecheck: ", "initcheck: "];
+
+    /// One op on one shape, run by `emu`.
+    type Case = fn(&EmuBackend) -> eia::Result<()>;
+
+    fn conv(
+        emu: &EmuBackend,
+        dtype: DType,
+        x: [usize; 4],
+        w: [usize; 4],
+        pad: usize,
+        group: usize,
+    ) -> eia::Result<()> {
+        let op = Conv {
+            pads: [pad; 4],
+            group,
+            ..Conv::default()
+        };
+        emu.conv(&op, &tensor(emu, dtype, &x), &tensor(emu, dtype, &w), None)
+            .map(drop)
+    }
+
+    fn gemm(emu: &EmuBackend, dtype: DType, m: usize, k: usize, n: usize) -> eia::Result<()> {
+        let (a, b) = (tensor(emu, dtype, &[m, k]), tensor(emu, dtype, &[k, n]));
+        emu.gemm(&Gemm::default(), &a, &b, None).map(drop)
+    }
+
+    fn softmax(emu: &EmuBackend, shape: &[usize], axis: i64) -> eia::Result<()> {
+        emu.softmax(&Softmax { axis }, &tensor(emu, DType::F32, shape))
+            .map(drop)
+    }
+
+    const CASES: [(&CStr, &[&str], Case); 16] = [
+        (c"gemm_tc_nosync", SYNC, |e| {
+            gemm(e, DType::F16, 130, 96, 136)
+        }),
+        (c"gemm_tc_early_wait", SYNC, |e| {
+            gemm(e, DType::F16, 130, 96, 136)
+        }),
+        (c"gemm_tc_wrong_stage", SYNC, |e| {
+            gemm(e, DType::F16, 130, 96, 136)
+        }),
+        (c"gemm_tc_misaligned_fallback", &["memcheck"], |e| {
+            gemm(e, DType::F16, 130, 96, 136)
+        }),
+        (c"gemm_simt_nosync", SYNC, |e| {
+            gemm(e, DType::F32, 70, 40, 70)
+        }),
+        (c"conv_tc_nosync", SYNC, |e| {
+            conv(e, DType::F16, [1, 16, 10, 10], [20, 16, 3, 3], 1, 1)
+        }),
+        (c"conv_tc_early_wait", SYNC, |e| {
+            conv(e, DType::F16, [1, 16, 10, 10], [20, 16, 3, 3], 1, 1)
+        }),
+        (c"conv_tc_wrong_stage", SYNC, |e| {
+            conv(e, DType::F16, [1, 16, 10, 10], [20, 16, 3, 3], 1, 1)
+        }),
+        (c"conv_tc_misaligned_fallback", &["memcheck"], |e| {
+            conv(e, DType::F16, [1, 24, 8, 8], [24, 3, 1, 1], 0, 8)
+        }),
+        (c"conv_simt_nosync", SYNC, |e| {
+            conv(e, DType::F32, [1, 16, 10, 10], [20, 16, 3, 3], 1, 1)
+        }),
+        (c"softmax_block_nosync", SYNC, |e| {
+            softmax(e, &[2, 3000], -1)
+        }),
+        (c"softmax_long_divergent_sync", &["synccheck"], |e| {
+            softmax(e, &[1, 20000], -1)
+        }),
+        (c"softmax_strided_nosync", SYNC, |e| {
+            softmax(e, &[64, 40], 0)
+        }),
+        (
+            c"softmax_warp_lane_exit",
+            &["lanes 0-30 at __shfl_xor_sync, lane 31 exited"],
+            |e| softmax(e, &[4, 100], -1),
+        ),
+        (
+            c"batchnorm_plane_peel_every_chunk",
+            &["racecheck: blocks"],
+            |e| {
+                let x = tensor(e, DType::F32, &[1, 2, 5001]);
+                let p: Vec<_> = (0..4).map(|_| tensor(e, DType::F32, &[2])).collect();
+                e.batch_norm(&BatchNorm::default(), &x, [&p[0], &p[1], &p[2], &p[3]])
+                    .map(drop)
+            },
+        ),
+        (c"none", &[], |e| {
+            conv(e, DType::F16, [2, 40, 8, 8], [136, 40, 1, 1], 0, 1)
+        }),
+    ];
+
+    /// Every case runs clean as written, and fails with one of its checks when its bug is
+    /// planted (`none`: a pointwise FP16 convolution on the a_async path, unplanted only).
+    #[test]
+    fn planted_bugs_are_flagged() {
+        let emu = EmuBackend::new();
+        for (bug, checks, case) in CASES {
+            case(&emu).unwrap_or_else(|e| panic!("{bug:?} unplanted: {e}"));
+            if checks.is_empty() {
+                continue;
+            }
+            let err = case(&emu.with_plant(bug))
+                .expect_err(bug.to_str().unwrap())
+                .to_string();
+            println!("{bug:?}: {err}");
+            assert!(
+                checks.iter().any(|c| err.contains(c)),
+                "{bug:?}: {err:?} says none of {checks:?}"
             );
         }
     }

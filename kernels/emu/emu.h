@@ -7,13 +7,21 @@
 // barrier (__syncthreads) or a warp-level operation (shuffles, __syncwarp, mma, ldmatrix), where
 // it yields. A warp operation completes once all 32 lanes of the warp are waiting at the same
 // one (the runtime then computes every lane's result from the per-lane exchange slots); the
-// block barrier releases once every thread waits at it. Anything else — a thread that exits or
-// waits at __syncthreads while lanes of its warp wait at a warp operation, a thread that exits
-// while others wait at __syncthreads, lanes at different warp operations, a partial mask, a
-// misaligned ldmatrix / cp.async address — ends the launch with an error naming the block and
-// thread. __shared__ is `static`: blocks run one at a time, so function-local statics are exactly
-// block-shared memory (refilled with a NaN pattern before each block). Launches from different OS
-// threads are serialised.
+// block barrier releases once every thread waits at the same one. Which ready thread runs next
+// is the schedule's choice (runtime.cpp). A cp.async lands at the issuing thread's first
+// wait_group that covers its commit group; until then its destination holds NaN. Anything
+// else — a thread that exits or waits at __syncthreads while lanes of its warp wait at a warp
+// operation, a thread that exits while others wait at __syncthreads, threads at different
+// __syncthreads, lanes at different warp operations, a partial mask, a misaligned ldmatrix /
+// cp.async address (predicated-off copies included), a sanitizer finding — ends the launch with
+// an error naming the block and thread. __shared__ is `static`: blocks run one at a time, so
+// function-local statics are exactly block-shared memory (refilled with a NaN pattern before each
+// block). Launches from different OS threads are serialised.
+//
+// The kernel translation units are compiled with -fsanitize=thread, whose callbacks (runtime.cpp)
+// see every load and store of kernel code: shared-memory races between barriers, reads of shared
+// memory the block never wrote, misaligned vector accesses and global bytes written by two blocks
+// end the launch too.
 #pragma once
 
 #include <math.h>
@@ -72,6 +80,10 @@ inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
 
 // ---- The runtime interface (runtime.cpp) ---------------------------------------------------
 
+// The emulator's entry points are inlined into kernel code, so that the runtime's return address
+// is the kernel's call site.
+#define EIA_EMU_INLINE inline __attribute__((always_inline))
+
 namespace eia_emu {
 
 // A kernel known to the emulator: EIA_KERNEL* defines one per kernel, linked into a list at
@@ -87,6 +99,8 @@ struct Kernel {
 // The running thread's index and the launch geometry (set by the scheduler on every switch).
 extern uint3 thread_idx, block_idx;
 extern dim3 block_dim, grid_dim;
+// The bug planted for this launch (EIA_PLANT), or null.
+extern const char *plant;
 
 // Warp shuffle modes, in PTX's order (shfl.sync.{up,down,bfly,idx}).
 enum ShflMode : unsigned { kShflUp = 0, kShflDown = 1, kShflBfly = 2, kShflIdx = 3 };
@@ -98,6 +112,8 @@ unsigned shfl(unsigned mask, unsigned v, ShflMode mode, int b, int width);
 void mma_16816(float *d, const unsigned *a, const unsigned *b);
 void ldmatrix(unsigned *r, const void *row, unsigned num, bool trans);
 void cp_async_16(void *smem, const void *gmem, bool valid);
+void cp_async_commit();
+void cp_async_wait(unsigned newer);
 
 inline unsigned f32_bits(float f) {
     unsigned u;
@@ -170,19 +186,19 @@ inline float f16_to_f32(unsigned short h) {
 #define blockDim (static_cast<const dim3 &>(::eia_emu::block_dim))
 #define gridDim (static_cast<const dim3 &>(::eia_emu::grid_dim))
 
-inline void __syncthreads() { ::eia_emu::syncthreads(); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { ::eia_emu::syncwarp(mask); }
+EIA_EMU_INLINE void __syncthreads() { ::eia_emu::syncthreads(); }
+EIA_EMU_INLINE void __syncwarp(unsigned mask = 0xffffffffu) { ::eia_emu::syncwarp(mask); }
 // Blocks run one at a time on one OS thread: every write is already visible.
 inline void __threadfence() { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
 
 #define EIA_EMU_SHFL(fn, mode)                                                             \
-    inline unsigned fn(unsigned mask, unsigned v, int b, int width = 32) {                 \
+    EIA_EMU_INLINE unsigned fn(unsigned mask, unsigned v, int b, int width = 32) {                 \
         return ::eia_emu::shfl(mask, v, mode, b, width);                                   \
     }                                                                                      \
-    inline int fn(unsigned mask, int v, int b, int width = 32) {                           \
+    EIA_EMU_INLINE int fn(unsigned mask, int v, int b, int width = 32) {                           \
         return (int)::eia_emu::shfl(mask, (unsigned)v, mode, b, width);                    \
     }                                                                                      \
-    inline float fn(unsigned mask, float v, int b, int width = 32) {                       \
+    EIA_EMU_INLINE float fn(unsigned mask, float v, int b, int width = 32) {                       \
         return ::eia_emu::bits_f32(                                                        \
             ::eia_emu::shfl(mask, ::eia_emu::f32_bits(v), mode, b, width));                \
     }
@@ -255,25 +271,33 @@ inline double max(double a, float b) { return fmax(a, b); }
 
 // ---- eia primitives (same signatures and per-lane semantics as common.cuh) ------------------
 
-inline void eia_mma_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+EIA_EMU_INLINE void eia_mma_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     ::eia_emu::mma_16816(d, a, b);
 }
-inline void eia_ldmatrix_x4(unsigned (&r)[4], const void *row) {
+EIA_EMU_INLINE void eia_ldmatrix_x4(unsigned (&r)[4], const void *row) {
     ::eia_emu::ldmatrix(r, row, 4, false);
 }
-inline void eia_ldmatrix_x4_trans(unsigned (&r)[4], const void *row) {
+EIA_EMU_INLINE void eia_ldmatrix_x4_trans(unsigned (&r)[4], const void *row) {
     ::eia_emu::ldmatrix(r, row, 4, true);
 }
-inline void eia_ldmatrix_x2(unsigned (&r)[2], const void *row) {
+EIA_EMU_INLINE void eia_ldmatrix_x2(unsigned (&r)[2], const void *row) {
     ::eia_emu::ldmatrix(r, row, 2, false);
 }
-inline void eia_ldmatrix_x2_trans(unsigned (&r)[2], const void *row) {
+EIA_EMU_INLINE void eia_ldmatrix_x2_trans(unsigned (&r)[2], const void *row) {
     ::eia_emu::ldmatrix(r, row, 2, true);
 }
-// cp.async completes at once: commit and wait have nothing left to do.
-inline void eia_cp_async_16(void *smem, const void *gmem, bool valid) {
+// cp.async: the copy lands at the first wait that covers its group (runtime.cpp).
+EIA_EMU_INLINE void eia_cp_async_16(void *smem, const void *gmem, bool valid) {
     ::eia_emu::cp_async_16(smem, gmem, valid);
 }
-inline void eia_cp_async_commit() {}
+EIA_EMU_INLINE void eia_cp_async_commit() { ::eia_emu::cp_async_commit(); }
 template <int N>
-inline void eia_cp_async_wait() {}
+EIA_EMU_INLINE void eia_cp_async_wait() {
+    static_assert(N >= 0, "wait_group takes a count of groups");
+    ::eia_emu::cp_async_wait(N);
+}
+
+// ---- Planted bugs (tests only) ---------------------------------------------------------------
+// EIA_PLANT(bug) is true in a launch run with that bug planted (tests/emu.rs, `planted_*`), so
+// that tests prove the sanitizer flags it; common.cuh defines it as false for the GPU.
+#define EIA_PLANT(bug) (::eia_emu::plant != nullptr && strcmp(::eia_emu::plant, #bug) == 0)

@@ -1,10 +1,18 @@
 // emu/runtime.cpp — the scheduler of the CUDA kernel emulator (see emu.h for the model): fibers,
-// the block barrier, warp-level operations (shuffles, __syncwarp, mma.m16n8k16, ldmatrix),
-// divergence detection, the kernel registry and the C entry point eia_emu_launch.
+// the schedules (thread orders), the block barrier, warp-level operations (shuffles, __syncwarp,
+// mma.m16n8k16, ldmatrix), cp.async groups landing at their wait_group, divergence detection, the
+// sanitizer (racecheck, initcheck, misaligned and conflicting accesses, fed by the
+// -fsanitize=thread instrumentation of the kernel code: the __tsan_* callbacks at the end), the
+// kernel registry and the C entry point eia_emu_launch.
+#include <dlfcn.h>
+#include <elf.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <sys/mman.h>
+
+#include <algorithm>
+#include <vector>
 
 #if !(defined(__x86_64__) && defined(__ELF__))
 #include <ucontext.h>
@@ -25,6 +33,7 @@ namespace eia_emu {
 
 uint3 thread_idx, block_idx;
 dim3 block_dim, grid_dim;
+const char *plant;
 
 namespace {
 
@@ -33,6 +42,7 @@ const Kernel *registry = nullptr;  // constant-initialised: registrars may run i
 constexpr unsigned kMaxThreads = 1024;
 constexpr size_t kStackBytes = 256 << 10;  // per emulated thread
 constexpr size_t kGuardBytes = 4 << 10;    // an inaccessible page below each stack
+constexpr unsigned kMaxPending = 32;       // cp.async copies in flight per thread
 
 // ---- Fibers ------------------------------------------------------------------------------
 
@@ -131,6 +141,16 @@ struct Slot {
     void *p0;        // mma: d; ldmatrix: r
     const void *p1;  // mma: a; ldmatrix: row address
     const void *p2;  // mma: b
+    const void *pc;  // the call site in the kernel
+};
+
+// A cp.async in flight: its 16 bytes (read, or zeros, when issued) land in shared memory at the
+// thread's first wait_group that covers its commit group; until then the destination holds NaN.
+struct Pending {
+    void *dst;
+    unsigned group;  // commit group (1, 2, ...); 0 while not committed
+    const void *pc;  // where it was issued
+    unsigned char data[16];
 };
 
 struct Fiber {
@@ -138,17 +158,56 @@ struct Fiber {
     State state;
     uint3 tid;
     Slot slot;
+    const void *bar_pc;  // the __syncthreads it waits at
+    unsigned groups;     // cp.async groups committed
+    unsigned npending;
+    Pending pending[kMaxPending];
+};
+
+// Schedules: the order in which ready threads run until they wait (forward: thread order;
+// reverse; random: a fresh permutation every pass; drift: warps from the last, each running on
+// through its warp operations until all its lanes wait at __syncthreads or exit). Mix gives
+// block b of a launch schedule (h + b) % 4, h a hash of the kernel name and geometry.
+enum Sched : unsigned { kForward, kReverse, kRandom, kDrift, kMix };
+
+// The sanitizer's record of one byte of shared memory in the current block: the interval
+// (barrier epoch) and thread of its last write and of its reads, and whether a thread wrote it.
+struct Cell {
+    uint32_t w, r, init;   // epochs of the last write, of the reads, of the last initialising write
+    uint16_t wt, rt, rt2;  // the writer; the first reader and another one (rmany)
+    uint32_t ww, rw, rw2;  // their warps' __syncwarp epochs at the time
+    bool rmany;
+    const void *wpc, *rpc, *rpc2;
+};
+
+// A write to global memory (the sanitizer checks that blocks write disjoint bytes).
+struct GlobalWrite {
+    uintptr_t at;
+    uint32_t bytes, block;
+    const void *pc;
 };
 
 struct Launch {
     const Kernel *kernel;
     const void *params;
     unsigned threads;
-    Fiber *current;
+    Fiber *current;  // the running fiber; null in the scheduler
     Context scheduler;
     bool failed;
-    char error[1024];
+    char error[2048];
     char *stacks;  // kMaxThreads stacks, each above a guard page; mapped on first use
+    Sched sched;   // of the running block
+    uint64_t seed;
+    Sched opt_sched;  // as asked for the launch
+    uint64_t opt_seed;
+    uint64_t launch_hash;
+    // Sanitizer state: the shared-memory section and its shadow, the barrier epoch (bumped by
+    // every barrier and block) and that of the block's start, the global writes of the launch.
+    uintptr_t smem_lo, smem_len, stacks_lo, stacks_len;
+    Cell *shadow;
+    uint32_t epoch, block_epoch;
+    uint32_t warp_epoch[kMaxThreads / 32];  // bumped by each __syncwarp of the warp
+    std::vector<GlobalWrite> gwrites;
     Fiber fibers[kMaxThreads];
 };
 
@@ -168,10 +227,14 @@ void set_error(const char *fmt, ...) {
 // Switches from the running fiber back to the scheduler.
 inline void yield(Fiber *f) { context_switch(f->ctx, L.scheduler); }
 
-// The body of every fiber: the kernel for the thread resume() switched to.
+bool land_all(Fiber *f);
+
+// The body of every fiber: the kernel for the thread resume() switched to; copies still in
+// flight land when the thread exits.
 void fiber_main() {
     Fiber *f = L.current;
     L.kernel->entry(L.params);
+    land_all(f);
     f->state = State::Done;
     yield(f);
     __builtin_unreachable();
@@ -181,6 +244,49 @@ inline void resume(Fiber *f) {
     L.current = f;
     thread_idx = f->tid;
     context_switch(L.scheduler, f->ctx);
+    L.current = nullptr;
+}
+
+// "forward", "reverse", "random:SEED" or "drift": the running block's schedule.
+void sched_name(char *buf, size_t n) {
+    switch (L.sched) {
+        case kReverse: snprintf(buf, n, "reverse"); break;
+        case kRandom: snprintf(buf, n, "random:%llu", (unsigned long long)L.seed); break;
+        case kDrift: snprintf(buf, n, "drift"); break;
+        default: snprintf(buf, n, "forward"); break;
+    }
+}
+
+// "softmax_block_any<float, 4> at kernels/softmax.cu:97" for a return address into kernel code
+// (addr2line on the debug information the emu build keeps), or the bare address.
+void describe(const void *pc, char *out, size_t n) {
+    snprintf(out, n, "%p", pc);
+    Dl_info info;
+    if (!pc || !dladdr(pc, &info) || !info.dli_fname || !info.dli_fbase) return;
+    uintptr_t at = reinterpret_cast<uintptr_t>(pc) - 1;  // the call, not the return address
+    if (static_cast<const Elf64_Ehdr *>(info.dli_fbase)->e_type == ET_DYN)
+        at -= reinterpret_cast<uintptr_t>(info.dli_fbase);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "addr2line -C -f -i -e '%s' 0x%lx 2>/dev/null", info.dli_fname,
+             (unsigned long)at);
+    FILE *f = popen(cmd, "r");
+    if (!f) return;
+    // Inlined frames, innermost first: the first outside emu.h is the kernel's.
+    char fn[256] = "", line[256] = "";
+    bool ok = false;
+    while (fgets(fn, sizeof fn, f) && fgets(line, sizeof line, f))
+        if ((ok = !strstr(line, "emu/emu.h"))) break;
+    pclose(f);
+    if (!ok || line[0] == '?') return;
+    fn[strcspn(fn, "\n")] = 0;
+    line[strcspn(line, " \n")] = 0;
+    const char *file = strstr(line, "kernels/");
+    if (file && strncmp(file, "kernels/emu/../", 15) == 0) {
+        static thread_local char path[256];
+        snprintf(path, sizeof path, "kernels/%s", file + 15);
+        file = path;
+    }
+    snprintf(out, n, "%s at %s", fn, file ? file : line);
 }
 
 // "block (x,y,z) thread (x,y,z)" of a fiber.
@@ -197,6 +303,190 @@ void where(char *buf, size_t n, const Fiber *f) {
     set_error("%s: %s", at, what);
     yield(f);
     __builtin_unreachable();
+}
+
+// After the sanitizer set an error from inside a fiber: back to the scheduler for good.
+[[noreturn]] void failed() {
+    Fiber *f = L.current;
+    yield(f);
+    __builtin_unreachable();
+}
+
+// ---- The sanitizer ---------------------------------------------------------------------------
+
+// The linear index of a thread, and its "(x,y,z)".
+inline unsigned tix(const Fiber *f) { return (unsigned)(f - L.fibers); }
+void tid_str(char *buf, size_t n, unsigned t) {
+    const Fiber &f = L.fibers[t];
+    snprintf(buf, n, "(%u,%u,%u)", f.tid.x, f.tid.y, f.tid.z);
+}
+
+// A conflict between thread `t` (this access, at pc) and thread `o` (an earlier access of the
+// same barrier interval, at opc) on shared byte `at`.
+void hazard(const char *kind, uintptr_t at, unsigned o, const char *odid, const void *opc,
+            unsigned t, const char *did, const void *pc) {
+    char a[96], b[96], wa[400], wb[400];
+    tid_str(a, sizeof a, o);
+    tid_str(b, sizeof b, t);
+    describe(opc, wa, sizeof wa);
+    describe(pc, wb, sizeof wb);
+    set_error("racecheck: %s hazard on shared memory (byte %lu of the shared section) in block "
+              "(%u,%u,%u), with no __syncthreads between: thread %s %s it (%s), thread %s %s "
+              "it (%s)",
+              kind, (unsigned long)(at - L.smem_lo), block_idx.x, block_idx.y, block_idx.z, a,
+              odid, wa, b, did, wb);
+}
+
+// Records an access of thread t to shared bytes [p, p + n); false (error set) on a hazard with
+// another thread in the same barrier interval, or a read of a byte no thread of the block has
+// written (initcheck). `init`: a write that makes the bytes defined (not cp.async's NaN
+// placeholder).
+// Whether an access of thread o (its warp then at __syncwarp epoch ow) and one of thread t now
+// are unordered: different threads and no __syncwarp of their common warp between.
+inline bool unordered(unsigned o, uint32_t ow, unsigned t) {
+    return o != t && (o / 32 != t / 32 || ow == L.warp_epoch[t / 32]);
+}
+
+bool shared_access(uintptr_t p, size_t n, bool write, bool init, unsigned t, const void *pc) {
+    Cell *c = L.shadow + (p - L.smem_lo);
+    const uint32_t e = L.epoch, we = L.warp_epoch[t / 32];
+    for (size_t i = 0; i < n; i++, c++) {
+        if (c->w == e && unordered(c->wt, c->ww, t)) {
+            hazard(write ? "write/write" : "write/read", p + i, c->wt, "wrote", c->wpc, t,
+                   write ? "writes" : "reads", pc);
+            return false;
+        }
+        if (write) {
+            if (c->r == e && (unordered(c->rt, c->rw, t) ||
+                              (c->rmany && unordered(c->rt2, c->rw2, t)))) {
+                const bool first = unordered(c->rt, c->rw, t);
+                hazard("read/write", p + i, first ? c->rt : c->rt2, "read",
+                       first ? c->rpc : c->rpc2, t, "writes", pc);
+                return false;
+            }
+            c->w = e;
+            c->wt = (uint16_t)t;
+            c->ww = we;
+            c->wpc = pc;
+            if (init) c->init = e;
+        } else {
+            if (c->init < L.block_epoch) {
+                char a[96], wa[400];
+                tid_str(a, sizeof a, t);
+                describe(pc, wa, sizeof wa);
+                set_error("initcheck: block (%u,%u,%u) thread %s reads shared memory (byte %lu "
+                          "of the shared section) that no thread of the block wrote (%s)",
+                          block_idx.x, block_idx.y, block_idx.z, a,
+                          (unsigned long)(p + i - L.smem_lo), wa);
+                return false;
+            }
+            if (c->r != e) {
+                c->r = e;
+                c->rt = (uint16_t)t;
+                c->rw = we;
+                c->rpc = pc;
+                c->rmany = false;
+            } else if (c->rt != t) {
+                c->rt2 = (uint16_t)t;
+                c->rw2 = we;
+                c->rpc2 = pc;
+                c->rmany = true;
+            }
+        }
+    }
+    return true;
+}
+
+inline bool in_shared(const void *p, size_t n) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    return a - L.smem_lo < L.smem_len && a + n - L.smem_lo <= L.smem_len;
+}
+
+// An access by kernel code (the -fsanitize=thread callbacks): shared memory is checked for
+// races and reads of unwritten bytes, an access of its natural size for alignment (vector
+// accesses on a GPU must be aligned), global writes are recorded for the conflict check at the
+// end of the launch. The fibers' stacks (a thread's local memory) are not checked.
+void access(void *ptr, size_t n, bool write, bool natural, const void *pc) {
+    Fiber *f = L.current;
+    if (!f || L.failed) return;  // not kernel code (static initialisers), or ending
+    const uintptr_t a = reinterpret_cast<uintptr_t>(ptr);
+    if (a - L.stacks_lo < L.stacks_len) return;
+    if (natural && n > 1 && a % n != 0) {
+        char w[400], msg[512];
+        describe(pc, w, sizeof w);
+        snprintf(msg, sizeof msg, "memcheck: misaligned %zu-byte %s of %s memory at %p (%s)", n,
+                 write ? "write" : "read", a - L.smem_lo < L.smem_len ? "shared" : "global", ptr,
+                 w);
+        fail(msg);
+    }
+    if (a - L.smem_lo < L.smem_len) {
+        if (!shared_access(a, n, write, true, tix(f), pc)) failed();
+        return;
+    }
+#if !defined(EIA_EMU_COVERAGE)  // gcov's counters are global writes of every block
+    if (write) {
+        const unsigned b = block_idx.x + grid_dim.x * (block_idx.y + grid_dim.y * block_idx.z);
+        L.gwrites.push_back({a, (uint32_t)n, b, pc});
+    }
+#endif
+}
+
+// Blocks of one launch must not write the same global byte (the order of blocks is undefined).
+bool check_global_writes() {
+    auto &w = L.gwrites;
+    std::sort(w.begin(), w.end(),
+              [](const GlobalWrite &x, const GlobalWrite &y) { return x.at < y.at; });
+    size_t reach = 0;  // the write reaching furthest so far
+    for (size_t i = 1; i < w.size(); i++) {
+        const GlobalWrite &r = w[reach];
+        if (w[i].at < r.at + r.bytes && w[i].block != r.block) {
+            auto xyz = [](uint32_t b, char *buf, size_t n) {
+                snprintf(buf, n, "(%u,%u,%u)", b % grid_dim.x, b / grid_dim.x % grid_dim.y,
+                         b / grid_dim.x / grid_dim.y);
+            };
+            char a[48], b[48], wa[400], wb[400];
+            xyz(r.block, a, sizeof a);
+            xyz(w[i].block, b, sizeof b);
+            describe(r.pc, wa, sizeof wa);
+            describe(w[i].pc, wb, sizeof wb);
+            set_error("racecheck: blocks %s and %s both write global memory at %p (%s; %s)", a,
+                      b, (void *)w[i].at, wa, wb);
+            return false;
+        }
+        if (w[i].at + w[i].bytes > r.at + r.bytes) reach = i;
+    }
+    return true;
+}
+
+// ---- cp.async groups ---------------------------------------------------------------------------
+
+bool land(Fiber *f, const Pending &q) {
+    if (!shared_access(reinterpret_cast<uintptr_t>(q.dst), 16, true, true, tix(f), q.pc))
+        return false;
+    memcpy(q.dst, q.data, 16);
+    return true;
+}
+
+// Lands the copies of groups up to `upto` (committed ones only), keeping the others in order.
+bool land_upto(Fiber *f, unsigned upto) {
+    unsigned kept = 0;
+    for (unsigned i = 0; i < f->npending; i++) {
+        const Pending &q = f->pending[i];
+        if (q.group != 0 && q.group <= upto) {
+            if (!land(f, q)) return false;
+        } else {
+            f->pending[kept++] = q;
+        }
+    }
+    f->npending = kept;
+    return true;
+}
+
+bool land_all(Fiber *f) {
+    for (unsigned i = 0; i < f->npending; i++)
+        if (!land(f, f->pending[i])) return false;
+    f->npending = 0;
+    return true;
 }
 
 // Waits at a warp operation whose slot the caller filled.
@@ -336,14 +626,18 @@ bool complete_ldmatrix(Fiber *lanes) {
     unsigned short m[4][8][8];
     for (unsigned i = 0; i < num; i++)
         for (unsigned r = 0; r < 8; r++) {
-            const void *row = lanes[8 * i + r].slot.p1;
-            if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
+            const Fiber &lane = lanes[8 * i + r];
+            const void *row = lane.slot.p1;
+            if (reinterpret_cast<uintptr_t>(row) % 16 != 0 || !in_shared(row, 16)) {
                 char at[96];
-                where(at, sizeof at, &lanes[8 * i + r]);
-                set_error("%s: %s: row address %p is not 16-byte aligned", at,
+                where(at, sizeof at, &lane);
+                set_error("%s: %s: row address %p is not 16-byte aligned shared memory", at,
                           op_name(lanes[0].slot), row);
                 return false;
             }
+            if (!shared_access(reinterpret_cast<uintptr_t>(row), 16, false, false, tix(&lane),
+                               lane.slot.pc))
+                return false;
             memcpy(m[i][r], row, 16);
         }
     for (unsigned l = 0; l < 32; l++) {
@@ -378,7 +672,7 @@ bool complete_warp_op(Fiber *lanes, unsigned warp) {
     }
     switch (s0.op) {
         case Op::Shfl: complete_shfl(lanes); break;
-        case Op::SyncWarp: break;
+        case Op::SyncWarp: L.warp_epoch[warp]++; break;
         case Op::Mma: complete_mma(lanes); break;
         case Op::Ldmatrix:
             if (!complete_ldmatrix(lanes)) return false;
@@ -404,44 +698,85 @@ void poison_shared() {
 #endif
 }
 
+// Completes warp w's operation if all its lanes wait at one: 1 done, 0 none, -1 failed (lanes
+// at a warp operation while others wait at __syncthreads or exited).
+int settle_warp(unsigned w) {
+    Fiber *lanes = &L.fibers[w * 32];
+    unsigned at_op = 0;
+    for (unsigned l = 0; l < 32; l++) at_op += lanes[l].state == State::AtWarpOp;
+    if (at_op == 0) return 0;
+    if (at_op != 32) {
+        warp_divergence(lanes, w, "a warp operation not reached by all lanes");
+        return -1;
+    }
+    return complete_warp_op(lanes, w) ? 1 : -1;
+}
+
+// Runs fiber f if it is ready; false on a failed check.
+inline bool step(Fiber &f) {
+    if (f.state == State::Ready) resume(&f);
+    return !L.failed;
+}
+
+// xorshift64: the random schedule's permutations.
+inline uint64_t next_random(uint64_t &s) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+}
+
 // Runs one block to completion; false (with L.error set) on divergence or a failed check.
 bool run_block() {
     const unsigned n = L.threads, warps = n / 32;
     poison_shared();
+    L.block_epoch = ++L.epoch;
+    memset(L.warp_epoch, 0, sizeof L.warp_epoch);
     for (unsigned i = 0; i < n; i++) {
         Fiber &f = L.fibers[i];
         f.state = State::Ready;
         f.tid = {i % block_dim.x, (i / block_dim.x) % block_dim.y, i / (block_dim.x * block_dim.y)};
+        f.groups = 0;
+        f.npending = 0;
         char *stack = L.stacks + i * (kStackBytes + kGuardBytes) + kGuardBytes;
         context_init(f.ctx, stack, kStackBytes, fiber_main);
     }
+    unsigned order[kMaxThreads];
+    uint64_t rng = L.seed * 0x9e3779b97f4a7c15ull + 1;
     for (;;) {
-        // One pass: every ready thread runs until it waits or exits; then each warp whose lanes
-        // all wait at a warp operation completes it.
-        bool progress = false;
-        unsigned done = 0;
-        for (unsigned w = 0; w < warps; w++) {
-            Fiber *lanes = &L.fibers[w * 32];
-            unsigned at_op = 0;
-            for (unsigned l = 0; l < 32; l++) {
-                Fiber &f = lanes[l];
-                if (f.state == State::Ready) {
-                    resume(&f);
-                    if (L.failed) return false;
+        // Run every ready thread until it waits or exits, in the schedule's order, and complete
+        // the warp operations all lanes of a warp wait at, until every thread waits at
+        // __syncthreads or has exited.
+        if (L.sched == kDrift) {
+            for (unsigned wi = 0; wi < warps; wi++) {
+                const unsigned w = warps - 1 - wi;
+                for (;;) {
+                    for (unsigned l = 0; l < 32; l++)
+                        if (!step(L.fibers[w * 32 + l])) return false;
+                    const int r = settle_warp(w);
+                    if (r < 0) return false;
+                    if (r == 0) break;
                 }
-                at_op += f.state == State::AtWarpOp;
-                done += f.state == State::Done;
             }
-            if (at_op == 32) {
-                if (!complete_warp_op(lanes, w)) return false;
-                progress = true;
-            } else if (at_op != 0) {
-                warp_divergence(lanes, w, "a warp operation not reached by all lanes");
-                return false;
+        } else {
+            bool progress = true;
+            while (progress) {
+                progress = false;
+                for (unsigned i = 0; i < n; i++) order[i] = L.sched == kReverse ? n - 1 - i : i;
+                if (L.sched == kRandom)
+                    for (unsigned i = n - 1; i > 0; i--)
+                        std::swap(order[i], order[next_random(rng) % (i + 1)]);
+                for (unsigned i = 0; i < n; i++)
+                    if (!step(L.fibers[order[i]])) return false;
+                for (unsigned w = 0; w < warps; w++) {
+                    const int r = settle_warp(w);
+                    if (r < 0) return false;
+                    progress |= r > 0;
+                }
             }
         }
-        if (progress) continue;
-        // Every thread now waits at __syncthreads or has exited.
+        unsigned done = 0;
+        for (unsigned i = 0; i < n; i++) done += L.fibers[i].state == State::Done;
         if (done == n) return true;
         if (done != 0) {
             const Fiber *exited = nullptr, *waiting = nullptr;
@@ -457,6 +792,19 @@ bool run_block() {
                       n - done - 1);
             return false;
         }
+        // Every thread waits at a __syncthreads: the same one (synccheck).
+        for (unsigned i = 1; i < n; i++)
+            if (L.fibers[i].bar_pc != L.fibers[0].bar_pc) {
+                char a[96], b[96], wa[400], wb[400];
+                where(a, sizeof a, &L.fibers[0]);
+                where(b, sizeof b, &L.fibers[i]);
+                describe(L.fibers[0].bar_pc, wa, sizeof wa);
+                describe(L.fibers[i].bar_pc, wb, sizeof wb);
+                set_error("synccheck: divergent __syncthreads: %s waits at %s, %s at %s", a, wa, b,
+                          wb);
+                return false;
+            }
+        L.epoch++;
         for (unsigned i = 0; i < n; i++) L.fibers[i].state = State::Ready;
     }
 }
@@ -508,7 +856,28 @@ bool map_stacks() {
             return false;
         }
     L.stacks = static_cast<char *>(p);
+    L.stacks_lo = reinterpret_cast<uintptr_t>(p);
+    L.stacks_len = total;
+#if defined(__ELF__)
+    if (__start_eia_emu_shared) {
+        L.smem_lo = reinterpret_cast<uintptr_t>(__start_eia_emu_shared);
+        L.smem_len = (uintptr_t)(__stop_eia_emu_shared - __start_eia_emu_shared);
+        L.shadow = new Cell[L.smem_len]();
+    }
+#endif
     return true;
+}
+
+// FNV-1a over the launch's kernel name and geometry: the mix schedule's per-launch offset.
+uint64_t launch_hash(const char *name, const unsigned grid[3], const unsigned block[3]) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    auto eat = [&](const void *p, size_t n) {
+        for (size_t i = 0; i < n; i++) h = (h ^ static_cast<const unsigned char *>(p)[i]) * 0x100000001b3ull;
+    };
+    eat(name, strlen(name));
+    eat(grid, 3 * sizeof *grid);
+    eat(block, 3 * sizeof *block);
+    return h;
 }
 
 bool launch(const char *name, const unsigned grid[3], const unsigned block[3],
@@ -531,20 +900,37 @@ bool launch(const char *name, const unsigned grid[3], const unsigned block[3],
     L.kernel = k;
     L.params = params;
     L.threads = block[0] * block[1] * block[2];
+    L.launch_hash = launch_hash(name, grid, block);
+    L.gwrites.clear();
     block_dim = {block[0], block[1], block[2]};
     grid_dim = {grid[0], grid[1], grid[2]};
+    uint64_t b = 0;
     for (unsigned z = 0; z < grid[2]; z++)
         for (unsigned y = 0; y < grid[1]; y++)
-            for (unsigned x = 0; x < grid[0]; x++) {
+            for (unsigned x = 0; x < grid[0]; x++, b++) {
                 block_idx = {x, y, z};
+                L.sched = L.opt_sched;
+                L.seed = L.opt_seed;
+                if (L.sched == kMix) {
+                    L.sched = static_cast<Sched>((L.launch_hash + b) % 4);
+                    L.seed = (L.launch_hash ^ b * 0x9e3779b97f4a7c15ull) % 1000000007ull;
+                }
                 if (!run_block()) {
-                    char msg[sizeof L.error];
+                    char msg[sizeof L.error], sched[48];
                     memcpy(msg, L.error, sizeof msg);
+                    sched_name(sched, sizeof sched);
                     L.failed = false;
-                    set_error("%s: %s", name, msg);
+                    set_error("%s: %s [schedule %s]", name, msg, sched);
                     return false;
                 }
             }
+    if (!check_global_writes()) {
+        char msg[sizeof L.error];
+        memcpy(msg, L.error, sizeof msg);
+        L.failed = false;
+        set_error("%s: %s", name, msg);
+        return false;
+    }
     return true;
 }
 
@@ -556,62 +942,142 @@ Kernel::Kernel(const char *name, void (*entry)(const void *), unsigned max_threa
 }
 
 // ---- Operations called by the running fiber --------------------------------------------------
+// Each is called from an always-inline wrapper in emu.h, so its return address is the call site
+// in the kernel (for the sanitizer's messages).
 
 void syncthreads() {
     Fiber *f = L.current;
+    f->bar_pc = __builtin_return_address(0);
     f->state = State::AtBarrier;
     yield(f);
 }
 
 void syncwarp(unsigned mask) {
     Fiber *f = L.current;
-    f->slot = Slot{Op::SyncWarp, 0, false, mask, 0, 32, 0, 0, nullptr, nullptr, nullptr};
+    f->slot = Slot{Op::SyncWarp, 0, false, mask, 0, 32, 0, 0, nullptr, nullptr, nullptr,
+                   __builtin_return_address(0)};
     warp_wait(f);
 }
 
 unsigned shfl(unsigned mask, unsigned v, ShflMode mode, int b, int width) {
     if (width < 1 || width > 32 || (width & (width - 1)) != 0) fail("shuffle width is not a power of 2 <= 32");
     Fiber *f = L.current;
-    f->slot = Slot{Op::Shfl, mode, false, mask, b, width, v, 0, nullptr, nullptr, nullptr};
+    f->slot = Slot{Op::Shfl, mode, false, mask, b, width, v, 0, nullptr, nullptr, nullptr,
+                   __builtin_return_address(0)};
     warp_wait(f);
     return f->slot.out;
 }
 
 void mma_16816(float *d, const unsigned *a, const unsigned *b) {
     Fiber *f = L.current;
-    f->slot = Slot{Op::Mma, 0, false, 0, 0, 32, 0, 0, d, a, b};
+    f->slot = Slot{Op::Mma, 0, false, 0, 0, 32, 0, 0, d, a, b, __builtin_return_address(0)};
     warp_wait(f);
 }
 
 void ldmatrix(unsigned *r, const void *row, unsigned num, bool trans) {
     Fiber *f = L.current;
-    f->slot = Slot{Op::Ldmatrix, num, trans, 0, 0, 32, 0, 0, r, row, nullptr};
+    f->slot = Slot{Op::Ldmatrix, num, trans, 0, 0, 32, 0, 0, r, row, nullptr,
+                   __builtin_return_address(0)};
     warp_wait(f);
 }
 
 void cp_async_16(void *smem, const void *gmem, bool valid) {
-    if (reinterpret_cast<uintptr_t>(smem) % 16 != 0)
-        fail("eia_cp_async_16: the shared-memory address is not 16-byte aligned");
-    if (!valid) {
-        memset(smem, 0, 16);
-        return;
+    const void *pc = __builtin_return_address(0);
+    if (reinterpret_cast<uintptr_t>(smem) % 16 != 0 || !in_shared(smem, 16))
+        fail("eia_cp_async_16: the shared-memory address is not 16-byte aligned shared memory");
+    // PTX requires an aligned source even when src-size is 0 (a zero-fill copy reads nothing).
+    if (reinterpret_cast<uintptr_t>(gmem) % 16 != 0) {
+        char w[400], msg[512];
+        describe(pc, w, sizeof w);
+        snprintf(msg, sizeof msg,
+                 "memcheck: eia_cp_async_16: the global-memory address %p is not 16-byte aligned "
+                 "(%s copy, %s)",
+                 gmem, valid ? "a" : "a zero-fill", w);
+        fail(msg);
     }
-    if (reinterpret_cast<uintptr_t>(gmem) % 16 != 0)
-        fail("eia_cp_async_16: the global-memory address is not 16-byte aligned");
-    memcpy(smem, gmem, 16);
+    Fiber *f = L.current;
+    if (f->npending == kMaxPending) fail("eia_cp_async_16: too many copies in flight");
+    Pending &q = f->pending[f->npending++];
+    q.dst = smem;
+    q.group = 0;
+    q.pc = pc;
+    if (valid) memcpy(q.data, gmem, 16);
+    else memset(q.data, 0, 16);
+    // Until it lands the destination holds NaN (binary16 and binary32), written by this thread.
+    if (!shared_access(reinterpret_cast<uintptr_t>(smem), 16, true, false, tix(f), pc)) failed();
+    for (int i = 0; i < 16; i += 2) memcpy(static_cast<char *>(smem) + i, "\xf5\x7f", 2);
+}
+
+void cp_async_commit() {
+    Fiber *f = L.current;
+    f->groups++;
+    for (unsigned i = 0; i < f->npending; i++)
+        if (f->pending[i].group == 0) f->pending[i].group = f->groups;
+}
+
+void cp_async_wait(unsigned newer) {
+    Fiber *f = L.current;
+    if (f->groups > newer && !land_upto(f, f->groups - newer)) failed();
 }
 
 }  // namespace eia_emu
 
+// How to run a launch (src/backend/emu.rs mirrors it): the schedule (0 forward, 1 reverse,
+// 2 random with `seed`, 3 drift, 4 mix) and the planted bug (a name kernels test with EIA_PLANT,
+// or null).
+struct EiaEmuOptions {
+    const char *plant;
+    unsigned long long seed;
+    unsigned schedule;
+};
+
 // Runs `kernel` over `grid` × `block` with `params` (the kernel's params struct). Returns 0, or
-// nonzero with a message in `err` (an unknown kernel, an invalid configuration, divergence).
+// nonzero with a message in `err` (an unknown kernel, an invalid configuration, divergence, a
+// sanitizer finding).
 extern "C" int eia_emu_launch(const char *kernel, const unsigned grid[3], const unsigned block[3],
-                              const void *params, char *err, size_t err_len) {
+                              const void *params, const EiaEmuOptions *opts, char *err,
+                              size_t err_len) {
     using namespace eia_emu;
     pthread_mutex_lock(&launch_mutex);
     L.failed = false;
+    L.opt_sched = opts->schedule <= kMix ? static_cast<Sched>(opts->schedule) : kMix;
+    L.opt_seed = opts->seed;
+    plant = opts->plant;
     const bool ok = launch(kernel, grid, block, params);
+    plant = nullptr;
     if (!ok && err && err_len) snprintf(err, err_len, "%s", L.error);
     pthread_mutex_unlock(&launch_mutex);
     return ok ? 0 : 1;
 }
+
+// ---- -fsanitize=thread callbacks ---------------------------------------------------------------
+// The kernel translation units are compiled with -fsanitize=thread (build.rs) but linked without
+// the ThreadSanitizer runtime: these are its entry points, feeding eia_emu::access.
+#define EIA_EMU_TSAN(n)                                                                         \
+    extern "C" void __tsan_read##n(void *p) {                                                   \
+        eia_emu::access(p, n, false, true, __builtin_return_address(0));                        \
+    }                                                                                           \
+    extern "C" void __tsan_write##n(void *p) {                                                  \
+        eia_emu::access(p, n, true, true, __builtin_return_address(0));                         \
+    }                                                                                           \
+    extern "C" void __tsan_unaligned_read##n(void *p) {                                         \
+        eia_emu::access(p, n, false, false, __builtin_return_address(0));                       \
+    }                                                                                           \
+    extern "C" void __tsan_unaligned_write##n(void *p) {                                        \
+        eia_emu::access(p, n, true, false, __builtin_return_address(0));                        \
+    }
+EIA_EMU_TSAN(1)
+EIA_EMU_TSAN(2)
+EIA_EMU_TSAN(4)
+EIA_EMU_TSAN(8)
+EIA_EMU_TSAN(16)
+#undef EIA_EMU_TSAN
+extern "C" void __tsan_read_range(void *p, size_t n) {
+    eia_emu::access(p, n, false, false, __builtin_return_address(0));
+}
+extern "C" void __tsan_write_range(void *p, size_t n) {
+    eia_emu::access(p, n, true, false, __builtin_return_address(0));
+}
+extern "C" void __tsan_func_entry(void *) {}
+extern "C" void __tsan_func_exit() {}
+extern "C" void __tsan_init() {}

@@ -141,8 +141,7 @@ EIA_KERNEL_BOUNDS(selftest_cp_async_f32, CpAsyncParams, 64) {
 //   out[... + 1] = the second round's value of thread t ^ 1 (its x + 100 y + 10000 z)
 //   out[... + 2] = blockIdx.x + 10 blockIdx.y + 100 blockIdx.z
 //   out[... + 3] = blockDim.x + 100 blockDim.z + 10000 gridDim.x + 1000000 gridDim.y
-//   out[... + 4] = s[t] before the block writes it: garbage on a GPU, the emulator's NaN pattern
-//     (0x7ff57ff5) — even after the previous block wrote it
+//   out[... + 4] = s[t] as the block's first write left it (b)
 struct BlockParams {
     float *out;
 };
@@ -152,6 +151,7 @@ EIA_KERNEL(selftest_block_f32, BlockParams) {
     const int t = threadIdx.x + 32 * (threadIdx.y + 2 * threadIdx.z);
     const int b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
     float *o = p.out + (b * 128 + t) * 5;
+    s[t] = (float)b;
     o[4] = s[t];
     __syncthreads();
     s[t] = (float)(b * 1000 + t);
@@ -195,7 +195,8 @@ EIA_KERNEL(selftest_half_f16, HalfParams) {
     p.packed[i] = eia_pack_half2(x, -x);
 }
 
-// ---- Divergence (each mode is a bug the emulator must report) ------------------------------------
+// ---- Divergence and the sanitizer (each mode but 0 is a bug the emulator must report) ------------
+// Thread t of block b writes its value to out[b·64 + t].
 
 struct DivergeParams {
     float *out;
@@ -240,12 +241,45 @@ EIA_KERNEL(selftest_diverge_f32, DivergeParams) {
             v = (float)r[0];
             break;
         }
+        case 9:  // threads at different __syncthreads
+            if (t < 32) {
+                s[t] = v;
+                __syncthreads();
+            } else {
+                __syncthreads();
+                s[t] = v;
+            }
+            break;
+        case 10:  // a shared-memory race: every thread writes s[0]
+            s[0] = v;
+            break;
+        case 11:  // a read of shared memory no thread wrote
+            v = s[t];
+            break;
+        case 12:  // a zero-fill cp.async from a misaligned source (it reads nothing, yet PTX
+                  // requires the address aligned)
+            if (t < 16) eia_cp_async_16(&s[4 * t], reinterpret_cast<const char *>(p.out) + 4, false);
+            break;
+        case 13: {  // a misaligned 16-byte global load
+            const float4 q = *reinterpret_cast<const float4 *>(p.out + 1);
+            v = q.x + q.y + q.z + q.w;
+            break;
+        }
+        case 14:  // both blocks write out[t]
+            p.out[t] = v;
+            break;
+        case 15:  // a cp.async read before any wait_group covers it
+            if (t < 16) eia_cp_async_16(&s[4 * t], p.out, true);
+            eia_cp_async_commit();
+            __syncthreads();
+            v = s[4 * ((t + 1) % 16)];
+            break;
         default:  // every thread exits early while one waits
             if (t != 0) return;
             __syncthreads();
             break;
     }
-    p.out[t] = v;
+    p.out[blockIdx.x * blockDim.x + t] = v;
 }
 
 // ---- Guard bands ----------------------------------------------------------------------------------

@@ -8,10 +8,16 @@
 //!
 //! Besides wrong results, it reports what would go unnoticed or crash on a GPU as
 //! `Error::Backend` errors naming the kernel: divergent barriers and warp operations, invalid
-//! launch configurations, misaligned `cp.async` / `ldmatrix` addresses, writes outside a
-//! tensor (each buffer is surrounded by guard bands checked after every launch) and writes into
-//! an input. Reads of memory never written show up as NaN in the results: fresh buffers, their
-//! padding and shared memory at the start of every block hold a NaN pattern.
+//! launch configurations, misaligned `cp.async` (predicated-off copies included), `ldmatrix` and
+//! vector addresses, shared-memory races between barriers and reads of shared memory no thread
+//! wrote (the sanitizer, `kernels/emu/README.md`), global bytes written by two blocks, writes
+//! outside a tensor (each buffer is surrounded by guard bands checked after every launch) and
+//! writes into an input. Reads of global memory never written show up as NaN in the results:
+//! fresh buffers and their padding hold a NaN pattern.
+//!
+//! Threads run in an order the [`Schedule`] picks: `EIA_EMU_SCHEDULE` (`forward`, `reverse`,
+//! `random:SEED`, `drift`, or `mix`, the default) sets it for a run; every error names the
+//! schedule of the failing block, so that `EIA_EMU_SCHEDULE` reproduces it.
 
 use std::alloc::{self, Layout};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -23,6 +29,14 @@ use crate::error::{Error, Result};
 use crate::ops::Plan;
 use crate::tensor::{HostData, HostTensor, Tensor, TensorDesc};
 
+/// `EiaEmuOptions` in `kernels/emu/runtime.cpp`.
+#[repr(C)]
+struct Options {
+    plant: *const c_char,
+    seed: u64,
+    schedule: u32,
+}
+
 extern "C" {
     /// `kernels/emu/runtime.cpp`: runs one kernel over a grid; 0, or nonzero with a message.
     fn eia_emu_launch(
@@ -30,9 +44,67 @@ extern "C" {
         grid: *const u32,
         block: *const u32,
         params: *const c_void,
+        opts: *const Options,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+}
+
+/// The order in which the emulator runs the ready threads of a block until each waits (at a
+/// barrier or warp operation) or exits. A correct kernel gives the same results under all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Schedule {
+    /// Threads in index order, each pass.
+    Forward,
+    /// Threads in reverse index order.
+    Reverse,
+    /// A fresh pseudo-random permutation every pass, from this seed.
+    Random(u64),
+    /// Warps from the last, each running ahead through its warp operations to its next
+    /// `__syncthreads` (or exit) before the next warp starts.
+    Drift,
+    /// Each block of a launch one of the four above, from a hash of the kernel name, geometry
+    /// and block index: every multi-block launch sees several.
+    #[default]
+    Mix,
+}
+
+impl Schedule {
+    /// Parses `forward`, `reverse`, `random:SEED`, `drift` or `mix`.
+    pub fn parse(s: &str) -> Option<Schedule> {
+        Some(match s {
+            "forward" => Schedule::Forward,
+            "reverse" => Schedule::Reverse,
+            "drift" => Schedule::Drift,
+            "mix" => Schedule::Mix,
+            _ => Schedule::Random(s.strip_prefix("random:")?.parse().ok()?),
+        })
+    }
+
+    /// `EIA_EMU_SCHEDULE`, or [`Schedule::Mix`] when it is unset.
+    ///
+    /// # Panics
+    ///
+    /// If `EIA_EMU_SCHEDULE` is set to something [`Schedule::parse`] rejects.
+    pub fn from_env() -> Schedule {
+        match std::env::var("EIA_EMU_SCHEDULE") {
+            Ok(s) => Schedule::parse(&s).unwrap_or_else(|| {
+                panic!("EIA_EMU_SCHEDULE={s:?}: want forward, reverse, random:SEED, drift or mix")
+            }),
+            Err(_) => Schedule::Mix,
+        }
+    }
+
+    /// (schedule, seed) as `eia_emu_launch` takes them.
+    fn code(self) -> (u32, u64) {
+        match self {
+            Schedule::Forward => (0, 0),
+            Schedule::Reverse => (1, 0),
+            Schedule::Random(seed) => (2, seed),
+            Schedule::Drift => (3, 0),
+            Schedule::Mix => (4, 0),
+        }
+    }
 }
 
 /// Bytes of guard band on each side of a buffer.
@@ -139,13 +211,35 @@ impl Drop for EmuBuffer {
 
 /// Runs the CUDA kernel sources on the CPU (see the module docs). For tests; slow.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct EmuBackend;
+pub struct EmuBackend {
+    schedule: Schedule,
+    plant: Option<&'static CStr>,
+}
 
 impl EmuBackend {
-    /// The emulator. Handles hold no state: all share the one emulator, which runs one launch
-    /// at a time.
+    /// The emulator, under the schedule `EIA_EMU_SCHEDULE` names ([`Schedule::from_env`]).
+    /// Handles hold only their options: all share the one emulator, which runs one launch at a
+    /// time.
     pub fn new() -> Self {
-        EmuBackend
+        EmuBackend {
+            schedule: Schedule::from_env(),
+            plant: None,
+        }
+    }
+
+    /// This emulator under `schedule`.
+    pub fn with_schedule(self, schedule: Schedule) -> Self {
+        EmuBackend { schedule, ..self }
+    }
+
+    /// This emulator with the test-only bug `bug` planted in the kernels: the code that
+    /// `EIA_PLANT(bug)` guards in `kernels/*.cu` runs (only in the emulator; for the GPU
+    /// `EIA_PLANT` is false). For tests that prove the sanitizer flags such bugs.
+    pub fn with_plant(self, bug: &'static CStr) -> Self {
+        EmuBackend {
+            plant: Some(bug),
+            ..self
+        }
     }
 
     /// Runs one kernel compiled into the emulator by name — an op kernel or one of the
@@ -167,7 +261,7 @@ impl EmuBackend {
         buffers: &[&EmuBuffer],
     ) -> Result<()> {
         // SAFETY: the caller's contract.
-        unsafe { emulate(kernel, grid, block, params as *const P as *const c_void)? };
+        unsafe { self.emulate(kernel, grid, block, params as *const P as *const c_void)? };
         let names: Vec<String> = (0..buffers.len()).map(|i| format!("buffer {i}")).collect();
         let named: Vec<(&str, &EmuBuffer)> = names
             .iter()
@@ -175,6 +269,49 @@ impl EmuBackend {
             .zip(buffers.iter().copied())
             .collect();
         check_guards(kernel, &named)
+    }
+
+    /// Runs `kernel` through the emulator with the params struct at `params`.
+    ///
+    /// # Safety
+    ///
+    /// As [`EmuBackend::launch_kernel`].
+    unsafe fn emulate(
+        &self,
+        kernel: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        params: *const c_void,
+    ) -> Result<()> {
+        let (schedule, seed) = self.schedule.code();
+        let opts = Options {
+            plant: self.plant.map_or(std::ptr::null(), CStr::as_ptr),
+            seed,
+            schedule,
+        };
+        let name =
+            CString::new(kernel).map_err(|_| emu_err(format!("bad kernel name {kernel:?}")))?;
+        let mut err = [0 as c_char; 2048];
+        // SAFETY: the name (and the plant) are NUL-terminated, grid and block hold three u32 each,
+        // opts mirrors EiaEmuOptions and err has the length passed; params and the memory it
+        // addresses are the caller's contract.
+        let rc = unsafe {
+            eia_emu_launch(
+                name.as_ptr(),
+                grid.as_ptr(),
+                block.as_ptr(),
+                params,
+                &opts,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        // SAFETY: on failure the runtime wrote a NUL-terminated message into err.
+        let msg = unsafe { CStr::from_ptr(err.as_ptr()) };
+        Err(emu_err(msg.to_string_lossy().into_owned()))
     }
 
     /// Runs the launches planned for `y` from `inputs`, then checks that no kernel wrote
@@ -195,7 +332,7 @@ impl EmuBackend {
             // SAFETY: the planner built the params of a kernel of its family (kernels/README.md:
             // the Rust struct mirrors the C one) from the addresses above, whose buffers the
             // validated plan sizes and which stay borrowed for the whole launch.
-            unsafe { emulate(&l.kernel, l.grid, l.block, l.args.as_ptr())? };
+            unsafe { self.emulate(&l.kernel, l.grid, l.block, l.args.as_ptr())? };
             let buffers: Vec<(&str, &EmuBuffer)> = inputs
                 .iter()
                 .copied()
@@ -223,39 +360,6 @@ fn check_guards(kernel: &str, buffers: &[(&str, &EmuBuffer)]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Runs `kernel` through the emulator with the params struct at `params`.
-///
-/// # Safety
-///
-/// As [`EmuBackend::launch_kernel`].
-unsafe fn emulate(
-    kernel: &str,
-    grid: [u32; 3],
-    block: [u32; 3],
-    params: *const c_void,
-) -> Result<()> {
-    let name = CString::new(kernel).map_err(|_| emu_err(format!("bad kernel name {kernel:?}")))?;
-    let mut err = [0 as c_char; 1024];
-    // SAFETY: the name is NUL-terminated, grid and block hold three u32 each and err has the
-    // length passed; params and the memory it addresses are the caller's contract.
-    let rc = unsafe {
-        eia_emu_launch(
-            name.as_ptr(),
-            grid.as_ptr(),
-            block.as_ptr(),
-            params,
-            err.as_mut_ptr(),
-            err.len(),
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    // SAFETY: on failure the runtime wrote a NUL-terminated message into err.
-    let msg = unsafe { CStr::from_ptr(err.as_ptr()) };
-    Err(emu_err(msg.to_string_lossy().into_owned()))
 }
 
 impl Backend for EmuBackend {

@@ -282,6 +282,12 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
         ([1, 2, 1, 2], [2, 1, 1, 3], conv([1, 2], [0, 3, 0, 3], [1, 2], 2, NotSet, true), true),
         // Strides larger than the input, with pads wide enough for two outputs per axis.
         ([1, 2, 3, 4], [3, 2, 2, 2], conv([5, 7], [3, 4, 3, 4], [1, 1], 1, NotSet, false), true),
+        // Pointwise convolutions whose FP16 input tiles are copied by cp.async (p·q % 8 == 0):
+        // K a multiple of the k-tile and not, several M and N tiles, and groups whose weights
+        // start off a 16-byte boundary (issue 20: F1, F2).
+        ([2, 40, 8, 8], [136, 40, 1, 1], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), true),
+        ([1, 24, 8, 8], [24, 3, 1, 1], conv([1, 1], [0; 4], [1, 1], 8, NotSet, true), true),
+        ([1, 64, 4, 6], [72, 64, 1, 1], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), false),
     ];
     for dtype in DType::ALL {
         for (x, w, op, bias) in &cases {
@@ -321,13 +327,16 @@ pub fn conv_resnet_shapes<B: Backend>(backend: &B) {
 /// BatchNormalization over ranks 2–5 and several epsilons.
 pub fn batch_norm_matches_reference<B: Backend>(backend: &B) {
     let mut rng = rng("batch_norm_matches_reference");
-    let shapes: [&[usize]; 6] = [
+    let shapes: [&[usize]; 7] = [
         &[1, 1],
         &[2, 3],
         &[3, 5, 7],
         &[2, 4, 5, 6],
         &[1, 3, 1, 1, 2],
         &[2, 64, 33, 17],
+        // Planes of at least 1024 elements (the CUDA plane kernel), over several blocks each,
+        // starting off a 16-byte boundary (peeled heads and tails).
+        &[1, 2, 9001],
     ];
     for dtype in DType::ALL {
         for (i, shape) in shapes.iter().enumerate() {
@@ -373,12 +382,17 @@ fn softmax_case<B: Backend>(backend: &B, x: &HostTensor, axis: i64) {
 /// Softmax along every axis, negative and positive, of several ranks, and long rows.
 pub fn softmax_every_axis<B: Backend>(backend: &B) {
     let mut rng = rng("softmax_every_axis");
-    let shapes: [&[usize]; 7] = [
+    let shapes: [&[usize]; 11] = [
         &[1],
         &[1, 1],
         &[3, 4, 5],
         &[2, 3, 5, 7],
         &[7, 1000],
+        // Rows for the CUDA block kernel at each of its block sizes (128 to 1024 threads).
+        &[2, 1500],
+        &[2, 3000],
+        &[1, 6000],
+        &[1, 12000],
         &[3, 32771],
         &[4099, 3],
     ];
