@@ -6,7 +6,7 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use eia::accelerator::{Capacity, DeviceConfig, Tiers};
+use eia::accelerator::{Capacity, DeviceConfig, Tiers, MIN_TENSOR_CHARGE};
 use eia::ops::{Gemm, Softmax};
 use eia::rpc::{
     auth, ClientConfig, Connection, Program, RemoteAccelerator, ServerConfig, ServerHandle, Tokens,
@@ -889,7 +889,8 @@ fn ops_may_ask_the_server_for_their_outputs() {
             .into_inner()
             .usage
             .unwrap();
-        assert_eq!(usage.memory_used, (6 + 12) * 4);
+        // Two tensors of 24 and 48 bytes, each charged the minimum.
+        assert_eq!(usage.memory_used, 2 * MIN_TENSOR_CHARGE);
         let out = c
             .run(RunRequest {
                 accelerator: id,
