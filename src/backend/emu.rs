@@ -321,14 +321,14 @@ impl EmuBackend {
         &self,
         inputs: &[(&str, &EmuBuffer)],
         y: &mut EmuBuffer,
-        plan: impl FnOnce(&[Ptr], Ptr) -> Vec<Launch>,
+        plan: impl FnOnce(&[Ptr], Ptr) -> Result<Vec<Launch>>,
     ) -> Result<()> {
         if y.len == 0 {
             return Ok(());
         }
         let ptrs: Vec<Ptr> = inputs.iter().map(|(_, b)| b.addr()).collect();
         let before: Vec<Vec<u8>> = inputs.iter().map(|(_, b)| b.data().to_vec()).collect();
-        for l in plan(&ptrs, y.addr()) {
+        for l in plan(&ptrs, y.addr())? {
             // SAFETY: the planner built the params of a kernel of its family (kernels/README.md:
             // the Rust struct mirrors the C one) from the addresses above, whose buffers the
             // validated plan sizes and which stay borrowed for the whole launch.

@@ -329,6 +329,6 @@ impl Backend for CudaBackend {
             }
         }
         let (yptr, _yguard) = out.device_ptr_mut(stream);
-        self.run(launch::launches(plan, self.device.arch, &ptrs, yptr))
+        self.run(launch::launches(plan, self.device.arch, &ptrs, yptr)?)
     }
 }

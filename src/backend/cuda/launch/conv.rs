@@ -15,6 +15,7 @@
 
 use super::{blocks, dtype_suffix, Arch, Family, KernelArgs, Launch, Ptr, Target};
 use crate::dtype::DType;
+use crate::error::{Error, Result};
 use crate::ops::ConvPlan;
 
 /// `conv_tc128x128_f16` block tile (M × N) and threads (`CONV_TC128X128_*` in conv.cu).
@@ -197,21 +198,39 @@ pub fn direct_input(plan: &ConvPlan) -> bool {
         && (plan.p * plan.q).is_multiple_of(8)
 }
 
-/// `v` as a kernel `int`.
-fn int(v: usize, what: &str) -> i32 {
-    i32::try_from(v).unwrap_or_else(|_| panic!("conv: {what} = {v} does not fit the kernels' i32"))
+/// `v` as a kernel `int`: beyond `i32::MAX` a typed error, never a panic.
+fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| too_big(format!("{what} = {v}")))
+}
+
+/// The error for a convolution the CUDA kernels cannot index.
+fn too_big(what: String) -> Error {
+    Error::shape(
+        "Conv",
+        format!(
+            "{what} exceeds the CUDA kernels' 32-bit indices (at most {}); the CPU backend runs it",
+            i32::MAX
+        ),
+    )
 }
 
 /// The launches that compute `plan`: `x`, `w`, `bias` and `y` are device addresses of the
 /// input, weights, optional bias and output. Every GPU of compute capability 8.0 or newer runs
 /// the sm_80 kernels. No launch for an empty output.
-pub fn conv(plan: &ConvPlan, arch: Arch, x: Ptr, w: Ptr, bias: Option<Ptr>, y: Ptr) -> Vec<Launch> {
+pub fn conv(
+    plan: &ConvPlan,
+    arch: Arch,
+    x: Ptr,
+    w: Ptr,
+    bias: Option<Ptr>,
+    y: Ptr,
+) -> Result<Vec<Launch>> {
     debug_assert!(
         arch >= Arch::SM80,
         "conv kernels need sm_80 or newer, got {arch}"
     );
     if plan.output.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let kernel = ConvKernel::choose(plan);
     let Tile { bm, bn, threads } = kernel.tile();
@@ -225,34 +244,34 @@ pub fn conv(plan: &ConvPlan, arch: Arch, x: Ptr, w: Ptr, bias: Option<Ptr>, y: P
         w,
         bias: bias.unwrap_or(0),
         y,
-        x_image: int(plan.c * hw, "c·h·w (one input image)").into(),
-        y_image: int(plan.k * pq, "k·p·q (one output image)").into(),
+        x_image: int(plan.c * hw, "c·h·w (one input image)")?.into(),
+        y_image: int(plan.k * pq, "k·p·q (one output image)")?.into(),
         x_group: (cg * hw) as i64,
         w_group: (kg * kdim) as i64,
         m: 0,
-        kdim: int(kdim, "(c/group)·r·s"),
-        k: int(plan.k, "k"),
-        kg: int(kg, "k/group"),
+        kdim: int(kdim, "(c/group)·r·s")?,
+        k: int(plan.k, "k")?,
+        kg: int(kg, "k/group")?,
         group0: 0,
-        h: int(plan.h, "h"),
-        w_in: int(plan.w, "w"),
-        hw: int(hw, "h·w"),
-        r: int(plan.r, "r"),
-        s: int(plan.s, "s"),
-        rs: int(rs, "r·s"),
-        p: int(plan.p, "p"),
-        q: int(plan.q, "q"),
-        pq: int(pq, "p·q"),
-        stride_h: int(plan.stride[0], "stride"),
-        stride_w: int(plan.stride[1], "stride"),
-        dil_h: int(plan.dilation[0], "dilation"),
-        dil_w: int(plan.dilation[1], "dilation"),
-        pad_h: int(plan.pad[0], "pad"),
-        pad_w: int(plan.pad[1], "pad"),
+        h: int(plan.h, "h")?,
+        w_in: int(plan.w, "w")?,
+        hw: int(hw, "h·w")?,
+        r: int(plan.r, "r")?,
+        s: int(plan.s, "s")?,
+        rs: int(rs, "r·s")?,
+        p: int(plan.p, "p")?,
+        q: int(plan.q, "q")?,
+        pq: int(pq, "p·q")?,
+        stride_h: int(plan.stride[0], "stride")?,
+        stride_w: int(plan.stride[1], "stride")?,
+        dil_h: int(plan.dilation[0], "dilation")?,
+        dil_w: int(plan.dilation[1], "dilation")?,
+        pad_h: int(plan.pad[0], "pad")?,
+        pad_w: int(plan.pad[1], "pad")?,
         relu: plan.relu as i32,
         a_async: (plan.dtype == DType::F16 && direct_input(plan) && x.is_multiple_of(16)) as i32,
         b_async: (plan.dtype == DType::F16 && kdim % 8 == 0 && w.is_multiple_of(16)) as i32,
-        tiles: int(tiles, "depthwise tiles per plane"),
+        tiles: int(tiles, "depthwise tiles per plane")?,
     };
     // Images per launch, so that each launch's M (or depthwise blocks) fits an i32.
     let per_image = match kernel {
@@ -260,15 +279,16 @@ pub fn conv(plan: &ConvPlan, arch: Arch, x: Ptr, w: Ptr, bias: Option<Ptr>, y: P
         _ => pq,
     };
     let images = (i32::MAX as usize - bm) / per_image;
-    assert!(
-        images > 0,
-        "conv: one image needs {per_image} > 2^31 blocks or pixels"
-    );
+    if images == 0 {
+        return Err(too_big(format!("one image's {per_image} blocks or pixels")));
+    }
     let n_tiles = kg.div_ceil(bn);
-    assert!(
-        n_tiles <= GRID_YZ_MAX,
-        "conv: k/group = {kg} needs {n_tiles} > {GRID_YZ_MAX} blocks along grid y"
-    );
+    if n_tiles > GRID_YZ_MAX {
+        return Err(Error::shape(
+            "Conv",
+            format!("k/group = {kg} needs {n_tiles} blocks along the CUDA grid's y axis, more than its {GRID_YZ_MAX}; the CPU backend runs it"),
+        ));
+    }
     let kernel_name = format!("conv_{}_{}", kernel.variant(), dtype_suffix(plan.dtype));
     let launch = |grid: [u32; 3], args: ConvParams| Launch {
         family: Family::Conv,
@@ -284,16 +304,16 @@ pub fn conv(plan: &ConvPlan, arch: Arch, x: Ptr, w: Ptr, bias: Option<Ptr>, y: P
         let mut args = base;
         args.x = x + n0 as u64 * plan.c as u64 * hw as u64 * esize;
         args.y = y + n0 as u64 * plan.k as u64 * pq as u64 * esize;
-        args.m = int(nc * pq, "n·p·q");
+        args.m = int(nc * pq, "n·p·q")?;
         if kernel == ConvKernel::Depthwise {
             launches.push(launch(
-                [int(nc * plan.k * tiles, "blocks") as u32, 1, 1],
+                [int(nc * plan.k * tiles, "blocks")? as u32, 1, 1],
                 args,
             ));
             continue;
         }
         for g0 in (0..plan.group).step_by(GRID_YZ_MAX) {
-            args.group0 = int(g0, "group");
+            args.group0 = int(g0, "group")?;
             let grid = [
                 blocks(nc * pq, bm),
                 n_tiles as u32,
@@ -302,7 +322,7 @@ pub fn conv(plan: &ConvPlan, arch: Arch, x: Ptr, w: Ptr, bias: Option<Ptr>, y: P
             launches.push(launch(grid, args));
         }
     }
-    launches
+    Ok(launches)
 }
 
 #[cfg(test)]
@@ -331,7 +351,7 @@ mod tests {
     const Y: Ptr = 0x4000_0000;
 
     fn launches(plan: &ConvPlan) -> Vec<Launch> {
-        conv(plan, Arch::SM80, X, W, plan.bias.then_some(B), Y)
+        conv(plan, Arch::SM80, X, W, plan.bias.then_some(B), Y).unwrap()
     }
 
     fn params(l: &Launch) -> ConvParams {
@@ -478,7 +498,7 @@ mod tests {
     fn input_tiles_use_cp_async_only_for_aligned_pointwise_convolutions() {
         let a_async = |x: [usize; 4], op: Conv, xp: Ptr| {
             let p = plan(DType::F16, x, [16, x[1], 1, 1], op, false);
-            params(&conv(&p, Arch::SM80, xp, W, None, Y)[0]).a_async
+            params(&conv(&p, Arch::SM80, xp, W, None, Y).unwrap()[0]).a_async
         };
         // ResNet-50 1×1 layers at 56² and 28²: direct; 14² = 196 pixels is not a multiple of 8.
         assert_eq!(a_async([2, 64, 56, 56], Conv::default(), X), 1);
@@ -515,9 +535,12 @@ mod tests {
             Conv::default(),
             false,
         );
-        assert_eq!(params(&conv(&p, Arch::SM80, X, W, None, Y)[0]).b_async, 1);
         assert_eq!(
-            params(&conv(&p, Arch::SM80, X, W + 2, None, Y)[0]).b_async,
+            params(&conv(&p, Arch::SM80, X, W, None, Y).unwrap()[0]).b_async,
+            1
+        );
+        assert_eq!(
+            params(&conv(&p, Arch::SM80, X, W + 2, None, Y).unwrap()[0]).b_async,
             0
         );
         let odd = plan(DType::F16, [1, 3, 8, 8], [16, 3, 7, 7], grouped(1), false);
@@ -565,6 +588,20 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(params(&l[0]).kdim, 0);
         assert_ne!(l[0].kernel, "conv_depthwise_f16");
+    }
+
+    #[test]
+    fn images_beyond_32_bit_indices_are_errors_not_panics() {
+        // One 50000×50000 image: 2.5·10^9 elements, a valid plan the kernels cannot index.
+        let p = plan(
+            DType::F32,
+            [1, 1, 50_000, 50_000],
+            [1, 1, 1, 1],
+            Conv::default(),
+            false,
+        );
+        let e = conv(&p, Arch::SM80, X, W, None, Y).unwrap_err();
+        assert!(e.to_string().contains("32-bit indices"), "{e}");
     }
 
     #[test]

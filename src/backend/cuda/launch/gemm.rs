@@ -6,6 +6,7 @@
 
 use super::{blocks, dtype_suffix, Arch, Family, KernelArgs, Launch, Ptr, Target};
 use crate::dtype::DType;
+use crate::error::{Error, Result};
 use crate::ops::{GemmPlan, MatLayout};
 
 /// `GEMM_MAX_BATCH_DIMS`: batch dimensions one launch unravels.
@@ -169,19 +170,31 @@ fn f16_kernel(plan: &GemmPlan, batch: &[BatchDim], a: Ptr, b: Ptr) -> Kernel {
 }
 
 /// A dimension as the kernel's `int`. The planner splits M; N and K beyond `i32::MAX` elements
-/// are outside what `gemm.cu` indexes.
-fn dim(v: usize, what: &str) -> i32 {
-    i32::try_from(v).unwrap_or_else(|_| panic!("GEMM {what} = {v} exceeds i32::MAX"))
+/// are outside what `gemm.cu` indexes: a typed error, never a panic.
+fn dim(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| {
+        Error::shape(
+            "Gemm",
+            format!("{what} = {v} exceeds the CUDA kernels' 32-bit indices (at most {}); the CPU backend runs it", i32::MAX),
+        )
+    })
 }
 
 /// The launches computing `plan`: `Y = relu?(alpha·A·B + beta·C)` per batch index. None when
 /// the output is empty. `arch` picks nothing yet: every GPU, Hopper included, runs the `sm_80`
 /// PTX (an `sm_90a` wgmma variant is a later step).
-pub fn gemm(plan: &GemmPlan, arch: Arch, a: Ptr, b: Ptr, c: Option<Ptr>, y: Ptr) -> Vec<Launch> {
+pub fn gemm(
+    plan: &GemmPlan,
+    arch: Arch,
+    a: Ptr,
+    b: Ptr,
+    c: Option<Ptr>,
+    y: Ptr,
+) -> Result<Vec<Launch>> {
     let _ = arch;
     let (m, n) = (plan.m, plan.n);
     if m == 0 || n == 0 || plan.batch() == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let esize = plan.dtype.size() as u64;
     let at = |base: Ptr, elements: usize| base + elements as u64 * esize;
@@ -257,9 +270,9 @@ pub fn gemm(plan: &GemmPlan, arch: Arch, a: Ptr, b: Ptr, c: Option<Ptr>, y: Ptr)
                     batch,
                     y_batch: (m * n) as i64,
                     z0: z0 as i64,
-                    m: dim(rows, "M"),
-                    n: dim(n, "N"),
-                    k: dim(plan.k, "K"),
+                    m: dim(rows, "M")?,
+                    n: dim(n, "N")?,
+                    k: dim(plan.k, "K")?,
                     flags,
                     alpha: plan.alpha,
                     beta: plan.beta,
@@ -279,7 +292,7 @@ pub fn gemm(plan: &GemmPlan, arch: Arch, a: Ptr, b: Ptr, c: Option<Ptr>, y: Ptr)
             }
         }
     }
-    launches
+    Ok(launches)
 }
 
 #[cfg(test)]
@@ -327,7 +340,7 @@ mod tests {
                 Some(&desc(DType::F32, &[200])),
             )
             .unwrap();
-        let l = gemm(&plan, Arch::SM80, A, B, Some(C), Y);
+        let l = gemm(&plan, Arch::SM80, A, B, Some(C), Y).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].kernel, "gemm_simt_f32");
         assert_eq!(l[0].target, Target::Sm80);
@@ -344,12 +357,12 @@ mod tests {
     fn empty_outputs_launch_nothing_and_k0_launches() {
         for (a, b) in [([0, 5], [5, 3]), ([4, 5], [5, 0])] {
             let plan = matmul(DType::F32, &a, &b);
-            assert!(gemm(&plan, Arch::SM80, A, B, None, Y).is_empty());
+            assert!(gemm(&plan, Arch::SM80, A, B, None, Y).unwrap().is_empty());
         }
         let plan = matmul(DType::F16, &[0, 2, 3], &[3, 4]);
-        assert!(gemm(&plan, Arch::SM80, A, B, None, Y).is_empty());
+        assert!(gemm(&plan, Arch::SM80, A, B, None, Y).unwrap().is_empty());
         let plan = matmul(DType::F16, &[3, 0], &[0, 4]);
-        let l = gemm(&plan, Arch::SM80, A, B, None, Y);
+        let l = gemm(&plan, Arch::SM80, A, B, None, Y).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(params(&l[0]).k, 0);
     }
@@ -372,7 +385,7 @@ mod tests {
             ),
         ] {
             let plan = op.plan(&a, &b, c).unwrap();
-            let l = gemm(&plan, Arch::SM80, A, B, c.map(|_| C), Y);
+            let l = gemm(&plan, Arch::SM80, A, B, c.map(|_| C), Y).unwrap();
             assert_eq!(params(&l[0]).flags & HAS_C, want);
         }
     }
@@ -380,7 +393,7 @@ mod tests {
     #[test]
     fn contiguous_batch_dims_merge() {
         let plan = matmul(DType::F32, &[2, 3, 33, 65], &[2, 3, 65, 31]);
-        let l = gemm(&plan, Arch::SM80, A, B, None, Y);
+        let l = gemm(&plan, Arch::SM80, A, B, None, Y).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].grid, [1, 1, 6]);
         let p = params(&l[0]);
@@ -394,13 +407,13 @@ mod tests {
     fn broadcast_batch_dims_stay_apart() {
         // A [2, 1, 3, 4] × B [5, 4, 6]: batch [2, 5], A strides [12, 0], B strides [0, 24].
         let plan = matmul(DType::F32, &[2, 1, 3, 4], &[5, 4, 6]);
-        let p = params(&gemm(&plan, Arch::SM80, A, B, None, Y)[0]);
+        let p = params(&gemm(&plan, Arch::SM80, A, B, None, Y).unwrap()[0]);
         assert_eq!(p.batch, [1, 1, 2, 5]);
         assert_eq!(p.a_batch, [0, 0, 12, 0]);
         assert_eq!(p.b_batch, [0, 0, 0, 24]);
         // Both broadcast along the same dims: [3, 4] × [2, 4, 5] gives B strides only.
         let plan = matmul(DType::F32, &[3, 4], &[2, 4, 5]);
-        let p = params(&gemm(&plan, Arch::SM80, A, B, None, Y)[0]);
+        let p = params(&gemm(&plan, Arch::SM80, A, B, None, Y).unwrap()[0]);
         assert_eq!(p.batch, [1, 1, 1, 2]);
         assert_eq!((p.a_batch[3], p.b_batch[3]), (0, 20));
     }
@@ -414,7 +427,7 @@ mod tests {
             &[1, 2, 1, 2, 1, 2, 4, 5],
         );
         assert_eq!(batch_dims(&plan).len(), 6);
-        let l = gemm(&plan, Arch::SM80, A, B, None, Y);
+        let l = gemm(&plan, Arch::SM80, A, B, None, Y).unwrap();
         assert_eq!(l.len(), 4);
         let (mn, a_mat, b_mat) = (15u64, 12u64, 20u64);
         for (o, launch) in l.iter().enumerate() {
@@ -459,7 +472,7 @@ mod tests {
     #[test]
     fn large_batches_split_over_grid_z() {
         let plan = matmul(DType::F16, &[70000, 2, 8], &[70000, 8, 8]);
-        let l = gemm(&plan, Arch::SM80, A, B, None, Y);
+        let l = gemm(&plan, Arch::SM80, A, B, None, Y).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!((l[0].grid[2], l[1].grid[2]), (65535, 70000 - 65535));
         assert_eq!((params(&l[0]).z0, params(&l[1]).z0), (0, 65535));
@@ -470,7 +483,7 @@ mod tests {
     fn tall_outputs_split_over_grid_y() {
         let m = MAX_GRID_YZ * SG_BM + 5;
         let plan = matmul(DType::F32, &[m, 3], &[3, 7]);
-        let l = gemm(&plan, Arch::SM80, A, B, None, Y);
+        let l = gemm(&plan, Arch::SM80, A, B, None, Y).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(l[0].grid[1] as usize, MAX_GRID_YZ);
         assert_eq!(l[1].grid[1], 1);
@@ -492,7 +505,9 @@ mod tests {
             let plan = op
                 .plan(&desc(DType::F16, a), &desc(DType::F16, b), None)
                 .unwrap();
-            gemm(&plan, Arch::SM80, pa, B, None, Y)[0].kernel.clone()
+            gemm(&plan, Arch::SM80, pa, B, None, Y).unwrap()[0]
+                .kernel
+                .clone()
         };
         assert_eq!(f16(&[64, 32], &[32, 48], false, false, A), "gemm_tc_f16");
         assert_eq!(f16(&[63, 32], &[32, 48], false, false, A), "gemm_tc_f16");
@@ -525,7 +540,7 @@ mod tests {
         );
         // Batch strides count too: [2, 3, 8] has a batch stride of 24, [2, 8, 8] of 64.
         let k = |a: &[usize], b: &[usize]| {
-            gemm(&matmul(DType::F16, a, b), Arch::SM80, A, B, None, Y)[0]
+            gemm(&matmul(DType::F16, a, b), Arch::SM80, A, B, None, Y).unwrap()[0]
                 .kernel
                 .clone()
         };
@@ -542,7 +557,7 @@ mod tests {
                 ..Gemm::default()
             };
             let plan = op.plan(&desc(dtype, a), &desc(dtype, b), None).unwrap();
-            params(&gemm(&plan, Arch::SM80, pa, B, None, Y)[0]).flags
+            params(&gemm(&plan, Arch::SM80, pa, B, None, Y).unwrap()[0]).flags
         };
         let f32 = DType::F32;
         // NN: A along K, B along N, all vectorised.

@@ -12,6 +12,7 @@ pub mod softmax;
 use std::ffi::c_void;
 
 use crate::dtype::DType;
+use crate::error::Result;
 use crate::ops::{FamilyPlan, Plan};
 
 /// A device address (a `CUdeviceptr` on the GPU, a host address in the emulator).
@@ -130,14 +131,18 @@ pub struct Launch {
 
 /// The launches that compute `plan` from the operands at `x` (in the op's order; 0 for an
 /// empty tensor) into the output at `y`.
-pub fn launches(plan: &Plan, arch: Arch, x: &[Ptr], y: Ptr) -> Vec<Launch> {
+pub fn launches(plan: &Plan, arch: Arch, x: &[Ptr], y: Ptr) -> Result<Vec<Launch>> {
     match &plan.family {
         FamilyPlan::Gemm(p) => gemm::gemm(p, arch, x[0], x[1], x.get(2).copied(), y),
         FamilyPlan::Conv(p) => conv::conv(p, arch, x[0], x[1], x.get(2).copied(), y),
-        FamilyPlan::BatchNorm(p) => {
-            batchnorm::batch_norm(p, arch, x[0], [x[1], x[2], x[3], x[4]], y)
-        }
-        FamilyPlan::Softmax(p) => softmax::softmax(p, arch, x[0], y),
+        FamilyPlan::BatchNorm(p) => Ok(batchnorm::batch_norm(
+            p,
+            arch,
+            x[0],
+            [x[1], x[2], x[3], x[4]],
+            y,
+        )),
+        FamilyPlan::Softmax(p) => Ok(softmax::softmax(p, arch, x[0], y)),
     }
 }
 
