@@ -488,3 +488,57 @@ fn overcommitted_tiers_share_the_device_by_rate() {
         );
     }
 }
+
+/// The CPU backend, except that a softmax launch panics (a stand-in for any bug inside a
+/// backend's launch).
+#[derive(Clone)]
+struct PanickingSoftmax(CpuBackend);
+
+impl Backend for PanickingSoftmax {
+    type Storage = <CpuBackend as Backend>::Storage;
+    fn name(&self) -> String {
+        "cpu with a panicking softmax".into()
+    }
+    fn alloc(&self, desc: &TensorDesc) -> eia::Result<eia::Tensor<Self::Storage>> {
+        self.0.alloc(desc)
+    }
+    fn upload(&self, host: &HostTensor) -> eia::Result<eia::Tensor<Self::Storage>> {
+        self.0.upload(host)
+    }
+    fn write(&self, t: &mut eia::Tensor<Self::Storage>, host: &HostTensor) -> eia::Result<()> {
+        self.0.write(t, host)
+    }
+    fn download(&self, t: &eia::Tensor<Self::Storage>) -> eia::Result<HostTensor> {
+        self.0.download(t)
+    }
+    fn launch(
+        &self,
+        plan: &eia::ops::Plan,
+        inputs: &[&Self::Storage],
+        y: &mut Self::Storage,
+    ) -> eia::Result<()> {
+        if matches!(plan.family, eia::ops::FamilyPlan::Softmax(_)) {
+            panic!("a planted bug in the softmax launch");
+        }
+        self.0.launch(plan, inputs, y)
+    }
+}
+
+#[test]
+fn a_panic_inside_a_launch_is_an_error_and_the_accelerator_stays_usable() {
+    let device = Device::new(PanickingSoftmax(CpuBackend::new()), device_config(1000)).unwrap();
+    let acc = device.attach("fast").unwrap();
+    let x = acc.upload(&host(&[N, N], 0.2)).unwrap();
+    let e = acc.softmax(&Softmax::default(), &x).unwrap_err();
+    assert!(
+        matches!(&e, eia::Error::Backend { msg, .. } if msg.contains("planted bug")),
+        "{e}"
+    );
+    // The failed op's output was freed; only x is held, and the accelerator still computes.
+    assert_eq!(acc.usage().memory_used, (N * N * 4) as u64);
+    let y = acc.gemm(&Gemm::default(), &x, &x, None).unwrap();
+    assert_eq!(acc.download(&y).unwrap().shape(), &[N, N]);
+    drop((x, y));
+    assert_eq!(acc.detach().unwrap().memory_used, 0);
+    assert_eq!(device.memory_in_use(), 0);
+}
