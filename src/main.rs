@@ -94,9 +94,13 @@ enum Command {
         /// PEM private key for --tls-cert.
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
-        /// Admit accelerators beyond the device's measured capacity.
+        /// Admit accelerators beyond the device's compute capacity (the device is then shared
+        /// in proportion to tier rates; memory is never overcommitted).
         #[arg(long)]
         overcommit: bool,
+        /// The most tensors one accelerator may hold at once.
+        #[arg(long, default_value_t = 65_536)]
+        max_tensors: usize,
         /// Serve Prometheus metrics at http://ADDR/metrics.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
@@ -297,6 +301,7 @@ fn run(cli: Cli) -> eia::Result<()> {
             tls_cert,
             tls_key,
             overcommit,
+            max_tensors,
             metrics,
             max_message_mib,
             tiers,
@@ -323,6 +328,7 @@ fn run(cli: Cli) -> eia::Result<()> {
                 device: DeviceConfig {
                     tiers: tiers.load()?,
                     overcommit,
+                    max_tensors,
                     ..DeviceConfig::default()
                 },
                 tokens: tokens.as_deref().map(eia::rpc::Tokens::load).transpose()?,
