@@ -50,6 +50,27 @@ fn health(rt: &tokio::runtime::Runtime, url: &str) -> ServingStatus {
     })
 }
 
+/// A call in flight on a new "slow" accelerator: its second GEMM waits out ~1 s of meter debt.
+/// The thread hands the accelerator back, so a drain (not the client) detaches it.
+fn call_in_flight(
+    url: &str,
+) -> std::thread::JoinHandle<(eia::Result<()>, eia::rpc::RemoteAccelerator)> {
+    let acc = Connection::connect(url, ClientConfig::default())
+        .unwrap()
+        .attach("slow")
+        .unwrap();
+    let x = acc
+        .upload(&HostTensor::full(DType::F32, &[64, 64], 0.5).unwrap())
+        .unwrap();
+    acc.gemm(&Gemm::default(), &x, &x, None).unwrap();
+    let in_flight = std::thread::spawn(move || {
+        let y = acc.gemm(&Gemm::default(), &x, &x, None).map(|_| ());
+        (y, acc)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    in_flight
+}
+
 #[test]
 fn a_drain_finishes_calls_in_flight_refuses_attaches_and_records_usage() {
     let log = std::env::temp_dir().join(format!("eia-usage-{}.jsonl", std::process::id()));
@@ -64,21 +85,7 @@ fn a_drain_finishes_calls_in_flight_refuses_attaches_and_records_usage() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     assert_eq!(health(&rt, &url), ServingStatus::Serving);
 
-    // A call in flight: its second GEMM waits out ~1 s of meter debt.
-    let acc = Connection::connect(&url, ClientConfig::default())
-        .unwrap()
-        .attach("slow")
-        .unwrap();
-    let x = acc
-        .upload(&HostTensor::full(DType::F32, &[64, 64], 0.5).unwrap())
-        .unwrap();
-    acc.gemm(&Gemm::default(), &x, &x, None).unwrap();
-    // The thread hands the accelerator back, so the drain (not the client) detaches it.
-    let in_flight = std::thread::spawn(move || {
-        let y = acc.gemm(&Gemm::default(), &x, &x, None).map(|_| ());
-        (y, acc)
-    });
-    std::thread::sleep(Duration::from_millis(200));
+    let in_flight = call_in_flight(&url);
 
     let started = Instant::now();
     let drain = std::thread::spawn(move || server.drain(Duration::from_secs(10)));
@@ -125,19 +132,9 @@ fn a_drain_cut_short_ends_waiting_calls_with_unavailable() {
         config(None),
     )
     .unwrap();
-    let acc = Connection::connect(&server.url(false), ClientConfig::default())
-        .unwrap()
-        .attach("slow")
-        .unwrap();
-    let x = acc
-        .upload(&HostTensor::full(DType::F32, &[64, 64], 0.5).unwrap())
-        .unwrap();
-    acc.gemm(&Gemm::default(), &x, &x, None).unwrap();
-    let in_flight =
-        std::thread::spawn(move || acc.gemm(&Gemm::default(), &x, &x, None).map(|_| ()));
-    std::thread::sleep(Duration::from_millis(200));
+    let in_flight = call_in_flight(&server.url(false));
     server.drain(Duration::from_millis(50)).unwrap();
-    let e = in_flight.join().unwrap().unwrap_err();
+    let e = in_flight.join().unwrap().0.unwrap_err();
     assert!(
         e.to_string().contains("drained") || matches!(e, eia::Error::Network(_)),
         "{e}"
