@@ -49,7 +49,7 @@ struct State {
     running: bool,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Flow {
     finish: f64,
     ended: Option<Instant>,
@@ -64,12 +64,9 @@ impl FairQueue {
     /// Waits until an op of `cost` accelerator-seconds from `accelerator` may use the device.
     pub fn turn(&self, accelerator: u64, cost: f64) -> Turn<'_> {
         let mut s = lock(&self.state);
-        let flow = s.flows.entry(accelerator).or_insert(Flow {
-            finish: 0.0,
-            ended: None,
-        });
-        let start = flow.finish.max(s.virtual_time);
-        let flow = s.flows.get_mut(&accelerator).expect("inserted above");
+        let virtual_time = s.virtual_time;
+        let flow = s.flows.entry(accelerator).or_default();
+        let start = flow.finish.max(virtual_time);
         flow.finish = start + cost.max(0.0);
         if rayon::current_thread_index().is_some() {
             s.virtual_time = s.virtual_time.max(start);
