@@ -136,6 +136,19 @@ typedef struct eia_softmax_attrs {
   int64_t axis;
 } eia_softmax_attrs;
 
+// ONNX Clip bounds (ONNX's constant `min`/`max` inputs, as attributes). `-INFINITY` / `INFINITY`:
+// no bound on that side (ReLU6: min 0, max 6).
+typedef struct eia_clip_attrs {
+  float min;
+  float max;
+} eia_clip_attrs;
+
+// ONNX LeakyRelu attributes.
+typedef struct eia_leaky_relu_attrs {
+  // Slope for x < 0 (finite).
+  float alpha;
+} eia_leaky_relu_attrs;
+
 // Element types of tensors (one of the `EIA_*` dtype values).
 typedef uint32_t eia_dtype_t;
 
@@ -326,6 +339,12 @@ struct eia_batch_norm_attrs eia_batch_norm_attrs_default(void);
 // Softmax's ONNX default: axis -1.
 struct eia_softmax_attrs eia_softmax_attrs_default(void);
 
+// Clip's ONNX default: no bounds (min -INFINITY, max INFINITY).
+struct eia_clip_attrs eia_clip_attrs_default(void);
+
+// LeakyRelu's ONNX default: alpha 0.01.
+struct eia_leaky_relu_attrs eia_leaky_relu_attrs_default(void);
+
 // ONNX Gemm: `Y = relu?(alpha·A'·B' + beta·C)` for 2-D `a`, `b`; `c` (unidirectionally
 // broadcast to Y) may be NULL.
 struct eia_error *eia_gemm(const struct eia_accelerator *accelerator,
@@ -365,6 +384,34 @@ struct eia_error *eia_softmax(const struct eia_accelerator *accelerator,
                               const struct eia_softmax_attrs *attrs,
                               const struct eia_tensor *x,
                               struct eia_tensor **y);
+
+// ONNX Relu: `max(x, 0)` elementwise (NaN stays NaN).
+struct eia_error *eia_relu(const struct eia_accelerator *accelerator,
+                           const struct eia_tensor *x,
+                           struct eia_tensor **y);
+
+// ONNX Clip: `min(max(x, attrs->min), attrs->max)` elementwise; min > max or a NaN bound is an
+// attribute error.
+struct eia_error *eia_clip(const struct eia_accelerator *accelerator,
+                           const struct eia_clip_attrs *attrs,
+                           const struct eia_tensor *x,
+                           struct eia_tensor **y);
+
+// ONNX LeakyRelu: `x` for x >= 0, `attrs->alpha · x` otherwise.
+struct eia_error *eia_leaky_relu(const struct eia_accelerator *accelerator,
+                                 const struct eia_leaky_relu_attrs *attrs,
+                                 const struct eia_tensor *x,
+                                 struct eia_tensor **y);
+
+// ONNX Sigmoid: `1 / (1 + e^-x)` elementwise.
+struct eia_error *eia_sigmoid(const struct eia_accelerator *accelerator,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Tanh elementwise.
+struct eia_error *eia_tanh(const struct eia_accelerator *accelerator,
+                           const struct eia_tensor *x,
+                           struct eia_tensor **y);
 
 // Creates a tensor on `accelerator` from host memory: `rank` dimensions at `shape` (row-major;
 // rank 0 is a scalar and `shape` may then be NULL) and `nbytes` bytes of little-endian elements

@@ -8,7 +8,7 @@ use super::accelerator::{eia_accelerator, Accel};
 use super::error::{eia_error, guard, Outcome};
 use super::required;
 use super::tensor::{eia_tensor, on_accel, Held};
-use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{AutoPad, BatchNorm, Clip, Conv, Gemm, LeakyRelu, Op, Softmax};
 use crate::tensor::Tensor;
 
 /// ONNX `auto_pad` (one of the `EIA_AUTO_PAD_*` values).
@@ -66,6 +66,32 @@ pub struct eia_batch_norm_attrs {
 pub struct eia_softmax_attrs {
     /// The reduced axis; negative values count from the end.
     pub axis: i64,
+}
+
+/// ONNX Clip bounds (ONNX's constant `min`/`max` inputs, as attributes). `-INFINITY` / `INFINITY`:
+/// no bound on that side (ReLU6: min 0, max 6).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_clip_attrs {
+    pub min: f32,
+    pub max: f32,
+}
+
+/// ONNX LeakyRelu attributes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_leaky_relu_attrs {
+    /// Slope for x < 0 (finite).
+    pub alpha: f32,
+}
+
+impl From<&eia_clip_attrs> for Clip {
+    fn from(a: &eia_clip_attrs) -> Self {
+        Clip {
+            min: (a.min != f32::NEG_INFINITY).then_some(a.min),
+            max: (a.max != f32::INFINITY).then_some(a.max),
+        }
+    }
 }
 
 impl From<&eia_gemm_attrs> for Gemm {
@@ -148,6 +174,23 @@ pub extern "C" fn eia_batch_norm_attrs_default() -> eia_batch_norm_attrs {
 pub extern "C" fn eia_softmax_attrs_default() -> eia_softmax_attrs {
     eia_softmax_attrs {
         axis: Softmax::default().axis,
+    }
+}
+
+/// Clip's ONNX default: no bounds (min -INFINITY, max INFINITY).
+#[no_mangle]
+pub extern "C" fn eia_clip_attrs_default() -> eia_clip_attrs {
+    eia_clip_attrs {
+        min: f32::NEG_INFINITY,
+        max: f32::INFINITY,
+    }
+}
+
+/// LeakyRelu's ONNX default: alpha 0.01.
+#[no_mangle]
+pub extern "C" fn eia_leaky_relu_attrs_default() -> eia_leaky_relu_attrs {
+    eia_leaky_relu_attrs {
+        alpha: LeakyRelu::default().alpha,
     }
 }
 
@@ -275,4 +318,77 @@ pub extern "C" fn eia_softmax(
         let inputs = [Some(required(x, "x")?)];
         run(accelerator, op, &inputs, required(y, "y")?)
     })
+}
+
+/// Runs a one-input op `op` on `x` into a new `*y`.
+fn run_unary(
+    accelerator: Option<&eia_accelerator>,
+    op: Op,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Outcome {
+    let accelerator = required(accelerator, "accelerator")?;
+    let inputs = [Some(required(x, "x")?)];
+    run(accelerator, op, &inputs, required(y, "y")?)
+}
+
+/// ONNX Relu: `max(x, 0)` elementwise (NaN stays NaN).
+#[no_mangle]
+pub extern "C" fn eia_relu(
+    accelerator: Option<&eia_accelerator>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| run_unary(accelerator, Op::Relu, x, y))
+}
+
+/// ONNX Clip: `min(max(x, attrs->min), attrs->max)` elementwise; min > max or a NaN bound is an
+/// attribute error.
+#[no_mangle]
+pub extern "C" fn eia_clip(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_clip_attrs>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let op = Op::Clip(required(attrs, "attrs")?.into());
+        run_unary(accelerator, op, x, y)
+    })
+}
+
+/// ONNX LeakyRelu: `x` for x >= 0, `attrs->alpha · x` otherwise.
+#[no_mangle]
+pub extern "C" fn eia_leaky_relu(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_leaky_relu_attrs>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let op = Op::LeakyRelu(LeakyRelu {
+            alpha: required(attrs, "attrs")?.alpha,
+        });
+        run_unary(accelerator, op, x, y)
+    })
+}
+
+/// ONNX Sigmoid: `1 / (1 + e^-x)` elementwise.
+#[no_mangle]
+pub extern "C" fn eia_sigmoid(
+    accelerator: Option<&eia_accelerator>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| run_unary(accelerator, Op::Sigmoid, x, y))
+}
+
+/// ONNX Tanh elementwise.
+#[no_mangle]
+pub extern "C" fn eia_tanh(
+    accelerator: Option<&eia_accelerator>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| run_unary(accelerator, Op::Tanh, x, y))
 }

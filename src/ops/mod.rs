@@ -14,16 +14,19 @@
 //! - Conv: `2·N·K·P·Q·(C/group)·R·S`; bias and ReLU are not charged.
 //! - BatchNormalization: `2` per element (one multiply, one add after folding the statistics).
 //! - Softmax: `5` per element (max, subtract, exp, sum, scale).
+//! - Relu, Clip, LeakyRelu: `1` per element; Sigmoid, Tanh: `4` per element.
 
 pub mod batchnorm;
 pub mod conv;
 pub mod gemm;
 pub mod softmax;
+pub mod unary;
 
 pub use batchnorm::{BatchNorm, BatchNormPlan};
 pub use conv::{AutoPad, Conv, ConvPlan};
 pub use gemm::{Gemm, GemmPlan, MatLayout, MatMul};
 pub use softmax::{Softmax, SoftmaxPlan};
+pub use unary::{Activation, Clip, LeakyRelu, UnaryPlan};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -42,6 +45,16 @@ pub enum Op {
     BatchNorm(BatchNorm),
     /// Input X.
     Softmax(Softmax),
+    /// Input X.
+    Relu,
+    /// Input X (ONNX's constant `min`/`max` inputs are attributes here).
+    Clip(Clip),
+    /// Input X.
+    LeakyRelu(LeakyRelu),
+    /// Input X.
+    Sigmoid,
+    /// Input X.
+    Tanh,
 }
 
 /// An op's validated plan: the kernel family's resolved problem, and the op it came from.
@@ -60,6 +73,8 @@ pub enum FamilyPlan {
     Conv(ConvPlan),
     BatchNorm(BatchNormPlan),
     Softmax(SoftmaxPlan),
+    /// Relu, Clip, LeakyRelu, Sigmoid, Tanh.
+    Unary(UnaryPlan),
 }
 
 impl Op {
@@ -71,6 +86,11 @@ impl Op {
             Op::Conv(_) => "Conv",
             Op::BatchNorm(_) => "BatchNormalization",
             Op::Softmax(_) => "Softmax",
+            Op::Relu => "Relu",
+            Op::Clip(_) => "Clip",
+            Op::LeakyRelu(_) => "LeakyRelu",
+            Op::Sigmoid => "Sigmoid",
+            Op::Tanh => "Tanh",
         }
     }
 
@@ -83,6 +103,7 @@ impl Op {
             Op::Conv(_) => (&["X", "W", "B"], 2),
             Op::BatchNorm(_) => (&["X", "scale", "B", "input_mean", "input_var"], 5),
             Op::Softmax(_) => (&["X"], 1),
+            Op::Relu | Op::Clip(_) | Op::LeakyRelu(_) | Op::Sigmoid | Op::Tanh => (&["X"], 1),
         }
     }
 
@@ -114,6 +135,11 @@ impl Op {
             Op::Conv(c) => FamilyPlan::Conv(c.plan(x[0], x[1], x.get(2).copied())?),
             Op::BatchNorm(b) => FamilyPlan::BatchNorm(b.plan(x[0], [x[1], x[2], x[3], x[4]])?),
             Op::Softmax(s) => FamilyPlan::Softmax(s.plan(x[0])?),
+            Op::Relu => FamilyPlan::Unary(Activation::Relu.plan(x[0])?),
+            Op::Clip(c) => FamilyPlan::Unary(c.activation().plan(x[0])?),
+            Op::LeakyRelu(l) => FamilyPlan::Unary(l.activation().plan(x[0])?),
+            Op::Sigmoid => FamilyPlan::Unary(Activation::Sigmoid.plan(x[0])?),
+            Op::Tanh => FamilyPlan::Unary(Activation::Tanh.plan(x[0])?),
         };
         Ok(Plan {
             op: self.clone(),
@@ -130,6 +156,7 @@ impl Plan {
             FamilyPlan::Conv(p) => &p.output,
             FamilyPlan::BatchNorm(p) => &p.output,
             FamilyPlan::Softmax(p) => &p.output,
+            FamilyPlan::Unary(p) => &p.output,
         }
     }
 
@@ -140,6 +167,7 @@ impl Plan {
             FamilyPlan::Conv(p) => p.flops(),
             FamilyPlan::BatchNorm(p) => p.flops(),
             FamilyPlan::Softmax(p) => p.flops(),
+            FamilyPlan::Unary(p) => p.flops(),
         }
     }
 }

@@ -11,7 +11,7 @@ use super::proto;
 use crate::accelerator::{Tier, Usage};
 use crate::dtype::DType;
 use crate::error::Error;
-use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{AutoPad, BatchNorm, Clip, Conv, Gemm, LeakyRelu, Op, Softmax};
 use crate::tensor::TensorDesc;
 
 /// The status a server returns for an error.
@@ -155,6 +155,16 @@ pub fn op_from(kind: Option<&proto::op::Kind>) -> Result<Op, Status> {
         Kind::Softmax(s) => Op::Softmax(Softmax {
             axis: s.axis.unwrap_or(Softmax::default().axis),
         }),
+        Kind::Relu(_) => Op::Relu,
+        Kind::Clip(c) => Op::Clip(Clip {
+            min: c.min,
+            max: c.max,
+        }),
+        Kind::LeakyRelu(l) => Op::LeakyRelu(LeakyRelu {
+            alpha: l.alpha.unwrap_or(LeakyRelu::default().alpha),
+        }),
+        Kind::Sigmoid(_) => Op::Sigmoid,
+        Kind::Tanh(_) => Op::Tanh,
     })
 }
 
@@ -240,5 +250,15 @@ pub fn op_kind(op: &Op) -> proto::op::Kind {
             epsilon: Some(b.epsilon),
         }),
         Op::Softmax(s) => Kind::Softmax(proto::SoftmaxOp { axis: Some(s.axis) }),
+        Op::Relu => Kind::Relu(proto::ReluOp {}),
+        Op::Clip(c) => Kind::Clip(proto::ClipOp {
+            min: c.min,
+            max: c.max,
+        }),
+        Op::LeakyRelu(l) => Kind::LeakyRelu(proto::LeakyReluOp {
+            alpha: Some(l.alpha),
+        }),
+        Op::Sigmoid => Kind::Sigmoid(proto::SigmoidOp {}),
+        Op::Tanh => Kind::Tanh(proto::TanhOp {}),
     }
 }

@@ -10,6 +10,7 @@ mod gemm;
 mod scratch;
 mod simd;
 mod softmax;
+mod unary;
 
 use std::sync::Arc;
 
@@ -143,6 +144,11 @@ impl Backend for CpuBackend {
             FamilyPlan::Softmax(p) => match (x[0], y) {
                 (HostData::F32(x), HostData::F32(y)) => softmax::softmax(p, x, y),
                 (HostData::F16(x), HostData::F16(y)) => softmax::softmax(p, x, y),
+                _ => unreachable!("plans are validated: input and output share a dtype"),
+            },
+            FamilyPlan::Unary(p) => match (x[0], y) {
+                (HostData::F32(x), HostData::F32(y)) => unary::unary(p, x, y),
+                (HostData::F16(x), HostData::F16(y)) => unary::unary(p, x, y),
                 _ => unreachable!("plans are validated: input and output share a dtype"),
             },
         });
