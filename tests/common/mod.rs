@@ -11,6 +11,7 @@
 
 pub mod reference;
 pub mod suite;
+pub mod suite_unary;
 
 use eia::{Backend, DType, HostTensor, Tensor};
 use rand::rngs::StdRng;
@@ -124,6 +125,9 @@ macro_rules! backend_suite {
             errors_conv,
             errors_batch_norm_softmax,
             errors_leave_output_untouched,
+            unary_matches_reference,
+            unary_extremes,
+            unary_errors,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
