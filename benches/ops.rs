@@ -2,7 +2,7 @@
 //! (`eia::workload`), on the CPU backend, each with a peer in the same run:
 //! - GEMM: the `gemm` crate called directly on the same operands (its FP32 kernels, and its
 //!   native FP16 kernels for FP16);
-//! - batch norm and softmax: a multi-threaded copy of the same bytes (the memory-bandwidth floor);
+//! - batch norm, softmax and the unary activations: a multi-threaded copy of the same bytes (the memory-bandwidth floor);
 //! - convolution: onnxruntime, via `benches/compare.sh` (a Python peer cannot run inside
 //!   criterion).
 //!
@@ -35,7 +35,11 @@ fn family(c: &mut Criterion, name: &str, workloads: &[Workload]) {
             } else {
                 Throughput::Elements(flops)
             });
-            let size = w.id().split_once('/').unwrap().1.to_string();
+            // Unary workloads share shapes across ops: their id names the op too.
+            let size = match w {
+                Workload::Unary { .. } => w.id(),
+                _ => w.id().split_once('/').unwrap().1.to_string(),
+            };
             let mut prepared = w.prepare(&backend, dtype).unwrap();
             // Every timing loop runs on a pool thread, back to back (see `Backend::run_ops`).
             group.bench_function(BenchmarkId::new("eia", &size), |b| {
@@ -133,9 +137,13 @@ fn softmax_benches(c: &mut Criterion) {
     family(c, "softmax", &Workload::softmaxes());
 }
 
+fn unary_benches(c: &mut Criterion) {
+    family(c, "unary", &Workload::unaries());
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = gemm_benches, conv_benches, batch_norm_benches, softmax_benches
+    targets = gemm_benches, conv_benches, batch_norm_benches, softmax_benches, unary_benches
 }
 criterion_main!(benches);

@@ -42,7 +42,7 @@ import tempfile
 import time
 import zlib
 
-MEMORY_BOUND = {"batchnorm", "softmax"}  # reported in GB/s; gemm and conv in GFLOPS
+MEMORY_BOUND = {"batchnorm", "softmax", "unary"}  # reported in GB/s; gemm and conv in GFLOPS
 
 
 def parse_args():
@@ -109,6 +109,16 @@ def build(w, np_dtype, onnx_dtype, rng):
         op = "Softmax"
         inputs = {"X": rand(w["shape"])}
         attrs = dict(axis=-1)
+    elif family == "unary":
+        # Relu, Clip, LeakyRelu, Sigmoid, Tanh; Clip's bounds are constant inputs in ONNX.
+        op = w["op"]
+        inputs = {"X": rand(w["shape"], -8.0, 8.0)}
+        if op == "Clip":
+            # Both inputs, in order; an unset bound is the matching infinity.
+            for bound, unset in (("min", -np.inf), ("max", np.inf)):
+                inits[bound] = np.array(w.get(bound, unset), dtype=np.float32).astype(np_dtype)
+        if op == "LeakyRelu":
+            attrs = dict(alpha=w["alpha"])
     else:
         raise ValueError(f"unknown family {family!r}")
 

@@ -602,5 +602,20 @@ fn workload_json(w: &Workload) -> String {
         ),
         Workload::BatchNorm { shape } => format!("{{{head},\"shape\":{shape:?}}}"),
         Workload::Softmax { rows, len } => format!("{{{head},\"shape\":[{rows},{len}]}}"),
+        Workload::Unary { op, shape } => {
+            // Clip's bounds and LeakyRelu's alpha; unset Clip bounds are left out.
+            let attrs = match op {
+                eia::ops::Op::Clip(c) => {
+                    let b = |name, v: Option<f32>| v.map(|v| format!(",\"{name}\":{v}"));
+                    [b("min", c.min), b("max", c.max)].into_iter().flatten().collect()
+                }
+                eia::ops::Op::LeakyRelu(l) => format!(",\"alpha\":{}", l.alpha),
+                _ => String::new(),
+            };
+            format!(
+                "{{{head},\"op\":\"{}\",\"shape\":{shape:?}{attrs}}}",
+                op.name()
+            )
+        }
     }
 }

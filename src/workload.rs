@@ -1,12 +1,12 @@
 //! Named op workloads — the shapes that matter for inference (square and skinny GEMMs, ResNet-50
-//! convolution layers, softmax rows, batch norm on ResNet activations) — shared by the `eia run`
+//! convolution layers, softmax rows, batch norm and activations on ResNet activations) — shared by the `eia run`
 //! command, the criterion benches and the peer comparison script, so every tool measures the
 //! same problems.
 
 use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::{BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{BatchNorm, Clip, Conv, Gemm, LeakyRelu, Op, Softmax};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// One benchmarkable problem.
@@ -25,6 +25,9 @@ pub enum Workload {
     BatchNorm { shape: [usize; 4] },
     /// Softmax over the last axis of `[rows, len]`.
     Softmax { rows: usize, len: usize },
+    /// An elementwise activation (Relu, Clip, LeakyRelu, Sigmoid, Tanh) of an `[N, C, H, W]`
+    /// activation.
+    Unary { op: Op, shape: [usize; 4] },
 }
 
 impl Workload {
@@ -98,6 +101,26 @@ impl Workload {
             .into()
     }
 
+    /// Activations after ResNet's first convolution and before its pooling head: Relu, ReLU6
+    /// (Clip 0..6), LeakyRelu (0.01), Sigmoid and Tanh.
+    pub fn unaries() -> Vec<Workload> {
+        let ops = [
+            Op::Relu,
+            Op::Clip(Clip::RELU6),
+            Op::LeakyRelu(LeakyRelu::default()),
+            Op::Sigmoid,
+            Op::Tanh,
+        ];
+        ops.into_iter()
+            .flat_map(|op| {
+                [[1, 64, 112, 112], [32, 2048, 7, 7]].map(|shape| Workload::Unary {
+                    op: op.clone(),
+                    shape,
+                })
+            })
+            .collect()
+    }
+
     /// The sizes a GPU is judged at besides the shared ones: GEMM 4096³ and 8192³, and batch norm
     /// and softmax on tensors far larger than a GPU's caches.
     pub fn gpu_scale() -> Vec<Workload> {
@@ -133,20 +156,23 @@ impl Workload {
         all.extend(Self::resnet50_convs(8));
         all.extend(Self::batch_norms());
         all.extend(Self::softmaxes());
+        all.extend(Self::unaries());
         all
     }
 
-    /// The op family: "gemm", "conv", "batchnorm" or "softmax".
+    /// The op family: "gemm", "conv", "batchnorm", "softmax" or "unary".
     pub fn family(&self) -> &'static str {
         match self {
             Workload::Gemm { .. } => "gemm",
             Workload::Conv { .. } => "conv",
             Workload::BatchNorm { .. } => "batchnorm",
             Workload::Softmax { .. } => "softmax",
+            Workload::Unary { .. } => "unary",
         }
     }
 
-    /// A stable id, e.g. `gemm/1024x1024x1024`, `conv/res4_3x3/n8`, `softmax/32x32768`.
+    /// A stable id, e.g. `gemm/1024x1024x1024`, `conv/res4_3x3/n8`, `softmax/32x32768`,
+    /// `relu/1x64x112x112` (unary ops by their lowercase ONNX name).
     pub fn id(&self) -> String {
         match self {
             Workload::Gemm { m, n, k } => format!("gemm/{m}x{n}x{k}"),
@@ -155,6 +181,10 @@ impl Workload {
                 shape: [n, c, h, w],
             } => format!("batchnorm/{n}x{c}x{h}x{w}"),
             Workload::Softmax { rows, len } => format!("softmax/{rows}x{len}"),
+            Workload::Unary {
+                op,
+                shape: [n, c, h, w],
+            } => format!("{}/{n}x{c}x{h}x{w}", op.name().to_lowercase()),
         }
     }
 
@@ -169,6 +199,7 @@ impl Workload {
                 Ok(vec![d(shape)?, p.clone(), p.clone(), p.clone(), p])
             }
             Workload::Softmax { rows, len } => Ok(vec![d(&[*rows, *len])?]),
+            Workload::Unary { shape, .. } => Ok(vec![d(shape)?]),
         }
     }
 
@@ -179,6 +210,7 @@ impl Workload {
             Workload::Conv { conv, .. } => Op::Conv(conv.clone()),
             Workload::BatchNorm { .. } => Op::BatchNorm(BatchNorm::default()),
             Workload::Softmax { .. } => Op::Softmax(Softmax::default()),
+            Workload::Unary { op, .. } => op.clone(),
         }
     }
 
@@ -198,7 +230,10 @@ impl Workload {
 
     /// Whether throughput is best judged in GB/s (memory-bound) rather than GFLOPS.
     pub fn memory_bound(&self) -> bool {
-        matches!(self, Workload::BatchNorm { .. } | Workload::Softmax { .. })
+        matches!(
+            self,
+            Workload::BatchNorm { .. } | Workload::Softmax { .. } | Workload::Unary { .. }
+        )
     }
 
     /// Uploads deterministic pseudo-random inputs (never all zero; BN variances positive) and
@@ -212,6 +247,8 @@ impl Workload {
             .map(|(i, desc)| {
                 let (lo, hi) = if matches!(self, Workload::BatchNorm { .. }) && i == 4 {
                     (0.5, 1.5)
+                } else if matches!(self, Workload::Unary { .. }) {
+                    (-8.0, 8.0) // both sides of every activation's bends
                 } else {
                     (-1.0, 1.0)
                 };

@@ -219,7 +219,10 @@ pub fn unary_extremes<B: Backend>(backend: &B) {
         let s = run(&Op::Sigmoid, -big);
         assert!((0.0..1e-30).contains(&s), "{dtype}: Sigmoid(-{big}) = {s}");
         for op in ops() {
-            assert!(run(&op, f32::NAN).is_nan(), "{dtype} {op:?}: NaN in, NaN out");
+            assert!(
+                run(&op, f32::NAN).is_nan(),
+                "{dtype} {op:?}: NaN in, NaN out"
+            );
         }
     }
 }
@@ -269,9 +272,9 @@ pub fn unary_errors<B: Backend>(backend: &B) {
         ];
         for (op, name, attr) in bad_attrs {
             match backend.apply_into(&op, &[&x], &mut y) {
-                Err(Error::Attribute {
-                    op: o, name: a, ..
-                }) => assert_eq!((o, a), (name, attr), "{op:?}"),
+                Err(Error::Attribute { op: o, name: a, .. }) => {
+                    assert_eq!((o, a), (name, attr), "{op:?}")
+                }
                 other => panic!("{op:?}: expected an attribute error, got {other:?}"),
             }
             let Err(e) = backend.apply(&op, &[&x]) else {
