@@ -510,6 +510,16 @@ fn op_kind() -> impl Strategy<Value = Option<Kind>> {
             .prop_map(|epsilon| Some(Kind::BatchNorm(proto::BatchNormOp { epsilon }))),
         2 => prop::option::of(prop_oneof![3 => -5i64..5, 1 => any::<i64>()])
             .prop_map(|axis| Some(Kind::Softmax(proto::SoftmaxOp { axis }))),
+        1 => Just(Some(Kind::Relu(proto::ReluOp {}))),
+        2 => (
+            prop::option::of(prop_oneof![3 => -8f32..8.0, 1 => any::<f32>()]),
+            prop::option::of(prop_oneof![3 => -8f32..8.0, 1 => any::<f32>()]),
+        )
+            .prop_map(|(min, max)| Some(Kind::Clip(proto::ClipOp { min, max }))),
+        1 => prop::option::of(any::<f32>())
+            .prop_map(|alpha| Some(Kind::LeakyRelu(proto::LeakyReluOp { alpha }))),
+        1 => Just(Some(Kind::Sigmoid(proto::SigmoidOp {}))),
+        1 => Just(Some(Kind::Tanh(proto::TanhOp {}))),
         1 => Just(None),
     ]
 }
