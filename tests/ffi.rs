@@ -137,6 +137,11 @@ fn header_matches_the_library() {
         "eia_conv",
         "eia_batch_norm",
         "eia_softmax",
+        "eia_relu",
+        "eia_clip",
+        "eia_leaky_relu",
+        "eia_sigmoid",
+        "eia_tanh",
         "eia_accelerator_usage",
         "eia_accelerator_resize",
         "eia_accelerator_detach",
@@ -662,6 +667,69 @@ fn many_threads_share_one_accelerator_and_its_tensors() {
     );
     eia_tensor_free(unsafe { Box::from_raw(ta) }.into());
     eia_tensor_free(unsafe { Box::from_raw(tb) }.into());
+    eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
+    eia_device_free(unsafe { Box::from_raw(d) }.into());
+}
+
+/// The unary activations through the ABI, bit for bit against the Rust API on the CPU backend,
+/// their attribute defaults, and Clip's bad bounds as attribute errors.
+#[test]
+fn unary_ops_match_the_rust_api() {
+    use eia::ops::{Clip, LeakyRelu, Op};
+    let d = device();
+    let a = attach(d, "tiny");
+    let acc = unsafe { a.as_ref() };
+    let cpu = CpuBackend::new();
+    let d_clip = eia_clip_attrs_default();
+    assert_eq!((d_clip.min, d_clip.max), (f32::NEG_INFINITY, f32::INFINITY));
+    assert_eq!(eia_leaky_relu_attrs_default().alpha, 0.01);
+    for dtype in DType::ALL {
+        let hx = random(dtype, &[2, 3, 5], 7);
+        let (tx, cx) = (tensor(a, &hx), cpu.upload(&hx).unwrap());
+        let check = |y: *mut eia_tensor, op: Op| {
+            let expected = cpu.download(&cpu.apply(&op, &[&cx]).unwrap()).unwrap();
+            assert_eq!(read(y), expected.as_bytes(), "{op:?}");
+            eia_tensor_free(unsafe { Box::from_raw(y) }.into());
+        };
+        let x = unsafe { tx.as_ref() };
+        let mut y = ptr::null_mut();
+        ok(unsafe { eia_relu(acc, x, Some(&mut y)) });
+        check(y, Op::Relu);
+        let relu6 = eia_clip_attrs { min: 0.0, max: 6.0 };
+        ok(unsafe { eia_clip(acc, Some(&relu6), x, Some(&mut y)) });
+        check(y, Op::Clip(Clip::RELU6));
+        let upper = eia_clip_attrs {
+            max: 0.25,
+            ..eia_clip_attrs_default()
+        };
+        ok(unsafe { eia_clip(acc, Some(&upper), x, Some(&mut y)) });
+        check(
+            y,
+            Op::Clip(Clip {
+                min: None,
+                max: Some(0.25),
+            }),
+        );
+        let leaky = eia_leaky_relu_attrs { alpha: 0.2 };
+        ok(unsafe { eia_leaky_relu(acc, Some(&leaky), x, Some(&mut y)) });
+        check(y, Op::LeakyRelu(LeakyRelu { alpha: 0.2 }));
+        ok(unsafe { eia_sigmoid(acc, x, Some(&mut y)) });
+        check(y, Op::Sigmoid);
+        ok(unsafe { eia_tanh(acc, x, Some(&mut y)) });
+        check(y, Op::Tanh);
+        let bad = eia_clip_attrs { min: 1.0, max: 0.0 };
+        fails(
+            unsafe { eia_clip(acc, Some(&bad), x, Some(&mut y)) },
+            EIA_ERR_ATTRIBUTE,
+            "min",
+        );
+        fails(
+            unsafe { eia_relu(acc, None, Some(&mut y)) },
+            EIA_ERR_NULL_ARGUMENT,
+            "`x`",
+        );
+        eia_tensor_free(unsafe { Box::from_raw(tx) }.into());
+    }
     eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
     eia_device_free(unsafe { Box::from_raw(d) }.into());
 }
