@@ -693,16 +693,16 @@ fn unary_ops_match_the_rust_api() {
         };
         let x = unsafe { tx.as_ref() };
         let mut y = ptr::null_mut();
-        ok(unsafe { eia_relu(acc, x, Some(&mut y)) });
+        ok(eia_relu(acc, x, Some(&mut y)));
         check(y, Op::Relu);
         let relu6 = eia_clip_attrs { min: 0.0, max: 6.0 };
-        ok(unsafe { eia_clip(acc, Some(&relu6), x, Some(&mut y)) });
+        ok(eia_clip(acc, Some(&relu6), x, Some(&mut y)));
         check(y, Op::Clip(Clip::RELU6));
         let upper = eia_clip_attrs {
             max: 0.25,
             ..eia_clip_attrs_default()
         };
-        ok(unsafe { eia_clip(acc, Some(&upper), x, Some(&mut y)) });
+        ok(eia_clip(acc, Some(&upper), x, Some(&mut y)));
         check(
             y,
             Op::Clip(Clip {
@@ -711,20 +711,20 @@ fn unary_ops_match_the_rust_api() {
             }),
         );
         let leaky = eia_leaky_relu_attrs { alpha: 0.2 };
-        ok(unsafe { eia_leaky_relu(acc, Some(&leaky), x, Some(&mut y)) });
+        ok(eia_leaky_relu(acc, Some(&leaky), x, Some(&mut y)));
         check(y, Op::LeakyRelu(LeakyRelu { alpha: 0.2 }));
-        ok(unsafe { eia_sigmoid(acc, x, Some(&mut y)) });
+        ok(eia_sigmoid(acc, x, Some(&mut y)));
         check(y, Op::Sigmoid);
-        ok(unsafe { eia_tanh(acc, x, Some(&mut y)) });
+        ok(eia_tanh(acc, x, Some(&mut y)));
         check(y, Op::Tanh);
         let bad = eia_clip_attrs { min: 1.0, max: 0.0 };
         fails(
-            unsafe { eia_clip(acc, Some(&bad), x, Some(&mut y)) },
+            eia_clip(acc, Some(&bad), x, Some(&mut y)),
             EIA_ERR_ATTRIBUTE,
             "min",
         );
         fails(
-            unsafe { eia_relu(acc, None, Some(&mut y)) },
+            eia_relu(acc, None, Some(&mut y)),
             EIA_ERR_NULL_ARGUMENT,
             "`x`",
         );

@@ -914,4 +914,6 @@ pub fn errors_leave_output_untouched<B: Backend>(backend: &B) {
     }
 }
 
+// The unary family's suite, run by `backend_suite!` through this module.
+#[allow(unused_imports)]
 pub use super::suite_unary::*;
