@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use super::accelerator::{eia_accelerator, Accel};
 use super::error::{eia_error, guard, Outcome};
-use super::required;
+use super::{elements, required};
 use super::tensor::{eia_tensor, on_accel, Held};
-use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{Add, AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
 use crate::tensor::Tensor;
 
 /// ONNX `auto_pad` (one of the `EIA_AUTO_PAD_*` values).
@@ -66,6 +66,15 @@ pub struct eia_batch_norm_attrs {
 pub struct eia_softmax_attrs {
     /// The reduced axis; negative values count from the end.
     pub axis: i64,
+}
+
+/// Add attributes: ONNX Add has none; `relu` fuses the ReLU that follows it (ResNet's residual
+/// Add → Relu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_add_attrs {
+    /// Apply max(0, y) to the sum (fused; not an ONNX attribute).
+    pub relu: bool,
 }
 
 impl From<&eia_gemm_attrs> for Gemm {
@@ -148,6 +157,14 @@ pub extern "C" fn eia_batch_norm_attrs_default() -> eia_batch_norm_attrs {
 pub extern "C" fn eia_softmax_attrs_default() -> eia_softmax_attrs {
     eia_softmax_attrs {
         axis: Softmax::default().axis,
+    }
+}
+
+/// Add's default: no fused ReLU.
+#[no_mangle]
+pub extern "C" fn eia_add_attrs_default() -> eia_add_attrs {
+    eia_add_attrs {
+        relu: Add::default().relu,
     }
 }
 
@@ -274,5 +291,95 @@ pub extern "C" fn eia_softmax(
         });
         let inputs = [Some(required(x, "x")?)];
         run(accelerator, op, &inputs, required(y, "y")?)
+    })
+}
+
+/// ONNX Add with numpy broadcasting of `a` and `b`, `relu` fused when `attrs->relu`.
+#[no_mangle]
+pub extern "C" fn eia_add(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_add_attrs>,
+    a: Option<&eia_tensor>,
+    b: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let accelerator = required(accelerator, "accelerator")?;
+        let op = Op::Add(Add {
+            relu: required(attrs, "attrs")?.relu,
+        });
+        let inputs = [Some(required(a, "a")?), Some(required(b, "b")?)];
+        run(accelerator, op, &inputs, required(y, "y")?)
+    })
+}
+
+/// One of Sub, Mul, Div over `a`, `b`.
+fn binary(
+    op: Op,
+    accelerator: Option<&eia_accelerator>,
+    a: Option<&eia_tensor>,
+    b: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let accelerator = required(accelerator, "accelerator")?;
+        let inputs = [Some(required(a, "a")?), Some(required(b, "b")?)];
+        run(accelerator, op, &inputs, required(y, "y")?)
+    })
+}
+
+/// ONNX Sub (`a − b`) with numpy broadcasting.
+#[no_mangle]
+pub extern "C" fn eia_sub(
+    accelerator: Option<&eia_accelerator>,
+    a: Option<&eia_tensor>,
+    b: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    binary(Op::Sub, accelerator, a, b, y)
+}
+
+/// ONNX Mul with numpy broadcasting.
+#[no_mangle]
+pub extern "C" fn eia_mul(
+    accelerator: Option<&eia_accelerator>,
+    a: Option<&eia_tensor>,
+    b: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    binary(Op::Mul, accelerator, a, b, y)
+}
+
+/// ONNX Div (`a / b`, IEEE: x/0 is ±inf, 0/0 NaN) with numpy broadcasting.
+#[no_mangle]
+pub extern "C" fn eia_div(
+    accelerator: Option<&eia_accelerator>,
+    a: Option<&eia_tensor>,
+    b: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    binary(Op::Div, accelerator, a, b, y)
+}
+
+/// ONNX Sum of `n_inputs` tensors (1 to 64) with numpy broadcasting, accumulated in FP32.
+///
+/// # Safety
+/// `inputs` points to `n_inputs` tensor pointers (it may be NULL when `n_inputs` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn eia_sum(
+    accelerator: Option<&eia_accelerator>,
+    inputs: *const Option<&eia_tensor>,
+    n_inputs: usize,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let accelerator = required(accelerator, "accelerator")?;
+        // SAFETY: the caller's contract.
+        let list = unsafe { elements(inputs, n_inputs, "inputs") }?;
+        let inputs = list
+            .iter()
+            .map(|t| required(*t, "inputs[i]").map(Some))
+            .collect::<Result<Vec<_>, _>>()?;
+        run(accelerator, Op::Sum, &inputs, required(y, "y")?)
     })
 }

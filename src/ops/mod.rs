@@ -14,8 +14,11 @@
 //! - Conv: `2·N·K·P·Q·(C/group)·R·S`; bias and ReLU are not charged.
 //! - BatchNormalization: `2` per element (one multiply, one add after folding the statistics).
 //! - Softmax: `5` per element (max, subtract, exp, sum, scale).
+//! - Add, Sub, Mul, Div: `1` per output element (Add's fused ReLU is not charged); Sum of n
+//!   inputs: `n − 1` per output element, at least 1.
 
 pub mod batchnorm;
+pub mod binary;
 pub mod conv;
 pub mod gemm;
 pub mod softmax;
@@ -24,6 +27,10 @@ pub use batchnorm::{BatchNorm, BatchNormPlan};
 pub use conv::{AutoPad, Conv, ConvPlan};
 pub use gemm::{Gemm, GemmPlan, MatLayout, MatMul};
 pub use softmax::{Softmax, SoftmaxPlan};
+pub use binary::{Add, BinaryKind, BinaryPlan};
+
+/// The most inputs a variadic op (Sum, Concat) takes.
+pub const MAX_INPUTS: usize = 64;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -42,6 +49,16 @@ pub enum Op {
     BatchNorm(BatchNorm),
     /// Input X.
     Softmax(Softmax),
+    /// Inputs A, B (broadcast); an optional fused ReLU.
+    Add(Add),
+    /// Inputs A, B (broadcast).
+    Sub,
+    /// Inputs A, B (broadcast).
+    Mul,
+    /// Inputs A, B (broadcast).
+    Div,
+    /// Inputs data_0 … (1 ..= [`MAX_INPUTS`], all broadcast together).
+    Sum,
 }
 
 /// An op's validated plan: the kernel family's resolved problem, and the op it came from.
@@ -60,6 +77,8 @@ pub enum FamilyPlan {
     Conv(ConvPlan),
     BatchNorm(BatchNormPlan),
     Softmax(SoftmaxPlan),
+    /// Add, Sub, Mul, Div, Sum.
+    Binary(BinaryPlan),
 }
 
 impl Op {
@@ -71,6 +90,11 @@ impl Op {
             Op::Conv(_) => "Conv",
             Op::BatchNorm(_) => "BatchNormalization",
             Op::Softmax(_) => "Softmax",
+            Op::Add(_) => "Add",
+            Op::Sub => "Sub",
+            Op::Mul => "Mul",
+            Op::Div => "Div",
+            Op::Sum => "Sum",
         }
     }
 
@@ -83,13 +107,23 @@ impl Op {
             Op::Conv(_) => (&["X", "W", "B"], 2),
             Op::BatchNorm(_) => (&["X", "scale", "B", "input_mean", "input_var"], 5),
             Op::Softmax(_) => (&["X"], 1),
+            Op::Add(_) | Op::Sub | Op::Mul | Op::Div => (&["A", "B"], 2),
+            Op::Sum => (&["data_0"], 1),
         }
     }
 
     /// How many inputs it takes (fewest ..= most).
     pub fn arity(&self) -> std::ops::RangeInclusive<usize> {
+        if self.variadic() {
+            return 1..=MAX_INPUTS;
+        }
         let (names, required) = self.inputs();
         required..=names.len()
+    }
+
+    /// True for ops taking any number of inputs (1 ..= [`MAX_INPUTS`]) named after the first.
+    pub fn variadic(&self) -> bool {
+        matches!(self, Op::Sum)
     }
 
     /// Validates the inputs' descriptors (count, dtypes, shapes) and the attributes against
@@ -97,6 +131,13 @@ impl Op {
     pub fn plan(&self, inputs: &[&TensorDesc]) -> Result<Plan> {
         if !self.arity().contains(&inputs.len()) {
             let (names, required) = self.inputs();
+            if self.variadic() {
+                return Err(Error::Arity {
+                    op: self.name(),
+                    expected: format!("{}, ... (1 to {MAX_INPUTS})", names[0]),
+                    got: inputs.len(),
+                });
+            }
             let optional: String = names[required..]
                 .iter()
                 .map(|n| format!("[, {n}]"))
@@ -114,6 +155,11 @@ impl Op {
             Op::Conv(c) => FamilyPlan::Conv(c.plan(x[0], x[1], x.get(2).copied())?),
             Op::BatchNorm(b) => FamilyPlan::BatchNorm(b.plan(x[0], [x[1], x[2], x[3], x[4]])?),
             Op::Softmax(s) => FamilyPlan::Softmax(s.plan(x[0])?),
+            Op::Add(a) => FamilyPlan::Binary(binary::plan(BinaryKind::Add, a.relu, x)?),
+            Op::Sub => FamilyPlan::Binary(binary::plan(BinaryKind::Sub, false, x)?),
+            Op::Mul => FamilyPlan::Binary(binary::plan(BinaryKind::Mul, false, x)?),
+            Op::Div => FamilyPlan::Binary(binary::plan(BinaryKind::Div, false, x)?),
+            Op::Sum => FamilyPlan::Binary(binary::plan(BinaryKind::Sum, false, x)?),
         };
         Ok(Plan {
             op: self.clone(),
@@ -130,6 +176,7 @@ impl Plan {
             FamilyPlan::Conv(p) => &p.output,
             FamilyPlan::BatchNorm(p) => &p.output,
             FamilyPlan::Softmax(p) => &p.output,
+            FamilyPlan::Binary(p) => &p.output,
         }
     }
 
@@ -140,6 +187,7 @@ impl Plan {
             FamilyPlan::Conv(p) => p.flops(),
             FamilyPlan::BatchNorm(p) => p.flops(),
             FamilyPlan::Softmax(p) => p.flops(),
+            FamilyPlan::Binary(p) => p.flops(),
         }
     }
 }

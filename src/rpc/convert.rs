@@ -11,7 +11,7 @@ use super::proto;
 use crate::accelerator::{Tier, Usage};
 use crate::dtype::DType;
 use crate::error::Error;
-use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{Add, AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
 use crate::tensor::TensorDesc;
 
 /// The status a server returns for an error.
@@ -155,6 +155,11 @@ pub fn op_from(kind: Option<&proto::op::Kind>) -> Result<Op, Status> {
         Kind::Softmax(s) => Op::Softmax(Softmax {
             axis: s.axis.unwrap_or(Softmax::default().axis),
         }),
+        Kind::Add(a) => Op::Add(Add { relu: a.relu }),
+        Kind::Sub(_) => Op::Sub,
+        Kind::Mul(_) => Op::Mul,
+        Kind::Div(_) => Op::Div,
+        Kind::Sum(_) => Op::Sum,
     })
 }
 
@@ -240,5 +245,10 @@ pub fn op_kind(op: &Op) -> proto::op::Kind {
             epsilon: Some(b.epsilon),
         }),
         Op::Softmax(s) => Kind::Softmax(proto::SoftmaxOp { axis: Some(s.axis) }),
+        Op::Add(a) => Kind::Add(proto::AddOp { relu: a.relu }),
+        Op::Sub => Kind::Sub(proto::SubOp {}),
+        Op::Mul => Kind::Mul(proto::MulOp {}),
+        Op::Div => Kind::Div(proto::DivOp {}),
+        Op::Sum => Kind::Sum(proto::SumOp {}),
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod reference;
 pub mod suite;
+pub mod suite_binary;
 
 use eia::{Backend, DType, HostTensor, Tensor};
 use rand::rngs::StdRng;
@@ -124,6 +125,10 @@ macro_rules! backend_suite {
             errors_conv,
             errors_batch_norm_softmax,
             errors_leave_output_untouched,
+            binary_broadcast_kinds,
+            sum_n_inputs,
+            binary_special_values,
+            errors_binary,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {

@@ -4,6 +4,7 @@
 //! softmax stream FP16 through FP32 registers chunk by chunk.
 
 mod batchnorm;
+mod binary;
 mod conv;
 mod depthwise;
 mod gemm;
@@ -144,6 +145,28 @@ impl Backend for CpuBackend {
                 (HostData::F32(x), HostData::F32(y)) => softmax::softmax(p, x, y),
                 (HostData::F16(x), HostData::F16(y)) => softmax::softmax(p, x, y),
                 _ => unreachable!("plans are validated: input and output share a dtype"),
+            },
+            FamilyPlan::Binary(p) => match y {
+                HostData::F32(y) => {
+                    let x: Vec<&[f32]> = x
+                        .iter()
+                        .map(|x| match x {
+                            HostData::F32(v) => &v[..],
+                            _ => unreachable!("plans are validated: inputs share a dtype"),
+                        })
+                        .collect();
+                    binary::binary(p, &x, y)
+                }
+                HostData::F16(y) => {
+                    let x: Vec<&[half::f16]> = x
+                        .iter()
+                        .map(|x| match x {
+                            HostData::F16(v) => &v[..],
+                            _ => unreachable!("plans are validated: inputs share a dtype"),
+                        })
+                        .collect();
+                    binary::binary(p, &x, y)
+                }
             },
         });
         Ok(())

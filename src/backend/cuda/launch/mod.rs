@@ -5,6 +5,7 @@
 //! one dispatch from an op's plan to its family's planner).
 
 pub mod batchnorm;
+pub mod binary;
 pub mod conv;
 pub mod gemm;
 pub mod softmax;
@@ -48,14 +49,16 @@ pub enum Family {
     Conv,
     BatchNorm,
     Softmax,
+    Binary,
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [
+    pub const ALL: [Family; 5] = [
         Family::Gemm,
         Family::Conv,
         Family::BatchNorm,
         Family::Softmax,
+        Family::Binary,
     ];
 
     /// The PTX targets this family ships (sm_80 always; sm_90a where it has Hopper kernels).
@@ -70,6 +73,7 @@ impl Family {
             Family::Conv => "conv",
             Family::BatchNorm => "batchnorm",
             Family::Softmax => "softmax",
+            Family::Binary => "binary",
         }
     }
 }
@@ -97,11 +101,13 @@ impl Target {
 
 /// The params struct of one launch (each mirrors the C struct its kernel takes).
 #[derive(Clone, Copy, Debug)]
+#[allow(clippy::large_enum_variant)] // binary's 3.6 KiB: launches are few and short-lived
 pub enum KernelArgs {
     Gemm(gemm::GemmParams),
     Conv(conv::ConvParams),
     BatchNorm(batchnorm::BatchNormParams),
     Softmax(softmax::SoftmaxParams),
+    Binary(binary::BinaryParams),
 }
 
 impl KernelArgs {
@@ -113,6 +119,7 @@ impl KernelArgs {
             KernelArgs::Conv(p) => p as *const _ as *const c_void,
             KernelArgs::BatchNorm(p) => p as *const _ as *const c_void,
             KernelArgs::Softmax(p) => p as *const _ as *const c_void,
+            KernelArgs::Binary(p) => p as *const _ as *const c_void,
         }
     }
 }
@@ -143,6 +150,7 @@ pub fn launches(plan: &Plan, arch: Arch, x: &[Ptr], y: Ptr) -> Result<Vec<Launch
             y,
         )),
         FamilyPlan::Softmax(p) => Ok(softmax::softmax(p, arch, x[0], y)),
+        FamilyPlan::Binary(p) => Ok(binary::binary(p, arch, x, y)),
     }
 }
 
