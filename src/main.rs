@@ -602,5 +602,10 @@ fn workload_json(w: &Workload) -> String {
         ),
         Workload::BatchNorm { shape } => format!("{{{head},\"shape\":{shape:?}}}"),
         Workload::Softmax { rows, len } => format!("{{{head},\"shape\":[{rows},{len}]}}"),
+        Workload::Binary { op, a, b } => format!(
+            "{{{head},\"op\":\"{}\",\"relu\":{},\"a\":{a:?},\"b\":{b:?}}}",
+            op.name(),
+            matches!(op, eia::ops::Op::Add(eia::ops::Add { relu: true }))
+        ),
     }
 }

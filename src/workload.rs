@@ -6,7 +6,7 @@
 use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::{BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{Add, BatchNorm, Conv, Gemm, Op, Softmax};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// One benchmarkable problem.
@@ -25,6 +25,12 @@ pub enum Workload {
     BatchNorm { shape: [usize; 4] },
     /// Softmax over the last axis of `[rows, len]`.
     Softmax { rows: usize, len: usize },
+    /// An elementwise op (Add, Sub, Mul, Div; Add with its fused ReLU) of `a` and `b`, broadcast.
+    Binary {
+        op: Op,
+        a: Vec<usize>,
+        b: Vec<usize>,
+    },
 }
 
 impl Workload {
@@ -98,6 +104,30 @@ impl Workload {
             .into()
     }
 
+    /// ResNet's elementwise ops at batch `n`: the residual Add → ReLU of two `[n,256,56,56]`
+    /// activations, a per-channel Mul by `[1,256,1,1]`, and a row-wise Div of `[n·512, 1000]` by
+    /// `[n·512, 1]`.
+    pub fn binaries(n: usize) -> Vec<Workload> {
+        let act = vec![n, 256, 56, 56];
+        vec![
+            Workload::Binary {
+                op: Op::Add(Add { relu: true }),
+                a: act.clone(),
+                b: act.clone(),
+            },
+            Workload::Binary {
+                op: Op::Mul,
+                a: act,
+                b: vec![1, 256, 1, 1],
+            },
+            Workload::Binary {
+                op: Op::Div,
+                a: vec![n * 512, 1000],
+                b: vec![n * 512, 1],
+            },
+        ]
+    }
+
     /// The sizes a GPU is judged at besides the shared ones: GEMM 4096³ and 8192³, and batch norm
     /// and softmax on tensors far larger than a GPU's caches.
     pub fn gpu_scale() -> Vec<Workload> {
@@ -123,6 +153,8 @@ impl Workload {
                 rows: 4096,
                 len: 32768,
             },
+            Workload::binaries(32).swap_remove(0),
+            Workload::binaries(32).swap_remove(1),
         ]
     }
 
@@ -133,16 +165,18 @@ impl Workload {
         all.extend(Self::resnet50_convs(8));
         all.extend(Self::batch_norms());
         all.extend(Self::softmaxes());
+        all.extend(Self::binaries(8));
         all
     }
 
-    /// The op family: "gemm", "conv", "batchnorm" or "softmax".
+    /// The op family: "gemm", "conv", "batchnorm", "softmax" or "binary".
     pub fn family(&self) -> &'static str {
         match self {
             Workload::Gemm { .. } => "gemm",
             Workload::Conv { .. } => "conv",
             Workload::BatchNorm { .. } => "batchnorm",
             Workload::Softmax { .. } => "softmax",
+            Workload::Binary { .. } => "binary",
         }
     }
 
@@ -155,6 +189,19 @@ impl Workload {
                 shape: [n, c, h, w],
             } => format!("batchnorm/{n}x{c}x{h}x{w}"),
             Workload::Softmax { rows, len } => format!("softmax/{rows}x{len}"),
+            Workload::Binary { op, a, b } => {
+                let name = match op {
+                    Op::Add(Add { relu: true }) => "add_relu".to_string(),
+                    op => op.name().to_lowercase(),
+                };
+                let dims = |s: &[usize]| {
+                    s.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("x")
+                };
+                format!("binary/{name}/{}_by_{}", dims(a), dims(b))
+            }
         }
     }
 
@@ -169,6 +216,7 @@ impl Workload {
                 Ok(vec![d(shape)?, p.clone(), p.clone(), p.clone(), p])
             }
             Workload::Softmax { rows, len } => Ok(vec![d(&[*rows, *len])?]),
+            Workload::Binary { a, b, .. } => Ok(vec![d(a)?, d(b)?]),
         }
     }
 
@@ -179,6 +227,7 @@ impl Workload {
             Workload::Conv { conv, .. } => Op::Conv(conv.clone()),
             Workload::BatchNorm { .. } => Op::BatchNorm(BatchNorm::default()),
             Workload::Softmax { .. } => Op::Softmax(Softmax::default()),
+            Workload::Binary { op, .. } => op.clone(),
         }
     }
 
@@ -198,7 +247,10 @@ impl Workload {
 
     /// Whether throughput is best judged in GB/s (memory-bound) rather than GFLOPS.
     pub fn memory_bound(&self) -> bool {
-        matches!(self, Workload::BatchNorm { .. } | Workload::Softmax { .. })
+        matches!(
+            self,
+            Workload::BatchNorm { .. } | Workload::Softmax { .. } | Workload::Binary { .. }
+        )
     }
 
     /// Uploads deterministic pseudo-random inputs (never all zero; BN variances positive) and
@@ -210,7 +262,9 @@ impl Workload {
             .iter()
             .enumerate()
             .map(|(i, desc)| {
-                let (lo, hi) = if matches!(self, Workload::BatchNorm { .. }) && i == 4 {
+                let (lo, hi) = if matches!(self, Workload::BatchNorm { .. }) && i == 4
+                    || matches!(self, Workload::Binary { op: Op::Div, .. }) && i == 1
+                {
                     (0.5, 1.5)
                 } else {
                     (-1.0, 1.0)
