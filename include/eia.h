@@ -136,6 +136,13 @@ typedef struct eia_softmax_attrs {
   int64_t axis;
 } eia_softmax_attrs;
 
+// Add attributes: ONNX Add has none; `relu` fuses the ReLU that follows it (ResNet's residual
+// Add → Relu).
+typedef struct eia_add_attrs {
+  // Apply max(0, y) to the sum (fused; not an ONNX attribute).
+  bool relu;
+} eia_add_attrs;
+
 // Element types of tensors (one of the `EIA_*` dtype values).
 typedef uint32_t eia_dtype_t;
 
@@ -326,6 +333,9 @@ struct eia_batch_norm_attrs eia_batch_norm_attrs_default(void);
 // Softmax's ONNX default: axis -1.
 struct eia_softmax_attrs eia_softmax_attrs_default(void);
 
+// Add's default: no fused ReLU.
+struct eia_add_attrs eia_add_attrs_default(void);
+
 // ONNX Gemm: `Y = relu?(alpha·A'·B' + beta·C)` for 2-D `a`, `b`; `c` (unidirectionally
 // broadcast to Y) may be NULL.
 struct eia_error *eia_gemm(const struct eia_accelerator *accelerator,
@@ -365,6 +375,40 @@ struct eia_error *eia_softmax(const struct eia_accelerator *accelerator,
                               const struct eia_softmax_attrs *attrs,
                               const struct eia_tensor *x,
                               struct eia_tensor **y);
+
+// ONNX Add with numpy broadcasting of `a` and `b`, `relu` fused when `attrs->relu`.
+struct eia_error *eia_add(const struct eia_accelerator *accelerator,
+                          const struct eia_add_attrs *attrs,
+                          const struct eia_tensor *a,
+                          const struct eia_tensor *b,
+                          struct eia_tensor **y);
+
+// ONNX Sub (`a − b`) with numpy broadcasting.
+struct eia_error *eia_sub(const struct eia_accelerator *accelerator,
+                          const struct eia_tensor *a,
+                          const struct eia_tensor *b,
+                          struct eia_tensor **y);
+
+// ONNX Mul with numpy broadcasting.
+struct eia_error *eia_mul(const struct eia_accelerator *accelerator,
+                          const struct eia_tensor *a,
+                          const struct eia_tensor *b,
+                          struct eia_tensor **y);
+
+// ONNX Div (`a / b`, IEEE: x/0 is ±inf, 0/0 NaN) with numpy broadcasting.
+struct eia_error *eia_div(const struct eia_accelerator *accelerator,
+                          const struct eia_tensor *a,
+                          const struct eia_tensor *b,
+                          struct eia_tensor **y);
+
+// ONNX Sum of `n_inputs` tensors (1 to 64) with numpy broadcasting, accumulated in FP32.
+//
+// # Safety
+// `inputs` points to `n_inputs` tensor pointers (it may be NULL when `n_inputs` is 0).
+struct eia_error *eia_sum(const struct eia_accelerator *accelerator,
+                          const struct eia_tensor *const *inputs,
+                          size_t n_inputs,
+                          struct eia_tensor **y);
 
 // Creates a tensor on `accelerator` from host memory: `rank` dimensions at `shape` (row-major;
 // rank 0 is a scalar and `shape` may then be NULL) and `nbytes` bytes of little-endian elements

@@ -10,7 +10,7 @@ use eia::ffi::error::*;
 use eia::ffi::ops::*;
 use eia::ffi::tensor::*;
 use eia::ffi::{EIA_F16, EIA_F32};
-use eia::ops::{BatchNorm, Conv, Gemm, Softmax};
+use eia::ops::{Add, BatchNorm, Conv, Gemm, Op, Softmax};
 use eia::{Backend, CpuBackend, DType, HostTensor};
 
 const TIERS: &str =
@@ -137,6 +137,11 @@ fn header_matches_the_library() {
         "eia_conv",
         "eia_batch_norm",
         "eia_softmax",
+        "eia_add",
+        "eia_sub",
+        "eia_mul",
+        "eia_div",
+        "eia_sum",
         "eia_accelerator_usage",
         "eia_accelerator_resize",
         "eia_accelerator_detach",
@@ -288,6 +293,44 @@ fn ops_match_the_rust_api(a: *mut eia_accelerator) {
         ok(unsafe { eia_softmax(a.as_ref(), Some(&sattrs), tx.as_ref(), Some(&mut y)) });
         same(y, cpu.softmax(&Softmax { axis: -3 }, &cx).unwrap());
 
+        // Add + ReLU of X and a per-channel [4, 1, 1]; Sub, Mul, Div; Sum of three.
+        let hs = random(dtype, &[4, 1, 1], 20);
+        let ts = tensor(a, &hs);
+        let cs = cpu.upload(&hs).unwrap();
+        let add = eia_add_attrs { relu: true };
+        ok(unsafe {
+            eia_add(
+                a.as_ref(),
+                Some(&add),
+                tx.as_ref(),
+                ts.as_ref(),
+                Some(&mut y),
+            )
+        });
+        let relu = Op::Add(Add { relu: true });
+        same(y, cpu.apply(&relu, &[&cx, &cs]).unwrap());
+        type Binary = extern "C" fn(
+            Option<&eia_accelerator>,
+            Option<&eia_tensor>,
+            Option<&eia_tensor>,
+            Option<&mut *mut eia_tensor>,
+        ) -> Option<Box<eia_error>>;
+        let binaries: [(Binary, Op); 3] =
+            [(eia_sub, Op::Sub), (eia_mul, Op::Mul), (eia_div, Op::Div)];
+        for (f, op) in binaries {
+            ok(f(
+                unsafe { a.as_ref() },
+                unsafe { ts.as_ref() },
+                unsafe { tx.as_ref() },
+                Some(&mut y),
+            ));
+            same(y, cpu.apply(&op, &[&cs, &cx]).unwrap());
+        }
+        let inputs = unsafe { [tx.as_ref(), ts.as_ref(), tx.as_ref()] };
+        ok(unsafe { eia_sum(a.as_ref(), inputs.as_ptr(), 3, Some(&mut y)) });
+        same(y, cpu.apply(&Op::Sum, &[&cx, &cs, &cx]).unwrap());
+        eia_tensor_free(unsafe { Box::from_raw(ts) }.into());
+
         for t in [ta, tb, tc, tm, tx, tw, tbias].into_iter().chain(tp) {
             eia_tensor_free(unsafe { Box::from_raw(t) }.into());
         }
@@ -301,7 +344,7 @@ fn local_ops_match_the_rust_api_and_usage_counts_them() {
     ops_match_the_rust_api(a);
     let mut u = eia_usage::default();
     ok(eia_accelerator_usage(unsafe { a.as_ref() }, Some(&mut u)));
-    assert_eq!(u.ops, 10);
+    assert_eq!(u.ops, 20); // 10 ops per dtype
     assert!(u.flops_f32 > 0 && u.flops_f16 > 0);
     assert_eq!(u.memory_used, 0, "every tensor was freed");
     assert_eq!(u.memory_quota, 1 << 20);
@@ -324,7 +367,7 @@ fn local_ops_match_the_rust_api_and_usage_counts_them() {
         unsafe { a.as_ref() },
         Some(&mut last),
     ));
-    assert_eq!(last.ops, 10);
+    assert_eq!(last.ops, 20);
     eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
     eia_device_free(unsafe { Box::from_raw(d) }.into());
 }
@@ -355,7 +398,7 @@ fn remote_ops_match_the_rust_api() {
     ops_match_the_rust_api(a);
     let mut u = eia_usage::default();
     ok(eia_accelerator_usage(unsafe { a.as_ref() }, Some(&mut u)));
-    assert_eq!(u.ops, 10);
+    assert_eq!(u.ops, 20); // 10 ops per dtype
     eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
 
     // Nothing listens on port 1: a network error, not a crash.

@@ -510,6 +510,11 @@ fn op_kind() -> impl Strategy<Value = Option<Kind>> {
             .prop_map(|epsilon| Some(Kind::BatchNorm(proto::BatchNormOp { epsilon }))),
         2 => prop::option::of(prop_oneof![3 => -5i64..5, 1 => any::<i64>()])
             .prop_map(|axis| Some(Kind::Softmax(proto::SoftmaxOp { axis }))),
+        2 => any::<bool>().prop_map(|relu| Some(Kind::Add(proto::AddOp { relu }))),
+        1 => Just(Some(Kind::Sub(proto::SubOp {}))),
+        1 => Just(Some(Kind::Mul(proto::MulOp {}))),
+        1 => Just(Some(Kind::Div(proto::DivOp {}))),
+        2 => Just(Some(Kind::Sum(proto::SumOp {}))),
         1 => Just(None),
     ]
 }
@@ -578,6 +583,21 @@ fn shaped_operands(kind: &Option<Kind>, pick: u64) -> (Vec<Handle>, Handle) {
                 x.push(f(13));
             }
             (x, f(14))
+        }
+        Some(Kind::Add(_) | Kind::Sub(_) | Kind::Mul(_) | Kind::Div(_)) => {
+            // Same shape, a per-channel broadcast, or (one time in four) shapes that clash.
+            if bit(1) && bit(2) {
+                (vec![f(9), f(13)], f(14))
+            } else if bit(0) {
+                (vec![f(0), f(8)], f(5))
+            } else {
+                (vec![f(0), f(5)], f(5))
+            }
+        }
+        Some(Kind::Sum(_)) => {
+            let n = 1 + (pick >> 4) as usize % 4;
+            let x = [f(0), f(8), f(5), f(4)];
+            (x[..n].to_vec(), f(5))
         }
         _ if bit(3) => (vec![f(0)], f(5)),
         _ => (

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::accelerator::{eia_accelerator, Accel};
 use super::error::{eia_error, guard, Outcome};
-use super::{elements, required};
 use super::tensor::{eia_tensor, on_accel, Held};
+use super::{elements, required};
 use crate::ops::{Add, AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
 use crate::tensor::Tensor;
 

@@ -160,7 +160,13 @@ pub fn plan(kind: BinaryKind, relu: bool, inputs: &[&TensorDesc]) -> Result<Bina
             }
             let j = from[o].unwrap_or(0);
             let pair = if kind == BinaryKind::Sum {
-                format!("{} {:?} and {} {:?}", names[j], inputs[j].shape(), names[k], t.shape())
+                format!(
+                    "{} {:?} and {} {:?}",
+                    names[j],
+                    inputs[j].shape(),
+                    names[k],
+                    t.shape()
+                )
             } else {
                 format!("A {:?} and B {:?}", inputs[0].shape(), inputs[1].shape())
             };
@@ -249,7 +255,10 @@ mod tests {
     #[test]
     fn collapses_the_common_cases() {
         let same = p(BinaryKind::Add, &[&[2, 3, 4], &[2, 3, 4]]).unwrap();
-        assert_eq!((same.dims.clone(), same.strides.clone()), (vec![24], vec![vec![1], vec![1]]));
+        assert_eq!(
+            (same.dims.clone(), same.strides.clone()),
+            (vec![24], vec![vec![1], vec![1]])
+        );
         assert!(same.same_shape());
         let scalar = p(BinaryKind::Mul, &[&[2, 3, 4], &[]]).unwrap();
         assert_eq!(scalar.dims, vec![24]);

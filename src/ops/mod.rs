@@ -24,10 +24,10 @@ pub mod gemm;
 pub mod softmax;
 
 pub use batchnorm::{BatchNorm, BatchNormPlan};
+pub use binary::{Add, BinaryKind, BinaryPlan};
 pub use conv::{AutoPad, Conv, ConvPlan};
 pub use gemm::{Gemm, GemmPlan, MatLayout, MatMul};
 pub use softmax::{Softmax, SoftmaxPlan};
-pub use binary::{Add, BinaryKind, BinaryPlan};
 
 /// The most inputs a variadic op (Sum, Concat) takes.
 pub const MAX_INPUTS: usize = 64;

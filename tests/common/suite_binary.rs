@@ -50,7 +50,11 @@ pub fn elementwise(
             for (x, s) in inputs {
                 let mut off = 0;
                 for (d, &dim) in s.iter().enumerate() {
-                    let c = if dim == 1 { 0 } else { coords[rank - s.len() + d] };
+                    let c = if dim == 1 {
+                        0
+                    } else {
+                        coords[rank - s.len() + d]
+                    };
                     off = off * dim + c;
                 }
                 acc = Some(match acc {
@@ -68,7 +72,9 @@ pub fn elementwise(
 fn ops() -> Vec<(Op, &'static str, fn(f64, f64) -> f64)> {
     vec![
         (Op::Add(Add::default()), "Add", |a, b| a + b),
-        (Op::Add(Add { relu: true }), "Add+ReLU", |a, b| (a + b).max(0.0)),
+        (Op::Add(Add { relu: true }), "Add+ReLU", |a, b| {
+            (a + b).max(0.0)
+        }),
         (Op::Sub, "Sub", |a, b| a - b),
         (Op::Mul, "Mul", |a, b| a * b),
         (Op::Div, "Div", |a, b| a / b),
@@ -116,7 +122,9 @@ pub fn binary_broadcast_kinds<B: Backend>(backend: &B) {
                 let a = random(&mut rng, dtype, a_shape, -2.0, 2.0);
                 // Divisors away from zero, either sign.
                 let b = if name == "Div" {
-                    let v = random(&mut rng, dtype, b_shape, 0.5, 2.0).data().to_f32_vec();
+                    let v = random(&mut rng, dtype, b_shape, 0.5, 2.0)
+                        .data()
+                        .to_f32_vec();
                     let signed: Vec<f32> = v
                         .iter()
                         .enumerate()
@@ -130,7 +138,13 @@ pub fn binary_broadcast_kinds<B: Backend>(backend: &B) {
                 let (want, shape) = elementwise(&[(&af, a_shape), (&bf, b_shape)], f);
                 let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
                 let (aa, ba) = (abs(&af), abs(&bf));
-                let g = |x: f64, y: f64| if name == "Mul" || name == "Div" { f(x, y).abs() } else { x + y };
+                let g = |x: f64, y: f64| {
+                    if name == "Mul" || name == "Div" {
+                        f(x, y).abs()
+                    } else {
+                        x + y
+                    }
+                };
                 let (scale, _) = elementwise(&[(&aa, a_shape), (&ba, b_shape)], g);
                 let mut y = poisoned(backend, dtype, &shape);
                 backend
@@ -161,11 +175,25 @@ pub fn sum_n_inputs<B: Backend>(backend: &B) {
         &[&[5, 7], &[7]],
         &[&[2, 3, 4], &[2, 3, 4], &[2, 3, 4]],
         &[&[2, 3, 4], &[3, 1], &[]],
-        &[&[1, 1], &[5, 1], &[1, 6], &[6], &[], &[1], &[5, 6], &[1, 1, 6], &[4, 1, 1]],
+        &[
+            &[1, 1],
+            &[5, 1],
+            &[1, 6],
+            &[6],
+            &[],
+            &[1],
+            &[5, 6],
+            &[1, 1, 6],
+            &[4, 1, 1],
+        ],
         &[&[1001usize][..]; 9],
         &[&[2usize, 8, 33][..]; 9],
         &[&[0, 3], &[3], &[1, 3]],
-        &[&[2, 1, 2, 1, 2, 1, 3], &[1, 3, 1, 2, 1, 2, 1], &[2, 1, 1, 1, 1, 1, 1]],
+        &[
+            &[2, 1, 2, 1, 2, 1, 3],
+            &[1, 3, 1, 2, 1, 2, 1],
+            &[2, 1, 1, 1, 1, 1, 1],
+        ],
     ];
     let max: Vec<&[usize]> = (0..MAX_INPUTS)
         .map(|i| if i % 2 == 0 { &[3, 5][..] } else { &[5][..] })
@@ -209,7 +237,10 @@ pub fn sum_n_inputs<B: Backend>(backend: &B) {
         let a = HostTensor::from_f32(dtype, &[3], &[2048.0, -1.0, 0.5]).unwrap();
         let b = HostTensor::from_f32(dtype, &[3], &[1.0, 0.25, -1.0]).unwrap();
         let y = backend
-            .apply(&Op::Add(Add { relu: true }), &[&up(backend, &a), &up(backend, &b)])
+            .apply(
+                &Op::Add(Add { relu: true }),
+                &[&up(backend, &a), &up(backend, &b)],
+            )
             .unwrap();
         let got = backend.download(&y).unwrap().data().to_f32_vec();
         let first = if dtype == DType::F16 { 2048.0 } else { 2049.0 };
@@ -246,7 +277,10 @@ pub fn binary_special_values<B: Backend>(backend: &B) {
                 let got = backend.download(&y).unwrap().data().to_f64_vec();
                 for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                     let ok = if w.is_nan() { g.is_nan() } else { g == w };
-                    assert!(ok, "{dtype} {name} {shapes:?}: element {i} is {g}, want {w}");
+                    assert!(
+                        ok,
+                        "{dtype} {name} {shapes:?}: element {i} is {g}, want {w}"
+                    );
                 }
             }
         }
@@ -266,22 +300,39 @@ fn expect_err<T: std::fmt::Debug>(what: &str, r: eia::Result<T>, check: impl Fn(
 /// Every bad input is a typed error naming the op and the operands, and leaves the output as
 /// it was: shapes that do not broadcast, mixed dtypes, wrong arity, a wrong output.
 pub fn errors_binary<B: Backend>(backend: &B) {
-    let f = |dtype: DType, shape: &[usize]| up(backend, &HostTensor::full(dtype, shape, 1.0).unwrap());
+    let f =
+        |dtype: DType, shape: &[usize]| up(backend, &HostTensor::full(dtype, shape, 1.0).unwrap());
     let f32s = |shape: &[usize]| f(DType::F32, shape);
     let untouched = |what: &str, y: &eia::Tensor<B::Storage>| {
         let v = backend.download(y).unwrap().data().to_f32_vec();
-        assert!(v.iter().all(|v| v.is_nan()), "{what}: output changed by a failed call");
+        assert!(
+            v.iter().all(|v| v.is_nan()),
+            "{what}: output changed by a failed call"
+        );
     };
-    let all = [Op::Add(Add { relu: true }), Op::Sub, Op::Mul, Op::Div, Op::Sum];
+    let all = [
+        Op::Add(Add { relu: true }),
+        Op::Sub,
+        Op::Mul,
+        Op::Div,
+        Op::Sum,
+    ];
     for op in &all {
         let name = op.name();
         let mut y = poisoned(backend, DType::F32, &[2, 3]);
-        for (a, b) in [(&[2, 3][..], &[4][..]), (&[2, 3], &[3, 3]), (&[2, 3, 3], &[2, 2, 1])] {
+        for (a, b) in [
+            (&[2, 3][..], &[4][..]),
+            (&[2, 3], &[3, 3]),
+            (&[2, 3, 3], &[2, 2, 1]),
+        ] {
             let what = format!("{name} {a:?} {b:?}");
             let r = backend.apply_into(op, &[&f32s(a), &f32s(b)], &mut y);
             let msg = r.as_ref().map(|_| ()).unwrap_err().to_string();
             expect_err(&what, r, |e| matches!(e, Error::Shape { .. }));
-            assert!(msg.contains(name) && msg.contains("do not broadcast"), "{msg}");
+            assert!(
+                msg.contains(name) && msg.contains("do not broadcast"),
+                "{msg}"
+            );
             untouched(&what, &y);
         }
         let msg = backend
@@ -291,7 +342,9 @@ pub fn errors_binary<B: Backend>(backend: &B) {
             .to_string();
         if *op != Op::Sum {
             assert!(
-                msg.contains(&format!("{name}: A [2, 3] and B [4] do not broadcast: dimension -1 is 3 and 4")),
+                msg.contains(&format!(
+                    "{name}: A [2, 3] and B [4] do not broadcast: dimension -1 is 3 and 4"
+                )),
                 "{msg}"
             );
         }
@@ -317,7 +370,11 @@ pub fn errors_binary<B: Backend>(backend: &B) {
         untouched(name, &wrong);
         // Arity: the binary ops take exactly two; Sum 1 ..= MAX_INPUTS.
         let t = f32s(&[2, 3]);
-        let counts: &[usize] = if *op == Op::Sum { &[0, MAX_INPUTS + 1] } else { &[0, 1, 3] };
+        let counts: &[usize] = if *op == Op::Sum {
+            &[0, MAX_INPUTS + 1]
+        } else {
+            &[0, 1, 3]
+        };
         for &n in counts {
             let inputs = vec![&t; n];
             expect_err(
@@ -330,10 +387,26 @@ pub fn errors_binary<B: Backend>(backend: &B) {
     }
     // Sum names the operands that clash.
     let mut y = poisoned(backend, DType::F32, &[2, 3]);
-    let r = backend.apply_into(&Op::Sum, &[&f32s(&[2, 3]), &f32s(&[3]), &f32s(&[2, 2])], &mut y);
+    let r = backend.apply_into(
+        &Op::Sum,
+        &[&f32s(&[2, 3]), &f32s(&[3]), &f32s(&[2, 2])],
+        &mut y,
+    );
     let msg = r.as_ref().map(|_| ()).unwrap_err().to_string();
     assert!(msg.contains("data_0") && msg.contains("data_2"), "{msg}");
-    let r = backend.apply_into(&Op::Sum, &[&f32s(&[2, 3]), &f32s(&[3]), &f(DType::F16, &[3])], &mut y);
-    expect_err("Sum dtypes", r, |e| matches!(e, Error::DTypeMismatch { operand: "data_2", .. }));
+    let r = backend.apply_into(
+        &Op::Sum,
+        &[&f32s(&[2, 3]), &f32s(&[3]), &f(DType::F16, &[3])],
+        &mut y,
+    );
+    expect_err("Sum dtypes", r, |e| {
+        matches!(
+            e,
+            Error::DTypeMismatch {
+                operand: "data_2",
+                ..
+            }
+        )
+    });
     untouched("Sum", &y);
 }

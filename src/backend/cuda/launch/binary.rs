@@ -118,9 +118,11 @@ fn one(plan: &BinaryPlan, dims: &[usize], strides: &[&[usize]], x: &[Ptr], y: Pt
         contiguous[d] = acc;
         acc *= dims[d];
     }
-    let same = strides
-        .iter()
-        .all(|s| s.iter().zip(&contiguous).all(|(a, b)| a == b || dims.len() == 1 && *a == 1));
+    let same = strides.iter().all(|s| {
+        s.iter()
+            .zip(&contiguous)
+            .all(|(a, b)| a == b || dims.len() == 1 && *a == 1)
+    });
     let t = THREADS as usize;
     let inner = *dims.last().unwrap_or(&1);
     let (variant, grid) = if same {
@@ -128,7 +130,10 @@ fn one(plan: &BinaryPlan, dims: &[usize], strides: &[&[usize]], x: &[Ptr], y: Pt
         let aligned = x.iter().chain([&y]).all(|p| p.is_multiple_of(16));
         let v = if aligned && n >= width { width } else { 1 };
         args.vec = (v > 1) as i32;
-        ("same", [(n / v).max(1).div_ceil(t).min(MAX_GRID_X) as u32, 1, 1])
+        (
+            "same",
+            [(n / v).max(1).div_ceil(t).min(MAX_GRID_X) as u32, 1, 1],
+        )
     } else if x.len() > 2 {
         ("sum", [n.div_ceil(t).min(MAX_GRID_X) as u32, 1, 1])
     } else if inner >= ROWS_MIN {
@@ -228,14 +233,20 @@ mod tests {
         assert_eq!((k[0].0.as_str(), k[0].1.vec), ("binary_same_f32", 1));
         let k = kernels(&plan(add, DType::F16, &[&[4, 5], &[4, 5]]), &[0, 2]);
         assert_eq!((k[0].0.as_str(), k[0].1.vec), ("binary_same_f16", 0));
-        let k = kernels(&plan(BinaryKind::Mul, DType::F32, &[&[2, 64, 7, 7], &[64, 1, 1]]), &[0, 0]);
+        let k = kernels(
+            &plan(BinaryKind::Mul, DType::F32, &[&[2, 64, 7, 7], &[64, 1, 1]]),
+            &[0, 0],
+        );
         assert_eq!(k[0].0, "binary_rows_f32");
         assert_eq!(&k[0].1.dims[..3], &[2, 64, 49]);
         assert_eq!((k[0].1.rank, k[0].1.op), (3, 2));
         let k = kernels(&plan(add, DType::F32, &[&[5, 1], &[1, 3]]), &[0, 0]);
         assert_eq!(k[0].0, "binary_strided_f32");
         let sum = BinaryKind::Sum;
-        let k = kernels(&plan(sum, DType::F16, &[&[3, 4], &[4], &[3, 1]]), &[0, 0, 0]);
+        let k = kernels(
+            &plan(sum, DType::F16, &[&[3, 4], &[4], &[3, 1]]),
+            &[0, 0, 0],
+        );
         assert_eq!((k[0].0.as_str(), k[0].1.n_in), ("binary_sum_f16", 3));
         let k = kernels(&plan(sum, DType::F32, &[&[3usize, 4][..]; 9]), &[0; 9]);
         assert_eq!((k[0].0.as_str(), k[0].1.n_in), ("binary_same_f32", 9));
@@ -326,12 +337,21 @@ mod emu_tests {
             .map(|b| b.storage().addr() + shift as Ptr * es)
             .collect();
         let mut names = Vec::new();
-        for l in binary(&plan, Arch::SM80, &xs, yt.storage().addr() + shift as Ptr * es) {
+        for l in binary(
+            &plan,
+            Arch::SM80,
+            &xs,
+            yt.storage().addr() + shift as Ptr * es,
+        ) {
             let KernelArgs::Binary(args) = l.args else {
                 panic!("not binary args")
             };
             names.push(l.kernel.clone());
-            let storages: Vec<_> = bufs.iter().map(|b| b.storage()).chain([yt.storage()]).collect();
+            let storages: Vec<_> = bufs
+                .iter()
+                .map(|b| b.storage())
+                .chain([yt.storage()])
+                .collect();
             // SAFETY: the params were planned for these buffers.
             unsafe {
                 emu.launch_kernel(&l.kernel, grid.unwrap_or(l.grid), l.block, &args, &storages)
@@ -385,9 +405,18 @@ mod emu_tests {
                 assert!(g.is_nan(), "{what}: element {i} is {g}, want NaN");
             } else if w.is_infinite() || w == 0.0 {
                 // FP16 overflow aside, exact.
-                assert!(g == w || (dtype == DType::F16 && g.is_infinite() == w.is_infinite() && (g - w).abs() < 1e-2), "{what}: element {i} is {g}, want {w}");
+                assert!(
+                    g == w
+                        || (dtype == DType::F16
+                            && g.is_infinite() == w.is_infinite()
+                            && (g - w).abs() < 1e-2),
+                    "{what}: element {i} is {g}, want {w}"
+                );
             } else {
-                assert!(((g - w) / w).abs() <= 4.0 * tol, "{what}: element {i} is {g}, want {w}");
+                assert!(
+                    ((g - w) / w).abs() <= 4.0 * tol,
+                    "{what}: element {i} is {g}, want {w}"
+                );
             }
         }
     }
@@ -403,7 +432,10 @@ mod emu_tests {
             (BinaryKind::Sub, &[&[], &[3, 45]]),
             (BinaryKind::Add, &[&[7, 1], &[1, 5]]),
             (BinaryKind::Mul, &[&[3, 1, 4, 1, 2], &[2, 1, 3, 1]]),
-            (BinaryKind::Add, &[&[2, 1, 3, 1, 2, 1, 3, 1], &[2, 1, 2, 1, 2, 1, 2]]),
+            (
+                BinaryKind::Add,
+                &[&[2, 1, 3, 1, 2, 1, 3, 1], &[2, 1, 2, 1, 2, 1, 2]],
+            ),
             (BinaryKind::Sum, &[&[3, 40]]),
             (BinaryKind::Sum, &[&[3, 40], &[3, 40], &[3, 40]]),
             (BinaryKind::Sum, &[&[3, 40], &[40], &[3, 1], &[], &[1, 1]]),
@@ -414,7 +446,8 @@ mod emu_tests {
                 for shift in [0, 1] {
                     for grid in [None, Some([1, 1, 1])] {
                         let (got, want, k) = run(*kind, dtype, shapes, shift, grid, false);
-                        let what = format!("{kind:?} {dtype} {shapes:?} shift {shift} {grid:?} {k:?}");
+                        let what =
+                            format!("{kind:?} {dtype} {shapes:?} shift {shift} {grid:?} {k:?}");
                         check(&what, dtype, &got, &want);
                         seen.extend(k);
                     }
@@ -430,7 +463,12 @@ mod emu_tests {
     #[test]
     fn special_values() {
         for dtype in DType::ALL {
-            for kind in [BinaryKind::Add, BinaryKind::Sub, BinaryKind::Mul, BinaryKind::Div] {
+            for kind in [
+                BinaryKind::Add,
+                BinaryKind::Sub,
+                BinaryKind::Mul,
+                BinaryKind::Div,
+            ] {
                 for shapes in [&[&[37usize][..], &[37][..]][..], &[&[3, 40], &[40]]] {
                     let (got, want, k) = run(kind, dtype, shapes, 0, None, true);
                     check(&format!("{kind:?} {dtype} {k:?}"), dtype, &got, &want);
