@@ -68,8 +68,11 @@ pub fn elementwise(
     (y, out)
 }
 
+/// A float64 elementwise function.
+type F64Op = fn(f64, f64) -> f64;
+
 /// The binary ops under test, with their float64 functions.
-fn ops() -> Vec<(Op, &'static str, fn(f64, f64) -> f64)> {
+fn ops() -> Vec<(Op, &'static str, F64Op)> {
     vec![
         (Op::Add(Add::default()), "Add", |a, b| a + b),
         (Op::Add(Add { relu: true }), "Add+ReLU", |a, b| {
