@@ -14,15 +14,19 @@
 //! - Conv: `2·N·K·P·Q·(C/group)·R·S`; bias and ReLU are not charged.
 //! - BatchNormalization: `2` per element (one multiply, one add after folding the statistics).
 //! - Softmax: `5` per element (max, subtract, exp, sum, scale).
+//! - MaxPool / AveragePool: the window's taps (`kernel_h·kernel_w`, padding positions
+//!   included) per output element; GlobalMaxPool / GlobalAveragePool: `1` per input element.
 
 pub mod batchnorm;
 pub mod conv;
 pub mod gemm;
+pub mod pool;
 pub mod softmax;
 
 pub use batchnorm::{BatchNorm, BatchNormPlan};
 pub use conv::{AutoPad, Conv, ConvPlan};
 pub use gemm::{Gemm, GemmPlan, MatLayout, MatMul};
+pub use pool::{AveragePool, MaxPool, PoolKind, PoolPlan};
 pub use softmax::{Softmax, SoftmaxPlan};
 
 use crate::dtype::DType;
@@ -42,6 +46,14 @@ pub enum Op {
     BatchNorm(BatchNorm),
     /// Input X.
     Softmax(Softmax),
+    /// Input X (NCHW). Only the first output, Y, is supported (not Indices).
+    MaxPool(MaxPool),
+    /// Input X (NCHW).
+    AveragePool(AveragePool),
+    /// Input X (rank >= 3).
+    GlobalAveragePool,
+    /// Input X (rank >= 3).
+    GlobalMaxPool,
 }
 
 /// An op's validated plan: the kernel family's resolved problem, and the op it came from.
@@ -60,6 +72,8 @@ pub enum FamilyPlan {
     Conv(ConvPlan),
     BatchNorm(BatchNormPlan),
     Softmax(SoftmaxPlan),
+    /// MaxPool, AveragePool, GlobalMaxPool and GlobalAveragePool.
+    Pool(PoolPlan),
 }
 
 impl Op {
@@ -71,6 +85,10 @@ impl Op {
             Op::Conv(_) => "Conv",
             Op::BatchNorm(_) => "BatchNormalization",
             Op::Softmax(_) => "Softmax",
+            Op::MaxPool(_) => "MaxPool",
+            Op::AveragePool(_) => "AveragePool",
+            Op::GlobalAveragePool => "GlobalAveragePool",
+            Op::GlobalMaxPool => "GlobalMaxPool",
         }
     }
 
@@ -83,6 +101,9 @@ impl Op {
             Op::Conv(_) => (&["X", "W", "B"], 2),
             Op::BatchNorm(_) => (&["X", "scale", "B", "input_mean", "input_var"], 5),
             Op::Softmax(_) => (&["X"], 1),
+            Op::MaxPool(_) | Op::AveragePool(_) | Op::GlobalAveragePool | Op::GlobalMaxPool => {
+                (&["X"], 1)
+            }
         }
     }
 
@@ -114,6 +135,10 @@ impl Op {
             Op::Conv(c) => FamilyPlan::Conv(c.plan(x[0], x[1], x.get(2).copied())?),
             Op::BatchNorm(b) => FamilyPlan::BatchNorm(b.plan(x[0], [x[1], x[2], x[3], x[4]])?),
             Op::Softmax(s) => FamilyPlan::Softmax(s.plan(x[0])?),
+            Op::MaxPool(m) => FamilyPlan::Pool(m.plan(x[0])?),
+            Op::AveragePool(a) => FamilyPlan::Pool(a.plan(x[0])?),
+            Op::GlobalAveragePool => FamilyPlan::Pool(pool::plan_global(false, x[0])?),
+            Op::GlobalMaxPool => FamilyPlan::Pool(pool::plan_global(true, x[0])?),
         };
         Ok(Plan {
             op: self.clone(),
@@ -130,6 +155,7 @@ impl Plan {
             FamilyPlan::Conv(p) => &p.output,
             FamilyPlan::BatchNorm(p) => &p.output,
             FamilyPlan::Softmax(p) => &p.output,
+            FamilyPlan::Pool(p) => &p.output,
         }
     }
 
@@ -140,6 +166,7 @@ impl Plan {
             FamilyPlan::Conv(p) => p.flops(),
             FamilyPlan::BatchNorm(p) => p.flops(),
             FamilyPlan::Softmax(p) => p.flops(),
+            FamilyPlan::Pool(p) => p.flops(),
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod reference;
 pub mod suite;
+pub mod suite_pool;
 
 use eia::{Backend, DType, HostTensor, Tensor};
 use rand::rngs::StdRng;
@@ -124,6 +125,12 @@ macro_rules! backend_suite {
             errors_conv,
             errors_batch_norm_softmax,
             errors_leave_output_untouched,
+            max_pool_matches_reference,
+            average_pool_matches_reference,
+            average_pool_count_include_pad_known_answer,
+            global_pools_match_reference,
+            pool_empty_tensors,
+            errors_pool,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {

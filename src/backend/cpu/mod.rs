@@ -7,6 +7,7 @@ mod batchnorm;
 mod conv;
 mod depthwise;
 mod gemm;
+mod pool;
 mod scratch;
 mod simd;
 mod softmax;
@@ -143,6 +144,11 @@ impl Backend for CpuBackend {
             FamilyPlan::Softmax(p) => match (x[0], y) {
                 (HostData::F32(x), HostData::F32(y)) => softmax::softmax(p, x, y),
                 (HostData::F16(x), HostData::F16(y)) => softmax::softmax(p, x, y),
+                _ => unreachable!("plans are validated: input and output share a dtype"),
+            },
+            FamilyPlan::Pool(p) => match (x[0], y) {
+                (HostData::F32(x), HostData::F32(y)) => pool::pool(p, x, y),
+                (HostData::F16(x), HostData::F16(y)) => pool::pool(p, x, y),
                 _ => unreachable!("plans are validated: input and output share a dtype"),
             },
         });
