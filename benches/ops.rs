@@ -2,11 +2,11 @@
 //! (`eia::workload`), on the CPU backend, each with a peer in the same run:
 //! - GEMM: the `gemm` crate called directly on the same operands (its FP32 kernels, and its
 //!   native FP16 kernels for FP16);
-//! - batch norm and softmax: a multi-threaded copy of the same bytes (the memory-bandwidth floor);
+//! - batch norm, softmax and pools: a multi-threaded copy of the same bytes (the memory-bandwidth floor);
 //! - convolution: onnxruntime, via `benches/compare.sh` (a Python peer cannot run inside
 //!   criterion).
 //!
-//! Throughput is FLOPs (shown as Gelem/s = GFLOPS) for GEMM/conv and bytes for BN/softmax.
+//! Throughput is FLOPs (shown as Gelem/s = GFLOPS) for GEMM/conv and bytes for BN/softmax/pools.
 //! Filter as usual: `cargo bench --bench ops -- gemm/FP32`.
 
 use std::time::Duration;
@@ -133,9 +133,13 @@ fn softmax_benches(c: &mut Criterion) {
     family(c, "softmax", &Workload::softmaxes());
 }
 
+fn pool_benches(c: &mut Criterion) {
+    family(c, "pool", &Workload::pools());
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = gemm_benches, conv_benches, batch_norm_benches, softmax_benches
+    targets = gemm_benches, conv_benches, batch_norm_benches, softmax_benches, pool_benches
 }
 criterion_main!(benches);

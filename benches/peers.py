@@ -18,7 +18,7 @@ printed instead.
 Model layout: Gemm takes A[m,k] and B[k,n] as graph inputs (plain Y = A.B, as
 numpy and eia see them); Conv takes X as input and W, bias as initializers;
 BatchNormalization takes X as input and scale, B, mean, var as initializers;
-Softmax (axis=-1) takes X as input. Inputs are deterministic uniform random
+Softmax (axis=-1) and the pools (MaxPool, GlobalAveragePool, ...) take X as input. Inputs are deterministic uniform random
 values (seeded from the workload id); BN variance lies in [0.5, 1.5].
 
 For gemm workloads numpy `a @ b` (its bundled OpenBLAS) is timed as a second
@@ -42,7 +42,7 @@ import tempfile
 import time
 import zlib
 
-MEMORY_BOUND = {"batchnorm", "softmax"}  # reported in GB/s; gemm and conv in GFLOPS
+MEMORY_BOUND = {"batchnorm", "softmax", "pool"}  # reported in GB/s; gemm and conv in GFLOPS
 
 
 def parse_args():
@@ -109,6 +109,10 @@ def build(w, np_dtype, onnx_dtype, rng):
         op = "Softmax"
         inputs = {"X": rand(w["shape"])}
         attrs = dict(axis=-1)
+    elif family == "pool":
+        op = w["op"]
+        inputs = {"X": rand(w["shape"])}
+        attrs = {k: w[k] for k in ("kernel_shape", "strides", "pads") if k in w}
     else:
         raise ValueError(f"unknown family {family!r}")
 

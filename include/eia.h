@@ -95,6 +95,43 @@ typedef struct eia_usage {
 // What kind of failure an `eia_error` reports (one of the `EIA_ERR_*` values).
 typedef uint32_t eia_code_t;
 
+// ONNX `auto_pad` (one of the `EIA_AUTO_PAD_*` values).
+typedef uint32_t eia_auto_pad_t;
+
+// ONNX MaxPool attributes (2-D NCHW). Only the Y output is computed (not Indices).
+typedef struct eia_max_pool_attrs {
+  // {kernel_h, kernel_w}; required (the default {0, 0} is refused).
+  size_t kernel_shape[2];
+  // {stride_h, stride_w}.
+  size_t strides[2];
+  // ONNX order {top, left, bottom, right}; used only with `EIA_AUTO_PAD_NOTSET`; each must
+  // be smaller than the kernel on its axis.
+  size_t pads[4];
+  // {dilation_h, dilation_w}.
+  size_t dilations[2];
+  bool ceil_mode;
+  // One of the `EIA_AUTO_PAD_*` values.
+  eia_auto_pad_t auto_pad;
+  // Only 0 is supported (it orders the Indices output).
+  int64_t storage_order;
+} eia_max_pool_attrs;
+
+// ONNX AveragePool attributes (2-D NCHW).
+typedef struct eia_average_pool_attrs {
+  // {kernel_h, kernel_w}; required (the default {0, 0} is refused).
+  size_t kernel_shape[2];
+  // {stride_h, stride_w}.
+  size_t strides[2];
+  // ONNX order {top, left, bottom, right}; used only with `EIA_AUTO_PAD_NOTSET`; each must
+  // be smaller than the kernel on its axis.
+  size_t pads[4];
+  bool ceil_mode;
+  // Divide by the window's positions inside the padded input, not its input elements.
+  bool count_include_pad;
+  // One of the `EIA_AUTO_PAD_*` values.
+  eia_auto_pad_t auto_pad;
+} eia_average_pool_attrs;
+
 // ONNX Gemm attributes: `Y = relu?(alpha·A'·B' + beta·C)`.
 typedef struct eia_gemm_attrs {
   float alpha;
@@ -104,9 +141,6 @@ typedef struct eia_gemm_attrs {
   // Apply max(0, y) to the result (fused; not an ONNX attribute).
   bool relu;
 } eia_gemm_attrs;
-
-// ONNX `auto_pad` (one of the `EIA_AUTO_PAD_*` values).
-typedef uint32_t eia_auto_pad_t;
 
 // ONNX Conv attributes for 2-D NCHW input and OIHW weights.
 typedef struct eia_conv_attrs {
@@ -314,6 +348,14 @@ void eia_string_free(char *s);
 // The library's version, e.g. "0.1.0" (static; never freed).
 const char *eia_version(void);
 
+// MaxPool's ONNX defaults: strides 1, no pads, dilations 1, no ceil_mode, NOTSET,
+// storage_order 0; kernel_shape {0, 0} (must be set).
+struct eia_max_pool_attrs eia_max_pool_attrs_default(void);
+
+// AveragePool's ONNX defaults: strides 1, no pads, no ceil_mode, count_include_pad 0,
+// NOTSET; kernel_shape {0, 0} (must be set).
+struct eia_average_pool_attrs eia_average_pool_attrs_default(void);
+
 // Gemm's ONNX defaults: alpha 1, beta 1, no transposes, no ReLU.
 struct eia_gemm_attrs eia_gemm_attrs_default(void);
 
@@ -365,6 +407,28 @@ struct eia_error *eia_softmax(const struct eia_accelerator *accelerator,
                               const struct eia_softmax_attrs *attrs,
                               const struct eia_tensor *x,
                               struct eia_tensor **y);
+
+// ONNX MaxPool (2-D): `x` is NCHW; only the Y output (not Indices).
+struct eia_error *eia_max_pool(const struct eia_accelerator *accelerator,
+                               const struct eia_max_pool_attrs *attrs,
+                               const struct eia_tensor *x,
+                               struct eia_tensor **y);
+
+// ONNX AveragePool (2-D): `x` is NCHW.
+struct eia_error *eia_average_pool(const struct eia_accelerator *accelerator,
+                                   const struct eia_average_pool_attrs *attrs,
+                                   const struct eia_tensor *x,
+                                   struct eia_tensor **y);
+
+// ONNX GlobalAveragePool: the mean over every spatial axis of `x` (rank >= 3).
+struct eia_error *eia_global_average_pool(const struct eia_accelerator *accelerator,
+                                          const struct eia_tensor *x,
+                                          struct eia_tensor **y);
+
+// ONNX GlobalMaxPool: the largest element over every spatial axis of `x` (rank >= 3).
+struct eia_error *eia_global_max_pool(const struct eia_accelerator *accelerator,
+                                      const struct eia_tensor *x,
+                                      struct eia_tensor **y);
 
 // Creates a tensor on `accelerator` from host memory: `rank` dimensions at `shape` (row-major;
 // rank 0 is a scalar and `shape` may then be NULL) and `nbytes` bytes of little-endian elements

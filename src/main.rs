@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the inference workloads (GEMM, conv, batchnorm, softmax) and print GFLOPS / GB/s.
+    /// Run the inference workloads (GEMM, conv, batchnorm, softmax, pool) and print GFLOPS / GB/s.
     Run {
         /// Element types to run: fp32, fp16 (repeatable; default both).
         #[arg(long = "dtype", value_parser = parse_dtype)]
@@ -602,5 +602,19 @@ fn workload_json(w: &Workload) -> String {
         ),
         Workload::BatchNorm { shape } => format!("{{{head},\"shape\":{shape:?}}}"),
         Workload::Softmax { rows, len } => format!("{{{head},\"shape\":[{rows},{len}]}}"),
+        Workload::Pool { x, op, .. } => {
+            let attrs = match op {
+                eia::ops::Op::MaxPool(m) => format!(
+                    ",\"kernel_shape\":{:?},\"strides\":{:?},\"pads\":{:?}",
+                    m.kernel_shape, m.strides, m.pads
+                ),
+                eia::ops::Op::AveragePool(a) => format!(
+                    ",\"kernel_shape\":{:?},\"strides\":{:?},\"pads\":{:?}",
+                    a.kernel_shape, a.strides, a.pads
+                ),
+                _ => String::new(),
+            };
+            format!("{{{head},\"op\":\"{}\",\"shape\":{x:?}{attrs}}}", op.name())
+        }
     }
 }

@@ -6,7 +6,7 @@
 use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::{BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{BatchNorm, Conv, Gemm, MaxPool, Op, Softmax};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// One benchmarkable problem.
@@ -25,6 +25,13 @@ pub enum Workload {
     BatchNorm { shape: [usize; 4] },
     /// Softmax over the last axis of `[rows, len]`.
     Softmax { rows: usize, len: usize },
+    /// A pool (`op`: MaxPool, AveragePool, GlobalAveragePool or GlobalMaxPool) of an
+    /// `[N, C, H, W]` activation; `name` says which network layer it is.
+    Pool {
+        name: &'static str,
+        x: [usize; 4],
+        op: Op,
+    },
 }
 
 impl Workload {
@@ -98,6 +105,34 @@ impl Workload {
             .into()
     }
 
+    /// ResNet-50's pools at batch 1 and 8: the stem MaxPool (3×3, stride 2, pads 1) and the
+    /// GlobalAveragePool before the classifier.
+    pub fn pools() -> Vec<Workload> {
+        let stem = Op::MaxPool(MaxPool {
+            kernel_shape: [3, 3],
+            strides: [2, 2],
+            pads: [1; 4],
+            ..MaxPool::default()
+        });
+        [1, 8]
+            .into_iter()
+            .flat_map(|n| {
+                [
+                    Workload::Pool {
+                        name: "maxpool_3x3s2",
+                        x: [n, 64, 112, 112],
+                        op: stem.clone(),
+                    },
+                    Workload::Pool {
+                        name: "global_avg",
+                        x: [n, 2048, 7, 7],
+                        op: Op::GlobalAveragePool,
+                    },
+                ]
+            })
+            .collect()
+    }
+
     /// The sizes a GPU is judged at besides the shared ones: GEMM 4096³ and 8192³, and batch norm
     /// and softmax on tensors far larger than a GPU's caches.
     pub fn gpu_scale() -> Vec<Workload> {
@@ -133,16 +168,18 @@ impl Workload {
         all.extend(Self::resnet50_convs(8));
         all.extend(Self::batch_norms());
         all.extend(Self::softmaxes());
+        all.extend(Self::pools());
         all
     }
 
-    /// The op family: "gemm", "conv", "batchnorm" or "softmax".
+    /// The op family: "gemm", "conv", "batchnorm", "softmax" or "pool".
     pub fn family(&self) -> &'static str {
         match self {
             Workload::Gemm { .. } => "gemm",
             Workload::Conv { .. } => "conv",
             Workload::BatchNorm { .. } => "batchnorm",
             Workload::Softmax { .. } => "softmax",
+            Workload::Pool { .. } => "pool",
         }
     }
 
@@ -155,6 +192,7 @@ impl Workload {
                 shape: [n, c, h, w],
             } => format!("batchnorm/{n}x{c}x{h}x{w}"),
             Workload::Softmax { rows, len } => format!("softmax/{rows}x{len}"),
+            Workload::Pool { name, x, .. } => format!("pool/{name}/n{}", x[0]),
         }
     }
 
@@ -169,6 +207,7 @@ impl Workload {
                 Ok(vec![d(shape)?, p.clone(), p.clone(), p.clone(), p])
             }
             Workload::Softmax { rows, len } => Ok(vec![d(&[*rows, *len])?]),
+            Workload::Pool { x, .. } => Ok(vec![d(x)?]),
         }
     }
 
@@ -179,6 +218,7 @@ impl Workload {
             Workload::Conv { conv, .. } => Op::Conv(conv.clone()),
             Workload::BatchNorm { .. } => Op::BatchNorm(BatchNorm::default()),
             Workload::Softmax { .. } => Op::Softmax(Softmax::default()),
+            Workload::Pool { op, .. } => op.clone(),
         }
     }
 
@@ -198,7 +238,10 @@ impl Workload {
 
     /// Whether throughput is best judged in GB/s (memory-bound) rather than GFLOPS.
     pub fn memory_bound(&self) -> bool {
-        matches!(self, Workload::BatchNorm { .. } | Workload::Softmax { .. })
+        matches!(
+            self,
+            Workload::BatchNorm { .. } | Workload::Softmax { .. } | Workload::Pool { .. }
+        )
     }
 
     /// Uploads deterministic pseudo-random inputs (never all zero; BN variances positive) and

@@ -665,3 +665,76 @@ fn many_threads_share_one_accelerator_and_its_tensors() {
     eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
     eia_device_free(unsafe { Box::from_raw(d) }.into());
 }
+
+/// The pools through the ABI match the Rust API bit for bit, and a MaxPool without its
+/// kernel_shape (the default) is an invalid-argument error that leaves `y` alone.
+#[test]
+fn pool_ops_match_the_rust_api() {
+    use eia::ops::{AutoPad, AveragePool, MaxPool, Op};
+    let d = device();
+    let a = attach(d, "tiny");
+    let cpu = CpuBackend::new();
+    for dtype in DType::ALL {
+        let hx = random(dtype, &[2, 3, 7, 6], 11);
+        let tx = tensor(a, &hx);
+        let cx = cpu.upload(&hx).unwrap();
+        let same = |t: *mut eia_tensor, op: Op| {
+            let expected = cpu.apply(&op, &[&cx]).unwrap();
+            assert_eq!(read(t), expected.as_bytes(), "{op:?}");
+            eia_tensor_free(unsafe { Box::from_raw(t) }.into());
+        };
+        let mut y = ptr::null_mut();
+        let mut m = eia_max_pool_attrs_default();
+        m.kernel_shape = [3, 2];
+        m.strides = [2, 1];
+        m.pads = [1, 0, 2, 1];
+        m.dilations = [1, 2];
+        m.ceil_mode = true;
+        ok(unsafe { eia_max_pool(a.as_ref(), Some(&m), tx.as_ref(), Some(&mut y)) });
+        let op = MaxPool {
+            kernel_shape: [3, 2],
+            strides: [2, 1],
+            pads: [1, 0, 2, 1],
+            dilations: [1, 2],
+            ceil_mode: true,
+            ..MaxPool::default()
+        };
+        same(y, Op::MaxPool(op));
+        let mut v = eia_average_pool_attrs_default();
+        v.kernel_shape = [2, 3];
+        v.strides = [2, 2];
+        v.count_include_pad = true;
+        v.auto_pad = EIA_AUTO_PAD_SAME_LOWER;
+        ok(unsafe { eia_average_pool(a.as_ref(), Some(&v), tx.as_ref(), Some(&mut y)) });
+        let op = AveragePool {
+            kernel_shape: [2, 3],
+            strides: [2, 2],
+            count_include_pad: true,
+            auto_pad: AutoPad::SameLower,
+            ..AveragePool::default()
+        };
+        same(y, Op::AveragePool(op));
+        ok(unsafe { eia_global_average_pool(a.as_ref(), tx.as_ref(), Some(&mut y)) });
+        same(y, Op::GlobalAveragePool);
+        ok(unsafe { eia_global_max_pool(a.as_ref(), tx.as_ref(), Some(&mut y)) });
+        same(y, Op::GlobalMaxPool);
+        // Errors: no kernel_shape; an unknown auto_pad; both leave y alone.
+        let mut y = ptr::null_mut();
+        let bad = eia_max_pool_attrs_default();
+        fails(
+            unsafe { eia_max_pool(a.as_ref(), Some(&bad), tx.as_ref(), Some(&mut y)) },
+            EIA_ERR_ATTRIBUTE,
+            "kernel_shape",
+        );
+        v.auto_pad = 9;
+        fails(
+            unsafe { eia_average_pool(a.as_ref(), Some(&v), tx.as_ref(), Some(&mut y)) },
+            EIA_ERR_INVALID_ARGUMENT,
+            "auto_pad",
+        );
+        assert!(y.is_null());
+        eia_tensor_free(unsafe { Box::from_raw(tx) }.into());
+    }
+    eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
+    eia_device_free(unsafe { Box::from_raw(d) }.into());
+}

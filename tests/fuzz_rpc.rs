@@ -510,6 +510,31 @@ fn op_kind() -> impl Strategy<Value = Option<Kind>> {
             .prop_map(|epsilon| Some(Kind::BatchNorm(proto::BatchNormOp { epsilon }))),
         2 => prop::option::of(prop_oneof![3 => -5i64..5, 1 => any::<i64>()])
             .prop_map(|axis| Some(Kind::Softmax(proto::SoftmaxOp { axis }))),
+        2 => (attr_pair(), attr_pair(), pads(), attr_pair(), any::<bool>(), prop::option::of(-1i64..2))
+            .prop_map(|(kernel_shape, strides, pads, dilations, ceil_mode, storage_order)| {
+                Some(Kind::MaxPool(proto::MaxPoolOp {
+                    kernel_shape,
+                    strides,
+                    pads,
+                    dilations,
+                    ceil_mode,
+                    auto_pad: String::new(),
+                    storage_order,
+                }))
+            }),
+        2 => (attr_pair(), attr_pair(), pads(), any::<bool>(), any::<bool>())
+            .prop_map(|(kernel_shape, strides, pads, ceil_mode, count_include_pad)| {
+                Some(Kind::AveragePool(proto::AveragePoolOp {
+                    kernel_shape,
+                    strides,
+                    pads,
+                    ceil_mode,
+                    count_include_pad,
+                    auto_pad: String::new(),
+                }))
+            }),
+        1 => Just(Some(Kind::GlobalAveragePool(proto::GlobalAveragePoolOp {}))),
+        1 => Just(Some(Kind::GlobalMaxPool(proto::GlobalMaxPoolOp {}))),
         1 => Just(None),
     ]
 }

@@ -8,7 +8,7 @@ use super::accelerator::{eia_accelerator, Accel};
 use super::error::{eia_error, guard, Outcome};
 use super::required;
 use super::tensor::{eia_tensor, on_accel, Held};
-use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{AutoPad, AveragePool, BatchNorm, Conv, Gemm, MaxPool, Op, Softmax};
 use crate::tensor::Tensor;
 
 /// ONNX `auto_pad` (one of the `EIA_AUTO_PAD_*` values).
@@ -83,18 +83,7 @@ impl From<&eia_gemm_attrs> for Gemm {
 impl TryFrom<&eia_conv_attrs> for Conv {
     type Error = eia_error;
     fn try_from(a: &eia_conv_attrs) -> Result<Self, eia_error> {
-        let auto_pad = match a.auto_pad {
-            EIA_AUTO_PAD_NOTSET => AutoPad::NotSet,
-            EIA_AUTO_PAD_SAME_UPPER => AutoPad::SameUpper,
-            EIA_AUTO_PAD_SAME_LOWER => AutoPad::SameLower,
-            EIA_AUTO_PAD_VALID => AutoPad::Valid,
-            other => {
-                return Err(eia_error::invalid(format!(
-                    "auto_pad {other} is unknown: use one of EIA_AUTO_PAD_NOTSET, _SAME_UPPER, \
-                     _SAME_LOWER, _VALID (0-3)"
-                )))
-            }
-        };
+        let auto_pad = auto_pad_from(a.auto_pad)?;
         Ok(Conv {
             strides: a.strides,
             pads: a.pads,
@@ -104,6 +93,120 @@ impl TryFrom<&eia_conv_attrs> for Conv {
             kernel_shape: (a.kernel_shape != [0, 0]).then_some(a.kernel_shape),
             relu: a.relu,
         })
+    }
+}
+
+/// ONNX MaxPool attributes (2-D NCHW). Only the Y output is computed (not Indices).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_max_pool_attrs {
+    /// {kernel_h, kernel_w}; required (the default {0, 0} is refused).
+    pub kernel_shape: [usize; 2],
+    /// {stride_h, stride_w}.
+    pub strides: [usize; 2],
+    /// ONNX order {top, left, bottom, right}; used only with `EIA_AUTO_PAD_NOTSET`; each must
+    /// be smaller than the kernel on its axis.
+    pub pads: [usize; 4],
+    /// {dilation_h, dilation_w}.
+    pub dilations: [usize; 2],
+    pub ceil_mode: bool,
+    /// One of the `EIA_AUTO_PAD_*` values.
+    pub auto_pad: eia_auto_pad_t,
+    /// Only 0 is supported (it orders the Indices output).
+    pub storage_order: i64,
+}
+
+/// ONNX AveragePool attributes (2-D NCHW).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_average_pool_attrs {
+    /// {kernel_h, kernel_w}; required (the default {0, 0} is refused).
+    pub kernel_shape: [usize; 2],
+    /// {stride_h, stride_w}.
+    pub strides: [usize; 2],
+    /// ONNX order {top, left, bottom, right}; used only with `EIA_AUTO_PAD_NOTSET`; each must
+    /// be smaller than the kernel on its axis.
+    pub pads: [usize; 4],
+    pub ceil_mode: bool,
+    /// Divide by the window's positions inside the padded input, not its input elements.
+    pub count_include_pad: bool,
+    /// One of the `EIA_AUTO_PAD_*` values.
+    pub auto_pad: eia_auto_pad_t,
+}
+
+/// `auto_pad` from its `EIA_AUTO_PAD_*` value.
+fn auto_pad_from(v: eia_auto_pad_t) -> Result<AutoPad, eia_error> {
+    Ok(match v {
+        EIA_AUTO_PAD_NOTSET => AutoPad::NotSet,
+        EIA_AUTO_PAD_SAME_UPPER => AutoPad::SameUpper,
+        EIA_AUTO_PAD_SAME_LOWER => AutoPad::SameLower,
+        EIA_AUTO_PAD_VALID => AutoPad::Valid,
+        other => {
+            return Err(eia_error::invalid(format!(
+                "auto_pad {other} is unknown: use one of EIA_AUTO_PAD_NOTSET, _SAME_UPPER, \
+                 _SAME_LOWER, _VALID (0-3)"
+            )))
+        }
+    })
+}
+
+impl TryFrom<&eia_max_pool_attrs> for MaxPool {
+    type Error = eia_error;
+    fn try_from(a: &eia_max_pool_attrs) -> Result<Self, eia_error> {
+        Ok(MaxPool {
+            kernel_shape: a.kernel_shape,
+            strides: a.strides,
+            pads: a.pads,
+            dilations: a.dilations,
+            ceil_mode: a.ceil_mode,
+            auto_pad: auto_pad_from(a.auto_pad)?,
+            storage_order: a.storage_order,
+        })
+    }
+}
+
+impl TryFrom<&eia_average_pool_attrs> for AveragePool {
+    type Error = eia_error;
+    fn try_from(a: &eia_average_pool_attrs) -> Result<Self, eia_error> {
+        Ok(AveragePool {
+            kernel_shape: a.kernel_shape,
+            strides: a.strides,
+            pads: a.pads,
+            ceil_mode: a.ceil_mode,
+            count_include_pad: a.count_include_pad,
+            auto_pad: auto_pad_from(a.auto_pad)?,
+        })
+    }
+}
+
+/// MaxPool's ONNX defaults: strides 1, no pads, dilations 1, no ceil_mode, NOTSET,
+/// storage_order 0; kernel_shape {0, 0} (must be set).
+#[no_mangle]
+pub extern "C" fn eia_max_pool_attrs_default() -> eia_max_pool_attrs {
+    let d = MaxPool::default();
+    eia_max_pool_attrs {
+        kernel_shape: d.kernel_shape,
+        strides: d.strides,
+        pads: d.pads,
+        dilations: d.dilations,
+        ceil_mode: d.ceil_mode,
+        auto_pad: EIA_AUTO_PAD_NOTSET,
+        storage_order: d.storage_order,
+    }
+}
+
+/// AveragePool's ONNX defaults: strides 1, no pads, no ceil_mode, count_include_pad 0,
+/// NOTSET; kernel_shape {0, 0} (must be set).
+#[no_mangle]
+pub extern "C" fn eia_average_pool_attrs_default() -> eia_average_pool_attrs {
+    let d = AveragePool::default();
+    eia_average_pool_attrs {
+        kernel_shape: d.kernel_shape,
+        strides: d.strides,
+        pads: d.pads,
+        ceil_mode: d.ceil_mode,
+        count_include_pad: d.count_include_pad,
+        auto_pad: EIA_AUTO_PAD_NOTSET,
     }
 }
 
@@ -274,5 +377,78 @@ pub extern "C" fn eia_softmax(
         });
         let inputs = [Some(required(x, "x")?)];
         run(accelerator, op, &inputs, required(y, "y")?)
+    })
+}
+
+/// ONNX MaxPool (2-D): `x` is NCHW; only the Y output (not Indices).
+#[no_mangle]
+pub extern "C" fn eia_max_pool(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_max_pool_attrs>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let accelerator = required(accelerator, "accelerator")?;
+        let op = Op::MaxPool(required(attrs, "attrs")?.try_into()?);
+        run(
+            accelerator,
+            op,
+            &[Some(required(x, "x")?)],
+            required(y, "y")?,
+        )
+    })
+}
+
+/// ONNX AveragePool (2-D): `x` is NCHW.
+#[no_mangle]
+pub extern "C" fn eia_average_pool(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_average_pool_attrs>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let accelerator = required(accelerator, "accelerator")?;
+        let op = Op::AveragePool(required(attrs, "attrs")?.try_into()?);
+        run(
+            accelerator,
+            op,
+            &[Some(required(x, "x")?)],
+            required(y, "y")?,
+        )
+    })
+}
+
+/// ONNX GlobalAveragePool: the mean over every spatial axis of `x` (rank >= 3).
+#[no_mangle]
+pub extern "C" fn eia_global_average_pool(
+    accelerator: Option<&eia_accelerator>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let accelerator = required(accelerator, "accelerator")?;
+        let inputs = [Some(required(x, "x")?)];
+        run(
+            accelerator,
+            Op::GlobalAveragePool,
+            &inputs,
+            required(y, "y")?,
+        )
+    })
+}
+
+/// ONNX GlobalMaxPool: the largest element over every spatial axis of `x` (rank >= 3).
+#[no_mangle]
+pub extern "C" fn eia_global_max_pool(
+    accelerator: Option<&eia_accelerator>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let accelerator = required(accelerator, "accelerator")?;
+        let inputs = [Some(required(x, "x")?)];
+        run(accelerator, Op::GlobalMaxPool, &inputs, required(y, "y")?)
     })
 }

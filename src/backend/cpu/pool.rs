@@ -2,8 +2,9 @@
 //! or more `[h, w]` planes (FP16 planes widened to f32 and rounded back once). A window pool
 //! accumulates one output row at a time, tap by tap: for tap `(i, j)` the output columns whose
 //! input column lies inside the plane form one range, so with a unit column stride each tap is
-//! one contiguous, vectorised `max` or `+` of an input row slice into the output row. Global
-//! pools reduce each contiguous plane with independent lane accumulators.
+//! one contiguous, vectorised `max` or `+` of an input row slice into the output row (with a
+//! larger column stride, of a slice of the row split into its stride phases). Global pools
+//! reduce each contiguous plane with independent lane accumulators.
 
 use rayon::prelude::*;
 
@@ -88,8 +89,8 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
     y.par_chunks_mut(plane_out * per_task)
         .zip(x.par_chunks(plane_in * per_task))
         .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(xs, ys), (yt, xt)| {
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(xs, ys, phases), (yt, xt)| {
                 let (x, y): (&[f32], &mut [f32]) = if T::DTYPE == DType::F32 {
                     (bytemuck::cast_slice(xt), bytemuck::cast_slice_mut(yt))
                 } else {
@@ -101,7 +102,7 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
                     match &geometry {
                         None if plan.kind == PoolKind::Max => yp[0] = global_max(xp),
                         None => yp[0] = (global_sum(xp) as f64 / plane_in as f64) as f32,
-                        Some(g) => plane(g, xp, yp),
+                        Some(g) => plane(g, xp, yp, phases),
                     }
                 }
                 if T::DTYPE != DType::F32 {
@@ -111,10 +112,17 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         );
 }
 
-/// One `[h, w]` plane into its `[p, q]` output.
-fn plane(g: &Geometry, x: &[f32], y: &mut [f32]) {
+/// One `[h, w]` plane into its `[p, q]` output. With a column stride `sw > 1` each input row
+/// is first split into its `sw` phases (columns `k, k + sw, …` contiguous in `phases`), so that
+/// every tap still reads one contiguous slice.
+fn plane(g: &Geometry, x: &[f32], y: &mut [f32], phases: &mut Vec<f32>) {
     let plan = g.plan;
     let max = plan.kind == PoolKind::Max;
+    let sw = plan.stride[1];
+    let phase_len = plan.w.div_ceil(sw);
+    if sw > 1 {
+        phases.resize(sw * phase_len, 0.0);
+    }
     for (op, yr) in y.chunks_exact_mut(plan.q).enumerate() {
         yr.fill(if max { f32::NEG_INFINITY } else { 0.0 });
         let mut rows = 0usize;
@@ -127,32 +135,30 @@ fn plane(g: &Geometry, x: &[f32], y: &mut [f32]) {
                 continue;
             }
             rows += 1;
-            let xr = &x[ih * plan.w..(ih + 1) * plan.w];
+            let mut xr = &x[ih * plan.w..(ih + 1) * plan.w];
+            if sw > 1 {
+                for k in 0..sw {
+                    let dst = &mut phases[k * phase_len..(k + 1) * phase_len];
+                    for (d, &v) in dst.iter_mut().zip(xr[k.min(xr.len())..].iter().step_by(sw)) {
+                        *d = v;
+                    }
+                }
+                xr = &phases[..];
+            }
             for (j, &(lo, hi)) in g.cols.iter().enumerate() {
                 if lo == hi {
                     continue;
                 }
                 // Input column of output column lo (in range by construction).
                 let first = lo * plan.stride[1] + j * plan.dilation[1] - plan.pad[1];
+                // Its offset in `xr`: columns first, first + sw, … are contiguous there.
+                let at = (first % sw) * phase_len + first / sw;
                 let out = &mut yr[lo..hi];
-                if plan.stride[1] == 1 {
-                    let src = &xr[first..first + out.len()];
-                    if max {
-                        max_into(out, src);
-                    } else {
-                        add_into(out, src);
-                    }
+                let src = &xr[at..at + out.len()];
+                if max {
+                    max_into(out, src);
                 } else {
-                    let src = xr[first..].iter().step_by(plan.stride[1]);
-                    if max {
-                        for (o, &v) in out.iter_mut().zip(src) {
-                            *o = if v > *o { v } else { *o };
-                        }
-                    } else {
-                        for (o, &v) in out.iter_mut().zip(src) {
-                            *o += v;
-                        }
-                    }
+                    add_into(out, src);
                 }
             }
         }

@@ -144,3 +144,82 @@ mod tests {
         assert!(pool(&p, Arch::SM80, 0, 0).is_empty());
     }
 }
+
+/// The kernels on the CPU emulator with their grids cut to one block, so that the grid-stride
+/// loops (over output elements, and over planes for the warps of the global kernel) cover
+/// everything; checked bit for bit against the full grid's result.
+#[cfg(all(test, feature = "emu"))]
+mod emu_tests {
+    use super::*;
+    use crate::backend::{Backend, EmuBackend};
+    use crate::dtype::DType;
+    use crate::ops::{AveragePool, FamilyPlan, MaxPool, Op};
+    use crate::tensor::{HostTensor, TensorDesc};
+
+    fn run(op: &Op, dtype: DType, shape: &[usize], grid: Option<[u32; 3]>) -> Vec<f64> {
+        let emu = EmuBackend::new();
+        let desc = TensorDesc::new(dtype, shape).unwrap();
+        let plan = op.plan(&[&desc]).unwrap();
+        let FamilyPlan::Pool(p) = &plan.family else {
+            panic!("not a pool plan")
+        };
+        let values: Vec<f32> = (0..desc.len())
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        let x = emu
+            .upload(&HostTensor::from_f32(dtype, shape, &values).unwrap())
+            .unwrap();
+        let out = plan.output().clone();
+        let y = emu
+            .upload(&HostTensor::full(dtype, out.shape(), f32::NAN).unwrap())
+            .unwrap();
+        for l in pool(p, Arch::SM80, x.storage().addr(), y.storage().addr()) {
+            let KernelArgs::Pool(args) = l.args else {
+                panic!("not pool args")
+            };
+            // SAFETY: the params were planned for these buffers.
+            unsafe {
+                emu.launch_kernel(
+                    &l.kernel,
+                    grid.unwrap_or(l.grid),
+                    l.block,
+                    &args,
+                    &[x.storage(), y.storage()],
+                )
+            }
+            .unwrap();
+        }
+        emu.download(&y).unwrap().data().to_f64_vec()
+    }
+
+    #[test]
+    fn grid_stride_loops_cover_every_output() {
+        let max = Op::MaxPool(MaxPool {
+            kernel_shape: [3, 3],
+            strides: [2, 2],
+            pads: [1; 4],
+            ..MaxPool::default()
+        });
+        let avg = Op::AveragePool(AveragePool {
+            kernel_shape: [2, 3],
+            strides: [1, 2],
+            pads: [1, 0, 0, 2],
+            ceil_mode: true,
+            count_include_pad: true,
+            ..AveragePool::default()
+        });
+        for dtype in DType::ALL {
+            for (op, shape) in [
+                (&max, &[2, 3, 33, 31][..]),
+                (&avg, &[1, 4, 20, 21]),
+                (&Op::GlobalAveragePool, &[3, 7, 5, 9]),
+                (&Op::GlobalMaxPool, &[2, 11, 70]),
+            ] {
+                let full = run(op, dtype, shape, None);
+                let cut = run(op, dtype, shape, Some([1, 1, 1]));
+                assert!(full.iter().all(|v| !v.is_nan()), "{op:?} {shape:?}");
+                assert_eq!(full, cut, "{op:?} {shape:?}");
+            }
+        }
+    }
+}
