@@ -112,7 +112,7 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         );
 }
 
-/// One `[h, w]` plane into its `[p, q]` output. With a column stride `sw > 1` each input row
+/// One `[h, w]` plane into its `[p, q]` output. With a column stride `sw > 1` every input row
 /// is first split into its `sw` phases (columns `k, k + sw, …` contiguous in `phases`), so that
 /// every tap still reads one contiguous slice.
 fn plane(g: &Geometry, x: &[f32], y: &mut [f32], phases: &mut Vec<f32>) {
@@ -120,9 +120,17 @@ fn plane(g: &Geometry, x: &[f32], y: &mut [f32], phases: &mut Vec<f32>) {
     let max = plan.kind == PoolKind::Max;
     let sw = plan.stride[1];
     let phase_len = plan.w.div_ceil(sw);
-    if sw > 1 {
-        phases.resize(sw * phase_len, 0.0);
-    }
+    let x = if sw > 1 {
+        let row = sw * phase_len;
+        phases.resize(plan.h * row, 0.0);
+        for (dst, src) in phases.chunks_exact_mut(row).zip(x.chunks_exact(plan.w)) {
+            split_phases(dst, src, sw, phase_len);
+        }
+        &phases[..]
+    } else {
+        x
+    };
+    let row_len = if sw > 1 { sw * phase_len } else { plan.w };
     for (op, yr) in y.chunks_exact_mut(plan.q).enumerate() {
         yr.fill(if max { f32::NEG_INFINITY } else { 0.0 });
         let mut rows = 0usize;
@@ -135,16 +143,7 @@ fn plane(g: &Geometry, x: &[f32], y: &mut [f32], phases: &mut Vec<f32>) {
                 continue;
             }
             rows += 1;
-            let mut xr = &x[ih * plan.w..(ih + 1) * plan.w];
-            if sw > 1 {
-                for k in 0..sw {
-                    let dst = &mut phases[k * phase_len..(k + 1) * phase_len];
-                    for (d, &v) in dst.iter_mut().zip(xr[k.min(xr.len())..].iter().step_by(sw)) {
-                        *d = v;
-                    }
-                }
-                xr = &phases[..];
-            }
+            let xr = &x[ih * row_len..(ih + 1) * row_len];
             for (j, &(lo, hi)) in g.cols.iter().enumerate() {
                 if lo == hi {
                     continue;
@@ -173,11 +172,31 @@ fn plane(g: &Geometry, x: &[f32], y: &mut [f32], phases: &mut Vec<f32>) {
     }
 }
 
+/// Row `src` split into its `sw` phases of `len` each in `dst` (the last ones may end short).
+fn split_phases(dst: &mut [f32], src: &[f32], sw: usize, len: usize) {
+    if sw == 2 {
+        let (even, odd) = dst.split_at_mut(len);
+        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+            *e = pair[0];
+            *o = pair[1];
+        }
+        if src.len() % 2 == 1 {
+            even[len - 1] = src[src.len() - 1];
+        }
+        return;
+    }
+    for (i, &v) in src.iter().enumerate() {
+        dst[(i % sw) * len + i / sw] = v;
+    }
+}
+
 multiversion! {
-    /// `out = max(out, src)` elementwise (a NaN in `src` never wins, as in onnxruntime).
+    /// `out = max(out, src)` elementwise (a NaN in `src` never wins, as in onnxruntime; `out`
+    /// never holds NaN). `f32::max` stores unconditionally: a compare-and-select compiles to
+    /// masked stores, which the next tap's loads of the same row cannot forward from.
     fn max_into(out: &mut [f32], src: &[f32]) {
         for (o, &v) in out.iter_mut().zip(src) {
-            *o = if v > *o { v } else { *o };
+            *o = o.max(v);
         }
     }
 }
@@ -208,7 +227,7 @@ multiversion! {
         let tail = chunks.remainder();
         for c in chunks {
             for l in 0..LANES {
-                acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+                acc[l] = acc[l].max(c[l]);
             }
         }
         let mut m = f32::NEG_INFINITY;
