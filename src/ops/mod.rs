@@ -14,15 +14,21 @@
 //! - Conv: `2·N·K·P·Q·(C/group)·R·S`; bias and ReLU are not charged.
 //! - BatchNormalization: `2` per element (one multiply, one add after folding the statistics).
 //! - Softmax: `5` per element (max, subtract, exp, sum, scale).
+//! - Concat, Transpose, Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout: `1` per output
+//!   element (data movement is charged, so that no op is free); empty tensors: 0.
 
 pub mod batchnorm;
 pub mod conv;
 pub mod gemm;
+pub mod layout;
 pub mod softmax;
 
 pub use batchnorm::{BatchNorm, BatchNormPlan};
 pub use conv::{AutoPad, Conv, ConvPlan};
 pub use gemm::{Gemm, GemmPlan, MatLayout, MatMul};
+pub use layout::{
+    Concat, Dropout, Flatten, LayoutKind, LayoutPlan, Reshape, Squeeze, Transpose, Unsqueeze,
+};
 pub use softmax::{Softmax, SoftmaxPlan};
 
 use crate::dtype::DType;
@@ -42,7 +48,26 @@ pub enum Op {
     BatchNorm(BatchNorm),
     /// Input X.
     Softmax(Softmax),
+    /// Inputs 1 ..= [`MAX_INPUTS`] tensors.
+    Concat(Concat),
+    /// Input data.
+    Transpose(Transpose),
+    /// Input input.
+    Flatten(Flatten),
+    /// Input data (ONNX's `shape` input is the attribute).
+    Reshape(Reshape),
+    /// Input data (ONNX's `axes` input is the attribute).
+    Squeeze(Squeeze),
+    /// Input data (ONNX's `axes` input is the attribute).
+    Unsqueeze(Unsqueeze),
+    /// Input input.
+    Identity,
+    /// Input data (inference: the identity).
+    Dropout(Dropout),
 }
+
+/// The most inputs a variadic op (Concat, Sum) takes.
+pub const MAX_INPUTS: usize = 64;
 
 /// An op's validated plan: the kernel family's resolved problem, and the op it came from.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +85,8 @@ pub enum FamilyPlan {
     Conv(ConvPlan),
     BatchNorm(BatchNormPlan),
     Softmax(SoftmaxPlan),
+    /// Concat, Transpose, Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout.
+    Layout(LayoutPlan),
 }
 
 impl Op {
@@ -71,6 +98,14 @@ impl Op {
             Op::Conv(_) => "Conv",
             Op::BatchNorm(_) => "BatchNormalization",
             Op::Softmax(_) => "Softmax",
+            Op::Concat(_) => "Concat",
+            Op::Transpose(_) => "Transpose",
+            Op::Flatten(_) => "Flatten",
+            Op::Reshape(_) => "Reshape",
+            Op::Squeeze(_) => "Squeeze",
+            Op::Unsqueeze(_) => "Unsqueeze",
+            Op::Identity => "Identity",
+            Op::Dropout(_) => "Dropout",
         }
     }
 
@@ -83,11 +118,18 @@ impl Op {
             Op::Conv(_) => (&["X", "W", "B"], 2),
             Op::BatchNorm(_) => (&["X", "scale", "B", "input_mean", "input_var"], 5),
             Op::Softmax(_) => (&["X"], 1),
+            Op::Concat(_) => (&["inputs"], 1),
+            Op::Transpose(_) | Op::Reshape(_) | Op::Squeeze(_) | Op::Unsqueeze(_) => (&["data"], 1),
+            Op::Dropout(_) => (&["data"], 1),
+            Op::Flatten(_) | Op::Identity => (&["input"], 1),
         }
     }
 
     /// How many inputs it takes (fewest ..= most).
     pub fn arity(&self) -> std::ops::RangeInclusive<usize> {
+        if let Op::Concat(_) = self {
+            return 1..=MAX_INPUTS;
+        }
         let (names, required) = self.inputs();
         required..=names.len()
     }
@@ -97,6 +139,13 @@ impl Op {
     pub fn plan(&self, inputs: &[&TensorDesc]) -> Result<Plan> {
         if !self.arity().contains(&inputs.len()) {
             let (names, required) = self.inputs();
+            if let Op::Concat(_) = self {
+                return Err(Error::Arity {
+                    op: self.name(),
+                    expected: format!("{} (1 ..= {MAX_INPUTS} tensors)", names[0]),
+                    got: inputs.len(),
+                });
+            }
             let optional: String = names[required..]
                 .iter()
                 .map(|n| format!("[, {n}]"))
@@ -114,6 +163,14 @@ impl Op {
             Op::Conv(c) => FamilyPlan::Conv(c.plan(x[0], x[1], x.get(2).copied())?),
             Op::BatchNorm(b) => FamilyPlan::BatchNorm(b.plan(x[0], [x[1], x[2], x[3], x[4]])?),
             Op::Softmax(s) => FamilyPlan::Softmax(s.plan(x[0])?),
+            Op::Concat(c) => FamilyPlan::Layout(c.plan(x)?),
+            Op::Transpose(t) => FamilyPlan::Layout(t.plan(x[0])?),
+            Op::Flatten(f) => FamilyPlan::Layout(f.plan(x[0])?),
+            Op::Reshape(r) => FamilyPlan::Layout(r.plan(x[0])?),
+            Op::Squeeze(s) => FamilyPlan::Layout(s.plan(x[0])?),
+            Op::Unsqueeze(u) => FamilyPlan::Layout(u.plan(x[0])?),
+            Op::Identity => FamilyPlan::Layout(layout::identity(x[0])?),
+            Op::Dropout(d) => FamilyPlan::Layout(d.plan(x[0])?),
         };
         Ok(Plan {
             op: self.clone(),
@@ -130,6 +187,7 @@ impl Plan {
             FamilyPlan::Conv(p) => &p.output,
             FamilyPlan::BatchNorm(p) => &p.output,
             FamilyPlan::Softmax(p) => &p.output,
+            FamilyPlan::Layout(p) => &p.output,
         }
     }
 
@@ -140,6 +198,7 @@ impl Plan {
             FamilyPlan::Conv(p) => p.flops(),
             FamilyPlan::BatchNorm(p) => p.flops(),
             FamilyPlan::Softmax(p) => p.flops(),
+            FamilyPlan::Layout(p) => p.flops(),
         }
     }
 }

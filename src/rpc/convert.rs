@@ -11,7 +11,10 @@ use super::proto;
 use crate::accelerator::{Tier, Usage};
 use crate::dtype::DType;
 use crate::error::Error;
-use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{
+    AutoPad, BatchNorm, Concat, Conv, Dropout, Flatten, Gemm, Op, Reshape, Softmax, Squeeze,
+    Transpose, Unsqueeze,
+};
 use crate::tensor::TensorDesc;
 
 /// The status a server returns for an error.
@@ -155,6 +158,32 @@ pub fn op_from(kind: Option<&proto::op::Kind>) -> Result<Op, Status> {
         Kind::Softmax(s) => Op::Softmax(Softmax {
             axis: s.axis.unwrap_or(Softmax::default().axis),
         }),
+        Kind::Concat(c) => Op::Concat(Concat {
+            axis: c
+                .axis
+                .ok_or_else(|| invalid("Concat axis is required (ONNX has no default)"))?,
+        }),
+        Kind::Transpose(t) => Op::Transpose(Transpose {
+            perm: (!t.perm.is_empty()).then(|| t.perm.clone()),
+        }),
+        Kind::Flatten(f) => Op::Flatten(Flatten {
+            axis: f.axis.unwrap_or(Flatten::default().axis),
+        }),
+        Kind::Reshape(r) => Op::Reshape(Reshape {
+            shape: r.shape.clone(),
+            allowzero: r.allowzero,
+        }),
+        Kind::Squeeze(s) => Op::Squeeze(Squeeze {
+            axes: (!s.axes.is_empty()).then(|| s.axes.clone()),
+        }),
+        Kind::Unsqueeze(u) => Op::Unsqueeze(Unsqueeze {
+            axes: u.axes.clone(),
+        }),
+        Kind::Identity(_) => Op::Identity,
+        Kind::Dropout(d) => Op::Dropout(Dropout {
+            ratio: d.ratio.unwrap_or(Dropout::default().ratio),
+            training_mode: d.training_mode,
+        }),
     })
 }
 
@@ -240,5 +269,25 @@ pub fn op_kind(op: &Op) -> proto::op::Kind {
             epsilon: Some(b.epsilon),
         }),
         Op::Softmax(s) => Kind::Softmax(proto::SoftmaxOp { axis: Some(s.axis) }),
+        Op::Concat(c) => Kind::Concat(proto::ConcatOp { axis: Some(c.axis) }),
+        Op::Transpose(t) => Kind::Transpose(proto::TransposeOp {
+            perm: t.perm.clone().unwrap_or_default(),
+        }),
+        Op::Flatten(f) => Kind::Flatten(proto::FlattenOp { axis: Some(f.axis) }),
+        Op::Reshape(r) => Kind::Reshape(proto::ReshapeOp {
+            shape: r.shape.clone(),
+            allowzero: r.allowzero,
+        }),
+        Op::Squeeze(s) => Kind::Squeeze(proto::SqueezeOp {
+            axes: s.axes.clone().unwrap_or_default(),
+        }),
+        Op::Unsqueeze(u) => Kind::Unsqueeze(proto::UnsqueezeOp {
+            axes: u.axes.clone(),
+        }),
+        Op::Identity => Kind::Identity(proto::IdentityOp {}),
+        Op::Dropout(d) => Kind::Dropout(proto::DropoutOp {
+            ratio: Some(d.ratio),
+            training_mode: d.training_mode,
+        }),
     }
 }

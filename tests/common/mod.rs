@@ -11,6 +11,7 @@
 
 pub mod reference;
 pub mod suite;
+pub mod suite_layout;
 
 use eia::{Backend, DType, HostTensor, Tensor};
 use rand::rngs::StdRng;
@@ -124,6 +125,10 @@ macro_rules! backend_suite {
             errors_conv,
             errors_batch_norm_softmax,
             errors_leave_output_untouched,
+            layout_transpose_every_perm,
+            layout_concat_every_axis,
+            layout_reshapes,
+            errors_layout,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {

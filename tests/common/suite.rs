@@ -913,3 +913,5 @@ pub fn errors_leave_output_untouched<B: Backend>(backend: &B) {
         );
     }
 }
+
+pub use super::suite_layout::*;

@@ -7,6 +7,7 @@ mod batchnorm;
 mod conv;
 mod depthwise;
 mod gemm;
+mod layout;
 mod scratch;
 mod simd;
 mod softmax;
@@ -145,6 +146,7 @@ impl Backend for CpuBackend {
                 (HostData::F16(x), HostData::F16(y)) => softmax::softmax(p, x, y),
                 _ => unreachable!("plans are validated: input and output share a dtype"),
             },
+            FamilyPlan::Layout(p) => layout::layout(p, x, y),
         });
         Ok(())
     }

@@ -200,6 +200,7 @@ impl CudaBackend {
                 KernelArgs::Conv(p) => builder.arg(p),
                 KernelArgs::BatchNorm(p) => builder.arg(p),
                 KernelArgs::Softmax(p) => builder.arg(p),
+                KernelArgs::Layout(p) => builder.arg(p),
             };
             // SAFETY: the kernel takes exactly one parameter, the params struct pushed above,
             // whose #[repr(C)] layout mirrors the C struct of its .cu file (kernels/README.md).
@@ -219,6 +220,7 @@ unsafe impl DeviceRepr for launch::gemm::GemmParams {}
 unsafe impl DeviceRepr for launch::conv::ConvParams {}
 unsafe impl DeviceRepr for launch::batchnorm::BatchNormParams {}
 unsafe impl DeviceRepr for launch::softmax::SoftmaxParams {}
+unsafe impl DeviceRepr for launch::layout::LayoutParams {}
 
 impl Backend for CudaBackend {
     type Storage = CudaStorage;

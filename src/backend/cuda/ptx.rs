@@ -25,6 +25,7 @@ pub fn source(family: Family, target: Target) -> Option<&'static str> {
         (Family::Conv, Target::Sm80) => Some(ptx!("conv", "sm_80")),
         (Family::BatchNorm, Target::Sm80) => Some(ptx!("batchnorm", "sm_80")),
         (Family::Softmax, Target::Sm80) => Some(ptx!("softmax", "sm_80")),
+        (Family::Layout, Target::Sm80) => Some(ptx!("layout", "sm_80")),
         (_, Target::Sm90a) => None,
     }
 }

@@ -7,6 +7,7 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod gemm;
+pub mod layout;
 pub mod softmax;
 
 use std::ffi::c_void;
@@ -48,14 +49,16 @@ pub enum Family {
     Conv,
     BatchNorm,
     Softmax,
+    Layout,
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [
+    pub const ALL: [Family; 5] = [
         Family::Gemm,
         Family::Conv,
         Family::BatchNorm,
         Family::Softmax,
+        Family::Layout,
     ];
 
     /// The PTX targets this family ships (sm_80 always; sm_90a where it has Hopper kernels).
@@ -70,6 +73,7 @@ impl Family {
             Family::Conv => "conv",
             Family::BatchNorm => "batchnorm",
             Family::Softmax => "softmax",
+            Family::Layout => "layout",
         }
     }
 }
@@ -102,6 +106,7 @@ pub enum KernelArgs {
     Conv(conv::ConvParams),
     BatchNorm(batchnorm::BatchNormParams),
     Softmax(softmax::SoftmaxParams),
+    Layout(layout::LayoutParams),
 }
 
 impl KernelArgs {
@@ -113,6 +118,7 @@ impl KernelArgs {
             KernelArgs::Conv(p) => p as *const _ as *const c_void,
             KernelArgs::BatchNorm(p) => p as *const _ as *const c_void,
             KernelArgs::Softmax(p) => p as *const _ as *const c_void,
+            KernelArgs::Layout(p) => p as *const _ as *const c_void,
         }
     }
 }
@@ -143,6 +149,7 @@ pub fn launches(plan: &Plan, arch: Arch, x: &[Ptr], y: Ptr) -> Result<Vec<Launch
             y,
         )),
         FamilyPlan::Softmax(p) => Ok(softmax::softmax(p, arch, x[0], y)),
+        FamilyPlan::Layout(p) => Ok(layout::layout(p, arch, x, y)),
     }
 }
 
