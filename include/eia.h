@@ -136,6 +136,53 @@ typedef struct eia_softmax_attrs {
   int64_t axis;
 } eia_softmax_attrs;
 
+// ONNX Concat attributes.
+typedef struct eia_concat_attrs {
+  // The joined axis (required by ONNX); negative values count from the end.
+  int64_t axis;
+} eia_concat_attrs;
+
+// ONNX Transpose attributes.
+typedef struct eia_transpose_attrs {
+  // `n_perm` values, a permutation of 0..rank; NULL / 0 reverses the dimensions (the ONNX
+  // default). Read during the call only.
+  const int64_t *perm;
+  size_t n_perm;
+} eia_transpose_attrs;
+
+// ONNX Flatten attributes.
+typedef struct eia_flatten_attrs {
+  // In -rank ..= rank; negative values count from the end. ONNX default: 1.
+  int64_t axis;
+} eia_flatten_attrs;
+
+// ONNX Reshape attributes (its `shape` input as an attribute).
+typedef struct eia_reshape_attrs {
+  // `n_shape` values: a 0 copies the input's dimension (unless `allowzero`), one -1 is
+  // inferred. Read during the call only.
+  const int64_t *shape;
+  size_t n_shape;
+  // ONNX allowzero: a 0 is a zero-sized dimension (then no -1 may appear with it).
+  bool allowzero;
+} eia_reshape_attrs;
+
+// ONNX Squeeze and Unsqueeze attributes (their `axes` input as an attribute).
+typedef struct eia_axes_attrs {
+  // `n_axes` values, negative counting from the end (Unsqueeze: of the output). Squeeze:
+  // NULL / 0 removes every 1-sized dimension; Unsqueeze requires at least one. Read during
+  // the call only.
+  const int64_t *axes;
+  size_t n_axes;
+} eia_axes_attrs;
+
+// ONNX Dropout attributes (inference: the identity).
+typedef struct eia_dropout_attrs {
+  // In [0, 1); accepted and ignored. ONNX default 0.5.
+  float ratio;
+  // Must be false (training is refused).
+  bool training_mode;
+} eia_dropout_attrs;
+
 // Element types of tensors (one of the `EIA_*` dtype values).
 typedef uint32_t eia_dtype_t;
 
@@ -326,6 +373,24 @@ struct eia_batch_norm_attrs eia_batch_norm_attrs_default(void);
 // Softmax's ONNX default: axis -1.
 struct eia_softmax_attrs eia_softmax_attrs_default(void);
 
+// ONNX Concat's default axis (ONNX requires one): 0.
+struct eia_concat_attrs eia_concat_attrs_default(void);
+
+// Transpose's ONNX default: reverse the dimensions (no perm).
+struct eia_transpose_attrs eia_transpose_attrs_default(void);
+
+// Flatten's ONNX default: axis 1.
+struct eia_flatten_attrs eia_flatten_attrs_default(void);
+
+// Reshape's defaults: an empty shape (a scalar), allowzero false.
+struct eia_reshape_attrs eia_reshape_attrs_default(void);
+
+// No axes (Squeeze: every 1-sized dimension).
+struct eia_axes_attrs eia_axes_attrs_default(void);
+
+// Dropout's ONNX defaults: ratio 0.5, training_mode false.
+struct eia_dropout_attrs eia_dropout_attrs_default(void);
+
 // ONNX Gemm: `Y = relu?(alpha·A'·B' + beta·C)` for 2-D `a`, `b`; `c` (unidirectionally
 // broadcast to Y) may be NULL.
 struct eia_error *eia_gemm(const struct eia_accelerator *accelerator,
@@ -363,6 +428,69 @@ struct eia_error *eia_batch_norm(const struct eia_accelerator *accelerator,
 // ONNX Softmax (opset 13) along `attrs->axis`.
 struct eia_error *eia_softmax(const struct eia_accelerator *accelerator,
                               const struct eia_softmax_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Concat of `n_inputs` tensors (1 to 64) along `attrs->axis`.
+//
+// # Safety
+// `inputs` points to `n_inputs` tensor handles (or is NULL with `n_inputs` 0).
+struct eia_error *eia_concat(const struct eia_accelerator *accelerator,
+                             const struct eia_concat_attrs *attrs,
+                             const struct eia_tensor *const *inputs,
+                             size_t n_inputs,
+                             struct eia_tensor **y);
+
+// ONNX Transpose by `attrs->perm`.
+//
+// # Safety
+// `attrs->perm` points to `attrs->n_perm` values (or `n_perm` is 0).
+struct eia_error *eia_transpose(const struct eia_accelerator *accelerator,
+                                const struct eia_transpose_attrs *attrs,
+                                const struct eia_tensor *x,
+                                struct eia_tensor **y);
+
+// ONNX Flatten at `attrs->axis`: a 2-D output.
+struct eia_error *eia_flatten(const struct eia_accelerator *accelerator,
+                              const struct eia_flatten_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Reshape to `attrs->shape`.
+//
+// # Safety
+// `attrs->shape` points to `attrs->n_shape` values (or `n_shape` is 0).
+struct eia_error *eia_reshape(const struct eia_accelerator *accelerator,
+                              const struct eia_reshape_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Squeeze of `attrs->axes` (none: every 1-sized dimension).
+//
+// # Safety
+// `attrs->axes` points to `attrs->n_axes` values (or `n_axes` is 0).
+struct eia_error *eia_squeeze(const struct eia_accelerator *accelerator,
+                              const struct eia_axes_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Unsqueeze at `attrs->axes` (indices of the output).
+//
+// # Safety
+// `attrs->axes` points to `attrs->n_axes` values (or `n_axes` is 0).
+struct eia_error *eia_unsqueeze(const struct eia_accelerator *accelerator,
+                                const struct eia_axes_attrs *attrs,
+                                const struct eia_tensor *x,
+                                struct eia_tensor **y);
+
+// ONNX Identity: a copy of `x`.
+struct eia_error *eia_identity(const struct eia_accelerator *accelerator,
+                               const struct eia_tensor *x,
+                               struct eia_tensor **y);
+
+// ONNX Dropout in inference: a copy of `x` (no mask output; training_mode must be false).
+struct eia_error *eia_dropout(const struct eia_accelerator *accelerator,
+                              const struct eia_dropout_attrs *attrs,
                               const struct eia_tensor *x,
                               struct eia_tensor **y);
 

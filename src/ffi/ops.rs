@@ -8,7 +8,10 @@ use super::accelerator::{eia_accelerator, Accel};
 use super::error::{eia_error, guard, Outcome};
 use super::required;
 use super::tensor::{eia_tensor, on_accel, Held};
-use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{
+    AutoPad, BatchNorm, Concat, Conv, Dropout, Flatten, Gemm, Op, Reshape, Softmax, Squeeze,
+    Transpose, Unsqueeze, MAX_INPUTS,
+};
 use crate::tensor::Tensor;
 
 /// ONNX `auto_pad` (one of the `EIA_AUTO_PAD_*` values).
@@ -66,6 +69,80 @@ pub struct eia_batch_norm_attrs {
 pub struct eia_softmax_attrs {
     /// The reduced axis; negative values count from the end.
     pub axis: i64,
+}
+
+/// ONNX Concat attributes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_concat_attrs {
+    /// The joined axis (required by ONNX); negative values count from the end.
+    pub axis: i64,
+}
+
+/// ONNX Transpose attributes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_transpose_attrs {
+    /// `n_perm` values, a permutation of 0..rank; NULL / 0 reverses the dimensions (the ONNX
+    /// default). Read during the call only.
+    pub perm: *const i64,
+    pub n_perm: usize,
+}
+
+/// ONNX Flatten attributes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_flatten_attrs {
+    /// In -rank ..= rank; negative values count from the end. ONNX default: 1.
+    pub axis: i64,
+}
+
+/// ONNX Reshape attributes (its `shape` input as an attribute).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_reshape_attrs {
+    /// `n_shape` values: a 0 copies the input's dimension (unless `allowzero`), one -1 is
+    /// inferred. Read during the call only.
+    pub shape: *const i64,
+    pub n_shape: usize,
+    /// ONNX allowzero: a 0 is a zero-sized dimension (then no -1 may appear with it).
+    pub allowzero: bool,
+}
+
+/// ONNX Squeeze and Unsqueeze attributes (their `axes` input as an attribute).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_axes_attrs {
+    /// `n_axes` values, negative counting from the end (Unsqueeze: of the output). Squeeze:
+    /// NULL / 0 removes every 1-sized dimension; Unsqueeze requires at least one. Read during
+    /// the call only.
+    pub axes: *const i64,
+    pub n_axes: usize,
+}
+
+/// ONNX Dropout attributes (inference: the identity).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_dropout_attrs {
+    /// In [0, 1); accepted and ignored. ONNX default 0.5.
+    pub ratio: f32,
+    /// Must be false (training is refused).
+    pub training_mode: bool,
+}
+
+/// The `n` values at `p` (NULL with `n` = 0 is empty).
+///
+/// # Safety
+/// `p` points to `n` readable values, or `n` is 0.
+unsafe fn values(p: *const i64, n: usize, name: &str) -> Result<Vec<i64>, eia_error> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if p.is_null() {
+        return Err(eia_error::null(name));
+    }
+    // SAFETY: non-null with `n` values per the contract above.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
 }
 
 impl From<&eia_gemm_attrs> for Gemm {
@@ -148,6 +225,58 @@ pub extern "C" fn eia_batch_norm_attrs_default() -> eia_batch_norm_attrs {
 pub extern "C" fn eia_softmax_attrs_default() -> eia_softmax_attrs {
     eia_softmax_attrs {
         axis: Softmax::default().axis,
+    }
+}
+
+/// ONNX Concat's default axis (ONNX requires one): 0.
+#[no_mangle]
+pub extern "C" fn eia_concat_attrs_default() -> eia_concat_attrs {
+    eia_concat_attrs { axis: 0 }
+}
+
+/// Transpose's ONNX default: reverse the dimensions (no perm).
+#[no_mangle]
+pub extern "C" fn eia_transpose_attrs_default() -> eia_transpose_attrs {
+    eia_transpose_attrs {
+        perm: std::ptr::null(),
+        n_perm: 0,
+    }
+}
+
+/// Flatten's ONNX default: axis 1.
+#[no_mangle]
+pub extern "C" fn eia_flatten_attrs_default() -> eia_flatten_attrs {
+    eia_flatten_attrs {
+        axis: Flatten::default().axis,
+    }
+}
+
+/// Reshape's defaults: an empty shape (a scalar), allowzero false.
+#[no_mangle]
+pub extern "C" fn eia_reshape_attrs_default() -> eia_reshape_attrs {
+    eia_reshape_attrs {
+        shape: std::ptr::null(),
+        n_shape: 0,
+        allowzero: false,
+    }
+}
+
+/// No axes (Squeeze: every 1-sized dimension).
+#[no_mangle]
+pub extern "C" fn eia_axes_attrs_default() -> eia_axes_attrs {
+    eia_axes_attrs {
+        axes: std::ptr::null(),
+        n_axes: 0,
+    }
+}
+
+/// Dropout's ONNX defaults: ratio 0.5, training_mode false.
+#[no_mangle]
+pub extern "C" fn eia_dropout_attrs_default() -> eia_dropout_attrs {
+    let d = Dropout::default();
+    eia_dropout_attrs {
+        ratio: d.ratio,
+        training_mode: d.training_mode,
     }
 }
 
@@ -274,5 +403,186 @@ pub extern "C" fn eia_softmax(
         });
         let inputs = [Some(required(x, "x")?)];
         run(accelerator, op, &inputs, required(y, "y")?)
+    })
+}
+
+/// Runs a one-input op built from its (required) attrs.
+fn unary(
+    accelerator: Option<&eia_accelerator>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+    op: impl FnOnce() -> Result<Op, eia_error>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let accelerator = required(accelerator, "accelerator")?;
+        let inputs = [Some(required(x, "x")?)];
+        run(accelerator, op()?, &inputs, required(y, "y")?)
+    })
+}
+
+/// ONNX Concat of `n_inputs` tensors (1 to 64) along `attrs->axis`.
+///
+/// # Safety
+/// `inputs` points to `n_inputs` tensor handles (or is NULL with `n_inputs` 0).
+#[no_mangle]
+pub unsafe extern "C" fn eia_concat(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_concat_attrs>,
+    inputs: *const Option<&eia_tensor>,
+    n_inputs: usize,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let accelerator = required(accelerator, "accelerator")?;
+        let op = Op::Concat(Concat {
+            axis: required(attrs, "attrs")?.axis,
+        });
+        if n_inputs > MAX_INPUTS {
+            return Err(eia_error::invalid(format!(
+                "Concat takes 1 to {MAX_INPUTS} inputs, got {n_inputs}"
+            )));
+        }
+        let list: &[Option<&eia_tensor>] = if n_inputs == 0 {
+            &[]
+        } else if inputs.is_null() {
+            return Err(eia_error::null("inputs"));
+        } else {
+            // SAFETY: `n_inputs` handles per the contract above.
+            unsafe { std::slice::from_raw_parts(inputs, n_inputs) }
+        };
+        let list = list
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.map(Some)
+                    .ok_or_else(|| eia_error::null(&format!("inputs[{i}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        run(accelerator, op, &list, required(y, "y")?)
+    })
+}
+
+/// ONNX Transpose by `attrs->perm`.
+///
+/// # Safety
+/// `attrs->perm` points to `attrs->n_perm` values (or `n_perm` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn eia_transpose(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_transpose_attrs>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    unary(accelerator, x, y, || {
+        let a = required(attrs, "attrs")?;
+        // SAFETY: the caller's contract.
+        let perm = unsafe { values(a.perm, a.n_perm, "attrs->perm") }?;
+        Ok(Op::Transpose(Transpose {
+            perm: (!perm.is_empty()).then_some(perm),
+        }))
+    })
+}
+
+/// ONNX Flatten at `attrs->axis`: a 2-D output.
+#[no_mangle]
+pub extern "C" fn eia_flatten(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_flatten_attrs>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    unary(accelerator, x, y, || {
+        Ok(Op::Flatten(Flatten {
+            axis: required(attrs, "attrs")?.axis,
+        }))
+    })
+}
+
+/// ONNX Reshape to `attrs->shape`.
+///
+/// # Safety
+/// `attrs->shape` points to `attrs->n_shape` values (or `n_shape` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn eia_reshape(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_reshape_attrs>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    unary(accelerator, x, y, || {
+        let a = required(attrs, "attrs")?;
+        Ok(Op::Reshape(Reshape {
+            // SAFETY: the caller's contract.
+            shape: unsafe { values(a.shape, a.n_shape, "attrs->shape") }?,
+            allowzero: a.allowzero,
+        }))
+    })
+}
+
+/// ONNX Squeeze of `attrs->axes` (none: every 1-sized dimension).
+///
+/// # Safety
+/// `attrs->axes` points to `attrs->n_axes` values (or `n_axes` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn eia_squeeze(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_axes_attrs>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    unary(accelerator, x, y, || {
+        let a = required(attrs, "attrs")?;
+        // SAFETY: the caller's contract.
+        let axes = unsafe { values(a.axes, a.n_axes, "attrs->axes") }?;
+        Ok(Op::Squeeze(Squeeze {
+            axes: (!axes.is_empty()).then_some(axes),
+        }))
+    })
+}
+
+/// ONNX Unsqueeze at `attrs->axes` (indices of the output).
+///
+/// # Safety
+/// `attrs->axes` points to `attrs->n_axes` values (or `n_axes` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn eia_unsqueeze(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_axes_attrs>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    unary(accelerator, x, y, || {
+        let a = required(attrs, "attrs")?;
+        Ok(Op::Unsqueeze(Unsqueeze {
+            // SAFETY: the caller's contract.
+            axes: unsafe { values(a.axes, a.n_axes, "attrs->axes") }?,
+        }))
+    })
+}
+
+/// ONNX Identity: a copy of `x`.
+#[no_mangle]
+pub extern "C" fn eia_identity(
+    accelerator: Option<&eia_accelerator>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    unary(accelerator, x, y, || Ok(Op::Identity))
+}
+
+/// ONNX Dropout in inference: a copy of `x` (no mask output; training_mode must be false).
+#[no_mangle]
+pub extern "C" fn eia_dropout(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_dropout_attrs>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    unary(accelerator, x, y, || {
+        let a = required(attrs, "attrs")?;
+        Ok(Op::Dropout(Dropout {
+            ratio: a.ratio,
+            training_mode: a.training_mode,
+        }))
     })
 }
