@@ -133,9 +133,13 @@ fn softmax_benches(c: &mut Criterion) {
     family(c, "softmax", &Workload::softmaxes());
 }
 
+fn layout_benches(c: &mut Criterion) {
+    family(c, "layout", &Workload::layouts());
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = gemm_benches, conv_benches, batch_norm_benches, softmax_benches
+    targets = gemm_benches, conv_benches, batch_norm_benches, softmax_benches, layout_benches
 }
 criterion_main!(benches);

@@ -42,7 +42,7 @@ import tempfile
 import time
 import zlib
 
-MEMORY_BOUND = {"batchnorm", "softmax"}  # reported in GB/s; gemm and conv in GFLOPS
+MEMORY_BOUND = {"batchnorm", "softmax", "transpose", "concat"}  # reported in GB/s; gemm and conv in GFLOPS
 
 
 def parse_args():
@@ -109,6 +109,14 @@ def build(w, np_dtype, onnx_dtype, rng):
         op = "Softmax"
         inputs = {"X": rand(w["shape"])}
         attrs = dict(axis=-1)
+    elif family == "transpose":
+        op = "Transpose"
+        inputs = {"X": rand(w["shape"])}
+        attrs = dict(perm=w["perm"])
+    elif family == "concat":
+        op = "Concat"
+        inputs = {f"X{i}": rand(w["shape"]) for i in range(w["inputs"])}
+        attrs = dict(axis=1)
     else:
         raise ValueError(f"unknown family {family!r}")
 

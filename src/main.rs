@@ -602,5 +602,11 @@ fn workload_json(w: &Workload) -> String {
         ),
         Workload::BatchNorm { shape } => format!("{{{head},\"shape\":{shape:?}}}"),
         Workload::Softmax { rows, len } => format!("{{{head},\"shape\":[{rows},{len}]}}"),
+        Workload::Transpose { shape, perm } => {
+            format!("{{{head},\"shape\":{shape:?},\"perm\":{perm:?}}}")
+        }
+        Workload::Concat { shape, inputs } => {
+            format!("{{{head},\"shape\":{shape:?},\"inputs\":{inputs}}}")
+        }
     }
 }

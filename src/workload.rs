@@ -6,7 +6,7 @@
 use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::{BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{BatchNorm, Concat, Conv, Gemm, Op, Softmax, Transpose};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// One benchmarkable problem.
@@ -25,6 +25,10 @@ pub enum Workload {
     BatchNorm { shape: [usize; 4] },
     /// Softmax over the last axis of `[rows, len]`.
     Softmax { rows: usize, len: usize },
+    /// Transpose of an `[N, C, H, W]` activation by `perm` (NCHW → NHWC and back).
+    Transpose { shape: [usize; 4], perm: [usize; 4] },
+    /// Concat of `inputs` `[N, C, H, W]` activations along the channels (Inception, DenseNet).
+    Concat { shape: [usize; 4], inputs: usize },
 }
 
 impl Workload {
@@ -98,6 +102,26 @@ impl Workload {
             .into()
     }
 
+    /// Layout ops on ResNet-sized activations: NCHW ↔ NHWC transposes and channel concats.
+    pub fn layouts() -> Vec<Workload> {
+        let shape = [8, 64, 56, 56];
+        vec![
+            Workload::Transpose {
+                shape,
+                perm: [0, 2, 3, 1],
+            },
+            Workload::Transpose {
+                shape: [8, 56, 56, 64],
+                perm: [0, 3, 1, 2],
+            },
+            Workload::Concat { shape, inputs: 2 },
+            Workload::Concat {
+                shape: [8, 32, 28, 28],
+                inputs: 4,
+            },
+        ]
+    }
+
     /// The sizes a GPU is judged at besides the shared ones: GEMM 4096³ and 8192³, and batch norm
     /// and softmax on tensors far larger than a GPU's caches.
     pub fn gpu_scale() -> Vec<Workload> {
@@ -133,6 +157,7 @@ impl Workload {
         all.extend(Self::resnet50_convs(8));
         all.extend(Self::batch_norms());
         all.extend(Self::softmaxes());
+        all.extend(Self::layouts());
         all
     }
 
@@ -143,6 +168,8 @@ impl Workload {
             Workload::Conv { .. } => "conv",
             Workload::BatchNorm { .. } => "batchnorm",
             Workload::Softmax { .. } => "softmax",
+            Workload::Transpose { .. } => "transpose",
+            Workload::Concat { .. } => "concat",
         }
     }
 
@@ -155,6 +182,12 @@ impl Workload {
                 shape: [n, c, h, w],
             } => format!("batchnorm/{n}x{c}x{h}x{w}"),
             Workload::Softmax { rows, len } => format!("softmax/{rows}x{len}"),
+            Workload::Transpose { shape, perm } => format!(
+                "transpose/{}/perm{}",
+                dims(shape),
+                perm.map(|p| p.to_string()).concat()
+            ),
+            Workload::Concat { shape, inputs } => format!("concat/{inputs}x{}", dims(shape)),
         }
     }
 
@@ -169,6 +202,8 @@ impl Workload {
                 Ok(vec![d(shape)?, p.clone(), p.clone(), p.clone(), p])
             }
             Workload::Softmax { rows, len } => Ok(vec![d(&[*rows, *len])?]),
+            Workload::Transpose { shape, .. } => Ok(vec![d(shape)?]),
+            Workload::Concat { shape, inputs } => Ok(vec![d(shape)?; *inputs]),
         }
     }
 
@@ -179,6 +214,10 @@ impl Workload {
             Workload::Conv { conv, .. } => Op::Conv(conv.clone()),
             Workload::BatchNorm { .. } => Op::BatchNorm(BatchNorm::default()),
             Workload::Softmax { .. } => Op::Softmax(Softmax::default()),
+            Workload::Transpose { perm, .. } => Op::Transpose(Transpose {
+                perm: Some(perm.map(|p| p as i64).to_vec()),
+            }),
+            Workload::Concat { .. } => Op::Concat(Concat { axis: 1 }),
         }
     }
 
@@ -198,7 +237,13 @@ impl Workload {
 
     /// Whether throughput is best judged in GB/s (memory-bound) rather than GFLOPS.
     pub fn memory_bound(&self) -> bool {
-        matches!(self, Workload::BatchNorm { .. } | Workload::Softmax { .. })
+        matches!(
+            self,
+            Workload::BatchNorm { .. }
+                | Workload::Softmax { .. }
+                | Workload::Transpose { .. }
+                | Workload::Concat { .. }
+        )
     }
 
     /// Uploads deterministic pseudo-random inputs (never all zero; BN variances positive) and
@@ -228,6 +273,15 @@ impl Workload {
             output,
         })
     }
+}
+
+/// `8x64x56x56`.
+fn dims(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
 }
 
 /// A uniform value in `[lo, hi)` from a xorshift state (deterministic test and demo data).

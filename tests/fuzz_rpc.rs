@@ -510,6 +510,14 @@ fn op_kind() -> impl Strategy<Value = Option<Kind>> {
             .prop_map(|epsilon| Some(Kind::BatchNorm(proto::BatchNormOp { epsilon }))),
         2 => prop::option::of(prop_oneof![3 => -5i64..5, 1 => any::<i64>()])
             .prop_map(|axis| Some(Kind::Softmax(proto::SoftmaxOp { axis }))),
+        1 => prop::option::of(-5i64..5)
+            .prop_map(|axis| Some(Kind::Concat(proto::ConcatOp { axis }))),
+        1 => prop::collection::vec(-2i64..6, 0..6)
+            .prop_map(|perm| Some(Kind::Transpose(proto::TransposeOp { perm }))),
+        1 => (prop::collection::vec(-2i64..20, 0..5), any::<bool>())
+            .prop_map(|(shape, allowzero)| Some(Kind::Reshape(proto::ReshapeOp { shape, allowzero }))),
+        1 => prop::collection::vec(-5i64..5, 0..4)
+            .prop_map(|axes| Some(Kind::Unsqueeze(proto::UnsqueezeOp { axes }))),
         1 => Just(None),
     ]
 }
