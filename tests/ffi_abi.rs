@@ -110,7 +110,8 @@ fn check_crate(items: &Items) -> String {
     src
 }
 
-/// The library this test was built against (the newest `libeia-*.rlib` beside the test binary).
+/// The library this test was built against: the newest `libeia.rlib` (the crate has several
+/// crate types, so cargo gives it no hash suffix) or `libeia-*.rlib` beside the test binary.
 fn eia_rlib(deps: &Path) -> PathBuf {
     std::fs::read_dir(deps)
         .unwrap()
@@ -118,10 +119,10 @@ fn eia_rlib(deps: &Path) -> PathBuf {
         .map(|e| e.path())
         .filter(|p| {
             let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with("libeia-") && n.ends_with(".rlib")
+            n == "libeia.rlib" || (n.starts_with("libeia-") && n.ends_with(".rlib"))
         })
         .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .expect("libeia-*.rlib next to the test binary")
+        .expect("libeia.rlib next to the test binary")
 }
 
 /// Type-checks `src` against the library with rustc: `Err(rustc's messages)` on a mismatch.
