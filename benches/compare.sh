@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Peer comparison for eia: runs eia's workloads and the same workloads on
 # onnxruntime (CPU) and numpy (gemm, fp32) in one go, and prints a table of
-# GFLOPS (gemm, conv) or GB/s (batchnorm, softmax) with the ratio eia/peer
+# GFLOPS (gemm, conv) or GB/s (batchnorm, softmax, pool) with the ratio eia/peer
 # (>1: eia faster). The peers live in benches/peers.py; their Python packages
 # go into a git-ignored venv at .venv in the repo root.
 #

@@ -219,6 +219,7 @@ fn all(c: &mut Criterion) {
     let mut softmaxes = Workload::softmaxes();
     softmaxes.extend(memory.iter().filter(|w| w.family() == "softmax").cloned());
     family(c, &gpu, &peer, "softmax", &softmaxes);
+    family(c, &gpu, &peer, "pool", &Workload::pools());
     summary();
 }
 

@@ -2,11 +2,11 @@
 //! (`eia::workload`), on the CPU backend, each with a peer in the same run:
 //! - GEMM: the `gemm` crate called directly on the same operands (its FP32 kernels, and its
 //!   native FP16 kernels for FP16);
-//! - batch norm and softmax: a multi-threaded copy of the same bytes (the memory-bandwidth floor);
+//! - batch norm, softmax, the unary activations, the binary ops, pools and layout ops: a multi-threaded copy of the same bytes (the memory-bandwidth floor);
 //! - convolution: onnxruntime, via `benches/compare.sh` (a Python peer cannot run inside
 //!   criterion).
 //!
-//! Throughput is FLOPs (shown as Gelem/s = GFLOPS) for GEMM/conv and bytes for BN/softmax.
+//! Throughput is FLOPs (shown as Gelem/s = GFLOPS) for GEMM/conv and bytes for BN/softmax/pools.
 //! Filter as usual: `cargo bench --bench ops -- gemm/FP32`.
 
 use std::time::Duration;
@@ -35,7 +35,11 @@ fn family(c: &mut Criterion, name: &str, workloads: &[Workload]) {
             } else {
                 Throughput::Elements(flops)
             });
-            let size = w.id().split_once('/').unwrap().1.to_string();
+            // Unary workloads share shapes across ops: their id names the op too.
+            let size = match w {
+                Workload::Unary { .. } => w.id(),
+                _ => w.id().split_once('/').unwrap().1.to_string(),
+            };
             let mut prepared = w.prepare(&backend, dtype).unwrap();
             // Every timing loop runs on a pool thread, back to back (see `Backend::run_ops`).
             group.bench_function(BenchmarkId::new("eia", &size), |b| {
@@ -133,9 +137,26 @@ fn softmax_benches(c: &mut Criterion) {
     family(c, "softmax", &Workload::softmaxes());
 }
 
+fn unary_benches(c: &mut Criterion) {
+    family(c, "unary", &Workload::unaries());
+}
+
+fn binary_benches(c: &mut Criterion) {
+    family(c, "binary", &Workload::binaries(8));
+}
+
+fn pool_benches(c: &mut Criterion) {
+    family(c, "pool", &Workload::pools());
+}
+
+fn layout_benches(c: &mut Criterion) {
+    family(c, "layout", &Workload::layouts());
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = gemm_benches, conv_benches, batch_norm_benches, softmax_benches
+    targets = gemm_benches, conv_benches, batch_norm_benches, softmax_benches, unary_benches,
+        binary_benches, pool_benches, layout_benches
 }
 criterion_main!(benches);

@@ -18,7 +18,9 @@ printed instead.
 Model layout: Gemm takes A[m,k] and B[k,n] as graph inputs (plain Y = A.B, as
 numpy and eia see them); Conv takes X as input and W, bias as initializers;
 BatchNormalization takes X as input and scale, B, mean, var as initializers;
-Softmax (axis=-1) takes X as input. Inputs are deterministic uniform random
+Softmax (axis=-1), the unary activations and the pools (MaxPool, GlobalAveragePool, ...)
+take X as input; the binary ops (Add, Sub, Mul, Div) take A and B as inputs, Add with "relu"
+followed by a Relu node (eia fuses it). Inputs are deterministic uniform random
 values (seeded from the workload id); BN variance lies in [0.5, 1.5].
 
 For gemm workloads numpy `a @ b` (its bundled OpenBLAS) is timed as a second
@@ -42,7 +44,7 @@ import tempfile
 import time
 import zlib
 
-MEMORY_BOUND = {"batchnorm", "softmax"}  # reported in GB/s; gemm and conv in GFLOPS
+MEMORY_BOUND = {"batchnorm", "softmax", "unary", "binary", "pool", "transpose", "concat"}  # reported in GB/s; gemm and conv in GFLOPS
 
 
 def parse_args():
@@ -89,6 +91,7 @@ def build(w, np_dtype, onnx_dtype, rng):
 
     family = w["family"]
     inputs, inits, attrs = {}, {}, {}
+    extra = []  # nodes after the op (a Relu after Add)
     if family == "gemm":
         op = "Gemm"
         inputs = {"A": rand((w["m"], w["k"])), "B": rand((w["k"], w["n"]))}
@@ -109,12 +112,40 @@ def build(w, np_dtype, onnx_dtype, rng):
         op = "Softmax"
         inputs = {"X": rand(w["shape"])}
         attrs = dict(axis=-1)
+    elif family == "unary":
+        # Relu, Clip, LeakyRelu, Sigmoid, Tanh; Clip's bounds are constant inputs in ONNX.
+        op = w["op"]
+        inputs = {"X": rand(w["shape"], -8.0, 8.0)}
+        if op == "Clip":
+            # Both inputs, in order; an unset bound is the matching infinity.
+            for bound, unset in (("min", -np.inf), ("max", np.inf)):
+                inits[bound] = np.array(w.get(bound, unset), dtype=np.float32).astype(np_dtype)
+        if op == "LeakyRelu":
+            attrs = dict(alpha=w["alpha"])
+    elif family == "binary":
+        op = w["op"]
+        b = rand(w["b"], 0.5, 1.5) if op == "Div" else rand(w["b"])
+        inputs = {"A": rand(w["a"]), "B": b}
+        if w.get("relu"):
+            extra = [helper.make_node("Relu", ["S"], ["Y"])]
+    elif family == "pool":
+        op = w["op"]
+        inputs = {"X": rand(w["shape"])}
+        attrs = {k: w[k] for k in ("kernel_shape", "strides", "pads") if k in w}
+    elif family == "transpose":
+        op = "Transpose"
+        inputs = {"X": rand(w["shape"])}
+        attrs = dict(perm=w["perm"])
+    elif family == "concat":
+        op = "Concat"
+        inputs = {f"X{i}": rand(w["shape"]) for i in range(w["inputs"])}
+        attrs = dict(axis=1)
     else:
         raise ValueError(f"unknown family {family!r}")
 
-    node = helper.make_node(op, list(inputs) + list(inits), ["Y"], **attrs)
+    node = helper.make_node(op, list(inputs) + list(inits), ["S" if extra else "Y"], **attrs)
     graph = helper.make_graph(
-        [node], w["id"].replace("/", "_"),
+        [node] + extra, w["id"].replace("/", "_"),
         [helper.make_tensor_value_info(n, onnx_dtype, a.shape) for n, a in inputs.items()],
         [helper.make_tensor_value_info("Y", onnx_dtype, None)],
         [numpy_helper.from_array(a, n) for n, a in inits.items()])

@@ -95,6 +95,43 @@ typedef struct eia_usage {
 // What kind of failure an `eia_error` reports (one of the `EIA_ERR_*` values).
 typedef uint32_t eia_code_t;
 
+// ONNX `auto_pad` (one of the `EIA_AUTO_PAD_*` values).
+typedef uint32_t eia_auto_pad_t;
+
+// ONNX MaxPool attributes (2-D NCHW). Only the Y output is computed (not Indices).
+typedef struct eia_max_pool_attrs {
+  // {kernel_h, kernel_w}; required (the default {0, 0} is refused).
+  size_t kernel_shape[2];
+  // {stride_h, stride_w}.
+  size_t strides[2];
+  // ONNX order {top, left, bottom, right}; used only with `EIA_AUTO_PAD_NOTSET`; each must
+  // be smaller than the kernel on its axis.
+  size_t pads[4];
+  // {dilation_h, dilation_w}.
+  size_t dilations[2];
+  bool ceil_mode;
+  // One of the `EIA_AUTO_PAD_*` values.
+  eia_auto_pad_t auto_pad;
+  // Only 0 is supported (it orders the Indices output).
+  int64_t storage_order;
+} eia_max_pool_attrs;
+
+// ONNX AveragePool attributes (2-D NCHW).
+typedef struct eia_average_pool_attrs {
+  // {kernel_h, kernel_w}; required (the default {0, 0} is refused).
+  size_t kernel_shape[2];
+  // {stride_h, stride_w}.
+  size_t strides[2];
+  // ONNX order {top, left, bottom, right}; used only with `EIA_AUTO_PAD_NOTSET`; each must
+  // be smaller than the kernel on its axis.
+  size_t pads[4];
+  bool ceil_mode;
+  // Divide by the window's positions inside the padded input, not its input elements.
+  bool count_include_pad;
+  // One of the `EIA_AUTO_PAD_*` values.
+  eia_auto_pad_t auto_pad;
+} eia_average_pool_attrs;
+
 // ONNX Gemm attributes: `Y = relu?(alpha·A'·B' + beta·C)`.
 typedef struct eia_gemm_attrs {
   float alpha;
@@ -104,9 +141,6 @@ typedef struct eia_gemm_attrs {
   // Apply max(0, y) to the result (fused; not an ONNX attribute).
   bool relu;
 } eia_gemm_attrs;
-
-// ONNX `auto_pad` (one of the `EIA_AUTO_PAD_*` values).
-typedef uint32_t eia_auto_pad_t;
 
 // ONNX Conv attributes for 2-D NCHW input and OIHW weights.
 typedef struct eia_conv_attrs {
@@ -135,6 +169,73 @@ typedef struct eia_softmax_attrs {
   // The reduced axis; negative values count from the end.
   int64_t axis;
 } eia_softmax_attrs;
+
+// ONNX Clip bounds (ONNX's constant `min`/`max` inputs, as attributes). `-INFINITY` / `INFINITY`:
+// no bound on that side (ReLU6: min 0, max 6).
+typedef struct eia_clip_attrs {
+  float min;
+  float max;
+} eia_clip_attrs;
+
+// ONNX LeakyRelu attributes.
+typedef struct eia_leaky_relu_attrs {
+  // Slope for x < 0 (finite).
+  float alpha;
+} eia_leaky_relu_attrs;
+
+// Add attributes: ONNX Add has none; `relu` fuses the ReLU that follows it (ResNet's residual
+// Add → Relu).
+typedef struct eia_add_attrs {
+  // Apply max(0, y) to the sum (fused; not an ONNX attribute).
+  bool relu;
+} eia_add_attrs;
+
+// ONNX Concat attributes.
+typedef struct eia_concat_attrs {
+  // The joined axis (required by ONNX); negative values count from the end.
+  int64_t axis;
+} eia_concat_attrs;
+
+// ONNX Transpose attributes.
+typedef struct eia_transpose_attrs {
+  // `n_perm` values, a permutation of 0..rank; NULL / 0 reverses the dimensions (the ONNX
+  // default). Read during the call only.
+  const int64_t *perm;
+  size_t n_perm;
+} eia_transpose_attrs;
+
+// ONNX Flatten attributes.
+typedef struct eia_flatten_attrs {
+  // In -rank ..= rank; negative values count from the end. ONNX default: 1.
+  int64_t axis;
+} eia_flatten_attrs;
+
+// ONNX Reshape attributes (its `shape` input as an attribute).
+typedef struct eia_reshape_attrs {
+  // `n_shape` values: a 0 copies the input's dimension (unless `allowzero`), one -1 is
+  // inferred. Read during the call only.
+  const int64_t *shape;
+  size_t n_shape;
+  // ONNX allowzero: a 0 is a zero-sized dimension (then no -1 may appear with it).
+  bool allowzero;
+} eia_reshape_attrs;
+
+// ONNX Squeeze and Unsqueeze attributes (their `axes` input as an attribute).
+typedef struct eia_axes_attrs {
+  // `n_axes` values, negative counting from the end (Unsqueeze: of the output). Squeeze:
+  // NULL / 0 removes every 1-sized dimension; Unsqueeze requires at least one. Read during
+  // the call only.
+  const int64_t *axes;
+  size_t n_axes;
+} eia_axes_attrs;
+
+// ONNX Dropout attributes (inference: the identity).
+typedef struct eia_dropout_attrs {
+  // In [0, 1); accepted and ignored. ONNX default 0.5.
+  float ratio;
+  // Must be false (training is refused).
+  bool training_mode;
+} eia_dropout_attrs;
 
 // Element types of tensors (one of the `EIA_*` dtype values).
 typedef uint32_t eia_dtype_t;
@@ -314,6 +415,14 @@ void eia_string_free(char *s);
 // The library's version, e.g. "0.1.0" (static; never freed).
 const char *eia_version(void);
 
+// MaxPool's ONNX defaults: strides 1, no pads, dilations 1, no ceil_mode, NOTSET,
+// storage_order 0; kernel_shape {0, 0} (must be set).
+struct eia_max_pool_attrs eia_max_pool_attrs_default(void);
+
+// AveragePool's ONNX defaults: strides 1, no pads, no ceil_mode, count_include_pad 0,
+// NOTSET; kernel_shape {0, 0} (must be set).
+struct eia_average_pool_attrs eia_average_pool_attrs_default(void);
+
 // Gemm's ONNX defaults: alpha 1, beta 1, no transposes, no ReLU.
 struct eia_gemm_attrs eia_gemm_attrs_default(void);
 
@@ -325,6 +434,33 @@ struct eia_batch_norm_attrs eia_batch_norm_attrs_default(void);
 
 // Softmax's ONNX default: axis -1.
 struct eia_softmax_attrs eia_softmax_attrs_default(void);
+
+// Clip's ONNX default: no bounds (min -INFINITY, max INFINITY).
+struct eia_clip_attrs eia_clip_attrs_default(void);
+
+// LeakyRelu's ONNX default: alpha 0.01.
+struct eia_leaky_relu_attrs eia_leaky_relu_attrs_default(void);
+
+// Add's default: no fused ReLU.
+struct eia_add_attrs eia_add_attrs_default(void);
+
+// ONNX Concat's default axis (ONNX requires one): 0.
+struct eia_concat_attrs eia_concat_attrs_default(void);
+
+// Transpose's ONNX default: reverse the dimensions (no perm).
+struct eia_transpose_attrs eia_transpose_attrs_default(void);
+
+// Flatten's ONNX default: axis 1.
+struct eia_flatten_attrs eia_flatten_attrs_default(void);
+
+// Reshape's defaults: an empty shape (a scalar), allowzero false.
+struct eia_reshape_attrs eia_reshape_attrs_default(void);
+
+// No axes (Squeeze: every 1-sized dimension).
+struct eia_axes_attrs eia_axes_attrs_default(void);
+
+// Dropout's ONNX defaults: ratio 0.5, training_mode false.
+struct eia_dropout_attrs eia_dropout_attrs_default(void);
 
 // ONNX Gemm: `Y = relu?(alpha·A'·B' + beta·C)` for 2-D `a`, `b`; `c` (unidirectionally
 // broadcast to Y) may be NULL.
@@ -365,6 +501,153 @@ struct eia_error *eia_softmax(const struct eia_accelerator *accelerator,
                               const struct eia_softmax_attrs *attrs,
                               const struct eia_tensor *x,
                               struct eia_tensor **y);
+
+// ONNX Concat of `n_inputs` tensors (1 to 64) along `attrs->axis`.
+//
+// # Safety
+// `inputs` points to `n_inputs` tensor handles (or is NULL with `n_inputs` 0).
+struct eia_error *eia_concat(const struct eia_accelerator *accelerator,
+                             const struct eia_concat_attrs *attrs,
+                             const struct eia_tensor *const *inputs,
+                             size_t n_inputs,
+                             struct eia_tensor **y);
+
+// ONNX Transpose by `attrs->perm`.
+//
+// # Safety
+// `attrs->perm` points to `attrs->n_perm` values (or `n_perm` is 0).
+struct eia_error *eia_transpose(const struct eia_accelerator *accelerator,
+                                const struct eia_transpose_attrs *attrs,
+                                const struct eia_tensor *x,
+                                struct eia_tensor **y);
+
+// ONNX Flatten at `attrs->axis`: a 2-D output.
+struct eia_error *eia_flatten(const struct eia_accelerator *accelerator,
+                              const struct eia_flatten_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Reshape to `attrs->shape`.
+//
+// # Safety
+// `attrs->shape` points to `attrs->n_shape` values (or `n_shape` is 0).
+struct eia_error *eia_reshape(const struct eia_accelerator *accelerator,
+                              const struct eia_reshape_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Squeeze of `attrs->axes` (none: every 1-sized dimension).
+//
+// # Safety
+// `attrs->axes` points to `attrs->n_axes` values (or `n_axes` is 0).
+struct eia_error *eia_squeeze(const struct eia_accelerator *accelerator,
+                              const struct eia_axes_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Unsqueeze at `attrs->axes` (indices of the output).
+//
+// # Safety
+// `attrs->axes` points to `attrs->n_axes` values (or `n_axes` is 0).
+struct eia_error *eia_unsqueeze(const struct eia_accelerator *accelerator,
+                                const struct eia_axes_attrs *attrs,
+                                const struct eia_tensor *x,
+                                struct eia_tensor **y);
+
+// ONNX Identity: a copy of `x`.
+struct eia_error *eia_identity(const struct eia_accelerator *accelerator,
+                               const struct eia_tensor *x,
+                               struct eia_tensor **y);
+
+// ONNX Dropout in inference: a copy of `x` (no mask output; training_mode must be false).
+struct eia_error *eia_dropout(const struct eia_accelerator *accelerator,
+                              const struct eia_dropout_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Relu: `max(x, 0)` elementwise (NaN stays NaN).
+struct eia_error *eia_relu(const struct eia_accelerator *accelerator,
+                           const struct eia_tensor *x,
+                           struct eia_tensor **y);
+
+// ONNX Clip: `min(max(x, attrs->min), attrs->max)` elementwise; min > max or a NaN bound is an
+// attribute error.
+struct eia_error *eia_clip(const struct eia_accelerator *accelerator,
+                           const struct eia_clip_attrs *attrs,
+                           const struct eia_tensor *x,
+                           struct eia_tensor **y);
+
+// ONNX LeakyRelu: `x` for x >= 0, `attrs->alpha · x` otherwise.
+struct eia_error *eia_leaky_relu(const struct eia_accelerator *accelerator,
+                                 const struct eia_leaky_relu_attrs *attrs,
+                                 const struct eia_tensor *x,
+                                 struct eia_tensor **y);
+
+// ONNX Sigmoid: `1 / (1 + e^-x)` elementwise.
+struct eia_error *eia_sigmoid(const struct eia_accelerator *accelerator,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Tanh elementwise.
+struct eia_error *eia_tanh(const struct eia_accelerator *accelerator,
+                           const struct eia_tensor *x,
+                           struct eia_tensor **y);
+
+// ONNX Add with numpy broadcasting of `a` and `b`, `relu` fused when `attrs->relu`.
+struct eia_error *eia_add(const struct eia_accelerator *accelerator,
+                          const struct eia_add_attrs *attrs,
+                          const struct eia_tensor *a,
+                          const struct eia_tensor *b,
+                          struct eia_tensor **y);
+
+// ONNX Sub (`a − b`) with numpy broadcasting.
+struct eia_error *eia_sub(const struct eia_accelerator *accelerator,
+                          const struct eia_tensor *a,
+                          const struct eia_tensor *b,
+                          struct eia_tensor **y);
+
+// ONNX Mul with numpy broadcasting.
+struct eia_error *eia_mul(const struct eia_accelerator *accelerator,
+                          const struct eia_tensor *a,
+                          const struct eia_tensor *b,
+                          struct eia_tensor **y);
+
+// ONNX Div (`a / b`, IEEE: x/0 is ±inf, 0/0 NaN) with numpy broadcasting.
+struct eia_error *eia_div(const struct eia_accelerator *accelerator,
+                          const struct eia_tensor *a,
+                          const struct eia_tensor *b,
+                          struct eia_tensor **y);
+
+// ONNX Sum of `n_inputs` tensors (1 to 64) with numpy broadcasting, accumulated in FP32.
+//
+// # Safety
+// `inputs` points to `n_inputs` tensor pointers (it may be NULL when `n_inputs` is 0).
+struct eia_error *eia_sum(const struct eia_accelerator *accelerator,
+                          const struct eia_tensor *const *inputs,
+                          size_t n_inputs,
+                          struct eia_tensor **y);
+
+// ONNX MaxPool (2-D): `x` is NCHW; only the Y output (not Indices).
+struct eia_error *eia_max_pool(const struct eia_accelerator *accelerator,
+                               const struct eia_max_pool_attrs *attrs,
+                               const struct eia_tensor *x,
+                               struct eia_tensor **y);
+
+// ONNX AveragePool (2-D): `x` is NCHW.
+struct eia_error *eia_average_pool(const struct eia_accelerator *accelerator,
+                                   const struct eia_average_pool_attrs *attrs,
+                                   const struct eia_tensor *x,
+                                   struct eia_tensor **y);
+
+// ONNX GlobalAveragePool: the mean over every spatial axis of `x` (rank >= 3).
+struct eia_error *eia_global_average_pool(const struct eia_accelerator *accelerator,
+                                          const struct eia_tensor *x,
+                                          struct eia_tensor **y);
+
+// ONNX GlobalMaxPool: the largest element over every spatial axis of `x` (rank >= 3).
+struct eia_error *eia_global_max_pool(const struct eia_accelerator *accelerator,
+                                      const struct eia_tensor *x,
+                                      struct eia_tensor **y);
 
 // Creates a tensor on `accelerator` from host memory: `rank` dimensions at `shape` (row-major;
 // rank 0 is a scalar and `shape` may then be NULL) and `nbytes` bytes of little-endian elements

@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the inference workloads (GEMM, conv, batchnorm, softmax) and print GFLOPS / GB/s.
+    /// Run the inference workloads (GEMM, conv, batchnorm, softmax, pool) and print GFLOPS / GB/s.
     Run {
         /// Element types to run: fp32, fp16 (repeatable; default both).
         #[arg(long = "dtype", value_parser = parse_dtype)]
@@ -602,5 +602,45 @@ fn workload_json(w: &Workload) -> String {
         ),
         Workload::BatchNorm { shape } => format!("{{{head},\"shape\":{shape:?}}}"),
         Workload::Softmax { rows, len } => format!("{{{head},\"shape\":[{rows},{len}]}}"),
+        Workload::Unary { op, shape } => {
+            // Clip's bounds and LeakyRelu's alpha; unset Clip bounds are left out.
+            let attrs = match op {
+                eia::ops::Op::Clip(c) => {
+                    let b = |name, v: Option<f32>| v.map(|v| format!(",\"{name}\":{v}"));
+                    [b("min", c.min), b("max", c.max)].into_iter().flatten().collect()
+                }
+                eia::ops::Op::LeakyRelu(l) => format!(",\"alpha\":{}", l.alpha),
+                _ => String::new(),
+            };
+            format!(
+                "{{{head},\"op\":\"{}\",\"shape\":{shape:?}{attrs}}}",
+                op.name()
+            )
+        }
+        Workload::Binary { op, a, b } => format!(
+            "{{{head},\"op\":\"{}\",\"relu\":{},\"a\":{a:?},\"b\":{b:?}}}",
+            op.name(),
+            matches!(op, eia::ops::Op::Add(eia::ops::Add { relu: true }))
+        ),
+        Workload::Pool { x, op, .. } => {
+            let attrs = match op {
+                eia::ops::Op::MaxPool(m) => format!(
+                    ",\"kernel_shape\":{:?},\"strides\":{:?},\"pads\":{:?}",
+                    m.kernel_shape, m.strides, m.pads
+                ),
+                eia::ops::Op::AveragePool(a) => format!(
+                    ",\"kernel_shape\":{:?},\"strides\":{:?},\"pads\":{:?}",
+                    a.kernel_shape, a.strides, a.pads
+                ),
+                _ => String::new(),
+            };
+            format!("{{{head},\"op\":\"{}\",\"shape\":{x:?}{attrs}}}", op.name())
+        }
+        Workload::Transpose { shape, perm } => {
+            format!("{{{head},\"shape\":{shape:?},\"perm\":{perm:?}}}")
+        }
+        Workload::Concat { shape, inputs } => {
+            format!("{{{head},\"shape\":{shape:?},\"inputs\":{inputs}}}")
+        }
     }
 }

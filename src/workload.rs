@@ -1,12 +1,14 @@
 //! Named op workloads — the shapes that matter for inference (square and skinny GEMMs, ResNet-50
-//! convolution layers, softmax rows, batch norm on ResNet activations) — shared by the `eia run`
+//! convolution layers, softmax rows, batch norm and activations on ResNet activations) — shared by the `eia run`
 //! command, the criterion benches and the peer comparison script, so every tool measures the
 //! same problems.
 
 use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::{BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{
+    Add, BatchNorm, Clip, Concat, Conv, Gemm, LeakyRelu, MaxPool, Op, Softmax, Transpose,
+};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// One benchmarkable problem.
@@ -25,6 +27,26 @@ pub enum Workload {
     BatchNorm { shape: [usize; 4] },
     /// Softmax over the last axis of `[rows, len]`.
     Softmax { rows: usize, len: usize },
+    /// An elementwise activation (Relu, Clip, LeakyRelu, Sigmoid, Tanh) of an `[N, C, H, W]`
+    /// activation.
+    Unary { op: Op, shape: [usize; 4] },
+    /// An elementwise op (Add, Sub, Mul, Div; Add with its fused ReLU) of `a` and `b`, broadcast.
+    Binary {
+        op: Op,
+        a: Vec<usize>,
+        b: Vec<usize>,
+    },
+    /// A pool (`op`: MaxPool, AveragePool, GlobalAveragePool or GlobalMaxPool) of an
+    /// `[N, C, H, W]` activation; `name` says which network layer it is.
+    Pool {
+        name: &'static str,
+        x: [usize; 4],
+        op: Op,
+    },
+    /// Transpose of an `[N, C, H, W]` activation by `perm` (NCHW → NHWC and back).
+    Transpose { shape: [usize; 4], perm: [usize; 4] },
+    /// Concat of `inputs` `[N, C, H, W]` activations along the channels (Inception, DenseNet).
+    Concat { shape: [usize; 4], inputs: usize },
 }
 
 impl Workload {
@@ -98,6 +120,98 @@ impl Workload {
             .into()
     }
 
+    /// Activations after ResNet's first convolution and before its pooling head: Relu, ReLU6
+    /// (Clip 0..6), LeakyRelu (0.01), Sigmoid and Tanh.
+    pub fn unaries() -> Vec<Workload> {
+        let ops = [
+            Op::Relu,
+            Op::Clip(Clip::RELU6),
+            Op::LeakyRelu(LeakyRelu::default()),
+            Op::Sigmoid,
+            Op::Tanh,
+        ];
+        ops.into_iter()
+            .flat_map(|op| {
+                [[1, 64, 112, 112], [32, 2048, 7, 7]].map(|shape| Workload::Unary {
+                    op: op.clone(),
+                    shape,
+                })
+            })
+            .collect()
+    }
+
+    /// ResNet's elementwise ops at batch `n`: the residual Add → ReLU of two `[n,256,56,56]`
+    /// activations, a per-channel Mul by `[1,256,1,1]`, and a row-wise Div of `[n·512, 1000]` by
+    /// `[n·512, 1]`.
+    pub fn binaries(n: usize) -> Vec<Workload> {
+        let act = vec![n, 256, 56, 56];
+        vec![
+            Workload::Binary {
+                op: Op::Add(Add { relu: true }),
+                a: act.clone(),
+                b: act.clone(),
+            },
+            Workload::Binary {
+                op: Op::Mul,
+                a: act,
+                b: vec![1, 256, 1, 1],
+            },
+            Workload::Binary {
+                op: Op::Div,
+                a: vec![n * 512, 1000],
+                b: vec![n * 512, 1],
+            },
+        ]
+    }
+
+    /// ResNet-50's pools at batch 1 and 8: the stem MaxPool (3×3, stride 2, pads 1) and the
+    /// GlobalAveragePool before the classifier.
+    pub fn pools() -> Vec<Workload> {
+        let stem = Op::MaxPool(MaxPool {
+            kernel_shape: [3, 3],
+            strides: [2, 2],
+            pads: [1; 4],
+            ..MaxPool::default()
+        });
+        [1, 8]
+            .into_iter()
+            .flat_map(|n| {
+                [
+                    Workload::Pool {
+                        name: "maxpool_3x3s2",
+                        x: [n, 64, 112, 112],
+                        op: stem.clone(),
+                    },
+                    Workload::Pool {
+                        name: "global_avg",
+                        x: [n, 2048, 7, 7],
+                        op: Op::GlobalAveragePool,
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    /// Layout ops on ResNet-sized activations: NCHW ↔ NHWC transposes and channel concats.
+    pub fn layouts() -> Vec<Workload> {
+        let shape = [8, 64, 56, 56];
+        vec![
+            Workload::Transpose {
+                shape,
+                perm: [0, 2, 3, 1],
+            },
+            Workload::Transpose {
+                shape: [8, 56, 56, 64],
+                perm: [0, 3, 1, 2],
+            },
+            Workload::Concat { shape, inputs: 2 },
+            Workload::Concat {
+                shape: [8, 32, 28, 28],
+                inputs: 4,
+            },
+        ]
+    }
+
     /// The sizes a GPU is judged at besides the shared ones: GEMM 4096³ and 8192³, and batch norm
     /// and softmax on tensors far larger than a GPU's caches.
     pub fn gpu_scale() -> Vec<Workload> {
@@ -123,6 +237,8 @@ impl Workload {
                 rows: 4096,
                 len: 32768,
             },
+            Workload::binaries(32).swap_remove(0),
+            Workload::binaries(32).swap_remove(1),
         ]
     }
 
@@ -133,20 +249,31 @@ impl Workload {
         all.extend(Self::resnet50_convs(8));
         all.extend(Self::batch_norms());
         all.extend(Self::softmaxes());
+        all.extend(Self::unaries());
+        all.extend(Self::binaries(8));
+        all.extend(Self::pools());
+        all.extend(Self::layouts());
         all
     }
 
-    /// The op family: "gemm", "conv", "batchnorm" or "softmax".
+    /// The op family: "gemm", "conv", "batchnorm", "softmax", "unary", "binary", "pool",
+    /// "transpose" or "concat".
     pub fn family(&self) -> &'static str {
         match self {
             Workload::Gemm { .. } => "gemm",
             Workload::Conv { .. } => "conv",
             Workload::BatchNorm { .. } => "batchnorm",
             Workload::Softmax { .. } => "softmax",
+            Workload::Unary { .. } => "unary",
+            Workload::Binary { .. } => "binary",
+            Workload::Pool { .. } => "pool",
+            Workload::Transpose { .. } => "transpose",
+            Workload::Concat { .. } => "concat",
         }
     }
 
-    /// A stable id, e.g. `gemm/1024x1024x1024`, `conv/res4_3x3/n8`, `softmax/32x32768`.
+    /// A stable id, e.g. `gemm/1024x1024x1024`, `conv/res4_3x3/n8`, `softmax/32x32768`,
+    /// `relu/1x64x112x112` (unary ops by their lowercase ONNX name).
     pub fn id(&self) -> String {
         match self {
             Workload::Gemm { m, n, k } => format!("gemm/{m}x{n}x{k}"),
@@ -155,6 +282,30 @@ impl Workload {
                 shape: [n, c, h, w],
             } => format!("batchnorm/{n}x{c}x{h}x{w}"),
             Workload::Softmax { rows, len } => format!("softmax/{rows}x{len}"),
+            Workload::Unary {
+                op,
+                shape: [n, c, h, w],
+            } => format!("{}/{n}x{c}x{h}x{w}", op.name().to_lowercase()),
+            Workload::Binary { op, a, b } => {
+                let name = match op {
+                    Op::Add(Add { relu: true }) => "add_relu".to_string(),
+                    op => op.name().to_lowercase(),
+                };
+                let dims = |s: &[usize]| {
+                    s.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("x")
+                };
+                format!("binary/{name}/{}_by_{}", dims(a), dims(b))
+            }
+            Workload::Pool { name, x, .. } => format!("pool/{name}/n{}", x[0]),
+            Workload::Transpose { shape, perm } => format!(
+                "transpose/{}/perm{}",
+                dims(shape),
+                perm.map(|p| p.to_string()).concat()
+            ),
+            Workload::Concat { shape, inputs } => format!("concat/{inputs}x{}", dims(shape)),
         }
     }
 
@@ -169,6 +320,11 @@ impl Workload {
                 Ok(vec![d(shape)?, p.clone(), p.clone(), p.clone(), p])
             }
             Workload::Softmax { rows, len } => Ok(vec![d(&[*rows, *len])?]),
+            Workload::Unary { shape, .. } => Ok(vec![d(shape)?]),
+            Workload::Binary { a, b, .. } => Ok(vec![d(a)?, d(b)?]),
+            Workload::Pool { x, .. } => Ok(vec![d(x)?]),
+            Workload::Transpose { shape, .. } => Ok(vec![d(shape)?]),
+            Workload::Concat { shape, inputs } => Ok(vec![d(shape)?; *inputs]),
         }
     }
 
@@ -179,6 +335,13 @@ impl Workload {
             Workload::Conv { conv, .. } => Op::Conv(conv.clone()),
             Workload::BatchNorm { .. } => Op::BatchNorm(BatchNorm::default()),
             Workload::Softmax { .. } => Op::Softmax(Softmax::default()),
+            Workload::Unary { op, .. } => op.clone(),
+            Workload::Binary { op, .. } => op.clone(),
+            Workload::Pool { op, .. } => op.clone(),
+            Workload::Transpose { perm, .. } => Op::Transpose(Transpose {
+                perm: Some(perm.map(|p| p as i64).to_vec()),
+            }),
+            Workload::Concat { .. } => Op::Concat(Concat { axis: 1 }),
         }
     }
 
@@ -198,7 +361,16 @@ impl Workload {
 
     /// Whether throughput is best judged in GB/s (memory-bound) rather than GFLOPS.
     pub fn memory_bound(&self) -> bool {
-        matches!(self, Workload::BatchNorm { .. } | Workload::Softmax { .. })
+        matches!(
+            self,
+            Workload::BatchNorm { .. }
+                | Workload::Softmax { .. }
+                | Workload::Unary { .. }
+                | Workload::Binary { .. }
+                | Workload::Pool { .. }
+                | Workload::Transpose { .. }
+                | Workload::Concat { .. }
+        )
     }
 
     /// Uploads deterministic pseudo-random inputs (never all zero; BN variances positive) and
@@ -210,8 +382,12 @@ impl Workload {
             .iter()
             .enumerate()
             .map(|(i, desc)| {
-                let (lo, hi) = if matches!(self, Workload::BatchNorm { .. }) && i == 4 {
+                let (lo, hi) = if matches!(self, Workload::BatchNorm { .. }) && i == 4
+                    || matches!(self, Workload::Binary { op: Op::Div, .. }) && i == 1
+                {
                     (0.5, 1.5)
+                } else if matches!(self, Workload::Unary { .. }) {
+                    (-8.0, 8.0) // both sides of every activation's bends
                 } else {
                     (-1.0, 1.0)
                 };
@@ -228,6 +404,15 @@ impl Workload {
             output,
         })
     }
+}
+
+/// `8x64x56x56`.
+fn dims(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
 }
 
 /// A uniform value in `[lo, hi)` from a xorshift state (deterministic test and demo data).

@@ -10,7 +10,7 @@ use eia::ffi::error::*;
 use eia::ffi::ops::*;
 use eia::ffi::tensor::*;
 use eia::ffi::{EIA_F16, EIA_F32};
-use eia::ops::{BatchNorm, Conv, Gemm, Softmax};
+use eia::ops::{Add, BatchNorm, Conv, Gemm, Op, Softmax};
 use eia::{Backend, CpuBackend, DType, HostTensor};
 
 const TIERS: &str =
@@ -137,6 +137,16 @@ fn header_matches_the_library() {
         "eia_conv",
         "eia_batch_norm",
         "eia_softmax",
+        "eia_relu",
+        "eia_clip",
+        "eia_leaky_relu",
+        "eia_sigmoid",
+        "eia_tanh",
+        "eia_add",
+        "eia_sub",
+        "eia_mul",
+        "eia_div",
+        "eia_sum",
         "eia_accelerator_usage",
         "eia_accelerator_resize",
         "eia_accelerator_detach",
@@ -288,6 +298,44 @@ fn ops_match_the_rust_api(a: *mut eia_accelerator) {
         ok(unsafe { eia_softmax(a.as_ref(), Some(&sattrs), tx.as_ref(), Some(&mut y)) });
         same(y, cpu.softmax(&Softmax { axis: -3 }, &cx).unwrap());
 
+        // Add + ReLU of X and a per-channel [4, 1, 1]; Sub, Mul, Div; Sum of three.
+        let hs = random(dtype, &[4, 1, 1], 20);
+        let ts = tensor(a, &hs);
+        let cs = cpu.upload(&hs).unwrap();
+        let add = eia_add_attrs { relu: true };
+        ok(unsafe {
+            eia_add(
+                a.as_ref(),
+                Some(&add),
+                tx.as_ref(),
+                ts.as_ref(),
+                Some(&mut y),
+            )
+        });
+        let relu = Op::Add(Add { relu: true });
+        same(y, cpu.apply(&relu, &[&cx, &cs]).unwrap());
+        type Binary = extern "C" fn(
+            Option<&eia_accelerator>,
+            Option<&eia_tensor>,
+            Option<&eia_tensor>,
+            Option<&mut *mut eia_tensor>,
+        ) -> Option<Box<eia_error>>;
+        let binaries: [(Binary, Op); 3] =
+            [(eia_sub, Op::Sub), (eia_mul, Op::Mul), (eia_div, Op::Div)];
+        for (f, op) in binaries {
+            ok(f(
+                unsafe { a.as_ref() },
+                unsafe { ts.as_ref() },
+                unsafe { tx.as_ref() },
+                Some(&mut y),
+            ));
+            same(y, cpu.apply(&op, &[&cs, &cx]).unwrap());
+        }
+        let inputs = unsafe { [tx.as_ref(), ts.as_ref(), tx.as_ref()] };
+        ok(unsafe { eia_sum(a.as_ref(), inputs.as_ptr(), 3, Some(&mut y)) });
+        same(y, cpu.apply(&Op::Sum, &[&cx, &cs, &cx]).unwrap());
+        eia_tensor_free(unsafe { Box::from_raw(ts) }.into());
+
         for t in [ta, tb, tc, tm, tx, tw, tbias].into_iter().chain(tp) {
             eia_tensor_free(unsafe { Box::from_raw(t) }.into());
         }
@@ -301,7 +349,7 @@ fn local_ops_match_the_rust_api_and_usage_counts_them() {
     ops_match_the_rust_api(a);
     let mut u = eia_usage::default();
     ok(eia_accelerator_usage(unsafe { a.as_ref() }, Some(&mut u)));
-    assert_eq!(u.ops, 10);
+    assert_eq!(u.ops, 20); // 10 ops per dtype
     assert!(u.flops_f32 > 0 && u.flops_f16 > 0);
     assert_eq!(u.memory_used, 0, "every tensor was freed");
     assert_eq!(u.memory_quota, 1 << 20);
@@ -324,7 +372,7 @@ fn local_ops_match_the_rust_api_and_usage_counts_them() {
         unsafe { a.as_ref() },
         Some(&mut last),
     ));
-    assert_eq!(last.ops, 10);
+    assert_eq!(last.ops, 20);
     eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
     eia_device_free(unsafe { Box::from_raw(d) }.into());
 }
@@ -355,7 +403,7 @@ fn remote_ops_match_the_rust_api() {
     ops_match_the_rust_api(a);
     let mut u = eia_usage::default();
     ok(eia_accelerator_usage(unsafe { a.as_ref() }, Some(&mut u)));
-    assert_eq!(u.ops, 10);
+    assert_eq!(u.ops, 20); // 10 ops per dtype
     eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
 
     // Nothing listens on port 1: a network error, not a crash.
@@ -662,6 +710,142 @@ fn many_threads_share_one_accelerator_and_its_tensors() {
     );
     eia_tensor_free(unsafe { Box::from_raw(ta) }.into());
     eia_tensor_free(unsafe { Box::from_raw(tb) }.into());
+    eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
+    eia_device_free(unsafe { Box::from_raw(d) }.into());
+}
+
+/// The unary activations through the ABI, bit for bit against the Rust API on the CPU backend,
+/// their attribute defaults, and Clip's bad bounds as attribute errors.
+#[test]
+fn unary_ops_match_the_rust_api() {
+    use eia::ops::{Clip, LeakyRelu, Op};
+    let d = device();
+    let a = attach(d, "tiny");
+    let acc = unsafe { a.as_ref() };
+    let cpu = CpuBackend::new();
+    let d_clip = eia_clip_attrs_default();
+    assert_eq!((d_clip.min, d_clip.max), (f32::NEG_INFINITY, f32::INFINITY));
+    assert_eq!(eia_leaky_relu_attrs_default().alpha, 0.01);
+    for dtype in DType::ALL {
+        let hx = random(dtype, &[2, 3, 5], 7);
+        let (tx, cx) = (tensor(a, &hx), cpu.upload(&hx).unwrap());
+        let check = |y: *mut eia_tensor, op: Op| {
+            let expected = cpu.download(&cpu.apply(&op, &[&cx]).unwrap()).unwrap();
+            assert_eq!(read(y), expected.as_bytes(), "{op:?}");
+            eia_tensor_free(unsafe { Box::from_raw(y) }.into());
+        };
+        let x = unsafe { tx.as_ref() };
+        let mut y = ptr::null_mut();
+        ok(eia_relu(acc, x, Some(&mut y)));
+        check(y, Op::Relu);
+        let relu6 = eia_clip_attrs { min: 0.0, max: 6.0 };
+        ok(eia_clip(acc, Some(&relu6), x, Some(&mut y)));
+        check(y, Op::Clip(Clip::RELU6));
+        let upper = eia_clip_attrs {
+            max: 0.25,
+            ..eia_clip_attrs_default()
+        };
+        ok(eia_clip(acc, Some(&upper), x, Some(&mut y)));
+        check(
+            y,
+            Op::Clip(Clip {
+                min: None,
+                max: Some(0.25),
+            }),
+        );
+        let leaky = eia_leaky_relu_attrs { alpha: 0.2 };
+        ok(eia_leaky_relu(acc, Some(&leaky), x, Some(&mut y)));
+        check(y, Op::LeakyRelu(LeakyRelu { alpha: 0.2 }));
+        ok(eia_sigmoid(acc, x, Some(&mut y)));
+        check(y, Op::Sigmoid);
+        ok(eia_tanh(acc, x, Some(&mut y)));
+        check(y, Op::Tanh);
+        let bad = eia_clip_attrs { min: 1.0, max: 0.0 };
+        fails(
+            eia_clip(acc, Some(&bad), x, Some(&mut y)),
+            EIA_ERR_ATTRIBUTE,
+            "min",
+        );
+        fails(
+            eia_relu(acc, None, Some(&mut y)),
+            EIA_ERR_NULL_ARGUMENT,
+            "`x`",
+        );
+        eia_tensor_free(unsafe { Box::from_raw(tx) }.into());
+    }
+    eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
+    eia_device_free(unsafe { Box::from_raw(d) }.into());
+}
+
+/// The pools through the ABI match the Rust API bit for bit, and a MaxPool without its
+/// kernel_shape (the default) is an invalid-argument error that leaves `y` alone.
+#[test]
+fn pool_ops_match_the_rust_api() {
+    use eia::ops::{AutoPad, AveragePool, MaxPool, Op};
+    let d = device();
+    let a = attach(d, "tiny");
+    let cpu = CpuBackend::new();
+    for dtype in DType::ALL {
+        let hx = random(dtype, &[2, 3, 7, 6], 11);
+        let tx = tensor(a, &hx);
+        let cx = cpu.upload(&hx).unwrap();
+        let same = |t: *mut eia_tensor, op: Op| {
+            let expected = cpu.apply(&op, &[&cx]).unwrap();
+            assert_eq!(read(t), expected.as_bytes(), "{op:?}");
+            eia_tensor_free(unsafe { Box::from_raw(t) }.into());
+        };
+        let mut y = ptr::null_mut();
+        let mut m = eia_max_pool_attrs_default();
+        m.kernel_shape = [3, 2];
+        m.strides = [2, 1];
+        m.pads = [1, 0, 2, 1];
+        m.dilations = [1, 2];
+        m.ceil_mode = true;
+        ok(unsafe { eia_max_pool(a.as_ref(), Some(&m), tx.as_ref(), Some(&mut y)) });
+        let op = MaxPool {
+            kernel_shape: [3, 2],
+            strides: [2, 1],
+            pads: [1, 0, 2, 1],
+            dilations: [1, 2],
+            ceil_mode: true,
+            ..MaxPool::default()
+        };
+        same(y, Op::MaxPool(op));
+        let mut v = eia_average_pool_attrs_default();
+        v.kernel_shape = [2, 3];
+        v.strides = [2, 2];
+        v.count_include_pad = true;
+        v.auto_pad = EIA_AUTO_PAD_SAME_LOWER;
+        ok(unsafe { eia_average_pool(a.as_ref(), Some(&v), tx.as_ref(), Some(&mut y)) });
+        let op = AveragePool {
+            kernel_shape: [2, 3],
+            strides: [2, 2],
+            count_include_pad: true,
+            auto_pad: AutoPad::SameLower,
+            ..AveragePool::default()
+        };
+        same(y, Op::AveragePool(op));
+        ok(unsafe { eia_global_average_pool(a.as_ref(), tx.as_ref(), Some(&mut y)) });
+        same(y, Op::GlobalAveragePool);
+        ok(unsafe { eia_global_max_pool(a.as_ref(), tx.as_ref(), Some(&mut y)) });
+        same(y, Op::GlobalMaxPool);
+        // Errors: no kernel_shape; an unknown auto_pad; both leave y alone.
+        let mut y = ptr::null_mut();
+        let bad = eia_max_pool_attrs_default();
+        fails(
+            unsafe { eia_max_pool(a.as_ref(), Some(&bad), tx.as_ref(), Some(&mut y)) },
+            EIA_ERR_ATTRIBUTE,
+            "kernel_shape",
+        );
+        v.auto_pad = 9;
+        fails(
+            unsafe { eia_average_pool(a.as_ref(), Some(&v), tx.as_ref(), Some(&mut y)) },
+            EIA_ERR_INVALID_ARGUMENT,
+            "auto_pad",
+        );
+        assert!(y.is_null());
+        eia_tensor_free(unsafe { Box::from_raw(tx) }.into());
+    }
     eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
     eia_device_free(unsafe { Box::from_raw(d) }.into());
 }

@@ -510,6 +510,54 @@ fn op_kind() -> impl Strategy<Value = Option<Kind>> {
             .prop_map(|epsilon| Some(Kind::BatchNorm(proto::BatchNormOp { epsilon }))),
         2 => prop::option::of(prop_oneof![3 => -5i64..5, 1 => any::<i64>()])
             .prop_map(|axis| Some(Kind::Softmax(proto::SoftmaxOp { axis }))),
+        1 => Just(Some(Kind::Relu(proto::ReluOp {}))),
+        2 => (
+            prop::option::of(prop_oneof![3 => -8f32..8.0, 1 => any::<f32>()]),
+            prop::option::of(prop_oneof![3 => -8f32..8.0, 1 => any::<f32>()]),
+        )
+            .prop_map(|(min, max)| Some(Kind::Clip(proto::ClipOp { min, max }))),
+        1 => prop::option::of(any::<f32>())
+            .prop_map(|alpha| Some(Kind::LeakyRelu(proto::LeakyReluOp { alpha }))),
+        1 => Just(Some(Kind::Sigmoid(proto::SigmoidOp {}))),
+        1 => Just(Some(Kind::Tanh(proto::TanhOp {}))),
+        2 => any::<bool>().prop_map(|relu| Some(Kind::Add(proto::AddOp { relu }))),
+        1 => Just(Some(Kind::Sub(proto::SubOp {}))),
+        1 => Just(Some(Kind::Mul(proto::MulOp {}))),
+        1 => Just(Some(Kind::Div(proto::DivOp {}))),
+        2 => Just(Some(Kind::Sum(proto::SumOp {}))),
+        2 => (attr_pair(), attr_pair(), pads(), attr_pair(), any::<bool>(), prop::option::of(-1i64..2))
+            .prop_map(|(kernel_shape, strides, pads, dilations, ceil_mode, storage_order)| {
+                Some(Kind::MaxPool(proto::MaxPoolOp {
+                    kernel_shape,
+                    strides,
+                    pads,
+                    dilations,
+                    ceil_mode,
+                    auto_pad: String::new(),
+                    storage_order,
+                }))
+            }),
+        2 => (attr_pair(), attr_pair(), pads(), any::<bool>(), any::<bool>())
+            .prop_map(|(kernel_shape, strides, pads, ceil_mode, count_include_pad)| {
+                Some(Kind::AveragePool(proto::AveragePoolOp {
+                    kernel_shape,
+                    strides,
+                    pads,
+                    ceil_mode,
+                    count_include_pad,
+                    auto_pad: String::new(),
+                }))
+            }),
+        1 => Just(Some(Kind::GlobalAveragePool(proto::GlobalAveragePoolOp {}))),
+        1 => Just(Some(Kind::GlobalMaxPool(proto::GlobalMaxPoolOp {}))),
+        1 => prop::option::of(-5i64..5)
+            .prop_map(|axis| Some(Kind::Concat(proto::ConcatOp { axis }))),
+        1 => prop::collection::vec(-2i64..6, 0..6)
+            .prop_map(|perm| Some(Kind::Transpose(proto::TransposeOp { perm }))),
+        1 => (prop::collection::vec(-2i64..20, 0..5), any::<bool>())
+            .prop_map(|(shape, allowzero)| Some(Kind::Reshape(proto::ReshapeOp { shape, allowzero }))),
+        1 => prop::collection::vec(-5i64..5, 0..4)
+            .prop_map(|axes| Some(Kind::Unsqueeze(proto::UnsqueezeOp { axes }))),
         1 => Just(None),
     ]
 }
@@ -578,6 +626,21 @@ fn shaped_operands(kind: &Option<Kind>, pick: u64) -> (Vec<Handle>, Handle) {
                 x.push(f(13));
             }
             (x, f(14))
+        }
+        Some(Kind::Add(_) | Kind::Sub(_) | Kind::Mul(_) | Kind::Div(_)) => {
+            // Same shape, a per-channel broadcast, or (one time in four) shapes that clash.
+            if bit(1) && bit(2) {
+                (vec![f(9), f(13)], f(14))
+            } else if bit(0) {
+                (vec![f(0), f(8)], f(5))
+            } else {
+                (vec![f(0), f(5)], f(5))
+            }
+        }
+        Some(Kind::Sum(_)) => {
+            let n = 1 + (pick >> 4) as usize % 4;
+            let x = [f(0), f(8), f(5), f(4)];
+            (x[..n].to_vec(), f(5))
         }
         _ if bit(3) => (vec![f(0)], f(5)),
         _ => (

@@ -394,13 +394,12 @@ impl Backend for EmuBackend {
     }
 
     fn launch(&self, plan: &Plan, inputs: &[&EmuBuffer], y: &mut EmuBuffer) -> Result<()> {
-        let named: Vec<(&str, &EmuBuffer)> = plan
-            .op
-            .inputs()
-            .0
+        // A variadic op's inputs past its named ones go by its last name.
+        let names = plan.op.inputs().0;
+        let named: Vec<(&str, &EmuBuffer)> = inputs
             .iter()
-            .copied()
-            .zip(inputs.iter().copied())
+            .enumerate()
+            .map(|(i, &b)| (names[i.min(names.len() - 1)], b))
             .collect();
         self.run(&named, y, |p, y| launch::launches(plan, Arch::SM80, p, y))
     }

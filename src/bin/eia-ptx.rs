@@ -105,7 +105,7 @@ fn run(args: &Args) -> Result<(), String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let kernels = root.join("kernels");
     let mut stale = Vec::new();
-    for family in Family::ALL {
+    for &family in Family::ALL {
         for &target in family.targets() {
             let file = kernels
                 .join("ptx")

@@ -203,8 +203,51 @@ impl Conv {
     }
 
     /// Padding at the beginning and the output size along spatial axis `axis` (0 = H, 1 = W).
-    /// Sizes that overflow `usize` (huge dilations or pads) are refused, not wrapped.
     fn resolve_axis(&self, axis: usize, input: usize, kernel: usize) -> Result<(usize, usize)> {
+        let window = Window {
+            op: OP,
+            auto_pad: self.auto_pad,
+            pads: self.pads,
+            strides: self.strides,
+            dilations: self.dilations,
+            ceil_mode: false,
+        };
+        let a = window.resolve_axis(axis, input, kernel)?;
+        Ok((a.begin, a.out))
+    }
+}
+
+/// The sliding-window geometry Conv and the pools share: how `auto_pad`, `pads`, `strides`,
+/// `dilations` and `ceil_mode` resolve each spatial axis.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub op: &'static str,
+    pub auto_pad: AutoPad,
+    /// ONNX order `[top, left, bottom, right]`; used only with `AutoPad::NotSet`.
+    pub pads: [usize; 4],
+    pub strides: [usize; 2],
+    pub dilations: [usize; 2],
+    /// Round the output size up (pools), keeping only windows that start inside the input or
+    /// its leading padding (onnxruntime's rule).
+    pub ceil_mode: bool,
+}
+
+/// One resolved spatial axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Axis {
+    /// Padding at the beginning and at the end.
+    pub begin: usize,
+    pub end: usize,
+    /// Output size.
+    pub out: usize,
+}
+
+impl Window {
+    /// Padding and the output size along spatial axis `axis` (0 = H, 1 = W) of an input of
+    /// `input` elements and a kernel of `kernel` taps. Sizes that overflow `usize` (huge
+    /// dilations or pads) are refused, not wrapped.
+    pub fn resolve_axis(&self, axis: usize, input: usize, kernel: usize) -> Result<Axis> {
+        let op = self.op;
         let stride = self.strides[axis];
         let name = ["H", "W"][axis];
         let extent = self.dilations[axis]
@@ -212,7 +255,7 @@ impl Conv {
             .and_then(|e| e.checked_add(1))
             .ok_or_else(|| {
                 Error::attribute(
-                    OP,
+                    op,
                     "dilations",
                     format!(
                         "{:?}: the dilated kernel ({kernel} taps on the {name} axis) overflows",
@@ -230,7 +273,7 @@ impl Conv {
                     .checked_add(extent)
                     .ok_or_else(|| {
                         Error::attribute(
-                            OP,
+                            op,
                             "dilations",
                             format!("{:?}: the padding SAME needs overflows", self.dilations),
                         )
@@ -249,7 +292,7 @@ impl Conv {
             .and_then(|v| v.checked_add(end))
             .ok_or_else(|| {
                 Error::attribute(
-                    OP,
+                    op,
                     "pads",
                     format!(
                         "{:?}: the padded {name} axis (input {input} + {begin} + {end}) overflows",
@@ -259,7 +302,7 @@ impl Conv {
             })?;
         if padded > MAX_DIM {
             return Err(Error::attribute(
-                OP,
+                op,
                 "pads",
                 format!(
                     "{:?}: the padded {name} axis (input {input} + {begin} + {end}) exceeds {MAX_DIM}, the most any backend indexes",
@@ -269,13 +312,20 @@ impl Conv {
         }
         if padded < extent {
             return Err(Error::shape(
-                OP,
+                op,
                 format!(
-                    "{} axis: padded input {padded} (input {input} + pads {begin}+{end}) is smaller than the dilated kernel {extent}",
-                    ["H", "W"][axis]
+                    "{name} axis: padded input {padded} (input {input} + pads {begin}+{end}) is smaller than the dilated kernel {extent}"
                 ),
             ));
         }
-        Ok((begin, (padded - extent) / stride + 1))
+        let mut out = (padded - extent) / stride + 1;
+        if self.ceil_mode && (padded - extent) % stride != 0 {
+            out += 1;
+            // The last window must start inside the input or its leading padding.
+            if (out - 1) * stride >= input + begin {
+                out -= 1;
+            }
+        }
+        Ok(Axis { begin, end, out })
     }
 }

@@ -14,16 +14,36 @@
 //! - Conv: `2·N·K·P·Q·(C/group)·R·S`; bias and ReLU are not charged.
 //! - BatchNormalization: `2` per element (one multiply, one add after folding the statistics).
 //! - Softmax: `5` per element (max, subtract, exp, sum, scale).
+//! - Relu, Clip, LeakyRelu: `1` per element; Sigmoid, Tanh: `4` per element.
+//! - Add, Sub, Mul, Div: `1` per output element (Add's fused ReLU is not charged); Sum of n
+//!   inputs: `n − 1` per output element, at least 1.
+//! - MaxPool / AveragePool: the window's taps (`kernel_h·kernel_w`, padding positions
+//!   included) per output element; GlobalMaxPool / GlobalAveragePool: `1` per input element.
+//! - Concat, Transpose, Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout: `1` per output
+//!   element (data movement is charged, so that no op is free); empty tensors: 0.
 
 pub mod batchnorm;
+pub mod binary;
 pub mod conv;
 pub mod gemm;
+pub mod pool;
+pub mod layout;
 pub mod softmax;
+pub mod unary;
 
 pub use batchnorm::{BatchNorm, BatchNormPlan};
+pub use binary::{Add, BinaryKind, BinaryPlan};
 pub use conv::{AutoPad, Conv, ConvPlan};
 pub use gemm::{Gemm, GemmPlan, MatLayout, MatMul};
+pub use pool::{AveragePool, MaxPool, PoolKind, PoolPlan};
+pub use layout::{
+    Concat, Dropout, Flatten, LayoutKind, LayoutPlan, Reshape, Squeeze, Transpose, Unsqueeze,
+};
 pub use softmax::{Softmax, SoftmaxPlan};
+pub use unary::{Activation, Clip, LeakyRelu, UnaryPlan};
+
+/// The most inputs a variadic op (Sum, Concat) takes.
+pub const MAX_INPUTS: usize = 64;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -42,6 +62,50 @@ pub enum Op {
     BatchNorm(BatchNorm),
     /// Input X.
     Softmax(Softmax),
+    /// Input X.
+    Relu,
+    /// Input X (ONNX's constant `min`/`max` inputs are attributes here).
+    Clip(Clip),
+    /// Input X.
+    LeakyRelu(LeakyRelu),
+    /// Input X.
+    Sigmoid,
+    /// Input X.
+    Tanh,
+    /// Inputs A, B (broadcast); an optional fused ReLU.
+    Add(Add),
+    /// Inputs A, B (broadcast).
+    Sub,
+    /// Inputs A, B (broadcast).
+    Mul,
+    /// Inputs A, B (broadcast).
+    Div,
+    /// Inputs data_0 … (1 ..= [`MAX_INPUTS`], all broadcast together).
+    Sum,
+    /// Input X (NCHW). Only the first output, Y, is supported (not Indices).
+    MaxPool(MaxPool),
+    /// Input X (NCHW).
+    AveragePool(AveragePool),
+    /// Input X (rank >= 3).
+    GlobalAveragePool,
+    /// Input X (rank >= 3).
+    GlobalMaxPool,
+    /// Inputs 1 ..= [`MAX_INPUTS`] tensors.
+    Concat(Concat),
+    /// Input data.
+    Transpose(Transpose),
+    /// Input input.
+    Flatten(Flatten),
+    /// Input data (ONNX's `shape` input is the attribute).
+    Reshape(Reshape),
+    /// Input data (ONNX's `axes` input is the attribute).
+    Squeeze(Squeeze),
+    /// Input data (ONNX's `axes` input is the attribute).
+    Unsqueeze(Unsqueeze),
+    /// Input input.
+    Identity,
+    /// Input data (inference: the identity).
+    Dropout(Dropout),
 }
 
 /// An op's validated plan: the kernel family's resolved problem, and the op it came from.
@@ -60,6 +124,14 @@ pub enum FamilyPlan {
     Conv(ConvPlan),
     BatchNorm(BatchNormPlan),
     Softmax(SoftmaxPlan),
+    /// Relu, Clip, LeakyRelu, Sigmoid, Tanh.
+    Unary(UnaryPlan),
+    /// Add, Sub, Mul, Div, Sum.
+    Binary(BinaryPlan),
+    /// MaxPool, AveragePool, GlobalMaxPool and GlobalAveragePool.
+    Pool(PoolPlan),
+    /// Concat, Transpose, Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout.
+    Layout(LayoutPlan),
 }
 
 impl Op {
@@ -71,6 +143,28 @@ impl Op {
             Op::Conv(_) => "Conv",
             Op::BatchNorm(_) => "BatchNormalization",
             Op::Softmax(_) => "Softmax",
+            Op::Relu => "Relu",
+            Op::Clip(_) => "Clip",
+            Op::LeakyRelu(_) => "LeakyRelu",
+            Op::Sigmoid => "Sigmoid",
+            Op::Tanh => "Tanh",
+            Op::Add(_) => "Add",
+            Op::Sub => "Sub",
+            Op::Mul => "Mul",
+            Op::Div => "Div",
+            Op::Sum => "Sum",
+            Op::MaxPool(_) => "MaxPool",
+            Op::AveragePool(_) => "AveragePool",
+            Op::GlobalAveragePool => "GlobalAveragePool",
+            Op::GlobalMaxPool => "GlobalMaxPool",
+            Op::Concat(_) => "Concat",
+            Op::Transpose(_) => "Transpose",
+            Op::Flatten(_) => "Flatten",
+            Op::Reshape(_) => "Reshape",
+            Op::Squeeze(_) => "Squeeze",
+            Op::Unsqueeze(_) => "Unsqueeze",
+            Op::Identity => "Identity",
+            Op::Dropout(_) => "Dropout",
         }
     }
 
@@ -83,13 +177,34 @@ impl Op {
             Op::Conv(_) => (&["X", "W", "B"], 2),
             Op::BatchNorm(_) => (&["X", "scale", "B", "input_mean", "input_var"], 5),
             Op::Softmax(_) => (&["X"], 1),
+            Op::Relu | Op::Clip(_) | Op::LeakyRelu(_) | Op::Sigmoid | Op::Tanh => (&["X"], 1),
+            Op::Add(_) | Op::Sub | Op::Mul | Op::Div => (&["A", "B"], 2),
+            Op::Sum => (&["data_0"], 1),
+            Op::MaxPool(_) | Op::AveragePool(_) | Op::GlobalAveragePool | Op::GlobalMaxPool => {
+                (&["X"], 1)
+            }
+            Op::Concat(_) => (&["inputs"], 1),
+            Op::Transpose(_) | Op::Reshape(_) | Op::Squeeze(_) | Op::Unsqueeze(_) => (&["data"], 1),
+            Op::Dropout(_) => (&["data"], 1),
+            Op::Flatten(_) | Op::Identity => (&["input"], 1),
         }
     }
 
     /// How many inputs it takes (fewest ..= most).
     pub fn arity(&self) -> std::ops::RangeInclusive<usize> {
+        if self.variadic() {
+            return 1..=MAX_INPUTS;
+        }
+        if let Op::Concat(_) = self {
+            return 1..=MAX_INPUTS;
+        }
         let (names, required) = self.inputs();
         required..=names.len()
+    }
+
+    /// True for ops taking any number of inputs (1 ..= [`MAX_INPUTS`]) named after the first.
+    pub fn variadic(&self) -> bool {
+        matches!(self, Op::Sum)
     }
 
     /// Validates the inputs' descriptors (count, dtypes, shapes) and the attributes against
@@ -97,6 +212,20 @@ impl Op {
     pub fn plan(&self, inputs: &[&TensorDesc]) -> Result<Plan> {
         if !self.arity().contains(&inputs.len()) {
             let (names, required) = self.inputs();
+            if self.variadic() {
+                return Err(Error::Arity {
+                    op: self.name(),
+                    expected: format!("{}, ... (1 to {MAX_INPUTS})", names[0]),
+                    got: inputs.len(),
+                });
+            }
+            if let Op::Concat(_) = self {
+                return Err(Error::Arity {
+                    op: self.name(),
+                    expected: format!("{} (1 ..= {MAX_INPUTS} tensors)", names[0]),
+                    got: inputs.len(),
+                });
+            }
             let optional: String = names[required..]
                 .iter()
                 .map(|n| format!("[, {n}]"))
@@ -114,6 +243,28 @@ impl Op {
             Op::Conv(c) => FamilyPlan::Conv(c.plan(x[0], x[1], x.get(2).copied())?),
             Op::BatchNorm(b) => FamilyPlan::BatchNorm(b.plan(x[0], [x[1], x[2], x[3], x[4]])?),
             Op::Softmax(s) => FamilyPlan::Softmax(s.plan(x[0])?),
+            Op::Relu => FamilyPlan::Unary(Activation::Relu.plan(x[0])?),
+            Op::Clip(c) => FamilyPlan::Unary(c.activation().plan(x[0])?),
+            Op::LeakyRelu(l) => FamilyPlan::Unary(l.activation().plan(x[0])?),
+            Op::Sigmoid => FamilyPlan::Unary(Activation::Sigmoid.plan(x[0])?),
+            Op::Tanh => FamilyPlan::Unary(Activation::Tanh.plan(x[0])?),
+            Op::Add(a) => FamilyPlan::Binary(binary::plan(BinaryKind::Add, a.relu, x)?),
+            Op::Sub => FamilyPlan::Binary(binary::plan(BinaryKind::Sub, false, x)?),
+            Op::Mul => FamilyPlan::Binary(binary::plan(BinaryKind::Mul, false, x)?),
+            Op::Div => FamilyPlan::Binary(binary::plan(BinaryKind::Div, false, x)?),
+            Op::Sum => FamilyPlan::Binary(binary::plan(BinaryKind::Sum, false, x)?),
+            Op::MaxPool(m) => FamilyPlan::Pool(m.plan(x[0])?),
+            Op::AveragePool(a) => FamilyPlan::Pool(a.plan(x[0])?),
+            Op::GlobalAveragePool => FamilyPlan::Pool(pool::plan_global(false, x[0])?),
+            Op::GlobalMaxPool => FamilyPlan::Pool(pool::plan_global(true, x[0])?),
+            Op::Concat(c) => FamilyPlan::Layout(c.plan(x)?),
+            Op::Transpose(t) => FamilyPlan::Layout(t.plan(x[0])?),
+            Op::Flatten(f) => FamilyPlan::Layout(f.plan(x[0])?),
+            Op::Reshape(r) => FamilyPlan::Layout(r.plan(x[0])?),
+            Op::Squeeze(s) => FamilyPlan::Layout(s.plan(x[0])?),
+            Op::Unsqueeze(u) => FamilyPlan::Layout(u.plan(x[0])?),
+            Op::Identity => FamilyPlan::Layout(layout::identity(x[0])?),
+            Op::Dropout(d) => FamilyPlan::Layout(d.plan(x[0])?),
         };
         Ok(Plan {
             op: self.clone(),
@@ -130,6 +281,10 @@ impl Plan {
             FamilyPlan::Conv(p) => &p.output,
             FamilyPlan::BatchNorm(p) => &p.output,
             FamilyPlan::Softmax(p) => &p.output,
+            FamilyPlan::Unary(p) => &p.output,
+            FamilyPlan::Binary(p) => &p.output,
+            FamilyPlan::Pool(p) => &p.output,
+            FamilyPlan::Layout(p) => &p.output,
         }
     }
 
@@ -140,6 +295,10 @@ impl Plan {
             FamilyPlan::Conv(p) => p.flops(),
             FamilyPlan::BatchNorm(p) => p.flops(),
             FamilyPlan::Softmax(p) => p.flops(),
+            FamilyPlan::Unary(p) => p.flops(),
+            FamilyPlan::Binary(p) => p.flops(),
+            FamilyPlan::Pool(p) => p.flops(),
+            FamilyPlan::Layout(p) => p.flops(),
         }
     }
 }

@@ -11,7 +11,10 @@ use super::proto;
 use crate::accelerator::{Tier, Usage};
 use crate::dtype::DType;
 use crate::error::Error;
-use crate::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
+use crate::ops::{
+    Add, AutoPad, AveragePool, BatchNorm, Clip, Concat, Conv, Dropout, Flatten, Gemm, LeakyRelu,
+    MaxPool, Op, Reshape, Softmax, Squeeze, Transpose, Unsqueeze,
+};
 use crate::tensor::TensorDesc;
 
 /// The status a server returns for an error.
@@ -155,45 +158,61 @@ pub fn op_from(kind: Option<&proto::op::Kind>) -> Result<Op, Status> {
         Kind::Softmax(s) => Op::Softmax(Softmax {
             axis: s.axis.unwrap_or(Softmax::default().axis),
         }),
+        Kind::Relu(_) => Op::Relu,
+        Kind::Clip(c) => Op::Clip(Clip {
+            min: c.min,
+            max: c.max,
+        }),
+        Kind::LeakyRelu(l) => Op::LeakyRelu(LeakyRelu {
+            alpha: l.alpha.unwrap_or(LeakyRelu::default().alpha),
+        }),
+        Kind::Sigmoid(_) => Op::Sigmoid,
+        Kind::Tanh(_) => Op::Tanh,
+        Kind::Add(a) => Op::Add(Add { relu: a.relu }),
+        Kind::Sub(_) => Op::Sub,
+        Kind::Mul(_) => Op::Mul,
+        Kind::Div(_) => Op::Div,
+        Kind::Sum(_) => Op::Sum,
+        Kind::MaxPool(m) => Op::MaxPool(max_pool_from(m)?),
+        Kind::AveragePool(a) => Op::AveragePool(average_pool_from(a)?),
+        Kind::GlobalAveragePool(_) => Op::GlobalAveragePool,
+        Kind::GlobalMaxPool(_) => Op::GlobalMaxPool,
+        Kind::Concat(c) => Op::Concat(Concat {
+            axis: c
+                .axis
+                .ok_or_else(|| invalid("Concat axis is required (ONNX has no default)"))?,
+        }),
+        Kind::Transpose(t) => Op::Transpose(Transpose {
+            perm: (!t.perm.is_empty()).then(|| t.perm.clone()),
+        }),
+        Kind::Flatten(f) => Op::Flatten(Flatten {
+            axis: f.axis.unwrap_or(Flatten::default().axis),
+        }),
+        Kind::Reshape(r) => Op::Reshape(Reshape {
+            shape: r.shape.clone(),
+            allowzero: r.allowzero,
+        }),
+        Kind::Squeeze(s) => Op::Squeeze(Squeeze {
+            axes: (!s.axes.is_empty()).then(|| s.axes.clone()),
+        }),
+        Kind::Unsqueeze(u) => Op::Unsqueeze(Unsqueeze {
+            axes: u.axes.clone(),
+        }),
+        Kind::Identity(_) => Op::Identity,
+        Kind::Dropout(d) => Op::Dropout(Dropout {
+            ratio: d.ratio.unwrap_or(Dropout::default().ratio),
+            training_mode: d.training_mode,
+        }),
     })
 }
 
 fn conv_from(c: &proto::ConvOp) -> Result<Conv, Status> {
-    /// Exactly `N` values, or `default` for an empty list.
-    fn fixed<const N: usize>(
-        name: &str,
-        v: &[u64],
-        default: [usize; N],
-    ) -> Result<[usize; N], Status> {
-        if v.is_empty() {
-            return Ok(default);
-        }
-        let values: Vec<usize> = v
-            .iter()
-            .map(|&x| {
-                usize::try_from(x).map_err(|_| invalid(format!("Conv {name}: {x} is too large")))
-            })
-            .collect::<Result<_, _>>()?;
-        values
-            .try_into()
-            .map_err(|_| invalid(format!("Conv {name}: expected {N} values, got {}", v.len())))
-    }
-    let auto_pad = match c.auto_pad.as_str() {
-        "" | "NOTSET" => AutoPad::NotSet,
-        "SAME_UPPER" => AutoPad::SameUpper,
-        "SAME_LOWER" => AutoPad::SameLower,
-        "VALID" => AutoPad::Valid,
-        other => {
-            return Err(invalid(format!(
-                "Conv auto_pad: {other:?} is not NOTSET, SAME_UPPER, SAME_LOWER or VALID"
-            )))
-        }
-    };
+    let auto_pad = auto_pad_from("Conv", &c.auto_pad)?;
     let d = Conv::default();
     Ok(Conv {
-        strides: fixed("strides", &c.strides, d.strides)?,
-        pads: fixed("pads", &c.pads, d.pads)?,
-        dilations: fixed("dilations", &c.dilations, d.dilations)?,
+        strides: fixed("Conv", "strides", &c.strides, d.strides)?,
+        pads: fixed("Conv", "pads", &c.pads, d.pads)?,
+        dilations: fixed("Conv", "dilations", &c.dilations, d.dilations)?,
         group: match c.group {
             None => d.group,
             Some(g) => usize::try_from(g).map_err(|_| invalid("Conv group is too large"))?,
@@ -202,9 +221,80 @@ fn conv_from(c: &proto::ConvOp) -> Result<Conv, Status> {
         kernel_shape: if c.kernel_shape.is_empty() {
             None
         } else {
-            Some(fixed("kernel_shape", &c.kernel_shape, [0, 0])?)
+            Some(fixed("Conv", "kernel_shape", &c.kernel_shape, [0, 0])?)
         },
         relu: c.relu,
+    })
+}
+
+/// Exactly `N` values of attribute `name` of `op`, or `default` for an empty list.
+fn fixed<const N: usize>(
+    op: &str,
+    name: &str,
+    v: &[u64],
+    default: [usize; N],
+) -> Result<[usize; N], Status> {
+    if v.is_empty() {
+        return Ok(default);
+    }
+    let values: Vec<usize> = v
+        .iter()
+        .map(|&x| usize::try_from(x).map_err(|_| invalid(format!("{op} {name}: {x} is too large"))))
+        .collect::<Result<_, _>>()?;
+    values
+        .try_into()
+        .map_err(|_| invalid(format!("{op} {name}: expected {N} values, got {}", v.len())))
+}
+
+/// ONNX `auto_pad` from its wire name (empty: NOTSET).
+fn auto_pad_from(op: &str, s: &str) -> Result<AutoPad, Status> {
+    Ok(match s {
+        "" | "NOTSET" => AutoPad::NotSet,
+        "SAME_UPPER" => AutoPad::SameUpper,
+        "SAME_LOWER" => AutoPad::SameLower,
+        "VALID" => AutoPad::Valid,
+        other => {
+            return Err(invalid(format!(
+                "{op} auto_pad: {other:?} is not NOTSET, SAME_UPPER, SAME_LOWER or VALID"
+            )))
+        }
+    })
+}
+
+/// The wire name of an `auto_pad`.
+fn auto_pad_name(a: AutoPad) -> String {
+    match a {
+        AutoPad::NotSet => "NOTSET",
+        AutoPad::SameUpper => "SAME_UPPER",
+        AutoPad::SameLower => "SAME_LOWER",
+        AutoPad::Valid => "VALID",
+    }
+    .to_string()
+}
+
+fn max_pool_from(m: &proto::MaxPoolOp) -> Result<MaxPool, Status> {
+    let d = MaxPool::default();
+    Ok(MaxPool {
+        kernel_shape: fixed("MaxPool", "kernel_shape", &m.kernel_shape, d.kernel_shape)?,
+        strides: fixed("MaxPool", "strides", &m.strides, d.strides)?,
+        pads: fixed("MaxPool", "pads", &m.pads, d.pads)?,
+        dilations: fixed("MaxPool", "dilations", &m.dilations, d.dilations)?,
+        ceil_mode: m.ceil_mode,
+        auto_pad: auto_pad_from("MaxPool", &m.auto_pad)?,
+        storage_order: m.storage_order.unwrap_or(d.storage_order),
+    })
+}
+
+fn average_pool_from(a: &proto::AveragePoolOp) -> Result<AveragePool, Status> {
+    let d = AveragePool::default();
+    let op = "AveragePool";
+    Ok(AveragePool {
+        kernel_shape: fixed(op, "kernel_shape", &a.kernel_shape, d.kernel_shape)?,
+        strides: fixed(op, "strides", &a.strides, d.strides)?,
+        pads: fixed(op, "pads", &a.pads, d.pads)?,
+        ceil_mode: a.ceil_mode,
+        count_include_pad: a.count_include_pad,
+        auto_pad: auto_pad_from(op, &a.auto_pad)?,
     })
 }
 
@@ -226,13 +316,7 @@ pub fn op_kind(op: &Op) -> proto::op::Kind {
             pads: u(&c.pads),
             dilations: u(&c.dilations),
             group: Some(c.group as u64),
-            auto_pad: match c.auto_pad {
-                AutoPad::NotSet => "NOTSET",
-                AutoPad::SameUpper => "SAME_UPPER",
-                AutoPad::SameLower => "SAME_LOWER",
-                AutoPad::Valid => "VALID",
-            }
-            .to_string(),
+            auto_pad: auto_pad_name(c.auto_pad),
             kernel_shape: c.kernel_shape.map(|k| u(&k)).unwrap_or_default(),
             relu: c.relu,
         }),
@@ -240,5 +324,59 @@ pub fn op_kind(op: &Op) -> proto::op::Kind {
             epsilon: Some(b.epsilon),
         }),
         Op::Softmax(s) => Kind::Softmax(proto::SoftmaxOp { axis: Some(s.axis) }),
+        Op::Relu => Kind::Relu(proto::ReluOp {}),
+        Op::Clip(c) => Kind::Clip(proto::ClipOp {
+            min: c.min,
+            max: c.max,
+        }),
+        Op::LeakyRelu(l) => Kind::LeakyRelu(proto::LeakyReluOp {
+            alpha: Some(l.alpha),
+        }),
+        Op::Sigmoid => Kind::Sigmoid(proto::SigmoidOp {}),
+        Op::Tanh => Kind::Tanh(proto::TanhOp {}),
+        Op::Add(a) => Kind::Add(proto::AddOp { relu: a.relu }),
+        Op::Sub => Kind::Sub(proto::SubOp {}),
+        Op::Mul => Kind::Mul(proto::MulOp {}),
+        Op::Div => Kind::Div(proto::DivOp {}),
+        Op::Sum => Kind::Sum(proto::SumOp {}),
+        Op::MaxPool(m) => Kind::MaxPool(proto::MaxPoolOp {
+            kernel_shape: u(&m.kernel_shape),
+            strides: u(&m.strides),
+            pads: u(&m.pads),
+            dilations: u(&m.dilations),
+            ceil_mode: m.ceil_mode,
+            auto_pad: auto_pad_name(m.auto_pad),
+            storage_order: Some(m.storage_order),
+        }),
+        Op::AveragePool(a) => Kind::AveragePool(proto::AveragePoolOp {
+            kernel_shape: u(&a.kernel_shape),
+            strides: u(&a.strides),
+            pads: u(&a.pads),
+            ceil_mode: a.ceil_mode,
+            count_include_pad: a.count_include_pad,
+            auto_pad: auto_pad_name(a.auto_pad),
+        }),
+        Op::GlobalAveragePool => Kind::GlobalAveragePool(proto::GlobalAveragePoolOp {}),
+        Op::GlobalMaxPool => Kind::GlobalMaxPool(proto::GlobalMaxPoolOp {}),
+        Op::Concat(c) => Kind::Concat(proto::ConcatOp { axis: Some(c.axis) }),
+        Op::Transpose(t) => Kind::Transpose(proto::TransposeOp {
+            perm: t.perm.clone().unwrap_or_default(),
+        }),
+        Op::Flatten(f) => Kind::Flatten(proto::FlattenOp { axis: Some(f.axis) }),
+        Op::Reshape(r) => Kind::Reshape(proto::ReshapeOp {
+            shape: r.shape.clone(),
+            allowzero: r.allowzero,
+        }),
+        Op::Squeeze(s) => Kind::Squeeze(proto::SqueezeOp {
+            axes: s.axes.clone().unwrap_or_default(),
+        }),
+        Op::Unsqueeze(u) => Kind::Unsqueeze(proto::UnsqueezeOp {
+            axes: u.axes.clone(),
+        }),
+        Op::Identity => Kind::Identity(proto::IdentityOp {}),
+        Op::Dropout(d) => Kind::Dropout(proto::DropoutOp {
+            ratio: Some(d.ratio),
+            training_mode: d.training_mode,
+        }),
     }
 }

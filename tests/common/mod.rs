@@ -11,6 +11,10 @@
 
 pub mod reference;
 pub mod suite;
+pub mod suite_unary;
+pub mod suite_binary;
+pub mod suite_pool;
+pub mod suite_layout;
 
 use eia::{Backend, DType, HostTensor, Tensor};
 use rand::rngs::StdRng;
@@ -124,6 +128,23 @@ macro_rules! backend_suite {
             errors_conv,
             errors_batch_norm_softmax,
             errors_leave_output_untouched,
+            unary_matches_reference,
+            unary_extremes,
+            unary_errors,
+            binary_broadcast_kinds,
+            sum_n_inputs,
+            binary_special_values,
+            errors_binary,
+            max_pool_matches_reference,
+            average_pool_matches_reference,
+            average_pool_count_include_pad_known_answer,
+            global_pools_match_reference,
+            pool_empty_tensors,
+            errors_pool,
+            layout_transpose_every_perm,
+            layout_concat_every_axis,
+            layout_reshapes,
+            errors_layout,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {

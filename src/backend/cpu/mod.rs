@@ -4,12 +4,16 @@
 //! softmax stream FP16 through FP32 registers chunk by chunk.
 
 mod batchnorm;
+mod binary;
 mod conv;
 mod depthwise;
 mod gemm;
+mod pool;
+mod layout;
 mod scratch;
 mod simd;
 mod softmax;
+mod unary;
 
 use std::sync::Arc;
 
@@ -145,6 +149,39 @@ impl Backend for CpuBackend {
                 (HostData::F16(x), HostData::F16(y)) => softmax::softmax(p, x, y),
                 _ => unreachable!("plans are validated: input and output share a dtype"),
             },
+            FamilyPlan::Unary(p) => match (x[0], y) {
+                (HostData::F32(x), HostData::F32(y)) => unary::unary(p, x, y),
+                (HostData::F16(x), HostData::F16(y)) => unary::unary(p, x, y),
+                _ => unreachable!("plans are validated: input and output share a dtype"),
+            },
+            FamilyPlan::Binary(p) => match y {
+                HostData::F32(y) => {
+                    let x: Vec<&[f32]> = x
+                        .iter()
+                        .map(|x| match x {
+                            HostData::F32(v) => &v[..],
+                            _ => unreachable!("plans are validated: inputs share a dtype"),
+                        })
+                        .collect();
+                    binary::binary(p, &x, y)
+                }
+                HostData::F16(y) => {
+                    let x: Vec<&[half::f16]> = x
+                        .iter()
+                        .map(|x| match x {
+                            HostData::F16(v) => &v[..],
+                            _ => unreachable!("plans are validated: inputs share a dtype"),
+                        })
+                        .collect();
+                    binary::binary(p, &x, y)
+                }
+            },
+            FamilyPlan::Pool(p) => match (x[0], y) {
+                (HostData::F32(x), HostData::F32(y)) => pool::pool(p, x, y),
+                (HostData::F16(x), HostData::F16(y)) => pool::pool(p, x, y),
+                _ => unreachable!("plans are validated: input and output share a dtype"),
+            },
+            FamilyPlan::Layout(p) => layout::layout(p, x, y),
         });
         Ok(())
     }

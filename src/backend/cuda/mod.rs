@@ -200,6 +200,10 @@ impl CudaBackend {
                 KernelArgs::Conv(p) => builder.arg(p),
                 KernelArgs::BatchNorm(p) => builder.arg(p),
                 KernelArgs::Softmax(p) => builder.arg(p),
+                KernelArgs::Unary(p) => builder.arg(p),
+                KernelArgs::Binary(p) => builder.arg(p),
+                KernelArgs::Pool(p) => builder.arg(p),
+                KernelArgs::Layout(p) => builder.arg(p),
             };
             // SAFETY: the kernel takes exactly one parameter, the params struct pushed above,
             // whose #[repr(C)] layout mirrors the C struct of its .cu file (kernels/README.md).
@@ -213,12 +217,16 @@ impl CudaBackend {
     }
 }
 
-// SAFETY (all four): plain #[repr(C)] structs of integers, floats and device addresses, with no
+// SAFETY (all of them): plain #[repr(C)] structs of integers, floats and device addresses, with no
 // references or padding-dependent invariants; the driver copies them byte for byte.
 unsafe impl DeviceRepr for launch::gemm::GemmParams {}
 unsafe impl DeviceRepr for launch::conv::ConvParams {}
 unsafe impl DeviceRepr for launch::batchnorm::BatchNormParams {}
 unsafe impl DeviceRepr for launch::softmax::SoftmaxParams {}
+unsafe impl DeviceRepr for launch::unary::UnaryParams {}
+unsafe impl DeviceRepr for launch::binary::BinaryParams {}
+unsafe impl DeviceRepr for launch::pool::PoolParams {}
+unsafe impl DeviceRepr for launch::layout::LayoutParams {}
 
 impl Backend for CudaBackend {
     type Storage = CudaStorage;

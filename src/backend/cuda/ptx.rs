@@ -25,6 +25,10 @@ pub fn source(family: Family, target: Target) -> Option<&'static str> {
         (Family::Conv, Target::Sm80) => Some(ptx!("conv", "sm_80")),
         (Family::BatchNorm, Target::Sm80) => Some(ptx!("batchnorm", "sm_80")),
         (Family::Softmax, Target::Sm80) => Some(ptx!("softmax", "sm_80")),
+        (Family::Unary, Target::Sm80) => Some(ptx!("unary", "sm_80")),
+        (Family::Binary, Target::Sm80) => Some(ptx!("binary", "sm_80")),
+        (Family::Pool, Target::Sm80) => Some(ptx!("pool", "sm_80")),
+        (Family::Layout, Target::Sm80) => Some(ptx!("layout", "sm_80")),
         (_, Target::Sm90a) => None,
     }
 }

@@ -5,9 +5,13 @@
 //! one dispatch from an op's plan to its family's planner).
 
 pub mod batchnorm;
+pub mod binary;
 pub mod conv;
 pub mod gemm;
+pub mod pool;
+pub mod layout;
 pub mod softmax;
+pub mod unary;
 
 use std::ffi::c_void;
 
@@ -48,14 +52,22 @@ pub enum Family {
     Conv,
     BatchNorm,
     Softmax,
+    Unary,
+    Binary,
+    Pool,
+    Layout,
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [
+    pub const ALL: &[Family] = &[
         Family::Gemm,
         Family::Conv,
         Family::BatchNorm,
         Family::Softmax,
+        Family::Unary,
+        Family::Binary,
+        Family::Pool,
+        Family::Layout,
     ];
 
     /// The PTX targets this family ships (sm_80 always; sm_90a where it has Hopper kernels).
@@ -70,6 +82,10 @@ impl Family {
             Family::Conv => "conv",
             Family::BatchNorm => "batchnorm",
             Family::Softmax => "softmax",
+            Family::Unary => "unary",
+            Family::Binary => "binary",
+            Family::Pool => "pool",
+            Family::Layout => "layout",
         }
     }
 }
@@ -97,11 +113,16 @@ impl Target {
 
 /// The params struct of one launch (each mirrors the C struct its kernel takes).
 #[derive(Clone, Copy, Debug)]
+#[allow(clippy::large_enum_variant)] // binary's 3.6 KiB: launches are few and short-lived
 pub enum KernelArgs {
     Gemm(gemm::GemmParams),
     Conv(conv::ConvParams),
     BatchNorm(batchnorm::BatchNormParams),
     Softmax(softmax::SoftmaxParams),
+    Unary(unary::UnaryParams),
+    Binary(binary::BinaryParams),
+    Pool(pool::PoolParams),
+    Layout(layout::LayoutParams),
 }
 
 impl KernelArgs {
@@ -113,6 +134,10 @@ impl KernelArgs {
             KernelArgs::Conv(p) => p as *const _ as *const c_void,
             KernelArgs::BatchNorm(p) => p as *const _ as *const c_void,
             KernelArgs::Softmax(p) => p as *const _ as *const c_void,
+            KernelArgs::Unary(p) => p as *const _ as *const c_void,
+            KernelArgs::Binary(p) => p as *const _ as *const c_void,
+            KernelArgs::Pool(p) => p as *const _ as *const c_void,
+            KernelArgs::Layout(p) => p as *const _ as *const c_void,
         }
     }
 }
@@ -143,6 +168,10 @@ pub fn launches(plan: &Plan, arch: Arch, x: &[Ptr], y: Ptr) -> Result<Vec<Launch
             y,
         )),
         FamilyPlan::Softmax(p) => Ok(softmax::softmax(p, arch, x[0], y)),
+        FamilyPlan::Unary(p) => Ok(unary::unary(p, arch, x[0], y)),
+        FamilyPlan::Binary(p) => Ok(binary::binary(p, arch, x, y)),
+        FamilyPlan::Pool(p) => Ok(pool::pool(p, arch, x[0], y)),
+        FamilyPlan::Layout(p) => Ok(layout::layout(p, arch, x, y)),
     }
 }
 

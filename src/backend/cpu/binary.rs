@@ -1,0 +1,262 @@
+//! CPU Add, Sub, Mul, Div and Sum over the plan's collapsed broadcast view. The output is split
+//! into tasks of `TASK` elements; a task walks the rows of the innermost collapsed dimension,
+//! where every input is either a contiguous slice (stride 1) or one value (stride 0), so each
+//! run is one vectorised loop of four kinds (slice·slice, slice·scalar, scalar·slice, fill).
+//! FP32 storage is computed in place; FP16 runs are widened in chunks of `CHUNK` to FP32,
+//! computed (Sum accumulates every input in FP32) and rounded once.
+
+use rayon::prelude::*;
+
+use super::simd::{self, multiversion};
+use crate::dtype::{DType, Element};
+use crate::ops::{BinaryKind, BinaryPlan};
+
+/// Output elements per parallel task.
+const TASK: usize = 1 << 15;
+/// Elements per widened FP16 chunk.
+const CHUNK: usize = 1024;
+
+/// One operand of a run: contiguous values or one broadcast value.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Slice(&'a [f32]),
+    Scalar(f32),
+}
+
+/// Computes `plan` from `x` (one slice per input, storage type `T`) into `y`.
+pub fn binary<T: Element>(plan: &BinaryPlan, x: &[&[T]], y: &mut [T]) {
+    if y.is_empty() {
+        return;
+    }
+    let dims = &plan.dims;
+    let inner = dims.last().copied().unwrap_or(1);
+    let n_in = x.len();
+    y.par_chunks_mut(TASK).enumerate().for_each(|(t, yt)| {
+        let mut e = t * TASK;
+        let mut done = 0;
+        let mut scratch = Scratch::default();
+        let mut offs = [0usize; crate::ops::MAX_INPUTS];
+        let mut ins: Vec<(&[T], bool)> = Vec::with_capacity(n_in);
+        while done < yt.len() {
+            let (row, col) = (e / inner, e % inner);
+            let run = (inner - col).min(yt.len() - done);
+            // Each input's offset of element (row, col).
+            let offs = &mut offs[..n_in];
+            offs.fill(0);
+            let mut r = row;
+            for d in (0..dims.len().saturating_sub(1)).rev() {
+                let c = r % dims[d];
+                r /= dims[d];
+                for (o, s) in offs.iter_mut().zip(&plan.strides) {
+                    *o += c * s[d];
+                }
+            }
+            ins.clear();
+            for ((xi, &o), s) in x.iter().zip(offs.iter()).zip(&plan.strides) {
+                if s.last().copied().unwrap_or(0) == 0 {
+                    ins.push((&xi[o..o + 1], false));
+                } else {
+                    ins.push((&xi[o + col..o + col + run], true));
+                }
+            }
+            apply_run(plan, &ins, &mut yt[done..done + run], &mut scratch);
+            done += run;
+            e += run;
+        }
+    });
+}
+
+/// Per-task FP16 widening buffers.
+#[derive(Default)]
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// One run of the innermost dimension: `ins` are (values, is_slice) per input.
+fn apply_run<T: Element>(plan: &BinaryPlan, ins: &[(&[T], bool)], y: &mut [T], s: &mut Scratch) {
+    if T::DTYPE == DType::F32 {
+        let y: &mut [f32] = bytemuck::cast_slice_mut(y);
+        match plan.kind {
+            BinaryKind::Sum => {
+                // f32 storage: the output is the accumulator (no rounding between inputs).
+                fill(y, f32_src(ins[0]));
+                for &i in &ins[1..] {
+                    accumulate(y, f32_src(i));
+                }
+            }
+            kind => op2(kind, plan.relu, f32_src(ins[0]), f32_src(ins[1]), y),
+        }
+        return;
+    }
+    let (a, b, acc) = (&mut s.a, &mut s.b, &mut s.acc);
+    acc.resize(CHUNK, 0.0);
+    let mut start = 0;
+    while start < y.len() {
+        let n = (y.len() - start).min(CHUNK);
+        let acc = &mut acc[..n];
+        match plan.kind {
+            BinaryKind::Sum => {
+                for (k, &(v, slice)) in ins.iter().enumerate() {
+                    let src = widen_src(v, slice, start, n, a);
+                    if k == 0 {
+                        fill(acc, src);
+                    } else {
+                        accumulate(acc, src);
+                    }
+                }
+            }
+            kind => {
+                let sa = widen_src(ins[0].0, ins[0].1, start, n, a);
+                let sb = widen_src(ins[1].0, ins[1].1, start, n, b);
+                op2(kind, plan.relu, sa, sb, acc);
+            }
+        }
+        narrow(acc, &mut y[start..start + n]);
+        start += n;
+    }
+}
+
+/// The f32 view of `n` values from `start` of an FP16 operand (widened into `buf`).
+fn widen_src<'a, T: Element>(
+    v: &[T],
+    slice: bool,
+    start: usize,
+    n: usize,
+    buf: &'a mut Vec<f32>,
+) -> Src<'a> {
+    if !slice {
+        let mut one = [0.0f32];
+        simd::f16_to_f32(bytemuck::cast_slice(&v[..1]), &mut one);
+        return Src::Scalar(one[0]);
+    }
+    buf.resize(n, 0.0);
+    simd::f16_to_f32(bytemuck::cast_slice(&v[start..start + n]), buf);
+    Src::Slice(buf)
+}
+
+fn narrow<T: Element>(x: &[f32], y: &mut [T]) {
+    simd::f32_to_f16(x, bytemuck::cast_slice_mut(y));
+}
+
+/// An f32 operand as a [`Src`].
+fn f32_src<T: Element>((v, slice): (&[T], bool)) -> Src<'_> {
+    let v: &[f32] = bytemuck::cast_slice(v);
+    if slice {
+        Src::Slice(v)
+    } else {
+        Src::Scalar(v[0])
+    }
+}
+
+/// `y = src` (a copy or a broadcast value).
+fn fill(y: &mut [f32], src: Src) {
+    match src {
+        Src::Slice(v) => y.copy_from_slice(&v[..y.len()]),
+        Src::Scalar(c) => y.fill(c),
+    }
+}
+
+/// `y += src`.
+fn accumulate(y: &mut [f32], src: Src) {
+    match src {
+        Src::Slice(v) => add_assign(y, &v[..y.len()]),
+        Src::Scalar(c) => add_assign_scalar(y, c),
+    }
+}
+
+multiversion! {
+    fn add_assign(y: &mut [f32], v: &[f32]) {
+        for (o, &a) in y.iter_mut().zip(v) {
+            *o += a;
+        }
+    }
+}
+
+multiversion! {
+    fn add_assign_scalar(y: &mut [f32], c: f32) {
+        for o in y.iter_mut() {
+            *o += c;
+        }
+    }
+}
+
+/// `y = relu?(a ∘ b)` for one of the four binary ops.
+fn op2(kind: BinaryKind, relu: bool, a: Src, b: Src, y: &mut [f32]) {
+    let n = y.len();
+    match (a, b) {
+        (Src::Slice(a), Src::Slice(b)) => vv(kind.code(), relu, &a[..n], &b[..n], y),
+        (Src::Slice(a), Src::Scalar(b)) => vs(kind.code(), relu, &a[..n], b, y),
+        (Src::Scalar(a), Src::Slice(b)) => sv(kind.code(), relu, a, &b[..n], y),
+        (Src::Scalar(a), Src::Scalar(b)) => y.fill(eval(kind.code(), relu, a, b)),
+    }
+}
+
+/// One element: `relu?(a ∘ b)` with op code 0 add, 1 sub, 2 mul, 3 div.
+#[inline(always)]
+fn eval(code: i32, relu: bool, a: f32, b: f32) -> f32 {
+    let v = match code {
+        0 => a + b,
+        1 => a - b,
+        2 => a * b,
+        _ => a / b,
+    };
+    if relu {
+        // max(0, NaN) stays NaN, as the float64 reference's ReLU does.
+        if v < 0.0 {
+            0.0
+        } else {
+            v
+        }
+    } else {
+        v
+    }
+}
+
+/// Runs `$body` (a generic loop over `f`) once per (op, relu), so that each copy is a
+/// branch-free vectorisable loop.
+macro_rules! per_op {
+    ($code:expr, $relu:expr, $run:ident) => {
+        match ($code, $relu) {
+            (0, false) => $run(|p: f32, q: f32| eval(0, false, p, q)),
+            (0, true) => $run(|p: f32, q: f32| eval(0, true, p, q)),
+            (1, _) => $run(|p: f32, q: f32| eval(1, false, p, q)),
+            (2, _) => $run(|p: f32, q: f32| eval(2, false, p, q)),
+            _ => $run(|p: f32, q: f32| eval(3, false, p, q)),
+        }
+    };
+}
+
+multiversion! {
+    fn vv(code: i32, relu: bool, a: &[f32], b: &[f32], y: &mut [f32]) {
+        let mut run = |f: fn(f32, f32) -> f32| {
+            for ((o, &p), &q) in y.iter_mut().zip(a).zip(b) {
+                *o = f(p, q);
+            }
+        };
+        per_op!(code, relu, run)
+    }
+}
+
+multiversion! {
+    fn vs(code: i32, relu: bool, a: &[f32], b: f32, y: &mut [f32]) {
+        let mut run = |f: fn(f32, f32) -> f32| {
+            for (o, &p) in y.iter_mut().zip(a) {
+                *o = f(p, b);
+            }
+        };
+        per_op!(code, relu, run)
+    }
+}
+
+multiversion! {
+    fn sv(code: i32, relu: bool, a: f32, b: &[f32], y: &mut [f32]) {
+        let mut run = |f: fn(f32, f32) -> f32| {
+            for (o, &q) in y.iter_mut().zip(b) {
+                *o = f(a, q);
+            }
+        };
+        per_op!(code, relu, run)
+    }
+}
