@@ -178,17 +178,10 @@ fn conv_from(c: &proto::ConvOp) -> Result<Conv, Status> {
             .try_into()
             .map_err(|_| invalid(format!("Conv {name}: expected {N} values, got {}", v.len())))
     }
-    let auto_pad = match c.auto_pad.as_str() {
-        "" | "NOTSET" => AutoPad::NotSet,
-        "SAME_UPPER" => AutoPad::SameUpper,
-        "SAME_LOWER" => AutoPad::SameLower,
-        "VALID" => AutoPad::Valid,
-        other => {
-            return Err(invalid(format!(
-                "Conv auto_pad: {other:?} is not NOTSET, SAME_UPPER, SAME_LOWER or VALID"
-            )))
-        }
-    };
+    let auto_pad = c
+        .auto_pad
+        .parse::<AutoPad>()
+        .map_err(|e| invalid(format!("Conv auto_pad: {e}")))?;
     let d = Conv::default();
     Ok(Conv {
         strides: fixed("strides", &c.strides, d.strides)?,
@@ -226,13 +219,7 @@ pub fn op_kind(op: &Op) -> proto::op::Kind {
             pads: u(&c.pads),
             dilations: u(&c.dilations),
             group: Some(c.group as u64),
-            auto_pad: match c.auto_pad {
-                AutoPad::NotSet => "NOTSET",
-                AutoPad::SameUpper => "SAME_UPPER",
-                AutoPad::SameLower => "SAME_LOWER",
-                AutoPad::Valid => "VALID",
-            }
-            .to_string(),
+            auto_pad: c.auto_pad.as_str().to_string(),
             kernel_shape: c.kernel_shape.map(|k| u(&k)).unwrap_or_default(),
             relu: c.relu,
         }),
