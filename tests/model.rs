@@ -541,8 +541,104 @@ fn inputs_are_checked_at_run_time() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("input x is [2, 3, 8, 8]"), "{e}");
-    // Live at the conv2 step: c1 (kept for the MatMul), n1 and c2, 640 floats; x is freed
-    // after conv1.
-    assert_eq!(m.peak_bytes(), m.weight_bytes() + 4 * (256 + 256 + 128));
+    // No two tensors of this model share a descriptor: a buffer each (x, c1, n1, c2, probs,
+    // proj).
+    assert_eq!(
+        m.peak_bytes(),
+        m.weight_bytes() + 4 * (192 + 256 + 256 + 128 + 128 + 160)
+    );
     let _ = (Gemm::default(), proto::ModelProto::default());
+}
+
+/// `x → Softmax ×6 → y`, every tensor `[batch, 16]`.
+fn softmax_chain() -> Vec<u8> {
+    let names = ["x", "s1", "s2", "s3", "s4", "s5", "y"];
+    let nodes = names
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| node("Softmax", &format!("sm{i}"), &[w[0]], &[w[1]], vec![]))
+        .collect();
+    model(
+        GraphProto {
+            node: nodes,
+            input: vec![value_info("x", DataType::Float, &[None, Some(16)])],
+            output: vec![value_info("y", DataType::Float, &[None, Some(16)])],
+            ..Default::default()
+        },
+        13,
+    )
+}
+
+#[test]
+fn tensors_of_one_shape_share_buffers_when_their_lives_do_not_overlap() {
+    let m = Model::from_bytes(
+        &softmax_chain(),
+        LoadOptions {
+            batch: 4,
+            fp16: false,
+        },
+    )
+    .unwrap();
+    // x, then two buffers alternating: each op reads one and writes the other (the output
+    // never aliases its input), and x's buffer is reused once x is dead.
+    assert_eq!(m.peak_bytes(), 2 * 4 * 16 * 4);
+    let mut rng = seeded("chain");
+    let x = random(&mut rng, &[4, 16], -3.0, 3.0);
+    let cpu = CpuBackend::new();
+    let mut want = cpu.upload(&x).unwrap();
+    for _ in 0..6 {
+        want = cpu.softmax(&Softmax::default(), &want).unwrap();
+    }
+    let want = cpu.download(&want).unwrap();
+    let session = m.session(&cpu).unwrap();
+    for _ in 0..3 {
+        let got = session.run(std::slice::from_ref(&x)).unwrap();
+        assert_eq!(got[0].data().to_f32_vec(), want.data().to_f32_vec());
+    }
+}
+
+#[test]
+fn a_remote_accelerator_runs_an_inference_in_one_program() {
+    use eia::rpc::{ClientConfig, Connection, ServerConfig};
+    let mut rng = seeded("remote");
+    let c = cnn(&mut rng);
+    let m = Model::from_bytes(
+        &c.bytes,
+        LoadOptions {
+            batch: 2,
+            fp16: false,
+        },
+    )
+    .unwrap();
+    let config = ServerConfig {
+        device: eia::DeviceConfig {
+            overcommit: true,
+            ..eia::DeviceConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server =
+        eia::rpc::spawn("127.0.0.1:0".parse().unwrap(), CpuBackend::new(), config).unwrap();
+    let conn = Connection::connect(&server.url(false), ClientConfig::default()).unwrap();
+    let remote = conn.attach("eia2.large").unwrap();
+    let session = m.session(&remote).unwrap();
+    let x = random(&mut rng, &[2, 3, 8, 8], -1.0, 1.0);
+    let want = cnn_by_hand(&c, &x);
+    for _ in 0..2 {
+        let got = session.run(std::slice::from_ref(&x)).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.data().to_f32_vec(), w.data().to_f32_vec());
+        }
+    }
+    let usage = remote.usage().unwrap();
+    assert_eq!(usage.ops, 2 * 5);
+    assert_eq!(usage.flops_f32, 2 * m.flops());
+    // Weights and buffers (7 weights, 6 buffers), each charged at least MIN_TENSOR_CHARGE.
+    let floor = eia::accelerator::MIN_TENSOR_CHARGE as u64;
+    assert!(usage.memory_used >= m.peak_bytes(), "{usage:?}");
+    assert!(usage.memory_used <= m.peak_bytes() + 13 * floor, "{usage:?}");
+    // A bad input fails before anything is sent.
+    assert!(session
+        .run(&[random(&mut rng, &[1, 3, 8, 8], 0.0, 1.0)])
+        .is_err());
 }

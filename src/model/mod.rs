@@ -15,13 +15,15 @@ use std::path::Path;
 
 use prost::Message;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Step};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::Op;
+use crate::sync::lock;
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 use import::{Imported, Known};
 use onnx::Constant;
+use std::sync::Mutex;
 
 /// The ai.onnx opsets eia reads (the attribute forms of opsets 7–21).
 pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=21;
@@ -53,9 +55,9 @@ pub struct Port {
     pub desc: TensorDesc,
 }
 
-/// One op of the loaded model.
+/// One op as the loader resolves it, over slots (one per tensor value of the graph).
 #[derive(Clone, Debug)]
-struct Step {
+struct SlotStep {
     /// The ONNX node's name (or `op_type#index` when it has none), for errors.
     node: String,
     op: Op,
@@ -73,16 +75,17 @@ pub struct Model {
     pub opset: i64,
     inputs: Vec<Port>,
     outputs: Vec<Port>,
-    /// Slot of each output.
-    output_slots: Vec<usize>,
-    /// Every tensor's descriptor, by slot: inputs, weights and step outputs.
-    descs: Vec<TensorDesc>,
-    /// The weights, and the slot of each.
+    /// Its ops over a table of tensors: the weights (entries `0..weights.len()`), then the
+    /// buffers every input and intermediate lives in ([`Model::buffers`]).
+    program: Vec<Step>,
+    /// Each op's node name and FLOPs.
+    nodes: Vec<(String, u64)>,
     weights: Vec<HostTensor>,
-    weight_slots: Vec<usize>,
-    steps: Vec<Step>,
-    /// The runtime slots (inputs, intermediates) each step leaves dead: freed after it.
-    frees: Vec<Vec<usize>>,
+    /// The descriptor of each buffer (table entry `weights.len() + i`).
+    buffers: Vec<TensorDesc>,
+    /// The table entries of the inputs and of the outputs.
+    input_entries: Vec<usize>,
+    output_entries: Vec<usize>,
 }
 
 /// A slot's content while a model is being loaded.
@@ -146,12 +149,12 @@ impl Model {
 
     /// The ops it runs, in order.
     pub fn ops(&self) -> impl Iterator<Item = &Op> {
-        self.steps.iter().map(|s| &s.op)
+        self.program.iter().map(|s| &s.op)
     }
 
     /// FLOPs of one inference (what the meter charges).
     pub fn flops(&self) -> u64 {
-        self.steps.iter().map(|s| s.flops).sum()
+        self.nodes.iter().map(|(_, f)| f).sum()
     }
 
     /// Bytes of weights.
@@ -159,52 +162,35 @@ impl Model {
         self.weights.iter().map(|w| w.desc().bytes() as u64).sum()
     }
 
-    /// The largest sum of tensor bytes live at once during an inference (inputs, weights,
-    /// intermediates and outputs, freeing each tensor after its last use).
+    /// The device memory a session holds: its weights and the buffers of its inputs and
+    /// intermediates. A buffer is shared by tensors of the same dtype and shape whose lives do
+    /// not overlap, so this stays near the largest set of tensors live at once.
     pub fn peak_bytes(&self) -> u64 {
-        let bytes = |s: usize| self.descs[s].bytes() as u64;
-        let mut live: u64 = self.weight_bytes()
-            + self
-                .inputs
-                .iter()
-                .map(|p| p.desc.bytes() as u64)
-                .sum::<u64>();
-        let mut peak = live;
-        for (step, frees) in self.steps.iter().zip(&self.frees) {
-            live += bytes(step.output);
-            peak = peak.max(live);
-            live -= frees.iter().map(|&s| bytes(s)).sum::<u64>();
-        }
-        peak
+        self.weight_bytes() + self.buffers.iter().map(|d| d.bytes() as u64).sum::<u64>()
     }
 
-    /// Uploads the weights to `backend`, ready to run.
+    /// Uploads the weights to `backend` and allocates the buffers, ready to run.
     pub fn session<'a, B: Backend>(&'a self, backend: &'a B) -> Result<Session<'a, B>> {
-        let weights = self
-            .weights
-            .iter()
-            .map(|w| backend.upload(w))
-            .collect::<Result<Vec<_>>>()?;
-        let mut weight_of = vec![None; self.descs.len()];
-        for (w, &s) in self.weight_slots.iter().enumerate() {
-            weight_of[s] = Some(w);
+        let mut table = Vec::with_capacity(self.weights.len() + self.buffers.len());
+        for w in &self.weights {
+            table.push(Some(backend.upload(w)?));
+        }
+        for d in &self.buffers {
+            table.push(Some(backend.alloc(d)?));
         }
         Ok(Session {
-            weight_of,
             model: self,
             backend,
-            weights,
+            table: Mutex::new(table),
         })
     }
 }
 
-/// A model's weights on one backend: runs inferences.
+/// A model's weights and buffers on one backend: runs inferences, one at a time.
 pub struct Session<'a, B: Backend> {
     model: &'a Model,
     backend: &'a B,
-    weights: Vec<Tensor<B::Storage>>,
-    /// The weight each slot holds, if it holds one.
-    weight_of: Vec<Option<usize>>,
+    table: Mutex<Vec<Option<Tensor<B::Storage>>>>,
 }
 
 impl<B: Backend> Session<'_, B> {
@@ -214,7 +200,8 @@ impl<B: Backend> Session<'_, B> {
     }
 
     /// One inference: `inputs` in graph order (FP32 or the model's dtype; converted to the
-    /// dtype the model computes in), the outputs in graph order.
+    /// dtype the model computes in), the outputs in graph order. On a remote accelerator this
+    /// is one round trip.
     pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
         let m = self.model;
         if inputs.len() != m.inputs.len() {
@@ -229,7 +216,7 @@ impl<B: Backend> Session<'_, B> {
                 inputs.len()
             )));
         }
-        let mut slots: Vec<Option<Tensor<B::Storage>>> = Vec::with_capacity(m.descs.len());
+        let mut converted = Vec::new();
         for (port, host) in m.inputs.iter().zip(inputs) {
             if host.shape() != port.desc.shape() {
                 return Err(model_err(format!(
@@ -239,54 +226,28 @@ impl<B: Backend> Session<'_, B> {
                     port.desc.shape()
                 )));
             }
-            let t = if host.dtype() == port.desc.dtype() {
-                self.backend.upload(host)?
-            } else {
-                let values = host.data().to_f32_vec();
-                self.backend.upload_owned(HostTensor::from_f32(
-                    port.desc.dtype(),
-                    host.shape(),
-                    &values,
-                )?)?
-            };
-            slots.push(Some(t));
+            converted.push(
+                (host.dtype() != port.desc.dtype())
+                    .then(|| {
+                        HostTensor::from_f32(
+                            port.desc.dtype(),
+                            host.shape(),
+                            &host.data().to_f32_vec(),
+                        )
+                    })
+                    .transpose()?,
+            );
         }
-        slots.resize_with(m.descs.len(), || None);
-        self.backend.run_ops(|| -> Result<()> {
-            for (step, frees) in m.steps.iter().zip(&m.frees) {
-                let x: Vec<&Tensor<B::Storage>> = step
-                    .inputs
-                    .iter()
-                    .map(|&s| self.tensor(&slots, s))
-                    .collect();
-                let y = self.backend.apply(&step.op, &x).map_err(|e| {
-                    model_err(format!("node {} ({}): {e}", step.node, step.op.name()))
-                })?;
-                slots[step.output] = Some(y);
-                for &s in frees {
-                    slots[s] = None;
-                }
-            }
-            Ok(())
-        })?;
-        m.output_slots
+        let writes: Vec<(usize, &HostTensor)> = m
+            .input_entries
             .iter()
-            .map(|&s| self.backend.download(self.tensor(&slots, s)))
-            .collect()
-    }
-
-    /// The tensor in slot `s`: a weight, or a live input or intermediate.
-    fn tensor<'t>(
-        &'t self,
-        slots: &'t [Option<Tensor<B::Storage>>],
-        s: usize,
-    ) -> &'t Tensor<B::Storage> {
-        match self.weight_of[s] {
-            Some(w) => &self.weights[w],
-            None => slots[s]
-                .as_ref()
-                .expect("a tensor is computed before it is read, and freed after"),
-        }
+            .zip(inputs.iter().zip(&converted))
+            .map(|(&e, (host, conv))| (e, conv.as_ref().unwrap_or(host)))
+            .collect();
+        let mut table = lock(&self.table);
+        self.backend
+            .run_steps(&mut table, &writes, &m.program, &m.output_entries)
+            .map_err(|e| model_err(format!("inference failed: {e}")))
     }
 }
 
@@ -299,7 +260,8 @@ struct Loader {
     weights: Vec<HostTensor>,
     weight_slots: Vec<usize>,
     inputs: Vec<Port>,
-    steps: Vec<Step>,
+    input_slots: Vec<usize>,
+    steps: Vec<SlotStep>,
     errors: Vec<String>,
 }
 
@@ -313,6 +275,7 @@ impl Loader {
             weights: Vec::new(),
             weight_slots: Vec::new(),
             inputs: Vec::new(),
+            input_slots: Vec::new(),
             steps: Vec::new(),
             errors: Vec::new(),
         }
@@ -347,6 +310,7 @@ impl Loader {
                     let slot = self.slot(desc.clone());
                     self.values
                         .insert(input.name().to_string(), Value::Slot(slot));
+                    self.input_slots.push(slot);
                     self.inputs.push(Port {
                         name: input.name().to_string(),
                         desc,
@@ -424,19 +388,52 @@ impl Loader {
                 self.errors.join("\n  ")
             )));
         }
-        let frees = frees(&self.steps, &self.weight_slots, &output_slots);
-        Ok(Model {
-            frees,
-            name: graph.name().to_string(),
+        Ok(self.finish(graph.name(), outputs, &output_slots))
+    }
+
+    /// The model: the memory plan (a table entry per weight, a buffer per tensor that lives at
+    /// run time, shared by tensors of one descriptor whose lives do not overlap) and the ops
+    /// over it.
+    fn finish(self, name: &str, outputs: Vec<Port>, output_slots: &[usize]) -> Model {
+        let frees = frees(&self.steps, &self.weight_slots, output_slots);
+        let mut entry = vec![usize::MAX; self.descs.len()];
+        for (w, &s) in self.weight_slots.iter().enumerate() {
+            entry[s] = w;
+        }
+        let first_buffer = self.weights.len();
+        let mut arena = Arena::default();
+        for &s in &self.input_slots {
+            entry[s] = first_buffer + arena.take(&self.descs[s]);
+        }
+        let mut program = Vec::with_capacity(self.steps.len());
+        for (step, dead) in self.steps.iter().zip(&frees) {
+            entry[step.output] = first_buffer + arena.take(&self.descs[step.output]);
+            program.push(Step {
+                op: step.op.clone(),
+                inputs: step.inputs.iter().map(|&s| entry[s]).collect(),
+                output: entry[step.output],
+            });
+            for &s in dead {
+                arena.give_back(&self.descs[s], entry[s] - first_buffer);
+            }
+        }
+        let buffers = arena.buffers;
+        Model {
+            name: name.to_string(),
             opset: self.opset,
+            input_entries: self.input_slots.iter().map(|&s| entry[s]).collect(),
+            output_entries: output_slots.iter().map(|&s| entry[s]).collect(),
             inputs: self.inputs,
             outputs,
-            output_slots,
-            descs: self.descs,
+            program,
+            nodes: self
+                .steps
+                .iter()
+                .map(|s| (s.node.clone(), s.flops))
+                .collect(),
             weights: self.weights,
-            weight_slots: self.weight_slots,
-            steps: self.steps,
-        })
+            buffers,
+        }
     }
 
     fn slot(&mut self, desc: TensorDesc) -> usize {
@@ -547,7 +544,7 @@ impl Loader {
                 let descs: Vec<&TensorDesc> = slots.iter().map(|&s| &self.descs[s]).collect();
                 let plan = op.plan(&descs).map_err(|e| e.to_string())?;
                 let out = self.slot(plan.output().clone());
-                self.steps.push(Step {
+                self.steps.push(SlotStep {
                     node: node_name(node, index),
                     op,
                     inputs: slots,
@@ -565,7 +562,7 @@ impl Loader {
 /// For each step, the slots to free after it: every input and intermediate that is no model
 /// output, after its last reader (an intermediate nothing reads: after the step making it).
 /// Weights stay for the session.
-fn frees(steps: &[Step], weights: &[usize], outputs: &[usize]) -> Vec<Vec<usize>> {
+fn frees(steps: &[SlotStep], weights: &[usize], outputs: &[usize]) -> Vec<Vec<usize>> {
     let mut last: HashMap<usize, usize> = HashMap::new();
     for (i, step) in steps.iter().enumerate() {
         for &s in step.inputs.iter().chain([&step.output]) {
@@ -579,6 +576,29 @@ fn frees(steps: &[Step], weights: &[usize], outputs: &[usize]) -> Vec<Vec<usize>
         }
     }
     frees
+}
+
+/// Buffers for tensors: one of the same descriptor that is idle, else a new one.
+#[derive(Default)]
+struct Arena {
+    buffers: Vec<TensorDesc>,
+    idle: HashMap<TensorDesc, Vec<usize>>,
+}
+
+impl Arena {
+    fn take(&mut self, desc: &TensorDesc) -> usize {
+        self.idle
+            .get_mut(desc)
+            .and_then(Vec::pop)
+            .unwrap_or_else(|| {
+                self.buffers.push(desc.clone());
+                self.buffers.len() - 1
+            })
+    }
+
+    fn give_back(&mut self, desc: &TensorDesc, buffer: usize) {
+        self.idle.entry(desc.clone()).or_default().push(buffer);
+    }
 }
 
 fn node_name(node: &onnx::proto::NodeProto, index: usize) -> String {
