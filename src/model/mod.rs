@@ -8,7 +8,9 @@
 //! the model is loaded for ([`LoadOptions::batch`]). Every other dimension must be fixed.
 
 pub mod import;
+pub mod npy;
 pub mod onnx;
+pub mod zoo;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -319,30 +321,35 @@ impl Loader {
                 Err(e) => self.errors.push(format!("input {}: {e}", input.name())),
             }
         }
-        let unsupported: Vec<String> = graph
-            .node
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| {
-                !matches!(n.domain(), "" | "ai.onnx") || !import::SUPPORTED.contains(&n.op_type())
-            })
-            .map(|(i, n)| {
-                format!(
-                    "node {} ({}{})",
-                    node_name(n, i),
-                    domain_prefix(n),
-                    n.op_type()
-                )
-            })
-            .collect();
+        // Every node of an op eia does not run, grouped by op type (in order of appearance).
+        let mut unsupported: Vec<(String, Vec<String>)> = Vec::new();
+        for (i, n) in graph.node.iter().enumerate() {
+            if matches!(n.domain(), "" | "ai.onnx") && import::SUPPORTED.contains(&n.op_type()) {
+                continue;
+            }
+            let op = format!("{}{}", domain_prefix(n), n.op_type());
+            let at = match unsupported.iter().position(|(o, _)| *o == op) {
+                Some(at) => at,
+                None => {
+                    unsupported.push((op, Vec::new()));
+                    unsupported.len() - 1
+                }
+            };
+            unsupported[at].1.push(node_name(n, i));
+        }
         if !unsupported.is_empty() {
+            let count: usize = unsupported.iter().map(|(_, n)| n.len()).sum();
+            let lines: Vec<String> = unsupported
+                .iter()
+                .map(|(op, nodes)| format!("{op} ({}): {}", nodes.len(), nodes.join(", ")))
+                .collect();
             return Err(model_err(format!(
-                "{} node{} use{} ops eia does not run (eia runs {}):\n  {}",
+                "{count} node{} of {} op type{} eia does not run (eia runs {}):\n  {}",
+                if count == 1 { "" } else { "s" },
                 unsupported.len(),
                 if unsupported.len() == 1 { "" } else { "s" },
-                if unsupported.len() == 1 { "s" } else { "" },
                 import::SUPPORTED.join(", "),
-                unsupported.join("\n  ")
+                lines.join("\n  ")
             )));
         }
         let mut defined: std::collections::HashSet<&str> =
