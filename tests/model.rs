@@ -649,3 +649,92 @@ fn a_remote_accelerator_runs_an_inference_in_one_program() {
         .run(&[random(&mut rng, &[1, 3, 8, 8], 0.0, 1.0)])
         .is_err());
 }
+
+/// `Conv → BatchNormalization → Softmax`: the BatchNormalization folds into the Conv (its
+/// original weights are not kept); results stay within FP32's contract. (Relu fusion is
+/// checked with the Relu op's own tests.)
+#[test]
+fn batch_norm_folds_into_conv_and_relu_into_its_producer() {
+    let mut rng = seeded("fold");
+    let w = random(&mut rng, &[6, 3, 3, 3], -0.5, 0.5);
+    let b = random(&mut rng, &[6], -0.5, 0.5);
+    let bn = [
+        random(&mut rng, &[6], 0.5, 1.5),
+        random(&mut rng, &[6], -0.5, 0.5),
+        random(&mut rng, &[6], -0.5, 0.5),
+        random(&mut rng, &[6], 0.5, 1.5),
+    ];
+    let graph = GraphProto {
+        node: vec![
+            node("Conv", "conv", &["x", "w", "b"], &["c"], vec![]),
+            node(
+                "BatchNormalization",
+                "bn",
+                &["c", "s", "bb", "m", "v"],
+                &["n"],
+                vec![attr_float("epsilon", 1e-3)],
+            ),
+            node("Softmax", "sm", &["n"], &["y"], vec![attr_int("axis", 3)]),
+        ],
+        initializer: [
+            ("w", &w),
+            ("b", &b),
+            ("s", &bn[0]),
+            ("bb", &bn[1]),
+            ("m", &bn[2]),
+            ("v", &bn[3]),
+        ]
+        .iter()
+        .map(|(n, t)| float_tensor(n, t))
+        .collect(),
+        input: vec![value_info(
+            "x",
+            DataType::Float,
+            &[Some(2), Some(3), Some(7), Some(7)],
+        )],
+        output: vec![value_info("y", DataType::Float, &[])],
+        ..Default::default()
+    };
+    let m = Model::from_bytes(&model(graph, 13), LoadOptions::default()).unwrap();
+    let names: Vec<&str> = m.ops().map(|o| o.name()).collect();
+    assert_eq!(
+        names,
+        ["Conv", "Softmax"],
+        "the BatchNormalization is folded"
+    );
+    assert_eq!(
+        m.weight_bytes(),
+        4 * (6 * 27 + 6),
+        "only the folded weights are kept"
+    );
+    let x = random(&mut rng, &[2, 3, 7, 7], -1.0, 1.0);
+    let cpu = CpuBackend::new();
+    let up = |t: &HostTensor| cpu.upload(t).unwrap();
+    let c = cpu
+        .conv(&Conv::default(), &up(&x), &up(&w), Some(&up(&b)))
+        .unwrap();
+    let p = bn.each_ref().map(up);
+    let n = cpu
+        .batch_norm(
+            &BatchNorm { epsilon: 1e-3 },
+            &c,
+            [&p[0], &p[1], &p[2], &p[3]],
+        )
+        .unwrap();
+    let want = cpu
+        .download(&cpu.softmax(&Softmax { axis: 3 }, &n).unwrap())
+        .unwrap()
+        .data()
+        .to_f64_vec();
+    let got = m.session(&cpu).unwrap().run(&[x]).unwrap()[0]
+        .data()
+        .to_f64_vec();
+    let err: f64 = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = want.iter().map(|b| b * b).sum::<f64>().sqrt();
+    assert!(err / norm <= 1e-5, "relative error {}", err / norm);
+}

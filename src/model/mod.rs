@@ -7,6 +7,7 @@
 //! The graph's first input dimension may be symbolic (`N`, `batch_size`, …): it is the batch
 //! the model is loaded for ([`LoadOptions::batch`]). Every other dimension must be fixed.
 
+mod fuse;
 pub mod import;
 pub mod npy;
 pub mod onnx;
@@ -59,7 +60,7 @@ pub struct Port {
 
 /// One op as the loader resolves it, over slots (one per tensor value of the graph).
 #[derive(Clone, Debug)]
-struct SlotStep {
+pub(crate) struct SlotStep {
     /// The ONNX node's name (or `op_type#index` when it has none), for errors.
     node: String,
     op: Op,
@@ -395,13 +396,50 @@ impl Loader {
                 self.errors.join("\n  ")
             )));
         }
-        Ok(self.finish(graph.name(), outputs, &output_slots))
+        fuse::Graph {
+            steps: &mut self.steps,
+            weights: &mut self.weights,
+            weight_slots: &mut self.weight_slots,
+            descs: &mut self.descs,
+            outputs: &output_slots,
+        }
+        .fuse()?;
+        self.finish(graph.name(), outputs, &output_slots)
     }
 
     /// The model: the memory plan (a table entry per weight, a buffer per tensor that lives at
     /// run time, shared by tensors of one descriptor whose lives do not overlap) and the ops
     /// over it.
-    fn finish(self, name: &str, outputs: Vec<Port>, output_slots: &[usize]) -> Model {
+    fn finish(mut self, name: &str, outputs: Vec<Port>, output_slots: &[usize]) -> Result<Model> {
+        // Only the weights some op still reads (folding leaves the originals unread), each
+        // in its slot's dtype.
+        let read: std::collections::HashSet<usize> = self
+            .steps
+            .iter()
+            .flat_map(|s| s.inputs.iter().copied())
+            .collect();
+        let mut kept = Vec::new();
+        let mut kept_slots = Vec::new();
+        for (w, s) in std::mem::take(&mut self.weights)
+            .into_iter()
+            .zip(&self.weight_slots)
+        {
+            if read.contains(s) {
+                let dtype = self.descs[*s].dtype();
+                kept.push(if w.dtype() == dtype {
+                    w
+                } else {
+                    HostTensor::from_f32(dtype, w.shape(), &w.data().to_f32_vec())?
+                });
+                kept_slots.push(*s);
+            }
+        }
+        self.weights = kept;
+        self.weight_slots = kept_slots;
+        for step in &mut self.steps {
+            let descs: Vec<&TensorDesc> = step.inputs.iter().map(|&s| &self.descs[s]).collect();
+            step.flops = step.op.plan(&descs)?.flops();
+        }
         let frees = frees(&self.steps, &self.weight_slots, output_slots);
         let mut entry = vec![usize::MAX; self.descs.len()];
         for (w, &s) in self.weight_slots.iter().enumerate() {
@@ -425,7 +463,7 @@ impl Loader {
             }
         }
         let buffers = arena.buffers;
-        Model {
+        Ok(Model {
             name: name.to_string(),
             opset: self.opset,
             input_entries: self.input_slots.iter().map(|&s| entry[s]).collect(),
@@ -440,7 +478,7 @@ impl Loader {
                 .collect(),
             weights: self.weights,
             buffers,
-        }
+        })
     }
 
     fn slot(&mut self, desc: TensorDesc) -> usize {
@@ -525,13 +563,13 @@ impl Loader {
                     let slot = match self.values.get(name) {
                         Some(Value::Slot(s)) => *s,
                         Some(Value::Const(Constant::Float(t))) => {
-                            let t = if t.dtype() == self.compute_dtype(t.dtype()) {
-                                t.clone()
-                            } else {
-                                HostTensor::from_f32(DType::F16, t.shape(), &t.data().to_f32_vec())
-                                    .map_err(|e| e.to_string())?
-                            };
-                            let slot = self.slot(t.desc().clone());
+                            // Kept in FP32 until the model is final (folding reads it), in the
+                            // dtype the model computes in from then on.
+                            let desc = TensorDesc::new(self.compute_dtype(t.dtype()), t.shape())
+                                .map_err(|e| e.to_string())?;
+                            let t = HostTensor::new(t.shape(), t.data().to_f32_vec())
+                                .map_err(|e| e.to_string())?;
+                            let slot = self.slot(desc);
                             self.weights.push(t);
                             self.weight_slots.push(slot);
                             // Later readers of the same initializer share the uploaded copy.
