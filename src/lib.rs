@@ -30,14 +30,12 @@
 //! - [`model`] — whole ONNX models: load, check, infer shapes, fold constants, run in one
 //!   session per backend.
 //! - [`ffi`] — the C ABI (`include/eia.h`): the same product for C, Python and other runtimes.
-//! - [`demo`] — `eia demo`: an embedded server, a client and a small CNN, end to end.
 //! - [`tensor`], [`dtype`] — tensors, descriptors, host data, element types.
 //! - [`error`] — the one typed [`Error`]; [`sync`] — poison-tolerant locks.
 //! - [`workload`] — named inference shapes shared by `eia run`, the benches and the peer script.
 
 pub mod accelerator;
 pub mod backend;
-pub mod demo;
 pub mod dtype;
 pub mod error;
 pub mod ffi;

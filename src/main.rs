@@ -12,6 +12,8 @@ use eia::accelerator::{Device, DeviceConfig, Tiers};
 use eia::workload::Workload;
 use eia::{Backend, CpuBackend, DType};
 
+#[path = "bin/eia/demo.rs"]
+mod demo;
 #[path = "bin/eia/infer.rs"]
 mod infer;
 
@@ -50,21 +52,10 @@ enum Command {
         #[command(flatten)]
         tiers: TierFile,
     },
-    /// The whole product on loopback: an embedded server, a client attaching an accelerator, a
-    /// small CNN run in one round trip per input; prints latency, TFLOPS against the tier, usage.
-    Demo {
-        /// The tier to attach.
-        #[arg(long, default_value = "eia2.medium")]
-        tier: String,
-        /// fp16 (mixed precision, the tier's higher rate) or fp32.
-        #[arg(long, default_value = "fp16", value_parser = parse_dtype)]
-        dtype: DType,
-        /// How many inferences to run.
-        #[arg(long, default_value_t = 200)]
-        inferences: usize,
-        #[command(flatten)]
-        tiers: TierFile,
-    },
+    /// The whole product on loopback, on ResNet-50: an embedded server, a client attaching an
+    /// accelerator, one round trip per inference; prints latency beside the metered floor,
+    /// TFLOPS against the tier, usage.
+    Demo(demo::DemoArgs),
     /// Serve this host's virtual accelerators over gRPC (CPU backend where there is no GPU).
     Serve {
         /// The device to slice: `auto` (the first CUDA GPU, else the CPU), `cuda` or `cpu`.
@@ -295,17 +286,7 @@ fn run(cli: Cli) -> eia::Result<()> {
             }
             Ok(())
         }
-        Command::Demo {
-            tier,
-            dtype,
-            inferences,
-            tiers,
-        } => eia::demo::run(&eia::demo::DemoOptions {
-            tier,
-            dtype,
-            inferences: inferences.max(1),
-            tiers: tiers.load()?,
-        }),
+        Command::Demo(args) => demo::run(args),
         Command::Serve {
             backend,
             listen,
