@@ -1,6 +1,7 @@
 //! Generates the gRPC code for `proto/eia/v1/eia.proto` (and the bench floor's
-//! `proto/eia/echo/v1/echo.proto`) with protox (a pure-Rust protobuf
-//! compiler), so building needs no system `protoc`, no nvcc and no GPU.
+//! `proto/eia/echo/v1/echo.proto`), and the ONNX model types of `proto/onnx/onnx.proto`, with
+//! protox (a pure-Rust protobuf compiler), so building needs no system `protoc`, no nvcc and no
+//! GPU.
 //!
 //! With feature `emu`, also compiles the CUDA kernel sources `kernels/*.cu` for the CPU
 //! emulator (`kernels/emu/`, C++20; the kernels instrumented for its sanitizer) into a static
@@ -8,7 +9,14 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["eia/v1/eia.proto", "eia/echo/v1/echo.proto"], ["proto"])?;
+    let descriptors = protox::compile(
+        [
+            "eia/v1/eia.proto",
+            "eia/echo/v1/echo.proto",
+            "onnx/onnx.proto",
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         // eia's `bytes` fields (tensor chunks, program writes and reads) decode as `bytes::Bytes`:
         // reference-counted slices of the received buffer instead of fresh `Vec`s. The echo

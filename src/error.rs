@@ -127,6 +127,10 @@ pub enum Error {
     /// A tensor of one accelerator was passed to another.
     #[error("tensor belongs to accelerator {owner}, not to accelerator {accelerator}; download and upload it to move it")]
     ForeignTensor { accelerator: u64, owner: u64 },
+
+    /// An ONNX model eia cannot load or run: every problem found, one per line.
+    #[error("model: {0}")]
+    Model(String),
 }
 
 /// `n` bytes for people: "2 GiB" when exact, else "1.50 GiB (1610612736 bytes)".

@@ -27,18 +27,19 @@
 //!   the [`CudaBackend`] (PTX kernels from `kernels/`, launched through `cudarc`).
 //! - [`rpc`] — how a remote host reaches it: the gRPC server (`eia serve`), the
 //!   `RemoteAccelerator` client with the same [`Backend`] API, tokens, leases, metrics.
+//! - [`model`] — whole ONNX models: load, check, infer shapes, fold constants, run in one
+//!   session per backend.
 //! - [`ffi`] — the C ABI (`include/eia.h`): the same product for C, Python and other runtimes.
-//! - [`demo`] — `eia demo`: an embedded server, a client and a small CNN, end to end.
 //! - [`tensor`], [`dtype`] — tensors, descriptors, host data, element types.
 //! - [`error`] — the one typed [`Error`]; [`sync`] — poison-tolerant locks.
 //! - [`workload`] — named inference shapes shared by `eia run`, the benches and the peer script.
 
 pub mod accelerator;
 pub mod backend;
-pub mod demo;
 pub mod dtype;
 pub mod error;
 pub mod ffi;
+pub mod model;
 pub mod ops;
 pub mod rpc;
 pub mod sync;
@@ -50,4 +51,5 @@ pub use backend::{Backend, CpuBackend, CudaBackend};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use half::f16;
+pub use model::{LoadOptions, Model};
 pub use tensor::{HostData, HostTensor, Tensor, TensorDesc};

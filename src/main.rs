@@ -12,6 +12,11 @@ use eia::accelerator::{Device, DeviceConfig, Tiers};
 use eia::workload::Workload;
 use eia::{Backend, CpuBackend, DType};
 
+#[path = "bin/eia/demo.rs"]
+mod demo;
+#[path = "bin/eia/infer.rs"]
+mod infer;
+
 #[derive(Parser)]
 #[command(name = "eia", version, about = "Open elastic inference accelerators")]
 struct Cli {
@@ -47,21 +52,10 @@ enum Command {
         #[command(flatten)]
         tiers: TierFile,
     },
-    /// The whole product on loopback: an embedded server, a client attaching an accelerator, a
-    /// small CNN run in one round trip per input; prints latency, TFLOPS against the tier, usage.
-    Demo {
-        /// The tier to attach.
-        #[arg(long, default_value = "eia2.medium")]
-        tier: String,
-        /// fp16 (mixed precision, the tier's higher rate) or fp32.
-        #[arg(long, default_value = "fp16", value_parser = parse_dtype)]
-        dtype: DType,
-        /// How many inferences to run.
-        #[arg(long, default_value_t = 200)]
-        inferences: usize,
-        #[command(flatten)]
-        tiers: TierFile,
-    },
+    /// The whole product on loopback, on ResNet-50: an embedded server, a client attaching an
+    /// accelerator, one round trip per inference; prints latency beside the metered floor,
+    /// TFLOPS against the tier, usage.
+    Demo(demo::DemoArgs),
     /// Serve this host's virtual accelerators over gRPC (CPU backend where there is no GPU).
     Serve {
         /// The device to slice: `auto` (the first CUDA GPU, else the CPU), `cuda` or `cpu`.
@@ -126,6 +120,19 @@ enum Command {
     },
     /// Describe the backends: CPU threads and features, and the CUDA device (or why there is none).
     Info,
+    /// Run an ONNX model: latency p50/p99, throughput, TFLOPS against the tier, peak memory,
+    /// the top-5 of the output.
+    Infer(infer::InferArgs),
+    /// Write one of eia's own models (seeded random weights) as an ONNX file: resnet50,
+    /// resnet101, resnet152, mobilenetv2.
+    Zoo {
+        name: String,
+        /// Where to write it.
+        #[arg(long, short)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 /// Where custom tiers come from.
@@ -279,17 +286,7 @@ fn run(cli: Cli) -> eia::Result<()> {
             }
             Ok(())
         }
-        Command::Demo {
-            tier,
-            dtype,
-            inferences,
-            tiers,
-        } => eia::demo::run(&eia::demo::DemoOptions {
-            tier,
-            dtype,
-            inferences: inferences.max(1),
-            tiers: tiers.load()?,
-        }),
+        Command::Demo(args) => demo::run(args),
         Command::Serve {
             backend,
             listen,
@@ -430,6 +427,30 @@ fn run(cli: Cli) -> eia::Result<()> {
                     println!("{}", w.id());
                 }
             }
+            Ok(())
+        }
+        Command::Infer(args) => infer::run(args),
+        Command::Zoo { name, output, seed } => {
+            let bytes = match name.as_str() {
+                "resnet50" => eia::model::zoo::resnet([3, 4, 6, 3], seed),
+                "resnet101" => eia::model::zoo::resnet([3, 4, 23, 3], seed),
+                "resnet152" => eia::model::zoo::resnet([3, 8, 36, 3], seed),
+                "mobilenetv2" => eia::model::zoo::mobilenet_v2(seed),
+                other => {
+                    return Err(eia::Error::Model(format!(
+                        "no zoo model {other:?}: resnet50, resnet101, resnet152 or mobilenetv2"
+                    )))
+                }
+            };
+            std::fs::write(&output, &bytes).map_err(|e| eia::Error::Config {
+                source_name: output.display().to_string(),
+                msg: format!("cannot write: {e}"),
+            })?;
+            println!(
+                "wrote {} ({})",
+                output.display(),
+                eia::error::bytes(bytes.len() as u64)
+            );
             Ok(())
         }
         Command::Info => {

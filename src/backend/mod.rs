@@ -108,6 +108,47 @@ pub trait Backend: Send + Sync {
         Ok(y)
     }
 
+    /// Runs a sequence over a table of tensors: writes `writes` (host data into tensors), runs
+    /// each step (its op over table entries into another entry), then returns `reads`
+    /// downloaded, in order. Each step's output must not be one of its inputs. By default one
+    /// call at a time; a remote accelerator sends the whole sequence in one round trip.
+    fn run_steps(
+        &self,
+        tensors: &mut [Option<Tensor<Self::Storage>>],
+        writes: &[(usize, &HostTensor)],
+        steps: &[Step],
+        reads: &[usize],
+    ) -> Result<Vec<HostTensor>>
+    where
+        Self: Sized,
+    {
+        let missing = || Error::Backend {
+            backend: "run_steps",
+            msg: "a step names an empty table entry".into(),
+        };
+        for &(i, host) in writes {
+            self.write(tensors[i].as_mut().ok_or_else(missing)?, host)?;
+        }
+        self.run_ops(|| -> Result<()> {
+            for step in steps {
+                let mut y = tensors[step.output].take().ok_or_else(missing)?;
+                let done = step
+                    .inputs
+                    .iter()
+                    .map(|&i| tensors[i].as_ref().ok_or_else(missing))
+                    .collect::<Result<Vec<_>>>()
+                    .and_then(|x| self.apply_into(&step.op, &x, &mut y));
+                tensors[step.output] = Some(y);
+                done?;
+            }
+            Ok(())
+        })?;
+        reads
+            .iter()
+            .map(|&i| self.download(tensors[i].as_ref().ok_or_else(missing)?))
+            .collect()
+    }
+
     /// ONNX Gemm: `relu?(alpha·A'·B' + beta·C)`.
     fn gemm(
         &self,
@@ -210,6 +251,15 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         self.apply_into(&Op::Softmax(*op), &[x], y)
     }
+}
+
+/// One op of a [`Backend::run_steps`] sequence: its inputs and output are indices into the
+/// sequence's tensor table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub op: Op,
+    pub inputs: Vec<usize>,
+    pub output: usize,
 }
 
 /// `op`'s plan for the descriptors of `inputs`.

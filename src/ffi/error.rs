@@ -45,6 +45,8 @@ pub const EIA_ERR_NETWORK: eia_code_t = 13;
 pub const EIA_ERR_BACKEND: eia_code_t = 14;
 /// A bug in eia: the call panicked. The message says where; please report it.
 pub const EIA_ERR_INTERNAL: eia_code_t = 15;
+/// An ONNX model cannot be loaded or run (the message lists every problem).
+pub const EIA_ERR_MODEL: eia_code_t = 16;
 
 /// An error: a code and a message. Returned by every fallible call (NULL means success); the
 /// caller owns it and frees it with `eia_error_free`.
@@ -108,6 +110,7 @@ impl From<Error> for eia_error {
             Error::Detached(_) => EIA_ERR_DETACHED,
             Error::Remote { .. } => EIA_ERR_REMOTE,
             Error::Network(_) => EIA_ERR_NETWORK,
+            Error::Model(_) => EIA_ERR_MODEL,
         };
         eia_error::new(code, e.to_string())
     }

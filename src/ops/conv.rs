@@ -22,6 +22,37 @@ pub enum AutoPad {
     Valid,
 }
 
+impl AutoPad {
+    /// The ONNX spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutoPad::NotSet => "NOTSET",
+            AutoPad::SameUpper => "SAME_UPPER",
+            AutoPad::SameLower => "SAME_LOWER",
+            AutoPad::Valid => "VALID",
+        }
+    }
+}
+
+impl std::str::FromStr for AutoPad {
+    type Err = String;
+
+    /// The ONNX spelling; empty is NOTSET.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "" | "NOTSET" => AutoPad::NotSet,
+            "SAME_UPPER" => AutoPad::SameUpper,
+            "SAME_LOWER" => AutoPad::SameLower,
+            "VALID" => AutoPad::Valid,
+            other => {
+                return Err(format!(
+                    "{other:?} is not NOTSET, SAME_UPPER, SAME_LOWER or VALID"
+                ))
+            }
+        })
+    }
+}
+
 /// ONNX Conv attributes for 2-D inputs, plus an optional fused ReLU.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conv {

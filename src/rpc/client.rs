@@ -21,7 +21,7 @@ use super::chunks::{self, Assembly};
 use super::convert::{self, data_loss, error};
 use super::proto::{self, accelerators_client::AcceleratorsClient};
 use crate::accelerator::{Tier, Usage};
-use crate::backend::{check_output, check_write, Backend};
+use crate::backend::{check_output, check_write, Backend, Step};
 use crate::error::{Error, Result};
 use crate::ops::{BatchNorm, Conv, Gemm, Op, Plan, Softmax};
 use crate::sync::lock;
@@ -450,6 +450,39 @@ impl Backend for RemoteAccelerator {
             lock(&self.tier).name(),
             self.conn.url
         )
+    }
+
+    /// The whole sequence as one [`Program`]: one round trip, validated whole by the server
+    /// before anything runs.
+    fn run_steps(
+        &self,
+        tensors: &mut [Option<Tensor<RemoteBuffer>>],
+        writes: &[(usize, &HostTensor)],
+        steps: &[Step],
+        reads: &[usize],
+    ) -> Result<Vec<HostTensor>> {
+        let get = |i: usize| {
+            tensors[i].as_ref().ok_or_else(|| Error::Backend {
+                backend: "run_steps",
+                msg: "a step names an empty table entry".into(),
+            })
+        };
+        let mut program = Program::new();
+        for &(i, host) in writes {
+            program.write(get(i)?, host)?;
+        }
+        for step in steps {
+            let x = step
+                .inputs
+                .iter()
+                .map(|&i| get(i))
+                .collect::<Result<Vec<_>>>()?;
+            program.apply(&step.op, &x, get(step.output)?)?;
+        }
+        for &i in reads {
+            program.read(get(i)?)?;
+        }
+        self.run(&program)
     }
 
     fn alloc(&self, desc: &TensorDesc) -> Result<Tensor<RemoteBuffer>> {

@@ -248,28 +248,13 @@ fn fixed<const N: usize>(
 
 /// ONNX `auto_pad` from its wire name (empty: NOTSET).
 fn auto_pad_from(op: &str, s: &str) -> Result<AutoPad, Status> {
-    Ok(match s {
-        "" | "NOTSET" => AutoPad::NotSet,
-        "SAME_UPPER" => AutoPad::SameUpper,
-        "SAME_LOWER" => AutoPad::SameLower,
-        "VALID" => AutoPad::Valid,
-        other => {
-            return Err(invalid(format!(
-                "{op} auto_pad: {other:?} is not NOTSET, SAME_UPPER, SAME_LOWER or VALID"
-            )))
-        }
-    })
+    s.parse()
+        .map_err(|e| invalid(format!("{op} auto_pad: {e}")))
 }
 
 /// The wire name of an `auto_pad`.
 fn auto_pad_name(a: AutoPad) -> String {
-    match a {
-        AutoPad::NotSet => "NOTSET",
-        AutoPad::SameUpper => "SAME_UPPER",
-        AutoPad::SameLower => "SAME_LOWER",
-        AutoPad::Valid => "VALID",
-    }
-    .to_string()
+    a.as_str().to_string()
 }
 
 fn max_pool_from(m: &proto::MaxPoolOp) -> Result<MaxPool, Status> {

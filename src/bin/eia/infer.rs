@@ -1,0 +1,243 @@
+//! `eia infer MODEL.onnx`: loads a model, runs it on the CPU backend, a metered accelerator of
+//! a tier or a remote accelerator, and prints latency (p50/p99), throughput, achieved TFLOPS
+//! against the tier, peak memory and the top-5 of the first output.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use eia::accelerator::{Device, DeviceConfig};
+use eia::model::{npy, Model, Session};
+use eia::rpc::{ClientConfig, Connection};
+use eia::{Backend, CpuBackend, DType, HostTensor, LoadOptions, Tier};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::TierFile;
+
+#[derive(Args)]
+pub struct InferArgs {
+    /// The ONNX model (`eia zoo` writes eia's own).
+    model: PathBuf,
+    /// An input as a .npy file: one per model input in graph order, or NAME=FILE. Without
+    /// it, seeded random values in [-1, 1).
+    #[arg(long = "input", value_name = "FILE")]
+    inputs: Vec<String>,
+    /// Write the outputs as .npy files: one per model output, in graph order.
+    #[arg(long = "output", value_name = "FILE")]
+    outputs: Vec<PathBuf>,
+    /// The batch size (the model's first input dimension, where it is symbolic).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Compute in FP16 (FP16 weights and activations, FP32 accumulation).
+    #[arg(long)]
+    fp16: bool,
+    /// Run on an accelerator of this tier: local and metered, or remote with --remote.
+    #[arg(long)]
+    tier: Option<String>,
+    /// Run on a remote accelerator of --tier (default eia1.medium) from this server
+    /// (http://HOST:PORT): one round trip per inference.
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
+    /// Admit a local tier even if this machine measures below its rates.
+    #[arg(long)]
+    overcommit: bool,
+    /// Timed inferences (after one warm-up).
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// The seed of the random input.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[command(flatten)]
+    tiers: TierFile,
+}
+
+pub fn run(args: InferArgs) -> eia::Result<()> {
+    let options = LoadOptions {
+        batch: args.batch,
+        fp16: args.fp16,
+    };
+    let start = Instant::now();
+    let model = Model::load(&args.model, options)?;
+    let load = start.elapsed();
+    let inputs = inputs(&model, &args)?;
+    let dtype = if args.fp16 { DType::F16 } else { DType::F32 };
+    println!(
+        "eia infer: {} ({}, opset {}), batch {}, {dtype}: {} ops, {:.3} GFLOP per inference, {} of weights, loaded in {:.0} ms",
+        args.model.display(),
+        if model.name.is_empty() { "unnamed" } else { &model.name },
+        model.opset,
+        args.batch,
+        model.ops().count(),
+        model.flops() as f64 / 1e9,
+        eia::error::bytes(model.weight_bytes()),
+        load.as_secs_f64() * 1e3
+    );
+    let tiers = args.tiers.load()?;
+    let outputs = if let Some(url) = &args.remote {
+        let tier = args.tier.as_deref().unwrap_or("eia1.medium");
+        let conn = Connection::connect(url, ClientConfig::default())?;
+        let accel = conn.attach(tier)?;
+        println!("on {}", accel.name());
+        let tier = accel.tier();
+        let r = time(&model, &accel, &inputs, args.runs, Some(&tier))?;
+        println!("{}", accel.detach()?);
+        r
+    } else if let Some(tier) = &args.tier {
+        let config = DeviceConfig {
+            tiers,
+            overcommit: args.overcommit,
+            ..DeviceConfig::default()
+        };
+        let device = Device::new(CpuBackend::new(), config)?;
+        let tier = device.tiers().get(tier)?.clone();
+        let accel = device.attach_tier(tier.clone())?;
+        println!("on {}", accel.name());
+        let r = time(&model, &accel, &inputs, args.runs, Some(&tier))?;
+        println!("{}", accel.detach()?);
+        r
+    } else {
+        let cpu = CpuBackend::new();
+        println!("on {}", cpu.name());
+        time(&model, &cpu, &inputs, args.runs, None)?
+    };
+    for (port, out) in model.outputs().iter().zip(&outputs) {
+        println!(
+            "output {} {:?}: top-5 of item 0: {}",
+            port.name,
+            out.shape(),
+            top5(out)
+        );
+    }
+    if args.outputs.len() > outputs.len() {
+        return Err(eia::Error::Model(format!(
+            "{} --output files for {} model outputs",
+            args.outputs.len(),
+            outputs.len()
+        )));
+    }
+    for (path, out) in args.outputs.iter().zip(&outputs) {
+        npy::write(path, out)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The inputs in graph order: from files (positional or NAME=FILE), else seeded random.
+fn inputs(model: &Model, args: &InferArgs) -> eia::Result<Vec<HostTensor>> {
+    let ports = model.inputs();
+    let mut given: Vec<Option<HostTensor>> = vec![None; ports.len()];
+    for (i, arg) in args.inputs.iter().enumerate() {
+        let (slot, file) = match arg.split_once('=') {
+            Some((name, file)) => (
+                ports.iter().position(|p| p.name == name).ok_or_else(|| {
+                    eia::Error::Model(format!(
+                        "--input {name}=…: the model has no input {name} (it has {})",
+                        ports
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?,
+                file,
+            ),
+            None if i < ports.len() => (i, arg.as_str()),
+            None => {
+                return Err(eia::Error::Model(format!(
+                    "{} --input files for {} model inputs",
+                    args.inputs.len(),
+                    ports.len()
+                )))
+            }
+        };
+        given[slot] = Some(npy::read(file)?);
+    }
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    Ok(given
+        .into_iter()
+        .zip(ports)
+        .map(|(g, port)| {
+            g.unwrap_or_else(|| {
+                let values: Vec<f32> = (0..port.desc.len())
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect();
+                HostTensor::new(port.desc.shape(), values).expect("the shape holds its values")
+            })
+        })
+        .collect())
+}
+
+/// Uploads the weights, runs one warm-up and `runs` timed inferences, prints the timing.
+fn time<B: Backend>(
+    model: &Model,
+    backend: &B,
+    inputs: &[HostTensor],
+    runs: usize,
+    tier: Option<&Tier>,
+) -> eia::Result<Vec<HostTensor>> {
+    let start = Instant::now();
+    let session: Session<B> = model.session(backend)?;
+    let upload = start.elapsed();
+    let mut outputs = session.run(inputs)?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        outputs = session.run(inputs)?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let (p50, p99) = (pick(0.5), pick(0.99));
+    let batch = inputs
+        .first()
+        .map(|t| t.shape().first().copied().unwrap_or(1))
+        .unwrap_or(1);
+    let tflops = model.flops() as f64 / p50.as_secs_f64() / 1e12;
+    let dtype = model
+        .inputs()
+        .first()
+        .map(|p| p.desc.dtype())
+        .unwrap_or(DType::F32);
+    let of_tier = tier
+        .map(|t| {
+            let floor = model.flops() as f64 / t.flops_per_second(dtype);
+            format!(
+                " = {:.0}% of {} {dtype} ({} TFLOPS; metered floor {:.2} ms)",
+                100.0 * tflops * 1e12 / t.flops_per_second(dtype),
+                t.name(),
+                t.tflops(dtype),
+                floor * 1e3
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "weights uploaded in {:.0} ms; peak memory {}",
+        upload.as_secs_f64() * 1e3,
+        eia::error::bytes(model.peak_bytes())
+    );
+    println!(
+        "{} inferences: p50 {:.2} ms, p99 {:.2} ms, {:.1} inferences/s, {:.3} TFLOPS{of_tier}",
+        times.len(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        batch as f64 / p50.as_secs_f64(),
+        tflops
+    );
+    Ok(outputs)
+}
+
+/// The five largest values of item 0 of `t` (its first dimension's first slice), with their
+/// indices.
+fn top5(t: &HostTensor) -> String {
+    let values = t.data().to_f32_vec();
+    let per_item = values.len() / t.shape().first().copied().unwrap_or(1).max(1);
+    let mut indexed: Vec<(usize, f32)> = values[..per_item].iter().copied().enumerate().collect();
+    indexed.sort_by(|a, b| b.1.total_cmp(&a.1));
+    indexed
+        .iter()
+        .take(5)
+        .map(|(i, v)| format!("{i}: {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

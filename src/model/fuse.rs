@@ -1,0 +1,166 @@
+//! Load-time rewrites of a model's op list that leave its results unchanged beyond the precision
+//! contract: a BatchNormalization of a Conv's output (the Conv read by nothing else) folded into
+//! the Conv's weights and bias, and a Relu fused into the epilogue of the Conv, Gemm or Add
+//! that produces its input. Weights are folded in float64 from their FP32 values, before any
+//! conversion to FP16.
+
+use std::collections::HashMap;
+
+use super::SlotStep;
+use crate::error::Result;
+use crate::ops::{Conv, Op};
+use crate::tensor::{HostTensor, TensorDesc};
+
+/// The model under rewrite: its steps, and its weights (FP32 host data) by slot.
+pub(super) struct Graph<'a> {
+    pub steps: &'a mut Vec<SlotStep>,
+    pub weights: &'a mut Vec<HostTensor>,
+    pub weight_slots: &'a mut Vec<usize>,
+    pub descs: &'a mut Vec<TensorDesc>,
+    /// Slots that are model outputs (never fused away).
+    pub outputs: &'a [usize],
+}
+
+impl Graph<'_> {
+    /// Applies every rewrite; returns how many ops were removed.
+    pub fn fuse(&mut self) -> Result<usize> {
+        let before = self.steps.len();
+        self.fold_batch_norms()?;
+        self.fuse_relus()?;
+        Ok(before - self.steps.len())
+    }
+
+    /// How many steps read each slot.
+    fn readers(&self) -> HashMap<usize, usize> {
+        let mut readers = HashMap::new();
+        for step in self.steps.iter() {
+            for &s in &step.inputs {
+                *readers.entry(s).or_insert(0) += 1;
+            }
+        }
+        readers
+    }
+
+    /// The step producing `slot`, if a step does and only `reader` reads it (and it is no
+    /// model output).
+    fn sole_producer(&self, slot: usize, readers: &HashMap<usize, usize>) -> Option<usize> {
+        if readers.get(&slot) != Some(&1) || self.outputs.contains(&slot) {
+            return None;
+        }
+        self.steps.iter().position(|s| s.output == slot)
+    }
+
+    fn weight(&self, slot: usize) -> Option<&HostTensor> {
+        let w = self.weight_slots.iter().position(|&s| s == slot)?;
+        Some(&self.weights[w])
+    }
+
+    fn add_weight(&mut self, t: HostTensor, dtype: crate::DType) -> Result<usize> {
+        self.descs.push(TensorDesc::new(dtype, t.shape())?);
+        let slot = self.descs.len() - 1;
+        self.weights.push(t);
+        self.weight_slots.push(slot);
+        Ok(slot)
+    }
+
+    /// `Conv → BatchNormalization` into one Conv: per output channel k, with
+    /// `f = scale / √(var + ε)`, `W'[k] = f·W[k]` and `B'[k] = f·(B[k] − mean) + bias`.
+    fn fold_batch_norms(&mut self) -> Result<()> {
+        let mut i = 0;
+        while i < self.steps.len() {
+            if let Some(conv) = self.fold_one(i)? {
+                let bn = self.steps.remove(i);
+                let j = if conv < i { conv } else { conv - 1 };
+                self.steps[j].output = bn.output;
+                continue;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Folds step `i` (if a foldable BatchNormalization) into its Conv, returning the Conv's
+    /// step index.
+    fn fold_one(&mut self, i: usize) -> Result<Option<usize>> {
+        let Op::BatchNorm(bn) = &self.steps[i].op else {
+            return Ok(None);
+        };
+        let epsilon = bn.epsilon as f64;
+        let readers = self.readers();
+        let Some(j) = self.sole_producer(self.steps[i].inputs[0], &readers) else {
+            return Ok(None);
+        };
+        let Op::Conv(conv) = &self.steps[j].op else {
+            return Ok(None);
+        };
+        if conv.relu {
+            return Ok(None);
+        }
+        let conv: Conv = conv.clone();
+        let params: Option<Vec<Vec<f64>>> = self.steps[i].inputs[1..]
+            .iter()
+            .map(|&s| self.weight(s).map(|t| t.data().to_f64_vec()))
+            .collect();
+        let w_slot = self.steps[j].inputs[1];
+        let (Some(params), Some(w)) = (params, self.weight(w_slot).cloned()) else {
+            return Ok(None);
+        };
+        let bias = match self.steps[j].inputs.get(2) {
+            Some(&b) => match self.weight(b) {
+                Some(t) => Some(t.data().to_f64_vec()),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let k = w.shape()[0];
+        let per_k = w.shape()[1..].iter().product::<usize>();
+        let (scale, shift, mean, var) = (&params[0], &params[1], &params[2], &params[3]);
+        let f: Vec<f64> = (0..k)
+            .map(|c| scale[c] / (var[c] + epsilon).sqrt())
+            .collect();
+        let wv = w.data().to_f64_vec();
+        let new_w: Vec<f32> = (0..k * per_k)
+            .map(|e| (wv[e] * f[e / per_k]) as f32)
+            .collect();
+        let new_b: Vec<f32> = (0..k)
+            .map(|c| (f[c] * (bias.as_ref().map_or(0.0, |b| b[c]) - mean[c]) + shift[c]) as f32)
+            .collect();
+        let dtype = self.descs[w_slot].dtype();
+        let new_w = self.add_weight(HostTensor::new(w.shape(), new_w)?, dtype)?;
+        let new_b = self.add_weight(HostTensor::new(&[k], new_b)?, dtype)?;
+        let x = self.steps[j].inputs[0];
+        self.steps[j].inputs = vec![x, new_w, new_b];
+        self.steps[j].op = Op::Conv(conv);
+        Ok(Some(j))
+    }
+
+    /// `Conv | Gemm | Add → Relu` into the producer's fused ReLU.
+    fn fuse_relus(&mut self) -> Result<()> {
+        let mut i = 0;
+        while i < self.steps.len() {
+            if self.steps[i].op.name() == "Relu" {
+                let readers = self.readers();
+                if let Some(j) = self.sole_producer(self.steps[i].inputs[0], &readers) {
+                    if set_relu(&mut self.steps[j].op) {
+                        let relu = self.steps.remove(i);
+                        let j = if j < i { j } else { j - 1 };
+                        self.steps[j].output = relu.output;
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Turns on `op`'s fused ReLU if it has one that is off.
+fn set_relu(op: &mut Op) -> bool {
+    let relu = match op {
+        Op::Conv(c) => &mut c.relu,
+        Op::Gemm(g) => &mut g.relu,
+        _ => return false,
+    };
+    !std::mem::replace(relu, true)
+}
