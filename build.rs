@@ -37,7 +37,15 @@ mod emu {
 
     /// The op families, in `kernels/<family>.cu`; one whose file does not exist yet is left out.
     const FAMILIES: &[&str] = &[
-        "gemm", "conv", "batchnorm", "softmax", "unary", "binary", "pool", "lrn", "layout",
+        "gemm",
+        "conv",
+        "batchnorm",
+        "softmax",
+        "unary",
+        "binary",
+        "pool",
+        "lrn",
+        "layout",
     ];
 
     pub fn build() -> Result<(), Box<dyn std::error::Error>> {

@@ -160,6 +160,7 @@ fn set_relu(op: &mut Op) -> bool {
     let relu = match op {
         Op::Conv(c) => &mut c.relu,
         Op::Gemm(g) => &mut g.relu,
+        Op::Add(a) => &mut a.relu,
         _ => return false,
     };
     !std::mem::replace(relu, true)

@@ -182,6 +182,12 @@ impl<'a> Attrs<'a> {
         Ok(self.get(name, AttributeType::Float)?.map(|a| a.f()))
     }
 
+    pub fn floats(&self, name: &str) -> Result<Option<Vec<f32>>, String> {
+        Ok(self
+            .get(name, AttributeType::Floats)?
+            .map(|a| a.floats.clone()))
+    }
+
     pub fn ints(&self, name: &str) -> Result<Option<Vec<i64>>, String> {
         Ok(self.get(name, AttributeType::Ints)?.map(|a| a.ints.clone()))
     }

@@ -26,8 +26,8 @@ pub mod batchnorm;
 pub mod binary;
 pub mod conv;
 pub mod gemm;
-pub mod pool;
 pub mod layout;
+pub mod pool;
 pub mod softmax;
 pub mod unary;
 
@@ -35,10 +35,10 @@ pub use batchnorm::{BatchNorm, BatchNormPlan};
 pub use binary::{Add, BinaryKind, BinaryPlan};
 pub use conv::{AutoPad, Conv, ConvPlan};
 pub use gemm::{Gemm, GemmPlan, MatLayout, MatMul};
-pub use pool::{AveragePool, MaxPool, PoolKind, PoolPlan};
 pub use layout::{
     Concat, Dropout, Flatten, LayoutKind, LayoutPlan, Reshape, Squeeze, Transpose, Unsqueeze,
 };
+pub use pool::{AveragePool, MaxPool, PoolKind, PoolPlan};
 pub use softmax::{Softmax, SoftmaxPlan};
 pub use unary::{Activation, Clip, LeakyRelu, UnaryPlan};
 

@@ -11,10 +11,10 @@
 
 pub mod reference;
 pub mod suite;
-pub mod suite_unary;
 pub mod suite_binary;
-pub mod suite_pool;
 pub mod suite_layout;
+pub mod suite_pool;
+pub mod suite_unary;
 
 use eia::{Backend, DType, HostTensor, Tensor};
 use rand::rngs::StdRng;

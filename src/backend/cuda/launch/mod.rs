@@ -8,8 +8,8 @@ pub mod batchnorm;
 pub mod binary;
 pub mod conv;
 pub mod gemm;
-pub mod pool;
 pub mod layout;
+pub mod pool;
 pub mod softmax;
 pub mod unary;
 
