@@ -559,7 +559,10 @@ impl Loader {
             },
             Imported::Op(op) => {
                 let mut slots = Vec::new();
-                for name in node.input.iter().filter(|n| !n.is_empty()) {
+                // The op's tensor operands; ONNX inputs past them (Clip's bounds, Reshape's
+                // shape, …) were read as attributes.
+                let operands = node.input.len().min(*op.arity().end());
+                for name in node.input[..operands].iter().filter(|n| !n.is_empty()) {
                     let slot = match self.values.get(name) {
                         Some(Value::Slot(s)) => *s,
                         Some(Value::Const(Constant::Float(t))) => {

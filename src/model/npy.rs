@@ -35,7 +35,7 @@ pub fn read(path: impl AsRef<Path>) -> Result<HostTensor> {
         .collect::<Result<Vec<_>>>()?;
     let descr = npy.dtype().descr();
     let wrap = |e: std::io::Error| npy_err(path, e);
-    match descr.trim_start_matches(['<', '=', '|']) {
+    match descr.trim_matches('\'').trim_start_matches(['<', '=', '|']) {
         "f4" => HostTensor::new(&shape, npy.into_vec::<f32>().map_err(wrap)?),
         "f2" => HostTensor::new(&shape, npy.into_vec::<f16>().map_err(wrap)?),
         "f8" => {
