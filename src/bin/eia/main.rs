@@ -1,7 +1,8 @@
-//! The `eia` command: `eia run` runs the inference workloads on the CPU backend (or on a metered
-//! accelerator of a tier) and prints throughput; `eia tiers` prints the tier table; `eia
-//! workloads` lists the workloads (JSON for the peer comparison script); `eia info` describes
-//! the backend.
+//! The `eia` command, one file per larger subcommand: `eia demo` (`demo.rs`: ResNet-50 on an
+//! embedded server), `eia infer` (`infer.rs`: any ONNX model on the CPU, a metered tier or a
+//! remote accelerator), and here `eia run` (the op workloads and their throughput), `eia serve`,
+//! `eia zoo` (eia's own models as ONNX files), `eia tiers`, `eia workloads` (JSON for the peer
+//! comparison script) and `eia info`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,9 +13,7 @@ use eia::accelerator::{Device, DeviceConfig, Tiers};
 use eia::workload::Workload;
 use eia::{Backend, CpuBackend, DType};
 
-#[path = "bin/eia/demo.rs"]
 mod demo;
-#[path = "bin/eia/infer.rs"]
 mod infer;
 
 #[derive(Parser)]
