@@ -914,4 +914,5 @@ pub fn errors_leave_output_untouched<B: Backend>(backend: &B) {
     }
 }
 
+#[allow(unused_imports)] // test crates without `backend_suite!` use none of them
 pub use super::suite_pool::*;
