@@ -374,7 +374,8 @@ pub fn errors_pool<B: Backend>(backend: &B) {
     let shape =
         |op: &'static str| move |e: &Error| matches!(e, Error::Shape { op: o, .. } if *o == op);
     let x = f(&[2, 3, 5, 5]);
-    let cases: Vec<(&str, Op, Box<dyn Fn(&Error) -> bool>)> = vec![
+    type Check = Box<dyn Fn(&Error) -> bool>;
+    let cases: Vec<(&str, Op, Check)> = vec![
         (
             "no kernel_shape",
             Op::MaxPool(MaxPool::default()),
