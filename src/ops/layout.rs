@@ -360,7 +360,7 @@ impl Reshape {
                 shape: shape.clone(),
             })?;
         if let Some(i) = infer {
-            if known == 0 || x.len() % known != 0 {
+            if known == 0 || !x.len().is_multiple_of(known) {
                 return Err(Error::shape(
                     OP,
                     format!(
@@ -600,7 +600,8 @@ mod tests {
         assert!(r(&[-1, -1], false, &[4]).is_err());
         assert!(r(&[5], false, &[4]).is_err());
         assert!(r(&[0, -1], true, &[4]).is_err());
-        assert!(r(&[-1, 0], false, &[0, 3]).is_err());
+        assert!(r(&[-1, 0], false, &[3, 0]).is_err());
+        assert_eq!(r(&[-1, 0], false, &[0, 3]).unwrap().output.shape(), &[0, 3]);
         assert!(r(&[-2], false, &[4]).is_err());
         assert!(r(&[0, 0], false, &[4]).is_err());
         let f = |a: i64, x: &[usize]| Flatten { axis: a }.plan(&d(x));
