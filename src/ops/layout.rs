@@ -627,7 +627,7 @@ mod tests {
         assert_eq!(u(vec![0, -1], &[3]).unwrap().output.shape(), &[1, 3, 1]);
         assert_eq!(u(vec![0], &[]).unwrap().output.shape(), &[1]);
         assert!(u(vec![], &[3]).is_err());
-        assert!(u(vec![0, -2], &[3]).is_err());
+        assert!(u(vec![0, -3], &[3]).is_err());
         assert!(u(vec![2], &[3]).is_err());
         assert!(Dropout {
             ratio: 0.5,
