@@ -914,4 +914,5 @@ pub fn errors_leave_output_untouched<B: Backend>(backend: &B) {
     }
 }
 
+#[allow(unused_imports)] // tests that use `common` without `backend_suite!`
 pub use super::suite_layout::*;
