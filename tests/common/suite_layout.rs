@@ -365,6 +365,7 @@ fn expect_err(what: &str, r: eia::Result<()>, check: impl Fn(&Error) -> bool) {
 
 /// Every bad attribute and operand of the layout ops: a typed error naming the op, and the
 /// (poisoned) output untouched.
+#[allow(clippy::type_complexity)]
 pub fn errors_layout<B: Backend>(backend: &B) {
     let t = |dtype: DType, shape: &[usize]| {
         backend

@@ -140,7 +140,7 @@ fn transpose<T: bytemuck::Pod + Send + Sync>(
             let xi = row_base(r);
             row.copy_from_slice(&x[xi..xi + n]);
         };
-        if y.len() * size_of::<T>() <= TASK_BYTES {
+        if std::mem::size_of_val(y) <= TASK_BYTES {
             y.chunks_mut(n).enumerate().for_each(work);
         } else {
             y.par_chunks_mut(n).enumerate().for_each(work);
@@ -170,7 +170,7 @@ fn transpose<T: bytemuck::Pod + Send + Sync>(
             }
         }
     };
-    if y.len() * size_of::<T>() <= TASK_BYTES {
+    if std::mem::size_of_val(y) <= TASK_BYTES {
         (0..tasks).for_each(work);
     } else {
         (0..tasks).into_par_iter().for_each(work);
