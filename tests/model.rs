@@ -313,7 +313,7 @@ fn fp16_loading_computes_in_fp16_within_its_precision() {
     let got = m
         .session(&CpuBackend::new())
         .unwrap()
-        .run(&[x.clone()])
+        .run(std::slice::from_ref(&x))
         .unwrap();
     let want = cnn_by_hand(&c, &x);
     for (g, w) in got.iter().zip(&want) {
@@ -344,7 +344,7 @@ fn a_metered_accelerator_runs_the_model_and_is_charged_its_flops() {
     let accel = device.attach("eia2.large").unwrap();
     let x = random(&mut rng, &[1, 3, 8, 8], -1.0, 1.0);
     let session = m.session(&accel).unwrap();
-    let got = session.run(&[x.clone()]).unwrap();
+    let got = session.run(std::slice::from_ref(&x)).unwrap();
     let want = cnn_by_hand(&c, &x);
     assert_eq!(got[0].data().to_f32_vec(), want[0].data().to_f32_vec());
     let usage = accel.usage();
@@ -638,7 +638,7 @@ fn a_remote_accelerator_runs_an_inference_in_one_program() {
     assert_eq!(usage.ops, 2 * 5);
     assert_eq!(usage.flops_f32, 2 * m.flops());
     // Weights and buffers (7 weights, 6 buffers), each charged at least MIN_TENSOR_CHARGE.
-    let floor = eia::accelerator::MIN_TENSOR_CHARGE as u64;
+    let floor = eia::accelerator::MIN_TENSOR_CHARGE;
     assert!(usage.memory_used >= m.peak_bytes(), "{usage:?}");
     assert!(
         usage.memory_used <= m.peak_bytes() + 13 * floor,
