@@ -3,7 +3,7 @@
 
 Models: eia's own ResNet-50 and MobileNetV2 (`eia zoo`), and graphs built here with
 onnx.helper from seeded random weights (He-scaled): SqueezeNet fire modules (Concat), an
-Inception block (branches, MaxPool, AveragePool, LRN, Concat), a ShuffleNet channel shuffle
+Inception block (branches, MaxPool, AveragePool, Concat; LRN is not implemented yet), a ShuffleNet channel shuffle
 (Reshape, Transpose), and the shapes real exporters emit (opset 9, 11 and 13 forms: Constant
 shape chains Shape→Gather→Unsqueeze→Concat→Reshape, Dropout, Flatten, Clip with min/max
 inputs, Squeeze with an axes input).
@@ -91,7 +91,6 @@ def squeezenet():
 def inception():
     g = Graph()
     x = g.conv("x", 3, 24, 3, pad=1)
-    x = g.node("LRN", [x], size=5, alpha=1e-4, beta=0.75, bias=1.0)
     b1 = g.conv(x, 24, 16, 1)
     b2 = g.conv(g.conv(x, 24, 8, 1), 8, 16, 3, pad=1)
     b3 = g.conv(g.conv(x, 24, 4, 1), 4, 8, 5, pad=2)
