@@ -296,6 +296,9 @@ typedef uint32_t eia_dtype_t;
 // A bug in eia: the call panicked. The message says where; please report it.
 #define EIA_ERR_INTERNAL 15
 
+// An ONNX model cannot be loaded or run (the message lists every problem).
+#define EIA_ERR_MODEL 16
+
 // Use the explicit `pads`.
 #define EIA_AUTO_PAD_NOTSET 0
 
@@ -502,69 +505,6 @@ struct eia_error *eia_softmax(const struct eia_accelerator *accelerator,
                               const struct eia_tensor *x,
                               struct eia_tensor **y);
 
-// ONNX Concat of `n_inputs` tensors (1 to 64) along `attrs->axis`.
-//
-// # Safety
-// `inputs` points to `n_inputs` tensor handles (or is NULL with `n_inputs` 0).
-struct eia_error *eia_concat(const struct eia_accelerator *accelerator,
-                             const struct eia_concat_attrs *attrs,
-                             const struct eia_tensor *const *inputs,
-                             size_t n_inputs,
-                             struct eia_tensor **y);
-
-// ONNX Transpose by `attrs->perm`.
-//
-// # Safety
-// `attrs->perm` points to `attrs->n_perm` values (or `n_perm` is 0).
-struct eia_error *eia_transpose(const struct eia_accelerator *accelerator,
-                                const struct eia_transpose_attrs *attrs,
-                                const struct eia_tensor *x,
-                                struct eia_tensor **y);
-
-// ONNX Flatten at `attrs->axis`: a 2-D output.
-struct eia_error *eia_flatten(const struct eia_accelerator *accelerator,
-                              const struct eia_flatten_attrs *attrs,
-                              const struct eia_tensor *x,
-                              struct eia_tensor **y);
-
-// ONNX Reshape to `attrs->shape`.
-//
-// # Safety
-// `attrs->shape` points to `attrs->n_shape` values (or `n_shape` is 0).
-struct eia_error *eia_reshape(const struct eia_accelerator *accelerator,
-                              const struct eia_reshape_attrs *attrs,
-                              const struct eia_tensor *x,
-                              struct eia_tensor **y);
-
-// ONNX Squeeze of `attrs->axes` (none: every 1-sized dimension).
-//
-// # Safety
-// `attrs->axes` points to `attrs->n_axes` values (or `n_axes` is 0).
-struct eia_error *eia_squeeze(const struct eia_accelerator *accelerator,
-                              const struct eia_axes_attrs *attrs,
-                              const struct eia_tensor *x,
-                              struct eia_tensor **y);
-
-// ONNX Unsqueeze at `attrs->axes` (indices of the output).
-//
-// # Safety
-// `attrs->axes` points to `attrs->n_axes` values (or `n_axes` is 0).
-struct eia_error *eia_unsqueeze(const struct eia_accelerator *accelerator,
-                                const struct eia_axes_attrs *attrs,
-                                const struct eia_tensor *x,
-                                struct eia_tensor **y);
-
-// ONNX Identity: a copy of `x`.
-struct eia_error *eia_identity(const struct eia_accelerator *accelerator,
-                               const struct eia_tensor *x,
-                               struct eia_tensor **y);
-
-// ONNX Dropout in inference: a copy of `x` (no mask output; training_mode must be false).
-struct eia_error *eia_dropout(const struct eia_accelerator *accelerator,
-                              const struct eia_dropout_attrs *attrs,
-                              const struct eia_tensor *x,
-                              struct eia_tensor **y);
-
 // ONNX Relu: `max(x, 0)` elementwise (NaN stays NaN).
 struct eia_error *eia_relu(const struct eia_accelerator *accelerator,
                            const struct eia_tensor *x,
@@ -648,6 +588,69 @@ struct eia_error *eia_global_average_pool(const struct eia_accelerator *accelera
 struct eia_error *eia_global_max_pool(const struct eia_accelerator *accelerator,
                                       const struct eia_tensor *x,
                                       struct eia_tensor **y);
+
+// ONNX Concat of `n_inputs` tensors (1 to 64) along `attrs->axis`.
+//
+// # Safety
+// `inputs` points to `n_inputs` tensor handles (or is NULL with `n_inputs` 0).
+struct eia_error *eia_concat(const struct eia_accelerator *accelerator,
+                             const struct eia_concat_attrs *attrs,
+                             const struct eia_tensor *const *inputs,
+                             size_t n_inputs,
+                             struct eia_tensor **y);
+
+// ONNX Transpose by `attrs->perm`.
+//
+// # Safety
+// `attrs->perm` points to `attrs->n_perm` values (or `n_perm` is 0).
+struct eia_error *eia_transpose(const struct eia_accelerator *accelerator,
+                                const struct eia_transpose_attrs *attrs,
+                                const struct eia_tensor *x,
+                                struct eia_tensor **y);
+
+// ONNX Flatten at `attrs->axis`: a 2-D output.
+struct eia_error *eia_flatten(const struct eia_accelerator *accelerator,
+                              const struct eia_flatten_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Reshape to `attrs->shape`.
+//
+// # Safety
+// `attrs->shape` points to `attrs->n_shape` values (or `n_shape` is 0).
+struct eia_error *eia_reshape(const struct eia_accelerator *accelerator,
+                              const struct eia_reshape_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Squeeze of `attrs->axes` (none: every 1-sized dimension).
+//
+// # Safety
+// `attrs->axes` points to `attrs->n_axes` values (or `n_axes` is 0).
+struct eia_error *eia_squeeze(const struct eia_accelerator *accelerator,
+                              const struct eia_axes_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
+
+// ONNX Unsqueeze at `attrs->axes` (indices of the output).
+//
+// # Safety
+// `attrs->axes` points to `attrs->n_axes` values (or `n_axes` is 0).
+struct eia_error *eia_unsqueeze(const struct eia_accelerator *accelerator,
+                                const struct eia_axes_attrs *attrs,
+                                const struct eia_tensor *x,
+                                struct eia_tensor **y);
+
+// ONNX Identity: a copy of `x`.
+struct eia_error *eia_identity(const struct eia_accelerator *accelerator,
+                               const struct eia_tensor *x,
+                               struct eia_tensor **y);
+
+// ONNX Dropout in inference: a copy of `x` (no mask output; training_mode must be false).
+struct eia_error *eia_dropout(const struct eia_accelerator *accelerator,
+                              const struct eia_dropout_attrs *attrs,
+                              const struct eia_tensor *x,
+                              struct eia_tensor **y);
 
 // Creates a tensor on `accelerator` from host memory: `rank` dimensions at `shape` (row-major;
 // rank 0 is a scalar and `shape` may then be NULL) and `nbytes` bytes of little-endian elements
