@@ -261,6 +261,15 @@ def main():
         server.terminate()
         server.wait(timeout=60)
 
+    print("eia recommend (SqueezeNet, a 10 s target any tier meets; 1 µs, which none does)")
+    path, _ = models["squeezenet"]
+    for target, want in [("10000", "recommended: eia1.medium"), ("0.001", "no tier meets")]:
+        r = subprocess.run([eia, "recommend", path, "--latency-ms", target, "--runs", "1"],
+                           capture_output=True, text=True, timeout=600)
+        ok = r.returncode == 0 and want in r.stdout
+        print(f"  --latency-ms {target}: {'ok' if ok else 'FAILED'}")
+        check(f"recommend {target}", ok)
+
     if failures:
         sys.exit(f"FAILED: {', '.join(failures)}")
     print(f"all {len(models)} models match onnxruntime")

@@ -1,6 +1,7 @@
 //! The `eia` command, one file per larger subcommand: `eia demo` (`demo.rs`: ResNet-50 on an
 //! embedded server), `eia infer` (`infer.rs`: any ONNX model on the CPU, a metered tier or a
-//! remote accelerator), and here `eia run` (the op workloads and their throughput), `eia serve`,
+//! remote accelerator), `eia recommend` (`recommend.rs`: the smallest tier meeting a latency),
+//! and here `eia run` (the op workloads and their throughput), `eia serve`,
 //! `eia zoo` (eia's own models as ONNX files), `eia tiers`, `eia workloads` (JSON for the peer
 //! comparison script) and `eia info`.
 
@@ -15,6 +16,7 @@ use eia::{Backend, CpuBackend, DType};
 
 mod demo;
 mod infer;
+mod recommend;
 
 #[derive(Parser)]
 #[command(name = "eia", version, about = "Open elastic inference accelerators")]
@@ -122,6 +124,9 @@ enum Command {
     /// Run an ONNX model: latency p50/p99, throughput, TFLOPS against the tier, peak memory,
     /// the top-5 of the output.
     Infer(infer::InferArgs),
+    /// Per tier and precision: the model's FLOPs, the metered floor, the latency measured on
+    /// this device, and the smallest tier that meets a latency target.
+    Recommend(recommend::RecommendArgs),
     /// Write one of eia's own models (seeded random weights) as an ONNX file: resnet50,
     /// resnet101, resnet152, mobilenetv2.
     Zoo {
@@ -429,6 +434,7 @@ fn run(cli: Cli) -> eia::Result<()> {
             Ok(())
         }
         Command::Infer(args) => infer::run(args),
+        Command::Recommend(args) => recommend::run(args),
         Command::Zoo { name, output, seed } => {
             let bytes = match name.as_str() {
                 "resnet50" => eia::model::zoo::resnet([3, 4, 6, 3], seed),
