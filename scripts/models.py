@@ -14,7 +14,11 @@ same top-1; FP16 (`--fp16`): ≤ 1e-2 and top-1 agreement on ≥ 99% of a batch 
 local CPU path, a metered tier (`--tier`) and a remote accelerator (`--remote`, against an
 `eia serve` started here on loopback) all run.
 
-Usage: scripts/models.py --eia target/release/eia [--keep DIR]
+`--bench` instead times whole models, eia beside onnxruntime in the same run (both on every
+core of this machine): ResNet-50 at batch 1 and 8 and MobileNetV2 at batch 1, eia in FP32 and
+FP16, onnxruntime in FP32 (its CPU provider casts FP16 models to FP32 around most ops).
+
+Usage: scripts/models.py --eia target/release/eia [--keep DIR] [--bench [--runs N]]
 """
 
 import argparse
@@ -158,10 +162,10 @@ def exporter(opset):
     return g.model([3, 8, 8], x, f"exporter_opset{opset}")
 
 
-def run_eia(eia, path, x, out, fp16=False, extra=()):
+def run_eia(eia, path, x, out, fp16=False, extra=(), runs=1):
     xin = out + ".in.npy"
     np.save(xin, x)
-    cmd = [eia, "infer", path, "--input", xin, "--output", out, "--runs", "1",
+    cmd = [eia, "infer", path, "--input", xin, "--output", out, "--runs", str(runs),
            "--batch", str(x.shape[0])] + (["--fp16"] if fp16 else []) + list(extra)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
@@ -185,6 +189,41 @@ def compare(what, got, want, tol):
     return err, top
 
 
+def p50_ms(stdout):
+    """The p50 latency `eia infer` printed."""
+    for line in stdout.splitlines():
+        if " inferences: p50 " in line:
+            return float(line.split(" p50 ")[1].split(" ms")[0])
+    sys.exit(f"no p50 in eia infer output:\n{stdout}")
+
+
+def bench(eia, tmp, runs):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count()
+    print(f"whole models, p50 of {runs} runs after a warm-up; {os.cpu_count()} cores; onnxruntime {ort.__version__}")
+    print(f"{'model':<14} {'batch':>5} {'eia FP32 ms':>12} {'eia FP16 ms':>12} {'ort FP32 ms':>12} {'FP32 eia/ort':>13}")
+    for name, batch in [("resnet50", 1), ("resnet50", 8), ("mobilenetv2", 1)]:
+        path = os.path.join(tmp, f"{name}.onnx")
+        if not os.path.exists(path):
+            subprocess.run([eia, "zoo", name, "-o", path], check=True, capture_output=True)
+        x = RNG.uniform(-1, 1, (batch, 3, 224, 224)).astype(np.float32)
+        eia_ms = []
+        for fp16 in (False, True):
+            _, out = run_eia(eia, path, x, os.path.join(tmp, f"{name}.bench.npy"), fp16=fp16,
+                             runs=runs)
+            eia_ms.append(p50_ms(out))
+        s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        feed = {s.get_inputs()[0].name: x}
+        s.run(None, feed)
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            s.run(None, feed)
+            times.append((time.perf_counter() - t) * 1e3)
+        ort_ms = sorted(times)[len(times) // 2]
+        print(f"{name:<14} {batch:>5} {eia_ms[0]:>12.1f} {eia_ms[1]:>12.1f} {ort_ms:>12.1f} {ort_ms / eia_ms[0]:>12.2f}x")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,10 +234,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--eia", required=True)
     ap.add_argument("--keep", help="write the models and outputs here")
+    ap.add_argument("--bench", action="store_true", help="time whole models against onnxruntime")
+    ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     eia = os.path.abspath(args.eia)
     tmp = args.keep or tempfile.mkdtemp(prefix="eia-models-")
     os.makedirs(tmp, exist_ok=True)
+    if args.bench:
+        bench(eia, tmp, args.runs)
+        return
     failures = []
 
     models = {}
