@@ -1,0 +1,251 @@
+//! `eia run`: the op workloads on the CPU backend (or a metered accelerator of a tier), their
+//! median time, GFLOPS and GB/s.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use eia::accelerator::{Device, DeviceConfig};
+use eia::workload::Workload;
+use eia::{Backend, CpuBackend, DType};
+
+use crate::{parse_dtype, TierFile};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Element types to run: fp32, fp16 (repeatable; default both).
+    #[arg(long = "dtype", value_parser = parse_dtype)]
+    dtypes: Vec<DType>,
+    /// Only workloads whose id contains this text (e.g. `gemm/`, `res4`, `n8`).
+    #[arg(long)]
+    filter: Option<String>,
+    /// CPU threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seconds to spend timing each workload (after one warm-up run).
+    #[arg(long, default_value_t = 0.3)]
+    seconds: f64,
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Run on a virtual accelerator of this tier (metered at its rates) and print its usage.
+    #[arg(long)]
+    tier: Option<String>,
+    /// Admit the tier even if the device's measured capacity is below its rates.
+    #[arg(long, requires = "tier")]
+    overcommit: bool,
+    #[command(flatten)]
+    tiers: TierFile,
+}
+
+pub fn run(args: RunArgs) -> eia::Result<()> {
+    let RunArgs {
+        dtypes,
+        filter,
+        threads,
+        seconds,
+        json,
+        tier,
+        overcommit,
+        tiers,
+    } = args;
+    let backend = match threads {
+        Some(t) => CpuBackend::with_threads(t)?,
+        None => CpuBackend::new(),
+    };
+    let tiers = tiers.load()?;
+    let dtypes = if dtypes.is_empty() {
+        DType::ALL.to_vec()
+    } else {
+        dtypes
+    };
+    let workloads: Vec<Workload> = Workload::all()
+        .into_iter()
+        .filter(|w| filter.as_ref().is_none_or(|f| w.id().contains(f.as_str())))
+        .collect();
+    if workloads.is_empty() {
+        return Err(eia::Error::Backend {
+            backend: "cpu",
+            msg: format!(
+                "no workload id contains {:?}; `eia workloads` lists them",
+                filter.unwrap_or_default()
+            ),
+        });
+    }
+    let header = format!(
+        "{} workloads × {} dtypes on the cpu backend ({} threads, {} kernels), {seconds} s each",
+        workloads.len(),
+        dtypes.len(),
+        backend.threads(),
+        backend.simd()
+    );
+    let Some(tier) = tier else {
+        let plan = RunPlan {
+            workloads,
+            dtypes,
+            seconds,
+            json,
+            tier: None,
+            header,
+            threads: backend.threads(),
+        };
+        return run_workloads(&backend, &plan);
+    };
+    let threads = backend.threads();
+    let config = DeviceConfig {
+        tiers,
+        overcommit,
+        ..DeviceConfig::default()
+    };
+    let device = Device::new(backend, config)?;
+    let cap = device.capacity();
+    let tier = device.tiers().get(&tier)?.clone();
+    let accel = device.attach_tier(tier.clone())?;
+    let header = format!(
+        "{header}\nmetered as {tier} on a device measured at {:.3} FP32 / {:.3} FP16 TFLOPS{}",
+        cap.fp32_tflops,
+        cap.fp16_tflops,
+        if overcommit { " (overcommitted)" } else { "" }
+    );
+    let plan = RunPlan {
+        workloads,
+        dtypes,
+        seconds,
+        json,
+        tier: Some(tier),
+        header,
+        threads,
+    };
+    run_workloads(&accel, &plan)?;
+    let usage = accel.detach()?;
+    if !json {
+        println!("{usage}");
+    }
+    Ok(())
+}
+
+/// What `eia run` runs and how it prints.
+struct RunPlan {
+    workloads: Vec<Workload>,
+    dtypes: Vec<DType>,
+    seconds: f64,
+    json: bool,
+    /// The tier the backend is metered at, if any (adds a "% of tier" column).
+    tier: Option<eia::Tier>,
+    header: String,
+    threads: usize,
+}
+
+/// Measures every workload × dtype of `plan` on `backend` and prints one line each.
+fn run_workloads<B: Backend>(backend: &B, plan: &RunPlan) -> eia::Result<()> {
+    if !plan.json {
+        println!("eia run: {}", plan.header);
+        println!(
+            "{:<34} {:>5} {:>10} {:>10} {:>9} {:>9} {:>14}{}",
+            "workload",
+            "dtype",
+            "GFLOP",
+            "median ms",
+            "GFLOPS",
+            "GB/s",
+            "checksum",
+            if plan.tier.is_some() {
+                "  % of tier"
+            } else {
+                ""
+            }
+        );
+    }
+    let mut total = Duration::ZERO;
+    for dtype in &plan.dtypes {
+        for w in &plan.workloads {
+            let r = measure(backend, w, *dtype, plan.seconds)?;
+            total += r.median * r.runs as u32;
+            let s = r.median.as_secs_f64();
+            let gflops = r.flops as f64 / s / 1e9;
+            if plan.json {
+                println!(
+                    "{{\"id\":\"{}\",\"family\":\"{}\",\"dtype\":\"{}\",\"flops\":{},\"bytes\":{},\"median_s\":{:.9},\"runs\":{},\"threads\":{}{}}}",
+                    w.id(), w.family(), dtype, r.flops, r.bytes, s, r.runs, plan.threads,
+                    plan.tier.as_ref().map(|t| format!(",\"tier\":\"{}\"", t.name())).unwrap_or_default()
+                );
+            } else {
+                let of_tier = plan
+                    .tier
+                    .as_ref()
+                    .map(|t| {
+                        format!(
+                            "  {:>8.1}%",
+                            100.0 * gflops * 1e9 / t.flops_per_second(*dtype)
+                        )
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{:<34} {:>5} {:>10.3} {:>10.3} {:>9.1} {:>9.2} {:>14.6e}{of_tier}",
+                    w.id(),
+                    dtype,
+                    r.flops as f64 / 1e9,
+                    s * 1e3,
+                    gflops,
+                    r.bytes as f64 / s / 1e9,
+                    r.checksum
+                );
+            }
+        }
+    }
+    if !plan.json {
+        println!(
+            "done: {} results, {:.1} s of op time",
+            plan.workloads.len() * plan.dtypes.len(),
+            total.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// One workload's timing.
+struct Measured {
+    flops: u64,
+    bytes: u64,
+    median: Duration,
+    runs: usize,
+    checksum: f64,
+}
+
+/// Runs `w` once to warm up, then repeatedly for about `seconds` (at least 3 runs); median time.
+fn measure<B: Backend>(
+    backend: &B,
+    w: &Workload,
+    dtype: DType,
+    seconds: f64,
+) -> eia::Result<Measured> {
+    let (flops, _) = w.plan(dtype)?;
+    let bytes = w.bytes(dtype)?;
+    let mut prepared = w.prepare(backend, dtype)?;
+    // Back to back, as an inference loop issues them (see `Backend::run_ops`).
+    let mut times = backend.run_ops(|| {
+        prepared.run(backend)?;
+        let mut times = Vec::new();
+        let start = Instant::now();
+        while times.len() < 3 || start.elapsed().as_secs_f64() < seconds {
+            let t = Instant::now();
+            prepared.run(backend)?;
+            backend.synchronize()?;
+            times.push(t.elapsed());
+        }
+        eia::Result::Ok(times)
+    })?;
+    times.sort();
+    let checksum = backend
+        .download(prepared.output())?
+        .data()
+        .to_f64_vec()
+        .iter()
+        .sum();
+    Ok(Measured {
+        flops,
+        bytes,
+        median: times[times.len() / 2],
+        runs: times.len(),
+        checksum,
+    })
+}
