@@ -576,9 +576,20 @@ fn run_unary(
     x: Option<&eia_tensor>,
     y: Option<&mut *mut eia_tensor>,
 ) -> Outcome {
+    run_unary_with(accelerator, x, y, || Ok(op))
+}
+
+/// Runs a one-input op on `x` into a new `*y`, the op built (from its attrs) after the
+/// accelerator and `x` are checked.
+fn run_unary_with(
+    accelerator: Option<&eia_accelerator>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+    op: impl FnOnce() -> Result<Op, eia_error>,
+) -> Outcome {
     let accelerator = required(accelerator, "accelerator")?;
     let inputs = [Some(required(x, "x")?)];
-    run(accelerator, op, &inputs, required(y, "y")?)
+    run(accelerator, op()?, &inputs, required(y, "y")?)
 }
 
 /// ONNX Relu: `max(x, 0)` elementwise (NaN stays NaN).
@@ -779,16 +790,7 @@ pub extern "C" fn eia_global_average_pool(
     x: Option<&eia_tensor>,
     y: Option<&mut *mut eia_tensor>,
 ) -> Option<Box<eia_error>> {
-    guard(|| {
-        let accelerator = required(accelerator, "accelerator")?;
-        let inputs = [Some(required(x, "x")?)];
-        run(
-            accelerator,
-            Op::GlobalAveragePool,
-            &inputs,
-            required(y, "y")?,
-        )
-    })
+    guard(|| run_unary(accelerator, Op::GlobalAveragePool, x, y))
 }
 
 /// ONNX GlobalMaxPool: the largest element over every spatial axis of `x` (rank >= 3).
@@ -798,11 +800,7 @@ pub extern "C" fn eia_global_max_pool(
     x: Option<&eia_tensor>,
     y: Option<&mut *mut eia_tensor>,
 ) -> Option<Box<eia_error>> {
-    guard(|| {
-        let accelerator = required(accelerator, "accelerator")?;
-        let inputs = [Some(required(x, "x")?)];
-        run(accelerator, Op::GlobalMaxPool, &inputs, required(y, "y")?)
-    })
+    guard(|| run_unary(accelerator, Op::GlobalMaxPool, x, y))
 }
 
 /// Runs a one-input op built from its (required) attrs.
@@ -812,11 +810,7 @@ fn unary(
     y: Option<&mut *mut eia_tensor>,
     op: impl FnOnce() -> Result<Op, eia_error>,
 ) -> Option<Box<eia_error>> {
-    guard(|| {
-        let accelerator = required(accelerator, "accelerator")?;
-        let inputs = [Some(required(x, "x")?)];
-        run(accelerator, op()?, &inputs, required(y, "y")?)
-    })
+    guard(|| run_unary_with(accelerator, x, y, op))
 }
 
 /// ONNX Concat of `n_inputs` tensors (1 to 64) along `attrs->axis`.
