@@ -738,3 +738,137 @@ fn batch_norm_folds_into_conv_and_relu_into_its_producer() {
     let norm: f64 = want.iter().map(|b| b * b).sum::<f64>().sqrt();
     assert!(err / norm <= 1e-5, "relative error {}", err / norm);
 }
+
+/// `model` (encoded) with every initializer's data moved to files in `dir` as `place` says
+/// (location, and whether to write offset/length), written as `dir/model.onnx`.
+fn with_external_data(
+    bytes: &[u8],
+    dir: &std::path::Path,
+    place: impl Fn(usize) -> (&'static str, bool),
+) -> std::path::PathBuf {
+    use eia::model::onnx::proto::{tensor_proto::DataLocation, StringStringEntryProto};
+    let mut m = ModelProto::decode(bytes).unwrap();
+    let mut files: std::collections::HashMap<&str, Vec<u8>> = Default::default();
+    for (i, t) in m.graph.as_mut().unwrap().initializer.iter_mut().enumerate() {
+        let raw: Vec<u8> = if t.float_data.is_empty() {
+            t.raw_data
+                .take()
+                .unwrap_or_else(|| t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        } else {
+            t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
+        t.float_data.clear();
+        t.int64_data.clear();
+        let (location, ranged) = place(i);
+        let file = files.entry(location).or_default();
+        let entry = |k: &str, v: String| StringStringEntryProto {
+            key: Some(k.into()),
+            value: Some(v),
+        };
+        t.external_data = vec![entry("location", location.into())];
+        if ranged {
+            t.external_data
+                .push(entry("offset", file.len().to_string()));
+            t.external_data.push(entry("length", raw.len().to_string()));
+        }
+        file.extend_from_slice(&raw);
+        t.data_location = Some(DataLocation::External as i32);
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    for (location, data) in files {
+        if !location.contains("..") && !location.starts_with('/') && location != "missing.bin" {
+            std::fs::write(dir.join(location), data).unwrap();
+        }
+    }
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    path
+}
+
+fn small_zoo_cnn() -> Vec<u8> {
+    let mut g = eia::model::zoo::GraphBuilder::new(11);
+    let x = g.conv("image", 3, 8, 3, 1, 1, 1);
+    let x = g.relu(&x);
+    let x = g.global_average_pool(&x);
+    let x = g.flatten(&x);
+    let y = g.linear(&x, 8, 5);
+    g.finish("small", ("image", &[3, 10, 10]), &y)
+}
+
+/// Weights in external files (one shared file with offsets and lengths, and one file a tensor
+/// reads whole) load from the model's path and compute exactly what the inline weights do;
+/// from bytes alone they are a clear error.
+#[test]
+fn external_data_loads_from_beside_the_model() {
+    let bytes = small_zoo_cnn();
+    let dir = std::env::temp_dir().join(format!("eia-external-{}", std::process::id()));
+    // The last initializer alone in its file, read whole (no offset or length).
+    let n = ModelProto::decode(&bytes[..])
+        .unwrap()
+        .graph
+        .unwrap()
+        .initializer
+        .len();
+    let path = with_external_data(&bytes, &dir, |i| {
+        if i + 1 == n {
+            ("last.bin", false)
+        } else {
+            ("weights.bin", true)
+        }
+    });
+    let options = LoadOptions::default();
+    let inline = Model::from_bytes(&bytes, options).unwrap();
+    let external = Model::load(&path, options).unwrap();
+    let cpu = CpuBackend::new();
+    let x = random(&mut seeded("external"), &[1, 3, 10, 10], -1.0, 1.0);
+    let want = inline
+        .session(&cpu)
+        .unwrap()
+        .run(std::slice::from_ref(&x))
+        .unwrap();
+    let got = external.session(&cpu).unwrap().run(&[x]).unwrap();
+    assert_eq!(got[0].data().to_f32_vec(), want[0].data().to_f32_vec());
+    assert_eq!(external.weight_bytes(), inline.weight_bytes());
+
+    let err = Model::from_bytes(&std::fs::read(&path).unwrap(), options).unwrap_err();
+    assert!(
+        err.to_string().contains("load the model from its path"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every external-data problem — a location outside the model's directory, a missing file, a
+/// range beyond the file — is listed in one error that names the tensors.
+#[test]
+fn bad_external_data_is_one_clear_error() {
+    let bytes = small_zoo_cnn();
+    let dir = std::env::temp_dir().join(format!("eia-bad-external-{}", std::process::id()));
+    let path = with_external_data(&bytes, &dir, |i| match i {
+        0 => ("../outside.bin", true),
+        1 => ("/etc/hostname", false),
+        2 => ("missing.bin", true),
+        _ => ("weights.bin", true),
+    });
+    // Cut the shared file short: the last tensor's range runs past its end.
+    let shared = dir.join("weights.bin");
+    let len = std::fs::metadata(&shared).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shared)
+        .unwrap();
+    f.set_len(len - 4).unwrap();
+    let err = Model::load(&path, LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    for words in [
+        "4 tensors with external data cannot be read",
+        "\"../outside.bin\" must be a relative path inside the model's directory",
+        "\"/etc/hostname\" must be a relative path inside",
+        "missing.bin: No such file",
+        "lies beyond the end of weights.bin",
+    ] {
+        assert!(err.contains(words), "{err}\nshould mention {words:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

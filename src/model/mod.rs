@@ -101,25 +101,46 @@ fn model_err(msg: impl Into<String>) -> Error {
     Error::Model(msg.into())
 }
 
+/// One error listing every problem found.
+fn problems(list: &[String]) -> Error {
+    model_err(format!(
+        "{} problem{}:\n  {}",
+        list.len(),
+        if list.len() == 1 { "" } else { "s" },
+        list.join("\n  ")
+    ))
+}
+
+fn decode(bytes: &[u8]) -> Result<onnx::proto::ModelProto> {
+    onnx::proto::ModelProto::decode(bytes)
+        .map_err(|e| model_err(format!("not an ONNX model (protobuf: {e})")))
+}
+
 impl Model {
-    /// Loads the `.onnx` file at `path`.
+    /// Loads the `.onnx` file at `path` (and the files of its external data, beside it).
     pub fn load(path: impl AsRef<Path>, options: LoadOptions) -> Result<Model> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|e| model_err(format!("cannot read {}: {e}", path.display())))?;
-        Model::from_bytes(&bytes, options).map_err(|e| match e {
+        let in_file = |e: Error| match e {
             Error::Model(m) => model_err(format!("{}: {m}", path.display())),
             e => e,
-        })
+        };
+        let bytes = std::fs::read(path)
+            .map_err(|e| model_err(format!("cannot read {}: {e}", path.display())))?;
+        let mut model = decode(&bytes).map_err(in_file)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        onnx::inline_external_data(&mut model, dir).map_err(|e| in_file(model_err(e)))?;
+        Model::from_proto(&model, options).map_err(in_file)
     }
 
-    /// Loads a model from the bytes of a `.onnx` file.
+    /// Loads a model from the bytes of a `.onnx` file (with no external data).
     pub fn from_bytes(bytes: &[u8], options: LoadOptions) -> Result<Model> {
+        Model::from_proto(&decode(bytes)?, options)
+    }
+
+    fn from_proto(model: &onnx::proto::ModelProto, options: LoadOptions) -> Result<Model> {
         if options.batch == 0 {
             return Err(model_err("batch must be at least 1"));
         }
-        let model = onnx::proto::ModelProto::decode(bytes)
-            .map_err(|e| model_err(format!("not an ONNX model (protobuf: {e})")))?;
         let graph = model
             .graph
             .as_ref()
@@ -336,6 +357,10 @@ impl Loader {
                     .push(format!("initializer {}: {e}", init.name())),
             }
         }
+        // Nodes cannot be checked against weights that cannot be read.
+        if !self.errors.is_empty() {
+            return Err(problems(&self.errors));
+        }
         for input in &graph.input {
             if self.values.contains_key(input.name()) {
                 continue; // an initializer given a default value: a constant here
@@ -421,12 +446,7 @@ impl Loader {
             }
         }
         if !self.errors.is_empty() {
-            return Err(model_err(format!(
-                "{} problem{}:\n  {}",
-                self.errors.len(),
-                if self.errors.len() == 1 { "" } else { "s" },
-                self.errors.join("\n  ")
-            )));
+            return Err(problems(&self.errors));
         }
         fuse::Graph {
             steps: &mut self.steps,
@@ -733,12 +753,7 @@ fn topological_order(
         }
     }
     if !problems.is_empty() {
-        return Err(model_err(format!(
-            "{} problem{}:\n  {}",
-            problems.len(),
-            if problems.len() == 1 { "" } else { "s" },
-            problems.join("\n  ")
-        )));
+        return Err(self::problems(&problems));
     }
     let mut ready: std::collections::BTreeSet<usize> =
         (0..graph.node.len()).filter(|&i| waiting[i] == 0).collect();

@@ -2,6 +2,9 @@
 //! reading of what a model stores in them — tensors (initializers, `Constant` values) and node
 //! attributes — into eia's types, with a readable error for everything eia does not take.
 
+use std::collections::HashMap;
+use std::path::{Component, Path};
+
 use crate::dtype::DType;
 use crate::tensor::HostTensor;
 
@@ -13,7 +16,7 @@ pub mod proto {
 
 use proto::attribute_proto::AttributeType;
 use proto::tensor_proto::{DataLocation, DataType};
-use proto::{AttributeProto, NodeProto, TensorProto};
+use proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
 
 /// A constant value of a graph: a float tensor eia computes with, or integers (shapes, axes,
 /// indices) that only the load-time folding reads.
@@ -49,11 +52,100 @@ pub fn type_name(elem_type: i32) -> String {
         .unwrap_or_else(|_| format!("element type {elem_type}"))
 }
 
+/// Reads the external data of every tensor of `model` (initializers and node attributes) into
+/// the tensor itself, as ONNX's `load_external_data_for_model` does: each `location` is a file
+/// relative to `dir` (the model's directory) that must stay inside it; `offset` and `length` (in
+/// bytes) select a range of it. Each file is read once. Every problem is listed.
+pub fn inline_external_data(model: &mut ModelProto, dir: &Path) -> Result<(), String> {
+    let Some(graph) = model.graph.as_mut() else {
+        return Ok(());
+    };
+    let mut files: HashMap<String, std::io::Result<Vec<u8>>> = HashMap::new();
+    let mut problems = Vec::new();
+    let attribute_tensors = graph
+        .node
+        .iter_mut()
+        .flat_map(|n| &mut n.attribute)
+        .flat_map(|a| a.t.iter_mut().chain(&mut a.tensors));
+    for t in graph.initializer.iter_mut().chain(attribute_tensors) {
+        if t.data_location != Some(DataLocation::External as i32) {
+            continue;
+        }
+        match external_bytes(t, dir, &mut files) {
+            Ok(raw) => {
+                t.raw_data = Some(raw);
+                t.data_location = Some(DataLocation::Default as i32);
+                t.external_data.clear();
+            }
+            Err(e) => problems.push(format!("tensor '{}': {e}", t.name())),
+        }
+    }
+    match problems.len() {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} tensor{} with external data cannot be read:\n  {}",
+            if n == 1 { "" } else { "s" },
+            problems.join("\n  ")
+        )),
+    }
+}
+
+/// The bytes `t`'s `external_data` entries name.
+fn external_bytes(
+    t: &TensorProto,
+    dir: &Path,
+    files: &mut HashMap<String, std::io::Result<Vec<u8>>>,
+) -> Result<Vec<u8>, String> {
+    let entry = |key: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key() == key)
+            .map(|e| e.value().to_string())
+    };
+    let number = |key: &str| {
+        entry(key)
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| format!("its external data {key} {v:?} is not a byte count"))
+            })
+            .transpose()
+    };
+    let location = entry("location").ok_or("its external data has no location")?;
+    let relative = Path::new(&location);
+    if !relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "external data location {location:?} must be a relative path inside the model's directory"
+        ));
+    }
+    let (offset, length) = (number("offset")?.unwrap_or(0), number("length")?);
+    let file = files
+        .entry(location.clone())
+        .or_insert_with(|| std::fs::read(dir.join(relative)));
+    let bytes = file
+        .as_ref()
+        .map_err(|e| format!("cannot read {}: {e}", dir.join(relative).display()))?;
+    let end = match length {
+        Some(n) => offset.checked_add(n),
+        None => Some(bytes.len()),
+    };
+    match end {
+        Some(end) if offset <= end && end <= bytes.len() => Ok(bytes[offset..end].to_vec()),
+        _ => Err(format!(
+            "its external data (offset {offset}, length {}) lies beyond the end of {location} ({} bytes)",
+            length.map_or("to the end".into(), |n| n.to_string()),
+            bytes.len()
+        )),
+    }
+}
+
 /// Reads a tensor stored in the model (an initializer or a `Constant` node's value).
 pub fn tensor(t: &TensorProto) -> Result<Constant, String> {
     if t.data_location == Some(DataLocation::External as i32) {
         return Err(format!(
-            "tensor '{}' keeps its data in an external file, which eia does not read yet; save the model with its weights inside (onnx.save(model, path, save_as_external_data=False))",
+            "tensor '{}' keeps its data in an external file: load the model from its path (Model::load, `eia infer FILE`) so that the file can be found beside it",
             t.name()
         ));
     }
