@@ -2,8 +2,8 @@
 //! into tasks of `TASK` elements; a task walks the rows of the innermost collapsed dimension,
 //! where every input is either a contiguous slice (stride 1) or one value (stride 0), so each
 //! run is one vectorised loop of four kinds (slice·slice, slice·scalar, scalar·slice, fill).
-//! FP32 storage is computed in place; FP16 runs go through `simd::map_f16` (widened, computed in
-//! FP32 and rounded in registers), except Sum, which widens chunks of `CHUNK` and accumulates
+//! Each run is one `simd::map` (FP16 widened, computed in FP32 and rounded in registers), except
+//! Sum: FP32 storage accumulates in the output, FP16 widens chunks of `CHUNK` and accumulates
 //! every input in FP32 before rounding once.
 
 use rayon::prelude::*;
