@@ -2,12 +2,15 @@
 //! into tasks of `TASK` elements; a task walks the rows of the innermost collapsed dimension,
 //! where every input is either a contiguous slice (stride 1) or one value (stride 0), so each
 //! run is one vectorised loop of four kinds (slice·slice, slice·scalar, scalar·slice, fill).
-//! FP32 storage is computed in place; FP16 runs are widened in chunks of `CHUNK` to FP32,
-//! computed (Sum accumulates every input in FP32) and rounded once.
+//! Each run is one `simd::map` (FP16 widened, computed in FP32 and rounded in registers), except
+//! Sum: FP32 storage accumulates in the output, FP16 widens chunks of `CHUNK` and accumulates
+//! every input in FP32 before rounding once.
 
 use rayon::prelude::*;
 
-use super::simd::{self, multiversion};
+use half::f16;
+
+use super::simd::{self, map, multiversion};
 use crate::dtype::{DType, Element};
 use crate::ops::{BinaryKind, BinaryPlan};
 
@@ -16,11 +19,61 @@ const TASK: usize = 1 << 15;
 /// Elements per widened FP16 chunk.
 const CHUNK: usize = 1024;
 
-/// One operand of a run: contiguous values or one broadcast value.
+/// One operand of a run: contiguous values or one broadcast value (as f32).
 #[derive(Clone, Copy)]
-enum Src<'a> {
-    Slice(&'a [f32]),
+enum Src<'a, T> {
+    Slice(&'a [T]),
     Scalar(f32),
+}
+
+/// One element: `relu?(a ∘ b)` with op code 0 add, 1 sub, 2 mul, 3 div.
+#[inline(always)]
+fn eval(code: i32, relu: bool, a: f32, b: f32) -> f32 {
+    let v = match code {
+        0 => a + b,
+        1 => a - b,
+        2 => a * b,
+        _ => a / b,
+    };
+    if relu {
+        // max(0, NaN) stays NaN, as the float64 reference's ReLU does.
+        if v < 0.0 {
+            0.0
+        } else {
+            v
+        }
+    } else {
+        v
+    }
+}
+
+/// Runs `$body` with `$f` bound to a closure of its own type per (op, relu), so that each
+/// instance of `$body` inlines one branch-free element function into a vectorised loop.
+macro_rules! with_op {
+    ($code:expr, $relu:expr, |$f:ident| $body:expr) => {
+        match ($code, $relu) {
+            (0, false) => {
+                let $f = |p: f32, q: f32| eval(0, false, p, q);
+                $body
+            }
+            (0, true) => {
+                let $f = |p: f32, q: f32| eval(0, true, p, q);
+                $body
+            }
+            (1, _) => {
+                let $f = |p: f32, q: f32| eval(1, false, p, q);
+                $body
+            }
+            (2, _) => {
+                let $f = |p: f32, q: f32| eval(2, false, p, q);
+                $body
+            }
+            _ => {
+                let $f = |p: f32, q: f32| eval(3, false, p, q);
+                $body
+            }
+        }
+    };
 }
 
 /// Computes `plan` from `x` (one slice per input, storage type `T`) into `y`.
@@ -66,54 +119,60 @@ pub fn binary<T: Element>(plan: &BinaryPlan, x: &[&[T]], y: &mut [T]) {
     });
 }
 
-/// Per-task FP16 widening buffers.
+/// Per-task FP16 widening buffers (Sum).
 #[derive(Default)]
 struct Scratch {
     a: Vec<f32>,
-    b: Vec<f32>,
     acc: Vec<f32>,
 }
 
 /// One run of the innermost dimension: `ins` are (values, is_slice) per input.
 fn apply_run<T: Element>(plan: &BinaryPlan, ins: &[(&[T], bool)], y: &mut [T], s: &mut Scratch) {
-    if T::DTYPE == DType::F32 {
-        let y: &mut [f32] = bytemuck::cast_slice_mut(y);
-        match plan.kind {
-            BinaryKind::Sum => {
-                // f32 storage: the output is the accumulator (no rounding between inputs).
-                fill(y, f32_src(ins[0]));
-                for &i in &ins[1..] {
-                    accumulate(y, f32_src(i));
-                }
+    let kind = match plan.kind {
+        BinaryKind::Sum if T::DTYPE == DType::F32 => {
+            // f32 storage: the output is the accumulator (no rounding between inputs).
+            let y: &mut [f32] = bytemuck::cast_slice_mut(y);
+            fill(y, f32_src(ins[0]));
+            for &i in &ins[1..] {
+                accumulate(y, f32_src(i));
             }
-            kind => op2(kind, plan.relu, f32_src(ins[0]), f32_src(ins[1]), y),
+            return;
         }
-        return;
-    }
-    let (a, b, acc) = (&mut s.a, &mut s.b, &mut s.acc);
+        BinaryKind::Sum => return sum_f16(ins, bytemuck::cast_slice_mut(y), s),
+        kind => kind,
+    };
+    let [a, b] = [ins[0], ins[1]].map(|(v, slice)| {
+        if slice {
+            Src::Slice(v)
+        } else {
+            Src::Scalar(v[0].to_f32())
+        }
+    });
+    with_op!(kind.code(), plan.relu, |f| match (a, b) {
+        (Src::Slice(a), Src::Slice(b)) => map([a, b], y, |[p, q]| f(p, q)),
+        (Src::Slice(a), Src::Scalar(q)) => map([a], y, |[p]| f(p, q)),
+        (Src::Scalar(p), Src::Slice(b)) => map([b], y, |[q]| f(p, q)),
+        (Src::Scalar(p), Src::Scalar(q)) => y.fill(T::from_f32(f(p, q))),
+    })
+}
+
+/// Sum of FP16 runs: widened in chunks of `CHUNK`, accumulated in FP32, rounded once.
+fn sum_f16<T: Element>(ins: &[(&[T], bool)], y: &mut [f16], s: &mut Scratch) {
+    let (a, acc) = (&mut s.a, &mut s.acc);
     acc.resize(CHUNK, 0.0);
     let mut start = 0;
     while start < y.len() {
         let n = (y.len() - start).min(CHUNK);
         let acc = &mut acc[..n];
-        match plan.kind {
-            BinaryKind::Sum => {
-                for (k, &(v, slice)) in ins.iter().enumerate() {
-                    let src = widen_src(v, slice, start, n, a);
-                    if k == 0 {
-                        fill(acc, src);
-                    } else {
-                        accumulate(acc, src);
-                    }
-                }
-            }
-            kind => {
-                let sa = widen_src(ins[0].0, ins[0].1, start, n, a);
-                let sb = widen_src(ins[1].0, ins[1].1, start, n, b);
-                op2(kind, plan.relu, sa, sb, acc);
+        for (k, &(v, slice)) in ins.iter().enumerate() {
+            let src = widen_src(v, slice, start, n, a);
+            if k == 0 {
+                fill(acc, src);
+            } else {
+                accumulate(acc, src);
             }
         }
-        narrow(acc, &mut y[start..start + n]);
+        simd::f32_to_f16(acc, &mut y[start..start + n]);
         start += n;
     }
 }
@@ -125,7 +184,7 @@ fn widen_src<'a, T: Element>(
     start: usize,
     n: usize,
     buf: &'a mut Vec<f32>,
-) -> Src<'a> {
+) -> Src<'a, f32> {
     if !slice {
         let mut one = [0.0f32];
         simd::f16_to_f32(bytemuck::cast_slice(&v[..1]), &mut one);
@@ -136,12 +195,8 @@ fn widen_src<'a, T: Element>(
     Src::Slice(buf)
 }
 
-fn narrow<T: Element>(x: &[f32], y: &mut [T]) {
-    simd::f32_to_f16(x, bytemuck::cast_slice_mut(y));
-}
-
 /// An f32 operand as a [`Src`].
-fn f32_src<T: Element>((v, slice): (&[T], bool)) -> Src<'_> {
+fn f32_src<T: Element>((v, slice): (&[T], bool)) -> Src<'_, f32> {
     let v: &[f32] = bytemuck::cast_slice(v);
     if slice {
         Src::Slice(v)
@@ -151,7 +206,7 @@ fn f32_src<T: Element>((v, slice): (&[T], bool)) -> Src<'_> {
 }
 
 /// `y = src` (a copy or a broadcast value).
-fn fill(y: &mut [f32], src: Src) {
+fn fill(y: &mut [f32], src: Src<f32>) {
     match src {
         Src::Slice(v) => y.copy_from_slice(&v[..y.len()]),
         Src::Scalar(c) => y.fill(c),
@@ -159,7 +214,7 @@ fn fill(y: &mut [f32], src: Src) {
 }
 
 /// `y += src`.
-fn accumulate(y: &mut [f32], src: Src) {
+fn accumulate(y: &mut [f32], src: Src<f32>) {
     match src {
         Src::Slice(v) => add_assign(y, &v[..y.len()]),
         Src::Scalar(c) => add_assign_scalar(y, c),
@@ -179,84 +234,5 @@ multiversion! {
         for o in y.iter_mut() {
             *o += c;
         }
-    }
-}
-
-/// `y = relu?(a ∘ b)` for one of the four binary ops.
-fn op2(kind: BinaryKind, relu: bool, a: Src, b: Src, y: &mut [f32]) {
-    let n = y.len();
-    match (a, b) {
-        (Src::Slice(a), Src::Slice(b)) => vv(kind.code(), relu, &a[..n], &b[..n], y),
-        (Src::Slice(a), Src::Scalar(b)) => vs(kind.code(), relu, &a[..n], b, y),
-        (Src::Scalar(a), Src::Slice(b)) => sv(kind.code(), relu, a, &b[..n], y),
-        (Src::Scalar(a), Src::Scalar(b)) => y.fill(eval(kind.code(), relu, a, b)),
-    }
-}
-
-/// One element: `relu?(a ∘ b)` with op code 0 add, 1 sub, 2 mul, 3 div.
-#[inline(always)]
-fn eval(code: i32, relu: bool, a: f32, b: f32) -> f32 {
-    let v = match code {
-        0 => a + b,
-        1 => a - b,
-        2 => a * b,
-        _ => a / b,
-    };
-    if relu {
-        // max(0, NaN) stays NaN, as the float64 reference's ReLU does.
-        if v < 0.0 {
-            0.0
-        } else {
-            v
-        }
-    } else {
-        v
-    }
-}
-
-/// Runs `$body` (a generic loop over `f`) once per (op, relu), so that each copy is a
-/// branch-free vectorisable loop.
-macro_rules! per_op {
-    ($code:expr, $relu:expr, $run:ident) => {
-        match ($code, $relu) {
-            (0, false) => $run(|p: f32, q: f32| eval(0, false, p, q)),
-            (0, true) => $run(|p: f32, q: f32| eval(0, true, p, q)),
-            (1, _) => $run(|p: f32, q: f32| eval(1, false, p, q)),
-            (2, _) => $run(|p: f32, q: f32| eval(2, false, p, q)),
-            _ => $run(|p: f32, q: f32| eval(3, false, p, q)),
-        }
-    };
-}
-
-multiversion! {
-    fn vv(code: i32, relu: bool, a: &[f32], b: &[f32], y: &mut [f32]) {
-        let mut run = |f: fn(f32, f32) -> f32| {
-            for ((o, &p), &q) in y.iter_mut().zip(a).zip(b) {
-                *o = f(p, q);
-            }
-        };
-        per_op!(code, relu, run)
-    }
-}
-
-multiversion! {
-    fn vs(code: i32, relu: bool, a: &[f32], b: f32, y: &mut [f32]) {
-        let mut run = |f: fn(f32, f32) -> f32| {
-            for (o, &p) in y.iter_mut().zip(a) {
-                *o = f(p, b);
-            }
-        };
-        per_op!(code, relu, run)
-    }
-}
-
-multiversion! {
-    fn sv(code: i32, relu: bool, a: f32, b: &[f32], y: &mut [f32]) {
-        let mut run = |f: fn(f32, f32) -> f32| {
-            for (o, &q) in y.iter_mut().zip(b) {
-                *o = f(a, q);
-            }
-        };
-        per_op!(code, relu, run)
     }
 }

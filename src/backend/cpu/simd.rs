@@ -1,25 +1,28 @@
-//! Vector helpers for the CPU kernels: a branch-free `exp` that LLVM vectorises, F16C
-//! conversions, and `multiversion!`, which compiles a kernel three times (baseline x86-64,
-//! AVX2+FMA, AVX-512) and picks one at run time.
+//! Vector helpers for the CPU kernels: a branch-free `exp` and reciprocal that LLVM vectorises,
+//! F16C conversions, elementwise maps over FP32 and FP16 storage, and `multiversion!`, which
+//! compiles a kernel three times (baseline x86-64, AVX2+FMA, AVX-512) and picks one at run time.
 
 use std::mem::MaybeUninit;
 
-/// Defines `fn $name(...)` whose body is compiled for the baseline target and, on x86-64, also
-/// with AVX2+FMA and with AVX-512F enabled; the widest copy the CPU supports runs.
+use crate::dtype::{DType, Element};
+
+/// Defines `fn $name(...)` (optionally generic, with its generic parameters written in brackets:
+/// `fn f[F: Fn(f32) -> f32](…)`; a closure argument is inlined into each copy) whose body is compiled for the baseline target and, on
+/// x86-64, also with AVX2+FMA and with AVX-512F enabled; the widest copy the CPU supports runs.
 macro_rules! multiversion {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident $([$($gen:tt)*])? ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name $(<$($gen)*>)? ($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            fn imp $(<$($gen)*>)? ($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                unsafe fn avx512 $(<$($gen)*>)? ($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                unsafe fn avx2 $(<$($gen)*>)? ($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
                 let level = $crate::backend::cpu::simd::level();
@@ -83,8 +86,9 @@ fn detected() -> Level {
 
 /// `e^x` in FP32 within 2 ulp (Cephes `expf` polynomial), without branches so that loops over it
 /// vectorise. Its multiply-adds are fused: single FMA instructions in the AVX2 and AVX-512
-/// copies of a `multiversion!` kernel (the baseline copy calls the C library's `fmaf`). Inputs below −87.3 (including −∞) give exactly 0; NaN gives NaN. Inputs above 88.3
-/// are clamped (softmax only ever passes `x − max ≤ 0`).
+/// copies of a `multiversion!` kernel (the baseline copy calls the C library's `fmaf`). Inputs
+/// below −87.3 (including −∞) give exactly 0; NaN gives NaN. Inputs above 88.3 are clamped
+/// (softmax only ever passes `x − max ≤ 0`).
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // Cephes coefficients, as published
 pub fn exp(x: f32) -> f32 {
@@ -94,7 +98,7 @@ pub fn exp(x: f32) -> f32 {
     // 1.5·2^23: adding it rounds to the nearest integer in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.3, 88.3);
-    let t = xc * LOG2E + ROUND;
+    let t = xc.mul_add(LOG2E, ROUND);
     let n = t - ROUND;
     // The integer n sits in t's low mantissa bits (no float→int conversion, which does not vectorise).
     let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
@@ -105,7 +109,8 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 5.000_000_1e-1);
-    let e = (p * r).mul_add(r, r + 1.0);
+    // 1 + r + r²·p as two multiply-adds.
+    let e = p.mul_add(r, 1.0).mul_add(r, 1.0);
     let scale = f32::from_bits(((ni + 127) as u32) << 23);
     if x < -87.3 {
         0.0
@@ -114,9 +119,23 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
+/// `1/d` for `d` in [1, 2] within 1 ulp (NaN gives NaN), from multiply-adds only: a linear
+/// first guess (relative error ≤ 1/17) refined by three Newton steps. A vector division issues
+/// once every 5–10 cycles and stalls a loop that has little else to do; these pipeline.
+#[inline(always)]
+pub fn recip_1_2(d: f32) -> f32 {
+    let mut y = (-8.0f32 / 17.0).mul_add(d, 24.0 / 17.0);
+    for _ in 0..3 {
+        let e = (-d).mul_add(y, 1.0);
+        y = y.mul_add(e, y);
+    }
+    y
+}
+
 #[cfg(test)]
 mod tests {
-    use super::exp;
+    use super::{exp, map_f16, recip_1_2};
+    use half::f16;
 
     #[test]
     fn exp_matches_f64_within_2_ulp() {
@@ -137,6 +156,93 @@ mod tests {
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn recip_1_2_within_1_ulp() {
+        let mut d = 1.0f32;
+        while d <= 2.0 {
+            let want = 1.0 / d as f64;
+            let err = ((recip_1_2(d) as f64 - want) / want).abs();
+            assert!(err < 1.2e-7, "1/{d}: relative error {err:e}");
+            d = f32::from_bits(d.to_bits() + 97);
+        }
+        assert_eq!(recip_1_2(1.0), 1.0);
+        assert_eq!(recip_1_2(2.0), 0.5);
+        assert!(recip_1_2(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn map_f16_matches_scalar_conversions() {
+        // Odd length: the vector loops and their scalar tails; specials and subnormals.
+        let mut x: Vec<f16> = (0..1037)
+            .map(|i| f16::from_f32(i as f32 * 0.37 - 190.0))
+            .collect();
+        x[3] = f16::NAN;
+        x[20] = f16::INFINITY;
+        x[1030] = f16::NEG_INFINITY;
+        x[40] = f16::from_bits(1); // smallest subnormal
+        let f = |v: f32| v * 1.5 - 0.25;
+        let mut y = vec![f16::from_f32(7.0); x.len()];
+        map_f16([&x], &mut y, |[v]| f(v));
+        for (i, (&xv, &yv)) in x.iter().zip(&y).enumerate() {
+            let want = f16::from_f32(f(xv.to_f32()));
+            assert!(
+                yv.to_bits() == want.to_bits() || (yv.is_nan() && want.is_nan()),
+                "element {i}: f({xv}) = {yv}, want {want}"
+            );
+        }
+    }
+}
+
+/// `y[i] = f([x₀[i], …])` computed in FP32 on storage of type `T` ([`map_f32`] or [`map_f16`]).
+pub fn map<T: Element, const N: usize>(x: [&[T]; N], y: &mut [T], f: impl Fn([f32; N]) -> f32) {
+    match T::DTYPE {
+        DType::F32 => map_f32(x.map(bytemuck::cast_slice), bytemuck::cast_slice_mut(y), f),
+        DType::F16 => map_f16(x.map(bytemuck::cast_slice), bytemuck::cast_slice_mut(y), f),
+    }
+}
+
+multiversion! {
+    /// `y[i] = f([x₀[i], …])`: one loop that each copy vectorises with `f` inlined. Every
+    /// `x[k]` has `y`'s length.
+    pub fn map_f32[const N: usize, F: Fn([f32; N]) -> f32](x: [&[f32]; N], y: &mut [f32], f: F) {
+        assert!(x.iter().all(|x| x.len() == y.len()));
+        let x = x.map(|x| &x[..y.len()]);
+        for (i, o) in y.iter_mut().enumerate() {
+            *o = f(std::array::from_fn(|k| x[k][i]));
+        }
+    }
+}
+
+/// `y[i] = f([x₀[i], …])` on FP16 storage with FP32 math, in one pass: each vector of halves is
+/// widened in registers (F16C), mapped by `f` (inlined) and rounded (nearest even) straight back.
+/// Every `x[k]` has `y`'s length.
+pub fn map_f16<const N: usize, F: Fn([f32; N]) -> f32>(
+    x: [&[half::f16]; N],
+    y: &mut [half::f16],
+    f: F,
+) {
+    assert!(x.iter().all(|x| x.len() == y.len()));
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: the CPU supports the features each function was compiled for (AVX-512F
+        // includes F16C); lengths are equal (asserted above).
+        Level::Avx512 => return unsafe { f16c::map16(x, y, f) },
+        Level::Avx2 => return unsafe { f16c::map8(x, y, f) },
+        Level::Baseline => {}
+    }
+    map_f16_scalar(x, y, f);
+}
+
+/// [`map_f16`] one element at a time (the baseline, and the tails of the vector loops).
+fn map_f16_scalar<const N: usize>(
+    x: [&[half::f16]; N],
+    y: &mut [half::f16],
+    f: impl Fn([f32; N]) -> f32,
+) {
+    for (i, o) in y.iter_mut().enumerate() {
+        *o = half::f16::from_f32(f(x.map(|x| x[i].to_f32())));
     }
 }
 
@@ -179,6 +285,68 @@ mod f16c {
     use half::f16;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
+
+    /// [`super::map_f16`] sixteen at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2, FMA and F16C; every `x[k]` has `y`'s length.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn map16<const N: usize>(
+        x: [&[f16]; N],
+        y: &mut [f16],
+        f: impl Fn([f32; N]) -> f32,
+    ) {
+        let full = y.len() / 16 * 16;
+        for i in (0..full).step_by(16) {
+            let mut v = [[0.0f32; 16]; N];
+            for (v, x) in v.iter_mut().zip(x) {
+                // SAFETY: i + 16 <= full <= len of every slice; unaligned loads and stores.
+                unsafe {
+                    let h = _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i);
+                    _mm512_storeu_ps(v.as_mut_ptr(), _mm512_cvtph_ps(h));
+                }
+            }
+            let mut o = [0.0f32; 16];
+            for (j, o) in o.iter_mut().enumerate() {
+                *o = f(std::array::from_fn(|k| v[k][j]));
+            }
+            // SAFETY: as above.
+            unsafe {
+                let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(o.as_ptr()));
+                _mm256_storeu_si256(y.as_mut_ptr().add(i) as *mut __m256i, h);
+            }
+        }
+        super::map_f16_scalar(x.map(|x| &x[full..]), &mut y[full..], f);
+    }
+
+    /// [`super::map_f16`] eight at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; every `x[k]` has `y`'s length.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn map8<const N: usize>(x: [&[f16]; N], y: &mut [f16], f: impl Fn([f32; N]) -> f32) {
+        let full = y.len() / 8 * 8;
+        for i in (0..full).step_by(8) {
+            let mut v = [[0.0f32; 8]; N];
+            for (v, x) in v.iter_mut().zip(x) {
+                // SAFETY: i + 8 <= full <= len of every slice; unaligned loads and stores.
+                unsafe {
+                    let h = _mm_loadu_si128(x.as_ptr().add(i) as *const __m128i);
+                    _mm256_storeu_ps(v.as_mut_ptr(), _mm256_cvtph_ps(h));
+                }
+            }
+            let mut o = [0.0f32; 8];
+            for (j, o) in o.iter_mut().enumerate() {
+                *o = f(std::array::from_fn(|k| v[k][j]));
+            }
+            // SAFETY: as above.
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(o.as_ptr()));
+                _mm_storeu_si128(y.as_mut_ptr().add(i) as *mut __m128i, h);
+            }
+        }
+        super::map_f16_scalar(x.map(|x| &x[full..]), &mut y[full..], f);
+    }
 
     /// # Safety
     /// The CPU must support AVX and F16C; `dst.len() == src.len()`.

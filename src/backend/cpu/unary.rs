@@ -1,17 +1,18 @@
 //! CPU elementwise activations: one streaming pass split across threads by element ranges
-//! (`TASK` elements a task), FP16 widened to FP32 chunk by chunk. Each activation is a
-//! branch-free f32 loop that LLVM vectorises (`multiversion!`: AVX2 / AVX-512 copies).
+//! (`TASK` elements a task). Each activation is a branch-free `f32 → f32` function that
+//! `simd::map` inlines into one vectorised loop (AVX2 / AVX-512 copies); FP16 is widened and
+//! rounded in registers on the way.
 //!
 //! Sigmoid and Tanh are accurate to a few ulp over the whole f32 range: `σ(x) = 1/(1 + e)` or
 //! `e/(1 + e)` with `e = e^−|x|` (no cancellation, no overflow: large negative inputs give 0 or
 //! a subnormal, never NaN); `tanh` is Cephes' odd polynomial for `|x| < 0.625` and
-//! `1 − 2/(e^{2|x|} + 1)` above (exact ±1 from `|x| ≈ 9`). NaN propagates through every
-//! activation (comparisons are written so that a NaN input is returned, never replaced).
+//! `(1 − e)/(1 + e)` with `e = e^{−2|x|}` above (exact ±1 from `|x| ≈ 9`). The quotients use
+//! [`recip_1_2`], not a division. NaN propagates through every activation (comparisons are
+//! written so that a NaN input is returned, never replaced).
 
 use rayon::prelude::*;
 
-use super::simd::{exp, multiversion};
-use super::widen_chunks;
+use super::simd::{exp, map, recip_1_2};
 use crate::dtype::Element;
 use crate::ops::{Activation, UnaryPlan};
 
@@ -23,69 +24,52 @@ pub fn unary<T: Element>(plan: &UnaryPlan, x: &[T], y: &mut [T]) {
     let act = plan.activation;
     y.par_chunks_mut(TASK)
         .zip(x.par_chunks(TASK))
-        .for_each(|(yc, xc)| {
-            widen_chunks(xc, yc, |xs, ys| match act {
-                Activation::Relu => relu(xs, ys),
-                Activation::Clip { min, max } => clip(xs, ys, min, max),
-                Activation::LeakyRelu { alpha } => leaky_relu(xs, ys, alpha),
-                Activation::Sigmoid => sigmoid(xs, ys),
-                Activation::Tanh => tanh(xs, ys),
-            })
+        .for_each(|(yc, xc)| match act {
+            Activation::Relu => map([xc], yc, |[v]| relu1(v)),
+            Activation::Clip { min, max } => map([xc], yc, |[v]| clip1(v, min, max)),
+            Activation::LeakyRelu { alpha } => map([xc], yc, |[v]| leaky_relu1(v, alpha)),
+            Activation::Sigmoid => map([xc], yc, |[v]| sigmoid1(v)),
+            Activation::Tanh => map([xc], yc, |[v]| tanh1(v)),
         });
 }
 
-multiversion! {
-    /// `max(x, 0)`, NaN kept.
-    fn relu(x: &[f32], y: &mut [f32]) {
-        for (v, &xv) in y.iter_mut().zip(x) {
-            *v = if xv < 0.0 { 0.0 } else { xv };
-        }
+/// `max(x, 0)`, NaN kept.
+#[inline(always)]
+fn relu1(x: f32) -> f32 {
+    if x < 0.0 {
+        0.0
+    } else {
+        x
     }
 }
 
-multiversion! {
-    /// `min(max(x, lo), hi)`, NaN kept.
-    fn clip(x: &[f32], y: &mut [f32], lo: f32, hi: f32) {
-        for (v, &xv) in y.iter_mut().zip(x) {
-            let t = if xv < lo { lo } else { xv };
-            *v = if t > hi { hi } else { t };
-        }
+/// `min(max(x, lo), hi)`, NaN kept.
+#[inline(always)]
+fn clip1(x: f32, lo: f32, hi: f32) -> f32 {
+    let t = if x < lo { lo } else { x };
+    if t > hi {
+        hi
+    } else {
+        t
     }
 }
 
-multiversion! {
-    /// `x` for `x ≥ 0`, `alpha·x` otherwise (NaN: `alpha·NaN`).
-    fn leaky_relu(x: &[f32], y: &mut [f32], alpha: f32) {
-        for (v, &xv) in y.iter_mut().zip(x) {
-            *v = if xv < 0.0 { xv * alpha } else { xv };
-        }
-    }
-}
-
-multiversion! {
-    /// The logistic function.
-    fn sigmoid(x: &[f32], y: &mut [f32]) {
-        for (v, &xv) in y.iter_mut().zip(x) {
-            *v = sigmoid1(xv);
-        }
-    }
-}
-
-multiversion! {
-    /// The hyperbolic tangent.
-    fn tanh(x: &[f32], y: &mut [f32]) {
-        for (v, &xv) in y.iter_mut().zip(x) {
-            *v = tanh1(xv);
-        }
+/// `x` for `x ≥ 0`, `alpha·x` otherwise (NaN: `alpha·NaN`).
+#[inline(always)]
+fn leaky_relu1(x: f32, alpha: f32) -> f32 {
+    if x < 0.0 {
+        x * alpha
+    } else {
+        x
     }
 }
 
 /// `1 / (1 + e^−x)` with `e = e^−|x|`: `1/(1+e)` for `x ≥ 0`, `e/(1+e)` below.
 #[inline(always)]
 fn sigmoid1(x: f32) -> f32 {
-    let a = if x < 0.0 { -x } else { x };
-    let e = exp(-a);
-    let r = 1.0 / (1.0 + e);
+    // One exp of −|x| (a select between e^x and e^−x would make LLVM compute both).
+    let e = exp(-x.abs());
+    let r = recip_1_2(1.0 + e);
     if x < 0.0 {
         e * r
     } else {
@@ -93,11 +77,12 @@ fn sigmoid1(x: f32) -> f32 {
     }
 }
 
-/// `tanh(x)`: Cephes `tanhf` (odd polynomial below 0.625, `1 − 2/(e^{2|x|} + 1)` above).
+/// `tanh(x)`: Cephes' odd polynomial below |x| = 0.625, `(1 − e)/(1 + e)` with `e = e^{−2|x|}`
+/// above (no cancellation there: `e ≤ 0.29`; exactly ±1 once `e` is below half an ulp of 1).
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // Cephes coefficients, as published
 fn tanh1(x: f32) -> f32 {
-    let a = if x < 0.0 { -x } else { x };
+    let a = x.abs();
     let z = x * x;
     let mut p = -5.704_988_7e-3_f32;
     p = p.mul_add(z, 2.063_908_9e-2);
@@ -105,19 +90,26 @@ fn tanh1(x: f32) -> f32 {
     p = p.mul_add(z, 1.333_144_2e-1);
     p = p.mul_add(z, -3.333_328_2e-1);
     let small = (p * z).mul_add(x, x);
-    // exp clamps its argument at 88.3: for a ≥ 44 the quotient is 0 and the result exactly 1.
-    let big = 1.0 - 2.0 / (exp(a + a) + 1.0);
-    let big = if x < 0.0 { -big } else { big };
+    let e = exp(-2.0 * a);
+    let big = (1.0 - e) * recip_1_2(1.0 + e);
     if a < 0.625 {
         small
     } else {
-        big
+        big.copysign(x)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sigmoid(x: &[f32], y: &mut [f32]) {
+        map([x], y, |[v]| sigmoid1(v))
+    }
+
+    fn tanh(x: &[f32], y: &mut [f32]) {
+        map([x], y, |[v]| tanh1(v))
+    }
 
     fn rel(got: f32, want: f64) -> f64 {
         if want == 0.0 {
@@ -180,13 +172,13 @@ mod tests {
         assert_eq!(y[5], 0.0);
         assert_eq!(&y[6..9], &[1.0; 3]);
         assert!(y[9].is_nan());
-        relu(&x, &mut y);
+        map([&x[..]], &mut y, |[v]| relu1(v));
         assert_eq!(&y[..4], &[0.0; 4]);
         assert!(y[9].is_nan());
-        clip(&x, &mut y, 0.0, 6.0);
+        map([&x[..]], &mut y, |[v]| clip1(v, 0.0, 6.0));
         assert_eq!(&y[6..9], &[6.0; 3]);
         assert!(y[9].is_nan());
-        leaky_relu(&x, &mut y, 0.1);
+        map([&x[..]], &mut y, |[v]| leaky_relu1(v, 0.1));
         assert_eq!(y[0], f32::NEG_INFINITY);
         assert_eq!(y[2], -10.0);
         assert!(y[9].is_nan());
