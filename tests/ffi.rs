@@ -867,7 +867,7 @@ fn lrn_matches_the_rust_api() {
         assert_eq!(got, (0, onnx.alpha, onnx.beta, onnx.bias));
         let mut y = ptr::null_mut();
         fails(
-            eia_lrn(a.as_ref(), Some(&attrs), tx.as_ref(), Some(&mut y)),
+            unsafe { eia_lrn(a.as_ref(), Some(&attrs), tx.as_ref(), Some(&mut y)) },
             EIA_ERR_ATTRIBUTE,
             "size",
         );
@@ -875,13 +875,13 @@ fn lrn_matches_the_rust_api() {
         attrs.alpha = 0.5;
         attrs.bias = 0.0;
         fails(
-            eia_lrn(a.as_ref(), Some(&attrs), tx.as_ref(), Some(&mut y)),
+            unsafe { eia_lrn(a.as_ref(), Some(&attrs), tx.as_ref(), Some(&mut y)) },
             EIA_ERR_ATTRIBUTE,
             "bias",
         );
         assert!(y.is_null());
         attrs.bias = 2.0;
-        ok(eia_lrn(a.as_ref(), Some(&attrs), tx.as_ref(), Some(&mut y)));
+        ok(unsafe { eia_lrn(a.as_ref(), Some(&attrs), tx.as_ref(), Some(&mut y)) });
         let op = Op::Lrn(Lrn {
             size: 4,
             alpha: 0.5,
