@@ -143,7 +143,7 @@ def build(w, np_dtype, onnx_dtype, rng):
     elif family == "lrn":
         op = "LRN"
         inputs = {"X": rand(w["shape"])}
-        attrs = {k: w[k] for k in ("size", "alpha", "beta", "bias")}
+        attrs = dict(size=w["size"], **{k: float(w[k]) for k in ("alpha", "beta", "bias")})
     else:
         raise ValueError(f"unknown family {family!r}")
 
