@@ -2,7 +2,7 @@
 //! (`eia::workload`), on the CPU backend, each with a peer in the same run:
 //! - GEMM: the `gemm` crate called directly on the same operands (its FP32 kernels, and its
 //!   native FP16 kernels for FP16);
-//! - batch norm, softmax, the unary activations, the binary ops, pools and layout ops: a multi-threaded copy of the same bytes (the memory-bandwidth floor);
+//! - batch norm, softmax, the unary activations, the binary ops, pools, layout ops and LRN: a multi-threaded copy of the same bytes (the memory-bandwidth floor);
 //! - convolution: onnxruntime, via `benches/compare.sh` (a Python peer cannot run inside
 //!   criterion).
 //!
@@ -153,10 +153,14 @@ fn layout_benches(c: &mut Criterion) {
     family(c, "layout", &Workload::layouts());
 }
 
+fn lrn_benches(c: &mut Criterion) {
+    family(c, "lrn", &Workload::lrns());
+}
+
 criterion_group! {
     name = benches;
     config = config();
     targets = gemm_benches, conv_benches, batch_norm_benches, softmax_benches, unary_benches,
-        binary_benches, pool_benches, layout_benches
+        binary_benches, pool_benches, layout_benches, lrn_benches
 }
 criterion_main!(benches);

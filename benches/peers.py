@@ -18,8 +18,8 @@ printed instead.
 Model layout: Gemm takes A[m,k] and B[k,n] as graph inputs (plain Y = A.B, as
 numpy and eia see them); Conv takes X as input and W, bias as initializers;
 BatchNormalization takes X as input and scale, B, mean, var as initializers;
-Softmax (axis=-1), the unary activations and the pools (MaxPool, GlobalAveragePool, ...)
-take X as input; the binary ops (Add, Sub, Mul, Div) take A and B as inputs, Add with "relu"
+Softmax (axis=-1), the unary activations, the pools (MaxPool, GlobalAveragePool, ...) and
+LRN take X as input; the binary ops (Add, Sub, Mul, Div) take A and B as inputs, Add with "relu"
 followed by a Relu node (eia fuses it). Inputs are deterministic uniform random
 values (seeded from the workload id); BN variance lies in [0.5, 1.5].
 
@@ -44,7 +44,7 @@ import tempfile
 import time
 import zlib
 
-MEMORY_BOUND = {"batchnorm", "softmax", "unary", "binary", "pool", "transpose", "concat"}  # reported in GB/s; gemm and conv in GFLOPS
+MEMORY_BOUND = {"batchnorm", "softmax", "unary", "binary", "pool", "transpose", "concat", "lrn"}  # reported in GB/s; gemm and conv in GFLOPS
 
 
 def parse_args():
@@ -140,6 +140,10 @@ def build(w, np_dtype, onnx_dtype, rng):
         op = "Concat"
         inputs = {f"X{i}": rand(w["shape"]) for i in range(w["inputs"])}
         attrs = dict(axis=1)
+    elif family == "lrn":
+        op = "LRN"
+        inputs = {"X": rand(w["shape"])}
+        attrs = dict(size=w["size"], **{k: float(w[k]) for k in ("alpha", "beta", "bias")})
     else:
         raise ValueError(f"unknown family {family!r}")
 

@@ -280,6 +280,18 @@ typedef struct eia_dropout_attrs {
   bool training_mode;
 } eia_dropout_attrs;
 
+// ONNX LRN attributes.
+typedef struct eia_lrn_attrs {
+  // Channels in the window, >= 1 (odd or even); required (the default 0 is refused).
+  size_t size;
+  // Finite, >= 0. ONNX default 1e-4.
+  float alpha;
+  // Finite. ONNX default 0.75.
+  float beta;
+  // Finite, > 0. ONNX default 1.0.
+  float bias;
+} eia_lrn_attrs;
+
 // IEEE 754 binary32.
 #define EIA_F32 1
 
@@ -562,6 +574,9 @@ struct eia_axes_attrs eia_axes_attrs_default(void);
 // Dropout's ONNX defaults: ratio 0.5, training_mode false.
 struct eia_dropout_attrs eia_dropout_attrs_default(void);
 
+// LRN's ONNX defaults (alpha 1e-4, beta 0.75, bias 1.0); `size` 0, which the caller must set.
+struct eia_lrn_attrs eia_lrn_attrs_default(void);
+
 // ONNX Gemm: `Y = relu?(alpha·A'·B' + beta·C)` for 2-D `a`, `b`; `c` (unidirectionally
 // broadcast to Y) may be NULL.
 struct eia_error *eia_gemm(const struct eia_accelerator *accelerator,
@@ -748,6 +763,14 @@ struct eia_error *eia_dropout(const struct eia_accelerator *accelerator,
                               const struct eia_dropout_attrs *attrs,
                               const struct eia_tensor *x,
                               struct eia_tensor **y);
+
+// ONNX LRN across the channels of `x` ([N, C, spatial...], rank >= 3):
+// `y = x / (bias + alpha / size · Σ x²)^beta`, the sum over the window of `attrs->size`
+// channels.
+struct eia_error *eia_lrn(const struct eia_accelerator *accelerator,
+                          const struct eia_lrn_attrs *attrs,
+                          const struct eia_tensor *x,
+                          struct eia_tensor **y);
 
 // Creates a tensor on `accelerator` from host memory: `rank` dimensions at `shape` (row-major;
 // rank 0 is a scalar and `shape` may then be NULL) and `nbytes` bytes of little-endian elements

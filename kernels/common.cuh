@@ -6,7 +6,7 @@
 // Kernels use the CUDA built-ins threadIdx, blockIdx, blockDim, gridDim, __syncthreads,
 // __shfl_xor_sync, __shfl_sync, __syncwarp, __half, __half2, __float2half_rn, __half2float,
 // __floats2half2_rn, __half22float2, float2/float4/uint2/uint4 and make_*, expf, exp2f, fmaxf,
-// fminf, fmaf, rsqrtf, sqrtf, INFINITY, min, max, and the eia_* functions below — nothing else.
+// fminf, fmaf, powf, rsqrtf, sqrtf, INFINITY, min, max, and the eia_* functions below — nothing else.
 #pragma once
 
 #ifdef EIA_EMU

@@ -3,7 +3,9 @@
 
 Models: eia's own ResNet-50 and MobileNetV2 (`eia zoo`), and graphs built here with
 onnx.helper from seeded random weights (He-scaled): SqueezeNet fire modules (Concat), an
-Inception block (branches, MaxPool, AveragePool, Concat; LRN is not implemented yet), a ShuffleNet channel shuffle
+Inception v1 stem and block (LRN after the stem and after the block, as GoogLeNet has them, with
+an alpha large enough that the normalization changes the result; branches, MaxPool,
+AveragePool, Concat), a ShuffleNet channel shuffle
 (Reshape, Transpose), and the shapes real exporters emit (opset 9, 11 and 13 forms: Constant
 shape chains Shape→Gather→Unsqueeze→Concat→Reshape, Dropout, Flatten, Clip with min/max
 inputs, Squeeze with an axes input).
@@ -18,7 +20,10 @@ local CPU path, a metered tier (`--tier`) and a remote accelerator (`--remote`, 
 core of this machine): ResNet-50 at batch 1 and 8 and MobileNetV2 at batch 1, eia in FP32 and
 FP16, onnxruntime in FP32 (its CPU provider casts FP16 models to FP32 around most ops).
 
-Usage: scripts/models.py --eia target/release/eia [--keep DIR] [--bench [--runs N]]
+`--only NAME` checks only the models whose name contains NAME (FP32, and FP16 where it is
+checked), without the tier, remote and recommend checks.
+
+Usage: scripts/models.py --eia target/release/eia [--keep DIR] [--only NAME] [--bench [--runs N]]
 """
 
 import argparse
@@ -95,11 +100,13 @@ def squeezenet():
 def inception():
     g = Graph()
     x = g.conv("x", 3, 24, 3, pad=1)
+    x = g.node("LRN", [x], size=5, alpha=0.5, beta=0.75, bias=1.0)
     b1 = g.conv(x, 24, 16, 1)
     b2 = g.conv(g.conv(x, 24, 8, 1), 8, 16, 3, pad=1)
     b3 = g.conv(g.conv(x, 24, 4, 1), 4, 8, 5, pad=2)
     b4 = g.conv(g.node("MaxPool", [x], kernel_shape=[3, 3], strides=[1, 1], pads=[1] * 4), 24, 8, 1)
     x = g.node("Concat", [b1, b2, b3, b4], axis=1)
+    x = g.node("LRN", [x], size=3, alpha=0.2, beta=0.5, bias=2.0)
     x = g.node("AveragePool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4,
                count_include_pad=0)
     x = g.node("GlobalMaxPool", [x])
@@ -236,6 +243,7 @@ def main():
     ap.add_argument("--keep", help="write the models and outputs here")
     ap.add_argument("--bench", action="store_true", help="time whole models against onnxruntime")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--only", help="check only the models whose name contains this")
     args = ap.parse_args()
     eia = os.path.abspath(args.eia)
     tmp = args.keep or tempfile.mkdtemp(prefix="eia-models-")
@@ -247,11 +255,15 @@ def main():
 
     models = {}
     for name in ["resnet50", "mobilenetv2"]:
+        if args.only and args.only not in name:
+            continue
         path = os.path.join(tmp, f"{name}.onnx")
         subprocess.run([eia, "zoo", name, "-o", path], check=True, capture_output=True)
         models[name] = (path, (3, 224, 224))
     for build in [squeezenet, inception, shufflenet] + [lambda o=o: exporter(o) for o in (9, 11, 13)]:
         m = build()
+        if args.only and args.only not in m.graph.name:
+            continue
         path = os.path.join(tmp, f"{m.graph.name}.onnx")
         onnx.save(m, path)
         dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim[1:]]
@@ -270,11 +282,19 @@ def main():
 
     print("FP16 (--fp16), batch 100: eia vs onnxruntime FP32")
     for name in ["mobilenetv2", "squeezenet", "inception", "shufflenet"]:
+        if name not in models:
+            continue
         path, dims = models[name]
         x = RNG.uniform(-1, 1, (100,) + dims).astype(np.float32)
         got, _ = run_eia(eia, path, x, os.path.join(tmp, f"{name}.fp16.npy"), fp16=True)
         err, top = compare(f"{name} fp16", got, run_ort(path, x), 1e-2)
         check(f"{name} fp16", err <= 1e-2 and top >= 0.99)
+
+    if args.only:
+        if failures:
+            sys.exit(f"FAILED: {', '.join(failures)}")
+        print(f"all {len(models)} models matching {args.only!r} match onnxruntime")
+        return
 
     print("Metered tier and remote accelerator (ResNet-50, batch 1)")
     path, dims = models["resnet50"]

@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::{
-    Add, BatchNorm, Clip, Concat, Conv, Gemm, LeakyRelu, MaxPool, Op, Softmax, Transpose,
+    Add, BatchNorm, Clip, Concat, Conv, Gemm, LeakyRelu, Lrn, MaxPool, Op, Softmax, Transpose,
 };
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
@@ -47,6 +47,13 @@ pub enum Workload {
     Transpose { shape: [usize; 4], perm: [usize; 4] },
     /// Concat of `inputs` `[N, C, H, W]` activations along the channels (Inception, DenseNet).
     Concat { shape: [usize; 4], inputs: usize },
+    /// LRN (`size` channels, ONNX's default alpha, beta, bias) of an `[N, C, H, W]` activation;
+    /// `name` says which network layer it is.
+    Lrn {
+        name: &'static str,
+        x: [usize; 4],
+        size: usize,
+    },
 }
 
 impl Workload {
@@ -212,6 +219,28 @@ impl Workload {
         ]
     }
 
+    /// The LRNs of AlexNet (after conv1, `[N, 96, 55, 55]`) and Inception v1 (after conv2,
+    /// `[N, 192, 56, 56]`), size 5, at batch 1 and 8.
+    pub fn lrns() -> Vec<Workload> {
+        [1, 8]
+            .into_iter()
+            .flat_map(|n| {
+                [
+                    Workload::Lrn {
+                        name: "alexnet_norm1",
+                        x: [n, 96, 55, 55],
+                        size: 5,
+                    },
+                    Workload::Lrn {
+                        name: "inception_norm2",
+                        x: [n, 192, 56, 56],
+                        size: 5,
+                    },
+                ]
+            })
+            .collect()
+    }
+
     /// The sizes a GPU is judged at besides the shared ones: GEMM 4096³ and 8192³, and batch norm
     /// and softmax on tensors far larger than a GPU's caches.
     pub fn gpu_scale() -> Vec<Workload> {
@@ -253,11 +282,12 @@ impl Workload {
         all.extend(Self::binaries(8));
         all.extend(Self::pools());
         all.extend(Self::layouts());
+        all.extend(Self::lrns());
         all
     }
 
     /// The op family: "gemm", "conv", "batchnorm", "softmax", "unary", "binary", "pool",
-    /// "transpose" or "concat".
+    /// "transpose", "concat" or "lrn".
     pub fn family(&self) -> &'static str {
         match self {
             Workload::Gemm { .. } => "gemm",
@@ -269,6 +299,7 @@ impl Workload {
             Workload::Pool { .. } => "pool",
             Workload::Transpose { .. } => "transpose",
             Workload::Concat { .. } => "concat",
+            Workload::Lrn { .. } => "lrn",
         }
     }
 
@@ -306,6 +337,7 @@ impl Workload {
                 perm.map(|p| p.to_string()).concat()
             ),
             Workload::Concat { shape, inputs } => format!("concat/{inputs}x{}", dims(shape)),
+            Workload::Lrn { name, x, .. } => format!("lrn/{name}/n{}", x[0]),
         }
     }
 
@@ -325,6 +357,7 @@ impl Workload {
             Workload::Pool { x, .. } => Ok(vec![d(x)?]),
             Workload::Transpose { shape, .. } => Ok(vec![d(shape)?]),
             Workload::Concat { shape, inputs } => Ok(vec![d(shape)?; *inputs]),
+            Workload::Lrn { x, .. } => Ok(vec![d(x)?]),
         }
     }
 
@@ -342,6 +375,10 @@ impl Workload {
                 perm: Some(perm.map(|p| p as i64).to_vec()),
             }),
             Workload::Concat { .. } => Op::Concat(Concat { axis: 1 }),
+            Workload::Lrn { size, .. } => Op::Lrn(Lrn {
+                size: *size,
+                ..Lrn::default()
+            }),
         }
     }
 
@@ -370,6 +407,7 @@ impl Workload {
                 | Workload::Pool { .. }
                 | Workload::Transpose { .. }
                 | Workload::Concat { .. }
+                | Workload::Lrn { .. }
         )
     }
 

@@ -850,6 +850,53 @@ fn pool_ops_match_the_rust_api() {
     eia_device_free(unsafe { Box::from_raw(d) }.into());
 }
 
+/// LRN through the ABI matches the Rust API bit for bit; the default attrs (no size) and a
+/// zero bias are attribute errors that leave `y` alone.
+#[test]
+fn lrn_matches_the_rust_api() {
+    use eia::ops::{Lrn, Op};
+    let d = device();
+    let a = attach(d, "tiny");
+    let cpu = CpuBackend::new();
+    for dtype in DType::ALL {
+        let hx = random(dtype, &[2, 5, 3, 4], 13);
+        let tx = tensor(a, &hx);
+        let mut attrs = eia_lrn_attrs_default();
+        let onnx = Lrn::default();
+        let got = (attrs.size, attrs.alpha, attrs.beta, attrs.bias);
+        assert_eq!(got, (0, onnx.alpha, onnx.beta, onnx.bias));
+        let mut y = ptr::null_mut();
+        fails(
+            unsafe { eia_lrn(a.as_ref(), Some(&attrs), tx.as_ref(), Some(&mut y)) },
+            EIA_ERR_ATTRIBUTE,
+            "size",
+        );
+        attrs.size = 4;
+        attrs.alpha = 0.5;
+        attrs.bias = 0.0;
+        fails(
+            unsafe { eia_lrn(a.as_ref(), Some(&attrs), tx.as_ref(), Some(&mut y)) },
+            EIA_ERR_ATTRIBUTE,
+            "bias",
+        );
+        assert!(y.is_null());
+        attrs.bias = 2.0;
+        ok(unsafe { eia_lrn(a.as_ref(), Some(&attrs), tx.as_ref(), Some(&mut y)) });
+        let op = Op::Lrn(Lrn {
+            size: 4,
+            alpha: 0.5,
+            beta: 0.75,
+            bias: 2.0,
+        });
+        let expected = cpu.apply(&op, &[&cpu.upload(&hx).unwrap()]).unwrap();
+        assert_eq!(read(y), expected.as_bytes());
+        eia_tensor_free(unsafe { Box::from_raw(y) }.into());
+        eia_tensor_free(unsafe { Box::from_raw(tx) }.into());
+    }
+    eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
+    eia_device_free(unsafe { Box::from_raw(d) }.into());
+}
+
 /// A small CNN (Conv → Relu → GlobalAveragePool → Flatten → Gemm) on `[N, 3, 12, 12]`, with
 /// `c` channels: about `4·(27c + 10c)` bytes of weights.
 fn small_cnn(c: usize) -> Vec<u8> {

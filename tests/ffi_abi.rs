@@ -174,6 +174,7 @@ fn header_layout_is_the_librarys() {
         "eia_gemm_attrs",
         "eia_conv_attrs",
         "eia_softmax_attrs",
+        "eia_lrn_attrs",
         "eia_usage",
         "eia_tier_info",
     ] {

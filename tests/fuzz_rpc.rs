@@ -558,6 +558,15 @@ fn op_kind() -> impl Strategy<Value = Option<Kind>> {
             .prop_map(|(shape, allowzero)| Some(Kind::Reshape(proto::ReshapeOp { shape, allowzero }))),
         1 => prop::collection::vec(-5i64..5, 0..4)
             .prop_map(|axes| Some(Kind::Unsqueeze(proto::UnsqueezeOp { axes }))),
+        2 => (
+            prop::option::of(prop_oneof![3 => 0u64..8, 1 => any::<u64>()]),
+            prop::option::of(prop_oneof![3 => 0f32..2.0, 1 => any::<f32>()]),
+            prop::option::of(prop_oneof![3 => -1f32..2.0, 1 => any::<f32>()]),
+            prop::option::of(prop_oneof![3 => -0.5f32..2.0, 1 => any::<f32>()]),
+        )
+            .prop_map(|(size, alpha, beta, bias)| {
+                Some(Kind::Lrn(proto::LrnOp { size, alpha, beta, bias }))
+            }),
         1 => Just(None),
     ]
 }

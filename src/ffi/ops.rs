@@ -10,7 +10,7 @@ use super::tensor::{eia_tensor, on_accel, Held};
 use super::{elements, required};
 use crate::ops::{
     Add, AutoPad, AveragePool, BatchNorm, Clip, Concat, Conv, Dropout, Flatten, Gemm, LeakyRelu,
-    MaxPool, Op, Reshape, Softmax, Squeeze, Transpose, Unsqueeze, MAX_INPUTS,
+    Lrn, MaxPool, Op, Reshape, Softmax, Squeeze, Transpose, Unsqueeze, MAX_INPUTS,
 };
 use crate::tensor::Tensor;
 
@@ -163,6 +163,20 @@ pub struct eia_dropout_attrs {
     pub ratio: f32,
     /// Must be false (training is refused).
     pub training_mode: bool,
+}
+
+/// ONNX LRN attributes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct eia_lrn_attrs {
+    /// Channels in the window, >= 1 (odd or even); required (the default 0 is refused).
+    pub size: usize,
+    /// Finite, >= 0. ONNX default 1e-4.
+    pub alpha: f32,
+    /// Finite. ONNX default 0.75.
+    pub beta: f32,
+    /// Finite, > 0. ONNX default 1.0.
+    pub bias: f32,
 }
 
 /// The `n` values at `p` (NULL with `n` = 0 is empty).
@@ -440,6 +454,18 @@ pub extern "C" fn eia_dropout_attrs_default() -> eia_dropout_attrs {
     eia_dropout_attrs {
         ratio: d.ratio,
         training_mode: d.training_mode,
+    }
+}
+
+/// LRN's ONNX defaults (alpha 1e-4, beta 0.75, bias 1.0); `size` 0, which the caller must set.
+#[no_mangle]
+pub extern "C" fn eia_lrn_attrs_default() -> eia_lrn_attrs {
+    let d = Lrn::default();
+    eia_lrn_attrs {
+        size: d.size,
+        alpha: d.alpha,
+        beta: d.beta,
+        bias: d.bias,
     }
 }
 
@@ -976,6 +1002,27 @@ pub extern "C" fn eia_dropout(
         Ok(Op::Dropout(Dropout {
             ratio: a.ratio,
             training_mode: a.training_mode,
+        }))
+    })
+}
+
+/// ONNX LRN across the channels of `x` ([N, C, spatial...], rank >= 3):
+/// `y = x / (bias + alpha / size · Σ x²)^beta`, the sum over the window of `attrs->size`
+/// channels.
+#[no_mangle]
+pub extern "C" fn eia_lrn(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_lrn_attrs>,
+    x: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    unary(accelerator, x, y, || {
+        let a = required(attrs, "attrs")?;
+        Ok(Op::Lrn(Lrn {
+            size: a.size,
+            alpha: a.alpha,
+            beta: a.beta,
+            bias: a.bias,
         }))
     })
 }

@@ -5,8 +5,8 @@
 
 use super::onnx::{self, Attrs, Constant};
 use crate::ops::{
-    Add, AutoPad, AveragePool, BatchNorm, Clip, Concat, Conv, Flatten, Gemm, LeakyRelu, MaxPool,
-    Op, Reshape, Softmax, Squeeze, Transpose, Unsqueeze,
+    Add, AutoPad, AveragePool, BatchNorm, Clip, Concat, Conv, Flatten, Gemm, LeakyRelu, Lrn,
+    MaxPool, Op, Reshape, Softmax, Squeeze, Transpose, Unsqueeze,
 };
 use crate::tensor::HostTensor;
 use crate::tensor::TensorDesc;
@@ -52,6 +52,7 @@ pub const SUPPORTED: &[&str] = &[
     "GlobalAveragePool",
     "GlobalMaxPool",
     "Identity",
+    "LRN",
     "LeakyRelu",
     "MatMul",
     "MaxPool",
@@ -258,6 +259,18 @@ pub fn import(
                 "Sigmoid" => Op::Sigmoid,
                 _ => Op::Tanh,
             }))
+        }
+        "LRN" => {
+            a.only(&["size", "alpha", "beta", "bias"])?;
+            let d = Lrn::default();
+            let size = a.int("size")?.ok_or("size is required")?;
+            Ok(Imported::Op(Op::Lrn(Lrn {
+                size: usize::try_from(size)
+                    .map_err(|_| format!("size must be >= 1, got {size}"))?,
+                alpha: a.float("alpha")?.unwrap_or(d.alpha),
+                beta: a.float("beta")?.unwrap_or(d.beta),
+                bias: a.float("bias")?.unwrap_or(d.bias),
+            })))
         }
         "LeakyRelu" => {
             a.only(&["alpha"])?;

@@ -21,12 +21,15 @@
 //!   included) per output element; GlobalMaxPool / GlobalAveragePool: `1` per input element.
 //! - Concat, Transpose, Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout: `1` per output
 //!   element (data movement is charged, so that no op is free); empty tensors: 0.
+//! - LRN: `size + 3` per element (the window's squares and adds, the scale, the power, the
+//!   multiply), whatever the channels the window actually covers.
 
 pub mod batchnorm;
 pub mod binary;
 pub mod conv;
 pub mod gemm;
 pub mod layout;
+pub mod lrn;
 pub mod pool;
 pub mod softmax;
 pub mod unary;
@@ -38,6 +41,7 @@ pub use gemm::{Gemm, GemmPlan, MatLayout, MatMul};
 pub use layout::{
     Concat, Dropout, Flatten, LayoutKind, LayoutPlan, Reshape, Squeeze, Transpose, Unsqueeze,
 };
+pub use lrn::{Lrn, LrnPlan};
 pub use pool::{AveragePool, MaxPool, PoolKind, PoolPlan};
 pub use softmax::{Softmax, SoftmaxPlan};
 pub use unary::{Activation, Clip, LeakyRelu, UnaryPlan};
@@ -106,6 +110,8 @@ pub enum Op {
     Identity,
     /// Input data (inference: the identity).
     Dropout(Dropout),
+    /// Input X (rank >= 3).
+    Lrn(Lrn),
 }
 
 /// An op's validated plan: the kernel family's resolved problem, and the op it came from.
@@ -132,6 +138,7 @@ pub enum FamilyPlan {
     Pool(PoolPlan),
     /// Concat, Transpose, Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout.
     Layout(LayoutPlan),
+    Lrn(LrnPlan),
 }
 
 impl Op {
@@ -165,6 +172,7 @@ impl Op {
             Op::Unsqueeze(_) => "Unsqueeze",
             Op::Identity => "Identity",
             Op::Dropout(_) => "Dropout",
+            Op::Lrn(_) => "LRN",
         }
     }
 
@@ -187,6 +195,7 @@ impl Op {
             Op::Transpose(_) | Op::Reshape(_) | Op::Squeeze(_) | Op::Unsqueeze(_) => (&["data"], 1),
             Op::Dropout(_) => (&["data"], 1),
             Op::Flatten(_) | Op::Identity => (&["input"], 1),
+            Op::Lrn(_) => (&["X"], 1),
         }
     }
 
@@ -265,6 +274,7 @@ impl Op {
             Op::Unsqueeze(u) => FamilyPlan::Layout(u.plan(x[0])?),
             Op::Identity => FamilyPlan::Layout(layout::identity(x[0])?),
             Op::Dropout(d) => FamilyPlan::Layout(d.plan(x[0])?),
+            Op::Lrn(l) => FamilyPlan::Lrn(l.plan(x[0])?),
         };
         Ok(Plan {
             op: self.clone(),
@@ -285,6 +295,7 @@ impl Plan {
             FamilyPlan::Binary(p) => &p.output,
             FamilyPlan::Pool(p) => &p.output,
             FamilyPlan::Layout(p) => &p.output,
+            FamilyPlan::Lrn(p) => &p.output,
         }
     }
 
@@ -299,6 +310,7 @@ impl Plan {
             FamilyPlan::Binary(p) => p.flops(),
             FamilyPlan::Pool(p) => p.flops(),
             FamilyPlan::Layout(p) => p.flops(),
+            FamilyPlan::Lrn(p) => p.flops(),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::dtype::DType;
 use crate::error::Error;
 use crate::ops::{
     Add, AutoPad, AveragePool, BatchNorm, Clip, Concat, Conv, Dropout, Flatten, Gemm, LeakyRelu,
-    MaxPool, Op, Reshape, Softmax, Squeeze, Transpose, Unsqueeze,
+    Lrn, MaxPool, Op, Reshape, Softmax, Squeeze, Transpose, Unsqueeze,
 };
 use crate::tensor::TensorDesc;
 
@@ -203,6 +203,18 @@ pub fn op_from(kind: Option<&proto::op::Kind>) -> Result<Op, Status> {
             ratio: d.ratio.unwrap_or(Dropout::default().ratio),
             training_mode: d.training_mode,
         }),
+        Kind::Lrn(l) => {
+            let d = Lrn::default();
+            Op::Lrn(Lrn {
+                // Unset is 0 and too large saturates: the plan refuses both with its error.
+                size: l
+                    .size
+                    .map_or(d.size, |s| usize::try_from(s).unwrap_or(usize::MAX)),
+                alpha: l.alpha.unwrap_or(d.alpha),
+                beta: l.beta.unwrap_or(d.beta),
+                bias: l.bias.unwrap_or(d.bias),
+            })
+        }
     })
 }
 
@@ -362,6 +374,12 @@ pub fn op_kind(op: &Op) -> proto::op::Kind {
         Op::Dropout(d) => Kind::Dropout(proto::DropoutOp {
             ratio: Some(d.ratio),
             training_mode: d.training_mode,
+        }),
+        Op::Lrn(l) => Kind::Lrn(proto::LrnOp {
+            size: Some(l.size as u64),
+            alpha: Some(l.alpha),
+            beta: Some(l.beta),
+            bias: Some(l.bias),
         }),
     }
 }

@@ -13,6 +13,7 @@ pub mod reference;
 pub mod suite;
 pub mod suite_binary;
 pub mod suite_layout;
+pub mod suite_lrn;
 pub mod suite_pool;
 pub mod suite_unary;
 
@@ -145,6 +146,10 @@ macro_rules! backend_suite {
             layout_concat_every_axis,
             layout_reshapes,
             errors_layout,
+            lrn_matches_reference,
+            lrn_mixed_magnitudes,
+            lrn_empty_tensors,
+            errors_lrn,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {

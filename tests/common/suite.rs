@@ -916,4 +916,4 @@ pub fn errors_leave_output_untouched<B: Backend>(backend: &B) {
 
 // The families' suites, each in its own file.
 #[allow(unused_imports)] // test crates that run no suite
-pub use super::{suite_binary::*, suite_layout::*, suite_pool::*, suite_unary::*};
+pub use super::{suite_binary::*, suite_layout::*, suite_lrn::*, suite_pool::*, suite_unary::*};

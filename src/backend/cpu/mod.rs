@@ -9,6 +9,7 @@ mod conv;
 mod depthwise;
 mod gemm;
 mod layout;
+mod lrn;
 mod pool;
 mod scratch;
 mod simd;
@@ -182,6 +183,10 @@ impl Backend for CpuBackend {
                 _ => unreachable!("plans are validated: input and output share a dtype"),
             },
             FamilyPlan::Layout(p) => layout::layout(p, x, y),
+            FamilyPlan::Lrn(p) => {
+                let x = as_f32(x[0]);
+                write_f32(y, |y| lrn::lrn_f32(p, &x, y));
+            }
         });
         Ok(())
     }

@@ -204,6 +204,7 @@ impl CudaBackend {
                 KernelArgs::Binary(p) => builder.arg(p),
                 KernelArgs::Pool(p) => builder.arg(p),
                 KernelArgs::Layout(p) => builder.arg(p),
+                KernelArgs::Lrn(p) => builder.arg(p),
             };
             // SAFETY: the kernel takes exactly one parameter, the params struct pushed above,
             // whose #[repr(C)] layout mirrors the C struct of its .cu file (kernels/README.md).
@@ -227,6 +228,7 @@ unsafe impl DeviceRepr for launch::unary::UnaryParams {}
 unsafe impl DeviceRepr for launch::binary::BinaryParams {}
 unsafe impl DeviceRepr for launch::pool::PoolParams {}
 unsafe impl DeviceRepr for launch::layout::LayoutParams {}
+unsafe impl DeviceRepr for launch::lrn::LrnParams {}
 
 impl Backend for CudaBackend {
     type Storage = CudaStorage;

@@ -29,6 +29,7 @@ pub fn source(family: Family, target: Target) -> Option<&'static str> {
         (Family::Binary, Target::Sm80) => Some(ptx!("binary", "sm_80")),
         (Family::Pool, Target::Sm80) => Some(ptx!("pool", "sm_80")),
         (Family::Layout, Target::Sm80) => Some(ptx!("layout", "sm_80")),
+        (Family::Lrn, Target::Sm80) => Some(ptx!("lrn", "sm_80")),
         (_, Target::Sm90a) => None,
     }
 }

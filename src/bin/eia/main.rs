@@ -262,5 +262,14 @@ fn workload_json(w: &Workload) -> String {
         Workload::Concat { shape, inputs } => {
             format!("{{{head},\"shape\":{shape:?},\"inputs\":{inputs}}}")
         }
+        Workload::Lrn { x, .. } => {
+            let eia::ops::Op::Lrn(l) = w.op() else {
+                unreachable!("an LRN workload runs LRN")
+            };
+            format!(
+                "{{{head},\"shape\":{x:?},\"size\":{},\"alpha\":{},\"beta\":{},\"bias\":{}}}",
+                l.size, l.alpha, l.beta, l.bias
+            )
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod binary;
 pub mod conv;
 pub mod gemm;
 pub mod layout;
+pub mod lrn;
 pub mod pool;
 pub mod softmax;
 pub mod unary;
@@ -56,6 +57,7 @@ pub enum Family {
     Binary,
     Pool,
     Layout,
+    Lrn,
 }
 
 impl Family {
@@ -68,6 +70,7 @@ impl Family {
         Family::Binary,
         Family::Pool,
         Family::Layout,
+        Family::Lrn,
     ];
 
     /// The PTX targets this family ships (sm_80 always; sm_90a where it has Hopper kernels).
@@ -86,6 +89,7 @@ impl Family {
             Family::Binary => "binary",
             Family::Pool => "pool",
             Family::Layout => "layout",
+            Family::Lrn => "lrn",
         }
     }
 }
@@ -123,6 +127,7 @@ pub enum KernelArgs {
     Binary(binary::BinaryParams),
     Pool(pool::PoolParams),
     Layout(layout::LayoutParams),
+    Lrn(lrn::LrnParams),
 }
 
 impl KernelArgs {
@@ -138,6 +143,7 @@ impl KernelArgs {
             KernelArgs::Binary(p) => p as *const _ as *const c_void,
             KernelArgs::Pool(p) => p as *const _ as *const c_void,
             KernelArgs::Layout(p) => p as *const _ as *const c_void,
+            KernelArgs::Lrn(p) => p as *const _ as *const c_void,
         }
     }
 }
@@ -172,6 +178,7 @@ pub fn launches(plan: &Plan, arch: Arch, x: &[Ptr], y: Ptr) -> Result<Vec<Launch
         FamilyPlan::Binary(p) => Ok(binary::binary(p, arch, x, y)),
         FamilyPlan::Pool(p) => Ok(pool::pool(p, arch, x[0], y)),
         FamilyPlan::Layout(p) => Ok(layout::layout(p, arch, x, y)),
+        FamilyPlan::Lrn(p) => Ok(lrn::lrn(p, arch, x[0], y)),
     }
 }
 

@@ -1,0 +1,247 @@
+//! The LRN suite and its float64 reference, written from the ONNX definition independently of
+//! `eia::ops::lrn`.
+
+use eia::ops::{Lrn, Op};
+use eia::{Backend, DType, Error, HostTensor};
+
+use super::{assert_close, f64s, poisoned, random, rng};
+
+/// The float64 LRN of `x` (`[N, C, spatial...]`): the window of channel `c` is
+/// `[max(0, c − ⌊(size−1)/2⌋), min(C−1, c + ⌈(size−1)/2⌉)]`.
+fn reference(x: &[f64], shape: &[usize], op: &Lrn) -> Vec<f64> {
+    let (n, c) = (shape[0], shape[1]);
+    let inner: usize = shape[2..].iter().product();
+    let below = (op.size - 1) / 2;
+    let above = (op.size - 1).div_ceil(2);
+    let mut y = vec![f64::NAN; x.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            for i in 0..inner {
+                let at = |k: usize| (b * c + k) * inner + i;
+                let first = ch.saturating_sub(below);
+                let last = (ch + above).min(c - 1);
+                let sum: f64 = (first..=last).map(|k| x[at(k)] * x[at(k)]).sum();
+                let base = op.bias as f64 + op.alpha as f64 / op.size as f64 * sum;
+                y[at(ch)] = x[at(ch)] / base.powf(op.beta as f64);
+            }
+        }
+    }
+    y
+}
+
+fn lrn(size: usize, alpha: f32, beta: f32, bias: f32) -> Lrn {
+    Lrn {
+        size,
+        alpha,
+        beta,
+        bias,
+    }
+}
+
+/// Runs `op` on `x` into a poisoned output and checks it against the reference.
+fn check<B: Backend>(backend: &B, x: &HostTensor, op: Lrn) {
+    let (dtype, shape) = (x.dtype(), x.shape().to_vec());
+    let want = reference(&f64s(x), &shape, &op);
+    let mut y = poisoned(backend, dtype, &shape);
+    backend
+        .apply_into(&Op::Lrn(op), &[&backend.upload(x).unwrap()], &mut y)
+        .unwrap();
+    let what = format!("{dtype} LRN {shape:?} {op:?}");
+    assert_close(&what, &backend.download(&y).unwrap(), &want, &shape);
+}
+
+/// LRN over ranks 3 to 5; one channel; windows of size 1, even sizes, sizes wider than the
+/// channels; ONNX's defaults and attributes that make the denominator matter (large alpha, small
+/// bias, negative and zero beta); spatial extents and channel counts beyond the backends'
+/// column and channel blocks.
+pub fn lrn_matches_reference<B: Backend>(backend: &B) {
+    let mut rng = rng("lrn_matches_reference");
+    let strong = |size| lrn(size, 0.9, 0.75, 1.5);
+    for dtype in DType::ALL {
+        for (shape, op) in [
+            (
+                &[2, 5, 3, 4][..],
+                Lrn {
+                    size: 5,
+                    ..Lrn::default()
+                },
+            ),
+            (&[2, 5, 3, 4], strong(3)),
+            (&[2, 6, 2, 3], strong(2)),
+            (&[1, 7, 3, 3], strong(4)),
+            (&[1, 3, 7, 7], strong(7)),
+            (&[2, 4, 2, 2], strong(12)),
+            (&[1, 1, 2, 3], strong(1)),
+            (&[2, 1, 5], strong(3)),
+            (&[2, 1, 3, 3], strong(4)),
+            (&[3, 6, 2, 2], strong(1)),
+            (&[3, 8, 11], strong(5)),
+            (&[1, 4, 2, 3, 5], lrn(3, 2.0, 0.3, 0.5)),
+            (&[2, 5, 1, 2, 3], lrn(6, 1.0, -0.5, 0.25)),
+            (&[1, 6, 1, 1], lrn(11, 1.0, 2.0, 1.0)),
+            (&[1, 5, 4], lrn(3, 0.0, 0.75, 2.0)),
+            (&[1, 9, 3], lrn(3, 1.0, 0.0, 1.0)),
+            (&[1, 37, 30, 40], strong(5)),
+            (&[1, 40, 3, 3], strong(19)),
+        ] {
+            let x = random(&mut rng, dtype, shape, -2.0, 2.0);
+            check(backend, &x, op);
+        }
+    }
+}
+
+/// Channels of very different magnitudes (a large one among small ones) with a small bias: the
+/// square sum must drop a large square without losing the small ones it leaves behind (a
+/// window slid in f32 fails this).
+pub fn lrn_mixed_magnitudes<B: Backend>(backend: &B) {
+    let mut rng = rng("lrn_mixed_magnitudes");
+    let shape = [2, 12, 5, 7];
+    for dtype in DType::ALL {
+        let x = random(&mut rng, dtype, &shape, 0.5, 1.5);
+        let values: Vec<f32> = x
+            .data()
+            .to_f32_vec()
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = i / 35 % 12;
+                let sign = if i % 3 == 0 { -1.0 } else { 1.0 };
+                sign * v * if ch % 6 == 1 { 300.0 } else { 0.01 }
+            })
+            .collect();
+        let x = HostTensor::from_f32(dtype, &shape, &values).unwrap();
+        for size in [2, 3, 5] {
+            check(backend, &x, lrn(size, 1.0, 0.75, 1e-3));
+        }
+    }
+}
+
+/// Empty batches, channels and spatial axes give empty outputs.
+pub fn lrn_empty_tensors<B: Backend>(backend: &B) {
+    for dtype in DType::ALL {
+        for shape in [&[0, 3, 4][..], &[2, 0, 5], &[2, 3, 0], &[1, 2, 3, 0, 2]] {
+            let x = HostTensor::full(dtype, shape, 1.0).unwrap();
+            let op = Op::Lrn(lrn(3, 1e-4, 0.75, 1.0));
+            let y = backend.apply(&op, &[&backend.upload(&x).unwrap()]).unwrap();
+            assert_eq!((y.shape(), y.dtype()), (shape, dtype), "{shape:?}");
+        }
+    }
+}
+
+fn expect_err<T: std::fmt::Debug>(what: &str, r: eia::Result<T>, check: impl Fn(&Error) -> bool) {
+    match r {
+        Err(e) => {
+            assert!(check(&e), "{what}: unexpected error kind: {e:?}");
+            assert!(e.to_string().contains("LRN"), "{what}: {e}");
+        }
+        Ok(v) => panic!("{what}: expected an error, got {v:?}"),
+    }
+}
+
+/// Every LRN validation error is typed, names the op and leaves the output untouched.
+pub fn errors_lrn<B: Backend>(backend: &B) {
+    let up = |dtype, shape: &[usize]| {
+        backend
+            .upload(&HostTensor::full(dtype, shape, 1.0).unwrap())
+            .unwrap()
+    };
+    let x = up(DType::F32, &[2, 3, 4, 4]);
+    let d = lrn(3, 1e-4, 0.75, 1.0);
+    for (what, op, name) in [
+        ("no size", Lrn::default(), "size"),
+        (
+            "huge size",
+            Lrn {
+                size: usize::MAX,
+                ..d
+            },
+            "size",
+        ),
+        ("negative alpha", Lrn { alpha: -0.5, ..d }, "alpha"),
+        (
+            "NaN alpha",
+            Lrn {
+                alpha: f32::NAN,
+                ..d
+            },
+            "alpha",
+        ),
+        (
+            "infinite alpha",
+            Lrn {
+                alpha: f32::INFINITY,
+                ..d
+            },
+            "alpha",
+        ),
+        (
+            "NaN beta",
+            Lrn {
+                beta: f32::NAN,
+                ..d
+            },
+            "beta",
+        ),
+        (
+            "infinite beta",
+            Lrn {
+                beta: f32::INFINITY,
+                ..d
+            },
+            "beta",
+        ),
+        ("zero bias", Lrn { bias: 0.0, ..d }, "bias"),
+        ("negative bias", Lrn { bias: -1.0, ..d }, "bias"),
+        (
+            "NaN bias",
+            Lrn {
+                bias: f32::NAN,
+                ..d
+            },
+            "bias",
+        ),
+    ] {
+        let mut y = poisoned(backend, DType::F32, &[2, 3, 4, 4]);
+        expect_err(
+            what,
+            backend.apply_into(&Op::Lrn(op), &[&x], &mut y),
+            |e| matches!(e, Error::Attribute { op: "LRN", name: n, .. } if *n == name),
+        );
+        let v = backend.download(&y).unwrap().data().to_f32_vec();
+        assert!(
+            v.iter().all(|v| v.is_nan()),
+            "{what}: output changed by a failed call"
+        );
+    }
+    // Ranks below 3.
+    for shape in [&[2, 3][..], &[4], &[]] {
+        expect_err(
+            &format!("X {shape:?}"),
+            backend
+                .apply(&Op::Lrn(d), &[&up(DType::F16, shape)])
+                .map(|_| ()),
+            |e| matches!(e, Error::Shape { op: "LRN", .. }),
+        );
+    }
+    // Arity, the output's shape and dtype.
+    for inputs in [&[][..], &[&x, &x]] {
+        expect_err(
+            &format!("{} inputs", inputs.len()),
+            backend.apply(&Op::Lrn(d), inputs).map(|_| ()),
+            |e| matches!(e, Error::Arity { op: "LRN", .. }),
+        );
+    }
+    for (dtype, s) in [(DType::F32, &[2, 3, 4, 5][..]), (DType::F16, &[2, 3, 4, 4])] {
+        let mut y = poisoned(backend, dtype, s);
+        expect_err(
+            "wrong output",
+            backend.apply_into(&Op::Lrn(d), &[&x], &mut y),
+            |e| matches!(e, Error::Output { .. }),
+        );
+        let v = backend.download(&y).unwrap().data().to_f32_vec();
+        assert!(
+            v.iter().all(|v| v.is_nan()),
+            "output changed by a failed call"
+        );
+    }
+}
