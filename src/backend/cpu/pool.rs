@@ -200,32 +200,57 @@ multiversion! {
     }
 }
 
+/// `f(o, s)` for each pair of `out` and `src` (the shorter's length), in fixed blocks of
+/// `LANES` and then 8 elements that compile to whole vector operations, then one by one: rows
+/// here are short (a 35-wide pool row), and a plain loop would leave all of them to its scalar
+/// remainder (LLVM vectorises it `4 · LANES` elements at a time).
+#[inline(always)]
+fn lanes(out: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32)) {
+    let n = out.len().min(src.len());
+    let (mut out, mut src) = (&mut out[..n], &src[..n]);
+    while out.len() >= LANES {
+        let (o, rest) = out.split_at_mut(LANES);
+        let o: &mut [f32; LANES] = o.try_into().unwrap();
+        let s: &[f32; LANES] = src[..LANES].try_into().unwrap();
+        for l in 0..LANES {
+            f(&mut o[l], s[l]);
+        }
+        (out, src) = (rest, &src[LANES..]);
+    }
+    if out.len() >= 8 {
+        let (o, rest) = out.split_at_mut(8);
+        let o: &mut [f32; 8] = o.try_into().unwrap();
+        let s: &[f32; 8] = src[..8].try_into().unwrap();
+        for l in 0..8 {
+            f(&mut o[l], s[l]);
+        }
+        (out, src) = (rest, &src[8..]);
+    }
+    for (o, &v) in out.iter_mut().zip(src) {
+        f(o, v);
+    }
+}
+
 multiversion! {
     /// `out = max(out, src)` elementwise (a NaN in `src` never wins, as in onnxruntime; `out`
     /// never holds NaN). `f32::max` stores unconditionally: a compare-and-select compiles to
     /// masked stores, which the next tap's loads of the same row cannot forward from.
     fn max_into(out: &mut [f32], src: &[f32]) {
-        for (o, &v) in out.iter_mut().zip(src) {
-            *o = o.max(v);
-        }
+        lanes(out, src, |o, v| *o = o.max(v));
     }
 }
 
 multiversion! {
     /// `out += src` elementwise.
     fn add_into(out: &mut [f32], src: &[f32]) {
-        for (o, &v) in out.iter_mut().zip(src) {
-            *o += v;
-        }
+        lanes(out, src, |o, v| *o += v);
     }
 }
 
 multiversion! {
     /// `out /= rows·cols` elementwise.
     fn divide(out: &mut [f32], cols: &[f32], rows: f32) {
-        for (o, &c) in out.iter_mut().zip(cols) {
-            *o /= rows * c;
-        }
+        lanes(out, cols, |o, c| *o /= rows * c);
     }
 }
 
