@@ -7,7 +7,8 @@ use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::{
-    Add, BatchNorm, Clip, Concat, Conv, Gemm, LeakyRelu, Lrn, MaxPool, Op, Softmax, Transpose,
+    Add, AveragePool, BatchNorm, Clip, Concat, Conv, Gemm, LeakyRelu, Lrn, MaxPool, Op, Softmax,
+    Transpose,
 };
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
@@ -172,13 +173,20 @@ impl Workload {
     }
 
     /// ResNet-50's pools at batch 1 and 8: the stem MaxPool (3×3, stride 2, pads 1) and the
-    /// GlobalAveragePool before the classifier.
+    /// GlobalAveragePool before the classifier; and Inception v3's AveragePool (3×3, stride 1,
+    /// pads 1, padding excluded from the count) on its 35×35 blocks.
     pub fn pools() -> Vec<Workload> {
         let stem = Op::MaxPool(MaxPool {
             kernel_shape: [3, 3],
             strides: [2, 2],
             pads: [1; 4],
             ..MaxPool::default()
+        });
+        let inception = Op::AveragePool(AveragePool {
+            kernel_shape: [3, 3],
+            strides: [1, 1],
+            pads: [1; 4],
+            ..AveragePool::default()
         });
         [1, 8]
             .into_iter()
@@ -193,6 +201,11 @@ impl Workload {
                         name: "global_avg",
                         x: [n, 2048, 7, 7],
                         op: Op::GlobalAveragePool,
+                    },
+                    Workload::Pool {
+                        name: "avgpool_3x3s1",
+                        x: [n, 256, 35, 35],
+                        op: inception.clone(),
                     },
                 ]
             })

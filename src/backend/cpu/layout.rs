@@ -1,17 +1,24 @@
-//! CPU layout ops on raw elements (bit copies, so FP16 is never widened): a multi-threaded
-//! memcpy for the copies, one memcpy per (row, input) for Concat, and for Transpose either
-//! contiguous row copies (the input's innermost dimension stays innermost) or a blocked 2-D
-//! transpose of the input's innermost and the output's innermost dimension, tile by tile.
+//! CPU layout ops on raw elements (bit copies, so FP16 is never widened), multi-threaded above
+//! `TASK_BYTES`: a chunked memcpy for the copies, one memcpy per (row, input) for Concat, and
+//! for Transpose either
+//! - contiguous runs (the input's innermost dimension stays innermost): one memcpy per output
+//!   row, the rows' input offsets stepped by an odometer; or
+//! - a cache-blocked 2-D transpose of the input's innermost dimension (`i`, contiguous in `x`)
+//!   and the output's innermost (`j`, contiguous in `y`) for every index of the other
+//!   dimensions: tiles of about `TILE × TILE` elements (stretched along the longer side when the
+//!   other is short), so a tile's input rows and output rows stay in L1, each tile transposed in
+//!   register blocks (`Bits::block`: 4 × 4 for 32-bit, 8 × 8 for 16-bit elements, SSE2 on
+//!   x86-64) with scalar edges. NCHW ↔ NHWC and batched matrix transposes are this case.
 
 use rayon::prelude::*;
 
 use crate::ops::{LayoutKind, LayoutPlan};
 use crate::tensor::HostData;
 
-/// Bytes one copy task moves at least (smaller copies run on the calling thread).
+/// Bytes one task moves at least (smaller jobs run on the calling thread).
 const TASK_BYTES: usize = 1 << 18;
-/// Side of a transpose tile, in elements.
-const TILE: usize = 32;
+/// Side of a square transpose tile, in elements (64 × 64 × 4 bytes in and out fit in L1).
+const TILE: usize = 64;
 
 /// Computes `plan` from `x` (its inputs, in order) into `y`.
 pub fn layout(plan: &LayoutPlan, x: &[&HostData], y: &mut HostData) {
@@ -25,7 +32,7 @@ fn elems<T: bytemuck::Pod>(x: &HostData) -> &[T] {
     bytemuck::cast_slice(x.as_bytes())
 }
 
-fn run<T: bytemuck::Pod + Send + Sync>(plan: &LayoutPlan, x: &[&HostData], y: &mut [T]) {
+fn run<T: Bits>(plan: &LayoutPlan, x: &[&HostData], y: &mut [T]) {
     match &plan.kind {
         LayoutKind::Copy => copy(elems::<T>(x[0]), y),
         LayoutKind::Concat { outer, widths } => {
@@ -60,7 +67,7 @@ fn run<T: bytemuck::Pod + Send + Sync>(plan: &LayoutPlan, x: &[&HostData], y: &m
 }
 
 /// `y = x`, in parallel chunks when large.
-fn copy<T: bytemuck::Pod + Send + Sync>(x: &[T], y: &mut [T]) {
+fn copy<T: Bits>(x: &[T], y: &mut [T]) {
     let chunk = (TASK_BYTES / size_of::<T>()).max(1);
     if x.len() <= chunk {
         y.copy_from_slice(x);
@@ -68,6 +75,186 @@ fn copy<T: bytemuck::Pod + Send + Sync>(x: &[T], y: &mut [T]) {
         y.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
             .for_each(|(y, x)| y.copy_from_slice(x));
+    }
+}
+
+/// Runs `work(first, last)` over `0..n` items in contiguous ranges of `per_task` items, on the
+/// pool when there is more than one range.
+fn tasks(n: usize, per_task: usize, work: impl Fn(usize, usize) + Sync) {
+    let per_task = per_task.max(1);
+    let count = n.div_ceil(per_task);
+    let range = |t: usize| work(t * per_task, ((t + 1) * per_task).min(n));
+    if count <= 1 {
+        (0..count).for_each(range);
+    } else {
+        (0..count).into_par_iter().for_each(range);
+    }
+}
+
+/// A storage element moved as bits, with a register-blocked square transpose.
+trait Bits: bytemuck::Pod + Send + Sync {
+    /// Side of `block`.
+    const B: usize;
+
+    /// `y[i·sy + j] = x[i + j·sx]` for `i, j < B`.
+    ///
+    /// # Safety
+    /// Those elements lie inside `x`'s and `y`'s allocations, and no other thread touches the
+    /// written ones.
+    unsafe fn block(x: *const Self, sx: usize, y: *mut Self, sy: usize);
+}
+
+impl Bits for u32 {
+    const B: usize = 4;
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn block(x: *const u32, sx: usize, y: *mut u32, sy: usize) {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of x86-64; the four 16-byte rows read and written lie inside
+        // the buffers by the caller's contract (unaligned loads and stores).
+        unsafe {
+            let r = |j: usize| _mm_loadu_si128(x.add(j * sx) as *const __m128i);
+            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+            let t0 = _mm_unpacklo_epi32(r0, r1);
+            let t1 = _mm_unpacklo_epi32(r2, r3);
+            let t2 = _mm_unpackhi_epi32(r0, r1);
+            let t3 = _mm_unpackhi_epi32(r2, r3);
+            let w = |i: usize, v| _mm_storeu_si128(y.add(i * sy) as *mut __m128i, v);
+            w(0, _mm_unpacklo_epi64(t0, t1));
+            w(1, _mm_unpackhi_epi64(t0, t1));
+            w(2, _mm_unpacklo_epi64(t2, t3));
+            w(3, _mm_unpackhi_epi64(t2, t3));
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn block(x: *const u32, sx: usize, y: *mut u32, sy: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { scalar(x, sx, y, sy, 4, 4) }
+    }
+}
+
+impl Bits for u16 {
+    const B: usize = 8;
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn block(x: *const u16, sx: usize, y: *mut u16, sy: usize) {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of x86-64; the eight 16-byte rows read and written lie inside
+        // the buffers by the caller's contract (unaligned loads and stores).
+        unsafe {
+            let r = |j: usize| _mm_loadu_si128(x.add(j * sx) as *const __m128i);
+            let (r0, r1, r2, r3, r4, r5, r6, r7) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7));
+            // Pairs of rows interleaved, then quads, then all eight.
+            let a0 = _mm_unpacklo_epi16(r0, r1);
+            let a1 = _mm_unpacklo_epi16(r2, r3);
+            let a2 = _mm_unpacklo_epi16(r4, r5);
+            let a3 = _mm_unpacklo_epi16(r6, r7);
+            let a4 = _mm_unpackhi_epi16(r0, r1);
+            let a5 = _mm_unpackhi_epi16(r2, r3);
+            let a6 = _mm_unpackhi_epi16(r4, r5);
+            let a7 = _mm_unpackhi_epi16(r6, r7);
+            let b0 = _mm_unpacklo_epi32(a0, a1);
+            let b1 = _mm_unpacklo_epi32(a2, a3);
+            let b2 = _mm_unpackhi_epi32(a0, a1);
+            let b3 = _mm_unpackhi_epi32(a2, a3);
+            let b4 = _mm_unpacklo_epi32(a4, a5);
+            let b5 = _mm_unpacklo_epi32(a6, a7);
+            let b6 = _mm_unpackhi_epi32(a4, a5);
+            let b7 = _mm_unpackhi_epi32(a6, a7);
+            let w = |i: usize, v| _mm_storeu_si128(y.add(i * sy) as *mut __m128i, v);
+            w(0, _mm_unpacklo_epi64(b0, b1));
+            w(1, _mm_unpackhi_epi64(b0, b1));
+            w(2, _mm_unpacklo_epi64(b2, b3));
+            w(3, _mm_unpackhi_epi64(b2, b3));
+            w(4, _mm_unpacklo_epi64(b4, b5));
+            w(5, _mm_unpackhi_epi64(b4, b5));
+            w(6, _mm_unpacklo_epi64(b6, b7));
+            w(7, _mm_unpackhi_epi64(b6, b7));
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn block(x: *const u16, sx: usize, y: *mut u16, sy: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { scalar(x, sx, y, sy, 8, 8) }
+    }
+}
+
+/// `y[i·sy + j] = x[i + j·sx]` for `i < ni`, `j < nj`, element by element.
+///
+/// # Safety
+/// As [`Bits::block`], for those elements.
+unsafe fn scalar<T: Copy>(x: *const T, sx: usize, y: *mut T, sy: usize, ni: usize, nj: usize) {
+    for i in 0..ni {
+        for j in 0..nj {
+            // SAFETY: the caller's contract.
+            unsafe { *y.add(i * sy + j) = *x.add(i + j * sx) };
+        }
+    }
+}
+
+/// `y[i·sy + j] = x[i + j·sx]` for `i < ni`, `j < nj`: full register blocks, scalar edges.
+///
+/// # Safety
+/// As [`Bits::block`], for those elements.
+unsafe fn tile<T: Bits>(x: *const T, sx: usize, y: *mut T, sy: usize, ni: usize, nj: usize) {
+    let b = T::B;
+    let (fi, fj) = (ni / b * b, nj / b * b);
+    // SAFETY (every call below): the elements lie inside the tile, which the caller vouches
+    // for.
+    unsafe {
+        for j in (0..fj).step_by(b) {
+            for i in (0..fi).step_by(b) {
+                T::block(x.add(i + j * sx), sx, y.add(i * sy + j), sy);
+            }
+        }
+        scalar(x.add(fi), sx, y.add(fi * sy), sy, ni - fi, fj);
+        scalar(x.add(fj * sx), sx, y.add(fj), sy, ni, nj - fj);
+    }
+}
+
+/// Walks a row-major index over `dims`, tracking its offsets in two layouts.
+struct Odometer<'a> {
+    dims: &'a [usize],
+    /// Per dimension: its stride in x and in y.
+    strides: &'a [(usize, usize)],
+    index: Vec<usize>,
+    at: (usize, usize),
+}
+
+impl<'a> Odometer<'a> {
+    /// Starts at row-major position `pos`.
+    fn new(dims: &'a [usize], strides: &'a [(usize, usize)], mut pos: usize) -> Self {
+        let mut index = vec![0; dims.len()];
+        let mut at = (0, 0);
+        for k in (0..dims.len()).rev() {
+            index[k] = pos % dims[k];
+            pos /= dims[k];
+            at.0 += index[k] * strides[k].0;
+            at.1 += index[k] * strides[k].1;
+        }
+        Odometer {
+            dims,
+            strides,
+            index,
+            at,
+        }
+    }
+
+    /// Moves to the next position (wrapping past the last).
+    fn step(&mut self) {
+        for k in (0..self.dims.len()).rev() {
+            self.index[k] += 1;
+            self.at.0 += self.strides[k].0;
+            self.at.1 += self.strides[k].1;
+            if self.index[k] < self.dims[k] {
+                return;
+            }
+            self.at.0 -= self.dims[k] * self.strides[k].0;
+            self.at.1 -= self.dims[k] * self.strides[k].1;
+            self.index[k] = 0;
+        }
     }
 }
 
@@ -79,11 +266,9 @@ unsafe impl<T> Send for Out<T> {}
 unsafe impl<T> Sync for Out<T> {}
 
 impl<T> Out<T> {
-    /// # Safety
-    /// `i` must lie inside the output, and no other task may write it.
-    unsafe fn write(self, i: usize, v: T) {
-        // SAFETY: the caller's contract.
-        unsafe { *self.0.add(i) = v }
+    /// The pointer (a method, so that closures capture the whole `Out`, not its field).
+    fn ptr(self) -> *mut T {
+        self.0
     }
 }
 
@@ -96,85 +281,76 @@ fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
-fn transpose<T: bytemuck::Pod + Send + Sync>(
-    x: &[T],
-    y: &mut [T],
-    shape: &[usize],
-    perm: &[usize],
-) {
+fn transpose<T: Bits>(x: &[T], y: &mut [T], shape: &[usize], perm: &[usize]) {
+    assert_eq!(x.len(), y.len());
     let rank = shape.len();
     let in_strides = strides(shape);
-    // Output dimension k: its extent, its input stride and its output stride.
+    // Output dimension k: its extent, and its (input, output) strides.
     let od: Vec<usize> = perm.iter().map(|&a| shape[a]).collect();
-    let is: Vec<usize> = perm.iter().map(|&a| in_strides[a]).collect();
     let os = strides(&od);
+    let st: Vec<(usize, usize)> = (0..rank).map(|k| (in_strides[perm[k]], os[k])).collect();
     let last = rank - 1;
-    let q = perm.iter().position(|&a| a == rank - 1).unwrap();
-    let out = Out(y.as_mut_ptr());
-    // The dimensions iterated outside the inner kernel (all but q and last).
-    let outer_dims: Vec<usize> = (0..rank).filter(|&k| k != q && k != last).collect();
-    let outer: usize = outer_dims.iter().map(|&k| od[k]).product();
-    let base = |mut o: usize| {
-        let (mut xi, mut yi) = (0, 0);
-        for &k in outer_dims.iter().rev() {
-            let i = o % od[k];
-            o /= od[k];
-            xi += i * is[k];
-            yi += i * os[k];
-        }
-        (xi, yi)
-    };
+    let q = perm.iter().position(|&a| a == last).unwrap();
+    let size = size_of::<T>();
     if q == last {
-        // Rows of the output are contiguous runs of the input.
+        // Output rows are contiguous runs of the input.
         let n = od[last];
-        let row_base = |mut r: usize| {
-            let mut xi = 0;
-            for k in (0..last).rev() {
-                let i = r % od[k];
-                r /= od[k];
-                xi += i * is[k];
+        let rows = y.len() / n;
+        let (dims, st) = (&od[..last], &st[..last]);
+        let out = Out(y.as_mut_ptr());
+        tasks(rows, TASK_BYTES / (n * size), |r0, r1| {
+            let mut odo = Odometer::new(dims, st, r0);
+            for r in r0..r1 {
+                let xi = odo.at.0;
+                // SAFETY: row r of y (r < rows) is written by this task only.
+                let row = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(r * n), n) };
+                row.copy_from_slice(&x[xi..xi + n]);
+                odo.step();
             }
-            xi
-        };
-        let work = |(r, row): (usize, &mut [T])| {
-            let xi = row_base(r);
-            row.copy_from_slice(&x[xi..xi + n]);
-        };
-        if std::mem::size_of_val(y) <= TASK_BYTES {
-            y.chunks_mut(n).enumerate().for_each(work);
-        } else {
-            y.par_chunks_mut(n).enumerate().for_each(work);
-        }
+        });
         return;
     }
-    // A 2-D transpose per outer index: rows i of dimension q (stride 1 in x, os[q] in y),
-    // columns j of dimension `last` (stride is[last] in x, 1 in y), in TILE × TILE tiles.
+    // For every index of the other dimensions, y[i·syi + j] = x[i + j·sxj] with i along output
+    // dimension q (the input's innermost) and j along the output's innermost.
     let (ni, nj) = (od[q], od[last]);
-    let (sxj, syi) = (is[last], os[q]);
-    let tiles_i = ni.div_ceil(TILE);
-    let tasks = outer * tiles_i;
-    let work = |t: usize| {
-        let (o, ti) = (t / tiles_i, t % tiles_i);
-        let (xb, yb) = base(o);
-        let i0 = ti * TILE;
-        let i1 = (i0 + TILE).min(ni);
-        for j0 in (0..nj).step_by(TILE) {
-            let j1 = (j0 + TILE).min(nj);
-            for i in i0..i1 {
-                let yrow = yb + i * syi;
-                for j in j0..j1 {
-                    // SAFETY: (o, i, j) is a distinct output element for every task (tasks
-                    // own distinct (o, i-tile) pairs), inside y by the plan's shapes.
-                    unsafe { out.write(yrow + j, x[xb + i + j * sxj]) };
+    let (sxj, syi) = (st[last].0, st[q].1);
+    let others: Vec<usize> = (0..last).filter(|&k| k != q).collect();
+    let (odims, ost): (Vec<usize>, Vec<(usize, usize)>) =
+        others.iter().map(|&k| (od[k], st[k])).unzip();
+    // Tile sides: square, stretched along one side when the other is short.
+    let ti0 = ni.min(TILE);
+    let tj = nj.min((TILE * TILE / ti0).max(TILE));
+    let ti = ni.min((TILE * TILE / tj).max(TILE));
+    let (tiles_i, tiles_j) = (ni.div_ceil(ti), nj.div_ceil(tj));
+    let per_outer = tiles_i * tiles_j;
+    let outer: usize = odims.iter().product();
+    let out = Out(y.as_mut_ptr());
+    tasks(
+        outer * per_outer,
+        TASK_BYTES / (ti * tj * size),
+        |t0, t1| {
+            let mut odo = Odometer::new(&odims, &ost, t0 / per_outer);
+            for t in t0..t1 {
+                let (i0, j0) = (t % per_outer / tiles_j * ti, t % tiles_j * tj);
+                let (xb, yb) = odo.at;
+                // SAFETY: the tile (outer index, i0.., j0..) lies inside x and y (the plan's
+                // shapes), and tasks own disjoint tiles of y.
+                unsafe {
+                    tile(
+                        x.as_ptr().add(xb + i0 + j0 * sxj),
+                        sxj,
+                        out.ptr().add(yb + i0 * syi + j0),
+                        syi,
+                        ti.min(ni - i0),
+                        tj.min(nj - j0),
+                    );
+                }
+                if (t + 1) % per_outer == 0 {
+                    odo.step();
                 }
             }
-        }
-    };
-    if std::mem::size_of_val(y) <= TASK_BYTES {
-        (0..tasks).for_each(work);
-    } else {
-        (0..tasks).into_par_iter().for_each(work);
-    }
+        },
+    );
 }
 
 #[cfg(test)]
@@ -184,35 +360,68 @@ mod tests {
     use crate::ops::Transpose;
     use crate::tensor::TensorDesc;
 
+    /// Runs Transpose(`perm`) on `0, 1, 2, …` as `dtype` and checks every output element
+    /// against the index formula.
+    fn check(dtype: DType, shape: &[usize], perm: &[i64]) {
+        let desc = TensorDesc::new(dtype, shape).unwrap();
+        let plan = Transpose {
+            perm: Some(perm.to_vec()),
+        }
+        .plan(&desc)
+        .unwrap();
+        let n = desc.len();
+        // Distinct bit patterns per element (FP16: exact integers up to 2048, then the index's
+        // low 16 bits as raw bits).
+        let (x, mut y) = match dtype {
+            DType::F32 => (
+                HostData::F32((0..n).map(|i| i as f32).collect()),
+                HostData::F32(vec![f32::NAN; n]),
+            ),
+            DType::F16 => (
+                HostData::F16((0..n).map(|i| crate::f16::from_bits(i as u16)).collect()),
+                HostData::F16(vec![crate::f16::NAN; n]),
+            ),
+        };
+        layout(&plan, &[&x], &mut y);
+        let bits = |d: &HostData| -> Vec<u32> {
+            match d {
+                HostData::F32(v) => v.iter().map(|&e| e as u32).collect(),
+                HostData::F16(v) => v.iter().map(|e| e.to_bits() as u32).collect(),
+            }
+        };
+        let (x, y) = (bits(&x), bits(&y));
+        let xs = strides(shape);
+        let od: Vec<usize> = perm.iter().map(|&a| shape[a as usize]).collect();
+        for (j, &v) in y.iter().enumerate() {
+            let (mut r, mut xi) = (j, 0);
+            for k in (0..od.len()).rev() {
+                xi += (r % od[k]) * xs[perm[k] as usize];
+                r /= od[k];
+            }
+            assert_eq!(v, x[xi], "{dtype} {shape:?} {perm:?} at {j}");
+        }
+    }
+
     #[test]
     fn transpose_matches_the_index_formula() {
-        for (shape, perm) in [
-            (vec![3usize, 4, 5], vec![2i64, 0, 1]),
-            (vec![2, 3, 4, 5], vec![0, 2, 3, 1]),
-            (vec![2, 3, 4, 5], vec![3, 1, 2, 0]),
-            (vec![70, 45], vec![1, 0]),
-            (vec![2, 3, 4, 5], vec![1, 0, 2, 3]),
-        ] {
-            let desc = TensorDesc::new(DType::F32, &shape).unwrap();
-            let plan = Transpose {
-                perm: Some(perm.clone()),
-            }
-            .plan(&desc)
-            .unwrap();
-            let n = desc.len();
-            let x = HostData::F32((0..n).map(|i| i as f32).collect());
-            let mut y = HostData::F32(vec![f32::NAN; n]);
-            layout(&plan, &[&x], &mut y);
-            let HostData::F32(y) = y else { unreachable!() };
-            let xs = strides(&shape);
-            let od: Vec<usize> = perm.iter().map(|&a| shape[a as usize]).collect();
-            for (j, &v) in y.iter().enumerate() {
-                let (mut r, mut xi) = (j, 0);
-                for k in (0..od.len()).rev() {
-                    xi += (r % od[k]) * xs[perm[k] as usize];
-                    r /= od[k];
-                }
-                assert_eq!(v, xi as f32, "{shape:?} {perm:?} at {j}");
+        for dtype in DType::ALL {
+            for (shape, perm) in [
+                (&[3usize, 4, 5][..], &[2i64, 0, 1][..]),
+                (&[2, 3, 4, 5], &[0, 2, 3, 1]),
+                (&[2, 3, 4, 5], &[3, 1, 2, 0]),
+                (&[70, 45], &[1, 0]),
+                (&[2, 3, 4, 5], &[1, 0, 2, 3]),
+                // Many tiles and tasks: NCHW ↔ NHWC, batched matrices, short sides, row copies.
+                (&[3, 67, 29, 31], &[0, 2, 3, 1]),
+                (&[3, 29, 31, 67], &[0, 3, 1, 2]),
+                (&[5, 130, 203], &[0, 2, 1]),
+                (&[1000, 3], &[1, 0]),
+                (&[3, 20000], &[1, 0]),
+                (&[7, 9, 5, 400], &[2, 0, 3, 1]),
+                (&[40, 30, 60], &[1, 0, 2]),
+                (&[6, 5, 4, 3, 30], &[4, 2, 0, 3, 1]),
+            ] {
+                check(dtype, shape, perm);
             }
         }
     }

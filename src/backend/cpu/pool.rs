@@ -1,10 +1,12 @@
 //! CPU pooling (MaxPool, AveragePool and the global pools) plane by plane: each task takes one
 //! or more `[h, w]` planes (FP16 planes widened to f32 and rounded back once). A window pool
-//! accumulates one output row at a time, tap by tap: for tap `(i, j)` the output columns whose
-//! input column lies inside the plane form one range, so with a unit column stride each tap is
-//! one contiguous, vectorised `max` or `+` of an input row slice into the output row (with a
-//! larger column stride, of a slice of the row split into its stride phases). Global pools
-//! reduce each contiguous plane with independent lane accumulators.
+//! computes one output row at a time, separably: the window's input rows are reduced (`max` or
+//! `+`) into one full-width row, contiguous and vectorised, then that row's column taps into
+//! the output row: for column tap `j` the output columns whose input column lies inside the
+//! plane form one range, so with a unit column stride each tap is one contiguous, vectorised
+//! `max` or `+` of a slice (with a larger column stride, of a slice of the row split into its
+//! stride phases). Per output element that is `r + s` operations instead of `r·s`. Global
+//! pools reduce each contiguous plane with independent lane accumulators.
 
 use rayon::prelude::*;
 
@@ -90,7 +92,7 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         .zip(x.par_chunks(plane_in * per_task))
         .for_each_init(
             || (Vec::new(), Vec::new(), Vec::new()),
-            |(xs, ys, phases), (yt, xt)| {
+            |(xs, ys, scratch), (yt, xt)| {
                 let (x, y): (&[f32], &mut [f32]) = if T::DTYPE == DType::F32 {
                     (bytemuck::cast_slice(xt), bytemuck::cast_slice_mut(yt))
                 } else {
@@ -102,7 +104,7 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
                     match &geometry {
                         None if plan.kind == PoolKind::Max => yp[0] = global_max(xp),
                         None => yp[0] = (global_sum(xp) as f64 / plane_in as f64) as f32,
-                        Some(g) => plane(g, xp, yp, phases),
+                        Some(g) => plane(g, xp, yp, scratch),
                     }
                 }
                 if T::DTYPE != DType::F32 {
@@ -112,25 +114,17 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         );
 }
 
-/// One `[h, w]` plane into its `[p, q]` output. With a column stride `sw > 1` every input row
-/// is first split into its `sw` phases (columns `k, k + sw, …` contiguous in `phases`), so that
-/// every tap still reads one contiguous slice.
-fn plane(g: &Geometry, x: &[f32], y: &mut [f32], phases: &mut Vec<f32>) {
+/// One `[h, w]` plane into its `[p, q]` output, row by row and separably: the window's input
+/// rows are first reduced into one row `v` (contiguous, vectorised), then the column taps reduce
+/// `v`. With a column stride `sw > 1`, `v` is first split into its `sw` phases (columns
+/// `k, k + sw, …` contiguous), so that every tap still reads one contiguous slice.
+fn plane(g: &Geometry, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
     let plan = g.plan;
     let max = plan.kind == PoolKind::Max;
-    let sw = plan.stride[1];
-    let phase_len = plan.w.div_ceil(sw);
-    let x = if sw > 1 {
-        let row = sw * phase_len;
-        phases.resize(plan.h * row, 0.0);
-        for (dst, src) in phases.chunks_exact_mut(row).zip(x.chunks_exact(plan.w)) {
-            split_phases(dst, src, sw, phase_len);
-        }
-        &phases[..]
-    } else {
-        x
-    };
-    let row_len = if sw > 1 { sw * phase_len } else { plan.w };
+    let (w, sw) = (plan.w, plan.stride[1]);
+    let phase_len = w.div_ceil(sw);
+    scratch.resize(w + if sw > 1 { sw * phase_len } else { 0 }, 0.0);
+    let (v, phases) = scratch.split_at_mut(w);
     for (op, yr) in y.chunks_exact_mut(plan.q).enumerate() {
         yr.fill(if max { f32::NEG_INFINITY } else { 0.0 });
         let mut rows = 0usize;
@@ -142,18 +136,31 @@ fn plane(g: &Geometry, x: &[f32], y: &mut [f32], phases: &mut Vec<f32>) {
             if ih >= plan.h {
                 continue;
             }
+            let xr = &x[ih * w..(ih + 1) * w];
+            match (rows, max) {
+                (0, _) => v.copy_from_slice(xr),
+                (_, true) => max_into(v, xr),
+                (_, false) => add_into(v, xr),
+            }
             rows += 1;
-            let xr = &x[ih * row_len..(ih + 1) * row_len];
+        }
+        if rows > 0 {
+            let src: &[f32] = if sw > 1 {
+                split_phases(phases, v, sw, phase_len);
+                phases
+            } else {
+                v
+            };
             for (j, &(lo, hi)) in g.cols.iter().enumerate() {
                 if lo == hi {
                     continue;
                 }
                 // Input column of output column lo (in range by construction).
-                let first = lo * plan.stride[1] + j * plan.dilation[1] - plan.pad[1];
-                // Its offset in `xr`: columns first, first + sw, … are contiguous there.
+                let first = lo * sw + j * plan.dilation[1] - plan.pad[1];
+                // Its offset in `src`: columns first, first + sw, … are contiguous there.
                 let at = (first % sw) * phase_len + first / sw;
                 let out = &mut yr[lo..hi];
-                let src = &xr[at..at + out.len()];
+                let src = &src[at..at + out.len()];
                 if max {
                     max_into(out, src);
                 } else {
@@ -172,21 +179,55 @@ fn plane(g: &Geometry, x: &[f32], y: &mut [f32], phases: &mut Vec<f32>) {
     }
 }
 
-/// Row `src` split into its `sw` phases of `len` each in `dst` (the last ones may end short).
-fn split_phases(dst: &mut [f32], src: &[f32], sw: usize, len: usize) {
-    if sw == 2 {
-        let (even, odd) = dst.split_at_mut(len);
-        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
-            *e = pair[0];
-            *o = pair[1];
+multiversion! {
+    /// Row `src` split into its `sw` phases of `len` each in `dst` (the last ones may end
+    /// short).
+    fn split_phases(dst: &mut [f32], src: &[f32], sw: usize, len: usize) {
+        if sw == 2 {
+            let (even, odd) = dst.split_at_mut(len);
+            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            if src.len() % 2 == 1 {
+                even[len - 1] = src[src.len() - 1];
+            }
+            return;
         }
-        if src.len() % 2 == 1 {
-            even[len - 1] = src[src.len() - 1];
+        for (i, &v) in src.iter().enumerate() {
+            dst[(i % sw) * len + i / sw] = v;
         }
-        return;
     }
-    for (i, &v) in src.iter().enumerate() {
-        dst[(i % sw) * len + i / sw] = v;
+}
+
+/// `f(o, s)` for each pair of `out` and `src` (the shorter's length), in fixed blocks of
+/// `LANES` and then 8 elements that compile to whole vector operations, then one by one: rows
+/// here are short (a 35-wide pool row), and a plain loop would leave all of them to its scalar
+/// remainder (LLVM vectorises it `4 · LANES` elements at a time).
+#[inline(always)]
+fn lanes(out: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32)) {
+    let n = out.len().min(src.len());
+    let (mut out, mut src) = (&mut out[..n], &src[..n]);
+    while out.len() >= LANES {
+        let (o, rest) = out.split_at_mut(LANES);
+        let o: &mut [f32; LANES] = o.try_into().unwrap();
+        let s: &[f32; LANES] = src[..LANES].try_into().unwrap();
+        for l in 0..LANES {
+            f(&mut o[l], s[l]);
+        }
+        (out, src) = (rest, &src[LANES..]);
+    }
+    if out.len() >= 8 {
+        let (o, rest) = out.split_at_mut(8);
+        let o: &mut [f32; 8] = o.try_into().unwrap();
+        let s: &[f32; 8] = src[..8].try_into().unwrap();
+        for l in 0..8 {
+            f(&mut o[l], s[l]);
+        }
+        (out, src) = (rest, &src[8..]);
+    }
+    for (o, &v) in out.iter_mut().zip(src) {
+        f(o, v);
     }
 }
 
@@ -195,27 +236,21 @@ multiversion! {
     /// never holds NaN). `f32::max` stores unconditionally: a compare-and-select compiles to
     /// masked stores, which the next tap's loads of the same row cannot forward from.
     fn max_into(out: &mut [f32], src: &[f32]) {
-        for (o, &v) in out.iter_mut().zip(src) {
-            *o = o.max(v);
-        }
+        lanes(out, src, |o, v| *o = o.max(v));
     }
 }
 
 multiversion! {
     /// `out += src` elementwise.
     fn add_into(out: &mut [f32], src: &[f32]) {
-        for (o, &v) in out.iter_mut().zip(src) {
-            *o += v;
-        }
+        lanes(out, src, |o, v| *o += v);
     }
 }
 
 multiversion! {
     /// `out /= rows·cols` elementwise.
     fn divide(out: &mut [f32], cols: &[f32], rows: f32) {
-        for (o, &c) in out.iter_mut().zip(cols) {
-            *o /= rows * c;
-        }
+        lanes(out, cols, |o, c| *o /= rows * c);
     }
 }
 

@@ -209,24 +209,12 @@ mod tests {
 /// loops (grids cut down).
 #[cfg(all(test, feature = "emu"))]
 mod emu_tests {
+    use super::super::emu_harness::{check_norm, run, values, Placed};
     use super::*;
-    use crate::backend::{Backend, EmuBackend};
+    use crate::backend::EmuBackend;
     use crate::dtype::DType;
     use crate::ops::BatchNorm;
-    use crate::tensor::{HostTensor, TensorDesc};
-
-    /// Deterministic values in [lo, hi).
-    fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                lo + (s >> 40) as f32 / (1u64 << 24) as f32 * (hi - lo)
-            })
-            .collect()
-    }
+    use crate::tensor::TensorDesc;
 
     /// Runs the planned launch for x of `shape` placed `shift` elements past its buffer's
     /// 16-byte aligned start (y likewise), with `grid` (if any) replacing the planned grid;
@@ -240,71 +228,39 @@ mod emu_tests {
             .plan(&TensorDesc::new(dtype, shape).unwrap(), [&p, &p, &p, &p])
             .unwrap();
         let n: usize = shape.iter().product();
-        let up = |v: &[f32]| {
-            emu.upload(&HostTensor::from_f32(dtype, &[v.len()], v).unwrap())
-                .unwrap()
-        };
-        let mut xs = vec![0.0; shift[0]];
-        xs.extend(values(n, n as u64, -3.0, 3.0));
-        let xt = up(&xs);
+        let xt = Placed::upload(&emu, dtype, &values(n, n as u64, -3.0, 3.0), shift[0]);
         let params = [
-            up(&values(c, 1, 0.5, 2.0)),
-            up(&values(c, 2, -1.0, 1.0)),
-            up(&values(c, 3, -0.5, 0.5)),
-            up(&values(c, 4, 0.25, 2.0)),
-        ];
-        let yt = up(&vec![f32::NAN; n + shift[1]]);
-        let es = dtype.size() as Ptr;
+            (1, 0.5, 2.0),
+            (2, -1.0, 1.0),
+            (3, -0.5, 0.5),
+            (4, 0.25, 2.0),
+        ]
+        .map(|(seed, lo, hi)| Placed::upload(&emu, dtype, &values(c, seed, lo, hi), 0));
+        let yt = Placed::poisoned(&emu, dtype, n, shift[1]);
         let launches = batch_norm(
             &plan,
             Arch::SM80,
-            xt.storage().addr() + shift[0] as Ptr * es,
-            params.each_ref().map(|p| p.storage().addr()),
-            yt.storage().addr() + shift[1] as Ptr * es,
+            xt.addr(),
+            params.each_ref().map(Placed::addr),
+            yt.addr(),
         );
         assert_eq!(launches.len(), 1);
-        let l = &launches[0];
-        let KernelArgs::BatchNorm(args) = l.args else {
-            panic!("not batchnorm args")
-        };
         let buffers = [&xt, &yt, &params[0], &params[1], &params[2], &params[3]];
-        // SAFETY: the params were planned for these buffers (x and y hold `shift` more
-        // elements than the plan reads or writes).
-        unsafe {
-            emu.launch_kernel(
-                &l.kernel,
-                grid.unwrap_or(l.grid),
-                l.block,
-                &args,
-                &buffers.map(|t| t.storage()),
-            )
-        }
-        .unwrap();
-        let down = |t| emu.download(t).unwrap().data().to_f64_vec();
-        let got = &down(&yt)[shift[1]..];
-        let x = &down(&xt)[shift[0]..];
-        let [scale, bias, mean, var] = params.each_ref().map(down);
+        let kernel = run(&emu, launches, grid, &buffers).remove(0);
+        let [scale, bias, mean, var] = params.each_ref().map(|p| p.download(&emu));
         let inner = n / (shape[0] * c);
-        let (mut diff, mut norm) = (0.0, 0.0);
-        for (i, (&g, &x)) in got.iter().zip(x).enumerate() {
-            let ch = i / inner % c;
-            let want = scale[ch] * (x - mean[ch]) / (var[ch] + op.epsilon as f64).sqrt() + bias[ch];
-            assert!(
-                !g.is_nan(),
-                "{shape:?} {shift:?} {}: element {i} unwritten",
-                l.kernel
-            );
-            diff += (g - want) * (g - want);
-            norm += want * want;
-        }
-        let rel = (diff / norm).sqrt();
-        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-3 };
-        assert!(
-            rel <= tol,
-            "{shape:?} {shift:?} {}: relative error {rel:e}",
-            l.kernel
-        );
-        l.kernel.clone()
+        let x = xt.download(&emu);
+        let want: Vec<f64> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let ch = i / inner % c;
+                scale[ch] * (x - mean[ch]) / (var[ch] + op.epsilon as f64).sqrt() + bias[ch]
+            })
+            .collect();
+        let what = format!("{shape:?} {shift:?} {kernel}");
+        check_norm(&what, dtype, &yt.download(&emu), &want);
+        kernel
     }
 
     #[test]

@@ -277,23 +277,12 @@ mod tests {
 /// (vector, tail, unaligned), grid-stride loops (grids cut to one block), special values.
 #[cfg(all(test, feature = "emu"))]
 mod emu_tests {
+    use super::super::emu_harness::{run as launch, values, Placed};
     use super::*;
-    use crate::backend::{Backend, EmuBackend};
+    use crate::backend::EmuBackend;
     use crate::dtype::DType;
     use crate::ops::{binary, BinaryKind};
-    use crate::tensor::{HostTensor, TensorDesc};
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 16.0 - 8.0
-            })
-            .collect()
-    }
+    use crate::tensor::TensorDesc;
 
     /// Runs the planned launches (each grid replaced by `grid`) with input k placed `shift[k]`
     /// elements into its buffer; returns the output and the f64 reference and the kernels.
@@ -314,51 +303,23 @@ mod emu_tests {
         let mut bufs = Vec::new();
         let mut vals = Vec::new();
         for (k, d) in descs.iter().enumerate() {
-            let mut v = values(d.len(), k as u64 + 3);
+            let mut v = values(d.len(), k as u64 + 3, -8.0, 8.0);
             if special {
                 for (i, e) in v.iter_mut().enumerate() {
                     *e = [0.0, -0.0, f32::INFINITY, f32::NAN, 2.0, -3.0][(i + k) % 6];
                 }
             }
-            let xs: Vec<f32> = std::iter::repeat_n(0.0, shift).chain(v).collect();
-            let t = emu
-                .upload(&HostTensor::from_f32(dtype, &[xs.len()], &xs).unwrap())
-                .unwrap();
-            vals.push(emu.download(&t).unwrap().data().to_f64_vec()[shift..].to_vec());
+            let t = Placed::upload(&emu, dtype, &v, shift);
+            vals.push(t.download(&emu));
             bufs.push(t);
         }
         let n = plan.output.len();
-        let yt = emu
-            .upload(&HostTensor::from_f32(dtype, &[n + shift], &vec![f32::NAN; n + shift]).unwrap())
-            .unwrap();
-        let es = dtype.size() as Ptr;
-        let xs: Vec<Ptr> = bufs
-            .iter()
-            .map(|b| b.storage().addr() + shift as Ptr * es)
-            .collect();
-        let mut names = Vec::new();
-        for l in binary(
-            &plan,
-            Arch::SM80,
-            &xs,
-            yt.storage().addr() + shift as Ptr * es,
-        ) {
-            let KernelArgs::Binary(args) = l.args else {
-                panic!("not binary args")
-            };
-            names.push(l.kernel.clone());
-            let storages: Vec<_> = bufs
-                .iter()
-                .map(|b| b.storage())
-                .chain([yt.storage()])
-                .collect();
-            // SAFETY: the params were planned for these buffers.
-            unsafe {
-                emu.launch_kernel(&l.kernel, grid.unwrap_or(l.grid), l.block, &args, &storages)
-            }
-            .unwrap();
-        }
-        let got = emu.download(&yt).unwrap().data().to_f64_vec()[shift..].to_vec();
+        let yt = Placed::poisoned(&emu, dtype, n, shift);
+        let xs: Vec<Ptr> = bufs.iter().map(Placed::addr).collect();
+        let launches = binary(&plan, Arch::SM80, &xs, yt.addr());
+        let all: Vec<&Placed> = bufs.iter().chain([&yt]).collect();
+        let names = launch(&emu, launches, grid, &all);
+        let got = yt.download(&emu);
         // The f64 reference by full broadcasting.
         let out = plan.output.shape().to_vec();
         let want: Vec<f64> = (0..n)

@@ -7,6 +7,8 @@
 pub mod batchnorm;
 pub mod binary;
 pub mod conv;
+#[cfg(all(test, feature = "emu"))]
+mod emu_harness;
 pub mod gemm;
 pub mod layout;
 pub mod lrn;

@@ -150,11 +150,12 @@ mod tests {
 /// everything; checked bit for bit against the full grid's result.
 #[cfg(all(test, feature = "emu"))]
 mod emu_tests {
+    use super::super::emu_harness::{run as launch, Placed};
     use super::*;
-    use crate::backend::{Backend, EmuBackend};
+    use crate::backend::EmuBackend;
     use crate::dtype::DType;
     use crate::ops::{AveragePool, FamilyPlan, MaxPool, Op};
-    use crate::tensor::{HostTensor, TensorDesc};
+    use crate::tensor::TensorDesc;
 
     fn run(op: &Op, dtype: DType, shape: &[usize], grid: Option<[u32; 3]>) -> Vec<f64> {
         let emu = EmuBackend::new();
@@ -166,30 +167,15 @@ mod emu_tests {
         let values: Vec<f32> = (0..desc.len())
             .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
             .collect();
-        let x = emu
-            .upload(&HostTensor::from_f32(dtype, shape, &values).unwrap())
-            .unwrap();
-        let out = plan.output().clone();
-        let y = emu
-            .upload(&HostTensor::full(dtype, out.shape(), f32::NAN).unwrap())
-            .unwrap();
-        for l in pool(p, Arch::SM80, x.storage().addr(), y.storage().addr()) {
-            let KernelArgs::Pool(args) = l.args else {
-                panic!("not pool args")
-            };
-            // SAFETY: the params were planned for these buffers.
-            unsafe {
-                emu.launch_kernel(
-                    &l.kernel,
-                    grid.unwrap_or(l.grid),
-                    l.block,
-                    &args,
-                    &[x.storage(), y.storage()],
-                )
-            }
-            .unwrap();
-        }
-        emu.download(&y).unwrap().data().to_f64_vec()
+        let x = Placed::upload(&emu, dtype, &values, 0);
+        let y = Placed::poisoned(&emu, dtype, plan.output().len(), 0);
+        launch(
+            &emu,
+            pool(p, Arch::SM80, x.addr(), y.addr()),
+            grid,
+            &[&x, &y],
+        );
+        y.download(&emu)
     }
 
     #[test]

@@ -256,24 +256,12 @@ mod tests {
 /// block), and the special values in each kernel.
 #[cfg(all(test, feature = "emu"))]
 mod emu_tests {
+    use super::super::emu_harness::{check_norm as check, run as launch, values, Placed};
     use super::*;
-    use crate::backend::{Backend, EmuBackend};
+    use crate::backend::EmuBackend;
     use crate::dtype::DType;
     use crate::ops::Softmax;
-    use crate::tensor::{HostTensor, TensorDesc};
-
-    /// Deterministic values in [-8, 8).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 16.0 - 8.0
-            })
-            .collect()
-    }
+    use crate::tensor::TensorDesc;
 
     /// Softmax of `x` (`shape`, `axis`) by the planned launches, x and y placed `shift`
     /// elements past their buffers' 16-byte aligned starts, each grid replaced by `grid`.
@@ -289,46 +277,12 @@ mod emu_tests {
         let plan = Softmax { axis }
             .plan(&TensorDesc::new(dtype, shape).unwrap())
             .unwrap();
-        let n = x.len();
-        let xs: Vec<f32> = std::iter::repeat_n(0.0, shift[0])
-            .chain(x.iter().copied())
-            .collect();
-        let xt = emu
-            .upload(&HostTensor::from_f32(dtype, &[xs.len()], &xs).unwrap())
-            .unwrap();
-        let poison = vec![f32::NAN; n + shift[1]];
-        let yt = emu
-            .upload(&HostTensor::from_f32(dtype, &[poison.len()], &poison).unwrap())
-            .unwrap();
-        let es = dtype.size() as Ptr;
-        let launches = softmax(
-            &plan,
-            Arch::SM80,
-            xt.storage().addr() + shift[0] as Ptr * es,
-            yt.storage().addr() + shift[1] as Ptr * es,
-        );
-        let mut kernels = Vec::new();
-        for l in launches {
-            let KernelArgs::Softmax(args) = l.args else {
-                panic!("not softmax args")
-            };
-            kernels.push(l.kernel.clone());
-            // SAFETY: the params were planned for these buffers (x and y hold `shift` more
-            // elements than the plan reads or writes).
-            unsafe {
-                emu.launch_kernel(
-                    &l.kernel,
-                    grid.unwrap_or(l.grid),
-                    l.block,
-                    &args,
-                    &[xt.storage(), yt.storage()],
-                )
-            }
-            .unwrap();
-        }
-        let got = emu.download(&yt).unwrap().data().to_f64_vec()[shift[1]..].to_vec();
-        let xr = &emu.download(&xt).unwrap().data().to_f64_vec()[shift[0]..];
-        (got, reference(xr, &plan), kernels)
+        let xt = Placed::upload(&emu, dtype, x, shift[0]);
+        let yt = Placed::poisoned(&emu, dtype, x.len(), shift[1]);
+        let launches = softmax(&plan, Arch::SM80, xt.addr(), yt.addr());
+        let kernels = launch(&emu, launches, grid, &[&xt, &yt]);
+        let got = yt.download(&emu);
+        (got, reference(&xt.download(&emu), &plan), kernels)
     }
 
     /// The float64 softmax of the (dtype-rounded) input.
@@ -349,24 +303,6 @@ mod emu_tests {
         y
     }
 
-    fn check(what: &str, dtype: DType, got: &[f64], want: &[f64]) {
-        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-3 };
-        let (mut diff, mut norm) = (0.0, 0.0);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            if w.is_nan() {
-                assert!(g.is_nan(), "{what}: element {i} is {g}, want NaN");
-            } else if w == 0.0 || w.is_infinite() {
-                assert_eq!(g, w, "{what}: element {i}");
-            } else {
-                assert!(!g.is_nan(), "{what}: element {i} is NaN, want {w}");
-                diff += (g - w) * (g - w);
-                norm += w * w;
-            }
-        }
-        let rel = (diff / norm.max(f64::MIN_POSITIVE)).sqrt();
-        assert!(rel <= tol, "{what}: relative error {rel:e}");
-    }
-
     #[test]
     fn rows_in_every_kernel_and_alignment() {
         let lens = [
@@ -378,7 +314,7 @@ mod emu_tests {
             for len in lens {
                 for shift in [[0, 0], [1, 0], [0, 3], [5, 5]] {
                     let shape = [3, len];
-                    let x = values(3 * len, len as u64);
+                    let x = values(3 * len, len as u64, -8.0, 8.0);
                     let (got, want, k) = run(dtype, &shape, -1, &x, shift, None);
                     let what = format!("{dtype} {shape:?} shift {shift:?} {k:?}");
                     check(&what, dtype, &got, &want);
@@ -404,7 +340,7 @@ mod emu_tests {
                 (&[7, 33, 2][..], 0),
                 (&[4, 3, 1000][..], 1),
             ] {
-                let x = values(shape.iter().product(), 7);
+                let x = values(shape.iter().product(), 7, -8.0, 8.0);
                 let (got, want, k) = run(dtype, shape, axis, &x, [0, 0], Some([1, 1, 1]));
                 check(&format!("{dtype} {shape:?} {k:?}"), dtype, &got, &want);
             }
@@ -422,7 +358,7 @@ mod emu_tests {
             ] {
                 let len = shape[1];
                 let inner: usize = shape[2..].iter().product();
-                let mut x = values(shape.iter().product(), 3);
+                let mut x = values(shape.iter().product(), 3, -8.0, 8.0);
                 // Row 0: -inf entries; 1: all -inf; 2: a NaN; 3: a +inf; 4: huge values;
                 // 5: -inf at both ends.
                 for l in 0..len {

@@ -219,77 +219,38 @@ mod tests {
 /// and grid-stride loops (grids cut down).
 #[cfg(all(test, feature = "emu"))]
 mod emu_tests {
+    use super::super::emu_harness::{run, values, Placed};
     use super::*;
-    use crate::backend::{Backend, EmuBackend};
+    use crate::backend::EmuBackend;
     use crate::dtype::DType;
-    use crate::tensor::{HostTensor, TensorDesc};
-
-    /// Deterministic values in [lo, hi).
-    fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                lo + (s >> 40) as f32 / (1u64 << 24) as f32 * (hi - lo)
-            })
-            .collect()
-    }
+    use crate::tensor::TensorDesc;
 
     /// Runs the planned launch for `n` elements with x and y placed `shift` elements past their
-    /// buffers' 16-byte aligned starts, `grid` (if any) replacing the planned grid; checks every
-    /// element against float64 (relative error, absolute near 0) and returns the vec flag.
+    /// buffers' 16-byte aligned starts, `grid` (if any) replacing the planned grid's x; checks
+    /// every element against float64 (relative error, absolute near 0) and returns the vec flag.
     fn check(dtype: DType, act: Activation, n: usize, shift: [usize; 2], grid: Option<u32>) -> i32 {
         let emu = EmuBackend::new();
         let plan = act.plan(&TensorDesc::new(dtype, &[n]).unwrap()).unwrap();
-        let up = |v: &[f32]| {
-            emu.upload(&HostTensor::from_f32(dtype, &[v.len()], v).unwrap())
-                .unwrap()
-        };
-        let mut xs = vec![0.0; shift[0]];
-        xs.extend(values(n, n as u64 + 1, -8.0, 8.0));
-        let xt = up(&xs);
-        let yt = up(&vec![f32::NAN; n + shift[1]]);
-        let es = dtype.size() as Ptr;
-        let launches = unary(
-            &plan,
-            Arch::SM80,
-            xt.storage().addr() + shift[0] as Ptr * es,
-            yt.storage().addr() + shift[1] as Ptr * es,
-        );
+        let xt = Placed::upload(&emu, dtype, &values(n, n as u64 + 1, -8.0, 8.0), shift[0]);
+        let yt = Placed::poisoned(&emu, dtype, n, shift[1]);
+        let launches = unary(&plan, Arch::SM80, xt.addr(), yt.addr());
         assert_eq!(launches.len(), 1);
         let l = &launches[0];
         let KernelArgs::Unary(args) = l.args else {
             panic!("not unary args")
         };
-        let mut block = l.grid;
-        if let Some(g) = grid {
-            block[0] = g;
-        }
-        // SAFETY: the params were planned for these buffers (x and y hold `shift` more
-        // elements than the plan reads or writes).
-        unsafe {
-            emu.launch_kernel(
-                &l.kernel,
-                block,
-                l.block,
-                &args,
-                &[xt.storage(), yt.storage()],
-            )
-        }
-        .unwrap();
-        let down = |t| emu.download(t).unwrap().data().to_f64_vec();
-        let got = &down(&yt)[shift[1]..];
-        let x = &down(&xt)[shift[0]..];
+        let kernel = l.kernel.clone();
+        let cut = grid.map(|g| [g, l.grid[1], l.grid[2]]);
+        run(&emu, launches, cut, &[&xt, &yt]);
+        let got = &yt.download(&emu);
+        let x = &xt.download(&emu);
         let tol = if dtype == DType::F32 { 1e-5 } else { 1e-3 };
         for (i, (&g, &x)) in got.iter().zip(x).enumerate() {
             let want = act.eval_f64(x);
             let err = (g - want).abs() / want.abs().max(1e-3);
             assert!(
                 err <= tol,
-                "{} n={n} {shift:?} element {i}: {x} gave {g}, want {want}",
-                l.kernel
+                "{kernel} n={n} {shift:?} element {i}: {x} gave {g}, want {want}"
             );
         }
         args.vec
