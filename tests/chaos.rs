@@ -708,6 +708,17 @@ async fn within<T>(
     }
 }
 
+/// `call`'s outcome (OK or its status), or an error naming `what` past the call deadline.
+async fn answer<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<Result<(), tonic::Status>, String> {
+    tokio::time::timeout(CALL, call)
+        .await
+        .map(|r| r.map(|_| ()))
+        .map_err(|_| format!("{what}: no answer within {CALL:?}"))
+}
+
 /// A client of the server running now (retrying while it starts).
 async fn connect(s: &Shared) -> Result<Raw, String> {
     loop {
@@ -816,7 +827,7 @@ fn killed_mid_upload(k: usize, generation: u8, s: &Shared) -> Result<(), String>
         Ok::<_, String>((c, id, base, tx, upload))
     })?;
     s.kills.fetch_add(1, SeqCst);
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         // The upload stream is reset; the connection stays.
         upload.abort();
         victim.block_on(memory_until(&mut c, id, "after the reset", |u| u == base))?;
@@ -1012,10 +1023,7 @@ fn pathological(generation: u8, s: &Shared) -> Result<(), String> {
             }
         };
         for (what, program, allowed) in programs {
-            let r = tokio::time::timeout(CALL, c.run(program))
-                .await
-                .map_err(|_| format!("{what}: no answer"))?;
-            expect(what, r.map(|_| ()), allowed);
+            expect(what, answer(what, c.run(program)).await?, allowed);
         }
         for (what, shape, datatype, allowed) in [
             (
@@ -1037,16 +1045,11 @@ fn pathological(generation: u8, s: &Shared) -> Result<(), String> {
                 &[Invalid][..],
             ),
         ] {
-            let r = tokio::time::timeout(
-                CALL,
-                c.alloc(proto::AllocRequest {
-                    accelerator: id,
-                    tensors: vec![meta(datatype, &shape).unwrap()],
-                }),
-            )
-            .await
-            .map_err(|_| format!("{what}: no answer"))?;
-            expect(what, r.map(|_| ()), allowed);
+            let alloc = proto::AllocRequest {
+                accelerator: id,
+                tensors: vec![meta(datatype, &shape).unwrap()],
+            };
+            expect(what, answer(what, c.alloc(alloc)).await?, allowed);
         }
         let chunk = |header, data: Vec<u8>| proto::UploadChunk {
             header,
@@ -1092,39 +1095,26 @@ fn pathological(generation: u8, s: &Shared) -> Result<(), String> {
             ),
         ];
         for (what, chunks, allowed) in uploads {
-            let r = tokio::time::timeout(CALL, c.upload(tokio_stream::iter(chunks)))
-                .await
-                .map_err(|_| format!("{what}: no answer"))?;
-            expect(what, r.map(|_| ()), allowed);
+            let r = answer(what, c.upload(tokio_stream::iter(chunks))).await?;
+            expect(what, r, allowed);
         }
-        let r = tokio::time::timeout(CALL, async {
-            let mut stream = c
-                .download(proto::DownloadRequest {
-                    accelerator: id,
-                    tensor: unknown,
-                })
-                .await?
-                .into_inner();
+        let what = "a download of an unknown tensor";
+        let download = proto::DownloadRequest {
+            accelerator: id,
+            tensor: unknown,
+        };
+        let r = answer(what, async {
+            let mut stream = c.download(download).await?.into_inner();
             while stream.message().await?.is_some() {}
             Ok(())
-        })
-        .await
-        .map_err(|_| "download: no answer".to_string())?;
-        expect("a download of an unknown tensor", r, &[NotFound]);
-        let r = tokio::time::timeout(
-            CALL,
-            c.free(proto::FreeRequest {
-                accelerator: id,
-                tensors: vec![a, unknown],
-            }),
-        )
-        .await
-        .map_err(|_| "free: no answer".to_string())?;
-        expect(
-            "a free naming an unknown tensor",
-            r.map(|_| ()),
-            &[NotFound],
-        );
+        });
+        expect(what, r.await?, &[NotFound]);
+        let what = "a free naming an unknown tensor";
+        let free = proto::FreeRequest {
+            accelerator: id,
+            tensors: vec![a, unknown],
+        };
+        expect(what, answer(what, c.free(free)).await?, &[NotFound]);
         if !seen.is_empty() {
             return Err(seen.join("\n"));
         }
