@@ -32,9 +32,18 @@ pub fn status(e: Error) -> Status {
     Status::new(code, e.to_string())
 }
 
-/// The error a client reports for a status.
+/// The error a client reports for a status. A status tonic made from a failure of the
+/// transport (it carries that error as its source; a server's status never does) is
+/// UNAVAILABLE whatever code tonic gave it: the connection closed or was reset under the call,
+/// or a server shutting down refused the stream (an HTTP/2 GOAWAY, which tonic calls INTERNAL).
 pub fn error(s: Status) -> Error {
+    let transport = std::error::Error::source(&s).is_some();
     match s.code() {
+        Code::Internal | Code::Unknown if transport => Error::Network(format!(
+            "{}: {}",
+            Code::Unavailable.description(),
+            s.message()
+        )),
         Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
             Error::Network(format!("{}: {}", s.code().description(), s.message()))
         }
@@ -381,5 +390,27 @@ pub fn op_kind(op: &Op) -> proto::op::Kind {
             beta: Some(l.beta),
             bias: Some(l.bias),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_failures_are_unavailable_and_server_statuses_keep_their_code() {
+        // What tonic makes of a connection that failed under a call.
+        let reset = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        let e = error(reset);
+        assert!(
+            matches!(&e, Error::Network(m) if m.starts_with(Code::Unavailable.description())),
+            "{e}"
+        );
+        // A server's own INTERNAL stays one.
+        let e = error(Status::internal("a bug"));
+        assert!(
+            matches!(&e, Error::Remote { code, .. } if code == "Internal"),
+            "{e}"
+        );
     }
 }

@@ -460,13 +460,15 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         req: Request<proto::AttachRequest>,
     ) -> Result<Response<proto::AttachResponse>, Status> {
         let who = self.principal(&req)?;
+        let mut map = lock(&self.shared.accelerators);
+        // Checked under the map's lock: a drain sets the flag before it takes the map, so an
+        // attach either lands in the map the drain empties or sees the flag.
         if self.shared.draining.load(Ordering::SeqCst) {
             return Err(Status::unavailable(
                 "the server is draining (shutting down): attach on another server",
             ));
         }
         let tier = self.tier_for(&who, &req.get_ref().tier)?;
-        let mut map = lock(&self.shared.accelerators);
         let held = map.values().filter(|a| a.owner == who.name).count();
         if held >= who.max_accelerators {
             tracing::info!(owner = %who.name, tier = tier.name(), held, "attach refused: token limit");

@@ -110,6 +110,19 @@ pub fn assert_close_scaled(
     );
 }
 
+/// The text `GET /metrics` answers at `addr` (headers included), with a 5 s read timeout.
+pub fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut http = std::net::TcpStream::connect(addr).unwrap();
+    http.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    text
+}
+
 /// Runs the suite for one backend.
 #[macro_export]
 macro_rules! backend_suite {
