@@ -105,6 +105,7 @@ pub fn run(
             KernelArgs::Binary(p) => go!(p),
             KernelArgs::Pool(p) => go!(p),
             KernelArgs::Layout(p) => go!(p),
+            KernelArgs::Lrn(p) => go!(p),
         };
         if let Err(e) = done {
             panic!("{} (grid {grid:?}): {e}", l.kernel);

@@ -128,24 +128,12 @@ mod tests {
 /// down) and windows wider than the channel block.
 #[cfg(all(test, feature = "emu"))]
 mod emu_tests {
+    use super::super::emu_harness::{run, values, Placed};
     use super::*;
-    use crate::backend::{Backend, EmuBackend};
+    use crate::backend::EmuBackend;
     use crate::dtype::DType;
     use crate::ops::Lrn;
-    use crate::tensor::{HostTensor, TensorDesc};
-
-    /// Deterministic values in [-2, 2).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-            })
-            .collect()
-    }
+    use crate::tensor::TensorDesc;
 
     /// The float64 LRN of `x` over the plan's `[n, c, inner]` view.
     fn reference(x: &[f64], p: &LrnPlan) -> Vec<f64> {
@@ -170,11 +158,11 @@ mod emu_tests {
     fn grid_stride_and_wide_windows() {
         let emu = EmuBackend::new();
         for dtype in DType::ALL {
-            for (shape, size, grid) in [
-                (&[2, 19, 37][..], 5, Some(1)),
-                (&[3, 20, 5], 2, Some(2)),
-                (&[1, 30, 9], 25, None),
-                (&[2, 33, 3], 8, Some(1)),
+            for (shape, size, grid, shift) in [
+                (&[2, 19, 37][..], 5, Some([1, 1, 1]), 1),
+                (&[3, 20, 5], 2, Some([2, 1, 1]), 0),
+                (&[1, 30, 9], 25, None, 3),
+                (&[2, 33, 3], 8, Some([1, 1, 1]), 0),
             ] {
                 let op = Lrn {
                     size,
@@ -184,32 +172,16 @@ mod emu_tests {
                 };
                 let plan = op.plan(&TensorDesc::new(dtype, shape).unwrap()).unwrap();
                 let n = plan.output.len();
-                let up = |v: &[f32]| {
-                    emu.upload(&HostTensor::from_f32(dtype, shape, v).unwrap())
-                        .unwrap()
-                };
-                let xt = up(&values(n, n as u64));
-                let yt = up(&vec![f32::NAN; n]);
-                let launches = lrn(&plan, Arch::SM80, xt.storage().addr(), yt.storage().addr());
-                for l in launches {
-                    let KernelArgs::Lrn(args) = l.args else {
-                        panic!("not LRN args")
-                    };
-                    let grid = grid.map_or(l.grid, |g| [g, 1, 1]);
-                    // SAFETY: the params were planned for these buffers.
-                    unsafe {
-                        emu.launch_kernel(
-                            &l.kernel,
-                            grid,
-                            l.block,
-                            &args,
-                            &[xt.storage(), yt.storage()],
-                        )
-                    }
-                    .unwrap();
-                }
-                let got = emu.download(&yt).unwrap().data().to_f64_vec();
-                let want = reference(&emu.download(&xt).unwrap().data().to_f64_vec(), &plan);
+                let x = Placed::upload(&emu, dtype, &values(n, n as u64, -2.0, 2.0), shift);
+                let y = Placed::poisoned(&emu, dtype, n, shift);
+                run(
+                    &emu,
+                    lrn(&plan, Arch::SM80, x.addr(), y.addr()),
+                    grid,
+                    &[&x, &y],
+                );
+                let got = y.download(&emu);
+                let want = reference(&x.download(&emu), &plan);
                 let tol = if dtype == DType::F32 { 1e-5 } else { 1e-3 };
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
