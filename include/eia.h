@@ -44,6 +44,11 @@ typedef struct eia_device eia_device;
 // caller owns it and frees it with `eia_error_free`.
 typedef struct eia_error eia_error;
 
+// A model loaded onto one accelerator: its weights and buffers live there until
+// `eia_model_free`. Thread-safe; inferences on one model run one at a time (load it again to
+// run several at once).
+typedef struct eia_model eia_model;
+
 // A tensor on an accelerator. Many threads may read a tensor (use it as an op input, read it
 // back) at once; `eia_tensor_write` and `eia_tensor_free` need it to themselves.
 typedef struct eia_tensor eia_tensor;
@@ -94,6 +99,44 @@ typedef struct eia_usage {
 
 // What kind of failure an `eia_error` reports (one of the `EIA_ERR_*` values).
 typedef uint32_t eia_code_t;
+
+// How to load a model (see `eia_model_options_default`).
+typedef struct eia_model_options {
+  // The size of a symbolic first input dimension (the batch); at least 1.
+  size_t batch;
+  // Compute in FP16 (FP16 storage, FP32 accumulation) whatever the model's float type.
+  bool fp16;
+} eia_model_options;
+
+// What one inference costs.
+typedef struct eia_model_info {
+  size_t inputs;
+  size_t outputs;
+  // Ops it runs.
+  size_t ops;
+  // FLOPs of one inference (what the meter charges).
+  uint64_t flops;
+  // Bytes of weights.
+  uint64_t weight_bytes;
+  // Accelerator memory the loaded model holds (weights and buffers).
+  uint64_t memory_bytes;
+} eia_model_info;
+
+// Element types of tensors (one of the `EIA_*` dtype values).
+typedef uint32_t eia_dtype_t;
+
+// A model's input or output, valid while the model lives.
+typedef struct eia_model_port {
+  // Its name in the ONNX graph (NUL-terminated).
+  const char *name;
+  // The dtype the model computes it in; host buffers are FP32 whatever this is.
+  eia_dtype_t dtype;
+  // `rank` dimensions, at the batch the model was loaded for.
+  const size_t *dims;
+  size_t rank;
+  // Elements (the product of `dims`): the length of its host buffer.
+  size_t elements;
+} eia_model_port;
 
 // ONNX `auto_pad` (one of the `EIA_AUTO_PAD_*` values).
 typedef uint32_t eia_auto_pad_t;
@@ -236,9 +279,6 @@ typedef struct eia_dropout_attrs {
   // Must be false (training is refused).
   bool training_mode;
 } eia_dropout_attrs;
-
-// Element types of tensors (one of the `EIA_*` dtype values).
-typedef uint32_t eia_dtype_t;
 
 // IEEE 754 binary32.
 #define EIA_F32 1
@@ -417,6 +457,63 @@ void eia_string_free(char *s);
 
 // The library's version, e.g. "0.1.0" (static; never freed).
 const char *eia_version(void);
+
+// Batch 1, FP32.
+struct eia_model_options eia_model_options_default(void);
+
+// Loads the `.onnx` file at `path` onto `accelerator`: every node is checked first (one
+// `EIA_ERR_MODEL` error lists all the problems), a model larger than the accelerator's memory
+// is refused before anything is uploaded, then the weights are uploaded once.
+//
+// # Safety
+// `path` is NULL or a NUL-terminated string.
+struct eia_error *eia_model_load(const struct eia_accelerator *accelerator,
+                                 const char *path,
+                                 const struct eia_model_options *options,
+                                 struct eia_model **out);
+
+// As `eia_model_load`, from the `len` bytes of a `.onnx` file at `bytes`.
+//
+// # Safety
+// `bytes` is NULL (only if `len` is 0) or points to `len` readable bytes.
+struct eia_error *eia_model_load_bytes(const struct eia_accelerator *accelerator,
+                                       const uint8_t *bytes,
+                                       size_t len,
+                                       const struct eia_model_options *options,
+                                       struct eia_model **out);
+
+// The model's counts, FLOPs and memory.
+struct eia_error *eia_model_describe(const struct eia_model *model, struct eia_model_info *out);
+
+// Input `index` (in graph order).
+struct eia_error *eia_model_input(const struct eia_model *model,
+                                  size_t index,
+                                  struct eia_model_port *out);
+
+// Output `index` (in graph order).
+struct eia_error *eia_model_output(const struct eia_model *model,
+                                   size_t index,
+                                   struct eia_model_port *out);
+
+// One inference. `inputs[i]` holds `input_lens[i]` FP32 values of input `i`, row-major, for
+// every input in graph order; `outputs[i]` has room for `output_lens[i]` FP32 values of
+// output `i`. Each length must equal the port's `elements`. The outputs are written only on
+// success.
+//
+// # Safety
+// `inputs` and `input_lens` point to `n_inputs` elements, each `inputs[i]` to `input_lens[i]`
+// floats; `outputs` and `output_lens` to `n_outputs`, each `outputs[i]` to `output_lens[i]`
+// writable floats that do not overlap the inputs.
+struct eia_error *eia_model_run(const struct eia_model *model,
+                                const float *const *inputs,
+                                const size_t *input_lens,
+                                size_t n_inputs,
+                                float *const *outputs,
+                                const size_t *output_lens,
+                                size_t n_outputs);
+
+// Frees a model and its memory on the accelerator. NULL is allowed.
+void eia_model_free(struct eia_model *model);
 
 // MaxPool's ONNX defaults: strides 1, no pads, dilations 1, no ceil_mode, NOTSET,
 // storage_order 0; kernel_shape {0, 0} (must be set).

@@ -849,3 +849,312 @@ fn pool_ops_match_the_rust_api() {
     eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
     eia_device_free(unsafe { Box::from_raw(d) }.into());
 }
+
+/// A small CNN (Conv → Relu → GlobalAveragePool → Flatten → Gemm) on `[N, 3, 12, 12]`, with
+/// `c` channels: about `4·(27c + 10c)` bytes of weights.
+fn small_cnn(c: usize) -> Vec<u8> {
+    let mut g = eia::model::zoo::GraphBuilder::new(7);
+    let x = g.conv("image", 3, c, 3, 1, 1, 1);
+    let x = g.relu(&x);
+    let x = g.global_average_pool(&x);
+    let x = g.flatten(&x);
+    let y = g.linear(&x, c, 10);
+    g.finish("small_cnn", ("image", &[3, 12, 12]), &y)
+}
+
+fn load_model(
+    a: *mut eia_accelerator,
+    bytes: &[u8],
+    options: &eia::ffi::model::eia_model_options,
+) -> *mut eia::ffi::model::eia_model {
+    let mut m = ptr::null_mut();
+    ok(unsafe {
+        eia::ffi::model::eia_model_load_bytes(
+            a.as_ref(),
+            bytes.as_ptr(),
+            bytes.len(),
+            Some(options),
+            Some(&mut m),
+        )
+    });
+    m
+}
+
+/// Runs `m` on `inputs` through `eia_model_run`; outputs are poisoned (NaN) first.
+fn run_model(
+    m: *mut eia::ffi::model::eia_model,
+    inputs: &[Vec<f32>],
+    outs: &[usize],
+) -> Vec<Vec<f32>> {
+    let mut outputs: Vec<Vec<f32>> = outs.iter().map(|&n| vec![f32::NAN; n]).collect();
+    let in_ptrs: Vec<*const f32> = inputs.iter().map(|v| v.as_ptr()).collect();
+    let in_lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+    let out_ptrs: Vec<*mut f32> = outputs.iter_mut().map(|v| v.as_mut_ptr()).collect();
+    ok(unsafe {
+        eia::ffi::model::eia_model_run(
+            m.as_ref(),
+            in_ptrs.as_ptr(),
+            in_lens.as_ptr(),
+            in_ptrs.len(),
+            out_ptrs.as_ptr(),
+            outs.as_ptr(),
+            out_ptrs.len(),
+        )
+    });
+    outputs
+}
+
+/// A model loaded and run through the C ABI, on a local and on a remote accelerator, in FP32
+/// and FP16, gives what the Rust API gives on the CPU backend; its ports and info describe it.
+#[test]
+fn models_run_through_the_c_abi_like_the_rust_api() {
+    use eia::ffi::model::*;
+    let bytes = small_cnn(16);
+    let server = eia::rpc::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        CpuBackend::new(),
+        eia::rpc::ServerConfig {
+            device: eia::DeviceConfig {
+                tiers: eia::Tiers::with_toml("test", TIERS).unwrap(),
+                overcommit: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let url = cstr(&server.url(false));
+    let mut conn = ptr::null_mut();
+    ok(unsafe { eia_connection_new(url.as_ptr(), ptr::null(), ptr::null(), Some(&mut conn)) });
+    let tier = cstr("tiny");
+    let mut remote = ptr::null_mut();
+    ok(unsafe { eia_connection_attach(conn.as_ref(), tier.as_ptr(), Some(&mut remote)) });
+    let d = device();
+    let local = attach(d, "tiny");
+
+    for (fp16, batch) in [(false, 1), (false, 3), (true, 2)] {
+        let options = eia_model_options { batch, fp16 };
+        let expected_model = eia::Model::from_bytes(&bytes, (&options).into()).unwrap();
+        let cpu = CpuBackend::new();
+        let x = random(DType::F32, &[batch, 3, 12, 12], 40 + batch as u64);
+        let expected = expected_model
+            .session(&cpu)
+            .unwrap()
+            .run(std::slice::from_ref(&x))
+            .unwrap();
+        let expected = expected[0].data().to_f32_vec();
+        for a in [local, remote] {
+            let m = load_model(a, &bytes, &options);
+            let mut info = eia_model_info::default();
+            ok(eia_model_describe(unsafe { m.as_ref() }, Some(&mut info)));
+            assert_eq!((info.inputs, info.outputs, info.ops), (1, 1, 4));
+            assert_eq!(info.flops, expected_model.flops());
+            assert_eq!(info.memory_bytes, expected_model.peak_bytes());
+            let mut port = std::mem::MaybeUninit::<eia_model_port>::uninit();
+            ok(eia_model_input(
+                unsafe { m.as_ref() },
+                0,
+                Some(unsafe { &mut *port.as_mut_ptr() }),
+            ));
+            let port = unsafe { port.assume_init() };
+            let name = unsafe { CStr::from_ptr(port.name) }.to_str().unwrap();
+            let dims = unsafe { std::slice::from_raw_parts(port.dims, port.rank) };
+            assert_eq!(
+                (name, dims, port.elements),
+                ("image", &[batch, 3, 12, 12][..], x.desc().len())
+            );
+            assert_eq!(port.dtype, if fp16 { EIA_F16 } else { EIA_F32 });
+            let mut out_port = port;
+            ok(eia_model_output(
+                unsafe { m.as_ref() },
+                0,
+                Some(&mut out_port),
+            ));
+            assert_eq!(out_port.elements, batch * 10);
+
+            let got = run_model(m, &[x.data().to_f32_vec()], &[batch * 10]);
+            // The same kernels on the same inputs: equal up to the threads' summation order.
+            for (g, e) in got[0].iter().zip(&expected) {
+                assert!(
+                    (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                    "{g} vs {e} (fp16 {fp16})"
+                );
+            }
+            // A second inference on the same model gives the same answer.
+            assert_eq!(run_model(m, &[x.data().to_f32_vec()], &[batch * 10]), got);
+            eia_model_free(unsafe { Box::from_raw(m) }.into());
+        }
+    }
+    // Freeing a model frees its memory on the accelerator.
+    let mut u = eia_usage::default();
+    ok(eia_accelerator_usage(
+        unsafe { local.as_ref() },
+        Some(&mut u),
+    ));
+    assert_eq!(u.memory_used, 0);
+    ok(eia_accelerator_usage(
+        unsafe { remote.as_ref() },
+        Some(&mut u),
+    ));
+    assert_eq!(u.memory_used, 0);
+    eia_accelerator_free(unsafe { Box::from_raw(local) }.into());
+    eia_accelerator_free(unsafe { Box::from_raw(remote) }.into());
+    eia_connection_free(unsafe { Box::from_raw(conn) }.into());
+    eia_device_free(unsafe { Box::from_raw(d) }.into());
+}
+
+/// Every bad model call gets its code and a readable message, writes no output, and a model
+/// larger than the tier is refused before anything is uploaded.
+#[test]
+fn bad_model_calls_give_their_codes_and_upload_nothing() {
+    use eia::ffi::model::*;
+    let d = device();
+    let a = attach(d, "tiny");
+    let bytes = small_cnn(4);
+    let defaults = eia_model_options_default();
+    assert_eq!((defaults.batch, defaults.fp16), (1, false));
+    let load = |bytes: &[u8], options: &eia_model_options| {
+        let mut m = ptr::null_mut();
+        let e = unsafe {
+            eia_model_load_bytes(
+                a.as_ref(),
+                bytes.as_ptr(),
+                bytes.len(),
+                Some(options),
+                Some(&mut m),
+            )
+        };
+        (e, m)
+    };
+    let usage = || {
+        let mut u = eia_usage::default();
+        ok(eia_accelerator_usage(unsafe { a.as_ref() }, Some(&mut u)));
+        u
+    };
+
+    let (e, m) = load(b"not a model", &defaults);
+    fails(e, EIA_ERR_MODEL, "not an ONNX model");
+    assert!(m.is_null());
+    let (e, m) = load(
+        &bytes,
+        &eia_model_options {
+            batch: 0,
+            fp16: false,
+        },
+    );
+    fails(e, EIA_ERR_MODEL, "batch must be at least 1");
+    assert!(m.is_null());
+    // The tiny tier has 1 MiB: 256 channels is over 1 MiB of buffers at batch 8.
+    let (e, m) = load(
+        &small_cnn(256),
+        &eia_model_options {
+            batch: 8,
+            fp16: false,
+        },
+    );
+    fails(e, EIA_ERR_MODEL, "use a tier with more memory");
+    assert!(m.is_null());
+    assert_eq!((usage().memory_used, usage().bytes_uploaded), (0, 0));
+    let missing = cstr("/nonexistent/model.onnx");
+    let mut m = ptr::null_mut();
+    fails(
+        unsafe { eia_model_load(a.as_ref(), missing.as_ptr(), None, Some(&mut m)) },
+        EIA_ERR_MODEL,
+        "cannot read /nonexistent/model.onnx",
+    );
+    fails(
+        unsafe { eia_model_load(a.as_ref(), ptr::null(), None, Some(&mut m)) },
+        EIA_ERR_NULL_ARGUMENT,
+        "path",
+    );
+    fails(
+        unsafe { eia_model_load_bytes(None, bytes.as_ptr(), bytes.len(), None, Some(&mut m)) },
+        EIA_ERR_NULL_ARGUMENT,
+        "accelerator",
+    );
+    assert!(m.is_null());
+
+    let m = load_model(a, &bytes, &defaults);
+    let mut port = eia_model_output(unsafe { m.as_ref() }, 0, None);
+    fails(port.take(), EIA_ERR_NULL_ARGUMENT, "out");
+    let mut p = std::mem::MaybeUninit::<eia_model_port>::uninit();
+    fails(
+        eia_model_input(
+            unsafe { m.as_ref() },
+            1,
+            Some(unsafe { &mut *p.as_mut_ptr() }),
+        ),
+        EIA_ERR_INVALID_ARGUMENT,
+        "input 1 does not exist: the model has 1 inputs",
+    );
+    let x = vec![0.5f32; 3 * 12 * 12];
+    let mut y = vec![f32::NAN; 10];
+    let run = |inputs: &[*const f32],
+               in_lens: &[usize],
+               outputs: &[*mut f32],
+               out_lens: &[usize]| unsafe {
+        eia_model_run(
+            m.as_ref(),
+            inputs.as_ptr(),
+            in_lens.as_ptr(),
+            inputs.len(),
+            outputs.as_ptr(),
+            out_lens.as_ptr(),
+            outputs.len(),
+        )
+    };
+    let yp = y.as_mut_ptr();
+    fails(
+        run(&[], &[], &[yp], &[10]),
+        EIA_ERR_INVALID_ARGUMENT,
+        "the model has 1 inputs, 0 were given",
+    );
+    fails(
+        run(&[x.as_ptr()], &[432], &[], &[]),
+        EIA_ERR_INVALID_ARGUMENT,
+        "1 outputs, 0 were given",
+    );
+    fails(
+        run(&[x.as_ptr()], &[431], &[yp], &[10]),
+        EIA_ERR_INVALID_ARGUMENT,
+        "input image is [1, 3, 12, 12] (432 values), 431 were given",
+    );
+    fails(
+        run(&[x.as_ptr()], &[432], &[yp], &[9]),
+        EIA_ERR_INVALID_ARGUMENT,
+        "(10 values), 9 were given",
+    );
+    fails(
+        run(&[ptr::null()], &[432], &[yp], &[10]),
+        EIA_ERR_NULL_ARGUMENT,
+        "image",
+    );
+    fails(
+        run(&[x.as_ptr()], &[432], &[ptr::null_mut()], &[10]),
+        EIA_ERR_NULL_ARGUMENT,
+        "outputs[0]",
+    );
+    fails(
+        unsafe {
+            eia_model_run(
+                None,
+                ptr::null(),
+                ptr::null(),
+                0,
+                ptr::null(),
+                ptr::null(),
+                0,
+            )
+        },
+        EIA_ERR_NULL_ARGUMENT,
+        "model",
+    );
+    assert!(y.iter().all(|v| v.is_nan()), "a failed run wrote an output");
+    ok(run(&[x.as_ptr()], &[432], &[yp], &[10]));
+    assert!(y.iter().all(|v| v.is_finite()));
+    eia_model_free(unsafe { Box::from_raw(m) }.into());
+    eia_model_free(None);
+    assert_eq!(usage().memory_used, 0);
+    eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
+    eia_device_free(unsafe { Box::from_raw(d) }.into());
+}

@@ -77,7 +77,7 @@ fn check_crate(items: &Items) -> String {
     src.push_str(&items.rust);
     src.push_str(
         "\n}\nmod r {\n    pub use eia::ffi::*;\n    pub use eia::ffi::accelerator::*;\n    \
-         pub use eia::ffi::error::*;\n    pub use eia::ffi::ops::*;\n    \
+         pub use eia::ffi::error::*;\n    pub use eia::ffi::model::*;\n    pub use eia::ffi::ops::*;\n    \
          pub use eia::ffi::tensor::*;\n}\n",
     );
     for (s, fields) in &items.structs {

@@ -1,6 +1,6 @@
 //! The C ABI (`include/eia.h`): the whole product — local or remote accelerators of a tier,
-//! tensors from host memory, every op with its ONNX attributes, usage, resize, detach — for C,
-//! Python (ctypes) and any runtime with an FFI.
+//! tensors from host memory, every op with its ONNX attributes, whole ONNX models, usage, resize,
+//! detach — for C, Python (ctypes) and any runtime with an FFI.
 //!
 //! Conventions (after wasmtime's and rustls-ffi's C APIs):
 //! - Objects are opaque handles made by `eia_*_new` / `_attach` and freed by `eia_*_free`.
@@ -15,6 +15,7 @@
 
 pub mod accelerator;
 pub mod error;
+pub mod model;
 pub mod ops;
 pub mod tensor;
 

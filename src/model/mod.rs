@@ -174,6 +174,33 @@ impl Model {
 
     /// Uploads the weights to `backend` and allocates the buffers, ready to run.
     pub fn session<'a, B: Backend>(&'a self, backend: &'a B) -> Result<Session<'a, B>> {
+        Ok(Session {
+            model: self,
+            backend,
+            table: Mutex::new(self.upload(backend)?),
+        })
+    }
+
+    /// The table of a session on `backend`: the weights uploaded, the buffers allocated. A
+    /// model larger than the backend's whole memory (an accelerator's tier) is refused before
+    /// anything is uploaded; an upload that fails frees what was uploaded before it.
+    pub(crate) fn upload<B: Backend>(
+        &self,
+        backend: &B,
+    ) -> Result<Vec<Option<Tensor<B::Storage>>>> {
+        let needed = self.peak_bytes();
+        if let Some(memory) = backend.total_memory().filter(|&m| needed > m) {
+            return Err(model_err(format!(
+                "model {:?} needs {} of memory ({} of weights, {} of buffers), more than the {} \
+                 of {}: use a tier with more memory (`eia recommend` picks one)",
+                self.name,
+                crate::error::bytes(needed),
+                crate::error::bytes(self.weight_bytes()),
+                crate::error::bytes(needed - self.weight_bytes()),
+                crate::error::bytes(memory),
+                backend.name()
+            )));
+        }
         let mut table = Vec::with_capacity(self.weights.len() + self.buffers.len());
         for w in &self.weights {
             table.push(Some(backend.upload(w)?));
@@ -181,37 +208,21 @@ impl Model {
         for d in &self.buffers {
             table.push(Some(backend.alloc(d)?));
         }
-        Ok(Session {
-            model: self,
-            backend,
-            table: Mutex::new(table),
-        })
-    }
-}
-
-/// A model's weights and buffers on one backend: runs inferences, one at a time.
-pub struct Session<'a, B: Backend> {
-    model: &'a Model,
-    backend: &'a B,
-    table: Mutex<Vec<Option<Tensor<B::Storage>>>>,
-}
-
-impl<B: Backend> Session<'_, B> {
-    /// The backend it runs on.
-    pub fn backend(&self) -> &B {
-        self.backend
+        Ok(table)
     }
 
-    /// One inference: `inputs` in graph order (FP32 or the model's dtype; converted to the
-    /// dtype the model computes in), the outputs in graph order. On a remote accelerator this
-    /// is one round trip.
-    pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
-        let m = self.model;
-        if inputs.len() != m.inputs.len() {
+    /// One inference on a session's `table` (see [`Session::run`]).
+    pub(crate) fn run_on<B: Backend>(
+        &self,
+        backend: &B,
+        table: &mut [Option<Tensor<B::Storage>>],
+        inputs: &[HostTensor],
+    ) -> Result<Vec<HostTensor>> {
+        if inputs.len() != self.inputs.len() {
             return Err(model_err(format!(
                 "the model takes {} inputs ({}), got {}",
-                m.inputs.len(),
-                m.inputs
+                self.inputs.len(),
+                self.inputs
                     .iter()
                     .map(|p| p.name.as_str())
                     .collect::<Vec<_>>()
@@ -220,7 +231,7 @@ impl<B: Backend> Session<'_, B> {
             )));
         }
         let mut converted = Vec::new();
-        for (port, host) in m.inputs.iter().zip(inputs) {
+        for (port, host) in self.inputs.iter().zip(inputs) {
             if host.shape() != port.desc.shape() {
                 return Err(model_err(format!(
                     "input {} is {:?}, the model (loaded for this batch) takes {:?}",
@@ -241,16 +252,37 @@ impl<B: Backend> Session<'_, B> {
                     .transpose()?,
             );
         }
-        let writes: Vec<(usize, &HostTensor)> = m
+        let writes: Vec<(usize, &HostTensor)> = self
             .input_entries
             .iter()
             .zip(inputs.iter().zip(&converted))
             .map(|(&e, (host, conv))| (e, conv.as_ref().unwrap_or(host)))
             .collect();
-        let mut table = lock(&self.table);
-        self.backend
-            .run_steps(&mut table, &writes, &m.program, &m.output_entries)
+        backend
+            .run_steps(table, &writes, &self.program, &self.output_entries)
             .map_err(|e| model_err(format!("inference failed: {e}")))
+    }
+}
+
+/// A model's weights and buffers on one backend: runs inferences, one at a time.
+pub struct Session<'a, B: Backend> {
+    model: &'a Model,
+    backend: &'a B,
+    table: Mutex<Vec<Option<Tensor<B::Storage>>>>,
+}
+
+impl<B: Backend> Session<'_, B> {
+    /// The backend it runs on.
+    pub fn backend(&self) -> &B {
+        self.backend
+    }
+
+    /// One inference: `inputs` in graph order (FP32 or the model's dtype; converted to the
+    /// dtype the model computes in), the outputs in graph order. On a remote accelerator this
+    /// is one round trip.
+    pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        self.model
+            .run_on(self.backend, &mut lock(&self.table), inputs)
     }
 }
 

@@ -307,9 +307,11 @@ impl RemoteAccelerator {
         Ok(b.id)
     }
 
-    /// Its usage so far, as the server records it.
+    /// Its usage so far, as the server records it (tensors dropped before the call are freed
+    /// first, so `memory_used` counts only live ones).
     pub fn usage(&self) -> Result<Usage> {
         self.live()?;
+        self.flush_frees()?;
         let req = self.conn.request(proto::UsageRequest {
             accelerator: self.id,
         });
@@ -450,6 +452,11 @@ impl Backend for RemoteAccelerator {
             lock(&self.tier).name(),
             self.conn.url
         )
+    }
+
+    /// The tier's memory quota.
+    fn total_memory(&self) -> Option<u64> {
+        Some(lock(&self.tier).memory())
     }
 
     /// The whole sequence as one [`Program`]: one round trip, validated whole by the server
