@@ -211,6 +211,78 @@ fn admission_refuses_beyond_capacity_unless_overcommitted() {
 }
 
 #[test]
+fn a_tier_without_fp16_is_admitted_on_fp32_alone_and_refuses_fp16_ops() {
+    // 1 FP32 TFLOPS and 0.1 FP16: the device can run FP32 tenants, hardly any FP16.
+    let config = DeviceConfig {
+        tiers: Tiers::with_toml(
+            "fp32 tiers",
+            "[[tier]]\nname = \"fp32only\"\nfp32_tflops = 0.4\nfp16_tflops = 0\nmemory_mib = 1\n\n\
+             [[tier]]\nname = \"both\"\nfp32_tflops = 0.4\nfp16_tflops = 3.2\nmemory_mib = 1\n",
+        )
+        .unwrap(),
+        capacity: Some(Capacity {
+            fp32_tflops: 1.0,
+            fp16_tflops: 0.1,
+            memory: 1 << 30,
+        }),
+        ..DeviceConfig::default()
+    };
+    let device = Device::new(CpuBackend::new(), config).unwrap();
+    // The same FP32 rate with an FP16 rate is refused on FP16 capacity alone.
+    let e = device.attach("both").err().unwrap();
+    assert!(
+        matches!(&e, Error::Capacity(m) if m.contains("FP16") && !m.contains("FP32")),
+        "{e}"
+    );
+    let two: Vec<_> = (0..2).map(|_| device.attach("fp32only").unwrap()).collect();
+    let e = device.attach("fp32only").err().unwrap();
+    assert!(
+        matches!(&e, Error::Capacity(m) if m.contains("FP32: 0.4 TFLOPS needed, 0.800 of 1.000") && !m.contains("FP16")),
+        "{e}"
+    );
+    let acc = &two[0];
+    assert_eq!(
+        acc.tier().to_string(),
+        "fp32only (0.4 FP32 TFLOPS, no FP16 TFLOPS, 1 MiB)"
+    );
+    let x = acc
+        .upload(&HostTensor::full(DType::F16, &[4, 4], 0.5).unwrap())
+        .unwrap();
+    let e = acc.gemm(&Gemm::default(), &x, &x, None).unwrap_err();
+    assert!(
+        matches!(&e, Error::Capacity(m) if m.contains("does not offer FP16")),
+        "{e}"
+    );
+    assert_eq!((acc.usage().ops, acc.usage().flops_f16), (0, 0));
+    let x = acc
+        .upload(&HostTensor::full(DType::F32, &[4, 4], 0.5).unwrap())
+        .unwrap();
+    acc.gemm(&Gemm::default(), &x, &x, None).unwrap();
+    assert_eq!(acc.usage().ops, 1);
+}
+
+#[test]
+fn calibrated_and_configured_capacity() {
+    let backend = CpuBackend::new();
+    let runs: Vec<Capacity> = (0..3)
+        .map(|_| Capacity::measure(&backend).unwrap())
+        .collect();
+    for c in &runs {
+        println!("calibrated: {c}");
+        assert!(c.fp32_tflops > 0.0 && c.fp16_tflops > 0.0, "{c}");
+    }
+    let configured = Capacity::configured(&backend, 0.5, 0.25).unwrap();
+    assert_eq!(
+        (configured.fp32_tflops, configured.fp16_tflops),
+        (0.5, 0.25)
+    );
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let e = Capacity::configured(&backend, bad, 1.0).unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e}");
+    }
+}
+
+#[test]
 fn usage_counts_flops_per_precision_ops_and_bytes() {
     let device = device(false);
     let acc = device.attach("huge").unwrap();

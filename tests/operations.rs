@@ -1,9 +1,12 @@
 //! Running the server as an operator does: grpc.health.v1 and readiness, a drain that lets a
 //! call in flight finish while refusing attaches, usage records written at detach, the `eia
-//! serve` binary stopping cleanly on SIGTERM, and settings that make no sense refused.
+//! serve` binary stopping cleanly on SIGTERM, settings that make no sense refused, and the
+//! accept loop under abuse: a flood of idle sockets past the file-descriptor limit or past
+//! `--max-connections` neither spins a core nor keeps the server from serving once it ends.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use eia::accelerator::{Capacity, DeviceConfig, Tiers};
@@ -156,11 +159,18 @@ fn a_zero_lease_is_refused() {
     assert!(e.to_string().contains("lease"), "{e}");
 }
 
-#[test]
-fn eia_serve_drains_and_exits_0_on_sigterm() {
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_eia"))
+/// `eia serve` (CPU, loopback, any free port, overcommitted) with `args`, under a
+/// file-descriptor limit if one is given; returns it, its gRPC URL and, with `--metrics`, its
+/// metrics address. Its stdout is read to the "listening" lines; stderr (logs) is piped.
+fn eia_serve(nofile: Option<u32>, args: &[&str]) -> (Child, String, Option<SocketAddr>) {
+    let limit = nofile.map_or(String::new(), |n| format!("ulimit -n {n} && "));
+    let mut serve = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{limit}exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_eia"))
         .args(["serve", "--backend", "cpu", "--listen", "127.0.0.1:0"])
         .args(["--overcommit", "--log-format", "json"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -176,12 +186,17 @@ fn eia_serve_drains_and_exits_0_on_sigterm() {
         .find(|w| w.starts_with("http://"))
         .unwrap()
         .to_string();
-    let acc = Connection::connect(&url, ClientConfig::default())
-        .unwrap()
-        .attach("eia2.medium")
-        .unwrap();
-    drop(acc.upload(&HostTensor::full(DType::F32, &[8], 1.0).unwrap()));
-    let started = Instant::now();
+    let metrics = args.contains(&"--metrics").then(|| {
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        let at = line.trim().strip_prefix("metrics: http://").unwrap();
+        at.strip_suffix("/metrics").unwrap().parse().unwrap()
+    });
+    (serve, url, metrics)
+}
+
+/// Stops `serve` with SIGTERM; returns its exit status and logs.
+fn stop(mut serve: Child) -> (std::process::ExitStatus, String) {
     let kill = Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])
         .status()
@@ -189,7 +204,174 @@ fn eia_serve_drains_and_exits_0_on_sigterm() {
     assert!(kill.success());
     let status = serve.wait().unwrap();
     let mut logs = String::new();
-    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut logs).unwrap();
+    serve
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    (status, logs)
+}
+
+/// Seconds the threads of process `pid` have been runnable: running or waiting for a CPU
+/// (`/proc/PID/task/*/schedstat`). A spinning thread is runnable all the time however loaded
+/// the machine is, an idle one almost never.
+fn runnable_seconds(pid: u32) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .map(|s| {
+            s.split_whitespace()
+                .take(2)
+                .map(|f| f.parse::<u64>().unwrap())
+                .sum::<u64>()
+        })
+        .sum();
+    ns as f64 / 1e9
+}
+
+/// `GET /metrics` at `at`.
+fn scrape(at: SocketAddr) -> String {
+    let mut http = TcpStream::connect(at).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Up to `n` idle sockets connected to the server at `url` (they send nothing): as many as
+/// connect within 2 s each, once the server's backlog is full none do.
+fn flood(url: &str, n: usize) -> Vec<TcpStream> {
+    let addr: SocketAddr = url.strip_prefix("http://").unwrap().parse().unwrap();
+    let sockets: Vec<TcpStream> = (0..n)
+        .map_while(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .collect();
+    for s in &sockets {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    sockets
+}
+
+/// Seconds until a new client attaches (each try bounded), at most `within`.
+fn served_within(url: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    let config = ClientConfig {
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
+        ..ClientConfig::default()
+    };
+    loop {
+        let tried = Connection::connect(url, config.clone()).and_then(|c| c.attach("eia2.medium"));
+        match tried {
+            Ok(acc) => {
+                acc.detach().unwrap();
+                return started.elapsed();
+            }
+            Err(e) => assert!(
+                started.elapsed() < within,
+                "not served after {within:?}: {e}"
+            ),
+        }
+    }
+}
+
+/// The seconds the threads of `pid` are runnable over `seconds` of wall time.
+fn runnable_over(pid: u32, seconds: f64) -> f64 {
+    let before = runnable_seconds(pid);
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    runnable_seconds(pid) - before
+}
+
+#[test]
+fn at_the_file_descriptor_limit_the_accept_loop_backs_off_and_recovers() {
+    // 64 descriptors and the default --max-connections (1024): the flood reaches EMFILE.
+    let (serve, url, _) = eia_serve(Some(64), &[]);
+    let idle = flood(&url, 120);
+    assert!(idle.len() > 64, "only {} sockets connected", idle.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = runnable_over(serve.id(), 3.0);
+    println!(
+        "{} idle sockets at the fd limit: runnable {busy:.2} s over 3 s",
+        idle.len()
+    );
+    // A spinning accept loop is runnable all the time (3 s); backing off, next to never.
+    assert!(busy < 1.0, "runnable {busy:.2} s over 3 s at the fd limit");
+    drop(idle);
+    let recovered = served_within(&url, Duration::from_secs(20));
+    println!("served {recovered:?} after the flood closed");
+    let (status, logs) = stop(serve);
+    assert!(status.success(), "exit {status:?}\n{logs}");
+    assert!(logs.contains("backing off"), "{logs}");
+}
+
+#[test]
+fn beyond_max_connections_connections_wait_and_metrics_still_answer() {
+    let (serve, url, metrics) = eia_serve(
+        Some(256),
+        &["--max-connections", "16", "--metrics", "127.0.0.1:0"],
+    );
+    let idle = flood(&url, 100);
+    assert!(idle.len() > 16, "only {} sockets connected", idle.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = runnable_over(serve.id(), 2.0);
+    println!(
+        "{} idle sockets, 16 accepted: runnable {busy:.2} s over 2 s",
+        idle.len()
+    );
+    assert!(
+        busy < 1.0,
+        "runnable {busy:.2} s over 2 s at the connection limit"
+    );
+    let text = scrape(metrics.unwrap());
+    assert!(
+        text.lines().any(|l| l == "eia_connections_open 16"),
+        "{text}"
+    );
+    drop(idle);
+    let recovered = served_within(&url, Duration::from_secs(20));
+    println!("served {recovered:?} after the flood closed");
+    let (status, logs) = stop(serve);
+    assert!(status.success(), "exit {status:?}\n{logs}");
+    assert!(logs.contains("at the connection limit"), "{logs}");
+}
+
+#[test]
+fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    let (serve, url, _) = eia_serve(None, &["--connection-idle-timeout", "1"]);
+    let mut silent = flood(&url, 1).pop().unwrap();
+    let started = Instant::now();
+    let mut byte = [0u8; 64];
+    // The server may send its HTTP/2 settings first; then it closes the connection.
+    while matches!(silent.read(&mut byte), Ok(n) if n > 0) {}
+    let closed = started.elapsed();
+    println!("a silent connection was closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(8),
+        "{closed:?}"
+    );
+    // A client that calls now and then is kept: its connection answers keepalive pings.
+    let acc = Connection::connect(&url, ClientConfig::default())
+        .unwrap()
+        .attach("eia2.medium")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    acc.detach().unwrap();
+    let (status, logs) = stop(serve);
+    assert!(status.success(), "exit {status:?}\n{logs}");
+}
+
+#[test]
+fn eia_serve_drains_and_exits_0_on_sigterm() {
+    let (serve, url, _) = eia_serve(None, &[]);
+    let acc = Connection::connect(&url, ClientConfig::default())
+        .unwrap()
+        .attach("eia2.medium")
+        .unwrap();
+    drop(acc.upload(&HostTensor::full(DType::F32, &[8], 1.0).unwrap()));
+    let started = Instant::now();
+    let (status, logs) = stop(serve);
     println!("SIGTERM to exit: {:?}", started.elapsed());
     assert!(status.success(), "exit {status:?}\n{logs}");
     for event in [

@@ -543,6 +543,18 @@ fn metrics_endpoint_reports_each_accelerator() {
     let acc = conn.attach("big").unwrap();
     let x = acc.upload(&host(&[4, 8], 0.2)).unwrap();
     acc.softmax(&Softmax::default(), &x).unwrap();
+    let refused = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use eia::rpc::proto::{accelerators_client::AcceleratorsClient, FreeRequest};
+        let mut c = AcceleratorsClient::connect(server.url(false))
+            .await
+            .unwrap();
+        let free = FreeRequest {
+            accelerator: acc.id(),
+            tensors: vec![1],
+        };
+        c.free(free).await.unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::NotFound);
     let mut http = std::net::TcpStream::connect(server.metrics_addr().unwrap()).unwrap();
     http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -556,8 +568,33 @@ fn metrics_endpoint_reports_each_accelerator() {
         format!("eia_accelerator_flops_total{{accelerator=\"{id}\",dtype=\"FP32\",owner=\"anonymous\",tier=\"big\"}} 160"),
         format!("eia_accelerator_memory_bytes{{accelerator=\"{id}\",owner=\"anonymous\",tier=\"big\"}} 1024"), // two tensors at the minimum charge
         "eia_accelerators_attached 1".to_string(),
+        // The RPC histogram, by method and status: one Attach, one refused Free.
+        "eia_rpc_duration_seconds_count{code=\"OK\",method=\"Attach\"} 1".to_string(),
+        "eia_rpc_duration_seconds_count{code=\"NOT_FOUND\",method=\"Free\"} 1".to_string(),
     ] {
         assert!(text.contains(&line), "missing {line:?} in\n{text}");
+    }
+    let open = text
+        .lines()
+        .find_map(|l| l.strip_prefix("eia_connections_open "))
+        .unwrap();
+    assert!(open.parse::<u32>().unwrap() >= 1, "{open}");
+    // Counters are counters, gauges gauges: every `_total` series and only those is a counter.
+    let types: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split_once(' ').unwrap())
+        .collect();
+    assert!(types.len() >= 15, "{types:?}");
+    for (name, kind) in types {
+        let want = if name.ends_with("_total") {
+            "counter"
+        } else if name.ends_with("_seconds") && name.starts_with("eia_rpc") {
+            "histogram"
+        } else {
+            "gauge"
+        };
+        assert_eq!(kind, want, "{name}");
     }
 }
 

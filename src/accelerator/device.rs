@@ -1,7 +1,7 @@
 //! A device sliced into virtual accelerators: its capacity (configured, or measured by a short
-//! calibration), the tiers it offers, and admission — attaching or resizing beyond capacity
-//! (the sum of attached tier rates per precision, the sum of their memory) is refused; overcommit
-//! lifts the compute check, never the memory one.
+//! calibration: the median of several rounds), the tiers it offers, and admission — attaching or
+//! resizing beyond capacity (per precision the tier offers, the sum of attached tier rates; the
+//! sum of their memory) is refused; overcommit lifts the compute check, never the memory one.
 //!
 //! The device also holds what must outlive one accelerator: each owner's meter debt (an
 //! accelerator detached in debt passes it to the owner's next one, so detaching never forgives
@@ -35,9 +35,28 @@ pub struct Capacity {
     pub memory: u64,
 }
 
+/// Rounds of the capacity calibration; the capacity is their median.
+pub const CALIBRATION_ROUNDS: usize = 5;
+
+impl std::fmt::Display for Capacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.3} FP32 TFLOPS, {:.3} FP16 TFLOPS, ",
+            self.fp32_tflops, self.fp16_tflops
+        )?;
+        match self.memory {
+            u64::MAX => write!(f, "memory unlimited"),
+            m => write!(f, "{}", bytes(m)),
+        }
+    }
+}
+
 impl Capacity {
-    /// Measures a backend: the best GEMM rate (512³) per dtype over about 0.1 s each, and the
-    /// memory the backend reports (unlimited where it reports none).
+    /// Measures a backend: per dtype, the median over [`CALIBRATION_ROUNDS`] rounds of each
+    /// round's best 512³ GEMM rate (about 20 ms a round), so one round slowed by other work on
+    /// the machine does not move it; and the memory the backend reports (unlimited where it
+    /// reports none).
     pub fn measure<B: Backend>(backend: &B) -> Result<Capacity> {
         const N: usize = 512;
         let mut tflops = [0.0; 2];
@@ -47,19 +66,45 @@ impl Capacity {
             let op = Gemm::default();
             backend.gemm_into(&op, &x, &x, None, &mut y)?; // warm-up
             backend.synchronize()?;
-            let started = Instant::now();
-            let mut best = Duration::MAX;
-            while started.elapsed() < Duration::from_millis(100) {
-                let t = Instant::now();
-                backend.gemm_into(&op, &x, &x, None, &mut y)?;
-                backend.synchronize()?;
-                best = best.min(t.elapsed());
+            let mut rounds = Vec::with_capacity(CALIBRATION_ROUNDS);
+            for _ in 0..CALIBRATION_ROUNDS {
+                let started = Instant::now();
+                let mut best = Duration::MAX;
+                while started.elapsed() < Duration::from_millis(20) {
+                    let t = Instant::now();
+                    backend.gemm_into(&op, &x, &x, None, &mut y)?;
+                    backend.synchronize()?;
+                    best = best.min(t.elapsed());
+                }
+                rounds.push(2.0 * (N * N * N) as f64 / best.as_secs_f64().max(1e-9) / 1e12);
             }
-            *slot = 2.0 * (N * N * N) as f64 / best.as_secs_f64().max(1e-9) / 1e12;
+            rounds.sort_by(f64::total_cmp);
+            *slot = rounds[CALIBRATION_ROUNDS / 2];
         }
         Ok(Capacity {
             fp32_tflops: tflops[0],
             fp16_tflops: tflops[1],
+            memory: backend.total_memory().unwrap_or(u64::MAX),
+        })
+    }
+
+    /// A configured capacity: TFLOPS per dtype (positive, finite) and the backend's memory.
+    pub fn configured<B: Backend>(
+        backend: &B,
+        fp32_tflops: f64,
+        fp16_tflops: f64,
+    ) -> Result<Capacity> {
+        for (what, rate) in [("FP32", fp32_tflops), ("FP16", fp16_tflops)] {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(Error::Config {
+                    source_name: "capacity".into(),
+                    msg: format!("{what} TFLOPS must be a positive number, got {rate}"),
+                });
+            }
+        }
+        Ok(Capacity {
+            fp32_tflops,
+            fp16_tflops,
             memory: backend.total_memory().unwrap_or(u64::MAX),
         })
     }
@@ -250,7 +295,8 @@ impl<B: Backend> DeviceInner<B> {
         } else {
             &DType::ALL[..]
         };
-        for &dtype in compute {
+        // A precision the tier does not offer (rate 0) asks nothing of that capacity.
+        for &dtype in compute.iter().filter(|&&d| tier.offers(d)) {
             let used = others.clone().fold(0.0, |sum, t| sum + t.tflops(dtype));
             if used + tier.tflops(dtype) > cap.tflops(dtype) * (1.0 + 1e-9) {
                 over.push(format!(

@@ -32,7 +32,7 @@ pub mod slice;
 pub mod tier;
 pub mod usage;
 
-pub use device::{Capacity, Device, DeviceConfig, LOCAL_OWNER};
+pub use device::{Capacity, Device, DeviceConfig, CALIBRATION_ROUNDS, LOCAL_OWNER};
 pub use meter::Meter;
 pub use slice::{charge, Accelerator, Buffer, Reservation, MIN_TENSOR_CHARGE};
 pub use tier::{Tier, Tiers};

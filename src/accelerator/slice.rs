@@ -314,6 +314,7 @@ where
         let (cost, input_slots, output_slot) = {
             let state = inner.lock();
             state.live(inner.id)?;
+            state.tier.check_offers(dtype)?;
             let slots = inputs
                 .iter()
                 .map(|b| inner.slot(&state, b))

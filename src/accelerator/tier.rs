@@ -8,6 +8,14 @@
 //! fp32_tflops = 0.05
 //! fp16_tflops = 0.1
 //! memory_mib = 256
+//!
+//! # A rate of 0 means the tier does not offer that precision: its ops are refused, and
+//! # attaching it asks nothing of the device's capacity in that precision.
+//! [[tier]]
+//! name = "lab.fp32"
+//! fp32_tflops = 0.05
+//! fp16_tflops = 0
+//! memory_mib = 256
 //! ```
 
 use std::fmt;
@@ -31,8 +39,9 @@ pub struct Tier {
 }
 
 impl Tier {
-    /// A tier with rates in TFLOPS (10¹² FLOP/s) and memory in bytes; rates must be positive and
-    /// finite, memory non-zero, the name non-empty ASCII letters, digits, `.`, `_` or `-`.
+    /// A tier with rates in TFLOPS (10¹² FLOP/s) and memory in bytes; rates must be finite and
+    /// positive, or 0 for a precision the tier does not offer (at least one positive), memory
+    /// non-zero, the name non-empty ASCII letters, digits, `.`, `_` or `-`.
     pub fn new(name: &str, fp32_tflops: f64, fp16_tflops: f64, memory: u64) -> Result<Tier> {
         let bad = |msg: String| Error::Config {
             source_name: format!("tier {name:?}"),
@@ -48,9 +57,16 @@ impl Tier {
             ));
         }
         for (what, rate) in [("fp32_tflops", fp32_tflops), ("fp16_tflops", fp16_tflops)] {
-            if !(rate.is_finite() && rate > 0.0) {
-                return Err(bad(format!("{what} must be a positive number, got {rate}")));
+            if !(rate.is_finite() && rate >= 0.0) {
+                return Err(bad(format!(
+                    "{what} must be a positive number (or 0: not offered), got {rate}"
+                )));
             }
+        }
+        if fp32_tflops == 0.0 && fp16_tflops == 0.0 {
+            return Err(bad(
+                "a tier must offer FP32 or FP16 (a positive rate)".into()
+            ));
         }
         if memory == 0 {
             return Err(bad("memory must be at least 1 byte".into()));
@@ -76,6 +92,22 @@ impl Tier {
         }
     }
 
+    /// Whether the tier runs ops of `dtype` (its rate is positive).
+    pub fn offers(&self, dtype: DType) -> bool {
+        self.tflops(dtype) > 0.0
+    }
+
+    /// Refuses ops of a precision the tier does not offer.
+    pub fn check_offers(&self, dtype: DType) -> Result<()> {
+        if self.offers(dtype) {
+            return Ok(());
+        }
+        Err(Error::Capacity(format!(
+            "tier {} does not offer {dtype} (its {dtype} rate is 0); convert to the other precision or resize to a tier that offers it",
+            self.name
+        )))
+    }
+
     /// The metered rate in FLOP/s for ops of `dtype`.
     pub fn flops_per_second(&self, dtype: DType) -> f64 {
         self.tflops(dtype) * 1e12
@@ -94,12 +126,19 @@ impl Tier {
 
 impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = |r: f64| {
+            if r > 0.0 {
+                r.to_string()
+            } else {
+                "no".into()
+            }
+        };
         write!(
             f,
             "{} ({} FP32 TFLOPS, {} FP16 TFLOPS, {})",
             self.name,
-            self.fp32_tflops,
-            self.fp16_tflops,
+            rate(self.fp32_tflops),
+            rate(self.fp16_tflops),
             crate::error::bytes(self.memory)
         )
     }
@@ -281,6 +320,10 @@ mod tests {
             (
                 "[[tier]]\nname = \"x\"\nfp32_tflops = -1.0\nfp16_tflops = 1.0\nmemory_mib = 1\n",
                 "positive",
+            ),
+            (
+                "[[tier]]\nname = \"x\"\nfp32_tflops = 0\nfp16_tflops = 0.0\nmemory_mib = 1\n",
+                "must offer",
             ),
             (
                 "[[tier]]\nname = \"x\"\nfp32_tflops = 1.0\nfp16_tflops = 1.0\nmemory_mib = 0\n",

@@ -70,7 +70,10 @@ pub fn spawn(addr: SocketAddr, max_message_bytes: usize) -> std::io::Result<Sock
                 .initial_stream_window_size(Some(super::server::WINDOW_BYTES))
                 .initial_connection_window_size(Some(2 * super::server::WINDOW_BYTES))
                 .add_service(service)
-                .serve_with_incoming(super::server::incoming(listener))
+                .serve_with_incoming(super::listener::incoming(
+                    listener,
+                    super::listener::Limits::default(),
+                ))
                 .await;
         })
     });

@@ -13,6 +13,7 @@ pub mod chunks;
 pub mod client;
 pub mod convert;
 pub mod echo;
+pub mod listener;
 pub mod metrics;
 pub mod server;
 

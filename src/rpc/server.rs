@@ -39,6 +39,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::{Principal, Tokens};
 use super::chunks::{self, Assembly};
 use super::convert::{self, invalid, status};
+use super::listener::{self, Limits, OpenConnections};
+use super::metrics::ServerMetrics;
 use super::proto::{self, accelerators_server::Accelerators};
 use crate::accelerator::{Accelerator, Buffer, Device, DeviceConfig};
 use crate::backend::{check_output, Backend};
@@ -77,6 +79,10 @@ pub struct ServerConfig {
     /// An upload that sends nothing for this long is ended with DEADLINE_EXCEEDED and its
     /// buffer freed (default 30 s).
     pub stream_idle_timeout: Duration,
+    /// Connections open at once and how long a silent one is kept ([`Limits`]).
+    pub connections: Limits,
+    /// Streams (calls) one connection may have open at once (default 256).
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +97,8 @@ impl Default for ServerConfig {
             metrics: None,
             usage_log: None,
             stream_idle_timeout: Duration::from_secs(30),
+            connections: Limits::default(),
+            max_streams_per_connection: 256,
         }
     }
 }
@@ -111,11 +119,15 @@ struct Shared<B: Backend> {
     draining: AtomicBool,
     health: tonic_health::server::HealthReporter,
     usage_log: Option<Mutex<std::fs::File>>,
+    metrics: ServerMetrics,
+    /// The gRPC listener's open connections, once it serves.
+    connections: std::sync::OnceLock<OpenConnections>,
 }
 
 impl<B: Backend + Clone + 'static> Shared<B> {
     /// Logs a detached accelerator's final usage and appends it to the usage log.
     fn record(&self, owner: &str, why: &str, usage: &crate::accelerator::Usage) {
+        self.metrics.detached(why);
         tracing::info!(
             accelerator = usage.accelerator,
             owner,
@@ -317,6 +329,8 @@ impl<B: Backend + Clone + 'static> Service<B> {
             draining: AtomicBool::new(false),
             health: tonic_health::server::HealthReporter::new(),
             usage_log,
+            metrics: ServerMetrics::new()?,
+            connections: std::sync::OnceLock::new(),
         });
         tokio::spawn(reap(Arc::downgrade(&shared)));
         Ok(Service { shared })
@@ -338,7 +352,14 @@ impl<B: Backend + Clone + 'static> Service<B> {
                 usage: a.accel.usage(),
             })
             .collect();
-        super::metrics::render(&samples, self.shared.device.memory_in_use())
+        let connections = self
+            .shared
+            .connections
+            .get()
+            .map_or(0, OpenConnections::get);
+        self.shared
+            .metrics
+            .render(&samples, self.shared.device.memory_in_use(), connections)
     }
 
     fn principal<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
@@ -428,230 +449,284 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         &self,
         _: Request<proto::ServerLiveRequest>,
     ) -> Result<Response<proto::ServerLiveResponse>, Status> {
-        Ok(Response::new(proto::ServerLiveResponse { live: true }))
+        let timer = self.shared.metrics.time("ServerLive");
+        timer.finish(
+            async move { Ok(Response::new(proto::ServerLiveResponse { live: true })) }.await,
+        )
     }
 
     async fn server_ready(
         &self,
         _: Request<proto::ServerReadyRequest>,
     ) -> Result<Response<proto::ServerReadyResponse>, Status> {
-        Ok(Response::new(proto::ServerReadyResponse {
-            ready: !self.shared.draining.load(Ordering::SeqCst),
-        }))
+        let timer = self.shared.metrics.time("ServerReady");
+        timer.finish(
+            async move {
+                Ok(Response::new(proto::ServerReadyResponse {
+                    ready: !self.shared.draining.load(Ordering::SeqCst),
+                }))
+            }
+            .await,
+        )
     }
 
     async fn tiers(
         &self,
         req: Request<proto::TiersRequest>,
     ) -> Result<Response<proto::TiersResponse>, Status> {
-        self.principal(&req)?;
-        let tiers = self
-            .shared
-            .device
-            .tiers()
-            .iter()
-            .map(convert::tier)
-            .collect();
-        Ok(Response::new(proto::TiersResponse { tiers }))
+        let timer = self.shared.metrics.time("Tiers");
+        timer.finish(
+            async move {
+                self.principal(&req)?;
+                let tiers = self
+                    .shared
+                    .device
+                    .tiers()
+                    .iter()
+                    .map(convert::tier)
+                    .collect();
+                Ok(Response::new(proto::TiersResponse { tiers }))
+            }
+            .await,
+        )
     }
 
     async fn attach(
         &self,
         req: Request<proto::AttachRequest>,
     ) -> Result<Response<proto::AttachResponse>, Status> {
-        let who = self.principal(&req)?;
-        let mut map = lock(&self.shared.accelerators);
-        // Checked under the map's lock: a drain sets the flag before it takes the map, so an
-        // attach either lands in the map the drain empties or sees the flag.
-        if self.shared.draining.load(Ordering::SeqCst) {
-            return Err(Status::unavailable(
-                "the server is draining (shutting down): attach on another server",
-            ));
-        }
-        let tier = self.tier_for(&who, &req.get_ref().tier)?;
-        let held = map.values().filter(|a| a.owner == who.name).count();
-        if held >= who.max_accelerators {
-            tracing::info!(owner = %who.name, tier = tier.name(), held, "attach refused: token limit");
-            return Err(Status::resource_exhausted(format!(
-                "token {:?} already holds {held} accelerators, its limit",
-                who.name
-            )));
-        }
-        let accel = self
-            .shared
-            .device
-            .attach_for(&who.name, tier.clone())
-            .inspect_err(|e| tracing::info!(owner = %who.name, tier = tier.name(), error = %e, "attach refused"))
-            .map_err(status)?;
-        let id = accel.id();
-        tracing::info!(accelerator = id, owner = %who.name, tier = tier.name(), "attached");
-        map.insert(
-            id,
-            Arc::new(Attached {
-                accel,
-                owner: who.name,
-                tensors: Mutex::new(HashMap::new()),
-                last_seen: Mutex::new(Instant::now()),
-                calls: tokio::sync::Semaphore::new(CALLS_PER_ACCELERATOR),
-                gone: tokio::sync::watch::Sender::new(false),
-                drained: AtomicBool::new(false),
-            }),
-        );
-        Ok(Response::new(proto::AttachResponse {
-            accelerator: id,
-            tier: Some(convert::tier(&tier)),
-            lease_seconds: self.shared.lease.as_secs_f64(),
-        }))
+        let timer = self.shared.metrics.time("Attach");
+        timer.finish(async move {
+            let who = self.principal(&req)?;
+            let mut map = lock(&self.shared.accelerators);
+            // Checked under the map's lock: a drain sets the flag before it takes the map, so
+            // an attach either lands in the map the drain empties or sees the flag.
+            if self.shared.draining.load(Ordering::SeqCst) {
+                return Err(Status::unavailable(
+                    "the server is draining (shutting down): attach on another server",
+                ));
+            }
+            let tier = self.tier_for(&who, &req.get_ref().tier)?;
+            let held = map.values().filter(|a| a.owner == who.name).count();
+            if held >= who.max_accelerators {
+                tracing::info!(owner = %who.name, tier = tier.name(), held, "attach refused: token limit");
+                return Err(Status::resource_exhausted(format!(
+                    "token {:?} already holds {held} accelerators, its limit",
+                    who.name
+                )));
+            }
+            let accel = self
+                .shared
+                .device
+                .attach_for(&who.name, tier.clone())
+                .inspect_err(|e| tracing::info!(owner = %who.name, tier = tier.name(), error = %e, "attach refused"))
+                .map_err(status)?;
+            let id = accel.id();
+            tracing::info!(accelerator = id, owner = %who.name, tier = tier.name(), "attached");
+            map.insert(
+                id,
+                Arc::new(Attached {
+                    accel,
+                    owner: who.name,
+                    tensors: Mutex::new(HashMap::new()),
+                    last_seen: Mutex::new(Instant::now()),
+                    calls: tokio::sync::Semaphore::new(CALLS_PER_ACCELERATOR),
+                    gone: tokio::sync::watch::Sender::new(false),
+                    drained: AtomicBool::new(false),
+                }),
+            );
+            Ok(Response::new(proto::AttachResponse {
+                accelerator: id,
+                tier: Some(convert::tier(&tier)),
+                lease_seconds: self.shared.lease.as_secs_f64(),
+            }))
+        }.await)
     }
 
     async fn resize(
         &self,
         req: Request<proto::ResizeRequest>,
     ) -> Result<Response<proto::ResizeResponse>, Status> {
-        let who = self.principal(&req)?;
-        let a = self.get(&who, req.get_ref().accelerator)?;
-        let tier = self.tier_for(&who, &req.get_ref().tier)?;
-        a.accel.resize_tier(tier.clone()).map_err(status)?;
-        tracing::info!(accelerator = a.accel.id(), owner = %a.owner, tier = tier.name(), "resized");
-        Ok(Response::new(proto::ResizeResponse {
-            tier: Some(convert::tier(&tier)),
-        }))
+        let timer = self.shared.metrics.time("Resize");
+        timer.finish(async move {
+            let who = self.principal(&req)?;
+            let a = self.get(&who, req.get_ref().accelerator)?;
+            let tier = self.tier_for(&who, &req.get_ref().tier)?;
+            a.accel.resize_tier(tier.clone()).map_err(status)?;
+            tracing::info!(accelerator = a.accel.id(), owner = %a.owner, tier = tier.name(), "resized");
+            Ok(Response::new(proto::ResizeResponse {
+                tier: Some(convert::tier(&tier)),
+            }))
+        }.await)
     }
 
     async fn detach(
         &self,
         req: Request<proto::DetachRequest>,
     ) -> Result<Response<proto::DetachResponse>, Status> {
-        let who = self.principal(&req)?;
-        let id = req.get_ref().accelerator;
-        let a = self.get(&who, id)?;
-        lock(&self.shared.accelerators).remove(&id);
-        let usage = self.shared.retire(&a, "client detached")?;
-        Ok(Response::new(proto::DetachResponse {
-            usage: Some(convert::usage(&usage)),
-        }))
+        let timer = self.shared.metrics.time("Detach");
+        timer.finish(
+            async move {
+                let who = self.principal(&req)?;
+                let id = req.get_ref().accelerator;
+                let a = self.get(&who, id)?;
+                lock(&self.shared.accelerators).remove(&id);
+                let usage = self.shared.retire(&a, "client detached")?;
+                Ok(Response::new(proto::DetachResponse {
+                    usage: Some(convert::usage(&usage)),
+                }))
+            }
+            .await,
+        )
     }
 
     async fn heartbeat(
         &self,
         req: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
-        let who = self.principal(&req)?;
-        self.get(&who, req.get_ref().accelerator)?;
-        Ok(Response::new(proto::HeartbeatResponse {}))
+        let timer = self.shared.metrics.time("Heartbeat");
+        timer.finish(
+            async move {
+                let who = self.principal(&req)?;
+                self.get(&who, req.get_ref().accelerator)?;
+                Ok(Response::new(proto::HeartbeatResponse {}))
+            }
+            .await,
+        )
     }
 
     async fn usage(
         &self,
         req: Request<proto::UsageRequest>,
     ) -> Result<Response<proto::UsageResponse>, Status> {
-        let who = self.principal(&req)?;
-        let a = self.get(&who, req.get_ref().accelerator)?;
-        Ok(Response::new(proto::UsageResponse {
-            usage: Some(convert::usage(&a.accel.usage())),
-        }))
+        let timer = self.shared.metrics.time("Usage");
+        timer.finish(
+            async move {
+                let who = self.principal(&req)?;
+                let a = self.get(&who, req.get_ref().accelerator)?;
+                Ok(Response::new(proto::UsageResponse {
+                    usage: Some(convert::usage(&a.accel.usage())),
+                }))
+            }
+            .await,
+        )
     }
 
     async fn alloc(
         &self,
         req: Request<proto::AllocRequest>,
     ) -> Result<Response<proto::AllocResponse>, Status> {
-        let who = self.principal(&req)?;
-        let a = self.get(&who, req.get_ref().accelerator)?;
-        let descs = req
-            .get_ref()
-            .tensors
-            .iter()
-            .map(|m| convert::desc(Some(m)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let tensors = a
-            .blocking(move |a| {
-                // All or nothing: tensors allocated before a failure are dropped (freed).
-                let made = descs
+        let timer = self.shared.metrics.time("Alloc");
+        timer.finish(
+            async move {
+                let who = self.principal(&req)?;
+                let a = self.get(&who, req.get_ref().accelerator)?;
+                let descs = req
+                    .get_ref()
+                    .tensors
                     .iter()
-                    .map(|d| a.accel.alloc(d))
-                    .collect::<Result<Vec<_>>>()
-                    .map_err(status)?;
-                Ok(made.into_iter().map(|t| a.insert(t)).collect())
-            })
-            .await?;
-        Ok(Response::new(proto::AllocResponse { tensors }))
+                    .map(|m| convert::desc(Some(m)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let tensors = a
+                    .blocking(move |a| {
+                        // All or nothing: tensors allocated before a failure are dropped (freed).
+                        let made = descs
+                            .iter()
+                            .map(|d| a.accel.alloc(d))
+                            .collect::<Result<Vec<_>>>()
+                            .map_err(status)?;
+                        Ok(made.into_iter().map(|t| a.insert(t)).collect())
+                    })
+                    .await?;
+                Ok(Response::new(proto::AllocResponse { tensors }))
+            }
+            .await,
+        )
     }
 
     async fn free(
         &self,
         req: Request<proto::FreeRequest>,
     ) -> Result<Response<proto::FreeResponse>, Status> {
-        let who = self.principal(&req)?;
-        let a = self.get(&who, req.get_ref().accelerator)?;
-        free(&a, &req.get_ref().tensors)?;
-        Ok(Response::new(proto::FreeResponse {}))
+        let timer = self.shared.metrics.time("Free");
+        timer.finish(
+            async move {
+                let who = self.principal(&req)?;
+                let a = self.get(&who, req.get_ref().accelerator)?;
+                free(&a, &req.get_ref().tensors)?;
+                Ok(Response::new(proto::FreeResponse {}))
+            }
+            .await,
+        )
     }
 
     async fn upload(
         &self,
         req: Request<Streaming<proto::UploadChunk>>,
     ) -> Result<Response<proto::UploadResponse>, Status> {
-        let who = self.principal(&req)?;
-        let mut stream = req.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| invalid("an upload needs at least one message"))?;
-        let header = first
-            .header
-            .ok_or_else(|| invalid("the first upload message must carry the header"))?;
-        let a = self.get(&who, header.accelerator)?;
-        let desc = convert::desc(header.meta.as_ref())?;
-        let want = desc.bytes();
-        // The quota is reserved before anything more is read (refused if it cannot fit), and
-        // counted as in use until the tensor exists or the upload fails.
-        let reservation = a.accel.reserve(&desc).map_err(status)?;
-        let mut gone = a.gone.subscribe();
-        // Chunks land once, in the tensor's final buffer, which the backend then keeps.
-        let mut data = Assembly::new(desc).ok_or_else(|| {
-            Status::resource_exhausted(format!("upload: the host cannot hold {want} more bytes"))
-        })?;
-        let mut chunk = first.data;
-        loop {
-            if !data.push(&chunk) {
-                return Err(invalid(format!(
-                    "upload: more than the {want} bytes a {} {:?} tensor holds",
-                    data.desc().dtype(),
-                    data.desc().shape()
-                )));
-            }
-            let idle = self.shared.stream_idle_timeout;
-            let next = tokio::select! {
-                next = tokio::time::timeout(idle, stream.message()) => next.map_err(|_| {
-                    Status::deadline_exceeded(format!(
-                        "upload: no data for {:.0} s; the upload was ended and its memory freed",
-                        idle.as_secs_f64()
-                    ))
-                })??,
-                _ = gone.wait_for(|gone| *gone) => {
-                    return Err(a.unless_drained(Status::not_found(format!(
-                        "upload: accelerator {} was detached while the upload arrived",
-                        header.accelerator
-                    ))))
+        let timer = self.shared.metrics.time("Upload");
+        timer.finish(async move {
+            let who = self.principal(&req)?;
+            let mut stream = req.into_inner();
+            let first = stream
+                .message()
+                .await?
+                .ok_or_else(|| invalid("an upload needs at least one message"))?;
+            let header = first
+                .header
+                .ok_or_else(|| invalid("the first upload message must carry the header"))?;
+            let a = self.get(&who, header.accelerator)?;
+            let desc = convert::desc(header.meta.as_ref())?;
+            let want = desc.bytes();
+            // The quota is reserved before anything more is read (refused if it cannot fit), and
+            // counted as in use until the tensor exists or the upload fails.
+            let reservation = a.accel.reserve(&desc).map_err(status)?;
+            let mut gone = a.gone.subscribe();
+            // Chunks land once, in the tensor's final buffer, which the backend then keeps.
+            let mut data = Assembly::new(desc).ok_or_else(|| {
+                Status::resource_exhausted(format!("upload: the host cannot hold {want} more bytes"))
+            })?;
+            let mut chunk = first.data;
+            loop {
+                if !data.push(&chunk) {
+                    return Err(invalid(format!(
+                        "upload: more than the {want} bytes a {} {:?} tensor holds",
+                        data.desc().dtype(),
+                        data.desc().shape()
+                    )));
                 }
-            };
-            match next {
-                Some(next) if next.header.is_some() => {
-                    return Err(invalid("upload: only the first message carries a header"))
+                let idle = self.shared.stream_idle_timeout;
+                let next = tokio::select! {
+                    next = tokio::time::timeout(idle, stream.message()) => next.map_err(|_| {
+                        Status::deadline_exceeded(format!(
+                            "upload: no data for {:.0} s; the upload was ended and its memory freed",
+                            idle.as_secs_f64()
+                        ))
+                    })??,
+                    _ = gone.wait_for(|gone| *gone) => {
+                        return Err(a.unless_drained(Status::not_found(format!(
+                            "upload: accelerator {} was detached while the upload arrived",
+                            header.accelerator
+                        ))))
+                    }
+                };
+                match next {
+                    Some(next) if next.header.is_some() => {
+                        return Err(invalid("upload: only the first message carries a header"))
+                    }
+                    Some(next) => chunk = next.data,
+                    None => break,
                 }
-                Some(next) => chunk = next.data,
-                None => break,
             }
-        }
-        let host = data.finish().map_err(status)?;
-        let tensor = a
-            .blocking(move |a| {
-                let t = a.accel.upload_reserved(reservation, host).map_err(status)?;
-                Ok(a.insert(t))
-            })
-            .await?;
-        Ok(Response::new(proto::UploadResponse { tensor }))
+            let host = data.finish().map_err(status)?;
+            let tensor = a
+                .blocking(move |a| {
+                    let t = a.accel.upload_reserved(reservation, host).map_err(status)?;
+                    Ok(a.insert(t))
+                })
+                .await?;
+            Ok(Response::new(proto::UploadResponse { tensor }))
+        }.await)
     }
 
     type DownloadStream = DownloadStream;
@@ -660,34 +735,47 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         &self,
         req: Request<proto::DownloadRequest>,
     ) -> Result<Response<DownloadStream>, Status> {
-        let who = self.principal(&req)?;
-        let (id, tensor) = (req.get_ref().accelerator, req.get_ref().tensor);
-        let a = self.get(&who, id)?;
-        let t = a.tensor(tensor)?;
-        let host = a
-            .blocking(move |a| a.accel.download(&read(&t)).map_err(status))
-            .await?;
-        // Every chunk is a slice of the downloaded tensor's own buffer (no copy per chunk).
-        let mut meta = Some(convert::meta(host.desc()));
-        let bytes = chunks::host_bytes(host.into_storage());
-        let chunks = chunks::split(bytes, self.shared.chunk_bytes).map(move |data| {
-            Ok(proto::DownloadChunk {
-                meta: meta.take(),
-                data,
-            })
-        });
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let timer = self.shared.metrics.time("Download");
+        timer.finish(
+            async move {
+                let who = self.principal(&req)?;
+                let (id, tensor) = (req.get_ref().accelerator, req.get_ref().tensor);
+                let a = self.get(&who, id)?;
+                let t = a.tensor(tensor)?;
+                let host = a
+                    .blocking(move |a| a.accel.download(&read(&t)).map_err(status))
+                    .await?;
+                // Every chunk is a slice of the downloaded tensor's own buffer (no copy per chunk).
+                let mut meta = Some(convert::meta(host.desc()));
+                let bytes = chunks::host_bytes(host.into_storage());
+                let chunks = chunks::split(bytes, self.shared.chunk_bytes).map(move |data| {
+                    Ok(proto::DownloadChunk {
+                        meta: meta.take(),
+                        data,
+                    })
+                });
+                let stream: DownloadStream = Box::pin(tokio_stream::iter(chunks));
+                Ok(Response::new(stream))
+            }
+            .await,
+        )
     }
 
     async fn run(
         &self,
         req: Request<proto::RunRequest>,
     ) -> Result<Response<proto::RunResponse>, Status> {
-        let who = self.principal(&req)?;
-        let a = self.get(&who, req.get_ref().accelerator)?;
-        let program = req.into_inner();
-        let response = a.blocking(move |a| run_program(a, program)).await?;
-        Ok(Response::new(response))
+        let timer = self.shared.metrics.time("Run");
+        timer.finish(
+            async move {
+                let who = self.principal(&req)?;
+                let a = self.get(&who, req.get_ref().accelerator)?;
+                let program = req.into_inner();
+                let response = a.blocking(move |a| run_program(a, program)).await?;
+                Ok(Response::new(response))
+            }
+            .await,
+        )
     }
 }
 
@@ -964,6 +1052,7 @@ fn run_checked<B: Backend + Clone + 'static>(
 pub struct ServerHandle {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    capacity: crate::accelerator::Capacity,
     /// Starts the drain (with its timeout) that ends the server.
     stop: Option<tokio::sync::oneshot::Sender<Duration>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
@@ -978,6 +1067,11 @@ impl ServerHandle {
     /// The address of the metrics endpoint, if one was configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The device's capacity (configured or calibrated at start).
+    pub fn capacity(&self) -> crate::accelerator::Capacity {
+        self.capacity
     }
 
     /// The URL a client connects to (`http://` or `https://` with TLS).
@@ -1055,7 +1149,8 @@ pub fn spawn<B: Backend + Clone + 'static>(
                         ),
                         None => None,
                     };
-                    Ok::<_, Error>((listener, (local, metrics), service))
+                    let capacity = service.device().capacity();
+                    Ok::<_, Error>((listener, (local, metrics, capacity), service))
                 }
                 .await;
                 let (listener, local, service) = match started {
@@ -1078,12 +1173,13 @@ pub fn spawn<B: Backend + Clone + 'static>(
             served
         })
         .map_err(|e| Error::Network(format!("cannot start the server thread: {e}")))?;
-    let (addr, metrics_addr) = ready_rx
+    let (addr, metrics_addr, capacity) = ready_rx
         .recv()
         .map_err(|_| Error::Network("the server thread stopped before listening".into()))??;
     Ok(ServerHandle {
         addr,
         metrics_addr,
+        capacity,
         stop: Some(stop_tx),
         thread: Some(thread),
     })
@@ -1119,13 +1215,6 @@ async fn serve_metrics<B: Backend + Clone + 'static>(
     Ok(local)
 }
 
-/// Connections accepted on `listener`, with TCP_NODELAY as tonic sets it when it binds the
-/// address itself (with Nagle's algorithm a stream's last small frames, such as the trailers
-/// after a tensor, can wait for a delayed ACK: tens of milliseconds).
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 /// Serves `service` on `listener` until `shutdown` completes.
 pub async fn serve<B: Backend + Clone + 'static>(
     listener: tokio::net::TcpListener,
@@ -1134,6 +1223,8 @@ pub async fn serve<B: Backend + Clone + 'static>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let health = service.shared.health.clone();
+    let incoming = listener::incoming(listener, config.connections);
+    let _ = service.shared.connections.set(incoming.open());
     let grpc = proto::accelerators_server::AcceleratorsServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -1147,12 +1238,12 @@ pub async fn serve<B: Backend + Clone + 'static>(
     let mut builder = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(WINDOW_BYTES))
         .initial_connection_window_size(Some(2 * WINDOW_BYTES))
-        // Dead peers are noticed (HTTP/2 pings, TCP keepalive); one connection cannot open
-        // unbounded streams. Calls honour the client's `grpc-timeout`.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Dead peers are noticed (HTTP/2 pings; TCP keepalive is set by the listener), and the
+        // pings keep live ones from looking idle; one connection cannot open unbounded
+        // streams. Calls honour the client's `grpc-timeout`.
+        .http2_keepalive_interval(Some(config.connections.keepalive_interval()))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        .max_concurrent_streams(Some(256));
+        .max_concurrent_streams(Some(config.max_streams_per_connection));
     if let Some((cert, key)) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder
@@ -1162,7 +1253,7 @@ pub async fn serve<B: Backend + Clone + 'static>(
     builder
         .add_service(grpc)
         .add_service(health)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Network(format!("server: {e}")))
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use eia::accelerator::Tiers;
+use eia::accelerator::{Capacity, Tiers};
 use eia::workload::Workload;
 use eia::{Backend, CpuBackend, DType};
 
@@ -198,12 +198,23 @@ fn run(cli: Cli) -> eia::Result<()> {
                     f("avx512f", std::is_x86_feature_detected!("avx512f"))
                 );
             }
+            let rounds = eia::accelerator::CALIBRATION_ROUNDS;
+            println!(
+                "cpu capacity (median of {rounds} rounds, what `eia serve --backend cpu` calibrates): {}",
+                Capacity::measure(&backend)?
+            );
             match eia::CudaBackend::new(0) {
-                Ok(gpu) => println!(
-                    "cuda: {}, {:.1} GiB",
-                    gpu.name(),
-                    gpu.total_memory().unwrap_or(0) as f64 / (1u64 << 30) as f64
-                ),
+                Ok(gpu) => {
+                    println!(
+                        "cuda: {}, {:.1} GiB",
+                        gpu.name(),
+                        gpu.total_memory().unwrap_or(0) as f64 / (1u64 << 30) as f64
+                    );
+                    println!(
+                        "cuda capacity (median of {rounds} rounds): {}",
+                        Capacity::measure(&gpu)?
+                    );
+                }
                 Err(e) => println!("cuda: unavailable ({e})"),
             }
             Ok(())

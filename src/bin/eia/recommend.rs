@@ -103,7 +103,8 @@ pub fn run(args: RecommendArgs) -> eia::Result<()> {
     });
     let mut best: Option<(String, DType, f64)> = None;
     for tier in &tiers {
-        for m in &measured {
+        // A precision the tier does not offer (rate 0) is not a choice.
+        for m in measured.iter().filter(|m| tier.offers(m.dtype)) {
             let floor = m.flops as f64 / tier.flops_per_second(m.dtype) * 1e3;
             let expect = floor.max(m.device_ms);
             let fits = m.peak <= tier.memory();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use eia::accelerator::DeviceConfig;
+use eia::accelerator::{Capacity, DeviceConfig};
 use eia::{Backend, CpuBackend};
 
 use crate::TierFile;
@@ -54,6 +54,22 @@ pub struct ServeArgs {
     /// Largest gRPC message in MiB (tensors beyond it stream in chunks).
     #[arg(long, default_value_t = 64)]
     max_message_mib: usize,
+    /// Connections open at once; more wait (unaccepted) until one closes. Keep it below the
+    /// file-descriptor limit (`ulimit -n`).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds a connection may send nothing (not even a keepalive answer) before it is closed.
+    #[arg(long, default_value_t = 120.0)]
+    connection_idle_timeout: f64,
+    /// The device's FP32 TFLOPS, instead of calibrating at start (needs --capacity-fp16).
+    #[arg(long, value_name = "TFLOPS", requires = "capacity_fp16")]
+    capacity_fp32: Option<f64>,
+    /// The device's FP16 TFLOPS, instead of calibrating at start (needs --capacity-fp32).
+    #[arg(long, value_name = "TFLOPS", requires = "capacity_fp32")]
+    capacity_fp16: Option<f64>,
+    /// Calls one connection may have open at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams: u32,
     #[command(flatten)]
     tiers: TierFile,
 }
@@ -73,6 +89,11 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
         max_tensors,
         metrics,
         max_message_mib,
+        max_connections,
+        connection_idle_timeout,
+        max_streams,
+        capacity_fp32,
+        capacity_fp16,
         tiers,
     } = args;
     let read = |p: &PathBuf| {
@@ -106,6 +127,11 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
         max_message_bytes: max_message_mib << 20,
         tls: tls.clone(),
         metrics,
+        connections: eia::rpc::listener::Limits {
+            max_connections: max_connections as usize,
+            idle_timeout: seconds("--connection-idle-timeout", connection_idle_timeout)?,
+        },
+        max_streams_per_connection: max_streams,
         ..eia::rpc::ServerConfig::default()
     };
     let auth = if config.tokens.is_some() {
@@ -113,23 +139,26 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     } else {
         "no authentication"
     };
+    let configured = capacity_fp32.zip(capacity_fp16);
+    let spawn = |backend, config| spawn_on(listen, backend, config, configured);
+    let spawn_gpu = |backend, config| spawn_on(listen, backend, config, configured);
     let (server, device) = match (backend.as_str(), eia::CudaBackend::new(0)) {
-        ("cpu", _) => (
-            eia::rpc::spawn(listen, CpuBackend::new(), config)?,
-            "cpu".into(),
-        ),
+        ("cpu", _) => (spawn(CpuBackend::new(), config)?, "cpu".into()),
         (_, Ok(gpu)) => {
             let name = gpu.name();
-            (eia::rpc::spawn(listen, gpu, config)?, name)
+            (spawn_gpu(gpu, config)?, name)
         }
         ("cuda", Err(e)) => return Err(e),
         (_, Err(e)) => {
             println!("no GPU, serving the CPU backend: {e}");
-            (
-                eia::rpc::spawn(listen, CpuBackend::new(), config)?,
-                "cpu".into(),
-            )
+            (spawn(CpuBackend::new(), config)?, "cpu".into())
         }
+    };
+    let capacity = server.capacity();
+    let how = if capacity_fp32.is_some() {
+        "configured"
+    } else {
+        "calibrated"
     };
     println!(
         "eia serve: {device} accelerators, listening on {} ({auth}); SIGTERM or Ctrl-C drains and stops",
@@ -138,13 +167,21 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     if let Some(at) = server.metrics_addr() {
         println!("metrics: http://{at}/metrics");
     }
+    println!("capacity ({how}): {capacity}");
     tracing::info!(
         %device,
         addr = %server.addr(),
         auth,
         tls = tls.is_some(),
         metrics = ?server.metrics_addr(),
+        capacity_fp32_tflops = capacity.fp32_tflops,
+        capacity_fp16_tflops = capacity.fp16_tflops,
+        capacity_memory = capacity.memory,
+        capacity_source = how,
         lease_s = lease,
+        max_connections,
+        connection_idle_timeout_s = connection_idle_timeout,
+        max_streams,
         drain_timeout_s = drain_timeout.as_secs_f64(),
         "serving"
     );
@@ -153,6 +190,20 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     server.drain(drain_timeout)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves `backend` on `listen`; with `capacity` (FP32, FP16 TFLOPS) instead of calibrating
+/// the device at start (the median of several rounds).
+fn spawn_on<B: Backend + Clone + 'static>(
+    listen: std::net::SocketAddr,
+    backend: B,
+    mut config: eia::rpc::ServerConfig,
+    capacity: Option<(f64, f64)>,
+) -> eia::Result<eia::rpc::ServerHandle> {
+    if let Some((fp32, fp16)) = capacity {
+        config.device.capacity = Some(Capacity::configured(&backend, fp32, fp16)?);
+    }
+    eia::rpc::spawn(listen, backend, config)
 }
 
 /// Logs to stderr as text or JSON, filtered by RUST_LOG (default: info). Secrets are never
