@@ -377,8 +377,8 @@ fn local_ops_match_the_rust_api_and_usage_counts_them() {
     eia_device_free(unsafe { Box::from_raw(d) }.into());
 }
 
-#[test]
-fn remote_ops_match_the_rust_api() {
+/// A server on loopback offering the test tiers (overcommitted), and a C connection to it.
+fn serve() -> (eia::rpc::ServerHandle, *mut eia_connection) {
     let server = eia::rpc::spawn(
         "127.0.0.1:0".parse().unwrap(),
         CpuBackend::new(),
@@ -395,6 +395,12 @@ fn remote_ops_match_the_rust_api() {
     let url = cstr(&server.url(false));
     let mut conn = ptr::null_mut();
     ok(unsafe { eia_connection_new(url.as_ptr(), ptr::null(), ptr::null(), Some(&mut conn)) });
+    (server, conn)
+}
+
+#[test]
+fn remote_ops_match_the_rust_api() {
+    let (_server, conn) = serve();
     let tier = cstr("tiny");
     let mut a = ptr::null_mut();
     ok(unsafe { eia_connection_attach(conn.as_ref(), tier.as_ptr(), Some(&mut a)) });
@@ -957,22 +963,7 @@ fn run_model(
 fn models_run_through_the_c_abi_like_the_rust_api() {
     use eia::ffi::model::*;
     let bytes = small_cnn(16);
-    let server = eia::rpc::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        CpuBackend::new(),
-        eia::rpc::ServerConfig {
-            device: eia::DeviceConfig {
-                tiers: eia::Tiers::with_toml("test", TIERS).unwrap(),
-                overcommit: true,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let url = cstr(&server.url(false));
-    let mut conn = ptr::null_mut();
-    ok(unsafe { eia_connection_new(url.as_ptr(), ptr::null(), ptr::null(), Some(&mut conn)) });
+    let (_server, conn) = serve();
     let tier = cstr("tiny");
     let mut remote = ptr::null_mut();
     ok(unsafe { eia_connection_attach(conn.as_ref(), tier.as_ptr(), Some(&mut remote)) });
@@ -1032,6 +1023,35 @@ fn models_run_through_the_c_abi_like_the_rust_api() {
             eia_model_free(unsafe { Box::from_raw(m) }.into());
         }
     }
+    // A model that does not fit is refused before anything is uploaded, remotely too.
+    let mut u = eia_usage::default();
+    ok(eia_accelerator_usage(
+        unsafe { remote.as_ref() },
+        Some(&mut u),
+    ));
+    let uploaded = u.bytes_uploaded;
+    let big = small_cnn(256);
+    let mut m = ptr::null_mut();
+    let options = eia_model_options {
+        batch: 8,
+        fp16: false,
+    };
+    let e = unsafe {
+        eia_model_load_bytes(
+            remote.as_ref(),
+            big.as_ptr(),
+            big.len(),
+            Some(&options),
+            Some(&mut m),
+        )
+    };
+    fails(e, EIA_ERR_MEMORY_QUOTA, "would exceed its memory quota");
+    assert!(m.is_null());
+    ok(eia_accelerator_usage(
+        unsafe { remote.as_ref() },
+        Some(&mut u),
+    ));
+    assert_eq!(u.bytes_uploaded, uploaded);
     // Freeing a model frees its memory on the accelerator.
     let mut u = eia_usage::default();
     ok(eia_accelerator_usage(
@@ -1099,7 +1119,7 @@ fn bad_model_calls_give_their_codes_and_upload_nothing() {
             fp16: false,
         },
     );
-    fails(e, EIA_ERR_MODEL, "use a tier with more memory");
+    fails(e, EIA_ERR_MEMORY_QUOTA, "would exceed its memory quota");
     assert!(m.is_null());
     assert_eq!((usage().memory_used, usage().bytes_uploaded), (0, 0));
     let missing = cstr("/nonexistent/model.onnx");

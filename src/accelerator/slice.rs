@@ -256,7 +256,7 @@ where
         let inner = &*self.inner;
         let bytes = charge(desc);
         let mut state = inner.lock();
-        inner.check_room(&state, bytes)?;
+        inner.check_room(&state, bytes, 1)?;
         state.used += bytes;
         state.reserved += 1;
         state.counters.high_water = state.counters.high_water.max(state.used);
@@ -393,12 +393,12 @@ impl<B: Backend> Inner<B> {
         lock(&self.state)
     }
 
-    /// The check every allocation makes: live, below the tensor limit, and `bytes` more fit
-    /// in the tier's memory.
-    fn check_room(&self, state: &State<B::Storage>, bytes: u64) -> Result<()> {
+    /// The check every allocation makes: live, `tensors` more stay within the tensor limit,
+    /// and `bytes` more fit in the tier's memory.
+    fn check_room(&self, state: &State<B::Storage>, bytes: u64, tensors: usize) -> Result<()> {
         state.live(self.id)?;
         let limit = self.device.inner.config.max_tensors;
-        if state.buffers.len() + state.reserved >= limit {
+        if state.buffers.len() + state.reserved + tensors > limit {
             return Err(Error::TensorLimit {
                 accelerator: self.id,
                 limit,
@@ -547,6 +547,11 @@ where
 
     fn alloc(&self, desc: &TensorDesc) -> Result<Tensor<Buffer>> {
         self.store(self.reserve(desc)?, |b| b.alloc(desc))
+    }
+
+    /// Against the tier's memory quota and the device's limit on live tensors, now.
+    fn check_room(&self, bytes: u64, tensors: usize) -> Result<()> {
+        self.inner.check_room(&self.inner.lock(), bytes, tensors)
     }
 
     fn upload(&self, host: &HostTensor) -> Result<Tensor<Buffer>> {

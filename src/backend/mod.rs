@@ -66,6 +66,14 @@ pub trait Backend: Send + Sync {
         f()
     }
 
+    /// Whether `bytes` more in `tensors` more tensors fit now: an accelerator checks its memory
+    /// quota (`Error::MemoryQuota`) and its limit on live tensors; a bare device, nothing. A
+    /// model checks its whole footprint before it uploads anything.
+    fn check_room(&self, bytes: u64, tensors: usize) -> Result<()> {
+        let _ = (bytes, tensors);
+        Ok(())
+    }
+
     /// The device's memory in bytes, where the backend knows it (admission control uses it).
     fn total_memory(&self) -> Option<u64> {
         None

@@ -166,8 +166,9 @@ fn load(
 }
 
 /// Loads the `.onnx` file at `path` onto `accelerator`: every node is checked first (one
-/// `EIA_ERR_MODEL` error lists all the problems), a model larger than the accelerator's memory
-/// is refused before anything is uploaded, then the weights are uploaded once.
+/// `EIA_ERR_MODEL` error lists all the problems), a model that does not fit in the
+/// accelerator's memory is `EIA_ERR_MEMORY_QUOTA` before anything is uploaded, then the weights
+/// are uploaded once.
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string.

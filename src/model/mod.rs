@@ -203,25 +203,14 @@ impl Model {
     }
 
     /// The table of a session on `backend`: the weights uploaded, the buffers allocated. A
-    /// model larger than the backend's whole memory (an accelerator's tier) is refused before
-    /// anything is uploaded; an upload that fails frees what was uploaded before it.
+    /// model that does not fit in what the accelerator has left (`Error::MemoryQuota`, or its
+    /// tensor limit) is refused before anything is uploaded; an upload that fails anyway frees
+    /// what was uploaded before it.
     pub(crate) fn upload<B: Backend>(
         &self,
         backend: &B,
     ) -> Result<Vec<Option<Tensor<B::Storage>>>> {
-        let needed = self.peak_bytes();
-        if let Some(memory) = backend.total_memory().filter(|&m| needed > m) {
-            return Err(model_err(format!(
-                "model {:?} needs {} of memory ({} of weights, {} of buffers), more than the {} \
-                 of {}: use a tier with more memory (`eia recommend` picks one)",
-                self.name,
-                crate::error::bytes(needed),
-                crate::error::bytes(self.weight_bytes()),
-                crate::error::bytes(needed - self.weight_bytes()),
-                crate::error::bytes(memory),
-                backend.name()
-            )));
-        }
+        backend.check_room(self.peak_bytes(), self.weights.len() + self.buffers.len())?;
         let mut table = Vec::with_capacity(self.weights.len() + self.buffers.len());
         for w in &self.weights {
             table.push(Some(backend.upload(w)?));

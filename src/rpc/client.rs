@@ -454,9 +454,20 @@ impl Backend for RemoteAccelerator {
         )
     }
 
-    /// The tier's memory quota.
-    fn total_memory(&self) -> Option<u64> {
-        Some(lock(&self.tier).memory())
+    /// Against the tier's memory quota, as the server counts it now (one round trip); the
+    /// server checks its limit on live tensors at each allocation.
+    fn check_room(&self, bytes: u64, _tensors: usize) -> Result<()> {
+        let usage = self.usage()?;
+        if usage.memory_used.saturating_add(bytes) > usage.memory_quota {
+            return Err(Error::MemoryQuota {
+                accelerator: self.id,
+                tier: self.tier().name().to_string(),
+                requested: bytes,
+                used: usage.memory_used,
+                quota: usage.memory_quota,
+            });
+        }
+        Ok(())
     }
 
     /// The whole sequence as one [`Program`]: one round trip, validated whole by the server
