@@ -192,6 +192,8 @@ fn eia_serve(nofile: Option<u32>, args: &[&str]) -> (Child, String, Option<Socke
         let at = line.trim().strip_prefix("metrics: http://").unwrap();
         at.strip_suffix("/metrics").unwrap().parse().unwrap()
     });
+    // Keep reading: a closed pipe would make the server's next line to stdout fail.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     (serve, url, metrics)
 }
 
