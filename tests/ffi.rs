@@ -1,6 +1,6 @@
 //! The C ABI from Rust: the header matches the library, every op matches the Rust API exactly
 //! on local and remote accelerators, and every bad call gives its error code with out-parameters
-//! untouched. (`examples/c` and `examples/python` drive the same ABI from C and ctypes.)
+//! untouched. (`examples/c` drives the same ABI from C.)
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr;

@@ -9,7 +9,8 @@ use crate::tensor::TensorDesc;
 const OP: &str = "BatchNormalization";
 
 /// ONNX BatchNormalization attributes (inference mode).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BatchNorm {
     pub epsilon: f32,
 }

@@ -55,7 +55,8 @@ impl BinaryKind {
 }
 
 /// ONNX Add attributes, plus the fused ReLU.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Add {
     /// Apply `max(0, y)` to the sum (fused; not an ONNX attribute). Default false.
     pub relu: bool,

@@ -9,16 +9,20 @@ use crate::tensor::TensorDesc;
 const OP: &str = "Conv";
 
 /// ONNX `auto_pad`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AutoPad {
     /// Use the explicit `pads`.
     #[default]
+    #[serde(rename = "NOTSET")]
     NotSet,
     /// Output is `ceil(in / stride)`; odd padding goes at the end.
+    #[serde(rename = "SAME_UPPER")]
     SameUpper,
     /// Output is `ceil(in / stride)`; odd padding goes at the beginning.
+    #[serde(rename = "SAME_LOWER")]
     SameLower,
     /// No padding.
+    #[serde(rename = "VALID")]
     Valid,
 }
 
@@ -54,7 +58,8 @@ impl std::str::FromStr for AutoPad {
 }
 
 /// ONNX Conv attributes for 2-D inputs, plus an optional fused ReLU.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Conv {
     /// `[stride_h, stride_w]`.
     pub strides: [usize; 2],

@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
 
 /// ONNX Gemm attributes, plus an optional fused ReLU on the output.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Gemm {
     pub alpha: f32,
     pub beta: f32,

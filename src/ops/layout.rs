@@ -20,14 +20,16 @@ pub const MAX_TRANSPOSE_RANK: usize = 8;
 
 /// ONNX Concat: the inputs joined along `axis` (negative counts from the end). Every input has
 /// the same rank and the same dimensions off the axis; an input may be empty along the axis.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Concat {
     /// ONNX requires it (there is no default).
     pub axis: i64,
 }
 
 /// ONNX Transpose: `output.shape[i] = input.shape[perm[i]]`.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Transpose {
     /// A permutation of `0..rank`; `None` (the ONNX default) or an empty list reverses the
     /// dimensions (the wire and the C ABI spell "unset" as empty).
@@ -35,7 +37,8 @@ pub struct Transpose {
 }
 
 /// ONNX Flatten: a 2-D output `[d0·…·d(axis−1), d(axis)·…·d(n−1)]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Flatten {
     /// In `-rank ..= rank`; negative counts from the end. ONNX default: 1.
     pub axis: i64,
@@ -50,7 +53,8 @@ impl Default for Flatten {
 /// ONNX Reshape (opset 14) with its `shape` input as an attribute: a `0` copies the input's
 /// dimension at that index (unless `allowzero`, where it is a literal 0) and at most one `-1`
 /// is inferred from the element count.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Reshape {
     pub shape: Vec<i64>,
     /// ONNX `allowzero` (default false): a `0` in `shape` is a zero-sized dimension, not a copy;
@@ -59,7 +63,8 @@ pub struct Reshape {
 }
 
 /// ONNX Squeeze (opset 13) with its `axes` input as an attribute.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Squeeze {
     /// The 1-sized dimensions to remove (negative count from the end; each must be 1); `None`
     /// or an empty list removes every 1-sized dimension.
@@ -67,7 +72,8 @@ pub struct Squeeze {
 }
 
 /// ONNX Unsqueeze (opset 13) with its `axes` input as an attribute.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Unsqueeze {
     /// Where 1-sized dimensions are inserted, as indices of the output (negative count from the
     /// output's end); required, no duplicates.
@@ -76,7 +82,8 @@ pub struct Unsqueeze {
 
 /// ONNX Dropout in inference mode: the identity. `ratio` (ONNX's optional input) is accepted
 /// and ignored; the optional `mask` output is not supported; `training_mode` must be false.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Dropout {
     /// ONNX default 0.5; must lie in `[0, 1)`.
     pub ratio: f32,

@@ -17,7 +17,8 @@ use crate::tensor::TensorDesc;
 const OP: &str = "LRN";
 
 /// ONNX LRN attributes. `size` is required (no default: 0 is refused).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Lrn {
     /// Channels in the window (≥ 1).
     pub size: usize,

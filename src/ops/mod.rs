@@ -53,12 +53,16 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
 
-/// One op with its attributes: what every front end turns its input into.
-#[derive(Clone, Debug, PartialEq)]
+/// One op with its attributes: what every front end turns its input into. Its serde form
+/// (the Python bindings' keywords) names a variant in snake_case (`"conv"`, `"batch_norm"`,
+/// `"matmul"`) and an attribute by its field; attributes left out take their ONNX defaults.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Op {
     /// Inputs A, B[, C].
     Gemm(Gemm),
     /// Inputs A, B.
+    #[serde(rename = "matmul")]
     MatMul,
     /// Inputs X, W[, B].
     Conv(Conv),

@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
 
 /// ONNX MaxPool attributes (2-D). `kernel_shape` is required (no default: `[0, 0]` is refused).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MaxPool {
     /// `[kernel_h, kernel_w]`.
     pub kernel_shape: [usize; 2],
@@ -50,7 +51,8 @@ impl Default for MaxPool {
 }
 
 /// ONNX AveragePool attributes (2-D). `kernel_shape` is required (`[0, 0]` is refused).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AveragePool {
     /// `[kernel_h, kernel_w]`.
     pub kernel_shape: [usize; 2],

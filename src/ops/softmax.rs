@@ -10,7 +10,8 @@ use crate::tensor::TensorDesc;
 const OP: &str = "Softmax";
 
 /// ONNX Softmax attributes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Softmax {
     /// The reduced axis; negative values count from the end. ONNX default: -1.
     pub axis: i64,

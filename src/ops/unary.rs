@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
 
 /// ONNX Clip bounds (constant inputs folded into attributes). `None`: no bound on that side.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Clip {
     /// Lower bound; `None` = −∞ (ONNX: the `min` input left out).
     pub min: Option<f32>,
@@ -37,7 +38,8 @@ impl Clip {
 }
 
 /// ONNX LeakyRelu attributes.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LeakyRelu {
     /// Slope for `x < 0`. ONNX default: 0.01. Must be finite.
     pub alpha: f32,

@@ -307,6 +307,33 @@ impl RemoteAccelerator {
         Ok(b.id)
     }
 
+    /// Allocates one tensor per descriptor in one round trip (all or none: the server refuses
+    /// the whole call if they do not fit); contents unspecified until written.
+    pub fn alloc_all(&self, descs: &[TensorDesc]) -> Result<Vec<Tensor<RemoteBuffer>>> {
+        self.live()?;
+        self.flush_frees()?;
+        let req = self.conn.request(proto::AllocRequest {
+            accelerator: self.id,
+            tensors: descs.iter().map(convert::meta).collect(),
+        });
+        let r = self.conn.call(self.client().alloc(req))?;
+        // Handles first, so that a short reply still frees what was allocated.
+        let handles: Vec<_> = r
+            .tensors
+            .iter()
+            .zip(descs)
+            .map(|(&id, desc)| self.handle(desc, id))
+            .collect();
+        if r.tensors.len() != descs.len() {
+            return Err(data_loss(format!(
+                "asked for {} tensors, the server allocated {}",
+                descs.len(),
+                r.tensors.len()
+            )));
+        }
+        Ok(handles)
+    }
+
     /// Its usage so far, as the server records it (tensors dropped before the call are freed
     /// first, so `memory_used` counts only live ones).
     pub fn usage(&self) -> Result<Usage> {
@@ -504,18 +531,9 @@ impl Backend for RemoteAccelerator {
     }
 
     fn alloc(&self, desc: &TensorDesc) -> Result<Tensor<RemoteBuffer>> {
-        self.live()?;
-        self.flush_frees()?;
-        let req = self.conn.request(proto::AllocRequest {
-            accelerator: self.id,
-            tensors: vec![convert::meta(desc)],
-        });
-        let r = self.conn.call(self.client().alloc(req))?;
-        let id = *r
-            .tensors
-            .first()
-            .ok_or_else(|| data_loss("the server allocated nothing"))?;
-        Ok(self.handle(desc, id))
+        let mut one = self.alloc_all(std::slice::from_ref(desc))?;
+        one.pop()
+            .ok_or_else(|| data_loss("the server allocated nothing"))
     }
 
     /// Streams the caller's tensor: each chunk is copied out of it as the previous ones go
