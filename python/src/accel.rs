@@ -232,17 +232,8 @@ impl Accelerator {
         inputs: &Bound<'_, PyTuple>,
         attrs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Tensor> {
-        let op = ops::parse(py, name, attrs)?;
-        let xs = tensors(inputs)?;
-        let storages = xs
-            .iter()
-            .map(|t| t.get().storage(&self.shared))
-            .collect::<PyResult<Vec<_>>>()?;
-        let y = py
-            .detach(|| self.shared.apply(&op, &storages))
-            .map_err(to_py)?;
-        let desc = on_storage_desc(&y);
-        Ok(Tensor::new(self.shared.clone(), desc, Some(y)))
+        let y = self.with_op(py, name, inputs, attrs, |op, x| self.shared.apply(op, x))?;
+        Ok(Tensor::new(self.shared.clone(), desc_of(&y), Some(y)))
     }
 
     /// Seconds per call of the op `name` on `inputs`, called `n` times from Rust with no
@@ -256,20 +247,13 @@ impl Accelerator {
         n: u32,
         attrs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<f64> {
-        let op = ops::parse(py, name, attrs)?;
-        let xs = tensors(inputs)?;
-        let storages = xs
-            .iter()
-            .map(|t| t.get().storage(&self.shared))
-            .collect::<PyResult<Vec<_>>>()?;
-        py.detach(|| {
+        self.with_op(py, name, inputs, attrs, |op, x| {
             let start = std::time::Instant::now();
             for _ in 0..n {
-                self.shared.apply(&op, &storages)?;
+                self.shared.apply(op, x)?;
             }
             Ok(start.elapsed().as_secs_f64() / f64::from(n.max(1)))
         })
-        .map_err(to_py)
     }
 
     /// A program: ops recorded now, run together by `run()` (one round trip when remote).
@@ -322,6 +306,27 @@ impl Accelerator {
     }
 }
 
+impl Accelerator {
+    /// Parses the op `name` with `attrs`, checks `inputs` are this accelerator's tensors with
+    /// storage, then runs `f` on them with the GIL released.
+    fn with_op<R: Send>(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        inputs: &Bound<'_, PyTuple>,
+        attrs: Option<&Bound<'_, PyDict>>,
+        f: impl FnOnce(&Op, &[&Storage]) -> eia::Result<R> + Send,
+    ) -> PyResult<R> {
+        let op = ops::parse(py, name, attrs)?;
+        let xs = tensors(inputs)?;
+        let storages = xs
+            .iter()
+            .map(|t| t.get().storage(&self.shared))
+            .collect::<PyResult<Vec<_>>>()?;
+        py.detach(|| f(&op, &storages)).map_err(to_py)
+    }
+}
+
 /// The accelerator behind `acc`: a native accelerator, or the Python `eia.Accelerator`
 /// wrapping one.
 pub fn shared_of(acc: &Bound<'_, PyAny>) -> PyResult<Arc<Shared>> {
@@ -336,7 +341,7 @@ pub fn shared_of(acc: &Bound<'_, PyAny>) -> PyResult<Arc<Shared>> {
 }
 
 /// The descriptor of a storage.
-pub fn on_storage_desc(s: &Storage) -> TensorDesc {
+pub fn desc_of(s: &Storage) -> TensorDesc {
     match s {
         Storage::Local(t) => t.desc().clone(),
         Storage::Remote(t) => t.desc().clone(),
