@@ -8,8 +8,8 @@
 - the PodMonitor against the openAPIV3Schema of the Prometheus Operator's CRD, vendored in
   deploy/schemas/ (made strict the same way: unknown fields are errors), and its metadata
   against the Kubernetes ObjectMeta schema;
-- the Secrets the README's `kubectl create secret` commands make (rendered with
-  --dry-run=client), validated, and holding the keys the DaemonSet mounts;
+- the Secrets the README's `kubectl create secret` commands make (the same commands, rendered
+  with --dry-run=client), validated, and holding the keys the DaemonSet mounts;
 - what the objects say of one another: selectors and labels, named ports, the ports in the
   container's args, the Prometheus annotations, the Secret paths in the args, the drain
   timeout below the termination grace period;
@@ -126,6 +126,11 @@ def validate_podmonitor(doc):
 
 def secrets():
     """The README's Secrets, made from fixture files the way an operator makes them."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for cmd in SECRETS:
+        typed = "kubectl " + " ".join(cmd).format(tokens="tokens.toml", cert="tls.crt",
+                                                   key="tls.key")
+        check(typed in readme, f"README.md shows `{typed}`")
     with tempfile.TemporaryDirectory() as tmp:
         files = {k: os.path.join(tmp, k) for k in ("tokens", "cert", "key")}
         with open(files["tokens"], "w") as f:

@@ -7,7 +7,7 @@
 //! SIGTERM (what the kubelet sends) drain and exit 0 within the manifest's drain timeout.
 //! deploy/validate.py checks the manifests themselves against the Kubernetes schemas.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -205,20 +205,8 @@ fn the_daemonsets_args_serve_tls_with_tokens_answer_the_probes_and_drain_on_sigt
 
     // SIGTERM, as the kubelet sends it: a drain, then exit 0 within the drain timeout.
     let term = Instant::now();
-    let kill = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = serve.wait().unwrap();
+    let (status, logs) = common::stop(serve);
     let stopped = term.elapsed();
-    let mut logs = String::new();
-    serve
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
     println!("SIGTERM to exit: {stopped:?}");
     assert!(status.success(), "{status}: {logs}");
     assert!(
