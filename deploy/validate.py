@@ -161,6 +161,7 @@ def cross_check(objects, secret_objects):
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     args = c["args"]
     check(args[0] == "serve", "the container runs `eia serve`")
+    check(arg(args, "--backend") == "cuda", "a GPU node serves its GPU or fails (--backend=cuda)")
 
     for sel, what in ((ds["spec"]["selector"]["matchLabels"], "DaemonSet selector"),
                       (svc["spec"]["selector"], "Service selector"),

@@ -1,11 +1,12 @@
 //! The Kubernetes DaemonSet's container (deploy/kubernetes/daemonset.yaml) run by the real
 //! `eia serve`: exactly its `args`, with the Secret files swapped for fixtures made the same
-//! way (a token file of `eia token-hash` hashes, a PEM certificate and key) and its addresses
-//! for loopback ones. The server must accept every flag, serve TLS with bearer tokens, answer
-//! what each probe asks — `GET /metrics` (the DaemonSet's probes) and grpc.health.v1 for the
-//! service names of components/grpc-probes-tls, without a token, as the kubelet asks — and on
-//! SIGTERM (what the kubelet sends) drain and exit 0 within the manifest's drain timeout.
-//! deploy/validate.py checks the manifests themselves against the Kubernetes schemas.
+//! way (a token file of `eia token-hash` hashes, a PEM certificate and key), its addresses for
+//! loopback ones and, on a machine without a GPU, `--backend=cuda` for the CPU. The server
+//! must accept every flag, serve TLS with bearer tokens, answer what each probe asks — `GET
+//! /metrics` (the DaemonSet's probes) and grpc.health.v1 for the service names of
+//! components/grpc-probes-tls, without a token, as the kubelet asks — and on SIGTERM (what the
+//! kubelet sends) drain and exit 0 within the manifest's drain timeout. deploy/validate.py
+//! checks the manifests themselves against the Kubernetes schemas.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -111,6 +112,10 @@ fn the_daemonsets_args_serve_tls_with_tokens_answer_the_probes_and_drain_on_sigt
         let (flag, _) = a.split_once('=').unwrap_or((a, ""));
         let swapped = match flag {
             "--listen" | "--metrics" => Some(format!("{flag}=127.0.0.1:0")),
+            // On a machine without a GPU the CPU stands in (on a GPU machine, the GPU serves).
+            "--backend" if eia::CudaBackend::device_count().map_or(true, |n| n == 0) => {
+                Some("--backend=cpu".to_string())
+            }
             _ => fixtures
                 .iter()
                 .find(|f| f.0 == flag)
