@@ -17,7 +17,7 @@ use eia::{CpuBackend, DType, HostTensor, LoadOptions, Model};
 
 /// A tier far above this device: the meter never waits, so only the device and the wire count.
 const UNMETERED: &str =
-    "[[tier]]\nname = \"unmetered\"\nfp32_tflops = 1000.0\nfp16_tflops = 1000.0\nmemory_mib = 65536\n";
+    "[[tier]]\nname = \"unmetered\"\nfp32_tflops = 1000.0\nfp16_tflops = 1000.0\nmemory_mib = 8192\n";
 
 fn config() -> Criterion {
     Criterion::default()
