@@ -150,7 +150,7 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
         }
         ("cuda", Err(e)) => return Err(e),
         (_, Err(e)) => {
-            println!("no GPU, serving the CPU backend: {e}");
+            say(format_args!("no GPU, serving the CPU backend: {e}"));
             (spawn(CpuBackend::new(), config)?, "cpu".into())
         }
     };
@@ -160,14 +160,14 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     } else {
         "calibrated"
     };
-    println!(
+    say(format_args!(
         "eia serve: {device} accelerators, listening on {} ({auth}); SIGTERM or Ctrl-C drains and stops",
         server.url(tls.is_some())
-    );
+    ));
     if let Some(at) = server.metrics_addr() {
-        println!("metrics: http://{at}/metrics");
+        say(format_args!("metrics: http://{at}/metrics"));
     }
-    println!("capacity ({how}): {capacity}");
+    say(format_args!("capacity ({how}): {capacity}"));
     tracing::info!(
         %device,
         addr = %server.addr(),
@@ -190,6 +190,17 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     server.drain(drain_timeout)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Prints a line for the operator on stdout. A stdout that went away (the reader closed the
+/// pipe, a full disk) is logged and otherwise ignored: `println!` would panic on it and the
+/// panic would drain a server that was serving.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        tracing::warn!(error = %e, %line, "cannot write to stdout; serving on");
+    }
 }
 
 /// Serves `backend` on `listen`; with `capacity` (FP32, FP16 TFLOPS) instead of calibrating
