@@ -4,7 +4,9 @@
 //! accept loop under abuse: a flood of idle sockets past the file-descriptor limit or past
 //! `--max-connections` neither spins a core nor keeps the server from serving once it ends.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use eia::accelerator::{Capacity, DeviceConfig, Tiers};
 use eia::ops::Gemm;
 use eia::rpc::proto::{self, accelerators_client::AcceleratorsClient};
 use eia::rpc::{ClientConfig, Connection, ServerConfig};
-use eia::{Backend, CpuBackend, DType, HostTensor};
+use eia::{Backend, CpuBackend, DType, HostTensor, PerDType};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 /// "slow": a 64³ FP32 GEMM costs 1 s of accelerator time.
@@ -24,8 +26,7 @@ fn config(usage_log: Option<std::path::PathBuf>) -> ServerConfig {
         device: DeviceConfig {
             tiers: Tiers::with_toml("operations", TIERS).unwrap(),
             capacity: Some(Capacity {
-                fp32_tflops: 1.0,
-                fp16_tflops: 1.0,
+                tflops: PerDType::new(1.0, 1.0),
                 memory: 1 << 30,
             }),
             ..DeviceConfig::default()
@@ -237,17 +238,6 @@ fn runnable_seconds(pid: u32) -> f64 {
     ns as f64 / 1e9
 }
 
-/// `GET /metrics` at `at`.
-fn scrape(at: SocketAddr) -> String {
-    let mut http = TcpStream::connect(at).unwrap();
-    http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    text
-}
-
 /// Up to `n` idle sockets connected to the server at `url` (they send nothing): as many as
 /// connect within 2 s each, once the server's backlog is full none do.
 fn flood(url: &str, n: usize) -> Vec<TcpStream> {
@@ -331,7 +321,7 @@ fn beyond_max_connections_connections_wait_and_metrics_still_answer() {
         busy < 1.0,
         "runnable {busy:.2} s over 2 s at the connection limit"
     );
-    let text = scrape(metrics.unwrap());
+    let text = common::scrape(metrics.unwrap());
     assert!(
         text.lines().any(|l| l == "eia_connections_open 16"),
         "{text}"

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use eia::accelerator::{Capacity, DeviceConfig};
-use eia::{Backend, CpuBackend};
+use eia::{Backend, CpuBackend, DType, PerDType};
 
 use crate::TierFile;
 
@@ -139,7 +139,9 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     } else {
         "no authentication"
     };
-    let configured = capacity_fp32.zip(capacity_fp16);
+    let configured = capacity_fp32
+        .zip(capacity_fp16)
+        .map(|(fp32, fp16)| PerDType::new(fp32, fp16));
     let spawn = |backend, config| spawn_on(listen, backend, config, configured);
     let spawn_gpu = |backend, config| spawn_on(listen, backend, config, configured);
     let (server, device) = match (backend.as_str(), eia::CudaBackend::new(0)) {
@@ -174,8 +176,8 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
         auth,
         tls = tls.is_some(),
         metrics = ?server.metrics_addr(),
-        capacity_fp32_tflops = capacity.fp32_tflops,
-        capacity_fp16_tflops = capacity.fp16_tflops,
+        capacity_fp32_tflops = capacity.tflops[DType::F32],
+        capacity_fp16_tflops = capacity.tflops[DType::F16],
         capacity_memory = capacity.memory,
         capacity_source = how,
         lease_s = lease,
@@ -203,16 +205,16 @@ fn say(line: std::fmt::Arguments) {
     }
 }
 
-/// Serves `backend` on `listen`; with `capacity` (FP32, FP16 TFLOPS) instead of calibrating
-/// the device at start (the median of several rounds).
+/// Serves `backend` on `listen`; with `capacity` (TFLOPS per dtype) instead of calibrating
+/// the device at start (the best of several rounds).
 fn spawn_on<B: Backend + Clone + 'static>(
     listen: std::net::SocketAddr,
     backend: B,
     mut config: eia::rpc::ServerConfig,
-    capacity: Option<(f64, f64)>,
+    capacity: Option<PerDType<f64>>,
 ) -> eia::Result<eia::rpc::ServerHandle> {
-    if let Some((fp32, fp16)) = capacity {
-        config.device.capacity = Some(Capacity::configured(&backend, fp32, fp16)?);
+    if let Some(tflops) = capacity {
+        config.device.capacity = Some(Capacity::configured(&backend, tflops)?);
     }
     eia::rpc::spawn(listen, backend, config)
 }
