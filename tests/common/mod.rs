@@ -125,6 +125,31 @@ pub fn scrape(addr: std::net::SocketAddr) -> String {
     text
 }
 
+/// Sends a child SIGTERM.
+pub fn sigterm(child: &std::process::Child) {
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// Stops an `eia serve` child with SIGTERM (what the kubelet and `kill` send); returns its
+/// exit status and its logs (stderr, which must be piped).
+pub fn stop(mut serve: std::process::Child) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    sigterm(&serve);
+    let status = serve.wait().unwrap();
+    let mut logs = String::new();
+    serve
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    (status, logs)
+}
+
 /// Runs the suite for one backend.
 #[macro_export]
 macro_rules! backend_suite {
