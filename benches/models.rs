@@ -17,7 +17,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use eia::accelerator::{Device, DeviceConfig, Tier, Tiers};
 use eia::model::zoo;
 use eia::rpc::{self, ClientConfig, Connection, ServerConfig};
-use eia::{CpuBackend, DType, HostTensor, LoadOptions, Model};
+use eia::{CpuBackend, DType, HostTensor, LoadOptions, Model, PerDType};
 
 /// A tier far above this device: the meter never waits, so only the device and the wire count.
 const UNMETERED: &str =
@@ -69,7 +69,7 @@ fn models(c: &mut Criterion) {
     )
     .unwrap();
     let metered = device
-        .attach_tier(Tier::new("metered", 0.01, 0.005, 2 << 30).unwrap())
+        .attach_tier(Tier::new("metered", PerDType::new(0.01, 0.005), 2 << 30).unwrap())
         .unwrap();
     for (name, bytes, batch, fp16) in cases() {
         let options = LoadOptions { batch, fp16 };

@@ -4,7 +4,7 @@
 //! accept loop under abuse: a flood of idle sockets past the file-descriptor limit or past
 //! `--max-connections` neither spins a core nor keeps the server from serving once it ends.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use eia::accelerator::{Capacity, DeviceConfig, Tiers};
 use eia::ops::Gemm;
 use eia::rpc::proto::{self, accelerators_client::AcceleratorsClient};
 use eia::rpc::{ClientConfig, Connection, ServerConfig};
-use eia::{Backend, CpuBackend, DType, HostTensor};
+use eia::{Backend, CpuBackend, DType, HostTensor, PerDType};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 mod common;
@@ -26,8 +26,7 @@ fn config(usage_log: Option<std::path::PathBuf>) -> ServerConfig {
         device: DeviceConfig {
             tiers: Tiers::with_toml("operations", TIERS).unwrap(),
             capacity: Some(Capacity {
-                fp32_tflops: 1.0,
-                fp16_tflops: 1.0,
+                tflops: PerDType::new(1.0, 1.0),
                 memory: 1 << 30,
             }),
             ..DeviceConfig::default()
@@ -194,8 +193,8 @@ fn eia_serve(nofile: Option<u32>, args: &[&str]) -> (Child, String, Option<Socke
         let at = line.trim().strip_prefix("metrics: http://").unwrap();
         at.strip_suffix("/metrics").unwrap().parse().unwrap()
     });
-    // Keep reading: a closed pipe would make the server's next line to stdout fail.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    // Dropping the reader closes the pipe: the server's later lines fail, which it shrugs off
+    // (`eia_serve_keeps_serving_when_its_stdout_closes`).
     (serve, url, metrics)
 }
 
@@ -214,17 +213,6 @@ fn runnable_seconds(pid: u32) -> f64 {
         })
         .sum();
     ns as f64 / 1e9
-}
-
-/// `GET /metrics` at `at`.
-fn scrape(at: SocketAddr) -> String {
-    let mut http = TcpStream::connect(at).unwrap();
-    http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    text
 }
 
 /// Up to `n` idle sockets connected to the server at `url` (they send nothing): as many as
@@ -310,7 +298,7 @@ fn beyond_max_connections_connections_wait_and_metrics_still_answer() {
         busy < 1.0,
         "runnable {busy:.2} s over 2 s at the connection limit"
     );
-    let text = scrape(metrics.unwrap());
+    let text = common::scrape(metrics.unwrap());
     assert!(
         text.lines().any(|l| l == "eia_connections_open 16"),
         "{text}"
@@ -346,6 +334,67 @@ fn a_silent_connection_is_closed_after_the_idle_timeout() {
     acc.detach().unwrap();
     let (status, logs) = common::stop(serve);
     assert!(status.success(), "exit {status:?}\n{logs}");
+}
+
+#[test]
+fn eia_serve_keeps_serving_when_its_stdout_closes() {
+    // Nobody reads stdout: the pipe's read end is closed before the server prints its first
+    // line, so every line it prints (listening, metrics, capacity) fails with EPIPE.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_eia"))
+        .args(["serve", "--backend", "cpu", "--listen", "127.0.0.1:0"])
+        .args([
+            "--overcommit",
+            "--log-format",
+            "json",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(serve.stdout.take());
+    // The address comes from the "serving" log event, which follows the lines printed.
+    let mut logs = BufReader::new(serve.stderr.take().unwrap());
+    let mut started = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            logs.read_line(&mut line).unwrap() > 0,
+            "eia serve exited:\n{started}"
+        );
+        started.push_str(&line);
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["fields"]["message"] == "serving" {
+            break event["fields"]["addr"].as_str().unwrap().to_string();
+        }
+    };
+    // The three lines failed, were logged, and the server went on.
+    assert_eq!(
+        started.matches("cannot write to stdout").count(),
+        3,
+        "{started}"
+    );
+    let acc = Connection::connect(&format!("http://{addr}"), ClientConfig::default())
+        .unwrap()
+        .attach("eia2.medium")
+        .unwrap();
+    let x = acc
+        .upload(&HostTensor::from_f32(DType::F32, &[2, 2], &[1.0, 2.0, 3.0, 4.0]).unwrap())
+        .unwrap();
+    let y = acc.gemm(&Gemm::default(), &x, &x, None).unwrap();
+    let y = acc.download(&y).unwrap().data().to_f32_vec();
+    assert_eq!(y, vec![7.0, 10.0, 15.0, 22.0]);
+    acc.detach().unwrap();
+    common::sigterm(&serve);
+    let status = serve.wait().unwrap();
+    let mut rest = String::new();
+    logs.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "exit {status:?}\n{rest}");
+    assert!(
+        !rest.contains("panicked") && rest.contains("\"stopped\""),
+        "{rest}"
+    );
 }
 
 #[test]

@@ -200,7 +200,7 @@ fn run(cli: Cli) -> eia::Result<()> {
             }
             let rounds = eia::accelerator::CALIBRATION_ROUNDS;
             println!(
-                "cpu capacity (median of {rounds} rounds, what `eia serve --backend cpu` calibrates): {}",
+                "cpu capacity (best of {rounds} rounds, what `eia serve --backend cpu` calibrates): {}",
                 Capacity::measure(&backend)?
             );
             match eia::CudaBackend::new(0) {
@@ -211,7 +211,7 @@ fn run(cli: Cli) -> eia::Result<()> {
                         gpu.total_memory().unwrap_or(0) as f64 / (1u64 << 30) as f64
                     );
                     println!(
-                        "cuda capacity (median of {rounds} rounds): {}",
+                        "cuda capacity (best of {rounds} rounds): {}",
                         Capacity::measure(&gpu)?
                     );
                 }

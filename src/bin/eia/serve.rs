@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use eia::accelerator::{Capacity, DeviceConfig};
-use eia::{Backend, CpuBackend};
+use eia::{Backend, CpuBackend, DType, PerDType};
 
 use crate::TierFile;
 
@@ -139,7 +139,9 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     } else {
         "no authentication"
     };
-    let configured = capacity_fp32.zip(capacity_fp16);
+    let configured = capacity_fp32
+        .zip(capacity_fp16)
+        .map(|(fp32, fp16)| PerDType::new(fp32, fp16));
     let spawn = |backend, config| spawn_on(listen, backend, config, configured);
     let spawn_gpu = |backend, config| spawn_on(listen, backend, config, configured);
     let (server, device) = match (backend.as_str(), eia::CudaBackend::new(0)) {
@@ -150,7 +152,7 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
         }
         ("cuda", Err(e)) => return Err(e),
         (_, Err(e)) => {
-            println!("no GPU, serving the CPU backend: {e}");
+            say(format_args!("no GPU, serving the CPU backend: {e}"));
             (spawn(CpuBackend::new(), config)?, "cpu".into())
         }
     };
@@ -160,22 +162,22 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     } else {
         "calibrated"
     };
-    println!(
+    say(format_args!(
         "eia serve: {device} accelerators, listening on {} ({auth}); SIGTERM or Ctrl-C drains and stops",
         server.url(tls.is_some())
-    );
+    ));
     if let Some(at) = server.metrics_addr() {
-        println!("metrics: http://{at}/metrics");
+        say(format_args!("metrics: http://{at}/metrics"));
     }
-    println!("capacity ({how}): {capacity}");
+    say(format_args!("capacity ({how}): {capacity}"));
     tracing::info!(
         %device,
         addr = %server.addr(),
         auth,
         tls = tls.is_some(),
         metrics = ?server.metrics_addr(),
-        capacity_fp32_tflops = capacity.fp32_tflops,
-        capacity_fp16_tflops = capacity.fp16_tflops,
+        capacity_fp32_tflops = capacity.tflops[DType::F32],
+        capacity_fp16_tflops = capacity.tflops[DType::F16],
         capacity_memory = capacity.memory,
         capacity_source = how,
         lease_s = lease,
@@ -192,16 +194,27 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     Ok(())
 }
 
-/// Serves `backend` on `listen`; with `capacity` (FP32, FP16 TFLOPS) instead of calibrating
-/// the device at start (the median of several rounds).
+/// Prints a line for the operator on stdout. A stdout that went away (the reader closed the
+/// pipe, a full disk) is logged and otherwise ignored: `println!` would panic on it and the
+/// panic would drain a server that was serving.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        tracing::warn!(error = %e, %line, "cannot write to stdout; serving on");
+    }
+}
+
+/// Serves `backend` on `listen`; with `capacity` (TFLOPS per dtype) instead of calibrating
+/// the device at start (the best of several rounds).
 fn spawn_on<B: Backend + Clone + 'static>(
     listen: std::net::SocketAddr,
     backend: B,
     mut config: eia::rpc::ServerConfig,
-    capacity: Option<(f64, f64)>,
+    capacity: Option<PerDType<f64>>,
 ) -> eia::Result<eia::rpc::ServerHandle> {
-    if let Some((fp32, fp16)) = capacity {
-        config.device.capacity = Some(Capacity::configured(&backend, fp32, fp16)?);
+    if let Some(tflops) = capacity {
+        config.device.capacity = Some(Capacity::configured(&backend, tflops)?);
     }
     eia::rpc::spawn(listen, backend, config)
 }
