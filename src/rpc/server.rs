@@ -1,4 +1,6 @@
-//! `eia serve`: the gRPC service over a device's virtual accelerators.
+//! `eia serve`: the gRPC service over the virtual accelerators of a host's devices (a
+//! [`Pool`]: an attach lands on the device with the most headroom for its tier and stays there
+//! for life; the Capacity RPC reports each device's load, [`super::capacity`]).
 //!
 //! Each attached accelerator belongs to the token that attached it and keeps its tensors in a
 //! handle table. Handles are random 64-bit ids (never 0): a tensor is named by its
