@@ -210,6 +210,33 @@ fn placement_fills_every_device_before_refusing_mixed_tiers() {
 }
 
 #[test]
+fn concurrent_attaches_fill_every_device_and_none_past_its_capacity() {
+    // Room for 2 eia2.medium on each of 3 devices; 12 clients attach at once.
+    let server = start(pool(3, Tiers::builtin()), ServerConfig::default());
+    let url = server.url(false);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..12)
+            .map(|_| {
+                let url = url.clone();
+                s.spawn(move || connect(&url, None).attach("eia2.medium"))
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let (held, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    assert_eq!((held.len(), refused.len()), (6, 6));
+    for e in refused {
+        let e = e.err().unwrap();
+        assert!(
+            matches!(&e, Error::Remote { code, msg } if code == "ResourceExhausted" && msg.contains("fits on none of the 3 devices")),
+            "{e}"
+        );
+    }
+    let c = connect(&url, None).capacity().unwrap();
+    assert_eq!(admitted(&c), vec![(2, 2.0, 16.0, 4 * GIB); 3]);
+}
+
+#[test]
 fn draining_shows_in_capacity() {
     // "slow": a 64³ FP32 GEMM costs 1 s of accelerator time.
     let tiers = Tiers::with_toml(
