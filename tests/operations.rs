@@ -192,18 +192,23 @@ fn eia_serve(nofile: Option<u32>, args: &[&str]) -> (Child, String, Option<Socke
         let at = line.trim().strip_prefix("metrics: http://").unwrap();
         at.strip_suffix("/metrics").unwrap().parse().unwrap()
     });
-    // Keep reading: a closed pipe would make the server's next line to stdout fail.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    // Dropping the reader closes the pipe: the server's later lines fail, which it shrugs off
+    // (`eia_serve_keeps_serving_when_its_stdout_closes`).
     (serve, url, metrics)
 }
 
-/// Stops `serve` with SIGTERM; returns its exit status and logs.
-fn stop(mut serve: Child) -> (std::process::ExitStatus, String) {
+/// Sends `serve` SIGTERM.
+fn sigterm(serve: &Child) {
     let kill = Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
+}
+
+/// Stops `serve` with SIGTERM; returns its exit status and logs.
+fn stop(mut serve: Child) -> (std::process::ExitStatus, String) {
+    sigterm(&serve);
     let status = serve.wait().unwrap();
     let mut logs = String::new();
     serve
@@ -362,6 +367,67 @@ fn a_silent_connection_is_closed_after_the_idle_timeout() {
     acc.detach().unwrap();
     let (status, logs) = stop(serve);
     assert!(status.success(), "exit {status:?}\n{logs}");
+}
+
+#[test]
+fn eia_serve_keeps_serving_when_its_stdout_closes() {
+    // Nobody reads stdout: the pipe's read end is closed before the server prints its first
+    // line, so every line it prints (listening, metrics, capacity) fails with EPIPE.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_eia"))
+        .args(["serve", "--backend", "cpu", "--listen", "127.0.0.1:0"])
+        .args([
+            "--overcommit",
+            "--log-format",
+            "json",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(serve.stdout.take());
+    // The address comes from the "serving" log event, which follows the lines printed.
+    let mut logs = BufReader::new(serve.stderr.take().unwrap());
+    let mut started = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            logs.read_line(&mut line).unwrap() > 0,
+            "eia serve exited:\n{started}"
+        );
+        started.push_str(&line);
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["fields"]["message"] == "serving" {
+            break event["fields"]["addr"].as_str().unwrap().to_string();
+        }
+    };
+    // The three lines failed, were logged, and the server went on.
+    assert_eq!(
+        started.matches("cannot write to stdout").count(),
+        3,
+        "{started}"
+    );
+    let acc = Connection::connect(&format!("http://{addr}"), ClientConfig::default())
+        .unwrap()
+        .attach("eia2.medium")
+        .unwrap();
+    let x = acc
+        .upload(&HostTensor::from_f32(DType::F32, &[2, 2], &[1.0, 2.0, 3.0, 4.0]).unwrap())
+        .unwrap();
+    let y = acc.gemm(&Gemm::default(), &x, &x, None).unwrap();
+    let y = acc.download(&y).unwrap().data().to_f32_vec();
+    assert_eq!(y, vec![7.0, 10.0, 15.0, 22.0]);
+    acc.detach().unwrap();
+    sigterm(&serve);
+    let status = serve.wait().unwrap();
+    let mut rest = String::new();
+    logs.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "exit {status:?}\n{rest}");
+    assert!(
+        !rest.contains("panicked") && rest.contains("\"stopped\""),
+        "{rest}"
+    );
 }
 
 #[test]

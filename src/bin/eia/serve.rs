@@ -203,7 +203,7 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
             found => {
                 let why =
                     found.map_or_else(|e| e.to_string(), |_| "the driver reports no GPU".into());
-                println!("no GPU, serving the CPU backend: {why}");
+                say(format_args!("no GPU, serving the CPU backend: {why}"));
                 cpu(1, config)?
             }
         },
@@ -214,19 +214,19 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
         "calibrated"
     };
     let n = server.devices().len();
-    println!(
+    say(format_args!(
         "eia serve: {n} device{}, listening on {} ({auth}); SIGTERM or Ctrl-C drains and stops",
         if n == 1 { "" } else { "s" },
         server.url(tls.is_some())
-    );
+    ));
     if let Some(at) = server.metrics_addr() {
-        println!("metrics: http://{at}/metrics");
+        say(format_args!("metrics: http://{at}/metrics"));
     }
     for d in server.devices() {
-        println!(
+        say(format_args!(
             "device {}: {}, capacity ({how}): {}",
             d.index, d.model, d.capacity
-        );
+        ));
         tracing::info!(
             device = d.index,
             model = %d.model,
@@ -255,6 +255,17 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     server.drain(drain_timeout)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Prints a line for the operator on stdout. A stdout that went away (the reader closed the
+/// pipe, a full disk) is logged and otherwise ignored: `println!` would panic on it and the
+/// panic would drain a server that was serving.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        tracing::warn!(error = %e, %line, "cannot write to stdout; serving on");
+    }
 }
 
 /// The GPUs `indices` (each opened, or a clear error naming the missing one), each sliced as
