@@ -69,7 +69,7 @@ fn models(c: &mut Criterion) {
     )
     .unwrap();
     let metered = device
-        .attach_tier(Tier::new("metered", 0.01, 0.005, 2 << 30).unwrap())
+        .attach_tier(Tier::new("metered", eia::PerDType::new(0.01, 0.005), 2 << 30).unwrap())
         .unwrap();
     for (name, bytes, batch, fp16) in cases() {
         let options = LoadOptions { batch, fp16 };

@@ -17,7 +17,7 @@ use eia::accelerator::{Capacity, DeviceConfig, Tiers};
 use eia::ops::Softmax;
 use eia::rpc::echo::proto::{echo_client::EchoClient, Blob, Size};
 use eia::rpc::{ClientConfig, Connection, RemoteAccelerator, ServerConfig};
-use eia::{Backend, CpuBackend, DType, HostTensor};
+use eia::{Backend, CpuBackend, DType, HostTensor, PerDType};
 use tonic::transport::Channel;
 
 const CHUNK: usize = 1 << 20;
@@ -39,7 +39,7 @@ fn setup() -> Setup {
                 "[[tier]]\nname = \"bench\"\nfp32_tflops = 1000.0\nfp16_tflops = 1000.0\nmemory_mib = 4096\n",
             )
             .unwrap(),
-            capacity: Some(Capacity { fp32_tflops: 1e6, fp16_tflops: 1e6, memory: 1 << 40 }),
+            capacity: Some(Capacity { tflops: PerDType::new(1e6, 1e6), memory: 1 << 40 }),
             ..DeviceConfig::default()
         },
         max_message_bytes: 64 << 20,

@@ -18,7 +18,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use eia::accelerator::{Capacity, Device, DeviceConfig, Tier, Tiers};
 use eia::ops::Softmax;
 use eia::workload::Workload;
-use eia::{Backend, CpuBackend, DType, HostTensor};
+use eia::{Backend, CpuBackend, DType, HostTensor, PerDType};
 
 /// Per (tier, dtype, workload): FLOPs run and time taken, summed over every timed iteration.
 type Key = (String, DType, String);
@@ -49,8 +49,7 @@ fn device(tiers: Tiers) -> Device<CpuBackend> {
         tiers,
         overcommit: true,
         capacity: Some(Capacity {
-            fp32_tflops: f64::INFINITY,
-            fp16_tflops: f64::INFINITY,
+            tflops: PerDType::new(f64::INFINITY, f64::INFINITY),
             memory: u64::MAX,
         }),
         ..DeviceConfig::default()
@@ -99,7 +98,7 @@ fn meter_overhead(c: &mut Criterion) {
     let mut group = c.benchmark_group("meter/overhead");
     let bare = CpuBackend::new();
     let device = device(Tiers::builtin());
-    let unbounded = Tier::new("unbounded", 1e9, 1e9, 1 << 30).unwrap();
+    let unbounded = Tier::new("unbounded", PerDType::new(1e9, 1e9), 1 << 30).unwrap();
     let accel = device.attach_tier(unbounded).unwrap();
     let x = HostTensor::full(DType::F32, &[1, 8], 0.5).unwrap();
     fn bench<B: Backend>(

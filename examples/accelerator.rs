@@ -3,7 +3,7 @@
 
 use eia::accelerator::{Device, DeviceConfig, Tier};
 use eia::ops::{Conv, Gemm, Softmax};
-use eia::{Backend, CpuBackend, DType, HostTensor};
+use eia::{Backend, CpuBackend, DType, HostTensor, PerDType};
 
 fn main() -> eia::Result<()> {
     // The CPU is slower than any Elastic Inference tier, so admit tiers beyond its capacity.
@@ -13,7 +13,11 @@ fn main() -> eia::Result<()> {
     };
     let device = Device::new(CpuBackend::new(), config)?;
     // A small custom tier (0.005 FP32 / 0.02 FP16 TFLOPS, 64 MiB) so that the meter shows.
-    let accel = device.attach_tier(Tier::new("demo.small", 0.005, 0.02, 64 << 20)?)?;
+    let accel = device.attach_tier(Tier::new(
+        "demo.small",
+        PerDType::new(0.005, 0.02),
+        64 << 20,
+    )?)?;
 
     let x = accel.upload(&HostTensor::full(DType::F16, &[1, 64, 56, 56], 0.5)?)?;
     let w = accel.upload(&HostTensor::full(DType::F16, &[64, 64, 3, 3], 0.01)?)?;

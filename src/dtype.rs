@@ -1,5 +1,7 @@
 //! Element types: FP32 and FP16 storage. F16 ops always accumulate in FP32; the `Element` trait
 //! is the one place that says how each storage type converts to and from the accumulator.
+//! [`PerDType`] holds one value of a thing per dtype (a tier's rates, a device's capacity, the
+//! FLOPs an accelerator was charged), so the FP32/FP16 pair is written once.
 
 use half::f16;
 use std::fmt;
@@ -51,6 +53,76 @@ impl FromStr for DType {
             "fp16" | "f16" | "float16" | "half" => Ok(DType::F16),
             _ => Err(Error::UnknownDType(s.to_string())),
         }
+    }
+}
+
+/// One value per dtype: the FP32 and FP16 values of one thing, indexed by [`DType`].
+///
+/// ```
+/// use eia::dtype::{DType, PerDType};
+/// let tflops = PerDType::new(1.0, 8.0);
+/// assert_eq!(tflops[DType::F16], 8.0);
+/// let cost = tflops.map(|r| 1e12 / (r * 1e12));
+/// assert_eq!(cost.iter().collect::<Vec<_>>(), [(DType::F32, &1.0), (DType::F16, &0.125)]);
+/// assert_eq!(tflops.zip(cost).map(|(r, c)| r * c), PerDType::new(1.0, 1.0));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PerDType<T> {
+    f32: T,
+    f16: T,
+}
+
+impl<T> PerDType<T> {
+    /// The FP32 and FP16 values.
+    pub const fn new(f32: T, f16: T) -> Self {
+        PerDType { f32, f16 }
+    }
+
+    /// The value `f` gives for each dtype.
+    pub fn from_fn(mut f: impl FnMut(DType) -> T) -> Self {
+        PerDType::new(f(DType::F32), f(DType::F16))
+    }
+
+    /// Each value through `f`.
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> PerDType<U> {
+        PerDType::new(f(self.f32), f(self.f16))
+    }
+
+    /// The values of `self` and `other` paired per dtype.
+    pub fn zip<U>(self, other: PerDType<U>) -> PerDType<(T, U)> {
+        PerDType::new((self.f32, other.f32), (self.f16, other.f16))
+    }
+
+    /// Each dtype with its value, in [`DType::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (DType, &T)> {
+        DType::ALL.into_iter().map(move |d| (d, &self[d]))
+    }
+}
+
+impl<T> std::ops::Index<DType> for PerDType<T> {
+    type Output = T;
+    fn index(&self, dtype: DType) -> &T {
+        match dtype {
+            DType::F32 => &self.f32,
+            DType::F16 => &self.f16,
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<DType> for PerDType<T> {
+    fn index_mut(&mut self, dtype: DType) -> &mut T {
+        match dtype {
+            DType::F32 => &mut self.f32,
+            DType::F16 => &mut self.f16,
+        }
+    }
+}
+
+impl<T> IntoIterator for PerDType<T> {
+    type Item = (DType, T);
+    type IntoIter = std::array::IntoIter<(DType, T), 2>;
+    fn into_iter(self) -> Self::IntoIter {
+        [(DType::F32, self.f32), (DType::F16, self.f16)].into_iter()
     }
 }
 

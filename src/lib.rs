@@ -48,7 +48,7 @@ pub mod workload;
 
 pub use accelerator::{Accelerator, Device, DeviceConfig, Tier, Tiers, Usage};
 pub use backend::{Backend, CpuBackend, CudaBackend};
-pub use dtype::{DType, Element};
+pub use dtype::{DType, Element, PerDType};
 pub use error::{Error, Result};
 pub use half::f16;
 pub use model::{LoadOptions, Model};

@@ -6,7 +6,7 @@ mod common;
 
 use eia::accelerator::{Capacity, Device, DeviceConfig, Tier, Tiers, MIN_TENSOR_CHARGE};
 use eia::ops::{Gemm, Softmax};
-use eia::{Backend, CpuBackend, DType, Error, HostTensor};
+use eia::{Backend, CpuBackend, DType, Error, HostTensor, PerDType};
 
 const MIB: u64 = 1 << 20;
 
@@ -20,8 +20,7 @@ fn device(overcommit: bool) -> Device<CpuBackend> {
         )
         .unwrap(),
         capacity: Some(Capacity {
-            fp32_tflops: 100.0,
-            fp16_tflops: 200.0,
+            tflops: PerDType::new(100.0, 200.0),
             memory: 1 << 30,
         }),
         overcommit,
@@ -221,8 +220,7 @@ fn a_tier_without_fp16_is_admitted_on_fp32_alone_and_refuses_fp16_ops() {
         )
         .unwrap(),
         capacity: Some(Capacity {
-            fp32_tflops: 1.0,
-            fp16_tflops: 0.1,
+            tflops: PerDType::new(1.0, 0.1),
             memory: 1 << 30,
         }),
         ..DeviceConfig::default()
@@ -253,7 +251,7 @@ fn a_tier_without_fp16_is_admitted_on_fp32_alone_and_refuses_fp16_ops() {
         matches!(&e, Error::Capacity(m) if m.contains("does not offer FP16")),
         "{e}"
     );
-    assert_eq!((acc.usage().ops, acc.usage().flops_f16), (0, 0));
+    assert_eq!((acc.usage().ops, acc.usage().flops[DType::F16]), (0, 0));
     let x = acc
         .upload(&HostTensor::full(DType::F32, &[4, 4], 0.5).unwrap())
         .unwrap();
@@ -269,15 +267,13 @@ fn calibrated_and_configured_capacity() {
         .collect();
     for c in &runs {
         println!("calibrated: {c}");
-        assert!(c.fp32_tflops > 0.0 && c.fp16_tflops > 0.0, "{c}");
+        assert!(c.tflops.iter().all(|(_, &t)| t > 0.0), "{c}");
     }
-    let configured = Capacity::configured(&backend, 0.5, 0.25).unwrap();
-    assert_eq!(
-        (configured.fp32_tflops, configured.fp16_tflops),
-        (0.5, 0.25)
-    );
+    let tflops = PerDType::new(0.5, 0.25);
+    let configured = Capacity::configured(&backend, tflops).unwrap();
+    assert_eq!(configured.tflops, tflops);
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        let e = Capacity::configured(&backend, bad, 1.0).unwrap_err();
+        let e = Capacity::configured(&backend, PerDType::new(bad, 1.0)).unwrap_err();
         assert!(matches!(e, Error::Config { .. }), "{e}");
     }
 }
@@ -298,7 +294,7 @@ fn usage_counts_flops_per_precision_ops_and_bytes() {
     }
     let u = acc.usage();
     assert_eq!(
-        (u.ops, u.flops_f32, u.flops_f16),
+        (u.ops, u.flops[DType::F32], u.flops[DType::F16]),
         (2, 2 * 8 * 4 * 16, 2 * 8 * 4 * 16)
     );
     assert_eq!(u.bytes_uploaded, (8 * 16 + 16 * 4) * (4 + 2));
@@ -317,7 +313,7 @@ fn usage_counts_flops_per_precision_ops_and_bytes() {
 #[test]
 fn custom_tier_can_be_attached_directly() {
     let device = device(false);
-    let tier = Tier::new("adhoc", 0.5, 1.0, 4 * MIB).unwrap();
+    let tier = Tier::new("adhoc", PerDType::new(0.5, 1.0), 4 * MIB).unwrap();
     let acc = device.attach_tier(tier.clone()).unwrap();
     assert_eq!(acc.tier(), tier);
     assert!(acc.name().contains("adhoc"));

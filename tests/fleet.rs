@@ -10,7 +10,7 @@ use eia::accelerator::{Capacity, Device, DeviceConfig, Pool, Tiers};
 use eia::ops::Gemm;
 use eia::rpc::capacity::ServerCapacity;
 use eia::rpc::{auth, ClientConfig, Connection, ServerConfig, ServerHandle, Tokens};
-use eia::{Backend, CpuBackend, DType, Error, HostTensor};
+use eia::{Backend, CpuBackend, DType, Error, HostTensor, PerDType};
 
 const GIB: u64 = 1 << 30;
 
@@ -20,8 +20,7 @@ fn pool(n: usize, tiers: Tiers) -> Pool<CpuBackend> {
     let config = DeviceConfig {
         tiers,
         capacity: Some(Capacity {
-            fp32_tflops: 2.0,
-            fp16_tflops: 16.0,
+            tflops: PerDType::new(2.0, 16.0),
             memory: 8 * GIB,
         }),
         ..DeviceConfig::default()
@@ -52,8 +51,8 @@ fn admitted(c: &ServerCapacity) -> Vec<(usize, f64, f64, u64)> {
             let l = &d.load;
             (
                 l.accelerators,
-                l.admitted_tflops[0],
-                l.admitted_tflops[1],
+                l.admitted_tflops[DType::F32],
+                l.admitted_tflops[DType::F16],
                 l.admitted_memory,
             )
         })
@@ -73,7 +72,7 @@ fn capacity_agrees_with_attaches_resizes_and_detaches() {
     assert_eq!(c.devices.len(), 3);
     for (i, d) in c.devices.iter().enumerate() {
         assert_eq!((d.load.index, d.backend.as_str()), (i, "cpu"));
-        assert_eq!(d.load.capacity.fp32_tflops, 2.0);
+        assert_eq!(d.load.capacity.tflops[DType::F32], 2.0);
         assert_eq!(
             (d.load.free_tflops(DType::F32), d.load.free_memory()),
             (2.0, 8 * GIB)
@@ -105,7 +104,7 @@ fn capacity_agrees_with_attaches_resizes_and_detaches() {
         *d = (d.0 + 1, d.1 + 1.0, d.2 + 8.0, d.3 + 2 * GIB);
         assert_eq!(admitted(&after), want, "attach {k}");
         for d in &after.devices {
-            assert!(d.load.admitted_tflops[0] <= d.load.capacity.fp32_tflops);
+            assert!(d.load.admitted_tflops[DType::F32] <= d.load.capacity.tflops[DType::F32]);
         }
     }
     let full = conn.capacity().unwrap();
@@ -163,8 +162,7 @@ fn placement_fills_every_device_before_refusing_mixed_tiers() {
     let config = DeviceConfig {
         tiers,
         capacity: Some(Capacity {
-            fp32_tflops: 4.0,
-            fp16_tflops: 4.0,
+            tflops: PerDType::new(4.0, 4.0),
             memory: GIB,
         }),
         ..DeviceConfig::default()
@@ -179,7 +177,7 @@ fn placement_fills_every_device_before_refusing_mixed_tiers() {
     for t in ["three", "three", "three", "one", "one", "one"] {
         held.push(conn.attach(t).unwrap());
         for d in conn.capacity().unwrap().devices {
-            assert!(d.load.admitted_tflops[0] <= 4.0, "{d:?}");
+            assert!(d.load.admitted_tflops[DType::F32] <= 4.0, "{d:?}");
         }
     }
     let c = conn.capacity().unwrap();

@@ -12,17 +12,17 @@
 //! a well-formed attach + op + detach must work, and the device must hold no memory. 256 cases
 //! per property; the whole file runs in seconds in release.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::time::Duration;
 
 use bytes::Bytes;
 use eia::accelerator::{Capacity, DeviceConfig, Tiers};
 use eia::rpc::convert;
 use eia::rpc::proto::{self, accelerators_client::AcceleratorsClient, op::Kind};
 use eia::rpc::{ServerConfig, ServerHandle};
-use eia::CpuBackend;
+use eia::{CpuBackend, PerDType};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use prost::Message;
@@ -60,8 +60,7 @@ impl Env {
             device: DeviceConfig {
                 tiers,
                 capacity: Some(Capacity {
-                    fp32_tflops: 1e9,
-                    fp16_tflops: 1e9,
+                    tflops: PerDType::new(1e9, 1e9),
                     memory: 1 << 50,
                 }),
                 ..DeviceConfig::default()
@@ -110,7 +109,7 @@ impl Env {
 
     /// No accelerator attached and no memory held on the device (from the metrics endpoint).
     fn idle(&self) -> Result<(), TestCaseError> {
-        let metrics = scrape(&self.server);
+        let metrics = common::scrape(self.server.metrics_addr().unwrap());
         for line in [
             "eia_device_memory_in_use_bytes 0",
             "eia_accelerators_attached 0",
@@ -182,16 +181,6 @@ impl Env {
         }
         self.detach(id).unwrap();
     }
-}
-
-fn scrape(server: &ServerHandle) -> String {
-    let mut http = std::net::TcpStream::connect(server.metrics_addr().unwrap()).unwrap();
-    http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    text
 }
 
 fn meta(dtype: &str, shape: &[u64]) -> proto::TensorMeta {

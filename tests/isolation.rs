@@ -2,7 +2,8 @@
 //! server on loopback (and the device API where the abuse needs no network). Each test is one
 //! attack that worked before its fix; the numbers it prints are what the closing note reports.
 
-use std::io::{Read, Write};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use eia::accelerator::{Capacity, Device, DeviceConfig, Tiers, MIN_TENSOR_CHARGE}
 use eia::ops::{Gemm, Softmax};
 use eia::rpc::proto::{self, accelerators_client::AcceleratorsClient};
 use eia::rpc::{ClientConfig, Connection, ServerConfig, ServerHandle};
-use eia::{Backend, CpuBackend, DType, HostTensor, TensorDesc};
+use eia::{Backend, CpuBackend, DType, HostTensor, PerDType, TensorDesc};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -52,8 +53,7 @@ fn device_config(max_tensors: usize) -> DeviceConfig {
     DeviceConfig {
         tiers: Tiers::with_toml("isolation tiers", TIERS).unwrap(),
         capacity: Some(Capacity {
-            fp32_tflops: 1e6,
-            fp16_tflops: 1e6,
+            tflops: PerDType::new(1e6, 1e6),
             memory: 1 << 40,
         }),
         max_tensors,
@@ -148,18 +148,6 @@ impl Raw {
     }
 }
 
-fn scrape(server: &ServerHandle) -> String {
-    let mut http = std::net::TcpStream::connect(server.metrics_addr().unwrap()).unwrap();
-    http.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
-}
-
 fn host(shape: &[usize], seed: f32) -> HostTensor {
     let len: usize = shape.iter().product();
     let v: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37 + seed).sin()).collect();
@@ -250,7 +238,7 @@ fn a_tenant_waiting_out_debt_stalls_nobody() {
         .unwrap();
     let live = started.elapsed();
     let started = Instant::now();
-    let text = scrape(&server);
+    let text = common::scrape(server.metrics_addr().unwrap());
     let metrics = started.elapsed();
     assert!(text.contains("eia_accelerators_attached 2"), "{text}");
     let waited = debtor.join().unwrap();
@@ -353,7 +341,7 @@ fn concurrent_uploads_cannot_exceed_the_quota_and_end_with_their_accelerator() {
         230_400 * 4,
         "the upload in flight is charged"
     );
-    let text = scrape(&server);
+    let text = common::scrape(server.metrics_addr().unwrap());
     assert!(
         text.contains(&format!(
             "eia_accelerator_memory_bytes{{accelerator=\"{id}\",device=\"0\",owner=\"anonymous\",tier=\"small\"}} 921600"
@@ -368,7 +356,9 @@ fn concurrent_uploads_cannot_exceed_the_quota_and_end_with_their_accelerator() {
         .unwrap()
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
-    assert!(scrape(&server).contains("eia_device_memory_in_use_bytes 0"));
+    assert!(
+        common::scrape(server.metrics_addr().unwrap()).contains("eia_device_memory_in_use_bytes 0")
+    );
     drop(senders);
 }
 
@@ -386,7 +376,9 @@ fn tiny_tensors_are_charged_and_counted() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("100 tensors"), "{status:?}");
     raw.detach(id).unwrap();
-    assert!(scrape(&server).contains("eia_device_memory_in_use_bytes 0"));
+    assert!(
+        common::scrape(server.metrics_addr().unwrap()).contains("eia_device_memory_in_use_bytes 0")
+    );
     // Quota, not just the count: a 1 MiB tier holds 2048 minimum charges.
     let server = start_server(100_000);
     let raw = Raw::connect(&server);
@@ -399,7 +391,9 @@ fn tiny_tensors_are_charged_and_counted() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("memory quota"), "{status:?}");
     raw.detach(small).unwrap();
-    assert!(scrape(&server).contains("eia_device_memory_in_use_bytes 0"));
+    assert!(
+        common::scrape(server.metrics_addr().unwrap()).contains("eia_device_memory_in_use_bytes 0")
+    );
 }
 
 #[test]
@@ -445,8 +439,7 @@ fn overcommitted_tiers_share_the_device_by_rate() {
         )
         .unwrap(),
         capacity: Some(Capacity {
-            fp32_tflops: 1.0,
-            fp16_tflops: 1.0,
+            tflops: PerDType::new(1.0, 1.0),
             memory: 1 << 30,
         }),
         overcommit: true,
@@ -474,7 +467,10 @@ fn overcommitted_tiers_share_the_device_by_rate() {
             s.spawn(move || run(acc));
         }
     });
-    let flops = [slow.usage().flops_f32 as f64, fast.usage().flops_f32 as f64];
+    let flops = [
+        slow.usage().flops[DType::F32] as f64,
+        fast.usage().flops[DType::F32] as f64,
+    ];
     let total = flops[0] + flops[1];
     let shares = [flops[0] / total, flops[1] / total];
     println!(

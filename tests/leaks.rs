@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use eia::accelerator::{Capacity, Device, DeviceConfig};
 use eia::ops::Softmax;
-use eia::{Backend, CpuBackend, DType, HostTensor};
+use eia::{Backend, CpuBackend, DType, HostTensor, PerDType};
 
 struct Counting;
 
@@ -31,8 +31,7 @@ static ALLOCATOR: Counting = Counting;
 fn attach_detach_cycles_leave_memory_where_it_started() {
     let config = DeviceConfig {
         capacity: Some(Capacity {
-            fp32_tflops: 100.0,
-            fp16_tflops: 800.0,
+            tflops: PerDType::new(100.0, 800.0),
             memory: 64 << 30,
         }),
         ..DeviceConfig::default()

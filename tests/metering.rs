@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use eia::accelerator::{Accelerator, Capacity, Device, DeviceConfig, Tiers};
 use eia::ops::Gemm;
-use eia::{Backend, CpuBackend, DType, HostTensor};
+use eia::{Backend, CpuBackend, DType, HostTensor, PerDType};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -48,8 +48,7 @@ fn device() -> Device<CpuBackend> {
     let config = DeviceConfig {
         tiers: Tiers::with_toml("metering tiers", TIERS).unwrap(),
         capacity: Some(Capacity {
-            fp32_tflops: 1.0,
-            fp16_tflops: 1.0,
+            tflops: PerDType::new(1.0, 1.0),
             memory: 1 << 30,
         }),
         // A client descheduled for less than the burst (a busy machine) loses no tokens: it

@@ -348,7 +348,7 @@ fn a_metered_accelerator_runs_the_model_and_is_charged_its_flops() {
     let want = cnn_by_hand(&c, &x);
     assert_eq!(got[0].data().to_f32_vec(), want[0].data().to_f32_vec());
     let usage = accel.usage();
-    assert_eq!(usage.flops_f32, m.flops());
+    assert_eq!(usage.flops[DType::F32], m.flops());
 }
 
 #[test]
@@ -636,7 +636,7 @@ fn a_remote_accelerator_runs_an_inference_in_one_program() {
     }
     let usage = remote.usage().unwrap();
     assert_eq!(usage.ops, 2 * 5);
-    assert_eq!(usage.flops_f32, 2 * m.flops());
+    assert_eq!(usage.flops[DType::F32], 2 * m.flops());
     // Weights and buffers (7 weights, 6 buffers), each charged at least MIN_TENSOR_CHARGE.
     let floor = eia::accelerator::MIN_TENSOR_CHARGE;
     assert!(usage.memory_used >= m.peak_bytes(), "{usage:?}");

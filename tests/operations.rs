@@ -4,7 +4,7 @@
 //! accept loop under abuse: a flood of idle sockets past the file-descriptor limit or past
 //! `--max-connections` neither spins a core nor keeps the server from serving once it ends.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,8 +13,10 @@ use eia::accelerator::{Capacity, DeviceConfig, Tiers};
 use eia::ops::Gemm;
 use eia::rpc::proto::{self, accelerators_client::AcceleratorsClient};
 use eia::rpc::{ClientConfig, Connection, ServerConfig};
-use eia::{Backend, CpuBackend, DType, HostTensor};
+use eia::{Backend, CpuBackend, DType, HostTensor, PerDType};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+
+mod common;
 
 /// "slow": a 64³ FP32 GEMM costs 1 s of accelerator time.
 const TIERS: &str = "[[tier]]\nname = \"slow\"\nfp32_tflops = 0.000000524288\nfp16_tflops = 0.000000524288\nmemory_mib = 64\n";
@@ -24,8 +26,7 @@ fn config(usage_log: Option<std::path::PathBuf>) -> ServerConfig {
         device: DeviceConfig {
             tiers: Tiers::with_toml("operations", TIERS).unwrap(),
             capacity: Some(Capacity {
-                fp32_tflops: 1.0,
-                fp16_tflops: 1.0,
+                tflops: PerDType::new(1.0, 1.0),
                 memory: 1 << 30,
             }),
             ..DeviceConfig::default()
@@ -197,29 +198,6 @@ fn eia_serve(nofile: Option<u32>, args: &[&str]) -> (Child, String, Option<Socke
     (serve, url, metrics)
 }
 
-/// Sends `serve` SIGTERM.
-fn sigterm(serve: &Child) {
-    let kill = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-}
-
-/// Stops `serve` with SIGTERM; returns its exit status and logs.
-fn stop(mut serve: Child) -> (std::process::ExitStatus, String) {
-    sigterm(&serve);
-    let status = serve.wait().unwrap();
-    let mut logs = String::new();
-    serve
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    (status, logs)
-}
-
 /// Seconds the threads of process `pid` have been runnable: running or waiting for a CPU
 /// (`/proc/PID/task/*/schedstat`). A spinning thread is runnable all the time however loaded
 /// the machine is, an idle one almost never.
@@ -235,17 +213,6 @@ fn runnable_seconds(pid: u32) -> f64 {
         })
         .sum();
     ns as f64 / 1e9
-}
-
-/// `GET /metrics` at `at`.
-fn scrape(at: SocketAddr) -> String {
-    let mut http = TcpStream::connect(at).unwrap();
-    http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    text
 }
 
 /// Up to `n` idle sockets connected to the server at `url` (they send nothing): as many as
@@ -308,7 +275,7 @@ fn at_the_file_descriptor_limit_the_accept_loop_backs_off_and_recovers() {
     drop(idle);
     let recovered = served_within(&url, Duration::from_secs(20));
     println!("served {recovered:?} after the flood closed");
-    let (status, logs) = stop(serve);
+    let (status, logs) = common::stop(serve);
     assert!(status.success(), "exit {status:?}\n{logs}");
     assert!(logs.contains("backing off"), "{logs}");
 }
@@ -331,7 +298,7 @@ fn beyond_max_connections_connections_wait_and_metrics_still_answer() {
         busy < 1.0,
         "runnable {busy:.2} s over 2 s at the connection limit"
     );
-    let text = scrape(metrics.unwrap());
+    let text = common::scrape(metrics.unwrap());
     assert!(
         text.lines().any(|l| l == "eia_connections_open 16"),
         "{text}"
@@ -339,7 +306,7 @@ fn beyond_max_connections_connections_wait_and_metrics_still_answer() {
     drop(idle);
     let recovered = served_within(&url, Duration::from_secs(20));
     println!("served {recovered:?} after the flood closed");
-    let (status, logs) = stop(serve);
+    let (status, logs) = common::stop(serve);
     assert!(status.success(), "exit {status:?}\n{logs}");
     assert!(logs.contains("at the connection limit"), "{logs}");
 }
@@ -365,7 +332,7 @@ fn a_silent_connection_is_closed_after_the_idle_timeout() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     acc.detach().unwrap();
-    let (status, logs) = stop(serve);
+    let (status, logs) = common::stop(serve);
     assert!(status.success(), "exit {status:?}\n{logs}");
 }
 
@@ -419,7 +386,7 @@ fn eia_serve_keeps_serving_when_its_stdout_closes() {
     let y = acc.download(&y).unwrap().data().to_f32_vec();
     assert_eq!(y, vec![7.0, 10.0, 15.0, 22.0]);
     acc.detach().unwrap();
-    sigterm(&serve);
+    common::sigterm(&serve);
     let status = serve.wait().unwrap();
     let mut rest = String::new();
     logs.read_to_string(&mut rest).unwrap();
@@ -439,7 +406,7 @@ fn eia_serve_drains_and_exits_0_on_sigterm() {
         .unwrap();
     drop(acc.upload(&HostTensor::full(DType::F32, &[8], 1.0).unwrap()));
     let started = Instant::now();
-    let (status, logs) = stop(serve);
+    let (status, logs) = common::stop(serve);
     println!("SIGTERM to exit: {:?}", started.elapsed());
     assert!(status.success(), "exit {status:?}\n{logs}");
     for event in [

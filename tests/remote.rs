@@ -11,7 +11,7 @@ use eia::ops::{Gemm, Softmax};
 use eia::rpc::{
     auth, ClientConfig, Connection, Program, RemoteAccelerator, ServerConfig, ServerHandle, Tokens,
 };
-use eia::{Backend, CpuBackend, DType, Error, HostTensor};
+use eia::{Backend, CpuBackend, DType, Error, HostTensor, PerDType};
 
 const TIERS: &str = "[[tier]]\nname = \"big\"\nfp32_tflops = 50.0\nfp16_tflops = 50.0\nmemory_mib = 2048\n\n\
                      [[tier]]\nname = \"small\"\nfp32_tflops = 1.0\nfp16_tflops = 1.0\nmemory_mib = 1\n";
@@ -21,8 +21,7 @@ fn config() -> ServerConfig {
         device: DeviceConfig {
             tiers: Tiers::with_toml("test", TIERS).unwrap(),
             capacity: Some(Capacity {
-                fp32_tflops: 1e6,
-                fp16_tflops: 1e6,
+                tflops: PerDType::new(1e6, 1e6),
                 memory: 1 << 40,
             }),
             ..DeviceConfig::default()
@@ -99,7 +98,7 @@ fn program_runs_many_ops_in_one_round_trip() {
         .unwrap();
     assert_eq!(out, vec![want]);
     let u = acc.usage().unwrap();
-    assert_eq!((u.ops, u.flops_f32), (2, 2 * 4 * 8 * 16 + 5 * 32));
+    assert_eq!((u.ops, u.flops[DType::F32]), (2, 2 * 4 * 8 * 16 + 5 * 32));
     // A bad op is refused locally with the same typed error as a local call.
     let e = program
         .gemm(&Gemm::default(), &x, &x, None, &h)
@@ -186,8 +185,7 @@ fn tokens_are_checked_and_scoped() {
 fn one_slot_server(lease: Duration) -> ServerHandle {
     let mut cfg = config();
     cfg.device.capacity = Some(Capacity {
-        fp32_tflops: 1.0,
-        fp16_tflops: 1.0,
+        tflops: PerDType::new(1.0, 1.0),
         memory: 1 << 20,
     });
     cfg.lease = lease;

@@ -1,5 +1,5 @@
 //! A device sliced into virtual accelerators: its capacity (configured, or measured by a short
-//! calibration: the median of several rounds), the tiers it offers, and admission — attaching or
+//! calibration: the best of several rounds), the tiers it offers, and admission — attaching or
 //! resizing beyond capacity (per precision the tier offers, the sum of attached tier rates; the
 //! sum of their memory) is refused; overcommit lifts the compute check, never the memory one.
 //!
@@ -18,7 +18,7 @@ use super::fair::FairQueue;
 use super::meter::DEFAULT_BURST;
 use super::{Accelerator, Tier, Tiers};
 use crate::backend::Backend;
-use crate::dtype::DType;
+use crate::dtype::{DType, PerDType};
 use crate::error::{bytes, Error, Result};
 use crate::ops::Gemm;
 use crate::sync::lock;
@@ -27,24 +27,20 @@ use crate::tensor::HostTensor;
 /// What a device can deliver: compute per precision and memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Capacity {
-    /// FP32 TFLOPS.
-    pub fp32_tflops: f64,
-    /// FP16 (FP32-accumulate) TFLOPS.
-    pub fp16_tflops: f64,
+    /// TFLOPS per dtype (FP16: FP16 storage, FP32 accumulation).
+    pub tflops: PerDType<f64>,
     /// Bytes of memory.
     pub memory: u64,
 }
 
-/// Rounds of the capacity calibration; the capacity is their median.
+/// Rounds of the capacity calibration per dtype; the capacity is the best rate seen in them.
 pub const CALIBRATION_ROUNDS: usize = 5;
 
 impl std::fmt::Display for Capacity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:.3} FP32 TFLOPS, {:.3} FP16 TFLOPS, ",
-            self.fp32_tflops, self.fp16_tflops
-        )?;
+        for (dtype, tflops) in self.tflops.iter() {
+            write!(f, "{tflops:.3} {dtype} TFLOPS, ")?;
+        }
         match self.memory {
             u64::MAX => write!(f, "memory unlimited"),
             m => write!(f, "{}", bytes(m)),
@@ -53,68 +49,61 @@ impl std::fmt::Display for Capacity {
 }
 
 impl Capacity {
-    /// Measures a backend: per dtype, the median over [`CALIBRATION_ROUNDS`] rounds of each
-    /// round's best 512³ GEMM rate (about 20 ms a round), so one round slowed by other work on
-    /// the machine does not move it; and the memory the backend reports (unlimited where it
-    /// reports none).
+    /// Measures a backend: per dtype, the best rate of a 512³ GEMM over [`CALIBRATION_ROUNDS`]
+    /// rounds of about 20 ms each, FP32 and FP16 rounds taking turns (about 0.2 s in all); and
+    /// the memory the backend reports (unlimited where it reports none).
+    ///
+    /// The best, not the median: other work on the machine only ever slows a GEMM down, so the
+    /// fastest run is the nearest to what the device delivers, and taking turns puts a busy
+    /// spell on both precisions rather than on one. No calibration is stable on a machine
+    /// whose cores are busy for the whole of it (on a shared 2-core machine at load 7-10 both
+    /// estimators moved 3-13× between starts): configure the capacity there
+    /// ([`Capacity::configured`], `eia serve --capacity-fp32/--capacity-fp16`).
     pub fn measure<B: Backend>(backend: &B) -> Result<Capacity> {
         const N: usize = 512;
-        let mut tflops = [0.0; 2];
-        for (slot, dtype) in tflops.iter_mut().zip(DType::ALL) {
+        const ROUND: Duration = Duration::from_millis(20);
+        let op = Gemm::default();
+        let mut gemms = Vec::with_capacity(DType::ALL.len());
+        for dtype in DType::ALL {
             let x = backend.upload(&HostTensor::full(dtype, &[N, N], 0.5)?)?;
             let mut y = backend.alloc(x.desc())?;
-            let op = Gemm::default();
             backend.gemm_into(&op, &x, &x, None, &mut y)?; // warm-up
-            backend.synchronize()?;
-            let mut rounds = Vec::with_capacity(CALIBRATION_ROUNDS);
-            for _ in 0..CALIBRATION_ROUNDS {
-                let started = Instant::now();
-                let mut best = Duration::MAX;
-                while started.elapsed() < Duration::from_millis(20) {
-                    let t = Instant::now();
-                    backend.gemm_into(&op, &x, &x, None, &mut y)?;
-                    backend.synchronize()?;
-                    best = best.min(t.elapsed());
-                }
-                rounds.push(2.0 * (N * N * N) as f64 / best.as_secs_f64().max(1e-9) / 1e12);
-            }
-            rounds.sort_by(f64::total_cmp);
-            *slot = rounds[CALIBRATION_ROUNDS / 2];
+            gemms.push((dtype, x, y));
         }
+        backend.synchronize()?;
+        let mut best = PerDType::new(Duration::MAX, Duration::MAX);
+        for _ in 0..CALIBRATION_ROUNDS {
+            for (dtype, x, y) in &mut gemms {
+                let started = Instant::now();
+                while started.elapsed() < ROUND {
+                    let t = Instant::now();
+                    backend.gemm_into(&op, x, x, None, y)?;
+                    backend.synchronize()?;
+                    best[*dtype] = best[*dtype].min(t.elapsed());
+                }
+            }
+        }
+        let flops = 2.0 * (N * N * N) as f64;
         Ok(Capacity {
-            fp32_tflops: tflops[0],
-            fp16_tflops: tflops[1],
+            tflops: best.map(|t| flops / t.as_secs_f64().max(1e-9) / 1e12),
             memory: backend.total_memory().unwrap_or(u64::MAX),
         })
     }
 
     /// A configured capacity: TFLOPS per dtype (positive, finite) and the backend's memory.
-    pub fn configured<B: Backend>(
-        backend: &B,
-        fp32_tflops: f64,
-        fp16_tflops: f64,
-    ) -> Result<Capacity> {
-        for (what, rate) in [("FP32", fp32_tflops), ("FP16", fp16_tflops)] {
-            if !(rate.is_finite() && rate > 0.0) {
+    pub fn configured<B: Backend>(backend: &B, tflops: PerDType<f64>) -> Result<Capacity> {
+        for (dtype, rate) in tflops.iter() {
+            if !(rate.is_finite() && *rate > 0.0) {
                 return Err(Error::Config {
                     source_name: "capacity".into(),
-                    msg: format!("{what} TFLOPS must be a positive number, got {rate}"),
+                    msg: format!("{dtype} TFLOPS must be a positive number, got {rate}"),
                 });
             }
         }
         Ok(Capacity {
-            fp32_tflops,
-            fp16_tflops,
+            tflops,
             memory: backend.total_memory().unwrap_or(u64::MAX),
         })
-    }
-
-    /// TFLOPS of `dtype`.
-    pub fn tflops(&self, dtype: DType) -> f64 {
-        match dtype {
-            DType::F32 => self.fp32_tflops,
-            DType::F16 => self.fp16_tflops,
-        }
     }
 }
 
@@ -299,11 +288,11 @@ impl<B: Backend> DeviceInner<B> {
         // A precision the tier does not offer (rate 0) asks nothing of that capacity.
         for &dtype in compute.iter().filter(|&&d| tier.offers(d)) {
             let used = others.clone().fold(0.0, |sum, t| sum + t.tflops(dtype));
-            if used + tier.tflops(dtype) > cap.tflops(dtype) * (1.0 + 1e-9) {
+            if used + tier.tflops(dtype) > cap.tflops[dtype] * (1.0 + 1e-9) {
                 over.push(format!(
                     "{dtype}: {} TFLOPS needed, {used:.3} of {:.3} TFLOPS already attached",
                     tier.tflops(dtype),
-                    cap.tflops(dtype)
+                    cap.tflops[dtype]
                 ));
             }
         }

@@ -23,7 +23,7 @@
 //! let y = accel.gemm(&Gemm::default(), &a, &a, None)?;
 //! assert_eq!(accel.download(&y)?.data().to_f32_vec(), vec![7.0, 10.0, 15.0, 22.0]);
 //! let usage = accel.detach()?;
-//! assert_eq!((usage.ops, usage.flops_f32), (1, 16));
+//! assert_eq!((usage.ops, usage.flops[eia::DType::F32]), (1, 16));
 //! # Ok::<(), eia::Error>(())
 //! ```
 
@@ -40,4 +40,5 @@ pub use meter::Meter;
 pub use pool::{Load, Pool};
 pub use slice::{charge, Accelerator, Buffer, Reservation, MIN_TENSOR_CHARGE};
 pub use tier::{Tier, Tiers};
-pub use usage::Usage;
+pub(crate) use usage::usage_table;
+pub use usage::{Field, Kind, Unit, Usage, Value, Wire};

@@ -17,7 +17,7 @@
 
 use super::{Accelerator, Capacity, Device, Tier};
 use crate::backend::Backend;
-use crate::dtype::DType;
+use crate::dtype::{DType, PerDType};
 use crate::error::{Error, Result};
 
 /// What a device has admitted and holds now.
@@ -29,8 +29,8 @@ pub struct Load {
     pub model: String,
     /// What the device can deliver.
     pub capacity: Capacity,
-    /// The attached accelerators' tier rates together, FP32 and FP16 TFLOPS.
-    pub admitted_tflops: [f64; 2],
+    /// The attached accelerators' tier rates together, TFLOPS per dtype.
+    pub admitted_tflops: PerDType<f64>,
     /// The attached accelerators' memory quotas together.
     pub admitted_memory: u64,
     /// Bytes the attached accelerators' tensors hold now.
@@ -42,7 +42,7 @@ pub struct Load {
 impl Load {
     /// Capacity minus admitted TFLOPS of `dtype`, never below 0 (overcommit can exceed it).
     pub fn free_tflops(&self, dtype: DType) -> f64 {
-        (self.capacity.tflops(dtype) - self.admitted_tflops[dtype_slot(dtype)]).max(0.0)
+        (self.capacity.tflops[dtype] - self.admitted_tflops[dtype]).max(0.0)
     }
 
     /// Memory not promised to an attached accelerator: the largest quota a new tier may have.
@@ -53,9 +53,10 @@ impl Load {
     /// How many more accelerators of `tier` fit by each resource it uses, the least of these
     /// (negative when the device is already past its compute capacity under overcommit).
     pub fn headroom(&self, tier: &Tier) -> f64 {
-        let compute = DType::ALL.iter().filter(|&&d| tier.offers(d)).map(|&d| {
-            (self.capacity.tflops(d) - self.admitted_tflops[dtype_slot(d)]) / tier.tflops(d)
-        });
+        let compute = DType::ALL
+            .iter()
+            .filter(|&&d| tier.offers(d))
+            .map(|&d| (self.capacity.tflops[d] - self.admitted_tflops[d]) / tier.tflops(d));
         let memory = match (self.capacity.memory, tier.memory()) {
             (u64::MAX, _) | (_, 0) => f64::INFINITY,
             (total, quota) => (total as f64 - self.admitted_memory as f64) / quota as f64,
@@ -67,12 +68,12 @@ impl Load {
 impl<B: Backend> Device<B> {
     /// The device's load now, as device `index` of its pool.
     pub fn load(&self, index: usize) -> Load {
-        let mut admitted_tflops = [0.0; 2];
+        let mut admitted_tflops = PerDType::new(0.0, 0.0);
         let mut admitted_memory = 0u64;
         let attached = self.inner.lock_attached();
         for tier in attached.values() {
             for d in DType::ALL {
-                admitted_tflops[dtype_slot(d)] += tier.tflops(d);
+                admitted_tflops[d] += tier.tflops(d);
             }
             admitted_memory = admitted_memory.saturating_add(tier.memory());
         }
@@ -88,13 +89,6 @@ impl<B: Backend> Device<B> {
                 .load(std::sync::atomic::Ordering::Relaxed),
             accelerators: attached.len(),
         }
-    }
-}
-
-fn dtype_slot(dtype: DType) -> usize {
-    match dtype {
-        DType::F32 => 0,
-        DType::F16 => 1,
     }
 }
 
@@ -226,8 +220,7 @@ mod tests {
     fn pool(n: usize, fp32: f64, memory: u64, overcommit: bool) -> Pool<CpuBackend> {
         let config = DeviceConfig {
             capacity: Some(Capacity {
-                fp32_tflops: fp32,
-                fp16_tflops: 8.0 * fp32,
+                tflops: PerDType::new(fp32, 8.0 * fp32),
                 memory,
             }),
             overcommit,
@@ -262,7 +255,10 @@ mod tests {
             "{msg}"
         );
         for l in p.loads() {
-            assert_eq!((l.accelerators, l.admitted_tflops), (2, [2.0, 16.0]));
+            assert_eq!(
+                (l.accelerators, l.admitted_tflops),
+                (2, PerDType::new(2.0, 16.0))
+            );
             assert_eq!(
                 (l.free_tflops(DType::F32), l.free_memory()),
                 (0.0, 60 * GIB)

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use super::meter::Meter;
 use super::{Device, Tier, Usage};
 use crate::backend::Backend;
-use crate::dtype::DType;
+use crate::dtype::{DType, PerDType};
 use crate::error::{Error, Result};
 use crate::ops::Plan;
 use crate::sync::{lock, read, write};
@@ -146,7 +146,7 @@ struct State<S> {
 #[derive(Default)]
 struct Counters {
     ops: u64,
-    flops: [u64; 2],
+    flops: PerDType<u64>,
     charged: f64,
     meter_wait: Duration,
     busy: Duration,
@@ -341,7 +341,7 @@ where
         let mut state = inner.lock();
         let c = &mut state.counters;
         c.ops += 1;
-        c.flops[dtype_index(dtype)] += flops;
+        c.flops[dtype] += flops;
         c.charged += cost;
         c.meter_wait += waited;
         c.busy += busy;
@@ -378,13 +378,6 @@ where
                 owner,
             },
         ))
-    }
-}
-
-fn dtype_index(dtype: DType) -> usize {
-    match dtype {
-        DType::F32 => 0,
-        DType::F16 => 1,
     }
 }
 
@@ -455,8 +448,7 @@ impl<B: Backend> Inner<B> {
             tier: state.tier.name().to_string(),
             attached: state.detached.unwrap_or_else(|| self.attached_at.elapsed()),
             ops: c.ops,
-            flops_f32: c.flops[0],
-            flops_f16: c.flops[1],
+            flops: c.flops,
             charged: c.charged,
             meter_wait: c.meter_wait,
             busy: c.busy,

@@ -23,7 +23,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::dtype::DType;
+use crate::dtype::{DType, PerDType};
 use crate::error::{Error, Result};
 
 const GIB: u64 = 1 << 30;
@@ -33,16 +33,15 @@ const MIB: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tier {
     name: String,
-    fp32_tflops: f64,
-    fp16_tflops: f64,
+    tflops: PerDType<f64>,
     memory: u64,
 }
 
 impl Tier {
-    /// A tier with rates in TFLOPS (10¹² FLOP/s) and memory in bytes; rates must be finite and
-    /// positive, or 0 for a precision the tier does not offer (at least one positive), memory
-    /// non-zero, the name non-empty ASCII letters, digits, `.`, `_` or `-`.
-    pub fn new(name: &str, fp32_tflops: f64, fp16_tflops: f64, memory: u64) -> Result<Tier> {
+    /// A tier with rates in TFLOPS (10¹² FLOP/s) per dtype and memory in bytes; rates must be
+    /// finite and positive, or 0 for a precision the tier does not offer (at least one
+    /// positive), memory non-zero, the name non-empty ASCII letters, digits, `.`, `_` or `-`.
+    pub fn new(name: &str, tflops: PerDType<f64>, memory: u64) -> Result<Tier> {
         let bad = |msg: String| Error::Config {
             source_name: format!("tier {name:?}"),
             msg,
@@ -56,14 +55,15 @@ impl Tier {
                 "a tier name is ASCII letters, digits, '.', '_' or '-'".into()
             ));
         }
-        for (what, rate) in [("fp32_tflops", fp32_tflops), ("fp16_tflops", fp16_tflops)] {
+        for (dtype, &rate) in tflops.iter() {
             if !(rate.is_finite() && rate >= 0.0) {
                 return Err(bad(format!(
-                    "{what} must be a positive number (or 0: not offered), got {rate}"
+                    "{} must be a positive number (or 0: not offered), got {rate}",
+                    rate_key(dtype)
                 )));
             }
         }
-        if fp32_tflops == 0.0 && fp16_tflops == 0.0 {
+        if tflops.iter().all(|(_, &rate)| rate == 0.0) {
             return Err(bad(
                 "a tier must offer FP32 or FP16 (a positive rate)".into()
             ));
@@ -73,8 +73,7 @@ impl Tier {
         }
         Ok(Tier {
             name: name.to_string(),
-            fp32_tflops,
-            fp16_tflops,
+            tflops,
             memory,
         })
     }
@@ -86,10 +85,12 @@ impl Tier {
 
     /// The metered rate in TFLOPS for ops of `dtype`.
     pub fn tflops(&self, dtype: DType) -> f64 {
-        match dtype {
-            DType::F32 => self.fp32_tflops,
-            DType::F16 => self.fp16_tflops,
-        }
+        self.tflops[dtype]
+    }
+
+    /// The metered rates in TFLOPS, per dtype.
+    pub fn rates(&self) -> PerDType<f64> {
+        self.tflops
     }
 
     /// Whether the tier runs ops of `dtype` (its rate is positive).
@@ -133,14 +134,11 @@ impl fmt::Display for Tier {
                 "no".into()
             }
         };
-        write!(
-            f,
-            "{} ({} FP32 TFLOPS, {} FP16 TFLOPS, {})",
-            self.name,
-            rate(self.fp32_tflops),
-            rate(self.fp16_tflops),
-            crate::error::bytes(self.memory)
-        )
+        write!(f, "{} (", self.name)?;
+        for (dtype, &r) in self.tflops.iter() {
+            write!(f, "{} {dtype} TFLOPS, ", rate(r))?;
+        }
+        write!(f, "{})", crate::error::bytes(self.memory))
     }
 }
 
@@ -188,8 +186,7 @@ impl Tiers {
             .iter()
             .map(|&(name, fp32, fp16, gib)| Tier {
                 name: name.to_string(),
-                fp32_tflops: fp32,
-                fp16_tflops: fp16,
+                tflops: PerDType::new(fp32, fp16),
                 memory: gib * GIB,
             })
             .collect();
@@ -209,8 +206,9 @@ impl Tiers {
             let memory = entry.memory_mib.checked_mul(MIB).ok_or_else(|| {
                 config_error(format!("tier {:?}: memory_mib too large", entry.name))
             })?;
-            let tier = Tier::new(&entry.name, entry.fp32_tflops, entry.fp16_tflops, memory)
-                .map_err(|e| config_error(e.to_string()))?;
+            let tflops = PerDType::new(entry.fp32_tflops, entry.fp16_tflops);
+            let tier =
+                Tier::new(&entry.name, tflops, memory).map_err(|e| config_error(e.to_string()))?;
             tiers.add(tier).map_err(|e| config_error(e.to_string()))?;
         }
         Ok(tiers)
@@ -255,6 +253,11 @@ impl Tiers {
         let wanted = canonical(name);
         self.tiers.iter().find(|t| canonical(&t.name) == wanted)
     }
+}
+
+/// The tier-file key of the rate for `dtype` (`fp32_tflops`, `fp16_tflops`).
+fn rate_key(dtype: DType) -> String {
+    format!("{}_tflops", dtype.name().to_ascii_lowercase())
 }
 
 /// A tier name as compared: lower case, without SageMaker's `ml.` prefix.

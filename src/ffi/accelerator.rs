@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::error::{dispose, eia_error, guard, Outcome};
 use super::{optional_string, owned_string, required, string};
-use crate::accelerator::{Accelerator, Device, DeviceConfig, Tier, Tiers, Usage};
+use crate::accelerator::{
+    usage_table, Accelerator, Device, DeviceConfig, Tier, Tiers, Usage, Wire,
+};
 use crate::backend::CpuBackend;
 use crate::error::Result;
 use crate::rpc::{ClientConfig, Connection, RemoteAccelerator};
@@ -123,27 +125,32 @@ pub struct eia_usage {
     pub meter_balance_seconds: f64,
 }
 
-impl From<&Usage> for eia_usage {
-    fn from(u: &Usage) -> Self {
-        eia_usage {
-            accelerator: u.accelerator,
-            attached_seconds: u.attached.as_secs_f64(),
-            ops: u.ops,
-            flops_f32: u.flops_f32,
-            flops_f16: u.flops_f16,
-            charged_seconds: u.charged,
-            meter_wait_seconds: u.meter_wait.as_secs_f64(),
-            busy_seconds: u.busy.as_secs_f64(),
-            bytes_uploaded: u.bytes_uploaded,
-            bytes_downloaded: u.bytes_downloaded,
-            op_bytes: u.op_bytes,
-            memory_used: u.memory_used,
-            memory_high_water: u.memory_high_water,
-            memory_quota: u.memory_quota,
-            meter_balance_seconds: u.meter_balance,
+macro_rules! usage_struct {
+    ($($name:ident ($($at:tt)+) c $c:ident: $unit:ident $kind:ident $series:literal, $label:expr,
+        $help:literal;)*) => {
+        impl From<&Usage> for eia_usage {
+            fn from(u: &Usage) -> Self {
+                eia_usage {
+                    accelerator: u.accelerator,
+                    $($c: Wire::to_wire(u.$($at)+),)*
+                }
+            }
         }
-    }
+
+        /// A usage from the C struct (which has no tier name).
+        #[cfg(test)]
+        fn usage_from(c: &eia_usage, tier: &str) -> Usage {
+            let mut usage = Usage {
+                accelerator: c.accelerator,
+                tier: tier.to_string(),
+                ..Usage::default()
+            };
+            $(usage.$($at)+ = Wire::from_wire(c.$c);)*
+            usage
+        }
+    };
 }
+usage_table!(usage_struct);
 
 /// A tier's rates and memory (see `eia_accelerator_tier`).
 #[repr(C)]
@@ -397,4 +404,18 @@ pub extern "C" fn eia_accelerator_free(accelerator: Option<Box<eia_accelerator>>
         }
         Ok(())
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usage_survives_the_c_struct_and_the_proto_message() {
+        let usage = crate::accelerator::usage::tests::fresh();
+        let c = eia_usage::from(&usage);
+        assert_eq!(usage_from(&c, &usage.tier), usage);
+        let wire = crate::rpc::convert::usage(&usage);
+        assert_eq!(crate::rpc::convert::usage_from(Some(wire)).unwrap(), usage);
+    }
 }

@@ -11,7 +11,7 @@ use super::auth::Principal;
 use super::proto;
 use crate::accelerator::{Capacity, Load, Pool, Tier};
 use crate::backend::Backend;
-use crate::dtype::DType;
+use crate::dtype::{DType, PerDType};
 
 /// The server's answer, built under no lock of a tenant: each device's load is read under its
 /// own admission lock, one device at a time.
@@ -75,10 +75,10 @@ fn device(l: &Load, admits: &[&Tier]) -> proto::DeviceCapacity {
         index: l.index as u32,
         backend: backend_kind(&l.model).to_string(),
         model: l.model.clone(),
-        capacity_fp32_tflops: l.capacity.fp32_tflops,
-        capacity_fp16_tflops: l.capacity.fp16_tflops,
-        admitted_fp32_tflops: l.admitted_tflops[0],
-        admitted_fp16_tflops: l.admitted_tflops[1],
+        capacity_fp32_tflops: l.capacity.tflops[DType::F32],
+        capacity_fp16_tflops: l.capacity.tflops[DType::F16],
+        admitted_fp32_tflops: l.admitted_tflops[DType::F32],
+        admitted_fp16_tflops: l.admitted_tflops[DType::F16],
         free_fp32_tflops: l.free_tflops(DType::F32),
         free_fp16_tflops: l.free_tflops(DType::F16),
         memory_total_bytes: l.capacity.memory,
@@ -144,11 +144,13 @@ impl From<proto::CapacityResponse> for ServerCapacity {
                         index: d.index as usize,
                         model: d.model,
                         capacity: Capacity {
-                            fp32_tflops: d.capacity_fp32_tflops,
-                            fp16_tflops: d.capacity_fp16_tflops,
+                            tflops: PerDType::new(d.capacity_fp32_tflops, d.capacity_fp16_tflops),
                             memory: d.memory_total_bytes,
                         },
-                        admitted_tflops: [d.admitted_fp32_tflops, d.admitted_fp16_tflops],
+                        admitted_tflops: PerDType::new(
+                            d.admitted_fp32_tflops,
+                            d.admitted_fp16_tflops,
+                        ),
                         admitted_memory: d.memory_admitted_bytes,
                         used_memory: d.memory_used_bytes,
                         accelerators: d.accelerators as usize,

@@ -3,13 +3,11 @@
 //! statuses. Everything that decodes client input validates it here and returns
 //! INVALID_ARGUMENT with a readable message rather than panicking.
 
-use std::time::Duration;
-
 use tonic::{Code, Status};
 
 use super::proto;
-use crate::accelerator::{Tier, Usage};
-use crate::dtype::DType;
+use crate::accelerator::{usage_table, Tier, Usage, Wire};
+use crate::dtype::{DType, PerDType};
 use crate::error::Error;
 use crate::ops::{
     Add, AutoPad, AveragePool, BatchNorm, Clip, Concat, Conv, Dropout, Flatten, Gemm, LeakyRelu,
@@ -97,52 +95,36 @@ pub fn tier(t: &Tier) -> proto::Tier {
 
 pub fn tier_from(t: Option<proto::Tier>) -> crate::Result<Tier> {
     let t = t.ok_or_else(|| data_loss("the server sent no tier"))?;
-    Tier::new(&t.name, t.fp32_tflops, t.fp16_tflops, t.memory_bytes)
+    let tflops = PerDType::new(t.fp32_tflops, t.fp16_tflops);
+    Tier::new(&t.name, tflops, t.memory_bytes)
 }
 
-pub fn usage(u: &Usage) -> proto::Usage {
-    proto::Usage {
-        accelerator: u.accelerator,
-        tier: u.tier.clone(),
-        attached_seconds: u.attached.as_secs_f64(),
-        ops: u.ops,
-        flops_fp32: u.flops_f32,
-        flops_fp16: u.flops_f16,
-        charged_seconds: u.charged,
-        meter_wait_seconds: u.meter_wait.as_secs_f64(),
-        busy_seconds: u.busy.as_secs_f64(),
-        bytes_uploaded: u.bytes_uploaded,
-        bytes_downloaded: u.bytes_downloaded,
-        op_bytes: u.op_bytes,
-        memory_used: u.memory_used,
-        memory_high_water: u.memory_high_water,
-        memory_quota: u.memory_quota,
-        meter_balance_seconds: u.meter_balance,
-    }
-}
+macro_rules! usage_wire {
+    ($($name:ident ($($at:tt)+) c $c:ident: $unit:ident $kind:ident $series:literal, $label:expr,
+        $help:literal;)*) => {
+        /// A usage's wire form (one field per row of the usage table).
+        pub fn usage(u: &Usage) -> proto::Usage {
+            proto::Usage {
+                accelerator: u.accelerator,
+                tier: u.tier.clone(),
+                $($name: Wire::to_wire(u.$($at)+),)*
+            }
+        }
 
-pub fn usage_from(u: Option<proto::Usage>) -> crate::Result<Usage> {
-    let u = u.ok_or_else(|| data_loss("the server sent no usage"))?;
-    let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or_default();
-    Ok(Usage {
-        accelerator: u.accelerator,
-        tier: u.tier,
-        attached: secs(u.attached_seconds),
-        ops: u.ops,
-        flops_f32: u.flops_fp32,
-        flops_f16: u.flops_fp16,
-        charged: u.charged_seconds,
-        meter_wait: secs(u.meter_wait_seconds),
-        busy: secs(u.busy_seconds),
-        bytes_uploaded: u.bytes_uploaded,
-        bytes_downloaded: u.bytes_downloaded,
-        op_bytes: u.op_bytes,
-        memory_used: u.memory_used,
-        memory_high_water: u.memory_high_water,
-        memory_quota: u.memory_quota,
-        meter_balance: u.meter_balance_seconds,
-    })
+        /// A usage from its wire form.
+        pub fn usage_from(u: Option<proto::Usage>) -> crate::Result<Usage> {
+            let u = u.ok_or_else(|| data_loss("the server sent no usage"))?;
+            let mut usage = Usage {
+                accelerator: u.accelerator,
+                tier: u.tier,
+                ..Usage::default()
+            };
+            $(usage.$($at)+ = Wire::from_wire(u.$name);)*
+            Ok(usage)
+        }
+    };
 }
+usage_table!(usage_wire);
 
 /// An op from the wire: its attributes validated for form (the plan validates them against the
 /// operands), ONNX defaults for those left unset.

@@ -4,12 +4,14 @@
 //! - the server's own series, kept for its whole life: a latency histogram of every RPC by
 //!   method and gRPC status (`eia_rpc_duration_seconds`), and detaches by reason
 //!   (`eia_detached_total`);
-//! - per attached accelerator (labels: accelerator, tier, owner, device index), read fresh
-//!   from its usage at each scrape: counters (`_total`:
-//!   FLOPs per precision, ops, charged / meter-wait / busy seconds, bytes moved) and gauges
-//!   (meter balance, seconds attached, memory held / high-water / quota);
+//! - per attached accelerator (labels: accelerator, tier, owner, device index, and the row's
+//!   own), read fresh from its usage at each scrape: one series per row of
+//!   the usage table ([`Usage::fields`]) — counters (`_total`: FLOPs per precision, ops,
+//!   charged / meter-wait / busy seconds, bytes moved and read by ops) and gauges (meter
+//!   balance, seconds attached, memory held / high-water / quota);
 //! - gauges for the device: accelerators attached, memory in use, connections open.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use prometheus::{
@@ -17,7 +19,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::accelerator::Usage;
+use crate::accelerator::{Kind, Usage};
 use crate::error::{Error, Result};
 
 /// One attached accelerator as the metrics see it.
@@ -159,6 +161,12 @@ fn code_name(code: tonic::Code) -> String {
     name
 }
 
+/// A family of per-accelerator series.
+enum Family {
+    Counter(CounterVec),
+    Gauge(GaugeVec),
+}
+
 /// The per-scrape series: each attached accelerator's usage and the device's gauges.
 fn snapshot(samples: &[Sample], device_memory_in_use: u64, connections: usize) -> Result<Registry> {
     let registry = Registry::new();
@@ -166,89 +174,42 @@ fn snapshot(samples: &[Sample], device_memory_in_use: u64, connections: usize) -
     let with_labels = |extra: &[&'static str]| -> Vec<&'static str> {
         labels.iter().chain(extra).copied().collect()
     };
-    let counter = |name: &str, help: &str, extra: &[&'static str]| -> Result<CounterVec> {
-        let c = CounterVec::new(Opts::new(name, help), &with_labels(extra)).map_err(fail)?;
-        registry.register(Box::new(c.clone())).map_err(fail)?;
-        Ok(c)
-    };
-    let gauge = |name: &str, help: &str| -> Result<GaugeVec> {
-        let g = GaugeVec::new(Opts::new(name, help), &labels).map_err(fail)?;
-        registry.register(Box::new(g.clone())).map_err(fail)?;
-        Ok(g)
-    };
-    let flops = counter(
-        "eia_accelerator_flops_total",
-        "FLOPs charged, per precision",
-        &["dtype"],
-    )?;
-    let ops = counter("eia_accelerator_ops_total", "Ops launched", &[])?;
-    let charged = counter(
-        "eia_accelerator_charged_seconds_total",
-        "Accelerator-seconds charged by the meter",
-        &[],
-    )?;
-    let wait = counter(
-        "eia_accelerator_meter_wait_seconds_total",
-        "Time ops waited on the meter",
-        &[],
-    )?;
-    let busy = counter(
-        "eia_accelerator_busy_seconds_total",
-        "Time in backend launches",
-        &[],
-    )?;
-    let moved = counter(
-        "eia_accelerator_transfer_bytes_total",
-        "Bytes copied, per direction",
-        &["direction"],
-    )?;
-    let balance = gauge(
-        "eia_accelerator_meter_balance_seconds",
-        "Meter balance (negative: debt)",
-    )?;
-    let attached = gauge("eia_accelerator_attached_seconds", "Seconds attached")?;
-    let memory = gauge("eia_accelerator_memory_bytes", "Bytes held")?;
-    let high = gauge(
-        "eia_accelerator_memory_high_water_bytes",
-        "Most bytes held at once",
-    )?;
-    let quota = gauge("eia_accelerator_memory_quota_bytes", "The tier's memory")?;
+    // One family per series of the usage table, made from the table so that it exists before
+    // any accelerator attaches; each field is one series of its family.
+    let mut families: HashMap<&'static str, Family> = HashMap::new();
+    for field in Usage::default().fields() {
+        if families.contains_key(field.series) {
+            continue;
+        }
+        let name = format!("eia_accelerator_{}", field.series);
+        let opts = Opts::new(name, field.help);
+        let extra: Vec<&str> = field.label.iter().map(|(key, _)| *key).collect();
+        let family = match field.kind {
+            Kind::Counter => {
+                Family::Counter(CounterVec::new(opts, &with_labels(&extra)).map_err(fail)?)
+            }
+            Kind::Gauge => Family::Gauge(GaugeVec::new(opts, &with_labels(&extra)).map_err(fail)?),
+        };
+        match &family {
+            Family::Counter(c) => registry.register(Box::new(c.clone())),
+            Family::Gauge(g) => registry.register(Box::new(g.clone())),
+        }
+        .map_err(fail)?;
+        families.insert(field.series, family);
+    }
     for s in samples {
         let u = &s.usage;
         let id = u.accelerator.to_string();
         let device = s.device.to_string();
-        let base = [
-            id.as_str(),
-            u.tier.as_str(),
-            s.owner.as_str(),
-            device.as_str(),
-        ];
-        let with = |extra: &'static str| [base[0], base[1], base[2], base[3], extra];
-        flops
-            .with_label_values(&with("FP32"))
-            .inc_by(u.flops_f32 as f64);
-        flops
-            .with_label_values(&with("FP16"))
-            .inc_by(u.flops_f16 as f64);
-        ops.with_label_values(&base).inc_by(u.ops as f64);
-        charged.with_label_values(&base).inc_by(u.charged.max(0.0));
-        wait.with_label_values(&base)
-            .inc_by(u.meter_wait.as_secs_f64());
-        busy.with_label_values(&base).inc_by(u.busy.as_secs_f64());
-        moved
-            .with_label_values(&with("upload"))
-            .inc_by(u.bytes_uploaded as f64);
-        moved
-            .with_label_values(&with("download"))
-            .inc_by(u.bytes_downloaded as f64);
-        balance.with_label_values(&base).set(u.meter_balance);
-        attached
-            .with_label_values(&base)
-            .set(u.attached.as_secs_f64());
-        memory.with_label_values(&base).set(u.memory_used as f64);
-        high.with_label_values(&base)
-            .set(u.memory_high_water as f64);
-        quota.with_label_values(&base).set(u.memory_quota as f64);
+        for field in u.fields() {
+            let mut values = vec![id.as_str(), u.tier.as_str(), s.owner.as_str(), &device];
+            values.extend(field.label.map(|(_, value)| value));
+            let value = field.value.as_f64();
+            match &families[field.series] {
+                Family::Counter(c) => c.with_label_values(&values).inc_by(value.max(0.0)),
+                Family::Gauge(g) => g.with_label_values(&values).set(value),
+            }
+        }
     }
     let int_gauge = |name: &str, help: &str, value: u64| -> Result<()> {
         let g = IntGauge::new(name, help).map_err(fail)?;
@@ -271,4 +232,50 @@ fn snapshot(samples: &[Sample], device_memory_in_use: u64, connections: usize) -
         connections as u64,
     )?;
     Ok(registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_series_per_usage_field() {
+        let usage = crate::accelerator::usage::tests::fresh();
+        let sample = Sample {
+            owner: "alice".into(),
+            device: 2,
+            usage: usage.clone(),
+        };
+        let text = ServerMetrics::new()
+            .unwrap()
+            .render(&[sample], 1, 2)
+            .unwrap();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("eia_accelerator_"))
+            .collect();
+        let fields = usage.fields();
+        assert_eq!(series.len(), fields.len(), "{text}");
+        for field in fields {
+            let id = usage.accelerator.to_string();
+            let mut labels = vec![
+                ("accelerator", id.as_str()),
+                ("owner", "alice"),
+                ("device", "2"),
+            ];
+            labels.push(("tier", &usage.tier));
+            labels.extend(field.label);
+            labels.sort();
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            let start = format!("eia_accelerator_{}{{{}}} ", field.series, labels.join(","));
+            let line: Vec<&&str> = series.iter().filter(|l| l.starts_with(&start)).collect();
+            assert_eq!(line.len(), 1, "{start} in\n{text}");
+            let value: f64 = line[0][start.len()..].parse().unwrap();
+            let want = match field.kind {
+                Kind::Counter => field.value.as_f64().max(0.0),
+                Kind::Gauge => field.value.as_f64(),
+            };
+            assert_eq!(value, want, "{start}");
+        }
+    }
 }

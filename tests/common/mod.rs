@@ -110,17 +110,44 @@ pub fn assert_close_scaled(
     );
 }
 
-/// The text `GET /metrics` answers at `addr` (headers included), with a 5 s read timeout.
+/// The text `GET /metrics` answers at `addr` (headers included; the status must be 200), with
+/// a 30 s read timeout (a loaded machine may be slow, a hung endpoint still fails).
 pub fn scrape(addr: std::net::SocketAddr) -> String {
     use std::io::{Read, Write};
     let mut http = std::net::TcpStream::connect(addr).unwrap();
-    http.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+    http.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
     http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut text = String::new();
     http.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     text
+}
+
+/// Sends a child SIGTERM.
+pub fn sigterm(child: &std::process::Child) {
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// Stops an `eia serve` child with SIGTERM (what the kubelet and `kill` send); returns its
+/// exit status and its logs (stderr, which must be piped).
+pub fn stop(mut serve: std::process::Child) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    sigterm(&serve);
+    let status = serve.wait().unwrap();
+    let mut logs = String::new();
+    serve
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    (status, logs)
 }
 
 /// Runs the suite for one backend.

@@ -202,7 +202,7 @@ fn run(cli: Cli) -> eia::Result<()> {
             }
             let rounds = eia::accelerator::CALIBRATION_ROUNDS;
             println!(
-                "cpu capacity (median of {rounds} rounds, what `eia serve --backend cpu` calibrates; `--cpu-devices N` gives each device 1/N of it): {}",
+                "cpu capacity (best of {rounds} rounds, what `eia serve --backend cpu` calibrates; `--cpu-devices N` gives each device 1/N of it): {}",
                 Capacity::measure(&backend)?
             );
             // The devices `eia serve` serves by default: every GPU (`--devices` chooses).
@@ -213,7 +213,7 @@ fn run(cli: Cli) -> eia::Result<()> {
                     for i in 0..n {
                         let gpu = eia::CudaBackend::new(i)?;
                         println!(
-                            "device {i}: {}, {:.1} GiB, capacity (median of {rounds} rounds): {}",
+                            "device {i}: {}, {:.1} GiB, capacity (best of {rounds} rounds): {}",
                             gpu.name(),
                             gpu.total_memory().unwrap_or(0) as f64 / (1u64 << 30) as f64,
                             Capacity::measure(&gpu)?

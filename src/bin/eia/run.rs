@@ -101,9 +101,7 @@ pub fn run(args: RunArgs) -> eia::Result<()> {
     let tier = device.tiers().get(&tier)?.clone();
     let accel = device.attach_tier(tier.clone())?;
     let header = format!(
-        "{header}\nmetered as {tier} on a device measured at {:.3} FP32 / {:.3} FP16 TFLOPS{}",
-        cap.fp32_tflops,
-        cap.fp16_tflops,
+        "{header}\nmetered as {tier} on a device measured at {cap}{}",
         if overcommit { " (overcommitted)" } else { "" }
     );
     let plan = RunPlan {

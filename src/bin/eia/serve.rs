@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use eia::accelerator::{Capacity, Device, DeviceConfig, Pool};
-use eia::{CpuBackend, CudaBackend};
+use eia::{CpuBackend, CudaBackend, PerDType};
 
 use crate::TierFile;
 
@@ -164,7 +164,9 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     } else {
         "no authentication"
     };
-    let configured = capacity_fp32.zip(capacity_fp16);
+    let configured = capacity_fp32
+        .zip(capacity_fp16)
+        .map(|(fp32, fp16)| PerDType::new(fp32, fp16));
     let cpu = |n: u32, config: eia::rpc::ServerConfig| {
         let pool = cpu_pool(n as usize, &config.device, configured)?;
         eia::rpc::spawn_pool(listen, pool, config)
@@ -230,8 +232,8 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
         tracing::info!(
             device = d.index,
             model = %d.model,
-            capacity_fp32_tflops = d.capacity.fp32_tflops,
-            capacity_fp16_tflops = d.capacity.fp16_tflops,
+            capacity_fp32_tflops = d.capacity.tflops[eia::DType::F32],
+            capacity_fp16_tflops = d.capacity.tflops[eia::DType::F16],
             capacity_memory = d.capacity.memory,
             capacity_source = how,
             "device"
@@ -269,12 +271,12 @@ fn say(line: std::fmt::Arguments) {
 }
 
 /// The GPUs `indices` (each opened, or a clear error naming the missing one), each sliced as
-/// `config` says with `capacity` (FP32, FP16 TFLOPS) or, without it, calibrated at start (the
-/// median of several rounds).
+/// `config` says with `capacity` (TFLOPS per dtype) or, without it, calibrated at start (the
+/// best of several rounds).
 fn gpu_pool(
     indices: &[usize],
     config: &DeviceConfig,
-    capacity: Option<(f64, f64)>,
+    capacity: Option<PerDType<f64>>,
 ) -> eia::Result<Pool<CudaBackend>> {
     let mut devices = Vec::with_capacity(indices.len());
     for (at, &i) in indices.iter().enumerate() {
@@ -289,7 +291,7 @@ fn gpu_pool(
             msg: format!("cannot serve GPU {i}: {e}"),
         })?;
         let capacity = capacity
-            .map(|(fp32, fp16)| Capacity::configured(&gpu, fp32, fp16))
+            .map(|tflops| Capacity::configured(&gpu, tflops))
             .transpose()?;
         devices.push(Device::new(
             gpu,
@@ -303,22 +305,21 @@ fn gpu_pool(
 }
 
 /// The CPU as `n` devices: device i has `threads / n` threads (one more for the first
-/// `threads % n`; at least one) and 1/n of the CPU's capacity — `capacity` (FP32, FP16 TFLOPS)
+/// `threads % n`; at least one) and 1/n of the CPU's capacity — `capacity` (TFLOPS per dtype)
 /// or the whole CPU calibrated once — and of the host's memory. One device is the CPU as it is
 /// (rayon's global pool).
 fn cpu_pool(
     n: usize,
     config: &DeviceConfig,
-    capacity: Option<(f64, f64)>,
+    capacity: Option<PerDType<f64>>,
 ) -> eia::Result<Pool<CpuBackend>> {
     let whole = CpuBackend::new();
     let total = match capacity {
-        Some((fp32, fp16)) => Capacity::configured(&whole, fp32, fp16)?,
+        Some(tflops) => Capacity::configured(&whole, tflops)?,
         None => Capacity::measure(&whole)?,
     };
     let share = Capacity {
-        fp32_tflops: total.fp32_tflops / n as f64,
-        fp16_tflops: total.fp16_tflops / n as f64,
+        tflops: total.tflops.map(|t| t / n as f64),
         memory: match total.memory {
             u64::MAX => u64::MAX,
             m => m / n as u64,
