@@ -344,7 +344,7 @@ fn concurrent_uploads_cannot_exceed_the_quota_and_end_with_their_accelerator() {
     let text = common::scrape(server.metrics_addr().unwrap());
     assert!(
         text.contains(&format!(
-            "eia_accelerator_memory_bytes{{accelerator=\"{id}\",owner=\"anonymous\",tier=\"small\"}} 921600"
+            "eia_accelerator_memory_bytes{{accelerator=\"{id}\",device=\"0\",owner=\"anonymous\",tier=\"small\"}} 921600"
         )),
         "{text}"
     );

@@ -562,9 +562,9 @@ fn metrics_endpoint_reports_each_accelerator() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let id = acc.id();
     for line in [
-        format!("eia_accelerator_ops_total{{accelerator=\"{id}\",owner=\"anonymous\",tier=\"big\"}} 1"),
-        format!("eia_accelerator_flops_total{{accelerator=\"{id}\",dtype=\"FP32\",owner=\"anonymous\",tier=\"big\"}} 160"),
-        format!("eia_accelerator_memory_bytes{{accelerator=\"{id}\",owner=\"anonymous\",tier=\"big\"}} 1024"), // two tensors at the minimum charge
+        format!("eia_accelerator_ops_total{{accelerator=\"{id}\",device=\"0\",owner=\"anonymous\",tier=\"big\"}} 1"),
+        format!("eia_accelerator_flops_total{{accelerator=\"{id}\",device=\"0\",dtype=\"FP32\",owner=\"anonymous\",tier=\"big\"}} 160"),
+        format!("eia_accelerator_memory_bytes{{accelerator=\"{id}\",device=\"0\",owner=\"anonymous\",tier=\"big\"}} 1024"), // two tensors at the minimum charge
         "eia_accelerators_attached 1".to_string(),
         // The RPC histogram, by method and status: one Attach, one refused Free.
         "eia_rpc_duration_seconds_count{code=\"OK\",method=\"Attach\"} 1".to_string(),

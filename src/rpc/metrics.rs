@@ -4,7 +4,8 @@
 //! - the server's own series, kept for its whole life: a latency histogram of every RPC by
 //!   method and gRPC status (`eia_rpc_duration_seconds`), and detaches by reason
 //!   (`eia_detached_total`);
-//! - per attached accelerator, read fresh from its usage at each scrape: one series per row of
+//! - per attached accelerator (labels: accelerator, tier, owner, device index, and the row's
+//!   own), read fresh from its usage at each scrape: one series per row of
 //!   the usage table ([`Usage::fields`]) — counters (`_total`: FLOPs per precision, ops,
 //!   charged / meter-wait / busy seconds, bytes moved and read by ops) and gauges (meter
 //!   balance, seconds attached, memory held / high-water / quota);
@@ -24,6 +25,8 @@ use crate::error::{Error, Result};
 /// One attached accelerator as the metrics see it.
 pub struct Sample {
     pub owner: String,
+    /// The index of the device it runs on.
+    pub device: usize,
     pub usage: Usage,
 }
 
@@ -167,7 +170,7 @@ enum Family {
 /// The per-scrape series: each attached accelerator's usage and the device's gauges.
 fn snapshot(samples: &[Sample], device_memory_in_use: u64, connections: usize) -> Result<Registry> {
     let registry = Registry::new();
-    let labels = ["accelerator", "tier", "owner"];
+    let labels = ["accelerator", "tier", "owner", "device"];
     let with_labels = |extra: &[&'static str]| -> Vec<&'static str> {
         labels.iter().chain(extra).copied().collect()
     };
@@ -197,8 +200,9 @@ fn snapshot(samples: &[Sample], device_memory_in_use: u64, connections: usize) -
     for s in samples {
         let u = &s.usage;
         let id = u.accelerator.to_string();
+        let device = s.device.to_string();
         for field in u.fields() {
-            let mut values = vec![id.as_str(), u.tier.as_str(), s.owner.as_str()];
+            let mut values = vec![id.as_str(), u.tier.as_str(), s.owner.as_str(), &device];
             values.extend(field.label.map(|(_, value)| value));
             let value = field.value.as_f64();
             match &families[field.series] {
@@ -239,6 +243,7 @@ mod tests {
         let usage = crate::accelerator::usage::tests::fresh();
         let sample = Sample {
             owner: "alice".into(),
+            device: 2,
             usage: usage.clone(),
         };
         let text = ServerMetrics::new()
@@ -253,7 +258,11 @@ mod tests {
         assert_eq!(series.len(), fields.len(), "{text}");
         for field in fields {
             let id = usage.accelerator.to_string();
-            let mut labels = vec![("accelerator", id.as_str()), ("owner", "alice")];
+            let mut labels = vec![
+                ("accelerator", id.as_str()),
+                ("owner", "alice"),
+                ("device", "2"),
+            ];
             labels.push(("tier", &usage.tier));
             labels.extend(field.label);
             labels.sort();

@@ -34,7 +34,8 @@ enum Command {
     /// accelerator, one round trip per inference; prints latency beside the metered floor,
     /// TFLOPS against the tier, usage.
     Demo(demo::DemoArgs),
-    /// Serve this host's virtual accelerators over gRPC (CPU backend where there is no GPU).
+    /// Serve this host's virtual accelerators over gRPC: every GPU (or `--devices`), else the
+    /// CPU (`--cpu-devices N` splits it into N devices).
     Serve(serve::ServeArgs),
     /// Print the SHA-256 of a token secret, for a token file.
     TokenHash { secret: String },
@@ -50,7 +51,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Describe the backends: CPU threads and features, and the CUDA device (or why there is none).
+    /// Describe the backends: CPU threads, features and capacity, and every CUDA GPU (the
+    /// devices `eia serve` serves) with its capacity, or why there is none.
     Info,
     /// Run an ONNX model: latency p50/p99, throughput, TFLOPS against the tier, peak memory,
     /// the top-5 of the output.
@@ -200,20 +202,23 @@ fn run(cli: Cli) -> eia::Result<()> {
             }
             let rounds = eia::accelerator::CALIBRATION_ROUNDS;
             println!(
-                "cpu capacity (best of {rounds} rounds, what `eia serve --backend cpu` calibrates): {}",
+                "cpu capacity (best of {rounds} rounds, what `eia serve --backend cpu` calibrates; `--cpu-devices N` gives each device 1/N of it): {}",
                 Capacity::measure(&backend)?
             );
-            match eia::CudaBackend::new(0) {
-                Ok(gpu) => {
-                    println!(
-                        "cuda: {}, {:.1} GiB",
-                        gpu.name(),
-                        gpu.total_memory().unwrap_or(0) as f64 / (1u64 << 30) as f64
-                    );
-                    println!(
-                        "cuda capacity (best of {rounds} rounds): {}",
-                        Capacity::measure(&gpu)?
-                    );
+            // The devices `eia serve` serves by default: every GPU (`--devices` chooses).
+            match eia::CudaBackend::device_count() {
+                Ok(0) => println!("cuda: no GPU (the driver reports none)"),
+                Ok(n) => {
+                    println!("cuda: {n} GPU(s), each one device of `eia serve`");
+                    for i in 0..n {
+                        let gpu = eia::CudaBackend::new(i)?;
+                        println!(
+                            "device {i}: {}, {:.1} GiB, capacity (best of {rounds} rounds): {}",
+                            gpu.name(),
+                            gpu.total_memory().unwrap_or(0) as f64 / (1u64 << 30) as f64,
+                            Capacity::measure(&gpu)?
+                        );
+                    }
                 }
                 Err(e) => println!("cuda: unavailable ({e})"),
             }
