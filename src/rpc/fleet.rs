@@ -4,9 +4,11 @@
 //! resolved again whenever no host can attach. [`Fleet::attach`] attaches an accelerator on the
 //! host where its tier fits best and returns a plain [`RemoteAccelerator`].
 //!
-//! Each host's `grpc.health.v1` status is watched (one stream per connected host): a host that
-//! starts draining, or whose stream breaks, is skipped by attaches until it reports SERVING
-//! again, and a fleet [`crate::model::FleetSession`] leaves it before its next inference. A call
+//! Each connected host's `grpc.health.v1` status is checked every [`HEALTH_EVERY`] (a unary
+//! Check: a Watch stream would hold a draining server's graceful shutdown open): a host that
+//! says it is draining, or fails two checks running, is skipped by attaches until it says
+//! SERVING again, and a fleet [`crate::model::FleetSession`] leaves it before its next
+//! inference. A call
 //! on an accelerator whose host died or drained fails with [`Error::Unavailable`] naming the
 //! host (retryable); every call has the [`ClientConfig`] deadlines, so none hangs.
 
@@ -22,8 +24,8 @@ use super::client::{ClientConfig, Connection, RemoteAccelerator};
 use crate::error::{Error, Result};
 use crate::sync::lock;
 
-/// Pause before watching a host's health again after its stream broke.
-const REWATCH: Duration = Duration::from_millis(250);
+/// How often a connected host's health is checked.
+pub const HEALTH_EVERY: Duration = Duration::from_millis(250);
 
 /// Many servers, one client: attaches go where the tier fits best.
 pub struct Fleet {
@@ -51,7 +53,7 @@ struct Host {
     /// The name a resolved address answers TLS for (its DNS name).
     tls_domain: Option<String>,
     conn: Mutex<Option<Arc<Connection>>>,
-    /// Whether its health stream last said SERVING (true until a connection says otherwise).
+    /// Whether its health checks say SERVING (true until a connection says otherwise).
     serving: Arc<AtomicBool>,
 }
 
@@ -90,7 +92,7 @@ impl Fleet {
         lock(&self.hosts).iter().map(|h| h.url.clone()).collect()
     }
 
-    /// Whether the host at `url` is serving as far as its health stream says (a host never
+    /// Whether the host at `url` is serving as far as its health checks say (a host never
     /// connected counts as serving; one not in the fleet does not).
     pub fn serving(&self, url: &str) -> bool {
         lock(&self.hosts)
@@ -201,7 +203,7 @@ impl Fleet {
         })
     }
 
-    /// The host's connection, made (and its health watched) on first use.
+    /// The host's connection, made (and its health followed) on first use.
     fn connection(&self, host: &Host) -> Result<Arc<Connection>> {
         let mut conn = lock(&host.conn);
         if let Some(c) = &*conn {
@@ -213,30 +215,40 @@ impl Fleet {
         };
         let c = Connection::connect(&host.url, config)?;
         let serving = Arc::clone(&host.serving);
-        c.spawn(|channel| watch(HealthClient::new(channel), serving));
+        let deadline = self.config.connect_timeout;
+        c.spawn(|channel| follow(HealthClient::new(channel), serving, deadline));
         Ok(Arc::clone(conn.insert(c)))
     }
 }
 
-/// Follows a host's health: `serving` is true while it says SERVING, false while it says
-/// anything else or its stream is broken (then watched again, so a host that comes back is used
-/// again).
-async fn watch(mut health: HealthClient<tonic::transport::Channel>, serving: Arc<AtomicBool>) {
+/// Follows a host's health, checked every [`HEALTH_EVERY`] (each check bounded by `deadline`):
+/// `serving` is false from its first answer other than SERVING (a drain) or its second failed
+/// check running (gone), true again from its next SERVING.
+async fn follow(
+    mut health: HealthClient<tonic::transport::Channel>,
+    serving: Arc<AtomicBool>,
+    deadline: Duration,
+) {
+    let mut failed = 0;
     loop {
-        let request = tonic_health::pb::HealthCheckRequest {
+        let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
-        };
-        if let Ok(stream) = health.watch(request).await {
-            let mut stream = stream.into_inner();
-            while let Ok(Some(status)) = stream.message().await {
-                serving.store(
-                    status.status() == ServingStatus::Serving,
-                    Ordering::Release,
-                );
+        });
+        request.set_timeout(deadline);
+        match health.check(request).await {
+            Ok(r) => {
+                failed = 0;
+                let up = r.into_inner().status() == ServingStatus::Serving;
+                serving.store(up, Ordering::Release);
+            }
+            Err(_) => {
+                failed += 1;
+                if failed >= 2 {
+                    serving.store(false, Ordering::Release);
+                }
             }
         }
-        serving.store(false, Ordering::Release);
-        tokio::time::sleep(REWATCH).await;
+        tokio::time::sleep(HEALTH_EVERY).await;
     }
 }
 
