@@ -247,14 +247,12 @@ impl Shared {
 fn code(e: &eia::Error) -> String {
     match e {
         eia::Error::Remote { code, .. } => code.clone(),
-        eia::Error::Network(m) | eia::Error::Unavailable { msg: m, .. } => [
-            Code::Unavailable,
-            Code::Cancelled,
-            Code::DeadlineExceeded,
-        ]
-            .into_iter()
-            .find(|c| m.starts_with(c.description()))
-            .map_or_else(|| format!("Network({m})"), |c| format!("{c:?}")),
+        eia::Error::Network(m) | eia::Error::Unavailable { msg: m, .. } => {
+            [Code::Unavailable, Code::Cancelled, Code::DeadlineExceeded]
+                .into_iter()
+                .find(|c| m.starts_with(c.description()))
+                .map_or_else(|| format!("Network({m})"), |c| format!("{c:?}"))
+        }
         other => format!("{other}"),
     }
 }

@@ -97,7 +97,10 @@ impl Server {
             if let Some(status) = server.child.try_wait().unwrap() {
                 panic!("eia serve exited ({status}):\n{}", server.logs());
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "eia serve did not listen");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "eia serve did not listen"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -125,7 +128,11 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(started.elapsed() < within, "eia serve still running:\n{}", self.logs());
+            assert!(
+                started.elapsed() < within,
+                "eia serve still running:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -196,8 +203,13 @@ fn plain(acc: RemoteAccelerator, stop: &AtomicBool, seed: u64) -> Log {
         let b = common::random(&mut rng, dtype, &[16, 16], -1.0, 1.0);
         let want = cpu
             .download(
-                &cpu.gemm(&Gemm::default(), &cpu.upload(&a).unwrap(), &cpu.upload(&b).unwrap(), None)
-                    .unwrap(),
+                &cpu.gemm(
+                    &Gemm::default(),
+                    &cpu.upload(&a).unwrap(),
+                    &cpu.upload(&b).unwrap(),
+                    None,
+                )
+                .unwrap(),
             )
             .unwrap();
         let got = (|| {
@@ -264,12 +276,18 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
             sessions.push(s);
         } else {
             let a = fleet.attach(tier).unwrap();
-            placement.entry(a.host().to_string()).or_default().push(tier);
+            placement
+                .entry(a.host().to_string())
+                .or_default()
+                .push(tier);
             accels.push(a);
         }
     }
     println!("placement ({CLIENTS} clients; 1 unit = 1 FP32 / 2 FP16 GFLOPS):");
-    println!("{:<28} {:>8} {:>6} {:>6} {:>9} {:>6}", "host", "capacity", "small", "large", "admitted", "free");
+    println!(
+        "{:<28} {:>8} {:>6} {:>6} {:>9} {:>6}",
+        "host", "capacity", "small", "large", "admitted", "free"
+    );
     let mut free = Vec::new();
     for (s, cap) in servers.iter().zip(CAPACITY) {
         let tiers = placement.get(&s.url).cloned().unwrap_or_default();
@@ -287,13 +305,21 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
             admitted * 1e3,
             (cap - admitted) * 1e3
         );
-        assert!(admitted <= cap + 1e-9, "{} admitted over its capacity", s.url);
+        assert!(
+            admitted <= cap + 1e-9,
+            "{} admitted over its capacity",
+            s.url
+        );
         free.push(cap - admitted);
     }
     // Placement by free capacity levels what is left free: no host is fuller than another by
     // more than the largest tier.
-    let spread = free.iter().cloned().fold(f64::MIN, f64::max) - free.iter().cloned().fold(f64::MAX, f64::min);
-    assert!(spread <= RATES[1].1 + 1e-9, "placement did not follow free capacity: free {free:?}");
+    let spread = free.iter().cloned().fold(f64::MIN, f64::max)
+        - free.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        spread <= RATES[1].1 + 1e-9,
+        "placement did not follow free capacity: free {free:?}"
+    );
 
     // Which sessions are on which server, before the signals.
     let on = |url: &str| -> Vec<usize> {
@@ -307,11 +333,20 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
     let (drained, killed, survivor) = (0, 1, 2);
     let on_drained = on(&servers[drained].url);
     let on_killed = on(&servers[killed].url);
-    assert!(!on_drained.is_empty() && !on_killed.is_empty(), "sessions on every host");
+    assert!(
+        !on_drained.is_empty() && !on_killed.is_empty(),
+        "sessions on every host"
+    );
 
     let stop = AtomicBool::new(false);
     let signals: Mutex<[Option<Instant>; 2]> = Mutex::new([None, None]);
-    let input = HostTensor::new(&[1, 64], (0..64).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<f32>>()).unwrap();
+    let input = HostTensor::new(
+        &[1, 64],
+        (0..64)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect::<Vec<f32>>(),
+    )
+    .unwrap();
     let want = reference.run(std::slice::from_ref(&input)).unwrap();
     let (plain_logs, session_logs) = std::thread::scope(|scope| {
         let plain_threads: Vec<_> = accels
@@ -361,8 +396,14 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
         // Let every session answer from the survivor, within a lease period and a margin.
         std::thread::sleep(LEASE + Duration::from_secs(1));
         stop.store(true, SeqCst);
-        let plain: Vec<Log> = plain_threads.into_iter().map(|t| t.join().unwrap()).collect();
-        let sessions: Vec<Log> = session_threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let plain: Vec<Log> = plain_threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let sessions: Vec<Log> = session_threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
         (plain, sessions)
     });
     let [term_at, kill_at] = lock(&signals).map(Option::unwrap);
@@ -399,22 +440,38 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
     };
     for &i in &on_drained {
         let took = failover(i, term_at, &servers[drained].url);
-        assert!(took <= LEASE, "session {i} took {took:?} to leave the draining host");
+        assert!(
+            took <= LEASE,
+            "session {i} took {took:?} to leave the draining host"
+        );
     }
     for &i in &on_killed {
         let took = failover(i, kill_at, &servers[killed].url);
-        assert!(took <= LEASE, "session {i} took {took:?} to leave the killed host");
+        assert!(
+            took <= LEASE,
+            "session {i} took {took:?} to leave the killed host"
+        );
     }
     for (i, log) in session_logs.iter().enumerate() {
         let last = &log.runs.last().unwrap().1;
-        assert_eq!(last, &servers[survivor].url, "session {i} ends on the survivor");
-        assert!(log.errors.len() <= 2, "session {i}: at most one failed inference per failure: {:?}", log.errors);
+        assert_eq!(
+            last, &servers[survivor].url,
+            "session {i} ends on the survivor"
+        );
+        assert!(
+            log.errors.len() <= 2,
+            "session {i}: at most one failed inference per failure: {:?}",
+            log.errors
+        );
         for (_, e) in &log.errors {
             println!("  session {i} error: {e}");
         }
     }
     let moves: usize = sessions.iter().map(|s| s.moves()).sum();
-    println!("sessions: {} inferences checked, {moves} moves", session_logs.iter().map(|l| l.good).sum::<usize>());
+    println!(
+        "sessions: {} inferences checked, {moves} moves",
+        session_logs.iter().map(|l| l.good).sum::<usize>()
+    );
 
     // Nothing held on the survivor once the clients are gone.
     drop(sessions);
@@ -426,7 +483,10 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
     assert_eq!(s.metric("eia_accelerators_attached"), 0.0);
     assert_eq!(s.metric("eia_device_memory_in_use_bytes"), 0.0);
     println!("fleet test took {:.1} s", started.elapsed().as_secs_f64());
-    assert!(started.elapsed() < BUDGET, "the fleet test is bounded by {BUDGET:?}");
+    assert!(
+        started.elapsed() < BUDGET,
+        "the fleet test is bounded by {BUDGET:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -442,7 +502,8 @@ fn a_list_or_a_name_both_reach_the_servers() {
     let server = Server::start(&dir, 0, 0.004);
     let port = server.url.rsplit(':').next().unwrap();
     // "localhost" resolves to 127.0.0.1 (and perhaps ::1, where nothing listens: skipped).
-    let fleet = Fleet::connect(&format!("http://localhost:{port}"), ClientConfig::default()).unwrap();
+    let fleet =
+        Fleet::connect(&format!("http://localhost:{port}"), ClientConfig::default()).unwrap();
     let a = fleet.attach("f.small").unwrap();
     assert_eq!(a.host(), server.url);
     drop(a);

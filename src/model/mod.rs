@@ -25,8 +25,8 @@ use crate::error::{Error, Result};
 use crate::ops::Op;
 use crate::sync::lock;
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
-use import::{Imported, Known};
 pub use fleet::FleetSession;
+use import::{Imported, Known};
 use onnx::Constant;
 use std::sync::Mutex;
 

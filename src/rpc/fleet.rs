@@ -112,9 +112,9 @@ impl Fleet {
                 continue;
             }
             let lookup = tokio::net::lookup_host((t.host.as_str(), t.port));
-            let found = self
-                .runtime
-                .block_on(async { tokio::time::timeout(self.config.connect_timeout, lookup).await });
+            let found = self.runtime.block_on(async {
+                tokio::time::timeout(self.config.connect_timeout, lookup).await
+            });
             match found {
                 Ok(Ok(addrs)) => {
                     let before = urls.len();
@@ -338,8 +338,14 @@ mod tests {
         )
         .unwrap();
         let hosts = fleet.hosts();
-        assert!(hosts.contains(&"http://127.0.0.1:1".to_string()), "{hosts:?}");
-        assert!(hosts.contains(&"http://127.0.0.1:2".to_string()), "{hosts:?}");
+        assert!(
+            hosts.contains(&"http://127.0.0.1:1".to_string()),
+            "{hosts:?}"
+        );
+        assert!(
+            hosts.contains(&"http://127.0.0.1:2".to_string()),
+            "{hosts:?}"
+        );
         assert!(Fleet::connect(" , ", ClientConfig::default()).is_err());
         let e = Fleet::connect("http://no-such-host.invalid:1", ClientConfig::default())
             .err()
@@ -359,8 +365,11 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let (a, b) = (free(), free());
-        let fleet =
-            Fleet::connect(&format!("http://127.0.0.1:{a},http://127.0.0.1:{b}"), config).unwrap();
+        let fleet = Fleet::connect(
+            &format!("http://127.0.0.1:{a},http://127.0.0.1:{b}"),
+            config,
+        )
+        .unwrap();
         let e = fleet.attach("eia2.medium").err().unwrap();
         assert!(e.is_retryable(), "{e}");
         let text = e.to_string();
