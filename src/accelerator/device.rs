@@ -109,7 +109,8 @@ impl Capacity {
         })
     }
 
-    fn tflops(&self, dtype: DType) -> f64 {
+    /// TFLOPS of `dtype`.
+    pub fn tflops(&self, dtype: DType) -> f64 {
         match dtype {
             DType::F32 => self.fp32_tflops,
             DType::F16 => self.fp16_tflops,

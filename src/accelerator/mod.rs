@@ -4,6 +4,8 @@
 //! - [`tier`] — the tiers (the six Elastic Inference ones plus custom ones from TOML).
 //! - [`device`] — a backend with a capacity and admission control; [`Device::attach`] hands out
 //!   accelerators.
+//! - [`pool`] — a host's devices together: each one's [`Load`], and placement (an attach lands
+//!   on the device with the most headroom for its tier, and stays there).
 //! - [`slice`] — one [`Accelerator`]: its own memory (quota = the tier's memory), meter and
 //!   backend queue; a [`crate::Backend`] itself, so every op runs on it.
 //! - [`meter`] — the token bucket that paces ops at the tier's rate, per precision.
@@ -28,12 +30,14 @@
 pub mod device;
 pub mod fair;
 pub mod meter;
+pub mod pool;
 pub mod slice;
 pub mod tier;
 pub mod usage;
 
 pub use device::{Capacity, Device, DeviceConfig, CALIBRATION_ROUNDS, LOCAL_OWNER};
 pub use meter::Meter;
+pub use pool::{Load, Pool};
 pub use slice::{charge, Accelerator, Buffer, Reservation, MIN_TENSOR_CHARGE};
 pub use tier::{Tier, Tiers};
 pub use usage::Usage;

@@ -197,6 +197,14 @@ impl Connection {
             .collect()
     }
 
+    /// The server's devices (capacity, what is admitted and free), which tiers this
+    /// connection's token could attach now and where they would land, and its readiness.
+    pub fn capacity(&self) -> Result<super::ServerCapacity> {
+        let mut c = self.client.clone();
+        let r = self.call(c.capacity(self.request(proto::CapacityRequest {})))?;
+        Ok(r.into())
+    }
+
     /// Attaches an accelerator of the tier called `tier` on the server.
     pub fn attach(self: &Arc<Self>, tier: &str) -> Result<RemoteAccelerator> {
         let mut c = self.client.clone();

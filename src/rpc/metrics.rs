@@ -4,7 +4,8 @@
 //! - the server's own series, kept for its whole life: a latency histogram of every RPC by
 //!   method and gRPC status (`eia_rpc_duration_seconds`), and detaches by reason
 //!   (`eia_detached_total`);
-//! - per attached accelerator, read fresh from its usage at each scrape: counters (`_total`:
+//! - per attached accelerator (labels: accelerator, tier, owner, device index), read fresh
+//!   from its usage at each scrape: counters (`_total`:
 //!   FLOPs per precision, ops, charged / meter-wait / busy seconds, bytes moved) and gauges
 //!   (meter balance, seconds attached, memory held / high-water / quota);
 //! - gauges for the device: accelerators attached, memory in use, connections open.
@@ -22,6 +23,8 @@ use crate::error::{Error, Result};
 /// One attached accelerator as the metrics see it.
 pub struct Sample {
     pub owner: String,
+    /// The index of the device it runs on.
+    pub device: usize,
     pub usage: Usage,
 }
 
@@ -159,7 +162,7 @@ fn code_name(code: tonic::Code) -> String {
 /// The per-scrape series: each attached accelerator's usage and the device's gauges.
 fn snapshot(samples: &[Sample], device_memory_in_use: u64, connections: usize) -> Result<Registry> {
     let registry = Registry::new();
-    let labels = ["accelerator", "tier", "owner"];
+    let labels = ["accelerator", "tier", "owner", "device"];
     let with_labels = |extra: &[&'static str]| -> Vec<&'static str> {
         labels.iter().chain(extra).copied().collect()
     };
@@ -213,8 +216,14 @@ fn snapshot(samples: &[Sample], device_memory_in_use: u64, connections: usize) -
     for s in samples {
         let u = &s.usage;
         let id = u.accelerator.to_string();
-        let base = [id.as_str(), u.tier.as_str(), s.owner.as_str()];
-        let with = |extra: &'static str| [base[0], base[1], base[2], extra];
+        let device = s.device.to_string();
+        let base = [
+            id.as_str(),
+            u.tier.as_str(),
+            s.owner.as_str(),
+            device.as_str(),
+        ];
+        let with = |extra: &'static str| [base[0], base[1], base[2], base[3], extra];
         flops
             .with_label_values(&with("FP32"))
             .inc_by(u.flops_f32 as f64);

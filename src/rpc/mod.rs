@@ -1,4 +1,4 @@
-//! The network accelerator: `eia serve` exposes a device's virtual accelerators over gRPC
+//! The network accelerator: `eia serve` exposes a host's devices' virtual accelerators over gRPC
 //! (schema in `proto/eia/v1/eia.proto`), and [`RemoteAccelerator`] is a client with the same
 //! [`crate::Backend`] API as a local accelerator; a [`Fleet`] is one client of many servers.
 
@@ -9,6 +9,7 @@ pub mod proto {
 }
 
 pub mod auth;
+pub mod capacity;
 pub mod chunks;
 pub mod client;
 pub mod convert;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod server;
 
 pub use auth::Tokens;
+pub use capacity::ServerCapacity;
 pub use client::{ClientConfig, Connection, Program, Ran, RemoteAccelerator, RemoteBuffer};
 pub use fleet::Fleet;
-pub use server::{spawn, ServerConfig, ServerHandle, Service};
+pub use server::{spawn, spawn_pool, ServerConfig, ServerHandle, Service};

@@ -42,7 +42,7 @@ use super::convert::{self, invalid, status};
 use super::listener::{self, Limits, OpenConnections};
 use super::metrics::ServerMetrics;
 use super::proto::{self, accelerators_server::Accelerators};
-use crate::accelerator::{Accelerator, Buffer, Device, DeviceConfig};
+use crate::accelerator::{Accelerator, Buffer, Device, DeviceConfig, Load, Pool};
 use crate::backend::{check_output, Backend};
 use crate::error::{Error, Result};
 use crate::ops::Op;
@@ -60,7 +60,8 @@ pub const CALLS_PER_ACCELERATOR: usize = 4;
 /// How a server runs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The device's tiers, capacity, overcommit and meter burst.
+    /// Every device's tiers, capacity (`None`: each device calibrated at start), overcommit and
+    /// meter burst.
     pub device: DeviceConfig,
     /// Accepted tokens; `None` serves anyone (the loopback default).
     pub tokens: Option<Tokens>,
@@ -109,7 +110,9 @@ pub struct Service<B: Backend> {
 }
 
 struct Shared<B: Backend> {
-    device: Device<B>,
+    pool: Pool<B>,
+    /// Whether a device admits beyond its compute capacity (reported by Capacity).
+    overcommit: bool,
     tokens: Option<Tokens>,
     lease: Duration,
     chunk_bytes: usize,
@@ -126,11 +129,12 @@ struct Shared<B: Backend> {
 
 impl<B: Backend + Clone + 'static> Shared<B> {
     /// Logs a detached accelerator's final usage and appends it to the usage log.
-    fn record(&self, owner: &str, why: &str, usage: &crate::accelerator::Usage) {
+    fn record(&self, owner: &str, device: usize, why: &str, usage: &crate::accelerator::Usage) {
         self.metrics.detached(why);
         tracing::info!(
             accelerator = usage.accelerator,
             owner,
+            device,
             tier = %usage.tier,
             why,
             attached_s = usage.attached.as_secs_f64(),
@@ -146,6 +150,7 @@ impl<B: Backend + Clone + 'static> Shared<B> {
             let line = serde_json::json!({
                 "accelerator": usage.accelerator,
                 "owner": owner,
+                "device": device,
                 "tier": usage.tier,
                 "why": why,
                 "attached_seconds": usage.attached.as_secs_f64(),
@@ -169,7 +174,7 @@ impl<B: Backend + Clone + 'static> Shared<B> {
     /// Detaches accelerator `a` (already out of the map) and records why.
     fn retire(&self, a: &Attached<B>, why: &str) -> Result<crate::accelerator::Usage, Status> {
         let usage = a.detach()?;
-        self.record(&a.owner, why, &usage);
+        self.record(&a.owner, a.device, why, &usage);
         Ok(usage)
     }
 
@@ -219,6 +224,8 @@ type Held = Arc<RwLock<Tensor<Buffer>>>;
 struct Attached<B: Backend> {
     accel: Accelerator<B>,
     owner: String,
+    /// The index of the device it runs on, for life.
+    device: usize,
     tensors: Mutex<HashMap<u64, Held>>,
     last_seen: Mutex<Instant>,
     /// Permits for calls that hold a blocking thread ([`CALLS_PER_ACCELERATOR`]).
@@ -297,9 +304,9 @@ fn not_found(accelerator: u64, tensor: u64) -> Status {
 }
 
 impl<B: Backend + Clone + 'static> Service<B> {
-    /// A service over a new device on `backend`, with its lease reaper running on the current
-    /// tokio runtime.
-    pub fn new(backend: B, config: &ServerConfig) -> Result<Self> {
+    /// A service over `pool`'s devices (`config.device` is not used: each device has its own),
+    /// with its lease reaper running on the current tokio runtime.
+    pub fn new(pool: Pool<B>, config: &ServerConfig) -> Result<Self> {
         if config.lease.is_zero() {
             return Err(Error::Config {
                 source_name: "lease".into(),
@@ -320,7 +327,8 @@ impl<B: Backend + Clone + 'static> Service<B> {
             )),
         };
         let shared = Arc::new(Shared {
-            device: Device::new(backend, config.device.clone())?,
+            overcommit: pool.overcommit(),
+            pool,
             tokens: config.tokens.clone(),
             lease: config.lease,
             chunk_bytes: config.chunk_bytes.max(1),
@@ -336,9 +344,9 @@ impl<B: Backend + Clone + 'static> Service<B> {
         Ok(Service { shared })
     }
 
-    /// The device the service slices.
-    pub fn device(&self) -> &Device<B> {
-        &self.shared.device
+    /// The devices the service slices.
+    pub fn pool(&self) -> &Pool<B> {
+        &self.shared.pool
     }
 
     /// The Prometheus exposition text for the accelerators attached now.
@@ -349,6 +357,7 @@ impl<B: Backend + Clone + 'static> Service<B> {
             .iter()
             .map(|a| super::metrics::Sample {
                 owner: a.owner.clone(),
+                device: a.device,
                 usage: a.accel.usage(),
             })
             .collect();
@@ -359,7 +368,7 @@ impl<B: Backend + Clone + 'static> Service<B> {
             .map_or(0, OpenConnections::get);
         self.shared
             .metrics
-            .render(&samples, self.shared.device.memory_in_use(), connections)
+            .render(&samples, self.shared.pool.memory_in_use(), connections)
     }
 
     fn principal<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
@@ -377,13 +386,7 @@ impl<B: Backend + Clone + 'static> Service<B> {
 
     /// The tier called `name`, if it exists and the caller may use it.
     fn tier_for(&self, who: &Principal, name: &str) -> Result<crate::accelerator::Tier, Status> {
-        let tier = self
-            .shared
-            .device
-            .tiers()
-            .get(name)
-            .map_err(status)?
-            .clone();
+        let tier = self.shared.pool.tiers().get(name).map_err(status)?.clone();
         if !who.may_attach(tier.name()) {
             return Err(Status::permission_denied(format!(
                 "token {:?} may not use tier {}",
@@ -484,14 +487,32 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
         timer.finish(
             async move {
                 self.principal(&req)?;
-                let tiers = self
-                    .shared
-                    .device
-                    .tiers()
-                    .iter()
-                    .map(convert::tier)
-                    .collect();
+                let tiers = self.shared.pool.tiers().iter().map(convert::tier).collect();
                 Ok(Response::new(proto::TiersResponse { tiers }))
+            }
+            .await,
+        )
+    }
+
+    async fn capacity(
+        &self,
+        req: Request<proto::CapacityRequest>,
+    ) -> Result<Response<proto::CapacityResponse>, Status> {
+        let timer = self.shared.metrics.time("Capacity");
+        timer.finish(
+            async move {
+                let who = self.principal(&req)?;
+                let held = lock(&self.shared.accelerators)
+                    .values()
+                    .filter(|a| a.owner == who.name)
+                    .count();
+                Ok(Response::new(super::capacity::report(
+                    &self.shared.pool,
+                    self.shared.draining.load(Ordering::SeqCst),
+                    self.shared.overcommit,
+                    &who,
+                    held,
+                )))
             }
             .await,
         )
@@ -521,19 +542,20 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
                     who.name
                 )));
             }
-            let accel = self
+            let (accel, device) = self
                 .shared
-                .device
+                .pool
                 .attach_for(&who.name, tier.clone())
                 .inspect_err(|e| tracing::info!(owner = %who.name, tier = tier.name(), error = %e, "attach refused"))
                 .map_err(status)?;
             let id = accel.id();
-            tracing::info!(accelerator = id, owner = %who.name, tier = tier.name(), "attached");
+            tracing::info!(accelerator = id, owner = %who.name, tier = tier.name(), device, "attached");
             map.insert(
                 id,
                 Arc::new(Attached {
                     accel,
                     owner: who.name,
+                    device,
                     tensors: Mutex::new(HashMap::new()),
                     last_seen: Mutex::new(Instant::now()),
                     calls: tokio::sync::Semaphore::new(CALLS_PER_ACCELERATOR),
@@ -558,8 +580,13 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
             let who = self.principal(&req)?;
             let a = self.get(&who, req.get_ref().accelerator)?;
             let tier = self.tier_for(&who, &req.get_ref().tier)?;
-            a.accel.resize_tier(tier.clone()).map_err(status)?;
-            tracing::info!(accelerator = a.accel.id(), owner = %a.owner, tier = tier.name(), "resized");
+            // On its own device, for life: a tier that does not fit there is refused (nothing
+            // changes), never moved to another device.
+            a.accel
+                .resize_tier(tier.clone())
+                .inspect_err(|e| tracing::info!(accelerator = a.accel.id(), owner = %a.owner, tier = tier.name(), device = a.device, error = %e, "resize refused"))
+                .map_err(status)?;
+            tracing::info!(accelerator = a.accel.id(), owner = %a.owner, tier = tier.name(), device = a.device, "resized");
             Ok(Response::new(proto::ResizeResponse {
                 tier: Some(convert::tier(&tier)),
             }))
@@ -1058,7 +1085,7 @@ fn run_checked<B: Backend + Clone + 'static>(
 pub struct ServerHandle {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
-    capacity: crate::accelerator::Capacity,
+    devices: Vec<Load>,
     /// Starts the drain (with its timeout) that ends the server.
     stop: Option<tokio::sync::oneshot::Sender<Duration>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
@@ -1075,9 +1102,10 @@ impl ServerHandle {
         self.metrics_addr
     }
 
-    /// The device's capacity (configured or calibrated at start).
-    pub fn capacity(&self) -> crate::accelerator::Capacity {
-        self.capacity
+    /// Each device's index, model and capacity (configured or calibrated at start), as it
+    /// was when the server started.
+    pub fn devices(&self) -> &[Load] {
+        &self.devices
     }
 
     /// The URL a client connects to (`http://` or `https://` with TLS).
@@ -1117,11 +1145,23 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Starts a server on `addr` (e.g. `127.0.0.1:0` for any free port) in a thread with its own
-/// runtime and returns once it listens.
+/// Starts a server of one device (`backend` sliced as `config.device` says, its capacity
+/// calibrated first if none is configured) on `addr` (e.g. `127.0.0.1:0` for any free port) in
+/// a thread with its own runtime and returns once it listens.
 pub fn spawn<B: Backend + Clone + 'static>(
     addr: SocketAddr,
     backend: B,
+    config: ServerConfig,
+) -> Result<ServerHandle> {
+    let device = Device::new(backend, config.device.clone())?;
+    spawn_pool(addr, Pool::new(vec![device])?, config)
+}
+
+/// Starts a server of several devices (attaches are placed as [`crate::accelerator::pool`]
+/// says; `config.device` is not used, each device has its own), like [`spawn`].
+pub fn spawn_pool<B: Backend + Clone + 'static>(
+    addr: SocketAddr,
+    pool: Pool<B>,
     config: ServerConfig,
 ) -> Result<ServerHandle> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -1142,7 +1182,7 @@ pub fn spawn<B: Backend + Clone + 'static>(
                     let local = listener
                         .local_addr()
                         .map_err(|e| Error::Network(e.to_string()))?;
-                    let service = Service::new(backend, &config)?;
+                    let service = Service::new(pool, &config)?;
                     let metrics = match config.metrics {
                         Some(at) => Some(
                             serve_metrics(
@@ -1155,8 +1195,8 @@ pub fn spawn<B: Backend + Clone + 'static>(
                         ),
                         None => None,
                     };
-                    let capacity = service.device().capacity();
-                    Ok::<_, Error>((listener, (local, metrics, capacity), service))
+                    let devices = service.pool().loads();
+                    Ok::<_, Error>((listener, (local, metrics, devices), service))
                 }
                 .await;
                 let (listener, local, service) = match started {
@@ -1179,13 +1219,13 @@ pub fn spawn<B: Backend + Clone + 'static>(
             served
         })
         .map_err(|e| Error::Network(format!("cannot start the server thread: {e}")))?;
-    let (addr, metrics_addr, capacity) = ready_rx
+    let (addr, metrics_addr, devices) = ready_rx
         .recv()
         .map_err(|_| Error::Network("the server thread stopped before listening".into()))??;
     Ok(ServerHandle {
         addr,
         metrics_addr,
-        capacity,
+        devices,
         stop: Some(stop_tx),
         thread: Some(thread),
     })

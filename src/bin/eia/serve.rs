@@ -1,19 +1,40 @@
 //! `eia serve`: this host's virtual accelerators over gRPC until SIGTERM or Ctrl-C, then a drain.
+//!
+//! It serves every device of the host, one [`Device`] each: all visible GPUs (or those
+//! `--devices` names), else the CPU — as one device, or split by `--cpu-devices N` into N
+//! devices that each get a share of the threads and 1/N of the CPU's capacity (compute and
+//! memory). Attaches are placed on the device with the most headroom for their tier
+//! ([`eia::accelerator::pool`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use eia::accelerator::{Capacity, DeviceConfig};
-use eia::{Backend, CpuBackend};
+use eia::accelerator::{Capacity, Device, DeviceConfig, Pool};
+use eia::{CpuBackend, CudaBackend};
 
 use crate::TierFile;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The device to slice: `auto` (the first CUDA GPU, else the CPU), `cuda` or `cpu`.
+    /// What to slice: `auto` (every CUDA GPU, else the CPU), `cuda` or `cpu`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "cpu"])]
     backend: String,
+    /// The GPUs to serve, by CUDA index (e.g. `0,2`; default: all). A GPU that is not there
+    /// is a startup error.
+    #[arg(
+        long,
+        value_name = "INDICES",
+        value_delimiter = ',',
+        conflicts_with = "cpu_devices"
+    )]
+    devices: Option<Vec<usize>>,
+    /// Serve the CPU (implies `--backend cpu`) as N devices: device i gets an equal share of
+    /// the threads (one each at least) and 1/N of the CPU's capacity — the calibrated (or
+    /// --capacity-*) TFLOPS and the host's memory. The devices still share the cores, so this
+    /// divides admission (and lets placement be tried without GPUs), not the hardware.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    cpu_devices: Option<u32>,
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:8470")]
     listen: std::net::SocketAddr,
@@ -61,10 +82,12 @@ pub struct ServeArgs {
     /// Seconds a connection may send nothing (not even a keepalive answer) before it is closed.
     #[arg(long, default_value_t = 120.0)]
     connection_idle_timeout: f64,
-    /// The device's FP32 TFLOPS, instead of calibrating at start (needs --capacity-fp16).
+    /// Each GPU's FP32 TFLOPS (the whole CPU's with --cpu-devices, divided among them), instead
+    /// of calibrating at start (needs --capacity-fp16).
     #[arg(long, value_name = "TFLOPS", requires = "capacity_fp16")]
     capacity_fp32: Option<f64>,
-    /// The device's FP16 TFLOPS, instead of calibrating at start (needs --capacity-fp32).
+    /// Each GPU's FP16 TFLOPS (the whole CPU's with --cpu-devices, divided among them), instead
+    /// of calibrating at start (needs --capacity-fp32).
     #[arg(long, value_name = "TFLOPS", requires = "capacity_fp32")]
     capacity_fp16: Option<f64>,
     /// Calls one connection may have open at once.
@@ -77,6 +100,8 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> eia::Result<()> {
     let ServeArgs {
         backend,
+        devices,
+        cpu_devices,
         listen,
         tokens,
         lease,
@@ -140,44 +165,84 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
         "no authentication"
     };
     let configured = capacity_fp32.zip(capacity_fp16);
-    let spawn = |backend, config| spawn_on(listen, backend, config, configured);
-    let spawn_gpu = |backend, config| spawn_on(listen, backend, config, configured);
-    let (server, device) = match (backend.as_str(), eia::CudaBackend::new(0)) {
-        ("cpu", _) => (spawn(CpuBackend::new(), config)?, "cpu".into()),
-        (_, Ok(gpu)) => {
-            let name = gpu.name();
-            (spawn_gpu(gpu, config)?, name)
-        }
-        ("cuda", Err(e)) => return Err(e),
-        (_, Err(e)) => {
-            println!("no GPU, serving the CPU backend: {e}");
-            (spawn(CpuBackend::new(), config)?, "cpu".into())
-        }
+    let cpu = |n: u32, config: eia::rpc::ServerConfig| {
+        let pool = cpu_pool(n as usize, &config.device, configured)?;
+        eia::rpc::spawn_pool(listen, pool, config)
     };
-    let capacity = server.capacity();
+    let server = match (backend.as_str(), cpu_devices, devices) {
+        ("cuda", Some(_), _) => {
+            return Err(eia::Error::Config {
+                source_name: "--cpu-devices".into(),
+                msg: "serves the CPU; it cannot be combined with --backend cuda".into(),
+            })
+        }
+        ("cpu", None, Some(_)) => {
+            return Err(eia::Error::Config {
+                source_name: "--devices".into(),
+                msg: "names GPUs; it cannot be combined with --backend cpu (see --cpu-devices)"
+                    .into(),
+            })
+        }
+        (_, Some(_), _) | ("cpu", None, None) => cpu(cpu_devices.unwrap_or(1), config)?,
+        (_, None, Some(indices)) => {
+            let pool = gpu_pool(&indices, &config.device, configured)?;
+            eia::rpc::spawn_pool(listen, pool, config)?
+        }
+        (backend, None, None) => match CudaBackend::device_count() {
+            Ok(n) if n > 0 => {
+                let pool = gpu_pool(&(0..n).collect::<Vec<_>>(), &config.device, configured)?;
+                eia::rpc::spawn_pool(listen, pool, config)?
+            }
+            Err(e) if backend == "cuda" => return Err(e),
+            Ok(_) if backend == "cuda" => {
+                return Err(eia::Error::Backend {
+                    backend: "cuda",
+                    msg: "no CUDA device: the driver is present but reports no GPU".into(),
+                })
+            }
+            found => {
+                let why =
+                    found.map_or_else(|e| e.to_string(), |_| "the driver reports no GPU".into());
+                println!("no GPU, serving the CPU backend: {why}");
+                cpu(1, config)?
+            }
+        },
+    };
     let how = if capacity_fp32.is_some() {
         "configured"
     } else {
         "calibrated"
     };
+    let n = server.devices().len();
     println!(
-        "eia serve: {device} accelerators, listening on {} ({auth}); SIGTERM or Ctrl-C drains and stops",
+        "eia serve: {n} device{}, listening on {} ({auth}); SIGTERM or Ctrl-C drains and stops",
+        if n == 1 { "" } else { "s" },
         server.url(tls.is_some())
     );
     if let Some(at) = server.metrics_addr() {
         println!("metrics: http://{at}/metrics");
     }
-    println!("capacity ({how}): {capacity}");
+    for d in server.devices() {
+        println!(
+            "device {}: {}, capacity ({how}): {}",
+            d.index, d.model, d.capacity
+        );
+        tracing::info!(
+            device = d.index,
+            model = %d.model,
+            capacity_fp32_tflops = d.capacity.fp32_tflops,
+            capacity_fp16_tflops = d.capacity.fp16_tflops,
+            capacity_memory = d.capacity.memory,
+            capacity_source = how,
+            "device"
+        );
+    }
     tracing::info!(
-        %device,
+        devices = n,
         addr = %server.addr(),
         auth,
         tls = tls.is_some(),
         metrics = ?server.metrics_addr(),
-        capacity_fp32_tflops = capacity.fp32_tflops,
-        capacity_fp16_tflops = capacity.fp16_tflops,
-        capacity_memory = capacity.memory,
-        capacity_source = how,
         lease_s = lease,
         max_connections,
         connection_idle_timeout_s = connection_idle_timeout,
@@ -192,18 +257,78 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     Ok(())
 }
 
-/// Serves `backend` on `listen`; with `capacity` (FP32, FP16 TFLOPS) instead of calibrating
-/// the device at start (the median of several rounds).
-fn spawn_on<B: Backend + Clone + 'static>(
-    listen: std::net::SocketAddr,
-    backend: B,
-    mut config: eia::rpc::ServerConfig,
+/// The GPUs `indices` (each opened, or a clear error naming the missing one), each sliced as
+/// `config` says with `capacity` (FP32, FP16 TFLOPS) or, without it, calibrated at start (the
+/// median of several rounds).
+fn gpu_pool(
+    indices: &[usize],
+    config: &DeviceConfig,
     capacity: Option<(f64, f64)>,
-) -> eia::Result<eia::rpc::ServerHandle> {
-    if let Some((fp32, fp16)) = capacity {
-        config.device.capacity = Some(Capacity::configured(&backend, fp32, fp16)?);
+) -> eia::Result<Pool<CudaBackend>> {
+    let mut devices = Vec::with_capacity(indices.len());
+    for (at, &i) in indices.iter().enumerate() {
+        if indices[..at].contains(&i) {
+            return Err(eia::Error::Config {
+                source_name: "--devices".into(),
+                msg: format!("GPU {i} is named twice"),
+            });
+        }
+        let gpu = CudaBackend::new(i).map_err(|e| eia::Error::Config {
+            source_name: "--devices".into(),
+            msg: format!("cannot serve GPU {i}: {e}"),
+        })?;
+        let capacity = capacity
+            .map(|(fp32, fp16)| Capacity::configured(&gpu, fp32, fp16))
+            .transpose()?;
+        devices.push(Device::new(
+            gpu,
+            DeviceConfig {
+                capacity,
+                ..config.clone()
+            },
+        )?);
     }
-    eia::rpc::spawn(listen, backend, config)
+    Pool::new(devices)
+}
+
+/// The CPU as `n` devices: device i has `threads / n` threads (one more for the first
+/// `threads % n`; at least one) and 1/n of the CPU's capacity — `capacity` (FP32, FP16 TFLOPS)
+/// or the whole CPU calibrated once — and of the host's memory. One device is the CPU as it is
+/// (rayon's global pool).
+fn cpu_pool(
+    n: usize,
+    config: &DeviceConfig,
+    capacity: Option<(f64, f64)>,
+) -> eia::Result<Pool<CpuBackend>> {
+    let whole = CpuBackend::new();
+    let total = match capacity {
+        Some((fp32, fp16)) => Capacity::configured(&whole, fp32, fp16)?,
+        None => Capacity::measure(&whole)?,
+    };
+    let share = Capacity {
+        fp32_tflops: total.fp32_tflops / n as f64,
+        fp16_tflops: total.fp16_tflops / n as f64,
+        memory: match total.memory {
+            u64::MAX => u64::MAX,
+            m => m / n as u64,
+        },
+    };
+    let threads = whole.threads();
+    let devices = (0..n)
+        .map(|i| {
+            let backend = if n == 1 {
+                whole.clone()
+            } else {
+                CpuBackend::with_threads((threads / n + usize::from(i < threads % n)).max(1))?
+            };
+            let config = DeviceConfig {
+                capacity: Some(share),
+                ..config.clone()
+            };
+            Device::new(backend, config)
+        })
+        .collect::<eia::Result<Vec<_>>>()?;
+    Pool::new(devices)
 }
 
 /// Logs to stderr as text or JSON, filtered by RUST_LOG (default: info). Secrets are never
