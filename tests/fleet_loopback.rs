@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use eia::accelerator::Load;
 use eia::model::zoo::GraphBuilder;
 use eia::ops::Gemm;
-use eia::rpc::{ClientConfig, Fleet, RemoteAccelerator};
+use eia::rpc::{ClientConfig, Connection, Fleet, RemoteAccelerator};
 use eia::{Backend, CpuBackend, DType, HostTensor, LoadOptions, Model};
 
 #[allow(dead_code)]
@@ -31,7 +32,8 @@ const LEASE: Duration = Duration::from_secs(3);
 /// Seconds a drain waits for calls in flight.
 const DRAIN_S: &str = "1";
 /// Two tiers; one "unit" is 1 GFLOPS FP32 / 2 GFLOPS FP16.
-const TIERS: &str = "[[tier]]\nname = \"f.small\"\nfp32_tflops = 0.001\nfp16_tflops = 0.002\nmemory_mib = 16\n\
+const TIERS: &str = "[[tier]]\nname = \"f.huge\"\nfp32_tflops = 0.03\nfp16_tflops = 0.06\nmemory_mib = 16\n\
+                     [[tier]]\nname = \"f.small\"\nfp32_tflops = 0.001\nfp16_tflops = 0.002\nmemory_mib = 16\n\
                      [[tier]]\nname = \"f.large\"\nfp32_tflops = 0.002\nfp16_tflops = 0.004\nmemory_mib = 32\n";
 /// Tier FP32 TFLOPS by name (FP16 is twice).
 const RATES: [(&str, f64); 2] = [("f.small", 0.001), ("f.large", 0.002)];
@@ -283,7 +285,7 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
             accels.push(a);
         }
     }
-    println!("placement ({CLIENTS} clients; 1 unit = 1 FP32 / 2 FP16 GFLOPS):");
+    println!("placement ({CLIENTS} clients; 1 unit = 1 FP32 / 2 FP16 GFLOPS; admitted and free as each server's Capacity says):");
     println!(
         "{:<28} {:>8} {:>6} {:>6} {:>9} {:>6}",
         "host", "capacity", "small", "large", "admitted", "free"
@@ -296,21 +298,35 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
             .map(|t| RATES.iter().find(|(n, _)| n == t).unwrap().1)
             .sum();
         let count = |name: &str| tiers.iter().filter(|t| **t == name).count();
+        let reported = capacity(&s.url);
+        assert_eq!(reported.accelerators, tiers.len(), "{}", s.url);
+        assert!(
+            (reported.admitted_tflops[0] - admitted).abs() < 1e-9,
+            "{}",
+            s.url
+        );
+        assert!(
+            (reported.admitted_tflops[1] - 2.0 * admitted).abs() < 1e-9,
+            "{}",
+            s.url
+        );
+        let left = reported.free_tflops(DType::F32);
         println!(
             "{:<28} {:>8.0} {:>6} {:>6} {:>9.0} {:>6.0}",
             s.url,
-            cap * 1e3,
+            reported.capacity.fp32_tflops * 1e3,
             count("f.small"),
             count("f.large"),
-            admitted * 1e3,
-            (cap - admitted) * 1e3
+            reported.admitted_tflops[0] * 1e3,
+            left * 1e3
         );
+        assert!((reported.capacity.fp32_tflops - cap).abs() < 1e-12);
         assert!(
             admitted <= cap + 1e-9,
             "{} admitted over its capacity",
             s.url
         );
-        free.push(cap - admitted);
+        free.push(left);
     }
     // Placement by free capacity levels what is left free: no host is fuller than another by
     // more than the largest tier.
@@ -320,6 +336,17 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
         spread <= RATES[1].1 + 1e-9,
         "placement did not follow free capacity: free {free:?}"
     );
+
+    // A tier no host has room for, and one no host offers: every host is named, with why.
+    let e = fleet.attach("f.huge").err().unwrap();
+    assert!(e.is_retryable(), "full hosts may have room later: {e}");
+    println!("refused everywhere: {e}");
+    let e = fleet.attach("f.none").err().unwrap();
+    assert!(!e.is_retryable(), "{e}");
+    for s in &servers {
+        assert!(e.to_string().contains(&s.url), "{e}");
+    }
+    println!("refused everywhere: {e}");
 
     // Which sessions are on which server, before the signals.
     let on = |url: &str| -> Vec<usize> {
@@ -476,18 +503,30 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
     // Nothing held on the survivor once the clients are gone.
     drop(sessions);
     let s = &servers[survivor];
-    let until = Instant::now() + Duration::from_secs(5);
-    while s.metric("eia_accelerators_attached") > 0.0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let held = capacity(&s.url);
+    assert_eq!(
+        (held.accelerators, held.admitted_memory, held.used_memory),
+        (0, 0, 0),
+        "the survivor holds nothing: {held:?}"
+    );
+    assert_eq!(held.admitted_tflops, [0.0, 0.0]);
     assert_eq!(s.metric("eia_accelerators_attached"), 0.0);
-    assert_eq!(s.metric("eia_device_memory_in_use_bytes"), 0.0);
     println!("fleet test took {:.1} s", started.elapsed().as_secs_f64());
     assert!(
         started.elapsed() < BUDGET,
         "the fleet test is bounded by {BUDGET:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The load of the one device of the server at `url`, from its Capacity RPC.
+fn capacity(url: &str) -> Load {
+    let c = Connection::connect(url, ClientConfig::default())
+        .unwrap()
+        .capacity()
+        .unwrap();
+    assert_eq!(c.devices.len(), 1);
+    c.devices[0].load.clone()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -200,8 +200,20 @@ impl Connection {
     /// The server's devices (capacity, what is admitted and free), which tiers this
     /// connection's token could attach now and where they would land, and its readiness.
     pub fn capacity(&self) -> Result<super::ServerCapacity> {
+        self.capacity_within(None)
+    }
+
+    /// [`Connection::capacity`], waiting at most `deadline` (else the call deadline).
+    pub(crate) fn capacity_within(
+        &self,
+        deadline: Option<Duration>,
+    ) -> Result<super::ServerCapacity> {
         let mut c = self.client.clone();
-        let r = self.call(c.capacity(self.request(proto::CapacityRequest {})))?;
+        let mut req = self.request(proto::CapacityRequest {});
+        if let Some(d) = deadline {
+            req.set_timeout(d);
+        }
+        let r = self.call(c.capacity(req))?;
         Ok(r.into())
     }
 

@@ -21,6 +21,8 @@ use tonic::codegen::http::Uri;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use super::client::{ClientConfig, Connection, RemoteAccelerator};
+use crate::accelerator::tier::canonical;
+use crate::accelerator::Tier;
 use crate::error::{Error, Result};
 use crate::sync::lock;
 
@@ -52,7 +54,8 @@ struct Host {
     url: String,
     /// The name a resolved address answers TLS for (its DNS name).
     tls_domain: Option<String>,
-    conn: Mutex<Option<Arc<Connection>>>,
+    /// Its connection and tiers, once connected.
+    conn: Mutex<Option<(Arc<Connection>, Vec<Tier>)>>,
     /// Whether its health checks say SERVING (true until a connection says otherwise).
     serving: Arc<AtomicBool>,
 }
@@ -166,10 +169,14 @@ impl Fleet {
         Ok(())
     }
 
-    /// Attaches an accelerator of the tier called `tier` on the host where it fits best: hosts
-    /// that are draining or unreachable are skipped, the others tried in turn until one admits
-    /// it. When none does, names are resolved again and the new hosts tried; then the error is
-    /// [`Error::NoHost`], listing every host and why it refused.
+    /// Attaches an accelerator of the tier called `tier` on the host where it fits best.
+    /// Every host is asked its capacity at once (each answer bounded by the connect timeout);
+    /// hosts that are draining, unreachable or cannot admit the tier are skipped, the others
+    /// tried by headroom for the tier — how many more of it the device the server would place it
+    /// on could admit ([`crate::accelerator::Load::headroom`]) — most first, then servers
+    /// without the Capacity RPC in list order, until one admits it. When none does, names are
+    /// resolved again and the new hosts tried; then the error is [`Error::NoHost`], listing
+    /// every host and why it refused.
     pub fn attach(&self, tier: &str) -> Result<RemoteAccelerator> {
         let names = self.targets.iter().any(|t| t.name);
         let mut refusals = Vec::new();
@@ -182,12 +189,36 @@ impl Fleet {
                 refusals.clear();
             }
             let hosts = lock(&self.hosts).clone();
-            for host in hosts {
-                if !host.serving.load(Ordering::Acquire) {
-                    refusals.push(Refusal::retry(&host.url, "draining or gone (its health)"));
-                    continue;
+            let offers: Vec<Offer> = std::thread::scope(|scope| {
+                let asks: Vec<_> = hosts
+                    .iter()
+                    .map(|h| scope.spawn(|| self.offer(h, tier)))
+                    .collect();
+                asks.into_iter()
+                    .zip(&hosts)
+                    .map(|(ask, h)| {
+                        ask.join().unwrap_or_else(|_| {
+                            Offer::Refused(Refusal::retry(&h.url, "asking its capacity panicked"))
+                        })
+                    })
+                    .collect()
+            });
+            let mut ranked = Vec::new();
+            let mut unranked = Vec::new();
+            for (host, offer) in hosts.iter().zip(offers) {
+                match offer {
+                    Offer::Headroom(conn, room) => ranked.push((room, host, conn)),
+                    Offer::Unknown(conn) => unranked.push((host, conn)),
+                    Offer::Refused(r) => refusals.push(r),
                 }
-                match self.connection(&host).and_then(|c| c.attach(tier)) {
+            }
+            // Most headroom first; a stable sort keeps list order among equals (to a millionth
+            // of an accelerator: servers sum rates in no fixed order, so equal loads differ in
+            // their last bits).
+            ranked.sort_by(|a, b| (b.0 * 1e6).round().total_cmp(&(a.0 * 1e6).round()));
+            let order = ranked.into_iter().map(|(_, h, c)| (h, c)).chain(unranked);
+            for (host, conn) in order {
+                match conn.attach(tier) {
                     Ok(a) => return Ok(a),
                     Err(e) => refusals.push(Refusal::from_error(&host.url, e)),
                 }
@@ -203,22 +234,98 @@ impl Fleet {
         })
     }
 
-    /// The host's connection, made (and its health followed) on first use.
-    fn connection(&self, host: &Host) -> Result<Arc<Connection>> {
+    /// What `host` offers for `tier`: how much room (from its Capacity), that it cannot say
+    /// (a server without the RPC), or why it will not take it.
+    fn offer(&self, host: &Host, tier: &str) -> Offer {
+        if !host.serving.load(Ordering::Acquire) {
+            return Offer::Refused(Refusal::retry(&host.url, "draining or gone (its health)"));
+        }
+        let (conn, tiers) = match self.connection(host) {
+            Ok(c) => c,
+            Err(e) => return Offer::Refused(Refusal::from_error(&host.url, e)),
+        };
+        let capacity = match conn.capacity_within(Some(self.config.connect_timeout)) {
+            Ok(c) => c,
+            Err(Error::Remote { code, .. }) if code == "Unimplemented" => {
+                return Offer::Unknown(conn)
+            }
+            Err(e) => return Offer::Refused(Refusal::from_error(&host.url, e)),
+        };
+        let name = canonical(tier);
+        let refuse = |why: String, retryable| {
+            Offer::Refused(Refusal {
+                host: host.url.clone(),
+                why,
+                retryable,
+            })
+        };
+        if capacity.draining || !capacity.ready {
+            host.serving.store(false, Ordering::Release);
+            return refuse("draining (its Capacity)".into(), true);
+        }
+        let (Some(t), Some(admission)) = (
+            tiers.iter().find(|t| canonical(t.name()) == name),
+            capacity.tiers.iter().find(|a| canonical(&a.tier) == name),
+        ) else {
+            let offered: Vec<&str> = tiers.iter().map(Tier::name).collect();
+            return refuse(
+                format!("offers no tier {tier} (it offers {})", offered.join(", ")),
+                false,
+            );
+        };
+        let device = admission
+            .device
+            .and_then(|i| capacity.devices.iter().find(|d| d.load.index == i));
+        match device {
+            Some(d) if admission.admissible => Offer::Headroom(conn, d.load.headroom(t)),
+            _ => {
+                let free = |dtype| {
+                    capacity
+                        .devices
+                        .iter()
+                        .map(|d| d.load.free_tflops(dtype))
+                        .fold(0.0, f64::max)
+                };
+                refuse(
+                    format!(
+                        "cannot admit {} now (its Capacity: most free on a device {} FP32 / {} FP16 TFLOPS)",
+                        t.name(),
+                        free(crate::DType::F32),
+                        free(crate::DType::F16)
+                    ),
+                    true,
+                )
+            }
+        }
+    }
+
+    /// The host's connection and tiers, fetched (and its health followed) on first use.
+    fn connection(&self, host: &Host) -> Result<(Arc<Connection>, Vec<Tier>)> {
         let mut conn = lock(&host.conn);
-        if let Some(c) = &*conn {
-            return Ok(Arc::clone(c));
+        if let Some((c, tiers)) = &*conn {
+            return Ok((Arc::clone(c), tiers.clone()));
         }
         let config = ClientConfig {
             tls_domain: self.config.tls_domain.clone().or(host.tls_domain.clone()),
             ..self.config.clone()
         };
         let c = Connection::connect(&host.url, config)?;
+        let tiers = c.tiers()?;
         let serving = Arc::clone(&host.serving);
         let deadline = self.config.connect_timeout;
         c.spawn(|channel| follow(HealthClient::new(channel), serving, deadline));
-        Ok(Arc::clone(conn.insert(c)))
+        *conn = Some((Arc::clone(&c), tiers.clone()));
+        Ok((c, tiers))
     }
+}
+
+/// What a host offers for a tier.
+enum Offer {
+    /// Room for this many more accelerators of the tier on the device it would land on.
+    Headroom(Arc<Connection>, f64),
+    /// A server without the Capacity RPC: tried after the others.
+    Unknown(Arc<Connection>),
+    Refused(Refusal),
 }
 
 /// Follows a host's health, checked every [`HEALTH_EVERY`] (each check bounded by `deadline`):
