@@ -3,6 +3,10 @@
 //! `Program` per inference: the difference is the network and server overhead), and the load
 //! time (parse, fold, plan, upload the weights).
 //!
+//! `metered` runs the same session on a local accelerator of a custom tier far below this device
+//! (0.01 FP32 / 0.005 FP16 TFLOPS): its latency should sit on the metered floor (the model's FLOPs
+//! over the tier's rate), i.e. its throughput on 10 (FP32) or 5 (FP16) GFLOPS.
+//!
 //! `cargo bench --bench models` (`-- resnet50` for one model). Throughput is FLOPs per second
 //! (criterion's Gelem/s = GFLOPS). The tier used remotely is so fast that the meter never
 //! waits. onnxruntime on the same models and inputs: `scripts/models.py --bench`.
@@ -10,14 +14,14 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use eia::accelerator::{DeviceConfig, Tiers};
+use eia::accelerator::{Device, DeviceConfig, Tier, Tiers};
 use eia::model::zoo;
 use eia::rpc::{self, ClientConfig, Connection, ServerConfig};
 use eia::{CpuBackend, DType, HostTensor, LoadOptions, Model};
 
 /// A tier far above this device: the meter never waits, so only the device and the wire count.
 const UNMETERED: &str =
-    "[[tier]]\nname = \"unmetered\"\nfp32_tflops = 1000.0\nfp16_tflops = 1000.0\nmemory_mib = 65536\n";
+    "[[tier]]\nname = \"unmetered\"\nfp32_tflops = 1000.0\nfp16_tflops = 1000.0\nmemory_mib = 8192\n";
 
 fn config() -> Criterion {
     Criterion::default()
@@ -56,6 +60,17 @@ fn models(c: &mut Criterion) {
     .expect("an embedded server on loopback");
     let conn = Connection::connect(&server.url(false), ClientConfig::default()).unwrap();
     let remote = conn.attach("unmetered").unwrap();
+    let device = Device::new(
+        CpuBackend::new(),
+        DeviceConfig {
+            overcommit: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let metered = device
+        .attach_tier(Tier::new("metered", 0.01, 0.005, 2 << 30).unwrap())
+        .unwrap();
     for (name, bytes, batch, fp16) in cases() {
         let options = LoadOptions { batch, fp16 };
         let model = Model::from_bytes(&bytes, options).unwrap();
@@ -73,6 +88,12 @@ fn models(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("remote", &id), |b| {
             b.iter(|| far.run(std::slice::from_ref(&x)).unwrap())
         });
+        if batch == 1 {
+            let slow = model.session(&metered).unwrap();
+            group.bench_function(BenchmarkId::new("metered", &id), |b| {
+                b.iter(|| slow.run(std::slice::from_ref(&x)).unwrap())
+            });
+        }
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         group.bench_function(BenchmarkId::new("load", &id), |b| {
             b.iter(|| {

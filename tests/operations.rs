@@ -16,6 +16,8 @@ use eia::rpc::{ClientConfig, Connection, ServerConfig};
 use eia::{Backend, CpuBackend, DType, HostTensor};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
+mod common;
+
 /// "slow": a 64³ FP32 GEMM costs 1 s of accelerator time.
 const TIERS: &str = "[[tier]]\nname = \"slow\"\nfp32_tflops = 0.000000524288\nfp16_tflops = 0.000000524288\nmemory_mib = 64\n";
 
@@ -194,24 +196,6 @@ fn eia_serve(nofile: Option<u32>, args: &[&str]) -> (Child, String, Option<Socke
     (serve, url, metrics)
 }
 
-/// Stops `serve` with SIGTERM; returns its exit status and logs.
-fn stop(mut serve: Child) -> (std::process::ExitStatus, String) {
-    let kill = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = serve.wait().unwrap();
-    let mut logs = String::new();
-    serve
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    (status, logs)
-}
-
 /// Seconds the threads of process `pid` have been runnable: running or waiting for a CPU
 /// (`/proc/PID/task/*/schedstat`). A spinning thread is runnable all the time however loaded
 /// the machine is, an idle one almost never.
@@ -300,7 +284,7 @@ fn at_the_file_descriptor_limit_the_accept_loop_backs_off_and_recovers() {
     drop(idle);
     let recovered = served_within(&url, Duration::from_secs(20));
     println!("served {recovered:?} after the flood closed");
-    let (status, logs) = stop(serve);
+    let (status, logs) = common::stop(serve);
     assert!(status.success(), "exit {status:?}\n{logs}");
     assert!(logs.contains("backing off"), "{logs}");
 }
@@ -331,7 +315,7 @@ fn beyond_max_connections_connections_wait_and_metrics_still_answer() {
     drop(idle);
     let recovered = served_within(&url, Duration::from_secs(20));
     println!("served {recovered:?} after the flood closed");
-    let (status, logs) = stop(serve);
+    let (status, logs) = common::stop(serve);
     assert!(status.success(), "exit {status:?}\n{logs}");
     assert!(logs.contains("at the connection limit"), "{logs}");
 }
@@ -357,7 +341,7 @@ fn a_silent_connection_is_closed_after_the_idle_timeout() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     acc.detach().unwrap();
-    let (status, logs) = stop(serve);
+    let (status, logs) = common::stop(serve);
     assert!(status.success(), "exit {status:?}\n{logs}");
 }
 
@@ -370,7 +354,7 @@ fn eia_serve_drains_and_exits_0_on_sigterm() {
         .unwrap();
     drop(acc.upload(&HostTensor::full(DType::F32, &[8], 1.0).unwrap()));
     let started = Instant::now();
-    let (status, logs) = stop(serve);
+    let (status, logs) = common::stop(serve);
     println!("SIGTERM to exit: {:?}", started.elapsed());
     assert!(status.success(), "exit {status:?}\n{logs}");
     for event in [

@@ -123,6 +123,26 @@ pub fn scrape(addr: std::net::SocketAddr) -> String {
     text
 }
 
+/// Stops an `eia serve` child with SIGTERM (what the kubelet and `kill` send); returns its
+/// exit status and its logs (stderr, which must be piped).
+pub fn stop(mut serve: std::process::Child) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = serve.wait().unwrap();
+    let mut logs = String::new();
+    serve
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    (status, logs)
+}
+
 /// Runs the suite for one backend.
 #[macro_export]
 macro_rules! backend_suite {

@@ -81,10 +81,33 @@ multiversion! {
 }
 
 /// `y = x · (bias + scale·sum)^−beta` (a sum that rounding left a hair below 0 counts as 0, so
-/// the base is never below `bias`).
+/// the base is never below `bias`). ONNX's default `beta = 0.75` (every LRN of AlexNet and
+/// Inception) takes two square roots and one reciprocal, which vectorise, instead of `powf`
+/// (a few ulp either way).
 fn normalize(y: &mut [f32], x: &[f32], sum: &[f64], plan: &LrnPlan) {
-    let (scale, bias, beta) = (plan.scale() as f64, plan.bias as f64, -plan.beta);
-    for ((o, &v), &s) in y.iter_mut().zip(x).zip(sum) {
-        *o = v * ((bias + scale * s.max(0.0)) as f32).powf(beta);
+    let (scale, bias, beta) = (plan.scale() as f64, plan.bias as f64, plan.beta);
+    if beta == 0.75 {
+        normalize_by(y, x, sum, scale, bias, |base| {
+            let r = base.sqrt();
+            1.0 / (r * r.sqrt())
+        })
+    } else {
+        normalize_by(y, x, sum, scale, bias, |base| base.powf(-beta))
+    }
+}
+
+multiversion! {
+    /// `y = x · inv_pow(bias + scale·max(sum, 0))`.
+    fn normalize_by[F: Fn(f32) -> f32](
+        y: &mut [f32],
+        x: &[f32],
+        sum: &[f64],
+        scale: f64,
+        bias: f64,
+        inv_pow: F,
+    ) {
+        for ((o, &v), &s) in y.iter_mut().zip(x).zip(sum) {
+            *o = v * inv_pow((bias + scale * s.max(0.0)) as f32);
+        }
     }
 }
