@@ -24,7 +24,6 @@ use eia::ops::Gemm;
 use eia::rpc::{ClientConfig, Connection, Fleet, RemoteAccelerator};
 use eia::{Backend, CpuBackend, DType, HostTensor, LoadOptions, Model};
 
-#[allow(dead_code)]
 mod common;
 
 /// Seconds without a call before a server detaches an accelerator.
