@@ -120,9 +120,25 @@ pub enum Error {
     #[error("server: {code}: {msg}")]
     Remote { code: String, msg: String },
 
-    /// The network failed: cannot connect, connection lost, bad TLS or address.
+    /// The network failed: cannot connect, bad TLS or address.
     #[error("network: {0}")]
     Network(String),
+
+    /// A server could not answer a call: it died, is draining, its connection broke or the
+    /// call's deadline passed. Retryable ([`Error::is_retryable`]): attach elsewhere (a
+    /// [`crate::rpc::Fleet`] does) and try again.
+    #[error("host {host} unavailable (retryable): {msg}")]
+    Unavailable { host: String, msg: String },
+
+    /// No host of a fleet attached an accelerator of the tier: every host and why it refused.
+    #[error("no host attached {tier}{}: {}", if *retryable { " (retryable)" } else { "" }, refusals.join("; "))]
+    NoHost {
+        tier: String,
+        /// `host: why` for each host tried.
+        refusals: Vec<String>,
+        /// Whether a host may admit it later (some were unreachable, draining or full).
+        retryable: bool,
+    },
 
     /// A tensor of one accelerator was passed to another.
     #[error("tensor belongs to accelerator {owner}, not to accelerator {accelerator}; download and upload it to move it")]
@@ -152,6 +168,16 @@ pub fn bytes(n: u64) -> String {
 }
 
 impl Error {
+    /// Whether the same call may succeed if tried again (on another host, or later): a host
+    /// that is unavailable, or a fleet none of whose hosts could admit the tier just now.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } => true,
+            Error::NoHost { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Shape {
             op,

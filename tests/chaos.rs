@@ -242,14 +242,17 @@ impl Shared {
     }
 }
 
-/// The gRPC code of a client error (`Network(...)` for a transport error without one).
+/// The gRPC code of a client error (`Network(...)` for a transport error without one; a host
+/// that could not answer is `Unavailable` naming it, its message led by the code).
 fn code(e: &eia::Error) -> String {
     match e {
         eia::Error::Remote { code, .. } => code.clone(),
-        eia::Error::Network(m) => [Code::Unavailable, Code::Cancelled, Code::DeadlineExceeded]
-            .into_iter()
-            .find(|c| m.starts_with(c.description()))
-            .map_or_else(|| format!("Network({m})"), |c| format!("{c:?}")),
+        eia::Error::Network(m) | eia::Error::Unavailable { msg: m, .. } => {
+            [Code::Unavailable, Code::Cancelled, Code::DeadlineExceeded]
+                .into_iter()
+                .find(|c| m.starts_with(c.description()))
+                .map_or_else(|| format!("Network({m})"), |c| format!("{c:?}"))
+        }
         other => format!("{other}"),
     }
 }

@@ -109,7 +109,8 @@ impl From<Error> for eia_error {
             Error::Capacity(_) => EIA_ERR_CAPACITY,
             Error::Detached(_) => EIA_ERR_DETACHED,
             Error::Remote { .. } => EIA_ERR_REMOTE,
-            Error::Network(_) => EIA_ERR_NETWORK,
+            Error::Network(_) | Error::Unavailable { .. } => EIA_ERR_NETWORK,
+            Error::NoHost { .. } => EIA_ERR_CAPACITY,
             Error::Model(_) => EIA_ERR_MODEL,
         };
         eia_error::new(code, e.to_string())

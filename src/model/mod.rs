@@ -7,6 +7,7 @@
 //! The graph's first input dimension may be symbolic (`N`, `batch_size`, …): it is the batch
 //! the model is loaded for ([`LoadOptions::batch`]). Every other dimension must be fixed.
 
+mod fleet;
 mod fuse;
 pub mod import;
 pub mod npy;
@@ -24,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::ops::Op;
 use crate::sync::lock;
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
+pub use fleet::FleetSession;
 use import::{Imported, Known};
 use onnx::Constant;
 use std::sync::Mutex;
@@ -270,7 +272,11 @@ impl Model {
             .collect();
         backend
             .run_steps(table, &writes, &self.program, &self.output_entries)
-            .map_err(|e| model_err(format!("inference failed: {e}")))
+            .map_err(|e| match e {
+                // The server's own refusal, or a host that could not answer: as they are.
+                Error::Remote { .. } | Error::Unavailable { .. } => e,
+                e => model_err(format!("inference failed: {e}")),
+            })
     }
 }
 

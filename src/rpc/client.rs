@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-use tonic::Request;
+use tonic::{Request, Status};
 
 use super::chunks::{self, Assembly};
 use super::convert::{self, data_loss, error};
@@ -68,6 +68,7 @@ impl Default for ClientConfig {
 /// A connection to a server. Cheap to share (`Arc`).
 pub struct Connection {
     runtime: tokio::runtime::Runtime,
+    channel: Channel,
     client: AcceleratorsClient<Channel>,
     token: Option<MetadataValue<Ascii>>,
     url: String,
@@ -112,7 +113,7 @@ impl Connection {
         let channel = runtime
             .block_on(endpoint.connect())
             .map_err(|e| Error::Network(format!("cannot connect to {url}: {e:?}")))?;
-        let client = AcceleratorsClient::new(channel)
+        let client = AcceleratorsClient::new(channel.clone())
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
         let token = match &config.token {
@@ -125,6 +126,7 @@ impl Connection {
         };
         Ok(Arc::new(Connection {
             runtime,
+            channel,
             client,
             token,
             url: url.to_string(),
@@ -133,15 +135,41 @@ impl Connection {
         }))
     }
 
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Spawns `task` on the connection's runtime, given its channel (it ends when the
+    /// connection is dropped).
+    pub(crate) fn spawn<F>(&self, task: impl FnOnce(Channel) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(task(self.channel.clone()));
+    }
+
     /// Runs one call to completion on the client's runtime; a refusal becomes an [`Error`].
     fn call<T>(
         &self,
-        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T> {
         self.runtime
             .block_on(call)
             .map(tonic::Response::into_inner)
-            .map_err(error)
+            .map_err(|s| self.fail(s))
+    }
+
+    /// A failed call's error: the server's refusal, or — when the server could not answer
+    /// (gone, draining, connection broken, deadline passed) — [`Error::Unavailable`] naming it.
+    fn fail(&self, s: Status) -> Error {
+        match error(s) {
+            Error::Network(msg) => Error::Unavailable {
+                host: self.url.clone(),
+                msg,
+            },
+            e => e,
+        }
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
@@ -172,8 +200,20 @@ impl Connection {
     /// The server's devices (capacity, what is admitted and free), which tiers this
     /// connection's token could attach now and where they would land, and its readiness.
     pub fn capacity(&self) -> Result<super::ServerCapacity> {
+        self.capacity_within(None)
+    }
+
+    /// [`Connection::capacity`], waiting at most `deadline` (else the call deadline).
+    pub(crate) fn capacity_within(
+        &self,
+        deadline: Option<Duration>,
+    ) -> Result<super::ServerCapacity> {
         let mut c = self.client.clone();
-        let r = self.call(c.capacity(self.request(proto::CapacityRequest {})))?;
+        let mut req = self.request(proto::CapacityRequest {});
+        if let Some(d) = deadline {
+            req.set_timeout(d);
+        }
+        let r = self.call(c.capacity(req))?;
         Ok(r.into())
     }
 
@@ -256,6 +296,11 @@ impl RemoteAccelerator {
     /// Its id on the server.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The URL of the server it is on.
+    pub fn host(&self) -> &str {
+        &self.conn.url
     }
 
     /// The tier it is attached as.
@@ -369,15 +414,25 @@ impl RemoteAccelerator {
 
     /// Detaches it, freeing everything it holds on the server; returns the final usage.
     pub fn detach(&self) -> Result<Usage> {
+        self.detach_within(None)
+    }
+
+    /// Detaches it, waiting for the server at most `deadline` (else the connection's call
+    /// deadline). Whatever the answer, the client lets it go: its lease stops being renewed, so
+    /// a server that missed the detach (dead, unreachable) frees it when the lease runs out.
+    pub fn detach_within(&self, deadline: Option<Duration>) -> Result<Usage> {
         if self.detached.swap(true, Ordering::AcqRel) {
             return Err(Error::Detached(self.id));
         }
         if let Some(h) = &self.heartbeat {
             h.abort();
         }
-        let req = self.conn.request(proto::DetachRequest {
+        let mut req = self.conn.request(proto::DetachRequest {
             accelerator: self.id,
         });
+        if let Some(d) = deadline {
+            req.set_timeout(d);
+        }
         let r = self.conn.call(self.client().detach(req))?;
         convert::usage_from(r.usage)
     }
@@ -579,7 +634,7 @@ impl Backend for RemoteAccelerator {
         });
         let r = r
             .map_err(|e| Error::Network(format!("the upload task failed: {e}")))?
-            .map_err(error)?
+            .map_err(|s| self.conn.fail(s))?
             .into_inner();
         Ok(self.handle(host.desc(), r.tensor))
     }
@@ -620,7 +675,7 @@ impl Backend for RemoteAccelerator {
             }
             Ok::<_, tonic::Status>(data)
         });
-        received.map_err(error)?.finish()
+        received.map_err(|s| self.conn.fail(s))?.finish()
     }
 
     /// Runs the plan's op on the server (a program of one op).

@@ -407,6 +407,12 @@ impl<B: Backend + Clone + 'static> Service<B> {
             .filter(|a| a.owner == who.name)
             .cloned()
             .ok_or_else(|| {
+                // Draining, every accelerator goes: say so (retryable elsewhere), for any id.
+                if self.shared.draining.load(Ordering::SeqCst) {
+                    return Status::unavailable(format!(
+                        "the server is draining (shutting down): no accelerator {id} here; attach on another server"
+                    ));
+                }
                 Status::not_found(format!(
                     "no accelerator {id} for this token (never attached, detached, or its lease expired)"
                 ))

@@ -1,5 +1,5 @@
 //! `eia infer MODEL.onnx`: loads a model, runs it on the CPU backend, a metered accelerator of
-//! a tier or a remote accelerator, and prints latency (p50/p99), throughput, achieved TFLOPS
+//! a tier or a remote accelerator (of one server, or placed in a fleet), and prints latency (p50/p99), throughput, achieved TFLOPS
 //! against the tier, peak memory and the top-5 of the first output.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::Args;
 use eia::accelerator::{Device, DeviceConfig};
 use eia::model::{npy, Model, Session};
-use eia::rpc::{ClientConfig, Connection};
+use eia::rpc::{ClientConfig, Fleet};
 use eia::{Backend, CpuBackend, DType, HostTensor, LoadOptions, Tier};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -36,8 +36,10 @@ pub struct InferArgs {
     #[arg(long)]
     tier: Option<String>,
     /// Run on a remote accelerator of --tier (default eia1.medium) from this server
-    /// (http://HOST:PORT): one round trip per inference.
-    #[arg(long, value_name = "URL")]
+    /// (http://HOST:PORT), or from the best-placed of several: comma-separated URLs, or a host
+    /// name that resolves to many addresses (a Kubernetes headless Service). One round trip per
+    /// inference.
+    #[arg(long, value_name = "URL[,URL...]")]
     remote: Option<String>,
     /// Admit a local tier even if this machine measures below its rates.
     #[arg(long)]
@@ -76,8 +78,7 @@ pub fn run(args: InferArgs) -> eia::Result<()> {
     let tiers = args.tiers.load()?;
     let outputs = if let Some(url) = &args.remote {
         let tier = args.tier.as_deref().unwrap_or("eia1.medium");
-        let conn = Connection::connect(url, ClientConfig::default())?;
-        let accel = conn.attach(tier)?;
+        let accel = Fleet::connect(url, ClientConfig::default())?.attach(tier)?;
         println!("on {}", accel.name());
         let tier = accel.tier();
         let r = time(&model, &accel, &inputs, args.runs, Some(&tier))?;
