@@ -46,22 +46,23 @@ class Tier:
     memory: int
 
 class Usage:
+    """One accelerator's usage: one attribute per row of the crate's usage table."""
     accelerator: int
     tier: str
-    attached: float
+    attached_seconds: float
     ops: int
-    flops_f32: int
-    flops_f16: int
-    charged: float
-    meter_wait: float
-    busy: float
+    flops_fp32: int
+    flops_fp16: int
+    charged_seconds: float
+    meter_wait_seconds: float
+    busy_seconds: float
     bytes_uploaded: int
     bytes_downloaded: int
     op_bytes: int
     memory_used: int
     memory_high_water: int
     memory_quota: int
-    meter_balance: float
+    meter_balance_seconds: float
 
 def tiers() -> List[Tier]: ...
 

@@ -1,5 +1,6 @@
 //! Tiers and usage records as Python objects (read-only attributes, readable reprs).
 
+use eia::accelerator::usage::Value;
 use pyo3::prelude::*;
 
 /// A tier: its FP32 and FP16 rates (TFLOPS; 0 where it offers none) and its memory (bytes).
@@ -42,26 +43,18 @@ pub fn tiers() -> Vec<Tier> {
         .collect()
 }
 
-/// A snapshot of one accelerator's usage; durations in seconds, sizes in bytes. `str()` is
-/// the summary Rust prints (with advice when the meter held the work back).
-#[pyclass(frozen, module = "eia", get_all)]
+/// A snapshot of one accelerator's usage: `accelerator`, `tier`, and one attribute per row of
+/// the crate's usage table (`eia::Usage::fields`, the names the proto message and the usage log
+/// use: `ops`, `flops_fp32`, `memory_used`, `attached_seconds`, …; seconds as floats, counts
+/// and bytes as ints). `str()` is the summary Rust prints (with advice when the meter held the
+/// work back).
+#[pyclass(frozen, module = "eia")]
 pub struct Usage {
+    #[pyo3(get)]
     pub accelerator: u64,
+    #[pyo3(get)]
     pub tier: String,
-    pub attached: f64,
-    pub ops: u64,
-    pub flops_f32: u64,
-    pub flops_f16: u64,
-    pub charged: f64,
-    pub meter_wait: f64,
-    pub busy: f64,
-    pub bytes_uploaded: u64,
-    pub bytes_downloaded: u64,
-    pub op_bytes: u64,
-    pub memory_used: u64,
-    pub memory_high_water: u64,
-    pub memory_quota: u64,
-    pub meter_balance: f64,
+    fields: Vec<eia::accelerator::usage::Field>,
     summary: String,
 }
 
@@ -69,50 +62,51 @@ impl From<eia::Usage> for Usage {
     fn from(u: eia::Usage) -> Usage {
         Usage {
             summary: u.to_string(),
+            fields: u.fields(),
             accelerator: u.accelerator,
             tier: u.tier,
-            attached: u.attached.as_secs_f64(),
-            ops: u.ops,
-            flops_f32: u.flops_f32,
-            flops_f16: u.flops_f16,
-            charged: u.charged,
-            meter_wait: u.meter_wait.as_secs_f64(),
-            busy: u.busy.as_secs_f64(),
-            bytes_uploaded: u.bytes_uploaded,
-            bytes_downloaded: u.bytes_downloaded,
-            op_bytes: u.op_bytes,
-            memory_used: u.memory_used,
-            memory_high_water: u.memory_high_water,
-            memory_quota: u.memory_quota,
-            meter_balance: u.meter_balance,
         }
     }
 }
 
+fn value(py: Python<'_>, v: Value) -> PyResult<Py<PyAny>> {
+    Ok(match v {
+        Value::Whole(n) => n.into_pyobject(py)?.into_any().unbind(),
+        Value::Real(x) => x.into_pyobject(py)?.into_any().unbind(),
+    })
+}
+
 #[pymethods]
 impl Usage {
+    fn __getattr__(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
+        match self.fields.iter().find(|f| f.name == name) {
+            Some(f) => value(py, f.value),
+            None => Err(pyo3::exceptions::PyAttributeError::new_err(format!(
+                "'Usage' object has no attribute '{name}'"
+            ))),
+        }
+    }
+
+    fn __dir__(&self) -> Vec<&'static str> {
+        let mut names = vec!["accelerator", "tier"];
+        names.extend(self.fields.iter().map(|f| f.name));
+        names
+    }
+
     fn __repr__(&self) -> String {
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|f| match f.value {
+                Value::Whole(n) => format!("{}={n}", f.name),
+                Value::Real(x) => format!("{}={x:.6}", f.name),
+            })
+            .collect();
         format!(
-            "Usage(accelerator={}, tier={:?}, attached={:.3}, ops={}, flops_f32={}, flops_f16={}, \
-             charged={:.3e}, meter_wait={:.6}, busy={:.6}, bytes_uploaded={}, \
-             bytes_downloaded={}, op_bytes={}, memory_used={}, memory_high_water={}, \
-             memory_quota={}, meter_balance={:.3e})",
+            "Usage(accelerator={}, tier={:?}, {})",
             self.accelerator,
             self.tier,
-            self.attached,
-            self.ops,
-            self.flops_f32,
-            self.flops_f16,
-            self.charged,
-            self.meter_wait,
-            self.busy,
-            self.bytes_uploaded,
-            self.bytes_downloaded,
-            self.op_bytes,
-            self.memory_used,
-            self.memory_high_water,
-            self.memory_quota,
-            self.meter_balance
+            fields.join(", ")
         )
     }
 

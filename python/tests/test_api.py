@@ -3,6 +3,7 @@ programs (one round trip remotely), usage, resize, tiers, threads, docstrings, m
 
 import concurrent.futures
 import inspect
+import pathlib
 import time
 
 import numpy as np
@@ -146,8 +147,14 @@ def test_dropped_tensor_is_freed(acc, rng):
 def test_usage_resize_tiers(acc, rng):
     acc.gemm(acc.upload(f32(rng, 4, 8)), acc.upload(f32(rng, 8, 2)))
     u = acc.usage()
-    assert (u.ops, u.flops_f32, u.tier) == (1, 2 * 4 * 8 * 2, TIER)
-    assert "flops_f32=128" in repr(u) and "FLOPs" in str(u)
+    assert (u.ops, u.flops_fp32, u.tier) == (1, 2 * 4 * 8 * 2, TIER)
+    assert "flops_fp32=128" in repr(u) and "FLOPs" in str(u)
+    stub = (pathlib.Path(eia.__file__).parent / "__init__.pyi").read_text()
+    assert len(dir(u)) == 16
+    for name in dir(u):
+        assert f"    {name}: " in stub, name
+    with pytest.raises(AttributeError):
+        u.flops_f32
     acc.resize("eia2.large")
     assert acc.tier.name == "eia2.large" and acc.usage().tier == "eia2.large"
     names = [t.name for t in eia.tiers()]
