@@ -22,7 +22,7 @@ use eia::accelerator::Load;
 use eia::model::zoo::GraphBuilder;
 use eia::ops::Gemm;
 use eia::rpc::{ClientConfig, Connection, Fleet, RemoteAccelerator};
-use eia::{Backend, CpuBackend, DType, HostTensor, LoadOptions, Model};
+use eia::{Backend, CpuBackend, DType, HostTensor, LoadOptions, Model, PerDType};
 
 mod common;
 
@@ -300,12 +300,12 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
         let reported = capacity(&s.url);
         assert_eq!(reported.accelerators, tiers.len(), "{}", s.url);
         assert!(
-            (reported.admitted_tflops[0] - admitted).abs() < 1e-9,
+            (reported.admitted_tflops[DType::F32] - admitted).abs() < 1e-9,
             "{}",
             s.url
         );
         assert!(
-            (reported.admitted_tflops[1] - 2.0 * admitted).abs() < 1e-9,
+            (reported.admitted_tflops[DType::F16] - 2.0 * admitted).abs() < 1e-9,
             "{}",
             s.url
         );
@@ -313,13 +313,13 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
         println!(
             "{:<28} {:>8.0} {:>6} {:>6} {:>9.0} {:>6.0}",
             s.url,
-            reported.capacity.fp32_tflops * 1e3,
+            reported.capacity.tflops[DType::F32] * 1e3,
             count("f.small"),
             count("f.large"),
-            reported.admitted_tflops[0] * 1e3,
+            reported.admitted_tflops[DType::F32] * 1e3,
             left * 1e3
         );
-        assert!((reported.capacity.fp32_tflops - cap).abs() < 1e-12);
+        assert!((reported.capacity.tflops[DType::F32] - cap).abs() < 1e-12);
         assert!(
             admitted <= cap + 1e-9,
             "{} admitted over its capacity",
@@ -508,7 +508,7 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
         (0, 0, 0),
         "the survivor holds nothing: {held:?}"
     );
-    assert_eq!(held.admitted_tflops, [0.0, 0.0]);
+    assert_eq!(held.admitted_tflops, PerDType::new(0.0, 0.0));
     assert_eq!(s.metric("eia_accelerators_attached"), 0.0);
     println!("fleet test took {:.1} s", started.elapsed().as_secs_f64());
     assert!(

@@ -142,6 +142,48 @@ fn a_drain_cut_short_ends_waiting_calls_with_unavailable() {
     assert!(e.to_string().contains("drained") || e.is_retryable(), "{e}");
 }
 
+/// A client's `grpc.health.v1` Watch stream never ends by itself; it must not hold a drained
+/// server open (the drain returns, and `eia serve` exits, however long the client watches).
+#[test]
+fn a_health_watch_does_not_hold_a_drained_server_open() {
+    let server = eia::rpc::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        CpuBackend::new(),
+        config(None),
+    )
+    .unwrap();
+    let url = server.url(false);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut watch = rt.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        HealthClient::new(channel)
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    let first = rt.block_on(watch.message()).unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done_tx.send(server.drain(Duration::from_millis(100))));
+    done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the drain returns while a client still watches health")
+        .unwrap();
+    // The watcher saw NOT_SERVING, then its stream ended (or the connection went away).
+    let mut seen = Vec::new();
+    while let Ok(Some(m)) = rt.block_on(watch.message()) {
+        seen.push(m.status());
+    }
+    assert_eq!(seen, [ServingStatus::NotServing], "after the drain began");
+}
+
 #[test]
 fn a_zero_lease_is_refused() {
     let e = eia::rpc::spawn(

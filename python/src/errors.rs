@@ -51,6 +51,8 @@ kinds! {
     Capacity => CapacityError: "Attaching or resizing would exceed what the device can deliver.",
     Detached => DetachedError: "The accelerator was detached; its tensors are gone.",
     Network => NetworkError: "The network failed: cannot connect, connection lost, bad TLS or address.",
+    Unavailable => UnavailableError: "A host could not answer (dead, draining, or past the deadline); retryable elsewhere.",
+    NoHost => NoHostError: "No host of a fleet attached the tier; the message says why each refused.",
     ForeignTensor => ForeignTensorError: "A tensor of one accelerator was passed to another.",
     Model => ModelError: "An ONNX model eia cannot load or run.",
 }

@@ -1298,10 +1298,33 @@ pub async fn serve<B: Backend + Clone + 'static>(
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| Error::Network(format!("TLS certificate or key: {e}")))?;
     }
-    builder
+    // Once `shutdown` (the drain) is over, the graceful close waits for the streams still open
+    // — but a client's `grpc.health.v1` Watch never ends by itself, and would hold the server
+    // (and `eia serve`'s exit) open for as long as that client likes. Streams left
+    // `AFTER_DRAIN` after the drain are cut.
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = drained_tx.send(());
+    };
+    let serving = builder
         .add_service(grpc)
         .add_service(health)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| Error::Network(format!("server: {e}")))
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let to_error = |e: tonic::transport::Error| Error::Network(format!("server: {e}"));
+    tokio::pin!(serving);
+    tokio::select! {
+        served = &mut serving => return served.map_err(to_error),
+        Ok(()) = drained_rx => {}
+    }
+    match tokio::time::timeout(AFTER_DRAIN, &mut serving).await {
+        Ok(served) => served.map_err(to_error),
+        Err(_) => {
+            tracing::info!("streams still open after the drain (health watches) cut");
+            Ok(())
+        }
+    }
 }
+
+/// How long streams still open after a drain (a client's health Watch) are given to close.
+const AFTER_DRAIN: Duration = Duration::from_secs(1);
