@@ -148,7 +148,7 @@ def test_usage_resize_tiers(acc, rng):
     acc.gemm(acc.upload(f32(rng, 4, 8)), acc.upload(f32(rng, 8, 2)))
     u = acc.usage()
     assert (u.ops, u.flops_fp32, u.tier) == (1, 2 * 4 * 8 * 2, TIER)
-    assert "flops_fp32=128" in repr(u) and "FLOPs" in str(u)
+    assert "flops_fp32=128" in repr(u) and "GFLOP" in str(u)
     stub = (pathlib.Path(eia.__file__).parent / "__init__.pyi").read_text()
     assert len(dir(u)) == 16
     for name in dir(u):

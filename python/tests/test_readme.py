@@ -11,4 +11,4 @@ def test_readme_example_runs(capsys):
     example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "import eia" in example and len(example.splitlines()) <= 11
     exec(compile(example, str(README), "exec"), {})
-    assert "FLOPs" in capsys.readouterr().out
+    assert "GFLOP" in capsys.readouterr().out
