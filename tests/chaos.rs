@@ -24,11 +24,12 @@
 //! Every wait is bounded: a call has a deadline, and the test fails naming what it waited for.
 
 mod common;
+use common::serve::Serve;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -65,123 +66,30 @@ const BIG: [u64; 1] = [1 << 20];
 const SENT_CHUNKS: usize = 4;
 const CHUNK: usize = 256 << 10;
 
-/// The `eia serve` child process; killed (SIGKILL) if the test ends while it runs.
-struct Server {
-    child: Child,
-    url: String,
-    addr: String,
-    metrics: SocketAddr,
-    log: PathBuf,
+/// Starts `eia serve` on `listen` (`127.0.0.1:0`: any free port) and waits until it listens.
+fn start(dir: &Path, n: usize, listen: &str) -> Serve {
+    let mut args: Vec<OsString> = ["--listen", listen, "--overcommit"]
+        .iter()
+        .chain(&["--lease", LEASE_S, "--drain-timeout", DRAIN_S])
+        .map(OsString::from)
+        .collect();
+    args.extend([
+        "--max-message-mib".into(),
+        MAX_MESSAGE_MIB.to_string().into(),
+    ]);
+    args.extend(["--tiers".into(), dir.join("tiers.toml").into_os_string()]);
+    args.extend([
+        "--usage-log".into(),
+        dir.join("usage.jsonl").into_os_string(),
+    ]);
+    Serve::start(dir, n, &args)
 }
 
-impl Server {
-    /// Starts `eia serve` on `listen` (`127.0.0.1:0`: any free port) and waits until it listens.
-    fn start(dir: &Path, n: usize, listen: &str) -> Server {
-        let out = dir.join(format!("serve-{n}.out"));
-        let log = dir.join(format!("serve-{n}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_eia"))
-            .args([
-                "serve",
-                "--backend",
-                "cpu",
-                "--listen",
-                listen,
-                "--overcommit",
-            ])
-            .args(["--lease", LEASE_S, "--drain-timeout", DRAIN_S])
-            .args(["--metrics", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--max-message-mib", &MAX_MESSAGE_MIB.to_string()])
-            .arg("--tiers")
-            .arg(dir.join("tiers.toml"))
-            .arg("--usage-log")
-            .arg(dir.join("usage.jsonl"))
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut server = Server {
-            child,
-            url: String::new(),
-            addr: String::new(),
-            metrics: "127.0.0.1:0".parse().unwrap(),
-            log,
-        };
-        let started = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&out).unwrap();
-            let url = |marker: &str| {
-                text.lines()
-                    .filter(|l| l.contains(marker))
-                    .flat_map(|l| l.split_whitespace())
-                    .find(|w| w.starts_with("http://"))
-                    .map(str::to_string)
-            };
-            if let (Some(url), Some(metrics)) = (url("listening on"), url("/metrics")) {
-                server.addr = url.trim_start_matches("http://").to_string();
-                server.url = url;
-                server.metrics = metrics
-                    .trim_start_matches("http://")
-                    .trim_end_matches("/metrics")
-                    .parse()
-                    .unwrap();
-                return server;
-            }
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!(
-                    "eia serve exited ({status}) before listening:\n{}",
-                    server.logs()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "eia serve did not listen within 30 s:\n{}",
-                server.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then its exit status and how long it took to exit (the drain).
-    fn terminate(&mut self) -> (ExitStatus, Duration) {
-        let started = Instant::now();
-        let kill = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, started.elapsed());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "eia serve still running 30 s after SIGTERM (drain timeout {DRAIN_S} s):\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// A metric without labels from `/metrics`.
-    fn metric(&self, name: &str) -> f64 {
-        let text = common::scrape(self.metrics);
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// SIGTERM, then its exit status and how long it took to exit (the drain).
+fn terminate(server: &mut Serve) -> (ExitStatus, Duration) {
+    let started = Instant::now();
+    server.signal("-TERM");
+    (server.wait(Duration::from_secs(30)), started.elapsed())
 }
 
 /// Who was given an accelerator.
@@ -266,7 +174,7 @@ fn clients_survive_kills_pathological_programs_and_a_restart() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("tiers.toml"), TIERS).unwrap();
 
-    let mut first = Server::start(&dir, 1, "127.0.0.1:0");
+    let mut first = start(&dir, 1, "127.0.0.1:0");
     let shared = Arc::new(Shared {
         url: first.url.clone(),
         generation: AtomicU8::new(1),
@@ -330,10 +238,10 @@ fn clients_survive_kills_pathological_programs_and_a_restart() {
         shared.progress.iter().all(|p| p.load(SeqCst) >= 2)
             && shared.first_rounds.load(SeqCst) == KILLED + 1
     });
-    let (exit, drain) = first.terminate();
+    let (exit, drain) = terminate(&mut first);
     assert!(exit.success(), "first server: {exit}\n{}", first.logs());
     shared.generation.store(2, SeqCst);
-    let mut second = Server::start(&dir, 2, &first.addr);
+    let mut second = start(&dir, 2, &first.addr);
     assert_eq!(second.url, shared.url, "restarted on the same port");
 
     wait_until(&shared, "every client to finish", || {
@@ -357,7 +265,7 @@ fn clients_survive_kills_pathological_programs_and_a_restart() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let leaked = second.metric("eia_device_memory_in_use_bytes");
-    let (exit2, _) = second.terminate();
+    let (exit2, _) = terminate(&mut second);
     assert!(exit2.success(), "second server: {exit2}\n{}", second.logs());
 
     let failures = shared.failures.lock().unwrap().clone();

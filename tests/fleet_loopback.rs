@@ -10,10 +10,8 @@
 //! time (signal → first good inference elsewhere).
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::ffi::OsString;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -25,6 +23,7 @@ use eia::rpc::{ClientConfig, Connection, Fleet, RemoteAccelerator};
 use eia::{Backend, CpuBackend, DType, HostTensor, LoadOptions, Model, PerDType};
 
 mod common;
+use common::serve::Serve;
 
 /// Seconds without a call before a server detaches an accelerator.
 const LEASE: Duration = Duration::from_secs(3);
@@ -44,116 +43,21 @@ const SESSION_EVERY: usize = 4;
 /// The whole test's bound.
 const BUDGET: Duration = Duration::from_secs(50);
 
-/// An `eia serve` child process; SIGKILLed if the test ends while it runs.
-struct Server {
-    child: Child,
-    url: String,
-    metrics: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(dir: &Path, n: usize, fp32: f64) -> Server {
-        let out = dir.join(format!("serve-{n}.out"));
-        let log = dir.join(format!("serve-{n}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_eia"))
-            .args(["serve", "--backend", "cpu", "--listen", "127.0.0.1:0"])
-            .args(["--lease", &LEASE.as_secs().to_string()])
-            .args(["--drain-timeout", DRAIN_S])
-            .args(["--capacity-fp32", &fp32.to_string()])
-            .args(["--capacity-fp16", &(2.0 * fp32).to_string()])
-            .args(["--metrics", "127.0.0.1:0", "--log-format", "json"])
-            .arg("--tiers")
-            .arg(dir.join("tiers.toml"))
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        let mut server = Server {
-            child,
-            url: String::new(),
-            metrics: "127.0.0.1:0".parse().unwrap(),
-            log,
-        };
-        loop {
-            let text = std::fs::read_to_string(&out).unwrap();
-            let url = |marker: &str| {
-                text.lines()
-                    .filter(|l| l.contains(marker))
-                    .flat_map(|l| l.split_whitespace())
-                    .find(|w| w.starts_with("http://"))
-                    .map(str::to_string)
-            };
-            if let (Some(url), Some(metrics)) = (url("listening on"), url("/metrics")) {
-                server.url = url;
-                server.metrics = metrics
-                    .trim_start_matches("http://")
-                    .trim_end_matches("/metrics")
-                    .parse()
-                    .unwrap();
-                return server;
-            }
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("eia serve exited ({status}):\n{}", server.logs());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "eia serve did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+/// Starts `eia serve` on a free port with FP32 capacity `fp32` TFLOPS (FP16: twice that).
+fn start(dir: &Path, n: usize, fp32: f64) -> Serve {
+    let mut args: Vec<OsString> = ["--listen", "127.0.0.1:0", "--drain-timeout", DRAIN_S]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    for (flag, value) in [
+        ("--lease", LEASE.as_secs().to_string()),
+        ("--capacity-fp32", fp32.to_string()),
+        ("--capacity-fp16", (2.0 * fp32).to_string()),
+    ] {
+        args.extend([flag.into(), value.into()]);
     }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
-    }
-
-    fn signal(&self, signal: &str) {
-        let sent = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    }
-
-    /// Waits (bounded) for the process to exit.
-    fn wait(&mut self, within: Duration) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < within,
-                "eia serve still running:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// A metric without labels from `/metrics`.
-    fn metric(&self, name: &str) -> f64 {
-        let text = common::scrape(self.metrics);
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    args.extend(["--tiers".into(), dir.join("tiers.toml").into_os_string()]);
+    Serve::start(dir, n, &args)
 }
 
 /// A small MLP: `[N, 64] → Gemm 64 → Relu → Gemm 10`.
@@ -245,10 +149,10 @@ fn a_fleet_places_by_capacity_and_sessions_survive_a_drain_and_a_kill() {
     let dir = std::env::temp_dir().join(format!("eia-fleet-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("tiers.toml"), TIERS).unwrap();
-    let mut servers: Vec<Server> = CAPACITY
+    let mut servers: Vec<Serve> = CAPACITY
         .iter()
         .enumerate()
-        .map(|(n, &c)| Server::start(&dir, n, c))
+        .map(|(n, &c)| start(&dir, n, c))
         .collect();
     let spec = servers
         .iter()
@@ -537,7 +441,7 @@ fn a_list_or_a_name_both_reach_the_servers() {
     let dir = std::env::temp_dir().join(format!("eia-fleet-name-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("tiers.toml"), TIERS).unwrap();
-    let server = Server::start(&dir, 0, 0.004);
+    let server = start(&dir, 0, 0.004);
     let port = server.url.rsplit(':').next().unwrap();
     // "localhost" resolves to 127.0.0.1 (and perhaps ::1, where nothing listens: skipped).
     let fleet =

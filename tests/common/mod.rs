@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod reference;
+pub mod serve;
 pub mod suite;
 pub mod suite_binary;
 pub mod suite_layout;
