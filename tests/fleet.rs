@@ -2,8 +2,7 @@
 //! attaches, resizes and detaches, draining, what Capacity does not reveal, and `eia serve
 //! --cpu-devices` / `--devices`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use eia::accelerator::{Capacity, Device, DeviceConfig, Pool, Tiers};
@@ -11,6 +10,9 @@ use eia::ops::Gemm;
 use eia::rpc::capacity::ServerCapacity;
 use eia::rpc::{auth, ClientConfig, Connection, ServerConfig, ServerHandle, Tokens};
 use eia::{Backend, CpuBackend, DType, Error, HostTensor, PerDType};
+
+mod common;
+use common::serve::Serve;
 
 const GIB: u64 = 1 << 30;
 
@@ -351,31 +353,36 @@ fn capacity_reveals_no_tenant_and_needs_a_token() {
 /// attaches spread over them.
 #[test]
 fn eia_serve_splits_the_cpu_and_places_attaches() {
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_eia"))
-        .args(["serve", "--backend", "cpu", "--listen", "127.0.0.1:0"])
-        .args([
+    let dir = std::env::temp_dir().join(format!("eia-fleet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut serve = Serve::start(
+        &dir,
+        0,
+        &[
+            "--listen",
+            "127.0.0.1:0",
             "--cpu-devices",
             "3",
             "--capacity-fp32",
             "3",
             "--capacity-fp16",
             "24",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(serve.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    let mut line = String::new();
-    while lines.len() < 4 {
-        line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "eia serve exited");
-        if line.starts_with("eia serve") || line.starts_with("device ") {
-            lines.push(line.trim().to_string());
+        ],
+    );
+    // The device lines follow the address lines `Serve::start` waits for.
+    let started = Instant::now();
+    let printed = loop {
+        let printed = std::fs::read_to_string(dir.join("serve-0.out")).unwrap();
+        if printed.lines().filter(|l| l.starts_with("device ")).count() == 3 {
+            break printed;
         }
-    }
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        assert!(started.elapsed() < Duration::from_secs(30), "{printed}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines: Vec<_> = printed
+        .lines()
+        .filter(|l| l.starts_with("eia serve") || l.starts_with("device "))
+        .collect();
     assert!(lines[0].contains("3 devices"), "{lines:?}");
     for (i, l) in lines[1..].iter().enumerate() {
         assert!(
@@ -385,10 +392,7 @@ fn eia_serve_splits_the_cpu_and_places_attaches() {
             "{l}"
         );
     }
-    let url = lines[0]
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap();
+    let url = &serve.url;
     let conn = connect(url, None);
     let held: Vec<_> = (0..3)
         .map(|_| conn.attach("eia2.medium").unwrap())
@@ -403,8 +407,13 @@ fn eia_serve_splits_the_cpu_and_places_attaches() {
         "each device's 1 FP32 TFLOPS is taken"
     );
     drop(held);
-    serve.kill().unwrap();
-    serve.wait().unwrap();
+    serve.signal("-TERM");
+    assert!(
+        serve.wait(Duration::from_secs(30)).success(),
+        "{}",
+        serve.logs()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
