@@ -122,17 +122,24 @@ def main():
         right = (f"{ok[i][0]:<24}{ok[i][1][0]:>6}{ok[i][1][1]:>10.2f}"
                  f"{100 * ok[i][1][1] / o_sum:>5.1f}%") if i < len(ok) else ""
         print(f"  {left}   {right}")
-    matched = [(n, o[n["node"]]) for n in e["nodes"] if n["node"] in o]
+    # onnxruntime names a fused node after its group's last node (`relu_9`, `relu_9_nchwc`);
+    # eia lists every node of its fused groups.
+    ort_by = {(name[: -len("_nchwc")] if name.endswith("_nchwc") else name): v
+              for name, v in o.items()}
+    matched = []
+    for n in e["nodes"]:
+        hit = next((ort_by[m] for m in reversed(n["nodes"]) if m in ort_by), None)
+        if hit:
+            matched.append((n, hit))
     matched.sort(key=lambda m: -(m[0]["ms"] - m[1][1]))
     print(f"\n  {len(matched)} of {len(e['nodes'])} eia ops match an onnxruntime node by name; "
           "largest eia − onnxruntime first:")
-    print(f"  {'node':<28}{'eia op':<20}{'eia ms':>9}{'GFLOPS':>8}   "
-          f"{'ort op':<14}{'ort ms':>9}{'GFLOPS':>8}")
+    print(f"  {'eia op':<20}{'eia ms':>9}{'GFLOPS':>8}   {'ort op':<14}{'ort ms':>9}{'GFLOPS':>8}"
+          "   nodes")
     for n, (kind, ms) in matched[:15]:
         gf = n["flops"] / 1e6
-        print(f"  {n['node']:<28}{n['kind']:<20}{n['ms']:>9.2f}{gf / max(n['ms'], 1e-9):>8.1f}   "
-              f"{kind:<14}{ms:>9.2f}{gf / max(ms, 1e-9):>8.1f}")
-
+        print(f"  {n['kind']:<20}{n['ms']:>9.2f}{gf / max(n['ms'], 1e-9):>8.1f}   "
+              f"{kind:<14}{ms:>9.2f}{gf / max(ms, 1e-9):>8.1f}   {'+'.join(n['nodes'])}")
 
 if __name__ == "__main__":
     main()

@@ -64,7 +64,8 @@ pub struct Port {
 /// One op as the loader resolves it, over slots (one per tensor value of the graph).
 #[derive(Clone, Debug)]
 pub(crate) struct SlotStep {
-    /// The ONNX node's name (or `op_type#index` when it has none), for errors.
+    /// The ONNX node's name (`#index` when it has none), for errors and profiles; a fused
+    /// step's names joined by `+`.
     node: String,
     op: Op,
     inputs: Vec<usize>,
@@ -348,7 +349,8 @@ impl Model {
 /// One op's share of a profiled inference ([`Session::profile`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeTime {
-    /// The ONNX node's name (the first node of a fused group).
+    /// The ONNX nodes it runs: one node's name (`'name'`, or `#index` when it has none), or
+    /// those of a fused group joined by `+` (`'conv'+'bn'+'relu'`).
     pub node: String,
     /// The op it runs (see [`Model::nodes`]).
     pub kind: String,

@@ -307,13 +307,14 @@ fn profile<B: Backend>(
     println!("  slowest nodes:");
     for n in slowest.iter().take(10) {
         println!(
-            "  {:<26} {:<16} {:>10.2} {:>5.1}% {:>9.3} {:>8.1}",
-            n.node,
+            "  {:<26} {:>5} {:>10.2} {:>5.1}% {:>9.3} {:>8.1}  {}",
             n.kind,
+            "",
             ms(n.time),
             100.0 * n.time.as_secs_f64() / total.as_secs_f64().max(1e-12),
             n.flops as f64 / 1e9,
-            gflops(n.flops, n.time)
+            gflops(n.flops, n.time),
+            n.node
         );
     }
     if let Some(path) = json {
@@ -321,7 +322,7 @@ fn profile<B: Backend>(
             .iter()
             .map(|n| {
                 serde_json::json!({
-                    "node": n.node.trim_matches('\''),
+                    "nodes": n.node.split('+').map(|s| s.trim_matches('\'')).collect::<Vec<_>>(),
                     "kind": n.kind,
                     "flops": n.flops,
                     "ms": ms(n.time),
