@@ -288,7 +288,7 @@ fn profile<B: Backend>(
             None => kinds.push((n.kind.clone(), 1, n.time, n.flops)),
         }
     }
-    kinds.sort_by(|a, b| b.2.cmp(&a.2));
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.2));
     println!(
         "  {:<26} {:>5} {:>10} {:>6} {:>9} {:>8}",
         "op", "count", "ms", "%", "GFLOP", "GFLOPS"
@@ -303,7 +303,7 @@ fn profile<B: Backend>(
         );
     }
     let mut slowest: Vec<&NodeTime> = nodes.iter().collect();
-    slowest.sort_by(|a, b| b.time.cmp(&a.time));
+    slowest.sort_by_key(|n| std::cmp::Reverse(n.time));
     println!("  slowest nodes:");
     for n in slowest.iter().take(10) {
         println!(
