@@ -872,3 +872,137 @@ fn bad_external_data_is_one_clear_error() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// eia's own ResNet-50 and MobileNetV2 (`eia zoo`) load with every BatchNormalization folded
+/// into its Conv and every Relu fused into the Conv or residual Add before it; a fused op's
+/// profile name lists its nodes.
+#[test]
+fn the_zoo_models_fold_every_batch_norm_and_fuse_every_relu() {
+    let kinds = |bytes: &[u8]| {
+        let m = Model::from_bytes(bytes, LoadOptions::default()).unwrap();
+        let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+        for (name, kind, _) in m.nodes() {
+            if kind.contains('+') || kind == "Conv" {
+                assert!(
+                    name.contains("'+'"),
+                    "{kind} {name}: fused nodes are listed"
+                );
+            }
+            *kinds.entry(kind).or_default() += 1;
+        }
+        kinds
+    };
+    let r50 = kinds(&eia::model::zoo::resnet50(1));
+    let count = |k: &std::collections::BTreeMap<String, usize>, kind: &str| {
+        k.get(kind).copied().unwrap_or(0)
+    };
+    assert_eq!(count(&r50, "Conv+Relu"), 33, "{r50:?}");
+    assert_eq!(count(&r50, "Conv"), 20, "{r50:?}");
+    assert_eq!(count(&r50, "Add+Relu"), 16, "{r50:?}");
+    let mv2 = kinds(&eia::model::zoo::mobilenet_v2(1));
+    assert_eq!(count(&mv2, "Conv(depthwise)"), 17, "{mv2:?}");
+    assert_eq!(count(&mv2, "Conv"), 35, "{mv2:?}");
+    for k in [&r50, &mv2] {
+        assert_eq!(count(k, "BatchNormalization"), 0, "{k:?}");
+        assert_eq!(count(k, "Relu"), 0, "{k:?}");
+    }
+}
+
+/// `Session::profile` runs what `Session::run` runs, op by op: the same outputs, one time per
+/// op, each op's FLOPs summing to the model's — on the CPU and on a metered accelerator.
+#[test]
+fn a_profile_times_every_op_and_computes_what_a_run_does() {
+    let mut rng = seeded("profile");
+    let m = Model::from_bytes(
+        &small_zoo_cnn(),
+        LoadOptions {
+            batch: 2,
+            fp16: false,
+        },
+    )
+    .unwrap();
+    let x = random(&mut rng, &[2, 3, 10, 10], -1.0, 1.0);
+    let device = eia::Device::new(
+        CpuBackend::new(),
+        eia::DeviceConfig {
+            overcommit: true,
+            ..eia::DeviceConfig::default()
+        },
+    )
+    .unwrap();
+    let accel = device.attach("eia2.large").unwrap();
+    let cpu = CpuBackend::new();
+    let check = |session_run: Vec<HostTensor>,
+                 (got, nodes): (Vec<HostTensor>, Vec<eia::model::NodeTime>)| {
+        assert_eq!(got.len(), session_run.len());
+        for (g, w) in got.iter().zip(&session_run) {
+            assert_eq!(g.data().to_f32_vec(), w.data().to_f32_vec());
+        }
+        let kinds: Vec<&str> = nodes.iter().map(|n| n.kind.as_str()).collect();
+        assert_eq!(kinds, ["Conv+Relu", "GlobalAveragePool", "Flatten", "Gemm"]);
+        assert_eq!(nodes.iter().map(|n| n.flops).sum::<u64>(), m.flops());
+        assert!(nodes.iter().all(|n| n.time > std::time::Duration::ZERO));
+    };
+    let local = m.session(&cpu).unwrap();
+    check(
+        local.run(std::slice::from_ref(&x)).unwrap(),
+        local.profile(std::slice::from_ref(&x)).unwrap(),
+    );
+    let metered = m.session(&accel).unwrap();
+    check(
+        metered.run(std::slice::from_ref(&x)).unwrap(),
+        metered.profile(std::slice::from_ref(&x)).unwrap(),
+    );
+}
+
+/// An inference on a local accelerator moves the input in and the outputs out once, runs each
+/// op once and allocates nothing: after many inferences the accelerator has uploaded the
+/// weights and one input per inference, downloaded one set of outputs per inference, and
+/// never held more than the session's tensors.
+#[test]
+fn an_inference_on_an_accelerator_copies_and_allocates_nothing_extra() {
+    let mut rng = seeded("accelerator copies");
+    let m = Model::from_bytes(
+        &small_zoo_cnn(),
+        LoadOptions {
+            batch: 4,
+            fp16: false,
+        },
+    )
+    .unwrap();
+    let device = eia::Device::new(
+        CpuBackend::new(),
+        eia::DeviceConfig {
+            overcommit: true,
+            ..eia::DeviceConfig::default()
+        },
+    )
+    .unwrap();
+    let accel = device.attach("eia2.large").unwrap();
+    let session = m.session(&accel).unwrap();
+    let x = random(&mut rng, &[4, 3, 10, 10], -1.0, 1.0);
+    let runs = 5u64;
+    for _ in 0..runs {
+        session.run(std::slice::from_ref(&x)).unwrap();
+    }
+    let usage = accel.usage();
+    let bytes = |p: &eia::model::Port| p.desc.bytes() as u64;
+    assert_eq!(usage.ops, runs * m.ops().count() as u64, "{usage:?}");
+    assert_eq!(
+        usage.bytes_uploaded,
+        m.weight_bytes() + runs * m.inputs().iter().map(bytes).sum::<u64>(),
+        "{usage:?}"
+    );
+    assert_eq!(
+        usage.bytes_downloaded,
+        runs * m.outputs().iter().map(bytes).sum::<u64>(),
+        "{usage:?}"
+    );
+    let tensors = (m.ops().count() + 8) as u64;
+    let floor = eia::accelerator::MIN_TENSOR_CHARGE;
+    assert!(usage.memory_high_water >= m.peak_bytes(), "{usage:?}");
+    assert!(
+        usage.memory_high_water <= m.peak_bytes() + tensors * floor,
+        "{usage:?}"
+    );
+}

@@ -71,7 +71,7 @@ impl Graph<'_> {
             if let Some(conv) = self.fold_one(i)? {
                 let bn = self.steps.remove(i);
                 let j = if conv < i { conv } else { conv - 1 };
-                self.steps[j].output = bn.output;
+                self.steps[j].absorb(bn);
                 continue;
             }
             i += 1;
@@ -144,7 +144,7 @@ impl Graph<'_> {
                     if set_relu(&mut self.steps[j].op) {
                         let relu = self.steps.remove(i);
                         let j = if j < i { j } else { j - 1 };
-                        self.steps[j].output = relu.output;
+                        self.steps[j].absorb(relu);
                         continue;
                     }
                 }
@@ -152,6 +152,15 @@ impl Graph<'_> {
             i += 1;
         }
         Ok(())
+    }
+}
+
+impl SlotStep {
+    /// Takes over the output of `fused`, the step folded into it, and adds its node to its
+    /// name (`'conv'+'bn'+'relu'`), so errors and profiles name every node a step runs.
+    fn absorb(&mut self, fused: SlotStep) {
+        self.output = fused.output;
+        self.node = format!("{}+{}", self.node, fused.node);
     }
 }
 

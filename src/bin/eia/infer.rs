@@ -1,13 +1,15 @@
 //! `eia infer MODEL.onnx`: loads a model, runs it on the CPU backend, a metered accelerator of
 //! a tier or a remote accelerator (of one server, or placed in a fleet), and prints latency (p50/p99), throughput, achieved TFLOPS
-//! against the tier, peak memory and the top-5 of the first output.
+//! against the tier, peak memory and the top-5 of the first output; with `--profile`, where the
+//! time goes: each op's median time over the runs, by op kind and the slowest nodes, with FLOPs
+//! and GFLOPS (`scripts/profile.py` puts onnxruntime's per-node profile beside it).
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use eia::accelerator::{Device, DeviceConfig};
-use eia::model::{npy, Model, Session};
+use eia::model::{npy, Model, NodeTime, Session};
 use eia::rpc::{ClientConfig, Fleet};
 use eia::{Backend, CpuBackend, DType, HostTensor, LoadOptions, Tier};
 use rand::rngs::StdRng;
@@ -47,6 +49,14 @@ pub struct InferArgs {
     /// Timed inferences (after one warm-up).
     #[arg(long, default_value_t = 10)]
     runs: usize,
+    /// After the timed runs, profile `--runs` more inferences op by op (each op timed up to a
+    /// synchronize, so the op times add a pool hand-over, or on --remote a round trip, per op)
+    /// and print each op kind's and the slowest nodes' median time, FLOPs and GFLOPS.
+    #[arg(long)]
+    profile: bool,
+    /// With --profile, also write every node's median time as JSON to FILE.
+    #[arg(long, value_name = "FILE", requires = "profile")]
+    profile_json: Option<PathBuf>,
     /// The seed of the random input.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -81,7 +91,7 @@ pub fn run(args: InferArgs) -> eia::Result<()> {
         let accel = Fleet::connect(url, ClientConfig::default())?.attach(tier)?;
         println!("on {}", accel.name());
         let tier = accel.tier();
-        let r = time(&model, &accel, &inputs, args.runs, Some(&tier))?;
+        let r = time(&model, &accel, &inputs, &args, Some(&tier))?;
         println!("{}", accel.detach()?);
         r
     } else if let Some(tier) = &args.tier {
@@ -94,13 +104,13 @@ pub fn run(args: InferArgs) -> eia::Result<()> {
         let tier = device.tiers().get(tier)?.clone();
         let accel = device.attach_tier(tier.clone())?;
         println!("on {}", accel.name());
-        let r = time(&model, &accel, &inputs, args.runs, Some(&tier))?;
+        let r = time(&model, &accel, &inputs, &args, Some(&tier))?;
         println!("{}", accel.detach()?);
         r
     } else {
         let cpu = CpuBackend::new();
         println!("on {}", cpu.name());
-        time(&model, &cpu, &inputs, args.runs, None)?
+        time(&model, &cpu, &inputs, &args, None)?
     };
     for (port, out) in model.outputs().iter().zip(&outputs) {
         println!(
@@ -169,14 +179,16 @@ fn inputs(model: &Model, args: &InferArgs) -> eia::Result<Vec<HostTensor>> {
         .collect())
 }
 
-/// Uploads the weights, runs one warm-up and `runs` timed inferences, prints the timing.
+/// Uploads the weights, runs one warm-up and `--runs` timed inferences, prints the timing
+/// (and the profile, with `--profile`).
 fn time<B: Backend>(
     model: &Model,
     backend: &B,
     inputs: &[HostTensor],
-    runs: usize,
+    args: &InferArgs,
     tier: Option<&Tier>,
 ) -> eia::Result<Vec<HostTensor>> {
+    let runs = args.runs;
     let start = Instant::now();
     let session: Session<B> = model.session(backend)?;
     let upload = start.elapsed();
@@ -225,7 +237,109 @@ fn time<B: Backend>(
         batch as f64 / p50.as_secs_f64(),
         tflops
     );
+    if args.profile {
+        profile(&session, inputs, runs, p50, args.profile_json.as_deref())?;
+    }
     Ok(outputs)
+}
+
+/// Profiles `runs` inferences op by op and prints each op kind's and the 10 slowest nodes'
+/// median time, their sum beside an op-by-op run's p50 and `p50` (the whole program's), with
+/// their FLOPs and GFLOPS; writes every node to `json` if given.
+fn profile<B: Backend>(
+    session: &Session<B>,
+    inputs: &[HostTensor],
+    runs: usize,
+    p50: Duration,
+    json: Option<&Path>,
+) -> eia::Result<()> {
+    let mut profiles = Vec::with_capacity(runs.max(1));
+    let mut walls = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        profiles.push(session.profile(inputs)?.1);
+        walls.push(started.elapsed());
+    }
+    walls.sort();
+    // Each node's median over the runs.
+    let nodes: Vec<NodeTime> = (0..profiles[0].len())
+        .map(|i| {
+            let mut times: Vec<Duration> = profiles.iter().map(|p| p[i].time).collect();
+            times.sort();
+            NodeTime {
+                time: times[times.len() / 2],
+                ..profiles[0][i].clone()
+            }
+        })
+        .collect();
+    let total: Duration = nodes.iter().map(|n| n.time).sum();
+    let ms = |t: Duration| t.as_secs_f64() * 1e3;
+    let gflops = |flops: u64, t: Duration| flops as f64 / t.as_secs_f64().max(1e-12) / 1e9;
+    println!(
+        "profile: median of {} op-by-op runs; ops sum to {:.2} ms (an op-by-op run's p50: {:.2} ms; the whole program's: {:.2} ms)",
+        profiles.len(),
+        ms(total),
+        ms(walls[walls.len() / 2]),
+        ms(p50)
+    );
+    let mut kinds: Vec<(String, usize, Duration, u64)> = Vec::new();
+    for n in &nodes {
+        match kinds.iter_mut().find(|k| k.0 == n.kind) {
+            Some(k) => {
+                k.1 += 1;
+                k.2 += n.time;
+                k.3 += n.flops;
+            }
+            None => kinds.push((n.kind.clone(), 1, n.time, n.flops)),
+        }
+    }
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.2));
+    println!(
+        "  {:<26} {:>5} {:>10} {:>6} {:>9} {:>8}",
+        "op", "count", "ms", "%", "GFLOP", "GFLOPS"
+    );
+    for (kind, count, time, flops) in &kinds {
+        println!(
+            "  {kind:<26} {count:>5} {:>10.2} {:>5.1}% {:>9.3} {:>8.1}",
+            ms(*time),
+            100.0 * time.as_secs_f64() / total.as_secs_f64().max(1e-12),
+            *flops as f64 / 1e9,
+            gflops(*flops, *time)
+        );
+    }
+    let mut slowest: Vec<&NodeTime> = nodes.iter().collect();
+    slowest.sort_by_key(|n| std::cmp::Reverse(n.time));
+    println!("  slowest nodes:");
+    for n in slowest.iter().take(10) {
+        println!(
+            "  {:<26} {:>5} {:>10.2} {:>5.1}% {:>9.3} {:>8.1}  {}",
+            n.kind,
+            "",
+            ms(n.time),
+            100.0 * n.time.as_secs_f64() / total.as_secs_f64().max(1e-12),
+            n.flops as f64 / 1e9,
+            gflops(n.flops, n.time),
+            n.node
+        );
+    }
+    if let Some(path) = json {
+        let nodes: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "nodes": n.node.split('+').map(|s| s.trim_matches('\'')).collect::<Vec<_>>(),
+                    "kind": n.kind,
+                    "flops": n.flops,
+                    "ms": ms(n.time),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "p50_ms": ms(p50), "nodes": nodes });
+        std::fs::write(path, doc.to_string())
+            .map_err(|e| eia::Error::Model(format!("cannot write {}: {e}", path.display())))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// The five largest values of item 0 of `t` (its first dimension's first slice), with their
