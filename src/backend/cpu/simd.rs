@@ -109,7 +109,7 @@ pub fn exp(x: f32) -> f32 {
     let mut p = 8.312_525e-3_f32;
     p = p.mul_add(r, 4.189_011_5e-2);
     p = p.mul_add(r, 1.666_711_4e-1);
-    p = p.mul_add(r, 4.999_923_1e-1);
+    p = p.mul_add(r, 4.999_923e-1);
     let e = (p * r).mul_add(r, r) + 1.0;
     let scale = f32::from_bits(((ni + 127) as u32) << 23);
     if x < -87.3 {
