@@ -114,93 +114,89 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         );
 }
 
-multiversion! {
-    /// One `[h, w]` plane into its `[p, q]` output, row by row and separably: the window's
-    /// input rows are first reduced into one row `v` (contiguous, vectorised), then the column
-    /// taps reduce `v`. With a column stride `sw > 1`, `v` is first split into its `sw` phases
-    /// (columns `k, k + sw, …` contiguous), so that every tap still reads one contiguous slice.
-    /// One `multiversion!` copy for the whole plane: the row helpers below are inlined into it
-    /// (rows are short: a dispatched call per 35-element row pass cost about as much as the
-    /// pass).
-    fn plane(g: &Geometry, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
-        let plan = g.plan;
-        let max = plan.kind == PoolKind::Max;
-        let (w, sw) = (plan.w, plan.stride[1]);
-        let phase_len = w.div_ceil(sw);
-        scratch.resize(w + if sw > 1 { sw * phase_len } else { 0 }, 0.0);
-        let (v, phases) = scratch.split_at_mut(w);
-        for (op, yr) in y.chunks_exact_mut(plan.q).enumerate() {
-            yr.fill(if max { f32::NEG_INFINITY } else { 0.0 });
-            let mut rows = 0usize;
-            for i in 0..plan.r {
-                let Some(ih) = (op * plan.stride[0] + i * plan.dilation[0]).checked_sub(plan.pad[0])
-                else {
-                    continue;
-                };
-                if ih >= plan.h {
-                    continue;
-                }
-                let xr = &x[ih * w..(ih + 1) * w];
-                match (rows, max) {
-                    (0, _) => v.copy_from_slice(xr),
-                    (_, true) => max_into(v, xr),
-                    (_, false) => add_into(v, xr),
-                }
-                rows += 1;
+/// One `[h, w]` plane into its `[p, q]` output, row by row and separably: the window's input
+/// rows are first reduced into one row `v` (contiguous, vectorised), then the column taps reduce
+/// `v`. With a column stride `sw > 1`, `v` is first split into its `sw` phases (columns
+/// `k, k + sw, …` contiguous), so that every tap still reads one contiguous slice.
+fn plane(g: &Geometry, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
+    let plan = g.plan;
+    let max = plan.kind == PoolKind::Max;
+    let (w, sw) = (plan.w, plan.stride[1]);
+    let phase_len = w.div_ceil(sw);
+    scratch.resize(w + if sw > 1 { sw * phase_len } else { 0 }, 0.0);
+    let (v, phases) = scratch.split_at_mut(w);
+    for (op, yr) in y.chunks_exact_mut(plan.q).enumerate() {
+        yr.fill(if max { f32::NEG_INFINITY } else { 0.0 });
+        let mut rows = 0usize;
+        for i in 0..plan.r {
+            let Some(ih) = (op * plan.stride[0] + i * plan.dilation[0]).checked_sub(plan.pad[0])
+            else {
+                continue;
+            };
+            if ih >= plan.h {
+                continue;
             }
-            if rows > 0 {
-                let src: &[f32] = if sw > 1 {
-                    split_phases(phases, v, sw, phase_len);
-                    phases
+            let xr = &x[ih * w..(ih + 1) * w];
+            match (rows, max) {
+                (0, _) => v.copy_from_slice(xr),
+                (_, true) => max_into(v, xr),
+                (_, false) => add_into(v, xr),
+            }
+            rows += 1;
+        }
+        if rows > 0 {
+            let src: &[f32] = if sw > 1 {
+                split_phases(phases, v, sw, phase_len);
+                phases
+            } else {
+                v
+            };
+            for (j, &(lo, hi)) in g.cols.iter().enumerate() {
+                if lo == hi {
+                    continue;
+                }
+                // Input column of output column lo (in range by construction).
+                let first = lo * sw + j * plan.dilation[1] - plan.pad[1];
+                // Its offset in `src`: columns first, first + sw, … are contiguous there.
+                let at = (first % sw) * phase_len + first / sw;
+                let out = &mut yr[lo..hi];
+                let src = &src[at..at + out.len()];
+                if max {
+                    max_into(out, src);
                 } else {
-                    v
-                };
-                for (j, &(lo, hi)) in g.cols.iter().enumerate() {
-                    if lo == hi {
-                        continue;
-                    }
-                    // Input column of output column lo (in range by construction).
-                    let first = lo * sw + j * plan.dilation[1] - plan.pad[1];
-                    // Its offset in `src`: columns first, first + sw, … are contiguous there.
-                    let at = (first % sw) * phase_len + first / sw;
-                    let out = &mut yr[lo..hi];
-                    let src = &src[at..at + out.len()];
-                    if max {
-                        max_into(out, src);
-                    } else {
-                        add_into(out, src);
-                    }
+                    add_into(out, src);
                 }
             }
-            match plan.kind {
-                PoolKind::Max => {}
-                PoolKind::Average => divide(yr, &g.col_count, rows as f32),
-                PoolKind::AverageIncludePad => {
-                    let (sh, dh) = (plan.stride[0], plan.dilation[0]);
-                    let rows = included(op, sh, dh, plan.r, plan.padded[0]);
-                    divide(yr, &g.col_count, rows as f32);
-                }
+        }
+        match plan.kind {
+            PoolKind::Max => {}
+            PoolKind::Average => divide(yr, &g.col_count, rows as f32),
+            PoolKind::AverageIncludePad => {
+                let rows = included(op, plan.stride[0], plan.dilation[0], plan.r, plan.padded[0]);
+                divide(yr, &g.col_count, rows as f32);
             }
         }
     }
 }
 
-/// Row `src` split into its `sw` phases of `len` each in `dst` (the last ones may end short).
-#[inline(always)]
-fn split_phases(dst: &mut [f32], src: &[f32], sw: usize, len: usize) {
-    if sw == 2 {
-        let (even, odd) = dst.split_at_mut(len);
-        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
-            *e = pair[0];
-            *o = pair[1];
+multiversion! {
+    /// Row `src` split into its `sw` phases of `len` each in `dst` (the last ones may end
+    /// short).
+    fn split_phases(dst: &mut [f32], src: &[f32], sw: usize, len: usize) {
+        if sw == 2 {
+            let (even, odd) = dst.split_at_mut(len);
+            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            if src.len() % 2 == 1 {
+                even[len - 1] = src[src.len() - 1];
+            }
+            return;
         }
-        if src.len() % 2 == 1 {
-            even[len - 1] = src[src.len() - 1];
+        for (i, &v) in src.iter().enumerate() {
+            dst[(i % sw) * len + i / sw] = v;
         }
-        return;
-    }
-    for (i, &v) in src.iter().enumerate() {
-        dst[(i % sw) * len + i / sw] = v;
     }
 }
 
@@ -235,24 +231,27 @@ fn lanes(out: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32)) {
     }
 }
 
-/// `out = max(out, src)` elementwise (a NaN in `src` never wins, as in onnxruntime; `out`
-/// never holds NaN). `f32::max` stores unconditionally: a compare-and-select compiles to
-/// masked stores, which the next tap's loads of the same row cannot forward from.
-#[inline(always)]
-fn max_into(out: &mut [f32], src: &[f32]) {
-    lanes(out, src, |o, v| *o = o.max(v));
+multiversion! {
+    /// `out = max(out, src)` elementwise (a NaN in `src` never wins, as in onnxruntime; `out`
+    /// never holds NaN). `f32::max` stores unconditionally: a compare-and-select compiles to
+    /// masked stores, which the next tap's loads of the same row cannot forward from.
+    fn max_into(out: &mut [f32], src: &[f32]) {
+        lanes(out, src, |o, v| *o = o.max(v));
+    }
 }
 
-/// `out += src` elementwise.
-#[inline(always)]
-fn add_into(out: &mut [f32], src: &[f32]) {
-    lanes(out, src, |o, v| *o += v);
+multiversion! {
+    /// `out += src` elementwise.
+    fn add_into(out: &mut [f32], src: &[f32]) {
+        lanes(out, src, |o, v| *o += v);
+    }
 }
 
-/// `out /= rows·cols` elementwise.
-#[inline(always)]
-fn divide(out: &mut [f32], cols: &[f32], rows: f32) {
-    lanes(out, cols, |o, c| *o /= rows * c);
+multiversion! {
+    /// `out /= rows·cols` elementwise.
+    fn divide(out: &mut [f32], cols: &[f32], rows: f32) {
+        lanes(out, cols, |o, c| *o /= rows * c);
+    }
 }
 
 multiversion! {

@@ -1,6 +1,6 @@
 //! CPU softmax, numerically stable (`exp(x − max)`), over a `[outer, len, inner]` view. Each
 //! outer slab is one task; along a contiguous axis (`inner == 1`) each row is three vectorised
-//! passes (max, exp with the sum, scale) in whole `LANES`-wide vectors (the exp of a row's tail
+//! passes (max, exp with the sum, scale), the exp in whole `LANES`-wide vectors (a row's tail
 //! too), otherwise the passes run over whole `inner`-wide rows. A pass fewer (an online max and
 //! sum) would take an exp per element twice; with the row in L1 the exp is the cost, not the
 //! extra read.
@@ -104,13 +104,7 @@ multiversion! {
             y[split..].copy_from_slice(&yt[..rest]);
         }
         let inv = 1.0 / sums.iter().sum::<f32>();
-        let mut chunks = y.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for v in c {
-                *v *= inv;
-            }
-        }
-        for v in chunks.into_remainder() {
+        for v in y.iter_mut() {
             *v *= inv;
         }
     }
