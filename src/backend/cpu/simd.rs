@@ -1,4 +1,4 @@
-//! Vector helpers for the CPU kernels: a branch-free `exp` and reciprocal that LLVM vectorises,
+//! Vector helpers for the CPU kernels: a branch-free `exp` that LLVM vectorises,
 //! F16C conversions, elementwise maps over FP32 and FP16 storage, and `multiversion!`, which
 //! compiles a kernel three times (baseline x86-64, AVX2+FMA, AVX-512) and picks one at run time.
 
@@ -84,15 +84,18 @@ fn detected() -> Level {
     Level::Baseline
 }
 
-/// `e^x` in FP32 within 2 ulp (Cephes `expf` polynomial), without branches so that loops over it
-/// vectorise. Its multiply-adds are fused: single FMA instructions in the AVX2 and AVX-512
-/// copies of a `multiversion!` kernel (the baseline copy calls the C library's `fmaf`). Inputs
-/// below −87.3 (including −∞) give exactly 0; NaN gives NaN. Inputs above 88.3 are clamped
-/// (softmax only ever passes `x − max ≤ 0`).
+/// `e^x` in FP32 within 3 ulp (relative error below 3.5e-7), without branches so that loops
+/// over it vectorise: `x = n·ln2 + r` with `|r| ≤ ln2/2`, `e^r ≈ 1 + r + r²·p(r)` with a cubic
+/// `p` fitted for the least relative error on that interval (degree 5 in all: 4 multiply-adds
+/// fewer than a Taylor series of the same accuracy), times `2^n` built in the exponent bits.
+/// Its multiply-adds are fused: single FMA instructions in the AVX2 and AVX-512 copies of a
+/// `multiversion!` kernel (the baseline copy calls the C library's `fmaf`). Inputs below −87.3
+/// (including −∞) give exactly 0; NaN gives NaN. Inputs above 88.3 are clamped (softmax only
+/// ever passes `x − max ≤ 0`, sigmoid and tanh `−|x|`).
 #[inline(always)]
-#[allow(clippy::excessive_precision)] // Cephes coefficients, as published
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 in two parts (Cephes): n·LN2_HI is exact for the n that occur.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5·2^23: adding it rounds to the nearest integer in the low mantissa bits.
@@ -103,14 +106,11 @@ pub fn exp(x: f32) -> f32 {
     // The integer n sits in t's low mantissa bits (no float→int conversion, which does not vectorise).
     let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, xc));
-    let mut p = 1.987_569_1e-4_f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
-    // 1 + r + r²·p as two multiply-adds.
-    let e = p.mul_add(r, 1.0).mul_add(r, 1.0);
+    let mut p = 8.312_525e-3_f32;
+    p = p.mul_add(r, 4.189_011_5e-2);
+    p = p.mul_add(r, 1.666_711_4e-1);
+    p = p.mul_add(r, 4.999_923e-1);
+    let e = (p * r).mul_add(r, r) + 1.0;
     let scale = f32::from_bits(((ni + 127) as u32) << 23);
     if x < -87.3 {
         0.0
@@ -119,26 +119,13 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
-/// `1/d` for `d` in [1, 2] within 1 ulp (NaN gives NaN), from multiply-adds only: a linear
-/// first guess (relative error ≤ 1/17) refined by three Newton steps. A vector division issues
-/// once every 5–10 cycles and stalls a loop that has little else to do; these pipeline.
-#[inline(always)]
-pub fn recip_1_2(d: f32) -> f32 {
-    let mut y = (-8.0f32 / 17.0).mul_add(d, 24.0 / 17.0);
-    for _ in 0..3 {
-        let e = (-d).mul_add(y, 1.0);
-        y = y.mul_add(e, y);
-    }
-    y
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{exp, map_f16, recip_1_2};
+    use super::{exp, map_f16};
     use half::f16;
 
     #[test]
-    fn exp_matches_f64_within_2_ulp() {
+    fn exp_matches_f64_within_3_ulp() {
         let mut worst = 0.0f64;
         let mut x = -87.0f32;
         while x <= 88.0 {
@@ -147,7 +134,7 @@ mod tests {
             worst = worst.max(((got - want) / want).abs());
             x += 0.0137;
         }
-        assert!(worst < 2.5e-7, "worst relative error {worst}");
+        assert!(worst < 3.5e-7, "worst relative error {worst}");
     }
 
     #[test]
@@ -156,20 +143,6 @@ mod tests {
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(f32::NAN).is_nan());
-    }
-
-    #[test]
-    fn recip_1_2_within_1_ulp() {
-        let mut d = 1.0f32;
-        while d <= 2.0 {
-            let want = 1.0 / d as f64;
-            let err = ((recip_1_2(d) as f64 - want) / want).abs();
-            assert!(err < 1.2e-7, "1/{d}: relative error {err:e}");
-            d = f32::from_bits(d.to_bits() + 97);
-        }
-        assert_eq!(recip_1_2(1.0), 1.0);
-        assert_eq!(recip_1_2(2.0), 0.5);
-        assert!(recip_1_2(f32::NAN).is_nan());
     }
 
     #[test]

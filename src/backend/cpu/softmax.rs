@@ -1,6 +1,9 @@
 //! CPU softmax, numerically stable (`exp(x − max)`), over a `[outer, len, inner]` view. Each
 //! outer slab is one task; along a contiguous axis (`inner == 1`) each row is three vectorised
-//! passes (max, exp with the sum, scale), otherwise the passes run over whole `inner`-wide rows.
+//! passes (max, exp with the sum, scale), the exp in whole `LANES`-wide vectors (a row's tail
+//! too), otherwise the passes run over whole `inner`-wide rows. A pass fewer (an online max and
+//! sum) would take an exp per element twice; with the row in L1 the exp is the cost, not the
+//! extra read.
 
 use rayon::prelude::*;
 
@@ -87,12 +90,20 @@ multiversion! {
                 sums[l] += yc[l];
             }
         }
-        let mut total: f32 = sums.iter().sum();
-        for (yv, &xv) in y[split..].iter_mut().zip(&x[split..]) {
-            *yv = exp(xv - max);
-            total += *yv;
+        // The tail as one more full vector, padded with −∞ (whose exp, 0, leaves the sum as it
+        // is): a scalar exp per tail element would cost as much as several vectors.
+        let rest = x.len() - split;
+        if rest > 0 {
+            let mut xt = [f32::NEG_INFINITY; LANES];
+            xt[..rest].copy_from_slice(&x[split..]);
+            let mut yt = [0.0f32; LANES];
+            for l in 0..LANES {
+                yt[l] = exp(xt[l] - max);
+                sums[l] += yt[l];
+            }
+            y[split..].copy_from_slice(&yt[..rest]);
         }
-        let inv = 1.0 / total;
+        let inv = 1.0 / sums.iter().sum::<f32>();
         for v in y.iter_mut() {
             *v *= inv;
         }
