@@ -17,7 +17,10 @@
 //!
 //! Memory: every tensor is charged its bytes, at least [`MIN_TENSOR_CHARGE`], against the
 //! tier's quota *before* its storage exists ([`Accelerator::reserve`]), and the number of live
-//! tensors is limited ([`crate::accelerator::DeviceConfig::max_tensors`]).
+//! tensors is limited ([`crate::accelerator::DeviceConfig::max_tensors`]). What the backend
+//! derives from a tensor and caches with it (the CPU backend's widened FP16 weights) is charged
+//! to the quota as well, before it is built ([`Backend::charge_derived_to`]): it counts in
+//! `memory_used`, and a form that does not fit is not cached (the op computes without it).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use super::meter::Meter;
 use super::{Device, Tier, Usage};
-use crate::backend::Backend;
+use crate::backend::{Backend, MemoryAccount};
 use crate::dtype::{DType, PerDType};
 use crate::error::{Error, Result};
 use crate::ops::Plan;
@@ -176,25 +179,28 @@ where
         tier: Tier,
         meter_empty_at: Instant,
     ) -> Result<Self> {
-        let backend = device.backend().fork()?;
+        let mut backend = device.backend().fork()?;
         let meter = Meter::new(device.inner.config.burst, meter_empty_at);
         Ok(Accelerator {
-            inner: Arc::new(Inner {
-                id,
-                owner: owner.to_string(),
-                device,
-                backend,
-                meter,
-                attached_at: Instant::now(),
-                state: Mutex::new(State {
-                    tier,
-                    detached: None,
-                    buffers: HashMap::new(),
-                    next_buffer: 0,
-                    used: 0,
-                    reserved: 0,
-                    counters: Counters::default(),
-                }),
+            inner: Arc::new_cyclic(|inner| {
+                backend.charge_derived_to(Arc::new(Quota(inner.clone())));
+                Inner {
+                    id,
+                    owner: owner.to_string(),
+                    device,
+                    backend,
+                    meter,
+                    attached_at: Instant::now(),
+                    state: Mutex::new(State {
+                        tier,
+                        detached: None,
+                        buffers: HashMap::new(),
+                        next_buffer: 0,
+                        used: 0,
+                        reserved: 0,
+                        counters: Counters::default(),
+                    }),
+                }
             }),
         })
     }
@@ -512,6 +518,36 @@ impl<B: Backend> Release for Inner<B> {
             state.reserved -= 1;
         }
         self.uncharge(&mut state, bytes);
+    }
+}
+
+/// An accelerator's memory quota as its backend's [`MemoryAccount`]: derived forms are charged
+/// like tensors (no tensor slot, no minimum charge) while it is attached.
+struct Quota<B: Backend>(Weak<Inner<B>>);
+
+impl<B: Backend> MemoryAccount for Quota<B> {
+    fn try_charge(&self, bytes: u64) -> bool {
+        let Some(inner) = self.0.upgrade() else {
+            return false;
+        };
+        let mut state = inner.lock();
+        if inner.check_room(&state, bytes, 0).is_err() {
+            return false;
+        }
+        state.used += bytes;
+        state.counters.high_water = state.counters.high_water.max(state.used);
+        inner
+            .device
+            .inner
+            .memory_in_use
+            .fetch_add(bytes, Ordering::Relaxed);
+        true
+    }
+
+    fn release(&self, bytes: u64) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.uncharge(&mut inner.lock(), bytes);
+        }
     }
 }
 
