@@ -358,3 +358,41 @@ fn through_an_accelerator_a_cache_beyond_the_quota_is_not_built() {
         );
     }
 }
+
+#[test]
+fn through_an_accelerator_a_cache_yields_to_new_tensors() {
+    let mut rng = rng("through_an_accelerator_a_cache_yields_to_new_tensors");
+    let op = conv3x3();
+    let (xs, ws) = ([1, 16, 6, 6], [32, 16, 3, 3]);
+    let (tensors, output, widened) = (2 * (16 * 36 + 32 * 16 * 9), 2 * 32 * 36, 4 * 32 * 16 * 9);
+    let acc = accelerator(tensors + output + widened + 1000);
+    let xh = random(&mut rng, DType::F16, &xs, -1.0, 1.0);
+    let wh = random(&mut rng, DType::F16, &ws, -1.0, 1.0);
+    let (x, w) = (acc.upload(&xh).unwrap(), acc.upload(&wh).unwrap());
+    for run in 0..3 {
+        check_conv(&acc, &format!("run {run}"), &op, (&x, &xh), (&w, &wh));
+    }
+    assert_eq!(acc.usage().memory_used, tensors + widened);
+    // 10,000 bytes fit only without the cache: it is dropped to make room, not the upload refused.
+    let big = acc
+        .upload(&HostTensor::full(DType::F32, &[2500], 1.0).unwrap())
+        .unwrap();
+    assert_eq!(acc.usage().memory_used, tensors + 10_000);
+    for run in 0..2 {
+        check_conv(
+            &acc,
+            &format!("beside the upload, run {run}"),
+            &op,
+            (&x, &xh),
+            (&w, &wh),
+        );
+        assert_eq!(
+            acc.usage().memory_used,
+            tensors + 10_000,
+            "no room to cache again"
+        );
+    }
+    drop(big);
+    check_conv(&acc, "room again", &op, (&x, &xh), (&w, &wh));
+    assert_eq!(acc.usage().memory_used, tensors + widened, "cached again");
+}

@@ -20,7 +20,9 @@
 //! tensors is limited ([`crate::accelerator::DeviceConfig::max_tensors`]). What the backend
 //! derives from a tensor and caches with it (the CPU backend's widened FP16 weights) is charged
 //! to the quota as well, before it is built ([`Backend::charge_derived_to`]): it counts in
-//! `memory_used`, and a form that does not fit is not cached (the op computes without it).
+//! `memory_used`, and a form that does not fit is not cached (the op computes without it). A
+//! cache yields to data: an allocation or resize it stands in the way of drops the caches first
+//! ([`Backend::drop_derived`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -35,7 +37,7 @@ use crate::backend::{Backend, MemoryAccount};
 use crate::dtype::{DType, PerDType};
 use crate::error::{Error, Result};
 use crate::ops::Plan;
-use crate::sync::{lock, read, write};
+use crate::sync::{lock, read, try_read, write};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// The least any tensor is charged against its accelerator's quota, whatever its size: the
@@ -139,8 +141,10 @@ struct State<S> {
     detached: Option<Duration>,
     buffers: HashMap<u64, Slot<S>>,
     next_buffer: u64,
-    /// Bytes charged: live tensors and reservations.
+    /// Bytes charged: live tensors, reservations and derived forms.
     used: u64,
+    /// Bytes of `used` charged for forms the backend derived from tensors.
+    derived: u64,
     /// Reservations not yet turned into tensors.
     reserved: usize,
     counters: Counters,
@@ -197,6 +201,7 @@ where
                         buffers: HashMap::new(),
                         next_buffer: 0,
                         used: 0,
+                        derived: 0,
                         reserved: 0,
                         counters: Counters::default(),
                     }),
@@ -236,6 +241,7 @@ where
 
     /// Moves it to `tier` (see [`Accelerator::resize`]).
     pub fn resize_tier(&self, tier: Tier) -> Result<()> {
+        self.inner.evict_derived(|state| state.used > tier.memory());
         let device = &self.inner.device.inner;
         let mut attached = device.lock_attached();
         let mut state = self.inner.lock();
@@ -261,6 +267,7 @@ where
     pub fn reserve(&self, desc: &TensorDesc) -> Result<Reservation> {
         let inner = &*self.inner;
         let bytes = charge(desc);
+        inner.evict_derived(|state| inner.check_room(state, bytes, 1).is_err());
         let mut state = inner.lock();
         inner.check_room(&state, bytes, 1)?;
         state.used += bytes;
@@ -415,6 +422,24 @@ impl<B: Backend> Inner<B> {
         Ok(())
     }
 
+    /// Drops the forms the backend derived from this accelerator's tensors if `in_the_way` says
+    /// they stand in the way of something (an allocation, a resize): caches yield to data.
+    /// Tensors an op is writing are skipped; nothing is waited for.
+    fn evict_derived(&self, in_the_way: impl FnOnce(&State<B::Storage>) -> bool) {
+        let slots: Vec<Slot<B::Storage>> = {
+            let state = self.lock();
+            if state.derived == 0 || !in_the_way(&state) {
+                return;
+            }
+            state.buffers.values().cloned().collect()
+        };
+        for slot in slots {
+            if let Some(t) = try_read(&slot) {
+                self.backend.drop_derived(t.storage());
+            }
+        }
+    }
+
     /// The storage slot of one of this accelerator's buffers.
     fn slot(&self, state: &State<B::Storage>, buffer: &Buffer) -> Result<Slot<B::Storage>> {
         if buffer.accelerator != self.id {
@@ -480,6 +505,7 @@ impl<B: Backend> Inner<B> {
             .memory_in_use
             .fetch_sub(state.used, Ordering::Relaxed);
         state.used = 0;
+        state.derived = 0;
         state.reserved = 0;
         attached.remove(&self.id);
         device.settle(self.id, &self.owner, self.meter.empty_at());
@@ -535,6 +561,7 @@ impl<B: Backend> MemoryAccount for Quota<B> {
             return false;
         }
         state.used += bytes;
+        state.derived += bytes;
         state.counters.high_water = state.counters.high_water.max(state.used);
         inner
             .device
@@ -546,7 +573,11 @@ impl<B: Backend> MemoryAccount for Quota<B> {
 
     fn release(&self, bytes: u64) {
         if let Some(inner) = self.0.upgrade() {
-            inner.uncharge(&mut inner.lock(), bytes);
+            let mut state = inner.lock();
+            if state.detached.is_none() {
+                state.derived -= bytes;
+            }
+            inner.uncharge(&mut state, bytes);
         }
     }
 }
@@ -577,9 +608,12 @@ where
         self.store(self.reserve(desc)?, |b| b.alloc(desc))
     }
 
-    /// Against the tier's memory quota and the device's limit on live tensors, now.
+    /// Against the tier's memory quota and the device's limit on live tensors, now (dropping
+    /// cached derived forms if they stand in the way).
     fn check_room(&self, bytes: u64, tensors: usize) -> Result<()> {
-        self.inner.check_room(&self.inner.lock(), bytes, tensors)
+        let inner = &*self.inner;
+        inner.evict_derived(|state| inner.check_room(state, bytes, tensors).is_err());
+        inner.check_room(&inner.lock(), bytes, tensors)
     }
 
     fn upload(&self, host: &HostTensor) -> Result<Tensor<Buffer>> {

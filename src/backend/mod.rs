@@ -110,6 +110,12 @@ pub trait Backend: Send + Sync {
         let _ = account;
     }
 
+    /// Drops the forms derived from `storage` and cached with it, giving their memory back (an
+    /// accelerator makes room so for data: a cache yields to tensors). The default has none.
+    fn drop_derived(&self, storage: &Self::Storage) {
+        let _ = storage;
+    }
+
     /// Executes a validated plan: `inputs` are the storages of the operands `plan` was made
     /// from, in the op's order, and `y` has the plan's output descriptor ([`Backend::apply_into`]
     /// guarantees both). The one method a backend implements to compute.

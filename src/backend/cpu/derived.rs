@@ -16,7 +16,8 @@
 //!   another's build, so none can deadlock on one).
 //! - **Charged**: a form's bytes are charged to the backend's [`MemoryAccount`] (an
 //!   accelerator's memory quota) *before* it is built; a refusal means computing without the
-//!   cache, never an error. Dropping the tensor or writing it releases them.
+//!   cache, never an error. Dropping the tensor, writing it or [`CpuData::drop_derived`] (an
+//!   accelerator making room for a tensor) releases them.
 
 use std::any::Any;
 use std::fmt;
@@ -116,6 +117,12 @@ impl CpuData {
     pub fn data_mut(&mut self) -> &mut HostData {
         *self.cache.get_mut().unwrap_or_else(|e| e.into_inner()) = Cache::default();
         &mut self.data
+    }
+
+    /// Drops the derived forms built so far (an op using one keeps its copy until it ends), to
+    /// be built again on a later read.
+    pub fn drop_derived(&self) {
+        lock(&self.cache).forms.clear();
     }
 
     /// The data, its derived forms dropped.

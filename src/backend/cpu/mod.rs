@@ -151,6 +151,10 @@ impl Backend for CpuBackend {
         self.account = Some(account);
     }
 
+    fn drop_derived(&self, storage: &CpuData) {
+        storage.drop_derived();
+    }
+
     /// Derives what it can from `x` (cached), then writes `y` (dropping what was derived from
     /// it).
     fn launch(&self, plan: &Plan, inputs: &[&CpuData], y: &mut CpuData) -> Result<()> {
