@@ -168,11 +168,16 @@ fn fp16_conv_weights_are_widened_once_and_a_write_invalidates_them() {
 }
 
 #[test]
-fn fp16_gemm_b_cached_for_every_shape_and_invalidated_as_an_op_output() {
-    let mut rng = rng("fp16_gemm_b_cached_for_every_shape_and_invalidated_as_an_op_output");
+fn fp16_gemm_b_cached_and_invalidated_as_an_op_output() {
+    let mut rng = rng("fp16_gemm_b_cached_and_invalidated_as_an_op_output");
     let (cpu, account) = counted_cpu(u64::MAX);
-    // A GEMV (m = 1), a few rows (B widened in panels when uncached), many rows.
-    for (m, k, n) in [(1, 300, 70), (24, 96, 130), (200, 64, 48)] {
+    // A GEMV (m = 1), a few rows (B widened panel by panel for each call, never cached: faster
+    // there than the FP32 kernel on a widened copy), many rows.
+    for (m, k, n, cached) in [
+        (1, 300, 70, true),
+        (24, 96, 130, false),
+        (200, 64, 48, true),
+    ] {
         let (a, ah) = upload(&cpu, &mut rng, DType::F16, &[m, k]);
         let (mut b, bh) = upload(&cpu, &mut rng, DType::F16, &[k, n]);
         for run in 0..3 {
@@ -183,7 +188,8 @@ fn fp16_gemm_b_cached_for_every_shape_and_invalidated_as_an_op_output() {
                 (&b, &bh),
             );
         }
-        assert_eq!(b.storage().derived_bytes(), 4 * (k * n) as u64);
+        let widened = if cached { 4 * (k * n) as u64 } else { 0 };
+        assert_eq!(b.storage().derived_bytes(), widened);
         // B as the output of another op (a k×n GEMM) gets new values and loses its cache.
         let (p, ph) = upload(&cpu, &mut rng, DType::F16, &[k, 8]);
         let (q, qh) = upload(&cpu, &mut rng, DType::F16, &[8, n]);
@@ -211,7 +217,7 @@ fn fp16_gemm_b_cached_for_every_shape_and_invalidated_as_an_op_output() {
         }
     }
     assert_eq!(account.held(), 0, "every B was dropped");
-    assert_eq!(account.charges(), 6);
+    assert_eq!(account.charges(), 4);
 }
 
 #[test]

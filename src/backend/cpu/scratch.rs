@@ -106,22 +106,18 @@ const WIDENED: &str = "f16 widened to f32";
 /// A constant operand as f32, like [`as_f32`], but FP16 data is widened once and the f32 copy
 /// kept with the tensor (charged to `account`) while the cache's rules allow.
 pub fn weights_f32<'a>(w: &'a CpuData, account: Option<&Arc<dyn MemoryAccount>>) -> F32View<'a> {
-    cached_f32(w, account).map_or_else(|| as_f32(w), |v| F32View(View::Cached(v)))
-}
-
-/// FP16 data's cached f32 copy (see [`weights_f32`]), or `None` (FP32 data is used as it is).
-pub fn cached_f32(w: &CpuData, account: Option<&Arc<dyn MemoryAccount>>) -> Option<Arc<Vec<f32>>> {
     let HostData::F16(_) = w.data() else {
-        return None;
+        return as_f32(w);
     };
-    w.derived(&Key::new(WIDENED, &[]), 4 * w.len(), account, |data| {
+    let cached = w.derived(&Key::new(WIDENED, &[]), 4 * w.len(), account, |data| {
         let HostData::F16(v) = data else {
             unreachable!("checked above, and the data cannot change while borrowed")
         };
         let mut out = Vec::with_capacity(v.len());
         widen(v, &mut out);
         out
-    })
+    });
+    cached.map_or_else(|| as_f32(w), |v| F32View(View::Cached(v)))
 }
 
 /// Widens `v` into the first `v.len()` elements of `out` (capacity ≥ `v.len()`), in parallel.
