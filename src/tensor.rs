@@ -62,7 +62,8 @@ impl TensorDesc {
     }
 }
 
-/// Tensor data in host memory, typed by dtype. This is also the CPU backend's storage.
+/// Tensor data in host memory, typed by dtype. The CPU backend stores it in a
+/// [`crate::backend::cpu::CpuData`], next to the forms it derives from it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HostData {
     F32(Vec<f32>),

@@ -5,13 +5,14 @@
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr;
 
+use eia::backend::cpu::CpuData;
 use eia::ffi::accelerator::*;
 use eia::ffi::error::*;
 use eia::ffi::ops::*;
 use eia::ffi::tensor::*;
 use eia::ffi::{EIA_F16, EIA_F32};
 use eia::ops::{Add, BatchNorm, Conv, Gemm, Op, Softmax};
-use eia::{Backend, CpuBackend, DType, HostTensor};
+use eia::{Backend, CpuBackend, DType, HostTensor, Tensor};
 
 const TIERS: &str =
     "[[tier]]\nname = \"tiny\"\nfp32_tflops = 1.0\nfp16_tflops = 2.0\nmemory_mib = 1\n";
@@ -159,7 +160,7 @@ fn header_matches_the_library() {
 /// backend, in both dtypes.
 fn ops_match_the_rust_api(a: *mut eia_accelerator) {
     let cpu = CpuBackend::new();
-    let same = |t: *mut eia_tensor, expected: HostTensor| {
+    let same = |t: *mut eia_tensor, expected: Tensor<CpuData>| {
         assert_eq!(read(t), expected.as_bytes(), "{:?}", expected.shape());
         eia_tensor_free(unsafe { Box::from_raw(t) }.into());
     };

@@ -90,13 +90,15 @@ fn program_runs_many_ops_in_one_round_trip() {
     let out = acc.run(&program).unwrap();
     // The same on the local CPU backend.
     let cpu = CpuBackend::new();
+    let up = |t: &HostTensor| cpu.upload(t).unwrap();
     let want = cpu
         .softmax(
             &Softmax::default(),
-            &cpu.gemm(&relu, &input, &host(&[16, 8], 0.3), None).unwrap(),
+            &cpu.gemm(&relu, &up(&input), &up(&host(&[16, 8], 0.3)), None)
+                .unwrap(),
         )
         .unwrap();
-    assert_eq!(out, vec![want]);
+    assert_eq!(out, vec![cpu.download(&want).unwrap()]);
     let u = acc.usage().unwrap();
     assert_eq!((u.ops, u.flops[DType::F32]), (2, 2 * 4 * 8 * 16 + 5 * 32));
     // A bad op is refused locally with the same typed error as a local call.
@@ -741,6 +743,9 @@ fn unset_attributes_take_onnx_defaults() {
         .into_inner()
     });
     let cpu = CpuBackend::new();
+    let up = |t: &HostTensor| cpu.upload(t).unwrap();
+    let (a, b, cc, x) = (up(&a), up(&b), up(&cc), up(&x));
+    let (ones, zeros) = (up(&ones), up(&zeros));
     let want = [
         cpu.gemm(&Gemm::default(), &a, &b, Some(&cc)).unwrap(),
         cpu.softmax(&Softmax::default(), &x).unwrap(),
@@ -759,7 +764,7 @@ fn unset_attributes_take_onnx_defaults() {
     {
         assert_eq!(
             f32s(got),
-            want.data().to_f32_vec(),
+            want.storage().to_f32_vec(),
             "{what} with unset attributes"
         );
     }
@@ -969,8 +974,11 @@ fn ops_may_ask_the_server_for_their_outputs() {
             .await
             .unwrap()
             .into_inner();
-        let want = CpuBackend::new().matmul(&a, &b).unwrap();
-        assert_eq!(f32s(&read.reads[0]), want.data().to_f32_vec());
+        let cpu = CpuBackend::new();
+        let want = cpu
+            .matmul(&cpu.upload(&a).unwrap(), &cpu.upload(&b).unwrap())
+            .unwrap();
+        assert_eq!(f32s(&read.reads[0]), want.storage().to_f32_vec());
         assert_eq!(read.read_meta, vec![f32_meta(&[2, 4])]);
     });
 }
@@ -990,8 +998,11 @@ fn program_apply_new_returns_server_allocated_outputs() {
     assert_eq!(ran.allocated.len(), 1);
     let y = &ran.allocated[0];
     assert_eq!(y.shape(), &[2, 4]);
-    let want = CpuBackend::new().matmul(&a, &b).unwrap();
-    assert_eq!(acc.download(y).unwrap(), want);
+    let cpu = CpuBackend::new();
+    let want = cpu
+        .matmul(&cpu.upload(&a).unwrap(), &cpu.upload(&b).unwrap())
+        .unwrap();
+    assert_eq!(acc.download(y).unwrap(), cpu.download(&want).unwrap());
     // Validated locally first, with the local error.
     let e = program.apply_new(&Op::MatMul, &[&da, &da]).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");

@@ -17,7 +17,12 @@
 //!
 //! Memory: every tensor is charged its bytes, at least [`MIN_TENSOR_CHARGE`], against the
 //! tier's quota *before* its storage exists ([`Accelerator::reserve`]), and the number of live
-//! tensors is limited ([`crate::accelerator::DeviceConfig::max_tensors`]).
+//! tensors is limited ([`crate::accelerator::DeviceConfig::max_tensors`]). What the backend
+//! derives from a tensor and caches with it (the CPU backend's widened FP16 weights) is charged
+//! to the quota as well, before it is built ([`Backend::charge_derived_to`]): it counts in
+//! `memory_used`, and a form that does not fit is not cached (the op computes without it). A
+//! cache yields to data: an allocation or resize it stands in the way of drops the caches first
+//! ([`Backend::drop_derived`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,11 +33,11 @@ use std::time::{Duration, Instant};
 
 use super::meter::Meter;
 use super::{Device, Tier, Usage};
-use crate::backend::Backend;
+use crate::backend::{Backend, MemoryAccount};
 use crate::dtype::{DType, PerDType};
 use crate::error::{Error, Result};
 use crate::ops::Plan;
-use crate::sync::{lock, read, write};
+use crate::sync::{lock, read, try_read, write};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
 /// The least any tensor is charged against its accelerator's quota, whatever its size: the
@@ -136,8 +141,10 @@ struct State<S> {
     detached: Option<Duration>,
     buffers: HashMap<u64, Slot<S>>,
     next_buffer: u64,
-    /// Bytes charged: live tensors and reservations.
+    /// Bytes charged: live tensors, reservations and derived forms.
     used: u64,
+    /// Bytes of `used` charged for forms the backend derived from tensors.
+    derived: u64,
     /// Reservations not yet turned into tensors.
     reserved: usize,
     counters: Counters,
@@ -176,25 +183,29 @@ where
         tier: Tier,
         meter_empty_at: Instant,
     ) -> Result<Self> {
-        let backend = device.backend().fork()?;
+        let mut backend = device.backend().fork()?;
         let meter = Meter::new(device.inner.config.burst, meter_empty_at);
         Ok(Accelerator {
-            inner: Arc::new(Inner {
-                id,
-                owner: owner.to_string(),
-                device,
-                backend,
-                meter,
-                attached_at: Instant::now(),
-                state: Mutex::new(State {
-                    tier,
-                    detached: None,
-                    buffers: HashMap::new(),
-                    next_buffer: 0,
-                    used: 0,
-                    reserved: 0,
-                    counters: Counters::default(),
-                }),
+            inner: Arc::new_cyclic(|inner| {
+                backend.charge_derived_to(Arc::new(Quota(inner.clone())));
+                Inner {
+                    id,
+                    owner: owner.to_string(),
+                    device,
+                    backend,
+                    meter,
+                    attached_at: Instant::now(),
+                    state: Mutex::new(State {
+                        tier,
+                        detached: None,
+                        buffers: HashMap::new(),
+                        next_buffer: 0,
+                        used: 0,
+                        derived: 0,
+                        reserved: 0,
+                        counters: Counters::default(),
+                    }),
+                }
             }),
         })
     }
@@ -230,6 +241,7 @@ where
 
     /// Moves it to `tier` (see [`Accelerator::resize`]).
     pub fn resize_tier(&self, tier: Tier) -> Result<()> {
+        self.inner.evict_derived(|state| state.used > tier.memory());
         let device = &self.inner.device.inner;
         let mut attached = device.lock_attached();
         let mut state = self.inner.lock();
@@ -255,6 +267,7 @@ where
     pub fn reserve(&self, desc: &TensorDesc) -> Result<Reservation> {
         let inner = &*self.inner;
         let bytes = charge(desc);
+        inner.evict_derived(|state| inner.check_room(state, bytes, 1).is_err());
         let mut state = inner.lock();
         inner.check_room(&state, bytes, 1)?;
         state.used += bytes;
@@ -409,6 +422,24 @@ impl<B: Backend> Inner<B> {
         Ok(())
     }
 
+    /// Drops the forms the backend derived from this accelerator's tensors if `in_the_way` says
+    /// they stand in the way of something (an allocation, a resize): caches yield to data.
+    /// Tensors an op is writing are skipped; nothing is waited for.
+    fn evict_derived(&self, in_the_way: impl FnOnce(&State<B::Storage>) -> bool) {
+        let slots: Vec<Slot<B::Storage>> = {
+            let state = self.lock();
+            if state.derived == 0 || !in_the_way(&state) {
+                return;
+            }
+            state.buffers.values().cloned().collect()
+        };
+        for slot in slots {
+            if let Some(t) = try_read(&slot) {
+                self.backend.drop_derived(t.storage());
+            }
+        }
+    }
+
     /// The storage slot of one of this accelerator's buffers.
     fn slot(&self, state: &State<B::Storage>, buffer: &Buffer) -> Result<Slot<B::Storage>> {
         if buffer.accelerator != self.id {
@@ -474,6 +505,7 @@ impl<B: Backend> Inner<B> {
             .memory_in_use
             .fetch_sub(state.used, Ordering::Relaxed);
         state.used = 0;
+        state.derived = 0;
         state.reserved = 0;
         attached.remove(&self.id);
         device.settle(self.id, &self.owner, self.meter.empty_at());
@@ -515,6 +547,41 @@ impl<B: Backend> Release for Inner<B> {
     }
 }
 
+/// An accelerator's memory quota as its backend's [`MemoryAccount`]: derived forms are charged
+/// like tensors (no tensor slot, no minimum charge) while it is attached.
+struct Quota<B: Backend>(Weak<Inner<B>>);
+
+impl<B: Backend> MemoryAccount for Quota<B> {
+    fn try_charge(&self, bytes: u64) -> bool {
+        let Some(inner) = self.0.upgrade() else {
+            return false;
+        };
+        let mut state = inner.lock();
+        if inner.check_room(&state, bytes, 0).is_err() {
+            return false;
+        }
+        state.used += bytes;
+        state.derived += bytes;
+        state.counters.high_water = state.counters.high_water.max(state.used);
+        inner
+            .device
+            .inner
+            .memory_in_use
+            .fetch_add(bytes, Ordering::Relaxed);
+        true
+    }
+
+    fn release(&self, bytes: u64) {
+        if let Some(inner) = self.0.upgrade() {
+            let mut state = inner.lock();
+            if state.detached.is_none() {
+                state.derived -= bytes;
+            }
+            inner.uncharge(&mut state, bytes);
+        }
+    }
+}
+
 impl<B: Backend> Drop for Accelerator<B> {
     fn drop(&mut self) {
         // Detaching twice is an error only when asked for; dropping a detached one is fine.
@@ -541,9 +608,12 @@ where
         self.store(self.reserve(desc)?, |b| b.alloc(desc))
     }
 
-    /// Against the tier's memory quota and the device's limit on live tensors, now.
+    /// Against the tier's memory quota and the device's limit on live tensors, now (dropping
+    /// cached derived forms if they stand in the way).
     fn check_room(&self, bytes: u64, tensors: usize) -> Result<()> {
-        self.inner.check_room(&self.inner.lock(), bytes, tensors)
+        let inner = &*self.inner;
+        inner.evict_derived(|state| inner.check_room(state, bytes, tensors).is_err());
+        inner.check_room(&inner.lock(), bytes, tensors)
     }
 
     fn upload(&self, host: &HostTensor) -> Result<Tensor<Buffer>> {

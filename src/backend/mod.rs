@@ -19,9 +19,22 @@ pub use cuda::CudaBackend;
 #[cfg(feature = "emu")]
 pub use emu::EmuBackend;
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::ops::{BatchNorm, Conv, Gemm, Op, Plan, Softmax};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
+
+/// Where a backend charges the memory it holds beyond its tensors' own data: forms derived from
+/// a tensor and cached with it (the CPU backend's widened FP16 weights, see
+/// [`cpu::CpuData`]). An accelerator charges them to its memory quota; a bare device to nobody.
+pub trait MemoryAccount: Send + Sync {
+    /// Charges `bytes` and says so, or refuses them (they would not fit), charging nothing.
+    fn try_charge(&self, bytes: u64) -> bool;
+
+    /// Gives back `bytes` an earlier [`MemoryAccount::try_charge`] took.
+    fn release(&self, bytes: u64);
+}
 
 /// A device that stores tensors and computes the op families on them.
 pub trait Backend: Send + Sync {
@@ -87,6 +100,20 @@ pub trait Backend: Send + Sync {
         Self: Sized + Clone,
     {
         Ok(self.clone())
+    }
+
+    /// Charges the memory this backend holds beyond its tensors' own data (see
+    /// [`MemoryAccount`]) to `account` from now on: what `account` refuses is not cached. Each
+    /// virtual accelerator gives its forked backend its quota. The default ignores it: the
+    /// backend caches nothing.
+    fn charge_derived_to(&mut self, account: Arc<dyn MemoryAccount>) {
+        let _ = account;
+    }
+
+    /// Drops the forms derived from `storage` and cached with it, giving their memory back (an
+    /// accelerator makes room so for data: a cache yields to tensors). The default has none.
+    fn drop_derived(&self, storage: &Self::Storage) {
+        let _ = storage;
     }
 
     /// Executes a validated plan: `inputs` are the storages of the operands `plan` was made

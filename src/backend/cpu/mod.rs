@@ -1,12 +1,15 @@
 //! The CPU backend: computes every op where no GPU is present, multi-threaded on a rayon pool.
-//! Storage is host memory ([`HostData`]). GEMM and convolution run on FP32 kernels (FP16
-//! operands are widened once, accumulated in FP32 and rounded once on output); batch norm and
-//! softmax stream FP16 through FP32 registers chunk by chunk.
+//! Storage is host memory ([`CpuData`]: the [`HostData`] and the forms derived from it). GEMM
+//! and convolution run on FP32 kernels (FP16 operands are widened once, accumulated in FP32 and
+//! rounded once on output; FP16 weights — a conv's weights, a GEMM's B — are widened once per
+//! tensor and the copy cached with it, see [`derived`]); batch norm and softmax stream FP16
+//! through FP32 registers chunk by chunk.
 
 mod batchnorm;
 mod binary;
 mod conv;
 mod depthwise;
+mod derived;
 mod gemm;
 mod layout;
 mod lrn;
@@ -18,8 +21,9 @@ mod unary;
 
 use std::sync::Arc;
 
-use self::scratch::{as_f32, write_f32};
-use super::Backend;
+pub use self::derived::{CpuData, Key};
+use self::scratch::{as_f32, weights_f32, write_f32};
+use super::{Backend, MemoryAccount};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::ops::{FamilyPlan, GemmPlan, Plan};
@@ -30,6 +34,8 @@ use crate::tensor::{HostData, HostTensor, Tensor, TensorDesc};
 pub struct CpuBackend {
     /// A private pool, or `None` for rayon's global pool.
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// Where the forms derived from tensors are charged (`None`: nowhere, no limit).
+    account: Option<Arc<dyn MemoryAccount>>,
 }
 
 impl CpuBackend {
@@ -51,6 +57,7 @@ impl CpuBackend {
             })?;
         Ok(CpuBackend {
             pool: Some(Arc::new(pool)),
+            account: None,
         })
     }
 
@@ -81,7 +88,7 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
-    type Storage = HostData;
+    type Storage = CpuData;
 
     fn name(&self) -> String {
         "cpu".to_string()
@@ -103,37 +110,62 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn alloc(&self, desc: &TensorDesc) -> Result<HostTensor> {
+    fn alloc(&self, desc: &TensorDesc) -> Result<Tensor<CpuData>> {
         Ok(Tensor::from_parts(
             desc.clone(),
-            HostData::filled(desc.dtype(), desc.len(), 0.0),
+            HostData::filled(desc.dtype(), desc.len(), 0.0).into(),
         ))
     }
 
-    fn upload(&self, host: &HostTensor) -> Result<HostTensor> {
-        Ok(host.clone())
+    fn upload(&self, host: &HostTensor) -> Result<Tensor<CpuData>> {
+        Ok(Tensor::from_parts(
+            host.desc().clone(),
+            host.data().clone().into(),
+        ))
     }
 
     /// Host memory is the storage: the tensor is moved in, not copied.
-    fn upload_owned(&self, host: HostTensor) -> Result<HostTensor> {
-        Ok(host)
+    fn upload_owned(&self, host: HostTensor) -> Result<Tensor<CpuData>> {
+        let desc = host.desc().clone();
+        Ok(Tensor::from_parts(desc, host.into_storage().into()))
     }
 
-    fn write(&self, t: &mut HostTensor, host: &HostTensor) -> Result<()> {
+    /// Replaces the data, dropping what was derived from it.
+    fn write(&self, t: &mut Tensor<CpuData>, host: &HostTensor) -> Result<()> {
         super::check_write(t.desc(), host.desc())?;
-        *t.storage_mut() = host.data().clone();
+        t.storage_mut()
+            .data_mut()
+            .as_bytes_mut()
+            .copy_from_slice(host.as_bytes());
         Ok(())
     }
 
-    fn download(&self, t: &HostTensor) -> Result<HostTensor> {
-        Ok(t.clone())
+    fn download(&self, t: &Tensor<CpuData>) -> Result<HostTensor> {
+        Ok(Tensor::from_parts(
+            t.desc().clone(),
+            t.storage().data().clone(),
+        ))
     }
 
-    fn launch(&self, plan: &Plan, x: &[&HostData], y: &mut HostData) -> Result<()> {
+    fn charge_derived_to(&mut self, account: Arc<dyn MemoryAccount>) {
+        self.account = Some(account);
+    }
+
+    fn drop_derived(&self, storage: &CpuData) {
+        storage.drop_derived();
+    }
+
+    /// Derives what it can from `x` (cached), then writes `y` (dropping what was derived from
+    /// it).
+    fn launch(&self, plan: &Plan, inputs: &[&CpuData], y: &mut CpuData) -> Result<()> {
+        let x: Vec<&HostData> = inputs.iter().map(|d| d.data()).collect();
+        let y = y.data_mut();
+        let account = self.account.as_ref();
         self.run(|| match &plan.family {
-            FamilyPlan::Gemm(p) => gemm(p, x[0], x[1], x.get(2).copied(), y),
+            FamilyPlan::Gemm(p) => gemm(p, x[0], inputs[1], x.get(2).copied(), y, account),
             FamilyPlan::Conv(p) => {
-                let (x, w, bias) = (as_f32(x[0]), as_f32(x[1]), x.get(2).copied().map(as_f32));
+                let (x, w) = (as_f32(x[0]), weights_f32(inputs[1], account));
+                let bias = inputs.get(2).map(|b| as_f32(b));
                 write_f32(y, |y| conv::conv_f32(p, &x, &w, bias.as_deref(), y));
             }
             FamilyPlan::BatchNorm(p) => {
@@ -182,7 +214,7 @@ impl Backend for CpuBackend {
                 (HostData::F16(x), HostData::F16(y)) => pool::pool(p, x, y),
                 _ => unreachable!("plans are validated: input and output share a dtype"),
             },
-            FamilyPlan::Layout(p) => layout::layout(p, x, y),
+            FamilyPlan::Layout(p) => layout::layout(p, &x, y),
             FamilyPlan::Lrn(p) => {
                 let x = as_f32(x[0]);
                 write_f32(y, |y| lrn::lrn_f32(p, &x, y));
@@ -192,15 +224,24 @@ impl Backend for CpuBackend {
     }
 }
 
-/// A GEMM (or MatMul) plan on host data.
-fn gemm(plan: &GemmPlan, a: &HostData, b: &HostData, c: Option<&HostData>, y: &mut HostData) {
+/// A GEMM (or MatMul) plan on host data. An FP16 B (the weights) is widened panel by panel
+/// where the plan suits that (measured faster, at 32×1000×2048, than the FP32 kernel on a
+/// widened copy), else taken widened from its cache, or widened whole for this call.
+fn gemm(
+    plan: &GemmPlan,
+    a: &HostData,
+    b: &CpuData,
+    c: Option<&HostData>,
+    y: &mut HostData,
+    account: Option<&Arc<dyn MemoryAccount>>,
+) {
     let (a, c) = (as_f32(a), c.map(as_f32));
-    match b {
+    match b.data() {
         HostData::F16(b) if gemm::widens_b_in_panels(plan) => {
             write_f32(y, |y| gemm::gemm_f16_b(plan, &a, b, c.as_deref(), y));
         }
         _ => {
-            let b = as_f32(b);
+            let b = weights_f32(b, account);
             write_f32(y, |y| gemm::gemm_f32(plan, &a, &b, c.as_deref(), y));
         }
     }

@@ -1,13 +1,17 @@
 //! FP16 operands and outputs as f32 for the FP32 kernels, through recycled buffers: widening
 //! and rounding run in parallel, and a buffer taken back from an earlier op costs neither the
-//! allocator's zeroing nor the page faults of fresh memory.
+//! allocator's zeroing nor the page faults of fresh memory. A constant operand (weights) is
+//! widened once instead and kept with the tensor ([`weights_f32`], see [`super::derived`]).
 
 use std::ops::Deref;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use half::f16;
 use rayon::prelude::*;
 
+use super::derived::{CpuData, Key};
 use super::simd;
+use crate::backend::MemoryAccount;
 use crate::tensor::HostData;
 
 /// Elements per task when whole tensors are converted in parallel.
@@ -68,6 +72,8 @@ pub struct F32View<'a>(View<'a>);
 enum View<'a> {
     Borrowed(&'a [f32]),
     Widened(Scratch, usize),
+    /// Widened once and cached with the tensor.
+    Cached(Arc<Vec<f32>>),
 }
 
 impl Deref for F32View<'_> {
@@ -77,6 +83,7 @@ impl Deref for F32View<'_> {
         match &self.0 {
             View::Borrowed(v) => v,
             View::Widened(s, len) => &s.0[..*len],
+            View::Cached(v) => v,
         }
     }
 }
@@ -87,25 +94,50 @@ pub fn as_f32(data: &HostData) -> F32View<'_> {
         HostData::F32(v) => F32View(View::Borrowed(v)),
         HostData::F16(v) => {
             let mut scratch = Scratch::take(v.len());
-            if scratch.0.len() >= v.len() {
-                scratch
-                    .values(v.len())
-                    .par_chunks_mut(CONVERT_CHUNK)
-                    .zip(v.par_chunks(CONVERT_CHUNK))
-                    .for_each(|(d, s)| simd::f16_to_f32(s, d));
-            } else {
-                // Never-initialised capacity: write it without zeroing it first.
-                scratch.0.clear();
-                scratch.0.spare_capacity_mut()[..v.len()]
-                    .par_chunks_mut(CONVERT_CHUNK)
-                    .zip(v.par_chunks(CONVERT_CHUNK))
-                    .for_each(|(d, s)| simd::f16_to_f32_uninit(s, d));
-                // SAFETY: the chunks above cover the first `v.len()` elements (capacity ≥
-                // v.len() by `take`), and `f16_to_f32_uninit` writes every element it is given.
-                unsafe { scratch.0.set_len(v.len()) };
-            }
+            widen(v, &mut scratch.0);
             F32View(View::Widened(scratch, v.len()))
         }
+    }
+}
+
+/// What [`weights_f32`] caches: the FP16 data widened to f32, whatever the plan.
+const WIDENED: &str = "f16 widened to f32";
+
+/// A constant operand as f32, like [`as_f32`], but FP16 data is widened once and the f32 copy
+/// kept with the tensor (charged to `account`) while the cache's rules allow.
+pub fn weights_f32<'a>(w: &'a CpuData, account: Option<&Arc<dyn MemoryAccount>>) -> F32View<'a> {
+    let HostData::F16(_) = w.data() else {
+        return as_f32(w);
+    };
+    let cached = w.derived(&Key::new(WIDENED, &[]), 4 * w.len(), account, |data| {
+        let HostData::F16(v) = data else {
+            unreachable!("checked above, and the data cannot change while borrowed")
+        };
+        let mut out = Vec::with_capacity(v.len());
+        widen(v, &mut out);
+        out
+    });
+    cached.map_or_else(|| as_f32(w), |v| F32View(View::Cached(v)))
+}
+
+/// Widens `v` into the first `v.len()` elements of `out` (capacity ≥ `v.len()`), in parallel.
+fn widen(v: &[f16], out: &mut Vec<f32>) {
+    if out.len() >= v.len() {
+        out[..v.len()]
+            .par_chunks_mut(CONVERT_CHUNK)
+            .zip(v.par_chunks(CONVERT_CHUNK))
+            .for_each(|(d, s)| simd::f16_to_f32(s, d));
+    } else {
+        // Never-initialised capacity: write it without zeroing it first.
+        out.clear();
+        out.spare_capacity_mut()[..v.len()]
+            .par_chunks_mut(CONVERT_CHUNK)
+            .zip(v.par_chunks(CONVERT_CHUNK))
+            .for_each(|(d, s)| simd::f16_to_f32_uninit(s, d));
+        // SAFETY: the chunks above cover the first `v.len()` elements (the capacity is at least
+        // that: the caller's contract, checked by the slice above), and `f16_to_f32_uninit`
+        // writes every element it is given.
+        unsafe { out.set_len(v.len()) };
     }
 }
 
