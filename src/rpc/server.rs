@@ -983,10 +983,7 @@ fn check_program(
         let context = in_op(i, Some(op.name()));
         let inputs =
             sources(&wire.inputs, &wire.operands, ["inputs", "operands"]).map_err(&context)?;
-        if let Some(y) = wire
-            .output
-            .filter(|y| inputs.contains(&Source::Tensor(*y)))
-        {
+        if let Some(y) = wire.output.filter(|y| inputs.contains(&Source::Tensor(*y))) {
             return Err(context(invalid(format!(
                 "tensor {y} is both an input and the output"
             ))));
