@@ -948,17 +948,40 @@ fn program_case() -> impl Strategy<Value = ProgramCase> {
             1 => handles(3),
         ],
         prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(0u32..5, 1..3)],
+        prop::bool::weighted(0.25),
         any::<u8>(),
     )
         .prop_map(
-            |(shapes, writes, ops, frees, reads, read_refs, seed)| ProgramCase {
-                shapes,
-                writes,
-                ops,
-                frees,
-                reads,
-                read_refs,
-                seed,
+            |(shapes, writes, mut ops, frees, reads, mut read_refs, chain, seed)| {
+                // A chain of unary ops, each taking the output the server allocates for the one
+                // before it, the last one's read: well formed, so that it runs unless the
+                // writes, frees or reads are wrong.
+                if chain {
+                    let unary = [
+                        Kind::Relu(proto::ReluOp {}),
+                        Kind::Sigmoid(proto::SigmoidOp {}),
+                        Kind::Tanh(proto::TanhOp {}),
+                    ];
+                    for (i, op) in ops.iter_mut().enumerate() {
+                        op.kind = Some(unary[(seed as usize + i) % 3].clone());
+                        op.inputs = vec![Handle::Family(0)];
+                        op.output = None;
+                        op.refs = match i {
+                            0 => vec![],
+                            i => vec![(0, i as u32 - 1)],
+                        };
+                    }
+                    read_refs = vec![ops.len() as u32 - 1];
+                }
+                ProgramCase {
+                    shapes,
+                    writes,
+                    ops,
+                    frees,
+                    reads,
+                    read_refs,
+                    seed,
+                }
             },
         )
 }
