@@ -453,7 +453,7 @@ impl RemoteAccelerator {
                 owner: program.accelerator.unwrap_or_default(),
             });
         }
-        let (reads, read_operands) = wire(program.reads.iter().map(|(x, _)| x.clone()).collect());
+        let (reads, read_operands) = wire(program.reads.iter().map(|(x, _)| *x).collect());
         let req = self.conn.request(proto::RunRequest {
             accelerator: self.id,
             free: self.take_frees(),
@@ -876,12 +876,12 @@ impl Program {
         inputs: &[I],
         y: Option<&T>,
     ) -> Result<()> {
-        let mut wire = Vec::with_capacity(inputs.len());
+        let mut operands = Vec::with_capacity(inputs.len());
         let mut descs = Vec::with_capacity(inputs.len());
         let mut accelerators = Vec::new();
         for &x in inputs {
             let (w, desc, accelerator) = self.operand(x.into())?;
-            wire.push(w);
+            operands.push(w);
             descs.push(desc);
             accelerators.extend(accelerator);
         }
@@ -890,7 +890,13 @@ impl Program {
             check_output(op.name(), plan.output(), y.desc())?;
         }
         let allocated = y.is_none().then(|| plan.output().clone());
-        self.push(accelerators, op, wire, y.map(|y| y.storage()), allocated)
+        self.push(
+            accelerators,
+            op,
+            operands,
+            y.map(|y| y.storage()),
+            allocated,
+        )
     }
 
     /// Writes host data into `t` before the first op.
