@@ -416,6 +416,7 @@ fn a_program_naming_an_unknown_tensor_runs_nothing() {
                 ..Default::default()
             }],
             reads: vec![t[1] ^ 1],
+            ..Default::default()
         }))
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
