@@ -764,6 +764,7 @@ fn op(kind: Kind, inputs: &[u64], output: Option<u64>) -> proto::Op {
         kind: Some(kind),
         inputs: inputs.to_vec(),
         output,
+        ..Default::default()
     }
 }
 
@@ -810,6 +811,7 @@ fn pathological(generation: u8, s: &Shared) -> Result<(), String> {
                     kind: None,
                     inputs: vec![a],
                     output: Some(y),
+                    ..Default::default()
                 }]),
                 &[Invalid],
             ),

@@ -164,6 +164,7 @@ impl Env {
                     kind: Some(Kind::Softmax(proto::SoftmaxOp { axis: Some(-1) })),
                     inputs: vec![t[0]],
                     output: Some(t[1]),
+                    ..Default::default()
                 }],
                 reads: vec![t[1]],
                 ..Default::default()
@@ -566,6 +567,9 @@ struct FuzzOp {
     inputs: Vec<Handle>,
     /// None: the server allocates the output.
     output: Option<Handle>,
+    /// Inputs replaced by an op's output (`Operand.op`): (which input, modulo their count, or
+    /// one more where there are none; which op — earlier, itself, later or past the end).
+    refs: Vec<(usize, u32)>,
 }
 
 /// The tensors every program's pool ends with, so ops find well-shaped operands: an index into
@@ -657,18 +661,27 @@ fn fuzz_op() -> impl Strategy<Value = FuzzOp> {
         prop::option::weighted(0.9, handle()),
         any::<u64>(),
         0u8..4,
+        prop_oneof![
+            2 => Just(vec![]),
+            1 => prop::collection::vec((any::<usize>(), 0u32..5), 1..3),
+        ],
+        any::<bool>(),
     )
-        .prop_map(|(kind, inputs, output, pick, mode)| {
+        .prop_map(|(kind, inputs, output, pick, mode, refs, fresh)| {
             let (inputs, output) = if mode == 0 {
                 (inputs, output)
             } else {
                 let (inputs, output) = shaped_operands(&kind, pick);
                 (inputs, Some(output))
             };
+            // Ops whose inputs name other ops' outputs, and outputs the server allocates, often
+            // enough that references are well formed (a unary op on a fresh unary output).
+            let output = output.filter(|_| refs.is_empty() || !fresh);
             FuzzOp {
                 kind,
                 inputs,
                 output,
+                refs,
             }
         })
 }
@@ -899,6 +912,8 @@ struct ProgramCase {
     ops: Vec<FuzzOp>,
     frees: Vec<Handle>,
     reads: Vec<Handle>,
+    /// Reads of ops' outputs (`Operand.op`), after `reads`.
+    read_refs: Vec<u32>,
     seed: u8,
 }
 
@@ -932,16 +947,43 @@ fn program_case() -> impl Strategy<Value = ProgramCase> {
             4 => prop::collection::vec((0usize..FAMILY).prop_map(Handle::Family), 0..3),
             1 => handles(3),
         ],
+        prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(0u32..5, 1..3)],
+        prop::bool::weighted(0.25),
         any::<u8>(),
     )
-        .prop_map(|(shapes, writes, ops, frees, reads, seed)| ProgramCase {
-            shapes,
-            writes,
-            ops,
-            frees,
-            reads,
-            seed,
-        })
+        .prop_map(
+            |(shapes, writes, mut ops, frees, reads, mut read_refs, chain, seed)| {
+                // A chain of unary ops, each taking the output the server allocates for the one
+                // before it, the last one's read: well formed, so that it runs unless the
+                // writes, frees or reads are wrong.
+                if chain {
+                    let unary = [
+                        Kind::Relu(proto::ReluOp {}),
+                        Kind::Sigmoid(proto::SigmoidOp {}),
+                        Kind::Tanh(proto::TanhOp {}),
+                    ];
+                    for (i, op) in ops.iter_mut().enumerate() {
+                        op.kind = Some(unary[(seed as usize + i) % 3].clone());
+                        op.inputs = vec![Handle::Family(0)];
+                        op.output = None;
+                        op.refs = match i {
+                            0 => vec![],
+                            i => vec![(0, i as u32 - 1)],
+                        };
+                    }
+                    read_refs = vec![ops.len() as u32 - 1];
+                }
+                ProgramCase {
+                    shapes,
+                    writes,
+                    ops,
+                    frees,
+                    reads,
+                    read_refs,
+                    seed,
+                }
+            },
+        )
 }
 
 #[test]
@@ -967,20 +1009,53 @@ fn programs_of_random_ops() {
             let ops = p
                 .ops
                 .iter()
-                .map(|op| proto::Op {
-                    kind: op.kind.clone(),
-                    inputs: op.inputs.iter().map(|h| resolve(h, &pool)).collect(),
-                    output: op.output.as_ref().map(|h| resolve(h, &pool)),
+                .map(|op| {
+                    let inputs: Vec<u64> = op.inputs.iter().map(|h| resolve(h, &pool)).collect();
+                    let output = op.output.as_ref().map(|h| resolve(h, &pool));
+                    if op.refs.is_empty() {
+                        return proto::Op {
+                            kind: op.kind.clone(),
+                            inputs,
+                            output,
+                            ..Default::default()
+                        };
+                    }
+                    let mut operands: Vec<_> = inputs.into_iter().map(tensor_operand).collect();
+                    for &(i, j) in &op.refs {
+                        let of = proto::Operand {
+                            source: Some(proto::operand::Source::Op(j)),
+                        };
+                        match operands.len() {
+                            0 => operands.push(of),
+                            n => operands[i % n] = of,
+                        }
+                    }
+                    proto::Op {
+                        kind: op.kind.clone(),
+                        output,
+                        operands,
+                        ..Default::default()
+                    }
                 })
                 .collect();
             let reads: Vec<u64> = p.reads.iter().map(|h| resolve(h, &pool)).collect();
+            let (wire_reads, read_operands) = if p.read_refs.is_empty() {
+                (reads.clone(), vec![])
+            } else {
+                let refs = p.read_refs.iter().map(|&j| proto::Operand {
+                    source: Some(proto::operand::Source::Op(j)),
+                });
+                let operands = reads.iter().copied().map(tensor_operand).chain(refs);
+                (vec![], operands.collect())
+            };
             let mut c = env.c();
             let r = env.rt.block_on(c.run(proto::RunRequest {
                 accelerator: id,
                 free: p.frees.iter().map(|h| resolve(h, &pool)).collect(),
                 writes,
                 ops,
-                reads: reads.clone(),
+                reads: wire_reads,
+                read_operands,
             }));
             allowed("run", &r)?;
             // Which ops ran, by kind: all, or none (a program is checked whole before it runs).
@@ -1004,15 +1079,31 @@ fn programs_of_random_ops() {
             }
             if let Ok(r) = r {
                 let r = r.into_inner();
-                prop_assert_eq!(r.reads.len(), reads.len());
+                let fresh = p.ops.iter().filter(|op| op.output.is_none()).count();
+                prop_assert_eq!(r.outputs.len(), fresh);
+                prop_assert_eq!(r.reads.len(), reads.len() + p.read_refs.len());
                 for (bytes, t) in r.reads.iter().zip(&reads) {
                     prop_assert_eq!(Some(bytes.len()), size_of(*t));
+                }
+                for (bytes, j) in r.reads[reads.len()..].iter().zip(&p.read_refs) {
+                    let output = r.outputs.iter().find(|o| o.op == *j);
+                    let size = output.and_then(|o| meta_bytes(o.meta.as_ref()?));
+                    prop_assert_eq!(Some(bytes.len()), size, "read of op {}", j);
+                }
+                if p.ops.iter().any(|op| !op.refs.is_empty()) {
+                    count("op ran", "taking an op's output");
                 }
             }
             env.detach(id)
         })
         .unwrap();
     env.finish();
+}
+
+fn tensor_operand(t: u64) -> proto::Operand {
+    proto::Operand {
+        source: Some(proto::operand::Source::Tensor(t)),
+    }
 }
 
 /// The output shape an op's own (local) plan gives for `inputs`, if it gives one.
@@ -1115,6 +1206,7 @@ fn single_ops_with_outputs_sized_by_their_plan() {
                     kind: kind.clone(),
                     inputs: inputs.iter().map(|&i| pool[i]).collect(),
                     output: Some(out),
+                    ..Default::default()
                 }],
                 reads: vec![out],
                 ..Default::default()
@@ -1238,6 +1330,7 @@ fn seeds() -> Vec<Vec<u8>> {
         })),
         inputs: vec![1, 2, 3],
         output: Some(4),
+        ..Default::default()
     };
     let gemm = proto::Op {
         kind: Some(Kind::Gemm(proto::GemmOp {
@@ -1249,6 +1342,7 @@ fn seeds() -> Vec<Vec<u8>> {
         })),
         inputs: vec![1, 2],
         output: Some(3),
+        ..Default::default()
     };
     vec![
         proto::RunRequest {
@@ -1260,6 +1354,7 @@ fn seeds() -> Vec<Vec<u8>> {
             }],
             ops: vec![conv, gemm],
             reads: vec![4],
+            ..Default::default()
         }
         .encode_to_vec(),
         proto::AllocRequest {
@@ -1488,6 +1583,7 @@ fn conv_attributes_that_overflow_the_plan_arithmetic() {
             })),
             inputs: vec![t[0], t[w]],
             output: Some(t[y]),
+            ..Default::default()
         };
     let max = u64::MAX;
     for (op, attribute) in [

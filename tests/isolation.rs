@@ -413,8 +413,10 @@ fn a_program_naming_an_unknown_tensor_runs_nothing() {
                 kind: Some(proto::op::Kind::Matmul(proto::MatMulOp {})),
                 inputs: vec![t[0], t[0]],
                 output: Some(t[1]),
+                ..Default::default()
             }],
             reads: vec![t[1] ^ 1],
+            ..Default::default()
         }))
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");

@@ -353,6 +353,7 @@ fn bad_input_gets_proper_statuses() {
             })),
             inputs: vec![t[0], t[0]],
             output: Some(t[1]),
+            ..Default::default()
         };
         let status = c
             .run(RunRequest {
@@ -371,6 +372,7 @@ fn bad_input_gets_proper_statuses() {
                     kind: Some(op::Kind::Softmax(SoftmaxOp { axis: Some(-1) })),
                     inputs: vec![77],
                     output: Some(t[1]),
+                    ..Default::default()
                 },
                 tonic::Code::NotFound,
             ),
@@ -379,6 +381,7 @@ fn bad_input_gets_proper_statuses() {
                     kind: Some(op::Kind::Softmax(SoftmaxOp { axis: Some(-1) })),
                     inputs: vec![t[1]],
                     output: Some(t[1]),
+                    ..Default::default()
                 },
                 tonic::Code::InvalidArgument,
             ),
@@ -387,6 +390,7 @@ fn bad_input_gets_proper_statuses() {
                     kind: None,
                     inputs: vec![t[0]],
                     output: Some(t[1]),
+                    ..Default::default()
                 },
                 tonic::Code::InvalidArgument,
             ),
@@ -395,6 +399,7 @@ fn bad_input_gets_proper_statuses() {
                     kind: Some(op::Kind::Matmul(MatMulOp {})),
                     inputs: vec![t[0]],
                     output: Some(t[1]),
+                    ..Default::default()
                 },
                 tonic::Code::InvalidArgument,
             ),
@@ -406,6 +411,7 @@ fn bad_input_gets_proper_statuses() {
                     })),
                     inputs: vec![t[0], t[0]],
                     output: Some(t[1]),
+                    ..Default::default()
                 },
                 tonic::Code::InvalidArgument,
             ),
@@ -720,6 +726,7 @@ fn unset_attributes_take_onnx_defaults() {
         kind: Some(kind),
         inputs: inputs.iter().map(|&i| t[i]).collect(),
         output: Some(t[output]),
+        ..Default::default()
     };
     let ops = vec![
         op(Kind::Gemm(GemmOp::default()), &[0, 1, 2], 3),
@@ -802,11 +809,13 @@ fn a_refused_run_changes_nothing_and_charges_nothing() {
             kind: Some(Kind::Softmax(SoftmaxOp { axis: Some(-1) })),
             inputs: vec![t[0]],
             output: Some(t[1]),
+            ..Default::default()
         };
         let bad_gemm = Op {
             kind: Some(Kind::Gemm(GemmOp::default())),
             inputs: vec![t[0], t[0]],
             output: Some(t[2]),
+            ..Default::default()
         };
         let refused = [
             (
@@ -913,11 +922,13 @@ fn ops_may_ask_the_server_for_their_outputs() {
                         kind: Some(Kind::Matmul(MatMulOp {})),
                         inputs: vec![t[0], t[1]],
                         output: None,
+                        ..Default::default()
                     },
                     Op {
                         kind: Some(Kind::Softmax(SoftmaxOp::default())),
                         inputs: vec![t[0]],
                         output: Some(t[0]),
+                        ..Default::default()
                     },
                 ],
                 reads: vec![t[1]],
@@ -954,6 +965,7 @@ fn ops_may_ask_the_server_for_their_outputs() {
                     kind: Some(Kind::Matmul(MatMulOp {})),
                     inputs: vec![t[0], t[1]],
                     output: None,
+                    ..Default::default()
                 }],
                 reads: vec![t[1]],
                 ..Default::default()
@@ -1006,4 +1018,384 @@ fn program_apply_new_returns_server_allocated_outputs() {
     // Validated locally first, with the local error.
     let e = program.apply_new(&Op::MatMul, &[&da, &da]).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
+/// How many calls of `method` the server behind `metrics` has answered (its Prometheus
+/// `eia_rpc_duration_seconds_count`, summed over status codes).
+fn rpc_count(metrics: std::net::SocketAddr, method: &str) -> u64 {
+    common::scrape(metrics)
+        .lines()
+        .filter(|l| l.starts_with("eia_rpc_duration_seconds_count{"))
+        .filter(|l| l.contains(&format!("method=\"{method}\"")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
+/// The seven ops of the Python test's chain, over X [2, 3, 8, 8], W [4, 3, 3, 3], B [4]:
+/// each op's inputs as indices into [X, W, B, the ops' outputs...].
+fn seven_ops() -> Vec<(eia::ops::Op, Vec<usize>)> {
+    use eia::ops::{Conv, Flatten, MaxPool, Op};
+    vec![
+        (
+            Op::Conv(Conv {
+                pads: [1; 4],
+                relu: true,
+                ..Conv::default()
+            }),
+            vec![0, 1, 2],
+        ),
+        (
+            Op::MaxPool(MaxPool {
+                kernel_shape: [2, 2],
+                strides: [2, 2],
+                ..MaxPool::default()
+            }),
+            vec![3],
+        ),
+        (Op::Mul, vec![4, 4]),
+        (Op::Sigmoid, vec![5]),
+        (Op::GlobalAveragePool, vec![6]),
+        (Op::Flatten(Flatten::default()), vec![7]),
+        (Op::Softmax(Softmax { axis: 1 }), vec![8]),
+    ]
+}
+
+/// Issue 17: a program of seven ops whose outputs the server allocates — each op taking the
+/// one before it — is one Run call and no Alloc; every output comes back as a handle and equals
+/// the same ops run locally on the CPU backend, bit for bit. The same ops in the two-call form
+/// (Alloc the outputs, then Run into them) are timed beside it.
+#[test]
+fn seven_op_program_is_one_run_and_no_alloc() {
+    let server = start(ServerConfig {
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    });
+    let metrics = server.metrics_addr().unwrap();
+    let conn = Connection::connect(&server.url(false), ClientConfig::default()).unwrap();
+    let acc = conn.attach("big").unwrap();
+    let hosts = [
+        host(&[2, 3, 8, 8], 0.3),
+        host(&[4, 3, 3, 3], 1.7),
+        host(&[4], 2.9),
+    ];
+    let inputs: Vec<_> = hosts.iter().map(|h| acc.upload(h).unwrap()).collect();
+    let ops = seven_ops();
+    // Locally, each op on the ones before it.
+    let cpu = CpuBackend::new();
+    let mut local: Vec<HostTensor> = hosts.to_vec();
+    for (op, x) in &ops {
+        let y = cpu
+            .apply(op, &x.iter().map(|&i| &local[i]).collect::<Vec<_>>())
+            .unwrap();
+        local.push(y);
+    }
+    // The program; with `count`, the calls it took too (scraped before and after, untimed).
+    let one_trip = |count: bool| {
+        let mut program = Program::new();
+        let mut made = Vec::new();
+        for (op, x) in &ops {
+            let x: Vec<eia::rpc::Operand> = x
+                .iter()
+                .map(|&i| match i.checked_sub(3) {
+                    None => (&inputs[i]).into(),
+                    Some(j) => made[j],
+                })
+                .collect();
+            made.push(program.apply_new(op, &x).unwrap().into());
+        }
+        program.read(made[6]).unwrap();
+        let calls = || ["Run", "Alloc", "Free"].map(|m| count.then(|| rpc_count(metrics, m)));
+        let before = calls();
+        let started = std::time::Instant::now();
+        let ran = acc.run_all(&program).unwrap();
+        let took = started.elapsed();
+        let after = calls();
+        let calls = [0, 1, 2].map(|i| after[i].zip(before[i]).map(|(a, b)| a - b));
+        (ran, calls, took)
+    };
+    let (ran, calls, _) = one_trip(true);
+    let [runs, allocs, frees] = calls.map(Option::unwrap);
+    assert_eq!((runs, allocs, frees), (1, 0, 0), "Run, Alloc, Free calls");
+    assert_eq!(ran.reads, vec![local[9].clone()]);
+    assert_eq!(ran.allocated.len(), 7);
+    for (i, y) in ran.allocated.iter().enumerate() {
+        assert_eq!(acc.download(y).unwrap(), local[3 + i], "op {i}'s output");
+    }
+    let u = acc.usage().unwrap();
+    assert_eq!(u.ops, 7);
+    drop(ran);
+    // The two-call form the client used before: Alloc every output, then Run into them.
+    let two_trips = || {
+        let started = std::time::Instant::now();
+        let outputs = acc
+            .alloc_all(
+                &local[3..]
+                    .iter()
+                    .map(|h| h.desc().clone())
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        let mut program = Program::new();
+        let table: Vec<_> = inputs.iter().chain(&outputs).collect();
+        for (i, (op, x)) in ops.iter().enumerate() {
+            let x: Vec<_> = x.iter().map(|&j| table[j]).collect();
+            program.apply(op, &x, &outputs[i]).unwrap();
+        }
+        program.read(&outputs[6]).unwrap();
+        let reads = acc.run(&program).unwrap();
+        (reads, started.elapsed())
+    };
+    acc.usage().unwrap(); // the dropped outputs freed, outside the timings
+    let (reads, _) = two_trips();
+    assert_eq!(reads, vec![local[9].clone()]);
+    // Alternate the two, 20 times each, on the same server and tensors (the outputs dropped
+    // before are freed between, outside the timings).
+    let (mut one_ms, mut two_ms) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        acc.usage().unwrap();
+        one_ms.push(one_trip(false).2.as_secs_f64() * 1e3);
+        acc.usage().unwrap();
+        two_ms.push(two_trips().1.as_secs_f64() * 1e3);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "7-op program on loopback, median of 20: one Run {:.3} ms; Alloc + Run {:.3} ms",
+        median(&mut one_ms),
+        median(&mut two_ms)
+    );
+}
+
+/// Issue 17: an operand or read naming an op's output is checked with the whole program — the
+/// op itself, a later op, an op that writes a given tensor, an index past the ops, an operand
+/// naming nothing, handles and operands both given — and refused with INVALID_ARGUMENT naming
+/// the op (or the read), before anything is written, allocated, run or charged.
+#[test]
+fn bad_references_to_op_outputs_are_refused_whole() {
+    use eia::rpc::proto::{op::Kind, operand::Source, *};
+    let (rt, mut c, id) = raw();
+    rt.block_on(async {
+        let t = c
+            .alloc(AllocRequest {
+                accelerator: id,
+                tensors: vec![f32_meta(&[2, 3]), f32_meta(&[2, 3])],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tensors;
+        let before = host(&[2, 3], 0.2);
+        let write = |h: &HostTensor| TensorWrite {
+            tensor: t[0],
+            data: h.as_bytes().to_vec().into(),
+        };
+        c.run(RunRequest {
+            accelerator: id,
+            writes: vec![write(&before)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let memory = |u: &Usage| u.memory_used;
+        let usage = |c: &mut accelerators_client::AcceleratorsClient<_>| {
+            let mut c = c.clone();
+            async move {
+                c.usage(UsageRequest { accelerator: id })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .usage
+                    .unwrap()
+            }
+        };
+        let held = memory(&usage(&mut c).await);
+        let tensor = |t: u64| Operand {
+            source: Some(Source::Tensor(t)),
+        };
+        let of = |j: u32| Operand {
+            source: Some(Source::Op(j)),
+        };
+        let relu = |operands: Vec<Operand>, output: Option<u64>| Op {
+            kind: Some(Kind::Relu(ReluOp {})),
+            operands,
+            output,
+            ..Default::default()
+        };
+        let fresh = relu(vec![tensor(t[0])], None);
+        let cases = [
+            (
+                "op 1 (Relu): operand 0 names op 1, the op itself",
+                vec![fresh.clone(), relu(vec![of(1)], None)],
+                vec![],
+                vec![],
+            ),
+            (
+                "op 0 (Relu): operand 0 names op 1, a later op",
+                vec![relu(vec![of(1)], None), fresh.clone()],
+                vec![],
+                vec![],
+            ),
+            (
+                &*format!(
+                    "op 1 (Relu): operand 0 names op 0, whose output is the given tensor {}",
+                    t[1]
+                ),
+                vec![
+                    relu(vec![tensor(t[0])], Some(t[1])),
+                    relu(vec![of(0)], None),
+                ],
+                vec![],
+                vec![],
+            ),
+            (
+                "op 1 (Relu): operand 0 names op 7, but the program has 2 ops",
+                vec![fresh.clone(), relu(vec![of(7)], None)],
+                vec![],
+                vec![],
+            ),
+            (
+                "op 1 (Relu): operand 0 names op 4294967295",
+                vec![fresh.clone(), relu(vec![of(u32::MAX)], None)],
+                vec![],
+                vec![],
+            ),
+            (
+                "op 1 (Relu): operands[0] names neither a tensor nor an op",
+                vec![fresh.clone(), relu(vec![Operand { source: None }], None)],
+                vec![],
+                vec![],
+            ),
+            (
+                "op 1 (Relu): both inputs and operands given",
+                vec![
+                    fresh.clone(),
+                    Op {
+                        inputs: vec![t[0]],
+                        ..relu(vec![of(0)], None)
+                    },
+                ],
+                vec![],
+                vec![],
+            ),
+            (
+                "read 1 names op 1, but the program has 1 ops",
+                vec![fresh.clone()],
+                vec![],
+                vec![of(0), of(1)],
+            ),
+            (
+                &*format!(
+                    "read 0 names op 0, whose output is the given tensor {}",
+                    t[1]
+                ),
+                vec![relu(vec![tensor(t[0])], Some(t[1]))],
+                vec![],
+                vec![of(0)],
+            ),
+            (
+                "both reads and read_operands given",
+                vec![fresh.clone()],
+                vec![t[0]],
+                vec![of(0)],
+            ),
+        ];
+        for (want, ops, reads, read_operands) in cases {
+            let status = c
+                .run(RunRequest {
+                    accelerator: id,
+                    writes: vec![write(&host(&[2, 3], 5.0))],
+                    ops,
+                    reads,
+                    read_operands,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{want}: {status}"
+            );
+            assert!(status.message().starts_with(want), "{want}: {status}");
+            let u = usage(&mut c).await;
+            assert_eq!((u.ops, u.flops_fp32), (0, 0), "{want}: charged");
+            assert_eq!(memory(&u), held, "{want}: allocated");
+            let read = c
+                .run(RunRequest {
+                    accelerator: id,
+                    reads: vec![t[0]],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                f32s(&read.reads[0]),
+                before.data().to_f32_vec(),
+                "{want}: written"
+            );
+        }
+        // The same shapes, well referenced, run: each op takes the one before it, and the
+        // reads name a tensor and an op's output.
+        let out = c
+            .run(RunRequest {
+                accelerator: id,
+                ops: vec![
+                    fresh.clone(),
+                    relu(vec![of(0)], None),
+                    relu(vec![of(1)], Some(t[1])),
+                ],
+                read_operands: vec![of(1), tensor(t[1])],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let want: Vec<f32> = before
+            .data()
+            .to_f32_vec()
+            .iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        assert_eq!(
+            out.outputs.iter().map(|o| o.op).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert_eq!(
+            out.reads.iter().map(|r| f32s(r)).collect::<Vec<_>>(),
+            vec![want.clone(), want]
+        );
+        assert_eq!(out.read_meta, vec![f32_meta(&[2, 3]); 2]);
+    });
+}
+
+/// Issue 17: the outputs a program has the server allocate count against the quota before any
+/// op runs: a program they do not fit in fails whole (RESOURCE_EXHAUSTED), nothing stays
+/// allocated, nothing ran; the same program made to fit then runs.
+#[test]
+fn program_over_the_quota_fails_whole() {
+    use eia::ops::Op;
+    let acc = remote("small"); // 1 MiB
+    let x = acc.upload(&host(&[256, 256], 0.4)).unwrap(); // 256 KiB
+    let held = acc.usage().unwrap().memory_used;
+    let program = |n: usize| {
+        let mut p = Program::new();
+        let mut y = p.apply_new(&Op::Relu, &[&x]).unwrap();
+        for _ in 1..n {
+            y = p.apply_new(&Op::Sigmoid, &[y]).unwrap();
+        }
+        p.read(y).unwrap();
+        p
+    };
+    // Four more 256 KiB outputs: 1.25 MiB in all.
+    let e = acc.run_all(&program(4)).unwrap_err();
+    assert_eq!(remote_code(&e), "ResourceExhausted", "{e}");
+    assert!(e.to_string().contains("memory quota"), "{e}");
+    let u = acc.usage().unwrap();
+    assert_eq!((u.memory_used, u.ops), (held, 0), "something stayed or ran");
+    let ran = acc.run_all(&program(2)).unwrap();
+    assert_eq!(ran.allocated.len(), 2);
+    assert_eq!(acc.usage().unwrap().ops, 2);
 }

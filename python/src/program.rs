@@ -1,7 +1,7 @@
 //! Programs: ops recorded against an accelerator and run together. On a remote accelerator
-//! the outputs are allocated in one call and the ops run in one more (one `Run` round trip,
-//! [`eia::rpc::client::Program`]), with the tensors asked for read back in the same trip; on a
-//! local accelerator the ops run in order. Each op is validated when recorded (the same typed
+//! the whole program is one `Run` round trip ([`eia::rpc::client::Program`]): the server
+//! allocates every op's output, later ops take earlier ones' outputs, and the tensors asked for
+//! are read back in the same trip; on a local accelerator the ops run in order. Each op is validated when recorded (the same typed
 //! errors as a direct call); its output is a pending [`Tensor`] until the program runs.
 
 use std::sync::{Arc, Mutex};
@@ -220,34 +220,43 @@ impl Program {
         Ok((outputs, reads))
     }
 
-    /// On a remote accelerator: every output allocated in one call, then one program (ops and
-    /// reads) in one round trip.
+    /// On a remote accelerator: one program in one round trip, every output allocated by the
+    /// server (an op's input that is an earlier step's output names that step).
     fn remote(
         &self,
         r: &client::RemoteAccelerator,
         steps: &[Step],
         fetch: &[Input],
     ) -> eia::Result<Ran> {
-        let descs: Vec<_> = steps.iter().map(|s| s.output.get().desc.clone()).collect();
-        let outputs: Vec<Storage> = r
-            .alloc_all(&descs)?
-            .into_iter()
-            .map(Storage::Remote)
-            .collect();
         let mut program = client::Program::new();
-        for (i, step) in steps.iter().enumerate() {
+        let mut made: Vec<client::Output> = Vec::with_capacity(steps.len());
+        for step in steps {
             let inputs = step
                 .inputs
                 .iter()
-                .map(|x| resolve(x, &outputs, &self.acc))
+                .map(|x| self.operand(x, &made))
                 .collect::<eia::Result<Vec<_>>>()?;
-            let y = self.acc.remotes(&[&outputs[i]])?[0];
-            program.apply(&step.op, &self.acc.remotes(&inputs)?, y)?;
+            made.push(program.apply_new(&step.op, &inputs)?);
         }
         for x in fetch {
-            program.read(self.acc.remotes(&[resolve(x, &outputs, &self.acc)?])?[0])?;
+            program.read(self.operand(x, &made)?)?;
         }
-        let reads = r.run(&program)?;
-        Ok((outputs, reads))
+        let ran = r.run_all(&program)?;
+        let outputs = ran.allocated.into_iter().map(Storage::Remote).collect();
+        Ok((outputs, ran.reads))
+    }
+
+    /// A remote program's operand for `input`: a tensor it holds, or a step's output.
+    fn operand<'a>(
+        &self,
+        input: &'a Input,
+        made: &[client::Output],
+    ) -> eia::Result<client::Operand<'a>> {
+        match input {
+            Input::Step(i) => Ok(client::Operand::Output(made[*i])),
+            Input::Ready(_) => Ok(client::Operand::Tensor(
+                self.acc.remotes(&[resolve(input, &[], &self.acc)?])?[0],
+            )),
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! accelerator's lease while it is attached; dropping a [`RemoteBuffer`] queues its tensor to be
 //! freed with the next call; dropping a [`RemoteAccelerator`] detaches it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -453,12 +453,14 @@ impl RemoteAccelerator {
                 owner: program.accelerator.unwrap_or_default(),
             });
         }
+        let (reads, read_operands) = wire(program.reads.iter().map(|(x, _)| *x).collect());
         let req = self.conn.request(proto::RunRequest {
             accelerator: self.id,
             free: self.take_frees(),
             writes: program.writes.clone(),
             ops: program.ops.clone(),
-            reads: program.reads.iter().map(|(id, _)| *id).collect(),
+            reads,
+            read_operands,
         });
         let r = self.conn.call(self.client().run(req))?;
         let new = program.ops.iter().filter(|op| op.output.is_none()).count();
@@ -681,7 +683,9 @@ impl Backend for RemoteAccelerator {
     /// Runs the plan's op on the server (a program of one op).
     fn launch(&self, plan: &Plan, inputs: &[&RemoteBuffer], y: &mut RemoteBuffer) -> Result<()> {
         let mut program = Program::new();
-        program.push(Some(self.id), &plan.op, inputs, Some(y))?;
+        let x = inputs.iter().map(|x| tensor_operand(x.id)).collect();
+        let accelerators = inputs.iter().map(|x| x.accelerator).chain([self.id]);
+        program.push(accelerators, &plan.op, x, Some(y), None)?;
         self.run(&program).map(|_| ())
     }
 }
@@ -695,19 +699,97 @@ pub struct Ran {
     pub allocated: Vec<Tensor<RemoteBuffer>>,
 }
 
+/// An input of an op of a [`Program`], or a tensor it reads: a tensor of the accelerator, or
+/// the output the server allocates for an earlier op of the same program.
+#[derive(Debug, Clone, Copy)]
+pub enum Operand<'a> {
+    Tensor(&'a Tensor<RemoteBuffer>),
+    Output(Output),
+}
+
+impl<'a> From<&'a Tensor<RemoteBuffer>> for Operand<'a> {
+    fn from(t: &'a Tensor<RemoteBuffer>) -> Self {
+        Operand::Tensor(t)
+    }
+}
+
+impl From<Output> for Operand<'_> {
+    fn from(y: Output) -> Self {
+        Operand::Output(y)
+    }
+}
+
+/// The output the server allocates for an op of a [`Program`] ([`Program::apply_new`]): later
+/// ops of the program take it ([`Operand::Output`]) and the program may read it, all in its one
+/// round trip; [`RemoteAccelerator::run_all`] returns its tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Output {
+    program: u64,
+    op: usize,
+}
+
+impl Output {
+    /// The index of the op whose output it is.
+    pub fn op(self) -> usize {
+        self.op
+    }
+}
+
 /// A sequence of writes, ops and reads over one remote accelerator's tensors, run in one round
 /// trip by [`RemoteAccelerator::run`]. Each op is validated as it is added (the same typed
 /// errors as a local call) and writes into an existing output tensor ([`Program::apply`] and
-/// the typed forms) or one the server allocates ([`Program::apply_new`]).
-#[derive(Debug, Default, Clone)]
+/// the typed forms) or one the server allocates ([`Program::apply_new`]), which later ops and
+/// reads of the program may name: a program of fresh outputs needs no allocation call first.
+/// A clone keeps the ops recorded so far, and the [`Output`]s of those name the same ops in it.
+#[derive(Debug, Clone)]
 pub struct Program {
+    /// Tells its [`Output`]s from another program's.
+    id: u64,
     accelerator: Option<u64>,
     writes: Vec<proto::TensorWrite>,
     ops: Vec<proto::Op>,
-    reads: Vec<(u64, TensorDesc)>,
+    /// Each op's output descriptor where the server allocates it.
+    allocated: Vec<Option<TensorDesc>>,
+    reads: Vec<(proto::Operand, TensorDesc)>,
+}
+
+impl Default for Program {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Program {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            accelerator: None,
+            writes: Vec::new(),
+            ops: Vec::new(),
+            allocated: Vec::new(),
+            reads: Vec::new(),
+        }
+    }
 }
 
 type T = Tensor<RemoteBuffer>;
+
+fn tensor_operand(id: u64) -> proto::Operand {
+    proto::Operand {
+        source: Some(proto::operand::Source::Tensor(id)),
+    }
+}
+
+/// `operands` on the wire: as plain handles where every one is a tensor (what servers before
+/// [`proto::Operand`] read), else as operands.
+fn wire(operands: Vec<proto::Operand>) -> (Vec<u64>, Vec<proto::Operand>) {
+    let handles: Option<Vec<u64>> = operands
+        .iter()
+        .map(|o| match o.source {
+            Some(proto::operand::Source::Tensor(t)) => Some(t),
+            _ => None,
+        })
+        .collect();
+    match handles {
+        Some(handles) => (handles, Vec::new()),
+        None => (Vec::new(), operands),
+    }
+}
 
 impl Program {
     pub fn new() -> Program {
@@ -727,35 +809,94 @@ impl Program {
         }
     }
 
-    /// Adds `op` (output `y`, or one the server allocates), checking that its tensors — and
-    /// `accelerator`, where given — are the program's accelerator.
+    /// The wire form and descriptor of `x`, and its accelerator if it is a tensor.
+    fn operand(&self, x: Operand) -> Result<(proto::Operand, TensorDesc, Option<u64>)> {
+        match x {
+            Operand::Tensor(t) => Ok((
+                tensor_operand(t.storage().id),
+                t.desc().clone(),
+                Some(t.storage().accelerator),
+            )),
+            Operand::Output(y) => {
+                let desc = self
+                    .allocated
+                    .get(y.op)
+                    .cloned()
+                    .flatten()
+                    .filter(|_| y.program == self.id)
+                    .ok_or_else(|| Error::Backend {
+                        backend: "remote program",
+                        msg: format!(
+                            "the output of op {} is another program's: an op takes only the outputs of its own program's earlier ops",
+                            y.op
+                        ),
+                    })?;
+                let source = proto::operand::Source::Op(y.op as u32);
+                Ok((
+                    proto::Operand {
+                        source: Some(source),
+                    },
+                    desc,
+                    None,
+                ))
+            }
+        }
+    }
+
+    /// Adds `op` (its inputs on the wire; output `y`, or where `allocated` says, one the server
+    /// allocates), checking that its tensors — and `accelerators` — are the program's
+    /// accelerator's.
     fn push(
         &mut self,
-        accelerator: Option<u64>,
+        accelerators: impl IntoIterator<Item = u64>,
         op: &Op,
-        inputs: &[&RemoteBuffer],
+        inputs: Vec<proto::Operand>,
         y: Option<&RemoteBuffer>,
+        allocated: Option<TensorDesc>,
     ) -> Result<()> {
-        let tensors = inputs.iter().chain(&y).map(|b| b.accelerator);
-        for a in tensors.chain(accelerator) {
+        for a in accelerators.into_iter().chain(y.map(|y| y.accelerator)) {
             self.same_accelerator(a)?;
         }
+        let (inputs, operands) = wire(inputs);
         self.ops.push(proto::Op {
             kind: Some(convert::op_kind(op)),
-            inputs: inputs.iter().map(|b| b.id).collect(),
+            inputs,
             output: y.map(|y| y.id),
+            operands,
         });
+        self.allocated.push(allocated);
         Ok(())
     }
 
-    /// Validates `op` on `inputs` (in the op's ONNX order) now — the same typed errors as a
-    /// local call — and returns its plan and the inputs' storages.
-    fn check<'a>(op: &Op, inputs: &[&'a T]) -> Result<(Plan, Vec<&'a RemoteBuffer>)> {
-        let descs: Vec<&TensorDesc> = inputs.iter().map(|t| t.desc()).collect();
-        Ok((
-            op.plan(&descs)?,
-            inputs.iter().map(|t| t.storage()).collect(),
-        ))
+    /// Validates `op` on `inputs` (in the op's ONNX order) and output `y` (`None`: one the
+    /// server allocates) now — the same typed errors as a local call — and adds it.
+    fn record<'a, I: Into<Operand<'a>> + Copy>(
+        &mut self,
+        op: &Op,
+        inputs: &[I],
+        y: Option<&T>,
+    ) -> Result<()> {
+        let mut operands = Vec::with_capacity(inputs.len());
+        let mut descs = Vec::with_capacity(inputs.len());
+        let mut accelerators = Vec::new();
+        for &x in inputs {
+            let (w, desc, accelerator) = self.operand(x.into())?;
+            operands.push(w);
+            descs.push(desc);
+            accelerators.extend(accelerator);
+        }
+        let plan = op.plan(&descs.iter().collect::<Vec<_>>())?;
+        if let Some(y) = y {
+            check_output(op.name(), plan.output(), y.desc())?;
+        }
+        let allocated = y.is_none().then(|| plan.output().clone());
+        self.push(
+            accelerators,
+            op,
+            operands,
+            y.map(|y| y.storage()),
+            allocated,
+        )
     }
 
     /// Writes host data into `t` before the first op.
@@ -769,27 +910,41 @@ impl Program {
         Ok(self)
     }
 
-    /// Reads `t` after the last op.
-    pub fn read(&mut self, t: &T) -> Result<&mut Self> {
-        self.same_accelerator(t.storage().accelerator)?;
-        self.reads.push((t.storage().id, t.desc().clone()));
+    /// Reads `x` — a tensor, or an op's allocated output — after the last op.
+    pub fn read<'a>(&mut self, x: impl Into<Operand<'a>>) -> Result<&mut Self> {
+        let (w, desc, accelerator) = self.operand(x.into())?;
+        if let Some(a) = accelerator {
+            self.same_accelerator(a)?;
+        }
+        self.reads.push((w, desc));
         Ok(self)
     }
 
-    /// Runs `op` on `inputs` (in the op's ONNX order) into `y`.
-    pub fn apply(&mut self, op: &Op, inputs: &[&T], y: &T) -> Result<&mut Self> {
-        let (plan, x) = Self::check(op, inputs)?;
-        check_output(op.name(), plan.output(), y.desc())?;
-        self.push(None, op, &x, Some(y.storage()))?;
+    /// Runs `op` on `inputs` (in the op's ONNX order: tensors, or earlier ops' [`Output`]s) into
+    /// `y`.
+    pub fn apply<'a, I: Into<Operand<'a>> + Copy>(
+        &mut self,
+        op: &Op,
+        inputs: &[I],
+        y: &T,
+    ) -> Result<&mut Self> {
+        self.record(op, inputs, Some(y))?;
         Ok(self)
     }
 
-    /// Runs `op` on `inputs` into an output the server allocates: [`RemoteAccelerator::run_all`]
-    /// returns it (later ops of this program cannot name it).
-    pub fn apply_new(&mut self, op: &Op, inputs: &[&T]) -> Result<&mut Self> {
-        let (_, x) = Self::check(op, inputs)?;
-        self.push(None, op, &x, None)?;
-        Ok(self)
+    /// Runs `op` on `inputs` (tensors, or earlier ops' [`Output`]s) into an output the server
+    /// allocates, which later ops and reads of this program may name by the returned
+    /// [`Output`]; [`RemoteAccelerator::run_all`] returns its tensor.
+    pub fn apply_new<'a, I: Into<Operand<'a>> + Copy>(
+        &mut self,
+        op: &Op,
+        inputs: &[I],
+    ) -> Result<Output> {
+        self.record(op, inputs, None)?;
+        Ok(Output {
+            program: self.id,
+            op: self.ops.len() - 1,
+        })
     }
 
     pub fn gemm(&mut self, op: &Gemm, a: &T, b: &T, c: Option<&T>, y: &T) -> Result<&mut Self> {

@@ -21,6 +21,8 @@ pub mod server;
 
 pub use auth::Tokens;
 pub use capacity::ServerCapacity;
-pub use client::{ClientConfig, Connection, Program, Ran, RemoteAccelerator, RemoteBuffer};
+pub use client::{
+    ClientConfig, Connection, Operand, Output, Program, Ran, RemoteAccelerator, RemoteBuffer,
+};
 pub use fleet::Fleet;
 pub use server::{spawn, spawn_pool, ServerConfig, ServerHandle, Service};

@@ -843,11 +843,77 @@ impl std::ops::Deref for Use<'_> {
     }
 }
 
+/// A tensor a program's op takes or the program reads: one the accelerator holds, or the output
+/// the server allocates for an earlier op (by its index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Tensor(u64),
+    Output(usize),
+}
+
+/// The sources given as `handles` or as `operands` (the fields called `fields`), not both.
+fn sources(
+    handles: &[u64],
+    operands: &[proto::Operand],
+    fields: [&str; 2],
+) -> Result<Vec<Source>, Status> {
+    use proto::operand::Source as Wire;
+    if operands.is_empty() {
+        return Ok(handles.iter().map(|&t| Source::Tensor(t)).collect());
+    }
+    if !handles.is_empty() {
+        let [h, o] = fields;
+        return Err(invalid(format!("both {h} and {o} given: give one of them")));
+    }
+    operands
+        .iter()
+        .enumerate()
+        .map(|(k, o)| match o.source {
+            Some(Wire::Tensor(t)) => Ok(Source::Tensor(t)),
+            Some(Wire::Op(j)) => Ok(Source::Output(j as usize)),
+            None => Err(invalid(format!(
+                "{}[{k}] names neither a tensor nor an op",
+                fields[1]
+            ))),
+        })
+        .collect()
+}
+
+/// Every tensor handle a program names (frees, writes, inputs, outputs, reads).
+fn named(program: &proto::RunRequest) -> Vec<u64> {
+    let handles = |operands: &[proto::Operand]| -> Vec<u64> {
+        operands
+            .iter()
+            .filter_map(|o| match o.source {
+                Some(proto::operand::Source::Tensor(t)) => Some(t),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut named: Vec<u64> = program.free.clone();
+    named.extend(program.writes.iter().map(|w| w.tensor));
+    for op in &program.ops {
+        named.extend(&op.inputs);
+        named.extend(handles(&op.operands));
+        named.extend(op.output);
+    }
+    named.extend(&program.reads);
+    named.extend(handles(&program.read_operands));
+    named
+}
+
 /// A program's op, checked against the tensors it names.
 struct Checked {
     op: Op,
+    inputs: Vec<Source>,
     /// The output's handle, or its descriptor where the server allocates it.
     output: Result<u64, TensorDesc>,
+}
+
+/// A program checked whole: its ops and what it reads.
+struct CheckedProgram {
+    ops: Vec<Checked>,
+    reads: Vec<Source>,
 }
 
 /// Adds the op's index and name (once decoded) to a refusal.
@@ -858,15 +924,40 @@ fn in_op(i: usize, name: Option<&'static str>) -> impl Fn(Status) -> Status {
     }
 }
 
+/// The descriptor of the output the server allocates for op `j`, named by `what` (an operand
+/// of the op after `earlier`, or a read once `earlier` is every op); a program has `total` ops.
+fn earlier_output(
+    earlier: &[Checked],
+    total: usize,
+    j: usize,
+    what: &str,
+) -> Result<TensorDesc, Status> {
+    let refuse = |why: String| Err(invalid(format!("{what} names op {j}{why}")));
+    match earlier.get(j).map(|c| &c.output) {
+        Some(Err(desc)) => Ok(desc.clone()),
+        Some(Ok(t)) => refuse(format!(
+            ", whose output is the given tensor {t}, not one the server allocates: name tensor {t}"
+        )),
+        None if j == earlier.len() && j < total => {
+            refuse(", the op itself: an op takes only the outputs of earlier ops".into())
+        }
+        None if j < total => {
+            refuse(", a later op: an op takes only the outputs of earlier ops".into())
+        }
+        None => refuse(format!(", but the program has {total} ops")),
+    }
+}
+
 /// Checks a whole program before anything runs: the frees, every write (handle and byte
-/// length), every op (decoded, planned against its inputs' descriptors, its output's checked)
-/// and every read. Tensors the program frees cannot be named by the rest of it. `desc_of`
-/// gives the descriptor of each tensor the accelerator holds.
+/// length), every op (decoded, its inputs — tensors, or earlier ops' allocated outputs —
+/// resolved, planned against their descriptors, its output's checked) and every read. Tensors
+/// the program frees cannot be named by the rest of it. `desc_of` gives the descriptor of each
+/// tensor the accelerator holds.
 fn check_program(
     accelerator: u64,
     desc_of: impl Fn(u64) -> Option<TensorDesc>,
     program: &proto::RunRequest,
-) -> Result<Vec<Checked>, Status> {
+) -> Result<CheckedProgram, Status> {
     let desc = |id: u64| match desc_of(id) {
         Some(d) if !program.free.contains(&id) => Ok(d),
         _ => Err(not_found(accelerator, id)),
@@ -885,51 +976,74 @@ fn check_program(
             }));
         }
     }
-    let checked = program
-        .ops
-        .iter()
-        .enumerate()
-        .map(|(i, wire)| {
-            let op = convert::op_from(wire.kind.as_ref()).map_err(in_op(i, None))?;
-            let context = in_op(i, Some(op.name()));
-            if let Some(y) = wire.output.filter(|y| wire.inputs.contains(y)) {
-                return Err(context(invalid(format!(
-                    "tensor {y} is both an input and the output"
-                ))));
+    let total = program.ops.len();
+    let mut ops: Vec<Checked> = Vec::with_capacity(total);
+    for (i, wire) in program.ops.iter().enumerate() {
+        let op = convert::op_from(wire.kind.as_ref()).map_err(in_op(i, None))?;
+        let context = in_op(i, Some(op.name()));
+        let inputs =
+            sources(&wire.inputs, &wire.operands, ["inputs", "operands"]).map_err(&context)?;
+        if let Some(y) = wire.output.filter(|y| inputs.contains(&Source::Tensor(*y))) {
+            return Err(context(invalid(format!(
+                "tensor {y} is both an input and the output"
+            ))));
+        }
+        let descs = inputs
+            .iter()
+            .enumerate()
+            .map(|(k, s)| match *s {
+                Source::Tensor(t) => desc(t),
+                Source::Output(j) => earlier_output(&ops, total, j, &format!("operand {k}")),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&context)?;
+        let plan = op
+            .plan(&descs.iter().collect::<Vec<_>>())
+            .map_err(|e| context(status(e)))?;
+        let output = match wire.output {
+            Some(y) => {
+                let got = desc(y).map_err(&context)?;
+                check_output(op.name(), plan.output(), &got).map_err(|e| context(status(e)))?;
+                Ok(y)
             }
-            let inputs = wire
-                .inputs
-                .iter()
-                .map(|&t| desc(t))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(&context)?;
-            let plan = op
-                .plan(&inputs.iter().collect::<Vec<_>>())
-                .map_err(|e| context(status(e)))?;
-            let output = match wire.output {
-                Some(y) => {
-                    let got = desc(y).map_err(&context)?;
-                    check_output(op.name(), plan.output(), &got).map_err(|e| context(status(e)))?;
-                    Ok(y)
-                }
-                None => Err(plan.output().clone()),
-            };
-            Ok(Checked { op, output })
-        })
-        .collect::<Result<Vec<_>, Status>>()?;
-    for id in &program.reads {
-        desc(*id)?;
+            None => Err(plan.output().clone()),
+        };
+        ops.push(Checked { op, inputs, output });
     }
-    Ok(checked)
+    let reads = sources(
+        &program.reads,
+        &program.read_operands,
+        ["reads", "read_operands"],
+    )?;
+    for (k, s) in reads.iter().enumerate() {
+        match *s {
+            Source::Tensor(t) => {
+                desc(t)?;
+            }
+            Source::Output(j) => {
+                earlier_output(&ops, total, j, &format!("read {k}"))?;
+            }
+        }
+    }
+    Ok(CheckedProgram { ops, reads })
 }
 
-/// Runs a program: checks it whole ([`check_program`]; a program refused there changes nothing
-/// and charges nothing), then frees, allocates the outputs the server is asked for (all or
-/// none), writes, runs the ops in order and reads. Every tensor it uses is locked for the whole
-/// program, in id order, so concurrent programs of one accelerator cannot deadlock; nothing
-/// else waits on those locks but this accelerator's own calls, and the handle table is locked
-/// only to look tensors up. An error while running names the op that failed; the ops before it
-/// have run, and the outputs the server allocated are freed.
+/// A checked program's tensors by handle: each op's inputs and output, and the reads.
+struct Resolved {
+    inputs: Vec<Vec<u64>>,
+    outputs: Vec<u64>,
+    reads: Vec<u64>,
+}
+
+/// Runs a program: checks it whole ([`check_program`]; a program refused there changes nothing,
+/// allocates nothing and charges nothing), then frees, allocates the outputs the server is
+/// asked for (all or none, against the memory quota, before any op runs), writes, runs the ops
+/// in order and reads. Every output it allocates is returned, read or not: the client holds a
+/// handle for each and frees the ones it does not keep with its next call. Every tensor it uses
+/// is locked for the whole program, in id order, so concurrent programs of one accelerator
+/// cannot deadlock; nothing else waits on those locks but this accelerator's own calls, and the
+/// handle table is locked only to look tensors up. An error while running names the op that
+/// failed; the ops before it have run, and the outputs the server allocated are freed.
 fn run_program<B: Backend + Clone + 'static>(
     a: &Attached<B>,
     program: proto::RunRequest,
@@ -937,21 +1051,14 @@ fn run_program<B: Backend + Clone + 'static>(
     let accel = &a.accel;
     let id = accel.id();
     // Every tensor the program names, looked up once.
-    let mut named: Vec<u64> = program.free.clone();
-    named.extend(program.writes.iter().map(|w| w.tensor));
-    for op in &program.ops {
-        named.extend(&op.inputs);
-        named.extend(op.output);
-    }
-    named.extend(&program.reads);
     let found: HashMap<u64, Held> = {
         let tensors = lock(&a.tensors);
-        named
+        named(&program)
             .iter()
             .filter_map(|t| tensors.get(t).map(|h| (*t, Arc::clone(h))))
             .collect()
     };
-    let ops = check_program(
+    let checked = check_program(
         id,
         |t| found.get(&t).map(|h| read(h).desc().clone()),
         &program,
@@ -960,7 +1067,7 @@ fn run_program<B: Backend + Clone + 'static>(
     free(a, &program.free)?;
     // The outputs the server allocates, all or none (a failure drops those made so far).
     let mut made = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
+    for (i, op) in checked.ops.iter().enumerate() {
         if let Err(desc) = &op.output {
             made.push(
                 accel
@@ -971,7 +1078,7 @@ fn run_program<B: Backend + Clone + 'static>(
     }
     let mut made = made.into_iter();
     let (mut handles, mut outputs) = (Vec::new(), Vec::new());
-    for (i, op) in ops.iter().enumerate() {
+    for (i, op) in checked.ops.iter().enumerate() {
         match &op.output {
             Ok(y) => handles.push(*y),
             Err(desc) => {
@@ -985,8 +1092,20 @@ fn run_program<B: Backend + Clone + 'static>(
             }
         }
     }
-    let ran = run_checked(a, &program, &ops, &handles);
-    match ran {
+    let handle = |s: &Source| match *s {
+        Source::Tensor(t) => t,
+        Source::Output(j) => handles[j],
+    };
+    let resolved = Resolved {
+        inputs: checked
+            .ops
+            .iter()
+            .map(|op| op.inputs.iter().map(handle).collect())
+            .collect(),
+        reads: checked.reads.iter().map(handle).collect(),
+        outputs: handles,
+    };
+    match run_checked(a, &program.writes, &checked.ops, &resolved) {
         Ok(reads) => {
             let (read_meta, reads) = reads.into_iter().unzip();
             Ok(proto::RunResponse {
@@ -1005,37 +1124,38 @@ fn run_program<B: Backend + Clone + 'static>(
     }
 }
 
-/// The writes, ops (outputs `handles`) and reads of a checked program, under its tensors' locks.
+/// The writes, ops and reads of a checked program (its tensors by handle), under its tensors'
+/// locks.
 fn run_checked<B: Backend + Clone + 'static>(
     a: &Attached<B>,
-    program: &proto::RunRequest,
+    writes: &[proto::TensorWrite],
     ops: &[Checked],
-    handles: &[u64],
+    tensors_of: &Resolved,
 ) -> Result<Vec<(proto::TensorMeta, Bytes)>, Status> {
     let accel = &a.accel;
     let id = accel.id();
     // Which tensors it writes (writes, outputs) and which it only reads, in id order.
-    let mut writes: BTreeMap<u64, bool> = BTreeMap::new();
-    for w in &program.writes {
-        writes.insert(w.tensor, true);
+    let mut written: BTreeMap<u64, bool> = BTreeMap::new();
+    for w in writes {
+        written.insert(w.tensor, true);
     }
-    for (op, &y) in program.ops.iter().zip(handles) {
-        for t in &op.inputs {
-            writes.entry(*t).or_insert(false);
+    for (inputs, &y) in tensors_of.inputs.iter().zip(&tensors_of.outputs) {
+        for t in inputs {
+            written.entry(*t).or_insert(false);
         }
-        writes.insert(y, true);
+        written.insert(y, true);
     }
-    for t in &program.reads {
-        writes.entry(*t).or_insert(false);
+    for t in &tensors_of.reads {
+        written.entry(*t).or_insert(false);
     }
-    let held: Vec<(u64, Held)> = writes
+    let held: Vec<(u64, Held)> = written
         .keys()
         .map(|&t| Ok((t, a.tensor(t)?)))
         .collect::<Result<_, Status>>()?;
     let mut tensors: BTreeMap<u64, Use> = held
         .iter()
         .map(|(t, h)| {
-            let guard = if writes[t] {
+            let guard = if written[t] {
                 Use::Write(write(h))
             } else {
                 Use::Read(read(h))
@@ -1043,20 +1163,22 @@ fn run_checked<B: Backend + Clone + 'static>(
             (*t, guard)
         })
         .collect();
-    for w in &program.writes {
+    for w in writes {
         let Some(Use::Write(t)) = tensors.get_mut(&w.tensor) else {
             return Err(not_found(id, w.tensor));
         };
         let host = HostTensor::from_bytes(t.dtype(), t.shape(), &w.data).map_err(status)?;
         accel.write(t, &host).map_err(status)?;
     }
-    for (i, (op, (wire, &y))) in ops.iter().zip(program.ops.iter().zip(handles)).enumerate() {
+    let steps = ops
+        .iter()
+        .zip(tensors_of.inputs.iter().zip(&tensors_of.outputs));
+    for (i, (op, (inputs, &y))) in steps.enumerate() {
         let context = in_op(i, Some(op.op.name()));
         let Some(Use::Write(mut out)) = tensors.remove(&y) else {
             return Err(context(not_found(id, y)));
         };
-        let result = wire
-            .inputs
+        let result = inputs
             .iter()
             .map(|t| {
                 tensors
@@ -1069,7 +1191,7 @@ fn run_checked<B: Backend + Clone + 'static>(
         tensors.insert(y, Use::Write(out));
         result.map_err(context)?;
     }
-    program
+    tensors_of
         .reads
         .iter()
         .map(|t| {
