@@ -168,6 +168,8 @@ fn cases() -> Vec<Case> {
         case([2, 16, 40, 41], [3, 3], [2, 2], [1; 4]),
         // A wide row (vectorised path) with a unit column stride.
         case([1, 2, 3, 300], [2, 5], [2, 1], [1, 2, 0, 1]),
+        // Inception's 35x35 blocks (unit strides: whole LANES blocks and a ragged last one).
+        case([1, 3, 35, 35], [3, 3], [1, 1], [1; 4]),
     ];
     // ceil_mode: ragged last windows, one dropped because it would start in the padding.
     for (shape, k, s, p) in [

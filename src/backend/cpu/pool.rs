@@ -1,12 +1,15 @@
 //! CPU pooling (MaxPool, AveragePool and the global pools) plane by plane: each task takes one
 //! or more `[h, w]` planes (FP16 planes widened to f32 and rounded back once). A window pool
-//! computes one output row at a time, separably: the window's input rows are reduced (`max` or
-//! `+`) into one full-width row, contiguous and vectorised, then that row's column taps into
-//! the output row: for column tap `j` the output columns whose input column lies inside the
-//! plane form one range, so with a unit column stride each tap is one contiguous, vectorised
-//! `max` or `+` of a slice (with a larger column stride, of a slice of the row split into its
-//! stride phases). Per output element that is `r + s` operations instead of `r·s`. Global
-//! pools reduce each contiguous plane with independent lane accumulators.
+//! computes one output row at a time, separably: the window's valid input rows are reduced
+//! (`max` or `+`) into one full-width row, contiguous and vectorised, then that row's column taps
+//! into the output row. With a unit column stride (the common case) the whole output row is one
+//! call, [`unit_stride_row`]: the reduced row sits between identity borders (the padding), so
+//! each block of `LANES` output columns reduces its taps in registers with no range logic. With
+//! a larger column stride, for column tap `j` the output columns whose input column lies inside
+//! the plane form one range, one contiguous `max` or `+` of a slice of the row split into its
+//! stride phases. Per output element that is `r + s` operations instead of `r·s`. Averages are
+//! multiplied by a precomputed reciprocal of each position's count. Global pools reduce each
+//! contiguous plane with independent lane accumulators.
 
 use rayon::prelude::*;
 
@@ -26,8 +29,10 @@ struct Geometry<'a> {
     plan: &'a PoolPlan,
     /// Tap `j` of a row feeds output columns `cols[j].0 .. cols[j].1`.
     cols: Vec<(usize, usize)>,
-    /// The divisor's column factor per output column (averages).
-    col_count: Vec<f32>,
+    /// `q` rounded up to whole `LANES` blocks: the row length of `inv`.
+    q_pad: usize,
+    /// Averages: `1 / count` per output position, `p` rows of `q_pad` (the padding columns 0).
+    inv: Vec<f32>,
 }
 
 impl<'a> Geometry<'a> {
@@ -43,20 +48,51 @@ impl<'a> Geometry<'a> {
                 )
             })
             .collect();
-        let col_count = (0..plan.q)
-            .map(|oq| match plan.kind {
-                PoolKind::AverageIncludePad => {
-                    included(oq, plan.stride[1], plan.dilation[1], plan.s, plan.padded[1]) as f32
+        let q_pad = plan.q.next_multiple_of(LANES);
+        let count = |op: usize, oq: usize| match plan.kind {
+            PoolKind::AverageIncludePad => {
+                included(op, plan.stride[0], plan.dilation[0], plan.r, plan.padded[0])
+                    * included(oq, plan.stride[1], plan.dilation[1], plan.s, plan.padded[1])
+            }
+            _ => {
+                let (lo, hi) = window_rows(plan, op);
+                (hi - lo) * cols.iter().filter(|&&(lo, hi)| lo <= oq && oq < hi).count()
+            }
+        };
+        let mut inv = Vec::new();
+        if plan.kind != PoolKind::Max {
+            inv.resize(plan.p * q_pad, 0.0);
+            for (op, row) in inv.chunks_exact_mut(q_pad).enumerate() {
+                for (oq, v) in row[..plan.q].iter_mut().enumerate() {
+                    *v = 1.0 / count(op, oq) as f32;
                 }
-                _ => cols.iter().filter(|&&(lo, hi)| lo <= oq && oq < hi).count() as f32,
-            })
-            .collect();
+            }
+        }
         Geometry {
             plan,
             cols,
-            col_count,
+            q_pad,
+            inv,
         }
     }
+
+    /// Output row `op`'s reciprocal counts (`q_pad` long; empty for MaxPool).
+    fn inv_row(&self, op: usize) -> &[f32] {
+        self.inv
+            .get(op * self.q_pad..(op + 1) * self.q_pad)
+            .unwrap_or(&[])
+    }
+}
+
+/// The window taps `lo..hi` of output row `op` whose input row lies inside the plane.
+fn window_rows(plan: &PoolPlan, op: usize) -> (usize, usize) {
+    taps_range(
+        op * plan.stride[0],
+        plan.pad[0],
+        plan.dilation[0],
+        plan.h,
+        plan.r,
+    )
 }
 
 /// The output positions `lo..hi` (of `out`) whose tap at offset `tap` (`tap = j·dilation`)
@@ -122,45 +158,36 @@ fn plane(g: &Geometry, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
     let plan = g.plan;
     let max = plan.kind == PoolKind::Max;
     let (w, sw) = (plan.w, plan.stride[1]);
+    if sw == 1 {
+        return unit_stride_plane(g, x, y, scratch);
+    }
     let phase_len = w.div_ceil(sw);
-    scratch.resize(w + if sw > 1 { sw * phase_len } else { 0 }, 0.0);
+    scratch.resize(w + sw * phase_len, 0.0);
     let (v, phases) = scratch.split_at_mut(w);
     for (op, yr) in y.chunks_exact_mut(plan.q).enumerate() {
         yr.fill(if max { f32::NEG_INFINITY } else { 0.0 });
-        let mut rows = 0usize;
-        for i in 0..plan.r {
-            let Some(ih) = (op * plan.stride[0] + i * plan.dilation[0]).checked_sub(plan.pad[0])
-            else {
-                continue;
-            };
-            if ih >= plan.h {
-                continue;
-            }
+        let (lo, hi) = window_rows(plan, op);
+        for i in lo..hi {
+            let ih = op * plan.stride[0] + i * plan.dilation[0] - plan.pad[0];
             let xr = &x[ih * w..(ih + 1) * w];
-            match (rows, max) {
-                (0, _) => v.copy_from_slice(xr),
+            match (i == lo, max) {
+                (true, _) => v.copy_from_slice(xr),
                 (_, true) => max_into(v, xr),
                 (_, false) => add_into(v, xr),
             }
-            rows += 1;
         }
-        if rows > 0 {
-            let src: &[f32] = if sw > 1 {
-                split_phases(phases, v, sw, phase_len);
-                phases
-            } else {
-                v
-            };
+        if hi > lo {
+            split_phases(phases, v, sw, phase_len);
             for (j, &(lo, hi)) in g.cols.iter().enumerate() {
                 if lo == hi {
                     continue;
                 }
                 // Input column of output column lo (in range by construction).
                 let first = lo * sw + j * plan.dilation[1] - plan.pad[1];
-                // Its offset in `src`: columns first, first + sw, … are contiguous there.
+                // Its offset in `phases`: columns first, first + sw, … are contiguous there.
                 let at = (first % sw) * phase_len + first / sw;
                 let out = &mut yr[lo..hi];
-                let src = &src[at..at + out.len()];
+                let src = &phases[at..at + out.len()];
                 if max {
                     max_into(out, src);
                 } else {
@@ -168,13 +195,110 @@ fn plane(g: &Geometry, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
                 }
             }
         }
-        match plan.kind {
-            PoolKind::Max => {}
-            PoolKind::Average => divide(yr, &g.col_count, rows as f32),
-            PoolKind::AverageIncludePad => {
-                let rows = included(op, plan.stride[0], plan.dilation[0], plan.r, plan.padded[0]);
-                divide(yr, &g.col_count, rows as f32);
+        if !max {
+            scale(yr, g.inv_row(op));
+        }
+    }
+}
+
+/// [`plane`] with a unit column stride: one [`unit_stride_row`] call per output row, on a
+/// scratch row whose borders (the padding, and the reach of the last block's taps) hold the
+/// identity.
+fn unit_stride_plane(g: &Geometry, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
+    let plan = g.plan;
+    let max = plan.kind == PoolKind::Max;
+    let cols = Cols {
+        lead: plan.pad[1],
+        taps: plan.s,
+        dilation: plan.dilation[1],
+        identity: if max { f32::NEG_INFINITY } else { 0.0 },
+    };
+    let len = (cols.lead + plan.w).max(g.q_pad + (cols.taps - 1) * cols.dilation);
+    scratch.clear();
+    scratch.resize(len, cols.identity);
+    for (op, yr) in y.chunks_exact_mut(plan.q).enumerate() {
+        let (lo, hi) = window_rows(plan, op);
+        let rows = Rows {
+            // Unused when there are none (`lo == hi`), and then possibly out of the plane.
+            first: (op * plan.stride[0] + lo * plan.dilation[0]).saturating_sub(plan.pad[0])
+                * plan.w,
+            count: hi - lo,
+            step: plan.dilation[0] * plan.w,
+            w: plan.w,
+        };
+        if max {
+            // `f32::max`: a NaN in the second operand never wins (as in onnxruntime).
+            unit_stride_row(x, rows, cols, scratch, yr, &[], |a, b| a.max(b));
+        } else {
+            unit_stride_row(x, rows, cols, scratch, yr, g.inv_row(op), |a, b| a + b);
+        }
+    }
+}
+
+/// One output row's valid input rows: `count` rows of `w`, the first at `x[first..]`, then every
+/// `step` elements.
+#[derive(Clone, Copy)]
+struct Rows {
+    first: usize,
+    count: usize,
+    step: usize,
+    w: usize,
+}
+
+/// A unit-stride row's column taps: `taps` of them, `dilation` apart, over a scratch row that
+/// holds the input row from `lead` (the left padding) on and `identity` (the reduction's, the
+/// padding's value) around it.
+#[derive(Clone, Copy)]
+struct Cols {
+    lead: usize,
+    taps: usize,
+    dilation: usize,
+    identity: f32,
+}
+
+multiversion! {
+    /// One output row `out` of a pool with a unit column stride, in one call (pool rows are
+    /// short, so per-call work must be whole rows). The valid input `rows` are reduced by `op`
+    /// into `v[lead..lead + w]` (the rest of `v` holds the identity, and is long enough for
+    /// every block's taps); then each block of `LANES` output columns `o` reduces its taps
+    /// `v[o + j·dilation]` in registers and, unless `inv` is empty (MaxPool), is multiplied by
+    /// `inv[o]` (`inv` padded to whole blocks).
+    fn unit_stride_row[F: Fn(f32, f32) -> f32](
+        x: &[f32],
+        rows: Rows,
+        cols: Cols,
+        v: &mut [f32],
+        out: &mut [f32],
+        inv: &[f32],
+        op: F,
+    ) {
+        let vm = &mut v[cols.lead..cols.lead + rows.w];
+        if rows.count == 0 {
+            vm.fill(cols.identity);
+        } else {
+            vm.copy_from_slice(&x[rows.first..rows.first + rows.w]);
+            for k in 1..rows.count {
+                let start = rows.first + k * rows.step;
+                lanes(vm, &x[start..start + rows.w], |o, s| *o = op(*o, s));
             }
+        }
+        for (b, block) in out.chunks_mut(LANES).enumerate() {
+            let o = b * LANES;
+            let mut acc = [cols.identity; LANES];
+            for j in 0..cols.taps {
+                let at = o + j * cols.dilation;
+                let s: &[f32; LANES] = v[at..at + LANES].try_into().unwrap();
+                for l in 0..LANES {
+                    acc[l] = op(acc[l], s[l]);
+                }
+            }
+            if !inv.is_empty() {
+                let r: &[f32; LANES] = inv[o..o + LANES].try_into().unwrap();
+                for l in 0..LANES {
+                    acc[l] *= r[l];
+                }
+            }
+            block.copy_from_slice(&acc[..block.len()]);
         }
     }
 }
@@ -248,9 +372,9 @@ multiversion! {
 }
 
 multiversion! {
-    /// `out /= rows·cols` elementwise.
-    fn divide(out: &mut [f32], cols: &[f32], rows: f32) {
-        lanes(out, cols, |o, c| *o /= rows * c);
+    /// `out *= inv` elementwise.
+    fn scale(out: &mut [f32], inv: &[f32]) {
+        lanes(out, inv, |o, r| *o *= r);
     }
 }
 
