@@ -37,7 +37,7 @@ pub fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y:
                         // SAFETY: the CPU supports AVX-512F; `padded` is the [hp, 1, wp]
                         // buffer that covers every window of the [p, q] output `out`, and `wk`
                         // holds r·s weights.
-                        unsafe { avx512::channel(plan, padded, wp, wk, b, out) };
+                        unsafe { avx512::channel::<1>(plan, padded, wp, wk, b, out) };
                         return;
                     }
                     2 => {
@@ -48,7 +48,7 @@ pub fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y:
                         // of `padded`.
                         unsafe {
                             avx512::split_columns(padded, wp, phases);
-                            avx512::channel(plan, phases, half, wk, b, out);
+                            avx512::channel::<2>(plan, phases, half, wk, b, out);
                         }
                         return;
                     }
@@ -174,14 +174,16 @@ mod avx512 {
     }
 
     /// One output channel `out` `[p, q]` from `phases`, its zero-bordered input split into
-    /// column phases `[hp, sw, pitch]` (sw the column stride; for stride 1 the padded input
-    /// itself), and `r·s` weights `wk`. Tap (ri, si) of output column j reads phase
-    /// `si·dw mod sw` at column `j + ⌊si·dw / sw⌋`.
+    /// column phases `[hp, SW, pitch]` (SW the column stride, a constant so that the tap
+    /// offsets divide by it cheaply; for stride 1 the padded input itself), and `r·s` weights
+    /// `wk`. Tap (ri, si) of output column j reads phase `si·dw mod SW` at column
+    /// `j + ⌊si·dw / SW⌋`.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F and `phases` must cover every window of `out` as above.
+    /// The CPU must support AVX-512F, the column stride must be `SW`, and `phases` must cover
+    /// every window of `out` as above.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn channel(
+    pub unsafe fn channel<const SW: usize>(
         plan: &ConvPlan,
         phases: &[f32],
         pitch: usize,
@@ -189,7 +191,8 @@ mod avx512 {
         bias: Option<f32>,
         out: &mut [f32],
     ) {
-        let ([sh, sw], [dh, dw]) = (plan.stride, plan.dilation);
+        debug_assert_eq!(plan.stride[1], SW);
+        let (sh, [dh, dw]) = (plan.stride[0], plan.dilation);
         let (b, zero) = (_mm512_set1_ps(bias.unwrap_or(0.0)), _mm512_setzero_ps());
         for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
             // Up to four vectors of the row at a time: independent accumulators that share
@@ -200,10 +203,10 @@ mod avx512 {
                     std::array::from_fn(|v| first(lanes.saturating_sub(16 * v)));
                 let mut acc = [b; 4];
                 for ri in 0..plan.r {
-                    let prow = (pi * sh + ri * dh) * sw;
+                    let prow = (pi * sh + ri * dh) * SW;
                     for si in 0..plan.s {
                         let wv = _mm512_set1_ps(wk[ri * plan.s + si]);
-                        let (phase, col) = ((si * dw) % sw, (si * dw) / sw);
+                        let (phase, col) = ((si * dw) % SW, (si * dw) / SW);
                         let start = (prow + phase) * pitch + col + q0;
                         debug_assert!(start + lanes <= phases.len());
                         for v in 0..4 {
