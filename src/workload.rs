@@ -71,7 +71,8 @@ impl Workload {
         square.into_iter().chain(skinny).collect()
     }
 
-    /// ResNet-50 convolution layers (and one MobileNet depthwise layer) at batch `n`.
+    /// ResNet-50 convolution layers (and two MobileNetV2 depthwise layers, stride 1 and 2) at
+    /// batch `n`.
     pub fn resnet50_convs(n: usize) -> Vec<Workload> {
         let pad1 = Conv {
             pads: [1; 4],
@@ -109,7 +110,22 @@ impl Workload {
                 56,
                 128,
                 3,
-                Conv { group: 128, ..pad1 },
+                Conv {
+                    group: 128,
+                    ..pad1.clone()
+                },
+            ),
+            layer(
+                "mobilenet_dw_3x3s2",
+                144,
+                56,
+                144,
+                3,
+                Conv {
+                    group: 144,
+                    strides: [2, 2],
+                    ..pad1
+                },
             ),
         ]
     }

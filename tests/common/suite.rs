@@ -294,6 +294,14 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
         ([2, 40, 8, 8], [136, 40, 1, 1], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), true),
         ([1, 24, 8, 8], [24, 3, 1, 1], conv([1, 1], [0; 4], [1, 1], 8, NotSet, true), true),
         ([1, 64, 4, 6], [72, 64, 1, 1], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), false),
+        // Depthwise with column stride 2 (split into even and odd columns): odd and even
+        // widths, rows past 32 and 64 columns with tails off 16, asymmetric pads, odd and even
+        // dilations, a channel multiplier, a single output column.
+        ([1, 3, 9, 37], [3, 1, 3, 3], conv([2, 2], [1, 1, 1, 1], [1, 1], 3, NotSet, true), true),
+        ([2, 4, 10, 70], [4, 1, 3, 3], conv([1, 2], [0, 1, 2, 0], [1, 1], 4, NotSet, false), true),
+        ([1, 2, 8, 140], [4, 1, 3, 5], conv([2, 2], [1, 2, 1, 2], [2, 2], 2, NotSet, true), false),
+        ([1, 3, 7, 33], [3, 1, 2, 3], conv([2, 2], [0, 0, 0, 1], [1, 3], 3, NotSet, false), true),
+        ([1, 2, 5, 1], [2, 1, 3, 3], conv([2, 2], [1, 1, 1, 1], [1, 1], 2, NotSet, true), true),
     ];
     for dtype in DType::ALL {
         for (x, w, op, bias) in &cases {

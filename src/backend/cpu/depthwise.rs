@@ -1,8 +1,10 @@
 //! Direct CPU convolution for one input channel per group (depthwise). Each (image, output
 //! channel) copies its input channel once into a zero-bordered buffer that covers every window,
-//! so the kernel loop has no padding cases. With a column stride of 1 and AVX-512, up to 64
-//! outputs of a row accumulate every tap in registers (`avx512`); otherwise the inner loop runs
-//! along the output row, vectorised through `multiversion!`.
+//! so the kernel loop has no padding cases. With AVX-512 and a column stride of 1 or 2, up to 64
+//! outputs of a row accumulate every tap in registers (`avx512`); for stride 2 the padded rows
+//! are first split into their even and odd columns, so every tap reads contiguous vectors.
+//! Otherwise the inner loop runs along the output row, vectorised through `multiversion!`.
+//! FP16 storage reaches this kernel widened once to FP32 (as every CPU convolution does).
 
 use rayon::prelude::*;
 
@@ -18,9 +20,9 @@ pub fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y:
     // Padded rows/columns: every input position some window reads, from −pad.
     let hp = (plan.p - 1) * plan.stride[0] + (plan.r - 1) * plan.dilation[0] + 1;
     let wp = (plan.q - 1) * plan.stride[1] + (plan.s - 1) * plan.dilation[1] + 1;
-    y.par_chunks_mut(pq)
-        .enumerate()
-        .for_each_init(Vec::new, |padded, (row, out)| {
+    y.par_chunks_mut(pq).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(padded, phases), (row, out)| {
             let (ni, ki) = (row / plan.k, row % plan.k);
             let xc = &x[(ni * plan.c + ki / kg) * hw..][..hw];
             padded.clear();
@@ -29,14 +31,33 @@ pub fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y:
             let b = bias.map(|b| b[ki]);
             let wk = &w[ki * rs..][..rs];
             #[cfg(target_arch = "x86_64")]
-            if plan.stride[1] == 1 && simd::level() >= simd::Level::Avx512 {
-                // SAFETY: the CPU supports AVX-512F; `padded` is the [hp, wp] buffer that
-                // covers every window of the [p, q] output `out`, and `wk` holds r·s weights.
-                unsafe { avx512::channel(plan, padded, wp, wk, b, out) };
-                return;
+            if simd::level() >= simd::Level::Avx512 {
+                match plan.stride[1] {
+                    1 => {
+                        // SAFETY: the CPU supports AVX-512F; `padded` is the [hp, 1, wp]
+                        // buffer that covers every window of the [p, q] output `out`, and `wk`
+                        // holds r·s weights.
+                        unsafe { avx512::channel::<1>(plan, padded, wp, wk, b, out) };
+                        return;
+                    }
+                    2 => {
+                        let half = wp.div_ceil(2);
+                        // Never cleared: `split_columns` writes every element a tap reads.
+                        phases.resize(hp * 2 * half, 0.0);
+                        // SAFETY: as above, with `phases` the [hp, 2, ⌈wp/2⌉] column phases
+                        // of `padded`.
+                        unsafe {
+                            avx512::split_columns(padded, wp, phases);
+                            avx512::channel::<2>(plan, phases, half, wk, b, out);
+                        }
+                        return;
+                    }
+                    _ => {}
+                }
             }
             channel(plan, padded, wp, wk, b, out);
-        });
+        },
+    );
 }
 
 /// Copies the `[h, w]` channel `xc` into the zeroed `[hp, wp]` buffer at offset `pad`,
@@ -96,27 +117,81 @@ multiversion! {
     }
 }
 
-/// The stride-1 kernel with AVX-512: sixteen outputs of a row accumulate every tap in one
-/// register and are stored once (a masked load and store finish the row).
+/// The AVX-512 kernels: sixteen outputs of a row accumulate every tap in one register and are
+/// stored once (a masked load and store finish the row). The input is split into column
+/// phases (one per unit of column stride), so the taps of consecutive outputs are consecutive.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
     use crate::ops::ConvPlan;
 
+    /// Mask of the first `n` (at most 16) lanes.
+    fn first(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as u16
+    }
+
+    /// Splits each `wp`-column row of `padded` into its even then its odd columns, each
+    /// `⌈wp/2⌉` long, in `phases` (`[rows, 2, ⌈wp/2⌉]`). When `wp` is odd the last element of
+    /// each odd-column row is left as it was.
+    ///
     /// # Safety
-    /// The CPU must support AVX-512F, the column stride must be 1, `padded` must hold the
-    /// `[hp, wp]` zero-bordered input that covers every window of the `[p, q]` output `out`,
-    /// and `wk` the `r·s` weights.
+    /// The CPU must support AVX-512F and `phases` must hold `2·⌈wp/2⌉` elements per row of
+    /// `padded`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn channel(
+    pub unsafe fn split_columns(padded: &[f32], wp: usize, phases: &mut [f32]) {
+        let half = wp.div_ceil(2);
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        for (src, dst) in padded
+            .chunks_exact(wp)
+            .zip(phases.chunks_exact_mut(2 * half))
+        {
+            let (de, d_o) = dst.split_at_mut(half);
+            for j in (0..wp).step_by(32) {
+                let n = (wp - j).min(32);
+                // SAFETY: lanes under the masks are columns j..j + n of the row; the stores
+                // write ⌈n/2⌉ and ⌊n/2⌋ elements from j/2, inside the ⌈wp/2⌉-long phase rows.
+                unsafe {
+                    let lo = _mm512_maskz_loadu_ps(first(n), src.as_ptr().wrapping_add(j));
+                    let hi = _mm512_maskz_loadu_ps(
+                        first(n.saturating_sub(16)),
+                        src.as_ptr().wrapping_add(j + 16),
+                    );
+                    let (ye, yo) = (
+                        _mm512_permutex2var_ps(lo, even, hi),
+                        _mm512_permutex2var_ps(lo, odd, hi),
+                    );
+                    _mm512_mask_storeu_ps(
+                        de.as_mut_ptr().wrapping_add(j / 2),
+                        first(n.div_ceil(2)),
+                        ye,
+                    );
+                    _mm512_mask_storeu_ps(d_o.as_mut_ptr().wrapping_add(j / 2), first(n / 2), yo);
+                }
+            }
+        }
+    }
+
+    /// One output channel `out` `[p, q]` from `phases`, its zero-bordered input split into
+    /// column phases `[hp, SW, pitch]` (SW the column stride, a constant so that the tap
+    /// offsets divide by it cheaply; for stride 1 the padded input itself), and `r·s` weights
+    /// `wk`. Tap (ri, si) of output column j reads phase `si·dw mod SW` at column
+    /// `j + ⌊si·dw / SW⌋`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, the column stride must be `SW`, and `phases` must cover
+    /// every window of `out` as above.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn channel<const SW: usize>(
         plan: &ConvPlan,
-        padded: &[f32],
-        wp: usize,
+        phases: &[f32],
+        pitch: usize,
         wk: &[f32],
         bias: Option<f32>,
         out: &mut [f32],
     ) {
+        debug_assert_eq!(plan.stride[1], SW);
         let (sh, [dh, dw]) = (plan.stride[0], plan.dilation);
         let (b, zero) = (_mm512_set1_ps(bias.unwrap_or(0.0)), _mm512_setzero_ps());
         for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
@@ -124,25 +199,24 @@ mod avx512 {
             // each broadcast weight.
             for q0 in (0..plan.q).step_by(4 * 16) {
                 let lanes = (plan.q - q0).min(4 * 16);
-                let masks: [__mmask16; 4] = std::array::from_fn(|v| {
-                    let n = lanes.saturating_sub(16 * v).min(16);
-                    ((1u32 << n) - 1) as u16
-                });
+                let masks: [__mmask16; 4] =
+                    std::array::from_fn(|v| first(lanes.saturating_sub(16 * v)));
                 let mut acc = [b; 4];
                 for ri in 0..plan.r {
-                    let row = (pi * sh + ri * dh) * wp + q0;
+                    let prow = (pi * sh + ri * dh) * SW;
                     for si in 0..plan.s {
                         let wv = _mm512_set1_ps(wk[ri * plan.s + si]);
-                        let start = row + si * dw;
-                        debug_assert!(start + lanes <= padded.len());
+                        let (phase, col) = ((si * dw) % SW, (si * dw) / SW);
+                        let start = (prow + phase) * pitch + col + q0;
+                        debug_assert!(start + lanes <= phases.len());
                         for v in 0..4 {
-                            // SAFETY: the window's last column, q0 + lanes − 1 + si·dw, lies
-                            // inside the padded row (the caller's contract); masked lanes are
+                            // SAFETY: the window's last column, q0 + lanes − 1 + col, lies
+                            // inside the phase row (the caller's contract); masked lanes are
                             // not read.
                             let x = unsafe {
                                 _mm512_maskz_loadu_ps(
                                     masks[v],
-                                    padded.as_ptr().wrapping_add(start + 16 * v),
+                                    phases.as_ptr().wrapping_add(start + 16 * v),
                                 )
                             };
                             acc[v] = _mm512_fmadd_ps(wv, x, acc[v]);
