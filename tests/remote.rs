@@ -1082,13 +1082,14 @@ fn seven_op_program_is_one_run_and_no_alloc() {
     let ops = seven_ops();
     // Locally, each op on the ones before it.
     let cpu = CpuBackend::new();
-    let mut local: Vec<HostTensor> = hosts.to_vec();
+    let mut local: Vec<_> = hosts.iter().map(|h| cpu.upload(h).unwrap()).collect();
     for (op, x) in &ops {
         let y = cpu
             .apply(op, &x.iter().map(|&i| &local[i]).collect::<Vec<_>>())
             .unwrap();
         local.push(y);
     }
+    let local: Vec<HostTensor> = local.iter().map(|t| cpu.download(t).unwrap()).collect();
     // The program; with `count`, the calls it took too (scraped before and after, untimed).
     let one_trip = |count: bool| {
         let mut program = Program::new();
