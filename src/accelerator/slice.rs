@@ -270,14 +270,8 @@ where
         inner.evict_derived(|state| inner.check_room(state, bytes, 1).is_err());
         let mut state = inner.lock();
         inner.check_room(&state, bytes, 1)?;
-        state.used += bytes;
+        inner.charge(&mut state, bytes);
         state.reserved += 1;
-        state.counters.high_water = state.counters.high_water.max(state.used);
-        inner
-            .device
-            .inner
-            .memory_in_use
-            .fetch_add(bytes, Ordering::Relaxed);
         Ok(Reservation {
             accelerator: inner.id,
             desc: desc.clone(),
@@ -517,6 +511,16 @@ impl<B: Backend> Inner<B> {
 
     /// Takes `bytes` off the accelerator's and the device's memory use (unless detach already
     /// zeroed them).
+    /// Charges `bytes` to the quota (checked by the caller) and to the device's memory in use.
+    fn charge(&self, state: &mut State<B::Storage>, bytes: u64) {
+        state.used += bytes;
+        state.counters.high_water = state.counters.high_water.max(state.used);
+        self.device
+            .inner
+            .memory_in_use
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
     fn uncharge(&self, state: &mut State<B::Storage>, bytes: u64) {
         if state.detached.is_none() {
             state.used -= bytes;
@@ -560,14 +564,8 @@ impl<B: Backend> MemoryAccount for Quota<B> {
         if inner.check_room(&state, bytes, 0).is_err() {
             return false;
         }
-        state.used += bytes;
+        inner.charge(&mut state, bytes);
         state.derived += bytes;
-        state.counters.high_water = state.counters.high_water.max(state.used);
-        inner
-            .device
-            .inner
-            .memory_in_use
-            .fetch_add(bytes, Ordering::Relaxed);
         true
     }
 
