@@ -1,5 +1,5 @@
-//! The CPU backend's cache of forms derived from a tensor (FP16 weights widened once, see
-//! `src/backend/cpu/derived.rs`): results through the cache match the float64 reference on
+//! The CPU backend's cache of forms derived from a tensor (FP16 weights widened once, a
+//! convolution's weights packed for the direct kernel; see `src/backend/cpu/derived.rs`): results through the cache match the float64 reference on
 //! every run; a write to the weights — through `write`, or as an op's output — invalidates it;
 //! its memory is charged before it is built and returned when the tensor is dropped; through an
 //! accelerator it counts against the memory quota, and a cache that would not fit is not built
@@ -134,14 +134,16 @@ fn upload(
 }
 
 #[test]
-fn fp16_conv_weights_are_widened_once_and_a_write_invalidates_them() {
+fn fp16_conv_weights_are_converted_once_and_a_write_invalidates_them() {
     let mut rng = rng("fp16_conv_weights_are_widened_once_and_a_write_invalidates_them");
     let (cpu, account) = counted_cpu(u64::MAX);
     let op = conv3x3();
     let (x, xh) = upload(&cpu, &mut rng, DType::F16, &[1, 16, 9, 9]);
     let (mut w, wh) = upload(&cpu, &mut rng, DType::F16, &[24, 16, 3, 3]);
+    // Widened to f32, or packed as f32 for the direct kernel (AVX-512): as large with 24
+    // output channels, which fill every register tile.
     let widened = 4 * wh.data().len() as u64;
-    // First read: widened for the call only. Second: widened into the cache. Then reused.
+    // First read: converted for the call only. Second: converted into the cache. Then reused.
     check_conv(&cpu, "first run", &op, (&x, &xh), (&w, &wh));
     assert_eq!(w.storage().derived_bytes(), 0);
     for run in ["second run", "cached run"] {
@@ -221,16 +223,50 @@ fn fp16_gemm_b_cached_and_invalidated_as_an_op_output() {
 }
 
 #[test]
-fn fp32_weights_derive_nothing() {
-    let mut rng = rng("fp32_weights_derive_nothing");
+fn fp32_weights_of_a_lowered_conv_derive_nothing() {
+    let mut rng = rng("fp32_weights_of_a_lowered_conv_derive_nothing");
     let (cpu, account) = counted_cpu(u64::MAX);
-    let op = conv3x3();
+    // A 1×1 convolution is a GEMM on the weights as they are.
+    let op = Conv::default();
     let (x, xh) = upload(&cpu, &mut rng, DType::F32, &[1, 4, 6, 6]);
-    let (w, wh) = upload(&cpu, &mut rng, DType::F32, &[5, 4, 3, 3]);
+    let (w, wh) = upload(&cpu, &mut rng, DType::F32, &[5, 4, 1, 1]);
     for run in ["first", "second", "third"] {
         check_conv(&cpu, run, &op, (&x, &xh), (&w, &wh));
     }
     assert_eq!((w.storage().derived_bytes(), account.charges()), (0, 0));
+}
+
+#[test]
+fn fp32_3x3_weights_are_packed_once_for_the_direct_kernel_and_a_write_invalidates_them() {
+    let mut rng = rng("fp32_3x3_weights_are_packed_once_for_the_direct_kernel");
+    let (cpu, account) = counted_cpu(u64::MAX);
+    let op = conv3x3();
+    let (x, xh) = upload(&cpu, &mut rng, DType::F32, &[2, 16, 9, 9]);
+    let (mut w, wh) = upload(&cpu, &mut rng, DType::F32, &[24, 16, 3, 3]);
+    // With AVX-512 the direct kernel packs them (24 output channels fill every register tile
+    // exactly, so the packed form is as large as the weights); the GEMM lowering of the
+    // narrower instruction sets reads FP32 weights as they are.
+    let packed = if cpu.simd() == "avx512" {
+        4 * wh.data().len() as u64
+    } else {
+        0
+    };
+    check_conv(&cpu, "first run", &op, (&x, &xh), (&w, &wh));
+    assert_eq!(w.storage().derived_bytes(), 0);
+    for run in ["second run", "cached run"] {
+        check_conv(&cpu, run, &op, (&x, &xh), (&w, &wh));
+        assert_eq!(w.storage().derived_bytes(), packed, "{run}");
+        assert_eq!(account.held(), packed, "{run}");
+    }
+    let new = random(&mut rng, DType::F32, wh.shape(), -1.0, 1.0);
+    cpu.write(&mut w, &new).unwrap();
+    assert_eq!((w.storage().derived_bytes(), account.held()), (0, 0));
+    for run in ["after the write", "after the write, cached again", "cached"] {
+        check_conv(&cpu, run, &op, (&x, &xh), (&w, &new));
+    }
+    assert_eq!(account.held(), packed);
+    drop(w);
+    assert_eq!(account.held(), 0);
 }
 
 #[test]

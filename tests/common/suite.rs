@@ -190,7 +190,7 @@ pub fn matmul_batched_broadcast<B: Backend>(backend: &B) {
 }
 
 /// One conv case: input shape, weight shape, attributes, with or without bias.
-fn conv_case<B: Backend>(
+pub fn conv_case<B: Backend>(
     backend: &B,
     rng: &mut rand::rngs::StdRng,
     dtype: DType,

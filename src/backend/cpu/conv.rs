@@ -50,7 +50,7 @@ pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: 
 }
 
 /// Adds `bias` to `out` and applies the plan's ReLU.
-fn epilogue(plan: &ConvPlan, bias: Option<f32>, out: &mut [f32]) {
+pub(super) fn epilogue(plan: &ConvPlan, bias: Option<f32>, out: &mut [f32]) {
     if let Some(b) = bias {
         out.iter_mut().for_each(|v| *v += b);
     }

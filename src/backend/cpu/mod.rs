@@ -10,6 +10,7 @@ mod binary;
 mod conv;
 mod depthwise;
 mod derived;
+mod direct;
 mod gemm;
 mod layout;
 mod lrn;
@@ -164,9 +165,15 @@ impl Backend for CpuBackend {
         self.run(|| match &plan.family {
             FamilyPlan::Gemm(p) => gemm(p, x[0], inputs[1], x.get(2).copied(), y, account),
             FamilyPlan::Conv(p) => {
-                let (x, w) = (as_f32(x[0]), weights_f32(inputs[1], account));
+                let x = as_f32(x[0]);
                 let bias = inputs.get(2).map(|b| as_f32(b));
-                write_f32(y, |y| conv::conv_f32(p, &x, &w, bias.as_deref(), y));
+                if direct::applies(p) {
+                    let w = direct::packed_weights(p, inputs[1], account);
+                    write_f32(y, |y| direct::conv(p, &x, &w, bias.as_deref(), y));
+                } else {
+                    let w = weights_f32(inputs[1], account);
+                    write_f32(y, |y| conv::conv_f32(p, &x, &w, bias.as_deref(), y));
+                }
             }
             FamilyPlan::BatchNorm(p) => {
                 let params = [x[1], x[2], x[3], x[4]].map(as_f32);

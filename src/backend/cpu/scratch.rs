@@ -141,6 +141,13 @@ fn widen(v: &[f16], out: &mut Vec<f32>) {
     }
 }
 
+/// Runs `f` on a recycled buffer of `len` initialised f32 values (whatever an earlier user
+/// left in them).
+pub fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut scratch = Scratch::take(len);
+    f(scratch.values(len))
+}
+
 /// Runs `f` on an f32 view of `y`, which `f` must write in full: directly for F32, through a
 /// scratch buffer rounded once (in parallel) into F16 storage.
 pub fn write_f32(y: &mut HostData, f: impl FnOnce(&mut [f32])) {

@@ -1,0 +1,423 @@
+//! Direct CPU convolution with AVX-512 for dense convolutions (one group) whose kernel is larger
+//! than 1×1: no im2col matrix, every tap read straight from a padded copy of the input.
+//!
+//! Each image's input is copied once into a zero-bordered *frame* per channel, split into
+//! `stride_h × stride_w` phases (phase `(a, b)` holds padded rows `a, a + sh, …` and columns
+//! `b, b + sw, …`), all `wf` columns wide. Output position `(p, q)` is then frame position
+//! `j = p·wf + q`, and kernel tap `(r, s)` reads frame position `j + offset(r, s)` of one phase:
+//! every tap is the same constant shift for all outputs, so consecutive outputs read consecutive
+//! inputs whatever the stride. The kernel computes `wf` positions per output row (the last
+//! `wf − q` are discarded) as vectors of 16 consecutive positions, for `F` output channels at
+//! once: a tile of `T` vectors × `F` channels accumulates every (channel, tap) in registers.
+//! Weights are packed once per plan as `[k / F][c][r·s][F]` (output channels padded with zeros
+//! to a multiple of `F`) and kept with the weight tensor (see [`super::derived`]).
+//!
+//! Work is cut into (image, block of output rows, block of `F` output channels) items shared by
+//! the threads; each computes into a small buffer, then writes its rows of `y` with the
+//! convolution's epilogue (bias, ReLU) while they are in cache.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::conv::epilogue;
+use super::derived::{CpuData, Key};
+use super::scratch::with_buffer;
+use super::simd;
+use super::Disjoint;
+use crate::backend::MemoryAccount;
+use crate::dtype::Element;
+use crate::ops::ConvPlan;
+use crate::tensor::HostData;
+
+/// Output positions one item computes, about: a few output rows.
+const ITEM_POSITIONS: usize = 512;
+
+/// Bytes of packed weights per channel chunk: a chunk's weights stay in L1 while every tile of
+/// an item runs over them.
+const CHUNK_WEIGHT_BYTES: usize = 16 << 10;
+
+/// Bytes of frames built at once (images are framed in groups of about this size).
+const FRAME_GROUP_BYTES: usize = 8 << 20;
+
+/// Lanes of one AVX-512 vector of f32.
+const LANES: usize = 16;
+
+/// The register tiles: (vectors of output positions, output channels), 24 accumulators each.
+const TILES: [(usize, usize); 3] = [(4, 6), (3, 8), (2, 12)];
+
+/// Whether the direct kernel computes `plan` on this CPU.
+pub fn applies(plan: &ConvPlan) -> bool {
+    cfg!(target_arch = "x86_64")
+        && plan.group == 1
+        && plan.r * plan.s > 1
+        && [plan.n, plan.c, plan.k, plan.p, plan.q]
+            .iter()
+            .all(|&d| d > 0)
+        && simd::level() >= simd::Level::Avx512
+}
+
+/// The frame geometry of a plan and its register tile.
+struct Geometry {
+    /// Frame rows and columns of one phase.
+    hf: usize,
+    wf: usize,
+    /// Elements of one channel's frame: all its phases.
+    chan: usize,
+    /// Frame offset of each tap `(r, s)`, in `r·s + s` order, from the channel's frame start.
+    taps: Vec<usize>,
+    /// Output rows per item.
+    rows: usize,
+    /// Register tile: `t` vectors of positions × `f` output channels.
+    t: usize,
+    f: usize,
+}
+
+impl Geometry {
+    fn new(plan: &ConvPlan) -> Self {
+        let ([sh, sw], [dh, dw]) = (plan.stride, plan.dilation);
+        let hf = plan.p + (plan.r - 1) * dh / sh;
+        let wf = plan.q + (plan.s - 1) * dw / sw;
+        let plane = hf * wf;
+        let taps = (0..plan.r * plan.s)
+            .map(|rs| {
+                let (dy, dx) = (rs / plan.s * dh, rs % plan.s * dw);
+                ((dy % sh) * sw + dx % sw) * plane + dy / sh * wf + dx / sw
+            })
+            .collect();
+        let rows = (ITEM_POSITIONS / wf).clamp(1, plan.p);
+        // The tile that wastes the least work on padding: positions rounded up to whole
+        // vectors per item, output channels to whole tiles.
+        let padded = |&(t, f): &(usize, usize)| {
+            let positions: usize = (0..plan.p)
+                .step_by(rows)
+                .map(|p0| ((plan.p - p0).min(rows) * wf).next_multiple_of(t * LANES))
+                .sum();
+            positions * plan.k.next_multiple_of(f)
+        };
+        let (t, f) = TILES
+            .into_iter()
+            .min_by_key(padded)
+            .expect("TILES is not empty");
+        Geometry {
+            hf,
+            wf,
+            chan: sh * sw * plane,
+            taps,
+            rows,
+            t,
+            f,
+        }
+    }
+
+    /// Positions an item of `rows` output rows computes: whole tiles.
+    fn positions(&self, rows: usize) -> usize {
+        (rows * self.wf).next_multiple_of(self.t * LANES)
+    }
+
+    /// Elements past the last channel's frame that a tile may read: a tile's last position is
+    /// under `p·wf + t·16`, and a tap reaches at most `chan − p·wf + wf` further.
+    fn slack(&self) -> usize {
+        self.t * LANES + self.wf
+    }
+}
+
+/// The weights packed for the direct kernel, cached with the tensor or packed for this call.
+pub enum Packed {
+    Cached(Arc<Vec<f32>>),
+    Owned(Vec<f32>),
+}
+
+impl Deref for Packed {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Packed::Cached(v) => v,
+            Packed::Owned(v) => v,
+        }
+    }
+}
+
+/// `plan`'s weights `[k, c, r, s]` packed for the direct kernel (see the module doc): the form
+/// cached with the tensor (charged to `account`) where the cache's rules allow, else packed now.
+pub fn packed_weights(
+    plan: &ConvPlan,
+    w: &CpuData,
+    account: Option<&Arc<dyn MemoryAccount>>,
+) -> Packed {
+    let f = Geometry::new(plan).f;
+    let len = plan.k.next_multiple_of(f) * plan.c * plan.r * plan.s;
+    let key = Key::new("direct conv weights", &[f, plan.k, plan.c, plan.r, plan.s]);
+    match w.derived(&key, 4 * len, account, |data| pack(plan, f, data)) {
+        Some(cached) => Packed::Cached(cached),
+        None => Packed::Owned(pack(plan, f, w.data())),
+    }
+}
+
+/// Packs `[k, c, r, s]` weights (FP32 or FP16) as `[k / f][c][r·s][f]` f32, zero-padded.
+fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> Vec<f32> {
+    fn packed<T: Element>(plan: &ConvPlan, f: usize, w: &[T]) -> Vec<f32> {
+        let (c, rs) = (plan.c, plan.r * plan.s);
+        let kp = plan.k.next_multiple_of(f);
+        let mut out = vec![0.0; kp * c * rs];
+        out.par_chunks_mut(c * rs * f)
+            .enumerate()
+            .for_each(|(kb, block)| {
+                for (i, v) in block.iter_mut().enumerate() {
+                    let (ci, t, fi) = (i / (rs * f), i / f % rs, i % f);
+                    let k = kb * f + fi;
+                    if k < plan.k {
+                        *v = w[(k * c + ci) * rs + t].to_f32();
+                    }
+                }
+            });
+        out
+    }
+    match w {
+        HostData::F32(v) => packed(plan, f, v),
+        HostData::F16(v) => packed(plan, f, v),
+    }
+}
+
+/// Computes `plan` (for which [`applies`] holds) in FP32 from the input `x`, the weights as
+/// [`packed_weights`] returns them and the bias. `y` is fully written.
+pub fn conv(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    if y.is_empty() {
+        return;
+    }
+    let g = Geometry::new(plan);
+    let image_frame = plan.c * g.chan;
+    let group = (FRAME_GROUP_BYTES / (4 * image_frame)).clamp(1, plan.n);
+    let pkq = plan.k * plan.p * plan.q;
+    with_buffer(group * image_frame + g.slack(), |frames| {
+        for n0 in (0..plan.n).step_by(group) {
+            let images = group.min(plan.n - n0);
+            frame(
+                plan,
+                &g,
+                &x[n0 * plan.c * plan.h * plan.w..],
+                images,
+                frames,
+            );
+            compute(
+                plan,
+                &g,
+                frames,
+                w,
+                bias,
+                &mut y[n0 * pkq..(n0 + images) * pkq],
+            );
+        }
+    });
+}
+
+/// Writes the frames of `images` images of `x` into `frames` (`[image][c][phase][hf][wf]`),
+/// zero wherever a frame position falls into padding.
+fn frame(plan: &ConvPlan, g: &Geometry, x: &[f32], images: usize, frames: &mut [f32]) {
+    let ([sh, sw], [pt, pl]) = (plan.stride, plan.pad);
+    let hw = plan.h * plan.w;
+    frames[..images * plan.c * g.chan]
+        .par_chunks_mut(g.chan)
+        .enumerate()
+        .for_each(|(nc, chan)| {
+            let xc = &x[nc * hw..][..hw];
+            for (phase, plane) in chan.chunks_exact_mut(g.hf * g.wf).enumerate() {
+                let (a, b) = (phase / sw, phase % sw);
+                for (i, row) in plane.chunks_exact_mut(g.wf).enumerate() {
+                    match (i * sh + a).checked_sub(pt).filter(|&ih| ih < plan.h) {
+                        Some(ih) => frame_row(&xc[ih * plan.w..][..plan.w], b, sw, pl, row),
+                        None => row.fill(0.0),
+                    }
+                }
+            }
+        });
+}
+
+/// Frame row `row` from input row `src`: `row[j]` is padded column `j·sw + b`, which is input
+/// column `j·sw + b − pl` where that is inside the row, else zero.
+fn frame_row(src: &[f32], b: usize, sw: usize, pl: usize, row: &mut [f32]) {
+    // Frame columns lo..hi are inside the input: lo·sw + b ≥ pl and hi·sw + b ≤ pl + w − 1.
+    let lo = pl.saturating_sub(b).div_ceil(sw).min(row.len());
+    let hi = (pl + src.len())
+        .saturating_sub(b)
+        .div_ceil(sw)
+        .clamp(lo, row.len());
+    row[..lo].fill(0.0);
+    row[hi..].fill(0.0);
+    if lo == hi {
+        return;
+    }
+    let first = lo * sw + b - pl;
+    if sw == 1 {
+        row[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+    } else {
+        for (v, &s) in row[lo..hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
+            *v = s;
+        }
+    }
+}
+
+/// Every (image, row block, output channel block) item of one group of framed images into its
+/// part of `y` (`[images, k, p, q]`).
+fn compute(
+    plan: &ConvPlan,
+    g: &Geometry,
+    frames: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (pq, rs) = (plan.p * plan.q, plan.r * plan.s);
+    let images = y.len() / (plan.k * pq);
+    let blocks = plan.p.div_ceil(g.rows);
+    let kbs = plan.k.div_ceil(g.f);
+    let chunk = (CHUNK_WEIGHT_BYTES / (4 * rs * g.f)).clamp(1, plan.c);
+    assert!(w.len() >= kbs * g.f * plan.c * rs);
+    assert!(frames.len() >= images * plan.c * g.chan + g.slack());
+    let out = Disjoint::new(y);
+    (0..images * blocks * kbs).into_par_iter().for_each_init(
+        Vec::new,
+        |buf: &mut Vec<f32>, item| {
+            let (ni, block, kb) = (item / (blocks * kbs), item / kbs % blocks, item % kbs);
+            let p0 = block * g.rows;
+            let rows = g.rows.min(plan.p - p0);
+            let positions = g.positions(rows);
+            buf.resize(g.f * positions, 0.0);
+            let x = &frames[ni * plan.c * g.chan + p0 * g.wf..];
+            let wk = &w[kb * g.f * plan.c * rs..][..g.f * plan.c * rs];
+            for c0 in (0..plan.c).step_by(chunk) {
+                let cn = chunk.min(plan.c - c0);
+                for j in (0..positions).step_by(g.t * LANES) {
+                    // SAFETY: `applies` checked AVX-512F. The tile reads `cn` channel frames of
+                    // `x` from c0, each at j + tap + (0..t·16): at most
+                    // (c0 + cn − 1)·chan + positions + chan + wf − 1 past `x`'s start, inside
+                    // `frames` (the slack asserted above); `wk` holds c·rs·f weights from
+                    // c0·rs·f; the tile writes f rows of t·16 values, `positions` apart,
+                    // inside `buf`.
+                    unsafe {
+                        tile(
+                            g,
+                            x[c0 * g.chan + j..].as_ptr(),
+                            &wk[c0 * rs * g.f..],
+                            cn,
+                            buf[j..].as_mut_ptr(),
+                            positions,
+                            c0 > 0,
+                        );
+                    }
+                }
+            }
+            for fi in 0..g.f {
+                let k = kb * g.f + fi;
+                if k >= plan.k {
+                    break;
+                }
+                let computed = &buf[fi * positions..][..positions];
+                // SAFETY: rows p0..p0 + rows of image ni, channel k: inside y, written by this
+                // item only.
+                let dst =
+                    unsafe { out.slice(((ni * plan.k + k) * plan.p + p0) * plan.q, rows * plan.q) };
+                for (row, src) in dst.chunks_exact_mut(plan.q).zip(computed.chunks(g.wf)) {
+                    row.copy_from_slice(&src[..plan.q]);
+                    epilogue(plan, bias.map(|b| b[k]), row);
+                }
+            }
+        },
+    );
+}
+
+/// One register tile: `f` output channels × `t·16` positions from `x` (the first of `cn`
+/// channel frames, `chan` apart, at the tile's first position), summed over `cn` channels and
+/// every tap, added to (`accumulate`) or stored into `out` (`f` rows `ld` apart).
+///
+/// # Safety
+/// The CPU must support AVX-512F; every `x + c·chan + tap + (0..t·16)` for c < cn must be
+/// readable, `w` must hold `cn·r·s·f` values and `out + fi·ld + (0..t·16)` for fi < f must be
+/// writable (and readable when `accumulate`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    g: &Geometry,
+    x: *const f32,
+    w: &[f32],
+    cn: usize,
+    out: *mut f32,
+    ld: usize,
+    accumulate: bool,
+) {
+    debug_assert!(w.len() >= cn * g.taps.len() * g.f);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's contract.
+    unsafe {
+        match (g.t, g.f) {
+            (4, 6) => avx512::tile::<4, 6>(x, g.chan, &g.taps, w.as_ptr(), cn, out, ld, accumulate),
+            (3, 8) => avx512::tile::<3, 8>(x, g.chan, &g.taps, w.as_ptr(), cn, out, ld, accumulate),
+            (2, 12) => {
+                avx512::tile::<2, 12>(x, g.chan, &g.taps, w.as_ptr(), cn, out, ld, accumulate)
+            }
+            _ => unreachable!("the tile is one of TILES"),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("`applies` is false off x86-64");
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::LANES;
+
+    /// [`super::tile`] for a `T × F` tile, with the taps' offsets given.
+    ///
+    /// # Safety
+    /// As [`super::tile`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile<const T: usize, const F: usize>(
+        x: *const f32,
+        chan: usize,
+        taps: &[usize],
+        w: *const f32,
+        cn: usize,
+        out: *mut f32,
+        ld: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY (whole body): every pointer offset stays inside the extents of the contract.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); T]; F];
+            if accumulate {
+                for (fi, row) in acc.iter_mut().enumerate() {
+                    for (i, a) in row.iter_mut().enumerate() {
+                        *a = _mm512_loadu_ps(out.add(fi * ld + i * LANES));
+                    }
+                }
+            }
+            let mut wp = w;
+            for c in 0..cn {
+                let xc = x.add(c * chan);
+                for &off in taps {
+                    let xp = xc.add(off);
+                    let mut xv = [_mm512_setzero_ps(); T];
+                    for (i, v) in xv.iter_mut().enumerate() {
+                        *v = _mm512_loadu_ps(xp.add(i * LANES));
+                    }
+                    for (fi, row) in acc.iter_mut().enumerate() {
+                        let b = _mm512_set1_ps(*wp.add(fi));
+                        for (a, &v) in row.iter_mut().zip(&xv) {
+                            *a = _mm512_fmadd_ps(v, b, *a);
+                        }
+                    }
+                    wp = wp.add(F);
+                }
+            }
+            for (fi, row) in acc.iter().enumerate() {
+                for (i, &a) in row.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(fi * ld + i * LANES), a);
+                }
+            }
+        }
+    }
+}
