@@ -139,8 +139,8 @@ fn fp16_conv_weights_are_converted_once_and_a_write_invalidates_them() {
     let (cpu, account) = counted_cpu(u64::MAX);
     let op = conv3x3();
     let (x, xh) = upload(&cpu, &mut rng, DType::F16, &[1, 16, 9, 9]);
-    let (mut w, wh) = upload(&cpu, &mut rng, DType::F16, &[24, 16, 3, 3]);
-    // Widened to f32, or packed as f32 for the direct kernel (AVX-512): as large with 24
+    let (mut w, wh) = upload(&cpu, &mut rng, DType::F16, &[192, 16, 3, 3]);
+    // Widened to f32, or packed as f32 for the direct kernel (AVX-512): as large with 192
     // output channels, which fill every register tile.
     let widened = 4 * wh.data().len() as u64;
     // First read: converted for the call only. Second: converted into the cache. Then reused.
@@ -242,8 +242,8 @@ fn fp32_3x3_weights_are_packed_once_for_the_direct_kernel_and_a_write_invalidate
     let (cpu, account) = counted_cpu(u64::MAX);
     let op = conv3x3();
     let (x, xh) = upload(&cpu, &mut rng, DType::F32, &[2, 16, 9, 9]);
-    let (mut w, wh) = upload(&cpu, &mut rng, DType::F32, &[24, 16, 3, 3]);
-    // With AVX-512 the direct kernel packs them (24 output channels fill every register tile
+    let (mut w, wh) = upload(&cpu, &mut rng, DType::F32, &[192, 16, 3, 3]);
+    // With AVX-512 the direct kernel packs them (192 output channels fill every register tile
     // exactly, so the packed form is as large as the weights); the GEMM lowering of the
     // narrower instruction sets reads FP32 weights as they are.
     let packed = if cpu.simd() == "avx512" {
@@ -273,16 +273,16 @@ fn fp32_3x3_weights_are_packed_once_for_the_direct_kernel_and_a_write_invalidate
 fn a_cache_over_the_accounts_limit_is_not_built() {
     let mut rng = rng("a_cache_over_the_accounts_limit_is_not_built");
     let op = conv3x3();
-    // Room for the first weights' cache (24·16·9·4 bytes), not for the second's too.
-    let (cpu, account) = counted_cpu(24 * 16 * 9 * 4 + 100);
+    // Room for the first weights' cache (192·16·9·4 bytes), not for the second's too.
+    let (cpu, account) = counted_cpu(192 * 16 * 9 * 4 + 100);
     let (x, xh) = upload(&cpu, &mut rng, DType::F16, &[1, 16, 5, 5]);
-    let (w1, w1h) = upload(&cpu, &mut rng, DType::F16, &[24, 16, 3, 3]);
-    let (w2, w2h) = upload(&cpu, &mut rng, DType::F16, &[24, 16, 3, 3]);
+    let (w1, w1h) = upload(&cpu, &mut rng, DType::F16, &[192, 16, 3, 3]);
+    let (w2, w2h) = upload(&cpu, &mut rng, DType::F16, &[192, 16, 3, 3]);
     for run in 0..3 {
         check_conv(&cpu, &format!("w1 run {run}"), &op, (&x, &xh), (&w1, &w1h));
         check_conv(&cpu, &format!("w2 run {run}"), &op, (&x, &xh), (&w2, &w2h));
     }
-    assert_eq!(w1.storage().derived_bytes(), 24 * 16 * 9 * 4);
+    assert_eq!(w1.storage().derived_bytes(), 192 * 16 * 9 * 4);
     assert_eq!(
         w2.storage().derived_bytes(),
         0,
@@ -292,7 +292,7 @@ fn a_cache_over_the_accounts_limit_is_not_built() {
     assert_eq!(account.held(), 0);
     // With room again, the second weights are cached on their next use.
     check_conv(&cpu, "w2 with room", &op, (&x, &xh), (&w2, &w2h));
-    assert_eq!(w2.storage().derived_bytes(), 24 * 16 * 9 * 4);
+    assert_eq!(w2.storage().derived_bytes(), 192 * 16 * 9 * 4);
 }
 
 #[test]
@@ -301,7 +301,7 @@ fn concurrent_ops_on_the_same_weights_build_them_once() {
     let (cpu, account) = counted_cpu(u64::MAX);
     let op = conv3x3();
     let (x, xh) = upload(&cpu, &mut rng, DType::F16, &[1, 32, 8, 8]);
-    let (w, wh) = upload(&cpu, &mut rng, DType::F16, &[64, 32, 3, 3]);
+    let (w, wh) = upload(&cpu, &mut rng, DType::F16, &[192, 32, 3, 3]);
     // The first read, which never caches, out of the way: every thread below may build.
     check_conv(&cpu, "first run", &op, (&x, &xh), (&w, &wh));
     std::thread::scope(|s| {
@@ -316,7 +316,7 @@ fn concurrent_ops_on_the_same_weights_build_them_once() {
         }
     });
     assert_eq!(account.charges(), 1, "built once");
-    assert_eq!(account.held(), 4 * 64 * 32 * 9);
+    assert_eq!(account.held(), 4 * 192 * 32 * 9);
 }
 
 /// A device whose accelerators are never held back by the meter, with a tier of `memory` bytes.
@@ -337,17 +337,17 @@ fn accelerator(memory: u64) -> eia::Accelerator<CpuBackend> {
 fn through_an_accelerator_the_cache_counts_against_the_quota() {
     let mut rng = rng("through_an_accelerator_the_cache_counts_against_the_quota");
     let op = conv3x3();
-    let (xs, ws) = ([1, 16, 6, 6], [32, 16, 3, 3]);
+    let (xs, ws) = ([1, 16, 6, 6], [192, 16, 3, 3]);
     let (tensors, widened) = (
-        2 * (16 * 36 + 32 * 16 * 9 + 32 * 36) as u64,
-        4 * 32 * 16 * 9,
+        2 * (16 * 36 + 192 * 16 * 9 + 192 * 36) as u64,
+        4 * 192 * 16 * 9,
     );
     let acc = accelerator(1 << 20);
     let xh = random(&mut rng, DType::F16, &xs, -1.0, 1.0);
     let wh = random(&mut rng, DType::F16, &ws, -1.0, 1.0);
     let (x, mut w) = (acc.upload(&xh).unwrap(), acc.upload(&wh).unwrap());
     let mut y = acc
-        .alloc(&eia::TensorDesc::new(DType::F16, &[1, 32, 6, 6]).unwrap())
+        .alloc(&eia::TensorDesc::new(DType::F16, &[1, 192, 6, 6]).unwrap())
         .unwrap();
     let before = acc.usage().memory_used;
     assert_eq!(before, tensors);
@@ -375,7 +375,7 @@ fn through_an_accelerator_the_cache_counts_against_the_quota() {
     drop(w);
     assert_eq!(
         acc.usage().memory_used,
-        tensors - 2 * 32 * 16 * 9,
+        tensors - 2 * 192 * 16 * 9,
         "returned on drop"
     );
 }
@@ -384,10 +384,10 @@ fn through_an_accelerator_the_cache_counts_against_the_quota() {
 fn through_an_accelerator_a_cache_beyond_the_quota_is_not_built() {
     let mut rng = rng("through_an_accelerator_a_cache_beyond_the_quota_is_not_built");
     let op = conv3x3();
-    let (xs, ws) = ([1, 16, 6, 6], [32, 16, 3, 3]);
-    let tensors = 2 * (16 * 36 + 32 * 16 * 9) as u64;
-    // Room for the tensors (and each run's output), not for the 18 KiB of widened weights.
-    let acc = accelerator(tensors + 2 * 32 * 36 + 1024);
+    let (xs, ws) = ([1, 16, 6, 6], [192, 16, 3, 3]);
+    let tensors = 2 * (16 * 36 + 192 * 16 * 9) as u64;
+    // Room for the tensors (and each run's output), not for the 108 KiB of widened weights.
+    let acc = accelerator(tensors + 2 * 192 * 36 + 1024);
     let xh = random(&mut rng, DType::F16, &xs, -1.0, 1.0);
     let wh = random(&mut rng, DType::F16, &ws, -1.0, 1.0);
     let (x, w) = (acc.upload(&xh).unwrap(), acc.upload(&wh).unwrap());
@@ -405,8 +405,8 @@ fn through_an_accelerator_a_cache_beyond_the_quota_is_not_built() {
 fn through_an_accelerator_a_cache_yields_to_new_tensors() {
     let mut rng = rng("through_an_accelerator_a_cache_yields_to_new_tensors");
     let op = conv3x3();
-    let (xs, ws) = ([1, 16, 6, 6], [32, 16, 3, 3]);
-    let (tensors, output, widened) = (2 * (16 * 36 + 32 * 16 * 9), 2 * 32 * 36, 4 * 32 * 16 * 9);
+    let (xs, ws) = ([1, 16, 6, 6], [192, 16, 3, 3]);
+    let (tensors, output, widened) = (2 * (16 * 36 + 192 * 16 * 9), 2 * 192 * 36, 4 * 192 * 16 * 9);
     let acc = accelerator(tensors + output + widened + 1000);
     let xh = random(&mut rng, DType::F16, &xs, -1.0, 1.0);
     let wh = random(&mut rng, DType::F16, &ws, -1.0, 1.0);
@@ -415,11 +415,11 @@ fn through_an_accelerator_a_cache_yields_to_new_tensors() {
         check_conv(&acc, &format!("run {run}"), &op, (&x, &xh), (&w, &wh));
     }
     assert_eq!(acc.usage().memory_used, tensors + widened);
-    // 10,000 bytes fit only without the cache: it is dropped to make room, not the upload refused.
+    // 20,000 bytes fit only without the cache: it is dropped to make room, not the upload refused.
     let big = acc
-        .upload(&HostTensor::full(DType::F32, &[2500], 1.0).unwrap())
+        .upload(&HostTensor::full(DType::F32, &[5000], 1.0).unwrap())
         .unwrap();
-    assert_eq!(acc.usage().memory_used, tensors + 10_000);
+    assert_eq!(acc.usage().memory_used, tensors + 20_000);
     for run in 0..2 {
         check_conv(
             &acc,
@@ -430,7 +430,7 @@ fn through_an_accelerator_a_cache_yields_to_new_tensors() {
         );
         assert_eq!(
             acc.usage().memory_used,
-            tensors + 10_000,
+            tensors + 20_000,
             "no room to cache again"
         );
     }

@@ -4,16 +4,22 @@
 //! Each image's input is copied once into a zero-bordered *frame* per channel, split into
 //! `stride_h × stride_w` phases (phase `(a, b)` holds padded rows `a, a + sh, …` and columns
 //! `b, b + sw, …`), all `wf` columns wide. Output position `(p, q)` is then frame position
-//! `j = p·wf + q`, and kernel tap `(r, s)` reads frame position `j + offset(r, s)` of one phase:
-//! every tap is the same constant shift for all outputs, so consecutive outputs read consecutive
-//! inputs whatever the stride. The kernel computes `wf` positions per output row (the last
-//! `wf − q` are discarded) as vectors of 16 consecutive positions, for `F` output channels at
-//! once: a tile of `T` vectors × `F` channels accumulates every (channel, tap) in registers.
-//! Weights are packed once per plan as `[k / F][c][r·s][F]` (output channels padded with zeros
-//! to a multiple of `F`) and kept with the weight tensor (see [`super::derived`]).
+//! `p·wf + q`, and kernel tap `(r, s)` reads frame position `p·wf + q + offset(r, s)` of one
+//! phase: every tap is the same constant shift for all outputs, whatever the stride.
 //!
-//! Work is cut into (image, block of output rows, block of `F` output channels) items shared by
-//! the threads; each computes into a small buffer, then writes its rows of `y` with the
+//! A register tile holds 24 accumulators and sums every (input channel, tap) in registers, in
+//! one of two shapes ([`Tile`]), whichever wastes less work on padding for the plan:
+//! - `Positions`: `t` vectors of 16 consecutive frame positions × `f` output channels, the
+//!   weights broadcast. Consecutive outputs read consecutive inputs, so a row computes all `wf`
+//!   frame columns (the last `wf − q` are discarded): best for wide output rows and few output
+//!   channels.
+//! - `Channels`: `t` output positions × `v` vectors of 16 output channels, the inputs
+//!   broadcast: no position is wasted, so small output maps (the deep layers) fill every lane.
+//!
+//! Weights are packed once per plan as `[k / F][c][r·s][F]` (`F` output channels per block,
+//! padded with zeros) and kept with the weight tensor (see [`super::derived`]). Work is cut
+//! into (image, block of output rows, block of `F` output channels) items shared by the
+//! threads; each computes into a small buffer, then writes its rows of `y` with the
 //! convolution's epilogue (bias, ReLU) while they are in cache.
 
 use std::ops::Deref;
@@ -34,9 +40,9 @@ use crate::tensor::HostData;
 /// Output positions one item computes, about: a few output rows.
 const ITEM_POSITIONS: usize = 512;
 
-/// Bytes of packed weights per channel chunk: a chunk's weights stay in L1 while every tile of
-/// an item runs over them.
-const CHUNK_WEIGHT_BYTES: usize = 16 << 10;
+/// Bytes of packed weights per channel chunk: a chunk's weights stay in cache while every tile
+/// of an item runs over them.
+const CHUNK_WEIGHT_BYTES: usize = 64 << 10;
 
 /// Bytes of frames built at once (images are framed in groups of about this size).
 const FRAME_GROUP_BYTES: usize = 8 << 20;
@@ -44,8 +50,43 @@ const FRAME_GROUP_BYTES: usize = 8 << 20;
 /// Lanes of one AVX-512 vector of f32.
 const LANES: usize = 16;
 
-/// The register tiles: (vectors of output positions, output channels), 24 accumulators each.
-const TILES: [(usize, usize); 3] = [(4, 6), (3, 8), (2, 12)];
+/// A register tile of 24 accumulators (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tile {
+    /// `t` vectors of 16 consecutive frame positions × `f` output channels.
+    Positions { t: usize, f: usize },
+    /// `t` output positions × `v` vectors of 16 output channels.
+    Channels { t: usize, v: usize },
+}
+
+/// The register tiles, in order of preference when they waste the same.
+const TILES: [Tile; 6] = [
+    Tile::Channels { t: 6, v: 4 },
+    Tile::Channels { t: 8, v: 3 },
+    Tile::Channels { t: 12, v: 2 },
+    Tile::Positions { t: 4, f: 6 },
+    Tile::Positions { t: 3, f: 8 },
+    Tile::Positions { t: 2, f: 12 },
+];
+
+impl Tile {
+    /// Output channels per block (`F`).
+    fn channels(self) -> usize {
+        match self {
+            Tile::Positions { f, .. } => f,
+            Tile::Channels { v, .. } => v * LANES,
+        }
+    }
+
+    /// Positions an item of `rows` output rows of `q` computes (frame positions, `wf` per row,
+    /// or output positions): whole tiles.
+    fn positions(self, rows: usize, wf: usize, q: usize) -> usize {
+        match self {
+            Tile::Positions { t, .. } => (rows * wf).next_multiple_of(t * LANES),
+            Tile::Channels { t, .. } => (rows * q).next_multiple_of(t),
+        }
+    }
+}
 
 /// Whether the direct kernel computes `plan` on this CPU.
 pub fn applies(plan: &ConvPlan) -> bool {
@@ -69,8 +110,8 @@ struct Geometry {
     taps: Vec<usize>,
     /// Output rows per item.
     rows: usize,
-    /// Register tile: `t` vectors of positions × `f` output channels.
-    t: usize,
+    tile: Tile,
+    /// Output channels per block: `tile.channels()`.
     f: usize,
 }
 
@@ -87,16 +128,16 @@ impl Geometry {
             })
             .collect();
         let rows = (ITEM_POSITIONS / wf).clamp(1, plan.p);
-        // The tile that wastes the least work on padding: positions rounded up to whole
-        // vectors per item, output channels to whole tiles.
-        let padded = |&(t, f): &(usize, usize)| {
+        // The tile that wastes the least work on padding: positions rounded up to whole tiles
+        // per item, output channels to whole blocks.
+        let padded = |tile: &Tile| {
             let positions: usize = (0..plan.p)
                 .step_by(rows)
-                .map(|p0| ((plan.p - p0).min(rows) * wf).next_multiple_of(t * LANES))
+                .map(|p0| tile.positions((plan.p - p0).min(rows), wf, plan.q))
                 .sum();
-            positions * plan.k.next_multiple_of(f)
+            positions * plan.k.next_multiple_of(tile.channels())
         };
-        let (t, f) = TILES
+        let tile = TILES
             .into_iter()
             .min_by_key(padded)
             .expect("TILES is not empty");
@@ -106,20 +147,16 @@ impl Geometry {
             chan: sh * sw * plane,
             taps,
             rows,
-            t,
-            f,
+            tile,
+            f: tile.channels(),
         }
     }
 
-    /// Positions an item of `rows` output rows computes: whole tiles.
-    fn positions(&self, rows: usize) -> usize {
-        (rows * self.wf).next_multiple_of(self.t * LANES)
-    }
-
-    /// Elements past the last channel's frame that a tile may read: a tile's last position is
-    /// under `p·wf + t·16`, and a tap reaches at most `chan − p·wf + wf` further.
+    /// Elements past the last channel's frame that a tile may read: a `Positions` tile's last
+    /// position is under `p·wf + 4·16`, and a tap reaches at most `chan − p·wf + wf` further
+    /// (a `Channels` tile reads output positions only, inside the frame).
     fn slack(&self) -> usize {
-        self.t * LANES + self.wf
+        4 * LANES + self.wf
     }
 }
 
@@ -278,34 +315,63 @@ fn compute(
     assert!(frames.len() >= images * plan.c * g.chan + g.slack());
     let out = Disjoint::new(y);
     (0..images * blocks * kbs).into_par_iter().for_each_init(
-        Vec::new,
-        |buf: &mut Vec<f32>, item| {
+        || (Vec::new(), Vec::new()),
+        |(buf, bases): &mut (Vec<f32>, Vec<usize>), item| {
             let (ni, block, kb) = (item / (blocks * kbs), item / kbs % blocks, item % kbs);
             let p0 = block * g.rows;
             let rows = g.rows.min(plan.p - p0);
-            let positions = g.positions(rows);
+            let positions = g.tile.positions(rows, g.wf, plan.q);
             buf.resize(g.f * positions, 0.0);
-            let x = &frames[ni * plan.c * g.chan + p0 * g.wf..];
+            let x = &frames[ni * plan.c * g.chan..][..plan.c * g.chan + g.slack()];
             let wk = &w[kb * g.f * plan.c * rs..][..g.f * plan.c * rs];
+            if let Tile::Channels { .. } = g.tile {
+                // Frame offset of each output position, the last repeated to a whole tile.
+                let last = rows * plan.q - 1;
+                bases.clear();
+                bases.extend((0..positions).map(|i| {
+                    let i = i.min(last);
+                    (p0 + i / plan.q) * g.wf + i % plan.q
+                }));
+            }
             for c0 in (0..plan.c).step_by(chunk) {
+                let (xc, wc) = (&x[c0 * g.chan..], &wk[c0 * rs * g.f..]);
                 let cn = chunk.min(plan.c - c0);
-                for j in (0..positions).step_by(g.t * LANES) {
-                    // SAFETY: `applies` checked AVX-512F. The tile reads `cn` channel frames of
-                    // `x` from c0, each at j + tap + (0..t·16): at most
-                    // (c0 + cn − 1)·chan + positions + chan + wf − 1 past `x`'s start, inside
-                    // `frames` (the slack asserted above); `wk` holds c·rs·f weights from
-                    // c0·rs·f; the tile writes f rows of t·16 values, `positions` apart,
-                    // inside `buf`.
-                    unsafe {
-                        tile(
-                            g,
-                            x[c0 * g.chan + j..].as_ptr(),
-                            &wk[c0 * rs * g.f..],
-                            cn,
-                            buf[j..].as_mut_ptr(),
-                            positions,
-                            c0 > 0,
-                        );
+                // SAFETY (both): `applies` checked AVX-512F. A `Positions` tile reads the `cn`
+                // channel frames of `xc` at j + p0·wf + tap + (0..t·16): at most
+                // (cn − 1)·chan + positions + p0·wf + chan + wf − 1 < cn·chan + slack, inside
+                // `x` (bounded above); a `Channels` tile reads them at an output position's
+                // frame offset + tap, inside each channel's frame. `wc` holds cn·rs·f weights.
+                // Each tile writes its t·16 × f (or t × f) values inside `buf`.
+                match g.tile {
+                    Tile::Positions { t, .. } => {
+                        for j in (0..positions).step_by(t * LANES) {
+                            unsafe {
+                                positions_tile(
+                                    g,
+                                    xc[p0 * g.wf + j..].as_ptr(),
+                                    wc,
+                                    cn,
+                                    buf[j..].as_mut_ptr(),
+                                    positions,
+                                    c0 > 0,
+                                );
+                            }
+                        }
+                    }
+                    Tile::Channels { t, .. } => {
+                        for j in (0..positions).step_by(t) {
+                            unsafe {
+                                channels_tile(
+                                    g,
+                                    xc.as_ptr(),
+                                    &bases[j..j + t],
+                                    wc,
+                                    cn,
+                                    buf[j * g.f..].as_mut_ptr(),
+                                    c0 > 0,
+                                );
+                            }
+                        }
                     }
                 }
             }
@@ -314,13 +380,20 @@ fn compute(
                 if k >= plan.k {
                     break;
                 }
-                let computed = &buf[fi * positions..][..positions];
                 // SAFETY: rows p0..p0 + rows of image ni, channel k: inside y, written by this
                 // item only.
                 let dst =
                     unsafe { out.slice(((ni * plan.k + k) * plan.p + p0) * plan.q, rows * plan.q) };
-                for (row, src) in dst.chunks_exact_mut(plan.q).zip(computed.chunks(g.wf)) {
-                    row.copy_from_slice(&src[..plan.q]);
+                for (pr, row) in dst.chunks_exact_mut(plan.q).enumerate() {
+                    match g.tile {
+                        Tile::Positions { .. } => {
+                            row.copy_from_slice(&buf[fi * positions + pr * g.wf..][..plan.q])
+                        }
+                        Tile::Channels { .. } => {
+                            let computed = buf[(pr * plan.q * g.f + fi)..].iter().step_by(g.f);
+                            row.iter_mut().zip(computed).for_each(|(v, &c)| *v = c);
+                        }
+                    }
                     epilogue(plan, bias.map(|b| b[k]), row);
                 }
             }
@@ -328,16 +401,15 @@ fn compute(
     );
 }
 
-/// One register tile: `f` output channels × `t·16` positions from `x` (the first of `cn`
-/// channel frames, `chan` apart, at the tile's first position), summed over `cn` channels and
-/// every tap, added to (`accumulate`) or stored into `out` (`f` rows `ld` apart).
+/// One `Positions` tile: `f` output channels × `t·16` frame positions from `x` (the first of
+/// `cn` channel frames, `chan` apart, at the tile's first position), summed over `cn` channels
+/// and every tap, added to (`accumulate`) or stored into `out` (`f` rows `ld` apart).
 ///
 /// # Safety
 /// The CPU must support AVX-512F; every `x + c·chan + tap + (0..t·16)` for c < cn must be
 /// readable, `w` must hold `cn·r·s·f` values and `out + fi·ld + (0..t·16)` for fi < f must be
 /// writable (and readable when `accumulate`).
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile(
+unsafe fn positions_tile(
     g: &Geometry,
     x: *const f32,
     w: &[f32],
@@ -347,16 +419,60 @@ unsafe fn tile(
     accumulate: bool,
 ) {
     debug_assert!(w.len() >= cn * g.taps.len() * g.f);
+    let (chan, taps, w) = (g.chan, &g.taps[..], w.as_ptr());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller's contract.
     unsafe {
-        match (g.t, g.f) {
-            (4, 6) => avx512::tile::<4, 6>(x, g.chan, &g.taps, w.as_ptr(), cn, out, ld, accumulate),
-            (3, 8) => avx512::tile::<3, 8>(x, g.chan, &g.taps, w.as_ptr(), cn, out, ld, accumulate),
-            (2, 12) => {
-                avx512::tile::<2, 12>(x, g.chan, &g.taps, w.as_ptr(), cn, out, ld, accumulate)
+        match g.tile {
+            Tile::Positions { t: 4, f: 6 } => {
+                avx512::positions::<4, 6>(x, chan, taps, w, cn, out, ld, accumulate)
             }
-            _ => unreachable!("the tile is one of TILES"),
+            Tile::Positions { t: 3, f: 8 } => {
+                avx512::positions::<3, 8>(x, chan, taps, w, cn, out, ld, accumulate)
+            }
+            Tile::Positions { t: 2, f: 12 } => {
+                avx512::positions::<2, 12>(x, chan, taps, w, cn, out, ld, accumulate)
+            }
+            _ => unreachable!("a Positions tile of TILES"),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("`applies` is false off x86-64");
+}
+
+/// One `Channels` tile: `t` output positions (frame offsets `bases` into `x`, the first of `cn`
+/// channel frames `chan` apart) × `f = 16·v` output channels, summed over `cn` channels and
+/// every tap, added to (`accumulate`) or stored into `out` (`t` rows of `f`).
+///
+/// # Safety
+/// The CPU must support AVX-512F; every `x + c·chan + base + tap` for c < cn must be readable,
+/// `w` must hold `cn·r·s·f` values and `out + (0..t·f)` must be writable (and readable when
+/// `accumulate`).
+unsafe fn channels_tile(
+    g: &Geometry,
+    x: *const f32,
+    bases: &[usize],
+    w: &[f32],
+    cn: usize,
+    out: *mut f32,
+    accumulate: bool,
+) {
+    debug_assert!(w.len() >= cn * g.taps.len() * g.f);
+    let (chan, taps, w) = (g.chan, &g.taps[..], w.as_ptr());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's contract.
+    unsafe {
+        match g.tile {
+            Tile::Channels { t: 6, v: 4 } => {
+                avx512::channels::<6, 4>(x, bases, chan, taps, w, cn, out, accumulate)
+            }
+            Tile::Channels { t: 8, v: 3 } => {
+                avx512::channels::<8, 3>(x, bases, chan, taps, w, cn, out, accumulate)
+            }
+            Tile::Channels { t: 12, v: 2 } => {
+                avx512::channels::<12, 2>(x, bases, chan, taps, w, cn, out, accumulate)
+            }
+            _ => unreachable!("a Channels tile of TILES"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -369,13 +485,13 @@ mod avx512 {
 
     use super::LANES;
 
-    /// [`super::tile`] for a `T × F` tile, with the taps' offsets given.
+    /// [`super::positions_tile`] for a `T × F` tile, with the taps' offsets given.
     ///
     /// # Safety
-    /// As [`super::tile`].
+    /// As [`super::positions_tile`].
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn tile<const T: usize, const F: usize>(
+    pub unsafe fn positions<const T: usize, const F: usize>(
         x: *const f32,
         chan: usize,
         taps: &[usize],
@@ -416,6 +532,57 @@ mod avx512 {
             for (fi, row) in acc.iter().enumerate() {
                 for (i, &a) in row.iter().enumerate() {
                     _mm512_storeu_ps(out.add(fi * ld + i * LANES), a);
+                }
+            }
+        }
+    }
+
+    /// [`super::channels_tile`] for a `T × 16·V` tile, with the taps' offsets given.
+    ///
+    /// # Safety
+    /// As [`super::channels_tile`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn channels<const T: usize, const V: usize>(
+        x: *const f32,
+        bases: &[usize],
+        chan: usize,
+        taps: &[usize],
+        w: *const f32,
+        cn: usize,
+        out: *mut f32,
+        accumulate: bool,
+    ) {
+        let f = V * LANES;
+        // SAFETY (whole body): every pointer offset stays inside the extents of the contract.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); V]; T];
+            if accumulate {
+                for (i, row) in acc.iter_mut().enumerate() {
+                    for (v, a) in row.iter_mut().enumerate() {
+                        *a = _mm512_loadu_ps(out.add(i * f + v * LANES));
+                    }
+                }
+            }
+            let mut wp = w;
+            for c in 0..cn {
+                let xc = x.add(c * chan);
+                let at: [*const f32; T] = std::array::from_fn(|i| xc.add(bases[i]));
+                for &off in taps {
+                    let wv: [__m512; V] =
+                        std::array::from_fn(|v| _mm512_loadu_ps(wp.add(v * LANES)));
+                    for (row, &xp) in acc.iter_mut().zip(&at) {
+                        let b = _mm512_set1_ps(*xp.add(off));
+                        for (a, &wv) in row.iter_mut().zip(&wv) {
+                            *a = _mm512_fmadd_ps(wv, b, *a);
+                        }
+                    }
+                    wp = wp.add(f);
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (v, &a) in row.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(i * f + v * LANES), a);
                 }
             }
         }
