@@ -199,6 +199,8 @@ mod avx512 {
             // each broadcast weight.
             for q0 in (0..plan.q).step_by(4 * 16) {
                 let lanes = (plan.q - q0).min(4 * 16);
+                // Vectors with a lane in the row: the others are neither loaded nor computed.
+                let vectors = lanes.div_ceil(16);
                 let masks: [__mmask16; 4] =
                     std::array::from_fn(|v| first(lanes.saturating_sub(16 * v)));
                 let mut acc = [b; 4];
@@ -209,7 +211,7 @@ mod avx512 {
                         let (phase, col) = ((si * dw) % SW, (si * dw) / SW);
                         let start = (prow + phase) * pitch + col + q0;
                         debug_assert!(start + lanes <= phases.len());
-                        for v in 0..4 {
+                        for v in 0..vectors {
                             // SAFETY: the window's last column, q0 + lanes − 1 + col, lies
                             // inside the phase row (the caller's contract); masked lanes are
                             // not read.
@@ -223,7 +225,7 @@ mod avx512 {
                         }
                     }
                 }
-                for v in 0..4 {
+                for v in 0..vectors {
                     let y = if plan.relu {
                         _mm512_max_ps(acc[v], zero)
                     } else {

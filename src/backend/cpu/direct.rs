@@ -25,6 +25,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use half::f16;
 use rayon::prelude::*;
 
 use super::conv::epilogue;
@@ -218,9 +219,36 @@ fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> Vec<f32> {
     }
 }
 
-/// Computes `plan` (for which [`applies`] holds) in FP32 from the input `x`, the weights as
-/// [`packed_weights`] returns them and the bias. `y` is fully written.
-pub fn conv(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+/// Computes `plan` (for which [`applies`] holds) in FP32 from the input `x` (FP32, or FP16
+/// widened as it is framed), the weights as [`packed_weights`] returns them and the bias. `y`
+/// is fully written.
+pub fn conv(plan: &ConvPlan, x: &HostData, w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    match x {
+        HostData::F32(x) => conv_from(plan, x, w, bias, y),
+        HostData::F16(x) => conv_from(plan, x, w, bias, y),
+    }
+}
+
+/// Input elements, widened to f32 as the frames copy them.
+trait Widen: Element {
+    /// `dst = src` as f32 (equal lengths).
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl Widen for f32 {
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl Widen for f16 {
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        simd::f16_to_f32(src, dst);
+    }
+}
+
+/// [`conv`] for input elements `T`.
+fn conv_from<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     if y.is_empty() {
         return;
     }
@@ -252,7 +280,7 @@ pub fn conv(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut
 
 /// Writes the frames of `images` images of `x` into `frames` (`[image][c][phase][hf][wf]`),
 /// zero wherever a frame position falls into padding.
-fn frame(plan: &ConvPlan, g: &Geometry, x: &[f32], images: usize, frames: &mut [f32]) {
+fn frame<T: Widen>(plan: &ConvPlan, g: &Geometry, x: &[T], images: usize, frames: &mut [f32]) {
     let ([sh, sw], [pt, pl]) = (plan.stride, plan.pad);
     let hw = plan.h * plan.w;
     frames[..images * plan.c * g.chan]
@@ -274,7 +302,7 @@ fn frame(plan: &ConvPlan, g: &Geometry, x: &[f32], images: usize, frames: &mut [
 
 /// Frame row `row` from input row `src`: `row[j]` is padded column `j·sw + b`, which is input
 /// column `j·sw + b − pl` where that is inside the row, else zero.
-fn frame_row(src: &[f32], b: usize, sw: usize, pl: usize, row: &mut [f32]) {
+fn frame_row<T: Widen>(src: &[T], b: usize, sw: usize, pl: usize, row: &mut [f32]) {
     // Frame columns lo..hi are inside the input: lo·sw + b ≥ pl and hi·sw + b ≤ pl + w − 1.
     let lo = pl.saturating_sub(b).div_ceil(sw).min(row.len());
     let hi = (pl + src.len())
@@ -288,10 +316,10 @@ fn frame_row(src: &[f32], b: usize, sw: usize, pl: usize, row: &mut [f32]) {
     }
     let first = lo * sw + b - pl;
     if sw == 1 {
-        row[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+        T::widen(&src[first..first + hi - lo], &mut row[lo..hi]);
     } else {
         for (v, &s) in row[lo..hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
-            *v = s;
+            *v = s.to_f32();
         }
     }
 }
