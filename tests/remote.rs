@@ -1411,3 +1411,95 @@ fn program_over_the_quota_fails_whole() {
     assert_eq!(ran.allocated.len(), 2);
     assert_eq!(acc.usage().unwrap().ops, 2);
 }
+
+/// The bug of the client's batched frees: a client that drops tensors and then has a call
+/// fail — refused by the server's check before its frees, refused after them (the quota), never
+/// sent (over the message limit), or past its deadline with its frees done — loses none of the
+/// frees it carried, and never sends one twice (the server refuses a free of a tensor it no
+/// longer holds, and the whole call with it): the next call succeeds and leaves only the live
+/// tensors charged. A Python `program()` on a remote accelerator runs through `run_all` too.
+/// The program past its deadline runs on, and the server frees the output it allocated for it
+/// when it ends (no one holds its handle).
+#[test]
+fn a_failed_call_keeps_the_frees_it_carried() {
+    use eia::ops::Op;
+    let mut cfg = config();
+    // 1 MFLOPS: a Relu of 32768 elements is metered at about 33 ms.
+    cfg.device.tiers = Tiers::with_toml(
+        "test",
+        "[[tier]]\nname = \"slow\"\nfp32_tflops = 0.000001\nfp16_tflops = 0.000001\nmemory_mib = 1\n",
+    )
+    .unwrap();
+    let server = start(cfg);
+    let client = ClientConfig {
+        timeout: Duration::from_millis(500),
+        chunk_bytes: 16 << 10,
+        max_message_bytes: 64 << 10,
+        ..ClientConfig::default()
+    };
+    let conn = Connection::connect(&server.url(false), client).unwrap();
+    let acc = conn.attach("slow").unwrap();
+    let x = acc.upload(&host(&[64, 64], 0.1)).unwrap();
+    let big_desc = eia::TensorDesc::new(DType::F32, &[128, 256]).unwrap(); // 128 KiB
+    let (a, b) = (acc.alloc(&big_desc).unwrap(), acc.alloc(&big_desc).unwrap());
+    let base = acc.usage().unwrap().memory_used;
+    let failing: [(&str, Program); 4] = [
+        ("refused before its frees", {
+            let mut p = Program::new();
+            p.apply(&Op::Relu, &[&x], &x).unwrap(); // the server refuses: input is output
+            p
+        }),
+        ("refused after its frees", {
+            let mut p = Program::new();
+            let mut y = p.apply_new(&Op::Relu, &[&a]).unwrap();
+            for _ in 1..8 {
+                y = p.apply_new(&Op::Relu, &[y]).unwrap(); // 1 MiB of outputs: over the quota
+            }
+            p
+        }),
+        ("never sent", {
+            let mut p = Program::new();
+            p.write(&a, &host(&[128, 256], 0.3)).unwrap(); // over the 64 KiB message limit
+            p
+        }),
+        ("past its deadline", {
+            let mut p = Program::new();
+            p.apply_new(&Op::Relu, &[&a]).unwrap();
+            for _ in 0..30 {
+                p.apply(&Op::Relu, &[&a], &b).unwrap(); // about 1 s metered
+            }
+            p
+        }),
+    ];
+    for (what, program) in failing {
+        let dropped = [host(&[64, 64], 0.4), host(&[32, 32], 0.5)].map(|h| acc.upload(&h).unwrap());
+        assert!(acc.usage().unwrap().memory_used > base, "{what}");
+        drop(dropped);
+        let e = acc.run(&program).expect_err(what);
+        let ends = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let used = acc
+                .usage()
+                .unwrap_or_else(|u| panic!("{what} ({e}): the call after it failed: {u}"))
+                .memory_used;
+            if used == base {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < ends,
+                "{what} ({e}): {} bytes still held",
+                used - base
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Everything still works: a program that frees and allocates.
+    drop(acc.upload(&host(&[64, 64], 0.6)).unwrap());
+    let mut p = Program::new();
+    let y = p.apply_new(&Op::Relu, &[&x]).unwrap();
+    p.read(y).unwrap();
+    let ran = acc.run_all(&p).unwrap();
+    assert_eq!(ran.allocated.len(), 1);
+    drop(ran);
+    assert_eq!(acc.usage().unwrap().memory_used, base);
+}

@@ -6,7 +6,8 @@
 //! The client is blocking: it drives its own small tokio runtime, so call it from ordinary
 //! threads (inside an async runtime, use `spawn_blocking`). A background task renews each
 //! accelerator's lease while it is attached; dropping a [`RemoteBuffer`] queues its tensor to be
-//! freed with the next call; dropping a [`RemoteAccelerator`] detaches it.
+//! freed with the next call (a call that fails keeps them for the one after); dropping a
+//! [`RemoteAccelerator`] detaches it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -249,7 +250,7 @@ impl Connection {
             conn: Arc::clone(self),
             id,
             tier: Mutex::new(convert::tier_from(r.tier)?),
-            pending_free: Arc::new(Mutex::new(Vec::new())),
+            frees: Arc::new(Mutex::new(Frees::default())),
             heartbeat,
             detached: AtomicBool::new(false),
         })
@@ -261,17 +262,31 @@ pub struct RemoteAccelerator {
     conn: Arc<Connection>,
     id: u64,
     tier: Mutex<Tier>,
-    /// Tensors whose handles were dropped, freed with the next call.
-    pending_free: Arc<Mutex<Vec<u64>>>,
+    /// What it owes the server a free for, freed with the next call.
+    frees: Arc<Mutex<Frees>>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     detached: AtomicBool,
+}
+
+/// The tensors a client has dropped and the server may still hold. Each id is in one place at
+/// a time — here or in the one call that carries it — so none is sent twice: the server answers
+/// a free of a tensor it no longer holds with NOT_FOUND and refuses the whole call, frees and
+/// all (a free is all or none, on its own or in a Run).
+#[derive(Default)]
+struct Frees {
+    /// Dropped handles not yet sent: the server holds every one.
+    dropped: Vec<u64>,
+    /// Batches a failed call carried (refused before or after its frees, or lost on the way
+    /// either way): the server holds all of a batch or none of it, and only a Free of that
+    /// batch alone tells which ([`RemoteAccelerator::free_alone`]).
+    unsure: Vec<Vec<u64>>,
 }
 
 /// A tensor on a remote accelerator (a handle; dropping it frees the tensor).
 pub struct RemoteBuffer {
     id: u64,
     accelerator: u64,
-    pending_free: Weak<Mutex<Vec<u64>>>,
+    frees: Weak<Mutex<Frees>>,
 }
 
 impl std::fmt::Debug for RemoteBuffer {
@@ -286,8 +301,8 @@ impl std::fmt::Debug for RemoteBuffer {
 
 impl Drop for RemoteBuffer {
     fn drop(&mut self) {
-        if let Some(pending) = self.pending_free.upgrade() {
-            lock(&pending).push(self.id);
+        if let Some(frees) = self.frees.upgrade() {
+            lock(&frees).dropped.push(self.id);
         }
     }
 }
@@ -319,22 +334,56 @@ impl RemoteAccelerator {
         self.conn.client.clone()
     }
 
+    /// The dropped handles, for a call to carry (it hands them to [`Self::unsure`] if it fails).
     fn take_frees(&self) -> Vec<u64> {
-        std::mem::take(&mut *lock(&self.pending_free))
+        std::mem::take(&mut lock(&self.frees).dropped)
     }
 
-    /// Frees dropped tensors now (before anything that allocates, so the quota is current).
-    fn flush_frees(&self) -> Result<()> {
-        let tensors = self.take_frees();
-        if tensors.is_empty() {
-            return Ok(());
+    /// Keeps `batch`, which a failed call carried, to settle with the next call.
+    fn unsure(&self, batch: Vec<u64>) {
+        if !batch.is_empty() {
+            lock(&self.frees).unsure.push(batch);
         }
+    }
+
+    /// Settles every unsure batch, each in a Free of its own (none in the common case).
+    fn settle(&self) -> Result<()> {
+        loop {
+            let next = lock(&self.frees).unsure.pop();
+            match next {
+                Some(batch) => self.free_alone(batch)?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Frees `batch` — tensors the server holds all of or none of — in a Free of its own.
+    /// NOT_FOUND says it holds none of them (a failed call freed them after all, or the
+    /// accelerator is gone): nothing is left to free. Any other failure keeps the batch unsure.
+    fn free_alone(&self, batch: Vec<u64>) -> Result<()> {
         let req = self.conn.request(proto::FreeRequest {
             accelerator: self.id,
-            tensors,
+            tensors: batch.clone(),
         });
-        self.conn.call(self.client().free(req))?;
-        Ok(())
+        match self.conn.runtime.block_on(self.client().free(req)) {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => {
+                self.unsure(batch);
+                Err(self.conn.fail(s))
+            }
+        }
+    }
+
+    /// Frees what it owes the server now (before anything that allocates, so the quota is
+    /// current): the unsure batches, then the dropped handles in one Free.
+    fn flush_frees(&self) -> Result<()> {
+        self.settle()?;
+        let dropped = self.take_frees();
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        self.free_alone(dropped)
     }
 
     fn handle(&self, desc: &TensorDesc, id: u64) -> Tensor<RemoteBuffer> {
@@ -346,7 +395,7 @@ impl RemoteAccelerator {
         RemoteBuffer {
             id,
             accelerator: self.id,
-            pending_free: Arc::downgrade(&self.pending_free),
+            frees: Arc::downgrade(&self.frees),
         }
     }
 
@@ -453,16 +502,25 @@ impl RemoteAccelerator {
                 owner: program.accelerator.unwrap_or_default(),
             });
         }
+        // The dropped handles ride along; a batch an earlier call left unsure goes alone first.
+        self.settle()?;
         let (reads, read_operands) = wire(program.reads.iter().map(|(x, _)| *x).collect());
+        let free = self.take_frees();
         let req = self.conn.request(proto::RunRequest {
             accelerator: self.id,
-            free: self.take_frees(),
+            free: free.clone(),
             writes: program.writes.clone(),
             ops: program.ops.clone(),
             reads,
             read_operands,
         });
-        let r = self.conn.call(self.client().run(req))?;
+        let r = match self.conn.call(self.client().run(req)) {
+            Ok(r) => r,
+            Err(e) => {
+                self.unsure(free);
+                return Err(e);
+            }
+        };
         let new = program.ops.iter().filter(|op| op.output.is_none()).count();
         if r.reads.len() != program.reads.len() || r.outputs.len() != new {
             return Err(data_loss(format!(

@@ -15,7 +15,9 @@
 //! accelerator map, a handle table, an accelerator's bookkeeping — are only ever held for
 //! bookkeeping; a program holds its own tensors' locks while it waits on the meter and
 //! computes, and nothing else of any tenant waits for those. Uploads reserve their quota before
-//! their bytes arrive and are cancelled when their accelerator goes. A reaper detaches
+//! their bytes arrive and are cancelled when their accelerator goes. A call that ends before
+//! its work (its deadline passed, its client went) keeps its permit until the work ends, and
+//! the tensors that work made for it are freed: no one holds their handles. A reaper detaches
 //! accelerators whose lease ran out (no call for `lease`), freeing all their memory.
 //!
 //! Operations: `grpc.health.v1` (tonic-health) reports the service SERVING until a drain
@@ -261,21 +263,34 @@ impl<B: Backend + Clone + 'static> Attached<B> {
             .ok_or_else(|| not_found(self.accel.id(), id))
     }
 
-    /// Runs `f` on a blocking thread once one of this accelerator's call permits is free.
+    /// Runs `f` on a blocking thread once one of this accelerator's call permits is free. The
+    /// permit is held until `f` returns, even if the call ends first (its deadline passed, its
+    /// client went); what `f` made for a call that ended is answered to no one, so the tensors
+    /// `made` names in it are freed, not held unseen until the accelerator is detached.
     async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Self) -> Result<T, Status> + Send + 'static,
+        made: fn(&T) -> Vec<u64>,
     ) -> Result<T, Status> {
-        let _permit = self
-            .calls
+        self.calls
             .acquire()
             .await
-            .map_err(|_| Status::internal("the accelerator's call queue closed"))?;
+            .map_err(|_| Status::internal("the accelerator's call queue closed"))?
+            .forget();
         let me = Arc::clone(self);
-        let result = tokio::task::spawn_blocking(move || f(&me))
+        let (answer, result) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let permit = Permit(&me.calls);
+            let result = f(&me);
+            drop(permit);
+            if let Err(Ok(unanswered)) = answer.send(result) {
+                let _ = free(&me, &made(&unanswered));
+            }
+        });
+        result
             .await
-            .map_err(|e| Status::internal(format!("worker failed: {e}")))?;
-        result.map_err(|s| self.unless_drained(s))
+            .map_err(|_| Status::internal("worker failed"))?
+            .map_err(|s| self.unless_drained(s))
     }
 
     /// `s`, or UNAVAILABLE if a drain detached the accelerator under the call.
@@ -296,6 +311,16 @@ impl<B: Backend + Clone + 'static> Attached<B> {
         let tensors = std::mem::take(&mut *lock(&self.tensors));
         drop(tensors);
         self.accel.detach().map_err(status)
+    }
+}
+
+/// A call permit taken from an accelerator's `calls` (and forgotten there), given back when
+/// dropped — also if the call's work panics.
+struct Permit<'a>(&'a tokio::sync::Semaphore);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
     }
 }
 
@@ -663,15 +688,18 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
                     .map(|m| convert::desc(Some(m)))
                     .collect::<Result<Vec<_>, _>>()?;
                 let tensors = a
-                    .blocking(move |a| {
-                        // All or nothing: tensors allocated before a failure are dropped (freed).
-                        let made = descs
-                            .iter()
-                            .map(|d| a.accel.alloc(d))
-                            .collect::<Result<Vec<_>>>()
-                            .map_err(status)?;
-                        Ok(made.into_iter().map(|t| a.insert(t)).collect())
-                    })
+                    .blocking(
+                        move |a| {
+                            // All or nothing: those made before a failure are dropped (freed).
+                            let made = descs
+                                .iter()
+                                .map(|d| a.accel.alloc(d))
+                                .collect::<Result<Vec<_>>>()
+                                .map_err(status)?;
+                            Ok(made.into_iter().map(|t| a.insert(t)).collect())
+                        },
+                        Vec::clone,
+                    )
                     .await?;
                 Ok(Response::new(proto::AllocResponse { tensors }))
             }
@@ -758,7 +786,7 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
                 .blocking(move |a| {
                     let t = a.accel.upload_reserved(reservation, host).map_err(status)?;
                     Ok(a.insert(t))
-                })
+                }, |t| vec![*t])
                 .await?;
             Ok(Response::new(proto::UploadResponse { tensor }))
         }.await)
@@ -778,7 +806,10 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
                 let a = self.get(&who, id)?;
                 let t = a.tensor(tensor)?;
                 let host = a
-                    .blocking(move |a| a.accel.download(&read(&t)).map_err(status))
+                    .blocking(
+                        move |a| a.accel.download(&read(&t)).map_err(status),
+                        |_| Vec::new(),
+                    )
                     .await?;
                 // Every chunk is a slice of the downloaded tensor's own buffer (no copy per chunk).
                 let mut meta = Some(convert::meta(host.desc()));
@@ -806,7 +837,12 @@ impl<B: Backend + Clone + 'static> Accelerators for Service<B> {
                 let who = self.principal(&req)?;
                 let a = self.get(&who, req.get_ref().accelerator)?;
                 let program = req.into_inner();
-                let response = a.blocking(move |a| run_program(a, program)).await?;
+                let response = a
+                    .blocking(
+                        move |a| run_program(a, program),
+                        |r| r.outputs.iter().map(|o| o.tensor).collect(),
+                    )
+                    .await?;
                 Ok(Response::new(response))
             }
             .await,
