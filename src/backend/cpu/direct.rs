@@ -51,6 +51,10 @@ const FRAME_GROUP_BYTES: usize = 8 << 20;
 /// Lanes of one AVX-512 vector of f32.
 const LANES: usize = 16;
 
+/// What writing one value of a `Channels` tile into `y` (a scalar transpose) costs, in lanes
+/// of FMA work.
+const TRANSPOSE_LANES: usize = 12;
+
 /// A register tile of 24 accumulators (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tile {
@@ -60,7 +64,7 @@ enum Tile {
     Channels { t: usize, v: usize },
 }
 
-/// The register tiles, in order of preference when they waste the same.
+/// The register tiles, in order of preference when they cost the same.
 const TILES: [Tile; 6] = [
     Tile::Channels { t: 6, v: 4 },
     Tile::Channels { t: 8, v: 3 },
@@ -122,25 +126,31 @@ impl Geometry {
         let hf = plan.p + (plan.r - 1) * dh / sh;
         let wf = plan.q + (plan.s - 1) * dw / sw;
         let plane = hf * wf;
-        let taps = (0..plan.r * plan.s)
+        let taps: Vec<usize> = (0..plan.r * plan.s)
             .map(|rs| {
                 let (dy, dx) = (rs / plan.s * dh, rs % plan.s * dw);
                 ((dy % sh) * sw + dx % sw) * plane + dy / sh * wf + dx / sw
             })
             .collect();
         let rows = (ITEM_POSITIONS / wf).clamp(1, plan.p);
-        // The tile that wastes the least work on padding: positions rounded up to whole tiles
-        // per item, output channels to whole blocks.
-        let padded = |tile: &Tile| {
+        // The tile with the least work: every computed value (positions rounded up to whole
+        // tiles per item, output channels to whole blocks) costs c·r·s lanes of FMA, plus its
+        // copy into `y`: a vector copy for `Positions`, a scalar transpose for `Channels`
+        // (which matters where c·r·s is small, as in a network's first convolution).
+        let work = |tile: &Tile| {
             let positions: usize = (0..plan.p)
                 .step_by(rows)
                 .map(|p0| tile.positions((plan.p - p0).min(rows), wf, plan.q))
                 .sum();
-            positions * plan.k.next_multiple_of(tile.channels())
+            let copy = match tile {
+                Tile::Positions { .. } => 1,
+                Tile::Channels { .. } => TRANSPOSE_LANES,
+            };
+            positions * plan.k.next_multiple_of(tile.channels()) * (plan.c * taps.len() + copy)
         };
         let tile = TILES
             .into_iter()
-            .min_by_key(padded)
+            .min_by_key(work)
             .expect("TILES is not empty");
         Geometry {
             hf,
