@@ -27,7 +27,9 @@ For gemm workloads numpy `a @ b` (its bundled OpenBLAS) is timed as a second
 peer, in FP32 only (numpy's fp16 matmul is not a BLAS kernel, not a fair peer).
 
 `peers.py --join EIA.jsonl PEERS.jsonl` instead prints the comparison table
-(used by benches/compare.sh): eia's throughput, each peer's, and eia/peer.
+(used by benches/compare.sh): eia's throughput, each peer's, and eia/peer; for
+a memory-bound workload also the GB/s of the plain copy of the same bytes that
+`eia run` timed right after it, and eia's GB/s as a percentage of it.
 
 Usage:
   eia workloads --json | python3 benches/peers.py [--dtype fp32] [--dtype fp16]
@@ -220,9 +222,11 @@ def join(eia_path, peers_path):
         work = e["bytes"] if e["family"] in MEMORY_BOUND else e["flops"]
         return work / median / 1e9
 
+    def peer_columns(label):
+        return f" {label:>9} {'eia/' + label:>9}"
+
     head = f"{'workload':<28} {'dtype':<5} {'unit':<6} {'eia':>8}"
-    for label in names.values():
-        head += f" {label:>9} {'eia/' + label:>9}"
+    head += peer_columns("ort") + f" {'copy':>8} {'eia/copy':>8}" + peer_columns("numpy")
     print(head)
     print("-" * len(head))
     notes, fallbacks = [], {}  # errors; onnxruntime's fallback graph -> workload ids
@@ -230,6 +234,12 @@ def join(eia_path, peers_path):
         unit = "GB/s" if e["family"] in MEMORY_BOUND else "GFLOPS"
         line = f"{e['id']:<28} {e['dtype']:<5} {unit:<6} {rate(e, e['median_s']):>8.2f}"
         for n in names:
+            if n == "numpy":  # the copy's columns go beside onnxruntime's
+                if "copy_median_s" in e:
+                    copy = e["copy_bytes"] / e["copy_median_s"] / 1e9
+                    line += f" {copy:>8.2f} {100 * rate(e, e['median_s']) / copy:>7.0f}%"
+                else:
+                    line += f" {'-':>8} {'-':>8}"
             p = peers.get((e["id"], e["dtype"], n))
             if p is None:
                 line += f" {'-':>9} {'-':>9}"
@@ -245,7 +255,8 @@ def join(eia_path, peers_path):
         print(line)
     print()
     print("Throughput = eia's flops (GFLOPS) or bytes (GB/s) for the workload / median time; "
-          "eia/peer = peer median / eia median (>1: eia faster).")
+          "eia/peer = peer median / eia median (>1: eia faster); copy = GB/s of a plain copy of "
+          "the same bytes in eia's run (eia/copy: eia's GB/s as a percentage of it).")
     if fallbacks:
         print("* onnxruntime inserted Cast nodes (no CPU kernel for the op in this dtype: it ran in fp32):")
         for graph, ids in fallbacks.items():

@@ -440,6 +440,32 @@ impl Workload {
         )
     }
 
+    /// The yardstick of a memory-bound workload: a plain copy (ONNX Identity, one parallel
+    /// chunked memcpy on the CPU) of a 1-D tensor of half of [`Workload::bytes`] (rounded down to
+    /// whole elements), so that reading it and writing its copy moves the bytes the op moves.
+    /// Returns the copy's own traffic in bytes (2 × its tensor's bytes) and it, ready to run;
+    /// `eia run` times it beside the op ("% of copy").
+    pub fn prepare_copy<B: Backend>(
+        &self,
+        backend: &B,
+        dtype: DType,
+    ) -> Result<(u64, Prepared<B>)> {
+        let len = self.bytes(dtype)? as usize / 2 / dtype.size();
+        let desc = TensorDesc::new(dtype, &[len])?;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let values: Vec<f32> = (0..len).map(|_| uniform(&mut state, -1.0, 1.0)).collect();
+        let input = backend.upload(&HostTensor::from_f32(dtype, desc.shape(), &values)?)?;
+        let output = backend.alloc(&desc)?;
+        Ok((
+            2 * desc.bytes() as u64,
+            Prepared {
+                op: Op::Identity,
+                inputs: vec![input],
+                output,
+            },
+        ))
+    }
+
     /// Uploads deterministic pseudo-random inputs (never all zero; BN variances positive) and
     /// allocates the output.
     pub fn prepare<B: Backend>(&self, backend: &B, dtype: DType) -> Result<Prepared<B>> {

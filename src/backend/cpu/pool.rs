@@ -1,15 +1,15 @@
 //! CPU pooling (MaxPool, AveragePool and the global pools) plane by plane: each task takes one
 //! or more `[h, w]` planes (FP16 planes widened to f32 and rounded back once). A window pool
-//! computes one output row at a time, separably: the window's valid input rows are reduced
-//! (`max` or `+`) into one full-width row, contiguous and vectorised, then that row's column taps
-//! into the output row. With a unit column stride (the common case) the whole output row is one
-//! call, [`unit_stride_row`]: the reduced row sits between identity borders (the padding), so
-//! each block of `LANES` output columns reduces its taps in registers with no range logic. With
-//! a larger column stride, for column tap `j` the output columns whose input column lies inside
-//! the plane form one range, one contiguous `max` or `+` of a slice of the row split into its
-//! stride phases. Per output element that is `r + s` operations instead of `r·s`. Averages are
-//! multiplied by a precomputed reciprocal of each position's count. Global pools reduce each
-//! contiguous plane with independent lane accumulators.
+//! reduces separably. With a unit column stride (the common case) the whole plane is reduced at
+//! once, [`unit_stride_plane`]: copied between identity borders (the padding), its rows laid end
+//! to end, every column tap and then every row tap is one shifted `max` or `+` over the whole
+//! plane. With a larger column stride, one output row at a time: the window's valid input rows
+//! are reduced (`max` or `+`) into one full-width row, contiguous and vectorised; then for column
+//! tap `j` the output columns whose input column lies inside the plane form one range, one
+//! contiguous `max` or `+` of a slice of that row split into its stride phases. Per output
+//! element that is `r + s` operations instead of `r·s`. Averages are multiplied by a precomputed
+//! reciprocal of each position's count. Global pools reduce each contiguous plane with
+//! independent lane accumulators.
 
 use rayon::prelude::*;
 
@@ -29,9 +29,7 @@ struct Geometry<'a> {
     plan: &'a PoolPlan,
     /// Tap `j` of a row feeds output columns `cols[j].0 .. cols[j].1`.
     cols: Vec<(usize, usize)>,
-    /// `q` rounded up to whole `LANES` blocks: the row length of `inv`.
-    q_pad: usize,
-    /// Averages: `1 / count` per output position, `p` rows of `q_pad` (the padding columns 0).
+    /// Averages: `1 / count` per output position, `p` rows of `q`.
     inv: Vec<f32>,
 }
 
@@ -48,7 +46,6 @@ impl<'a> Geometry<'a> {
                 )
             })
             .collect();
-        let q_pad = plan.q.next_multiple_of(LANES);
         let count = |op: usize, oq: usize| match plan.kind {
             PoolKind::AverageIncludePad => {
                 included(op, plan.stride[0], plan.dilation[0], plan.r, plan.padded[0])
@@ -61,25 +58,20 @@ impl<'a> Geometry<'a> {
         };
         let mut inv = Vec::new();
         if plan.kind != PoolKind::Max {
-            inv.resize(plan.p * q_pad, 0.0);
-            for (op, row) in inv.chunks_exact_mut(q_pad).enumerate() {
-                for (oq, v) in row[..plan.q].iter_mut().enumerate() {
+            inv.resize(plan.p * plan.q, 0.0);
+            for (op, row) in inv.chunks_exact_mut(plan.q).enumerate() {
+                for (oq, v) in row.iter_mut().enumerate() {
                     *v = 1.0 / count(op, oq) as f32;
                 }
             }
         }
-        Geometry {
-            plan,
-            cols,
-            q_pad,
-            inv,
-        }
+        Geometry { plan, cols, inv }
     }
 
-    /// Output row `op`'s reciprocal counts (`q_pad` long; empty for MaxPool).
+    /// Output row `op`'s reciprocal counts (`q` long; empty for MaxPool).
     fn inv_row(&self, op: usize) -> &[f32] {
         self.inv
-            .get(op * self.q_pad..(op + 1) * self.q_pad)
+            .get(op * self.plan.q..(op + 1) * self.plan.q)
             .unwrap_or(&[])
     }
 }
@@ -201,104 +193,77 @@ fn plane(g: &Geometry, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
     }
 }
 
-/// [`plane`] with a unit column stride: one [`unit_stride_row`] call per output row, on a
-/// scratch row whose borders (the padding, and the reach of the last block's taps) hold the
-/// identity.
+/// [`plane`] with a unit column stride, on the whole plane at once (pool rows are short, so
+/// work done row by row is mostly per-row overhead): the plane is copied into a scratch plane
+/// `pp` with `identity` (the reduction's, the padding's value) around it, `pw` columns wide and
+/// tall enough for every window; its rows laid end to end, a column tap is then one shift of the
+/// whole plane and a row tap one shift by whole rows. So the column taps reduce `pp` into `hs`
+/// (`hs[k] = op_j pp[k + j·dilation]`), the row taps reduce `hs` into `vs` (`vs[k] = op_i
+/// hs[k + i·dilation·pw]`), each one long contiguous vector operation; output row `o` is row
+/// `o·stride` of `vs`, times its reciprocal counts for an average. Columns past the output's `q`
+/// mix values across rows and are never read.
 fn unit_stride_plane(g: &Geometry, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
     let plan = g.plan;
-    let max = plan.kind == PoolKind::Max;
-    let cols = Cols {
-        lead: plan.pad[1],
-        taps: plan.s,
-        dilation: plan.dilation[1],
-        identity: if max { f32::NEG_INFINITY } else { 0.0 },
+    let (max, identity) = match plan.kind {
+        PoolKind::Max => (true, f32::NEG_INFINITY),
+        _ => (false, 0.0),
     };
-    let len = (cols.lead + plan.w).max(g.q_pad + (cols.taps - 1) * cols.dilation);
-    scratch.clear();
-    scratch.resize(len, cols.identity);
-    for (op, yr) in y.chunks_exact_mut(plan.q).enumerate() {
-        let (lo, hi) = window_rows(plan, op);
-        let rows = Rows {
-            // Unused when there are none (`lo == hi`), and then possibly out of the plane.
-            first: (op * plan.stride[0] + lo * plan.dilation[0]).saturating_sub(plan.pad[0])
-                * plan.w,
-            count: hi - lo,
-            step: plan.dilation[0] * plan.w,
-            w: plan.w,
-        };
-        if max {
-            // `f32::max`: a NaN in the second operand never wins (as in onnxruntime).
-            unit_stride_row(x, rows, cols, scratch, yr, &[], |a, b| a.max(b));
-        } else {
-            unit_stride_row(x, rows, cols, scratch, yr, g.inv_row(op), |a, b| a + b);
+    let [top, left] = plan.pad;
+    let (sh, [dh, dw]) = (plan.stride[0], plan.dilation);
+    // Padded rows every window reaches, columns every output column's taps reach.
+    let ph = (top + plan.h).max((plan.p - 1) * sh + (plan.r - 1) * dh + 1);
+    let pw = (left + plan.w).max(plan.q + (plan.s - 1) * dw);
+    let hs_len = ph * pw - (plan.s - 1) * dw;
+    let vs_len = (plan.p - 1) * sh * pw + plan.q;
+    scratch.resize(ph * pw + hs_len + vs_len, identity);
+    let (pp, rest) = scratch.split_at_mut(ph * pw);
+    let (hs, vs) = rest.split_at_mut(hs_len);
+    pp.fill(identity);
+    for (row, xr) in pp[top * pw..].chunks_mut(pw).zip(x.chunks_exact(plan.w)) {
+        row[left..left + plan.w].copy_from_slice(xr);
+    }
+    let taps = Taps {
+        count: plan.s,
+        step: dw,
+    };
+    let rows = Taps {
+        count: plan.r,
+        step: dh * pw,
+    };
+    if max {
+        // `f32::max`: a NaN in the second operand never wins (as in onnxruntime).
+        reduce_shifted(hs, pp, taps, |a, b| a.max(b));
+        reduce_shifted(vs, hs, rows, |a, b| a.max(b));
+    } else {
+        reduce_shifted(hs, pp, taps, |a, b| a + b);
+        reduce_shifted(vs, hs, rows, |a, b| a + b);
+    }
+    for (o, yr) in y.chunks_exact_mut(plan.q).enumerate() {
+        yr.copy_from_slice(&vs[o * sh * pw..o * sh * pw + plan.q]);
+        if !max {
+            scale(yr, g.inv_row(o));
         }
     }
 }
 
-/// One output row's valid input rows: `count` rows of `w`, the first at `x[first..]`, then every
-/// `step` elements.
+/// `count` taps, `step` elements apart.
 #[derive(Clone, Copy)]
-struct Rows {
-    first: usize,
+struct Taps {
     count: usize,
     step: usize,
-    w: usize,
-}
-
-/// A unit-stride row's column taps: `taps` of them, `dilation` apart, over a scratch row that
-/// holds the input row from `lead` (the left padding) on and `identity` (the reduction's, the
-/// padding's value) around it.
-#[derive(Clone, Copy)]
-struct Cols {
-    lead: usize,
-    taps: usize,
-    dilation: usize,
-    identity: f32,
 }
 
 multiversion! {
-    /// One output row `out` of a pool with a unit column stride, in one call (pool rows are
-    /// short, so per-call work must be whole rows). The valid input `rows` are reduced by `op`
-    /// into `v[lead..lead + w]` (the rest of `v` holds the identity, and is long enough for
-    /// every block's taps); then each block of `LANES` output columns `o` reduces its taps
-    /// `v[o + j·dilation]` in registers and, unless `inv` is empty (MaxPool), is multiplied by
-    /// `inv[o]` (`inv` padded to whole blocks).
-    fn unit_stride_row[F: Fn(f32, f32) -> f32](
-        x: &[f32],
-        rows: Rows,
-        cols: Cols,
-        v: &mut [f32],
-        out: &mut [f32],
-        inv: &[f32],
-        op: F,
-    ) {
-        let vm = &mut v[cols.lead..cols.lead + rows.w];
-        if rows.count == 0 {
-            vm.fill(cols.identity);
-        } else {
-            vm.copy_from_slice(&x[rows.first..rows.first + rows.w]);
-            for k in 1..rows.count {
-                let start = rows.first + k * rows.step;
-                lanes(vm, &x[start..start + rows.w], |o, s| *o = op(*o, s));
+    /// `out[k] = op(src[k], src[k + step], …)` over the `count` taps (`src` holds at least
+    /// `out.len() + (count − 1)·step` elements). Plain loops: the slices are whole planes,
+    /// long enough for LLVM's own vectorisation (`lanes` here compiles to gathers).
+    fn reduce_shifted[F: Fn(f32, f32) -> f32](out: &mut [f32], src: &[f32], taps: Taps, op: F) {
+        out.copy_from_slice(&src[..out.len()]);
+        for j in 1..taps.count {
+            let shifted = &src[j * taps.step..j * taps.step + out.len()];
+            for (o, &s) in out.iter_mut().zip(shifted) {
+                *o = op(*o, s);
             }
-        }
-        for (b, block) in out.chunks_mut(LANES).enumerate() {
-            let o = b * LANES;
-            let mut acc = [cols.identity; LANES];
-            for j in 0..cols.taps {
-                let at = o + j * cols.dilation;
-                let s: &[f32; LANES] = v[at..at + LANES].try_into().unwrap();
-                for l in 0..LANES {
-                    acc[l] = op(acc[l], s[l]);
-                }
-            }
-            if !inv.is_empty() {
-                let r: &[f32; LANES] = inv[o..o + LANES].try_into().unwrap();
-                for l in 0..LANES {
-                    acc[l] *= r[l];
-                }
-            }
-            block.copy_from_slice(&acc[..block.len()]);
         }
     }
 }

@@ -1,11 +1,12 @@
 //! `eia run`: the op workloads on the CPU backend (or a metered accelerator of a tier), their
-//! median time, GFLOPS and GB/s.
+//! median time, GFLOPS and GB/s; a memory-bound workload's GB/s also as a percentage of a plain
+//! copy of the same bytes timed right after it on the same backend ([`Workload::prepare_copy`]).
 
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use eia::accelerator::{Device, DeviceConfig};
-use eia::workload::Workload;
+use eia::workload::{Prepared, Workload};
 use eia::{Backend, CpuBackend, DType};
 
 use crate::{parse_dtype, TierFile};
@@ -138,13 +139,14 @@ fn run_workloads<B: Backend>(backend: &B, plan: &RunPlan) -> eia::Result<()> {
     if !plan.json {
         println!("eia run: {}", plan.header);
         println!(
-            "{:<34} {:>5} {:>10} {:>10} {:>9} {:>9} {:>14}{}",
+            "{:<34} {:>5} {:>10} {:>10} {:>9} {:>9} {:>9} {:>14}{}",
             "workload",
             "dtype",
             "GFLOP",
             "median ms",
             "GFLOPS",
             "GB/s",
+            "% of copy",
             "checksum",
             if plan.tier.is_some() {
                 "  % of tier"
@@ -158,12 +160,17 @@ fn run_workloads<B: Backend>(backend: &B, plan: &RunPlan) -> eia::Result<()> {
         for w in &plan.workloads {
             let r = measure(backend, w, *dtype, plan.seconds)?;
             total += r.median * r.runs as u32;
+            if let Some(c) = &r.copy {
+                total += c.median * c.runs as u32;
+            }
             let s = r.median.as_secs_f64();
             let gflops = r.flops as f64 / s / 1e9;
+            let gbps = r.bytes as f64 / s / 1e9;
             if plan.json {
                 println!(
-                    "{{\"id\":\"{}\",\"family\":\"{}\",\"dtype\":\"{}\",\"flops\":{},\"bytes\":{},\"median_s\":{:.9},\"runs\":{},\"threads\":{}{}}}",
+                    "{{\"id\":\"{}\",\"family\":\"{}\",\"dtype\":\"{}\",\"flops\":{},\"bytes\":{},\"median_s\":{:.9},\"runs\":{},\"threads\":{}{}{}}}",
                     w.id(), w.family(), dtype, r.flops, r.bytes, s, r.runs, plan.threads,
+                    r.copy.as_ref().map(|c| format!(",\"copy_bytes\":{},\"copy_median_s\":{:.9},\"copy_runs\":{}", c.bytes, c.median.as_secs_f64(), c.runs)).unwrap_or_default(),
                     plan.tier.as_ref().map(|t| format!(",\"tier\":\"{}\"", t.name())).unwrap_or_default()
                 );
             } else {
@@ -177,14 +184,19 @@ fn run_workloads<B: Backend>(backend: &B, plan: &RunPlan) -> eia::Result<()> {
                         )
                     })
                     .unwrap_or_default();
+                let of_copy = r.copy.as_ref().map_or("-".to_string(), |c| {
+                    let copy_gbps = c.bytes as f64 / c.median.as_secs_f64() / 1e9;
+                    format!("{:.0}%", 100.0 * gbps / copy_gbps)
+                });
                 println!(
-                    "{:<34} {:>5} {:>10.3} {:>10.3} {:>9.1} {:>9.2} {:>14.6e}{of_tier}",
+                    "{:<34} {:>5} {:>10.3} {:>10.3} {:>9.1} {:>9.2} {:>9} {:>14.6e}{of_tier}",
                     w.id(),
                     dtype,
                     r.flops as f64 / 1e9,
                     s * 1e3,
                     gflops,
-                    r.bytes as f64 / s / 1e9,
+                    gbps,
+                    of_copy,
                     r.checksum
                 );
             }
@@ -207,9 +219,19 @@ struct Measured {
     median: Duration,
     runs: usize,
     checksum: f64,
+    /// For a memory-bound workload, the copy of the same bytes timed right after it.
+    copy: Option<CopyTimed>,
 }
 
-/// Runs `w` once to warm up, then repeatedly for about `seconds` (at least 3 runs); median time.
+/// A plain copy's timing ([`Workload::prepare_copy`]).
+struct CopyTimed {
+    /// What it reads and writes.
+    bytes: u64,
+    median: Duration,
+    runs: usize,
+}
+
+/// Times `w` (and, if it is memory-bound, then a copy of as many bytes) with [`time`].
 fn measure<B: Backend>(
     backend: &B,
     w: &Workload,
@@ -219,6 +241,42 @@ fn measure<B: Backend>(
     let (flops, _) = w.plan(dtype)?;
     let bytes = w.bytes(dtype)?;
     let mut prepared = w.prepare(backend, dtype)?;
+    let (median, runs) = time(backend, &mut prepared, seconds)?;
+    let checksum = backend
+        .download(prepared.output())?
+        .data()
+        .to_f64_vec()
+        .iter()
+        .sum();
+    drop(prepared);
+    let copy = if w.memory_bound() {
+        let (bytes, mut copy) = w.prepare_copy(backend, dtype)?;
+        let (median, runs) = time(backend, &mut copy, seconds)?;
+        Some(CopyTimed {
+            bytes,
+            median,
+            runs,
+        })
+    } else {
+        None
+    };
+    Ok(Measured {
+        flops,
+        bytes,
+        median,
+        runs,
+        checksum,
+        copy,
+    })
+}
+
+/// Runs `prepared` once to warm up, then repeatedly for about `seconds` (at least 3 runs);
+/// the median time and the number of timed runs.
+fn time<B: Backend>(
+    backend: &B,
+    prepared: &mut Prepared<B>,
+    seconds: f64,
+) -> eia::Result<(Duration, usize)> {
     // Back to back, as an inference loop issues them (see `Backend::run_ops`).
     let mut times = backend.run_ops(|| {
         prepared.run(backend)?;
@@ -233,17 +291,5 @@ fn measure<B: Backend>(
         eia::Result::Ok(times)
     })?;
     times.sort();
-    let checksum = backend
-        .download(prepared.output())?
-        .data()
-        .to_f64_vec()
-        .iter()
-        .sum();
-    Ok(Measured {
-        flops,
-        bytes,
-        median: times[times.len() / 2],
-        runs: times.len(),
-        checksum,
-    })
+    Ok((times[times.len() / 2], times.len()))
 }
