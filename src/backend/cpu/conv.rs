@@ -11,7 +11,9 @@
 //!
 //! With a column stride above 1 the input is first split into column phases, so every im2col
 //! copy is contiguous. Bias and ReLU are applied to each block while it is still in cache.
-//! Convolutions with one input channel per group use the direct kernel in `depthwise`.
+//! Convolutions with one input channel per group use the direct kernel in `depthwise`; with
+//! AVX-512, dense convolutions larger than 1×1 use the direct kernel in `direct` instead of this
+//! lowering (the CPU backend's launch picks, see `direct::applies`).
 
 use gemm::Parallelism;
 use rayon::prelude::*;

@@ -2,7 +2,8 @@
 //! Storage is host memory ([`CpuData`]: the [`HostData`] and the forms derived from it). GEMM
 //! and convolution run on FP32 kernels (FP16 operands are widened once, accumulated in FP32 and
 //! rounded once on output; FP16 weights — a conv's weights, a GEMM's B — are widened once per
-//! tensor and the copy cached with it, see [`derived`]); batch norm and softmax stream FP16
+//! tensor and the copy cached with it, or packed once for the direct convolution, see
+//! [`derived`] and [`direct`]); batch norm and softmax stream FP16
 //! through FP32 registers chunk by chunk.
 
 mod batchnorm;
