@@ -10,14 +10,14 @@
 //!   GEMM per thread (`stacked`).
 //!
 //! With a column stride above 1 the input is first split into column phases, so every im2col
-//! copy is contiguous. Bias and ReLU are applied to each block while it is still in cache.
+//! copy is contiguous. Bias and the fused ReLU or Clip are applied to each block while it is still in cache.
 //! Convolutions with one input channel per group use the direct kernel in `depthwise`.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::depthwise::depthwise;
-use super::gemm::relu;
+use super::gemm::clamp;
 use super::Disjoint;
 use crate::ops::ConvPlan;
 
@@ -49,13 +49,13 @@ pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: 
     }
 }
 
-/// Adds `bias` to `out` and applies the plan's ReLU.
-fn epilogue(plan: &ConvPlan, bias: Option<f32>, out: &mut [f32]) {
+/// Adds `bias` to `out` and applies the plan's fused ReLU or Clip.
+pub(super) fn epilogue(plan: &ConvPlan, bias: Option<f32>, out: &mut [f32]) {
     if let Some(b) = bias {
         out.iter_mut().for_each(|v| *v += b);
     }
-    if plan.relu {
-        relu(out);
+    if let Some(c) = plan.clamp {
+        clamp(c, out);
     }
 }
 
