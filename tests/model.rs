@@ -816,8 +816,17 @@ fn clip_fuses_into_conv_and_gemm() {
         let r = apply(Op::Relu, &[&e]);
         let want = cpu.download(&apply(clip_op(clip2), &[&r])).unwrap();
         let got = m.session(&cpu).unwrap().run(&[x.clone()]).unwrap();
-        assert_eq!(got[0].data().to_f64_vec(), want.data().to_f64_vec(), "opset {opset}");
-        let clipped = want.data().to_f64_vec().iter().filter(|&&v| v == clip2[1] as f64).count();
+        assert_eq!(
+            got[0].data().to_f64_vec(),
+            want.data().to_f64_vec(),
+            "opset {opset}"
+        );
+        let clipped = want
+            .data()
+            .to_f64_vec()
+            .iter()
+            .filter(|&&v| v == clip2[1] as f64)
+            .count();
         assert!(clipped > 0, "some outputs reach the upper bound: {want:?}");
     }
 }

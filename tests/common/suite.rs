@@ -638,9 +638,30 @@ pub fn errors_gemm_matmul<B: Backend>(backend: &B) {
         |e| matches!(e, Error::DTypeMismatch { operand: "C", .. }),
     );
     for (what, clip, name) in [
-        ("clip min > max", Clip { min: Some(1.0), max: Some(0.0) }, "clip.min"),
-        ("clip min NaN", Clip { min: Some(f32::NAN), max: None }, "clip.min"),
-        ("clip max NaN", Clip { min: None, max: Some(f32::NAN) }, "clip.max"),
+        (
+            "clip min > max",
+            Clip {
+                min: Some(1.0),
+                max: Some(0.0),
+            },
+            "clip.min",
+        ),
+        (
+            "clip min NaN",
+            Clip {
+                min: Some(f32::NAN),
+                max: None,
+            },
+            "clip.min",
+        ),
+        (
+            "clip max NaN",
+            Clip {
+                min: None,
+                max: Some(f32::NAN),
+            },
+            "clip.max",
+        ),
     ] {
         let op = Gemm {
             clip: Some(clip),
@@ -648,7 +669,9 @@ pub fn errors_gemm_matmul<B: Backend>(backend: &B) {
         };
         expect_err(
             what,
-            backend.gemm(&op, &f(&[2, 3]), &f(&[3, 5]), None).map(|_| ()),
+            backend
+                .gemm(&op, &f(&[2, 3]), &f(&[3, 5]), None)
+                .map(|_| ()),
             |e| matches!(e, Error::Attribute { op: "Gemm", name: n, .. } if *n == name),
         );
     }
@@ -762,17 +785,33 @@ pub fn errors_conv<B: Backend>(backend: &B) {
         attr("group"),
     );
     for (what, clip, name) in [
-        ("clip min > max", Clip { min: Some(6.0), max: Some(0.0) }, "clip.min"),
-        ("clip max NaN", Clip { min: Some(0.0), max: Some(f32::NAN) }, "clip.max"),
+        (
+            "clip min > max",
+            Clip {
+                min: Some(6.0),
+                max: Some(0.0),
+            },
+            "clip.min",
+        ),
+        (
+            "clip max NaN",
+            Clip {
+                min: Some(0.0),
+                max: Some(f32::NAN),
+            },
+            "clip.max",
+        ),
     ] {
         let op = Conv {
             relu: true,
             clip: Some(clip),
             ..d.clone()
         };
-        expect_err(what, backend.conv(&op, &x, &w, None).map(|_| ()), |e| {
-            matches!(e, Error::Attribute { op: "Conv", name: n, .. } if *n == name)
-        });
+        expect_err(
+            what,
+            backend.conv(&op, &x, &w, None).map(|_| ()),
+            |e| matches!(e, Error::Attribute { op: "Conv", name: n, .. } if *n == name),
+        );
     }
     expect_err(
         "group zero",

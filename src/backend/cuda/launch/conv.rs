@@ -395,7 +395,10 @@ mod tests {
             assert!(src.contains(&format!("(conv_{}_f32,", kernel.variant())));
         }
         // 4 pointers, 4 i64, 25 i32 and f32, and 4 bytes of tail padding, as C lays it out.
-        assert_eq!(std::mem::size_of::<ConvParams>(), 4 * 8 + 4 * 8 + 25 * 4 + 4);
+        assert_eq!(
+            std::mem::size_of::<ConvParams>(),
+            4 * 8 + 4 * 8 + 25 * 4 + 4
+        );
     }
 
     #[test]
@@ -463,7 +466,11 @@ mod tests {
         assert_eq!((a.pad_h, a.pad_w, a.p, a.q, a.pq), (1, 1, 14, 14, 196));
         assert_eq!((a.x_image, a.y_image), (256 * 196, 256 * 196));
         assert_eq!((a.x_group, a.w_group), (256 * 196, 256 * 2304));
-        assert_eq!((a.lo, a.hi), (f32::NEG_INFINITY, f32::INFINITY), "no ReLU or Clip");
+        assert_eq!(
+            (a.lo, a.hi),
+            (f32::NEG_INFINITY, f32::INFINITY),
+            "no ReLU or Clip"
+        );
         assert_eq!((a.a_async, a.b_async), (0, 1));
 
         // Grouped, small, FP16: 64×64 tiles, grid z over groups, per-group strides.
