@@ -815,7 +815,11 @@ fn clip_fuses_into_conv_and_gemm() {
         let e = apply(Op::Gemm(Gemm::default()), &[&f, &up(&g)]);
         let r = apply(Op::Relu, &[&e]);
         let want = cpu.download(&apply(clip_op(clip2), &[&r])).unwrap();
-        let got = m.session(&cpu).unwrap().run(&[x.clone()]).unwrap();
+        let got = m
+            .session(&cpu)
+            .unwrap()
+            .run(std::slice::from_ref(&x))
+            .unwrap();
         assert_eq!(
             got[0].data().to_f64_vec(),
             want.data().to_f64_vec(),
