@@ -175,7 +175,7 @@ typedef struct eia_average_pool_attrs {
   eia_auto_pad_t auto_pad;
 } eia_average_pool_attrs;
 
-// ONNX Gemm attributes: `Y = relu?(alpha·A'·B' + beta·C)`.
+// ONNX Gemm attributes: `Y = clip?(relu?(alpha·A'·B' + beta·C))`.
 typedef struct eia_gemm_attrs {
   float alpha;
   float beta;
@@ -183,6 +183,10 @@ typedef struct eia_gemm_attrs {
   bool trans_b;
   // Apply max(0, y) to the result (fused; not an ONNX attribute).
   bool relu;
+  // Clip the result to [clip_min, clip_max] after the ReLU (fused; not an ONNX attribute);
+  // `-INFINITY` / `INFINITY`: no bound on that side (the default: no Clip).
+  float clip_min;
+  float clip_max;
 } eia_gemm_attrs;
 
 // ONNX Conv attributes for 2-D NCHW input and OIHW weights.
@@ -200,6 +204,10 @@ typedef struct eia_conv_attrs {
   size_t kernel_shape[2];
   // Apply max(0, y) after the bias (fused; not an ONNX attribute).
   bool relu;
+  // Clip to [clip_min, clip_max] after the bias and ReLU (fused; not an ONNX attribute; ReLU6:
+  // 0 and 6); `-INFINITY` / `INFINITY`: no bound on that side (the default: no Clip).
+  float clip_min;
+  float clip_max;
 } eia_conv_attrs;
 
 // ONNX BatchNormalization attributes (inference form).
@@ -536,10 +544,11 @@ struct eia_max_pool_attrs eia_max_pool_attrs_default(void);
 // NOTSET; kernel_shape {0, 0} (must be set).
 struct eia_average_pool_attrs eia_average_pool_attrs_default(void);
 
-// Gemm's ONNX defaults: alpha 1, beta 1, no transposes, no ReLU.
+// Gemm's ONNX defaults: alpha 1, beta 1, no transposes, no ReLU, no Clip.
 struct eia_gemm_attrs eia_gemm_attrs_default(void);
 
-// Conv's ONNX defaults: strides 1, no pads, dilations 1, group 1, NOTSET, kernel from weights.
+// Conv's ONNX defaults: strides 1, no pads, dilations 1, group 1, NOTSET, kernel from weights,
+// no ReLU, no Clip.
 struct eia_conv_attrs eia_conv_attrs_default(void);
 
 // BatchNormalization's ONNX default: epsilon 1e-5.
@@ -578,7 +587,7 @@ struct eia_dropout_attrs eia_dropout_attrs_default(void);
 // LRN's ONNX defaults (alpha 1e-4, beta 0.75, bias 1.0); `size` 0, which the caller must set.
 struct eia_lrn_attrs eia_lrn_attrs_default(void);
 
-// ONNX Gemm: `Y = relu?(alpha·A'·B' + beta·C)` for 2-D `a`, `b`; `c` (unidirectionally
+// ONNX Gemm: `Y = clip?(relu?(alpha·A'·B' + beta·C))` for 2-D `a`, `b`; `c` (unidirectionally
 // broadcast to Y) may be NULL.
 struct eia_error *eia_gemm(const struct eia_accelerator *accelerator,
                            const struct eia_gemm_attrs *attrs,

@@ -106,6 +106,13 @@ __device__ __forceinline__ unsigned eia_pack_half2(float lo, float hi) {
     return *reinterpret_cast<unsigned *>(&h);
 }
 
+// min(max(v, lo), hi), NaN staying NaN (the comparisons return a NaN v; fmaxf would not): Clip,
+// and the fused ReLU / Clip of the Conv and Gemm epilogues (ReLU is [0, +inf], none ±inf).
+__device__ __forceinline__ float eia_clamp(float v, float lo, float hi) {
+    const float t = v < lo ? lo : v;
+    return t > hi ? hi : t;
+}
+
 // Loads element i of a tensor of T (float or __half) widened to float, and stores a float
 // rounded to T.
 __device__ __forceinline__ float eia_load(const float *p, long long i) { return p[i]; }

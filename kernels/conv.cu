@@ -1,4 +1,4 @@
-// conv.cu — 2-D convolution (ONNX Conv, NCHW input, OIHW weights, fused bias and ReLU).
+// conv.cu — 2-D convolution (ONNX Conv, NCHW input, OIHW weights, fused bias and ReLU / Clip).
 //
 // Kernels (launch geometry planned by src/backend/cuda/launch/conv.rs):
 //   conv_tc128x128_f16  implicit GEMM on tensor cores (mma.sync m16n8k16, FP32 accumulators):
@@ -63,7 +63,7 @@ struct ConvParams {
     int r, s, rs;      // kernel window
     int p, q, pq;      // output plane
     int stride_h, stride_w, dil_h, dil_w, pad_h, pad_w;
-    int relu;          // max(0, ·) after the bias
+    float lo, hi;      // the fused ReLU / Clip after the bias: min(max(·, lo), hi); ±inf: none
     int a_async;       // F16: A tiles by cp.async, 8 pixels at a time (1×1 window, stride 1, no
                        // padding, p·q % 8 == 0, x 16-byte aligned): A is x itself
     int b_async;       // F16: B tiles by cp.async (kdim % 8 == 0, w 16-byte aligned)
@@ -152,10 +152,9 @@ __device__ __forceinline__ T conv_gather_checked(const ConvPixel<T> &px, const u
     return ((unsigned)ih < (unsigned)p.h && (unsigned)iw < (unsigned)p.w_in) ? px.row[e.x] : zero;
 }
 
-// bias + ReLU of one accumulator.
+// bias + ReLU / Clip of one accumulator.
 __device__ __forceinline__ float conv_epilogue(const ConvParams &p, float v, float b) {
-    v += b;
-    return (p.relu && v < 0.f) ? 0.f : v; // NaN stays NaN, as on the CPU
+    return eia_clamp(v + b, p.lo, p.hi); // NaN stays NaN, as on the CPU
 }
 
 __device__ __forceinline__ constexpr int conv_cmax(int a, int b) { return a > b ? a : b; }
@@ -340,7 +339,7 @@ __device__ __forceinline__ void conv_igemm_tc(const ConvParams &p, uint4 *smem,
         if (!EIA_PLANT(conv_tc_nosync)) __syncthreads();
     }
 
-    // Epilogue: bias, ReLU, one rounding, into C [BN][C_LD] in shared memory.
+    // Epilogue: bias, ReLU / Clip, one rounding, into C [BN][C_LD] in shared memory.
     __half *Cs = reinterpret_cast<__half *>(smem);
     const int g = lane >> 2, t = lane & 3;
     const __half *bias = reinterpret_cast<const __half *>(p.bias);
@@ -482,7 +481,7 @@ EIA_KERNEL_BOUNDS(conv_simt_f32, ConvParams, CONV_SIMT_THREADS) {
         if (!EIA_PLANT(conv_simt_nosync)) __syncthreads();
     }
 
-    // Epilogue: bias, ReLU, NCHW stores.
+    // Epilogue: bias, ReLU / Clip, NCHW stores.
     const float *bias = reinterpret_cast<const float *>(p.bias);
     float bv[8];
 #pragma unroll

@@ -1,5 +1,5 @@
 // gemm.cu — batched, strided GEMM for Gemm and MatMul (src/ops/gemm.rs, GemmPlan):
-//   Y[z] = relu?(alpha · A[z] · B[z] + beta · C)      (Y[z] is m×n, contiguous at z·y_batch)
+//   Y[z] = clamp(alpha · A[z] · B[z] + beta · C)      (Y[z] is m×n, contiguous at z·y_batch)
 // A[z] element (i, kk) is at a + a_off(z) + i·a_row + kk·a_col, B[z] likewise; C (2-D, no batch)
 // element (i, j) at c + i·c_row + j·c_col (strides may be 0: broadcast). All strides in elements.
 //
@@ -45,7 +45,6 @@
 
 // GemmParams.flags
 #define GEMM_HAS_C 1      // add beta·C
-#define GEMM_RELU 2       // max(0, y)
 #define GEMM_A_ALONG_K 4  // A is loaded in runs along K (else along M)
 #define GEMM_A_VEC 8      // ... and full runs may use one 16-byte load
 #define GEMM_B_ALONG_K 16 // B is loaded in runs along K (else along N)
@@ -66,6 +65,7 @@ struct GemmParams {
     int m, n, k;
     int flags;
     float alpha, beta;
+    float lo, hi;  // the fused ReLU / Clip: min(max(y, lo), hi); ±inf: none
 };
 
 // Element offsets of this block's A and B matrices.
@@ -103,15 +103,14 @@ __device__ __forceinline__ void gemm_tile(int bm, int bn, int &m0, int &n0) {
     n0 = (in_group / rows) * bn;
 }
 
-// The epilogue of one output value: alpha·acc (+ beta·C) (ReLU), in FP32.
+// The epilogue of one output value: alpha·acc (+ beta·C), clamped (ReLU / Clip), in FP32.
 template <typename T>
 __device__ __forceinline__ float gemm_epilogue(const GemmParams &p, const T *c, float acc, int row,
                                                int col) {
     float v = p.alpha * acc;
     if (p.flags & GEMM_HAS_C)
         v = fmaf(p.beta, eia_load(c, (long long)row * p.c_row + (long long)col * p.c_col), v);
-    if ((p.flags & GEMM_RELU) && v < 0.0f) v = 0.0f;
-    return v;
+    return eia_clamp(v, p.lo, p.hi);
 }
 
 __device__ __forceinline__ int gemm_clamp(int v, int hi) { return v < 0 ? 0 : (v > hi ? hi : v); }

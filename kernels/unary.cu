@@ -39,8 +39,7 @@ struct UnaryRelu {
 };
 struct UnaryClip {
     __device__ __forceinline__ float operator()(const UnaryParams &p, float x) const {
-        const float t = x < p.lo ? p.lo : x;
-        return t > p.hi ? p.hi : t;
+        return eia_clamp(x, p.lo, p.hi);
     }
 };
 struct UnaryLeakyRelu {

@@ -11,7 +11,7 @@ use eia::ffi::error::*;
 use eia::ffi::ops::*;
 use eia::ffi::tensor::*;
 use eia::ffi::{EIA_F16, EIA_F32};
-use eia::ops::{Add, BatchNorm, Conv, Gemm, Op, Softmax};
+use eia::ops::{Add, BatchNorm, Clip, Conv, Gemm, Op, Softmax};
 use eia::{Backend, CpuBackend, DType, HostTensor, Tensor};
 
 const TIERS: &str =
@@ -177,6 +177,10 @@ fn ops_match_the_rust_api(a: *mut eia_accelerator) {
             trans_a: true,
             trans_b: true,
             relu: false,
+            clip: Some(Clip {
+                min: Some(-0.5),
+                max: None,
+            }),
         };
         let attrs = eia_gemm_attrs {
             alpha: 0.5,
@@ -184,6 +188,8 @@ fn ops_match_the_rust_api(a: *mut eia_accelerator) {
             trans_a: true,
             trans_b: true,
             relu: false,
+            clip_min: -0.5,
+            clip_max: f32::INFINITY,
         };
         let (ta, tb, tc) = (tensor(a, &ha), tensor(a, &hb), tensor(a, &hc));
         let mut y = ptr::null_mut();
@@ -223,9 +229,14 @@ fn ops_match_the_rust_api(a: *mut eia_accelerator) {
             dilations: [1, 2],
             group: 2,
             relu: true,
+            clip: Some(Clip {
+                min: None,
+                max: Some(0.5),
+            }),
             ..Conv::default()
         };
         let mut cattrs = eia_conv_attrs_default();
+        cattrs.clip_max = 0.5;
         cattrs.strides = [2, 1];
         cattrs.pads = [1, 0, 2, 1];
         cattrs.dilations = [1, 2];

@@ -413,6 +413,16 @@ enum ConvMutation {
     Group(u64),
     AutoPad(String),
     KernelShape(Vec<u64>),
+    Clip(proto::ClipOp),
+}
+
+/// A fused Clip: any bounds, NaN, infinite and min > max included.
+fn clip_op() -> impl Strategy<Value = proto::ClipOp> {
+    (
+        prop::option::of(any::<f32>()),
+        prop::option::of(any::<f32>()),
+    )
+        .prop_map(|(min, max)| proto::ClipOp { min, max })
 }
 
 /// Conv attributes: a valid set (strides, small pads, dilations, group 1 or 2, an auto_pad)
@@ -448,6 +458,7 @@ fn conv_op() -> impl Strategy<Value = proto::ConvOp> {
         ]
         .prop_map(ConvMutation::AutoPad),
         1 => attr_pair().prop_map(ConvMutation::KernelShape),
+        1 => clip_op().prop_map(ConvMutation::Clip),
     ];
     (base, prop::collection::vec(mutation, 0..3)).prop_map(
         |((strides, pads, dilations, group, auto_pad, relu), mutations)| {
@@ -459,6 +470,7 @@ fn conv_op() -> impl Strategy<Value = proto::ConvOp> {
                 auto_pad: auto_pad.into(),
                 kernel_shape: vec![],
                 relu,
+                clip: None,
             };
             for m in mutations {
                 match m {
@@ -468,6 +480,7 @@ fn conv_op() -> impl Strategy<Value = proto::ConvOp> {
                     ConvMutation::Group(g) => c.group = Some(g),
                     ConvMutation::AutoPad(a) => c.auto_pad = a,
                     ConvMutation::KernelShape(v) => c.kernel_shape = v,
+                    ConvMutation::Clip(v) => c.clip = Some(v),
                 }
             }
             c
@@ -482,14 +495,16 @@ fn op_kind() -> impl Strategy<Value = Option<Kind>> {
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
+        prop::option::of(clip_op()),
     )
-        .prop_map(|(alpha, beta, trans_a, trans_b, relu)| {
+        .prop_map(|(alpha, beta, trans_a, trans_b, relu, clip)| {
             Kind::Gemm(proto::GemmOp {
                 alpha,
                 beta,
                 trans_a,
                 trans_b,
                 relu,
+                clip,
             })
         });
     prop_oneof![
@@ -1327,6 +1342,10 @@ fn seeds() -> Vec<Vec<u8>> {
             auto_pad: "NOTSET".into(),
             kernel_shape: vec![3, 3],
             relu: true,
+            clip: Some(proto::ClipOp {
+                min: Some(0.0),
+                max: Some(6.0),
+            }),
         })),
         inputs: vec![1, 2, 3],
         output: Some(4),
@@ -1339,6 +1358,7 @@ fn seeds() -> Vec<Vec<u8>> {
             trans_a: true,
             trans_b: false,
             relu: false,
+            clip: None,
         })),
         inputs: vec![1, 2],
         output: Some(3),

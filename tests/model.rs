@@ -8,7 +8,7 @@ use eia::model::onnx::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use eia::ops::{BatchNorm, Conv, Gemm, Op, Softmax};
+use eia::ops::{BatchNorm, Clip, Conv, Flatten, Gemm, Op, Softmax};
 use eia::{Backend, CpuBackend, DType, Error, HostTensor, LoadOptions, Model};
 use prost::Message;
 use rand::rngs::StdRng;
@@ -739,6 +739,113 @@ fn batch_norm_folds_into_conv_and_relu_into_its_producer() {
     assert!(err / norm <= 1e-5, "relative error {}", err / norm);
 }
 
+/// `Conv → Clip` and `Gemm → Relu → Clip` fuse into their producers' epilogues (a Clip's bounds
+/// as constant inputs at opset 13, as attributes at opset 7), and the model computes what its
+/// ops compute one by one.
+#[test]
+fn clip_fuses_into_conv_and_gemm() {
+    let mut rng = seeded("clip");
+    let w = random(&mut rng, &[6, 3, 3, 3], -0.5, 0.5);
+    let b = random(&mut rng, &[6], -0.5, 0.5);
+    let g = random(&mut rng, &[150, 16], -0.5, 0.5);
+    let x = random(&mut rng, &[1, 3, 7, 7], -1.0, 1.0);
+    let clip1 = [0.0, 0.3];
+    // The ops one by one; the last Clip's upper bound is half the largest output, so some
+    // outputs reach it (16 ReLU outputs, all zero with probability 2⁻¹⁶).
+    let cpu = CpuBackend::new();
+    let up = |t: &HostTensor| cpu.upload(t).unwrap();
+    let apply = |op: Op, x: &[&eia::Tensor<_>]| cpu.apply(&op, x).unwrap();
+    let clip_op = |[lo, hi]: [f32; 2]| {
+        Op::Clip(Clip {
+            min: Some(lo),
+            max: Some(hi),
+        })
+    };
+    let c = apply(Op::Conv(Conv::default()), &[&up(&x), &up(&w), &up(&b)]);
+    let d = apply(clip_op(clip1), &[&c]);
+    let f = apply(Op::Flatten(Flatten::default()), &[&d]);
+    let e = apply(Op::Gemm(Gemm::default()), &[&f, &up(&g)]);
+    let r = apply(Op::Relu, &[&e]);
+    let top = cpu
+        .download(&r)
+        .unwrap()
+        .data()
+        .to_f64_vec()
+        .into_iter()
+        .fold(0.0, f64::max);
+    assert!(top > 0.0, "some output of the ReLU is positive");
+    let clip2 = [-0.3, (top / 2.0) as f32];
+    let want = cpu.download(&apply(clip_op(clip2), &[&r])).unwrap();
+    let scalar = |v: f32| HostTensor::new(&[], vec![v]).unwrap();
+    for opset in [7, 13] {
+        let clip = |name: &str, x: &str, y: &str, [lo, hi]: [f32; 2]| {
+            if opset < 11 {
+                let attrs = vec![attr_float("min", lo), attr_float("max", hi)];
+                node("Clip", name, &[x], &[y], attrs)
+            } else {
+                let bounds = [format!("{name}_lo"), format!("{name}_hi")];
+                node("Clip", name, &[x, &bounds[0], &bounds[1]], &[y], vec![])
+            }
+        };
+        let mut initializer = vec![float_tensor("w", &w), float_tensor("b", &b)];
+        initializer.push(float_tensor("g", &g));
+        if opset >= 11 {
+            for (name, [lo, hi]) in [("clip1", clip1), ("clip2", clip2)] {
+                initializer.push(float_tensor(&format!("{name}_lo"), &scalar(lo)));
+                initializer.push(float_tensor(&format!("{name}_hi"), &scalar(hi)));
+            }
+        }
+        let graph = GraphProto {
+            node: vec![
+                node("Conv", "conv", &["x", "w", "b"], &["c"], vec![]),
+                clip("clip1", "c", "d", clip1),
+                node("Flatten", "flat", &["d"], &["f"], vec![]),
+                node("Gemm", "gemm", &["f", "g"], &["e"], vec![]),
+                node("Relu", "relu", &["e"], &["r"], vec![]),
+                clip("clip2", "r", "y", clip2),
+            ],
+            initializer,
+            input: vec![value_info(
+                "x",
+                DataType::Float,
+                &[Some(1), Some(3), Some(7), Some(7)],
+            )],
+            output: vec![value_info("y", DataType::Float, &[])],
+            ..Default::default()
+        };
+        let m = Model::from_bytes(&model(graph, opset), LoadOptions::default()).unwrap();
+        let nodes: Vec<(String, String)> = m
+            .nodes()
+            .map(|(name, kind, _)| (name.to_string(), kind))
+            .collect();
+        let want_nodes = [
+            ("'conv'+'clip1'", "Conv+Clip"),
+            ("'flat'", "Flatten"),
+            ("'gemm'+'relu'+'clip2'", "Gemm+Relu+Clip"),
+        ]
+        .map(|(n, k)| (n.to_string(), k.to_string()));
+        assert_eq!(nodes, want_nodes, "opset {opset}");
+
+        let got = m
+            .session(&cpu)
+            .unwrap()
+            .run(std::slice::from_ref(&x))
+            .unwrap();
+        assert_eq!(
+            got[0].data().to_f64_vec(),
+            want.data().to_f64_vec(),
+            "opset {opset}"
+        );
+        let clipped = want
+            .data()
+            .to_f64_vec()
+            .iter()
+            .filter(|&&v| v == clip2[1] as f64)
+            .count();
+        assert!(clipped > 0, "some outputs reach the upper bound: {want:?}");
+    }
+}
+
 /// `model` (encoded) with every initializer's data moved to files in `dir` as `place` says
 /// (location, and whether to write offset/length), written as `dir/model.onnx`.
 fn with_external_data(
@@ -874,8 +981,8 @@ fn bad_external_data_is_one_clear_error() {
 }
 
 /// eia's own ResNet-50 and MobileNetV2 (`eia zoo`) load with every BatchNormalization folded
-/// into its Conv and every Relu fused into the Conv or residual Add before it; a fused op's
-/// profile name lists its nodes.
+/// into its Conv, every Relu fused into the Conv or residual Add before it and every Clip
+/// (ReLU6) into its Conv; a fused op's profile name lists its nodes.
 #[test]
 fn the_zoo_models_fold_every_batch_norm_and_fuse_every_relu() {
     let kinds = |bytes: &[u8]| {
@@ -900,11 +1007,15 @@ fn the_zoo_models_fold_every_batch_norm_and_fuse_every_relu() {
     assert_eq!(count(&r50, "Conv"), 20, "{r50:?}");
     assert_eq!(count(&r50, "Add+Relu"), 16, "{r50:?}");
     let mv2 = kinds(&eia::model::zoo::mobilenet_v2(1));
-    assert_eq!(count(&mv2, "Conv(depthwise)"), 17, "{mv2:?}");
-    assert_eq!(count(&mv2, "Conv"), 35, "{mv2:?}");
+    // ReLU6 after every depthwise and expansion conv, the stem and the last 1×1; the 17
+    // projections are linear.
+    assert_eq!(count(&mv2, "Conv(depthwise)+Clip"), 17, "{mv2:?}");
+    assert_eq!(count(&mv2, "Conv+Clip"), 18, "{mv2:?}");
+    assert_eq!(count(&mv2, "Conv"), 17, "{mv2:?}");
     for k in [&r50, &mv2] {
         assert_eq!(count(k, "BatchNormalization"), 0, "{k:?}");
         assert_eq!(count(k, "Relu"), 0, "{k:?}");
+        assert_eq!(count(k, "Clip"), 0, "{k:?}");
     }
 }
 

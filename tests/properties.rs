@@ -54,6 +54,7 @@ proptest! {
             auto_pad,
             kernel_shape: None,
             relu,
+            clip: None,
         };
         let x_shape = [n, group * cg, h, w];
         let w_shape = [group * kg, cg, r, s];
@@ -89,7 +90,7 @@ proptest! {
         let a_shape = if trans_a { [k, m] } else { [m, k] };
         let b_shape = if trans_b { [n, k] } else { [k, n] };
         let (a, b) = (values(seed, dtype, &a_shape), values(seed ^ 1, dtype, &b_shape));
-        let op = Gemm { alpha: 0.75, beta: 0.0, trans_a, trans_b, relu: false };
+        let op = Gemm { alpha: 0.75, beta: 0.0, trans_a, trans_b, relu: false, clip: None };
         let (want, shape) = reference::gemm(&f64s(&a), &a_shape, &f64s(&b), &b_shape, None, 0.75, 0.0, trans_a, trans_b, false);
         let cpu = CpuBackend::new();
         let mut y = poisoned(&cpu, dtype, &shape);

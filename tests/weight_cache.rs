@@ -74,6 +74,7 @@ fn conv3x3() -> Conv {
         auto_pad: Default::default(),
         kernel_shape: None,
         relu: false,
+        clip: None,
     }
 }
 

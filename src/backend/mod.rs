@@ -184,7 +184,7 @@ pub trait Backend: Send + Sync {
             .collect()
     }
 
-    /// ONNX Gemm: `relu?(alpha·A'·B' + beta·C)`.
+    /// ONNX Gemm: `clip?(relu?(alpha·A'·B' + beta·C))`.
     fn gemm(
         &self,
         op: &Gemm,

@@ -25,7 +25,7 @@ pub const EIA_AUTO_PAD_SAME_LOWER: eia_auto_pad_t = 2;
 /// No padding.
 pub const EIA_AUTO_PAD_VALID: eia_auto_pad_t = 3;
 
-/// ONNX Gemm attributes: `Y = relu?(alpha·A'·B' + beta·C)`.
+/// ONNX Gemm attributes: `Y = clip?(relu?(alpha·A'·B' + beta·C))`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct eia_gemm_attrs {
@@ -35,6 +35,10 @@ pub struct eia_gemm_attrs {
     pub trans_b: bool,
     /// Apply max(0, y) to the result (fused; not an ONNX attribute).
     pub relu: bool,
+    /// Clip the result to [clip_min, clip_max] after the ReLU (fused; not an ONNX attribute);
+    /// `-INFINITY` / `INFINITY`: no bound on that side (the default: no Clip).
+    pub clip_min: f32,
+    pub clip_max: f32,
 }
 
 /// ONNX Conv attributes for 2-D NCHW input and OIHW weights.
@@ -54,6 +58,10 @@ pub struct eia_conv_attrs {
     pub kernel_shape: [usize; 2],
     /// Apply max(0, y) after the bias (fused; not an ONNX attribute).
     pub relu: bool,
+    /// Clip to [clip_min, clip_max] after the bias and ReLU (fused; not an ONNX attribute; ReLU6:
+    /// 0 and 6); `-INFINITY` / `INFINITY`: no bound on that side (the default: no Clip).
+    pub clip_min: f32,
+    pub clip_max: f32,
 }
 
 /// ONNX BatchNormalization attributes (inference form).
@@ -95,6 +103,17 @@ impl From<&eia_clip_attrs> for Clip {
             max: (a.max != f32::INFINITY).then_some(a.max),
         }
     }
+}
+
+/// A Conv's or Gemm's fused Clip from its `clip_min` / `clip_max`: none when both are infinite.
+fn fused_clip(min: f32, max: f32) -> Option<Clip> {
+    let clip = Clip::from(&eia_clip_attrs { min, max });
+    (clip != Clip::default()).then_some(clip)
+}
+
+/// `clip_min` / `clip_max` of an optional fused Clip.
+fn clip_bounds(clip: Option<Clip>) -> [f32; 2] {
+    clip.unwrap_or_default().bounds()
 }
 
 /// Add attributes: ONNX Add has none; `relu` fuses the ReLU that follows it (ResNet's residual
@@ -202,6 +221,7 @@ impl From<&eia_gemm_attrs> for Gemm {
             trans_a: a.trans_a,
             trans_b: a.trans_b,
             relu: a.relu,
+            clip: fused_clip(a.clip_min, a.clip_max),
         }
     }
 }
@@ -218,6 +238,7 @@ impl TryFrom<&eia_conv_attrs> for Conv {
             auto_pad,
             kernel_shape: (a.kernel_shape != [0, 0]).then_some(a.kernel_shape),
             relu: a.relu,
+            clip: fused_clip(a.clip_min, a.clip_max),
         })
     }
 }
@@ -336,23 +357,28 @@ pub extern "C" fn eia_average_pool_attrs_default() -> eia_average_pool_attrs {
     }
 }
 
-/// Gemm's ONNX defaults: alpha 1, beta 1, no transposes, no ReLU.
+/// Gemm's ONNX defaults: alpha 1, beta 1, no transposes, no ReLU, no Clip.
 #[no_mangle]
 pub extern "C" fn eia_gemm_attrs_default() -> eia_gemm_attrs {
     let d = Gemm::default();
+    let [clip_min, clip_max] = clip_bounds(d.clip);
     eia_gemm_attrs {
         alpha: d.alpha,
         beta: d.beta,
         trans_a: d.trans_a,
         trans_b: d.trans_b,
         relu: d.relu,
+        clip_min,
+        clip_max,
     }
 }
 
-/// Conv's ONNX defaults: strides 1, no pads, dilations 1, group 1, NOTSET, kernel from weights.
+/// Conv's ONNX defaults: strides 1, no pads, dilations 1, group 1, NOTSET, kernel from weights,
+/// no ReLU, no Clip.
 #[no_mangle]
 pub extern "C" fn eia_conv_attrs_default() -> eia_conv_attrs {
     let d = Conv::default();
+    let [clip_min, clip_max] = clip_bounds(d.clip);
     eia_conv_attrs {
         strides: d.strides,
         pads: d.pads,
@@ -361,6 +387,8 @@ pub extern "C" fn eia_conv_attrs_default() -> eia_conv_attrs {
         auto_pad: EIA_AUTO_PAD_NOTSET,
         kernel_shape: [0, 0],
         relu: d.relu,
+        clip_min,
+        clip_max,
     }
 }
 
@@ -496,7 +524,7 @@ fn apply<B: Held>(
     Ok(b.apply(op, &x)?)
 }
 
-/// ONNX Gemm: `Y = relu?(alpha·A'·B' + beta·C)` for 2-D `a`, `b`; `c` (unidirectionally
+/// ONNX Gemm: `Y = clip?(relu?(alpha·A'·B' + beta·C))` for 2-D `a`, `b`; `c` (unidirectionally
 /// broadcast to Y) may be NULL.
 #[no_mangle]
 pub extern "C" fn eia_gemm(

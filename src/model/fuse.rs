@@ -1,7 +1,7 @@
 //! Load-time rewrites of a model's op list that leave its results unchanged beyond the precision
 //! contract: a BatchNormalization of a Conv's output (the Conv read by nothing else) folded into
-//! the Conv's weights and bias, and a Relu fused into the epilogue of the Conv, Gemm or Add
-//! that produces its input. Weights are folded in float64 from their FP32 values, before any
+//! the Conv's weights and bias, a Relu fused into the epilogue of the Conv, Gemm or Add that
+//! produces its input, and a Clip (ReLU6) into that of the Conv or Gemm. Weights are folded in float64 from their FP32 values, before any
 //! conversion to FP16.
 
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ impl Graph<'_> {
     pub fn fuse(&mut self) -> Result<usize> {
         let before = self.steps.len();
         self.fold_batch_norms()?;
-        self.fuse_relus()?;
+        self.fuse_activations()?;
         Ok(before - self.steps.len())
     }
 
@@ -93,7 +93,7 @@ impl Graph<'_> {
         let Op::Conv(conv) = &self.steps[j].op else {
             return Ok(None);
         };
-        if conv.relu {
+        if conv.relu || conv.clip.is_some() {
             return Ok(None);
         }
         let conv: Conv = conv.clone();
@@ -134,17 +134,19 @@ impl Graph<'_> {
         Ok(Some(j))
     }
 
-    /// `Conv | Gemm | Add → Relu` into the producer's fused ReLU.
-    fn fuse_relus(&mut self) -> Result<()> {
+    /// `Conv | Gemm | Add → Relu` into the producer's fused ReLU, and `Conv | Gemm → Clip` into
+    /// its fused Clip.
+    fn fuse_activations(&mut self) -> Result<()> {
         let mut i = 0;
         while i < self.steps.len() {
-            if self.steps[i].op.name() == "Relu" {
+            if matches!(self.steps[i].op, Op::Relu | Op::Clip(_)) {
                 let readers = self.readers();
                 if let Some(j) = self.sole_producer(self.steps[i].inputs[0], &readers) {
-                    if set_relu(&mut self.steps[j].op) {
-                        let relu = self.steps.remove(i);
+                    let activation = self.steps[i].op.clone();
+                    if fuse_activation(&mut self.steps[j].op, &activation) {
+                        let fused = self.steps.remove(i);
                         let j = if j < i { j } else { j - 1 };
-                        self.steps[j].absorb(relu);
+                        self.steps[j].absorb(fused);
                         continue;
                     }
                 }
@@ -164,13 +166,23 @@ impl SlotStep {
     }
 }
 
-/// Turns on `op`'s fused ReLU if it has one that is off.
-fn set_relu(op: &mut Op) -> bool {
-    let relu = match op {
-        Op::Conv(c) => &mut c.relu,
-        Op::Gemm(g) => &mut g.relu,
-        Op::Add(a) => &mut a.relu,
+/// Fuses `activation` (a Relu or a Clip) into `op`'s epilogue, if `op` has that epilogue and
+/// nothing would then run in another order: a ReLU goes in where neither a ReLU nor a Clip is
+/// fused yet (the epilogue applies the ReLU first), a Clip where no Clip is.
+fn fuse_activation(op: &mut Op, activation: &Op) -> bool {
+    let (relu, clip) = match op {
+        Op::Conv(c) => (&mut c.relu, Some(&mut c.clip)),
+        Op::Gemm(g) => (&mut g.relu, Some(&mut g.clip)),
+        Op::Add(a) => (&mut a.relu, None),
         _ => return false,
     };
-    !std::mem::replace(relu, true)
+    match (activation, clip) {
+        (Op::Relu, None) => !std::mem::replace(relu, true),
+        (Op::Relu, Some(clip)) if clip.is_none() => !std::mem::replace(relu, true),
+        (Op::Clip(c), Some(clip)) if clip.is_none() => {
+            *clip = Some(*c);
+            true
+        }
+        _ => false,
+    }
 }

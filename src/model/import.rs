@@ -185,6 +185,7 @@ pub fn import(
                 trans_a: a.int("transA")?.unwrap_or(0) != 0,
                 trans_b: a.int("transB")?.unwrap_or(0) != 0,
                 relu: false,
+                clip: None,
             })))
         }
         "MatMul" => {
@@ -215,6 +216,7 @@ pub fn import(
                 auto_pad,
                 kernel_shape: a.fixed("kernel_shape")?,
                 relu: false,
+                clip: None,
             })))
         }
         "BatchNormalization" => {

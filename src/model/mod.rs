@@ -316,8 +316,8 @@ impl Model {
     }
 
     /// What each op of one inference is: its node's name, its kind (the ONNX op, with
-    /// `+Relu` where a ReLU is fused into it and `(depthwise)` for a Conv with one channel per
-    /// group) and its FLOPs.
+    /// `+Relu` / `+Clip` where a ReLU / a Clip is fused into it and `(depthwise)` for a Conv
+    /// with one channel per group) and its FLOPs.
     pub fn nodes(&self) -> impl Iterator<Item = (&str, String, u64)> {
         self.program
             .iter()
@@ -337,11 +337,14 @@ impl Model {
         let relu = matches!(&step.op, Op::Conv(c) if c.relu)
             || matches!(&step.op, Op::Gemm(g) if g.relu)
             || matches!(&step.op, Op::Add(a) if a.relu);
+        let clip = matches!(&step.op, Op::Conv(c) if c.clip.is_some())
+            || matches!(&step.op, Op::Gemm(g) if g.clip.is_some());
         format!(
-            "{}{}{}",
+            "{}{}{}{}",
             step.op.name(),
             if depthwise { "(depthwise)" } else { "" },
-            if relu { "+Relu" } else { "" }
+            if relu { "+Relu" } else { "" },
+            if clip { "+Clip" } else { "" }
         )
     }
 }

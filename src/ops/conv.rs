@@ -1,7 +1,7 @@
 //! Conv (ONNX, 2-D): NCHW input, OIHW weights, strides, asymmetric pads, dilations, groups
-//! (depthwise included), optional bias, auto_pad, and an optional fused ReLU.
+//! (depthwise included), optional bias, auto_pad, and an optional fused ReLU and/or Clip.
 
-use super::{expect_rank, indexable, output, same_dtype, MAX_DIM};
+use super::{expect_rank, indexable, output, same_dtype, Clamp, Clip, MAX_DIM};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
@@ -57,8 +57,8 @@ impl std::str::FromStr for AutoPad {
     }
 }
 
-/// ONNX Conv attributes for 2-D inputs, plus an optional fused ReLU.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// ONNX Conv attributes for 2-D inputs, plus an optional fused ReLU and Clip.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Conv {
     /// `[stride_h, stride_w]`.
@@ -73,6 +73,9 @@ pub struct Conv {
     pub kernel_shape: Option<[usize; 2]>,
     /// Apply `max(0, y)` after the bias (fused epilogue).
     pub relu: bool,
+    /// Clip `y` to these bounds after the bias (fused epilogue; after the ReLU when both are
+    /// set): ReLU6 is `Clip::RELU6`.
+    pub clip: Option<Clip>,
 }
 
 impl Default for Conv {
@@ -85,6 +88,7 @@ impl Default for Conv {
             auto_pad: AutoPad::NotSet,
             kernel_shape: None,
             relu: false,
+            clip: None,
         }
     }
 }
@@ -109,7 +113,8 @@ pub struct ConvPlan {
     /// Resolved `[top, left]` padding (bottom/right follow from the output size).
     pub pad: [usize; 2],
     pub bias: bool,
-    pub relu: bool,
+    /// The fused ReLU and/or Clip, applied after the bias.
+    pub clamp: Option<Clamp>,
     pub output: TensorDesc,
 }
 
@@ -233,7 +238,7 @@ impl Conv {
             dilation: self.dilations,
             pad: [pad_h, pad_w],
             bias: bias.is_some(),
-            relu: self.relu,
+            clamp: Clamp::fused(OP, self.relu, self.clip.as_ref())?,
             output: output(OP, dtype, &[n, k, p, q])?,
         })
     }

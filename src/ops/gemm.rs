@@ -1,12 +1,12 @@
 //! Gemm (`Y = alpha·A'·B' + beta·C`, ONNX) and MatMul (numpy-style batched matmul, ONNX), both
 //! resolved into one [`GemmPlan`]: a batch of `M×K · K×N` products over strided operands.
 
-use super::{expect_rank, indexable, output, product, same_dtype};
+use super::{expect_rank, indexable, output, product, same_dtype, Clamp, Clip};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
 
-/// ONNX Gemm attributes, plus an optional fused ReLU on the output.
+/// ONNX Gemm attributes, plus an optional fused ReLU and Clip on the output.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Gemm {
@@ -16,6 +16,8 @@ pub struct Gemm {
     pub trans_b: bool,
     /// Apply `max(0, y)` to the result (fused epilogue).
     pub relu: bool,
+    /// Clip the result to these bounds (fused epilogue; after the ReLU when both are set).
+    pub clip: Option<Clip>,
 }
 
 impl Default for Gemm {
@@ -26,6 +28,7 @@ impl Default for Gemm {
             trans_a: false,
             trans_b: false,
             relu: false,
+            clip: None,
         }
     }
 }
@@ -43,7 +46,7 @@ pub struct MatLayout {
 }
 
 /// A validated batched GEMM: for each batch index `b`,
-/// `Y[b] = relu?(alpha · A[b] · B[b] + beta · C)` with `A[b]` `m×k`, `B[b]` `k×n`, `Y[b]` `m×n`
+/// `Y[b] = clamp?(alpha · A[b] · B[b] + beta · C)` with `A[b]` `m×k`, `B[b]` `k×n`, `Y[b]` `m×n`
 /// contiguous at `b·m·n`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GemmPlan {
@@ -62,7 +65,8 @@ pub struct GemmPlan {
     pub beta: f32,
     /// Layout of C broadcast to `m×n`, when C is present (and beta is applied to it).
     pub c: Option<MatLayout>,
-    pub relu: bool,
+    /// The fused ReLU and/or Clip, applied last.
+    pub clamp: Option<Clamp>,
     pub output: TensorDesc,
 }
 
@@ -164,7 +168,7 @@ impl Gemm {
             alpha: self.alpha,
             beta: self.beta,
             c: c_layout,
-            relu: self.relu,
+            clamp: Clamp::fused(OP, self.relu, self.clip.as_ref())?,
             output: output(OP, dtype, &[m, n])?,
         })
     }
@@ -297,7 +301,7 @@ impl MatMul {
             alpha: 1.0,
             beta: 0.0,
             c: None,
-            relu: false,
+            clamp: None,
             output: output(OP, dtype, &out_shape)?,
         })
     }

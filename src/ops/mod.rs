@@ -10,8 +10,9 @@
 //! once and runs it through [`crate::Backend::apply_into`].
 //!
 //! FLOP counts (what the meter charges, per the product contract):
-//! - Gemm / MatMul: `2·M·N·K` per batch matrix; the alpha/beta/C epilogue and ReLU are not charged.
-//! - Conv: `2·N·K·P·Q·(C/group)·R·S`; bias and ReLU are not charged.
+//! - Gemm / MatMul: `2·M·N·K` per batch matrix; the alpha/beta/C epilogue and the fused ReLU
+//!   or Clip are not charged.
+//! - Conv: `2·N·K·P·Q·(C/group)·R·S`; bias and the fused ReLU or Clip are not charged.
 //! - BatchNormalization: `2` per element (one multiply, one add after folding the statistics).
 //! - Softmax: `5` per element (max, subtract, exp, sum, scale).
 //! - Relu, Clip, LeakyRelu: `1` per element; Sigmoid, Tanh: `4` per element.
@@ -44,7 +45,7 @@ pub use layout::{
 pub use lrn::{Lrn, LrnPlan};
 pub use pool::{AveragePool, MaxPool, PoolKind, PoolPlan};
 pub use softmax::{Softmax, SoftmaxPlan};
-pub use unary::{Activation, Clip, LeakyRelu, UnaryPlan};
+pub use unary::{Activation, Clamp, Clip, LeakyRelu, UnaryPlan};
 
 /// The most inputs a variadic op (Sum, Concat) takes.
 pub const MAX_INPUTS: usize = 64;

@@ -122,24 +122,7 @@ impl Activation {
         let op = self.name();
         indexable(op, &[("X", x)])?;
         match self {
-            Activation::Clip { min, max } => {
-                for (name, v) in [("min", min), ("max", max)] {
-                    if v.is_nan() {
-                        return Err(Error::attribute(
-                            op,
-                            name,
-                            "is NaN (expected a number, or unset for no bound)",
-                        ));
-                    }
-                }
-                if min > max {
-                    return Err(Error::attribute(
-                        op,
-                        "min",
-                        format!("{min} is greater than max {max} (expected min <= max)"),
-                    ));
-                }
-            }
+            Activation::Clip { min, max } => check_bounds(op, ["min", "max"], min, max)?,
             Activation::LeakyRelu { alpha } if !alpha.is_finite() => {
                 return Err(Error::attribute(
                     op,
@@ -159,12 +142,93 @@ impl Activation {
 }
 
 impl Clip {
+    /// `[min, max]` with unset bounds resolved to infinities.
+    pub fn bounds(&self) -> [f32; 2] {
+        [
+            self.min.unwrap_or(f32::NEG_INFINITY),
+            self.max.unwrap_or(f32::INFINITY),
+        ]
+    }
+
     /// The activation with unset bounds resolved to infinities.
     pub fn activation(&self) -> Activation {
-        Activation::Clip {
-            min: self.min.unwrap_or(f32::NEG_INFINITY),
-            max: self.max.unwrap_or(f32::INFINITY),
+        let [min, max] = self.bounds();
+        Activation::Clip { min, max }
+    }
+}
+
+/// Checks resolved Clip bounds for `op`, naming them `names` in errors: neither NaN, `min <= max`.
+fn check_bounds(op: &'static str, names: [&'static str; 2], min: f32, max: f32) -> Result<()> {
+    for (name, v) in names.into_iter().zip([min, max]) {
+        if v.is_nan() {
+            return Err(Error::attribute(
+                op,
+                name,
+                "is NaN (expected a number, or unset for no bound)",
+            ));
         }
+    }
+    if min > max {
+        return Err(Error::attribute(
+            op,
+            names[0],
+            format!("{min} is greater than max {max} (expected min <= max)"),
+        ));
+    }
+    Ok(())
+}
+
+/// The clamp a Conv or Gemm applies in its fused epilogue, after the bias: `min(max(y, lo), hi)`,
+/// NaN staying NaN. A fused ReLU is `[0, +∞]`, a fused Clip its bounds
+/// (unset ones infinite), both together the ReLU then the Clip: `[max(0, min), max]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Clamp {
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Clamp {
+    /// The clamp of `op`'s fused `relu` and `clip` attributes (None when neither is set), the
+    /// Clip's bounds checked as Clip checks them (errors name `clip.min` / `clip.max`).
+    pub fn fused(op: &'static str, relu: bool, clip: Option<&Clip>) -> Result<Option<Clamp>> {
+        let (lo, hi) = match clip {
+            Some(c) => {
+                let [min, max] = c.bounds();
+                check_bounds(op, ["clip.min", "clip.max"], min, max)?;
+                (min, max)
+            }
+            None if relu => (0.0, f32::INFINITY),
+            None => return Ok(None),
+        };
+        Ok(Some(Clamp {
+            lo: if relu { lo.max(0.0) } else { lo },
+            hi,
+        }))
+    }
+
+    /// `[lo, hi]` of an optional clamp, infinite without one (kernels that always clamp: the
+    /// infinite bounds change no value).
+    pub fn bounds(clamp: Option<Clamp>) -> [f32; 2] {
+        clamp.map_or([f32::NEG_INFINITY, f32::INFINITY], |c| [c.lo, c.hi])
+    }
+
+    /// The clamp of one value; NaN stays NaN.
+    pub fn apply(self, v: f32) -> f32 {
+        let t = if v < self.lo { self.lo } else { v };
+        if t > self.hi {
+            self.hi
+        } else {
+            t
+        }
+    }
+
+    /// The clamp of one value in f64 (for references and tests).
+    pub fn eval_f64(self, v: f64) -> f64 {
+        Activation::Clip {
+            min: self.lo,
+            max: self.hi,
+        }
+        .eval_f64(v)
     }
 }
 

@@ -139,6 +139,7 @@ pub fn op_from(kind: Option<&proto::op::Kind>) -> Result<Op, Status> {
                 trans_a: g.trans_a,
                 trans_b: g.trans_b,
                 relu: g.relu,
+                clip: g.clip.as_ref().map(clip_from),
             })
         }
         Kind::Matmul(_) => Op::MatMul,
@@ -150,10 +151,7 @@ pub fn op_from(kind: Option<&proto::op::Kind>) -> Result<Op, Status> {
             axis: s.axis.unwrap_or(Softmax::default().axis),
         }),
         Kind::Relu(_) => Op::Relu,
-        Kind::Clip(c) => Op::Clip(Clip {
-            min: c.min,
-            max: c.max,
-        }),
+        Kind::Clip(c) => Op::Clip(clip_from(c)),
         Kind::LeakyRelu(l) => Op::LeakyRelu(LeakyRelu {
             alpha: l.alpha.unwrap_or(LeakyRelu::default().alpha),
         }),
@@ -227,7 +225,22 @@ fn conv_from(c: &proto::ConvOp) -> Result<Conv, Status> {
             Some(fixed("Conv", "kernel_shape", &c.kernel_shape, [0, 0])?)
         },
         relu: c.relu,
+        clip: c.clip.as_ref().map(clip_from),
     })
+}
+
+fn clip_from(c: &proto::ClipOp) -> Clip {
+    Clip {
+        min: c.min,
+        max: c.max,
+    }
+}
+
+fn clip_op(c: &Clip) -> proto::ClipOp {
+    proto::ClipOp {
+        min: c.min,
+        max: c.max,
+    }
 }
 
 /// Exactly `N` values of attribute `name` of `op`, or `default` for an empty list.
@@ -297,6 +310,7 @@ pub fn op_kind(op: &Op) -> proto::op::Kind {
             trans_a: g.trans_a,
             trans_b: g.trans_b,
             relu: g.relu,
+            clip: g.clip.as_ref().map(clip_op),
         }),
         Op::MatMul => Kind::Matmul(proto::MatMulOp {}),
         Op::Conv(c) => Kind::Conv(proto::ConvOp {
@@ -307,16 +321,14 @@ pub fn op_kind(op: &Op) -> proto::op::Kind {
             auto_pad: auto_pad_name(c.auto_pad),
             kernel_shape: c.kernel_shape.map(|k| u(&k)).unwrap_or_default(),
             relu: c.relu,
+            clip: c.clip.as_ref().map(clip_op),
         }),
         Op::BatchNorm(b) => Kind::BatchNorm(proto::BatchNormOp {
             epsilon: Some(b.epsilon),
         }),
         Op::Softmax(s) => Kind::Softmax(proto::SoftmaxOp { axis: Some(s.axis) }),
         Op::Relu => Kind::Relu(proto::ReluOp {}),
-        Op::Clip(c) => Kind::Clip(proto::ClipOp {
-            min: c.min,
-            max: c.max,
-        }),
+        Op::Clip(c) => Kind::Clip(clip_op(c)),
         Op::LeakyRelu(l) => Kind::LeakyRelu(proto::LeakyReluOp {
             alpha: Some(l.alpha),
         }),

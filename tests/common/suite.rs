@@ -3,11 +3,37 @@
 //! the typed conveniences (`gemm`, `conv`, …) are covered by the allocating-form and error
 //! checks.
 
-use eia::ops::{AutoPad, BatchNorm, Conv, Gemm, Op, Softmax};
+use eia::ops::{AutoPad, BatchNorm, Clip, Conv, Gemm, Op, Softmax};
 use eia::{Backend, DType, Error, HostTensor};
 use rand::RngExt;
 
+use super::suite_unary::unary;
 use super::{assert_close, assert_close_scaled, f64s, poisoned, random, reference, rng};
+
+/// A fused Clip for outputs `want` (float64, the ReLU already applied): bounds at quantiles of
+/// the values, so that many outputs land on each bound (`variant` 0: both bounds, 1: only max,
+/// 2: only min), and `want` clipped by it as the fused epilogue clips (after the ReLU).
+fn fused_clip(want: &mut Vec<f64>, variant: usize) -> Clip {
+    let mut sorted = want.clone();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| Some(sorted[((sorted.len() - 1) as f64 * q) as usize] as f32);
+    let clip = match variant % 3 {
+        0 => Clip {
+            min: at(0.25),
+            max: at(0.75),
+        },
+        1 => Clip {
+            min: None,
+            max: at(0.6),
+        },
+        _ => Clip {
+            min: at(0.4),
+            max: None,
+        },
+    };
+    *want = unary(&Op::Clip(clip), want);
+    clip
+}
 
 /// The magnitudes of `t`'s elements (the terms of an error bound).
 fn abs(t: &HostTensor) -> Vec<f64> {
@@ -18,7 +44,7 @@ fn up<B: Backend>(b: &B, t: &HostTensor) -> eia::Tensor<B::Storage> {
     b.upload(t).unwrap()
 }
 
-/// Gemm over edge shapes × transposes × every C broadcast × alpha/beta × ReLU.
+/// Gemm over edge shapes × transposes × every C broadcast × alpha/beta × ReLU × Clip.
 pub fn gemm_matches_reference<B: Backend>(backend: &B) {
     let mut rng = rng("gemm_matches_reference");
     let shapes = [
@@ -50,12 +76,13 @@ pub fn gemm_matches_reference<B: Backend>(backend: &B) {
                     4 => Some(vec![m, n]),
                     _ => Some(vec![1, n]),
                 };
-                let op = Gemm {
+                let mut op = Gemm {
                     alpha: rng.random_range(0.5..2.0),
                     beta: rng.random_range(-1.5..1.5),
                     trans_a,
                     trans_b,
                     relu: case.is_multiple_of(5),
+                    clip: None,
                 };
                 let a_shape = if trans_a { [k, m] } else { [m, k] };
                 let b_shape = if trans_b { [n, k] } else { [k, n] };
@@ -64,7 +91,7 @@ pub fn gemm_matches_reference<B: Backend>(backend: &B) {
                 let c = c_shape
                     .as_ref()
                     .map(|s| random(&mut rng, dtype, s, -1.0, 1.0));
-                let (want, want_shape) = reference::gemm(
+                let (mut want, want_shape) = reference::gemm(
                     &f64s(&a),
                     &a_shape,
                     &f64s(&b),
@@ -79,6 +106,9 @@ pub fn gemm_matches_reference<B: Backend>(backend: &B) {
                     trans_b,
                     op.relu,
                 );
+                if case % 4 == 1 {
+                    op.clip = Some(fused_clip(&mut want, case / 4));
+                }
                 // The same on absolute values bounds what rounding may cost when terms cancel.
                 let c_abs = c.as_ref().map(|c| (abs(c), c.shape().to_vec()));
                 let (scale, _) = reference::gemm(
@@ -189,7 +219,9 @@ pub fn matmul_batched_broadcast<B: Backend>(backend: &B) {
     }
 }
 
-/// One conv case: input shape, weight shape, attributes, with or without bias.
+/// One conv case: input shape, weight shape, attributes, with or without bias, and with a
+/// fused Clip (bounds from `fused_clip`'s `variant`) or without.
+#[allow(clippy::too_many_arguments)]
 pub fn conv_case<B: Backend>(
     backend: &B,
     rng: &mut rand::rngs::StdRng,
@@ -198,12 +230,13 @@ pub fn conv_case<B: Backend>(
     w_shape: [usize; 4],
     op: &Conv,
     bias: bool,
+    clip: Option<usize>,
 ) {
     let x = random(rng, dtype, &x_shape, -1.0, 1.0);
     let w = random(rng, dtype, &w_shape, -1.0, 1.0);
     let b = bias.then(|| random(rng, dtype, &[w_shape[0]], -1.0, 1.0));
     let bias64 = b.as_ref().map(f64s);
-    let (want, want_shape) = reference::conv(
+    let (mut want, want_shape) = reference::conv(
         op,
         &f64s(&x),
         &x_shape,
@@ -211,11 +244,16 @@ pub fn conv_case<B: Backend>(
         &w_shape,
         bias64.as_deref(),
     );
+    let op = &Conv {
+        clip: clip.map(|variant| fused_clip(&mut want, variant)),
+        ..op.clone()
+    };
     // The same on absolute values bounds what rounding may cost when the bias and the terms
     // cancel (as for GEMM).
     let bias_abs = b.as_ref().map(abs);
     let no_relu = Conv {
         relu: false,
+        clip: None,
         ..op.clone()
     };
     let (scale, _) = reference::conv(
@@ -260,6 +298,7 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
         auto_pad,
         kernel_shape: None,
         relu,
+        clip: None,
     };
     use AutoPad::*;
     #[rustfmt::skip]
@@ -304,8 +343,10 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
         ([1, 2, 5, 1], [2, 1, 3, 3], conv([2, 2], [1, 1, 1, 1], [1, 1], 2, NotSet, true), true),
     ];
     for dtype in DType::ALL {
-        for (x, w, op, bias) in &cases {
-            conv_case(backend, &mut rng, dtype, *x, *w, op, *bias);
+        for (i, (x, w, op, bias)) in cases.iter().enumerate() {
+            // Every other case with a fused Clip, its three kinds of bounds in turn.
+            let clip = (i % 2 == 1).then_some(i / 2);
+            conv_case(backend, &mut rng, dtype, *x, *w, op, *bias, clip);
         }
     }
 }
@@ -332,8 +373,10 @@ pub fn conv_resnet_shapes<B: Backend>(backend: &B) {
         ),
     ];
     for dtype in DType::ALL {
-        for (x, w, op) in &cases {
-            conv_case(backend, &mut rng, dtype, *x, *w, op, true);
+        for (i, (x, w, op)) in cases.iter().enumerate() {
+            // The blocks of the threaded paths clip too (bounds on both sides).
+            let clip = (i % 2 == 1).then_some(0);
+            conv_case(backend, &mut rng, dtype, *x, *w, op, true, clip);
         }
     }
 }
@@ -594,6 +637,44 @@ pub fn errors_gemm_matmul<B: Backend>(backend: &B) {
             .map(|_| ()),
         |e| matches!(e, Error::DTypeMismatch { operand: "C", .. }),
     );
+    for (what, clip, name) in [
+        (
+            "clip min > max",
+            Clip {
+                min: Some(1.0),
+                max: Some(0.0),
+            },
+            "clip.min",
+        ),
+        (
+            "clip min NaN",
+            Clip {
+                min: Some(f32::NAN),
+                max: None,
+            },
+            "clip.min",
+        ),
+        (
+            "clip max NaN",
+            Clip {
+                min: None,
+                max: Some(f32::NAN),
+            },
+            "clip.max",
+        ),
+    ] {
+        let op = Gemm {
+            clip: Some(clip),
+            ..d
+        };
+        expect_err(
+            what,
+            backend
+                .gemm(&op, &f(&[2, 3]), &f(&[3, 5]), None)
+                .map(|_| ()),
+            |e| matches!(e, Error::Attribute { op: "Gemm", name: n, .. } if *n == name),
+        );
+    }
     let nan_alpha = Gemm {
         alpha: f32::NAN,
         ..d
@@ -703,6 +784,35 @@ pub fn errors_conv<B: Backend>(backend: &B) {
             .map(|_| ()),
         attr("group"),
     );
+    for (what, clip, name) in [
+        (
+            "clip min > max",
+            Clip {
+                min: Some(6.0),
+                max: Some(0.0),
+            },
+            "clip.min",
+        ),
+        (
+            "clip max NaN",
+            Clip {
+                min: Some(0.0),
+                max: Some(f32::NAN),
+            },
+            "clip.max",
+        ),
+    ] {
+        let op = Conv {
+            relu: true,
+            clip: Some(clip),
+            ..d.clone()
+        };
+        expect_err(
+            what,
+            backend.conv(&op, &x, &w, None).map(|_| ()),
+            |e| matches!(e, Error::Attribute { op: "Conv", name: n, .. } if *n == name),
+        );
+    }
     expect_err(
         "group zero",
         backend

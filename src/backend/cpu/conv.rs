@@ -10,16 +10,16 @@
 //!   GEMM per thread (`stacked`).
 //!
 //! With a column stride above 1 the input is first split into column phases, so every im2col
-//! copy is contiguous. Bias and ReLU are applied to each block while it is still in cache.
-//! Convolutions with one input channel per group use the direct kernel in `depthwise`; with
-//! AVX-512, dense convolutions larger than 1×1 use the direct kernel in `direct` instead of this
-//! lowering (the CPU backend's launch picks, see `direct::applies`).
+//! copy is contiguous. Bias and the fused ReLU or Clip are applied to each block while it is
+//! still in cache. Convolutions with one input channel per group use the direct kernel in
+//! `depthwise`; with AVX-512, dense convolutions larger than 1×1 use the direct kernel in
+//! `direct` instead of this lowering (the CPU backend's launch picks, see `direct::applies`).
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::depthwise::depthwise;
-use super::gemm::relu;
+use super::gemm::clamp;
 use super::Disjoint;
 use crate::ops::ConvPlan;
 
@@ -51,13 +51,13 @@ pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: 
     }
 }
 
-/// Adds `bias` to `out` and applies the plan's ReLU.
+/// Adds `bias` to `out` and applies the plan's fused ReLU or Clip.
 pub(super) fn epilogue(plan: &ConvPlan, bias: Option<f32>, out: &mut [f32]) {
     if let Some(b) = bias {
         out.iter_mut().for_each(|v| *v += b);
     }
-    if plan.relu {
-        relu(out);
+    if let Some(c) = plan.clamp {
+        clamp(c, out);
     }
 }
 

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::relu;
+use super::conv::epilogue;
 use super::simd::{self, multiversion};
 use crate::ops::ConvPlan;
 
@@ -107,12 +107,7 @@ multiversion! {
                     }
                 }
             }
-            if let Some(b) = bias {
-                out_row.iter_mut().for_each(|v| *v += b);
-            }
-            if plan.relu {
-                relu(out_row);
-            }
+            epilogue(plan, bias, out_row);
         }
     }
 }
@@ -124,7 +119,7 @@ multiversion! {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use crate::ops::ConvPlan;
+    use crate::ops::{Clamp, ConvPlan};
 
     /// Mask of the first `n` (at most 16) lanes.
     fn first(n: usize) -> __mmask16 {
@@ -193,7 +188,11 @@ mod avx512 {
     ) {
         debug_assert_eq!(plan.stride[1], SW);
         let (sh, [dh, dw]) = (plan.stride[0], plan.dilation);
-        let (b, zero) = (_mm512_set1_ps(bias.unwrap_or(0.0)), _mm512_setzero_ps());
+        let b = _mm512_set1_ps(bias.unwrap_or(0.0));
+        // The fused ReLU or Clip (conv's epilogue), applied in registers; without one, the
+        // infinite bounds change nothing.
+        let [lo, hi] = Clamp::bounds(plan.clamp);
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
         for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
             // Up to four vectors of the row at a time: independent accumulators that share
             // each broadcast weight.
@@ -226,11 +225,9 @@ mod avx512 {
                     }
                 }
                 for v in 0..vectors {
-                    let y = if plan.relu {
-                        _mm512_max_ps(acc[v], zero)
-                    } else {
-                        acc[v]
-                    };
+                    // max and min return their second operand when either is NaN: NaN stays
+                    // NaN, as in `Clamp::apply`.
+                    let y = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[v]));
                     // SAFETY: lanes q0 + 16·v + l with l under the mask are below q, the row's
                     // length; masked lanes are not written.
                     unsafe {

@@ -1,6 +1,6 @@
-//! CPU GEMM in FP32: batched and strided (transposes cost nothing), with the C broadcast and
-//! ReLU epilogue applied around the core product. Each output matrix is cut into one block of
-//! rows per thread (of columns when it has too few rows), and each block is one
+//! CPU GEMM in FP32: batched and strided (transposes cost nothing), with the C broadcast and the
+//! fused ReLU or Clip epilogue applied around the core product. Each output matrix is cut into
+//! one block of rows per thread (of columns when it has too few rows), and each block is one
 //! single-threaded product on the `gemm` crate's kernels. Outputs with a single row or column
 //! take a vectorised GEMV instead. FP16 GEMMs with few rows widen B one L2-sized panel of
 //! columns at a time, just before multiplying it (`gemm_f16_b`).
@@ -14,7 +14,7 @@ use half::f16;
 
 use super::simd::{self, multiversion};
 use super::Disjoint;
-use crate::ops::{GemmPlan, MatLayout};
+use crate::ops::{Clamp, GemmPlan, MatLayout};
 
 /// Below this many FLOPs per matrix a matrix is not split across threads (a batch of such
 /// matrices runs one matrix per thread instead).
@@ -125,7 +125,7 @@ struct Columns<'a> {
     layout: MatLayout,
 }
 
-/// One block of one output matrix on the calling thread: `y = relu?(alpha·A·B + beta·C)`.
+/// One block of one output matrix on the calling thread: `y = clamp?(alpha·A·B + beta·C)`.
 ///
 /// # Safety
 /// `out` must point at the matrix's `m×n` row-major output, and no other thread may access
@@ -191,8 +191,8 @@ unsafe fn product(
             );
         }
     }
-    if plan.relu {
-        block.rows.for_each(|i| relu(row(i)));
+    if let Some(c) = plan.clamp {
+        block.rows.for_each(|i| clamp(c, row(i)));
     }
 }
 
@@ -256,7 +256,7 @@ fn widen_panel(plan: &GemmPlan, b: &[f16], cols: Range<usize>, panel: &mut Vec<f
 }
 
 /// One output matrix with a single row or column (`y` holds its `m·n` values), split over
-/// `parts` threads: `y = relu?(alpha·A·B + beta·C)` as matrix × vector.
+/// `parts` threads: `y = clamp?(alpha·A·B + beta·C)` as matrix × vector.
 fn gemv(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mut [f32], parts: usize) {
     let k = plan.k;
     // The vector (alpha folded in) and the k×len matrix it multiplies, as strides.
@@ -322,8 +322,8 @@ fn gemv(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mut [f32],
             }
         });
     }
-    if plan.relu {
-        relu(y);
+    if let Some(c) = plan.clamp {
+        clamp(c, y);
     }
 }
 
@@ -363,13 +363,9 @@ multiversion! {
     }
 }
 
-/// `max(0, v)` in place; NaN stays NaN.
-pub fn relu(y: &mut [f32]) {
-    for v in y {
-        if *v < 0.0 {
-            *v = 0.0;
-        }
-    }
+/// A fused ReLU or Clip ([`Clamp`]) of `y` in place; NaN stays NaN.
+pub fn clamp(c: Clamp, y: &mut [f32]) {
+    y.iter_mut().for_each(|v| *v = c.apply(*v));
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 use super::{blocks, dtype_suffix, Arch, Family, KernelArgs, Launch, Ptr, Target};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::ConvPlan;
+use crate::ops::{Clamp, ConvPlan};
 
 /// `conv_tc128x128_f16` block tile (M × N) and threads (`CONV_TC128X128_*` in conv.cu).
 pub const TC128X128: Tile = Tile {
@@ -53,7 +53,7 @@ const GRID_YZ_MAX: usize = 65_535;
 
 /// Mirrors `struct ConvParams` of `kernels/conv.cu`, field for field.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ConvParams {
     /// Input `[n, c, h, w]` at the launch's first image.
     pub x: Ptr,
@@ -95,8 +95,10 @@ pub struct ConvParams {
     pub dil_w: i32,
     pub pad_h: i32,
     pub pad_w: i32,
-    /// 1: ReLU after the bias.
-    pub relu: i32,
+    /// The fused ReLU / Clip after the bias: `min(max(y, lo), hi)`; infinite bounds when
+    /// there is none.
+    pub lo: f32,
+    pub hi: f32,
     /// 1: FP16 input tiles by 16-byte `cp.async` (see [`direct_input`]).
     pub a_async: i32,
     /// 1: FP16 weight tiles by 16-byte `cp.async` (K % 8 == 0 and `w` 16-byte aligned).
@@ -239,6 +241,7 @@ pub fn conv(
     let kdim = cg * rs;
     let esize = plan.dtype.size() as u64;
     let tiles = pq.div_ceil(DW_THREADS);
+    let [lo, hi] = Clamp::bounds(plan.clamp);
     let base = ConvParams {
         x,
         w,
@@ -268,7 +271,8 @@ pub fn conv(
         dil_w: int(plan.dilation[1], "dilation")?,
         pad_h: int(plan.pad[0], "pad")?,
         pad_w: int(plan.pad[1], "pad")?,
-        relu: plan.relu as i32,
+        lo,
+        hi,
         a_async: (plan.dtype == DType::F16 && direct_input(plan) && x.is_multiple_of(16)) as i32,
         b_async: (plan.dtype == DType::F16 && kdim % 8 == 0 && w.is_multiple_of(16)) as i32,
         tiles: int(tiles, "depthwise tiles per plane")?,
@@ -390,8 +394,11 @@ mod tests {
         for kernel in [ConvKernel::Simt, ConvKernel::Depthwise] {
             assert!(src.contains(&format!("(conv_{}_f32,", kernel.variant())));
         }
-        // 4 pointers, 4 i64, 24 i32: no padding on either side.
-        assert_eq!(std::mem::size_of::<ConvParams>(), 4 * 8 + 4 * 8 + 24 * 4);
+        // 4 pointers, 4 i64, 25 i32 and f32, and 4 bytes of tail padding, as C lays it out.
+        assert_eq!(
+            std::mem::size_of::<ConvParams>(),
+            4 * 8 + 4 * 8 + 25 * 4 + 4
+        );
     }
 
     #[test]
@@ -459,7 +466,12 @@ mod tests {
         assert_eq!((a.pad_h, a.pad_w, a.p, a.q, a.pq), (1, 1, 14, 14, 196));
         assert_eq!((a.x_image, a.y_image), (256 * 196, 256 * 196));
         assert_eq!((a.x_group, a.w_group), (256 * 196, 256 * 2304));
-        assert_eq!((a.relu, a.a_async, a.b_async), (0, 0, 1));
+        assert_eq!(
+            (a.lo, a.hi),
+            (f32::NEG_INFINITY, f32::INFINITY),
+            "no ReLU or Clip"
+        );
+        assert_eq!((a.a_async, a.b_async), (0, 1));
 
         // Grouped, small, FP16: 64×64 tiles, grid z over groups, per-group strides.
         let g = plan(DType::F16, [2, 12, 6, 6], [12, 4, 3, 3], grouped(3), false);
@@ -491,7 +503,8 @@ mod tests {
         assert_eq!(l[0].grid, [blocks(2 * f.p * f.q, 128), 1, 1]);
         let a = params(&l[0]);
         assert_eq!((a.stride_h, a.stride_w, a.dil_h, a.dil_w), (2, 1, 1, 2));
-        assert_eq!((a.pad_h, a.pad_w, a.relu, a.b_async), (2, 1, 1, 0));
+        assert_eq!((a.pad_h, a.pad_w, a.b_async), (2, 1, 0));
+        assert_eq!((a.lo, a.hi), (0.0, f32::INFINITY), "the ReLU");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use super::{blocks, dtype_suffix, Arch, Family, KernelArgs, Launch, Ptr, Target};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{GemmPlan, MatLayout};
+use crate::ops::{Clamp, GemmPlan, MatLayout};
 
 /// `GEMM_MAX_BATCH_DIMS`: batch dimensions one launch unravels.
 pub const MAX_BATCH_DIMS: usize = 4;
@@ -22,7 +22,6 @@ pub const TC_THREADS: u32 = 256;
 
 /// `GemmParams::flags` bits (`GEMM_*` in `gemm.cu`).
 pub const HAS_C: i32 = 1;
-pub const RELU: i32 = 2;
 pub const A_ALONG_K: i32 = 4;
 pub const A_VEC: i32 = 8;
 pub const B_ALONG_K: i32 = 16;
@@ -61,6 +60,9 @@ pub struct GemmParams {
     pub flags: i32,
     pub alpha: f32,
     pub beta: f32,
+    /// The fused ReLU / Clip: `min(max(y, lo), hi)`; infinite bounds when there is none.
+    pub lo: f32,
+    pub hi: f32,
 }
 
 /// The kernels of `gemm.cu`.
@@ -180,7 +182,7 @@ fn dim(v: usize, what: &str) -> Result<i32> {
     })
 }
 
-/// The launches computing `plan`: `Y = relu?(alpha·A·B + beta·C)` per batch index. None when
+/// The launches computing `plan`: `Y = clamp?(alpha·A·B + beta·C)` per batch index. None when
 /// the output is empty. `arch` picks nothing yet: every GPU, Hopper included, runs the `sm_80`
 /// PTX (an `sm_90a` wgmma variant is a later step).
 pub fn gemm(
@@ -211,6 +213,7 @@ pub fn gemm(
         b_batch[first + i] = d.b as i64;
     }
     let has_c = c.is_some() && plan.c.is_some() && plan.beta != 0.0;
+    let [lo, hi] = Clamp::bounds(plan.clamp);
     let c_layout = plan.c.unwrap_or(MatLayout { row: 0, col: 0 });
     let c = c.unwrap_or(0);
     let mut launches = Vec::new();
@@ -243,7 +246,6 @@ pub fn gemm(
             };
             let flags = [
                 (has_c, HAS_C),
-                (plan.relu, RELU),
                 (a_k, A_ALONG_K),
                 (a_vec, A_VEC),
                 (b_k, B_ALONG_K),
@@ -276,6 +278,8 @@ pub fn gemm(
                     flags,
                     alpha: plan.alpha,
                     beta: plan.beta,
+                    lo,
+                    hi,
                 };
                 launches.push(Launch {
                     family: Family::Gemm,
