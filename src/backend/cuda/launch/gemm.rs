@@ -327,10 +327,11 @@ mod tests {
 
     #[test]
     fn params_match_the_c_struct() {
-        // 4 pointers, 6 strides, 3 × 4 batch fields, y_batch, z0; 4 ints, 2 floats; no padding.
+        // 4 pointers, 6 strides, 3 × 4 batch fields, y_batch, z0; 4 ints, 4 floats (alpha,
+        // beta, and the clamp's lo, hi); no padding.
         assert_eq!(
             std::mem::size_of::<GemmParams>(),
-            8 * (4 + 6 + 12 + 2) + 4 * 6
+            8 * (4 + 6 + 12 + 2) + 4 * 8
         );
         assert_eq!(std::mem::align_of::<GemmParams>(), 8);
     }
