@@ -384,9 +384,10 @@ fn compute(
                     Tile::Positions { t, .. } => {
                         for j in (0..positions).step_by(t * LANES) {
                             unsafe {
-                                positions_tile(
+                                tile(
                                     g,
                                     xc[p0 * g.wf + j..].as_ptr(),
+                                    &[],
                                     wc,
                                     cn,
                                     buf[j..].as_mut_ptr(),
@@ -399,13 +400,14 @@ fn compute(
                     Tile::Channels { t, .. } => {
                         for j in (0..positions).step_by(t) {
                             unsafe {
-                                channels_tile(
+                                tile(
                                     g,
                                     xc.as_ptr(),
                                     &bases[j..j + t],
                                     wc,
                                     cn,
                                     buf[j * g.f..].as_mut_ptr(),
+                                    g.f,
                                     c0 > 0,
                                 );
                             }
@@ -439,17 +441,23 @@ fn compute(
     );
 }
 
-/// One `Positions` tile: `f` output channels × `t·16` frame positions from `x` (the first of
-/// `cn` channel frames, `chan` apart, at the tile's first position), summed over `cn` channels
-/// and every tap, added to (`accumulate`) or stored into `out` (`f` rows `ld` apart).
+/// One register tile (`g.tile`), summed over `cn` channel frames of `x` (`chan` apart) and
+/// every tap, added to (`accumulate`) or stored into `out`:
+/// - `Positions`: `f` output channels × `t·16` frame positions from `x` (at the tile's first
+///   position), into `f` rows `ld` apart (`bases` unused);
+/// - `Channels`: `t` output positions (frame offsets `bases` into `x`) × `f = 16·v` output
+///   channels, into `t` rows of `f` (`ld` unused).
 ///
 /// # Safety
-/// The CPU must support AVX-512F; every `x + c·chan + tap + (0..t·16)` for c < cn must be
-/// readable, `w` must hold `cn·r·s·f` values and `out + fi·ld + (0..t·16)` for fi < f must be
-/// writable (and readable when `accumulate`).
-unsafe fn positions_tile(
+/// The CPU must support AVX-512F; every input the tile reads (`x + c·chan + tap + (0..t·16)`,
+/// or `x + c·chan + base + tap`, for c < cn) must be readable, `w` must hold `cn·r·s·f` values
+/// and every output it writes (`out + fi·ld + (0..t·16)` for fi < f, or `out + (0..t·f)`) must
+/// be writable (and readable when `accumulate`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
     g: &Geometry,
     x: *const f32,
+    bases: &[usize],
     w: &[f32],
     cn: usize,
     out: *mut f32,
@@ -461,56 +469,27 @@ unsafe fn positions_tile(
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller's contract.
     unsafe {
+        use avx512::{channels, positions};
         match g.tile {
             Tile::Positions { t: 4, f: 6 } => {
-                avx512::positions::<4, 6>(x, chan, taps, w, cn, out, ld, accumulate)
+                positions::<4, 6>(x, chan, taps, w, cn, out, ld, accumulate)
             }
             Tile::Positions { t: 3, f: 8 } => {
-                avx512::positions::<3, 8>(x, chan, taps, w, cn, out, ld, accumulate)
+                positions::<3, 8>(x, chan, taps, w, cn, out, ld, accumulate)
             }
             Tile::Positions { t: 2, f: 12 } => {
-                avx512::positions::<2, 12>(x, chan, taps, w, cn, out, ld, accumulate)
+                positions::<2, 12>(x, chan, taps, w, cn, out, ld, accumulate)
             }
-            _ => unreachable!("a Positions tile of TILES"),
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("`applies` is false off x86-64");
-}
-
-/// One `Channels` tile: `t` output positions (frame offsets `bases` into `x`, the first of `cn`
-/// channel frames `chan` apart) × `f = 16·v` output channels, summed over `cn` channels and
-/// every tap, added to (`accumulate`) or stored into `out` (`t` rows of `f`).
-///
-/// # Safety
-/// The CPU must support AVX-512F; every `x + c·chan + base + tap` for c < cn must be readable,
-/// `w` must hold `cn·r·s·f` values and `out + (0..t·f)` must be writable (and readable when
-/// `accumulate`).
-unsafe fn channels_tile(
-    g: &Geometry,
-    x: *const f32,
-    bases: &[usize],
-    w: &[f32],
-    cn: usize,
-    out: *mut f32,
-    accumulate: bool,
-) {
-    debug_assert!(w.len() >= cn * g.taps.len() * g.f);
-    let (chan, taps, w) = (g.chan, &g.taps[..], w.as_ptr());
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the caller's contract.
-    unsafe {
-        match g.tile {
             Tile::Channels { t: 6, v: 4 } => {
-                avx512::channels::<6, 4>(x, bases, chan, taps, w, cn, out, accumulate)
+                channels::<6, 4>(x, bases, chan, taps, w, cn, out, accumulate)
             }
             Tile::Channels { t: 8, v: 3 } => {
-                avx512::channels::<8, 3>(x, bases, chan, taps, w, cn, out, accumulate)
+                channels::<8, 3>(x, bases, chan, taps, w, cn, out, accumulate)
             }
             Tile::Channels { t: 12, v: 2 } => {
-                avx512::channels::<12, 2>(x, bases, chan, taps, w, cn, out, accumulate)
+                channels::<12, 2>(x, bases, chan, taps, w, cn, out, accumulate)
             }
-            _ => unreachable!("a Channels tile of TILES"),
+            _ => unreachable!("the tile is one of TILES"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -523,10 +502,10 @@ mod avx512 {
 
     use super::LANES;
 
-    /// [`super::positions_tile`] for a `T × F` tile, with the taps' offsets given.
+    /// [`super::tile`] for a `T × F` tile, with the taps' offsets given.
     ///
     /// # Safety
-    /// As [`super::positions_tile`].
+    /// As [`super::tile`].
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn positions<const T: usize, const F: usize>(
@@ -575,10 +554,10 @@ mod avx512 {
         }
     }
 
-    /// [`super::channels_tile`] for a `T × 16·V` tile, with the taps' offsets given.
+    /// [`super::tile`] for a `T × 16·V` tile, with the taps' offsets given.
     ///
     /// # Safety
-    /// As [`super::channels_tile`].
+    /// As [`super::tile`].
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn channels<const T: usize, const V: usize>(
