@@ -31,7 +31,7 @@ fn direct_conv_edges() {
         dilations,
         ..Conv::default()
     };
-    let cases: [([usize; 4], [usize; 4], Conv); 6] = [
+    let cases: [([usize; 4], [usize; 4], Conv); 10] = [
         (
             [3, 64, 130, 130],
             [1, 64, 3, 3],
@@ -57,6 +57,23 @@ fn direct_conv_edges() {
             [2, 6, 19, 23],
             [10, 6, 3, 5],
             conv([3, 2], [2, 1, 0, 3], [2, 1]),
+        ),
+        // Pointwise: FP32 read in place, the last image's last tile ending with the input.
+        ([3, 37, 7, 9], [21, 37, 1, 1], conv([1, 1], [0; 4], [1, 1])),
+        (
+            [2, 16, 5, 131],
+            [96, 16, 1, 1],
+            conv([1, 1], [0; 4], [2, 2]),
+        ),
+        (
+            [1, 300, 1, 1],
+            [70, 300, 1, 1],
+            conv([1, 1], [0; 4], [1, 1]),
+        ),
+        (
+            [1, 144, 14, 14],
+            [40, 144, 1, 1],
+            conv([1, 1], [0; 4], [1, 1]),
         ),
     ];
     for dtype in DType::ALL {

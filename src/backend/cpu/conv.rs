@@ -12,8 +12,9 @@
 //! With a column stride above 1 the input is first split into column phases, so every im2col
 //! copy is contiguous. Bias and the fused ReLU or Clip are applied to each block while it is
 //! still in cache. Convolutions with one input channel per group use the direct kernel in
-//! `depthwise`; with AVX-512, dense convolutions larger than 1×1 use the direct kernel in
-//! `direct` instead of this lowering (the CPU backend's launch picks, see `direct::applies`).
+//! `depthwise`; with AVX-512, dense convolutions larger than 1×1 and pointwise ones use the
+//! direct kernel in `direct` instead of this lowering (the CPU backend's launch picks, see
+//! `direct::applies`).
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -61,8 +62,9 @@ pub(super) fn epilogue(plan: &ConvPlan, bias: Option<f32>, out: &mut [f32]) {
     }
 }
 
-/// Whether the input can be used as the im2col matrix directly.
-fn is_pointwise(plan: &ConvPlan) -> bool {
+/// Whether the input can be used as the im2col matrix directly (and as the direct kernel's frame:
+/// a 1×1, stride-1, unpadded convolution).
+pub(super) fn is_pointwise(plan: &ConvPlan) -> bool {
     plan.r == 1
         && plan.s == 1
         && plan.stride == [1, 1]

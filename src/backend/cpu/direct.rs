@@ -1,5 +1,6 @@
-//! Direct CPU convolution with AVX-512 for dense convolutions (one group) whose kernel is larger
-//! than 1×1: no im2col matrix, every tap read straight from a padded copy of the input.
+//! Direct CPU convolution with AVX-512 for dense convolutions (one group) larger than 1×1, and
+//! for pointwise ones (1×1, stride 1, unpadded): no im2col matrix, every tap read straight from
+//! a padded copy of the input (or, for a pointwise convolution's FP32 input, the input itself).
 //!
 //! Each image's input is copied once into a zero-bordered *frame* per channel, split into
 //! `stride_h × stride_w` phases (phase `(a, b)` holds padded rows `a, a + sh, …` and columns
@@ -12,15 +13,18 @@
 //! - `Positions`: `t` vectors of 16 consecutive frame positions × `f` output channels, the
 //!   weights broadcast. Consecutive outputs read consecutive inputs, so a row computes all `wf`
 //!   frame columns (the last `wf − q` are discarded): best for wide output rows and few output
-//!   channels.
-//! - `Channels`: `t` output positions × `v` vectors of 16 output channels, the inputs
-//!   broadcast: no position is wasted, so small output maps (the deep layers) fill every lane.
+//!   channels. Lanes past an item's last position are masked, neither read nor written.
+//! - `Channels`: 6 output positions × 4 vectors of 16 output channels, the inputs broadcast: no
+//!   position is wasted, so small output maps (the deep layers) fill every lane; its values
+//!   reach `y` through a 16 × 16 vector transpose.
 //!
 //! Weights are packed once per plan as `[k / F][c][r·s][F]` (`F` output channels per block,
 //! padded with zeros) and kept with the weight tensor (see [`super::derived`]). Work is cut
-//! into (image, block of output rows, block of `F` output channels) items shared by the
-//! threads; each computes into a small buffer, then writes its rows of `y` with the
-//! convolution's epilogue (bias, ReLU) while they are in cache.
+//! into (image, block of output rows, group of blocks of `F` output channels) items shared by
+//! the threads. Each tile runs for every block of its item's group in turn, so its input stays
+//! in L1. Where frame rows are output rows, `Positions` tiles write `y` and apply the
+//! convolution's epilogue (bias, ReLU or Clip) in registers; otherwise they write a small
+//! buffer, copied (or transposed) into `y` and finished with the epilogue while in cache.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -28,22 +32,29 @@ use std::sync::Arc;
 use half::f16;
 use rayon::prelude::*;
 
-use super::conv::epilogue;
+use super::conv::{epilogue, is_pointwise};
 use super::derived::{CpuData, Key};
 use super::scratch::with_buffer;
 use super::simd;
 use super::Disjoint;
 use crate::backend::MemoryAccount;
 use crate::dtype::Element;
-use crate::ops::ConvPlan;
+use crate::ops::{Clamp, ConvPlan};
 use crate::tensor::HostData;
 
 /// Output positions one item computes, about: a few output rows.
 const ITEM_POSITIONS: usize = 512;
 
-/// Bytes of packed weights per channel chunk: a chunk's weights stay in cache while every tile
-/// of an item runs over them.
-const CHUNK_WEIGHT_BYTES: usize = 64 << 10;
+/// Bytes of packed weights per channel chunk, at most: a chunk's weights for all of an item's
+/// output channel blocks stay in L2 while its tiles run over them.
+const CHUNK_WEIGHT_BYTES: usize = 256 << 10;
+
+/// Bytes of input one tile reads per channel chunk, at most: they stay in L1 while the tile runs
+/// for each of the item's output channel blocks.
+const TILE_INPUT_BYTES: usize = 16 << 10;
+
+/// Work items per thread, about, where the output channel blocks are split for them.
+const ITEMS_PER_THREAD: usize = 4;
 
 /// Bytes of frames built at once (images are framed in groups of about this size).
 const FRAME_GROUP_BYTES: usize = 8 << 20;
@@ -51,9 +62,9 @@ const FRAME_GROUP_BYTES: usize = 8 << 20;
 /// Lanes of one AVX-512 vector of f32.
 const LANES: usize = 16;
 
-/// What writing one value of a `Channels` tile into `y` (a scalar transpose) costs, in lanes
+/// What writing one value of a `Channels` tile into `y` (a 16×16 vector transpose) costs, in lanes
 /// of FMA work.
-const TRANSPOSE_LANES: usize = 12;
+const TRANSPOSE_LANES: usize = 4;
 
 /// A register tile of 24 accumulators (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,11 +75,11 @@ enum Tile {
     Channels { t: usize, v: usize },
 }
 
-/// The register tiles, in order of preference when they cost the same.
-const TILES: [Tile; 6] = [
+/// The register tiles, in order of preference when they cost the same. (`Channels` tiles of 8 × 3
+/// and 12 × 2 vectors measured 15–40% slower than 6 × 4 on Zen 4 for the same work: more
+/// broadcasts per FMA.)
+const TILES: [Tile; 4] = [
     Tile::Channels { t: 6, v: 4 },
-    Tile::Channels { t: 8, v: 3 },
-    Tile::Channels { t: 12, v: 2 },
     Tile::Positions { t: 4, f: 6 },
     Tile::Positions { t: 3, f: 8 },
     Tile::Positions { t: 2, f: 12 },
@@ -97,7 +108,7 @@ impl Tile {
 pub fn applies(plan: &ConvPlan) -> bool {
     cfg!(target_arch = "x86_64")
         && plan.group == 1
-        && plan.r * plan.s > 1
+        && (plan.r * plan.s > 1 || is_pointwise(plan))
         && [plan.n, plan.c, plan.k, plan.p, plan.q]
             .iter()
             .all(|&d| d > 0)
@@ -118,6 +129,12 @@ struct Geometry {
     tile: Tile,
     /// Output channels per block: `tile.channels()`.
     f: usize,
+    /// How far a tap reaches past an output position's frame position, within a phase.
+    reach: usize,
+    /// Elements past the last channel's frame that a tile may read: a `Positions` tile reads
+    /// frame positions under `p·wf` (masked beyond), shifted by a tap; a `Channels` tile reads
+    /// output positions only, inside the frame.
+    slack: usize,
 }
 
 impl Geometry {
@@ -152,23 +169,29 @@ impl Geometry {
             .into_iter()
             .min_by_key(work)
             .expect("TILES is not empty");
+        let chan = sh * sw * plane;
+        let furthest = taps.iter().max().expect("a kernel has a tap");
         Geometry {
             hf,
             wf,
-            chan: sh * sw * plane,
-            taps,
+            chan,
             rows,
             tile,
             f: tile.channels(),
+            slack: (plan.p * wf + furthest).saturating_sub(chan),
+            reach: (plan.r - 1) * dh / sh * wf + (plan.s - 1) * dw / sw,
+            taps,
         }
     }
+}
 
-    /// Elements past the last channel's frame that a tile may read: a `Positions` tile's last
-    /// position is under `p·wf + 4·16`, and a tap reaches at most `chan − p·wf + wf` further
-    /// (a `Channels` tile reads output positions only, inside the frame).
-    fn slack(&self) -> usize {
-        4 * LANES + self.wf
-    }
+/// The convolution's epilogue as a `Positions` tile applies it in registers while it stores its
+/// last channel chunk: the bias of its output channels and the clamp's bounds (infinite without
+/// a fused ReLU or Clip).
+#[derive(Clone, Copy)]
+struct Finish<'a> {
+    bias: Option<&'a [f32]>,
+    bounds: [f32; 2],
 }
 
 /// The weights packed for the direct kernel, cached with the tensor or packed for this call.
@@ -234,6 +257,10 @@ fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> Vec<f32> {
 /// is fully written.
 pub fn conv(plan: &ConvPlan, x: &HostData, w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     match x {
+        // A pointwise convolution's FP32 input is its own frame (slack 0): no copy.
+        HostData::F32(x) if is_pointwise(plan) => {
+            compute(plan, &Geometry::new(plan), x, w, bias, y)
+        }
         HostData::F32(x) => conv_from(plan, x, w, bias, y),
         HostData::F16(x) => conv_from(plan, x, w, bias, y),
     }
@@ -266,7 +293,7 @@ fn conv_from<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], bias: Option<&[f32]>
     let image_frame = plan.c * g.chan;
     let group = (FRAME_GROUP_BYTES / (4 * image_frame)).clamp(1, plan.n);
     let pkq = plan.k * plan.p * plan.q;
-    with_buffer(group * image_frame + g.slack(), |frames| {
+    with_buffer(group * image_frame + g.slack, |frames| {
         for n0 in (0..plan.n).step_by(group) {
             let images = group.min(plan.n - n0);
             frame(
@@ -334,8 +361,11 @@ fn frame_row<T: Widen>(src: &[T], b: usize, sw: usize, pl: usize, row: &mut [f32
     }
 }
 
-/// Every (image, row block, output channel block) item of one group of framed images into its
-/// part of `y` (`[images, k, p, q]`).
+/// Every (image, row block, group of output channel blocks) item of one group of framed images
+/// into its part of `y` (`[images, k, p, q]`). Each tile of an item runs for every block of its
+/// group in turn, so the input it reads stays in L1 and the weights stream from L2. Where frame
+/// rows are output rows (`wf = q`), `Positions` tiles write `y` directly; otherwise tiles write
+/// a buffer, copied (or transposed) into `y` at the end.
 fn compute(
     plan: &ConvPlan,
     g: &Geometry,
@@ -348,93 +378,153 @@ fn compute(
     let images = y.len() / (plan.k * pq);
     let blocks = plan.p.div_ceil(g.rows);
     let kbs = plan.k.div_ceil(g.f);
-    let chunk = (CHUNK_WEIGHT_BYTES / (4 * rs * g.f)).clamp(1, plan.c);
+    let splits = (ITEMS_PER_THREAD * rayon::current_num_threads())
+        .div_ceil(images * blocks)
+        .clamp(1, kbs);
+    let group = kbs.div_ceil(splits);
+    let groups = kbs.div_ceil(group);
+    let (t, step) = match g.tile {
+        Tile::Positions { t, .. } => (t, t * LANES),
+        Tile::Channels { t, .. } => (t, t),
+    };
+    let chunk = (CHUNK_WEIGHT_BYTES / (4 * rs * g.f * group))
+        .min(TILE_INPUT_BYTES / (4 * (step + g.reach)))
+        .clamp(1, plan.c);
+    let into_y = matches!(g.tile, Tile::Positions { .. }) && g.wf == plan.q;
+    let bounds = Clamp::bounds(plan.clamp);
     assert!(w.len() >= kbs * g.f * plan.c * rs);
-    assert!(frames.len() >= images * plan.c * g.chan + g.slack());
+    assert!(frames.len() >= images * plan.c * g.chan + g.slack);
     let out = Disjoint::new(y);
-    (0..images * blocks * kbs).into_par_iter().for_each_init(
+    (0..images * blocks * groups).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
         |(buf, bases): &mut (Vec<f32>, Vec<usize>), item| {
-            let (ni, block, kb) = (item / (blocks * kbs), item / kbs % blocks, item % kbs);
-            let p0 = block * g.rows;
+            let (ni, block, kg) = (
+                item / (blocks * groups),
+                item / groups % blocks,
+                item % groups,
+            );
+            let (p0, kb0) = (block * g.rows, kg * group);
             let rows = g.rows.min(plan.p - p0);
-            let positions = g.tile.positions(rows, g.wf, plan.q);
-            buf.resize(g.f * positions, 0.0);
-            let x = &frames[ni * plan.c * g.chan..][..plan.c * g.chan + g.slack()];
-            let wk = &w[kb * g.f * plan.c * rs..][..g.f * plan.c * rs];
+            let kbn = group.min(kbs - kb0);
+            let (positions, run) = (g.tile.positions(rows, g.wf, plan.q), rows * plan.q);
+            // Output channel block kbi's first value in `y`, and its channel count.
+            let first = |kbi: usize| ((ni * plan.k + (kb0 + kbi) * g.f) * plan.p + p0) * plan.q;
+            let fv = |kbi: usize| g.f.min(plan.k - (kb0 + kbi) * g.f);
+            // In the buffer, each block's values are `f` rows of `ld` positions, or `ld` rows of
+            // `f` channels (a `Channels` tile's rows are transposed 16 at a time).
+            let ld = positions.next_multiple_of(LANES);
+            if !into_y {
+                buf.resize(kbn * g.f * ld, 0.0);
+            }
+            let x = &frames[ni * plan.c * g.chan..][..plan.c * g.chan + g.slack];
             if let Tile::Channels { .. } = g.tile {
                 // Frame offset of each output position, the last repeated to a whole tile.
-                let last = rows * plan.q - 1;
                 bases.clear();
                 bases.extend((0..positions).map(|i| {
-                    let i = i.min(last);
+                    let i = i.min(run - 1);
                     (p0 + i / plan.q) * g.wf + i % plan.q
                 }));
             }
             for c0 in (0..plan.c).step_by(chunk) {
-                let (xc, wc) = (&x[c0 * g.chan..], &wk[c0 * rs * g.f..]);
+                let xc = &x[c0 * g.chan..];
                 let cn = chunk.min(plan.c - c0);
-                // SAFETY (both): `applies` checked AVX-512F. A `Positions` tile reads the `cn`
-                // channel frames of `xc` at j + p0·wf + tap + (0..t·16): at most
-                // (cn − 1)·chan + positions + p0·wf + chan + wf − 1 < cn·chan + slack, inside
-                // `x` (bounded above); a `Channels` tile reads them at an output position's
-                // frame offset + tap, inside each channel's frame. `wc` holds cn·rs·f weights.
-                // Each tile writes its t·16 × f (or t × f) values inside `buf`.
-                match g.tile {
-                    Tile::Positions { t, .. } => {
-                        for j in (0..positions).step_by(t * LANES) {
-                            unsafe {
-                                tile(
-                                    g,
-                                    xc[p0 * g.wf + j..].as_ptr(),
-                                    &[],
-                                    wc,
-                                    cn,
-                                    buf[j..].as_mut_ptr(),
-                                    positions,
-                                    c0 > 0,
-                                );
-                            }
-                        }
-                    }
-                    Tile::Channels { t, .. } => {
-                        for j in (0..positions).step_by(t) {
-                            unsafe {
-                                tile(
+                for j in (0..positions).step_by(step) {
+                    let valid = (rows * g.wf - j).min(step);
+                    for kbi in 0..kbn {
+                        let wc = &w[((kb0 + kbi) * plan.c + c0) * rs * g.f..][..cn * rs * g.f];
+                        // SAFETY (all three): `applies` checked AVX-512F. A `Positions` tile
+                        // reads the `cn` channel frames of `xc` at p0·wf + j + tap + (0..valid),
+                        // frame positions under p·wf + tap: at most (cn − 1)·chan + p·wf + tap −
+                        // 1 < cn·chan + slack, inside `x` (bounded above); a `Channels` tile
+                        // reads them at an output position's frame offset + tap, inside each
+                        // channel's frame. `wc` holds cn·rs·f weights. A tile writes its first
+                        // `fv` rows × `valid` positions into y (rows p0.. of channels
+                        // (kb0 + kbi)·f.., which this item alone writes: valid ≤ run − j), or
+                        // t·16 × f (t × f) values into block kbi of `buf`.
+                        unsafe {
+                            match g.tile {
+                                Tile::Positions { .. } => {
+                                    let (dst, dst_ld) = if into_y {
+                                        (out.ptr().add(first(kbi) + j), pq)
+                                    } else {
+                                        (buf[kbi * g.f * ld + j..].as_mut_ptr(), ld)
+                                    };
+                                    // Written into y: finished by the last chunk.
+                                    let finish = (into_y && c0 + cn == plan.c).then(|| Finish {
+                                        bias: bias.map(|b| &b[(kb0 + kbi) * g.f..]),
+                                        bounds,
+                                    });
+                                    tile(
+                                        g,
+                                        xc[p0 * g.wf + j..].as_ptr(),
+                                        &[],
+                                        valid,
+                                        wc,
+                                        cn,
+                                        dst,
+                                        dst_ld,
+                                        fv(kbi),
+                                        c0 > 0,
+                                        finish,
+                                    )
+                                }
+                                Tile::Channels { .. } => tile(
                                     g,
                                     xc.as_ptr(),
                                     &bases[j..j + t],
+                                    t,
                                     wc,
                                     cn,
-                                    buf[j * g.f..].as_mut_ptr(),
+                                    buf[(kbi * ld + j) * g.f..].as_mut_ptr(),
+                                    g.f,
                                     g.f,
                                     c0 > 0,
-                                );
+                                    None,
+                                ),
                             }
                         }
                     }
                 }
             }
-            for fi in 0..g.f {
-                let k = kb * g.f + fi;
-                if k >= plan.k {
-                    break;
-                }
-                // SAFETY: rows p0..p0 + rows of image ni, channel k: inside y, written by this
-                // item only.
-                let dst =
-                    unsafe { out.slice(((ni * plan.k + k) * plan.p + p0) * plan.q, rows * plan.q) };
-                for (pr, row) in dst.chunks_exact_mut(plan.q).enumerate() {
-                    match g.tile {
-                        Tile::Positions { .. } => {
-                            row.copy_from_slice(&buf[fi * positions + pr * g.wf..][..plan.q])
-                        }
-                        Tile::Channels { .. } => {
-                            let computed = buf[(pr * plan.q * g.f + fi)..].iter().step_by(g.f);
-                            row.iter_mut().zip(computed).for_each(|(v, &c)| *v = c);
+            for kbi in 0..kbn {
+                // SAFETY: rows p0..p0 + rows of image ni, channels (kb0 + kbi)·f.. (under k):
+                // runs of y that this item alone writes.
+                let mut dst: Vec<&mut [f32]> = (0..fv(kbi))
+                    .map(|fi| unsafe { out.slice(first(kbi) + fi * pq, run) })
+                    .collect();
+                let values = &buf[..];
+                match g.tile {
+                    // Finished by its tiles.
+                    Tile::Positions { .. } if into_y => continue,
+                    Tile::Positions { .. } => {
+                        for (fi, d) in dst.iter_mut().enumerate() {
+                            let from = &values[(kbi * g.f + fi) * ld..];
+                            for (pr, row) in d.chunks_exact_mut(plan.q).enumerate() {
+                                row.copy_from_slice(&from[pr * g.wf..][..plan.q]);
+                            }
                         }
                     }
-                    epilogue(plan, bias.map(|b| b[k]), row);
+                    Tile::Channels { .. } => {
+                        for (v, d) in dst.chunks_mut(LANES).enumerate() {
+                            for i0 in (0..run).step_by(LANES) {
+                                // SAFETY: `applies` checked AVX-512F; block kbi holds 16 rows of
+                                // f from row i0 (ld is a multiple of 16), and column v·16 + 15 <
+                                // f; i0 + min(16, run − i0) ≤ run, each `d`'s length.
+                                #[cfg(target_arch = "x86_64")]
+                                unsafe {
+                                    avx512::transpose(
+                                        &values[(kbi * ld + i0) * g.f + v * LANES..],
+                                        g.f,
+                                        d,
+                                        i0,
+                                    )
+                                };
+                            }
+                        }
+                    }
+                }
+                for (fi, d) in dst.into_iter().enumerate() {
+                    epilogue(plan, bias.map(|b| b[(kb0 + kbi) * g.f + fi]), d);
                 }
             }
         },
@@ -444,25 +534,29 @@ fn compute(
 /// One register tile (`g.tile`), summed over `cn` channel frames of `x` (`chan` apart) and
 /// every tap, added to (`accumulate`) or stored into `out`:
 /// - `Positions`: `f` output channels × `t·16` frame positions from `x` (at the tile's first
-///   position), into `f` rows `ld` apart (`bases` unused);
+///   position), of which the first `valid` are read and written, into the first `fv` of `f`
+///   rows `ld` apart (`bases` unused), with the epilogue applied where `finish` says;
 /// - `Channels`: `t` output positions (frame offsets `bases` into `x`) × `f = 16·v` output
-///   channels, into `t` rows of `f` (`ld` unused).
+///   channels, into `t` rows of `f` (`ld`, `fv`, `finish` unused).
 ///
 /// # Safety
-/// The CPU must support AVX-512F; every input the tile reads (`x + c·chan + tap + (0..t·16)`,
+/// The CPU must support AVX-512F; every input the tile reads (`x + c·chan + tap + (0..valid)`,
 /// or `x + c·chan + base + tap`, for c < cn) must be readable, `w` must hold `cn·r·s·f` values
-/// and every output it writes (`out + fi·ld + (0..t·16)` for fi < f, or `out + (0..t·f)`) must
-/// be writable (and readable when `accumulate`).
+/// and every output it writes (`out + fi·ld + (0..valid)` for fi < fv, or `out + (0..t·f)`)
+/// must be writable (and readable when `accumulate`).
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     g: &Geometry,
     x: *const f32,
     bases: &[usize],
+    valid: usize,
     w: &[f32],
     cn: usize,
     out: *mut f32,
     ld: usize,
+    fv: usize,
     accumulate: bool,
+    finish: Option<Finish>,
 ) {
     debug_assert!(w.len() >= cn * g.taps.len() * g.f);
     let (chan, taps, w) = (g.chan, &g.taps[..], w.as_ptr());
@@ -472,22 +566,16 @@ unsafe fn tile(
         use avx512::{channels, positions};
         match g.tile {
             Tile::Positions { t: 4, f: 6 } => {
-                positions::<4, 6>(x, chan, taps, w, cn, out, ld, accumulate)
+                positions::<4, 6>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
             }
             Tile::Positions { t: 3, f: 8 } => {
-                positions::<3, 8>(x, chan, taps, w, cn, out, ld, accumulate)
+                positions::<3, 8>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
             }
             Tile::Positions { t: 2, f: 12 } => {
-                positions::<2, 12>(x, chan, taps, w, cn, out, ld, accumulate)
+                positions::<2, 12>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
             }
             Tile::Channels { t: 6, v: 4 } => {
                 channels::<6, 4>(x, bases, chan, taps, w, cn, out, accumulate)
-            }
-            Tile::Channels { t: 8, v: 3 } => {
-                channels::<8, 3>(x, bases, chan, taps, w, cn, out, accumulate)
-            }
-            Tile::Channels { t: 12, v: 2 } => {
-                channels::<12, 2>(x, bases, chan, taps, w, cn, out, accumulate)
             }
             _ => unreachable!("the tile is one of TILES"),
         }
@@ -500,7 +588,7 @@ unsafe fn tile(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::LANES;
+    use super::{Finish, LANES};
 
     /// [`super::tile`] for a `T × F` tile, with the taps' offsets given.
     ///
@@ -510,21 +598,29 @@ mod avx512 {
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn positions<const T: usize, const F: usize>(
         x: *const f32,
+        valid: usize,
         chan: usize,
         taps: &[usize],
         w: *const f32,
         cn: usize,
         out: *mut f32,
         ld: usize,
+        fv: usize,
         accumulate: bool,
+        finish: Option<Finish>,
     ) {
         // SAFETY (whole body): every pointer offset stays inside the extents of the contract.
         unsafe {
+            // Lanes past `valid` are neither read nor written (masked accesses do not fault).
+            let masks: [__mmask16; T] = std::array::from_fn(|i| {
+                let lanes = valid.saturating_sub(i * LANES).min(LANES);
+                ((1u32 << lanes) - 1) as __mmask16
+            });
             let mut acc = [[_mm512_setzero_ps(); T]; F];
             if accumulate {
-                for (fi, row) in acc.iter_mut().enumerate() {
-                    for (i, a) in row.iter_mut().enumerate() {
-                        *a = _mm512_loadu_ps(out.add(fi * ld + i * LANES));
+                for (fi, row) in acc.iter_mut().enumerate().take(fv) {
+                    for ((a, &m), i) in row.iter_mut().zip(&masks).zip(0..) {
+                        *a = _mm512_maskz_loadu_ps(m, out.add(fi * ld + i * LANES));
                     }
                 }
             }
@@ -534,8 +630,8 @@ mod avx512 {
                 for &off in taps {
                     let xp = xc.add(off);
                     let mut xv = [_mm512_setzero_ps(); T];
-                    for (i, v) in xv.iter_mut().enumerate() {
-                        *v = _mm512_loadu_ps(xp.add(i * LANES));
+                    for ((v, &m), i) in xv.iter_mut().zip(&masks).zip(0..) {
+                        *v = _mm512_maskz_loadu_ps(m, xp.add(i * LANES));
                     }
                     for (fi, row) in acc.iter_mut().enumerate() {
                         let b = _mm512_set1_ps(*wp.add(fi));
@@ -546,9 +642,24 @@ mod avx512 {
                     wp = wp.add(F);
                 }
             }
-            for (fi, row) in acc.iter().enumerate() {
-                for (i, &a) in row.iter().enumerate() {
-                    _mm512_storeu_ps(out.add(fi * ld + i * LANES), a);
+            if let Some(Finish {
+                bias,
+                bounds: [lo, hi],
+            }) = finish
+            {
+                let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+                for (fi, row) in acc.iter_mut().enumerate().take(fv) {
+                    let b = _mm512_set1_ps(bias.map_or(0.0, |b| b[fi]));
+                    for a in row.iter_mut() {
+                        // max and min return their second operand when either is NaN: NaN
+                        // stays NaN, as in `Clamp::apply`.
+                        *a = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(*a, b)));
+                    }
+                }
+            }
+            for (fi, row) in acc.iter().enumerate().take(fv) {
+                for ((&a, &m), i) in row.iter().zip(&masks).zip(0..) {
+                    _mm512_mask_storeu_ps(out.add(fi * ld + i * LANES), m, a);
                 }
             }
         }
@@ -600,6 +711,65 @@ mod avx512 {
             for (i, row) in acc.iter().enumerate() {
                 for (v, &a) in row.iter().enumerate() {
                     _mm512_storeu_ps(out.add(i * f + v * LANES), a);
+                }
+            }
+        }
+    }
+
+    /// Writes 16 rows of 16 values (`src + i·ld + (0..16)`, i < 16), transposed: value `l` of
+    /// row `i` goes to `dst[l][at + i]`, for the first `dst.len() ≤ 16` columns `l` and the rows
+    /// `i < dst[l].len() − at` (at most 16).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, and `src` must hold `15·ld + 16` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn transpose(src: &[f32], ld: usize, dst: &mut [&mut [f32]], at: usize) {
+        debug_assert!(src.len() >= 15 * ld + LANES && dst.len() <= LANES);
+        // SAFETY (whole body): the loads stay inside `src` (the contract), the stores inside each
+        // `dst[l]` (masked to its length).
+        unsafe {
+            let r: [__m512; 16] =
+                std::array::from_fn(|i| _mm512_loadu_ps(src.as_ptr().add(i * ld)));
+            // Within each 128-bit lane: pairs of rows interleaved, then quads (columns 4L + j
+            // of rows 4i..4i + 4 in lane L of `u[4i + j]`), then lanes gathered across quads.
+            let t: [__m512; 16] = std::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(a, b)
+                } else {
+                    _mm512_unpackhi_ps(a, b)
+                }
+            });
+            let u: [__m512; 16] = std::array::from_fn(|i| {
+                let (q, j) = (i / 4 * 4, i % 4);
+                let (a, b) = (
+                    _mm512_castps_pd(t[q + j / 2]),
+                    _mm512_castps_pd(t[q + 2 + j / 2]),
+                );
+                _mm512_castpd_ps(if j % 2 == 0 {
+                    _mm512_unpacklo_pd(a, b)
+                } else {
+                    _mm512_unpackhi_pd(a, b)
+                })
+            });
+            // Column 4L + j: lane L of u[j], u[4 + j], u[8 + j], u[12 + j].
+            for j in 0..4 {
+                let lo02 = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
+                let lo13 = _mm512_shuffle_f32x4::<0xdd>(u[j], u[4 + j]);
+                let hi02 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
+                let hi13 = _mm512_shuffle_f32x4::<0xdd>(u[8 + j], u[12 + j]);
+                let columns = [
+                    _mm512_shuffle_f32x4::<0x88>(lo02, hi02),
+                    _mm512_shuffle_f32x4::<0x88>(lo13, hi13),
+                    _mm512_shuffle_f32x4::<0xdd>(lo02, hi02),
+                    _mm512_shuffle_f32x4::<0xdd>(lo13, hi13),
+                ];
+                for (lane, column) in columns.into_iter().enumerate() {
+                    if let Some(d) = dst.get_mut(4 * lane + j) {
+                        let n = (d.len() - at).min(LANES);
+                        let m = ((1u32 << n) - 1) as __mmask16;
+                        _mm512_mask_storeu_ps(d.as_mut_ptr().add(at), m, column);
+                    }
                 }
             }
         }
