@@ -18,7 +18,6 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::depthwise::depthwise;
 use super::gemm::clamp;
 use super::Disjoint;
 use crate::ops::ConvPlan;
@@ -44,11 +43,7 @@ pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: 
     if y.is_empty() {
         return;
     }
-    if plan.c_per_group() == 1 {
-        depthwise(plan, x, w, bias, y);
-    } else {
-        lowered(plan, x, w, bias, y);
-    }
+    lowered(plan, x, w, bias, y);
 }
 
 /// Adds `bias` to `out` and applies the plan's fused ReLU or Clip.
