@@ -245,11 +245,12 @@ mod avx512 {
             };
             // SAFETY: the caller's contract, and the block's masks.
             unsafe {
+                // Rows at a time: about eight accumulators.
                 match lanes.div_ceil(16) {
-                    1 => block.rows::<SW, 1>(out),
-                    2 => block.rows::<SW, 2>(out),
-                    3 => block.rows::<SW, 3>(out),
-                    _ => block.rows::<SW, 4>(out),
+                    1 => block.rows::<SW, 1, 4>(out),
+                    2 => block.rows::<SW, 2, 4>(out),
+                    3 => block.rows::<SW, 3, 2>(out),
+                    _ => block.rows::<SW, 4, 2>(out),
                 }
             }
         }
@@ -271,12 +272,52 @@ mod avx512 {
     }
 
     impl<T: Element> Block<'_, T> {
-        /// The block in `V` vectors (`16·(V − 1) < lanes ≤ 16·V`) of `out`'s rows.
+        /// The block in `V` vectors (`16·(V − 1) < lanes ≤ 16·V`) of `out`'s rows: rows whose
+        /// every kernel row lies inside the input `R` at a time (`R·V` independent
+        /// accumulators sharing each broadcast weight: short rows are not bound by one
+        /// accumulator's FMA latency), the others one at a time.
         ///
         /// # Safety
         /// As for [`channel`]; `V` vectors cover `lanes`.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn rows<const SW: usize, const V: usize>(&self, out: &mut [T]) {
+        unsafe fn rows<const SW: usize, const V: usize, const R: usize>(&self, out: &mut [T]) {
+            let plan = self.plan;
+            let (sh, dh, pt) = (plan.stride[0], plan.dilation[0], plan.pad[0]);
+            // Rows pa..pb read only input rows: pi·sh ≥ pt and pi·sh + (r − 1)·dh < pt + h.
+            let span = (plan.r - 1) * dh;
+            let pa = pt.div_ceil(sh).min(plan.p);
+            let pb = (pt + plan.h)
+                .checked_sub(span + 1)
+                .map_or(0, |last| last / sh + 1)
+                .clamp(pa, plan.p);
+            let mut pi = 0;
+            while pi < plan.p {
+                let rows = &mut out[pi * plan.q..];
+                // SAFETY: the caller's contract; rows pi..pi + R are inside the input.
+                unsafe {
+                    if pi >= pa && pi + R <= pb {
+                        self.row_group::<SW, V, R>(pi, rows);
+                        pi += R;
+                    } else {
+                        self.row_group::<SW, V, 1>(pi, rows);
+                        pi += 1;
+                    }
+                }
+            }
+        }
+
+        /// Output rows `pi..pi + R` of the block, in `out` from row `pi`. Their kernel rows
+        /// are those of row `pi` that read input rows (all of them when `R > 1`).
+        ///
+        /// # Safety
+        /// As for [`rows`](Self::rows); when `R > 1`, every kernel row of rows `pi..pi + R`
+        /// lies inside the input.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn row_group<const SW: usize, const V: usize, const R: usize>(
+            &self,
+            pi: usize,
+            out: &mut [T],
+        ) {
             let plan = self.plan;
             let (sh, [dh, dw], pt) = (plan.stride[0], plan.dilation, plan.pad[0]);
             let b = _mm512_set1_ps(self.bias);
@@ -286,22 +327,25 @@ mod avx512 {
             let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
             let even =
                 _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-            for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
-                // Kernel rows r0..r1 read input rows: pi·sh + ri·dh ∈ pt..pt + h.
-                let top = pi * sh;
-                let r0 = pt.saturating_sub(top).div_ceil(dh).min(plan.r);
-                let r1 = (pt + plan.h).saturating_sub(top).div_ceil(dh).min(plan.r);
-                let mut acc = [b; V];
-                for ri in r0..r1 {
-                    let row = self
-                        .xc
-                        .as_ptr()
-                        .wrapping_add((top + ri * dh - pt) * plan.w)
-                        .wrapping_offset(self.c0);
-                    let wr = &self.wk[ri * plan.s..][..plan.s];
-                    for (si, (&wv, m)) in wr.iter().zip(self.masks).enumerate() {
-                        let wv = _mm512_set1_ps(wv);
-                        let p = row.wrapping_add(si * dw);
+            // Kernel rows r0..r1 read input rows: pi·sh + ri·dh ∈ pt..pt + h.
+            let top = pi * sh;
+            let r0 = pt.saturating_sub(top).div_ceil(dh).min(plan.r);
+            let r1 = (pt + plan.h).saturating_sub(top).div_ceil(dh).min(plan.r);
+            debug_assert!(R == 1 || (r0, r1) == (0, plan.r));
+            let mut acc = [[b; V]; R];
+            for ri in r0..r1 {
+                // Input row of kernel row ri for output row pi, from the block's first column;
+                // output row pi + g reads g·sh rows further.
+                let row = self
+                    .xc
+                    .as_ptr()
+                    .wrapping_add((top + ri * dh - pt) * plan.w)
+                    .wrapping_offset(self.c0);
+                let wr = &self.wk[ri * plan.s..][..plan.s];
+                for (si, (&wv, m)) in wr.iter().zip(self.masks).enumerate() {
+                    let wv = _mm512_set1_ps(wv);
+                    for (g, acc) in acc.iter_mut().enumerate() {
+                        let p = row.wrapping_add(g * sh * plan.w + si * dw);
                         for v in 0..V {
                             // SAFETY: only lanes inside the input row are read (the masks).
                             let x = unsafe {
@@ -317,6 +361,9 @@ mod avx512 {
                         }
                     }
                 }
+            }
+            for (g, acc) in acc.iter().enumerate() {
+                let out_row = &mut out[g * plan.q..][..plan.q];
                 for (v, &acc) in acc.iter().enumerate() {
                     // max and min return their second operand when either is NaN: NaN stays
                     // NaN, as in `Clamp::apply`.
