@@ -69,8 +69,9 @@ fn direct_conv_edges() {
 }
 
 /// Shapes for the depthwise kernel (`src/backend/cpu/depthwise.rs`: on AVX-512 read in place
-/// through masked loads, elsewhere from a padded copy): one-row maps, output rows of one lane
-/// past a vector and of two 64-column blocks, stride 2 on odd widths and with a dilation,
+/// through masked loads, several rows at a time, elsewhere from a padded copy): one-row maps,
+/// maps whose inner rows form groups and leave rows over (20 columns at stride 2, 7×7), output
+/// rows of one lane past a vector and of two 64-column blocks, stride 2 on odd widths and with a dilation,
 /// several output channels per group, pads wider than the kernel (rows and columns that read
 /// only padding), and the shapes the in-place kernel leaves to the copy (a column stride of
 /// 3, 17 kernel columns); every other case with a fused Clip.
@@ -88,8 +89,10 @@ fn depthwise_conv_edges() {
         group,
         ..Conv::default()
     };
-    let cases: [([usize; 4], [usize; 4], Conv); 9] = [
+    let cases: [([usize; 4], [usize; 4], Conv); 11] = [
         ([1, 3, 1, 40], [3, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 3)),
+        ([1, 2, 22, 40], [2, 1, 3, 3], conv([2, 2], [1; 4], [1, 1], 2)),
+        ([1, 3, 7, 7], [3, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 3)),
         ([2, 5, 9, 33], [5, 1, 3, 3], conv([2, 2], [1; 4], [1, 1], 5)),
         ([1, 4, 20, 129], [8, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 4)),
         (
