@@ -12,8 +12,8 @@
 //! With a column stride above 1 the input is first split into column phases, so every im2col
 //! copy is contiguous. Bias and the fused ReLU or Clip are applied to each block while it is
 //! still in cache. Convolutions with one input channel per group use the direct kernel in
-//! `depthwise`; with AVX-512, dense convolutions larger than 1×1 use the direct kernel in
-//! `direct` instead of this lowering (the CPU backend's launch picks, see `direct::applies`).
+//! `depthwise`, and with AVX-512 dense convolutions larger than 1×1 the direct kernel in
+//! `direct`, instead of this lowering (the CPU backend's launch picks, see `direct::applies`).
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -38,7 +38,8 @@ const MIN_SPLIT_CHANNELS: usize = 16;
 /// Fewest output columns per block: narrower GEMMs reload the weights too often.
 const MIN_BLOCK_COLUMNS: usize = 64;
 
-/// Computes `plan` in FP32. `y` is fully written; its previous contents are ignored.
+/// Computes `plan` (not depthwise) in FP32 through the GEMM lowering. `y` is fully written;
+/// its previous contents are ignored.
 pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     if y.is_empty() {
         return;

@@ -325,8 +325,7 @@ mod avx512 {
             // the infinite bounds change nothing.
             let [lo, hi] = Clamp::bounds(plan.clamp);
             let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-            let even =
-                _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
             // Kernel rows r0..r1 read input rows: pi·sh + ri·dh ∈ pt..pt + h.
             let top = pi * sh;
             let r0 = pt.saturating_sub(top).div_ceil(dh).min(plan.r);

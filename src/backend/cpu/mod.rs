@@ -3,8 +3,9 @@
 //! and convolution run on FP32 kernels (FP16 operands are widened once, accumulated in FP32 and
 //! rounded once on output; FP16 weights — a conv's weights, a GEMM's B — are widened once per
 //! tensor and the copy cached with it, or packed once for the direct convolution, see
-//! [`derived`] and [`direct`]); batch norm and softmax stream FP16
-//! through FP32 registers chunk by chunk.
+//! [`derived`] and [`direct`]; the direct and depthwise convolutions widen FP16 input as they
+//! copy or load it, and the depthwise one rounds its FP16 output in registers); batch norm and
+//! softmax stream FP16 through FP32 registers chunk by chunk.
 
 mod batchnorm;
 mod binary;
