@@ -1,13 +1,14 @@
 //! Direct CPU convolution for one input channel per group (depthwise), on FP32 or FP16 storage,
 //! accumulated in FP32, one (image, output channel) at a time.
 //!
-//! With AVX-512 (F, BW and VL) and a column stride of 1 or 2, the kernel reads the input
-//! channel where it lies (`avx512`): up to 64 outputs of a row accumulate every tap in
-//! registers, each tap a masked load of the input row (FP16 widened in the register), the
-//! mask zeroing the columns that fall into padding and kernel rows that fall into padding
-//! skipped; for stride 2 two loads are split into their even columns by one permute. Bias and
-//! the fused ReLU or Clip are applied in registers and the row is stored once (FP16 rounded in
-//! the register).
+//! With AVX-512 (F, BW and VL), a column stride of 1 or 2 and at most 16 kernel columns, the
+//! kernel reads the input channel where it lies (`avx512`), with no copy: up to 64 outputs of
+//! a row accumulate every tap in registers, each tap a masked load of the input row (FP16
+//! widened in the register), the mask zeroing the columns that fall into padding, and kernel
+//! rows that fall into padding skipped; for stride 2 two loads are split into their even
+//! columns by one permute. Rows clear of the top and bottom padding run two or four at a time
+//! (about eight independent accumulators). Bias and the fused ReLU or Clip are applied in
+//! registers and each row is stored once (FP16 rounded in the register).
 //!
 //! Otherwise each (image, channel) is first copied (and widened) into a zero-bordered FP32
 //! buffer that covers every window, so the kernel loop has no padding cases, and the inner
@@ -51,7 +52,7 @@ pub(super) fn depthwise<T: Widen>(
             let wk = &w[ki * rs..][..rs];
             #[cfg(target_arch = "x86_64")]
             if fast {
-                // SAFETY: `applies` checked the CPU and the column stride; `xc` is the [h, w]
+                // SAFETY: `applies` checked the CPU, the column stride and s; `xc` is the [h, w]
                 // input channel of the [p, q] output channel `out`, and `wk` holds r·s
                 // weights.
                 unsafe {
