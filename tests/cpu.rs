@@ -84,3 +84,70 @@ fn direct_conv_edges() {
         }
     }
 }
+
+/// Shapes for the depthwise kernel (`src/backend/cpu/depthwise.rs`: on AVX-512 read in place
+/// through masked loads, several rows at a time, elsewhere from a padded copy): one-row maps,
+/// maps whose inner rows form groups and leave rows over (20 columns at stride 2, 7×7), output
+/// rows of one lane past a vector and of two 64-column blocks, stride 2 on odd widths and with a dilation,
+/// several output channels per group, pads wider than the kernel (rows and columns that read
+/// only padding), and the shapes the in-place kernel leaves to the copy (a column stride of
+/// 3, 17 kernel columns); every other case with a fused Clip.
+#[test]
+fn depthwise_conv_edges() {
+    use common::suite::conv_case;
+    use eia::ops::Conv;
+    use eia::DType;
+    let cpu = eia::CpuBackend::new();
+    let mut rng = common::rng("depthwise_conv_edges");
+    let conv = |strides, pads, dilations, group| Conv {
+        strides,
+        pads,
+        dilations,
+        group,
+        ..Conv::default()
+    };
+    let cases: [([usize; 4], [usize; 4], Conv); 11] = [
+        ([1, 3, 1, 40], [3, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 3)),
+        (
+            [1, 2, 22, 40],
+            [2, 1, 3, 3],
+            conv([2, 2], [1; 4], [1, 1], 2),
+        ),
+        ([1, 3, 7, 7], [3, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 3)),
+        ([2, 5, 9, 33], [5, 1, 3, 3], conv([2, 2], [1; 4], [1, 1], 5)),
+        (
+            [1, 4, 20, 129],
+            [8, 1, 3, 3],
+            conv([1, 1], [1; 4], [1, 1], 4),
+        ),
+        (
+            [1, 3, 13, 131],
+            [3, 1, 5, 5],
+            conv([2, 2], [2, 1, 2, 3], [1, 2], 3),
+        ),
+        ([2, 6, 7, 7], [6, 1, 3, 3], conv([2, 2], [1; 4], [1, 1], 6)),
+        ([1, 2, 3, 3], [2, 1, 3, 3], conv([1, 1], [4; 4], [1, 1], 2)),
+        (
+            [1, 2, 14, 17],
+            [2, 1, 1, 1],
+            conv([2, 2], [0; 4], [1, 1], 2),
+        ),
+        (
+            [1, 3, 10, 11],
+            [3, 1, 3, 3],
+            conv([3, 3], [1; 4], [1, 1], 3),
+        ),
+        (
+            [1, 2, 6, 21],
+            [2, 1, 3, 17],
+            conv([1, 1], [1, 8, 1, 8], [1, 1], 2),
+        ),
+    ];
+    for dtype in DType::ALL {
+        for (i, (x, w, op)) in cases.iter().enumerate() {
+            // Every other case with a fused Clip, in each of its bound variants.
+            let clip = (i % 2 == 1).then_some(i / 2);
+            conv_case(&cpu, &mut rng, dtype, *x, *w, op, true, clip);
+        }
+    }
+}

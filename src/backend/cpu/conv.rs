@@ -12,14 +12,13 @@
 //! With a column stride above 1 the input is first split into column phases, so every im2col
 //! copy is contiguous. Bias and the fused ReLU or Clip are applied to each block while it is
 //! still in cache. Convolutions with one input channel per group use the direct kernel in
-//! `depthwise`; with AVX-512, dense convolutions larger than 1×1 and pointwise ones use the
-//! direct kernel in `direct` instead of this lowering (the CPU backend's launch picks, see
+//! `depthwise`, and with AVX-512 dense convolutions larger than 1×1 and pointwise ones the
+//! direct kernel in `direct`, instead of this lowering (the CPU backend's launch picks, see
 //! `direct::applies`).
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::depthwise::depthwise;
 use super::gemm::clamp;
 use super::Disjoint;
 use crate::ops::ConvPlan;
@@ -40,16 +39,13 @@ const MIN_SPLIT_CHANNELS: usize = 16;
 /// Fewest output columns per block: narrower GEMMs reload the weights too often.
 const MIN_BLOCK_COLUMNS: usize = 64;
 
-/// Computes `plan` in FP32. `y` is fully written; its previous contents are ignored.
+/// Computes `plan` (not depthwise) in FP32 through the GEMM lowering. `y` is fully written;
+/// its previous contents are ignored.
 pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     if y.is_empty() {
         return;
     }
-    if plan.c_per_group() == 1 {
-        depthwise(plan, x, w, bias, y);
-    } else {
-        lowered(plan, x, w, bias, y);
-    }
+    lowered(plan, x, w, bias, y);
 }
 
 /// Adds `bias` to `out` and applies the plan's fused ReLU or Clip.

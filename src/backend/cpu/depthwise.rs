@@ -1,68 +1,86 @@
-//! Direct CPU convolution for one input channel per group (depthwise). Each (image, output
-//! channel) copies its input channel once into a zero-bordered buffer that covers every window,
-//! so the kernel loop has no padding cases. With AVX-512 and a column stride of 1 or 2, up to 64
-//! outputs of a row accumulate every tap in registers (`avx512`); for stride 2 the padded rows
-//! are first split into their even and odd columns, so every tap reads contiguous vectors.
-//! Otherwise the inner loop runs along the output row, vectorised through `multiversion!`.
-//! FP16 storage reaches this kernel widened once to FP32 (as every CPU convolution does).
+//! Direct CPU convolution for one input channel per group (depthwise), on FP32 or FP16 storage,
+//! accumulated in FP32, one (image, output channel) at a time.
+//!
+//! With AVX-512 (F, BW and VL), a column stride of 1 or 2 and at most 16 kernel columns, the
+//! kernel reads the input channel where it lies (`avx512`), with no copy: up to 64 outputs of
+//! a row accumulate every tap in registers, each tap a masked load of the input row (FP16
+//! widened in the register), the mask zeroing the columns that fall into padding, and kernel
+//! rows that fall into padding skipped; for stride 2 two loads are split into their even
+//! columns by one permute. Rows clear of the top and bottom padding run two or four at a time
+//! (about eight independent accumulators). Bias and the fused ReLU or Clip are applied in
+//! registers and each row is stored once (FP16 rounded in the register).
+//!
+//! Otherwise each (image, channel) is first copied (and widened) into a zero-bordered FP32
+//! buffer that covers every window, so the kernel loop has no padding cases, and the inner
+//! loop runs along the output row, vectorised through `multiversion!`; an FP16 output channel
+//! is rounded once from an FP32 buffer.
 
 use rayon::prelude::*;
 
 use super::conv::epilogue;
-use super::simd::{self, multiversion};
+use super::simd::multiversion;
+use super::{narrow, Widen};
+use crate::dtype::DType;
 use crate::ops::ConvPlan;
 
-/// Computes a depthwise `plan` (C/group = 1) in FP32, bias and ReLU included. `y` is fully
-/// written; its previous contents are ignored.
-pub fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+/// Computes a depthwise `plan` (C/group = 1) on storage `T`, bias and the fused ReLU or Clip
+/// included. `w` holds the weights as f32. `y` is fully written; its previous contents are
+/// ignored.
+pub(super) fn depthwise<T: Widen>(
+    plan: &ConvPlan,
+    x: &[T],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [T],
+) {
     let (hw, pq, rs) = (plan.h * plan.w, plan.p * plan.q, plan.r * plan.s);
+    if pq == 0 {
+        return;
+    }
     let kg = plan.k_per_group();
+    #[cfg(target_arch = "x86_64")]
+    let fast = avx512::applies(plan);
     // Padded rows/columns: every input position some window reads, from −pad.
     let hp = (plan.p - 1) * plan.stride[0] + (plan.r - 1) * plan.dilation[0] + 1;
     let wp = (plan.q - 1) * plan.stride[1] + (plan.s - 1) * plan.dilation[1] + 1;
     y.par_chunks_mut(pq).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
-        |(padded, phases), (row, out)| {
+        |(padded, widened), (row, out)| {
             let (ni, ki) = (row / plan.k, row % plan.k);
             let xc = &x[(ni * plan.c + ki / kg) * hw..][..hw];
-            padded.clear();
-            padded.resize(hp * wp, 0.0);
-            pad_channel(plan, xc, wp, padded);
             let b = bias.map(|b| b[ki]);
             let wk = &w[ki * rs..][..rs];
             #[cfg(target_arch = "x86_64")]
-            if simd::level() >= simd::Level::Avx512 {
-                match plan.stride[1] {
-                    1 => {
-                        // SAFETY: the CPU supports AVX-512F; `padded` is the [hp, 1, wp]
-                        // buffer that covers every window of the [p, q] output `out`, and `wk`
-                        // holds r·s weights.
-                        unsafe { avx512::channel::<1>(plan, padded, wp, wk, b, out) };
-                        return;
+            if fast {
+                // SAFETY: `applies` checked the CPU, the column stride and s; `xc` is the [h, w]
+                // input channel of the [p, q] output channel `out`, and `wk` holds r·s
+                // weights.
+                unsafe {
+                    match plan.stride[1] {
+                        1 => avx512::channel::<T, 1>(plan, xc, wk, b, out),
+                        _ => avx512::channel::<T, 2>(plan, xc, wk, b, out),
                     }
-                    2 => {
-                        let half = wp.div_ceil(2);
-                        // Never cleared: `split_columns` writes every element a tap reads.
-                        phases.resize(hp * 2 * half, 0.0);
-                        // SAFETY: as above, with `phases` the [hp, 2, ⌈wp/2⌉] column phases
-                        // of `padded`.
-                        unsafe {
-                            avx512::split_columns(padded, wp, phases);
-                            avx512::channel::<2>(plan, phases, half, wk, b, out);
-                        }
-                        return;
-                    }
-                    _ => {}
+                }
+                return;
+            }
+            padded.clear();
+            padded.resize(hp * wp, 0.0);
+            pad_channel(plan, xc, wp, padded);
+            match T::DTYPE {
+                DType::F32 => channel(plan, padded, wp, wk, b, bytemuck::cast_slice_mut(out)),
+                DType::F16 => {
+                    widened.resize(pq, 0.0);
+                    channel(plan, padded, wp, wk, b, widened);
+                    narrow(widened, out);
                 }
             }
-            channel(plan, padded, wp, wk, b, out);
         },
     );
 }
 
-/// Copies the `[h, w]` channel `xc` into the zeroed `[hp, wp]` buffer at offset `pad`,
-/// clipped to the buffer.
-fn pad_channel(plan: &ConvPlan, xc: &[f32], wp: usize, padded: &mut [f32]) {
+/// Copies (widening) the `[h, w]` channel `xc` into the zeroed `[hp, wp]` buffer at offset
+/// `pad`, clipped to the buffer.
+fn pad_channel<T: Widen>(plan: &ConvPlan, xc: &[T], wp: usize, padded: &mut [f32]) {
     let [pt, pl] = plan.pad;
     let cols = plan.w.min(wp.saturating_sub(pl));
     if cols == 0 {
@@ -73,7 +91,7 @@ fn pad_channel(plan: &ConvPlan, xc: &[f32], wp: usize, padded: &mut [f32]) {
         if ih >= plan.h {
             break;
         }
-        dst[pl..pl + cols].copy_from_slice(&xc[ih * plan.w..][..cols]);
+        T::widen(&xc[ih * plan.w..][..cols], &mut dst[pl..pl + cols]);
     }
 }
 
@@ -112,131 +130,248 @@ multiversion! {
     }
 }
 
-/// The AVX-512 kernels: sixteen outputs of a row accumulate every tap in one register and are
-/// stored once (a masked load and store finish the row). The input is split into column
-/// phases (one per unit of column stride), so the taps of consecutive outputs are consecutive.
+/// The AVX-512 kernel: sixteen outputs of a row accumulate every tap in one register, read
+/// from the unpadded input channel by masked loads, and are stored once (a masked store
+/// finishes the row).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use crate::backend::cpu::simd;
+    use crate::dtype::{DType, Element};
     use crate::ops::{Clamp, ConvPlan};
+
+    /// Most kernel columns [`channel`] takes (its masks are on the stack).
+    const MAX_S: usize = 16;
+
+    /// Whether [`channel`] computes `plan`: the CPU has AVX-512 F, BW and VL (the FP16 loads
+    /// and stores are 16-bit masked), the column stride is 1 or 2 and the kernel at most
+    /// [`MAX_S`] columns wide.
+    pub fn applies(plan: &ConvPlan) -> bool {
+        simd::level() >= simd::Level::Avx512
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && matches!(plan.stride[1], 1 | 2)
+            && plan.s <= MAX_S
+    }
 
     /// Mask of the first `n` (at most 16) lanes.
     fn first(n: usize) -> __mmask16 {
         ((1u32 << n.min(16)) - 1) as u16
     }
 
-    /// Splits each `wp`-column row of `padded` into its even then its odd columns, each
-    /// `⌈wp/2⌉` long, in `phases` (`[rows, 2, ⌈wp/2⌉]`). When `wp` is odd the last element of
-    /// each odd-column row is left as it was.
+    /// Mask of the lanes `l` whose column `c + l` lies in `0..w`.
+    fn inside(c: isize, w: isize) -> __mmask16 {
+        let lo = (-c).clamp(0, 16) as usize;
+        let hi = (w - c).clamp(0, 16) as usize;
+        first(hi) & !first(lo)
+    }
+
+    /// Sixteen elements at `p` under mask `m` as f32 (masked lanes zero, not read).
     ///
     /// # Safety
-    /// The CPU must support AVX-512F and `phases` must hold `2·⌈wp/2⌉` elements per row of
-    /// `padded`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn split_columns(padded: &[f32], wp: usize, phases: &mut [f32]) {
-        let half = wp.div_ceil(2);
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        for (src, dst) in padded
-            .chunks_exact(wp)
-            .zip(phases.chunks_exact_mut(2 * half))
-        {
-            let (de, d_o) = dst.split_at_mut(half);
-            for j in (0..wp).step_by(32) {
-                let n = (wp - j).min(32);
-                // SAFETY: lanes under the masks are columns j..j + n of the row; the stores
-                // write ⌈n/2⌉ and ⌊n/2⌋ elements from j/2, inside the ⌈wp/2⌉-long phase rows.
-                unsafe {
-                    let lo = _mm512_maskz_loadu_ps(first(n), src.as_ptr().wrapping_add(j));
-                    let hi = _mm512_maskz_loadu_ps(
-                        first(n.saturating_sub(16)),
-                        src.as_ptr().wrapping_add(j + 16),
-                    );
-                    let (ye, yo) = (
-                        _mm512_permutex2var_ps(lo, even, hi),
-                        _mm512_permutex2var_ps(lo, odd, hi),
-                    );
-                    _mm512_mask_storeu_ps(
-                        de.as_mut_ptr().wrapping_add(j / 2),
-                        first(n.div_ceil(2)),
-                        ye,
-                    );
-                    _mm512_mask_storeu_ps(d_o.as_mut_ptr().wrapping_add(j / 2), first(n / 2), yo);
+    /// The CPU must support AVX-512 F, BW and VL; every lane under `m` must be readable.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load<T: Element>(p: *const T, m: __mmask16) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match T::DTYPE {
+                DType::F32 => _mm512_maskz_loadu_ps(m, p.cast()),
+                DType::F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.cast())),
+            }
+        }
+    }
+
+    /// Stores the lanes of `v` under mask `m` at `p` (FP16 rounded to nearest even).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL; every lane under `m` must be writable.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn store<T: Element>(p: *mut T, m: __mmask16, v: __m512) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match T::DTYPE {
+                DType::F32 => _mm512_mask_storeu_ps(p.cast(), m, v),
+                DType::F16 => _mm256_mask_storeu_epi16(
+                    p.cast(),
+                    m,
+                    _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+                ),
+            }
+        }
+    }
+
+    /// One output channel `out` `[p, q]` from its `[h, w]` input channel `xc` and `r·s`
+    /// weights `wk`, for column stride `SW` (1 or 2), in blocks of up to 64 output columns.
+    /// Tap (ri, si) of output (pi, j) reads input row `pi·sh + ri·dh − pt` (kernel rows
+    /// outside the input are skipped) at column `SW·j + si·dw − pl` (columns outside the input
+    /// are masked: zero). For `SW = 2` the 32 columns from `2·j0 + si·dw − pl` are loaded and
+    /// their even lanes kept.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL; the column stride must be `SW` and
+    /// `s ≤ MAX_S`; `xc` must hold `h·w` elements and `out` `p·q`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn channel<T: Element, const SW: usize>(
+        plan: &ConvPlan,
+        xc: &[T],
+        wk: &[f32],
+        bias: Option<f32>,
+        out: &mut [T],
+    ) {
+        debug_assert_eq!(plan.stride[1], SW);
+        debug_assert!(plan.s <= MAX_S && xc.len() == plan.h * plan.w);
+        let w = plan.w as isize;
+        for q0 in (0..plan.q).step_by(4 * 16) {
+            let lanes = (plan.q - q0).min(4 * 16);
+            // The input column of lane 0 of this block's first vector, and for each tap
+            // column and vector the lanes inside the input row (for SW = 2, of both loads).
+            let c0 = (SW * q0) as isize - plan.pad[1] as isize;
+            let mut masks = [[[0; 2]; 4]; MAX_S];
+            for (si, m) in masks.iter_mut().enumerate().take(plan.s) {
+                for (v, m) in m.iter_mut().enumerate() {
+                    let c = c0 + (SW * 16 * v + si * plan.dilation[1]) as isize;
+                    *m = [inside(c, w), inside(c + 16, w)];
+                }
+            }
+            let block = Block {
+                plan,
+                xc,
+                wk,
+                bias: bias.unwrap_or(0.0),
+                masks: &masks,
+                c0,
+                q0,
+                lanes,
+            };
+            // SAFETY: the caller's contract, and the block's masks.
+            unsafe {
+                // Rows at a time: about eight accumulators.
+                match lanes.div_ceil(16) {
+                    1 => block.rows::<SW, 1, 4>(out),
+                    2 => block.rows::<SW, 2, 4>(out),
+                    3 => block.rows::<SW, 3, 2>(out),
+                    _ => block.rows::<SW, 4, 2>(out),
                 }
             }
         }
     }
 
-    /// One output channel `out` `[p, q]` from `phases`, its zero-bordered input split into
-    /// column phases `[hp, SW, pitch]` (SW the column stride, a constant so that the tap
-    /// offsets divide by it cheaply; for stride 1 the padded input itself), and `r·s` weights
-    /// `wk`. Tap (ri, si) of output column j reads phase `si·dw mod SW` at column
-    /// `j + ⌊si·dw / SW⌋`.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F, the column stride must be `SW`, and `phases` must cover
-    /// every window of `out` as above.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn channel<const SW: usize>(
-        plan: &ConvPlan,
-        phases: &[f32],
-        pitch: usize,
-        wk: &[f32],
-        bias: Option<f32>,
-        out: &mut [f32],
-    ) {
-        debug_assert_eq!(plan.stride[1], SW);
-        let (sh, [dh, dw]) = (plan.stride[0], plan.dilation);
-        let b = _mm512_set1_ps(bias.unwrap_or(0.0));
-        // The fused ReLU or Clip (conv's epilogue), applied in registers; without one, the
-        // infinite bounds change nothing.
-        let [lo, hi] = Clamp::bounds(plan.clamp);
-        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-        for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
-            // Up to four vectors of the row at a time: independent accumulators that share
-            // each broadcast weight.
-            for q0 in (0..plan.q).step_by(4 * 16) {
-                let lanes = (plan.q - q0).min(4 * 16);
-                // Vectors with a lane in the row: the others are neither loaded nor computed.
-                let vectors = lanes.div_ceil(16);
-                let masks: [__mmask16; 4] =
-                    std::array::from_fn(|v| first(lanes.saturating_sub(16 * v)));
-                let mut acc = [b; 4];
-                for ri in 0..plan.r {
-                    let prow = (pi * sh + ri * dh) * SW;
-                    for si in 0..plan.s {
-                        let wv = _mm512_set1_ps(wk[ri * plan.s + si]);
-                        let (phase, col) = ((si * dw) % SW, (si * dw) / SW);
-                        let start = (prow + phase) * pitch + col + q0;
-                        debug_assert!(start + lanes <= phases.len());
-                        for v in 0..vectors {
-                            // SAFETY: the window's last column, q0 + lanes − 1 + col, lies
-                            // inside the phase row (the caller's contract); masked lanes are
-                            // not read.
+    /// Columns `q0..q0 + lanes` of every output row of one channel.
+    struct Block<'a, T> {
+        plan: &'a ConvPlan,
+        xc: &'a [T],
+        wk: &'a [f32],
+        bias: f32,
+        /// Per tap column and vector, the lanes of its (two, for stride 2) loads inside the
+        /// input row.
+        masks: &'a [[[__mmask16; 2]; 4]; MAX_S],
+        /// The input column of tap column 0, lane 0 of the first vector.
+        c0: isize,
+        q0: usize,
+        lanes: usize,
+    }
+
+    impl<T: Element> Block<'_, T> {
+        /// The block in `V` vectors (`16·(V − 1) < lanes ≤ 16·V`) of `out`'s rows: rows whose
+        /// every kernel row lies inside the input `R` at a time (`R·V` independent
+        /// accumulators sharing each broadcast weight: short rows are not bound by one
+        /// accumulator's FMA latency), the others one at a time.
+        ///
+        /// # Safety
+        /// As for [`channel`]; `V` vectors cover `lanes`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn rows<const SW: usize, const V: usize, const R: usize>(&self, out: &mut [T]) {
+            let plan = self.plan;
+            let (sh, dh, pt) = (plan.stride[0], plan.dilation[0], plan.pad[0]);
+            // Rows pa..pb read only input rows: pi·sh ≥ pt and pi·sh + (r − 1)·dh < pt + h.
+            let span = (plan.r - 1) * dh;
+            let pa = pt.div_ceil(sh).min(plan.p);
+            let pb = (pt + plan.h)
+                .checked_sub(span + 1)
+                .map_or(0, |last| last / sh + 1)
+                .clamp(pa, plan.p);
+            let mut pi = 0;
+            while pi < plan.p {
+                let rows = &mut out[pi * plan.q..];
+                // SAFETY: the caller's contract; rows pi..pi + R are inside the input.
+                unsafe {
+                    if pi >= pa && pi + R <= pb {
+                        self.row_group::<SW, V, R>(pi, rows);
+                        pi += R;
+                    } else {
+                        self.row_group::<SW, V, 1>(pi, rows);
+                        pi += 1;
+                    }
+                }
+            }
+        }
+
+        /// Output rows `pi..pi + R` of the block, in `out` from row `pi`. Their kernel rows
+        /// are those of row `pi` that read input rows (all of them when `R > 1`).
+        ///
+        /// # Safety
+        /// As for [`rows`](Self::rows); when `R > 1`, every kernel row of rows `pi..pi + R`
+        /// lies inside the input.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn row_group<const SW: usize, const V: usize, const R: usize>(
+            &self,
+            pi: usize,
+            out: &mut [T],
+        ) {
+            let plan = self.plan;
+            let (sh, [dh, dw], pt) = (plan.stride[0], plan.dilation, plan.pad[0]);
+            let b = _mm512_set1_ps(self.bias);
+            // The fused ReLU or Clip (conv's epilogue), applied in registers; without one,
+            // the infinite bounds change nothing.
+            let [lo, hi] = Clamp::bounds(plan.clamp);
+            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            // Kernel rows r0..r1 read input rows: pi·sh + ri·dh ∈ pt..pt + h.
+            let top = pi * sh;
+            let r0 = pt.saturating_sub(top).div_ceil(dh).min(plan.r);
+            let r1 = (pt + plan.h).saturating_sub(top).div_ceil(dh).min(plan.r);
+            debug_assert!(R == 1 || (r0, r1) == (0, plan.r));
+            let mut acc = [[b; V]; R];
+            for ri in r0..r1 {
+                // Input row of kernel row ri for output row pi, from the block's first column;
+                // output row pi + g reads g·sh rows further.
+                let row = self
+                    .xc
+                    .as_ptr()
+                    .wrapping_add((top + ri * dh - pt) * plan.w)
+                    .wrapping_offset(self.c0);
+                let wr = &self.wk[ri * plan.s..][..plan.s];
+                for (si, (&wv, m)) in wr.iter().zip(self.masks).enumerate() {
+                    let wv = _mm512_set1_ps(wv);
+                    for (g, acc) in acc.iter_mut().enumerate() {
+                        let p = row.wrapping_add(g * sh * plan.w + si * dw);
+                        for v in 0..V {
+                            // SAFETY: only lanes inside the input row are read (the masks).
                             let x = unsafe {
-                                _mm512_maskz_loadu_ps(
-                                    masks[v],
-                                    phases.as_ptr().wrapping_add(start + 16 * v),
-                                )
+                                let x = load(p.wrapping_add(SW * 16 * v), m[v][0]);
+                                if SW == 1 {
+                                    x
+                                } else {
+                                    let x1 = load(p.wrapping_add(SW * 16 * v + 16), m[v][1]);
+                                    _mm512_permutex2var_ps(x, even, x1)
+                                }
                             };
                             acc[v] = _mm512_fmadd_ps(wv, x, acc[v]);
                         }
                     }
                 }
-                for v in 0..vectors {
+            }
+            for (g, acc) in acc.iter().enumerate() {
+                let out_row = &mut out[g * plan.q..][..plan.q];
+                for (v, &acc) in acc.iter().enumerate() {
                     // max and min return their second operand when either is NaN: NaN stays
                     // NaN, as in `Clamp::apply`.
-                    let y = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[v]));
-                    // SAFETY: lanes q0 + 16·v + l with l under the mask are below q, the row's
-                    // length; masked lanes are not written.
-                    unsafe {
-                        _mm512_mask_storeu_ps(
-                            out_row.as_mut_ptr().wrapping_add(q0 + 16 * v),
-                            masks[v],
-                            y,
-                        )
-                    };
+                    let y = _mm512_min_ps(hi, _mm512_max_ps(lo, acc));
+                    let m = first(self.lanes.saturating_sub(16 * v));
+                    // SAFETY: lanes q0 + 16·v + l with l under the mask are below q, the
+                    // row's length; masked lanes are not written.
+                    unsafe { store(out_row.as_mut_ptr().wrapping_add(self.q0 + 16 * v), m, y) };
                 }
             }
         }

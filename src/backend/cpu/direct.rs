@@ -29,14 +29,13 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use half::f16;
 use rayon::prelude::*;
 
 use super::conv::{epilogue, is_pointwise};
 use super::derived::{CpuData, Key};
 use super::scratch::with_buffer;
 use super::simd;
-use super::Disjoint;
+use super::{Disjoint, Widen};
 use crate::backend::MemoryAccount;
 use crate::dtype::Element;
 use crate::ops::{Clamp, ConvPlan};
@@ -263,24 +262,6 @@ pub fn conv(plan: &ConvPlan, x: &HostData, w: &[f32], bias: Option<&[f32]>, y: &
         }
         HostData::F32(x) => conv_from(plan, x, w, bias, y),
         HostData::F16(x) => conv_from(plan, x, w, bias, y),
-    }
-}
-
-/// Input elements, widened to f32 as the frames copy them.
-trait Widen: Element {
-    /// `dst = src` as f32 (equal lengths).
-    fn widen(src: &[Self], dst: &mut [f32]);
-}
-
-impl Widen for f32 {
-    fn widen(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-    }
-}
-
-impl Widen for f16 {
-    fn widen(src: &[f16], dst: &mut [f32]) {
-        simd::f16_to_f32(src, dst);
     }
 }
 

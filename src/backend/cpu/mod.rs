@@ -3,8 +3,9 @@
 //! and convolution run on FP32 kernels (FP16 operands are widened once, accumulated in FP32 and
 //! rounded once on output; FP16 weights — a conv's weights, a GEMM's B — are widened once per
 //! tensor and the copy cached with it, or packed once for the direct convolution, see
-//! [`derived`] and [`direct`]); batch norm and softmax stream FP16
-//! through FP32 registers chunk by chunk.
+//! [`derived`] and [`direct`]; the direct and depthwise convolutions widen FP16 input as they
+//! copy or load it, and the depthwise one rounds its FP16 output in registers); batch norm and
+//! softmax stream FP16 through FP32 registers chunk by chunk.
 
 mod batchnorm;
 mod binary;
@@ -170,6 +171,17 @@ impl Backend for CpuBackend {
                 if direct::applies(p) {
                     let w = direct::packed_weights(p, inputs[1], account);
                     write_f32(y, |y| direct::conv(p, x[0], &w, bias.as_deref(), y));
+                } else if p.c_per_group() == 1 {
+                    let (w, bias) = (weights_f32(inputs[1], account), bias.as_deref());
+                    match (x[0], y) {
+                        (HostData::F32(x), HostData::F32(y)) => {
+                            depthwise::depthwise(p, x, &w, bias, y)
+                        }
+                        (HostData::F16(x), HostData::F16(y)) => {
+                            depthwise::depthwise(p, x, &w, bias, y)
+                        }
+                        _ => unreachable!("plans are validated: input and output share a dtype"),
+                    }
                 } else {
                     let (x, w) = (as_f32(x[0]), weights_f32(inputs[1], account));
                     write_f32(y, |y| conv::conv_f32(p, &x, &w, bias.as_deref(), y));
@@ -298,6 +310,25 @@ fn narrow<T: Element>(x: &[f32], out: &mut [T]) {
     match T::DTYPE {
         DType::F32 => out.copy_from_slice(bytemuck::cast_slice(x)),
         DType::F16 => simd::f32_to_f16(x, bytemuck::cast_slice_mut(out)),
+    }
+}
+
+/// Input elements, widened to f32 as a kernel copies them (the direct and depthwise
+/// convolutions' framing and padding copies).
+trait Widen: Element {
+    /// `dst = src` as f32 (equal lengths).
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl Widen for f32 {
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl Widen for half::f16 {
+    fn widen(src: &[half::f16], dst: &mut [f32]) {
+        simd::f16_to_f32(src, dst);
     }
 }
 
