@@ -170,6 +170,10 @@ fn cases() -> Vec<Case> {
         case([1, 2, 3, 300], [2, 5], [2, 1], [1, 2, 0, 1]),
         // Inception's 35x35 blocks (unit strides: whole LANES blocks and a ragged last one).
         case([1, 3, 35, 35], [3, 3], [1, 1], [1; 4]),
+        // Planes taller than the CPU kernel's group of rows (several groups, the last short),
+        // with a unit and a stride-2 column stride.
+        case([1, 2, 31, 200], [3, 3], [1, 1], [1; 4]),
+        case([1, 2, 41, 150], [3, 3], [2, 2], [1; 4]),
     ];
     // ceil_mode: ragged last windows, one dropped because it would start in the padding.
     for (shape, k, s, p) in [

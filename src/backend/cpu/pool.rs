@@ -1,19 +1,24 @@
 //! CPU pooling (MaxPool, AveragePool and the global pools) plane by plane: each task takes one
-//! or more `[h, w]` planes (FP16 planes widened to f32 and rounded back once). A window pool
-//! reduces separably. With a unit column stride (the common case) the whole plane is reduced at
-//! once, [`unit_stride_plane`]: copied between identity borders (the padding), its rows laid end
-//! to end, every column tap and then every row tap is one shifted `max` or `+` over the whole
-//! plane. With a larger column stride, one output row at a time: the window's valid input rows
-//! are reduced (`max` or `+`) into one full-width row, contiguous and vectorised; then for column
-//! tap `j` the output columns whose input column lies inside the plane form one range, one
-//! contiguous `max` or `+` of a slice of that row split into its stride phases. Per output
-//! element that is `r + s` operations instead of `r·s`. Averages are multiplied by a precomputed
-//! reciprocal of each position's count. Global pools reduce each contiguous plane with
-//! independent lane accumulators.
+//! or more `[h, w]` planes. A window pool reduces separably in one kernel call per plane
+//! ([`plane`]), a group of output rows at a time, stage by stage: (1) each output row's valid
+//! input rows are reduced (`max` or `+`) into its padded row `v` (the reduction's identity —
+//! the padding's value — on both sides, so no tap needs a range check); (2) with a column
+//! stride `sw > 1`, each `v` is split into its `sw` phases (columns `k, k + sw, …` contiguous)
+//! so that every column tap reads one contiguous slice; (3) the column taps reduce it straight
+//! into the output row, times the precomputed reciprocal of each position's count for an
+//! average. Per output element that is `r + s` operations instead of `r·s`. Each stage reads
+//! rows the stage before stored a group earlier: a load that straddles stores still in flight
+//! (the column taps' shifted reads of a row just made) would wait for them. Both reductions
+//! run in fixed blocks of 16 (or 8) lanes that compile to whole vector operations, a row's tail
+//! as one more block overlapping the one before (each block is computed from its inputs afresh,
+//! so computing a few elements twice is harmless): pool rows are short (35 wide), and a plain
+//! loop would leave much of each row to a scalar remainder. FP16 input rows are widened a group
+//! at a time, and each group's output rows are rounded back as they are made. Global pools
+//! reduce each contiguous plane with independent lane accumulators.
 
 use rayon::prelude::*;
 
-use super::simd::multiversion;
+use super::simd::{f16_to_f32, f32_to_f16, multiversion};
 use super::{narrow, widen};
 use crate::dtype::{DType, Element};
 use crate::ops::{PoolKind, PoolPlan};
@@ -27,29 +32,36 @@ const TASK: usize = 1 << 15;
 /// The per-plan geometry every plane shares.
 struct Geometry<'a> {
     plan: &'a PoolPlan,
-    /// Tap `j` of a row feeds output columns `cols[j].0 .. cols[j].1`.
-    cols: Vec<(usize, usize)>,
+    /// Width of the padded row `v`: `pad[1]` identity columns, the `w` input columns, then
+    /// identity up to the last column any output column's taps reach.
+    pw: usize,
+    /// Length of each of the `stride[1]` phases of `v` (`pw / stride[1]`, rounded up).
+    phase_len: usize,
+    /// Where column tap `j` of output column 0 lies in the phases (`v` itself for a unit
+    /// stride): phase `j·dilation mod sw`, element `j·dilation / sw`.
+    taps: Vec<usize>,
     /// Averages: `1 / count` per output position, `p` rows of `q`.
     inv: Vec<f32>,
+    /// Output rows [`plane`] makes together, stage by stage.
+    group: usize,
 }
 
 impl<'a> Geometry<'a> {
     fn new(plan: &'a PoolPlan) -> Self {
+        let (sw, dw) = (plan.stride[1], plan.dilation[1]);
+        let pw = (plan.pad[1] + plan.w).max((plan.q - 1) * sw + (plan.s - 1) * dw + 1);
+        let phase_len = pw.div_ceil(sw);
+        let taps = (0..plan.s)
+            .map(|j| (j * dw % sw) * phase_len + j * dw / sw)
+            .collect();
+        // Tap `j` of a row lands inside the input for output columns `cols[j].0 .. cols[j].1`.
         let cols: Vec<(usize, usize)> = (0..plan.s)
-            .map(|j| {
-                taps_range(
-                    j * plan.dilation[1],
-                    plan.pad[1],
-                    plan.stride[1],
-                    plan.w,
-                    plan.q,
-                )
-            })
+            .map(|j| taps_range(j * dw, plan.pad[1], sw, plan.w, plan.q))
             .collect();
         let count = |op: usize, oq: usize| match plan.kind {
             PoolKind::AverageIncludePad => {
                 included(op, plan.stride[0], plan.dilation[0], plan.r, plan.padded[0])
-                    * included(oq, plan.stride[1], plan.dilation[1], plan.s, plan.padded[1])
+                    * included(oq, sw, dw, plan.s, plan.padded[1])
             }
             _ => {
                 let (lo, hi) = window_rows(plan, op);
@@ -65,7 +77,14 @@ impl<'a> Geometry<'a> {
                 }
             }
         }
-        Geometry { plan, cols, inv }
+        Geometry {
+            plan,
+            pw,
+            phase_len,
+            taps,
+            inv,
+            group: (GROUP / pw).clamp(1, plan.p),
+        }
     }
 
     /// Output row `op`'s reciprocal counts (`q` long; empty for MaxPool).
@@ -104,242 +123,251 @@ fn included(o: usize, stride: usize, dilation: usize, taps: usize, padded: usize
         .min(taps)
 }
 
+/// Elements of the padded rows `v` of one group of output rows (at least one row): small
+/// enough for a group's rows to stay in L1.
+const GROUP: usize = 2048;
+
+/// One task's scratch for [`plane`], for a group of `g` output rows.
+struct Scratch {
+    /// `g` padded rows `v` (their borders stay the identity: only the middle `w` are written).
+    v: Vec<f32>,
+    /// The rows of `v` split into their phases (column stride > 1 only).
+    phases: Vec<f32>,
+    /// Offsets of one output row's valid input rows (in the plane, or in `wide`).
+    rows: Vec<usize>,
+    /// FP16: the group's input rows, widened.
+    wide: Vec<f32>,
+    /// FP16: the group's output rows before rounding.
+    out: Vec<f32>,
+}
+
 /// Computes `plan` for storage type `T`.
 pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
     let (plane_in, plane_out) = (plan.h * plan.w, plan.p * plan.q);
     if y.is_empty() {
         return;
     }
-    let geometry = if plan.global {
-        None
-    } else {
-        Some(Geometry::new(plan))
-    };
     let per_task = (TASK / (plane_in + plane_out)).max(1);
-    y.par_chunks_mut(plane_out * per_task)
-        .zip(x.par_chunks(plane_in * per_task))
-        .for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new()),
-            |(xs, ys, scratch), (yt, xt)| {
-                let (x, y): (&[f32], &mut [f32]) = if T::DTYPE == DType::F32 {
-                    (bytemuck::cast_slice(xt), bytemuck::cast_slice_mut(yt))
-                } else {
-                    widen(xt, xs);
-                    ys.resize(yt.len(), 0.0);
-                    (xs, ys)
+    let tasks = y
+        .par_chunks_mut(plane_out * per_task)
+        .zip(x.par_chunks(plane_in * per_task));
+    if plan.global {
+        return tasks.for_each_init(Vec::new, |xs, (yt, xt)| {
+            let x: &[f32] = if T::DTYPE == DType::F32 {
+                bytemuck::cast_slice(xt)
+            } else {
+                widen(xt, xs);
+                xs
+            };
+            for (yp, xp) in yt.iter_mut().zip(x.chunks(plane_in)) {
+                let v = match plan.kind {
+                    PoolKind::Max => global_max(xp),
+                    _ => (global_sum(xp) as f64 / plane_in as f64) as f32,
                 };
-                for (yp, xp) in y.chunks_mut(plane_out).zip(x.chunks(plane_in)) {
-                    match &geometry {
-                        None if plan.kind == PoolKind::Max => yp[0] = global_max(xp),
-                        None => yp[0] = (global_sum(xp) as f64 / plane_in as f64) as f32,
-                        Some(g) => plane(g, xp, yp, scratch),
-                    }
+                narrow(&[v], std::slice::from_mut(yp));
+            }
+        });
+    }
+    let g = Geometry::new(plan);
+    let identity = match plan.kind {
+        PoolKind::Max => f32::NEG_INFINITY,
+        _ => 0.0,
+    };
+    let split = if plan.stride[1] > 1 {
+        g.group * plan.stride[1] * g.phase_len
+    } else {
+        0
+    };
+    // FP16: the input rows a group's windows span.
+    let wide = if T::DTYPE == DType::F32 {
+        0
+    } else {
+        ((g.group - 1) * plan.stride[0] + (plan.r - 1) * plan.dilation[0] + 1) * plan.w
+    };
+    tasks.for_each_init(
+        || Scratch {
+            v: vec![identity; g.group * g.pw],
+            phases: vec![identity; split],
+            rows: Vec::with_capacity(plan.r),
+            wide: vec![0.0; wide],
+            out: vec![0.0; if wide > 0 { g.group * plan.q } else { 0 }],
+        },
+        |scratch, (yt, xt)| {
+            for (yp, xp) in yt.chunks_mut(plane_out).zip(xt.chunks(plane_in)) {
+                if plan.kind == PoolKind::Max {
+                    // `f32::max`: a NaN never wins (as in onnxruntime).
+                    plane(&g, xp, yp, scratch, |a, b| a.max(b));
+                } else {
+                    plane(&g, xp, yp, scratch, |a, b| a + b);
                 }
-                if T::DTYPE != DType::F32 {
-                    narrow(ys, yt);
-                }
-            },
-        );
+            }
+        },
+    );
 }
 
-/// One `[h, w]` plane into its `[p, q]` output, row by row and separably: the window's input
-/// rows are first reduced into one row `v` (contiguous, vectorised), then the column taps reduce
-/// `v`. With a column stride `sw > 1`, `v` is first split into its `sw` phases (columns
-/// `k, k + sw, …` contiguous), so that every tap still reads one contiguous slice.
-fn plane(g: &Geometry, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
-    let plan = g.plan;
-    let max = plan.kind == PoolKind::Max;
-    let (w, sw) = (plan.w, plan.stride[1]);
-    if sw == 1 {
-        return unit_stride_plane(g, x, y, scratch);
-    }
-    let phase_len = w.div_ceil(sw);
-    scratch.resize(w + sw * phase_len, 0.0);
-    let (v, phases) = scratch.split_at_mut(w);
-    for (op, yr) in y.chunks_exact_mut(plan.q).enumerate() {
-        yr.fill(if max { f32::NEG_INFINITY } else { 0.0 });
-        let (lo, hi) = window_rows(plan, op);
-        for i in lo..hi {
-            let ih = op * plan.stride[0] + i * plan.dilation[0] - plan.pad[0];
-            let xr = &x[ih * w..(ih + 1) * w];
-            match (i == lo, max) {
-                (true, _) => v.copy_from_slice(xr),
-                (_, true) => max_into(v, xr),
-                (_, false) => add_into(v, xr),
-            }
+/// `$f::<B>(args…)` with the widest block `B` (16, 8 or 1 lanes) that fits in `$n` elements.
+macro_rules! widest {
+    ($n:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $n {
+            16.. => $f::<16, _>($($arg),*),
+            8.. => $f::<8, _>($($arg),*),
+            _ => $f::<1, _>($($arg),*),
         }
-        if hi > lo {
-            split_phases(phases, v, sw, phase_len);
-            for (j, &(lo, hi)) in g.cols.iter().enumerate() {
-                if lo == hi {
+    };
+}
+
+multiversion! {
+    /// One `[h, w]` plane into its `[p, q]` output (see the module doc), `g.group` output rows
+    /// at a time, stage by stage; `op` is the reduction, whose identity the borders of `s.v`
+    /// hold.
+    fn plane[T: Element, F: Fn(f32, f32) -> f32 + Copy](
+        g: &Geometry,
+        x: &[T],
+        y: &mut [T],
+        s: &mut Scratch,
+        op: F,
+    ) {
+        let plan = g.plan;
+        let (w, q, pw, sw, left) = (plan.w, plan.q, g.pw, plan.stride[1], plan.pad[1]);
+        let f16 = T::DTYPE != DType::F32;
+        let Scratch { v, phases, rows, wide, out } = s;
+        // Input row of tap `i` of output row `o` (valid for `i` in `window_rows`).
+        let row = |o: usize, i: usize| o * plan.stride[0] + i * plan.dilation[0] - plan.pad[0];
+        for (k, yg) in y.chunks_mut(g.group * q).enumerate() {
+            let o0 = k * g.group;
+            let count = yg.len() / q;
+            // FP32 rows are read in place; FP16 rows from `wide`, which starts at input row
+            // `base`: the rows from the group's first window's top to its last window's bottom.
+            let (src, base): (&[f32], usize) = if f16 {
+                let base = (o0 * plan.stride[0]).saturating_sub(plan.pad[0]).min(plan.h);
+                let end = ((o0 + count - 1) * plan.stride[0] + (plan.r - 1) * plan.dilation[0] + 1)
+                    .saturating_sub(plan.pad[0])
+                    .min(plan.h)
+                    .max(base);
+                let wide = &mut wide[..(end - base) * w];
+                f16_to_f32(bytemuck::cast_slice(&x[base * w..end * w]), wide);
+                (wide, base)
+            } else {
+                (bytemuck::cast_slice(x), 0)
+            };
+            // Stage 1: each output row's input rows reduced into its padded row.
+            for (o, vr) in (o0..o0 + count).zip(v.chunks_exact_mut(pw)) {
+                let (lo, hi) = window_rows(plan, o);
+                let vin = &mut vr[left..left + w];
+                if hi == lo {
+                    vin.fill(if plan.kind == PoolKind::Max { f32::NEG_INFINITY } else { 0.0 });
                     continue;
                 }
-                // Input column of output column lo (in range by construction).
-                let first = lo * sw + j * plan.dilation[1] - plan.pad[1];
-                // Its offset in `phases`: columns first, first + sw, … are contiguous there.
-                let at = (first % sw) * phase_len + first / sw;
-                let out = &mut yr[lo..hi];
-                let src = &phases[at..at + out.len()];
-                if max {
-                    max_into(out, src);
-                } else {
-                    add_into(out, src);
+                rows.clear();
+                rows.extend((lo..hi).map(|i| (row(o, i) - base) * w));
+                widest!(w, vertical(vin, src, rows, op));
+            }
+            let v = &v[..count * pw];
+            // Stage 2: a strided row split into its phases.
+            let (h, h_len): (&[f32], usize) = if sw > 1 {
+                let len = sw * g.phase_len;
+                for (p, vr) in phases.chunks_exact_mut(len).zip(v.chunks_exact(pw)) {
+                    split_phases(p, vr, sw, g.phase_len);
                 }
+                (phases, len)
+            } else {
+                (v, pw)
+            };
+            // Stage 3: the column taps, into the output rows.
+            let ys: &mut [f32] = if f16 { &mut out[..yg.len()] } else { bytemuck::cast_slice_mut(yg) };
+            for ((o, yr), hr) in (o0..).zip(ys.chunks_exact_mut(q)).zip(h.chunks(h_len)) {
+                widest!(q, horizontal(yr, hr, &g.taps, g.inv_row(o), op));
             }
-        }
-        if !max {
-            scale(yr, g.inv_row(op));
-        }
-    }
-}
-
-/// [`plane`] with a unit column stride, on the whole plane at once (pool rows are short, so
-/// work done row by row is mostly per-row overhead): the plane is copied into a scratch plane
-/// `pp` with `identity` (the reduction's, the padding's value) around it, `pw` columns wide and
-/// tall enough for every window; its rows laid end to end, a column tap is then one shift of the
-/// whole plane and a row tap one shift by whole rows. So the column taps reduce `pp` into `hs`
-/// (`hs[k] = op_j pp[k + j·dilation]`), the row taps reduce `hs` into `vs` (`vs[k] = op_i
-/// hs[k + i·dilation·pw]`), each one long contiguous vector operation; output row `o` is row
-/// `o·stride` of `vs`, times its reciprocal counts for an average. Columns past the output's `q`
-/// mix values across rows and are never read.
-fn unit_stride_plane(g: &Geometry, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
-    let plan = g.plan;
-    let (max, identity) = match plan.kind {
-        PoolKind::Max => (true, f32::NEG_INFINITY),
-        _ => (false, 0.0),
-    };
-    let [top, left] = plan.pad;
-    let (sh, [dh, dw]) = (plan.stride[0], plan.dilation);
-    // Padded rows every window reaches, columns every output column's taps reach.
-    let ph = (top + plan.h).max((plan.p - 1) * sh + (plan.r - 1) * dh + 1);
-    let pw = (left + plan.w).max(plan.q + (plan.s - 1) * dw);
-    let hs_len = ph * pw - (plan.s - 1) * dw;
-    let vs_len = (plan.p - 1) * sh * pw + plan.q;
-    scratch.resize(ph * pw + hs_len + vs_len, identity);
-    let (pp, rest) = scratch.split_at_mut(ph * pw);
-    let (hs, vs) = rest.split_at_mut(hs_len);
-    pp.fill(identity);
-    for (row, xr) in pp[top * pw..].chunks_mut(pw).zip(x.chunks_exact(plan.w)) {
-        row[left..left + plan.w].copy_from_slice(xr);
-    }
-    let taps = Taps {
-        count: plan.s,
-        step: dw,
-    };
-    let rows = Taps {
-        count: plan.r,
-        step: dh * pw,
-    };
-    if max {
-        // `f32::max`: a NaN in the second operand never wins (as in onnxruntime).
-        reduce_shifted(hs, pp, taps, |a, b| a.max(b));
-        reduce_shifted(vs, hs, rows, |a, b| a.max(b));
-    } else {
-        reduce_shifted(hs, pp, taps, |a, b| a + b);
-        reduce_shifted(vs, hs, rows, |a, b| a + b);
-    }
-    for (o, yr) in y.chunks_exact_mut(plan.q).enumerate() {
-        yr.copy_from_slice(&vs[o * sh * pw..o * sh * pw + plan.q]);
-        if !max {
-            scale(yr, g.inv_row(o));
-        }
-    }
-}
-
-/// `count` taps, `step` elements apart.
-#[derive(Clone, Copy)]
-struct Taps {
-    count: usize,
-    step: usize,
-}
-
-multiversion! {
-    /// `out[k] = op(src[k], src[k + step], …)` over the `count` taps (`src` holds at least
-    /// `out.len() + (count − 1)·step` elements). Plain loops: the slices are whole planes,
-    /// long enough for LLVM's own vectorisation (`lanes` here compiles to gathers).
-    fn reduce_shifted[F: Fn(f32, f32) -> f32](out: &mut [f32], src: &[f32], taps: Taps, op: F) {
-        out.copy_from_slice(&src[..out.len()]);
-        for j in 1..taps.count {
-            let shifted = &src[j * taps.step..j * taps.step + out.len()];
-            for (o, &s) in out.iter_mut().zip(shifted) {
-                *o = op(*o, s);
+            if f16 {
+                f32_to_f16(&out[..yg.len()], bytemuck::cast_slice_mut(yg));
             }
         }
     }
 }
 
-multiversion! {
-    /// Row `src` split into its `sw` phases of `len` each in `dst` (the last ones may end
-    /// short).
-    fn split_phases(dst: &mut [f32], src: &[f32], sw: usize, len: usize) {
-        if sw == 2 {
-            let (even, odd) = dst.split_at_mut(len);
-            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
-                *e = pair[0];
-                *o = pair[1];
-            }
-            if src.len() % 2 == 1 {
-                even[len - 1] = src[src.len() - 1];
-            }
-            return;
-        }
-        for (i, &v) in src.iter().enumerate() {
-            dst[(i % sw) * len + i / sw] = v;
-        }
-    }
-}
-
-/// `f(o, s)` for each pair of `out` and `src` (the shorter's length), in fixed blocks of
-/// `LANES` and then 8 elements that compile to whole vector operations, then one by one: rows
-/// here are short (a 35-wide pool row), and a plain loop would leave all of them to its scalar
-/// remainder (LLVM vectorises it `4 · LANES` elements at a time).
+/// The starts of blocks `at..at + B` covering `0..n`, the last one ending at `n` (overlapping
+/// the one before unless `B` divides `n`); none if `n < B`.
 #[inline(always)]
-fn lanes(out: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32)) {
-    let n = out.len().min(src.len());
-    let (mut out, mut src) = (&mut out[..n], &src[..n]);
-    while out.len() >= LANES {
-        let (o, rest) = out.split_at_mut(LANES);
-        let o: &mut [f32; LANES] = o.try_into().unwrap();
-        let s: &[f32; LANES] = src[..LANES].try_into().unwrap();
-        for l in 0..LANES {
-            f(&mut o[l], s[l]);
+fn blocks<const B: usize>(n: usize) -> impl Iterator<Item = usize> {
+    let count = if n < B { 0 } else { n.div_ceil(B) };
+    (0..count).map(move |k| (k * B).min(n - B))
+}
+
+/// `v[k] = op(src[rows[0] + k], src[rows[1] + k], …)` in blocks of `B`.
+#[inline(always)]
+fn vertical<const B: usize, F: Fn(f32, f32) -> f32>(
+    v: &mut [f32],
+    src: &[f32],
+    rows: &[usize],
+    op: F,
+) {
+    for at in blocks::<B>(v.len()) {
+        let mut acc: [f32; B] = src[rows[0] + at..][..B].try_into().unwrap();
+        for &r in &rows[1..] {
+            let s: &[f32; B] = src[r + at..][..B].try_into().unwrap();
+            for l in 0..B {
+                acc[l] = op(acc[l], s[l]);
+            }
         }
-        (out, src) = (rest, &src[LANES..]);
+        v[at..at + B].copy_from_slice(&acc);
     }
-    if out.len() >= 8 {
-        let (o, rest) = out.split_at_mut(8);
-        let o: &mut [f32; 8] = o.try_into().unwrap();
-        let s: &[f32; 8] = src[..8].try_into().unwrap();
-        for l in 0..8 {
-            f(&mut o[l], s[l]);
+}
+
+/// `y[k] = op(h[taps[0] + k], h[taps[1] + k], …)`, times `inv[k]` unless `inv` is empty, in
+/// blocks of `B`.
+#[inline(always)]
+fn horizontal<const B: usize, F: Fn(f32, f32) -> f32>(
+    y: &mut [f32],
+    h: &[f32],
+    taps: &[usize],
+    inv: &[f32],
+    op: F,
+) {
+    for at in blocks::<B>(y.len()) {
+        let mut acc: [f32; B] = h[taps[0] + at..][..B].try_into().unwrap();
+        for &t in &taps[1..] {
+            let s: &[f32; B] = h[t + at..][..B].try_into().unwrap();
+            for l in 0..B {
+                acc[l] = op(acc[l], s[l]);
+            }
         }
-        (out, src) = (rest, &src[8..]);
-    }
-    for (o, &v) in out.iter_mut().zip(src) {
-        f(o, v);
-    }
-}
-
-multiversion! {
-    /// `out = max(out, src)` elementwise (a NaN in `src` never wins, as in onnxruntime; `out`
-    /// never holds NaN). `f32::max` stores unconditionally: a compare-and-select compiles to
-    /// masked stores, which the next tap's loads of the same row cannot forward from.
-    fn max_into(out: &mut [f32], src: &[f32]) {
-        lanes(out, src, |o, v| *o = o.max(v));
+        if !inv.is_empty() {
+            let r: &[f32; B] = inv[at..][..B].try_into().unwrap();
+            for l in 0..B {
+                acc[l] *= r[l];
+            }
+        }
+        y[at..at + B].copy_from_slice(&acc);
     }
 }
 
-multiversion! {
-    /// `out += src` elementwise.
-    fn add_into(out: &mut [f32], src: &[f32]) {
-        lanes(out, src, |o, v| *o += v);
+/// Row `src` split into its `sw` phases of `len` each in `dst` (the last ones may end short).
+#[inline(always)]
+fn split_phases(dst: &mut [f32], src: &[f32], sw: usize, len: usize) {
+    if sw == 2 {
+        // 32 columns at a time into 16 even and 16 odd (two permutes), then one by one.
+        let (even, odd) = dst.split_at_mut(len);
+        let whole = src.len() / 32;
+        for ((e, o), c) in even
+            .chunks_exact_mut(16)
+            .zip(odd.chunks_exact_mut(16))
+            .zip(src.chunks_exact(32))
+        {
+            let c: &[f32; 32] = c.try_into().unwrap();
+            let e: &mut [f32; 16] = e.try_into().unwrap();
+            let o: &mut [f32; 16] = o.try_into().unwrap();
+            for l in 0..16 {
+                e[l] = c[2 * l];
+                o[l] = c[2 * l + 1];
+            }
+        }
+        for (i, &v) in src.iter().enumerate().skip(whole * 32) {
+            dst[(i % 2) * len + i / 2] = v;
+        }
+        return;
     }
-}
-
-multiversion! {
-    /// `out *= inv` elementwise.
-    fn scale(out: &mut [f32], inv: &[f32]) {
-        lanes(out, inv, |o, r| *o *= r);
+    for (i, &v) in src.iter().enumerate() {
+        dst[(i % sw) * len + i / sw] = v;
     }
 }
 
