@@ -8,13 +8,13 @@
 
 use rayon::prelude::*;
 
-use super::conv::epilogue;
+use super::conv::{epilogue, Addends};
 use super::simd::{self, multiversion};
 use crate::ops::ConvPlan;
 
-/// Computes a depthwise `plan` (C/group = 1) in FP32, bias and ReLU included. `y` is fully
-/// written; its previous contents are ignored.
-pub fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+/// Computes a depthwise `plan` (C/group = 1) in FP32, bias, residual sum, ReLU and Clip
+/// included. `y` is fully written; its previous contents are ignored.
+pub fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
     let (hw, pq, rs) = (plan.h * plan.w, plan.p * plan.q, plan.r * plan.s);
     let kg = plan.k_per_group();
     // Padded rows/columns: every input position some window reads, from −pad.
@@ -28,7 +28,8 @@ pub fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y:
             padded.clear();
             padded.resize(hp * wp, 0.0);
             pad_channel(plan, xc, wp, padded);
-            let b = bias.map(|b| b[ki]);
+            let b = add.bias.map(|b| b[ki]);
+            let sum = add.sum.map(|s| &s[row * pq..][..pq]);
             let wk = &w[ki * rs..][..rs];
             #[cfg(target_arch = "x86_64")]
             if simd::level() >= simd::Level::Avx512 {
@@ -37,7 +38,7 @@ pub fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y:
                         // SAFETY: the CPU supports AVX-512F; `padded` is the [hp, 1, wp]
                         // buffer that covers every window of the [p, q] output `out`, and `wk`
                         // holds r·s weights.
-                        unsafe { avx512::channel::<1>(plan, padded, wp, wk, b, out) };
+                        unsafe { avx512::channel::<1>(plan, padded, wp, wk, b, sum, out) };
                         return;
                     }
                     2 => {
@@ -48,14 +49,14 @@ pub fn depthwise(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y:
                         // of `padded`.
                         unsafe {
                             avx512::split_columns(padded, wp, phases);
-                            avx512::channel::<2>(plan, phases, half, wk, b, out);
+                            avx512::channel::<2>(plan, phases, half, wk, b, sum, out);
                         }
                         return;
                     }
                     _ => {}
                 }
             }
-            channel(plan, padded, wp, wk, b, out);
+            channel(plan, padded, wp, wk, b, sum, out);
         },
     );
 }
@@ -78,13 +79,15 @@ fn pad_channel(plan: &ConvPlan, xc: &[f32], wp: usize, padded: &mut [f32]) {
 }
 
 multiversion! {
-    /// One output channel `out` `[p, q]` from its padded input channel and `r·s` weights.
+    /// One output channel `out` `[p, q]` from its padded input channel and `r·s` weights, with
+    /// its part of the residual sum.
     fn channel(
         plan: &ConvPlan,
         padded: &[f32],
         wp: usize,
         wk: &[f32],
         bias: Option<f32>,
+        sum: Option<&[f32]>,
         out: &mut [f32],
     ) {
         let [sh, sw] = plan.stride;
@@ -107,7 +110,7 @@ multiversion! {
                     }
                 }
             }
-            epilogue(plan, bias, out_row);
+            epilogue(plan, bias, out_row, sum.map(|s| &s[pi * plan.q..][..plan.q]));
         }
     }
 }
@@ -171,26 +174,29 @@ mod avx512 {
     /// One output channel `out` `[p, q]` from `phases`, its zero-bordered input split into
     /// column phases `[hp, SW, pitch]` (SW the column stride, a constant so that the tap
     /// offsets divide by it cheaply; for stride 1 the padded input itself), and `r·s` weights
-    /// `wk`. Tap (ri, si) of output column j reads phase `si·dw mod SW` at column
-    /// `j + ⌊si·dw / SW⌋`.
+    /// `wk`, with its part `sum` (`[p, q]`) of the residual sum. Tap (ri, si) of output column
+    /// j reads phase `si·dw mod SW` at column `j + ⌊si·dw / SW⌋`.
     ///
     /// # Safety
     /// The CPU must support AVX-512F, the column stride must be `SW`, and `phases` must cover
     /// every window of `out` as above.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn channel<const SW: usize>(
         plan: &ConvPlan,
         phases: &[f32],
         pitch: usize,
         wk: &[f32],
         bias: Option<f32>,
+        sum: Option<&[f32]>,
         out: &mut [f32],
     ) {
+        debug_assert!(sum.is_none_or(|s| s.len() == out.len()));
         debug_assert_eq!(plan.stride[1], SW);
         let (sh, [dh, dw]) = (plan.stride[0], plan.dilation);
         let b = _mm512_set1_ps(bias.unwrap_or(0.0));
-        // The fused ReLU or Clip (conv's epilogue), applied in registers; without one, the
-        // infinite bounds change nothing.
+        // The residual sum and the fused ReLU or Clip (conv's epilogue), applied in registers;
+        // without a ReLU or Clip, the infinite bounds change nothing.
         let [lo, hi] = Clamp::bounds(plan.clamp);
         let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
         for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
@@ -222,6 +228,16 @@ mod avx512 {
                             };
                             acc[v] = _mm512_fmadd_ps(wv, x, acc[v]);
                         }
+                    }
+                }
+                if let Some(sum) = sum {
+                    let row = &sum[pi * plan.q..][..plan.q];
+                    for v in 0..vectors {
+                        // SAFETY: as for the store below, lanes inside the row of `sum`.
+                        let s = unsafe {
+                            _mm512_maskz_loadu_ps(masks[v], row.as_ptr().wrapping_add(q0 + 16 * v))
+                        };
+                        acc[v] = _mm512_add_ps(acc[v], s);
                     }
                 }
                 for v in 0..vectors {

@@ -20,7 +20,7 @@
 //! padded with zeros) and kept with the weight tensor (see [`super::derived`]). Work is cut
 //! into (image, block of output rows, block of `F` output channels) items shared by the
 //! threads; each computes into a small buffer, then writes its rows of `y` with the
-//! convolution's epilogue (bias, ReLU) while they are in cache.
+//! convolution's epilogue (bias, residual sum, ReLU or Clip) while they are in cache.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use half::f16;
 use rayon::prelude::*;
 
-use super::conv::epilogue;
+use super::conv::Addends;
 use super::derived::{CpuData, Key};
 use super::scratch::with_buffer;
 use super::simd;
@@ -230,12 +230,12 @@ fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> Vec<f32> {
 }
 
 /// Computes `plan` (for which [`applies`] holds) in FP32 from the input `x` (FP32, or FP16
-/// widened as it is framed), the weights as [`packed_weights`] returns them and the bias. `y`
-/// is fully written.
-pub fn conv(plan: &ConvPlan, x: &HostData, w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+/// widened as it is framed), the weights as [`packed_weights`] returns them, the bias and the
+/// residual sum. `y` is fully written.
+pub fn conv(plan: &ConvPlan, x: &HostData, w: &[f32], add: Addends, y: &mut [f32]) {
     match x {
-        HostData::F32(x) => conv_from(plan, x, w, bias, y),
-        HostData::F16(x) => conv_from(plan, x, w, bias, y),
+        HostData::F32(x) => conv_from(plan, x, w, add, y),
+        HostData::F16(x) => conv_from(plan, x, w, add, y),
     }
 }
 
@@ -258,7 +258,7 @@ impl Widen for f16 {
 }
 
 /// [`conv`] for input elements `T`.
-fn conv_from<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+fn conv_from<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], add: Addends, y: &mut [f32]) {
     if y.is_empty() {
         return;
     }
@@ -276,14 +276,12 @@ fn conv_from<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], bias: Option<&[f32]>
                 images,
                 frames,
             );
-            compute(
-                plan,
-                &g,
-                frames,
-                w,
-                bias,
-                &mut y[n0 * pkq..(n0 + images) * pkq],
-            );
+            let part = n0 * pkq..(n0 + images) * pkq;
+            let add = Addends {
+                sum: add.sum.map(|s| &s[part.clone()]),
+                ..add
+            };
+            compute(plan, &g, frames, w, add, &mut y[part]);
         }
     });
 }
@@ -341,7 +339,7 @@ fn compute(
     g: &Geometry,
     frames: &[f32],
     w: &[f32],
-    bias: Option<&[f32]>,
+    add: Addends,
     y: &mut [f32],
 ) {
     let (pq, rs) = (plan.p * plan.q, plan.r * plan.s);
@@ -422,8 +420,8 @@ fn compute(
                 }
                 // SAFETY: rows p0..p0 + rows of image ni, channel k: inside y, written by this
                 // item only.
-                let dst =
-                    unsafe { out.slice(((ni * plan.k + k) * plan.p + p0) * plan.q, rows * plan.q) };
+                let at = ((ni * plan.k + k) * plan.p + p0) * plan.q;
+                let dst = unsafe { out.slice(at, rows * plan.q) };
                 for (pr, row) in dst.chunks_exact_mut(plan.q).enumerate() {
                     match g.tile {
                         Tile::Positions { .. } => {
@@ -434,7 +432,7 @@ fn compute(
                             row.iter_mut().zip(computed).for_each(|(v, &c)| *v = c);
                         }
                     }
-                    epilogue(plan, bias.map(|b| b[k]), row);
+                    add.apply(plan, k, at + pr * plan.q, row);
                 }
             }
         },

@@ -63,6 +63,8 @@ pub struct ConvParams {
     pub bias: Ptr,
     /// Output `[n, k, p, q]` at the launch's first image.
     pub y: Ptr,
+    /// The residual sum `[n, k, p, q]` at the launch's first image, or 0 (NULL).
+    pub sum: Ptr,
     /// c·h·w.
     pub x_image: i64,
     /// k·p·q.
@@ -95,7 +97,7 @@ pub struct ConvParams {
     pub dil_w: i32,
     pub pad_h: i32,
     pub pad_w: i32,
-    /// The fused ReLU / Clip after the bias: `min(max(y, lo), hi)`; infinite bounds when
+    /// The fused ReLU / Clip after the bias and sum: `min(max(y, lo), hi)`; infinite bounds when
     /// there is none.
     pub lo: f32,
     pub hi: f32,
@@ -216,17 +218,13 @@ fn too_big(what: String) -> Error {
     )
 }
 
-/// The launches that compute `plan`: `x`, `w`, `bias` and `y` are device addresses of the
-/// input, weights, optional bias and output. Every GPU of compute capability 8.0 or newer runs
-/// the sm_80 kernels. No launch for an empty output.
-pub fn conv(
-    plan: &ConvPlan,
-    arch: Arch,
-    x: Ptr,
-    w: Ptr,
-    bias: Option<Ptr>,
-    y: Ptr,
-) -> Result<Vec<Launch>> {
+/// The launches that compute `plan`: `x` holds the device addresses of its operands in the
+/// op's order (input, weights, then the residual sum and the bias when the plan has them) and
+/// `y` the output's. Every GPU of compute capability 8.0 or newer runs the sm_80 kernels. No
+/// launch for an empty output.
+pub fn conv(plan: &ConvPlan, arch: Arch, x: &[Ptr], y: Ptr) -> Result<Vec<Launch>> {
+    let (w, bias, sum) = (x[1], plan.bias_input().map(|i| x[i]), plan.sum_input().map(|i| x[i]));
+    let x = x[0];
     debug_assert!(
         arch >= Arch::SM80,
         "conv kernels need sm_80 or newer, got {arch}"
@@ -247,6 +245,7 @@ pub fn conv(
         w,
         bias: bias.unwrap_or(0),
         y,
+        sum: sum.unwrap_or(0),
         x_image: int(plan.c * hw, "c·h·w (one input image)")?.into(),
         y_image: int(plan.k * pq, "k·p·q (one output image)")?.into(),
         x_group: (cg * hw) as i64,
@@ -308,6 +307,9 @@ pub fn conv(
         let mut args = base;
         args.x = x + n0 as u64 * plan.c as u64 * hw as u64 * esize;
         args.y = y + n0 as u64 * plan.k as u64 * pq as u64 * esize;
+        if let Some(sum) = sum {
+            args.sum = sum + n0 as u64 * plan.k as u64 * pq as u64 * esize;
+        }
         args.m = int(nc * pq, "n·p·q")?;
         if kernel == ConvKernel::Depthwise {
             launches.push(launch(
@@ -338,7 +340,7 @@ mod tests {
     fn plan(dtype: DType, x: [usize; 4], w: [usize; 4], op: Conv, bias: bool) -> ConvPlan {
         let d = |s: &[usize]| TensorDesc::new(dtype, s).unwrap();
         let b = d(&[w[0]]);
-        op.plan(&d(&x), &d(&w), bias.then_some(&b)).unwrap()
+        op.plan(&d(&x), &d(&w), bias.then_some(&b), None).unwrap()
     }
 
     fn grouped(group: usize) -> Conv {
@@ -355,7 +357,8 @@ mod tests {
     const Y: Ptr = 0x4000_0000;
 
     fn launches(plan: &ConvPlan) -> Vec<Launch> {
-        conv(plan, Arch::SM80, X, W, plan.bias.then_some(B), Y).unwrap()
+        let x: &[Ptr] = if plan.bias { &[X, W, B] } else { &[X, W] };
+        conv(plan, Arch::SM80, x, Y).unwrap()
     }
 
     fn params(l: &Launch) -> ConvParams {
@@ -394,10 +397,10 @@ mod tests {
         for kernel in [ConvKernel::Simt, ConvKernel::Depthwise] {
             assert!(src.contains(&format!("(conv_{}_f32,", kernel.variant())));
         }
-        // 4 pointers, 4 i64, 25 i32 and f32, and 4 bytes of tail padding, as C lays it out.
+        // 5 pointers, 4 i64, 25 i32 and f32, and 4 bytes of tail padding, as C lays it out.
         assert_eq!(
             std::mem::size_of::<ConvParams>(),
-            4 * 8 + 4 * 8 + 25 * 4 + 4
+            5 * 8 + 4 * 8 + 25 * 4 + 4
         );
     }
 
