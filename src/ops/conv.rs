@@ -247,7 +247,11 @@ impl Conv {
         let (pad_h, p) = self.resolve_axis(0, h, r)?;
         let (pad_w, q) = self.resolve_axis(1, wd, s)?;
         let output = output(OP, dtype, &[n, k, p, q])?;
-        debug_assert_eq!(self.sum, sum.is_some(), "Op::plan passes Sum exactly when set");
+        debug_assert_eq!(
+            self.sum,
+            sum.is_some(),
+            "Op::plan passes Sum exactly when set"
+        );
         if let Some(sum) = sum {
             same_dtype(OP, "Sum", dtype, sum)?;
             if sum.shape() != output.shape() {

@@ -956,7 +956,11 @@ pub fn errors_conv<B: Backend>(backend: &B) {
     let half = up(backend, &h(DType::F16, &[1, 6, 6, 6]));
     let mut y = poisoned(backend, DType::F32, &[1, 6, 6, 6]);
     for (what, sum, check) in [
-        ("sum broadcast", f(&[1, 6, 1, 1]), shape_err as fn(&Error) -> bool),
+        (
+            "sum broadcast",
+            f(&[1, 6, 1, 1]),
+            shape_err as fn(&Error) -> bool,
+        ),
         ("sum too big", f(&[1, 6, 6, 7]), shape_err),
         ("sum rank", f(&[6, 6, 6]), shape_err),
     ] {
@@ -969,7 +973,16 @@ pub fn errors_conv<B: Backend>(backend: &B) {
     expect_err(
         "sum dtype",
         backend.apply_into(&summed, &[&x, &w, &half, &b], &mut y),
-        |e| matches!(e, Error::DTypeMismatch { op: "Conv", operand: "Sum", .. }),
+        |e| {
+            matches!(
+                e,
+                Error::DTypeMismatch {
+                    op: "Conv",
+                    operand: "Sum",
+                    ..
+                }
+            )
+        },
     );
     expect_err(
         "sum missing",
@@ -977,7 +990,10 @@ pub fn errors_conv<B: Backend>(backend: &B) {
         |e| matches!(e, Error::Arity { got: 2, .. }),
     );
     let got = backend.download(&y).unwrap().data().to_f64_vec();
-    assert!(got.iter().all(|v| v.is_nan()), "a refused Conv wrote its output");
+    assert!(
+        got.iter().all(|v| v.is_nan()),
+        "a refused Conv wrote its output"
+    );
     let msg = backend
         .apply(&summed, &[&x])
         .map(|_| ())

@@ -74,7 +74,8 @@ pub(super) fn epilogue(plan: &ConvPlan, bias: Option<f32>, out: &mut [f32], sum:
     match sum {
         Some(sum) => {
             debug_assert_eq!(sum.len(), out.len());
-            out.iter_mut().zip(sum).for_each(|(v, &s)| *v += b + s);
+            // (conv + bias) + sum: what the Conv and Add it replaces round to.
+            out.iter_mut().zip(sum).for_each(|(v, &s)| *v = *v + b + s);
         }
         None if bias.is_some() => out.iter_mut().for_each(|v| *v += b),
         None => {}

@@ -334,14 +334,7 @@ fn frame_row<T: Widen>(src: &[T], b: usize, sw: usize, pl: usize, row: &mut [f32
 
 /// Every (image, row block, output channel block) item of one group of framed images into its
 /// part of `y` (`[images, k, p, q]`).
-fn compute(
-    plan: &ConvPlan,
-    g: &Geometry,
-    frames: &[f32],
-    w: &[f32],
-    add: Addends,
-    y: &mut [f32],
-) {
+fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
     let (pq, rs) = (plan.p * plan.q, plan.r * plan.s);
     let images = y.len() / (plan.k * pq);
     let blocks = plan.p.div_ceil(g.rows);

@@ -223,7 +223,11 @@ fn too_big(what: String) -> Error {
 /// `y` the output's. Every GPU of compute capability 8.0 or newer runs the sm_80 kernels. No
 /// launch for an empty output.
 pub fn conv(plan: &ConvPlan, arch: Arch, x: &[Ptr], y: Ptr) -> Result<Vec<Launch>> {
-    let (w, bias, sum) = (x[1], plan.bias_input().map(|i| x[i]), plan.sum_input().map(|i| x[i]));
+    let (w, bias, sum) = (
+        x[1],
+        plan.bias_input().map(|i| x[i]),
+        plan.sum_input().map(|i| x[i]),
+    );
     let x = x[0];
     debug_assert!(
         arch >= Arch::SM80,
@@ -465,7 +469,7 @@ mod tests {
             (a.m, a.kdim, a.kg, a.k, a.group0),
             (6272, 2304, 256, 256, 0)
         );
-        assert_eq!((a.x, a.w, a.bias, a.y), (X, W, B, Y));
+        assert_eq!((a.x, a.w, a.bias, a.y, a.sum), (X, W, B, Y, 0));
         assert_eq!((a.pad_h, a.pad_w, a.p, a.q, a.pq), (1, 1, 14, 14, 196));
         assert_eq!((a.x_image, a.y_image), (256 * 196, 256 * 196));
         assert_eq!((a.x_group, a.w_group), (256 * 196, 256 * 2304));
@@ -514,7 +518,7 @@ mod tests {
     fn input_tiles_use_cp_async_only_for_aligned_pointwise_convolutions() {
         let a_async = |x: [usize; 4], op: Conv, xp: Ptr| {
             let p = plan(DType::F16, x, [16, x[1], 1, 1], op, false);
-            params(&conv(&p, Arch::SM80, xp, W, None, Y).unwrap()[0]).a_async
+            params(&conv(&p, Arch::SM80, &[xp, W], Y).unwrap()[0]).a_async
         };
         // ResNet-50 1×1 layers at 56² and 28²: direct; 14² = 196 pixels is not a multiple of 8.
         assert_eq!(a_async([2, 64, 56, 56], Conv::default(), X), 1);
@@ -552,11 +556,11 @@ mod tests {
             false,
         );
         assert_eq!(
-            params(&conv(&p, Arch::SM80, X, W, None, Y).unwrap()[0]).b_async,
+            params(&conv(&p, Arch::SM80, &[X, W], Y).unwrap()[0]).b_async,
             1
         );
         assert_eq!(
-            params(&conv(&p, Arch::SM80, X, W + 2, None, Y).unwrap()[0]).b_async,
+            params(&conv(&p, Arch::SM80, &[X, W + 2], Y).unwrap()[0]).b_async,
             0
         );
         let odd = plan(DType::F16, [1, 3, 8, 8], [16, 3, 7, 7], grouped(1), false);
@@ -616,7 +620,7 @@ mod tests {
             Conv::default(),
             false,
         );
-        let e = conv(&p, Arch::SM80, X, W, None, Y).unwrap_err();
+        let e = conv(&p, Arch::SM80, &[X, W], Y).unwrap_err();
         assert!(e.to_string().contains("32-bit indices"), "{e}");
     }
 
@@ -638,6 +642,21 @@ mod tests {
         assert_eq!(a1.m as usize, (40_000 - per) * 65_536);
         assert_eq!(a1.x, X + (per * 2 * 65_536 * 4) as u64);
         assert_eq!(a1.y, Y + (per * 2 * 65_536 * 4) as u64);
+        // A residual sum (input 2, before the bias) advances as the output does.
+        let d = |s: &[usize]| TensorDesc::new(DType::F32, s).unwrap();
+        let summed = Conv {
+            sum: true,
+            ..Conv::default()
+        };
+        let out = d(&[40_000, 2, 256, 256]);
+        let s = summed
+            .plan(&out, &d(&[2, 2, 1, 1]), Some(&d(&[2])), Some(&out))
+            .unwrap();
+        const S: Ptr = 0x5000_0000;
+        let l = conv(&s, Arch::SM80, &[X, W, S, B], Y).unwrap();
+        let (a0, a1) = (params(&l[0]), params(&l[1]));
+        assert_eq!((a0.bias, a0.sum, a1.bias), (B, S, B));
+        assert_eq!(a1.sum, S + (per * 2 * 65_536 * 4) as u64);
 
         // 70000 groups of 2 input channels: grid z covers 65535 groups per launch.
         let g = plan(
