@@ -78,8 +78,8 @@ pub struct Conv {
     pub sum: bool,
     /// Apply `max(0, y)` after the bias and sum (fused epilogue).
     pub relu: bool,
-    /// Clip `y` to these bounds after the bias (fused epilogue; after the ReLU when both are
-    /// set): ReLU6 is `Clip::RELU6`.
+    /// Clip `y` to these bounds after the bias and sum (fused epilogue; after the ReLU when
+    /// both are set): ReLU6 is `Clip::RELU6`.
     pub clip: Option<Clip>,
 }
 
@@ -119,7 +119,8 @@ pub struct ConvPlan {
     /// Resolved `[top, left]` padding (bottom/right follow from the output size).
     pub pad: [usize; 2],
     pub bias: bool,
-    /// Whether a residual `Sum` (input 2, before the bias) is added after the bias.
+    /// Whether a residual `Sum` (input 2; the bias, if any, is then input 3) is added after
+    /// the bias.
     pub sum: bool,
     /// The fused ReLU and/or Clip, applied after the bias and sum.
     pub clamp: Option<Clamp>,
@@ -247,11 +248,18 @@ impl Conv {
         let (pad_h, p) = self.resolve_axis(0, h, r)?;
         let (pad_w, q) = self.resolve_axis(1, wd, s)?;
         let output = output(OP, dtype, &[n, k, p, q])?;
-        debug_assert_eq!(
-            self.sum,
-            sum.is_some(),
-            "Op::plan passes Sum exactly when set"
-        );
+        if self.sum != sum.is_some() {
+            let given = if self.sum {
+                "no Sum input"
+            } else {
+                "a Sum input"
+            };
+            return Err(Error::attribute(
+                OP,
+                "sum",
+                format!("is {}, but {given} was given", self.sum),
+            ));
+        }
         if let Some(sum) = sum {
             same_dtype(OP, "Sum", dtype, sum)?;
             if sum.shape() != output.shape() {

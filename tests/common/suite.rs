@@ -994,6 +994,19 @@ pub fn errors_conv<B: Backend>(backend: &B) {
         got.iter().all(|v| v.is_nan()),
         "a refused Conv wrote its output"
     );
+    // Conv::plan given a Sum that disagrees with the attribute.
+    let out = eia::TensorDesc::new(DType::F32, &[1, 6, 6, 6]).unwrap();
+    let with_sum = Conv {
+        sum: true,
+        ..d.clone()
+    };
+    for (op, sum) in [(&with_sum, None), (&d, Some(&out))] {
+        expect_err(
+            "sum attribute against the inputs",
+            op.plan(x.desc(), w.desc(), None, sum).map(|_| ()),
+            attr("sum"),
+        );
+    }
     let msg = backend
         .apply(&summed, &[&x])
         .map(|_| ())
