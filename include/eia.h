@@ -610,6 +610,17 @@ struct eia_error *eia_conv(const struct eia_accelerator *accelerator,
                            const struct eia_tensor *bias,
                            struct eia_tensor **y);
 
+// [`eia_conv`] with a fused residual sum (not ONNX; ResNet's `Add`): `sum`, of the output's
+// shape and dtype, is added after the bias and before `attrs`' ReLU and Clip:
+// `y = clip(relu(conv(x, w) + bias + sum))`. `bias` may be NULL; `sum` may not.
+struct eia_error *eia_conv_sum(const struct eia_accelerator *accelerator,
+                               const struct eia_conv_attrs *attrs,
+                               const struct eia_tensor *x,
+                               const struct eia_tensor *w,
+                               const struct eia_tensor *bias,
+                               const struct eia_tensor *sum,
+                               struct eia_tensor **y);
+
 // ONNX BatchNormalization (inference): per channel (dimension 1) of `x`,
 // `y = scale·(x − mean)/√(var + epsilon) + bias`.
 struct eia_error *eia_batch_norm(const struct eia_accelerator *accelerator,

@@ -1,4 +1,5 @@
-// conv.cu — 2-D convolution (ONNX Conv, NCHW input, OIHW weights, fused bias and ReLU / Clip).
+// conv.cu — 2-D convolution (ONNX Conv, NCHW input, OIHW weights, fused bias, residual sum and
+// ReLU / Clip).
 //
 // Kernels (launch geometry planned by src/backend/cuda/launch/conv.rs):
 //   conv_tc128x128_f16  implicit GEMM on tensor cores (mma.sync m16n8k16, FP32 accumulators):
@@ -50,6 +51,7 @@ struct ConvParams {
     const void *w;     // [k, c/group, r, s]
     const void *bias;  // [k], or NULL
     void *y;           // [n, k, p, q]
+    const void *sum;   // [n, k, p, q], the residual added after the bias, or NULL
     long long x_image; // c·h·w
     long long y_image; // k·p·q
     long long x_group; // (c/group)·h·w
@@ -63,7 +65,7 @@ struct ConvParams {
     int r, s, rs;      // kernel window
     int p, q, pq;      // output plane
     int stride_h, stride_w, dil_h, dil_w, pad_h, pad_w;
-    float lo, hi;      // the fused ReLU / Clip after the bias: min(max(·, lo), hi); ±inf: none
+    float lo, hi;      // the fused ReLU / Clip after the bias and sum: min(max(·, lo), hi); ±inf: none
     int a_async;       // F16: A tiles by cp.async, 8 pixels at a time (1×1 window, stride 1, no
                        // padding, p·q % 8 == 0, x 16-byte aligned): A is x itself
     int b_async;       // F16: B tiles by cp.async (kdim % 8 == 0, w 16-byte aligned)
@@ -152,9 +154,11 @@ __device__ __forceinline__ T conv_gather_checked(const ConvPixel<T> &px, const u
     return ((unsigned)ih < (unsigned)p.h && (unsigned)iw < (unsigned)p.w_in) ? px.row[e.x] : zero;
 }
 
-// bias + ReLU / Clip of one accumulator.
-__device__ __forceinline__ float conv_epilogue(const ConvParams &p, float v, float b) {
-    return eia_clamp(v + b, p.lo, p.hi); // NaN stays NaN, as on the CPU
+// bias + residual sum + ReLU / Clip of one accumulator; i is its index in y (and sum).
+template <typename T>
+__device__ __forceinline__ float conv_epilogue(const ConvParams &p, float v, float b, long long i) {
+    const float s = p.sum != nullptr ? eia_load(reinterpret_cast<const T *>(p.sum), i) : 0.f;
+    return eia_clamp(v + b + s, p.lo, p.hi); // NaN stays NaN, as on the CPU
 }
 
 __device__ __forceinline__ constexpr int conv_cmax(int a, int b) { return a > b ? a : b; }
@@ -170,7 +174,8 @@ __device__ __forceinline__ constexpr int conv_tc_smem(int bm, int bn) {
 // FP16 implicit GEMM on tensor cores. BM×BN block tile, BK = 32, WM×WN warps.
 // Shared memory: A as [BK][BM] (M contiguous, read with ldmatrix.trans), B as [BN][BK] (K
 // contiguous, read with ldmatrix), both padded by 8 halves so ldmatrix rows hit distinct banks;
-// the epilogue reuses it as C [BN][BM] (FP16, already biased and rounded) for coalesced stores.
+// the epilogue reuses it as C [BN][BM] (FP16, already biased, summed and rounded) for coalesced
+// stores.
 // smem: conv_tc_smem(BM, BN) uint4; tab: the two k-tile tables.
 template <int BM, int BN, int WM, int WN>
 __device__ __forceinline__ void conv_igemm_tc(const ConvParams &p, uint4 *smem,
@@ -339,7 +344,8 @@ __device__ __forceinline__ void conv_igemm_tc(const ConvParams &p, uint4 *smem,
         if (!EIA_PLANT(conv_tc_nosync)) __syncthreads();
     }
 
-    // Epilogue: bias, ReLU / Clip, one rounding, into C [BN][C_LD] in shared memory.
+    // Epilogue: bias, residual sum, ReLU / Clip, one rounding, into C [BN][C_LD] in shared
+    // memory.
     __half *Cs = reinterpret_cast<__half *>(smem);
     const int g = lane >> 2, t = lane & 3;
     const __half *bias = reinterpret_cast<const __half *>(p.bias);
@@ -356,7 +362,15 @@ __device__ __forceinline__ void conv_igemm_tc(const ConvParams &p, uint4 *smem,
 #pragma unroll
                 for (int hi = 0; hi < 2; ++hi) {
                     const int m = wm * WTM + i * 16 + g + hi * 8;
-                    Cs[n * C_LD + m] = __float2half_rn(conv_epilogue(p, acc[i][j][hi * 2 + e], b));
+                    // Where (pixel mb + m, channel nb + n) is in y, read only with a sum.
+                    long long at = 0;
+                    if (p.sum != nullptr && mb + m < p.m && nb + n < p.kg) {
+                        const int ni = (mb + m) / p.pq;
+                        at = (long long)ni * p.y_image + (long long)(grp * p.kg + nb + n) * p.pq +
+                             (mb + m - ni * p.pq);
+                    }
+                    Cs[n * C_LD + m] =
+                        __float2half_rn(conv_epilogue<__half>(p, acc[i][j][hi * 2 + e], b, at));
                 }
             }
         }
@@ -481,7 +495,7 @@ EIA_KERNEL_BOUNDS(conv_simt_f32, ConvParams, CONV_SIMT_THREADS) {
         if (!EIA_PLANT(conv_simt_nosync)) __syncthreads();
     }
 
-    // Epilogue: bias, ReLU / Clip, NCHW stores.
+    // Epilogue: bias, residual sum, ReLU / Clip, NCHW stores.
     const float *bias = reinterpret_cast<const float *>(p.bias);
     float bv[8];
 #pragma unroll
@@ -496,11 +510,12 @@ EIA_KERNEL_BOUNDS(conv_simt_f32, ConvParams, CONV_SIMT_THREADS) {
         if (m >= p.m) continue;
         const int ni = m / p.pq;
         const int pix = m - ni * p.pq;
-        float *yp = y + (long long)ni * p.y_image + (long long)grp * p.kg * p.pq + pix;
+        const long long at = (long long)ni * p.y_image + (long long)grp * p.kg * p.pq + pix;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const int n = nb + (j < 4 ? 4 * tn + j : 64 + 4 * tn + j - 4);
-            if (n < p.kg) yp[(long long)n * p.pq] = conv_epilogue(p, acc[i][j], bv[j]);
+            const long long yi = at + (long long)n * p.pq;
+            if (n < p.kg) y[yi] = conv_epilogue<float>(p, acc[i][j], bv[j], yi);
         }
     }
 }
@@ -534,7 +549,8 @@ __device__ __forceinline__ void conv_depthwise(const ConvParams &p) {
         }
     }
     const float b = p.bias != nullptr ? eia_load(reinterpret_cast<const T *>(p.bias), ki) : 0.f;
-    eia_store(reinterpret_cast<T *>(p.y), (long long)plane * p.pq + pix, conv_epilogue(p, acc, b));
+    const long long yi = (long long)plane * p.pq + pix;
+    eia_store(reinterpret_cast<T *>(p.y), yi, conv_epilogue<T>(p, acc, b, yi));
 }
 
 EIA_KERNEL_BOUNDS(conv_depthwise_f32, ConvParams, CONV_DW_THREADS) { conv_depthwise<float>(p); }

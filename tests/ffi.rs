@@ -136,6 +136,7 @@ fn header_matches_the_library() {
         "eia_gemm",
         "eia_matmul",
         "eia_conv",
+        "eia_conv_sum",
         "eia_batch_norm",
         "eia_softmax",
         "eia_relu",
@@ -262,6 +263,26 @@ fn ops_match_the_rust_api(a: *mut eia_accelerator) {
                 Some(&cpu.upload(&hbias).unwrap()),
             )
             .unwrap();
+        let out_shape = expected.shape().to_vec();
+        same(y, expected);
+
+        // The same with a residual sum (eia_conv_sum), added before the ReLU and Clip.
+        let hs = random(dtype, &out_shape, 8);
+        let tsum = tensor(a, &hs);
+        ok(unsafe {
+            eia_conv_sum(
+                a.as_ref(),
+                Some(&cattrs),
+                tx.as_ref(),
+                tw.as_ref(),
+                tbias.as_ref(),
+                tsum.as_ref(),
+                Some(&mut y),
+            )
+        });
+        let summed = Op::Conv(Conv { sum: true, ..conv });
+        let operands = [&hx, &hw, &hs, &hbias].map(|t| cpu.upload(t).unwrap());
+        let expected = cpu.apply(&summed, &operands.each_ref()).unwrap();
         same(y, expected);
 
         // BatchNormalization (variance kept positive).
@@ -348,7 +369,7 @@ fn ops_match_the_rust_api(a: *mut eia_accelerator) {
         same(y, cpu.apply(&Op::Sum, &[&cx, &cs, &cx]).unwrap());
         eia_tensor_free(unsafe { Box::from_raw(ts) }.into());
 
-        for t in [ta, tb, tc, tm, tx, tw, tbias].into_iter().chain(tp) {
+        for t in [ta, tb, tc, tm, tx, tw, tbias, tsum].into_iter().chain(tp) {
             eia_tensor_free(unsafe { Box::from_raw(t) }.into());
         }
     }
@@ -361,7 +382,7 @@ fn local_ops_match_the_rust_api_and_usage_counts_them() {
     ops_match_the_rust_api(a);
     let mut u = eia_usage::default();
     ok(eia_accelerator_usage(unsafe { a.as_ref() }, Some(&mut u)));
-    assert_eq!(u.ops, 20); // 10 ops per dtype
+    assert_eq!(u.ops, 22); // 11 ops per dtype
     assert!(u.flops_f32 > 0 && u.flops_f16 > 0);
     assert_eq!(u.memory_used, 0, "every tensor was freed");
     assert_eq!(u.memory_quota, 1 << 20);
@@ -384,7 +405,7 @@ fn local_ops_match_the_rust_api_and_usage_counts_them() {
         unsafe { a.as_ref() },
         Some(&mut last),
     ));
-    assert_eq!(last.ops, 20);
+    assert_eq!(last.ops, 22);
     eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
     eia_device_free(unsafe { Box::from_raw(d) }.into());
 }
@@ -421,7 +442,7 @@ fn remote_ops_match_the_rust_api() {
     ops_match_the_rust_api(a);
     let mut u = eia_usage::default();
     ok(eia_accelerator_usage(unsafe { a.as_ref() }, Some(&mut u)));
-    assert_eq!(u.ops, 20); // 10 ops per dtype
+    assert_eq!(u.ops, 22); // 11 ops per dtype
     eia_accelerator_free(unsafe { Box::from_raw(a) }.into());
 
     // Nothing listens on port 1: a network error, not a crash.
@@ -510,6 +531,22 @@ fn bad_calls_give_their_codes_and_leave_outputs_alone() {
         eia_tensor_bytes(None, Some(&mut 0)),
         EIA_ERR_NULL_ARGUMENT,
         "`tensor`",
+    );
+    let conv = eia_conv_attrs_default();
+    fails(
+        unsafe {
+            eia_conv_sum(
+                acc,
+                Some(&conv),
+                x.as_ref(),
+                x.as_ref(),
+                None,
+                None,
+                Some(&mut y),
+            )
+        },
+        EIA_ERR_NULL_ARGUMENT,
+        "`sum`",
     );
 
     // Values out of range.

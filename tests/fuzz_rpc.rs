@@ -471,6 +471,7 @@ fn conv_op() -> impl Strategy<Value = proto::ConvOp> {
                 kernel_shape: vec![],
                 relu,
                 clip: None,
+                sum: false,
             };
             for m in mutations {
                 match m {
@@ -1346,6 +1347,7 @@ fn seeds() -> Vec<Vec<u8>> {
                 min: Some(0.0),
                 max: Some(6.0),
             }),
+            sum: false,
         })),
         inputs: vec![1, 2, 3],
         output: Some(4),
@@ -1635,7 +1637,7 @@ fn conv_attributes_that_overflow_the_plan_arithmetic() {
         pads: [usize::MAX, 0, 1, 0],
         ..Default::default()
     };
-    let e = conv.plan(&x, &w, None).unwrap_err();
+    let e = conv.plan(&x, &w, None, None).unwrap_err();
     assert!(
         matches!(e, eia::Error::Attribute { name: "pads", .. }),
         "{e}"

@@ -981,10 +981,11 @@ fn bad_external_data_is_one_clear_error() {
 }
 
 /// eia's own ResNet-50 and MobileNetV2 (`eia zoo`) load with every BatchNormalization folded
-/// into its Conv, every Relu fused into the Conv or residual Add before it and every Clip
-/// (ReLU6) into its Conv; a fused op's profile name lists its nodes.
+/// into its Conv, every residual Add into the Conv before it (as its sum), every Relu into the
+/// Conv before it and every Clip (ReLU6) into its Conv; a fused op's profile name lists its
+/// nodes.
 #[test]
-fn the_zoo_models_fold_every_batch_norm_and_fuse_every_relu() {
+fn the_zoo_models_fold_every_batch_norm_and_fuse_every_add_and_relu() {
     let kinds = |bytes: &[u8]| {
         let m = Model::from_bytes(bytes, LoadOptions::default()).unwrap();
         let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
@@ -1004,16 +1005,19 @@ fn the_zoo_models_fold_every_batch_norm_and_fuse_every_relu() {
         k.get(kind).copied().unwrap_or(0)
     };
     assert_eq!(count(&r50, "Conv+Relu"), 33, "{r50:?}");
-    assert_eq!(count(&r50, "Conv"), 20, "{r50:?}");
-    assert_eq!(count(&r50, "Add+Relu"), 16, "{r50:?}");
+    assert_eq!(count(&r50, "Conv"), 4, "{r50:?}");
+    assert_eq!(count(&r50, "Conv+Add+Relu"), 16, "{r50:?}");
     let mv2 = kinds(&eia::model::zoo::mobilenet_v2(1));
     // ReLU6 after every depthwise and expansion conv, the stem and the last 1×1; the 17
     // projections are linear.
     assert_eq!(count(&mv2, "Conv(depthwise)+Clip"), 17, "{mv2:?}");
     assert_eq!(count(&mv2, "Conv+Clip"), 18, "{mv2:?}");
-    assert_eq!(count(&mv2, "Conv"), 17, "{mv2:?}");
+    // 7 projections, and 10 with the residual Add after them.
+    assert_eq!(count(&mv2, "Conv"), 7, "{mv2:?}");
+    assert_eq!(count(&mv2, "Conv+Add"), 10, "{mv2:?}");
     for k in [&r50, &mv2] {
         assert_eq!(count(k, "BatchNormalization"), 0, "{k:?}");
+        assert!(!k.keys().any(|kind| kind.starts_with("Add")), "{k:?}");
         assert_eq!(count(k, "Relu"), 0, "{k:?}");
         assert_eq!(count(k, "Clip"), 0, "{k:?}");
     }
@@ -1116,4 +1120,81 @@ fn an_inference_on_an_accelerator_copies_and_allocates_nothing_extra() {
         usage.memory_high_water <= m.peak_bytes() + tensors * floor,
         "{usage:?}"
     );
+}
+
+/// `Conv → Add [→ Relu]` fuses into one Conv with a residual sum, whichever operand of the Add
+/// the Conv is and wherever the other operand is made (here after the Conv: the fused Conv runs
+/// where the Add ran), and the model computes what its ops compute one by one; an Add that
+/// broadcasts stays an Add.
+#[test]
+fn residual_add_fuses_into_conv() {
+    let mut rng = seeded("residual");
+    let shape = [1, 4, 5, 6];
+    let weights: Vec<HostTensor> = (0..4)
+        .map(|_| random(&mut rng, &[4, 4, 1, 1], -0.5, 0.5))
+        .collect();
+    let b = random(&mut rng, &[4], -0.5, 0.5);
+    let k = random(&mut rng, &[1, 4, 1, 1], -0.5, 0.5);
+    let x = random(&mut rng, &shape, -1.0, 1.0);
+    // The ops one by one.
+    let cpu = CpuBackend::new();
+    let up = |t: &HostTensor| cpu.upload(t).unwrap();
+    let apply = |op: Op, x: &[&eia::Tensor<_>]| cpu.apply(&op, x).unwrap();
+    let conv = Op::Conv(Conv::default());
+    let add = Op::Add(Default::default());
+    let c = apply(conv.clone(), &[&up(&x), &up(&weights[0]), &up(&b)]);
+    let a = apply(conv.clone(), &[&up(&x), &up(&weights[1])]);
+    let r = apply(Op::Relu, &[&apply(add.clone(), &[&c, &a])]);
+    let d = apply(conv.clone(), &[&r, &up(&weights[2]), &up(&b)]);
+    let t = apply(add.clone(), &[&r, &d]);
+    let f = apply(conv, &[&t, &up(&weights[3])]);
+    let want = cpu.download(&apply(add, &[&f, &up(&k)])).unwrap();
+
+    let mut initializer: Vec<TensorProto> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| float_tensor(&format!("w{i}"), w))
+        .collect();
+    initializer.push(float_tensor("b", &b));
+    initializer.push(float_tensor("k", &k));
+    let graph = GraphProto {
+        node: vec![
+            node("Conv", "conv_c", &["x", "w0", "b"], &["c"], vec![]),
+            node("Conv", "conv_a", &["x", "w1"], &["a"], vec![]),
+            node("Add", "add1", &["c", "a"], &["s"], vec![]),
+            node("Relu", "relu1", &["s"], &["r"], vec![]),
+            node("Conv", "conv_d", &["r", "w2", "b"], &["d"], vec![]),
+            node("Add", "add2", &["r", "d"], &["t"], vec![]),
+            node("Conv", "conv_f", &["t", "w3"], &["f"], vec![]),
+            node("Add", "add3", &["f", "k"], &["y"], vec![]),
+        ],
+        initializer,
+        input: vec![value_info(
+            "x",
+            DataType::Float,
+            &shape.map(|d| Some(d as i64)),
+        )],
+        output: vec![value_info("y", DataType::Float, &[])],
+        ..Default::default()
+    };
+    let m = Model::from_bytes(&model(graph, 13), LoadOptions::default()).unwrap();
+    let nodes: Vec<(String, String)> = m
+        .nodes()
+        .map(|(name, kind, _)| (name.to_string(), kind))
+        .collect();
+    let want_nodes = [
+        ("'conv_a'", "Conv"),
+        ("'conv_c'+'add1'+'relu1'", "Conv+Add+Relu"),
+        ("'conv_d'+'add2'", "Conv+Add"),
+        ("'conv_f'", "Conv"),
+        ("'add3'", "Add"),
+    ]
+    .map(|(n, k)| (n.to_string(), k.to_string()));
+    assert_eq!(nodes, want_nodes);
+    let got = m
+        .session(&cpu)
+        .unwrap()
+        .run(std::slice::from_ref(&x))
+        .unwrap();
+    assert_eq!(got[0].data().to_f64_vec(), want.data().to_f64_vec());
 }

@@ -53,6 +53,7 @@ proptest! {
             group,
             auto_pad,
             kernel_shape: None,
+            sum: false,
             relu,
             clip: None,
         };
@@ -63,7 +64,7 @@ proptest! {
         let b = bias.then(|| values(seed ^ 2, dtype, &[group * kg]));
         let cpu = CpuBackend::new();
         let up = |t: &HostTensor| cpu.upload(t).unwrap();
-        let plan = op.plan(x.desc(), wt.desc(), b.as_ref().map(|b| b.desc()));
+        let plan = op.plan(x.desc(), wt.desc(), b.as_ref().map(|b| b.desc()), None);
         // Kernels that do not fit the padded input must be refused, never computed.
         let extent_h = dilations.0 * (r - 1) + 1;
         let extent_w = dilations.1 * (s - 1) + 1;

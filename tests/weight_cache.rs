@@ -73,6 +73,7 @@ fn conv3x3() -> Conv {
         group: 1,
         auto_pad: Default::default(),
         kernel_shape: None,
+        sum: false,
         relu: false,
         clip: None,
     }

@@ -42,7 +42,11 @@ def _pad(x, pads, value=0.0):
     return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=value)
 
 
-def conv(x, w, b=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1, relu=False):
+def conv(x, w, *rest, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1, sum=False,
+         relu=False):
+    # Inputs X, W[, B], or X, W, Sum[, B] with the fused residual sum.
+    s, rest = (rest[0], rest[1:]) if sum else (None, rest)
+    b = rest[0] if rest else None
     n, c, h, wd = x.shape
     k, cg, r, s = w.shape
     xp = _pad(x, pads)
@@ -62,6 +66,8 @@ def conv(x, w, b=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), grou
                     "nchw,kc->nkhw", np.abs(patch), np.abs(wg[:, :, i, j]))
     if b is not None:
         y, sc = y + b[None, :, None, None], sc + np.abs(b)[None, :, None, None]
+    if s is not None:
+        y, sc = y + s, sc + np.abs(s)
     return (np.maximum(y, 0) if relu else y), sc
 
 

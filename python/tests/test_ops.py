@@ -31,6 +31,8 @@ CASES = [
     Case("matmul", [(6,), (6, 2)]),
     Case("conv", [(2, 3, 9, 9), (4, 3, 3, 3), (4,)], dict(pads=(1, 1, 1, 1), strides=(2, 2), relu=True)),
     Case("conv", [(1, 4, 8, 8), (4, 1, 3, 3)], dict(group=4, dilations=(2, 2))),
+    Case("conv", [(2, 3, 9, 9), (4, 3, 3, 3), (2, 4, 5, 5), (4,)],
+         dict(pads=(1, 1, 1, 1), strides=(2, 2), sum=True, relu=True)),
     Case("batch_norm", [(2, 3, 4, 5), (3,), (3,), (3,), (3,)], dict(epsilon=1e-3),
          ranges=[U, U, U, U, POS]),
     Case("softmax", [(3, 10)], dict(axis=1)),

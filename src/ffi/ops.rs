@@ -237,6 +237,7 @@ impl TryFrom<&eia_conv_attrs> for Conv {
             group: a.group,
             auto_pad,
             kernel_shape: (a.kernel_shape != [0, 0]).then_some(a.kernel_shape),
+            sum: false,
             relu: a.relu,
             clip: fused_clip(a.clip_min, a.clip_max),
         })
@@ -572,6 +573,35 @@ pub extern "C" fn eia_conv(
         let accelerator = required(accelerator, "accelerator")?;
         let op = Op::Conv(required(attrs, "attrs")?.try_into()?);
         let inputs = [Some(required(x, "x")?), Some(required(w, "w")?), bias];
+        run(accelerator, op, &inputs, required(y, "y")?)
+    })
+}
+
+/// [`eia_conv`] with a fused residual sum (not ONNX; ResNet's `Add`): `sum`, of the output's
+/// shape and dtype, is added after the bias and before `attrs`' ReLU and Clip:
+/// `y = clip(relu(conv(x, w) + bias + sum))`. `bias` may be NULL; `sum` may not.
+#[no_mangle]
+pub extern "C" fn eia_conv_sum(
+    accelerator: Option<&eia_accelerator>,
+    attrs: Option<&eia_conv_attrs>,
+    x: Option<&eia_tensor>,
+    w: Option<&eia_tensor>,
+    bias: Option<&eia_tensor>,
+    sum: Option<&eia_tensor>,
+    y: Option<&mut *mut eia_tensor>,
+) -> Option<Box<eia_error>> {
+    guard(|| {
+        let accelerator = required(accelerator, "accelerator")?;
+        let op = Op::Conv(Conv {
+            sum: true,
+            ..required(attrs, "attrs")?.try_into()?
+        });
+        let inputs = [
+            Some(required(x, "x")?),
+            Some(required(w, "w")?),
+            Some(required(sum, "sum")?),
+            bias,
+        ];
         run(accelerator, op, &inputs, required(y, "y")?)
     })
 }

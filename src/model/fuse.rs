@@ -1,8 +1,9 @@
 //! Load-time rewrites of a model's op list that leave its results unchanged beyond the precision
 //! contract: a BatchNormalization of a Conv's output (the Conv read by nothing else) folded into
-//! the Conv's weights and bias, a Relu fused into the epilogue of the Conv, Gemm or Add that
-//! produces its input, and a Clip (ReLU6) into that of the Conv or Gemm. Weights are folded in float64 from their FP32 values, before any
-//! conversion to FP16.
+//! the Conv's weights and bias, a residual Add of a Conv's output (read by nothing else) and a
+//! tensor of the same shape fused into the Conv as its `sum`, a Relu fused into the epilogue of
+//! the Conv, Gemm or Add that produces its input, and a Clip (ReLU6) into that of the Conv or
+//! Gemm. Weights are folded in float64 from their FP32 values, before any conversion to FP16.
 
 use std::collections::HashMap;
 
@@ -26,6 +27,7 @@ impl Graph<'_> {
     pub fn fuse(&mut self) -> Result<usize> {
         let before = self.steps.len();
         self.fold_batch_norms()?;
+        self.fuse_residuals();
         self.fuse_activations()?;
         Ok(before - self.steps.len())
     }
@@ -93,7 +95,7 @@ impl Graph<'_> {
         let Op::Conv(conv) = &self.steps[j].op else {
             return Ok(None);
         };
-        if conv.relu || conv.clip.is_some() {
+        if conv.relu || conv.clip.is_some() || conv.sum {
             return Ok(None);
         }
         let conv: Conv = conv.clone();
@@ -132,6 +134,51 @@ impl Graph<'_> {
         self.steps[j].inputs = vec![x, new_w, new_b];
         self.steps[j].op = Op::Conv(conv);
         Ok(Some(j))
+    }
+
+    /// `Conv → Add(conv, other)` (either operand order) into one Conv with `sum = other`, when
+    /// nothing else reads the Conv's output, `other` has the Add's output descriptor (no
+    /// broadcasting) and the Conv has no epilogue of its own yet (an activation before the Add
+    /// cannot move after it). The fused Conv runs where the Add ran, after `other` is made; its
+    /// own inputs were made before its old place.
+    fn fuse_residuals(&mut self) {
+        let mut i = 0;
+        while i < self.steps.len() {
+            if let Some((j, other)) = self.residual_conv(i) {
+                let add = self.steps.remove(i);
+                let mut conv = self.steps.remove(j);
+                if let Op::Conv(c) = &mut conv.op {
+                    c.sum = true;
+                    c.relu = matches!(add.op, Op::Add(a) if a.relu);
+                }
+                conv.inputs.insert(2, other);
+                conv.absorb(add);
+                // Where the Add was (j < i: one step before it has gone).
+                self.steps.insert(i - 1, conv);
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    /// The Conv step and the other operand of step `i`, if it is an Add that
+    /// [`Graph::fuse_residuals`] fuses.
+    fn residual_conv(&self, i: usize) -> Option<(usize, usize)> {
+        let Op::Add(_) = self.steps[i].op else {
+            return None;
+        };
+        let readers = self.readers();
+        let [a, b] = self.steps[i].inputs[..] else {
+            return None;
+        };
+        let out = &self.descs[self.steps[i].output];
+        [(a, b), (b, a)].into_iter().find_map(|(conv_out, other)| {
+            let j = self.sole_producer(conv_out, &readers)?;
+            let fusable = matches!(&self.steps[j].op,
+                Op::Conv(c) if !c.sum && !c.relu && c.clip.is_none());
+            let same = self.descs[conv_out] == *out && self.descs[other] == *out;
+            (fusable && same && j < i).then_some((j, other))
+        })
     }
 
     /// `Conv | Gemm | Add → Relu` into the producer's fused ReLU, and `Conv | Gemm → Clip` into

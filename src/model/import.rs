@@ -215,6 +215,7 @@ pub fn import(
                 group: a.usize("group")?.unwrap_or(d.group),
                 auto_pad,
                 kernel_shape: a.fixed("kernel_shape")?,
+                sum: false,
                 relu: false,
                 clip: None,
             })))

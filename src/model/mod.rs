@@ -315,9 +315,9 @@ impl Model {
         backend.run_steps(table, &[], &[], &self.output_entries)
     }
 
-    /// What each op of one inference is: its node's name, its kind (the ONNX op, with
-    /// `+Relu` / `+Clip` where a ReLU / a Clip is fused into it and `(depthwise)` for a Conv
-    /// with one channel per group) and its FLOPs.
+    /// What each op of one inference is: its node's name, its kind (the ONNX op, with `+Add`
+    /// / `+Relu` / `+Clip` where a residual Add / a ReLU / a Clip is fused into it and
+    /// `(depthwise)` for a Conv with one channel per group) and its FLOPs.
     pub fn nodes(&self) -> impl Iterator<Item = (&str, String, u64)> {
         self.program
             .iter()
@@ -339,10 +339,12 @@ impl Model {
             || matches!(&step.op, Op::Add(a) if a.relu);
         let clip = matches!(&step.op, Op::Conv(c) if c.clip.is_some())
             || matches!(&step.op, Op::Gemm(g) if g.clip.is_some());
+        let sum = matches!(&step.op, Op::Conv(c) if c.sum);
         format!(
-            "{}{}{}{}",
+            "{}{}{}{}{}",
             step.op.name(),
             if depthwise { "(depthwise)" } else { "" },
+            if sum { "+Add" } else { "" },
             if relu { "+Relu" } else { "" },
             if clip { "+Clip" } else { "" }
         )

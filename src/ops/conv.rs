@@ -1,7 +1,8 @@
 //! Conv (ONNX, 2-D): NCHW input, OIHW weights, strides, asymmetric pads, dilations, groups
-//! (depthwise included), optional bias, auto_pad, and an optional fused ReLU and/or Clip.
+//! (depthwise included), optional bias, auto_pad, and an optional fused residual sum, ReLU and/or
+//! Clip: `y = clip?(relu?(conv(x, w) + b + sum))`.
 
-use super::{expect_rank, indexable, output, same_dtype, Clamp, Clip, MAX_DIM};
+use super::{expect_rank, indexable, output, product, same_dtype, Clamp, Clip, MAX_DIM};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorDesc;
@@ -57,7 +58,8 @@ impl std::str::FromStr for AutoPad {
     }
 }
 
-/// ONNX Conv attributes for 2-D inputs, plus an optional fused ReLU and Clip.
+/// ONNX Conv attributes for 2-D inputs, plus an optional fused residual sum, ReLU and Clip.
+/// Inputs `X, W[, B]`, or `X, W, Sum[, B]` when `sum` is set.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Conv {
@@ -71,10 +73,13 @@ pub struct Conv {
     pub auto_pad: AutoPad,
     /// Optional ONNX `kernel_shape`; when given it must match the weights.
     pub kernel_shape: Option<[usize; 2]>,
-    /// Apply `max(0, y)` after the bias (fused epilogue).
+    /// The third input, `Sum` (the output's shape and dtype), is added after the bias and before
+    /// the ReLU or Clip (fused epilogue; a residual Add); the bias, if any, comes after it.
+    pub sum: bool,
+    /// Apply `max(0, y)` after the bias and sum (fused epilogue).
     pub relu: bool,
-    /// Clip `y` to these bounds after the bias (fused epilogue; after the ReLU when both are
-    /// set): ReLU6 is `Clip::RELU6`.
+    /// Clip `y` to these bounds after the bias and sum (fused epilogue; after the ReLU when
+    /// both are set): ReLU6 is `Clip::RELU6`.
     pub clip: Option<Clip>,
 }
 
@@ -87,6 +92,7 @@ impl Default for Conv {
             group: 1,
             auto_pad: AutoPad::NotSet,
             kernel_shape: None,
+            sum: false,
             relu: false,
             clip: None,
         }
@@ -113,7 +119,10 @@ pub struct ConvPlan {
     /// Resolved `[top, left]` padding (bottom/right follow from the output size).
     pub pad: [usize; 2],
     pub bias: bool,
-    /// The fused ReLU and/or Clip, applied after the bias.
+    /// Whether a residual `Sum` (input 2; the bias, if any, is then input 3) is added after
+    /// the bias.
+    pub sum: bool,
+    /// The fused ReLU and/or Clip, applied after the bias and sum.
     pub clamp: Option<Clamp>,
     pub output: TensorDesc,
 }
@@ -129,9 +138,23 @@ impl ConvPlan {
         self.k / self.group
     }
 
-    /// Exact FLOP count: `2·N·K·P·Q·(C/group)·R·S`.
+    /// The input index of the bias, when there is one (after the sum, when there is one).
+    pub fn bias_input(&self) -> Option<usize> {
+        self.bias.then_some(2 + usize::from(self.sum))
+    }
+
+    /// The input index of the residual sum, when there is one.
+    pub fn sum_input(&self) -> Option<usize> {
+        self.sum.then_some(2)
+    }
+
+    /// Exact FLOP count: `2·N·K·P·Q·(C/group)·R·S`, plus `N·K·P·Q` for a residual sum.
     pub fn flops(&self) -> u64 {
-        2 * [
+        let sum = match self.sum {
+            true => product(&[self.n, self.k, self.p, self.q]),
+            false => 0,
+        };
+        sum + 2 * [
             self.n,
             self.k,
             self.p,
@@ -147,13 +170,15 @@ impl ConvPlan {
 }
 
 impl Conv {
-    /// Validates input `x` (NCHW), weights `w` (OIHW) and optional bias `[K]`, and resolves
+    /// Validates input `x` (NCHW), weights `w` (OIHW), optional bias `[K]` and the residual
+    /// `sum` (given exactly when `self.sum` is set; the output's shape and dtype), and resolves
     /// padding and the output shape.
     pub fn plan(
         &self,
         x: &TensorDesc,
         w: &TensorDesc,
         bias: Option<&TensorDesc>,
+        sum: Option<&TensorDesc>,
     ) -> Result<ConvPlan> {
         let dtype = x.dtype();
         same_dtype(OP, "W", dtype, w)?;
@@ -222,6 +247,32 @@ impl Conv {
         }
         let (pad_h, p) = self.resolve_axis(0, h, r)?;
         let (pad_w, q) = self.resolve_axis(1, wd, s)?;
+        let output = output(OP, dtype, &[n, k, p, q])?;
+        if self.sum != sum.is_some() {
+            let given = if self.sum {
+                "no Sum input"
+            } else {
+                "a Sum input"
+            };
+            return Err(Error::attribute(
+                OP,
+                "sum",
+                format!("is {}, but {given} was given", self.sum),
+            ));
+        }
+        if let Some(sum) = sum {
+            same_dtype(OP, "Sum", dtype, sum)?;
+            if sum.shape() != output.shape() {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "the residual Sum must have the output's shape {:?} (no broadcasting), got {:?}",
+                        output.shape(),
+                        sum.shape()
+                    ),
+                ));
+            }
+        }
         Ok(ConvPlan {
             dtype,
             n,
@@ -238,8 +289,9 @@ impl Conv {
             dilation: self.dilations,
             pad: [pad_h, pad_w],
             bias: bias.is_some(),
+            sum: self.sum,
             clamp: Clamp::fused(OP, self.relu, self.clip.as_ref())?,
-            output: output(OP, dtype, &[n, k, p, q])?,
+            output,
         })
     }
 

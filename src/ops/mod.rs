@@ -12,7 +12,8 @@
 //! FLOP counts (what the meter charges, per the product contract):
 //! - Gemm / MatMul: `2·M·N·K` per batch matrix; the alpha/beta/C epilogue and the fused ReLU
 //!   or Clip are not charged.
-//! - Conv: `2·N·K·P·Q·(C/group)·R·S`; bias and the fused ReLU or Clip are not charged.
+//! - Conv: `2·N·K·P·Q·(C/group)·R·S`, plus `N·K·P·Q` for a fused residual sum; bias and the
+//!   fused ReLU or Clip are not charged.
 //! - BatchNormalization: `2` per element (one multiply, one add after folding the statistics).
 //! - Softmax: `5` per element (max, subtract, exp, sum, scale).
 //! - Relu, Clip, LeakyRelu: `1` per element; Sigmoid, Tanh: `4` per element.
@@ -65,7 +66,7 @@ pub enum Op {
     /// Inputs A, B.
     #[serde(rename = "matmul")]
     MatMul,
-    /// Inputs X, W[, B].
+    /// Inputs X, W[, B]; X, W, Sum[, B] with the fused residual `sum`.
     Conv(Conv),
     /// Inputs X, scale, B, input_mean, input_var.
     BatchNorm(BatchNorm),
@@ -187,6 +188,7 @@ impl Op {
         match self {
             Op::Gemm(_) => (&["A", "B", "C"], 2),
             Op::MatMul => (&["A", "B"], 2),
+            Op::Conv(c) if c.sum => (&["X", "W", "Sum", "B"], 3),
             Op::Conv(_) => (&["X", "W", "B"], 2),
             Op::BatchNorm(_) => (&["X", "scale", "B", "input_mean", "input_var"], 5),
             Op::Softmax(_) => (&["X"], 1),
@@ -254,7 +256,13 @@ impl Op {
         let family = match self {
             Op::Gemm(g) => FamilyPlan::Gemm(g.plan(x[0], x[1], x.get(2).copied())?),
             Op::MatMul => FamilyPlan::Gemm(MatMul.plan(x[0], x[1])?),
-            Op::Conv(c) => FamilyPlan::Conv(c.plan(x[0], x[1], x.get(2).copied())?),
+            Op::Conv(c) => {
+                let (sum, bias) = match c.sum {
+                    true => (Some(x[2]), x.get(3).copied()),
+                    false => (None, x.get(2).copied()),
+                };
+                FamilyPlan::Conv(c.plan(x[0], x[1], bias, sum)?)
+            }
             Op::BatchNorm(b) => FamilyPlan::BatchNorm(b.plan(x[0], [x[1], x[2], x[3], x[4]])?),
             Op::Softmax(s) => FamilyPlan::Softmax(s.plan(x[0])?),
             Op::Relu => FamilyPlan::Unary(Activation::Relu.plan(x[0])?),

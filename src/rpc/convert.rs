@@ -224,6 +224,7 @@ fn conv_from(c: &proto::ConvOp) -> Result<Conv, Status> {
         } else {
             Some(fixed("Conv", "kernel_shape", &c.kernel_shape, [0, 0])?)
         },
+        sum: c.sum,
         relu: c.relu,
         clip: c.clip.as_ref().map(clip_from),
     })
@@ -322,6 +323,7 @@ pub fn op_kind(op: &Op) -> proto::op::Kind {
             kernel_shape: c.kernel_shape.map(|k| u(&k)).unwrap_or_default(),
             relu: c.relu,
             clip: c.clip.as_ref().map(clip_op),
+            sum: c.sum,
         }),
         Op::BatchNorm(b) => Kind::BatchNorm(proto::BatchNormOp {
             epsilon: Some(b.epsilon),

@@ -219,8 +219,9 @@ pub fn matmul_batched_broadcast<B: Backend>(backend: &B) {
     }
 }
 
-/// One conv case: input shape, weight shape, attributes, with or without bias, and with a
-/// fused Clip (bounds from `fused_clip`'s `variant`) or without.
+/// One conv case: input shape, weight shape, attributes, with or without bias, with or without
+/// a fused residual sum (a random `Sum` of the output's shape, input 2), and with a fused Clip
+/// (bounds from `fused_clip`'s `variant`) or without.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_case<B: Backend>(
     backend: &B,
@@ -230,42 +231,57 @@ pub fn conv_case<B: Backend>(
     w_shape: [usize; 4],
     op: &Conv,
     bias: bool,
+    sum: bool,
     clip: Option<usize>,
 ) {
     let x = random(rng, dtype, &x_shape, -1.0, 1.0);
     let w = random(rng, dtype, &w_shape, -1.0, 1.0);
     let b = bias.then(|| random(rng, dtype, &[w_shape[0]], -1.0, 1.0));
     let bias64 = b.as_ref().map(f64s);
+    // The reference before the epilogue's activations: conv + bias, then + sum, ReLU, Clip.
+    let linear = Conv {
+        relu: false,
+        clip: None,
+        sum: false,
+        ..op.clone()
+    };
     let (mut want, want_shape) = reference::conv(
-        op,
+        &linear,
         &f64s(&x),
         &x_shape,
         &f64s(&w),
         &w_shape,
         bias64.as_deref(),
     );
+    let s = sum.then(|| random(rng, dtype, &want_shape, -1.0, 1.0));
+    if let Some(s) = &s {
+        want.iter_mut().zip(f64s(s)).for_each(|(v, s)| *v += s);
+    }
+    if op.relu {
+        want.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
     let op = &Conv {
+        sum,
         clip: clip.map(|variant| fused_clip(&mut want, variant)),
         ..op.clone()
     };
-    // The same on absolute values bounds what rounding may cost when the bias and the terms
-    // cancel (as for GEMM).
+    // The same on absolute values bounds what rounding may cost when the bias, the sum and the
+    // terms cancel (as for GEMM).
     let bias_abs = b.as_ref().map(abs);
-    let no_relu = Conv {
-        relu: false,
-        clip: None,
-        ..op.clone()
-    };
-    let (scale, _) = reference::conv(
-        &no_relu,
+    let (mut scale, _) = reference::conv(
+        &linear,
         &abs(&x),
         &x_shape,
         &abs(&w),
         &w_shape,
         bias_abs.as_deref(),
     );
+    if let Some(s) = &s {
+        scale.iter_mut().zip(abs(s)).for_each(|(v, s)| *v += s);
+    }
     let inputs: Vec<_> = [&x, &w]
         .into_iter()
+        .chain(&s)
         .chain(&b)
         .map(|t| up(backend, t))
         .collect();
@@ -298,7 +314,7 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
         auto_pad,
         kernel_shape: None,
         relu,
-        clip: None,
+        ..Conv::default()
     };
     use AutoPad::*;
     #[rustfmt::skip]
@@ -344,9 +360,11 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
     ];
     for dtype in DType::ALL {
         for (i, (x, w, op, bias)) in cases.iter().enumerate() {
-            // Every other case with a fused Clip, its three kinds of bounds in turn.
+            // Every other case with a fused Clip, its three kinds of bounds in turn; two cases
+            // in three with a residual sum (with and without ReLU and Clip).
             let clip = (i % 2 == 1).then_some(i / 2);
-            conv_case(backend, &mut rng, dtype, *x, *w, op, *bias, clip);
+            let sum = i % 3 != 0;
+            conv_case(backend, &mut rng, dtype, *x, *w, op, *bias, sum, clip);
         }
     }
 }
@@ -374,9 +392,10 @@ pub fn conv_resnet_shapes<B: Backend>(backend: &B) {
     ];
     for dtype in DType::ALL {
         for (i, (x, w, op)) in cases.iter().enumerate() {
-            // The blocks of the threaded paths clip too (bounds on both sides).
+            // The blocks of the threaded paths clip and add a residual sum too (bounds on both
+            // sides).
             let clip = (i % 2 == 1).then_some(0);
-            conv_case(backend, &mut rng, dtype, *x, *w, op, true, clip);
+            conv_case(backend, &mut rng, dtype, *x, *w, op, true, i >= 2, clip);
         }
     }
 }
@@ -926,6 +945,74 @@ pub fn errors_conv<B: Backend>(backend: &B) {
         backend.conv(&d, &x, &f(&[6, 4, 0, 3]), None).map(|_| ()),
         shape_err,
     );
+    // A residual sum (output [1, 6, 6, 6]) of another shape (broadcastable or not), dtype or
+    // missing: typed errors that leave the output as it was.
+    let summed = Op::Conv(Conv {
+        sum: true,
+        relu: true,
+        ..d.clone()
+    });
+    let b = f(&[6]);
+    let half = up(backend, &h(DType::F16, &[1, 6, 6, 6]));
+    let mut y = poisoned(backend, DType::F32, &[1, 6, 6, 6]);
+    for (what, sum, check) in [
+        (
+            "sum broadcast",
+            f(&[1, 6, 1, 1]),
+            shape_err as fn(&Error) -> bool,
+        ),
+        ("sum too big", f(&[1, 6, 6, 7]), shape_err),
+        ("sum rank", f(&[6, 6, 6]), shape_err),
+    ] {
+        expect_err(
+            what,
+            backend.apply_into(&summed, &[&x, &w, &sum, &b], &mut y),
+            check,
+        );
+    }
+    expect_err(
+        "sum dtype",
+        backend.apply_into(&summed, &[&x, &w, &half, &b], &mut y),
+        |e| {
+            matches!(
+                e,
+                Error::DTypeMismatch {
+                    op: "Conv",
+                    operand: "Sum",
+                    ..
+                }
+            )
+        },
+    );
+    expect_err(
+        "sum missing",
+        backend.apply_into(&summed, &[&x, &w], &mut y),
+        |e| matches!(e, Error::Arity { got: 2, .. }),
+    );
+    let got = backend.download(&y).unwrap().data().to_f64_vec();
+    assert!(
+        got.iter().all(|v| v.is_nan()),
+        "a refused Conv wrote its output"
+    );
+    // Conv::plan given a Sum that disagrees with the attribute.
+    let out = eia::TensorDesc::new(DType::F32, &[1, 6, 6, 6]).unwrap();
+    let with_sum = Conv {
+        sum: true,
+        ..d.clone()
+    };
+    for (op, sum) in [(&with_sum, None), (&d, Some(&out))] {
+        expect_err(
+            "sum attribute against the inputs",
+            op.plan(x.desc(), w.desc(), None, sum).map(|_| ()),
+            attr("sum"),
+        );
+    }
+    let msg = backend
+        .apply(&summed, &[&x])
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("X, W, Sum[, B]"), "{msg}");
 }
 
 /// Every BatchNormalization and Softmax validation error is typed and readable.

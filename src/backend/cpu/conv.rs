@@ -10,11 +10,11 @@
 //!   GEMM per thread (`stacked`).
 //!
 //! With a column stride above 1 the input is first split into column phases, so every im2col
-//! copy is contiguous. Bias and the fused ReLU or Clip are applied to each block while it is
-//! still in cache. Convolutions with one input channel per group use the direct kernel in
-//! `depthwise`, and with AVX-512 dense convolutions larger than 1×1 and pointwise ones the
-//! direct kernel in `direct`, instead of this lowering (the CPU backend's launch picks, see
-//! `direct::applies`).
+//! copy is contiguous. Bias, the residual sum and the fused ReLU or Clip are applied to each
+//! block while it is still in cache (`epilogue`, which every CPU convolution calls).
+//! Convolutions with one input channel per group use the direct kernel in `depthwise`, and with
+//! AVX-512 dense convolutions larger than 1×1 and pointwise ones the direct kernel in `direct`,
+//! instead of this lowering (the CPU backend's launch picks, see `direct::applies`).
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -39,19 +39,42 @@ const MIN_SPLIT_CHANNELS: usize = 16;
 /// Fewest output columns per block: narrower GEMMs reload the weights too often.
 const MIN_BLOCK_COLUMNS: usize = 64;
 
+/// A convolution's bias and residual sum (`y`'s shape), as the epilogue adds them.
+#[derive(Clone, Copy, Default)]
+pub struct Addends<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub sum: Option<&'a [f32]>,
+}
+
+impl Addends<'_> {
+    /// The epilogue of `out`, values of output channel `k` at offset `at` of `y`.
+    pub(super) fn apply(&self, plan: &ConvPlan, k: usize, at: usize, out: &mut [f32]) {
+        let sum = self.sum.map(|s| &s[at..][..out.len()]);
+        epilogue(plan, self.bias.map(|b| b[k]), out, sum);
+    }
+}
+
 /// Computes `plan` (not depthwise) in FP32 through the GEMM lowering. `y` is fully written;
 /// its previous contents are ignored.
-pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
     if y.is_empty() {
         return;
     }
-    lowered(plan, x, w, bias, y);
+    lowered(plan, x, w, add, y);
 }
 
-/// Adds `bias` to `out` and applies the plan's fused ReLU or Clip.
-pub(super) fn epilogue(plan: &ConvPlan, bias: Option<f32>, out: &mut [f32]) {
-    if let Some(b) = bias {
-        out.iter_mut().for_each(|v| *v += b);
+/// Adds `bias` and the residual `sum` (the values at `out`'s place in the plan's `Sum`) to
+/// `out` and applies the plan's fused ReLU or Clip.
+pub(super) fn epilogue(plan: &ConvPlan, bias: Option<f32>, out: &mut [f32], sum: Option<&[f32]>) {
+    let b = bias.unwrap_or(0.0);
+    match sum {
+        Some(sum) => {
+            debug_assert_eq!(sum.len(), out.len());
+            // (conv + bias) + sum: what the Conv and Add it replaces round to.
+            out.iter_mut().zip(sum).for_each(|(v, &s)| *v = *v + b + s);
+        }
+        None if bias.is_some() => out.iter_mut().for_each(|v| *v += b),
+        None => {}
     }
     if let Some(c) = plan.clamp {
         clamp(c, out);
@@ -94,7 +117,7 @@ fn block_columns(pq: usize, crs: usize, pointwise: bool, chunks: usize, threads:
 }
 
 /// The GEMM lowering for every (image, group) and block of output columns.
-fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
     let (cg, kg) = (plan.c_per_group(), plan.k_per_group());
     let (pq, crs) = (plan.p * plan.q, cg * plan.r * plan.s);
     let pointwise = is_pointwise(plan);
@@ -121,7 +144,7 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
     // Elements per input channel as stored in `x` (rows padded to whole phases).
     let hw = plan.h * row_len(plan);
     if !pointwise && !by_rows && plan.n > 1 && pq < STACK_COLUMNS {
-        return stacked(plan, x, hw, w, bias, y);
+        return stacked(plan, x, hw, w, add, y);
     }
     let out = Disjoint::new(y);
     // y is [n, group, kg, p·q]: chunk i is image i / group, group i % group.
@@ -160,7 +183,7 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
             for kk in 0..kr {
                 // SAFETY: as above, this call's own row segment of y, no longer borrowed by gemm.
                 let row = unsafe { out.slice(y0 + kk * pq, cols) };
-                epilogue(plan, bias.map(|b| b[g * kg + k0 + kk]), row);
+                add.apply(plan, g * kg + k0 + kk, y0 + kk * pq, row);
             }
         };
         if row_parts > 1 {
@@ -185,7 +208,7 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
 /// one GEMM of at least [`STACK_COLUMNS`] columns (small maps fill the GEMM's vector tiles
 /// poorly and make it re-read the weights per image), computed into scratch and scattered to
 /// each image's output with the epilogue. `x` is as `lowered` stores it (`hw` per channel).
-fn stacked(plan: &ConvPlan, x: &[f32], hw: usize, w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+fn stacked(plan: &ConvPlan, x: &[f32], hw: usize, w: &[f32], add: Addends, y: &mut [f32]) {
     let (cg, kg) = (plan.c_per_group(), plan.k_per_group());
     let (pq, crs) = (plan.p * plan.q, cg * plan.r * plan.s);
     let threads = rayon::current_num_threads();
@@ -225,9 +248,10 @@ fn stacked(plan: &ConvPlan, x: &[f32], hw: usize, w: &[f32], bias: Option<&[f32]
                 for kk in 0..kg {
                     // SAFETY: image ni, group g, channel kk's output row: inside y
                     // ([n, group, kg, pq]) and written by this item only.
-                    let row = unsafe { out.slice(((ni * plan.group + g) * kg + kk) * pq, pq) };
+                    let at = ((ni * plan.group + g) * kg + kk) * pq;
+                    let row = unsafe { out.slice(at, pq) };
                     row.copy_from_slice(&product[kk * width + slot * pq..][..pq]);
-                    epilogue(plan, bias.map(|b| b[g * kg + kk]), row);
+                    add.apply(plan, g * kg + kk, at, row);
                 }
             }
         },

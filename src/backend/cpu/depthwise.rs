@@ -10,36 +10,30 @@
 //! (about eight independent accumulators). Bias and the fused ReLU or Clip are applied in
 //! registers and each row is stored once (FP16 rounded in the register).
 //!
-//! Otherwise each (image, channel) is first copied (and widened) into a zero-bordered FP32
+//! Otherwise (and with a residual sum) each (image, channel) is first copied (and widened) into a zero-bordered FP32
 //! buffer that covers every window, so the kernel loop has no padding cases, and the inner
 //! loop runs along the output row, vectorised through `multiversion!`; an FP16 output channel
 //! is rounded once from an FP32 buffer.
 
 use rayon::prelude::*;
 
-use super::conv::epilogue;
+use super::conv::{epilogue, Addends};
 use super::simd::multiversion;
 use super::{narrow, Widen};
 use crate::dtype::DType;
 use crate::ops::ConvPlan;
 
-/// Computes a depthwise `plan` (C/group = 1) on storage `T`, bias and the fused ReLU or Clip
-/// included. `w` holds the weights as f32. `y` is fully written; its previous contents are
-/// ignored.
-pub(super) fn depthwise<T: Widen>(
-    plan: &ConvPlan,
-    x: &[T],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [T],
-) {
+/// Computes a depthwise `plan` (C/group = 1) on storage `T`, bias, residual sum and the fused
+/// ReLU or Clip included. `w` holds the weights as f32. `y` is fully written; its previous
+/// contents are ignored.
+pub(super) fn depthwise<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], add: Addends, y: &mut [T]) {
     let (hw, pq, rs) = (plan.h * plan.w, plan.p * plan.q, plan.r * plan.s);
     if pq == 0 {
         return;
     }
     let kg = plan.k_per_group();
     #[cfg(target_arch = "x86_64")]
-    let fast = avx512::applies(plan);
+    let fast = avx512::applies(plan) && add.sum.is_none();
     // Padded rows/columns: every input position some window reads, from −pad.
     let hp = (plan.p - 1) * plan.stride[0] + (plan.r - 1) * plan.dilation[0] + 1;
     let wp = (plan.q - 1) * plan.stride[1] + (plan.s - 1) * plan.dilation[1] + 1;
@@ -48,7 +42,7 @@ pub(super) fn depthwise<T: Widen>(
         |(padded, widened), (row, out)| {
             let (ni, ki) = (row / plan.k, row % plan.k);
             let xc = &x[(ni * plan.c + ki / kg) * hw..][..hw];
-            let b = bias.map(|b| b[ki]);
+            let b = add.bias.map(|b| b[ki]);
             let wk = &w[ki * rs..][..rs];
             #[cfg(target_arch = "x86_64")]
             if fast {
@@ -66,11 +60,12 @@ pub(super) fn depthwise<T: Widen>(
             padded.clear();
             padded.resize(hp * wp, 0.0);
             pad_channel(plan, xc, wp, padded);
+            let sum = add.sum.map(|s| &s[row * pq..][..pq]);
             match T::DTYPE {
-                DType::F32 => channel(plan, padded, wp, wk, b, bytemuck::cast_slice_mut(out)),
+                DType::F32 => channel(plan, padded, wp, wk, b, sum, bytemuck::cast_slice_mut(out)),
                 DType::F16 => {
                     widened.resize(pq, 0.0);
-                    channel(plan, padded, wp, wk, b, widened);
+                    channel(plan, padded, wp, wk, b, sum, widened);
                     narrow(widened, out);
                 }
             }
@@ -96,13 +91,15 @@ fn pad_channel<T: Widen>(plan: &ConvPlan, xc: &[T], wp: usize, padded: &mut [f32
 }
 
 multiversion! {
-    /// One output channel `out` `[p, q]` from its padded input channel and `r·s` weights.
+    /// One output channel `out` `[p, q]` from its padded input channel and `r·s` weights, and
+    /// its residual sum.
     fn channel(
         plan: &ConvPlan,
         padded: &[f32],
         wp: usize,
         wk: &[f32],
         bias: Option<f32>,
+        sum: Option<&[f32]>,
         out: &mut [f32],
     ) {
         let [sh, sw] = plan.stride;
@@ -125,7 +122,7 @@ multiversion! {
                     }
                 }
             }
-            epilogue(plan, bias, out_row);
+            epilogue(plan, bias, out_row, sum.map(|s| &s[pi * plan.q..][..plan.q]));
         }
     }
 }

@@ -23,7 +23,7 @@
 //! into (image, block of output rows, group of blocks of `F` output channels) items shared by
 //! the threads. Each tile runs for every block of its item's group in turn, so its input stays
 //! in L1. Where frame rows are output rows, `Positions` tiles write `y` and apply the
-//! convolution's epilogue (bias, ReLU or Clip) in registers; otherwise they write a small
+//! convolution's epilogue (bias, residual sum, ReLU or Clip) in registers; otherwise they write a small
 //! buffer, copied (or transposed) into `y` and finished with the epilogue while in cache.
 
 use std::ops::Deref;
@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::conv::{epilogue, is_pointwise};
+use super::conv::{is_pointwise, Addends};
 use super::derived::{CpuData, Key};
 use super::scratch::with_buffer;
 use super::simd;
@@ -252,21 +252,19 @@ fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> Vec<f32> {
 }
 
 /// Computes `plan` (for which [`applies`] holds) in FP32 from the input `x` (FP32, or FP16
-/// widened as it is framed), the weights as [`packed_weights`] returns them and the bias. `y`
-/// is fully written.
-pub fn conv(plan: &ConvPlan, x: &HostData, w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+/// widened as it is framed), the weights as [`packed_weights`] returns them, the bias and the
+/// residual sum. `y` is fully written.
+pub fn conv(plan: &ConvPlan, x: &HostData, w: &[f32], add: Addends, y: &mut [f32]) {
     match x {
         // A pointwise convolution's FP32 input is its own frame (slack 0): no copy.
-        HostData::F32(x) if is_pointwise(plan) => {
-            compute(plan, &Geometry::new(plan), x, w, bias, y)
-        }
-        HostData::F32(x) => conv_from(plan, x, w, bias, y),
-        HostData::F16(x) => conv_from(plan, x, w, bias, y),
+        HostData::F32(x) if is_pointwise(plan) => compute(plan, &Geometry::new(plan), x, w, add, y),
+        HostData::F32(x) => conv_from(plan, x, w, add, y),
+        HostData::F16(x) => conv_from(plan, x, w, add, y),
     }
 }
 
 /// [`conv`] for input elements `T`.
-fn conv_from<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+fn conv_from<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], add: Addends, y: &mut [f32]) {
     if y.is_empty() {
         return;
     }
@@ -284,14 +282,12 @@ fn conv_from<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], bias: Option<&[f32]>
                 images,
                 frames,
             );
-            compute(
-                plan,
-                &g,
-                frames,
-                w,
-                bias,
-                &mut y[n0 * pkq..(n0 + images) * pkq],
-            );
+            let part = n0 * pkq..(n0 + images) * pkq;
+            let add = Addends {
+                sum: add.sum.map(|s| &s[part.clone()]),
+                ..add
+            };
+            compute(plan, &g, frames, w, add, &mut y[part]);
         }
     });
 }
@@ -347,14 +343,7 @@ fn frame_row<T: Widen>(src: &[T], b: usize, sw: usize, pl: usize, row: &mut [f32
 /// group in turn, so the input it reads stays in L1 and the weights stream from L2. Where frame
 /// rows are output rows (`wf = q`), `Positions` tiles write `y` directly; otherwise tiles write
 /// a buffer, copied (or transposed) into `y` at the end.
-fn compute(
-    plan: &ConvPlan,
-    g: &Geometry,
-    frames: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
     let (pq, rs) = (plan.p * plan.q, plan.r * plan.s);
     let images = y.len() / (plan.k * pq);
     let blocks = plan.p.div_ceil(g.rows);
@@ -372,6 +361,8 @@ fn compute(
         .min(TILE_INPUT_BYTES / (4 * (step + g.reach)))
         .clamp(1, plan.c);
     let into_y = matches!(g.tile, Tile::Positions { .. }) && g.wf == plan.q;
+    // Without a residual sum, tiles writing y apply the epilogue themselves.
+    let finished_by_tiles = into_y && add.sum.is_none();
     let bounds = Clamp::bounds(plan.clamp);
     assert!(w.len() >= kbs * g.f * plan.c * rs);
     assert!(frames.len() >= images * plan.c * g.chan + g.slack);
@@ -430,11 +421,12 @@ fn compute(
                                     } else {
                                         (buf[kbi * g.f * ld + j..].as_mut_ptr(), ld)
                                     };
-                                    // Written into y: finished by the last chunk.
-                                    let finish = (into_y && c0 + cn == plan.c).then(|| Finish {
-                                        bias: bias.map(|b| &b[(kb0 + kbi) * g.f..]),
-                                        bounds,
-                                    });
+                                    // Finished by the last chunk.
+                                    let finish =
+                                        (finished_by_tiles && c0 + cn == plan.c).then(|| Finish {
+                                            bias: add.bias.map(|b| &b[(kb0 + kbi) * g.f..]),
+                                            bounds,
+                                        });
                                     tile(
                                         g,
                                         xc[p0 * g.wf + j..].as_ptr(),
@@ -467,7 +459,7 @@ fn compute(
                     }
                 }
             }
-            for kbi in 0..kbn {
+            for kbi in (0..kbn).filter(|_| !finished_by_tiles) {
                 // SAFETY: rows p0..p0 + rows of image ni, channels (kb0 + kbi)·f.. (under k):
                 // runs of y that this item alone writes.
                 let mut dst: Vec<&mut [f32]> = (0..fv(kbi))
@@ -475,8 +467,8 @@ fn compute(
                     .collect();
                 let values = &buf[..];
                 match g.tile {
-                    // Finished by its tiles.
-                    Tile::Positions { .. } if into_y => continue,
+                    // Written by its tiles.
+                    Tile::Positions { .. } if into_y => {}
                     Tile::Positions { .. } => {
                         for (fi, d) in dst.iter_mut().enumerate() {
                             let from = &values[(kbi * g.f + fi) * ld..];
@@ -505,7 +497,7 @@ fn compute(
                     }
                 }
                 for (fi, d) in dst.into_iter().enumerate() {
-                    epilogue(plan, bias.map(|b| b[(kb0 + kbi) * g.f + fi]), d);
+                    add.apply(plan, (kb0 + kbi) * g.f + fi, first(kbi) + fi * pq, d);
                 }
             }
         },

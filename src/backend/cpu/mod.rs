@@ -167,24 +167,29 @@ impl Backend for CpuBackend {
         self.run(|| match &plan.family {
             FamilyPlan::Gemm(p) => gemm(p, x[0], inputs[1], x.get(2).copied(), y, account),
             FamilyPlan::Conv(p) => {
-                let bias = inputs.get(2).map(|b| as_f32(b));
+                let bias = p.bias_input().map(|i| as_f32(x[i]));
+                let sum = p.sum_input().map(|i| as_f32(x[i]));
+                let add = conv::Addends {
+                    bias: bias.as_deref(),
+                    sum: sum.as_deref(),
+                };
                 if direct::applies(p) {
                     let w = direct::packed_weights(p, inputs[1], account);
-                    write_f32(y, |y| direct::conv(p, x[0], &w, bias.as_deref(), y));
+                    write_f32(y, |y| direct::conv(p, x[0], &w, add, y));
                 } else if p.c_per_group() == 1 {
-                    let (w, bias) = (weights_f32(inputs[1], account), bias.as_deref());
+                    let w = weights_f32(inputs[1], account);
                     match (x[0], y) {
                         (HostData::F32(x), HostData::F32(y)) => {
-                            depthwise::depthwise(p, x, &w, bias, y)
+                            depthwise::depthwise(p, x, &w, add, y)
                         }
                         (HostData::F16(x), HostData::F16(y)) => {
-                            depthwise::depthwise(p, x, &w, bias, y)
+                            depthwise::depthwise(p, x, &w, add, y)
                         }
                         _ => unreachable!("plans are validated: input and output share a dtype"),
                     }
                 } else {
                     let (x, w) = (as_f32(x[0]), weights_f32(inputs[1], account));
-                    write_f32(y, |y| conv::conv_f32(p, &x, &w, bias.as_deref(), y));
+                    write_f32(y, |y| conv::conv_f32(p, &x, &w, add, y));
                 }
             }
             FamilyPlan::BatchNorm(p) => {

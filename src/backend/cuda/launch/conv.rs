@@ -63,6 +63,8 @@ pub struct ConvParams {
     pub bias: Ptr,
     /// Output `[n, k, p, q]` at the launch's first image.
     pub y: Ptr,
+    /// The residual sum `[n, k, p, q]` at the launch's first image, or 0 (NULL).
+    pub sum: Ptr,
     /// c·h·w.
     pub x_image: i64,
     /// k·p·q.
@@ -95,7 +97,7 @@ pub struct ConvParams {
     pub dil_w: i32,
     pub pad_h: i32,
     pub pad_w: i32,
-    /// The fused ReLU / Clip after the bias: `min(max(y, lo), hi)`; infinite bounds when
+    /// The fused ReLU / Clip after the bias and sum: `min(max(y, lo), hi)`; infinite bounds when
     /// there is none.
     pub lo: f32,
     pub hi: f32,
@@ -216,17 +218,17 @@ fn too_big(what: String) -> Error {
     )
 }
 
-/// The launches that compute `plan`: `x`, `w`, `bias` and `y` are device addresses of the
-/// input, weights, optional bias and output. Every GPU of compute capability 8.0 or newer runs
-/// the sm_80 kernels. No launch for an empty output.
-pub fn conv(
-    plan: &ConvPlan,
-    arch: Arch,
-    x: Ptr,
-    w: Ptr,
-    bias: Option<Ptr>,
-    y: Ptr,
-) -> Result<Vec<Launch>> {
+/// The launches that compute `plan`: `x` holds the device addresses of its operands in the
+/// op's order (input, weights, then the residual sum and the bias when the plan has them) and
+/// `y` the output's. Every GPU of compute capability 8.0 or newer runs the sm_80 kernels. No
+/// launch for an empty output.
+pub fn conv(plan: &ConvPlan, arch: Arch, x: &[Ptr], y: Ptr) -> Result<Vec<Launch>> {
+    let (w, bias, sum) = (
+        x[1],
+        plan.bias_input().map(|i| x[i]),
+        plan.sum_input().map(|i| x[i]),
+    );
+    let x = x[0];
     debug_assert!(
         arch >= Arch::SM80,
         "conv kernels need sm_80 or newer, got {arch}"
@@ -247,6 +249,7 @@ pub fn conv(
         w,
         bias: bias.unwrap_or(0),
         y,
+        sum: sum.unwrap_or(0),
         x_image: int(plan.c * hw, "c·h·w (one input image)")?.into(),
         y_image: int(plan.k * pq, "k·p·q (one output image)")?.into(),
         x_group: (cg * hw) as i64,
@@ -308,6 +311,9 @@ pub fn conv(
         let mut args = base;
         args.x = x + n0 as u64 * plan.c as u64 * hw as u64 * esize;
         args.y = y + n0 as u64 * plan.k as u64 * pq as u64 * esize;
+        if let Some(sum) = sum {
+            args.sum = sum + n0 as u64 * plan.k as u64 * pq as u64 * esize;
+        }
         args.m = int(nc * pq, "n·p·q")?;
         if kernel == ConvKernel::Depthwise {
             launches.push(launch(
@@ -338,7 +344,7 @@ mod tests {
     fn plan(dtype: DType, x: [usize; 4], w: [usize; 4], op: Conv, bias: bool) -> ConvPlan {
         let d = |s: &[usize]| TensorDesc::new(dtype, s).unwrap();
         let b = d(&[w[0]]);
-        op.plan(&d(&x), &d(&w), bias.then_some(&b)).unwrap()
+        op.plan(&d(&x), &d(&w), bias.then_some(&b), None).unwrap()
     }
 
     fn grouped(group: usize) -> Conv {
@@ -355,7 +361,8 @@ mod tests {
     const Y: Ptr = 0x4000_0000;
 
     fn launches(plan: &ConvPlan) -> Vec<Launch> {
-        conv(plan, Arch::SM80, X, W, plan.bias.then_some(B), Y).unwrap()
+        let x: &[Ptr] = if plan.bias { &[X, W, B] } else { &[X, W] };
+        conv(plan, Arch::SM80, x, Y).unwrap()
     }
 
     fn params(l: &Launch) -> ConvParams {
@@ -394,10 +401,10 @@ mod tests {
         for kernel in [ConvKernel::Simt, ConvKernel::Depthwise] {
             assert!(src.contains(&format!("(conv_{}_f32,", kernel.variant())));
         }
-        // 4 pointers, 4 i64, 25 i32 and f32, and 4 bytes of tail padding, as C lays it out.
+        // 5 pointers, 4 i64, 25 i32 and f32, and 4 bytes of tail padding, as C lays it out.
         assert_eq!(
             std::mem::size_of::<ConvParams>(),
-            4 * 8 + 4 * 8 + 25 * 4 + 4
+            5 * 8 + 4 * 8 + 25 * 4 + 4
         );
     }
 
@@ -462,7 +469,7 @@ mod tests {
             (a.m, a.kdim, a.kg, a.k, a.group0),
             (6272, 2304, 256, 256, 0)
         );
-        assert_eq!((a.x, a.w, a.bias, a.y), (X, W, B, Y));
+        assert_eq!((a.x, a.w, a.bias, a.y, a.sum), (X, W, B, Y, 0));
         assert_eq!((a.pad_h, a.pad_w, a.p, a.q, a.pq), (1, 1, 14, 14, 196));
         assert_eq!((a.x_image, a.y_image), (256 * 196, 256 * 196));
         assert_eq!((a.x_group, a.w_group), (256 * 196, 256 * 2304));
@@ -511,7 +518,7 @@ mod tests {
     fn input_tiles_use_cp_async_only_for_aligned_pointwise_convolutions() {
         let a_async = |x: [usize; 4], op: Conv, xp: Ptr| {
             let p = plan(DType::F16, x, [16, x[1], 1, 1], op, false);
-            params(&conv(&p, Arch::SM80, xp, W, None, Y).unwrap()[0]).a_async
+            params(&conv(&p, Arch::SM80, &[xp, W], Y).unwrap()[0]).a_async
         };
         // ResNet-50 1×1 layers at 56² and 28²: direct; 14² = 196 pixels is not a multiple of 8.
         assert_eq!(a_async([2, 64, 56, 56], Conv::default(), X), 1);
@@ -549,11 +556,11 @@ mod tests {
             false,
         );
         assert_eq!(
-            params(&conv(&p, Arch::SM80, X, W, None, Y).unwrap()[0]).b_async,
+            params(&conv(&p, Arch::SM80, &[X, W], Y).unwrap()[0]).b_async,
             1
         );
         assert_eq!(
-            params(&conv(&p, Arch::SM80, X, W + 2, None, Y).unwrap()[0]).b_async,
+            params(&conv(&p, Arch::SM80, &[X, W + 2], Y).unwrap()[0]).b_async,
             0
         );
         let odd = plan(DType::F16, [1, 3, 8, 8], [16, 3, 7, 7], grouped(1), false);
@@ -613,7 +620,7 @@ mod tests {
             Conv::default(),
             false,
         );
-        let e = conv(&p, Arch::SM80, X, W, None, Y).unwrap_err();
+        let e = conv(&p, Arch::SM80, &[X, W], Y).unwrap_err();
         assert!(e.to_string().contains("32-bit indices"), "{e}");
     }
 
@@ -635,6 +642,21 @@ mod tests {
         assert_eq!(a1.m as usize, (40_000 - per) * 65_536);
         assert_eq!(a1.x, X + (per * 2 * 65_536 * 4) as u64);
         assert_eq!(a1.y, Y + (per * 2 * 65_536 * 4) as u64);
+        // A residual sum (input 2, before the bias) advances as the output does.
+        let d = |s: &[usize]| TensorDesc::new(DType::F32, s).unwrap();
+        let summed = Conv {
+            sum: true,
+            ..Conv::default()
+        };
+        let out = d(&[40_000, 2, 256, 256]);
+        let s = summed
+            .plan(&out, &d(&[2, 2, 1, 1]), Some(&d(&[2])), Some(&out))
+            .unwrap();
+        const S: Ptr = 0x5000_0000;
+        let l = conv(&s, Arch::SM80, &[X, W, S, B], Y).unwrap();
+        let (a0, a1) = (params(&l[0]), params(&l[1]));
+        assert_eq!((a0.bias, a0.sum, a1.bias), (B, S, B));
+        assert_eq!(a1.sum, S + (per * 2 * 65_536 * 4) as u64);
 
         // 70000 groups of 2 input channels: grid z covers 65535 groups per launch.
         let g = plan(

@@ -167,7 +167,7 @@ pub struct Launch {
 pub fn launches(plan: &Plan, arch: Arch, x: &[Ptr], y: Ptr) -> Result<Vec<Launch>> {
     match &plan.family {
         FamilyPlan::Gemm(p) => gemm::gemm(p, arch, x[0], x[1], x.get(2).copied(), y),
-        FamilyPlan::Conv(p) => conv::conv(p, arch, x[0], x[1], x.get(2).copied(), y),
+        FamilyPlan::Conv(p) => conv::conv(p, arch, x, y),
         FamilyPlan::BatchNorm(p) => Ok(batchnorm::batch_norm(
             p,
             arch,
