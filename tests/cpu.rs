@@ -58,11 +58,16 @@ fn direct_conv_edges() {
             [10, 6, 3, 5],
             conv([3, 2], [2, 1, 0, 3], [2, 1]),
         ),
-        // Pointwise: FP32 read in place, the last image's last tile ending with the input.
-        ([3, 37, 7, 9], [21, 37, 1, 1], conv([1, 1], [0; 4], [1, 1])),
+        // Pointwise (small maps, many channels): FP32 read in place, the last image's last
+        // tile ending with the input.
         (
-            [2, 16, 5, 131],
-            [96, 16, 1, 1],
+            [3, 130, 7, 9],
+            [21, 130, 1, 1],
+            conv([1, 1], [0; 4], [1, 1]),
+        ),
+        (
+            [2, 128, 5, 13],
+            [96, 128, 1, 1],
             conv([1, 1], [0; 4], [2, 2]),
         ),
         (

@@ -228,8 +228,7 @@ fn fp16_gemm_b_cached_and_invalidated_as_an_op_output() {
 fn fp32_weights_of_a_lowered_conv_derive_nothing() {
     let mut rng = rng("fp32_weights_of_a_lowered_conv_derive_nothing");
     let (cpu, account) = counted_cpu(u64::MAX);
-    // A strided 1×1 convolution is a GEMM on the weights as they are (an unstrided one is the
-    // direct kernel's, with AVX-512).
+    // A strided 1×1 convolution is a GEMM on the weights as they are.
     let op = Conv {
         strides: [2, 2],
         ..Conv::default()

@@ -1,6 +1,7 @@
 //! Direct CPU convolution with AVX-512 for dense convolutions (one group) larger than 1×1, and
-//! for pointwise ones (1×1, stride 1, unpadded): no im2col matrix, every tap read straight from
-//! a padded copy of the input (or, for a pointwise convolution's FP32 input, the input itself).
+//! for pointwise ones (1×1, stride 1, unpadded) on small maps with many input channels: no im2col
+//! matrix, every tap read straight from a padded copy of the input (or, for a pointwise
+//! convolution's FP32 input, the input itself).
 //!
 //! Each image's input is copied once into a zero-bordered *frame* per channel, split into
 //! `stride_h × stride_w` phases (phase `(a, b)` holds padded rows `a, a + sh, …` and columns
@@ -103,11 +104,23 @@ impl Tile {
     }
 }
 
+/// Pointwise convolutions with output maps up to this many positions and at least
+/// [`POINTWISE_MIN_CHANNELS`] input channels run here: the GEMM lowering's tiles waste lanes on
+/// such maps, and with few input channels the GEMM measured faster (MobileNetV2's 14×14
+/// expansions, ResNet-50's 56×56 layers: `eia infer --profile`, `eia run`, Zen 4).
+const POINTWISE_MAX_POSITIONS: usize = 196;
+
+/// See [`POINTWISE_MAX_POSITIONS`].
+const POINTWISE_MIN_CHANNELS: usize = 128;
+
 /// Whether the direct kernel computes `plan` on this CPU.
 pub fn applies(plan: &ConvPlan) -> bool {
+    let pointwise = is_pointwise(plan)
+        && plan.p * plan.q <= POINTWISE_MAX_POSITIONS
+        && plan.c >= POINTWISE_MIN_CHANNELS;
     cfg!(target_arch = "x86_64")
         && plan.group == 1
-        && (plan.r * plan.s > 1 || is_pointwise(plan))
+        && (plan.r * plan.s > 1 || pointwise)
         && [plan.n, plan.c, plan.k, plan.p, plan.q]
             .iter()
             .all(|&d| d > 0)
