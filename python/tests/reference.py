@@ -45,7 +45,7 @@ def _pad(x, pads, value=0.0):
 def conv(x, w, *rest, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1, sum=False,
          relu=False):
     # Inputs X, W[, B], or X, W, Sum[, B] with the fused residual sum.
-    s, rest = (rest[0], rest[1:]) if sum else (None, rest)
+    z, rest = (rest[0], rest[1:]) if sum else (None, rest)
     b = rest[0] if rest else None
     n, c, h, wd = x.shape
     k, cg, r, s = w.shape
@@ -66,8 +66,8 @@ def conv(x, w, *rest, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group
                     "nchw,kc->nkhw", np.abs(patch), np.abs(wg[:, :, i, j]))
     if b is not None:
         y, sc = y + b[None, :, None, None], sc + np.abs(b)[None, :, None, None]
-    if s is not None:
-        y, sc = y + s, sc + np.abs(s)
+    if z is not None:
+        y, sc = y + z, sc + np.abs(z)
     return (np.maximum(y, 0) if relu else y), sc
 
 
