@@ -98,6 +98,79 @@ fn direct_conv_edges() {
 /// several output channels per group, pads wider than the kernel (rows and columns that read
 /// only padding), and the shapes the in-place kernel leaves to the copy (a column stride of
 /// 3, 17 kernel columns); every other case with a fused Clip.
+/// Depthwise convolutions on maps at most 8 wide (with AVX-512, the kernel that puts sixteen
+/// channels in a vector): channel counts that leave a block partly empty, two outputs per
+/// group, every stride and padding shape, a 1×1 map and a tall one; half with a fused Clip.
+#[test]
+fn depthwise_small_maps() {
+    use common::suite::conv_case;
+    use eia::ops::Conv;
+    use eia::DType;
+    let cpu = eia::CpuBackend::new();
+    let mut rng = common::rng("depthwise_small_maps");
+    let conv = |strides, pads, dilations, group| Conv {
+        strides,
+        pads,
+        dilations,
+        group,
+        ..Conv::default()
+    };
+    let cases: [([usize; 4], [usize; 4], Conv); 10] = [
+        (
+            [2, 20, 7, 7],
+            [20, 1, 3, 3],
+            conv([1, 1], [1; 4], [1, 1], 20),
+        ),
+        (
+            [1, 33, 14, 14],
+            [33, 1, 3, 3],
+            conv([2, 2], [1; 4], [1, 1], 33),
+        ),
+        (
+            [1, 16, 8, 8],
+            [32, 1, 3, 3],
+            conv([1, 1], [1; 4], [1, 1], 16),
+        ),
+        (
+            [1, 17, 5, 6],
+            [17, 1, 5, 5],
+            conv([1, 1], [2, 1, 3, 2], [1, 1], 17),
+        ),
+        (
+            [1, 18, 7, 7],
+            [18, 1, 3, 3],
+            conv([1, 1], [2; 4], [2, 2], 18),
+        ),
+        ([1, 5, 1, 1], [5, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 5)),
+        (
+            [1, 24, 12, 4],
+            [24, 1, 3, 1],
+            conv([1, 3], [1, 0, 1, 0], [1, 1], 24),
+        ),
+        (
+            [1, 40, 3, 3],
+            [40, 1, 3, 3],
+            conv([1, 1], [4, 2, 4, 2], [1, 1], 40),
+        ),
+        (
+            [1, 16, 40, 3],
+            [16, 1, 3, 3],
+            conv([1, 1], [1; 4], [1, 1], 16),
+        ),
+        (
+            [1, 32, 14, 14],
+            [32, 1, 2, 2],
+            conv([2, 2], [0; 4], [1, 1], 32),
+        ),
+    ];
+    for dtype in DType::ALL {
+        for (i, (x, w, op)) in cases.iter().enumerate() {
+            let clip = (i % 2 == 1).then_some(i / 2);
+            conv_case(&cpu, &mut rng, dtype, *x, *w, op, true, false, clip);
+        }
+    }
+}
+
 #[test]
 fn depthwise_conv_edges() {
     use common::suite::conv_case;

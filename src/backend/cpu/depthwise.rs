@@ -31,6 +31,10 @@ pub(super) fn depthwise<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], add: Adde
     if pq == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if add.sum.is_none() && super::depthwise_blocked::applies(plan) {
+        return super::depthwise_blocked::depthwise(plan, x, w, add.bias, y);
+    }
     let kg = plan.k_per_group();
     #[cfg(target_arch = "x86_64")]
     let fast = avx512::applies(plan) && add.sum.is_none();
@@ -134,8 +138,8 @@ multiversion! {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use crate::backend::cpu::simd;
-    use crate::dtype::{DType, Element};
+    use crate::backend::cpu::avx512::{first, load, store, supported};
+    use crate::dtype::Element;
     use crate::ops::{Clamp, ConvPlan};
 
     /// Most kernel columns [`channel`] takes (its masks are on the stack).
@@ -145,16 +149,7 @@ mod avx512 {
     /// and stores are 16-bit masked), the column stride is 1 or 2 and the kernel at most
     /// [`MAX_S`] columns wide.
     pub fn applies(plan: &ConvPlan) -> bool {
-        simd::level() >= simd::Level::Avx512
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && matches!(plan.stride[1], 1 | 2)
-            && plan.s <= MAX_S
-    }
-
-    /// Mask of the first `n` (at most 16) lanes.
-    fn first(n: usize) -> __mmask16 {
-        ((1u32 << n.min(16)) - 1) as u16
+        supported() && matches!(plan.stride[1], 1 | 2) && plan.s <= MAX_S
     }
 
     /// Mask of the lanes `l` whose column `c + l` lies in `0..w`.
@@ -162,40 +157,6 @@ mod avx512 {
         let lo = (-c).clamp(0, 16) as usize;
         let hi = (w - c).clamp(0, 16) as usize;
         first(hi) & !first(lo)
-    }
-
-    /// Sixteen elements at `p` under mask `m` as f32 (masked lanes zero, not read).
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F, BW and VL; every lane under `m` must be readable.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn load<T: Element>(p: *const T, m: __mmask16) -> __m512 {
-        // SAFETY: the caller's contract.
-        unsafe {
-            match T::DTYPE {
-                DType::F32 => _mm512_maskz_loadu_ps(m, p.cast()),
-                DType::F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.cast())),
-            }
-        }
-    }
-
-    /// Stores the lanes of `v` under mask `m` at `p` (FP16 rounded to nearest even).
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F, BW and VL; every lane under `m` must be writable.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn store<T: Element>(p: *mut T, m: __mmask16, v: __m512) {
-        // SAFETY: the caller's contract.
-        unsafe {
-            match T::DTYPE {
-                DType::F32 => _mm512_mask_storeu_ps(p.cast(), m, v),
-                DType::F16 => _mm256_mask_storeu_epi16(
-                    p.cast(),
-                    m,
-                    _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
-                ),
-            }
-        }
     }
 
     /// One output channel `out` `[p, q]` from its `[h, w]` input channel `xc` and `r·s`

@@ -575,6 +575,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Finish, LANES};
+    use crate::backend::cpu::avx512::{first, transpose16};
 
     /// [`super::tile`] for a `T × F` tile, with the taps' offsets given.
     ///
@@ -714,49 +715,10 @@ mod avx512 {
         // SAFETY (whole body): the loads stay inside `src` (the contract), the stores inside each
         // `dst[l]` (masked to its length).
         unsafe {
-            let r: [__m512; 16] =
-                std::array::from_fn(|i| _mm512_loadu_ps(src.as_ptr().add(i * ld)));
-            // Within each 128-bit lane: pairs of rows interleaved, then quads (columns 4L + j
-            // of rows 4i..4i + 4 in lane L of `u[4i + j]`), then lanes gathered across quads.
-            let t: [__m512; 16] = std::array::from_fn(|i| {
-                let (a, b) = (r[i & !1], r[i | 1]);
-                if i % 2 == 0 {
-                    _mm512_unpacklo_ps(a, b)
-                } else {
-                    _mm512_unpackhi_ps(a, b)
-                }
-            });
-            let u: [__m512; 16] = std::array::from_fn(|i| {
-                let (q, j) = (i / 4 * 4, i % 4);
-                let (a, b) = (
-                    _mm512_castps_pd(t[q + j / 2]),
-                    _mm512_castps_pd(t[q + 2 + j / 2]),
-                );
-                _mm512_castpd_ps(if j % 2 == 0 {
-                    _mm512_unpacklo_pd(a, b)
-                } else {
-                    _mm512_unpackhi_pd(a, b)
-                })
-            });
-            // Column 4L + j: lane L of u[j], u[4 + j], u[8 + j], u[12 + j].
-            for j in 0..4 {
-                let lo02 = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
-                let lo13 = _mm512_shuffle_f32x4::<0xdd>(u[j], u[4 + j]);
-                let hi02 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
-                let hi13 = _mm512_shuffle_f32x4::<0xdd>(u[8 + j], u[12 + j]);
-                let columns = [
-                    _mm512_shuffle_f32x4::<0x88>(lo02, hi02),
-                    _mm512_shuffle_f32x4::<0x88>(lo13, hi13),
-                    _mm512_shuffle_f32x4::<0xdd>(lo02, hi02),
-                    _mm512_shuffle_f32x4::<0xdd>(lo13, hi13),
-                ];
-                for (lane, column) in columns.into_iter().enumerate() {
-                    if let Some(d) = dst.get_mut(4 * lane + j) {
-                        let n = (d.len() - at).min(LANES);
-                        let m = ((1u32 << n) - 1) as __mmask16;
-                        _mm512_mask_storeu_ps(d.as_mut_ptr().add(at), m, column);
-                    }
-                }
+            let r = std::array::from_fn(|i| _mm512_loadu_ps(src.as_ptr().add(i * ld)));
+            for (column, d) in transpose16(r).into_iter().zip(dst.iter_mut()) {
+                let m = first(d.len() - at);
+                _mm512_mask_storeu_ps(d.as_mut_ptr().add(at), m, column);
             }
         }
     }

@@ -7,10 +7,14 @@
 //! copy or load it, and the depthwise one rounds its FP16 output in registers); batch norm and
 //! softmax stream FP16 through FP32 registers chunk by chunk.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod batchnorm;
 mod binary;
 mod conv;
 mod depthwise;
+#[cfg(target_arch = "x86_64")]
+mod depthwise_blocked;
 mod derived;
 mod direct;
 mod gemm;

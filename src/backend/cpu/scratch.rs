@@ -28,11 +28,11 @@ static KEPT: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 /// An f32 buffer that goes back to [`KEPT`] when dropped. Its initialised length is kept;
 /// its values are whatever the last user left.
-struct Scratch(Vec<f32>);
+pub(super) struct Scratch(Vec<f32>);
 
 impl Scratch {
     /// The smallest kept buffer of capacity ≥ `len`, or a new empty one.
-    fn take(len: usize) -> Self {
+    pub(super) fn take(len: usize) -> Self {
         let mut kept = crate::sync::lock(&KEPT);
         let best = (0..kept.len())
             .filter(|&i| kept[i].capacity() >= len)
@@ -41,7 +41,7 @@ impl Scratch {
     }
 
     /// The first `len` values, initialised (zero where never written before).
-    fn values(&mut self, len: usize) -> &mut [f32] {
+    pub(super) fn values(&mut self, len: usize) -> &mut [f32] {
         if self.0.len() < len {
             self.0.resize(len, 0.0);
         }
