@@ -31,7 +31,14 @@ fn direct_conv_edges() {
         dilations,
         ..Conv::default()
     };
-    let cases: [([usize; 4], [usize; 4], Conv); 10] = [
+    let cases: [([usize; 4], [usize; 4], Conv); 11] = [
+        // Few output channels on a wide map (a `Positions` tile) whose frame rows are wider than
+        // the output rows, in several channel chunks.
+        (
+            [1, 150, 20, 29],
+            [8, 150, 3, 3],
+            conv([1, 1], [1; 4], [1, 1]),
+        ),
         (
             [3, 64, 130, 130],
             [1, 64, 3, 3],
