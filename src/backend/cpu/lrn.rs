@@ -32,9 +32,9 @@ pub fn lrn_f32(plan: &LrnPlan, x: &[f32], y: &mut [f32]) {
     let channels = plan.channel_block(CHANNELS);
     let (cblocks, iblocks) = (c.div_ceil(channels), inner.div_ceil(COLS));
     let out = Disjoint::new(y);
-    (0..n * cblocks * iblocks)
-        .into_par_iter()
-        .for_each_init(|| (Vec::<f64>::new(), Vec::<f32>::new()), |(sum, base), t| {
+    (0..n * cblocks * iblocks).into_par_iter().for_each_init(
+        || (Vec::<f64>::new(), Vec::<f32>::new()),
+        |(sum, base), t| {
             let (b, rest) = (t / (cblocks * iblocks), t % (cblocks * iblocks));
             let (ch0, i0) = ((rest / iblocks) * channels, (rest % iblocks) * COLS);
             let cols = COLS.min(inner - i0);
@@ -62,7 +62,8 @@ pub fn lrn_f32(plan: &LrnPlan, x: &[f32], y: &mut [f32]) {
                 let yr = unsafe { out.slice((b * c + ch) * inner + i0, cols) };
                 normalize(yr, row(ch), sum, base, plan);
             }
-        });
+        },
+    );
 }
 
 multiversion! {
