@@ -496,8 +496,8 @@ pub fn softmax_every_axis<B: Backend>(backend: &B) {
     }
 }
 
-/// Large magnitudes (stability), `-inf` entries (→ 0) and a fully `-inf` row (→ NaN, as the
-/// definition gives).
+/// Large magnitudes (stability), `-inf` entries (→ 0), a fully `-inf` row (→ NaN, as the
+/// definition gives), NaN entries (→ their row NaN) and entries whose exp underflows.
 pub fn softmax_extremes<B: Backend>(backend: &B) {
     let mut rng = rng("softmax_extremes");
     for dtype in DType::ALL {
@@ -531,6 +531,32 @@ pub fn softmax_extremes<B: Backend>(backend: &B) {
             y[..19].iter().step_by(3).all(|&v| v == 0.0),
             "{dtype}: -inf entries give exactly 0"
         );
+        // A NaN turns its row NaN, whether it sits in a full vector or in a row's tail.
+        let mut values = random(&mut rng, dtype, &[3, 37], -4.0, 4.0)
+            .data()
+            .to_f32_vec();
+        values[5] = f32::NAN;
+        values[37 + 35] = f32::NAN;
+        let x = HostTensor::from_f32(dtype, &[3, 37], &values).unwrap();
+        let y = backend
+            .download(
+                &backend
+                    .softmax(&Softmax { axis: 1 }, &up(backend, &x))
+                    .unwrap(),
+            )
+            .unwrap();
+        let y = y.data().to_f32_vec();
+        assert!(
+            y[..74].iter().all(|v| v.is_nan()),
+            "{dtype}: a NaN turns its row NaN"
+        );
+        assert!(
+            y[74..].iter().all(|v| v.is_finite()),
+            "{dtype}: a NaN stays in its row"
+        );
+        // Entries far enough below the maximum that their exp underflows (subnormal or 0).
+        let x = random(&mut rng, dtype, &[5, 41], -120.0, 0.0);
+        softmax_case(backend, &x, -1);
     }
 }
 

@@ -116,6 +116,32 @@ pub fn lrn_mixed_magnitudes<B: Backend>(backend: &B) {
     }
 }
 
+/// Bases at both ends of the f32 range: a subnormal bias under windows of zeros (whole spatial
+/// columns, so that vectors mix them with ordinary bases; a reciprocal square root estimate of a
+/// subnormal is not refinable) and, in FP32, a second image whose squares reach 1e30.
+pub fn lrn_extreme_bases<B: Backend>(backend: &B) {
+    let mut rng = rng("lrn_extreme_bases");
+    let shape = [2, 7, 5, 9];
+    for dtype in DType::ALL {
+        let x = random(&mut rng, dtype, &shape, 0.5, 1.5);
+        let values: Vec<f32> = x
+            .data()
+            .to_f32_vec()
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| match (i % 45 % 3, i / (7 * 45)) {
+                (0, _) => 0.0,
+                (_, 1) if dtype == DType::F32 => -v * 1e15,
+                _ => v,
+            })
+            .collect();
+        let x = HostTensor::from_f32(dtype, &shape, &values).unwrap();
+        for size in [1, 3, 4] {
+            check(backend, &x, lrn(size, 1.0, 0.75, 1e-39));
+        }
+    }
+}
+
 /// Empty batches, channels and spatial axes give empty outputs.
 pub fn lrn_empty_tensors<B: Backend>(backend: &B) {
     for dtype in DType::ALL {

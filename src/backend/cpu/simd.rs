@@ -1,4 +1,5 @@
-//! Vector helpers for the CPU kernels: a branch-free `exp` that LLVM vectorises,
+//! Vector helpers for the CPU kernels: a branch-free `exp` that LLVM vectorises (and its
+//! AVX-512 form `exp_x16`),
 //! F16C conversions, elementwise maps over FP32 and FP16 storage, and `multiversion!`, which
 //! compiles a kernel three times (baseline x86-64, AVX2+FMA, AVX-512) and picks one at run time.
 
@@ -84,6 +85,13 @@ fn detected() -> Level {
     Level::Baseline
 }
 
+/// ln 2 in two parts (Cephes): `n·LN2_HI` is exact for the `n` that occur in [`exp`].
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+
+/// The cubic `p` of [`exp`]'s `e^r ≈ 1 + r + r²·p(r)`, highest degree first.
+const EXP_P: [f32; 4] = [8.312_525e-3, 4.189_011_5e-2, 1.666_711_4e-1, 4.999_923e-1];
+
 /// `e^x` in FP32 within 3 ulp (relative error below 3.5e-7), without branches so that loops
 /// over it vectorise: `x = n·ln2 + r` with `|r| ≤ ln2/2`, `e^r ≈ 1 + r + r²·p(r)` with a cubic
 /// `p` fitted for the least relative error on that interval (degree 5 in all: 4 multiply-adds
@@ -95,9 +103,6 @@ fn detected() -> Level {
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 in two parts (Cephes): n·LN2_HI is exact for the n that occur.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5·2^23: adding it rounds to the nearest integer in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.3, 88.3);
@@ -106,10 +111,10 @@ pub fn exp(x: f32) -> f32 {
     // The integer n sits in t's low mantissa bits (no float→int conversion, which does not vectorise).
     let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, xc));
-    let mut p = 8.312_525e-3_f32;
-    p = p.mul_add(r, 4.189_011_5e-2);
-    p = p.mul_add(r, 1.666_711_4e-1);
-    p = p.mul_add(r, 4.999_923e-1);
+    let p = EXP_P[0]
+        .mul_add(r, EXP_P[1])
+        .mul_add(r, EXP_P[2])
+        .mul_add(r, EXP_P[3]);
     let e = (p * r).mul_add(r, r) + 1.0;
     let scale = f32::from_bits(((ni + 127) as u32) << 23);
     if x < -87.3 {
@@ -119,8 +124,36 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
+/// [`exp`] of sixteen lanes with AVX-512's own rounding (`vrndscaleps`) and scaling
+/// (`vscalefps`, which also underflows gradually and overflows to +∞), so that neither the
+/// exponent bits nor a clamp-and-select are built by hand: six instructions fewer. The same
+/// reduction and polynomial, `1 + r + r²·p(r)` evaluated as a degree-5 Horner chain (relative
+/// error below 3.5e-7 where the result is normal; subnormal below −87.3, 0 below −103.3 and for
+/// −∞; NaN stays NaN).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn exp_x16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // The constant first: on a NaN `vmaxps` returns its second operand, x.
+    let x = _mm512_max_ps(_mm512_set1_ps(-104.0), x);
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let horner = |p, c| _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    let p = horner(horner(_mm512_set1_ps(EXP_P[0]), EXP_P[1]), EXP_P[2]);
+    _mm512_scalef_ps(horner(horner(horner(p, EXP_P[3]), 1.0), 1.0), n)
+}
+
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "x86_64")]
+    use super::exp_x16;
     use super::{exp, map_f16};
     use half::f16;
 
@@ -135,6 +168,49 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 3.5e-7, "worst relative error {worst}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp_x16_matches_f64_and_edges() {
+        use std::arch::x86_64::*;
+        if !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let lanes = |x: [f32; 16]| {
+            let mut y = [0.0f32; 16];
+            // SAFETY: the CPU supports AVX-512F (checked above); 16-lane loads and stores.
+            unsafe { _mm512_storeu_ps(y.as_mut_ptr(), exp_x16(_mm512_loadu_ps(x.as_ptr()))) };
+            y
+        };
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let xs: [f32; 16] = std::array::from_fn(|l| x + l as f32 * 0.000_9);
+            for (&x, &y) in xs.iter().zip(&lanes(xs)) {
+                let want = (x as f64).exp();
+                worst = worst.max(((y as f64 - want) / want).abs());
+            }
+            x += 0.0137;
+        }
+        assert!(worst < 3.5e-7, "worst relative error {worst}");
+        let mut edges = [0.0f32; 16];
+        edges[..8].copy_from_slice(&[
+            f32::NEG_INFINITY,
+            -1e30,
+            -104.0,
+            0.0,
+            -0.0,
+            f32::NAN,
+            89.0,
+            -90.0,
+        ]);
+        let y = lanes(edges);
+        assert_eq!(&y[..5], &[0.0, 0.0, 0.0, 1.0, 1.0]);
+        assert!(y[5].is_nan());
+        assert_eq!(y[6], f32::INFINITY);
+        let want = (-90.0f64).exp();
+        assert!((y[7] as f64 - want).abs() < 1e-44, "e^-90 = {}", y[7]);
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! CPU softmax, numerically stable (`exp(x − max)`), over a `[outer, len, inner]` view. Each
 //! outer slab is one task; along a contiguous axis (`inner == 1`) each row is three vectorised
 //! passes (max, exp with the sum, scale), the exp in whole `LANES`-wide vectors (a row's tail
-//! too), otherwise the passes run over whole `inner`-wide rows. A pass fewer (an online max and
+//! too; on AVX-512 written with intrinsics around `simd::exp_x16`, which takes fewer
+//! instructions than the exp LLVM vectorises), otherwise the passes run over whole `inner`-wide
+//! rows. A pass fewer (an online max and
 //! sum) would take an exp per element twice; with the row in L1 the exp is the cost, not the
 //! extra read.
 
 use rayon::prelude::*;
 
 use super::simd::{exp, multiversion};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{exp_x16, level, Level};
 use super::{narrow, widen};
 use crate::dtype::{DType, Element};
 use crate::ops::SoftmaxPlan;
@@ -66,9 +70,25 @@ fn slab(plan: &SoftmaxPlan, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Softmax of one contiguous row.
+fn row(x: &[f32], y: &mut [f32]) {
+    let max = row_max(x);
+    // The comparisons skip NaN; exp(NaN − max) below still turns the whole row NaN.
+    #[cfg(target_arch = "x86_64")]
+    let sum = if level() == Level::Avx512 {
+        // SAFETY: the CPU supports AVX-512F.
+        unsafe { exp_sum_x16(x, y, max) }
+    } else {
+        exp_sum(x, y, max)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let sum = exp_sum(x, y, max);
+    scale(y, 1.0 / sum);
+}
+
 multiversion! {
-    /// Softmax of one contiguous row.
-    fn row(x: &[f32], y: &mut [f32]) {
+    /// The largest element of a row (NaN skipped; −∞ for an empty row).
+    fn row_max(x: &[f32]) -> f32 {
         let mut acc = [f32::NEG_INFINITY; LANES];
         let chunks = x.chunks_exact(LANES);
         let tail = chunks.remainder();
@@ -81,7 +101,13 @@ multiversion! {
         for a in acc {
             max = if a > max { a } else { max };
         }
-        // The comparisons skip NaN; exp(NaN − max) below still turns the whole row NaN.
+        max
+    }
+}
+
+multiversion! {
+    /// `y = exp(x − max)`, returning the sum of `y`.
+    fn exp_sum(x: &[f32], y: &mut [f32], max: f32) -> f32 {
         let mut sums = [0.0f32; LANES];
         let split = x.len() / LANES * LANES;
         for (yc, xc) in y[..split].chunks_exact_mut(LANES).zip(x[..split].chunks_exact(LANES)) {
@@ -103,9 +129,53 @@ multiversion! {
             }
             y[split..].copy_from_slice(&yt[..rest]);
         }
-        let inv = 1.0 / sums.iter().sum::<f32>();
+        sums.iter().sum()
+    }
+}
+
+/// [`exp_sum`] sixteen lanes at a time with [`exp_x16`], the tail through a masked load
+/// (the missing lanes −∞, whose exp is 0) and a masked store.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_sum_x16(x: &[f32], y: &mut [f32], max: f32) -> f32 {
+    use std::arch::x86_64::*;
+    assert_eq!(x.len(), y.len());
+    let m = _mm512_set1_ps(max);
+    let mut sum = _mm512_setzero_ps();
+    let full = x.len() / 16 * 16;
+    for i in (0..full).step_by(16) {
+        // SAFETY: i + 16 <= full <= both lengths; unaligned loads and stores; the CPU supports
+        // AVX-512F (this function's contract).
+        unsafe {
+            let e = exp_x16(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), m));
+            _mm512_storeu_ps(y.as_mut_ptr().add(i), e);
+            sum = _mm512_add_ps(sum, e);
+        }
+    }
+    let rest = x.len() - full;
+    if rest > 0 {
+        let k: __mmask16 = (1 << rest) - 1;
+        // SAFETY: the masked lanes are the `rest` elements from `full` on, inside both slices;
+        // masked-off lanes are neither read nor written.
+        unsafe {
+            let xv =
+                _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), k, x.as_ptr().add(full));
+            let e = exp_x16(_mm512_sub_ps(xv, m));
+            _mm512_mask_storeu_ps(y.as_mut_ptr().add(full), k, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+multiversion! {
+    /// `y *= s`.
+    fn scale(y: &mut [f32], s: f32) {
         for v in y.iter_mut() {
-            *v *= inv;
+            *v *= s;
         }
     }
 }
