@@ -416,46 +416,62 @@ pub fn batch_norm_matches_reference<B: Backend>(backend: &B) {
     ];
     for dtype in DType::ALL {
         for (i, shape) in shapes.iter().enumerate() {
-            let c = shape[1];
-            let op = BatchNorm {
-                epsilon: [1e-5, 1e-3, 0.0, 0.1][i % 4],
-            };
-            let x = random(&mut rng, dtype, shape, -3.0, 3.0);
-            let scale = random(&mut rng, dtype, &[c], 0.5, 2.0);
-            let bias = random(&mut rng, dtype, &[c], -1.0, 1.0);
-            let mean = random(&mut rng, dtype, &[c], -0.5, 0.5);
-            let var = random(&mut rng, dtype, &[c], 0.25, 2.0);
-            let want = reference::batch_norm(
-                &f64s(&x),
+            batch_norm_case(
+                backend,
+                &mut rng,
+                dtype,
                 shape,
-                &f64s(&scale),
-                &f64s(&bias),
-                &f64s(&mean),
-                &f64s(&var),
-                op.epsilon as f64,
+                [1e-5, 1e-3, 0.0, 0.1][i % 4],
             );
-            let inputs = [&x, &scale, &bias, &mean, &var].map(|t| up(backend, t));
-            let mut y = poisoned(backend, dtype, shape);
-            backend
-                .apply_into(&Op::BatchNorm(op), &inputs.each_ref(), &mut y)
-                .unwrap();
-            // Bounded against the same formula on absolute values, |scale|·(|x| + |mean|) /
-            // sqrt(var + ε) + |B|: where x·a and B − mean·a cancel (one element, seed
-            // 17765442541012920033) a plain relative error measures the cancellation.
-            let neg_abs = |t: &HostTensor| f64s(t).iter().map(|v| -v.abs()).collect::<Vec<_>>();
-            let bound = reference::batch_norm(
-                &abs(&x),
-                shape,
-                &abs(&scale),
-                &abs(&bias),
-                &neg_abs(&mean),
-                &f64s(&var),
-                op.epsilon as f64,
-            );
-            let what = format!("{dtype} BatchNormalization {shape:?} {op:?}");
-            assert_close_scaled(&what, &backend.download(&y).unwrap(), &want, &bound, shape);
         }
     }
+}
+
+/// BatchNormalization of `shape` (channels in dimension 1) in `dtype` with `epsilon` against the
+/// float64 reference (fresh random inputs, poisoned output).
+pub fn batch_norm_case<B: Backend>(
+    backend: &B,
+    rng: &mut rand::rngs::StdRng,
+    dtype: DType,
+    shape: &[usize],
+    epsilon: f32,
+) {
+    let c = shape[1];
+    let op = BatchNorm { epsilon };
+    let x = random(rng, dtype, shape, -3.0, 3.0);
+    let scale = random(rng, dtype, &[c], 0.5, 2.0);
+    let bias = random(rng, dtype, &[c], -1.0, 1.0);
+    let mean = random(rng, dtype, &[c], -0.5, 0.5);
+    let var = random(rng, dtype, &[c], 0.25, 2.0);
+    let want = reference::batch_norm(
+        &f64s(&x),
+        shape,
+        &f64s(&scale),
+        &f64s(&bias),
+        &f64s(&mean),
+        &f64s(&var),
+        op.epsilon as f64,
+    );
+    let inputs = [&x, &scale, &bias, &mean, &var].map(|t| up(backend, t));
+    let mut y = poisoned(backend, dtype, shape);
+    backend
+        .apply_into(&Op::BatchNorm(op), &inputs.each_ref(), &mut y)
+        .unwrap();
+    // Bounded against the same formula on absolute values, |scale|·(|x| + |mean|) /
+    // sqrt(var + ε) + |B|: where x·a and B − mean·a cancel (one element, seed
+    // 17765442541012920033) a plain relative error measures the cancellation.
+    let neg_abs = |t: &HostTensor| f64s(t).iter().map(|v| -v.abs()).collect::<Vec<_>>();
+    let bound = reference::batch_norm(
+        &abs(&x),
+        shape,
+        &abs(&scale),
+        &abs(&bias),
+        &neg_abs(&mean),
+        &f64s(&var),
+        op.epsilon as f64,
+    );
+    let what = format!("{dtype} BatchNormalization {shape:?} {op:?}");
+    assert_close_scaled(&what, &backend.download(&y).unwrap(), &want, &bound, shape);
 }
 
 fn softmax_case<B: Backend>(backend: &B, x: &HostTensor, axis: i64) {

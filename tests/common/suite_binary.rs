@@ -122,49 +122,73 @@ pub fn binary_broadcast_kinds<B: Backend>(backend: &B) {
     for dtype in DType::ALL {
         for (op, name, f) in ops() {
             for (a_shape, b_shape) in SHAPES {
-                let a = random(&mut rng, dtype, a_shape, -2.0, 2.0);
-                // Divisors away from zero, either sign.
-                let b = if name == "Div" {
-                    let v = random(&mut rng, dtype, b_shape, 0.5, 2.0)
-                        .data()
-                        .to_f32_vec();
-                    let signed: Vec<f32> = v
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &x)| if i % 3 == 1 { -x } else { x })
-                        .collect();
-                    HostTensor::from_f32(dtype, b_shape, &signed).unwrap()
-                } else {
-                    random(&mut rng, dtype, b_shape, -2.0, 2.0)
-                };
-                let (af, bf) = (f64s(&a), f64s(&b));
-                let (want, shape) = elementwise(&[(&af, a_shape), (&bf, b_shape)], f);
-                let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
-                let (aa, ba) = (abs(&af), abs(&bf));
-                let g = |x: f64, y: f64| {
-                    if name == "Mul" || name == "Div" {
-                        f(x, y).abs()
-                    } else {
-                        x + y
-                    }
-                };
-                let (scale, _) = elementwise(&[(&aa, a_shape), (&ba, b_shape)], g);
-                let mut y = poisoned(backend, dtype, &shape);
-                backend
-                    .apply_into(&op, &[&up(backend, &a), &up(backend, &b)], &mut y)
-                    .unwrap();
-                let what = format!("{dtype} {name} {a_shape:?} {b_shape:?}");
-                let got = backend.download(&y).unwrap();
-                assert_close_scaled(&what, &got, &want, &scale, &shape);
-                // The allocating form agrees.
-                if a_shape.len() == 4 {
-                    let y2 = backend
-                        .apply(&op, &[&up(backend, &a), &up(backend, &b)])
-                        .unwrap();
-                    assert_eq!(y2.shape(), &shape[..], "{what}");
-                }
+                binary_case(backend, &mut rng, dtype, (&op, name, f), a_shape, b_shape);
             }
         }
+    }
+}
+
+/// Add (± ReLU), Sub, Mul, Div of `a_shape` by `b_shape` in `dtype` against the float64
+/// reference (fresh random inputs, poisoned output).
+pub fn binary_ops_case<B: Backend>(
+    backend: &B,
+    rng: &mut rand::rngs::StdRng,
+    dtype: DType,
+    a_shape: &[usize],
+    b_shape: &[usize],
+) {
+    for (op, name, f) in ops() {
+        binary_case(backend, rng, dtype, (&op, name, f), a_shape, b_shape);
+    }
+}
+
+/// One op of `a_shape` by `b_shape` in `dtype` against the float64 reference.
+fn binary_case<B: Backend>(
+    backend: &B,
+    rng: &mut rand::rngs::StdRng,
+    dtype: DType,
+    (op, name, f): (&Op, &str, F64Op),
+    a_shape: &[usize],
+    b_shape: &[usize],
+) {
+    let a = random(rng, dtype, a_shape, -2.0, 2.0);
+    // Divisors away from zero, either sign.
+    let b = if name == "Div" {
+        let v = random(rng, dtype, b_shape, 0.5, 2.0).data().to_f32_vec();
+        let signed: Vec<f32> = v
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| if i % 3 == 1 { -x } else { x })
+            .collect();
+        HostTensor::from_f32(dtype, b_shape, &signed).unwrap()
+    } else {
+        random(rng, dtype, b_shape, -2.0, 2.0)
+    };
+    let (af, bf) = (f64s(&a), f64s(&b));
+    let (want, shape) = elementwise(&[(&af, a_shape), (&bf, b_shape)], f);
+    let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+    let (aa, ba) = (abs(&af), abs(&bf));
+    let g = |x: f64, y: f64| {
+        if name == "Mul" || name == "Div" {
+            f(x, y).abs()
+        } else {
+            x + y
+        }
+    };
+    let (scale, _) = elementwise(&[(&aa, a_shape), (&ba, b_shape)], g);
+    let mut y = poisoned(backend, dtype, &shape);
+    backend
+        .apply_into(op, &[&up(backend, &a), &up(backend, &b)], &mut y)
+        .unwrap();
+    let what = format!("{dtype} {name} {a_shape:?} {b_shape:?}");
+    let got = backend.download(&y).unwrap();
+    assert_close_scaled(&what, &got, &want, &scale, &shape);
+    // The allocating form agrees.
+    if a_shape.len() == 4 {
+        let y2 = backend
+            .apply(op, &[&up(backend, &a), &up(backend, &b)])
+            .unwrap();
+        assert_eq!(y2.shape(), &shape[..], "{what}");
     }
 }
 

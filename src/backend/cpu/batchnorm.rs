@@ -1,10 +1,11 @@
 //! CPU batch normalisation: the statistics fold (in f64) into one scale and one shift per
-//! channel, then one streaming pass `y = x·a + b` split across threads by element ranges.
+//! channel, then one streaming pass `y = x·a + b` split across threads by element ranges: one
+//! `simd::map_to` per channel run (FP16 widened and rounded in registers; non-temporal stores
+//! when the pass touches more bytes than the cache keeps, `simd::Store`).
 
 use rayon::prelude::*;
 
-use super::simd::multiversion;
-use super::widen_chunks;
+use super::simd::{map_to, Store};
 use crate::dtype::Element;
 use crate::ops::BatchNormPlan;
 
@@ -25,6 +26,7 @@ pub fn fold(plan: &BatchNormPlan, [scale, bias, mean, var]: [&[f32]; 4]) -> Vec<
 /// Applies the folded affine map to `x` into `y` (same length, any storage type).
 pub fn apply<T: Element>(plan: &BatchNormPlan, coef: &[(f32, f32)], x: &[T], y: &mut [T]) {
     let inner = plan.inner;
+    let store = Store::for_bytes(2 * x.len() * T::DTYPE.size());
     y.par_chunks_mut(TASK)
         .zip(x.par_chunks(TASK))
         .enumerate()
@@ -34,20 +36,14 @@ pub fn apply<T: Element>(plan: &BatchNormPlan, coef: &[(f32, f32)], x: &[T], y: 
             while off < xc.len() {
                 let (a, b) = coef[(e / inner) % plan.c];
                 let run = (inner - e % inner).min(xc.len() - off);
-                widen_chunks(&xc[off..off + run], &mut yc[off..off + run], |xs, ys| {
-                    affine(xs, ys, a, b)
-                });
+                map_to(
+                    [&xc[off..off + run]],
+                    &mut yc[off..off + run],
+                    store,
+                    |[v]| v * a + b,
+                );
                 off += run;
                 e += run;
             }
         });
-}
-
-multiversion! {
-    /// `y = x·a + b` elementwise.
-    fn affine(x: &[f32], y: &mut [f32], a: f32, b: f32) {
-        for (v, &xv) in y.iter_mut().zip(x) {
-            *v = xv * a + b;
-        }
-    }
 }

@@ -2,7 +2,8 @@
 //! into tasks of `TASK` elements; a task walks the rows of the innermost collapsed dimension,
 //! where every input is either a contiguous slice (stride 1) or one value (stride 0), so each
 //! run is one vectorised loop of four kinds (slice·slice, slice·scalar, scalar·slice, fill).
-//! Each run is one `simd::map` (FP16 widened, computed in FP32 and rounded in registers), except
+//! Each run is one `simd::map_to` (FP16 widened, computed in FP32 and rounded in registers;
+//! non-temporal stores when the op touches more bytes than the cache keeps, `simd::Store`), except
 //! Sum: FP32 storage accumulates in the output, FP16 widens chunks of `CHUNK` and accumulates
 //! every input in FP32 before rounding once.
 
@@ -10,7 +11,7 @@ use rayon::prelude::*;
 
 use half::f16;
 
-use super::simd::{self, map, multiversion};
+use super::simd::{self, map_to, multiversion, Store};
 use crate::dtype::{DType, Element};
 use crate::ops::{BinaryKind, BinaryPlan};
 
@@ -84,6 +85,8 @@ pub fn binary<T: Element>(plan: &BinaryPlan, x: &[&[T]], y: &mut [T]) {
     let dims = &plan.dims;
     let inner = dims.last().copied().unwrap_or(1);
     let n_in = x.len();
+    let bytes: usize = x.iter().map(|x| x.len()).sum::<usize>() + y.len();
+    let store = Store::for_bytes(bytes * T::DTYPE.size());
     y.par_chunks_mut(TASK).enumerate().for_each(|(t, yt)| {
         let mut e = t * TASK;
         let mut done = 0;
@@ -112,7 +115,7 @@ pub fn binary<T: Element>(plan: &BinaryPlan, x: &[&[T]], y: &mut [T]) {
                     ins.push((&xi[o + col..o + col + run], true));
                 }
             }
-            apply_run(plan, &ins, &mut yt[done..done + run], &mut scratch);
+            apply_run(plan, &ins, &mut yt[done..done + run], store, &mut scratch);
             done += run;
             e += run;
         }
@@ -126,8 +129,15 @@ struct Scratch {
     acc: Vec<f32>,
 }
 
-/// One run of the innermost dimension: `ins` are (values, is_slice) per input.
-fn apply_run<T: Element>(plan: &BinaryPlan, ins: &[(&[T], bool)], y: &mut [T], s: &mut Scratch) {
+/// One run of the innermost dimension: `ins` are (values, is_slice) per input; `store` is how
+/// Add, Sub, Mul and Div write `y`.
+fn apply_run<T: Element>(
+    plan: &BinaryPlan,
+    ins: &[(&[T], bool)],
+    y: &mut [T],
+    store: Store,
+    s: &mut Scratch,
+) {
     let kind = match plan.kind {
         BinaryKind::Sum if T::DTYPE == DType::F32 => {
             // f32 storage: the output is the accumulator (no rounding between inputs).
@@ -149,9 +159,9 @@ fn apply_run<T: Element>(plan: &BinaryPlan, ins: &[(&[T], bool)], y: &mut [T], s
         }
     });
     with_op!(kind.code(), plan.relu, |f| match (a, b) {
-        (Src::Slice(a), Src::Slice(b)) => map([a, b], y, |[p, q]| f(p, q)),
-        (Src::Slice(a), Src::Scalar(q)) => map([a], y, |[p]| f(p, q)),
-        (Src::Scalar(p), Src::Slice(b)) => map([b], y, |[q]| f(p, q)),
+        (Src::Slice(a), Src::Slice(b)) => map_to([a, b], y, store, |[p, q]| f(p, q)),
+        (Src::Slice(a), Src::Scalar(q)) => map_to([a], y, store, |[p]| f(p, q)),
+        (Src::Scalar(p), Src::Slice(b)) => map_to([b], y, store, |[q]| f(p, q)),
         (Src::Scalar(p), Src::Scalar(q)) => y.fill(T::from_f32(f(p, q))),
     })
 }

@@ -340,19 +340,3 @@ impl Widen for half::f16 {
         simd::f16_to_f32(src, dst);
     }
 }
-
-/// Runs an elementwise f32 kernel `f(x, y)` over storage of type `T`: directly for f32, in
-/// small widened chunks otherwise.
-fn widen_chunks<T: Element>(x: &[T], y: &mut [T], mut f: impl FnMut(&[f32], &mut [f32])) {
-    const CHUNK: usize = 1024;
-    if T::DTYPE == DType::F32 {
-        return f(bytemuck::cast_slice(x), bytemuck::cast_slice_mut(y));
-    }
-    let (mut xs, mut ys) = ([0.0f32; CHUNK], [0.0f32; CHUNK]);
-    for (xc, yc) in x.chunks(CHUNK).zip(y.chunks_mut(CHUNK)) {
-        let n = xc.len();
-        simd::f16_to_f32(bytemuck::cast_slice(xc), &mut xs[..n]);
-        f(&xs[..n], &mut ys[..n]);
-        narrow(&ys[..n], yc);
-    }
-}

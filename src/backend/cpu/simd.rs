@@ -244,24 +244,148 @@ mod tests {
     }
 }
 
-/// `y[i] = f([x₀[i], …])` computed in FP32 on storage of type `T` ([`map_f32`] or [`map_f16`]).
+/// How a map writes its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// Ordinary stores: the output stays in the caches for the next op.
+    Cached,
+    /// Non-temporal stores (FP32 storage on x86-64; FP16 stores stay ordinary): whole cache lines go
+    /// straight to memory, skipping the read for ownership that an ordinary store makes of each line
+    /// it writes (a third stream of DRAM traffic beside the input read and the write-back).
+    Stream,
+}
+
+/// Ops that touch at least this many bytes (inputs read and output written) stream their output:
+/// three quarters of a 32 MiB last-level cache, so the output would not stay cached for the next op
+/// anyway. Measured on Zen 4 (32 MiB L3), one thread: an FP32 multiply by a per-channel scalar
+/// (25.7 MB in, 25.7 MB out) and by a per-row scalar (16.4 MB in and out) ran 35–45% faster with
+/// non-temporal stores.
+const STREAM_BYTES: usize = 24 << 20;
+
+impl Store {
+    /// [`Store::Stream`] for an op that touches `bytes` bytes in all, at least `STREAM_BYTES`.
+    pub fn for_bytes(bytes: usize) -> Store {
+        if bytes >= STREAM_BYTES {
+            Store::Stream
+        } else {
+            Store::Cached
+        }
+    }
+}
+
+/// `y[i] = f([x₀[i], …])` computed in FP32 on storage of type `T` ([`map_f32`] or [`map_f16`]),
+/// with ordinary stores.
 pub fn map<T: Element, const N: usize>(x: [&[T]; N], y: &mut [T], f: impl Fn([f32; N]) -> f32) {
+    map_to(x, y, Store::Cached, f);
+}
+
+/// [`map`] with the output written as `store` says.
+pub fn map_to<T: Element, const N: usize>(
+    x: [&[T]; N],
+    y: &mut [T],
+    store: Store,
+    f: impl Fn([f32; N]) -> f32,
+) {
     match T::DTYPE {
-        DType::F32 => map_f32(x.map(bytemuck::cast_slice), bytemuck::cast_slice_mut(y), f),
+        DType::F32 => map_f32(
+            x.map(bytemuck::cast_slice),
+            bytemuck::cast_slice_mut(y),
+            store,
+            f,
+        ),
         DType::F16 => map_f16(x.map(bytemuck::cast_slice), bytemuck::cast_slice_mut(y), f),
     }
 }
 
+/// Floats per 64-byte cache line.
+const LINE: usize = 16;
+/// Floats a streaming map computes before storing them (four lines: a loop long enough that
+/// each copy vectorises it at its own width).
+const BLOCK: usize = 4 * LINE;
+
 multiversion! {
     /// `y[i] = f([x₀[i], …])`: one loop that each copy vectorises with `f` inlined. Every
-    /// `x[k]` has `y`'s length.
-    pub fn map_f32[const N: usize, F: Fn([f32; N]) -> f32](x: [&[f32]; N], y: &mut [f32], f: F) {
+    /// `x[k]` has `y`'s length. With [`Store::Stream`] (x86-64) the cache lines that `y` covers
+    /// whole are computed `BLOCK` values at a time and written with non-temporal stores, then
+    /// fenced; the partial lines and blocks at either end take ordinary stores.
+    pub fn map_f32[const N: usize, F: Fn([f32; N]) -> f32](
+        x: [&[f32]; N],
+        y: &mut [f32],
+        store: Store,
+        f: F,
+    ) {
         assert!(x.iter().all(|x| x.len() == y.len()));
         let x = x.map(|x| &x[..y.len()]);
-        for (i, o) in y.iter_mut().enumerate() {
-            *o = f(std::array::from_fn(|k| x[k][i]));
+        // `y[i]` from `x[k][start + i]`, ordinary stores.
+        let cached = |y: &mut [f32], start: usize| {
+            let x = x.map(|x| &x[start..start + y.len()]);
+            for (i, o) in y.iter_mut().enumerate() {
+                *o = f(std::array::from_fn(|k| x[k][i]));
+            }
+        };
+        if store == Store::Cached || cfg!(not(target_arch = "x86_64")) {
+            return cached(y, 0);
+        }
+        let head = y.as_ptr().align_offset(LINE * 4).min(y.len());
+        let body = (y.len() - head) / BLOCK * BLOCK;
+        let (h, rest) = y.split_at_mut(head);
+        let (b, t) = rest.split_at_mut(body);
+        cached(h, 0);
+        let level = level();
+        for (j, block) in b.chunks_exact_mut(BLOCK).enumerate() {
+            let s = head + j * BLOCK;
+            let xs = x.map(|x| &x[s..s + BLOCK]);
+            let mut o = [0.0f32; BLOCK];
+            for (l, o) in o.iter_mut().enumerate() {
+                *o = f(std::array::from_fn(|k| xs[k][l]));
+            }
+            for (line, v) in block.chunks_exact_mut(LINE).zip(o.chunks_exact(LINE)) {
+                stream_line(line, v.try_into().unwrap(), level);
+            }
+        }
+        cached(t, head + body);
+        fence_streams();
+    }
+}
+
+/// Writes one 64-byte-aligned cache line with non-temporal stores: one 64-byte store at
+/// `Level::Avx512`, four 16-byte ones (SSE, part of x86-64) below. `level` is [`level()`], read
+/// once by the caller; inlined into a `multiversion!` copy, the 64-byte store inlines only into
+/// the AVX-512 copy, and only that copy runs at that level.
+#[inline(always)]
+fn stream_line(line: &mut [f32], v: &[f32; LINE], level: Level) {
+    assert_eq!(line.len(), LINE);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        let (dst, src) = (line.as_mut_ptr(), v.as_ptr());
+        if level >= Level::Avx512 {
+            // SAFETY: the CPU supports AVX-512F; `line` holds LINE floats from a 64-byte boundary
+            // (the caller aligns it), so the store is in bounds and aligned.
+            unsafe { _mm512_stream_ps(dst, _mm512_loadu_ps(src)) };
+        } else {
+            for q in 0..LINE / 4 {
+                // SAFETY: as above, each 16-byte store is in bounds and 16-byte aligned.
+                unsafe { _mm_stream_ps(dst.add(4 * q), _mm_loadu_ps(src.add(4 * q))) };
+            }
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = level;
+        line.copy_from_slice(v);
+    }
+}
+
+/// Orders this thread's non-temporal stores before any later store (so another thread that
+/// sees the task done sees its output).
+#[inline(always)]
+fn fence_streams() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
 }
 
 /// `y[i] = f([x₀[i], …])` on FP16 storage with FP32 math, in one pass: each vector of halves is
