@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{map_f32, multiversion};
+use super::simd::{map, multiversion};
 use super::Disjoint;
 use crate::ops::LrnPlan;
 
@@ -93,7 +93,7 @@ fn normalize(y: &mut [f32], x: &[f32], sum: &[f64], base: &mut [f32], plan: &Lrn
     if beta == 0.75 {
         times_pow_075(y, x, base);
     } else {
-        map_f32([x, base], y, |[v, b]| v * b.powf(-beta));
+        map([x, base], y, |[v, b]| v * b.powf(-beta));
     }
 }
 
