@@ -623,9 +623,11 @@ mod avx512 {
             let taps = if S > 0 { &taps[..S] } else { taps };
             // SAFETY (the `phases` calls): the caller's contract; blocks up to ⌈q/16⌉ are
             // in `masks`.
+            let blocks = q.div_ceil(16);
             let mut cur = unsafe { self.phases::<MAX, SW, N>(n, 0) };
-            for k in 0..q.div_ceil(16) {
-                let next = if ahead {
+            for k in 0..blocks {
+                // The next block's phases: read by the taps `ahead`, and its own.
+                let next = if ahead || k + 1 < blocks {
                     unsafe { self.phases::<MAX, SW, N>(n, k + 1) }
                 } else {
                     cur
