@@ -177,21 +177,33 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         .par_chunks_mut(plane_out * per_task)
         .zip(x.par_chunks(plane_in * per_task));
     if plan.global {
-        return tasks.for_each_init(Vec::new, |xs, (yt, xt)| {
-            let x: &[f32] = if T::DTYPE == DType::F32 {
-                bytemuck::cast_slice(xt)
-            } else {
-                widen(xt, xs);
-                xs
-            };
-            for (yp, xp) in yt.iter_mut().zip(x.chunks(plane_in)) {
-                let v = match plan.kind {
-                    PoolKind::Max => global_max(xp),
-                    _ => (global_sum(xp) as f64 / plane_in as f64) as f32,
+        return tasks.for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(xs, ys), (yt, xt)| {
+                let x: &[f32] = if T::DTYPE == DType::F32 {
+                    bytemuck::cast_slice(xt)
+                } else {
+                    widen(xt, xs);
+                    xs
                 };
-                narrow(&[v], std::slice::from_mut(yp));
-            }
-        });
+                // FP16: the task's results, rounded to the storage type at once.
+                let out: &mut [f32] = if T::DTYPE == DType::F32 {
+                    bytemuck::cast_slice_mut(yt)
+                } else {
+                    ys.resize(yt.len(), 0.0);
+                    ys
+                };
+                for (y, xp) in out.iter_mut().zip(x.chunks(plane_in)) {
+                    *y = match plan.kind {
+                        PoolKind::Max => global_max(xp),
+                        _ => (global_sum(xp) as f64 / plane_in as f64) as f32,
+                    };
+                }
+                if T::DTYPE != DType::F32 {
+                    narrow(ys, yt);
+                }
+            },
+        );
     }
     let inv = Inverse::new(plan);
     #[cfg(target_arch = "x86_64")]
@@ -559,6 +571,10 @@ mod avx512 {
         unsafe fn column<const MAX: bool, const N: usize>(&self, n: usize, b: usize) -> __m512 {
             let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
             let m = self.masks[b];
+            if m == 0 {
+                // Wholly in the padding (the block past a row's last).
+                return identity;
+            }
             let p = self.first.wrapping_add(16 * b).wrapping_sub(self.pad);
             let n = if N > 0 { N } else { n };
             // SAFETY: the caller's contract: rows 0..n from `first` are inside the plane; only
