@@ -243,7 +243,14 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
             for (yp, xp) in yt.chunks_mut(plane_out).zip(xt.chunks(plane_in)) {
                 if plan.kind == PoolKind::Max {
                     // A NaN never wins (the accumulators start at the identity, `-inf`).
-                    plane(&g, xp, yp, scratch, identity, |acc, x| if x > acc { x } else { acc });
+                    plane(
+                        &g,
+                        xp,
+                        yp,
+                        scratch,
+                        identity,
+                        |acc, x| if x > acc { x } else { acc },
+                    );
                 } else {
                     plane(&g, xp, yp, scratch, identity, |acc, x| acc + x);
                 }
@@ -540,8 +547,12 @@ mod avx512 {
                 // SAFETY: rows lo..hi are inside the plane.
                 unsafe {
                     match hi - lo {
-                        3 => row.outputs::<MAX, SW, S, 3>(3, taps, ahead, scale, &self.inv.cols, yr),
-                        n => row.outputs::<MAX, SW, S, 0>(n, taps, ahead, scale, &self.inv.cols, yr),
+                        3 => {
+                            row.outputs::<MAX, SW, S, 3>(3, taps, ahead, scale, &self.inv.cols, yr)
+                        }
+                        n => {
+                            row.outputs::<MAX, SW, S, 0>(n, taps, ahead, scale, &self.inv.cols, yr)
+                        }
                     }
                 }
             }
@@ -625,7 +636,6 @@ mod avx512 {
         /// The CPU must support AVX-512 F, BW and VL; `n` rows from `first`, `step` apart,
         /// are rows of the plane; `masks` covers `y`'s blocks and one more.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        #[allow(clippy::too_many_arguments)]
         unsafe fn outputs<const MAX: bool, const SW: usize, const S: usize, const N: usize>(
             &self,
             n: usize,
