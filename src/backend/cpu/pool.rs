@@ -1,20 +1,25 @@
 //! CPU pooling (MaxPool, AveragePool and the global pools) plane by plane: each task takes one
-//! or more `[h, w]` planes. A window pool reduces separably in one kernel call per plane
-//! ([`plane`]), a group of output rows at a time, stage by stage: (1) each output row's valid
-//! input rows are reduced (`max` or `+`) into its padded row `v` (the reduction's identity —
-//! the padding's value — on both sides, so no tap needs a range check); (2) with a column
-//! stride `sw > 1`, each `v` is split into its `sw` phases (columns `k, k + sw, …` contiguous)
-//! so that every column tap reads one contiguous slice; (3) the column taps reduce it straight
-//! into the output row, times the precomputed reciprocal of each position's count for an
-//! average. Per output element that is `r + s` operations instead of `r·s`. Each stage reads
-//! rows the stage before stored a group earlier: a load that straddles stores still in flight
-//! (the column taps' shifted reads of a row just made) would wait for them. Both reductions
-//! run in fixed blocks of 16 (or 8) lanes that compile to whole vector operations, a row's tail
-//! as one more block overlapping the one before (each block is computed from its inputs afresh,
-//! so computing a few elements twice is harmless): pool rows are short (35 wide), and a plain
-//! loop would leave much of each row to a scalar remainder. FP16 input rows are widened a group
-//! at a time, and each group's output rows are rounded back as they are made. Global pools
-//! reduce each contiguous plane with independent lane accumulators.
+//! or more `[h, w]` planes. A window pool reduces separably, `r + s` operations per output
+//! element instead of `r·s`: each output row's valid input rows are reduced (`max` or `+`)
+//! column by column, then the row's column taps reduce that, times the reciprocal of each
+//! position's count for an average (which factors into a row part and a column part,
+//! [`Inverse`]). A MaxPool reduction starts at its identity `-inf` and a NaN never wins it (a
+//! window of NaNs gives `-inf`, as on the GPU). With AVX-512 and a column stride of 1 or 2,
+//! [`avx512`] does it all in registers, 16 output columns at a time. Otherwise the portable
+//! kernel ([`plane`]) goes a group of output rows at a time, stage by stage: (1) each output
+//! row's reduced input rows into its padded row `v` (the reduction's identity — the padding's
+//! value — on both sides, so no tap needs a range check); (2) with a column stride `sw > 1`,
+//! each `v` split into its `sw` phases (columns `k, k + sw, …` contiguous) so that every
+//! column tap reads one contiguous slice; (3) the column taps straight into the output row.
+//! Each stage reads rows the stage before stored a group earlier: a load that straddles stores
+//! still in flight (the column taps' shifted reads of a row just made) would wait for them.
+//! Both reductions run in fixed blocks of 16 (or 8) lanes that compile to whole vector
+//! operations, a row's tail as one more block overlapping the one before (each block is
+//! computed from its inputs afresh, so computing a few elements twice is harmless): pool rows
+//! are short (35 wide), and a plain loop would leave much of each row to a scalar remainder.
+//! FP16 input rows are widened a group at a time (in registers by [`avx512`]), and each
+//! group's output rows are rounded back as they are made. Global pools reduce each contiguous
+//! plane with independent lane accumulators.
 
 use rayon::prelude::*;
 
