@@ -2,7 +2,8 @@
 //! ceil_mode, auto_pad; dilations for MaxPool, count_include_pad for AveragePool), and
 //! GlobalMaxPool / GlobalAveragePool over every spatial axis of an input of rank ≥ 3.
 //!
-//! Semantics follow onnxruntime: padding never wins a MaxPool (it is `-inf`); with ceil_mode
+//! Semantics follow onnxruntime: padding never wins a MaxPool (it is `-inf`), nor does a NaN
+//! input (a window of NaNs gives `-inf`; onnxruntime: the lowest finite float); with ceil_mode
 //! the last window must start inside the input or its leading padding; AveragePool with
 //! `count_include_pad` divides by the window's positions inside the padded input (padding
 //! included, positions that ceil_mode adds beyond the trailing padding excluded), without it by

@@ -178,6 +178,7 @@ macro_rules! backend_suite {
             binary_special_values,
             errors_binary,
             max_pool_matches_reference,
+            max_pool_nan_never_wins,
             average_pool_matches_reference,
             average_pool_count_include_pad_known_answer,
             global_pools_match_reference,

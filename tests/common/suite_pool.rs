@@ -174,6 +174,16 @@ fn cases() -> Vec<Case> {
         // with a unit and a stride-2 column stride.
         case([1, 2, 31, 200], [3, 3], [1, 1], [1; 4]),
         case([1, 2, 41, 150], [3, 3], [2, 2], [1; 4]),
+        // Row widths around the CPU kernels' 16 lanes: w = 1, odd widths below 16, widths
+        // that are not a multiple of 16 (ragged last blocks of 16 and of 32 input columns),
+        // pads on one side only, and a kernel 17 wide (its last tap 16 lanes on).
+        case([1, 2, 6, 1], [3, 1], [1, 1], [1, 0, 1, 0]),
+        case([1, 3, 5, 13], [3, 3], [2, 2], [0, 1, 0, 0]),
+        case([2, 2, 7, 15], [3, 3], [1, 1], [0, 0, 1, 1]),
+        case([1, 2, 9, 37], [3, 3], [1, 2], [1, 0, 0, 2]),
+        case([1, 2, 6, 50], [2, 2], [2, 2], [0; 4]),
+        case([1, 2, 5, 65], [3, 3], [2, 2], [0, 2, 0, 0]),
+        case([1, 1, 3, 40], [2, 17], [1, 1], [0, 8, 0, 8]),
     ];
     // ceil_mode: ragged last windows, one dropped because it would start in the padding.
     for (shape, k, s, p) in [
@@ -226,6 +236,9 @@ fn dilated_cases() -> Vec<Case> {
             auto_pad: AutoPad::SameLower,
             ..d(case([1, 2, 8, 9], [2, 3], [2, 1], [0; 4]), [3, 2])
         },
+        // Column dilations with column strides 1 and 2 on rows wider than 16.
+        d(case([1, 2, 7, 40], [3, 3], [1, 2], [1, 2, 1, 2]), [2, 3]),
+        d(case([1, 2, 6, 35], [2, 4], [1, 1], [0; 4]), [1, 5]),
     ]
 }
 
@@ -253,6 +266,39 @@ pub fn max_pool_matches_reference<B: Backend>(backend: &B) {
                 &want,
                 &shape,
             );
+        }
+    }
+}
+
+/// A NaN input never wins a MaxPool: a window's maximum is that of its other elements, and a
+/// window of NaNs (and padding) only gives `-inf`, the reference's fold from `-inf`.
+pub fn max_pool_nan_never_wins<B: Backend>(backend: &B) {
+    let mut rng = rng("max_pool_nan_never_wins");
+    for dtype in DType::ALL {
+        for c in [
+            case([1, 3, 9, 37], [3, 3], [1, 1], [1; 4]),
+            case([1, 3, 10, 45], [3, 3], [2, 2], [1; 4]),
+            case([2, 2, 7, 7], [2, 2], [1, 1], [0; 4]),
+        ] {
+            let mut values = random(&mut rng, DType::F32, &c.shape, -1.0, 1.0)
+                .data()
+                .to_f32_vec();
+            // Half the elements NaN, in runs long enough to fill some windows.
+            for (i, v) in values.iter_mut().enumerate() {
+                if (i / 3 + i / 17) % 2 == 0 {
+                    *v = f32::NAN;
+                }
+            }
+            let x = HostTensor::from_f32(dtype, &c.shape, &values).unwrap();
+            let (want, shape) = reference(&f64s(&x), &c, Kind::Max);
+            assert!(want.contains(&f64::NEG_INFINITY));
+            let op = Op::MaxPool(MaxPool {
+                kernel_shape: c.kernel,
+                strides: c.strides,
+                pads: c.pads,
+                ..MaxPool::default()
+            });
+            check(backend, &format!("{dtype} {c:?}"), &op, &x, &want, &shape);
         }
     }
 }

@@ -1,20 +1,25 @@
 //! CPU pooling (MaxPool, AveragePool and the global pools) plane by plane: each task takes one
-//! or more `[h, w]` planes. A window pool reduces separably in one kernel call per plane
-//! ([`plane`]), a group of output rows at a time, stage by stage: (1) each output row's valid
-//! input rows are reduced (`max` or `+`) into its padded row `v` (the reduction's identity —
-//! the padding's value — on both sides, so no tap needs a range check); (2) with a column
-//! stride `sw > 1`, each `v` is split into its `sw` phases (columns `k, k + sw, …` contiguous)
-//! so that every column tap reads one contiguous slice; (3) the column taps reduce it straight
-//! into the output row, times the precomputed reciprocal of each position's count for an
-//! average. Per output element that is `r + s` operations instead of `r·s`. Each stage reads
-//! rows the stage before stored a group earlier: a load that straddles stores still in flight
-//! (the column taps' shifted reads of a row just made) would wait for them. Both reductions
-//! run in fixed blocks of 16 (or 8) lanes that compile to whole vector operations, a row's tail
-//! as one more block overlapping the one before (each block is computed from its inputs afresh,
-//! so computing a few elements twice is harmless): pool rows are short (35 wide), and a plain
-//! loop would leave much of each row to a scalar remainder. FP16 input rows are widened a group
-//! at a time, and each group's output rows are rounded back as they are made. Global pools
-//! reduce each contiguous plane with independent lane accumulators.
+//! or more `[h, w]` planes. A window pool reduces separably, `r + s` operations per output
+//! element instead of `r·s`: each output row's valid input rows are reduced (`max` or `+`)
+//! column by column, then the row's column taps reduce that, times the reciprocal of each
+//! position's count for an average (which factors into a row part and a column part,
+//! [`Inverse`]). A MaxPool reduction starts at its identity `-inf` and a NaN never wins it (a
+//! window of NaNs gives `-inf`, as on the GPU). With AVX-512 and a column stride of 1 or 2,
+//! [`avx512`] does it all in registers, 16 output columns at a time. Otherwise the portable
+//! kernel ([`plane`]) goes a group of output rows at a time, stage by stage: (1) each output
+//! row's reduced input rows into its padded row `v` (the reduction's identity — the padding's
+//! value — on both sides, so no tap needs a range check); (2) with a column stride `sw > 1`,
+//! each `v` split into its `sw` phases (columns `k, k + sw, …` contiguous) so that every
+//! column tap reads one contiguous slice; (3) the column taps straight into the output row.
+//! Each stage reads rows the stage before stored a group earlier: a load that straddles stores
+//! still in flight (the column taps' shifted reads of a row just made) would wait for them.
+//! Both reductions run in fixed blocks of 16 (or 8) lanes that compile to whole vector
+//! operations, a row's tail as one more block overlapping the one before (each block is
+//! computed from its inputs afresh, so computing a few elements twice is harmless): pool rows
+//! are short (35 wide), and a plain loop would leave much of each row to a scalar remainder.
+//! FP16 input rows are widened a group at a time (in registers by [`avx512`]), and each
+//! group's output rows are rounded back as they are made. Global pools reduce each contiguous
+//! plane with independent lane accumulators.
 
 use rayon::prelude::*;
 
@@ -29,7 +34,62 @@ const LANES: usize = 16;
 /// Input plus output elements a task should hold at least.
 const TASK: usize = 1 << 15;
 
-/// The per-plan geometry every plane shares.
+/// Averages: the reciprocal of each window's count, which factors into a row part and a
+/// column part (`count(op, oq) = rows(op) · cols(oq)`, with or without the padding counted).
+struct Inverse {
+    /// `1 / rows(op)` per output row (`p`; empty for MaxPool).
+    rows: Vec<f32>,
+    /// `1 / cols(oq)` per output column (`q`, then zeros up to a multiple of 16; empty for
+    /// MaxPool).
+    cols: Vec<f32>,
+}
+
+impl Inverse {
+    fn new(plan: &PoolPlan) -> Self {
+        if plan.kind == PoolKind::Max {
+            return Inverse {
+                rows: Vec::new(),
+                cols: Vec::new(),
+            };
+        }
+        let (sw, dw) = (plan.stride[1], plan.dilation[1]);
+        let mut cols = vec![0usize; plan.q];
+        let rows: Vec<usize> = if plan.kind == PoolKind::AverageIncludePad {
+            for (oq, c) in cols.iter_mut().enumerate() {
+                *c = included(oq, sw, dw, plan.s, plan.padded[1]);
+            }
+            (0..plan.p)
+                .map(|op| included(op, plan.stride[0], plan.dilation[0], plan.r, plan.padded[0]))
+                .collect()
+        } else {
+            // Tap `j` of a row lands inside the input for output columns `lo..hi`.
+            for j in 0..plan.s {
+                let (lo, hi) = taps_range(j * dw, plan.pad[1], sw, plan.w, plan.q);
+                cols[lo..hi].iter_mut().for_each(|c| *c += 1);
+            }
+            (0..plan.p)
+                .map(|op| {
+                    let (lo, hi) = window_rows(plan, op);
+                    hi - lo
+                })
+                .collect()
+        };
+        let inv = |c: usize| 1.0 / c as f32;
+        let mut cols: Vec<f32> = cols.into_iter().map(inv).collect();
+        cols.resize(plan.q.next_multiple_of(16), 0.0);
+        Inverse {
+            rows: rows.into_iter().map(inv).collect(),
+            cols,
+        }
+    }
+
+    /// Output row `op`'s reciprocal count (1 for MaxPool).
+    fn row(&self, op: usize) -> f32 {
+        self.rows.get(op).copied().unwrap_or(1.0)
+    }
+}
+
+/// The per-plan geometry of the portable kernel ([`plane`]).
 struct Geometry<'a> {
     plan: &'a PoolPlan,
     /// Width of the padded row `v`: `pad[1]` identity columns, the `w` input columns, then
@@ -40,43 +100,20 @@ struct Geometry<'a> {
     /// Where column tap `j` of output column 0 lies in the phases (`v` itself for a unit
     /// stride): phase `j·dilation mod sw`, element `j·dilation / sw`.
     taps: Vec<usize>,
-    /// Averages: `1 / count` per output position, `p` rows of `q`.
-    inv: Vec<f32>,
+    /// Averages: the reciprocal counts.
+    inv: &'a Inverse,
     /// Output rows [`plane`] makes together, stage by stage.
     group: usize,
 }
 
 impl<'a> Geometry<'a> {
-    fn new(plan: &'a PoolPlan) -> Self {
+    fn new(plan: &'a PoolPlan, inv: &'a Inverse) -> Self {
         let (sw, dw) = (plan.stride[1], plan.dilation[1]);
         let pw = (plan.pad[1] + plan.w).max((plan.q - 1) * sw + (plan.s - 1) * dw + 1);
         let phase_len = pw.div_ceil(sw);
         let taps = (0..plan.s)
             .map(|j| (j * dw % sw) * phase_len + j * dw / sw)
             .collect();
-        // Tap `j` of a row lands inside the input for output columns `cols[j].0 .. cols[j].1`.
-        let cols: Vec<(usize, usize)> = (0..plan.s)
-            .map(|j| taps_range(j * dw, plan.pad[1], sw, plan.w, plan.q))
-            .collect();
-        let count = |op: usize, oq: usize| match plan.kind {
-            PoolKind::AverageIncludePad => {
-                included(op, plan.stride[0], plan.dilation[0], plan.r, plan.padded[0])
-                    * included(oq, sw, dw, plan.s, plan.padded[1])
-            }
-            _ => {
-                let (lo, hi) = window_rows(plan, op);
-                (hi - lo) * cols.iter().filter(|&&(lo, hi)| lo <= oq && oq < hi).count()
-            }
-        };
-        let mut inv = Vec::new();
-        if plan.kind != PoolKind::Max {
-            inv.resize(plan.p * plan.q, 0.0);
-            for (op, row) in inv.chunks_exact_mut(plan.q).enumerate() {
-                for (oq, v) in row.iter_mut().enumerate() {
-                    *v = 1.0 / count(op, oq) as f32;
-                }
-            }
-        }
         Geometry {
             plan,
             pw,
@@ -85,13 +122,6 @@ impl<'a> Geometry<'a> {
             inv,
             group: (GROUP / pw).clamp(1, plan.p),
         }
-    }
-
-    /// Output row `op`'s reciprocal counts (`q` long; empty for MaxPool).
-    fn inv_row(&self, op: usize) -> &[f32] {
-        self.inv
-            .get(op * self.plan.q..(op + 1) * self.plan.q)
-            .unwrap_or(&[])
     }
 }
 
@@ -152,23 +182,45 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         .par_chunks_mut(plane_out * per_task)
         .zip(x.par_chunks(plane_in * per_task));
     if plan.global {
-        return tasks.for_each_init(Vec::new, |xs, (yt, xt)| {
-            let x: &[f32] = if T::DTYPE == DType::F32 {
-                bytemuck::cast_slice(xt)
-            } else {
-                widen(xt, xs);
-                xs
-            };
-            for (yp, xp) in yt.iter_mut().zip(x.chunks(plane_in)) {
-                let v = match plan.kind {
-                    PoolKind::Max => global_max(xp),
-                    _ => (global_sum(xp) as f64 / plane_in as f64) as f32,
+        return tasks.for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(xs, ys), (yt, xt)| {
+                let x: &[f32] = if T::DTYPE == DType::F32 {
+                    bytemuck::cast_slice(xt)
+                } else {
+                    widen(xt, xs);
+                    xs
                 };
-                narrow(&[v], std::slice::from_mut(yp));
+                // FP16: the task's results, rounded to the storage type at once.
+                let out: &mut [f32] = if T::DTYPE == DType::F32 {
+                    bytemuck::cast_slice_mut(yt)
+                } else {
+                    ys.resize(yt.len(), 0.0);
+                    ys
+                };
+                for (y, xp) in out.iter_mut().zip(x.chunks(plane_in)) {
+                    *y = match plan.kind {
+                        PoolKind::Max => global_max(xp),
+                        _ => (global_sum(xp) as f64 / plane_in as f64) as f32,
+                    };
+                }
+                if T::DTYPE != DType::F32 {
+                    narrow(ys, yt);
+                }
+            },
+        );
+    }
+    let inv = Inverse::new(plan);
+    #[cfg(target_arch = "x86_64")]
+    if avx512::applies(plan) {
+        let kernel = avx512::Kernel::new(plan, &inv);
+        return tasks.for_each(|(yt, xt)| {
+            for (yp, xp) in yt.chunks_mut(plane_out).zip(xt.chunks(plane_in)) {
+                kernel.plane(xp, yp);
             }
         });
     }
-    let g = Geometry::new(plan);
+    let g = Geometry::new(plan, &inv);
     let identity = match plan.kind {
         PoolKind::Max => f32::NEG_INFINITY,
         _ => 0.0,
@@ -195,10 +247,17 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         |scratch, (yt, xt)| {
             for (yp, xp) in yt.chunks_mut(plane_out).zip(xt.chunks(plane_in)) {
                 if plan.kind == PoolKind::Max {
-                    // `f32::max`: a NaN never wins (as in onnxruntime).
-                    plane(&g, xp, yp, scratch, |a, b| a.max(b));
+                    // A NaN never wins (the accumulators start at the identity, `-inf`).
+                    plane(
+                        &g,
+                        xp,
+                        yp,
+                        scratch,
+                        identity,
+                        |acc, x| if x > acc { x } else { acc },
+                    );
                 } else {
-                    plane(&g, xp, yp, scratch, |a, b| a + b);
+                    plane(&g, xp, yp, scratch, identity, |acc, x| acc + x);
                 }
             }
         },
@@ -218,13 +277,14 @@ macro_rules! widest {
 
 multiversion! {
     /// One `[h, w]` plane into its `[p, q]` output (see the module doc), `g.group` output rows
-    /// at a time, stage by stage; `op` is the reduction, whose identity the borders of `s.v`
-    /// hold.
+    /// at a time, stage by stage; `op(acc, x)` is the reduction and `identity` its identity,
+    /// which the borders of `s.v` hold.
     fn plane[T: Element, F: Fn(f32, f32) -> f32 + Copy](
         g: &Geometry,
         x: &[T],
         y: &mut [T],
         s: &mut Scratch,
+        identity: f32,
         op: F,
     ) {
         let plan = g.plan;
@@ -254,13 +314,9 @@ multiversion! {
             for (o, vr) in (o0..o0 + count).zip(v.chunks_exact_mut(pw)) {
                 let (lo, hi) = window_rows(plan, o);
                 let vin = &mut vr[left..left + w];
-                if hi == lo {
-                    vin.fill(if plan.kind == PoolKind::Max { f32::NEG_INFINITY } else { 0.0 });
-                    continue;
-                }
                 rows.clear();
                 rows.extend((lo..hi).map(|i| (row(o, i) - base) * w));
-                widest!(w, vertical(vin, src, rows, op));
+                widest!(w, vertical(vin, src, rows, identity, op));
             }
             let v = &v[..count * pw];
             // Stage 2: a strided row split into its phases.
@@ -276,7 +332,7 @@ multiversion! {
             // Stage 3: the column taps, into the output rows.
             let ys: &mut [f32] = if f16 { &mut out[..yg.len()] } else { bytemuck::cast_slice_mut(yg) };
             for ((o, yr), hr) in (o0..).zip(ys.chunks_exact_mut(q)).zip(h.chunks(h_len)) {
-                widest!(q, horizontal(yr, hr, &g.taps, g.inv_row(o), op));
+                widest!(q, horizontal(yr, hr, &g.taps, &g.inv.cols, g.inv.row(o), op));
             }
             if f16 {
                 f32_to_f16(&out[..yg.len()], bytemuck::cast_slice_mut(yg));
@@ -293,17 +349,19 @@ fn blocks<const B: usize>(n: usize) -> impl Iterator<Item = usize> {
     (0..count).map(move |k| (k * B).min(n - B))
 }
 
-/// `v[k] = op(src[rows[0] + k], src[rows[1] + k], …)` in blocks of `B`.
+/// `v[k] = op(…op(op(identity, src[rows[0] + k]), src[rows[1] + k])…)` in blocks of `B`
+/// (starting from the identity, a MaxPool's NaN input never wins).
 #[inline(always)]
 fn vertical<const B: usize, F: Fn(f32, f32) -> f32>(
     v: &mut [f32],
     src: &[f32],
     rows: &[usize],
+    identity: f32,
     op: F,
 ) {
     for at in blocks::<B>(v.len()) {
-        let mut acc: [f32; B] = src[rows[0] + at..][..B].try_into().unwrap();
-        for &r in &rows[1..] {
+        let mut acc = [identity; B];
+        for &r in rows {
             let s: &[f32; B] = src[r + at..][..B].try_into().unwrap();
             for l in 0..B {
                 acc[l] = op(acc[l], s[l]);
@@ -313,14 +371,15 @@ fn vertical<const B: usize, F: Fn(f32, f32) -> f32>(
     }
 }
 
-/// `y[k] = op(h[taps[0] + k], h[taps[1] + k], …)`, times `inv[k]` unless `inv` is empty, in
-/// blocks of `B`.
+/// `y[k] = op(h[taps[0] + k], h[taps[1] + k], …)`, times `inv[k]·scale` unless `inv` is
+/// empty, in blocks of `B`.
 #[inline(always)]
 fn horizontal<const B: usize, F: Fn(f32, f32) -> f32>(
     y: &mut [f32],
     h: &[f32],
     taps: &[usize],
     inv: &[f32],
+    scale: f32,
     op: F,
 ) {
     for at in blocks::<B>(y.len()) {
@@ -334,7 +393,7 @@ fn horizontal<const B: usize, F: Fn(f32, f32) -> f32>(
         if !inv.is_empty() {
             let r: &[f32; B] = inv[at..][..B].try_into().unwrap();
             for l in 0..B {
-                acc[l] *= r[l];
+                acc[l] *= r[l] * scale;
             }
         }
         y[at..at + B].copy_from_slice(&acc);
@@ -368,6 +427,349 @@ fn split_phases(dst: &mut [f32], src: &[f32], sw: usize, len: usize) {
     }
     for (i, &v) in src.iter().enumerate() {
         dst[(i % sw) * len + i / sw] = v;
+    }
+}
+
+/// The AVX-512 kernel: every output row straight from the input rows, in registers. Per
+/// block of 16 output columns, its input columns (16·`SW` from column `16·SW·k − pad`) are
+/// reduced over the row's window rows (masked loads: columns outside the input read as the
+/// identity), a stride-2 block split into its even and odd columns (two permutes), and each
+/// column tap is its phase shifted by `j·dilation / SW` lanes into the next block's (one
+/// permute; none for a tap on lane 0), so no row is stored and read back.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{window_rows, Inverse};
+    use crate::backend::cpu::simd;
+    use crate::dtype::{DType, Element};
+    use crate::ops::{PoolKind, PoolPlan};
+
+    /// Whether [`Kernel`] computes `plan`: the CPU has AVX-512 F, BW and VL (the FP16 loads
+    /// and stores are 16-bit masked), the column stride is 1 or 2 and every column tap lies
+    /// within the next block's phase (`(s − 1)·dilation / stride ≤ 16`).
+    pub fn applies(plan: &PoolPlan) -> bool {
+        simd::level() >= simd::Level::Avx512
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && matches!(plan.stride[1], 1 | 2)
+            && (plan.s - 1).saturating_mul(plan.dilation[1]) / plan.stride[1] <= 16
+    }
+
+    /// A plan's column taps, masks and window rows, shared by its planes.
+    pub struct Kernel<'a> {
+        plan: &'a PoolPlan,
+        inv: &'a Inverse,
+        /// Per column tap `j`: its phase (`j·dilation mod SW`) and its shift in lanes
+        /// (`j·dilation / SW`).
+        taps: Vec<(usize, usize)>,
+        /// Per block of 16 input columns a row's phases read (`SW` per output block, one
+        /// output block more than the row has): the lanes inside the input row.
+        masks: Vec<__mmask16>,
+        /// Per output row, its window's rows inside the plane ([`window_rows`]).
+        windows: Vec<(usize, usize)>,
+    }
+
+    impl<'a> Kernel<'a> {
+        /// The kernel of `plan`, for which [`applies`] holds.
+        pub fn new(plan: &'a PoolPlan, inv: &'a Inverse) -> Self {
+            let (sw, dw) = (plan.stride[1], plan.dilation[1]);
+            let taps = (0..plan.s).map(|j| (j * dw % sw, j * dw / sw)).collect();
+            let masks = (0..(plan.q.div_ceil(16) + 1) * sw)
+                .map(|b| inside((16 * b) as isize - plan.pad[1] as isize, plan.w as isize))
+                .collect();
+            let windows = (0..plan.p).map(|o| window_rows(plan, o)).collect();
+            Kernel {
+                plan,
+                inv,
+                taps,
+                masks,
+                windows,
+            }
+        }
+
+        /// One `[h, w]` plane `x` into its `[p, q]` output `y`.
+        pub fn plane<T: Element>(&self, x: &[T], y: &mut [T]) {
+            let plan = self.plan;
+            assert!(x.len() == plan.h * plan.w && y.len() == plan.p * plan.q);
+            assert!(applies(plan));
+            let max = plan.kind == PoolKind::Max;
+            // SAFETY: the CPU has the features (`applies`), the column stride is the `SW`
+            // passed and the slices have the plane's lengths (asserted above).
+            unsafe {
+                match (max, plan.stride[1], plan.s) {
+                    (true, 1, 3) => self.rows::<T, true, 1, 3>(x, y),
+                    (true, 1, _) => self.rows::<T, true, 1, 0>(x, y),
+                    (true, _, 3) => self.rows::<T, true, 2, 3>(x, y),
+                    (true, _, _) => self.rows::<T, true, 2, 0>(x, y),
+                    (false, 1, 3) => self.rows::<T, false, 1, 3>(x, y),
+                    (false, 1, _) => self.rows::<T, false, 1, 0>(x, y),
+                    (false, _, 3) => self.rows::<T, false, 2, 3>(x, y),
+                    (false, _, _) => self.rows::<T, false, 2, 0>(x, y),
+                }
+            }
+        }
+
+        /// Every output row of one plane: `MAX` pools the maximum (else the average), `SW`
+        /// is the column stride, `S` the kernel's columns (0: any).
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F, BW and VL; `plan.stride[1] == SW`, `S` is 0 or
+        /// `plan.s`, and [`applies`] holds; `x` holds `h·w` elements and `y` `p·q`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn rows<T: Element, const MAX: bool, const SW: usize, const S: usize>(
+            &self,
+            x: &[T],
+            y: &mut [T],
+        ) {
+            let plan = self.plan;
+            let q = plan.q;
+            let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            // Each tap's phase, shift and the permute that shifts it (lane l reads lane
+            // l + shift of the phase and the next block's phase, concatenated).
+            let taps: Vec<(usize, usize, __m512i)> = self
+                .taps
+                .iter()
+                .map(|&(phase, shift)| {
+                    let idx = _mm512_add_epi32(lanes, _mm512_set1_epi32(shift as i32));
+                    (phase, shift, idx)
+                })
+                .collect();
+            // A constant length for the common kernel width: its loops unroll.
+            let taps = if S > 0 { &taps[..S] } else { &taps[..] };
+            let ahead = taps.iter().any(|&(_, shift, _)| shift > 0);
+            for ((o, yr), &(lo, hi)) in y.chunks_exact_mut(q).enumerate().zip(&self.windows) {
+                // The window's first input row (no row is read when lo == hi).
+                let top = (o * plan.stride[0] + lo * plan.dilation[0]).wrapping_sub(plan.pad[0]);
+                let first = x.as_ptr().wrapping_add(top.wrapping_mul(plan.w));
+                let row = Row {
+                    first,
+                    step: plan.dilation[0] * plan.w,
+                    masks: &self.masks,
+                    pad: plan.pad[1],
+                };
+                let scale = _mm512_set1_ps(self.inv.row(o));
+                // SAFETY: rows lo..hi are inside the plane.
+                unsafe {
+                    match hi - lo {
+                        3 => {
+                            row.outputs::<MAX, SW, S, 3>(3, taps, ahead, scale, &self.inv.cols, yr)
+                        }
+                        n => {
+                            row.outputs::<MAX, SW, S, 0>(n, taps, ahead, scale, &self.inv.cols, yr)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One output row's input rows.
+    struct Row<'a, T> {
+        /// Column 0 of the window's first row inside the plane.
+        first: *const T,
+        /// Elements from one window row to the next.
+        step: usize,
+        /// [`Kernel::masks`].
+        masks: &'a [__mmask16],
+        /// The left padding.
+        pad: usize,
+    }
+
+    impl<T: Element> Row<'_, T> {
+        /// Input block `b` (columns `16·b − pad ..` + 16) reduced over the `n` window rows
+        /// (`N` if not 0), the identity outside the input.
+        ///
+        /// # Safety
+        /// As for [`outputs`](Self::outputs); `b` indexes `masks`.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn column<const MAX: bool, const N: usize>(&self, n: usize, b: usize) -> __m512 {
+            let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
+            let m = self.masks[b];
+            if m == 0 {
+                // Wholly in the padding (the block past a row's last).
+                return identity;
+            }
+            let p = self.first.wrapping_add(16 * b).wrapping_sub(self.pad);
+            let n = if N > 0 { N } else { n };
+            // SAFETY: the caller's contract: rows 0..n from `first` are inside the plane; only
+            // lanes inside the row are read (the mask).
+            let row = |i: usize| unsafe { load(p.wrapping_add(i * self.step), m, identity) };
+            if MAX {
+                // From the identity: a NaN never wins.
+                (0..n).fold(identity, |acc, i| step::<MAX>(acc, row(i)))
+            } else if n == 0 {
+                identity
+            } else {
+                (1..n).fold(row(0), |acc, i| step::<MAX>(acc, row(i)))
+            }
+        }
+
+        /// Output block `k`'s phases: its `16·SW` input columns reduced over the rows, split
+        /// into their even and odd columns for `SW = 2`.
+        ///
+        /// # Safety
+        /// As for [`column`](Self::column).
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn phases<const MAX: bool, const SW: usize, const N: usize>(
+            &self,
+            n: usize,
+            k: usize,
+        ) -> [__m512; SW] {
+            // SAFETY: the caller's contract.
+            let a = unsafe { self.column::<MAX, N>(n, SW * k) };
+            if SW == 1 {
+                return [a; SW];
+            }
+            // SAFETY: the caller's contract.
+            let b = unsafe { self.column::<MAX, N>(n, SW * k + 1) };
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+            let mut ph = [a; SW];
+            ph[0] = _mm512_permutex2var_ps(a, even, b);
+            ph[SW - 1] = _mm512_permutex2var_ps(a, odd, b);
+            ph
+        }
+
+        /// The output row `y` from its `n` window rows (`N` if not 0): the column `taps`
+        /// (phase, shift, permute; `S` of them if not 0) of each block, `ahead` when some tap reaches into the next
+        /// block; an average times `inv` (per column, padded to whole blocks) and `scale`.
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F, BW and VL; `n` rows from `first`, `step` apart,
+        /// are rows of the plane; `masks` covers `y`'s blocks and one more.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn outputs<const MAX: bool, const SW: usize, const S: usize, const N: usize>(
+            &self,
+            n: usize,
+            taps: &[(usize, usize, __m512i)],
+            ahead: bool,
+            scale: __m512,
+            inv: &[f32],
+            y: &mut [T],
+        ) {
+            let q = y.len();
+            let taps = if S > 0 { &taps[..S] } else { taps };
+            // SAFETY (the `phases` calls): the caller's contract; blocks up to ⌈q/16⌉ are
+            // in `masks`.
+            let blocks = q.div_ceil(16);
+            let mut cur = unsafe { self.phases::<MAX, SW, N>(n, 0) };
+            for k in 0..blocks {
+                // The next block's phases: read by the taps `ahead`, and its own.
+                let next = if ahead || k + 1 < blocks {
+                    unsafe { self.phases::<MAX, SW, N>(n, k + 1) }
+                } else {
+                    cur
+                };
+                let tap = |&(phase, shift, idx): &(usize, usize, __m512i)| {
+                    let (c, n) = if SW == 1 || phase == 0 {
+                        (cur[0], next[0])
+                    } else {
+                        (cur[SW - 1], next[SW - 1])
+                    };
+                    if shift == 0 {
+                        c
+                    } else {
+                        _mm512_permutex2var_ps(c, idx, n)
+                    }
+                };
+                // The window's columns hold no NaN (the column reductions start at the
+                // identity), so the first tap needs no identity.
+                let mut acc = tap(&taps[0]);
+                for t in &taps[1..] {
+                    acc = step::<MAX>(acc, tap(t));
+                }
+                if !MAX {
+                    let r = _mm512_loadu_ps(inv[16 * k..][..16].as_ptr());
+                    acc = _mm512_mul_ps(acc, _mm512_mul_ps(r, scale));
+                }
+                let m = inside(0, (q - 16 * k) as isize);
+                // SAFETY: lanes 16·k + l under the mask are below q, the row's length.
+                unsafe {
+                    if m == u16::MAX {
+                        store_all(y.as_mut_ptr().add(16 * k), acc)
+                    } else {
+                        store(y.as_mut_ptr().add(16 * k), m, acc)
+                    }
+                };
+                cur = next;
+            }
+        }
+    }
+
+    /// The reduction's step: the maximum (a NaN `x` never wins: `max` returns its second
+    /// operand when either is NaN) or the sum.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn step<const MAX: bool>(acc: __m512, x: __m512) -> __m512 {
+        if MAX {
+            _mm512_max_ps(x, acc)
+        } else {
+            _mm512_add_ps(acc, x)
+        }
+    }
+
+    /// Mask of the lanes `l` whose column `c + l` lies in `0..w`.
+    fn inside(c: isize, w: isize) -> __mmask16 {
+        let first = |n: isize| ((1u32 << n.clamp(0, 16)) - 1) as u16;
+        first(w - c) & !first(-c)
+    }
+
+    /// Sixteen elements at `p` under mask `m` as f32 (masked lanes `fill`, not read).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL; every lane under `m` must be readable.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load<T: Element>(p: *const T, m: __mmask16, fill: __m512) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match T::DTYPE {
+                DType::F32 => _mm512_mask_loadu_ps(fill, m, p.cast()),
+                DType::F16 => _mm512_mask_cvtph_ps(fill, m, _mm256_maskz_loadu_epi16(m, p.cast())),
+            }
+        }
+    }
+
+    /// Stores `v` at `p` (FP16 rounded to nearest even).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL; 16 elements at `p` must be writable.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn store_all<T: Element>(p: *mut T, v: __m512) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match T::DTYPE {
+                DType::F32 => _mm512_storeu_ps(p.cast(), v),
+                DType::F16 => _mm256_storeu_si256(
+                    p.cast(),
+                    _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+                ),
+            }
+        }
+    }
+
+    /// Stores the lanes of `v` under mask `m` at `p` (FP16 rounded to nearest even).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL; every lane under `m` must be writable.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn store<T: Element>(p: *mut T, m: __mmask16, v: __m512) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match T::DTYPE {
+                DType::F32 => _mm512_mask_storeu_ps(p.cast(), m, v),
+                DType::F16 => _mm256_mask_storeu_epi16(
+                    p.cast(),
+                    m,
+                    _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+                ),
+            }
+        }
     }
 }
 
