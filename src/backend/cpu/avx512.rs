@@ -64,17 +64,37 @@ pub fn first(n: usize) -> __mmask16 {
     ((1u32 << n.min(16)) - 1) as __mmask16
 }
 
+/// Mask of the lanes `l` whose column `c + l` lies in `0..w`.
+#[inline]
+pub fn inside(c: isize, w: isize) -> __mmask16 {
+    let lo = (-c).clamp(0, 16) as usize;
+    let hi = (w - c).clamp(0, 16) as usize;
+    first(hi) & !first(lo)
+}
+
 /// Sixteen elements at `p` under mask `m` as f32 (masked lanes zero, not read).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL; every lane under `m` must be readable.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
 pub unsafe fn load<T: Element>(p: *const T, m: __mmask16) -> __m512 {
+    // SAFETY: the caller's contract.
+    unsafe { load_or(p, m, _mm512_setzero_ps()) }
+}
+
+/// [`load`] with the masked lanes taken from `fill`.
+///
+/// # Safety
+/// As for [`load`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+pub unsafe fn load_or<T: Element>(p: *const T, m: __mmask16, fill: __m512) -> __m512 {
     // SAFETY: the caller's contract.
     unsafe {
         match T::DTYPE {
-            DType::F32 => _mm512_maskz_loadu_ps(m, p.cast()),
-            DType::F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.cast())),
+            DType::F32 => _mm512_mask_loadu_ps(fill, m, p.cast()),
+            DType::F16 => _mm512_mask_cvtph_ps(fill, m, _mm256_maskz_loadu_epi16(m, p.cast())),
         }
     }
 }

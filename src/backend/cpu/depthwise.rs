@@ -138,7 +138,7 @@ multiversion! {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use crate::backend::cpu::avx512::{first, load, store, supported};
+    use crate::backend::cpu::avx512::{first, inside, load, store, supported};
     use crate::dtype::Element;
     use crate::ops::{Clamp, ConvPlan};
 
@@ -150,13 +150,6 @@ mod avx512 {
     /// [`MAX_S`] columns wide.
     pub fn applies(plan: &ConvPlan) -> bool {
         supported() && matches!(plan.stride[1], 1 | 2) && plan.s <= MAX_S
-    }
-
-    /// Mask of the lanes `l` whose column `c + l` lies in `0..w`.
-    fn inside(c: isize, w: isize) -> __mmask16 {
-        let lo = (-c).clamp(0, 16) as usize;
-        let hi = (w - c).clamp(0, 16) as usize;
-        first(hi) & !first(lo)
     }
 
     /// One output channel `out` `[p, q]` from its `[h, w]` input channel `xc` and `r·s`

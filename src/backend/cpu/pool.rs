@@ -441,7 +441,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{window_rows, Inverse};
-    use crate::backend::cpu::simd;
+    use crate::backend::cpu::avx512::{inside, load_or, store, supported};
     use crate::dtype::{DType, Element};
     use crate::ops::{PoolKind, PoolPlan};
 
@@ -449,9 +449,7 @@ mod avx512 {
     /// and stores are 16-bit masked), the column stride is 1 or 2 and every column tap lies
     /// within the next block's phase (`(s − 1)·dilation / stride ≤ 16`).
     pub fn applies(plan: &PoolPlan) -> bool {
-        simd::level() >= simd::Level::Avx512
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
+        supported()
             && matches!(plan.stride[1], 1 | 2)
             && (plan.s - 1).saturating_mul(plan.dilation[1]) / plan.stride[1] <= 16
     }
@@ -595,7 +593,7 @@ mod avx512 {
             let n = if N > 0 { N } else { n };
             // SAFETY: the caller's contract: rows 0..n from `first` are inside the plane; only
             // lanes inside the row are read (the mask).
-            let row = |i: usize| unsafe { load(p.wrapping_add(i * self.step), m, identity) };
+            let row = |i: usize| unsafe { load_or(p.wrapping_add(i * self.step), m, identity) };
             if MAX {
                 // From the identity: a NaN never wins.
                 (0..n).fold(identity, |acc, i| step::<MAX>(acc, row(i)))
@@ -711,28 +709,6 @@ mod avx512 {
         }
     }
 
-    /// Mask of the lanes `l` whose column `c + l` lies in `0..w`.
-    fn inside(c: isize, w: isize) -> __mmask16 {
-        let first = |n: isize| ((1u32 << n.clamp(0, 16)) - 1) as u16;
-        first(w - c) & !first(-c)
-    }
-
-    /// Sixteen elements at `p` under mask `m` as f32 (masked lanes `fill`, not read).
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F, BW and VL; every lane under `m` must be readable.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn load<T: Element>(p: *const T, m: __mmask16, fill: __m512) -> __m512 {
-        // SAFETY: the caller's contract.
-        unsafe {
-            match T::DTYPE {
-                DType::F32 => _mm512_mask_loadu_ps(fill, m, p.cast()),
-                DType::F16 => _mm512_mask_cvtph_ps(fill, m, _mm256_maskz_loadu_epi16(m, p.cast())),
-            }
-        }
-    }
-
     /// Stores `v` at `p` (FP16 rounded to nearest even).
     ///
     /// # Safety
@@ -746,26 +722,6 @@ mod avx512 {
                 DType::F32 => _mm512_storeu_ps(p.cast(), v),
                 DType::F16 => _mm256_storeu_si256(
                     p.cast(),
-                    _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
-                ),
-            }
-        }
-    }
-
-    /// Stores the lanes of `v` under mask `m` at `p` (FP16 rounded to nearest even).
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F, BW and VL; every lane under `m` must be writable.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn store<T: Element>(p: *mut T, m: __mmask16, v: __m512) {
-        // SAFETY: the caller's contract.
-        unsafe {
-            match T::DTYPE {
-                DType::F32 => _mm512_mask_storeu_ps(p.cast(), m, v),
-                DType::F16 => _mm256_mask_storeu_epi16(
-                    p.cast(),
-                    m,
                     _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
                 ),
             }
