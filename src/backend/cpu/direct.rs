@@ -13,9 +13,8 @@
 //! one of two shapes ([`Tile`]), whichever wastes less work on padding for the plan:
 //! - `Positions`: `t` vectors of 16 consecutive frame positions × `f` output channels, the
 //!   weights broadcast. Consecutive outputs read consecutive inputs, so a row computes all `wf`
-//!   frame columns: best for wide output rows and few output channels. Lanes past an item's
-//!   last position are masked, neither read nor written; the output lanes of a vector (its
-//!   columns under `q`) are compressed into consecutive values of `y`, where they belong.
+//!   frame columns (the last `wf − q` are discarded): best for wide output rows and few output
+//!   channels. Lanes past an item's last position are masked, neither read nor written.
 //! - `Channels`: 6 output positions × 4 vectors of 16 output channels, the inputs broadcast: no
 //!   position is wasted, so small output maps (the deep layers) fill every lane; its values
 //!   reach `y` through a 16 × 16 vector transpose.
@@ -24,9 +23,9 @@
 //! padded with zeros) and kept with the weight tensor (see [`super::derived`]). Work is cut
 //! into (image, block of output rows, group of blocks of `F` output channels) items shared by
 //! the threads. Each tile runs for every block of its item's group in turn, so its input stays
-//! in L1. `Positions` tiles write `y` and, without a residual sum, apply the convolution's
-//! epilogue (bias, ReLU or Clip) in registers; `Channels` tiles write a small buffer, transposed
-//! into `y` and finished with the epilogue while in cache.
+//! in L1. Where frame rows are output rows, `Positions` tiles write `y` and apply the
+//! convolution's epilogue (bias, residual sum, ReLU or Clip) in registers; otherwise they write a small
+//! buffer, copied (or transposed) into `y` and finished with the epilogue while in cache.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -144,9 +143,6 @@ struct Geometry {
     f: usize,
     /// How far a tap reaches past an output position's frame position, within a phase.
     reach: usize,
-    /// For each frame column `col`, the lanes `l` of a vector starting there whose frame column
-    /// `(col + l) mod wf` is an output column (under `q`).
-    columns: Vec<u16>,
     /// Elements past the last channel's frame that a tile may read: a `Positions` tile reads
     /// frame positions under `p·wf` (masked beyond), shifted by a tap; a `Channels` tile reads
     /// output positions only, inside the frame.
@@ -187,17 +183,9 @@ impl Geometry {
             .expect("TILES is not empty");
         let chan = sh * sw * plane;
         let furthest = taps.iter().max().expect("a kernel has a tap");
-        let columns = (0..wf)
-            .map(|col| {
-                (0..LANES)
-                    .filter(|l| (col + l) % wf < plan.q)
-                    .fold(0, |m, l| m | 1 << l)
-            })
-            .collect();
         Geometry {
             hf,
             wf,
-            columns,
             chan,
             rows,
             tile,
@@ -365,9 +353,9 @@ fn frame_row<T: Widen>(src: &[T], b: usize, sw: usize, pl: usize, row: &mut [f32
 
 /// Every (image, row block, group of output channel blocks) item of one group of framed images
 /// into its part of `y` (`[images, k, p, q]`). Each tile of an item runs for every block of its
-/// group in turn, so the input it reads stays in L1 and the weights stream from L2.
-/// `Positions` tiles write `y` directly; `Channels` tiles write a buffer, transposed into `y`
-/// at the end.
+/// group in turn, so the input it reads stays in L1 and the weights stream from L2. Where frame
+/// rows are output rows (`wf = q`), `Positions` tiles write `y` directly; otherwise tiles write
+/// a buffer, copied (or transposed) into `y` at the end.
 fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
     let (pq, rs) = (plan.p * plan.q, plan.r * plan.s);
     let images = y.len() / (plan.k * pq);
@@ -385,7 +373,7 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
     let chunk = (CHUNK_WEIGHT_BYTES / (4 * rs * g.f * group))
         .min(TILE_INPUT_BYTES / (4 * (step + g.reach)))
         .clamp(1, plan.c);
-    let into_y = matches!(g.tile, Tile::Positions { .. });
+    let into_y = matches!(g.tile, Tile::Positions { .. }) && g.wf == plan.q;
     // Without a residual sum, tiles writing y apply the epilogue themselves.
     let finished_by_tiles = into_y && add.sum.is_none();
     let bounds = Clamp::bounds(plan.clamp);
@@ -427,15 +415,6 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                 let cn = chunk.min(plan.c - c0);
                 for j in (0..positions).step_by(step) {
                     let valid = (rows * g.wf - j).min(step);
-                    // A `Positions` tile's vectors: the output lanes of each (read and valid,
-                    // columns under q) and where in y (from row p0) the first of them goes.
-                    let stores: [(u16, usize); 4] = std::array::from_fn(|i| {
-                        let at = j + i * LANES;
-                        let (row, col) = (at / g.wf, at % g.wf);
-                        let read =
-                            ((1u32 << valid.saturating_sub(i * LANES).min(LANES)) - 1) as u16;
-                        (g.columns[col] & read, row * plan.q + col.min(plan.q))
-                    });
                     for kbi in 0..kbn {
                         let wc = &w[((kb0 + kbi) * plan.c + c0) * rs * g.f..][..cn * rs * g.f];
                         // SAFETY (all three): `applies` checked AVX-512F. A `Positions` tile
@@ -444,13 +423,17 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                         // 1 < cn·chan + slack, inside `x` (bounded above); a `Channels` tile
                         // reads them at an output position's frame offset + tap, inside each
                         // channel's frame. `wc` holds cn·rs·f weights. A tile writes its first
-                        // `fv` rows × the output positions among its `valid` frame positions into
-                        // y (rows p0.. of channels (kb0 + kbi)·f.., which this item alone
-                        // writes: frame positions under rows·wf are output positions under
-                        // rows·q), or t × f values into block kbi of `buf`.
+                        // `fv` rows × `valid` positions into y (rows p0.. of channels
+                        // (kb0 + kbi)·f.., which this item alone writes: valid ≤ run − j), or
+                        // t·16 × f (t × f) values into block kbi of `buf`.
                         unsafe {
                             match g.tile {
                                 Tile::Positions { .. } => {
+                                    let (dst, dst_ld) = if into_y {
+                                        (out.ptr().add(first(kbi) + j), pq)
+                                    } else {
+                                        (buf[kbi * g.f * ld + j..].as_mut_ptr(), ld)
+                                    };
                                     // Finished by the last chunk.
                                     let finish =
                                         (finished_by_tiles && c0 + cn == plan.c).then(|| Finish {
@@ -462,11 +445,10 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                                         xc[p0 * g.wf + j..].as_ptr(),
                                         &[],
                                         valid,
-                                        &stores,
                                         wc,
                                         cn,
-                                        out.ptr().add(first(kbi)),
-                                        pq,
+                                        dst,
+                                        dst_ld,
                                         fv(kbi),
                                         c0 > 0,
                                         finish,
@@ -477,7 +459,6 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                                     xc.as_ptr(),
                                     &bases[j..j + t],
                                     t,
-                                    &[],
                                     wc,
                                     cn,
                                     buf[(kbi * ld + j) * g.f..].as_mut_ptr(),
@@ -500,7 +481,15 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                 let values = &buf[..];
                 match g.tile {
                     // Written by its tiles.
-                    Tile::Positions { .. } => {}
+                    Tile::Positions { .. } if into_y => {}
+                    Tile::Positions { .. } => {
+                        for (fi, d) in dst.iter_mut().enumerate() {
+                            let from = &values[(kbi * g.f + fi) * ld..];
+                            for (pr, row) in d.chunks_exact_mut(plan.q).enumerate() {
+                                row.copy_from_slice(&from[pr * g.wf..][..plan.q]);
+                            }
+                        }
+                    }
                     Tile::Channels { .. } => {
                         for (v, d) in dst.chunks_mut(LANES).enumerate() {
                             for i0 in (0..run).step_by(LANES) {
@@ -531,24 +520,22 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
 /// One register tile (`g.tile`), summed over `cn` channel frames of `x` (`chan` apart) and
 /// every tap, added to (`accumulate`) or stored into `out`:
 /// - `Positions`: `f` output channels × `t·16` frame positions from `x` (at the tile's first
-///   position), of which the first `valid` are read; vector `i`'s lanes under `stores[i].0` are
-///   written, compressed, from `stores[i].1` on, in the first `fv` of `f` rows `ld` apart
-///   (`bases` unused), with the epilogue applied where `finish` says;
+///   position), of which the first `valid` are read and written, into the first `fv` of `f`
+///   rows `ld` apart (`bases` unused), with the epilogue applied where `finish` says;
 /// - `Channels`: `t` output positions (frame offsets `bases` into `x`) × `f = 16·v` output
-///   channels, into `t` rows of `f` (`stores`, `ld`, `fv`, `finish` unused).
+///   channels, into `t` rows of `f` (`ld`, `fv`, `finish` unused).
 ///
 /// # Safety
 /// The CPU must support AVX-512F; every input the tile reads (`x + c·chan + tap + (0..valid)`,
 /// or `x + c·chan + base + tap`, for c < cn) must be readable, `w` must hold `cn·r·s·f` values
-/// and every output it writes (`out + fi·ld + stores[i].1 + (0..popcount(stores[i].0))` for
-/// fi < fv and i < t, or `out + (0..t·f)`) must be writable (and readable when `accumulate`).
+/// and every output it writes (`out + fi·ld + (0..valid)` for fi < fv, or `out + (0..t·f)`)
+/// must be writable (and readable when `accumulate`).
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     g: &Geometry,
     x: *const f32,
     bases: &[usize],
     valid: usize,
-    stores: &[(u16, usize)],
     w: &[f32],
     cn: usize,
     out: *mut f32,
@@ -564,15 +551,15 @@ unsafe fn tile(
     unsafe {
         use avx512::{channels, positions};
         match g.tile {
-            Tile::Positions { t: 4, f: 6 } => positions::<4, 6>(
-                x, valid, stores, chan, taps, w, cn, out, ld, fv, accumulate, finish,
-            ),
-            Tile::Positions { t: 3, f: 8 } => positions::<3, 8>(
-                x, valid, stores, chan, taps, w, cn, out, ld, fv, accumulate, finish,
-            ),
-            Tile::Positions { t: 2, f: 12 } => positions::<2, 12>(
-                x, valid, stores, chan, taps, w, cn, out, ld, fv, accumulate, finish,
-            ),
+            Tile::Positions { t: 4, f: 6 } => {
+                positions::<4, 6>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
+            }
+            Tile::Positions { t: 3, f: 8 } => {
+                positions::<3, 8>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
+            }
+            Tile::Positions { t: 2, f: 12 } => {
+                positions::<2, 12>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
+            }
             Tile::Channels { t: 6, v: 4 } => {
                 channels::<6, 4>(x, bases, chan, taps, w, cn, out, accumulate)
             }
@@ -599,7 +586,6 @@ mod avx512 {
     pub unsafe fn positions<const T: usize, const F: usize>(
         x: *const f32,
         valid: usize,
-        stores: &[(__mmask16, usize)],
         chan: usize,
         taps: &[usize],
         w: *const f32,
@@ -617,17 +603,11 @@ mod avx512 {
                 let lanes = valid.saturating_sub(i * LANES).min(LANES);
                 ((1u32 << lanes) - 1) as __mmask16
             });
-            // Vector i's output lanes and their values' place in each row of `out`.
-            let stores: &[(__mmask16, usize); T] = stores[..T].try_into().unwrap();
             let mut acc = [[_mm512_setzero_ps(); T]; F];
             if accumulate {
                 for (fi, row) in acc.iter_mut().enumerate().take(fv) {
-                    for (a, &(m, at)) in row.iter_mut().zip(stores) {
-                        let v = _mm512_maskz_loadu_ps(
-                            first(m.count_ones() as usize),
-                            out.add(fi * ld + at),
-                        );
-                        *a = _mm512_maskz_expand_ps(m, v);
+                    for ((a, &m), i) in row.iter_mut().zip(&masks).zip(0..) {
+                        *a = _mm512_maskz_loadu_ps(m, out.add(fi * ld + i * LANES));
                     }
                 }
             }
@@ -665,9 +645,8 @@ mod avx512 {
                 }
             }
             for (fi, row) in acc.iter().enumerate().take(fv) {
-                for (&a, &(m, at)) in row.iter().zip(stores) {
-                    let n = first(m.count_ones() as usize);
-                    _mm512_mask_storeu_ps(out.add(fi * ld + at), n, _mm512_maskz_compress_ps(m, a));
+                for ((&a, &m), i) in row.iter().zip(&masks).zip(0..) {
+                    _mm512_mask_storeu_ps(out.add(fi * ld + i * LANES), m, a);
                 }
             }
         }
