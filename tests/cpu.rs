@@ -11,6 +11,21 @@ mod single_thread {
     backend_suite!(eia::CpuBackend::with_threads(1).unwrap());
 }
 
+/// Runs each `(x shape, w shape, conv)` case on the CPU backend in FP32 and FP16 against the
+/// float64 reference (inputs from the RNG stream `name`), with a bias, every other case with a
+/// fused Clip (in each of its bound variants) and, where `sums`, two in three with a residual sum.
+fn conv_cases(name: &str, cases: &[([usize; 4], [usize; 4], eia::ops::Conv)], sums: bool) {
+    let cpu = eia::CpuBackend::new();
+    let mut rng = common::rng(name);
+    for dtype in eia::DType::ALL {
+        for (i, (x, w, op)) in cases.iter().enumerate() {
+            let clip = (i % 2 == 1).then_some(i / 2);
+            let sum = sums && i % 3 != 0;
+            common::suite::conv_case(&cpu, &mut rng, dtype, *x, *w, op, true, sum, clip);
+        }
+    }
+}
+
 /// Shapes for the direct convolution of the AVX-512 path (`src/backend/cpu/direct.rs`; on the
 /// narrower instruction sets they run the GEMM lowering; `tests/weight_cache.rs` covers its
 /// cached packed weights): images framed in groups of one (each image's frame is over half the
@@ -20,11 +35,7 @@ mod single_thread {
 /// every other case with a fused Clip, two in three with a residual sum.
 #[test]
 fn direct_conv_edges() {
-    use common::suite::conv_case;
     use eia::ops::Conv;
-    use eia::DType;
-    let cpu = eia::CpuBackend::new();
-    let mut rng = common::rng("direct_conv_edges");
     let conv = |strides, pads, dilations| Conv {
         strides,
         pads,
@@ -88,14 +99,7 @@ fn direct_conv_edges() {
             conv([1, 1], [0; 4], [1, 1]),
         ),
     ];
-    for dtype in DType::ALL {
-        for (i, (x, w, op)) in cases.iter().enumerate() {
-            // Every other case with a fused Clip, in each of its bound variants; two in three
-            // with a residual sum.
-            let clip = (i % 2 == 1).then_some(i / 2);
-            conv_case(&cpu, &mut rng, dtype, *x, *w, op, true, i % 3 != 0, clip);
-        }
-    }
+    conv_cases("direct_conv_edges", &cases, true);
 }
 
 /// Shapes for the depthwise kernel (`src/backend/cpu/depthwise.rs`: on AVX-512 read in place
@@ -105,16 +109,62 @@ fn direct_conv_edges() {
 /// several output channels per group, pads wider than the kernel (rows and columns that read
 /// only padding), and the shapes the in-place kernel leaves to the copy (a column stride of
 /// 3, 17 kernel columns); every other case with a fused Clip.
+#[test]
+fn depthwise_conv_edges() {
+    use eia::ops::Conv;
+    let conv = |strides, pads, dilations, group| Conv {
+        strides,
+        pads,
+        dilations,
+        group,
+        ..Conv::default()
+    };
+    let cases: [([usize; 4], [usize; 4], Conv); 11] = [
+        ([1, 3, 1, 40], [3, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 3)),
+        (
+            [1, 2, 22, 40],
+            [2, 1, 3, 3],
+            conv([2, 2], [1; 4], [1, 1], 2),
+        ),
+        ([1, 3, 7, 7], [3, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 3)),
+        ([2, 5, 9, 33], [5, 1, 3, 3], conv([2, 2], [1; 4], [1, 1], 5)),
+        (
+            [1, 4, 20, 129],
+            [8, 1, 3, 3],
+            conv([1, 1], [1; 4], [1, 1], 4),
+        ),
+        (
+            [1, 3, 13, 131],
+            [3, 1, 5, 5],
+            conv([2, 2], [2, 1, 2, 3], [1, 2], 3),
+        ),
+        ([2, 6, 7, 7], [6, 1, 3, 3], conv([2, 2], [1; 4], [1, 1], 6)),
+        ([1, 2, 3, 3], [2, 1, 3, 3], conv([1, 1], [4; 4], [1, 1], 2)),
+        (
+            [1, 2, 14, 17],
+            [2, 1, 1, 1],
+            conv([2, 2], [0; 4], [1, 1], 2),
+        ),
+        (
+            [1, 3, 10, 11],
+            [3, 1, 3, 3],
+            conv([3, 3], [1; 4], [1, 1], 3),
+        ),
+        (
+            [1, 2, 6, 21],
+            [2, 1, 3, 17],
+            conv([1, 1], [1, 8, 1, 8], [1, 1], 2),
+        ),
+    ];
+    conv_cases("depthwise_conv_edges", &cases, true);
+}
+
 /// Depthwise convolutions on maps at most 8 wide (with AVX-512, the kernel that puts sixteen
 /// channels in a vector): channel counts that leave a block partly empty, two outputs per
 /// group, every stride and padding shape, a 1×1 map and a tall one; half with a fused Clip.
 #[test]
 fn depthwise_small_maps() {
-    use common::suite::conv_case;
     use eia::ops::Conv;
-    use eia::DType;
-    let cpu = eia::CpuBackend::new();
-    let mut rng = common::rng("depthwise_small_maps");
     let conv = |strides, pads, dilations, group| Conv {
         strides,
         pads,
@@ -170,73 +220,7 @@ fn depthwise_small_maps() {
             conv([2, 2], [0; 4], [1, 1], 32),
         ),
     ];
-    for dtype in DType::ALL {
-        for (i, (x, w, op)) in cases.iter().enumerate() {
-            let clip = (i % 2 == 1).then_some(i / 2);
-            conv_case(&cpu, &mut rng, dtype, *x, *w, op, true, false, clip);
-        }
-    }
-}
-
-#[test]
-fn depthwise_conv_edges() {
-    use common::suite::conv_case;
-    use eia::ops::Conv;
-    use eia::DType;
-    let cpu = eia::CpuBackend::new();
-    let mut rng = common::rng("depthwise_conv_edges");
-    let conv = |strides, pads, dilations, group| Conv {
-        strides,
-        pads,
-        dilations,
-        group,
-        ..Conv::default()
-    };
-    let cases: [([usize; 4], [usize; 4], Conv); 11] = [
-        ([1, 3, 1, 40], [3, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 3)),
-        (
-            [1, 2, 22, 40],
-            [2, 1, 3, 3],
-            conv([2, 2], [1; 4], [1, 1], 2),
-        ),
-        ([1, 3, 7, 7], [3, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 3)),
-        ([2, 5, 9, 33], [5, 1, 3, 3], conv([2, 2], [1; 4], [1, 1], 5)),
-        (
-            [1, 4, 20, 129],
-            [8, 1, 3, 3],
-            conv([1, 1], [1; 4], [1, 1], 4),
-        ),
-        (
-            [1, 3, 13, 131],
-            [3, 1, 5, 5],
-            conv([2, 2], [2, 1, 2, 3], [1, 2], 3),
-        ),
-        ([2, 6, 7, 7], [6, 1, 3, 3], conv([2, 2], [1; 4], [1, 1], 6)),
-        ([1, 2, 3, 3], [2, 1, 3, 3], conv([1, 1], [4; 4], [1, 1], 2)),
-        (
-            [1, 2, 14, 17],
-            [2, 1, 1, 1],
-            conv([2, 2], [0; 4], [1, 1], 2),
-        ),
-        (
-            [1, 3, 10, 11],
-            [3, 1, 3, 3],
-            conv([3, 3], [1; 4], [1, 1], 3),
-        ),
-        (
-            [1, 2, 6, 21],
-            [2, 1, 3, 17],
-            conv([1, 1], [1, 8, 1, 8], [1, 1], 2),
-        ),
-    ];
-    for dtype in DType::ALL {
-        for (i, (x, w, op)) in cases.iter().enumerate() {
-            // Every other case with a fused Clip, in each of its bound variants; two in three
-            // with a residual sum.
-            let clip = (i % 2 == 1).then_some(i / 2);
-            conv_case(&cpu, &mut rng, dtype, *x, *w, op, true, i % 3 != 0, clip);
-        }
-    }
+    conv_cases("depthwise_small_maps", &cases, false);
 }
 
 /// Outputs streamed with non-temporal stores (`simd::Store::Stream`: ops that touch at least
