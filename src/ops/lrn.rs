@@ -72,13 +72,6 @@ impl LrnPlan {
         self.size / 2
     }
 
-    /// Channels a backend's sliding task walks: at least `fewest`, and never fewer than the
-    /// window covers (`min(size, c)`), so that summing the task's first window costs at most as
-    /// much as sliding it down the block (the cost per element does not grow with `size`).
-    pub fn channel_block(&self, fewest: usize) -> usize {
-        fewest.max(self.size.min(self.c))
-    }
-
     /// `alpha / size`, the factor of the square sum.
     pub fn scale(&self) -> f32 {
         (self.alpha as f64 / self.size as f64) as f32
@@ -175,8 +168,6 @@ mod tests {
         let wide = lrn(10).plan(&x).unwrap();
         assert_eq!((wide.before(), wide.after()), (4, 5));
         assert_eq!(wide.scale(), 1e-5);
-        assert_eq!((wide.channel_block(2), wide.channel_block(16)), (5, 16));
-        assert_eq!(lrn(3).plan(&x).unwrap().channel_block(2), 3);
         let x5 = TensorDesc::new(DType::F32, &[1, 3, 2, 2, 2]).unwrap();
         assert_eq!(lrn(2).plan(&x5).unwrap().inner, 8);
         let empty = TensorDesc::new(DType::F32, &[0, 3, 4]).unwrap();

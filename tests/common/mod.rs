@@ -190,6 +190,7 @@ macro_rules! backend_suite {
             errors_layout,
             lrn_matches_reference,
             lrn_mixed_magnitudes,
+            lrn_far_magnitudes,
             lrn_extreme_bases,
             lrn_empty_tensors,
             errors_lrn,

@@ -116,6 +116,37 @@ pub fn lrn_mixed_magnitudes<B: Backend>(backend: &B) {
     }
 }
 
+/// Channels about 1e15 (1e4 in FP16, squares beyond 2^53 times the others') among channels of
+/// small values, with a bias too small to hide them: the windows after a huge channel must still
+/// see their small squares (a sum that adds the huge square and later drops it has lost them).
+pub fn lrn_far_magnitudes<B: Backend>(backend: &B) {
+    let mut rng = rng("lrn_far_magnitudes");
+    let shape = [2, 20, 3, 37];
+    let plane = 3 * 37;
+    for dtype in DType::ALL {
+        let (huge, small) = match dtype {
+            DType::F32 => (1e15, 1.0),
+            DType::F16 => (3e4, 1e-3),
+        };
+        let x = random(&mut rng, dtype, &shape, 0.5, 1.5);
+        let values: Vec<f32> = x
+            .data()
+            .to_f32_vec()
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let sign = if i % 5 == 0 { -1.0 } else { 1.0 };
+                let ch = i / plane % 20;
+                sign * v * if ch == 2 || ch == 13 { huge } else { small }
+            })
+            .collect();
+        let x = HostTensor::from_f32(dtype, &shape, &values).unwrap();
+        for size in [3, 5] {
+            check(backend, &x, lrn(size, 1.0, 0.75, 1e-3 * small * small));
+        }
+    }
+}
+
 /// Bases at both ends of the f32 range: a subnormal bias under windows of zeros (whole spatial
 /// columns, so that vectors mix them with ordinary bases; a reciprocal square root estimate of a
 /// subnormal is not refinable) and, in FP32, a second image whose squares reach 1e30.

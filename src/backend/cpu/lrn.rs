@@ -1,15 +1,15 @@
 //! CPU LRN over the `[n, c, inner]` view, in f32 (FP16 operands go through the f32 scratch of
-//! `scratch.rs`). A task takes one image, a block of channels and a block of spatial columns;
-//! it keeps the window's square sum for every column in f64 and slides it down the channels —
-//! one row added and one dropped per channel, so the cost does not grow with `size` (the first
-//! channel's window is summed once per task, and a channel block is never narrower than the
-//! window, so that start costs at most as much as the block). Every pass runs along contiguous
-//! rows and vectorises. The f64 sum keeps the adds and drops exact enough that sliding loses
-//! nothing against summing each window afresh. Each channel row then rounds its bases
-//! `bias + scale·sum` to f32 and raises them to `−beta`: ONNX's default `beta = 0.75` (every LRN
-//! of AlexNet and Inception) as `b^−1/2 · (b^1/2)^−1/2` from the CPU's reciprocal square root
-//! estimate with one Newton step each (multiplies and adds only: two square roots and a division
-//! a vector kept the divider busy for most of the kernel's time), any other `beta` with `powf`.
+//! `scratch.rs`). A task takes one image, a block of channels and a block of spatial columns.
+//! Each channel sums its window's squares afresh, in f64, along contiguous rows that vectorise:
+//! `size` adds per element, the `size` of the FLOP count. (A sum slid down the channels — one
+//! square added and one dropped per channel — is cheaper for wide windows but not exact: once a
+//! square 2^53 times the others has entered the window, dropping it leaves the rounding of the
+//! small ones behind, and the channels after a huge one get a base near 0.) Each channel row
+//! then rounds its bases `bias + scale·sum` to f32 and raises them to `−beta`: ONNX's default
+//! `beta = 0.75` (every LRN of AlexNet and Inception) as `b^−1/2 · (b^1/2)^−1/2` from the CPU's
+//! reciprocal square root estimate with one Newton step each (multiplies and adds only: two
+//! square roots and a division a vector kept the divider busy for most of the kernel's time),
+//! any other `beta` with `powf`.
 
 use rayon::prelude::*;
 
@@ -20,7 +20,7 @@ use crate::ops::LrnPlan;
 /// Spatial columns per task.
 const COLS: usize = 1024;
 
-/// Fewest channels per task (more when the window is wider).
+/// Channels per task.
 const CHANNELS: usize = 16;
 
 /// Computes `plan` on f32 data (`y` has the length of `x` and is written in full).
@@ -29,80 +29,67 @@ pub fn lrn_f32(plan: &LrnPlan, x: &[f32], y: &mut [f32]) {
     if x.is_empty() {
         return;
     }
-    let channels = plan.channel_block(CHANNELS);
-    let (cblocks, iblocks) = (c.div_ceil(channels), inner.div_ceil(COLS));
+    let (cblocks, iblocks) = (c.div_ceil(CHANNELS), inner.div_ceil(COLS));
+    let (scale, bias) = (plan.scale() as f64, plan.bias as f64);
     let out = Disjoint::new(y);
-    (0..n * cblocks * iblocks).into_par_iter().for_each_init(
-        || (Vec::<f64>::new(), Vec::<f32>::new()),
-        |(sum, base), t| {
+    (0..n * cblocks * iblocks)
+        .into_par_iter()
+        .for_each_init(Vec::<f32>::new, |base, t| {
             let (b, rest) = (t / (cblocks * iblocks), t % (cblocks * iblocks));
-            let (ch0, i0) = ((rest / iblocks) * channels, (rest % iblocks) * COLS);
+            let (ch0, i0) = ((rest / iblocks) * CHANNELS, (rest % iblocks) * COLS);
             let cols = COLS.min(inner - i0);
-            let row = |k: usize| &x[(b * c + k) * inner + i0..][..cols];
-            // The window of channel ch0: [ch0 − before, ch0 + after] within [0, c).
-            sum.clear();
-            sum.resize(cols, 0.0);
+            // Image b from column i0 on: channel k's columns start at k·inner.
+            let image = &x[b * c * inner + i0..];
             base.resize(cols, 0.0);
-            let first = ch0.saturating_sub(plan.before());
-            for k in first..(ch0 + plan.after() + 1).min(c) {
-                add_squares(sum, row(k));
-            }
-            for ch in ch0..(ch0 + channels).min(c) {
-                if ch > ch0 {
-                    let enters = ch + plan.after();
-                    if enters < c {
-                        add_squares(sum, row(enters));
-                    }
-                    if let Some(k) = (ch - 1).checked_sub(plan.before()) {
-                        sub_squares(sum, row(k));
-                    }
-                }
+            for ch in ch0..(ch0 + CHANNELS).min(c) {
+                // The window of channel ch: [ch − before, ch + after] within [0, c).
+                let window = ch.saturating_sub(plan.before())..(ch + plan.after() + 1).min(c);
+                window_bases(base, image, inner, window, scale, bias);
                 // SAFETY: task (b, channel block, column block) alone writes columns
                 // i0..i0 + cols of image b's channel rows ch0.., all inside `y`.
                 let yr = unsafe { out.slice((b * c + ch) * inner + i0, cols) };
-                normalize(yr, row(ch), sum, base, plan);
+                let xr = &image[ch * inner..][..cols];
+                if plan.beta == 0.75 {
+                    times_pow_075(yr, xr, base);
+                } else {
+                    let beta = plan.beta;
+                    map([xr, base], yr, |[v, b]| v * b.powf(-beta));
+                }
             }
-        },
-    );
+        });
 }
 
+/// Columns whose window sums stay in registers together.
+const LANES: usize = 16;
+
 multiversion! {
-    /// `sum += x²` elementwise (in f64).
-    fn add_squares(sum: &mut [f64], x: &[f32]) {
-        for (s, &v) in sum.iter_mut().zip(x) {
-            let v = v as f64;
-            *s += v * v;
+    /// `base[j] = bias + scale·Σ_k x[k·stride + j]²` over the channels `k` of `window`, the sum
+    /// in f64 (each square exact), rounded to f32 once; `LANES` columns at a time, their sums in
+    /// registers.
+    fn window_bases(
+        base: &mut [f32],
+        x: &[f32],
+        stride: usize,
+        window: std::ops::Range<usize>,
+        scale: f64,
+        bias: f64,
+    ) {
+        let full = base.len() / LANES * LANES;
+        for (j, out) in base[..full].chunks_exact_mut(LANES).enumerate() {
+            let mut sum = [0f64; LANES];
+            for k in window.clone() {
+                let row = &x[k * stride + j * LANES..][..LANES];
+                for (s, &v) in sum.iter_mut().zip(row) {
+                    *s += v as f64 * v as f64;
+                }
+            }
+            for (b, s) in out.iter_mut().zip(sum) {
+                *b = (bias + scale * s) as f32;
+            }
         }
-    }
-}
-
-multiversion! {
-    /// `sum −= x²` elementwise (in f64).
-    fn sub_squares(sum: &mut [f64], x: &[f32]) {
-        for (s, &v) in sum.iter_mut().zip(x) {
-            let v = v as f64;
-            *s -= v * v;
-        }
-    }
-}
-
-/// `y = x · (bias + scale·sum)^−beta`, through `base` (scratch of `y`'s length).
-fn normalize(y: &mut [f32], x: &[f32], sum: &[f64], base: &mut [f32], plan: &LrnPlan) {
-    bases(base, sum, plan.scale() as f64, plan.bias as f64);
-    let beta = plan.beta;
-    if beta == 0.75 {
-        times_pow_075(y, x, base);
-    } else {
-        map([x, base], y, |[v, b]| v * b.powf(-beta));
-    }
-}
-
-multiversion! {
-    /// `base = bias + scale·max(sum, 0)` rounded to f32 (a sum that rounding left a hair below
-    /// 0 counts as 0, so the base is never below `bias`).
-    fn bases(base: &mut [f32], sum: &[f64], scale: f64, bias: f64) {
-        for (b, &s) in base.iter_mut().zip(sum) {
-            *b = (bias + scale * s.max(0.0)) as f32;
+        for (j, b) in base.iter_mut().enumerate().skip(full) {
+            let sum: f64 = window.clone().map(|k| x[k * stride + j] as f64 * x[k * stride + j] as f64).sum();
+            *b = (bias + scale * sum) as f32;
         }
     }
 }

@@ -1,13 +1,11 @@
-//! Launches for `kernels/lrn.cu`: `lrn_slide_<dtype>`, a thread per (image, channel block,
-//! spatial column) sliding the window's square sum down its block of channels.
+//! Launches for `kernels/lrn.cu`: `lrn_window_<dtype>`, a thread per output element summing its
+//! window's squares.
 
 use super::{blocks, dtype_suffix, Arch, Family, KernelArgs, Launch, Ptr, Target};
 use crate::ops::LrnPlan;
 
 /// `LRN_THREADS`: threads of a block.
 pub const THREADS: u32 = 256;
-/// Fewest channels a thread slides over (more when the window is wider).
-pub const CHANNELS: usize = 8;
 /// The most blocks of a launch (the kernel grid-strides beyond).
 pub const MAX_GRID: usize = 1 << 20;
 
@@ -20,8 +18,6 @@ pub struct LrnParams {
     pub n: i64,
     pub c: i64,
     pub inner: i64,
-    /// Channels per thread (`plan.channel_block(CHANNELS)`).
-    pub channels: i64,
     pub size: i32,
     /// `alpha / size`.
     pub scale: f32,
@@ -32,8 +28,7 @@ pub struct LrnParams {
 /// The launch computing `plan` (none for an empty tensor).
 pub fn lrn(plan: &LrnPlan, arch: Arch, x: Ptr, y: Ptr) -> Vec<Launch> {
     let _ = arch; // one sm_80 kernel set serves every architecture
-    let channels = plan.channel_block(CHANNELS);
-    let threads = plan.n * plan.c.div_ceil(channels) * plan.inner;
+    let threads = plan.n * plan.c * plan.inner;
     if threads == 0 {
         return Vec::new();
     }
@@ -43,7 +38,6 @@ pub fn lrn(plan: &LrnPlan, arch: Arch, x: Ptr, y: Ptr) -> Vec<Launch> {
         n: plan.n as i64,
         c: plan.c as i64,
         inner: plan.inner as i64,
-        channels: channels as i64,
         // Plans keep size within MAX_DIM = i32::MAX.
         size: plan.size as i32,
         scale: plan.scale(),
@@ -53,7 +47,7 @@ pub fn lrn(plan: &LrnPlan, arch: Arch, x: Ptr, y: Ptr) -> Vec<Launch> {
     vec![Launch {
         family: Family::Lrn,
         target: Target::Sm80,
-        kernel: format!("lrn_slide_{}", dtype_suffix(plan.dtype)),
+        kernel: format!("lrn_window_{}", dtype_suffix(plan.dtype)),
         grid: [blocks(threads, THREADS as usize).min(MAX_GRID as u32), 1, 1],
         block: [THREADS, 1, 1],
         args: KernelArgs::Lrn(args),
@@ -78,13 +72,12 @@ mod tests {
 
     #[test]
     fn params_match_the_c_layout() {
-        assert_eq!(std::mem::size_of::<LrnParams>(), 64);
+        assert_eq!(std::mem::size_of::<LrnParams>(), 56);
         assert_eq!(std::mem::offset_of!(LrnParams, n), 16);
-        assert_eq!(std::mem::offset_of!(LrnParams, channels), 40);
-        assert_eq!(std::mem::offset_of!(LrnParams, size), 48);
-        assert_eq!(std::mem::offset_of!(LrnParams, scale), 52);
-        assert_eq!(std::mem::offset_of!(LrnParams, bias), 56);
-        assert_eq!(std::mem::offset_of!(LrnParams, beta), 60);
+        assert_eq!(std::mem::offset_of!(LrnParams, size), 40);
+        assert_eq!(std::mem::offset_of!(LrnParams, scale), 44);
+        assert_eq!(std::mem::offset_of!(LrnParams, bias), 48);
+        assert_eq!(std::mem::offset_of!(LrnParams, beta), 52);
     }
 
     /// The constant here is the `#define` of kernels/lrn.cu, and every kernel named here is
@@ -104,18 +97,19 @@ mod tests {
     fn grid_and_params() {
         assert!(lrn(&plan(DType::F32, &[2, 0, 4], 3), Arch::SM80, 0, 0).is_empty());
         assert!(lrn(&plan(DType::F32, &[2, 3, 0], 3), Arch::SM80, 0, 0).is_empty());
-        for (shape, size, channels, threads) in [
-            (&[1, 96, 55, 55][..], 5, 8, 12 * 3025),
-            (&[2, 3, 7], 5, 8, 2 * 7),
-            (&[1, 40, 2], 12, 12, 4 * 2),
-            (&[1, 10, 2], 12, 10, 2),
+        for (shape, size) in [
+            (&[1, 96, 55, 55][..], 5),
+            (&[2, 3, 7], 5),
+            (&[1, 40, 2], 12),
+            (&[1, 10, 2], 12),
         ] {
+            let threads = shape.iter().product();
             let l = &lrn(&plan(DType::F16, shape, size), Arch::SM80, 1, 2)[0];
             let KernelArgs::Lrn(p) = l.args else {
                 panic!("not LRN args")
             };
             assert_eq!((p.x, p.y, p.size), (1, 2, size as i32));
-            assert_eq!(p.channels, channels, "{shape:?}");
+            assert_eq!((p.n, p.c), (shape[0] as i64, shape[1] as i64), "{shape:?}");
             assert_eq!(l.grid[0], blocks(threads, THREADS as usize), "{shape:?}");
             assert_eq!(l.block, [THREADS, 1, 1]);
         }
@@ -125,7 +119,7 @@ mod tests {
 }
 
 /// The kernel on the CPU emulator beyond the conformance suite: the grid-stride loop (grids cut
-/// down) and windows wider than the channel block.
+/// down) and windows wider than the channels.
 #[cfg(all(test, feature = "emu"))]
 mod emu_tests {
     use super::super::emu_harness::{run, values, Placed};
