@@ -23,9 +23,10 @@
 //! padded with zeros) and kept with the weight tensor (see [`super::derived`]). Work is cut
 //! into (image, block of output rows, group of blocks of `F` output channels) items shared by
 //! the threads. Each tile runs for every block of its item's group in turn, so its input stays
-//! in L1. Where frame rows are output rows, `Positions` tiles write `y` and apply the
-//! convolution's epilogue (bias, residual sum, ReLU or Clip) in registers; otherwise they write a small
-//! buffer, copied (or transposed) into `y` and finished with the epilogue while in cache.
+//! in L1. Where frame rows are output rows, `Positions` tiles write `y`; otherwise they write a
+//! small buffer, copied into `y` (`Channels` tiles: transposed). Without a residual sum,
+//! `Positions` tiles apply the convolution's epilogue (bias, ReLU or Clip) in registers as they
+//! store; otherwise the epilogue finishes each run of `y` while it is in cache.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -342,11 +343,29 @@ fn frame_row<T: Widen>(src: &[T], b: usize, sw: usize, pl: usize, row: &mut [f32
         return;
     }
     let first = lo * sw + b - pl;
-    if sw == 1 {
-        T::widen(&src[first..first + hi - lo], &mut row[lo..hi]);
-    } else {
-        for (v, &s) in row[lo..hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
-            *v = s.to_f32();
+    let (src, row) = (&src[first..], &mut row[lo..hi]);
+    match sw {
+        1 => T::widen(&src[..row.len()], row),
+        2 => {
+            // The last frame column's input may be the input row's last: no pair after it.
+            let last = row.len() - 1;
+            evens(src, &mut row[..last]);
+            row[last] = src[2 * last].to_f32();
+        }
+        _ => {
+            for (v, &s) in row.iter_mut().zip(src.iter().step_by(sw)) {
+                *v = s.to_f32();
+            }
+        }
+    }
+}
+
+simd::multiversion! {
+    /// `dst[j] = src[2j]` as f32, over `src`'s first `2·dst.len()` elements (in pairs, which
+    /// LLVM turns into vector shuffles).
+    fn evens[T: Element](src: &[T], dst: &mut [f32]) {
+        for (v, pair) in dst.iter_mut().zip(src.chunks_exact(2)) {
+            *v = pair[0].to_f32();
         }
     }
 }
@@ -374,8 +393,9 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
         .min(TILE_INPUT_BYTES / (4 * (step + g.reach)))
         .clamp(1, plan.c);
     let into_y = matches!(g.tile, Tile::Positions { .. }) && g.wf == plan.q;
-    // Without a residual sum, tiles writing y apply the epilogue themselves.
-    let finished_by_tiles = into_y && add.sum.is_none();
+    // Without a residual sum, `Positions` tiles apply the epilogue themselves (into y or into
+    // the buffer, whose values are then only copied).
+    let finished_by_tiles = matches!(g.tile, Tile::Positions { .. }) && add.sum.is_none();
     let bounds = Clamp::bounds(plan.clamp);
     assert!(w.len() >= kbs * g.f * plan.c * rs);
     assert!(frames.len() >= images * plan.c * g.chan + g.slack);
@@ -472,7 +492,7 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                     }
                 }
             }
-            for kbi in (0..kbn).filter(|_| !finished_by_tiles) {
+            for kbi in (0..kbn).filter(|_| !(into_y && finished_by_tiles)) {
                 // SAFETY: rows p0..p0 + rows of image ni, channels (kb0 + kbi)·f.. (under k):
                 // runs of y that this item alone writes.
                 let mut dst: Vec<&mut [f32]> = (0..fv(kbi))
@@ -509,7 +529,7 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                         }
                     }
                 }
-                for (fi, d) in dst.into_iter().enumerate() {
+                for (fi, d) in dst.into_iter().enumerate().filter(|_| !finished_by_tiles) {
                     add.apply(plan, (kb0 + kbi) * g.f + fi, first(kbi) + fi * pq, d);
                 }
             }
