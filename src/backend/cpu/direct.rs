@@ -249,11 +249,14 @@ fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> Vec<f32> {
         out.par_chunks_mut(c * rs * f)
             .enumerate()
             .for_each(|(kb, block)| {
-                for (i, v) in block.iter_mut().enumerate() {
-                    let (ci, t, fi) = (i / (rs * f), i / f % rs, i % f);
-                    let k = kb * f + fi;
-                    if k < plan.k {
-                        *v = w[(k * c + ci) * rs + t].to_f32();
+                // Output channels kb·f.. of this block that exist; the rest stay zero.
+                let fv = f.min(plan.k - kb * f);
+                let wb = &w[kb * f * c * rs..][..fv * c * rs];
+                for (ci, taps) in block.chunks_exact_mut(rs * f).enumerate() {
+                    for (t, lanes) in taps.chunks_exact_mut(f).enumerate() {
+                        for (fi, v) in lanes[..fv].iter_mut().enumerate() {
+                            *v = wb[(fi * c + ci) * rs + t].to_f32();
+                        }
                     }
                 }
             });
