@@ -185,12 +185,6 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         return tasks.for_each_init(
             || (Vec::new(), Vec::new()),
             |(xs, ys), (yt, xt)| {
-                let x: &[f32] = if T::DTYPE == DType::F32 {
-                    bytemuck::cast_slice(xt)
-                } else {
-                    widen(xt, xs);
-                    xs
-                };
                 // FP16: the task's results, rounded to the storage type at once.
                 let out: &mut [f32] = if T::DTYPE == DType::F32 {
                     bytemuck::cast_slice_mut(yt)
@@ -198,13 +192,15 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
                     ys.resize(yt.len(), 0.0);
                     ys
                 };
-                for (y, xp) in out.iter_mut().zip(x.chunks(plane_in)) {
-                    *y = match plan.kind {
-                        PoolKind::Max => global_max(xp),
-                        _ => (global_sum(xp) as f64 / plane_in as f64) as f32,
-                    };
-                }
-                if T::DTYPE != DType::F32 {
+                if T::DTYPE == DType::F32 {
+                    globals(plan.kind, plane_in, bytemuck::cast_slice(xt), out);
+                } else {
+                    // Widened a few planes at a time, so that they are reduced from L1.
+                    let group = (GLOBAL_CHUNK / plane_in).max(1);
+                    for (o, x) in out.chunks_mut(group).zip(xt.chunks(group * plane_in)) {
+                        widen(x, xs);
+                        globals(plan.kind, plane_in, xs, o);
+                    }
                     narrow(ys, yt);
                 }
             },
@@ -214,9 +210,9 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     if avx512::applies(plan) {
         let kernel = avx512::Kernel::new(plan, &inv);
-        return tasks.for_each(|(yt, xt)| {
+        return tasks.for_each_init(Vec::new, |column, (yt, xt)| {
             for (yp, xp) in yt.chunks_mut(plane_out).zip(xt.chunks(plane_in)) {
-                kernel.plane(xp, yp);
+                kernel.plane(xp, yp, column);
             }
         });
     }
@@ -446,12 +442,15 @@ mod avx512 {
     use crate::ops::{PoolKind, PoolPlan};
 
     /// Whether [`Kernel`] computes `plan`: the CPU has AVX-512 F, BW and VL (the FP16 loads
-    /// and stores are 16-bit masked), the column stride is 1 or 2 and every column tap lies
-    /// within the next block's phase (`(s − 1)·dilation / stride ≤ 16`).
+    /// and stores are 16-bit masked), and the column stride is 1, or 2 with every column tap
+    /// within the next block's phase (`(s − 1)·dilation / 2 ≤ 16`).
     pub fn applies(plan: &PoolPlan) -> bool {
         supported()
-            && matches!(plan.stride[1], 1 | 2)
-            && (plan.s - 1).saturating_mul(plan.dilation[1]) / plan.stride[1] <= 16
+            && match plan.stride[1] {
+                1 => true,
+                2 => (plan.s - 1).saturating_mul(plan.dilation[1]) / 2 <= 16,
+                _ => false,
+            }
     }
 
     /// A plan's column taps, masks and window rows, shared by its planes.
@@ -466,6 +465,9 @@ mod avx512 {
         masks: Vec<__mmask16>,
         /// Per output row, its window's rows inside the plane ([`window_rows`]).
         windows: Vec<(usize, usize)>,
+        /// Column stride 1: per block `k` of 16 output columns and column tap `j` (`k·s + j`),
+        /// the lanes whose input column `16·k + l + j·dilation − pad` lies inside the row.
+        shifted: Vec<__mmask16>,
     }
 
     impl<'a> Kernel<'a> {
@@ -477,33 +479,135 @@ mod avx512 {
                 .map(|b| inside((16 * b) as isize - plan.pad[1] as isize, plan.w as isize))
                 .collect();
             let windows = (0..plan.p).map(|o| window_rows(plan, o)).collect();
+            let shifted = if sw == 1 {
+                (0..plan.q.div_ceil(16))
+                    .flat_map(|k| (0..plan.s).map(move |j| (k, j)))
+                    .map(|(k, j)| {
+                        let c = (16 * k + j * dw) as isize - plan.pad[1] as isize;
+                        inside(c, plan.w as isize)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             Kernel {
                 plan,
                 inv,
                 taps,
                 masks,
                 windows,
+                shifted,
             }
         }
 
-        /// One `[h, w]` plane `x` into its `[p, q]` output `y`.
-        pub fn plane<T: Element>(&self, x: &[T], y: &mut [T]) {
+        /// One `[h, w]` plane `x` into its `[p, q]` output `y`; `column` is scratch (column
+        /// stride 1: a block's reduced input rows, [`columns`](Self::columns)).
+        pub fn plane<T: Element>(&self, x: &[T], y: &mut [T], column: &mut Vec<__m512>) {
             let plan = self.plan;
             assert!(x.len() == plan.h * plan.w && y.len() == plan.p * plan.q);
             assert!(applies(plan));
             let max = plan.kind == PoolKind::Max;
-            // SAFETY: the CPU has the features (`applies`), the column stride is the `SW`
-            // passed and the slices have the plane's lengths (asserted above).
+            // SAFETY: the CPU has the features (`applies`), the column stride is the one the
+            // kernel is for and the slices have the plane's lengths (asserted above).
             unsafe {
                 match (max, plan.stride[1], plan.s) {
-                    (true, 1, 3) => self.rows::<T, true, 1, 3>(x, y),
-                    (true, 1, _) => self.rows::<T, true, 1, 0>(x, y),
+                    (true, 1, 3) => self.columns::<T, true, 3>(x, y, column),
+                    (true, 1, _) => self.columns::<T, true, 0>(x, y, column),
                     (true, _, 3) => self.rows::<T, true, 2, 3>(x, y),
                     (true, _, _) => self.rows::<T, true, 2, 0>(x, y),
-                    (false, 1, 3) => self.rows::<T, false, 1, 3>(x, y),
-                    (false, 1, _) => self.rows::<T, false, 1, 0>(x, y),
+                    (false, 1, 3) => self.columns::<T, false, 3>(x, y, column),
+                    (false, 1, _) => self.columns::<T, false, 0>(x, y, column),
                     (false, _, 3) => self.rows::<T, false, 2, 3>(x, y),
                     (false, _, _) => self.rows::<T, false, 2, 0>(x, y),
+                }
+            }
+        }
+
+        /// Every output row of one plane with a column stride of 1, a block of 16 output
+        /// columns at a time (the plane stays in L1 between blocks): each input row's column
+        /// taps (one load per tap, shifted by `j·dilation − pad` columns, masked at the row's
+        /// ends) reduced, then each output row's window rows of those reduced. A window of 3
+        /// consecutive rows keeps the last three in registers as it slides down (each input
+        /// row is reduced once, nothing is stored but the output); other windows reduce every
+        /// input row into `column` first. `MAX` pools the maximum (else the average), `S` is
+        /// the kernel's columns (0: any).
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F, BW and VL; `plan.stride[1] == 1`, `S` is 0 or
+        /// `plan.s`; `x` holds `h·w` elements and `y` `p·q`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn columns<T: Element, const MAX: bool, const S: usize>(
+            &self,
+            x: &[T],
+            y: &mut [T],
+            column: &mut Vec<__m512>,
+        ) {
+            let plan = self.plan;
+            let (h, w, q) = (plan.h, plan.w, plan.q);
+            let s = if S > 0 { S } else { plan.s };
+            let dw = plan.dilation[1];
+            let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
+            let slides = plan.r == 3 && plan.stride[0] == 1 && plan.dilation[0] == 1;
+            let yp = y.as_mut_ptr();
+            for (k, masks) in self.shifted.chunks_exact(s).enumerate() {
+                // Input row `i`'s column taps reduced (the identity for a row outside).
+                let reduced = |i: usize| {
+                    if i >= h {
+                        return identity;
+                    }
+                    // Input column 16·k − pad of row i (lanes outside the row are not read).
+                    let p = x.as_ptr().wrapping_add(i * w + 16 * k).wrapping_sub(plan.pad[1]);
+                    // SAFETY: only the lanes inside row i are read (the masks).
+                    let tap =
+                        |j: usize| unsafe { load_or(p.wrapping_add(j * dw), masks[j], identity) };
+                    if MAX {
+                        // From the identity: a NaN never wins.
+                        (0..s).fold(identity, |acc, j| step::<MAX>(acc, tap(j)))
+                    } else {
+                        (1..s).fold(tap(0), |acc, j| step::<MAX>(acc, tap(j)))
+                    }
+                };
+                let cols = if MAX {
+                    identity
+                } else {
+                    _mm512_loadu_ps(self.inv.cols[16 * k..][..16].as_ptr())
+                };
+                let m = inside(0, (q - 16 * k) as isize);
+                let out = |o: usize, mut acc: __m512| {
+                    if !MAX {
+                        acc = _mm512_mul_ps(acc, _mm512_mul_ps(cols, _mm512_set1_ps(self.inv.row(o))));
+                    }
+                    let at = yp.wrapping_add(o * q + 16 * k);
+                    // SAFETY: lanes 16·k + l under the mask are below q, the row's length.
+                    unsafe {
+                        if m == u16::MAX {
+                            store_all(at, acc)
+                        } else {
+                            store(at, m, acc)
+                        }
+                    };
+                };
+                if slides {
+                    // Rows o − pad .. o − pad + 3 (a row above the plane wraps to ≥ h).
+                    let top = 0usize.wrapping_sub(plan.pad[0]);
+                    let mut win = [reduced(top), reduced(top.wrapping_add(1)), identity];
+                    for o in 0..plan.p {
+                        win[2] = reduced(top.wrapping_add(o + 2));
+                        // The rows hold no NaN (each started at the identity or a tap).
+                        out(o, step::<MAX>(step::<MAX>(win[0], win[1]), win[2]));
+                        win = [win[1], win[2], identity];
+                    }
+                    continue;
+                }
+                column.clear();
+                column.extend((0..h).map(reduced));
+                for (o, &(lo, hi)) in self.windows.iter().enumerate() {
+                    // Window rows lo..hi lie inside the plane: `top` does not wrap.
+                    let top = (o * plan.stride[0] + lo * plan.dilation[0]).wrapping_sub(plan.pad[0]);
+                    let at = |i: usize| column[top + i * plan.dilation[0]];
+                    // The rows hold no NaN (each started at the identity or a tap).
+                    let acc = (1..hi - lo).fold(at(0), |acc, i| step::<MAX>(acc, at(i)));
+                    out(o, if lo == hi { identity } else { acc });
                 }
             }
         }
@@ -729,38 +833,62 @@ mod avx512 {
     }
 }
 
+/// FP16 elements a global pool widens at a time (16 KiB of f32).
+const GLOBAL_CHUNK: usize = 4096;
+
 multiversion! {
-    /// The largest element (NaN never wins; `-inf` for none).
-    fn global_max(x: &[f32]) -> f32 {
-        let mut acc = [f32::NEG_INFINITY; LANES];
-        let chunks = x.chunks_exact(LANES);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for l in 0..LANES {
-                acc[l] = acc[l].max(c[l]);
-            }
+    /// The global pool of each `plane`-element plane of `x` into its element of `y`: the
+    /// maximum ([`global_max`]) or the mean ([`global_sum`] over the count, in f64).
+    fn globals(kind: PoolKind, plane: usize, x: &[f32], y: &mut [f32]) {
+        for (y, xp) in y.iter_mut().zip(x.chunks_exact(plane)) {
+            *y = match kind {
+                PoolKind::Max => global_max(xp),
+                _ => (global_sum(xp) as f64 / plane as f64) as f32,
+            };
         }
-        let mut m = f32::NEG_INFINITY;
-        for &v in acc.iter().chain(tail) {
-            m = if v > m { v } else { m };
-        }
-        m
     }
 }
 
-multiversion! {
-    /// The sum, in `LANES` independent f32 partial sums.
-    fn global_sum(x: &[f32]) -> f32 {
-        let mut acc = [0.0f32; LANES];
-        let chunks = x.chunks_exact(LANES);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for l in 0..LANES {
-                acc[l] += c[l];
-            }
+/// Folds the `LANES` partial results in halves (a tree, not a chain of dependent steps).
+#[inline(always)]
+fn fold_lanes(mut acc: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for l in 0..n {
+            acc[l] = op(acc[l], acc[l + n]);
         }
-        acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
     }
+    acc[0]
+}
+
+/// The largest element (NaN never wins; `-inf` for none).
+#[inline(always)]
+fn global_max(x: &[f32]) -> f32 {
+    let max = |a: f32, b: f32| if b > a { b } else { a };
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = max(acc[l], c[l]);
+        }
+    }
+    tail.iter().fold(fold_lanes(acc, max), |m, &v| max(m, v))
+}
+
+/// The sum, in `LANES` independent f32 partial sums.
+#[inline(always)]
+fn global_sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    fold_lanes(acc, |a, b| a + b) + tail.iter().sum::<f32>()
 }
 
 #[cfg(test)]
