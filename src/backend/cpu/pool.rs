@@ -5,12 +5,14 @@
 //! position's count for an average (which factors into a row part and a column part,
 //! [`Inverse`]). A MaxPool reduction starts at its identity `-inf` and a NaN never wins it (a
 //! window of NaNs gives `-inf`, as on the GPU). With AVX-512 and a column stride of 1 or 2,
-//! [`avx512`] does it all in registers, 16 output columns at a time. Otherwise the portable
-//! kernel ([`plane`]) goes a group of output rows at a time, stage by stage: (1) each output
-//! row's reduced input rows into its padded row `v` (the reduction's identity — the padding's
-//! value — on both sides, so no tap needs a range check); (2) with a column stride `sw > 1`,
-//! each `v` split into its `sw` phases (columns `k, k + sw, …` contiguous) so that every
-//! column tap reads one contiguous slice; (3) the column taps straight into the output row.
+//! [`avx512`] does it in registers, 16 output columns at a time (for a column stride of 1 the
+//! other way round: each input row's column taps first, then the window's rows). Otherwise the
+//! portable kernel ([`plane`]) goes a group of output rows at a time, stage by stage: (1) each
+//! output row's reduced input rows into its padded row `v` (the reduction's identity — the
+//! padding's value — on both sides, so no tap needs a range check); (2) with a column stride
+//! `sw > 1`, each `v` split into its `sw` phases (columns `k, k + sw, …` contiguous) so that
+//! every column tap reads one contiguous slice; (3) the column taps straight into the output
+//! row.
 //! Each stage reads rows the stage before stored a group earlier: a load that straddles stores
 //! still in flight (the column taps' shifted reads of a row just made) would wait for them.
 //! Both reductions run in fixed blocks of 16 (or 8) lanes that compile to whole vector
@@ -19,7 +21,8 @@
 //! are short (35 wide), and a plain loop would leave much of each row to a scalar remainder.
 //! FP16 input rows are widened a group at a time (in registers by [`avx512`]), and each
 //! group's output rows are rounded back as they are made. Global pools reduce each contiguous
-//! plane with independent lane accumulators.
+//! plane with independent lane accumulators folded in halves, one loop per task ([`globals`];
+//! FP16 planes widened a group at a time, so that they are reduced from L1).
 
 use rayon::prelude::*;
 
@@ -426,12 +429,14 @@ fn split_phases(dst: &mut [f32], src: &[f32], sw: usize, len: usize) {
     }
 }
 
-/// The AVX-512 kernel: every output row straight from the input rows, in registers. Per
-/// block of 16 output columns, its input columns (16·`SW` from column `16·SW·k − pad`) are
-/// reduced over the row's window rows (masked loads: columns outside the input read as the
-/// identity), a stride-2 block split into its even and odd columns (two permutes), and each
-/// column tap is its phase shifted by `j·dilation / SW` lanes into the next block's (one
-/// permute; none for a tap on lane 0), so no row is stored and read back.
+/// The AVX-512 kernel, 16 output columns at a time in registers, masked loads reading the
+/// columns outside the input as the identity. Column stride 1 ([`Kernel::columns`]): columns
+/// first, each column tap one load shifted by `j·dilation − pad` columns, then the window's
+/// rows (a 3-row window slides down in registers). Column stride 2 ([`Kernel::rows`]): rows
+/// first, each output block's 32 input columns reduced over the row's window rows, split into
+/// their even and odd columns (two permutes), and each column tap is its phase shifted by
+/// `j·dilation / 2` lanes into the next block's (one permute; none for a tap on lane 0), so
+/// no row is stored and read back.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -440,6 +445,9 @@ mod avx512 {
     use crate::backend::cpu::avx512::{inside, load_or, store, supported};
     use crate::dtype::{DType, Element};
     use crate::ops::{PoolKind, PoolPlan};
+
+    /// The column stride of [`Kernel::rows`] (a column stride of 1 is [`Kernel::columns`]).
+    const SW: usize = 2;
 
     /// Whether [`Kernel`] computes `plan`: the CPU has AVX-512 F, BW and VL (the FP16 loads
     /// and stores are 16-bit masked), and the column stride is 1, or 2 with every column tap
@@ -457,11 +465,11 @@ mod avx512 {
     pub struct Kernel<'a> {
         plan: &'a PoolPlan,
         inv: &'a Inverse,
-        /// Per column tap `j`: its phase (`j·dilation mod SW`) and its shift in lanes
-        /// (`j·dilation / SW`).
+        /// Column stride 2: per column tap `j`, its phase (`j·dilation mod 2`) and its shift in
+        /// lanes (`j·dilation / 2`).
         taps: Vec<(usize, usize)>,
-        /// Per block of 16 input columns a row's phases read (`SW` per output block, one
-        /// output block more than the row has): the lanes inside the input row.
+        /// Column stride 2: per block of 16 input columns a row's phases read (2 per output
+        /// block, one output block more than the row has), the lanes inside the input row.
         masks: Vec<__mmask16>,
         /// Per output row, its window's rows inside the plane ([`window_rows`]).
         windows: Vec<(usize, usize)>,
@@ -473,23 +481,21 @@ mod avx512 {
     impl<'a> Kernel<'a> {
         /// The kernel of `plan`, for which [`applies`] holds.
         pub fn new(plan: &'a PoolPlan, inv: &'a Inverse) -> Self {
-            let (sw, dw) = (plan.stride[1], plan.dilation[1]);
-            let taps = (0..plan.s).map(|j| (j * dw % sw, j * dw / sw)).collect();
-            let masks = (0..(plan.q.div_ceil(16) + 1) * sw)
-                .map(|b| inside((16 * b) as isize - plan.pad[1] as isize, plan.w as isize))
-                .collect();
+            let dw = plan.dilation[1];
+            let (pad, w) = (plan.pad[1] as isize, plan.w as isize);
+            let blocks = plan.q.div_ceil(16);
             let windows = (0..plan.p).map(|o| window_rows(plan, o)).collect();
-            let shifted = if sw == 1 {
-                (0..plan.q.div_ceil(16))
-                    .flat_map(|k| (0..plan.s).map(move |j| (k, j)))
-                    .map(|(k, j)| {
-                        let c = (16 * k + j * dw) as isize - plan.pad[1] as isize;
-                        inside(c, plan.w as isize)
-                    })
-                    .collect()
+            let (mut taps, mut masks, mut shifted) = (Vec::new(), Vec::new(), Vec::new());
+            if plan.stride[1] == 1 {
+                shifted = (0..blocks * plan.s)
+                    .map(|b| inside((16 * (b / plan.s) + b % plan.s * dw) as isize - pad, w))
+                    .collect();
             } else {
-                Vec::new()
-            };
+                taps = (0..plan.s).map(|j| (j * dw % SW, j * dw / SW)).collect();
+                masks = (0..(blocks + 1) * SW)
+                    .map(|b| inside((16 * b) as isize - pad, w))
+                    .collect();
+            }
             Kernel {
                 plan,
                 inv,
@@ -513,12 +519,12 @@ mod avx512 {
                 match (max, plan.stride[1], plan.s) {
                     (true, 1, 3) => self.columns::<T, true, 3>(x, y, column),
                     (true, 1, _) => self.columns::<T, true, 0>(x, y, column),
-                    (true, _, 3) => self.rows::<T, true, 2, 3>(x, y),
-                    (true, _, _) => self.rows::<T, true, 2, 0>(x, y),
+                    (true, _, 3) => self.rows::<T, true, 3>(x, y),
+                    (true, _, _) => self.rows::<T, true, 0>(x, y),
                     (false, 1, 3) => self.columns::<T, false, 3>(x, y, column),
                     (false, 1, _) => self.columns::<T, false, 0>(x, y, column),
-                    (false, _, 3) => self.rows::<T, false, 2, 3>(x, y),
-                    (false, _, _) => self.rows::<T, false, 2, 0>(x, y),
+                    (false, _, 3) => self.rows::<T, false, 3>(x, y),
+                    (false, _, _) => self.rows::<T, false, 0>(x, y),
                 }
             }
         }
@@ -556,7 +562,10 @@ mod avx512 {
                         return identity;
                     }
                     // Input column 16·k − pad of row i (lanes outside the row are not read).
-                    let p = x.as_ptr().wrapping_add(i * w + 16 * k).wrapping_sub(plan.pad[1]);
+                    let p = x
+                        .as_ptr()
+                        .wrapping_add(i * w + 16 * k)
+                        .wrapping_sub(plan.pad[1]);
                     // SAFETY: only the lanes inside row i are read (the masks).
                     let tap =
                         |j: usize| unsafe { load_or(p.wrapping_add(j * dw), masks[j], identity) };
@@ -575,7 +584,10 @@ mod avx512 {
                 let m = inside(0, (q - 16 * k) as isize);
                 let out = |o: usize, mut acc: __m512| {
                     if !MAX {
-                        acc = _mm512_mul_ps(acc, _mm512_mul_ps(cols, _mm512_set1_ps(self.inv.row(o))));
+                        acc = _mm512_mul_ps(
+                            acc,
+                            _mm512_mul_ps(cols, _mm512_set1_ps(self.inv.row(o))),
+                        );
                     }
                     let at = yp.wrapping_add(o * q + 16 * k);
                     // SAFETY: lanes 16·k + l under the mask are below q, the row's length.
@@ -603,7 +615,8 @@ mod avx512 {
                 column.extend((0..h).map(reduced));
                 for (o, &(lo, hi)) in self.windows.iter().enumerate() {
                     // Window rows lo..hi lie inside the plane: `top` does not wrap.
-                    let top = (o * plan.stride[0] + lo * plan.dilation[0]).wrapping_sub(plan.pad[0]);
+                    let top =
+                        (o * plan.stride[0] + lo * plan.dilation[0]).wrapping_sub(plan.pad[0]);
                     let at = |i: usize| column[top + i * plan.dilation[0]];
                     // The rows hold no NaN (each started at the identity or a tap).
                     let acc = (1..hi - lo).fold(at(0), |acc, i| step::<MAX>(acc, at(i)));
@@ -612,18 +625,14 @@ mod avx512 {
             }
         }
 
-        /// Every output row of one plane: `MAX` pools the maximum (else the average), `SW`
-        /// is the column stride, `S` the kernel's columns (0: any).
+        /// Every output row of one plane with a column stride of 2: `MAX` pools the maximum
+        /// (else the average), `S` is the kernel's columns (0: any).
         ///
         /// # Safety
-        /// The CPU must support AVX-512 F, BW and VL; `plan.stride[1] == SW`, `S` is 0 or
+        /// The CPU must support AVX-512 F, BW and VL; `plan.stride[1] == 2`, `S` is 0 or
         /// `plan.s`, and [`applies`] holds; `x` holds `h·w` elements and `y` `p·q`.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn rows<T: Element, const MAX: bool, const SW: usize, const S: usize>(
-            &self,
-            x: &[T],
-            y: &mut [T],
-        ) {
+        unsafe fn rows<T: Element, const MAX: bool, const S: usize>(&self, x: &[T], y: &mut [T]) {
             let plan = self.plan;
             let q = plan.q;
             let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -654,12 +663,8 @@ mod avx512 {
                 // SAFETY: rows lo..hi are inside the plane.
                 unsafe {
                     match hi - lo {
-                        3 => {
-                            row.outputs::<MAX, SW, S, 3>(3, taps, ahead, scale, &self.inv.cols, yr)
-                        }
-                        n => {
-                            row.outputs::<MAX, SW, S, 0>(n, taps, ahead, scale, &self.inv.cols, yr)
-                        }
+                        3 => row.outputs::<MAX, S, 3>(3, taps, ahead, scale, &self.inv.cols, yr),
+                        n => row.outputs::<MAX, S, 0>(n, taps, ahead, scale, &self.inv.cols, yr),
                     }
                 }
             }
@@ -708,23 +713,20 @@ mod avx512 {
             }
         }
 
-        /// Output block `k`'s phases: its `16·SW` input columns reduced over the rows, split
-        /// into their even and odd columns for `SW = 2`.
+        /// Output block `k`'s phases: its 32 input columns reduced over the rows, split into
+        /// their even and odd columns.
         ///
         /// # Safety
         /// As for [`column`](Self::column).
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn phases<const MAX: bool, const SW: usize, const N: usize>(
+        unsafe fn phases<const MAX: bool, const N: usize>(
             &self,
             n: usize,
             k: usize,
         ) -> [__m512; SW] {
             // SAFETY: the caller's contract.
             let a = unsafe { self.column::<MAX, N>(n, SW * k) };
-            if SW == 1 {
-                return [a; SW];
-            }
             // SAFETY: the caller's contract.
             let b = unsafe { self.column::<MAX, N>(n, SW * k + 1) };
             let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -743,7 +745,7 @@ mod avx512 {
         /// The CPU must support AVX-512 F, BW and VL; `n` rows from `first`, `step` apart,
         /// are rows of the plane; `masks` covers `y`'s blocks and one more.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn outputs<const MAX: bool, const SW: usize, const S: usize, const N: usize>(
+        unsafe fn outputs<const MAX: bool, const S: usize, const N: usize>(
             &self,
             n: usize,
             taps: &[(usize, usize, __m512i)],
@@ -757,16 +759,16 @@ mod avx512 {
             // SAFETY (the `phases` calls): the caller's contract; blocks up to ⌈q/16⌉ are
             // in `masks`.
             let blocks = q.div_ceil(16);
-            let mut cur = unsafe { self.phases::<MAX, SW, N>(n, 0) };
+            let mut cur = unsafe { self.phases::<MAX, N>(n, 0) };
             for k in 0..blocks {
                 // The next block's phases: read by the taps `ahead`, and its own.
                 let next = if ahead || k + 1 < blocks {
-                    unsafe { self.phases::<MAX, SW, N>(n, k + 1) }
+                    unsafe { self.phases::<MAX, N>(n, k + 1) }
                 } else {
                     cur
                 };
                 let tap = |&(phase, shift, idx): &(usize, usize, __m512i)| {
-                    let (c, n) = if SW == 1 || phase == 0 {
+                    let (c, n) = if phase == 0 {
                         (cur[0], next[0])
                     } else {
                         (cur[SW - 1], next[SW - 1])
