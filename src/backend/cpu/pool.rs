@@ -530,7 +530,7 @@ mod avx512 {
         }
 
         /// Every output row of one plane with a column stride of 1, a block of 16 output
-        /// columns at a time (the plane stays in L1 between blocks): each input row's column
+        /// columns at a time (a small plane stays in L1 between blocks): each input row's column
         /// taps (one load per tap, shifted by `j·dilation − pad` columns, masked at the row's
         /// ends) reduced, then each output row's window rows of those reduced. A window of 3
         /// consecutive rows keeps the last three in registers as it slides down (each input
