@@ -180,6 +180,17 @@ fn cases() -> Vec<Case> {
         case([1, 2, 6, 1], [3, 1], [1, 1], [1, 0, 1, 0]),
         case([1, 3, 5, 13], [3, 3], [2, 2], [0, 1, 0, 0]),
         case([2, 2, 7, 15], [3, 3], [1, 1], [0, 0, 1, 1]),
+        // The AVX-512 kernel's sliding window of 3 rows (row stride 1): widths 1, 2, 3, 15,
+        // 16, 17 and 33, odd and even heights, pads above half the kernel, 2 and 5 column
+        // taps, a window of one row.
+        case([1, 2, 4, 1], [3, 3], [1, 1], [2, 2, 2, 2]),
+        case([1, 2, 5, 2], [3, 3], [1, 1], [2, 1, 0, 2]),
+        case([2, 1, 6, 3], [3, 2], [1, 1], [0, 1, 2, 0]),
+        case([1, 1, 3, 15], [3, 3], [1, 1], [2; 4]),
+        case([1, 2, 7, 16], [3, 3], [1, 1], [2, 2, 2, 2]),
+        case([1, 2, 8, 17], [3, 5], [1, 1], [1, 2, 2, 4]),
+        case([1, 2, 9, 33], [3, 3], [1, 1], [0, 2, 1, 0]),
+        case([1, 2, 1, 20], [3, 3], [1, 1], [1; 4]),
         case([1, 2, 9, 37], [3, 3], [1, 2], [1, 0, 0, 2]),
         case([1, 2, 6, 50], [2, 2], [2, 2], [0; 4]),
         case([1, 2, 5, 65], [3, 3], [2, 2], [0, 2, 0, 0]),
@@ -239,6 +250,8 @@ fn dilated_cases() -> Vec<Case> {
         // Column dilations with column strides 1 and 2 on rows wider than 16.
         d(case([1, 2, 7, 40], [3, 3], [1, 2], [1, 2, 1, 2]), [2, 3]),
         d(case([1, 2, 6, 35], [2, 4], [1, 1], [0; 4]), [1, 5]),
+        // The sliding window of 3 rows with dilated columns.
+        d(case([1, 2, 6, 20], [3, 3], [1, 1], [1, 2, 1, 2]), [1, 2]),
     ]
 }
 
@@ -359,6 +372,10 @@ pub fn global_pools_match_reference<B: Backend>(backend: &B) {
             &[3, 5, 33, 33],
             &[1, 1, 1],
             &[2, 64, 7, 7],
+            // FP16 planes are widened a group at a time: several groups, the last short,
+            // and planes larger than a group.
+            &[2, 100, 7, 7],
+            &[1, 3, 70, 70],
         ] {
             for max in [false, true] {
                 let x = random(&mut rng, dtype, shape, -1.0, 1.0);

@@ -5,12 +5,14 @@
 //! position's count for an average (which factors into a row part and a column part,
 //! [`Inverse`]). A MaxPool reduction starts at its identity `-inf` and a NaN never wins it (a
 //! window of NaNs gives `-inf`, as on the GPU). With AVX-512 and a column stride of 1 or 2,
-//! [`avx512`] does it all in registers, 16 output columns at a time. Otherwise the portable
-//! kernel ([`plane`]) goes a group of output rows at a time, stage by stage: (1) each output
-//! row's reduced input rows into its padded row `v` (the reduction's identity — the padding's
-//! value — on both sides, so no tap needs a range check); (2) with a column stride `sw > 1`,
-//! each `v` split into its `sw` phases (columns `k, k + sw, …` contiguous) so that every
-//! column tap reads one contiguous slice; (3) the column taps straight into the output row.
+//! [`avx512`] does it in registers, 16 output columns at a time (for a column stride of 1 the
+//! other way round: each input row's column taps first, then the window's rows). Otherwise the
+//! portable kernel ([`plane`]) goes a group of output rows at a time, stage by stage: (1) each
+//! output row's reduced input rows into its padded row `v` (the reduction's identity — the
+//! padding's value — on both sides, so no tap needs a range check); (2) with a column stride
+//! `sw > 1`, each `v` split into its `sw` phases (columns `k, k + sw, …` contiguous) so that
+//! every column tap reads one contiguous slice; (3) the column taps straight into the output
+//! row.
 //! Each stage reads rows the stage before stored a group earlier: a load that straddles stores
 //! still in flight (the column taps' shifted reads of a row just made) would wait for them.
 //! Both reductions run in fixed blocks of 16 (or 8) lanes that compile to whole vector
@@ -19,7 +21,8 @@
 //! are short (35 wide), and a plain loop would leave much of each row to a scalar remainder.
 //! FP16 input rows are widened a group at a time (in registers by [`avx512`]), and each
 //! group's output rows are rounded back as they are made. Global pools reduce each contiguous
-//! plane with independent lane accumulators.
+//! plane with independent lane accumulators folded in halves, one loop per task ([`globals`];
+//! FP16 planes widened a group at a time, so that they are reduced from L1).
 
 use rayon::prelude::*;
 
@@ -185,12 +188,6 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         return tasks.for_each_init(
             || (Vec::new(), Vec::new()),
             |(xs, ys), (yt, xt)| {
-                let x: &[f32] = if T::DTYPE == DType::F32 {
-                    bytemuck::cast_slice(xt)
-                } else {
-                    widen(xt, xs);
-                    xs
-                };
                 // FP16: the task's results, rounded to the storage type at once.
                 let out: &mut [f32] = if T::DTYPE == DType::F32 {
                     bytemuck::cast_slice_mut(yt)
@@ -198,13 +195,15 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
                     ys.resize(yt.len(), 0.0);
                     ys
                 };
-                for (y, xp) in out.iter_mut().zip(x.chunks(plane_in)) {
-                    *y = match plan.kind {
-                        PoolKind::Max => global_max(xp),
-                        _ => (global_sum(xp) as f64 / plane_in as f64) as f32,
-                    };
-                }
-                if T::DTYPE != DType::F32 {
+                if T::DTYPE == DType::F32 {
+                    globals(plan.kind, plane_in, bytemuck::cast_slice(xt), out);
+                } else {
+                    // Widened a few planes at a time, so that they are reduced from L1.
+                    let group = (GLOBAL_CHUNK / plane_in).max(1);
+                    for (o, x) in out.chunks_mut(group).zip(xt.chunks(group * plane_in)) {
+                        widen(x, xs);
+                        globals(plan.kind, plane_in, xs, o);
+                    }
                     narrow(ys, yt);
                 }
             },
@@ -214,9 +213,9 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     if avx512::applies(plan) {
         let kernel = avx512::Kernel::new(plan, &inv);
-        return tasks.for_each(|(yt, xt)| {
+        return tasks.for_each_init(Vec::new, |column, (yt, xt)| {
             for (yp, xp) in yt.chunks_mut(plane_out).zip(xt.chunks(plane_in)) {
-                kernel.plane(xp, yp);
+                kernel.plane(xp, yp, column);
             }
         });
     }
@@ -430,12 +429,14 @@ fn split_phases(dst: &mut [f32], src: &[f32], sw: usize, len: usize) {
     }
 }
 
-/// The AVX-512 kernel: every output row straight from the input rows, in registers. Per
-/// block of 16 output columns, its input columns (16·`SW` from column `16·SW·k − pad`) are
-/// reduced over the row's window rows (masked loads: columns outside the input read as the
-/// identity), a stride-2 block split into its even and odd columns (two permutes), and each
-/// column tap is its phase shifted by `j·dilation / SW` lanes into the next block's (one
-/// permute; none for a tap on lane 0), so no row is stored and read back.
+/// The AVX-512 kernel, 16 output columns at a time in registers, masked loads reading the
+/// columns outside the input as the identity. Column stride 1 ([`Kernel::columns`]): columns
+/// first, each column tap one load shifted by `j·dilation − pad` columns, then the window's
+/// rows (a 3-row window slides down in registers). Column stride 2 ([`Kernel::rows`]): rows
+/// first, each output block's 32 input columns reduced over the row's window rows, split into
+/// their even and odd columns (two permutes), and each column tap is its phase shifted by
+/// `j·dilation / 2` lanes into the next block's (one permute; none for a tap on lane 0), so
+/// no row is stored and read back.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -445,81 +446,193 @@ mod avx512 {
     use crate::dtype::{DType, Element};
     use crate::ops::{PoolKind, PoolPlan};
 
+    /// The column stride of [`Kernel::rows`] (a column stride of 1 is [`Kernel::columns`]).
+    const SW: usize = 2;
+
     /// Whether [`Kernel`] computes `plan`: the CPU has AVX-512 F, BW and VL (the FP16 loads
-    /// and stores are 16-bit masked), the column stride is 1 or 2 and every column tap lies
-    /// within the next block's phase (`(s − 1)·dilation / stride ≤ 16`).
+    /// and stores are 16-bit masked), and the column stride is 1, or 2 with every column tap
+    /// within the next block's phase (`(s − 1)·dilation / 2 ≤ 16`).
     pub fn applies(plan: &PoolPlan) -> bool {
         supported()
-            && matches!(plan.stride[1], 1 | 2)
-            && (plan.s - 1).saturating_mul(plan.dilation[1]) / plan.stride[1] <= 16
+            && match plan.stride[1] {
+                1 => true,
+                2 => (plan.s - 1).saturating_mul(plan.dilation[1]) / 2 <= 16,
+                _ => false,
+            }
     }
 
     /// A plan's column taps, masks and window rows, shared by its planes.
     pub struct Kernel<'a> {
         plan: &'a PoolPlan,
         inv: &'a Inverse,
-        /// Per column tap `j`: its phase (`j·dilation mod SW`) and its shift in lanes
-        /// (`j·dilation / SW`).
+        /// Column stride 2: per column tap `j`, its phase (`j·dilation mod 2`) and its shift in
+        /// lanes (`j·dilation / 2`).
         taps: Vec<(usize, usize)>,
-        /// Per block of 16 input columns a row's phases read (`SW` per output block, one
-        /// output block more than the row has): the lanes inside the input row.
+        /// Column stride 2: per block of 16 input columns a row's phases read (2 per output
+        /// block, one output block more than the row has), the lanes inside the input row.
         masks: Vec<__mmask16>,
         /// Per output row, its window's rows inside the plane ([`window_rows`]).
         windows: Vec<(usize, usize)>,
+        /// Column stride 1: per block `k` of 16 output columns and column tap `j` (`k·s + j`),
+        /// the lanes whose input column `16·k + l + j·dilation − pad` lies inside the row.
+        shifted: Vec<__mmask16>,
     }
 
     impl<'a> Kernel<'a> {
         /// The kernel of `plan`, for which [`applies`] holds.
         pub fn new(plan: &'a PoolPlan, inv: &'a Inverse) -> Self {
-            let (sw, dw) = (plan.stride[1], plan.dilation[1]);
-            let taps = (0..plan.s).map(|j| (j * dw % sw, j * dw / sw)).collect();
-            let masks = (0..(plan.q.div_ceil(16) + 1) * sw)
-                .map(|b| inside((16 * b) as isize - plan.pad[1] as isize, plan.w as isize))
-                .collect();
+            let dw = plan.dilation[1];
+            let (pad, w) = (plan.pad[1] as isize, plan.w as isize);
+            let blocks = plan.q.div_ceil(16);
             let windows = (0..plan.p).map(|o| window_rows(plan, o)).collect();
+            let (mut taps, mut masks, mut shifted) = (Vec::new(), Vec::new(), Vec::new());
+            if plan.stride[1] == 1 {
+                shifted = (0..blocks * plan.s)
+                    .map(|b| inside((16 * (b / plan.s) + b % plan.s * dw) as isize - pad, w))
+                    .collect();
+            } else {
+                taps = (0..plan.s).map(|j| (j * dw % SW, j * dw / SW)).collect();
+                masks = (0..(blocks + 1) * SW)
+                    .map(|b| inside((16 * b) as isize - pad, w))
+                    .collect();
+            }
             Kernel {
                 plan,
                 inv,
                 taps,
                 masks,
                 windows,
+                shifted,
             }
         }
 
-        /// One `[h, w]` plane `x` into its `[p, q]` output `y`.
-        pub fn plane<T: Element>(&self, x: &[T], y: &mut [T]) {
+        /// One `[h, w]` plane `x` into its `[p, q]` output `y`; `column` is scratch (column
+        /// stride 1: a block's reduced input rows, [`columns`](Self::columns)).
+        pub fn plane<T: Element>(&self, x: &[T], y: &mut [T], column: &mut Vec<__m512>) {
             let plan = self.plan;
             assert!(x.len() == plan.h * plan.w && y.len() == plan.p * plan.q);
             assert!(applies(plan));
             let max = plan.kind == PoolKind::Max;
-            // SAFETY: the CPU has the features (`applies`), the column stride is the `SW`
-            // passed and the slices have the plane's lengths (asserted above).
+            // SAFETY: the CPU has the features (`applies`), the column stride is the one the
+            // kernel is for and the slices have the plane's lengths (asserted above).
             unsafe {
                 match (max, plan.stride[1], plan.s) {
-                    (true, 1, 3) => self.rows::<T, true, 1, 3>(x, y),
-                    (true, 1, _) => self.rows::<T, true, 1, 0>(x, y),
-                    (true, _, 3) => self.rows::<T, true, 2, 3>(x, y),
-                    (true, _, _) => self.rows::<T, true, 2, 0>(x, y),
-                    (false, 1, 3) => self.rows::<T, false, 1, 3>(x, y),
-                    (false, 1, _) => self.rows::<T, false, 1, 0>(x, y),
-                    (false, _, 3) => self.rows::<T, false, 2, 3>(x, y),
-                    (false, _, _) => self.rows::<T, false, 2, 0>(x, y),
+                    (true, 1, 3) => self.columns::<T, true, 3>(x, y, column),
+                    (true, 1, _) => self.columns::<T, true, 0>(x, y, column),
+                    (true, _, 3) => self.rows::<T, true, 3>(x, y),
+                    (true, _, _) => self.rows::<T, true, 0>(x, y),
+                    (false, 1, 3) => self.columns::<T, false, 3>(x, y, column),
+                    (false, 1, _) => self.columns::<T, false, 0>(x, y, column),
+                    (false, _, 3) => self.rows::<T, false, 3>(x, y),
+                    (false, _, _) => self.rows::<T, false, 0>(x, y),
                 }
             }
         }
 
-        /// Every output row of one plane: `MAX` pools the maximum (else the average), `SW`
-        /// is the column stride, `S` the kernel's columns (0: any).
+        /// Every output row of one plane with a column stride of 1, a block of 16 output
+        /// columns at a time (a small plane stays in L1 between blocks): each input row's column
+        /// taps (one load per tap, shifted by `j·dilation − pad` columns, masked at the row's
+        /// ends) reduced, then each output row's window rows of those reduced. A window of 3
+        /// consecutive rows keeps the last three in registers as it slides down (each input
+        /// row is reduced once, nothing is stored but the output); other windows reduce every
+        /// input row into `column` first. `MAX` pools the maximum (else the average), `S` is
+        /// the kernel's columns (0: any).
         ///
         /// # Safety
-        /// The CPU must support AVX-512 F, BW and VL; `plan.stride[1] == SW`, `S` is 0 or
-        /// `plan.s`, and [`applies`] holds; `x` holds `h·w` elements and `y` `p·q`.
+        /// The CPU must support AVX-512 F, BW and VL; `plan.stride[1] == 1`, `S` is 0 or
+        /// `plan.s`; `x` holds `h·w` elements and `y` `p·q`.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn rows<T: Element, const MAX: bool, const SW: usize, const S: usize>(
+        unsafe fn columns<T: Element, const MAX: bool, const S: usize>(
             &self,
             x: &[T],
             y: &mut [T],
+            column: &mut Vec<__m512>,
         ) {
+            let plan = self.plan;
+            let (h, w, q) = (plan.h, plan.w, plan.q);
+            let s = if S > 0 { S } else { plan.s };
+            let dw = plan.dilation[1];
+            let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
+            let slides = plan.r == 3 && plan.stride[0] == 1 && plan.dilation[0] == 1;
+            let yp = y.as_mut_ptr();
+            for (k, masks) in self.shifted.chunks_exact(s).enumerate() {
+                // Input row `i`'s column taps reduced (the identity for a row outside).
+                let reduced = |i: usize| {
+                    if i >= h {
+                        return identity;
+                    }
+                    // Input column 16·k − pad of row i (lanes outside the row are not read).
+                    let p = x
+                        .as_ptr()
+                        .wrapping_add(i * w + 16 * k)
+                        .wrapping_sub(plan.pad[1]);
+                    // SAFETY: only the lanes inside row i are read (the masks).
+                    let tap =
+                        |j: usize| unsafe { load_or(p.wrapping_add(j * dw), masks[j], identity) };
+                    if MAX {
+                        // From the identity: a NaN never wins.
+                        (0..s).fold(identity, |acc, j| step::<MAX>(acc, tap(j)))
+                    } else {
+                        (1..s).fold(tap(0), |acc, j| step::<MAX>(acc, tap(j)))
+                    }
+                };
+                let cols = if MAX {
+                    identity
+                } else {
+                    _mm512_loadu_ps(self.inv.cols[16 * k..][..16].as_ptr())
+                };
+                let m = inside(0, (q - 16 * k) as isize);
+                let out = |o: usize, mut acc: __m512| {
+                    if !MAX {
+                        acc = _mm512_mul_ps(
+                            acc,
+                            _mm512_mul_ps(cols, _mm512_set1_ps(self.inv.row(o))),
+                        );
+                    }
+                    let at = yp.wrapping_add(o * q + 16 * k);
+                    // SAFETY: lanes 16·k + l under the mask are below q, the row's length.
+                    unsafe {
+                        if m == u16::MAX {
+                            store_all(at, acc)
+                        } else {
+                            store(at, m, acc)
+                        }
+                    };
+                };
+                if slides {
+                    // Rows o − pad .. o − pad + 3 (a row above the plane wraps to ≥ h).
+                    let top = 0usize.wrapping_sub(plan.pad[0]);
+                    let mut win = [reduced(top), reduced(top.wrapping_add(1)), identity];
+                    for o in 0..plan.p {
+                        win[2] = reduced(top.wrapping_add(o + 2));
+                        // The rows hold no NaN (each started at the identity or a tap).
+                        out(o, step::<MAX>(step::<MAX>(win[0], win[1]), win[2]));
+                        win = [win[1], win[2], identity];
+                    }
+                    continue;
+                }
+                column.clear();
+                column.extend((0..h).map(reduced));
+                for (o, &(lo, hi)) in self.windows.iter().enumerate() {
+                    // Window rows lo..hi lie inside the plane: `top` does not wrap.
+                    let top =
+                        (o * plan.stride[0] + lo * plan.dilation[0]).wrapping_sub(plan.pad[0]);
+                    let at = |i: usize| column[top + i * plan.dilation[0]];
+                    // The rows hold no NaN (each started at the identity or a tap).
+                    let acc = (1..hi - lo).fold(at(0), |acc, i| step::<MAX>(acc, at(i)));
+                    out(o, if lo == hi { identity } else { acc });
+                }
+            }
+        }
+
+        /// Every output row of one plane with a column stride of 2: `MAX` pools the maximum
+        /// (else the average), `S` is the kernel's columns (0: any).
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F, BW and VL; `plan.stride[1] == 2`, `S` is 0 or
+        /// `plan.s`, and [`applies`] holds; `x` holds `h·w` elements and `y` `p·q`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn rows<T: Element, const MAX: bool, const S: usize>(&self, x: &[T], y: &mut [T]) {
             let plan = self.plan;
             let q = plan.q;
             let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -550,12 +663,8 @@ mod avx512 {
                 // SAFETY: rows lo..hi are inside the plane.
                 unsafe {
                     match hi - lo {
-                        3 => {
-                            row.outputs::<MAX, SW, S, 3>(3, taps, ahead, scale, &self.inv.cols, yr)
-                        }
-                        n => {
-                            row.outputs::<MAX, SW, S, 0>(n, taps, ahead, scale, &self.inv.cols, yr)
-                        }
+                        3 => row.outputs::<MAX, S, 3>(3, taps, ahead, scale, &self.inv.cols, yr),
+                        n => row.outputs::<MAX, S, 0>(n, taps, ahead, scale, &self.inv.cols, yr),
                     }
                 }
             }
@@ -604,23 +713,20 @@ mod avx512 {
             }
         }
 
-        /// Output block `k`'s phases: its `16·SW` input columns reduced over the rows, split
-        /// into their even and odd columns for `SW = 2`.
+        /// Output block `k`'s phases: its 32 input columns reduced over the rows, split into
+        /// their even and odd columns.
         ///
         /// # Safety
         /// As for [`column`](Self::column).
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn phases<const MAX: bool, const SW: usize, const N: usize>(
+        unsafe fn phases<const MAX: bool, const N: usize>(
             &self,
             n: usize,
             k: usize,
         ) -> [__m512; SW] {
             // SAFETY: the caller's contract.
             let a = unsafe { self.column::<MAX, N>(n, SW * k) };
-            if SW == 1 {
-                return [a; SW];
-            }
             // SAFETY: the caller's contract.
             let b = unsafe { self.column::<MAX, N>(n, SW * k + 1) };
             let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -639,7 +745,7 @@ mod avx512 {
         /// The CPU must support AVX-512 F, BW and VL; `n` rows from `first`, `step` apart,
         /// are rows of the plane; `masks` covers `y`'s blocks and one more.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn outputs<const MAX: bool, const SW: usize, const S: usize, const N: usize>(
+        unsafe fn outputs<const MAX: bool, const S: usize, const N: usize>(
             &self,
             n: usize,
             taps: &[(usize, usize, __m512i)],
@@ -653,16 +759,16 @@ mod avx512 {
             // SAFETY (the `phases` calls): the caller's contract; blocks up to ⌈q/16⌉ are
             // in `masks`.
             let blocks = q.div_ceil(16);
-            let mut cur = unsafe { self.phases::<MAX, SW, N>(n, 0) };
+            let mut cur = unsafe { self.phases::<MAX, N>(n, 0) };
             for k in 0..blocks {
                 // The next block's phases: read by the taps `ahead`, and its own.
                 let next = if ahead || k + 1 < blocks {
-                    unsafe { self.phases::<MAX, SW, N>(n, k + 1) }
+                    unsafe { self.phases::<MAX, N>(n, k + 1) }
                 } else {
                     cur
                 };
                 let tap = |&(phase, shift, idx): &(usize, usize, __m512i)| {
-                    let (c, n) = if SW == 1 || phase == 0 {
+                    let (c, n) = if phase == 0 {
                         (cur[0], next[0])
                     } else {
                         (cur[SW - 1], next[SW - 1])
@@ -729,38 +835,62 @@ mod avx512 {
     }
 }
 
+/// FP16 elements a global pool widens at a time (16 KiB of f32).
+const GLOBAL_CHUNK: usize = 4096;
+
 multiversion! {
-    /// The largest element (NaN never wins; `-inf` for none).
-    fn global_max(x: &[f32]) -> f32 {
-        let mut acc = [f32::NEG_INFINITY; LANES];
-        let chunks = x.chunks_exact(LANES);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for l in 0..LANES {
-                acc[l] = acc[l].max(c[l]);
-            }
+    /// The global pool of each `plane`-element plane of `x` into its element of `y`: the
+    /// maximum ([`global_max`]) or the mean ([`global_sum`] over the count, in f64).
+    fn globals(kind: PoolKind, plane: usize, x: &[f32], y: &mut [f32]) {
+        for (y, xp) in y.iter_mut().zip(x.chunks_exact(plane)) {
+            *y = match kind {
+                PoolKind::Max => global_max(xp),
+                _ => (global_sum(xp) as f64 / plane as f64) as f32,
+            };
         }
-        let mut m = f32::NEG_INFINITY;
-        for &v in acc.iter().chain(tail) {
-            m = if v > m { v } else { m };
-        }
-        m
     }
 }
 
-multiversion! {
-    /// The sum, in `LANES` independent f32 partial sums.
-    fn global_sum(x: &[f32]) -> f32 {
-        let mut acc = [0.0f32; LANES];
-        let chunks = x.chunks_exact(LANES);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for l in 0..LANES {
-                acc[l] += c[l];
-            }
+/// Folds the `LANES` partial results in halves (a tree, not a chain of dependent steps).
+#[inline(always)]
+fn fold_lanes(mut acc: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for l in 0..n {
+            acc[l] = op(acc[l], acc[l + n]);
         }
-        acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
     }
+    acc[0]
+}
+
+/// The largest element (NaN never wins; `-inf` for none).
+#[inline(always)]
+fn global_max(x: &[f32]) -> f32 {
+    let max = |a: f32, b: f32| if b > a { b } else { a };
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = max(acc[l], c[l]);
+        }
+    }
+    tail.iter().fold(fold_lanes(acc, max), |m, &v| max(m, v))
+}
+
+/// The sum, in `LANES` independent f32 partial sums.
+#[inline(always)]
+fn global_sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    fold_lanes(acc, |a, b| a + b) + tail.iter().sum::<f32>()
 }
 
 #[cfg(test)]
