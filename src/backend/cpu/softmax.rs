@@ -3,9 +3,10 @@
 //! passes (max, exp with the sum, scale), the exp in whole `LANES`-wide vectors (a row's tail
 //! too; on AVX-512 written with intrinsics around `simd::exp_x16`, which takes fewer
 //! instructions than the exp LLVM vectorises), otherwise the passes run over whole `inner`-wide
-//! rows. A pass fewer (an online max and
-//! sum) would take an exp per element twice; with the row in L1 the exp is the cost, not the
-//! extra read.
+//! rows. A pass fewer (an online max and sum) would take an exp per element twice; with the row
+//! in L1 the exp is the cost, not the extra read. FP16 is widened into f32 scratch and rounded
+//! back, except a contiguous row on AVX-512, which is widened in registers as it is read and
+//! rounded in registers as the last pass writes it (only its exps wait in scratch).
 
 use rayon::prelude::*;
 
@@ -21,7 +22,7 @@ use crate::ops::SoftmaxPlan;
 /// Lanes of the independent accumulators that let the reductions vectorise.
 const LANES: usize = 16;
 
-/// Computes `plan` for storage type `T` (FP16 slabs are widened to FP32 and back).
+/// Computes `plan` for storage type `T` (FP16 in FP32: [`slab_f32`]).
 pub fn softmax<T: Element>(plan: &SoftmaxPlan, x: &[T], y: &mut [T]) {
     let slab = plan.len * plan.inner;
     if slab == 0 {
@@ -161,7 +162,10 @@ unsafe fn exp_sum_x16<T: Element>(x: &[T], y: &mut [f32], max: f32) -> f32 {
         // SAFETY: i + 16 <= full <= both lengths; unaligned loads and stores; the CPU supports
         // AVX-512F (this function's contract).
         unsafe {
-            let e = exp_x16(_mm512_sub_ps(avx512::load_or(x.as_ptr().add(i), !0, ninf), m));
+            let e = exp_x16(_mm512_sub_ps(
+                avx512::load_or(x.as_ptr().add(i), !0, ninf),
+                m,
+            ));
             _mm512_storeu_ps(y.as_mut_ptr().add(i), e);
             sum = _mm512_add_ps(sum, e);
         }
