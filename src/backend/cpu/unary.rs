@@ -219,6 +219,48 @@ mod tests {
         }
     }
 
+    /// The AVX-512 Sigmoid loop: the same bounds as the scalar form, over the same dense range
+    /// and the same edges (ten elements: the masked tail alone).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sigmoid_x16_matches_f64_and_edges() {
+        if !avx512::supported() {
+            return;
+        }
+        // SAFETY: the CPU supports AVX-512 F, BW and VL (checked above); equal lengths.
+        let run = |x: &[f32], y: &mut [f32]| unsafe { x16::sigmoid(x, y) };
+        let xs: Vec<f32> = (-400_000..=400_000)
+            .map(|i| i as f32 * 5e-5)
+            .chain((-1600..=1600).map(|i| i as f32 * 0.05))
+            .collect();
+        let mut y = vec![0.0; xs.len()];
+        run(&xs, &mut y);
+        let worst = xs
+            .iter()
+            .zip(&y)
+            .map(|(&x, &g)| rel(g, 1.0 / (1.0 + (-(x as f64)).exp())))
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-6, "sigmoid: worst relative error {worst:e}");
+        let x = [
+            f32::NEG_INFINITY,
+            -1e30,
+            -100.0,
+            -87.0,
+            0.0,
+            -0.0,
+            20.0,
+            100.0,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        let mut y = [0.0; 10];
+        run(&x, &mut y);
+        assert_eq!(&y[..2], &[0.0, 0.0]);
+        assert!(y[2] >= 0.0 && y[2] < 1e-37 && y[3] > 0.0);
+        assert_eq!(&y[4..9], &[0.5, 0.5, 1.0, 1.0, 1.0]);
+        assert!(y[9].is_nan());
+    }
+
     #[test]
     fn edges() {
         let x = [
