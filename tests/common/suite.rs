@@ -484,12 +484,17 @@ fn softmax_case<B: Backend>(backend: &B, x: &HostTensor, axis: i64) {
     assert_close(&what, &backend.download(&y).unwrap(), &want, x.shape());
 }
 
-/// Softmax along every axis, negative and positive, of several ranks, and long rows.
+/// Softmax along every axis, negative and positive, of several ranks, rows around the 16-lane
+/// vector width, and long rows.
 pub fn softmax_every_axis<B: Backend>(backend: &B) {
     let mut rng = rng("softmax_every_axis");
-    let shapes: [&[usize]; 11] = [
+    let shapes: [&[usize]; 14] = [
         &[1],
         &[1, 1],
+        // Rows of one vector, one more, and two and one more (the AVX-512 loops' tails).
+        &[5, 16],
+        &[4, 17],
+        &[3, 33],
         &[3, 4, 5],
         &[2, 3, 5, 7],
         &[7, 1000],

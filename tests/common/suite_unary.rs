@@ -154,8 +154,8 @@ pub fn unary_matches_reference<B: Backend>(backend: &B) {
     }
 }
 
-/// Near zero (Tanh's polynomial, Sigmoid ≈ 1/2), large magnitudes (saturation, no overflow),
-/// ±inf, NaN (propagated by every op, as onnxruntime does), ±0 and values on the Clip bounds.
+/// Near zero (Tanh's polynomial, Sigmoid ≈ 1/2), subnormals, large magnitudes (saturation, no
+/// overflow), ±inf, NaN (propagated by every op, as onnxruntime does), ±0 and values on the Clip bounds.
 pub fn unary_extremes<B: Backend>(backend: &B) {
     let mut rng = rng("unary_extremes");
     for dtype in DType::ALL {
@@ -183,6 +183,11 @@ pub fn unary_extremes<B: Backend>(backend: &B) {
             0.624,
             1e-4,
             -3e-3,
+            // Subnormal in FP32 (the first two) and in FP16 (1e-6 and -3e-7).
+            1e-40,
+            -1e-40,
+            1e-6,
+            -3e-7,
             f32::NAN,
         ];
         // Small magnitudes spanning the polynomial range and the switch to the exponential.
@@ -205,6 +210,7 @@ pub fn unary_extremes<B: Backend>(backend: &B) {
         for shift in 1..8 {
             let x = HostTensor::from_f32(dtype, &[n - shift], &special[shift..]).unwrap();
             case(backend, &Op::Relu, &x);
+            case(backend, &Op::Sigmoid, &x);
             case(backend, &Op::Tanh, &x);
         }
         let run = |op: &Op, v: f32| {

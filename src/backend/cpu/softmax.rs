@@ -3,15 +3,18 @@
 //! passes (max, exp with the sum, scale), the exp in whole `LANES`-wide vectors (a row's tail
 //! too; on AVX-512 written with intrinsics around `simd::exp_x16`, which takes fewer
 //! instructions than the exp LLVM vectorises), otherwise the passes run over whole `inner`-wide
-//! rows. A pass fewer (an online max and
-//! sum) would take an exp per element twice; with the row in L1 the exp is the cost, not the
-//! extra read.
+//! rows. A pass fewer (an online max and sum) would take an exp per element twice; with the row
+//! in L1 the exp is the cost, not the extra read. FP16 is widened into f32 scratch and rounded
+//! back, except a contiguous row on AVX-512, which is widened in registers as it is read and
+//! rounded in registers as the last pass writes it (only its exps wait in scratch).
 
 use rayon::prelude::*;
 
-use super::simd::{exp, multiversion};
 #[cfg(target_arch = "x86_64")]
-use super::simd::{exp_x16, level, Level};
+use super::avx512;
+#[cfg(target_arch = "x86_64")]
+use super::simd::exp_x16;
+use super::simd::{exp, multiversion};
 use super::{narrow, widen};
 use crate::dtype::{DType, Element};
 use crate::ops::SoftmaxPlan;
@@ -19,7 +22,7 @@ use crate::ops::SoftmaxPlan;
 /// Lanes of the independent accumulators that let the reductions vectorise.
 const LANES: usize = 16;
 
-/// Computes `plan` for storage type `T` (FP16 slabs are widened to FP32 and back).
+/// Computes `plan` for storage type `T` (FP16 in FP32: [`slab_f32`]).
 pub fn softmax<T: Element>(plan: &SoftmaxPlan, x: &[T], y: &mut [T]) {
     let slab = plan.len * plan.inner;
     if slab == 0 {
@@ -43,7 +46,8 @@ pub fn softmax<T: Element>(plan: &SoftmaxPlan, x: &[T], y: &mut [T]) {
         );
 }
 
-/// One slab `[len, inner]`, through f32 scratch when `T` is not f32.
+/// One slab `[len, inner]`, through f32 scratch when `T` is not f32 (on AVX-512 a contiguous
+/// FP16 row only keeps its exps there: [`row_x16`]).
 fn slab_f32<T: Element>(
     plan: &SoftmaxPlan,
     x: &[T],
@@ -54,6 +58,12 @@ fn slab_f32<T: Element>(
     if T::DTYPE == DType::F32 {
         let (x, y): (&[f32], &mut [f32]) = (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(y));
         slab(plan, x, y);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if plan.inner == 1 && avx512::supported() {
+        // SAFETY: the CPU supports AVX-512 F, BW and VL; equal lengths.
+        unsafe { row_x16(x, y, ys) };
         return;
     }
     widen(x, xs);
@@ -75,8 +85,8 @@ fn row(x: &[f32], y: &mut [f32]) {
     let max = row_max(x);
     // The comparisons skip NaN; exp(NaN − max) below still turns the whole row NaN.
     #[cfg(target_arch = "x86_64")]
-    let sum = if level() == Level::Avx512 {
-        // SAFETY: the CPU supports AVX-512F.
+    let sum = if avx512::supported() {
+        // SAFETY: the CPU supports AVX-512 F, BW and VL.
         unsafe { exp_sum_x16(x, y, max) }
     } else {
         exp_sum(x, y, max)
@@ -133,16 +143,18 @@ multiversion! {
     }
 }
 
-/// [`exp_sum`] sixteen lanes at a time with [`exp_x16`], the tail through a masked load
-/// (the missing lanes −∞, whose exp is 0) and a masked store.
+/// [`exp_sum`] sixteen lanes at a time with [`exp_x16`] from any storage type (FP16 widened in
+/// registers), the tail through a masked load (the missing lanes −∞, whose exp is 0) and a
+/// masked store.
 ///
 /// # Safety
-/// The CPU must support AVX-512F.
+/// The CPU must support AVX-512 F, BW and VL.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_sum_x16(x: &[f32], y: &mut [f32], max: f32) -> f32 {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn exp_sum_x16<T: Element>(x: &[T], y: &mut [f32], max: f32) -> f32 {
     use std::arch::x86_64::*;
     assert_eq!(x.len(), y.len());
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
     let m = _mm512_set1_ps(max);
     let mut sum = _mm512_setzero_ps();
     let full = x.len() / 16 * 16;
@@ -150,7 +162,10 @@ unsafe fn exp_sum_x16(x: &[f32], y: &mut [f32], max: f32) -> f32 {
         // SAFETY: i + 16 <= full <= both lengths; unaligned loads and stores; the CPU supports
         // AVX-512F (this function's contract).
         unsafe {
-            let e = exp_x16(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), m));
+            let e = exp_x16(_mm512_sub_ps(
+                avx512::load_or(x.as_ptr().add(i), !0, ninf),
+                m,
+            ));
             _mm512_storeu_ps(y.as_mut_ptr().add(i), e);
             sum = _mm512_add_ps(sum, e);
         }
@@ -161,14 +176,48 @@ unsafe fn exp_sum_x16(x: &[f32], y: &mut [f32], max: f32) -> f32 {
         // SAFETY: the masked lanes are the `rest` elements from `full` on, inside both slices;
         // masked-off lanes are neither read nor written.
         unsafe {
-            let xv =
-                _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), k, x.as_ptr().add(full));
+            let xv = avx512::load_or(x.as_ptr().add(full), k, ninf);
             let e = exp_x16(_mm512_sub_ps(xv, m));
             _mm512_mask_storeu_ps(y.as_mut_ptr().add(full), k, e);
             sum = _mm512_add_ps(sum, e);
         }
     }
     _mm512_reduce_add_ps(sum)
+}
+
+/// Softmax of one contiguous row of storage type `T` (FP16) without widening it through
+/// scratch: the max and the exps read `x` widened in registers, the exps wait in `e` (f32
+/// scratch, in L1 or L2 for the rows softmax sees), and the last pass scales them and rounds
+/// them straight into `y`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL; `x` and `y` have equal lengths.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn row_x16<T: Element>(x: &[T], y: &mut [T], e: &mut Vec<f32>) {
+    use std::arch::x86_64::*;
+    assert_eq!(x.len(), y.len());
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut acc = ninf;
+    for i in (0..x.len()).step_by(16) {
+        let m = avx512::first(x.len() - i);
+        // SAFETY: the lanes under `m` are elements of `x`; the CPU supports AVX-512 F, BW and
+        // VL (this function's contract). `acc` second: a NaN lane leaves it as it is (NaN
+        // skipped, as in `row_max`).
+        acc = _mm512_max_ps(unsafe { avx512::load_or(x.as_ptr().add(i), m, ninf) }, acc);
+    }
+    let max = _mm512_reduce_max_ps(acc);
+    e.resize(x.len(), 0.0);
+    // SAFETY: as above.
+    let s = _mm512_set1_ps(1.0 / unsafe { exp_sum_x16(x, e, max) });
+    for i in (0..x.len()).step_by(16) {
+        let m = avx512::first(x.len() - i);
+        // SAFETY: the lanes under `m` are elements of `e` and of `y`.
+        unsafe {
+            let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e.as_ptr().add(i)), s);
+            avx512::store(y.as_mut_ptr().add(i), m, v);
+        }
+    }
 }
 
 multiversion! {
