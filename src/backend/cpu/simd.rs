@@ -256,11 +256,12 @@ pub enum Store {
 }
 
 /// Ops that touch at least this many bytes (inputs read and output written) stream their output:
-/// three quarters of a 32 MiB last-level cache, so the output would not stay cached for the next op
-/// anyway. Measured on Zen 4 (32 MiB L3), one thread: an FP32 multiply by a per-channel scalar
-/// (25.7 MB in, 25.7 MB out) and by a per-row scalar (16.4 MB in and out) ran 35–45% faster with
-/// non-temporal stores.
-const STREAM_BYTES: usize = 24 << 20;
+/// more than a 32 MiB last-level cache holds beside the rest, so the output would not stay cached
+/// for the next op anyway. Measured on Zen 4 (32 MiB L3), two threads (`eia run --filter binary/`,
+/// three alternated rounds): the residual Add + ReLU (77 MB) ran at 39–46 GB/s streamed against
+/// 28–37 cached, a per-channel multiply (51 MB) at 42–48 against 34–54, but a per-row division
+/// (33 MB) at 39–47 against 54–81, so the threshold sits between (at 24 MiB it was streamed).
+const STREAM_BYTES: usize = 40 << 20;
 
 impl Store {
     /// [`Store::Stream`] for an op that touches `bytes` bytes in all, at least `STREAM_BYTES`.
