@@ -3,6 +3,7 @@
 
 use eia::ops::{Lrn, Op};
 use eia::{Backend, DType, Error, HostTensor};
+use rand::rngs::StdRng;
 
 use super::{assert_close, f64s, poisoned, random, rng};
 
@@ -90,57 +91,64 @@ pub fn lrn_matches_reference<B: Backend>(backend: &B) {
     }
 }
 
+/// Values of magnitude 0.5 to 1.5 times `scale(channel)`, a third of them negative.
+fn channel_scaled(
+    rng: &mut StdRng,
+    dtype: DType,
+    shape: &[usize],
+    scale: impl Fn(usize) -> f32,
+) -> HostTensor {
+    let (c, plane) = (shape[1], shape[2..].iter().product::<usize>());
+    let x = random(rng, dtype, shape, 0.5, 1.5);
+    let values: Vec<f32> = x
+        .data()
+        .to_f32_vec()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let sign = if i % 3 == 0 { -1.0 } else { 1.0 };
+            sign * v * scale(i / plane % c)
+        })
+        .collect();
+    HostTensor::from_f32(dtype, shape, &values).unwrap()
+}
+
 /// Channels of very different magnitudes (a large one among small ones) with a small bias: the
 /// square sum must drop a large square without losing the small ones it leaves behind (a
 /// window slid in f32 fails this).
 pub fn lrn_mixed_magnitudes<B: Backend>(backend: &B) {
     let mut rng = rng("lrn_mixed_magnitudes");
-    let shape = [2, 12, 5, 7];
     for dtype in DType::ALL {
-        let x = random(&mut rng, dtype, &shape, 0.5, 1.5);
-        let values: Vec<f32> = x
-            .data()
-            .to_f32_vec()
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                let ch = i / 35 % 12;
-                let sign = if i % 3 == 0 { -1.0 } else { 1.0 };
-                sign * v * if ch % 6 == 1 { 300.0 } else { 0.01 }
-            })
-            .collect();
-        let x = HostTensor::from_f32(dtype, &shape, &values).unwrap();
+        let x = channel_scaled(&mut rng, dtype, &[2, 12, 5, 7], |ch| {
+            if ch % 6 == 1 {
+                300.0
+            } else {
+                0.01
+            }
+        });
         for size in [2, 3, 5] {
             check(backend, &x, lrn(size, 1.0, 0.75, 1e-3));
         }
     }
 }
 
-/// Channels about 1e15 (1e4 in FP16, squares beyond 2^53 times the others') among channels of
+/// Channels about 1e15 (3e4 in FP16, squares beyond 2^50 times the others') among channels of
 /// small values, with a bias too small to hide them: the windows after a huge channel must still
 /// see their small squares (a sum that adds the huge square and later drops it has lost them).
 pub fn lrn_far_magnitudes<B: Backend>(backend: &B) {
     let mut rng = rng("lrn_far_magnitudes");
-    let shape = [2, 20, 3, 37];
-    let plane = 3 * 37;
     for dtype in DType::ALL {
         let (huge, small) = match dtype {
             DType::F32 => (1e15, 1.0),
             DType::F16 => (3e4, 1e-3),
         };
-        let x = random(&mut rng, dtype, &shape, 0.5, 1.5);
-        let values: Vec<f32> = x
-            .data()
-            .to_f32_vec()
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                let sign = if i % 5 == 0 { -1.0 } else { 1.0 };
-                let ch = i / plane % 20;
-                sign * v * if ch == 2 || ch == 13 { huge } else { small }
-            })
-            .collect();
-        let x = HostTensor::from_f32(dtype, &shape, &values).unwrap();
+        let x = channel_scaled(&mut rng, dtype, &[2, 20, 3, 37], |ch| {
+            if ch == 2 || ch == 13 {
+                huge
+            } else {
+                small
+            }
+        });
         for size in [3, 5] {
             check(backend, &x, lrn(size, 1.0, 0.75, 1e-3 * small * small));
         }

@@ -187,21 +187,30 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sigmoid_and_tanh_match_f64() {
-        // [−20, 20] densely (both sides of tanh's clamp and of every select), then wider.
-        let xs: Vec<f32> = (-400_000..=400_000)
+    /// [−20, 20] densely (both sides of tanh's clamp and of every select), then wider.
+    fn dense() -> Vec<f32> {
+        (-400_000..=400_000)
             .map(|i| i as f32 * 5e-5)
             .chain((-1600..=1600).map(|i| i as f32 * 0.05))
-            .collect();
-        let mut y = vec![0.0; xs.len()];
-        sigmoid(&xs, &mut y);
+            .collect()
+    }
+
+    /// `y` is σ(`xs`) within a relative error of 1e-6.
+    fn sigmoid_close(xs: &[f32], y: &[f32]) {
         let worst = xs
             .iter()
-            .zip(&y)
+            .zip(y)
             .map(|(&x, &g)| rel(g, 1.0 / (1.0 + (-(x as f64)).exp())))
             .fold(0.0, f64::max);
         assert!(worst < 1e-6, "sigmoid: worst relative error {worst:e}");
+    }
+
+    #[test]
+    fn sigmoid_and_tanh_match_f64() {
+        let xs = dense();
+        let mut y = vec![0.0; xs.len()];
+        sigmoid(&xs, &mut y);
+        sigmoid_close(&xs, &y);
         tanh(&xs, &mut y);
         let worst = xs
             .iter()
@@ -229,32 +238,31 @@ mod tests {
         }
         // SAFETY: the CPU supports AVX-512 F, BW and VL (checked above); equal lengths.
         let run = |x: &[f32], y: &mut [f32]| unsafe { x16::sigmoid(x, y) };
-        let xs: Vec<f32> = (-400_000..=400_000)
-            .map(|i| i as f32 * 5e-5)
-            .chain((-1600..=1600).map(|i| i as f32 * 0.05))
-            .collect();
+        let xs = dense();
         let mut y = vec![0.0; xs.len()];
         run(&xs, &mut y);
-        let worst = xs
-            .iter()
-            .zip(&y)
-            .map(|(&x, &g)| rel(g, 1.0 / (1.0 + (-(x as f64)).exp())))
-            .fold(0.0, f64::max);
-        assert!(worst < 1e-6, "sigmoid: worst relative error {worst:e}");
-        let x = [
-            f32::NEG_INFINITY,
-            -1e30,
-            -100.0,
-            -87.0,
-            0.0,
-            -0.0,
-            20.0,
-            100.0,
-            f32::INFINITY,
-            f32::NAN,
-        ];
+        sigmoid_close(&xs, &y);
         let mut y = [0.0; 10];
-        run(&x, &mut y);
+        run(&EDGES, &mut y);
+        sigmoid_edges(&y);
+    }
+
+    /// Inputs at the ends of the range, signed zeros and NaN.
+    const EDGES: [f32; 10] = [
+        f32::NEG_INFINITY,
+        -1e30,
+        -100.0,
+        -87.0,
+        0.0,
+        -0.0,
+        20.0,
+        100.0,
+        f32::INFINITY,
+        f32::NAN,
+    ];
+
+    /// What a sigmoid gives for [`EDGES`].
+    fn sigmoid_edges(y: &[f32]) {
         assert_eq!(&y[..2], &[0.0, 0.0]);
         assert!(y[2] >= 0.0 && y[2] < 1e-37 && y[3] > 0.0);
         assert_eq!(&y[4..9], &[0.5, 0.5, 1.0, 1.0, 1.0]);
@@ -263,24 +271,10 @@ mod tests {
 
     #[test]
     fn edges() {
-        let x = [
-            f32::NEG_INFINITY,
-            -1e30,
-            -100.0,
-            -87.0,
-            0.0,
-            -0.0,
-            20.0,
-            100.0,
-            f32::INFINITY,
-            f32::NAN,
-        ];
+        let x = EDGES;
         let mut y = [0.0; 10];
         sigmoid(&x, &mut y);
-        assert_eq!(&y[..2], &[0.0, 0.0]);
-        assert!(y[2] >= 0.0 && y[2] < 1e-37 && y[3] > 0.0);
-        assert_eq!(&y[4..9], &[0.5, 0.5, 1.0, 1.0, 1.0]);
-        assert!(y[9].is_nan());
+        sigmoid_edges(&y);
         tanh(&x, &mut y);
         assert_eq!(&y[..4], &[-1.0; 4]);
         assert_eq!(y[4].to_bits(), 0.0f32.to_bits());
