@@ -42,7 +42,7 @@ fn direct_conv_edges() {
         dilations,
         ..Conv::default()
     };
-    let cases: [([usize; 4], [usize; 4], Conv); 11] = [
+    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 11] = [
         // Few output channels on a wide map (a `Positions` tile) whose frame rows are wider than
         // the output rows, in several channel chunks.
         (
@@ -102,6 +102,22 @@ fn direct_conv_edges() {
     conv_cases("direct_conv_edges", &cases, true);
 }
 
+/// A grouped convolution's attributes (the depthwise tests' cases).
+fn grouped(
+    strides: [usize; 2],
+    pads: [usize; 4],
+    dilations: [usize; 2],
+    group: usize,
+) -> eia::ops::Conv {
+    eia::ops::Conv {
+        strides,
+        pads,
+        dilations,
+        group,
+        ..eia::ops::Conv::default()
+    }
+}
+
 /// Shapes for the depthwise kernel (`src/backend/cpu/depthwise.rs`: on AVX-512 read in place
 /// through masked loads, several rows at a time, elsewhere from a padded copy): one-row maps,
 /// maps whose inner rows form groups and leave rows over (20 columns at stride 2, 7×7), output
@@ -111,49 +127,61 @@ fn direct_conv_edges() {
 /// 3, 17 kernel columns); every other case with a fused Clip.
 #[test]
 fn depthwise_conv_edges() {
-    use eia::ops::Conv;
-    let conv = |strides, pads, dilations, group| Conv {
-        strides,
-        pads,
-        dilations,
-        group,
-        ..Conv::default()
-    };
-    let cases: [([usize; 4], [usize; 4], Conv); 11] = [
-        ([1, 3, 1, 40], [3, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 3)),
+    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 11] = [
+        (
+            [1, 3, 1, 40],
+            [3, 1, 3, 3],
+            grouped([1, 1], [1; 4], [1, 1], 3),
+        ),
         (
             [1, 2, 22, 40],
             [2, 1, 3, 3],
-            conv([2, 2], [1; 4], [1, 1], 2),
+            grouped([2, 2], [1; 4], [1, 1], 2),
         ),
-        ([1, 3, 7, 7], [3, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 3)),
-        ([2, 5, 9, 33], [5, 1, 3, 3], conv([2, 2], [1; 4], [1, 1], 5)),
+        (
+            [1, 3, 7, 7],
+            [3, 1, 3, 3],
+            grouped([1, 1], [1; 4], [1, 1], 3),
+        ),
+        (
+            [2, 5, 9, 33],
+            [5, 1, 3, 3],
+            grouped([2, 2], [1; 4], [1, 1], 5),
+        ),
         (
             [1, 4, 20, 129],
             [8, 1, 3, 3],
-            conv([1, 1], [1; 4], [1, 1], 4),
+            grouped([1, 1], [1; 4], [1, 1], 4),
         ),
         (
             [1, 3, 13, 131],
             [3, 1, 5, 5],
-            conv([2, 2], [2, 1, 2, 3], [1, 2], 3),
+            grouped([2, 2], [2, 1, 2, 3], [1, 2], 3),
         ),
-        ([2, 6, 7, 7], [6, 1, 3, 3], conv([2, 2], [1; 4], [1, 1], 6)),
-        ([1, 2, 3, 3], [2, 1, 3, 3], conv([1, 1], [4; 4], [1, 1], 2)),
+        (
+            [2, 6, 7, 7],
+            [6, 1, 3, 3],
+            grouped([2, 2], [1; 4], [1, 1], 6),
+        ),
+        (
+            [1, 2, 3, 3],
+            [2, 1, 3, 3],
+            grouped([1, 1], [4; 4], [1, 1], 2),
+        ),
         (
             [1, 2, 14, 17],
             [2, 1, 1, 1],
-            conv([2, 2], [0; 4], [1, 1], 2),
+            grouped([2, 2], [0; 4], [1, 1], 2),
         ),
         (
             [1, 3, 10, 11],
             [3, 1, 3, 3],
-            conv([3, 3], [1; 4], [1, 1], 3),
+            grouped([3, 3], [1; 4], [1, 1], 3),
         ),
         (
             [1, 2, 6, 21],
             [2, 1, 3, 17],
-            conv([1, 1], [1, 8, 1, 8], [1, 1], 2),
+            grouped([1, 1], [1, 8, 1, 8], [1, 1], 2),
         ),
     ];
     conv_cases("depthwise_conv_edges", &cases, true);
@@ -164,60 +192,56 @@ fn depthwise_conv_edges() {
 /// group, every stride and padding shape, a 1×1 map and a tall one; half with a fused Clip.
 #[test]
 fn depthwise_small_maps() {
-    use eia::ops::Conv;
-    let conv = |strides, pads, dilations, group| Conv {
-        strides,
-        pads,
-        dilations,
-        group,
-        ..Conv::default()
-    };
-    let cases: [([usize; 4], [usize; 4], Conv); 10] = [
+    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 10] = [
         (
             [2, 20, 7, 7],
             [20, 1, 3, 3],
-            conv([1, 1], [1; 4], [1, 1], 20),
+            grouped([1, 1], [1; 4], [1, 1], 20),
         ),
         (
             [1, 33, 14, 14],
             [33, 1, 3, 3],
-            conv([2, 2], [1; 4], [1, 1], 33),
+            grouped([2, 2], [1; 4], [1, 1], 33),
         ),
         (
             [1, 16, 8, 8],
             [32, 1, 3, 3],
-            conv([1, 1], [1; 4], [1, 1], 16),
+            grouped([1, 1], [1; 4], [1, 1], 16),
         ),
         (
             [1, 17, 5, 6],
             [17, 1, 5, 5],
-            conv([1, 1], [2, 1, 3, 2], [1, 1], 17),
+            grouped([1, 1], [2, 1, 3, 2], [1, 1], 17),
         ),
         (
             [1, 18, 7, 7],
             [18, 1, 3, 3],
-            conv([1, 1], [2; 4], [2, 2], 18),
+            grouped([1, 1], [2; 4], [2, 2], 18),
         ),
-        ([1, 5, 1, 1], [5, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 5)),
+        (
+            [1, 5, 1, 1],
+            [5, 1, 3, 3],
+            grouped([1, 1], [1; 4], [1, 1], 5),
+        ),
         (
             [1, 24, 12, 4],
             [24, 1, 3, 1],
-            conv([1, 3], [1, 0, 1, 0], [1, 1], 24),
+            grouped([1, 3], [1, 0, 1, 0], [1, 1], 24),
         ),
         (
             [1, 40, 3, 3],
             [40, 1, 3, 3],
-            conv([1, 1], [4, 2, 4, 2], [1, 1], 40),
+            grouped([1, 1], [4, 2, 4, 2], [1, 1], 40),
         ),
         (
             [1, 16, 40, 3],
             [16, 1, 3, 3],
-            conv([1, 1], [1; 4], [1, 1], 16),
+            grouped([1, 1], [1; 4], [1, 1], 16),
         ),
         (
             [1, 32, 14, 14],
             [32, 1, 2, 2],
-            conv([2, 2], [0; 4], [1, 1], 32),
+            grouped([2, 2], [0; 4], [1, 1], 32),
         ),
     ];
     conv_cases("depthwise_small_maps", &cases, false);
