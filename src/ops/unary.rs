@@ -213,6 +213,7 @@ impl Clamp {
     }
 
     /// The clamp of one value; NaN stays NaN.
+    #[inline]
     pub fn apply(self, v: f32) -> f32 {
         let t = if v < self.lo { self.lo } else { v };
         if t > self.hi {

@@ -19,9 +19,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::gemm::clamp;
-use super::Disjoint;
-use crate::ops::ConvPlan;
+use super::{simd, Disjoint};
+use crate::ops::{Clamp, ConvPlan};
 
 /// Target size of one im2col block (fits L2 next to the GEMM's packed operands).
 const COL_BLOCK_BYTES: usize = 256 << 10;
@@ -64,20 +63,31 @@ pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], add: Addends, y: &mut [f3
 }
 
 /// Adds `bias` and the residual `sum` (the values at `out`'s place in the plan's `Sum`) to
-/// `out` and applies the plan's fused ReLU or Clip.
+/// `out` and applies the plan's fused ReLU or Clip, in one vectorised pass.
 pub(super) fn epilogue(plan: &ConvPlan, bias: Option<f32>, out: &mut [f32], sum: Option<&[f32]>) {
-    let b = bias.unwrap_or(0.0);
-    match sum {
-        Some(sum) => {
-            debug_assert_eq!(sum.len(), out.len());
-            // (conv + bias) + sum: what the Conv and Add it replaces round to.
-            out.iter_mut().zip(sum).for_each(|(v, &s)| *v = *v + b + s);
-        }
-        None if bias.is_some() => out.iter_mut().for_each(|v| *v += b),
-        None => {}
+    if bias.is_none() && sum.is_none() && plan.clamp.is_none() {
+        return;
     }
-    if let Some(c) = plan.clamp {
-        clamp(c, out);
+    let [lo, hi] = Clamp::bounds(plan.clamp);
+    // x + (−0) is x for every x (−0 included): a missing bias changes nothing.
+    finish(
+        out,
+        sum.unwrap_or(&[]),
+        bias.unwrap_or(-0.0),
+        Clamp { lo, hi },
+    );
+}
+
+simd::multiversion! {
+    /// `out[i] = clamp((out[i] + b) + sum[i])`, what the Conv and the Add it replaces round to
+    /// (without the sum where `sum` is empty); infinite bounds clamp nothing.
+    fn finish(out: &mut [f32], sum: &[f32], b: f32, c: Clamp) {
+        if sum.is_empty() {
+            out.iter_mut().for_each(|v| *v = c.apply(*v + b));
+        } else {
+            debug_assert_eq!(sum.len(), out.len());
+            out.iter_mut().zip(sum).for_each(|(v, &s)| *v = c.apply(*v + b + s));
+        }
     }
 }
 

@@ -363,9 +363,11 @@ multiversion! {
     }
 }
 
-/// A fused ReLU or Clip ([`Clamp`]) of `y` in place; NaN stays NaN.
-pub fn clamp(c: Clamp, y: &mut [f32]) {
-    y.iter_mut().for_each(|v| *v = c.apply(*v));
+multiversion! {
+    /// A fused ReLU or Clip ([`Clamp`]) of `y` in place; NaN stays NaN.
+    pub fn clamp(c: Clamp, y: &mut [f32]) {
+        y.iter_mut().for_each(|v| *v = c.apply(*v));
+    }
 }
 
 #[cfg(test)]
