@@ -9,7 +9,9 @@
 //!   [`CpuData::data_mut`], which drops every form first, so a write, an upload into the tensor
 //!   or being an op's output can never leave a stale form behind.
 //! - **Built on the second read since the last write**, so data read once per write (an
-//!   activation) never pays for a cache.
+//!   activation) never pays for a cache; **uploaded data on its first read** ([`CpuData::uploaded`]):
+//!   weights arrive by upload and are read by every inference, so a model's first inference,
+//!   not its second, packs them.
 //! - **Thread-safe without waiting**: the cache's lock is held only to look up or record a form,
 //!   never while one is built. A form is built once, by the op that found it missing; an op that
 //!   wants it while it is being built computes without it (no thread of the pool ever waits on
@@ -107,6 +109,18 @@ impl CpuData {
         }
     }
 
+    /// Data a client uploaded, with no derived forms yet: counted as read once already, so an
+    /// op builds its forms on its first read (see the module doc).
+    pub fn uploaded(data: HostData) -> Self {
+        CpuData {
+            data,
+            cache: Mutex::new(Cache {
+                reads: 1,
+                forms: Vec::new(),
+            }),
+        }
+    }
+
     /// The data.
     pub fn data(&self) -> &HostData {
         &self.data
@@ -143,7 +157,7 @@ impl CpuData {
     }
 
     /// The form `key` of the data: the cached one, else — on the second read since the last
-    /// write, if `account` takes its `bytes` and no other op is building it — built now by
+    /// write (the first of uploaded data), if `account` takes its `bytes` and no other op is building it — built now by
     /// `build` and cached. `None`: the caller computes without it this time.
     pub fn derived<T: Any + Send + Sync>(
         &self,
@@ -298,6 +312,21 @@ mod tests {
         assert_eq!(builds.get(), 2);
         drop(t);
         assert_eq!(held.held.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn uploaded_data_is_built_on_its_first_read_until_a_write() {
+        let mut t = CpuData::uploaded(HostData::F32(vec![1.0, 2.0]));
+        let key = Key::new("sum", &[]);
+        let get = |t: &CpuData| t.derived(&key, 4, None, |d| sum(d)).map(|v| *v);
+        assert_eq!(get(&t), Some(3.0));
+        assert_eq!(t.derived_bytes(), 4);
+        // Written, it is data like an op's output: built from its second read.
+        *t.data_mut() = HostData::F32(vec![5.0, 6.0]);
+        assert_eq!(get(&t), None);
+        assert_eq!(get(&t), Some(11.0));
+        // A clone is a copy of the data, not an upload.
+        assert_eq!(get(&t.clone()), None);
     }
 
     #[test]

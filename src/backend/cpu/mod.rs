@@ -124,17 +124,21 @@ impl Backend for CpuBackend {
         ))
     }
 
+    /// Uploaded data builds its derived forms on its first read (see [`CpuData::uploaded`]).
     fn upload(&self, host: &HostTensor) -> Result<Tensor<CpuData>> {
         Ok(Tensor::from_parts(
             host.desc().clone(),
-            host.data().clone().into(),
+            CpuData::uploaded(host.data().clone()),
         ))
     }
 
     /// Host memory is the storage: the tensor is moved in, not copied.
     fn upload_owned(&self, host: HostTensor) -> Result<Tensor<CpuData>> {
         let desc = host.desc().clone();
-        Ok(Tensor::from_parts(desc, host.into_storage().into()))
+        Ok(Tensor::from_parts(
+            desc,
+            CpuData::uploaded(host.into_storage()),
+        ))
     }
 
     /// Replaces the data, dropping what was derived from it.
