@@ -31,7 +31,8 @@ fn conv_cases(name: &str, cases: &[([usize; 4], [usize; 4], eia::ops::Conv)], su
 /// cached packed weights): images framed in groups of one (each image's frame is over half the
 /// 8 MiB a group holds), output channels that fill no register
 /// tile (1, 7, 13), output maps of many row blocks and single rows, channels in several
-/// chunks, and strides and dilations that split the input into phases of unequal widths;
+/// chunks, strides and dilations that split the input into phases of unequal widths, and
+/// strided 1×1 convolutions;
 /// every other case with a fused Clip, two in three with a residual sum.
 #[test]
 fn direct_conv_edges() {
@@ -42,7 +43,7 @@ fn direct_conv_edges() {
         dilations,
         ..Conv::default()
     };
-    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 11] = [
+    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 13] = [
         // Few output channels on a wide map (a `Positions` tile) whose frame rows are wider than
         // the output rows, in several channel chunks.
         (
@@ -97,6 +98,18 @@ fn direct_conv_edges() {
             [1, 144, 14, 14],
             [40, 144, 1, 1],
             conv([1, 1], [0; 4], [1, 1]),
+        ),
+        // Strided 1×1 (a ResNet shortcut): only the phase it reads is framed; odd sizes leave
+        // the last input row and column unread, and a padded one reads zeros on its border.
+        (
+            [2, 40, 15, 13],
+            [24, 40, 1, 1],
+            conv([2, 2], [0; 4], [1, 1]),
+        ),
+        (
+            [1, 9, 8, 7],
+            [70, 9, 1, 1],
+            conv([3, 2], [1, 0, 2, 1], [1, 1]),
         ),
     ];
     conv_cases("direct_conv_edges", &cases, true);
