@@ -24,9 +24,10 @@
 //! into (image, block of output rows, group of blocks of `F` output channels) items shared by
 //! the threads. Each tile runs for every block of its item's group in turn, so its input stays
 //! in L1. Where frame rows are output rows, `Positions` tiles write `y`; otherwise they write a
-//! small buffer, copied into `y` (`Channels` tiles: transposed). Without a residual sum,
-//! `Positions` tiles apply the convolution's epilogue (bias, ReLU or Clip) in registers as they
-//! store; otherwise the epilogue finishes each run of `y` while it is in cache.
+//! small buffer, copied into `y` (`Channels` tiles: transposed). `Positions` tiles apply the
+//! convolution's epilogue (bias, the residual sum where they write `y`, ReLU or Clip) in
+//! registers as they store; otherwise the epilogue finishes each run of `y` while it is in
+//! cache.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -210,11 +211,13 @@ impl Geometry {
 }
 
 /// The convolution's epilogue as a `Positions` tile applies it in registers while it stores its
-/// last channel chunk: the bias of its output channels and the clamp's bounds (infinite without
-/// a fused ReLU or Clip).
+/// last channel chunk: the bias of its output channels, the residual sum (only where the tile
+/// writes `y`: the sum's values at the tile's first output, rows as far apart as the output's)
+/// and the clamp's bounds (infinite without a fused ReLU or Clip).
 #[derive(Clone, Copy)]
 struct Finish<'a> {
     bias: Option<&'a [f32]>,
+    sum: Option<&'a [f32]>,
     bounds: [f32; 2],
 }
 
@@ -407,9 +410,10 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
         .min(TILE_INPUT_BYTES / (4 * (step + g.reach)))
         .clamp(1, plan.c);
     let into_y = matches!(g.tile, Tile::Positions { .. }) && g.wf == plan.q;
-    // Without a residual sum, `Positions` tiles apply the epilogue themselves (into y or into
-    // the buffer, whose values are then only copied).
-    let finished_by_tiles = matches!(g.tile, Tile::Positions { .. }) && add.sum.is_none();
+    // `Positions` tiles apply the epilogue themselves: into y, or without a residual sum into
+    // the buffer, whose values are then only copied.
+    let finished_by_tiles =
+        matches!(g.tile, Tile::Positions { .. }) && (into_y || add.sum.is_none());
     let bounds = Clamp::bounds(plan.clamp);
     assert!(w.len() >= kbs * g.f * plan.c * rs);
     assert!(frames.len() >= images * plan.c * g.chan + g.slack);
@@ -472,6 +476,7 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                                     let finish =
                                         (finished_by_tiles && c0 + cn == plan.c).then(|| Finish {
                                             bias: add.bias.map(|b| &b[(kb0 + kbi) * g.f..]),
+                                            sum: add.sum.map(|s| &s[first(kbi) + j..]),
                                             bounds,
                                         });
                                     tile(
@@ -563,7 +568,8 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
 /// The CPU must support AVX-512F; every input the tile reads (`x + c·chan + tap + (0..valid)`,
 /// or `x + c·chan + base + tap`, for c < cn) must be readable, `w` must hold `cn·r·s·f` values
 /// and every output it writes (`out + fi·ld + (0..valid)` for fi < fv, or `out + (0..t·f)`)
-/// must be writable (and readable when `accumulate`).
+/// must be writable (and readable when `accumulate`), with `finish`'s sum (if any) holding a
+/// value at each of those offsets.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     g: &Geometry,
@@ -665,16 +671,24 @@ mod avx512 {
             }
             if let Some(Finish {
                 bias,
+                sum,
                 bounds: [lo, hi],
             }) = finish
             {
                 let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
                 for (fi, row) in acc.iter_mut().enumerate().take(fv) {
-                    let b = _mm512_set1_ps(bias.map_or(0.0, |b| b[fi]));
-                    for a in row.iter_mut() {
+                    // x + (−0) is x for every x: a missing bias changes nothing.
+                    let b = _mm512_set1_ps(bias.map_or(-0.0, |b| b[fi]));
+                    for ((a, &m), i) in row.iter_mut().zip(&masks).zip(0..) {
+                        let mut v = _mm512_add_ps(*a, b);
+                        if let Some(s) = sum {
+                            // (conv + bias) + sum, as `conv::epilogue` rounds it.
+                            let s = _mm512_maskz_loadu_ps(m, s.as_ptr().add(fi * ld + i * LANES));
+                            v = _mm512_add_ps(v, s);
+                        }
                         // max and min return their second operand when either is NaN: NaN
                         // stays NaN, as in `Clamp::apply`.
-                        *a = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(*a, b)));
+                        *a = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
                     }
                 }
             }
