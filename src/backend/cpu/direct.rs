@@ -24,10 +24,11 @@
 //! into (image, block of output rows, group of blocks of `F` output channels) items shared by
 //! the threads. Each tile runs for every block of its item's group in turn, so its input stays
 //! in L1. Where frame rows are output rows, `Positions` tiles write `y`; otherwise they write a
-//! small buffer, copied into `y` (`Channels` tiles: transposed). `Positions` tiles apply the
-//! convolution's epilogue (bias, the residual sum where they write `y`, ReLU or Clip) in
-//! registers as they store; otherwise the epilogue finishes each run of `y` while it is in
-//! cache.
+//! small buffer, copied into `y` (`Channels` tiles: transposed). The convolution's epilogue
+//! (bias, residual sum, ReLU or Clip) is applied in registers: by `Positions` tiles as they
+//! store (the sum only where they write `y`), by the transposes of `Channels` tiles; a
+//! `Positions` buffer with a residual sum is finished by a pass over each run of `y` while it
+//! is in cache.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -218,6 +219,15 @@ impl Geometry {
 struct Finish<'a> {
     bias: Option<&'a [f32]>,
     sum: Option<&'a [f32]>,
+    bounds: [f32; 2],
+}
+
+/// The convolution's epilogue as a `Channels` block's transpose applies it to the (up to 16)
+/// output channels it writes: their bias (from the first), their rows of the residual sum (none,
+/// or one per channel, as long as their rows of `y`) and the clamp's bounds.
+struct Columns<'a> {
+    bias: Option<&'a [f32]>,
+    sum: &'a [&'a [f32]],
     bounds: [f32; 2],
 }
 
@@ -531,10 +541,24 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                     }
                     Tile::Channels { .. } => {
                         for (v, d) in dst.chunks_mut(LANES).enumerate() {
+                            // The epilogue of output channels (kb0 + kbi)·f + v·16.., applied as
+                            // they are transposed.
+                            let k0 = (kb0 + kbi) * g.f + v * LANES;
+                            let sum: Vec<&[f32]> = add.sum.map_or_else(Vec::new, |s| {
+                                (0..d.len())
+                                    .map(|l| &s[first(kbi) + (v * LANES + l) * pq..][..run])
+                                    .collect()
+                            });
+                            let columns = Columns {
+                                bias: add.bias.map(|b| &b[k0..]),
+                                sum: &sum,
+                                bounds,
+                            };
                             for i0 in (0..run).step_by(LANES) {
                                 // SAFETY: `applies` checked AVX-512F; block kbi holds 16 rows of
                                 // f from row i0 (ld is a multiple of 16), and column v·16 + 15 <
-                                // f; i0 + min(16, run − i0) ≤ run, each `d`'s length.
+                                // f; i0 + min(16, run − i0) ≤ run, each `d`'s and sum row's
+                                // length; the bias has a value for each of `d`'s channels.
                                 #[cfg(target_arch = "x86_64")]
                                 unsafe {
                                     avx512::transpose(
@@ -542,13 +566,17 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                                         g.f,
                                         d,
                                         i0,
+                                        &columns,
                                     )
                                 };
                             }
                         }
                     }
                 }
-                for (fi, d) in dst.into_iter().enumerate().filter(|_| !finished_by_tiles) {
+                // Only `Positions` tiles writing the buffer with a residual sum leave the
+                // epilogue to a pass of its own.
+                let finished = finished_by_tiles || matches!(g.tile, Tile::Channels { .. });
+                for (fi, d) in dst.into_iter().enumerate().filter(|_| !finished) {
                     add.apply(plan, (kb0 + kbi) * g.f + fi, first(kbi) + fi * pq, d);
                 }
             }
@@ -614,7 +642,7 @@ unsafe fn tile(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Finish, LANES};
+    use super::{Columns, Finish, LANES};
     use crate::backend::cpu::avx512::{first, transpose16};
 
     /// [`super::tile`] for a `T × F` tile, with the taps' offsets given.
@@ -751,22 +779,41 @@ mod avx512 {
         }
     }
 
-    /// Writes 16 rows of 16 values (`src + i·ld + (0..16)`, i < 16), transposed: value `l` of
-    /// row `i` goes to `dst[l][at + i]`, for the first `dst.len() ≤ 16` columns `l` and the rows
-    /// `i < dst[l].len() − at` (at most 16).
+    /// Writes 16 rows of 16 values (`src + i·ld + (0..16)`, i < 16), transposed and finished
+    /// by `columns`' epilogue: value `l` of row `i` goes to `dst[l][at + i]`, for the first
+    /// `dst.len() ≤ 16` columns `l` and the rows `i < dst[l].len() − at` (at most 16).
     ///
     /// # Safety
-    /// The CPU must support AVX-512F, and `src` must hold `15·ld + 16` values.
+    /// The CPU must support AVX-512F, `src` must hold `15·ld + 16` values, `columns.bias` (if
+    /// any) a value per column, and `columns.sum` none or a row per column as long as its `dst`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn transpose(src: &[f32], ld: usize, dst: &mut [&mut [f32]], at: usize) {
+    pub unsafe fn transpose(
+        src: &[f32],
+        ld: usize,
+        dst: &mut [&mut [f32]],
+        at: usize,
+        columns: &Columns,
+    ) {
         debug_assert!(src.len() >= 15 * ld + LANES && dst.len() <= LANES);
-        // SAFETY (whole body): the loads stay inside `src` (the contract), the stores inside each
-        // `dst[l]` (masked to its length).
+        debug_assert!(columns.sum.is_empty() || columns.sum.len() == dst.len());
+        let [lo, hi] = columns.bounds;
+        // SAFETY (whole body): the loads stay inside `src` and the sum rows (the contract), the
+        // stores inside each `dst[l]` (masked to its length).
         unsafe {
+            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
             let r = std::array::from_fn(|i| _mm512_loadu_ps(src.as_ptr().add(i * ld)));
-            for (column, d) in transpose16(r).into_iter().zip(dst.iter_mut()) {
+            for (l, (column, d)) in transpose16(r).into_iter().zip(dst.iter_mut()).enumerate() {
                 let m = first(d.len() - at);
-                _mm512_mask_storeu_ps(d.as_mut_ptr().add(at), m, column);
+                // x + (−0) is x for every x: a missing bias changes nothing.
+                let b = columns.bias.map_or(-0.0, |b| b[l]);
+                let mut v = _mm512_add_ps(column, _mm512_set1_ps(b));
+                if let Some(s) = columns.sum.get(l) {
+                    // (conv + bias) + sum, as `conv::epilogue` rounds it.
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, s.as_ptr().add(at)));
+                }
+                // NaN stays NaN, as in `Clamp::apply` (see `positions`).
+                v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+                _mm512_mask_storeu_ps(d.as_mut_ptr().add(at), m, v);
             }
         }
     }
