@@ -246,8 +246,17 @@ def main():
     ap.add_argument("--only", help="check only the models whose name contains this")
     args = ap.parse_args()
     eia = os.path.abspath(args.eia)
-    tmp = args.keep or tempfile.mkdtemp(prefix="eia-models-")
-    os.makedirs(tmp, exist_ok=True)
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+        evaluate(args, eia, args.keep)
+        return
+    # Removed afterwards, whatever happens (the models and outputs take about 180 MB).
+    with tempfile.TemporaryDirectory(prefix="eia-models-") as tmp:
+        evaluate(args, eia, tmp)
+
+
+def evaluate(args, eia, tmp):
+    """Check (or with --bench, time) the models against onnxruntime, writing them into tmp."""
     if args.bench:
         bench(eia, tmp, args.runs)
         return
