@@ -11,10 +11,11 @@
 //!
 //! With a column stride above 1 the input is first split into column phases, so every im2col
 //! copy is contiguous. Bias, the residual sum and the fused ReLU or Clip are applied to each
-//! block while it is still in cache (`epilogue`, which every CPU convolution calls).
-//! Convolutions with one input channel per group use the direct kernel in `depthwise`, and with
-//! AVX-512 dense convolutions larger than 1×1 and pointwise ones the direct kernel in `direct`,
-//! instead of this lowering (the CPU backend's launch picks, see `direct::applies`).
+//! block while it is still in cache (`epilogue`, one vectorised pass; the direct kernels apply
+//! them in registers where they can). Convolutions with one input channel per group use the
+//! direct kernel in `depthwise`, and with AVX-512 dense convolutions larger than 1×1 or strided,
+//! and some pointwise ones, the direct kernel in `direct`, instead of this lowering (the CPU
+//! backend's launch picks, see `direct::applies`).
 
 use gemm::Parallelism;
 use rayon::prelude::*;
