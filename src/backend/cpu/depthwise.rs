@@ -375,7 +375,7 @@ mod avx512 {
             if !supported()
                 || plan.stride != [1, 1]
                 || plan.q != plan.w
-                || plan.q % 16 == 0
+                || plan.q.is_multiple_of(16)
                 || pq == 0
                 || all * rs > MAX_MASKS
             {
@@ -414,10 +414,11 @@ mod avx512 {
             for g in 0..groups {
                 for t in 0..rs {
                     let (lo, hi) = row_ranges[t / plan.s];
-                    for v in g * vectors..(g + 1) * vectors {
+                    let cols = &col_masks[t % plan.s][g * vectors..][..vectors];
+                    for (v, &cols) in (g * vectors..).zip(cols) {
                         let at = 16 * v;
                         let rows = first(hi.saturating_sub(at)) & !first(lo.saturating_sub(at));
-                        masks.push(col_masks[t % plan.s][v] & rows);
+                        masks.push(cols & rows);
                     }
                 }
             }
