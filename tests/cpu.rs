@@ -260,6 +260,63 @@ fn depthwise_small_maps() {
     conv_cases("depthwise_small_maps", &cases, false);
 }
 
+/// Depthwise convolutions the flat kernel takes (`src/backend/cpu/depthwise.rs`, AVX-512:
+/// stride 1 with `q = w`, a channel's outputs as one row of `p·q`): one-row, 7×7 (two images)
+/// and 14×14 maps, a 5×5 kernel with two outputs per group, a dilation, pads only on top and
+/// right, maps of several vector groups (56×56, 30×30) and, for the row kernel beside it, a
+/// width of sixteen; every other case with a fused Clip.
+#[test]
+fn depthwise_flat_maps() {
+    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 9] = [
+        (
+            [1, 3, 1, 40],
+            [3, 1, 3, 3],
+            grouped([1, 1], [1; 4], [1, 1], 3),
+        ),
+        (
+            [2, 5, 7, 7],
+            [5, 1, 3, 3],
+            grouped([1, 1], [1; 4], [1, 1], 5),
+        ),
+        (
+            [1, 4, 14, 14],
+            [4, 1, 3, 3],
+            grouped([1, 1], [1; 4], [1, 1], 4),
+        ),
+        (
+            [1, 3, 9, 11],
+            [6, 1, 5, 5],
+            grouped([1, 1], [2; 4], [1, 1], 3),
+        ),
+        (
+            [1, 2, 10, 13],
+            [2, 1, 3, 3],
+            grouped([1, 1], [2; 4], [2, 2], 2),
+        ),
+        (
+            [1, 2, 9, 10],
+            [2, 1, 3, 3],
+            grouped([1, 1], [2, 0, 0, 2], [1, 1], 2),
+        ),
+        (
+            [1, 2, 56, 56],
+            [2, 1, 3, 3],
+            grouped([1, 1], [1; 4], [1, 1], 2),
+        ),
+        (
+            [1, 3, 30, 30],
+            [3, 1, 3, 3],
+            grouped([1, 1], [1; 4], [1, 1], 3),
+        ),
+        (
+            [1, 2, 5, 16],
+            [2, 1, 3, 3],
+            grouped([1, 1], [1; 4], [1, 1], 2),
+        ),
+    ];
+    conv_cases("depthwise_flat_maps", &cases, false);
+}
+
 /// Outputs streamed with non-temporal stores (`simd::Store::Stream`: ops that touch at least
 /// 40 MiB): the binary ops by a per-channel scalar, a scalar, the same shape and a row, and
 /// BatchNormalization, each just over that in FP32 (FP16 outputs are never streamed), with runs

@@ -8,7 +8,10 @@
 //! rows that fall into padding skipped; for stride 2 two loads are split into their even
 //! columns by one permute. Rows clear of the top and bottom padding run two or four at a time
 //! (about eight independent accumulators). Bias and the fused ReLU or Clip are applied in
-//! registers and each row is stored once (FP16 rounded in the register).
+//! registers and each row is stored once (FP16 rounded in the register). At stride 1 with
+//! output rows as wide as the input's and not a multiple of sixteen (a MobileNet's 7×7, 14×14,
+//! 28×28 and 56×56 maps), the flat kernel (`avx512::Flat`) takes the channel's outputs as one
+//! row instead, so that no vector lane is left empty at a row's end.
 //!
 //! Otherwise (and with a residual sum) each (image, channel) is first copied (and widened) into a zero-bordered FP32
 //! buffer that covers every window, so the kernel loop has no padding cases, and the inner
@@ -32,7 +35,9 @@ pub(super) fn depthwise<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], add: Adde
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if add.sum.is_none() && super::depthwise_blocked::applies(plan) {
+    let flat = add.sum.is_none().then(|| avx512::Flat::new(plan)).flatten();
+    #[cfg(target_arch = "x86_64")]
+    if add.sum.is_none() && flat.is_none() && super::depthwise_blocked::applies(plan) {
         return super::depthwise_blocked::depthwise(plan, x, w, add.bias, y);
     }
     let kg = plan.k_per_group();
@@ -48,6 +53,14 @@ pub(super) fn depthwise<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], add: Adde
             let xc = &x[(ni * plan.c + ki / kg) * hw..][..hw];
             let b = add.bias.map(|b| b[ki]);
             let wk = &w[ki * rs..][..rs];
+            #[cfg(target_arch = "x86_64")]
+            if let Some(flat) = &flat {
+                // SAFETY: `Flat::new` checked the CPU and the geometry; `xc` is the [h, w]
+                // input channel of the [p, q] output channel `out`, and `wk` holds r·s
+                // weights.
+                unsafe { flat.channel(plan, xc, wk, b, out) };
+                return;
+            }
             #[cfg(target_arch = "x86_64")]
             if fast {
                 // SAFETY: `applies` checked the CPU, the column stride and s; `xc` is the [h, w]
@@ -323,6 +336,167 @@ mod avx512 {
                     // SAFETY: lanes q0 + 16·v + l with l under the mask are below q, the
                     // row's length; masked lanes are not written.
                     unsafe { store(out_row.as_mut_ptr().wrapping_add(self.q0 + 16 * v), m, y) };
+                }
+            }
+        }
+    }
+
+    /// Most (vector, tap) masks a [`Flat`] keeps (16 KiB): larger maps, whose rows fill
+    /// vectors, stay with the row kernel.
+    const MAX_MASKS: usize = 8192;
+
+    /// Most vectors of outputs accumulated together (independent FMA chains sharing each
+    /// broadcast weight).
+    const MAX_VECTORS: usize = 8;
+
+    /// The flat kernel, at stride 1 where `q = w` is not a multiple of sixteen (the row kernel
+    /// would leave lanes of every row's last vector empty): a channel's `[p, q]` outputs taken
+    /// as one row of `p·q`, sixteen to a vector whatever the row boundaries, read from the
+    /// input channel in place. Since the output and input rows are equally wide, each tap reads
+    /// the input at a fixed offset from the output's flat index, under a mask (shared by every
+    /// channel) that zeroes the lanes whose input falls into padding.
+    pub struct Flat {
+        /// Per tap (`ri·s + si`), its input's offset from the output's flat index.
+        taps: Vec<isize>,
+        /// Vectors per group of outputs accumulated together.
+        vectors: usize,
+        /// Per group of `vectors` vectors (the groups cover `p·q`), tap and vector (in that
+        /// order), the lanes whose input is inside.
+        masks: Vec<__mmask16>,
+    }
+
+    impl Flat {
+        /// The flat kernel's geometry for `plan`, where it applies: AVX-512 F, BW and VL,
+        /// stride 1, `q = w` not a multiple of 16, and at most [`MAX_MASKS`] masks.
+        pub fn new(plan: &ConvPlan) -> Option<Flat> {
+            let ([dh, dw], [pt, pl]) = (plan.dilation, plan.pad);
+            let (pq, rs) = (plan.p * plan.q, plan.r * plan.s);
+            let all = pq.div_ceil(16);
+            if !supported()
+                || plan.stride != [1, 1]
+                || plan.q != plan.w
+                || plan.q.is_multiple_of(16)
+                || pq == 0
+                || all * rs > MAX_MASKS
+            {
+                return None;
+            }
+            // At least four vectors (or all) to a group, then the fewest vectors of padding,
+            // then the widest group.
+            let vectors = (4.min(all)..=MAX_VECTORS.min(all))
+                .min_by_key(|&v| (all.div_ceil(v) * v, usize::MAX - v))
+                .unwrap_or(1);
+            let groups = all.div_ceil(vectors);
+            let n = groups * vectors;
+            // Per kernel column, the vectors' lanes whose input column is inside; per kernel
+            // row, the range of flat outputs whose input row is.
+            let mut col_masks = vec![vec![0 as __mmask16; n]; plan.s];
+            for (si, m) in col_masks.iter_mut().enumerate() {
+                let dj = (si * dw) as isize - pl as isize;
+                for (o, j) in (0..plan.q as isize).cycle().take(pq).enumerate() {
+                    if (0..plan.w as isize).contains(&(j + dj)) {
+                        m[o / 16] |= 1 << (o % 16);
+                    }
+                }
+            }
+            let mut taps = Vec::with_capacity(rs);
+            let mut row_ranges = Vec::with_capacity(plan.r);
+            for ri in 0..plan.r {
+                let di = (ri * dh) as isize - pt as isize;
+                let lo = (-di).clamp(0, plan.p as isize);
+                let hi = (plan.h as isize - di).clamp(lo, plan.p as isize);
+                row_ranges.push((lo as usize * plan.q, hi as usize * plan.q));
+                for si in 0..plan.s {
+                    taps.push(di * plan.w as isize + (si * dw) as isize - pl as isize);
+                }
+            }
+            let mut masks = Vec::with_capacity(n * rs);
+            for g in 0..groups {
+                for t in 0..rs {
+                    let (lo, hi) = row_ranges[t / plan.s];
+                    let cols = &col_masks[t % plan.s][g * vectors..][..vectors];
+                    for (v, &cols) in (g * vectors..).zip(cols) {
+                        let at = 16 * v;
+                        let rows = first(hi.saturating_sub(at)) & !first(lo.saturating_sub(at));
+                        masks.push(cols & rows);
+                    }
+                }
+            }
+            Some(Flat {
+                taps,
+                vectors,
+                masks,
+            })
+        }
+
+        /// One output channel `out` `[p, q]` from its `[h, w]` input channel `xc` and `r·s`
+        /// weights `wk`, in groups of [`Flat::vectors`] vectors.
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F, BW and VL; `self` must be `plan`'s; `xc` must
+        /// hold `h·w` elements and `out` `p·q`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        pub unsafe fn channel<T: Element>(
+            &self,
+            plan: &ConvPlan,
+            xc: &[T],
+            wk: &[f32],
+            bias: Option<f32>,
+            out: &mut [T],
+        ) {
+            debug_assert!(xc.len() == plan.h * plan.w && out.len() == plan.p * plan.q);
+            // SAFETY: the caller's contract.
+            unsafe {
+                match self.vectors {
+                    1 => self.groups::<T, 1>(plan, xc, wk, bias, out),
+                    2 => self.groups::<T, 2>(plan, xc, wk, bias, out),
+                    3 => self.groups::<T, 3>(plan, xc, wk, bias, out),
+                    4 => self.groups::<T, 4>(plan, xc, wk, bias, out),
+                    5 => self.groups::<T, 5>(plan, xc, wk, bias, out),
+                    6 => self.groups::<T, 6>(plan, xc, wk, bias, out),
+                    7 => self.groups::<T, 7>(plan, xc, wk, bias, out),
+                    _ => self.groups::<T, 8>(plan, xc, wk, bias, out),
+                }
+            }
+        }
+
+        /// [`channel`](Self::channel) with `V` = [`Flat::vectors`].
+        ///
+        /// # Safety
+        /// As for [`channel`](Self::channel).
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn groups<T: Element, const V: usize>(
+            &self,
+            plan: &ConvPlan,
+            xc: &[T],
+            wk: &[f32],
+            bias: Option<f32>,
+            out: &mut [T],
+        ) {
+            let pq = plan.p * plan.q;
+            let b = _mm512_set1_ps(bias.unwrap_or(0.0));
+            // The fused ReLU or Clip, as in `Block::row_group`.
+            let [lo, hi] = Clamp::bounds(plan.clamp);
+            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+            let rs = self.taps.len();
+            for (g, masks) in self.masks.chunks_exact(rs * V).enumerate() {
+                let o0 = 16 * V * g;
+                let mut acc = [b; V];
+                for ((&offset, &wt), m) in self.taps.iter().zip(wk).zip(masks.chunks_exact(V)) {
+                    let wv = _mm512_set1_ps(wt);
+                    let p = xc.as_ptr().wrapping_offset(offset + o0 as isize);
+                    for v in 0..V {
+                        // SAFETY: only lanes whose input is inside the channel are read.
+                        let x = unsafe { load(p.wrapping_add(16 * v), m[v]) };
+                        acc[v] = _mm512_fmadd_ps(wv, x, acc[v]);
+                    }
+                }
+                for (v, &acc) in acc.iter().enumerate() {
+                    let y = _mm512_min_ps(hi, _mm512_max_ps(lo, acc));
+                    let at = o0 + 16 * v;
+                    let m = first(pq.saturating_sub(at));
+                    // SAFETY: lanes under the mask are below p·q.
+                    unsafe { store(out.as_mut_ptr().wrapping_add(at), m, y) };
                 }
             }
         }

@@ -178,16 +178,19 @@ unsafe fn block<T: Element>(
                 }
             }
         }
-        // The weights, a vector per tap; the bias and the clamp's bounds.
-        let lanes = |f: &dyn Fn(usize) -> f32| {
-            let v: [f32; LANES] = std::array::from_fn(|l| if l < kn { f(k0 + l) } else { 0.0 });
-            _mm512_loadu_ps(v.as_ptr())
-        };
+        // The weights, a vector per tap (the block's `[kn, r·s]` weights transposed, sixteen
+        // taps at a time); the bias and the clamp's bounds.
         let mut wv = [zero; MAX_TAPS];
-        for (t, wt) in wv.iter_mut().enumerate().take(rs) {
-            *wt = lanes(&|k| w[k * rs + t]);
+        for t0 in (0..rs).step_by(LANES) {
+            let rows = std::array::from_fn(|l| {
+                let m = if l < kn { first(rs - t0) } else { 0 };
+                load(w.as_ptr().add((k0 + l.min(kn - 1)) * rs + t0), m)
+            });
+            for (wt, v) in wv[t0..rs].iter_mut().zip(transpose16(rows)) {
+                *wt = v;
+            }
         }
-        let b = bias.map_or(zero, |b| lanes(&|k| b[k]));
+        let b = bias.map_or(zero, |b| load(b.as_ptr().add(k0), first(kn)));
         let [lo, hi] = Clamp::bounds(plan.clamp);
         let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
         let tile = Tile {
