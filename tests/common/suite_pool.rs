@@ -300,7 +300,7 @@ pub fn max_pool_nan_never_wins<B: Backend>(backend: &B) {
         for c in [
             case([1, 3, 9, 37], [3, 3], [1, 1], [1; 4]),
             case([1, 3, 10, 45], [3, 3], [2, 2], [1; 4]),
-            case([1, 2, 7, 33], [3, 3], [2, 2], [0, 1, 1, 0]),
+            case([1, 2, 7, 29], [3, 3], [2, 2], [0, 1, 1, 0]),
             case([2, 2, 7, 7], [2, 2], [1, 1], [0; 4]),
         ] {
             let mut values = random(&mut rng, DType::F32, &c.shape, -1.0, 1.0)
