@@ -38,9 +38,6 @@ const COLUMN_ALIGN: usize = 16;
 /// Lanes of the independent accumulators that let a dot product vectorise.
 const LANES: usize = 16;
 
-/// Matrix columns a GEMV's dot products ([`dots`]) take at a time.
-const DOTS: usize = 4;
-
 /// Computes `plan` in FP32. `y` is fully written; its previous contents are ignored.
 pub fn gemm_f32(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mut [f32]) {
     let mn = plan.m * plan.n;
@@ -308,33 +305,20 @@ fn gemv(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mut [f32],
             }
         }
     } else if k > 0 {
-        // One dot product per output, over a contiguous (or gathered) matrix column;
-        // contiguous columns [`DOTS`] at a time, sharing each load of the vector.
+        // One dot product per output, over a contiguous (or gathered) matrix column.
         let chunk = y.len().div_ceil(parts).max(COLUMN_ALIGN);
         y.par_chunks_mut(chunk).enumerate().for_each(|(ci, yc)| {
-            let j0 = ci * chunk;
-            if layout.row == 1 {
-                let col = |j: usize| &mat[j * layout.col..][..k];
-                let len = yc.len();
-                let mut groups = yc.chunks_exact_mut(DOTS);
-                for (g, vs) in groups.by_ref().enumerate() {
-                    let j = j0 + g * DOTS;
-                    let d = dots(&x, std::array::from_fn::<_, DOTS, _>(|r| col(j + r)));
-                    vs.iter_mut().zip(d).for_each(|(v, d)| *v += d);
-                }
-                let rest = groups.into_remainder();
-                let j = j0 + len - rest.len();
-                for (jj, v) in rest.iter_mut().enumerate() {
-                    *v += dots(&x, [col(j + jj)])[0];
-                }
-            } else {
-                let mut column = Vec::new();
-                for (jj, v) in yc.iter_mut().enumerate() {
-                    let j = j0 + jj;
+            let mut column = Vec::new();
+            for (jj, v) in yc.iter_mut().enumerate() {
+                let j = ci * chunk + jj;
+                let col = if layout.row == 1 {
+                    &mat[j * layout.col..][..k]
+                } else {
                     column.clear();
                     column.extend((0..k).map(|kk| mat[kk * layout.row + j * layout.col]));
-                    *v += dots(&x, [&column[..]])[0];
-                }
+                    &column[..]
+                };
+                *v += dot(&x, col);
             }
         });
     }
@@ -365,24 +349,17 @@ multiversion! {
 }
 
 multiversion! {
-    /// `Σ x[i] · col[i]` for each of the `R` columns (as long as `x`), each in [`LANES`]
-    /// independent partial sums; every block of `x` is loaded once for all `R`.
-    fn dots[const R: usize](x: &[f32], cols: [&[f32]; R]) -> [f32; R] {
-        let mut acc = [[0.0f32; LANES]; R];
-        let whole = x.len() / LANES * LANES;
-        let cols = cols.map(|c| &c[..x.len()]);
-        for (b, xv) in x[..whole].chunks_exact(LANES).enumerate() {
-            for (acc, col) in acc.iter_mut().zip(&cols) {
-                let cv = &col[b * LANES..][..LANES];
-                for l in 0..LANES {
-                    acc[l] += xv[l] * cv[l];
-                }
+    /// `Σ x[i] · y[i]` in [`LANES`] independent partial sums.
+    fn dot(x: &[f32], y: &[f32]) -> f32 {
+        let mut acc = [0.0f32; LANES];
+        let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+        let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+        for (xv, yv) in xc.zip(yc) {
+            for l in 0..LANES {
+                acc[l] += xv[l] * yv[l];
             }
         }
-        std::array::from_fn(|r| {
-            let tail: f32 = x[whole..].iter().zip(&cols[r][whole..]).map(|(a, b)| a * b).sum();
-            acc[r].iter().sum::<f32>() + tail
-        })
+        acc.iter().sum::<f32>() + tail
     }
 }
 
