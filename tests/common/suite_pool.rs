@@ -195,6 +195,13 @@ fn cases() -> Vec<Case> {
         case([1, 2, 6, 50], [2, 2], [2, 2], [0; 4]),
         case([1, 2, 5, 65], [3, 3], [2, 2], [0, 2, 0, 0]),
         case([1, 1, 3, 40], [2, 17], [1, 1], [0, 8, 0, 8]),
+        // The stride-2 kernel's fixed three adjacent column taps: output rows 1, 15, 17 and
+        // 33 wide (the last block of 16 one lane, whole, and one lane past), a 1-row map,
+        // odd heights, one-sided pads.
+        case([1, 2, 1, 2], [3, 3], [2, 2], [1; 4]),
+        case([1, 2, 3, 29], [3, 3], [2, 2], [1; 4]),
+        case([2, 1, 5, 34], [3, 3], [2, 2], [1, 1, 0, 0]),
+        case([1, 2, 4, 65], [3, 3], [2, 2], [0, 1, 1, 0]),
     ];
     // ceil_mode: ragged last windows, one dropped because it would start in the padding.
     for (shape, k, s, p) in [
@@ -250,6 +257,8 @@ fn dilated_cases() -> Vec<Case> {
         // Column dilations with column strides 1 and 2 on rows wider than 16.
         d(case([1, 2, 7, 40], [3, 3], [1, 2], [1, 2, 1, 2]), [2, 3]),
         d(case([1, 2, 6, 35], [2, 4], [1, 1], [0; 4]), [1, 5]),
+        // Dilated rows with three adjacent column taps at a column stride of 2.
+        d(case([1, 2, 9, 35], [3, 3], [2, 2], [1; 4]), [2, 1]),
         // The sliding window of 3 rows with dilated columns.
         d(case([1, 2, 6, 20], [3, 3], [1, 1], [1, 2, 1, 2]), [1, 2]),
     ]
@@ -291,6 +300,7 @@ pub fn max_pool_nan_never_wins<B: Backend>(backend: &B) {
         for c in [
             case([1, 3, 9, 37], [3, 3], [1, 1], [1; 4]),
             case([1, 3, 10, 45], [3, 3], [2, 2], [1; 4]),
+            case([1, 2, 7, 29], [3, 3], [2, 2], [0, 1, 1, 0]),
             case([2, 2, 7, 7], [2, 2], [1, 1], [0; 4]),
         ] {
             let mut values = random(&mut rng, DType::F32, &c.shape, -1.0, 1.0)

@@ -513,10 +513,17 @@ mod avx512 {
             assert!(x.len() == plan.h * plan.w && y.len() == plan.p * plan.q);
             assert!(applies(plan));
             let max = plan.kind == PoolKind::Max;
+            // Three adjacent column taps (ResNet's 3×3 stride-2 MaxPool): [`rows`](Self::rows)
+            // fixes them at compile time.
+            let s = if plan.stride[1] == 1 || plan.dilation[1] == 1 {
+                plan.s
+            } else {
+                0
+            };
             // SAFETY: the CPU has the features (`applies`), the column stride is the one the
             // kernel is for and the slices have the plane's lengths (asserted above).
             unsafe {
-                match (max, plan.stride[1], plan.s) {
+                match (max, plan.stride[1], s) {
                     (true, 1, 3) => self.columns::<T, true, 3>(x, y, column),
                     (true, 1, _) => self.columns::<T, true, 0>(x, y, column),
                     (true, _, 3) => self.rows::<T, true, 3>(x, y),
@@ -626,11 +633,13 @@ mod avx512 {
         }
 
         /// Every output row of one plane with a column stride of 2: `MAX` pools the maximum
-        /// (else the average), `S` is the kernel's columns (0: any).
+        /// (else the average); `S` is 3 for three adjacent column taps (a dilation of 1), else
+        /// 0 (any taps).
         ///
         /// # Safety
-        /// The CPU must support AVX-512 F, BW and VL; `plan.stride[1] == 2`, `S` is 0 or
-        /// `plan.s`, and [`applies`] holds; `x` holds `h·w` elements and `y` `p·q`.
+        /// The CPU must support AVX-512 F, BW and VL; `plan.stride[1] == 2`, `S` is 0, or 3 with
+        /// `plan.s == 3` and `plan.dilation[1] == 1`, and [`applies`] holds; `x` holds `h·w`
+        /// elements and `y` `p·q`.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
         unsafe fn rows<T: Element, const MAX: bool, const S: usize>(&self, x: &[T], y: &mut [T]) {
             let plan = self.plan;
@@ -738,8 +747,9 @@ mod avx512 {
         }
 
         /// The output row `y` from its `n` window rows (`N` if not 0): the column `taps`
-        /// (phase, shift, permute; `S` of them if not 0) of each block, `ahead` when some tap reaches into the next
-        /// block; an average times `inv` (per column, padded to whole blocks) and `scale`.
+        /// (phase, shift, permute; for `S = 3` three adjacent taps, unrolled) of each block,
+        /// `ahead` when some tap reaches into the next block; an average times `inv` (per
+        /// column, padded to whole blocks) and `scale`.
         ///
         /// # Safety
         /// The CPU must support AVX-512 F, BW and VL; `n` rows from `first`, `step` apart,
@@ -782,8 +792,15 @@ mod avx512 {
                 // The window's columns hold no NaN (the column reductions start at the
                 // identity), so the first tap needs no identity.
                 let mut acc = tap(&taps[0]);
-                for t in &taps[1..] {
-                    acc = step::<MAX>(acc, tap(t));
+                if S == 3 {
+                    // Taps 1 and 2 of adjacent taps: the odd phase, and the even phase shifted
+                    // one lane into the next block's.
+                    let shifted = _mm512_permutex2var_ps(cur[0], taps[2].2, next[0]);
+                    acc = step::<MAX>(step::<MAX>(acc, cur[SW - 1]), shifted);
+                } else {
+                    for t in &taps[1..] {
+                        acc = step::<MAX>(acc, tap(t));
+                    }
                 }
                 if !MAX {
                     let r = _mm512_loadu_ps(inv[16 * k..][..16].as_ptr());
