@@ -318,7 +318,7 @@ mod tests {
     fn uploaded_data_is_built_on_its_first_read_until_a_write() {
         let mut t = CpuData::uploaded(HostData::F32(vec![1.0, 2.0]));
         let key = Key::new("sum", &[]);
-        let get = |t: &CpuData| t.derived(&key, 4, None, |d| sum(d)).map(|v| *v);
+        let get = |t: &CpuData| t.derived(&key, 4, None, sum).map(|v| *v);
         assert_eq!(get(&t), Some(3.0));
         assert_eq!(t.derived_bytes(), 4);
         // Written, it is data like an op's output: built from its second read.
