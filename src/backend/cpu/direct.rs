@@ -20,9 +20,9 @@
 //!   reach `y` through a 16 × 16 vector transpose.
 //!
 //! Weights are packed once per plan as `[k / F][c][r·s][F]` (`F` output channels per block,
-//! padded with zeros) and kept with the weight tensor (see [`super::derived`]). Work is cut
-//! into (image, block of output rows, group of blocks of `F` output channels) items shared by
-//! the threads. Each tile runs for every block of its item's group in turn, so its input stays
+//! padded with zeros), from a cache line so that a `Channels` tile's weight loads never split,
+//! and kept with the weight tensor (see [`super::derived`]). Work is cut into (image, block of
+//! output rows, group of blocks of `F` output channels) items shared by the threads. Each tile runs for every block of its item's group in turn, so its input stays
 //! in L1. Where frame rows are output rows, `Positions` tiles write `y`; otherwise they write a
 //! small buffer, copied into `y` (`Channels` tiles: transposed). The convolution's epilogue
 //! (bias, residual sum, ReLU or Clip) is applied in registers: by `Positions` tiles as they
@@ -30,7 +30,7 @@
 //! `Positions` buffer with a residual sum is finished by a pass over each run of `y` while it
 //! is in cache.
 
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -231,10 +231,53 @@ struct Columns<'a> {
     bounds: [f32; 2],
 }
 
+/// One cache line of f32. Packed weights are stored in these, so that every vector of weights a
+/// `Channels` tile loads is one whole line (a load split across two lines costs Intel cores
+/// two).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; LANES]);
+
+// SAFETY: sixteen f32 fill the 64-byte alignment exactly: no padding, any bits valid, zero is
+// zero.
+unsafe impl bytemuck::Zeroable for Line {}
+// SAFETY: as above.
+unsafe impl bytemuck::Pod for Line {}
+
+/// Weights packed for the direct kernel, starting on a cache line.
+pub struct PackedWeights {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl PackedWeights {
+    /// `len` zeros.
+    fn zeros(len: usize) -> Self {
+        PackedWeights {
+            lines: vec![Line([0.0; LANES]); len.div_ceil(LANES)],
+            len,
+        }
+    }
+}
+
+impl Deref for PackedWeights {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        &bytemuck::cast_slice(&self.lines)[..self.len]
+    }
+}
+
+impl DerefMut for PackedWeights {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
+    }
+}
+
 /// The weights packed for the direct kernel, cached with the tensor or packed for this call.
 pub enum Packed {
-    Cached(Arc<Vec<f32>>),
-    Owned(Vec<f32>),
+    Cached(Arc<PackedWeights>),
+    Owned(PackedWeights),
 }
 
 impl Deref for Packed {
@@ -265,11 +308,11 @@ pub fn packed_weights(
 }
 
 /// Packs `[k, c, r, s]` weights (FP32 or FP16) as `[k / f][c][r·s][f]` f32, zero-padded.
-fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> Vec<f32> {
-    fn packed<T: Element>(plan: &ConvPlan, f: usize, w: &[T]) -> Vec<f32> {
+fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> PackedWeights {
+    fn packed<T: Element>(plan: &ConvPlan, f: usize, w: &[T]) -> PackedWeights {
         let (c, rs) = (plan.c, plan.r * plan.s);
         let kp = plan.k.next_multiple_of(f);
-        let mut out = vec![0.0; kp * c * rs];
+        let mut out = PackedWeights::zeros(kp * c * rs);
         out.par_chunks_mut(c * rs * f)
             .enumerate()
             .for_each(|(kb, block)| {
@@ -814,6 +857,39 @@ mod avx512 {
                 // NaN stays NaN, as in `Clamp::apply` (see `positions`).
                 v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
                 _mm512_mask_storeu_ps(d.as_mut_ptr().add(at), m, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+    use crate::ops::Conv;
+    use crate::tensor::TensorDesc;
+
+    #[test]
+    fn packed_weights_start_on_a_cache_line_in_block_channel_tap_lane_order() {
+        let desc = |shape: &[usize]| TensorDesc::new(DType::F32, shape).unwrap();
+        let (k, c) = (7, 3);
+        let plan = Conv::default()
+            .plan(&desc(&[1, c, 5, 5]), &desc(&[k, c, 3, 3]), None, None)
+            .unwrap();
+        let w: Vec<f32> = (0..k * c * 9).map(|i| i as f32 + 1.0).collect();
+        for f in [6, 8, 64] {
+            let packed = pack(&plan, f, &HostData::F32(w.clone()));
+            assert_eq!(packed.as_ptr() as usize % 64, 0, "f = {f}");
+            assert_eq!(packed.len(), k.next_multiple_of(f) * c * 9, "f = {f}");
+            for (i, &v) in packed.iter().enumerate() {
+                let (kb, ci, t, fi) = (i / (c * 9 * f), i / (9 * f) % c, i / f % 9, i % f);
+                let ki = kb * f + fi;
+                let want = if ki < k {
+                    w[(ki * c + ci) * 9 + t]
+                } else {
+                    0.0
+                };
+                assert_eq!(v, want, "f = {f}, packed value {i}");
             }
         }
     }
