@@ -57,8 +57,8 @@ pub fn gemm_matches_reference<B: Backend>(backend: &B) {
         (127, 129, 65),
         (8, 9, 4099),
         (257, 200, 300),
-        // GEMVs whose outputs are not a multiple of the CPU's 4 dot products at a time, K not
-        // a multiple of 16.
+        // GEMVs with few outputs (not a multiple of 4 or 16) and K not a multiple of the CPU
+        // dot product's 16 lanes.
         (1, 19, 33),
         (1, 6, 17),
         // Large enough to be split across threads: a GEMV split over K, one split over its

@@ -22,9 +22,10 @@
 //! Weights are packed once per plan as `[k / F][c][r·s][F]` (`F` output channels per block,
 //! padded with zeros), from a cache line so that a `Channels` tile's weight loads never split,
 //! and kept with the weight tensor (see [`super::derived`]). Work is cut into (image, block of
-//! output rows, group of blocks of `F` output channels) items shared by the threads. Each tile runs for every block of its item's group in turn, so its input stays
-//! in L1. Where frame rows are output rows, `Positions` tiles write `y`; otherwise they write a
-//! small buffer, copied into `y` (`Channels` tiles: transposed). The convolution's epilogue
+//! output rows, group of blocks of `F` output channels) items shared by the threads. Each tile
+//! runs for every block of its item's group in turn, so its input stays in L1. Where frame rows
+//! are output rows, `Positions` tiles write `y`; otherwise they write a small buffer, copied
+//! into `y` (`Channels` tiles: transposed). The convolution's epilogue
 //! (bias, residual sum, ReLU or Clip) is applied in registers: by `Positions` tiles as they
 //! store (the sum only where they write `y`), by the transposes of `Channels` tiles; a
 //! `Positions` buffer with a residual sum is finished by a pass over each run of `y` while it
@@ -587,14 +588,21 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                             // The epilogue of output channels (kb0 + kbi)·f + v·16.., applied as
                             // they are transposed.
                             let k0 = (kb0 + kbi) * g.f + v * LANES;
-                            let sum: Vec<&[f32]> = add.sum.map_or_else(Vec::new, |s| {
-                                (0..d.len())
-                                    .map(|l| &s[first(kbi) + (v * LANES + l) * pq..][..run])
-                                    .collect()
+                            // Their rows of the residual sum, on the stack (no allocation
+                            // per block).
+                            let rows: [&[f32]; LANES] = std::array::from_fn(|l| match add.sum {
+                                Some(s) if l < d.len() => {
+                                    &s[first(kbi) + (v * LANES + l) * pq..][..run]
+                                }
+                                _ => &[],
                             });
                             let columns = Columns {
                                 bias: add.bias.map(|b| &b[k0..]),
-                                sum: &sum,
+                                sum: if add.sum.is_some() {
+                                    &rows[..d.len()]
+                                } else {
+                                    &[]
+                                },
                                 bounds,
                             };
                             for i0 in (0..run).step_by(LANES) {
