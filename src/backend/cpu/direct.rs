@@ -38,7 +38,7 @@ use rayon::prelude::*;
 
 use super::conv::{is_pointwise, Addends};
 use super::derived::{CpuData, Key};
-use super::scratch::with_buffer;
+use super::scratch::{as_f32, with_buffer};
 use super::simd;
 use super::{Disjoint, Widen};
 use crate::backend::MemoryAccount;
@@ -341,8 +341,9 @@ fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> PackedWeights {
 /// residual sum. `y` is fully written.
 pub fn conv(plan: &ConvPlan, x: &HostData, w: &[f32], add: Addends, y: &mut [f32]) {
     match x {
-        // A pointwise convolution's FP32 input is its own frame (slack 0): no copy.
-        HostData::F32(x) if is_pointwise(plan) => compute(plan, &Geometry::new(plan), x, w, add, y),
+        // A pointwise convolution's input is its own frame (slack 0): no copy in FP32, one
+        // parallel widening of the whole input in FP16 (not a frame row at a time).
+        _ if is_pointwise(plan) => compute(plan, &Geometry::new(plan), &as_f32(x), w, add, y),
         HostData::F32(x) => conv_from(plan, x, w, add, y),
         HostData::F16(x) => conv_from(plan, x, w, add, y),
     }
