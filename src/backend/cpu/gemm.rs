@@ -1,10 +1,9 @@
 //! CPU GEMM in FP32: batched and strided (transposes cost nothing), with the C broadcast and the
 //! fused ReLU or Clip epilogue applied around the core product. Each output matrix is cut into
 //! one block per thread along its longer side (rows, or columns when it has fewer rows than
-//! columns), and each block is one
-//! single-threaded product on the `gemm` crate's kernels. Outputs with a single row or column
-//! take a vectorised GEMV instead. FP16 GEMMs with few rows widen B one L2-sized panel of
-//! columns at a time, just before multiplying it (`gemm_f16_b`).
+//! columns), and each block is one single-threaded product on the `gemm` crate's kernels.
+//! Outputs with a single row or column take a vectorised GEMV instead. FP16 GEMMs with few rows
+//! widen B one L2-sized panel of columns at a time, just before multiplying it (`gemm_f16_b`).
 
 use std::ops::Range;
 
