@@ -18,57 +18,33 @@ Example (ResNet-50's 56×56 3×3 stage): scripts/conv_chain.py --eia target/rele
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnxruntime as ort
+
+from models import Graph, ort_p50_ms, p50_ms
 
 
 def chain(kind, c, h, layers):
     """The chain model and its FLOPs per inference."""
-    rng = np.random.default_rng(0)
-    inits, nodes, prev, flops = [], [], "x", 0
     shapes = [(c, c, 3)] * layers if kind == "3x3" else [(c, c // 4, 1), (c // 4, c, 1)] * (layers // 2)
-    for i, (ci, co, r) in enumerate(shapes):
-        w = rng.standard_normal((co, ci, r, r)) * np.sqrt(2 / (ci * r * r))
-        inits += [
-            numpy_helper.from_array(w.astype(np.float32), f"w{i}"),
-            numpy_helper.from_array(rng.uniform(-0.1, 0.1, co).astype(np.float32), f"b{i}"),
-        ]
-        out = "y" if i == len(shapes) - 1 else f"r{i}"
-        nodes += [
-            helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], pads=[r // 2] * 4),
-            helper.make_node("Relu", [f"c{i}"], [out]),
-        ]
-        prev, flops = out, flops + 2 * co * ci * r * r * h * h
-    io = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, c, h, h])
-    graph = helper.make_graph(nodes, f"{kind}_chain", [io("x")], [io("y")], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model, flops
+    g, y, flops = Graph(), "x", 0
+    for ci, co, r in shapes:
+        y = g.conv(y, ci, co, r, pad=r // 2)
+        flops += 2 * co * ci * r * r * h * h
+    return g.model([c, h, h], y, f"{kind}_chain"), flops
 
 
 def eia_p50(eia, path, runs, threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = subprocess.run([eia, "infer", path, "--runs", str(runs)], env=env, check=True,
                          capture_output=True, text=True).stdout
-    return float(re.search(r"p50 ([0-9.]+) ms", out).group(1))
-
-
-def ort_p50(session, x, runs):
-    session.run(None, {"x": x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {"x": x})
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return p50_ms(out)
 
 
 def main():
@@ -84,8 +60,6 @@ def main():
     a = ap.parse_args()
     if a.kind == "1x1" and (a.c % 4 or a.layers % 2):
         sys.exit("conv_chain.py: 1x1 chains need C a multiple of 4 and an even --layers")
-    import onnxruntime as ort
-
     model, flops = chain(a.kind, a.c, a.h, a.layers)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "chain.onnx")
@@ -97,7 +71,7 @@ def main():
         eia, peer = [], []
         for _ in range(a.rounds):
             eia.append(eia_p50(a.eia, path, a.runs, a.threads))
-            peer.append(ort_p50(session, x, a.runs))
+            peer.append(ort_p50_ms(session, {"x": x}, a.runs))
     print(f"{a.kind} chain, {a.layers} convolutions, C={a.c}, {a.h}x{a.h}, "
           f"{flops / 1e9:.3f} GFLOP, {a.threads} thread(s), {a.rounds} alternated rounds of p50:")
     for name, ms in (("eia", eia), ("onnxruntime", peer)):

@@ -204,6 +204,17 @@ def p50_ms(stdout):
     sys.exit(f"no p50 in eia infer output:\n{stdout}")
 
 
+def ort_p50_ms(session, feed, runs):
+    """The p50 latency of `runs` onnxruntime runs of `feed`, after a warm-up run."""
+    session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
 def bench(eia, tmp, runs):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = os.cpu_count()
@@ -220,14 +231,7 @@ def bench(eia, tmp, runs):
                              runs=runs)
             eia_ms.append(p50_ms(out))
         s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        feed = {s.get_inputs()[0].name: x}
-        s.run(None, feed)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            s.run(None, feed)
-            times.append((time.perf_counter() - t) * 1e3)
-        ort_ms = sorted(times)[len(times) // 2]
+        ort_ms = ort_p50_ms(s, {s.get_inputs()[0].name: x}, runs)
         print(f"{name:<14} {batch:>5} {eia_ms[0]:>12.1f} {eia_ms[1]:>12.1f} {ort_ms:>12.1f} {ort_ms / eia_ms[0]:>12.2f}x")
 
 
