@@ -198,18 +198,57 @@ impl Geometry {
             + 1;
         let chan = phases * plane;
         let furthest = taps.iter().max().expect("a kernel has a tap");
+        let f = tile.channels();
         Geometry {
             hf,
             wf,
             chan,
-            rows,
+            rows: even_rows(plan, rows, f),
             tile,
-            f: tile.channels(),
+            f,
             slack: (plan.p * wf + furthest).saturating_sub(chan),
             reach: (plan.r - 1) * dh / sh * wf + (plan.s - 1) * dw / sw,
             taps,
         }
     }
+}
+
+/// How `images` images' work is cut, with items of `rows` output rows and blocks of `f`
+/// output channels: `(blocks, kbs, group, groups)`, the blocks of output rows, the blocks of
+/// output channels, and the groups of up to `group` of them. An item is one image's block of
+/// rows for one group; where an image has fewer than [`ITEMS_PER_THREAD`] blocks of rows per
+/// thread, its output channels are split into groups to make more items.
+fn split(plan: &ConvPlan, rows: usize, f: usize, images: usize) -> (usize, usize, usize, usize) {
+    let blocks = plan.p.div_ceil(rows);
+    let kbs = plan.k.div_ceil(f);
+    let splits = (ITEMS_PER_THREAD * rayon::current_num_threads())
+        .div_ceil(images * blocks)
+        .clamp(1, kbs);
+    let group = kbs.div_ceil(splits);
+    (blocks, kbs, group, kbs.div_ceil(group))
+}
+
+/// Output rows per item: `rows` (about [`ITEM_POSITIONS`]) or fewer, so that the blocks of rows
+/// are as equal as they can be and the items a multiple of the threads. The threads finish
+/// together only if each gets as much work: seven items of 8 rows on two threads leave one idle
+/// for an eighth of the time, eight of 7 rows do not; 28 rows cut 17 + 11 leave one idle for a
+/// fifth. The rows shrink by half at most, and the channel groups stay as they are.
+fn even_rows(plan: &ConvPlan, rows: usize, f: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    let rows = plan.p.div_ceil(plan.p.div_ceil(rows));
+    let (blocks, _, _, groups) = split(plan, rows, f, plan.n);
+    let even = |rows: usize| {
+        let (b, _, _, g) = split(plan, rows, f, plan.n);
+        g == groups && (plan.n * b * g).is_multiple_of(threads)
+    };
+    if even(rows) {
+        return rows;
+    }
+    (blocks + 1..=plan.p)
+        .map(|blocks| plan.p.div_ceil(blocks))
+        .find(|&r| even(r))
+        .filter(|&r| 2 * r >= rows)
+        .unwrap_or(rows)
 }
 
 /// The convolution's epilogue as a `Positions` tile applies it in registers while it stores its
@@ -450,13 +489,7 @@ simd::multiversion! {
 fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
     let (pq, rs) = (plan.p * plan.q, plan.r * plan.s);
     let images = y.len() / (plan.k * pq);
-    let blocks = plan.p.div_ceil(g.rows);
-    let kbs = plan.k.div_ceil(g.f);
-    let splits = (ITEMS_PER_THREAD * rayon::current_num_threads())
-        .div_ceil(images * blocks)
-        .clamp(1, kbs);
-    let group = kbs.div_ceil(splits);
-    let groups = kbs.div_ceil(group);
+    let (blocks, kbs, group, groups) = split(plan, g.rows, g.f, images);
     let (t, step) = match g.tile {
         Tile::Positions { t, .. } => (t, t * LANES),
         Tile::Channels { t, .. } => (t, t),
@@ -900,6 +933,45 @@ mod tests {
                 };
                 assert_eq!(v, want, "f = {f}, packed value {i}");
             }
+        }
+    }
+
+    #[test]
+    fn items_divide_evenly_among_the_threads() {
+        let desc = |shape: &[usize]| TensorDesc::new(DType::F32, shape).unwrap();
+        let conv = Conv {
+            pads: [1; 4],
+            ..Conv::default()
+        };
+        // (input [n, c, h, w], threads, rows per item): ResNet-50's 3×3 layers' maps.
+        for (x, threads, want) in [
+            // 8 rows (512 positions) make 7 items: 7 rows make 8.
+            ([1, 64, 56, 56], 2, 7),
+            ([1, 64, 56, 56], 1, 8),
+            ([1, 64, 56, 56], 4, 7),
+            // Even: 7 images of 7 items each; 2 blocks of 14 rows (not 17 + 11) × 2 channel
+            // groups.
+            ([7, 64, 56, 56], 7, 8),
+            ([1, 128, 28, 28], 2, 14),
+        ] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let plan = conv
+                .plan(&desc(&x), &desc(&[x[1], x[1], 3, 3]), None, None)
+                .unwrap();
+            let (rows, items) = pool.install(|| {
+                let g = Geometry::new(&plan);
+                let (blocks, _, _, groups) = split(&plan, g.rows, g.f, plan.n);
+                (g.rows, plan.n * blocks * groups)
+            });
+            assert_eq!(rows, want, "{x:?} on {threads} threads");
+            assert_eq!(
+                items % threads,
+                0,
+                "{x:?} on {threads} threads: {items} items"
+            );
         }
     }
 }
