@@ -764,24 +764,7 @@ mod avx512 {
                     }
                 }
             }
-            let mut wp = w;
-            for c in 0..cn {
-                let xc = x.add(c * chan);
-                for &off in taps {
-                    let xp = xc.add(off);
-                    let mut xv = [_mm512_setzero_ps(); T];
-                    for ((v, &m), i) in xv.iter_mut().zip(&masks).zip(0..) {
-                        *v = _mm512_maskz_loadu_ps(m, xp.add(i * LANES));
-                    }
-                    for (fi, row) in acc.iter_mut().enumerate() {
-                        let b = _mm512_set1_ps(*wp.add(fi));
-                        for (a, &v) in row.iter_mut().zip(&xv) {
-                            *a = _mm512_fmadd_ps(v, b, *a);
-                        }
-                    }
-                    wp = wp.add(F);
-                }
-            }
+            sum_positions(&mut acc, x, &masks, chan, taps, w, cn);
             if let Some(Finish {
                 bias,
                 sum,
@@ -810,6 +793,48 @@ mod avx512 {
                     _mm512_mask_storeu_ps(out.add(fi * ld + i * LANES), m, a);
                 }
             }
+        }
+    }
+
+    /// Adds to `acc` every (channel, tap) product of a `Positions` tile, on a copy that stays in
+    /// registers. (Summed in place inside [`positions`], every tile's accumulators stayed in
+    /// memory, each one stored after every FMA: twice as slow on pointwise convolutions.)
+    ///
+    /// # Safety
+    /// As [`super::tile`].
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    unsafe fn sum_positions<const T: usize, const F: usize>(
+        acc: &mut [[__m512; T]; F],
+        x: *const f32,
+        masks: &[__mmask16; T],
+        chan: usize,
+        taps: &[usize],
+        w: *const f32,
+        cn: usize,
+    ) {
+        // SAFETY (whole body): every pointer offset stays inside the extents of the contract.
+        unsafe {
+            let mut sums = *acc;
+            let mut wp = w;
+            for c in 0..cn {
+                let xc = x.add(c * chan);
+                for &off in taps {
+                    let xp = xc.add(off);
+                    let mut xv = [_mm512_setzero_ps(); T];
+                    for ((v, &m), i) in xv.iter_mut().zip(masks).zip(0..) {
+                        *v = _mm512_maskz_loadu_ps(m, xp.add(i * LANES));
+                    }
+                    for (fi, row) in sums.iter_mut().enumerate() {
+                        let b = _mm512_set1_ps(*wp.add(fi));
+                        for (a, &v) in row.iter_mut().zip(&xv) {
+                            *a = _mm512_fmadd_ps(v, b, *a);
+                        }
+                    }
+                    wp = wp.add(F);
+                }
+            }
+            *acc = sums;
         }
     }
 
