@@ -866,7 +866,6 @@ mod avx512 {
                 }
             }
             let mut wp = w;
-            let mut cn_done = 0;
             // A pointwise convolution's tile within a row reads consecutive inputs of each
             // channel: one pointer, moved a channel at a time (not `T` of them recomputed).
             if taps.len() == 1 && (0..T).all(|i| bases[i] == bases[0] + i) {
@@ -883,21 +882,21 @@ mod avx512 {
                     wp = wp.add(f);
                     xp = xp.add(chan);
                 }
-                cn_done = cn;
-            }
-            for c in cn_done..cn {
-                let xc = x.add(c * chan);
-                let at: [*const f32; T] = std::array::from_fn(|i| xc.add(bases[i]));
-                for &off in taps {
-                    let wv: [__m512; V] =
-                        std::array::from_fn(|v| _mm512_loadu_ps(wp.add(v * LANES)));
-                    for (row, &xp) in acc.iter_mut().zip(&at) {
-                        let b = _mm512_set1_ps(*xp.add(off));
-                        for (a, &wv) in row.iter_mut().zip(&wv) {
-                            *a = _mm512_fmadd_ps(wv, b, *a);
+            } else {
+                for c in 0..cn {
+                    let xc = x.add(c * chan);
+                    let at: [*const f32; T] = std::array::from_fn(|i| xc.add(bases[i]));
+                    for &off in taps {
+                        let wv: [__m512; V] =
+                            std::array::from_fn(|v| _mm512_loadu_ps(wp.add(v * LANES)));
+                        for (row, &xp) in acc.iter_mut().zip(&at) {
+                            let b = _mm512_set1_ps(*xp.add(off));
+                            for (a, &wv) in row.iter_mut().zip(&wv) {
+                                *a = _mm512_fmadd_ps(wv, b, *a);
+                            }
                         }
+                        wp = wp.add(f);
                     }
-                    wp = wp.add(f);
                 }
             }
             for (i, row) in acc.iter().enumerate() {
