@@ -152,9 +152,9 @@ pub unsafe fn exp_x16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512
 
 #[cfg(test)]
 mod tests {
+    use super::{exp, level, map_f16, map_f16_scalar, Level};
     #[cfg(target_arch = "x86_64")]
-    use super::exp_x16;
-    use super::{exp, map_f16};
+    use super::{exp_x16, f16c};
     use half::f16;
 
     #[test]
@@ -240,6 +240,50 @@ mod tests {
                 yv.to_bits() == want.to_bits() || (yv.is_nan() && want.is_nan()),
                 "element {i}: f({xv}) = {yv}, want {want}"
             );
+        }
+    }
+
+    #[test]
+    fn map_f16_tails_of_every_length_at_every_level() {
+        // Lengths 0..=40 cover every tail of the 16- and 8-wide loops (and none); two inputs; the
+        // output a window of a poisoned buffer, whose values around it must stay as they were.
+        let x: [Vec<f16>; 2] = std::array::from_fn(|k| {
+            (0..40)
+                .map(|i| f16::from_f32((i * 7 + k * 3) as f32 * 0.173 - 3.1))
+                .collect()
+        });
+        let f = |[a, b]: [f32; 2]| a * b - 0.5;
+        let poison = f16::from_f32(-999.0);
+        for len in 0..=40 {
+            let want: Vec<f16> = (0..len)
+                .map(|i| f16::from_f32(f([x[0][i].to_f32(), x[1][i].to_f32()])))
+                .collect();
+            type Map<'a> = Box<dyn Fn([&[f16]; 2], &mut [f16]) + 'a>;
+            let mut runs: Vec<(&str, Map)> = vec![
+                ("scalar", Box::new(|x, y| map_f16_scalar(x, y, f))),
+                ("dispatched", Box::new(|x, y| map_f16(x, y, f))),
+            ];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if level() >= Level::Avx2 {
+                    // SAFETY: the CPU has AVX2, FMA and F16C; the lengths are equal.
+                    runs.push(("map8", Box::new(|x, y| unsafe { f16c::map8(x, y, f) })));
+                }
+                if level() >= Level::Avx512 {
+                    // SAFETY: the CPU has AVX-512F besides; the lengths are equal.
+                    runs.push(("map16", Box::new(|x, y| unsafe { f16c::map16(x, y, f) })));
+                }
+            }
+            for (name, run) in &runs {
+                let mut buf = vec![poison; len + 2];
+                run([&x[0][..len], &x[1][..len]], &mut buf[1..=len]);
+                assert_eq!(&buf[1..=len], &want[..], "{name}, length {len}");
+                assert_eq!(
+                    [buf[0], buf[len + 1]],
+                    [poison; 2],
+                    "{name}, length {len}: wrote outside"
+                );
+            }
         }
     }
 }
@@ -460,7 +504,10 @@ mod f16c {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    /// [`super::map_f16`] sixteen at a time.
+    /// [`super::map_f16`] sixteen at a time, a tail as the last 16 once more (or, under 16 in
+    /// all, through zero-padded copies on the stack), so that no element takes the scalar
+    /// conversions: maps are called per channel run (a 14×14 channel is 196 halves), where a
+    /// scalar tail of 4 cost more than the 12 vectors before it.
     ///
     /// # Safety
     /// The CPU must support AVX-512F, AVX2, FMA and F16C; every `x[k]` has `y`'s length.
@@ -470,56 +517,116 @@ mod f16c {
         y: &mut [f16],
         f: impl Fn([f32; N]) -> f32,
     ) {
-        let full = y.len() / 16 * 16;
-        for i in (0..full).step_by(16) {
+        // `y[..16]` from `x[k][..16]`.
+        let step = |x: [*const f16; N], y: *mut f16| {
             let mut v = [[0.0f32; 16]; N];
             for (v, x) in v.iter_mut().zip(x) {
-                // SAFETY: i + 16 <= full <= len of every slice; unaligned loads and stores.
+                // SAFETY: the callers pass 16 readable halves at each `x`; unaligned loads
+                // and stores.
                 unsafe {
-                    let h = _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i);
-                    _mm512_storeu_ps(v.as_mut_ptr(), _mm512_cvtph_ps(h));
-                }
+                    _mm512_storeu_ps(
+                        v.as_mut_ptr(),
+                        _mm512_cvtph_ps(_mm256_loadu_si256(x as *const __m256i)),
+                    )
+                };
             }
             let mut o = [0.0f32; 16];
             for (j, o) in o.iter_mut().enumerate() {
                 *o = f(std::array::from_fn(|k| v[k][j]));
             }
-            // SAFETY: as above.
+            // SAFETY: the callers pass 16 writable halves at `y`.
             unsafe {
-                let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(o.as_ptr()));
-                _mm256_storeu_si256(y.as_mut_ptr().add(i) as *mut __m256i, h);
-            }
+                _mm256_storeu_si256(
+                    y as *mut __m256i,
+                    _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(o.as_ptr())),
+                )
+            };
+        };
+        let full = y.len() / 16 * 16;
+        for i in (0..full).step_by(16) {
+            // i + 16 <= full <= every length.
+            step(
+                std::array::from_fn(|k| x[k][i..].as_ptr()),
+                y[i..].as_mut_ptr(),
+            );
         }
-        super::map_f16_scalar(x.map(|x| &x[full..]), &mut y[full..], f);
+        let tail = y.len() - full;
+        if tail > 0 && full > 0 {
+            // The last 16 again (`y` is not any `x`: the overlap gets the same values).
+            let i = y.len() - 16;
+            step(
+                std::array::from_fn(|k| x[k][i..].as_ptr()),
+                y[i..].as_mut_ptr(),
+            );
+        } else if tail > 0 {
+            let padded: [[f16; 16]; N] = std::array::from_fn(|k| {
+                let mut p = [f16::ZERO; 16];
+                p[..tail].copy_from_slice(&x[k][full..]);
+                p
+            });
+            let mut o = [f16::ZERO; 16];
+            step(std::array::from_fn(|k| padded[k].as_ptr()), o.as_mut_ptr());
+            y[full..].copy_from_slice(&o[..tail]);
+        }
     }
 
-    /// [`super::map_f16`] eight at a time.
+    /// [`super::map_f16`] eight at a time, the tail as in [`map16`].
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; every `x[k]` has `y`'s length.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn map8<const N: usize>(x: [&[f16]; N], y: &mut [f16], f: impl Fn([f32; N]) -> f32) {
-        let full = y.len() / 8 * 8;
-        for i in (0..full).step_by(8) {
+        // `y[..8]` from `x[k][..8]`.
+        let step = |x: [*const f16; N], y: *mut f16| {
             let mut v = [[0.0f32; 8]; N];
             for (v, x) in v.iter_mut().zip(x) {
-                // SAFETY: i + 8 <= full <= len of every slice; unaligned loads and stores.
+                // SAFETY: the callers pass 8 readable halves at each `x`; unaligned loads
+                // and stores.
                 unsafe {
-                    let h = _mm_loadu_si128(x.as_ptr().add(i) as *const __m128i);
-                    _mm256_storeu_ps(v.as_mut_ptr(), _mm256_cvtph_ps(h));
-                }
+                    _mm256_storeu_ps(
+                        v.as_mut_ptr(),
+                        _mm256_cvtph_ps(_mm_loadu_si128(x as *const __m128i)),
+                    )
+                };
             }
             let mut o = [0.0f32; 8];
             for (j, o) in o.iter_mut().enumerate() {
                 *o = f(std::array::from_fn(|k| v[k][j]));
             }
-            // SAFETY: as above.
+            // SAFETY: the callers pass 8 writable halves at `y`.
             unsafe {
-                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(o.as_ptr()));
-                _mm_storeu_si128(y.as_mut_ptr().add(i) as *mut __m128i, h);
-            }
+                _mm_storeu_si128(
+                    y as *mut __m128i,
+                    _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(o.as_ptr())),
+                )
+            };
+        };
+        let full = y.len() / 8 * 8;
+        for i in (0..full).step_by(8) {
+            // i + 8 <= full <= every length.
+            step(
+                std::array::from_fn(|k| x[k][i..].as_ptr()),
+                y[i..].as_mut_ptr(),
+            );
         }
-        super::map_f16_scalar(x.map(|x| &x[full..]), &mut y[full..], f);
+        let tail = y.len() - full;
+        if tail > 0 && full > 0 {
+            // The last 8 again (`y` is not any `x`: the overlap gets the same values).
+            let i = y.len() - 8;
+            step(
+                std::array::from_fn(|k| x[k][i..].as_ptr()),
+                y[i..].as_mut_ptr(),
+            );
+        } else if tail > 0 {
+            let padded: [[f16; 8]; N] = std::array::from_fn(|k| {
+                let mut p = [f16::ZERO; 8];
+                p[..tail].copy_from_slice(&x[k][full..]);
+                p
+            });
+            let mut o = [f16::ZERO; 8];
+            step(std::array::from_fn(|k| padded[k].as_ptr()), o.as_mut_ptr());
+            y[full..].copy_from_slice(&o[..tail]);
+        }
     }
 
     /// # Safety
