@@ -244,6 +244,26 @@ mod tests {
     }
 
     #[test]
+    fn widen_and_narrow_tails_of_every_length() {
+        // Lengths 0..=20: under one vector, whole vectors, and every tail after them; the
+        // output a window of a poisoned buffer.
+        let wide: Vec<f32> = (0..20).map(|i| i as f32 * 0.377 - 3.3).collect();
+        let halves: Vec<f16> = wide.iter().map(|&v| f16::from_f32(v)).collect();
+        for len in 0..=20 {
+            let mut w = vec![-999.0f32; len + 2];
+            super::f16_to_f32(&halves[..len], &mut w[1..=len]);
+            let want: Vec<f32> = halves[..len].iter().map(|h| h.to_f32()).collect();
+            assert_eq!(&w[1..=len], &want[..], "widen, length {len}");
+            assert_eq!([w[0], w[len + 1]], [-999.0; 2], "widen, length {len}");
+            let poison = f16::from_f32(-999.0);
+            let mut h = vec![poison; len + 2];
+            super::f32_to_f16(&wide[..len], &mut h[1..=len]);
+            assert_eq!(&h[1..=len], &halves[..len], "narrow, length {len}");
+            assert_eq!([h[0], h[len + 1]], [poison; 2], "narrow, length {len}");
+        }
+    }
+
+    #[test]
     fn map_f16_tails_of_every_length_at_every_level() {
         // Lengths 0..=40 cover every tail of the 16- and 8-wide loops (and none); two inputs; the
         // output a window of a poisoned buffer, whose values around it must stay as they were.
@@ -629,38 +649,60 @@ mod f16c {
         }
     }
 
+    /// Eight at a time, a tail as the last eight once more (`dst` is not `src`).
+    ///
     /// # Safety
     /// The CPU must support AVX and F16C; `dst.len() == src.len()`.
     #[target_feature(enable = "avx,f16c")]
     pub unsafe fn widen(src: &[f16], dst: &mut [MaybeUninit<f32>]) {
-        let full = src.len() / 8 * 8;
-        for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 <= full <= len of both slices; unaligned loads and stores.
+        let n = src.len();
+        if n < 8 {
+            for (d, s) in dst.iter_mut().zip(src) {
+                d.write(s.to_f32());
+            }
+            return;
+        }
+        let mut eight = |i: usize| {
+            // SAFETY: i + 8 <= n, the length of both slices; unaligned loads and stores.
             unsafe {
                 let v = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
                 _mm256_storeu_ps(dst.as_mut_ptr().add(i) as *mut f32, _mm256_cvtph_ps(v));
             }
+        };
+        for i in (0..n / 8 * 8).step_by(8) {
+            eight(i);
         }
-        for (d, s) in dst[full..].iter_mut().zip(&src[full..]) {
-            d.write(s.to_f32());
+        if n % 8 != 0 {
+            eight(n - 8);
         }
     }
 
+    /// Eight at a time, a tail as the last eight once more (`dst` is not `src`).
+    ///
     /// # Safety
     /// The CPU must support AVX and F16C; `dst.len() == src.len()`.
     #[target_feature(enable = "avx,f16c")]
     pub unsafe fn narrow(src: &[f32], dst: &mut [f16]) {
-        let full = src.len() / 8 * 8;
-        for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 <= full <= len of both slices; unaligned loads and stores.
+        let n = src.len();
+        if n < 8 {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = f16::from_f32(*s);
+            }
+            return;
+        }
+        let mut eight = |i: usize| {
+            // SAFETY: i + 8 <= n, the length of both slices; unaligned loads and stores.
             unsafe {
                 let v = _mm256_loadu_ps(src.as_ptr().add(i));
                 let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
                 _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
             }
+        };
+        for i in (0..n / 8 * 8).step_by(8) {
+            eight(i);
         }
-        for (d, s) in dst[full..].iter_mut().zip(&src[full..]) {
-            *d = f16::from_f32(*s);
+        if n % 8 != 0 {
+            eight(n - 8);
         }
     }
 }
