@@ -672,7 +672,7 @@ mod f16c {
         for i in (0..n / 8 * 8).step_by(8) {
             eight(i);
         }
-        if n % 8 != 0 {
+        if !n.is_multiple_of(8) {
             eight(n - 8);
         }
     }
@@ -701,7 +701,7 @@ mod f16c {
         for i in (0..n / 8 * 8).step_by(8) {
             eight(i);
         }
-        if n % 8 != 0 {
+        if !n.is_multiple_of(8) {
             eight(n - 8);
         }
     }
