@@ -23,7 +23,8 @@
 //! padded with zeros), from a cache line so that a `Channels` tile's weight loads never split,
 //! and kept with the weight tensor (see [`super::derived`]). Work is cut into (image, block of
 //! output rows, group of blocks of `F` output channels) items shared by the threads. Each tile
-//! runs for every block of its item's group in turn, so its input stays in L1. Where frame rows
+//! runs for every block of its item's group in turn, so its input stays in L1 (a `Channels` tile
+//! also prefetches a share of the weights read next, see [`Weights`]). Where frame rows
 //! are output rows, `Positions` tiles write `y`; otherwise they write a small buffer, copied
 //! into `y` (`Channels` tiles: transposed). The convolution's epilogue
 //! (bias, residual sum, ReLU or Clip) is applied in registers: by `Positions` tiles as they
