@@ -562,30 +562,37 @@ mod f16c {
                 )
             };
         };
-        let full = y.len() / 16 * 16;
-        for i in (0..full).step_by(16) {
-            // i + 16 <= full <= every length.
-            step(
-                std::array::from_fn(|k| x[k][i..].as_ptr()),
-                y[i..].as_mut_ptr(),
-            );
+        by_vectors::<16, N>(x, y, step);
+    }
+
+    /// Runs `step`, which maps `L` halves at each `x[k]` into `L` at `y`, over every whole `L`
+    /// of `y`, then a tail as the last `L` once more (`y` is not any `x`: the overlap gets the
+    /// same values) or, under `L` in all, through zero-padded copies on the stack. Every `x[k]`
+    /// has `y`'s length.
+    #[inline(always)]
+    fn by_vectors<const L: usize, const N: usize>(
+        x: [&[f16]; N],
+        y: &mut [f16],
+        step: impl Fn([*const f16; N], *mut f16),
+    ) {
+        let at = |x: [&[f16]; N], i: usize| std::array::from_fn(|k| x[k][i..].as_ptr());
+        let full = y.len() / L * L;
+        for i in (0..full).step_by(L) {
+            // i + L <= full <= every length.
+            step(at(x, i), y[i..].as_mut_ptr());
         }
         let tail = y.len() - full;
         if tail > 0 && full > 0 {
-            // The last 16 again (`y` is not any `x`: the overlap gets the same values).
-            let i = y.len() - 16;
-            step(
-                std::array::from_fn(|k| x[k][i..].as_ptr()),
-                y[i..].as_mut_ptr(),
-            );
+            let i = y.len() - L;
+            step(at(x, i), y[i..].as_mut_ptr());
         } else if tail > 0 {
-            let padded: [[f16; 16]; N] = std::array::from_fn(|k| {
-                let mut p = [f16::ZERO; 16];
+            let padded: [[f16; L]; N] = std::array::from_fn(|k| {
+                let mut p = [f16::ZERO; L];
                 p[..tail].copy_from_slice(&x[k][full..]);
                 p
             });
-            let mut o = [f16::ZERO; 16];
-            step(std::array::from_fn(|k| padded[k].as_ptr()), o.as_mut_ptr());
+            let mut o = [f16::ZERO; L];
+            step(at(padded.each_ref().map(|p| &p[..]), 0), o.as_mut_ptr());
             y[full..].copy_from_slice(&o[..tail]);
         }
     }
@@ -621,32 +628,7 @@ mod f16c {
                 )
             };
         };
-        let full = y.len() / 8 * 8;
-        for i in (0..full).step_by(8) {
-            // i + 8 <= full <= every length.
-            step(
-                std::array::from_fn(|k| x[k][i..].as_ptr()),
-                y[i..].as_mut_ptr(),
-            );
-        }
-        let tail = y.len() - full;
-        if tail > 0 && full > 0 {
-            // The last 8 again (`y` is not any `x`: the overlap gets the same values).
-            let i = y.len() - 8;
-            step(
-                std::array::from_fn(|k| x[k][i..].as_ptr()),
-                y[i..].as_mut_ptr(),
-            );
-        } else if tail > 0 {
-            let padded: [[f16; 8]; N] = std::array::from_fn(|k| {
-                let mut p = [f16::ZERO; 8];
-                p[..tail].copy_from_slice(&x[k][full..]);
-                p
-            });
-            let mut o = [f16::ZERO; 8];
-            step(std::array::from_fn(|k| padded[k].as_ptr()), o.as_mut_ptr());
-            y[full..].copy_from_slice(&o[..tail]);
-        }
+        by_vectors::<8, N>(x, y, step);
     }
 
     /// Eight at a time, a tail as the last eight once more (`dst` is not `src`).
