@@ -565,10 +565,26 @@ mod f16c {
         by_vectors::<16, N>(x, y, step);
     }
 
-    /// Runs `step`, which maps `L` halves at each `x[k]` into `L` at `y`, over every whole `L`
-    /// of `y`, then a tail as the last `L` once more (`y` is not any `x`: the overlap gets the
-    /// same values) or, under `L` in all, through zero-padded copies on the stack. Every `x[k]`
-    /// has `y`'s length.
+    /// Calls `step(i)` for every whole vector `i..i + L` of `0..n`, then, for a tail, once more
+    /// at `n − L` (the last `L` again: the callers' outputs are not their inputs, so the overlap
+    /// gets the same values). Returns whether `n ≥ L` (under one vector, nothing is called).
+    #[inline(always)]
+    fn each_vector<const L: usize>(n: usize, mut step: impl FnMut(usize)) -> bool {
+        if n < L {
+            return false;
+        }
+        for i in (0..n / L * L).step_by(L) {
+            step(i);
+        }
+        if !n.is_multiple_of(L) {
+            step(n - L);
+        }
+        true
+    }
+
+    /// Runs `step`, which maps `L` halves at each `x[k]` into `L` at `y`, over `y` by
+    /// [`each_vector`], or, under `L` in all, through zero-padded copies on the stack. Every
+    /// `x[k]` has `y`'s length.
     #[inline(always)]
     fn by_vectors<const L: usize, const N: usize>(
         x: [&[f16]; N],
@@ -576,25 +592,19 @@ mod f16c {
         step: impl Fn([*const f16; N], *mut f16),
     ) {
         let at = |x: [&[f16]; N], i: usize| std::array::from_fn(|k| x[k][i..].as_ptr());
-        let full = y.len() / L * L;
-        for i in (0..full).step_by(L) {
-            // i + L <= full <= every length.
-            step(at(x, i), y[i..].as_mut_ptr());
+        let n = y.len();
+        // i + L <= n, every length.
+        if n == 0 || each_vector::<L>(n, |i| step(at(x, i), y[i..].as_mut_ptr())) {
+            return;
         }
-        let tail = y.len() - full;
-        if tail > 0 && full > 0 {
-            let i = y.len() - L;
-            step(at(x, i), y[i..].as_mut_ptr());
-        } else if tail > 0 {
-            let padded: [[f16; L]; N] = std::array::from_fn(|k| {
-                let mut p = [f16::ZERO; L];
-                p[..tail].copy_from_slice(&x[k][full..]);
-                p
-            });
-            let mut o = [f16::ZERO; L];
-            step(at(padded.each_ref().map(|p| &p[..]), 0), o.as_mut_ptr());
-            y[full..].copy_from_slice(&o[..tail]);
-        }
+        let padded: [[f16; L]; N] = std::array::from_fn(|k| {
+            let mut p = [f16::ZERO; L];
+            p[..n].copy_from_slice(x[k]);
+            p
+        });
+        let mut o = [f16::ZERO; L];
+        step(at(padded.each_ref().map(|p| &p[..]), 0), o.as_mut_ptr());
+        y.copy_from_slice(&o[..n]);
     }
 
     /// [`super::map_f16`] eight at a time, the tail as in [`map16`].
@@ -631,60 +641,44 @@ mod f16c {
         by_vectors::<8, N>(x, y, step);
     }
 
-    /// Eight at a time, a tail as the last eight once more (`dst` is not `src`).
+    /// Eight at a time by [`each_vector`] (`dst` is not `src`).
     ///
     /// # Safety
     /// The CPU must support AVX and F16C; `dst.len() == src.len()`.
     #[target_feature(enable = "avx,f16c")]
     pub unsafe fn widen(src: &[f16], dst: &mut [MaybeUninit<f32>]) {
-        let n = src.len();
-        if n < 8 {
-            for (d, s) in dst.iter_mut().zip(src) {
-                d.write(s.to_f32());
-            }
-            return;
-        }
-        let mut eight = |i: usize| {
-            // SAFETY: i + 8 <= n, the length of both slices; unaligned loads and stores.
+        let eight = |i: usize| {
+            // SAFETY: i + 8 <= the length of both slices (`each_vector`); unaligned access.
             unsafe {
                 let v = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
                 _mm256_storeu_ps(dst.as_mut_ptr().add(i) as *mut f32, _mm256_cvtph_ps(v));
             }
         };
-        for i in (0..n / 8 * 8).step_by(8) {
-            eight(i);
-        }
-        if !n.is_multiple_of(8) {
-            eight(n - 8);
+        if !each_vector::<8>(src.len(), eight) {
+            for (d, s) in dst.iter_mut().zip(src) {
+                d.write(s.to_f32());
+            }
         }
     }
 
-    /// Eight at a time, a tail as the last eight once more (`dst` is not `src`).
+    /// Eight at a time by [`each_vector`] (`dst` is not `src`).
     ///
     /// # Safety
     /// The CPU must support AVX and F16C; `dst.len() == src.len()`.
     #[target_feature(enable = "avx,f16c")]
     pub unsafe fn narrow(src: &[f32], dst: &mut [f16]) {
-        let n = src.len();
-        if n < 8 {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = f16::from_f32(*s);
-            }
-            return;
-        }
-        let mut eight = |i: usize| {
-            // SAFETY: i + 8 <= n, the length of both slices; unaligned loads and stores.
+        let eight = |i: usize| {
+            // SAFETY: i + 8 <= the length of both slices (`each_vector`); unaligned access.
             unsafe {
                 let v = _mm256_loadu_ps(src.as_ptr().add(i));
                 let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
                 _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
             }
         };
-        for i in (0..n / 8 * 8).step_by(8) {
-            eight(i);
-        }
-        if !n.is_multiple_of(8) {
-            eight(n - 8);
+        if !each_vector::<8>(src.len(), eight) {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = f16::from_f32(*s);
+            }
         }
     }
 }
