@@ -323,6 +323,24 @@ pub fn max_pool_nan_never_wins<B: Backend>(backend: &B) {
             });
             check(backend, &format!("{dtype} {c:?}"), &op, &x, &want, &shape);
         }
+        // GlobalMaxPool likewise: planes with a tail, of whole vectors, of several vectors;
+        // the first plane all NaN (its maximum `-inf`).
+        for shape in [&[2, 3, 7, 7][..], &[1, 3, 16], &[1, 2, 70, 70]] {
+            let plane: usize = shape[2..].iter().product();
+            let mut values = random(&mut rng, DType::F32, shape, -1.0, 1.0)
+                .data()
+                .to_f32_vec();
+            for (i, v) in values.iter_mut().enumerate() {
+                if i < plane || (i / 3 + i / 17) % 2 == 0 {
+                    *v = f32::NAN;
+                }
+            }
+            let x = HostTensor::from_f32(dtype, shape, &values).unwrap();
+            let (want, out) = reference_global(&f64s(&x), shape, true);
+            assert_eq!(want[0], f64::NEG_INFINITY);
+            let what = format!("{dtype} GlobalMaxPool {shape:?}");
+            check(backend, &what, &Op::GlobalMaxPool, &x, &want, &out);
+        }
     }
 }
 
@@ -386,6 +404,9 @@ pub fn global_pools_match_reference<B: Backend>(backend: &B) {
             // and planes larger than a group.
             &[2, 100, 7, 7],
             &[1, 3, 70, 70],
+            // Planes of whole vectors only (no tail): one vector, and four at once.
+            &[1, 17, 16],
+            &[2, 3, 8, 8],
         ] {
             for max in [false, true] {
                 let x = random(&mut rng, dtype, shape, -1.0, 1.0);

@@ -185,6 +185,14 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         .par_chunks_mut(plane_out * per_task)
         .zip(x.par_chunks(plane_in * per_task));
     if plan.global {
+        #[cfg(target_arch = "x86_64")]
+        if super::avx512::supported() {
+            return tasks.for_each(|(yt, xt)| {
+                // SAFETY: the CPU supports AVX-512 F, BW and VL; `xt` holds `yt.len()` planes
+                // (zipped chunks of `per_task` planes and outputs).
+                unsafe { avx512::globals(plan.kind, plane_in, xt, yt) }
+            });
+        }
         return tasks.for_each_init(
             || (Vec::new(), Vec::new()),
             |(xs, ys), (yt, xt)| {
@@ -442,7 +450,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{window_rows, Inverse};
-    use crate::backend::cpu::avx512::{inside, load_or, store, supported};
+    use crate::backend::cpu::avx512::{first, inside, load_or, store, supported};
     use crate::dtype::{DType, Element};
     use crate::ops::{PoolKind, PoolPlan};
 
@@ -816,6 +824,76 @@ mod avx512 {
                     }
                 };
                 cur = next;
+            }
+        }
+    }
+
+    /// The global pool of each `plane`-element plane of `x` into its element of `y`, every
+    /// plane read straight from `x` (FP16 widened in registers) into four independent vectors
+    /// of lanes (whole vectors unmasked, the plane's tail masked with its missing lanes the
+    /// reduction's identity), which fold into one; the results leave sixteen at a time. The same maximum as
+    /// [`super::global_max`] (a NaN never wins), the mean over the count in f64 as
+    /// [`super::globals`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL; `x` holds `y.len()` planes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn globals<T: Element>(kind: PoolKind, plane: usize, x: &[T], y: &mut [T]) {
+        assert_eq!(x.len(), y.len() * plane);
+        if kind == PoolKind::Max {
+            // SAFETY: this function's contract.
+            unsafe { reduce::<T, true>(plane, x, y) }
+        } else {
+            // SAFETY: this function's contract.
+            unsafe { reduce::<T, false>(plane, x, y) }
+        }
+    }
+
+    /// [`globals`] for the maximum (`MAX`) or the mean.
+    ///
+    /// # Safety
+    /// As for [`globals`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn reduce<T: Element, const MAX: bool>(plane: usize, x: &[T], y: &mut [T]) {
+        let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
+        let mut out = [0.0f32; 16];
+        for (j, xp) in x.chunks_exact(plane).enumerate() {
+            let load = |i: usize, m: __mmask16| {
+                // SAFETY: callers pass `i < plane` and a mask of lanes inside the plane; the
+                // CPU supports AVX-512 F, BW and VL (this function's contract).
+                unsafe { load_or(xp.as_ptr().add(i), m, identity) }
+            };
+            let mut acc = [identity; 4];
+            let full = plane / 16 * 16;
+            let mut i = 0;
+            while i + 64 <= full {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    *a = step::<MAX>(*a, load(i + 16 * k, !0));
+                }
+                i += 64;
+            }
+            for (k, i) in (i..full).step_by(16).enumerate() {
+                acc[k] = step::<MAX>(acc[k], load(i, !0));
+            }
+            if full < plane {
+                acc[3] = step::<MAX>(acc[3], load(full, first(plane - full)));
+            }
+            let v = step::<MAX>(step::<MAX>(acc[0], acc[1]), step::<MAX>(acc[2], acc[3]));
+            out[j % 16] = if MAX {
+                _mm512_reduce_max_ps(v)
+            } else {
+                (_mm512_reduce_add_ps(v) as f64 / plane as f64) as f32
+            };
+            if j % 16 == 15 || j + 1 == y.len() {
+                let j0 = j / 16 * 16;
+                // SAFETY: outputs j0..=j lie in `y`; the mask covers j + 1 − j0 ≤ 16 lanes.
+                unsafe {
+                    store(
+                        y.as_mut_ptr().add(j0),
+                        first(j + 1 - j0),
+                        _mm512_loadu_ps(out.as_ptr()),
+                    )
+                };
             }
         }
     }
