@@ -21,8 +21,10 @@
 //! are short (35 wide), and a plain loop would leave much of each row to a scalar remainder.
 //! FP16 input rows are widened a group at a time (in registers by [`avx512`]), and each
 //! group's output rows are rounded back as they are made. Global pools reduce each contiguous
-//! plane with independent lane accumulators folded in halves, one loop per task ([`globals`];
-//! FP16 planes widened a group at a time, so that they are reduced from L1).
+//! plane with independent lane accumulators: on AVX-512 four vectors read straight from the
+//! plane (FP16 widened in registers, [`avx512::globals`]), else lane arrays folded in halves,
+//! one loop per task ([`globals`]; FP16 planes widened a group at a time, so that they are
+//! reduced from L1).
 
 use rayon::prelude::*;
 
