@@ -159,7 +159,8 @@ mod x16 {
 
     /// `e/(1 + e)` below 0, `1/(1 + e)` otherwise, with `e = e^−|x|` (one division: on Zen 4
     /// it ran faster than `vrcp14ps` and a Newton step, which take the FMA ports that the exp
-    /// keeps busy).
+    /// keeps busy, and so it did on an Intel Xeon of family 6 model 207: 1.03–1.27× the time
+    /// with them, FP32 and FP16, 5 alternated rounds).
     #[target_feature(enable = "avx512f")]
     #[inline]
     fn sigmoid16(x: __m512) -> __m512 {
