@@ -833,9 +833,8 @@ mod avx512 {
     /// The global pool of each `plane`-element plane of `x` into its element of `y`, every
     /// plane read straight from `x` (FP16 widened in registers) into four independent vectors
     /// of lanes (whole vectors unmasked, the plane's tail masked with its missing lanes the
-    /// reduction's identity), which fold into one; the results leave sixteen at a time. The same maximum as
-    /// [`super::global_max`] (a NaN never wins), the mean over the count in f64 as
-    /// [`super::globals`].
+    /// reduction's identity), which fold into one; the results leave sixteen at a time. The
+    /// same maximum as [`super::global_max`] (a NaN never wins), the same [`super::mean`].
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW and VL; `x` holds `y.len()` planes.
@@ -859,6 +858,7 @@ mod avx512 {
     unsafe fn reduce<T: Element, const MAX: bool>(plane: usize, x: &[T], y: &mut [T]) {
         let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
         let mut out = [0.0f32; 16];
+        let full = plane / 16 * 16;
         for (j, xp) in x.chunks_exact(plane).enumerate() {
             let load = |i: usize, m: __mmask16| {
                 // SAFETY: callers pass `i < plane` and a mask of lanes inside the plane; the
@@ -866,7 +866,6 @@ mod avx512 {
                 unsafe { load_or(xp.as_ptr().add(i), m, identity) }
             };
             let mut acc = [identity; 4];
-            let full = plane / 16 * 16;
             let mut i = 0;
             while i + 64 <= full {
                 for (k, a) in acc.iter_mut().enumerate() {
@@ -884,7 +883,7 @@ mod avx512 {
             out[j % 16] = if MAX {
                 _mm512_reduce_max_ps(v)
             } else {
-                (_mm512_reduce_add_ps(v) as f64 / plane as f64) as f32
+                super::mean(_mm512_reduce_add_ps(v), plane)
             };
             if j % 16 == 15 || j + 1 == y.len() {
                 let j0 = j / 16 * 16;
@@ -937,15 +936,21 @@ const GLOBAL_CHUNK: usize = 4096;
 
 multiversion! {
     /// The global pool of each `plane`-element plane of `x` into its element of `y`: the
-    /// maximum ([`global_max`]) or the mean ([`global_sum`] over the count, in f64).
+    /// maximum ([`global_max`]) or the mean ([`global_sum`] over the count, [`mean`]).
     fn globals(kind: PoolKind, plane: usize, x: &[f32], y: &mut [f32]) {
         for (y, xp) in y.iter_mut().zip(x.chunks_exact(plane)) {
             *y = match kind {
                 PoolKind::Max => global_max(xp),
-                _ => (global_sum(xp) as f64 / plane as f64) as f32,
+                _ => mean(global_sum(xp), plane),
             };
         }
     }
+}
+
+/// A global average from its plane's sum and element count, divided in f64.
+#[inline(always)]
+fn mean(sum: f32, count: usize) -> f32 {
+    (sum as f64 / count as f64) as f32
 }
 
 /// Folds the `LANES` partial results in halves (a tree, not a chain of dependent steps).
