@@ -9,6 +9,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod awake;
 mod batchnorm;
 mod binary;
 mod conv;
@@ -112,8 +113,8 @@ impl Backend for CpuBackend {
     /// Runs `f` on a thread of the pool (the calling one if it is already there).
     fn run_ops<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match &self.pool {
-            Some(pool) => pool.install(f),
-            None => rayon::scope(|_| f()),
+            Some(pool) => pool.install(|| awake::with_lookers(f)),
+            None => rayon::scope(|_| awake::with_lookers(f)),
         }
     }
 
