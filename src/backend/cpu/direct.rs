@@ -507,7 +507,8 @@ fn block_chunk(rs: usize, f: usize) -> usize {
 
 /// Every (image, row block, group of output channel blocks) item of one group of framed images
 /// into its part of `y` (`[images, k, p, q]`). Each tile of an item runs for every block of its
-/// group in turn, so the input it reads stays in L1 and the weights stream from L2. Where frame
+/// group in turn, so the input it reads stays in L1 and the weights stream from L2 (or, with
+/// one block per item, stay in L1: see [`BLOCK_CHUNK_WEIGHT_BYTES`]). Where frame
 /// rows are output rows (`wf = q`), `Positions` tiles write `y` directly; otherwise tiles write
 /// a buffer, copied (or transposed) into `y` at the end.
 fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
