@@ -158,6 +158,16 @@ impl Bits for u32 {
 impl Bits for u16 {
     const B: usize = 8;
 
+    /// 16 × 16 on AVX2 (one 32-byte load and store per row).
+    #[cfg(target_arch = "x86_64")]
+    fn widest() -> (usize, BlockFn<u16>) {
+        if super::simd::level() >= super::simd::Level::Avx2 {
+            (16, block16_u16)
+        } else {
+            (Self::B, Self::block)
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     unsafe fn block(x: *const u16, sx: usize, y: *mut u16, sy: usize) {
         use std::arch::x86_64::*;
@@ -221,6 +231,64 @@ unsafe fn block16(x: *const u32, sx: usize, y: *mut u32, sy: usize) {
     }
 }
 
+/// [`Bits::block`] for 16 × 16 16-bit elements: interleaved as 16-, 32- and 64-bit pairs within
+/// each 128-bit half (after which vector `c` of each group of eight rows holds column `c` of
+/// those rows in its low half and column `c + 8` in its high half), then the halves of the two
+/// groups joined.
+///
+/// # Safety
+/// The CPU must support AVX2; the rest as [`Bits::block`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block16_u16(x: *const u16, sx: usize, y: *mut u16, sy: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the sixteen 32-byte rows read and written lie inside the buffers by the caller's
+    // contract (unaligned loads and stores); AVX2 by the caller's.
+    unsafe {
+        let a: [__m256i; 16] = std::array::from_fn(|j| _mm256_loadu_si256(x.add(j * sx).cast()));
+        // Rows 2k, 2k + 1: columns 0–3 | 8–11 (even k·2), 4–7 | 12–15 (odd).
+        let s1: [__m256i; 16] = std::array::from_fn(|i| {
+            let (p, q) = (a[i & !1], a[i | 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_epi16(p, q)
+            } else {
+                _mm256_unpackhi_epi16(p, q)
+            }
+        });
+        // Rows 4m..4m + 4, column pair (2q, 2q + 1) | (2q + 8, 2q + 9) at index 4m + q.
+        let s2: [__m256i; 16] = std::array::from_fn(|i| {
+            let (m, q) = (i / 4, i % 4);
+            let (p, r) = (s1[4 * m + q / 2], s1[4 * m + 2 + q / 2]);
+            if q % 2 == 0 {
+                _mm256_unpacklo_epi32(p, r)
+            } else {
+                _mm256_unpackhi_epi32(p, r)
+            }
+        });
+        // Rows 8g..8g + 8, column c | c + 8 at index 8g + c.
+        let s3: [__m256i; 16] = std::array::from_fn(|i| {
+            let (g, c) = (i / 8, i % 8);
+            let (p, r) = (s2[8 * g + c / 2], s2[8 * g + 4 + c / 2]);
+            if c % 2 == 0 {
+                _mm256_unpacklo_epi64(p, r)
+            } else {
+                _mm256_unpackhi_epi64(p, r)
+            }
+        });
+        for c in 0..8 {
+            let (lo, hi) = (s3[c], s3[8 + c]);
+            _mm256_storeu_si256(
+                y.add(c * sy).cast(),
+                _mm256_permute2x128_si256(lo, hi, 0x20),
+            );
+            _mm256_storeu_si256(
+                y.add((c + 8) * sy).cast(),
+                _mm256_permute2x128_si256(lo, hi, 0x31),
+            );
+        }
+    }
+}
+
 /// `y[i·sy + j] = x[i + j·sx]` for `i < ni`, `j < nj`, element by element.
 ///
 /// # Safety
@@ -235,7 +303,7 @@ unsafe fn scalar<T: Copy>(x: *const T, sx: usize, y: *mut T, sy: usize, ni: usiz
 }
 
 /// `y[i·sy + j] = x[i + j·sx]` for `i < ni`, `j < nj`: full register blocks of side `b`
-/// (`block`), scalar edges.
+/// (`block`), the edges in [`Bits::block`]'s narrower ones where `b` is wider, then scalar.
 ///
 /// # Safety
 /// As [`Bits::block`], for those elements; `block` is [`Bits::widest`]'s.
@@ -256,8 +324,16 @@ unsafe fn tile<T: Bits>(
                 block(x.add(i + j * sx), sx, y.add(i * sy + j), sy);
             }
         }
-        scalar(x.add(fi), sx, y.add(fi * sy), sy, ni - fi, fj);
-        scalar(x.add(fj * sx), sx, y.add(fj), sy, ni, nj - fj);
+        // The edges: in the narrow blocks where these were wide ones, else element by element.
+        let edge = |x: *const T, y: *mut T, ni: usize, nj: usize| {
+            if b > T::B {
+                tile(x, sx, y, sy, (ni, nj), (T::B, T::block as BlockFn<T>));
+            } else {
+                scalar(x, sx, y, sy, ni, nj);
+            }
+        };
+        edge(x.add(fi), y.add(fi * sy), ni - fi, fj);
+        edge(x.add(fj * sx), y.add(fj), ni, nj - fj);
     }
 }
 
