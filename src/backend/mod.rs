@@ -71,7 +71,9 @@ pub trait Backend: Send + Sync {
     /// Runs `f`, which issues a sequence of ops, where this backend issues ops cheapest. The
     /// CPU backend runs it on one of its pool's threads, so each op's parallel parts start on
     /// threads that are already awake instead of being handed to the pool from outside (a
-    /// hand-over that costs about 18 µs per op on a 2-core VM); the default just calls `f`.
+    /// hand-over that costs about 18 µs per op on a 2-core VM), and keeps the pool's other
+    /// threads looking for work until `f` returns instead of letting them sleep between ops;
+    /// the default just calls `f`.
     fn run_ops<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R
     where
         Self: Sized,

@@ -7,9 +7,9 @@
 //!   and the output's innermost (`j`, contiguous in `y`) for every index of the other
 //!   dimensions: tiles of about `TILE × TILE` elements (stretched along the longer side when the
 //!   other is short), so a tile's input rows and output rows stay in L1, each tile transposed in
-//!   register blocks (`Bits::widest`: 16 × 16 for 32-bit elements on AVX-512, else 4 × 4, and
-//!   8 × 8 for 16-bit elements, SSE2 on x86-64) with scalar edges. NCHW ↔ NHWC and batched
-//!   matrix transposes are this case.
+//!   register blocks (`Bits::widest`: 16 × 16 for 32-bit elements on AVX-512 and for 16-bit
+//!   ones on AVX2, else 4 × 4 and 8 × 8 in SSE2 on x86-64), the edges in the narrower blocks,
+//!   then element by element. NCHW ↔ NHWC and batched matrix transposes are this case.
 
 use rayon::prelude::*;
 

@@ -110,7 +110,8 @@ impl Backend for CpuBackend {
         kib.checked_mul(1024)
     }
 
-    /// Runs `f` on a thread of the pool (the calling one if it is already there).
+    /// Runs `f` on a thread of the pool (the calling one if it is already there), the pool's
+    /// other threads looking for work until it returns (see `awake.rs`).
     fn run_ops<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match &self.pool {
             Some(pool) => pool.install(|| awake::with_lookers(f)),
