@@ -317,15 +317,15 @@ fn depthwise_flat_maps() {
     conv_cases("depthwise_flat_maps", &cases, false);
 }
 
-/// Outputs streamed with non-temporal stores (`simd::Store::Stream`: ops that touch at least
-/// 40 MiB): the binary ops by a per-channel scalar, a scalar, the same shape and a row, and
-/// BatchNormalization, each just over that in FP32 (FP16 outputs are never streamed), with runs
-/// of 1001 elements whose starts fall on every 4-byte offset of a cache line (head, streamed
-/// lines and blocks, tail).
+/// Outputs streamed with non-temporal stores (`simd::Store::Stream`: here ops that touch at
+/// least 40 MiB, whatever this machine's cache): the binary ops by a per-channel scalar, a
+/// scalar, the same shape and a row, and BatchNormalization, each just over that in FP32 (FP16
+/// outputs are never streamed), with runs of 1001 elements whose starts fall on every 4-byte
+/// offset of a cache line (head, streamed lines and blocks, tail).
 #[test]
 fn streamed_outputs() {
     let mut rng = common::rng("streamed_outputs");
-    let backend = eia::CpuBackend::new();
+    let backend = eia::CpuBackend::new().streaming_from(40 << 20);
     let big: &[usize] = &[5, 1050, 1001];
     let dtype = eia::DType::F32;
     for other in [&[5, 1, 1][..], &[], big, &[1001]] {

@@ -23,10 +23,17 @@ pub fn fold(plan: &BatchNormPlan, [scale, bias, mean, var]: [&[f32]; 4]) -> Vec<
         .collect()
 }
 
-/// Applies the folded affine map to `x` into `y` (same length, any storage type).
-pub fn apply<T: Element>(plan: &BatchNormPlan, coef: &[(f32, f32)], x: &[T], y: &mut [T]) {
+/// Applies the folded affine map to `x` into `y` (same length, any storage type), the output
+/// streamed where the op touches at least `stream_from` bytes (see [`Store::for_bytes`]).
+pub fn apply<T: Element>(
+    plan: &BatchNormPlan,
+    coef: &[(f32, f32)],
+    x: &[T],
+    y: &mut [T],
+    stream_from: usize,
+) {
     let inner = plan.inner;
-    let store = Store::for_bytes(2 * x.len() * T::DTYPE.size());
+    let store = Store::for_bytes(2 * x.len() * T::DTYPE.size(), stream_from);
     y.par_chunks_mut(TASK)
         .zip(x.par_chunks(TASK))
         .enumerate()

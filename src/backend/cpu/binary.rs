@@ -77,8 +77,9 @@ macro_rules! with_op {
     };
 }
 
-/// Computes `plan` from `x` (one slice per input, storage type `T`) into `y`.
-pub fn binary<T: Element>(plan: &BinaryPlan, x: &[&[T]], y: &mut [T]) {
+/// Computes `plan` from `x` (one slice per input, storage type `T`) into `y`, the output
+/// streamed where the op touches at least `stream_from` bytes (see [`Store::for_bytes`]).
+pub fn binary<T: Element>(plan: &BinaryPlan, x: &[&[T]], y: &mut [T], stream_from: usize) {
     if y.is_empty() {
         return;
     }
@@ -86,7 +87,7 @@ pub fn binary<T: Element>(plan: &BinaryPlan, x: &[&[T]], y: &mut [T]) {
     let inner = dims.last().copied().unwrap_or(1);
     let n_in = x.len();
     let bytes: usize = x.iter().map(|x| x.len()).sum::<usize>() + y.len();
-    let store = Store::for_bytes(bytes * T::DTYPE.size());
+    let store = Store::for_bytes(bytes * T::DTYPE.size(), stream_from);
     y.par_chunks_mut(TASK).enumerate().for_each(|(t, yt)| {
         let mut e = t * TASK;
         let mut done = 0;

@@ -2,7 +2,9 @@
 //! fused ReLU or Clip epilogue applied around the core product. Each output matrix is cut into
 //! one block per thread along its longer side (rows, or columns when it has fewer rows than
 //! columns), and each block is one single-threaded product on the `gemm` crate's kernels.
-//! Outputs with a single row or column take a vectorised GEMV instead. FP16 GEMMs with few rows
+//! Outputs with a single row or column take a vectorised GEMV instead (with AVX-512, a matrix
+//! whose columns are contiguous, as a classifier's transposed weights are, is read eight columns
+//! side by side: [`avx512::dots`]). FP16 GEMMs with few rows
 //! widen B one L2-sized panel of columns at a time, just before multiplying it (`gemm_f16_b`).
 
 use std::ops::Range;
