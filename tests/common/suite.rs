@@ -353,6 +353,9 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
         ([2, 40, 8, 8], [136, 40, 1, 1], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), true),
         ([1, 24, 8, 8], [24, 3, 1, 1], conv([1, 1], [0; 4], [1, 1], 8, NotSet, true), true),
         ([1, 64, 4, 6], [72, 64, 1, 1], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), false),
+        // A pointwise map wider than one block of the CPU's FP16 pointwise path (1024 columns
+        // at most for these channels): two blocks or more, the last one partial.
+        ([1, 32, 34, 35], [40, 32, 1, 1], conv([1, 1], [0; 4], [1, 1], 1, NotSet, false), true),
         // Depthwise with column stride 2 (split into even and odd columns): odd and even
         // widths, rows past 32 and 64 columns with tails off 16, asymmetric pads, odd and even
         // dilations, a channel multiplier, a single output column.

@@ -20,7 +20,9 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{simd, Disjoint};
+use half::f16;
+
+use super::{narrow, simd, Disjoint, Widen};
 use crate::ops::{Clamp, ConvPlan};
 
 /// Target size of one im2col block (fits L2 next to the GEMM's packed operands).
@@ -28,6 +30,12 @@ const COL_BLOCK_BYTES: usize = 256 << 10;
 
 /// Largest im2col matrix unfolded whole and shared by all threads (about one L2).
 const BY_ROWS_MAX_COL_BYTES: usize = 2 << 20;
+
+/// Fewest output columns per block of [`pointwise_f16`], where the map has them. (Its FP16 1×1
+/// workloads in `eia run`, Intel Xeon model 167, 1 and 2 threads, 4 alternated rounds, against
+/// blocks sized for 256 KiB of buffers alone: 0.72–0.98× the time, but 1.03–1.06× for
+/// `res2_1x1`.)
+const FUSED_MIN_COLUMNS: usize = 1024;
 
 /// Output maps smaller than this many positions are stacked across images at batch > 1 (see
 /// `stacked`).
@@ -61,6 +69,63 @@ pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], add: Addends, y: &mut [f3
         return;
     }
     lowered(plan, x, w, add, y);
+}
+
+/// Computes a pointwise `plan` (see [`is_pointwise`]) on FP16 storage through the GEMM lowering,
+/// with no pass over a whole tensor: each task widens its block of input columns into a buffer
+/// that stays in L2, multiplies it on the FP32 kernel into another, applies the epilogue there
+/// and rounds the block into `y`. (Through `conv_f32`, the input was first widened whole, and
+/// the output rounded whole after the epilogue's own pass: three more trips through memory,
+/// each over data the other thread had written.) `y` is fully written.
+pub fn pointwise_f16(plan: &ConvPlan, x: &[f16], w: &[f32], add: Addends, y: &mut [f16]) {
+    debug_assert!(is_pointwise(plan));
+    let (cg, kg, pq) = (plan.c_per_group(), plan.k_per_group(), plan.p * plan.q);
+    if y.is_empty() {
+        return;
+    }
+    let chunks = plan.n * plan.group;
+    assert_eq!(y.len(), chunks * kg * pq);
+    // Both buffers hold `cg + kg` values per column: sized as an im2col block of that height.
+    // Both buffers hold `cg + kg` values per column: blocks as wide as an im2col block of that
+    // height, but at least FUSED_MIN_COLUMNS wide.
+    let height = (cg + kg).min(COL_BLOCK_BYTES / (4 * FUSED_MIN_COLUMNS));
+    let nb = block_columns(pq, height, false, chunks, rayon::current_num_threads());
+    let blocks = pq.div_ceil(nb);
+    let out = Disjoint::new(y);
+    (0..chunks * blocks).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(col, product): &mut (Vec<f32>, Vec<f32>), item| {
+            // Chunk i is image i / group, group i % group; its columns j0..j0 + cols.
+            let (i, j0) = (item / blocks, item % blocks * nb);
+            let (ni, g) = (i / plan.group, i % plan.group);
+            let cols = nb.min(pq - j0);
+            let xg = &x[(ni * plan.c + g * cg) * pq..][..cg * pq];
+            col.resize(cg * cols, 0.0);
+            for (c, row) in col.chunks_exact_mut(cols).enumerate() {
+                f16::widen(&xg[c * pq + j0..][..cols], row);
+            }
+            product.resize(kg * cols, 0.0);
+            // SAFETY: the group's weights are kg×cg row-major, `col` cg rows of `cols` and
+            // `product` kg rows of `cols`, all distinct.
+            unsafe {
+                weights_times_col(
+                    (kg, cols, cg),
+                    product.as_mut_ptr(),
+                    cols,
+                    &w[g * kg * cg..][..kg * cg],
+                    col,
+                    cols,
+                );
+            }
+            for (kk, row) in product.chunks_exact_mut(cols).enumerate() {
+                let at = (i * kg + kk) * pq + j0;
+                add.apply(plan, g * kg + kk, at, row);
+                // SAFETY: output channel g·kg + kk of image ni, columns j0..j0 + cols: inside
+                // y (asserted above), written by this item only.
+                narrow(row, unsafe { out.slice(at, cols) });
+            }
+        },
+    );
 }
 
 /// Adds `bias` and the residual `sum` (the values at `out`'s place in the plan's `Sum`) to

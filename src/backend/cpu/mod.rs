@@ -215,8 +215,16 @@ impl Backend for CpuBackend {
                         _ => unreachable!("plans are validated: input and output share a dtype"),
                     }
                 } else {
-                    let (x, w) = (as_f32(x[0]), weights_f32(inputs[1], account));
-                    write_f32(y, |y| conv::conv_f32(p, &x, &w, add, y));
+                    let w = weights_f32(inputs[1], account);
+                    match (x[0], y) {
+                        (HostData::F16(x), HostData::F16(y)) if conv::is_pointwise(p) => {
+                            conv::pointwise_f16(p, x, &w, add, y)
+                        }
+                        (x, y) => {
+                            let x = as_f32(x);
+                            write_f32(y, |y| conv::conv_f32(p, &x, &w, add, y));
+                        }
+                    }
                 }
             }
             FamilyPlan::BatchNorm(p) => {
@@ -302,21 +310,22 @@ fn gemm(
     }
 }
 
-/// An f32 output shared by parallel work items that each write a disjoint part of it.
+/// An output (of f32 unless said otherwise) shared by parallel work items that each write a
+/// disjoint part of it.
 #[derive(Clone, Copy)]
-struct Disjoint(*mut f32);
+struct Disjoint<T = f32>(*mut T);
 
 // SAFETY: a `Disjoint` only hands out the parts its users' contracts make disjoint (see
 // `Disjoint::slice`), so sharing the pointer across threads creates no data race.
-unsafe impl Send for Disjoint {}
-unsafe impl Sync for Disjoint {}
+unsafe impl<T> Send for Disjoint<T> {}
+unsafe impl<T> Sync for Disjoint<T> {}
 
-impl Disjoint {
-    fn new(y: &mut [f32]) -> Self {
+impl<T> Disjoint<T> {
+    fn new(y: &mut [T]) -> Self {
         Disjoint(y.as_mut_ptr())
     }
 
-    fn ptr(self) -> *mut f32 {
+    fn ptr(self) -> *mut T {
         self.0
     }
 
@@ -326,7 +335,7 @@ impl Disjoint {
     /// They must lie inside the slice `self` was made from, and no other reference to them may
     /// exist while the returned one lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice<'a>(self, offset: usize, len: usize) -> &'a mut [f32] {
+    unsafe fn slice<'a>(self, offset: usize, len: usize) -> &'a mut [T] {
         // SAFETY: the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
     }
