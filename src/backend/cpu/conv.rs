@@ -12,10 +12,12 @@
 //! With a column stride above 1 the input is first split into column phases, so every im2col
 //! copy is contiguous. Bias, the residual sum and the fused ReLU or Clip are applied to each
 //! block while it is still in cache (`epilogue`, one vectorised pass; the direct kernels apply
-//! them in registers where they can). Convolutions with one input channel per group use the
-//! direct kernel in `depthwise`, and with AVX-512 dense convolutions larger than 1×1 or strided,
-//! and some pointwise ones, the direct kernel in `direct`, instead of this lowering (the CPU
-//! backend's launch picks, see `direct::applies`).
+//! them in registers where they can). An FP16 pointwise convolution's blocks go through two
+//! buffers, its input columns widened into one and its outputs rounded out of the other by the
+//! task that computes them (`pointwise_f16`). Convolutions with one input channel per group use
+//! the direct kernel in `depthwise`, and with AVX-512 dense convolutions larger than 1×1 or
+//! strided, and some pointwise ones, the direct kernel in `direct`, instead of this lowering
+//! (the CPU backend's launch picks, see `direct::applies`).
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -85,7 +87,6 @@ pub fn pointwise_f16(plan: &ConvPlan, x: &[f16], w: &[f32], add: Addends, y: &mu
     }
     let chunks = plan.n * plan.group;
     assert_eq!(y.len(), chunks * kg * pq);
-    // Both buffers hold `cg + kg` values per column: sized as an im2col block of that height.
     // Both buffers hold `cg + kg` values per column: blocks as wide as an im2col block of that
     // height, but at least FUSED_MIN_COLUMNS wide.
     let height = (cg + kg).min(COL_BLOCK_BYTES / (4 * FUSED_MIN_COLUMNS));

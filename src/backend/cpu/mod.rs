@@ -4,8 +4,9 @@
 //! rounded once on output; FP16 weights — a conv's weights, a GEMM's B — are widened once per
 //! tensor and the copy cached with it, or packed once for the direct convolution, see
 //! [`derived`] and [`direct`]; the direct and depthwise convolutions widen FP16 input as they
-//! copy or load it, and the depthwise one rounds its FP16 output in registers); batch norm and
-//! softmax stream FP16 through FP32 registers chunk by chunk.
+//! copy or load it, and the depthwise one rounds its FP16 output in registers; the GEMM lowering
+//! of an FP16 pointwise convolution widens and rounds one block of columns at a time); batch
+//! norm and softmax stream FP16 through FP32 registers chunk by chunk.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
