@@ -35,7 +35,7 @@ const BY_ROWS_MAX_COL_BYTES: usize = 2 << 20;
 
 /// Fewest output columns per block of [`pointwise_f16`], where the map has them. (Its FP16 1×1
 /// workloads in `eia run`, Intel Xeon model 167, 1 and 2 threads, 4 alternated rounds, against
-/// blocks sized for 256 KiB of buffers alone: 0.72–0.98× the time, but 1.03–1.06× for
+/// blocks sized for 256 KiB of buffers alone: 0.72–0.98× the time, 0.94–1.06× for
 /// `res2_1x1`.)
 const FUSED_MIN_COLUMNS: usize = 1024;
 
@@ -77,8 +77,8 @@ pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], add: Addends, y: &mut [f3
 /// with no pass over a whole tensor: each task widens its block of input columns into a buffer
 /// that stays in L2, multiplies it on the FP32 kernel into another, applies the epilogue there
 /// and rounds the block into `y`. (Through `conv_f32`, the input was first widened whole, and
-/// the output rounded whole after the epilogue's own pass: three more trips through memory,
-/// each over data the other thread had written.) `y` is fully written.
+/// the output rounded whole after the epilogue's own pass: three more trips through memory.)
+/// `y` is fully written.
 pub fn pointwise_f16(plan: &ConvPlan, x: &[f16], w: &[f32], add: Addends, y: &mut [f16]) {
     debug_assert!(is_pointwise(plan));
     let (cg, kg, pq) = (plan.c_per_group(), plan.k_per_group(), plan.p * plan.q);
