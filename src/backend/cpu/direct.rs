@@ -183,7 +183,9 @@ impl Geometry {
             .collect();
         let rows = (ITEM_POSITIONS / wf).clamp(1, plan.p);
         // The tile with the least work: every computed value (positions rounded up to whole
-        // tiles per item, output channels to whole blocks) costs c·r·s lanes of FMA, plus its
+        // tiles per item — a `Channels` item's last tile computes only the positions left, but
+        // counted whole here it keeps the choices measured before it did — output channels to
+        // whole blocks) costs c·r·s lanes of FMA, plus its
         // copy into `y`: a vector copy for `Positions`, a scalar transpose for `Channels`
         // (which matters where c·r·s is small, as in a network's first convolution).
         let work = |tile: &Tile| {
@@ -595,7 +597,7 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                         // channel's frame. `wc` holds cn·rs·f weights. A tile writes its first
                         // `fv` rows × `valid` positions into y (rows p0.. of channels
                         // (kb0 + kbi)·f.., which this item alone writes: valid ≤ run − j), or
-                        // t·16 × f (t × f) values into block kbi of `buf`.
+                        // t·16 × f (at most t × f) values into block kbi of `buf`.
                         unsafe {
                             match g.tile {
                                 Tile::Positions { .. } => {
@@ -630,7 +632,8 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                                     g,
                                     xc.as_ptr(),
                                     &bases[j..j + t],
-                                    t,
+                                    // The item's last tile: only the positions left.
+                                    (run - j).min(t),
                                     wc,
                                     cn,
                                     buf[(kbi * ld + j) * g.f..].as_mut_ptr(),
@@ -770,14 +773,16 @@ impl Weights {
 /// - `Positions`: `f` output channels × `t·16` frame positions from `x` (at the tile's first
 ///   position), of which the first `valid` are read and written, into the first `fv` of `f`
 ///   rows `ld` apart (`bases` unused), with the epilogue applied where `finish` says;
-/// - `Channels`: `t` output positions (frame offsets `bases` into `x`) × `f = 16·v` output
-///   channels, into `t` rows of `f` (`ld`, `fv`, `finish` unused), prefetching `ahead` (the
-///   weights read next, see [`Weights`]; `Positions` tiles take none) a few lines per channel.
+/// - `Channels`: the first `valid` of `t` output positions (frame offsets `bases` into `x`;
+///   fewer than `t` only in an item's last tile, which computes no others) ×
+///   `f = 16·v` output channels, into `valid` rows of `f` (`ld`, `fv`, `finish` unused),
+///   prefetching `ahead` (the weights read next, see [`Weights`]; `Positions` tiles take none) a
+///   few lines per channel.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; every input the tile reads (`x + c·chan + tap + (0..valid)`,
 /// or `x + c·chan + base + tap`, for c < cn) must be readable, `w` must hold `cn·r·s·f` values
-/// and every output it writes (`out + fi·ld + (0..valid)` for fi < fv, or `out + (0..t·f)`)
+/// and every output it writes (`out + fi·ld + (0..valid)` for fi < fv, or `out + (0..valid·f)`)
 /// must be writable (and readable when `accumulate`), with `finish`'s sum (if any) holding a
 /// value at each of those offsets.
 #[allow(clippy::too_many_arguments)]
@@ -811,9 +816,14 @@ unsafe fn tile(
             Tile::Positions { t: 2, f: 12 } => {
                 positions::<2, 12>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
             }
-            Tile::Channels { t: 6, v: 4 } => {
-                channels::<6, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead)
-            }
+            Tile::Channels { t: 6, v: 4 } => match valid {
+                6 => channels::<6, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
+                5 => channels::<5, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
+                4 => channels::<4, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
+                3 => channels::<3, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
+                2 => channels::<2, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
+                _ => channels::<1, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
+            },
             _ => unreachable!("the tile is one of TILES"),
         }
     }
