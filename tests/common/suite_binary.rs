@@ -283,10 +283,17 @@ pub fn binary_special_values<B: Backend>(backend: &B) {
     let b = [0.0, 0.0, 0.0, 0.0, inf, 2.0, 1.0, 0.0, -0.0];
     for dtype in DType::ALL {
         for (op, name, f) in ops() {
-            for shapes in [(&[9][..], &[9][..]), (&[9, 1][..], &[9][..])] {
+            // Elementwise, then each operand broadcast along the other's rows (the CPU divides
+            // an FP16 row by one value as a product with its reciprocal).
+            for shapes in [
+                (&[9][..], &[9][..]),
+                (&[9, 1][..], &[9][..]),
+                (&[9][..], &[9, 1][..]),
+            ] {
                 let ha = HostTensor::from_f32(dtype, &[9], &a).unwrap();
                 let hb = HostTensor::from_f32(dtype, &[9], &b).unwrap();
                 let ha = HostTensor::from_bytes(dtype, shapes.0, ha.as_bytes()).unwrap();
+                let hb = HostTensor::from_bytes(dtype, shapes.1, hb.as_bytes()).unwrap();
                 let (af, bf) = (f64s(&ha), f64s(&hb));
                 let (want, shape) = elementwise(&[(&af, shapes.0), (&bf, shapes.1)], |x, y| {
                     let v = f(x, y);

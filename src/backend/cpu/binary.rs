@@ -2,7 +2,8 @@
 //! into tasks of `TASK` elements; a task walks the rows of the innermost collapsed dimension,
 //! where every input is either a contiguous slice (stride 1) or one value (stride 0), so each
 //! run is one vectorised loop of four kinds (slice·slice, slice·scalar, scalar·slice, fill).
-//! Each run is one `simd::map_to` (FP16 widened, computed in FP32 and rounded in registers;
+//! Each run is one `simd::map_to` (FP16 widened, computed in FP32 and rounded in registers; an
+//! FP16 run divided by one value is multiplied by its reciprocal;
 //! non-temporal stores when the op touches more bytes than the cache keeps, `simd::Store`), except
 //! Sum: FP32 storage accumulates in the output, FP16 widens chunks of `CHUNK` and accumulates
 //! every input in FP32 before rounding once.
@@ -159,6 +160,16 @@ fn apply_run<T: Element>(
             Src::Scalar(v[0].to_f32())
         }
     });
+    if let (BinaryKind::Div, DType::F16, Src::Slice(a), Src::Scalar(q)) = (kind, T::DTYPE, a, b) {
+        // FP16 values over one value: times its reciprocal, no division per element (FP16
+        // storage ran at FP32's element rate, the divider's). Both are FP16 values, so for
+        // every finite nonzero `q` (|q| ≥ 2^−24) `1/q` is a normal f32 and `a·(1/q)` lies within
+        // 2^−23 of `a/q` relatively: the same FP16 value after rounding unless `a/q` is that
+        // close to a rounding boundary (then one FP16 ulp apart). A zero, infinite or NaN `q`
+        // gives what the division does (`a·±∞`, `a·±0`, NaN).
+        let r = 1.0 / q;
+        return map_to([a], y, store, |[p]| p * r);
+    }
     with_op!(kind.code(), plan.relu, |f| match (a, b) {
         (Src::Slice(a), Src::Slice(b)) => map_to([a, b], y, store, |[p, q]| f(p, q)),
         (Src::Slice(a), Src::Scalar(q)) => map_to([a], y, store, |[p]| f(p, q)),
