@@ -585,6 +585,14 @@ pub fn softmax_extremes<B: Backend>(backend: &B) {
         // Entries far enough below the maximum that their exp underflows (subnormal or 0).
         let x = random(&mut rng, dtype, &[5, 41], -120.0, 0.0);
         softmax_case(backend, &x, -1);
+        // The maximum found wherever it sits: row r of 100 (whole groups of vectors, then a
+        // tail) is one 0 at position r among −1000s, whose softmax is one-hot. A maximum
+        // missed gives exp(1000): NaN, or a row that sums to less than 1.
+        let values: Vec<f32> = (0..100 * 100)
+            .map(|i| if i / 100 == i % 100 { 0.0 } else { -1000.0 })
+            .collect();
+        let x = HostTensor::from_f32(dtype, &[100, 100], &values).unwrap();
+        softmax_case(backend, &x, -1);
     }
 }
 

@@ -82,18 +82,50 @@ fn slab(plan: &SoftmaxPlan, x: &[f32], y: &mut [f32]) {
 
 /// Softmax of one contiguous row.
 fn row(x: &[f32], y: &mut [f32]) {
-    let max = row_max(x);
     // The comparisons skip NaN; exp(NaN − max) below still turns the whole row NaN.
     #[cfg(target_arch = "x86_64")]
     let sum = if avx512::supported() {
         // SAFETY: the CPU supports AVX-512 F, BW and VL.
-        unsafe { exp_sum_x16(x, y, max) }
+        unsafe { exp_sum_x16(x, y, max_x16(x)) }
     } else {
-        exp_sum(x, y, max)
+        exp_sum(x, y, row_max(x))
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let sum = exp_sum(x, y, max);
+    let sum = exp_sum(x, y, row_max(x));
     scale(y, 1.0 / sum);
+}
+
+/// [`row_max`] of a row of storage type `T` (FP16 widened in registers), four vectors at a
+/// time into four accumulators: through one, each `vmaxps` waited for the one before.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn max_x16<T: Element>(x: &[T]) -> f32 {
+    use std::arch::x86_64::*;
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut acc = [ninf; 4];
+    let p = x.as_ptr();
+    let full = x.len() / 64 * 64;
+    // `acc` second in every `vmaxps`: a NaN lane leaves it as it is (NaN skipped, as in
+    // `row_max`), so no accumulator ever holds a NaN.
+    for i in (0..full).step_by(64) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 64 <= full <= x.len(); the CPU supports AVX-512 F, BW and VL (this
+            // function's contract).
+            *a = _mm512_max_ps(unsafe { avx512::load(p.add(i + 16 * k), !0) }, *a);
+        }
+    }
+    for i in (full..x.len()).step_by(16) {
+        let m = avx512::first(x.len() - i);
+        // SAFETY: the lanes under `m` are elements of `x`.
+        acc[0] = _mm512_max_ps(unsafe { avx512::load_or(p.add(i), m, ninf) }, acc[0]);
+    }
+    _mm512_reduce_max_ps(_mm512_max_ps(
+        _mm512_max_ps(acc[0], acc[1]),
+        _mm512_max_ps(acc[2], acc[3]),
+    ))
 }
 
 multiversion! {
@@ -197,16 +229,8 @@ unsafe fn exp_sum_x16<T: Element>(x: &[T], y: &mut [f32], max: f32) -> f32 {
 unsafe fn row_x16<T: Element>(x: &[T], y: &mut [T], e: &mut Vec<f32>) {
     use std::arch::x86_64::*;
     assert_eq!(x.len(), y.len());
-    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut acc = ninf;
-    for i in (0..x.len()).step_by(16) {
-        let m = avx512::first(x.len() - i);
-        // SAFETY: the lanes under `m` are elements of `x`; the CPU supports AVX-512 F, BW and
-        // VL (this function's contract). `acc` second: a NaN lane leaves it as it is (NaN
-        // skipped, as in `row_max`).
-        acc = _mm512_max_ps(unsafe { avx512::load_or(x.as_ptr().add(i), m, ninf) }, acc);
-    }
-    let max = _mm512_reduce_max_ps(acc);
+    // SAFETY: the CPU supports AVX-512 F, BW and VL (this function's contract).
+    let max = unsafe { max_x16(x) };
     e.resize(x.len(), 0.0);
     // SAFETY: as above.
     let s = _mm512_set1_ps(1.0 / unsafe { exp_sum_x16(x, e, max) });
