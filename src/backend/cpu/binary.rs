@@ -161,12 +161,12 @@ fn apply_run<T: Element>(
         }
     });
     if let (BinaryKind::Div, DType::F16, Src::Slice(a), Src::Scalar(q)) = (kind, T::DTYPE, a, b) {
-        // FP16 values over one value: times its reciprocal, no division per element (FP16
-        // storage ran at FP32's element rate, the divider's). Both are FP16 values, so for
-        // every finite nonzero `q` (|q| ≥ 2^−24) `1/q` is a normal f32 and `a·(1/q)` lies within
-        // 2^−23 of `a/q` relatively: the same FP16 value after rounding unless `a/q` is that
-        // close to a rounding boundary (then one FP16 ulp apart). A zero, infinite or NaN `q`
-        // gives what the division does (`a·±∞`, `a·±0`, NaN).
+        // FP16 values over one value: times its reciprocal, no division per element (divided,
+        // FP16 storage ran at FP32's element rate: half FP32's fraction of a copy). Both are
+        // FP16 values, so for every finite nonzero `q` (|q| ≥ 2^−24) `1/q` is a normal f32 and
+        // `a·(1/q)` lies within 2^−23 of `a/q` relatively: the same FP16 value after rounding
+        // unless `a/q` is that close to a rounding boundary (then one FP16 ulp apart). A zero,
+        // infinite or NaN `q` gives what the division does (`a·±∞`, `a·±0`, NaN).
         let r = 1.0 / q;
         return map_to([a], y, store, |[p]| p * r);
     }

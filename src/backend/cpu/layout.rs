@@ -252,7 +252,7 @@ unsafe fn block16_u16(x: *const u16, sx: usize, y: *mut u16, sy: usize) {
 /// [`block16_u16`] compiled for AVX-512 F and VL, whose 32 vector registers hold its sixteen
 /// rows and their shuffles. With AVX2's sixteen the compiler keeps some on the stack, and
 /// builds whose sources differed only in other modules spilled differently (a098dec, fc30dd3):
-/// the 8×56×56×64 NHWC → NCHW FP16 transpose took 0.17–0.23 ms in one and 0.58–0.65 ms in
+/// the 8×56×56×64 NHWC → NCHW FP16 transpose took 0.16–0.23 ms in one and 0.55–0.66 ms in
 /// the other (2 threads, Intel Xeon model 167); this copy took 0.20–0.24 ms.
 ///
 /// # Safety
