@@ -30,7 +30,7 @@ fn conv_cases(name: &str, cases: &[([usize; 4], [usize; 4], eia::ops::Conv)], su
 /// narrower instruction sets they run the GEMM lowering; `tests/weight_cache.rs` covers its
 /// cached packed weights): images framed in groups of one (each image's frame is over half the
 /// 8 MiB a group holds), output channels that fill no register
-/// tile (1, 7, 13), output maps of many row blocks and single rows, channels in several
+/// tile (1, 7, 13) or leave a block's last vectors empty (21, 40, 70, 200), output maps of many row blocks and single rows, channels in several
 /// chunks, strides and dilations that split the input into phases of unequal widths, and
 /// strided 1×1 convolutions;
 /// every other case with a fused Clip, two in three with a residual sum.
@@ -43,7 +43,7 @@ fn direct_conv_edges() {
         dilations,
         ..Conv::default()
     };
-    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 13] = [
+    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 14] = [
         // Few output channels on a wide map (a `Positions` tile) whose frame rows are wider than
         // the output rows, in several channel chunks.
         (
@@ -97,6 +97,12 @@ fn direct_conv_edges() {
         (
             [1, 144, 14, 14],
             [40, 144, 1, 1],
+            conv([1, 1], [0; 4], [1, 1]),
+        ),
+        // Blocks of 4 vectors of output channels, the last filled by one: 200 = 3·64 + 8.
+        (
+            [1, 160, 3, 5],
+            [200, 160, 1, 1],
             conv([1, 1], [0; 4], [1, 1]),
         ),
         // Strided 1×1 (a ResNet shortcut): only the phase it reads is framed; odd sizes leave

@@ -9,15 +9,17 @@
 //! `p·wf + q`, and kernel tap `(r, s)` reads frame position `p·wf + q + offset(r, s)` of one
 //! phase: every tap is the same constant shift for all outputs, whatever the stride.
 //!
-//! A register tile holds 24 accumulators and sums every (input channel, tap) in registers, in
-//! one of two shapes ([`Tile`]), whichever wastes less work on padding for the plan:
+//! A register tile holds up to 24 accumulators and sums every (input channel, tap) in registers,
+//! in one of two shapes ([`Tile`]), whichever wastes less work on padding for the plan:
 //! - `Positions`: `t` vectors of 16 consecutive frame positions × `f` output channels, the
 //!   weights broadcast. Consecutive outputs read consecutive inputs, so a row computes all `wf`
 //!   frame columns (the last `wf − q` are discarded): best for wide output rows and few output
 //!   channels. Lanes past an item's last position are masked, neither read nor written.
-//! - `Channels`: 6 output positions × 4 vectors of 16 output channels, the inputs broadcast: no
-//!   position is wasted, so small output maps (the deep layers) fill every lane; its values
-//!   reach `y` through a 16 × 16 vector transpose.
+//! - `Channels`: 6 output positions × up to 4 vectors of 16 output channels, the inputs
+//!   broadcast: no position is wasted, so small output maps (the deep layers) fill every lane;
+//!   its values reach `y` through a 16 × 16 vector transpose. Its blocks are as even as they can
+//!   be (96 channels: two of 3 vectors), and a block computes only the vectors its channels
+//!   fill (160 channels: 4, 4 and 2).
 //!
 //! Weights are packed once per plan as `[k / F][c][r·s][F]` (`F` output channels per block,
 //! padded with zeros), from a cache line so that a `Channels` tile's weight loads never split,
@@ -110,6 +112,22 @@ impl Tile {
         }
     }
 
+    /// The tile for `k` output channels: a `Channels` tile of as few vectors as leave the
+    /// number of blocks unchanged, so that the blocks are as even as they can be (96 channels:
+    /// 2 blocks of 3 vectors, not 4 + 2, which left one of two threads a third of the work).
+    fn even(self, k: usize) -> Self {
+        match self {
+            Tile::Positions { .. } => self,
+            Tile::Channels { t, v } => {
+                let vectors = k.div_ceil(LANES).max(1);
+                Tile::Channels {
+                    t,
+                    v: vectors.div_ceil(vectors.div_ceil(v)),
+                }
+            }
+        }
+    }
+
     /// Positions an item of `rows` output rows of `q` computes (frame positions, `wf` per row,
     /// or output positions): whole tiles.
     fn positions(self, rows: usize, wf: usize, q: usize) -> usize {
@@ -197,10 +215,16 @@ impl Geometry {
                 Tile::Positions { .. } => 1,
                 Tile::Channels { .. } => TRANSPOSE_LANES,
             };
-            positions * plan.k.next_multiple_of(tile.channels()) * (plan.c * taps.len() + copy)
+            // A `Channels` block computes only the vectors its channels fill.
+            let k = match *tile {
+                Tile::Positions { f, .. } => plan.k.next_multiple_of(f),
+                Tile::Channels { .. } => plan.k.next_multiple_of(LANES),
+            };
+            positions * k * (plan.c * taps.len() + copy)
         };
         let tile = TILES
             .into_iter()
+            .map(|tile| tile.even(plan.k))
             .min_by_key(work)
             .expect("TILES is not empty");
         // Only the phases up to the last one a tap reads are framed (a strided 1×1 convolution
@@ -231,14 +255,22 @@ impl Geometry {
 /// output channels: `(blocks, kbs, group, groups)`, the blocks of output rows, the blocks of
 /// output channels, and the groups of up to `group` of them. An item is one image's block of
 /// rows for one group; where an image has fewer than [`ITEMS_PER_THREAD`] blocks of rows per
-/// thread, its output channels are split into groups to make more items.
+/// thread, its output channels are split into groups to make more items: equal groups, as
+/// many items as make a multiple of the threads where down to half the group size allows it
+/// (20 blocks on two threads: ten groups of 2, not six of 3 and one of 2, which left one thread
+/// idle for a seventh of the time).
 fn split(plan: &ConvPlan, rows: usize, f: usize, images: usize) -> (usize, usize, usize, usize) {
+    let threads = rayon::current_num_threads();
     let blocks = plan.p.div_ceil(rows);
     let kbs = plan.k.div_ceil(f);
-    let splits = (ITEMS_PER_THREAD * rayon::current_num_threads())
+    let splits = (ITEMS_PER_THREAD * threads)
         .div_ceil(images * blocks)
         .clamp(1, kbs);
-    let group = kbs.div_ceil(splits);
+    let most = kbs.div_ceil(splits);
+    let group = (most.div_ceil(2)..=most)
+        .rev()
+        .find(|&g| kbs % g == 0 && (images * blocks * (kbs / g)) % threads == 0)
+        .unwrap_or(most);
     (blocks, kbs, group, kbs.div_ceil(group))
 }
 
@@ -638,7 +670,7 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                                     cn,
                                     buf[(kbi * ld + j) * g.f..].as_mut_ptr(),
                                     g.f,
-                                    g.f,
+                                    fv(kbi),
                                     c0 > 0,
                                     None,
                                     ahead,
@@ -775,7 +807,8 @@ impl Weights {
 ///   rows `ld` apart (`bases` unused), with the epilogue applied where `finish` says;
 /// - `Channels`: the first `valid` of `t` output positions (frame offsets `bases` into `x`;
 ///   fewer than `t` only in an item's last tile, which computes no others) ×
-///   `f = 16·v` output channels, into `valid` rows of `f` (`ld`, `fv`, `finish` unused),
+///   the first `fv` (rounded up to whole vectors) of the block's `f = 16·v` output channels,
+///   into `valid` rows of `f`, `ld = f` apart (`finish` unused),
 ///   prefetching `ahead` (the weights read next, see [`Weights`]; `Positions` tiles take none) a
 ///   few lines per channel.
 ///
@@ -805,7 +838,7 @@ unsafe fn tile(
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller's contract.
     unsafe {
-        use avx512::{channels, positions};
+        use avx512::{channels_of, positions};
         match g.tile {
             Tile::Positions { t: 4, f: 6 } => {
                 positions::<4, 6>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
@@ -816,14 +849,19 @@ unsafe fn tile(
             Tile::Positions { t: 2, f: 12 } => {
                 positions::<2, 12>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
             }
-            Tile::Channels { t: 6, v: 4 } => match valid {
-                6 => channels::<6, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
-                5 => channels::<5, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
-                4 => channels::<4, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
-                3 => channels::<3, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
-                2 => channels::<2, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
-                _ => channels::<1, 4>(x, bases, chan, taps, w, cn, out, accumulate, ahead),
-            },
+            Tile::Channels { t: 6, v } => {
+                debug_assert!(fv <= v * LANES && (1..=6).contains(&valid));
+                let vectors = fv.div_ceil(LANES);
+                let tile = match valid {
+                    6 => channels_of::<6>,
+                    5 => channels_of::<5>,
+                    4 => channels_of::<4>,
+                    3 => channels_of::<3>,
+                    2 => channels_of::<2>,
+                    _ => channels_of::<1>,
+                };
+                tile(vectors, x, bases, chan, taps, w, cn, out, ld, accumulate, ahead)
+            }
             _ => unreachable!("the tile is one of TILES"),
         }
     }
@@ -946,13 +984,13 @@ mod avx512 {
         }
     }
 
-    /// [`super::tile`] for a `T × 16·V` tile, with the taps' offsets given.
+    /// [`channels`] for `T` positions × `vectors` (1 to 4) vectors of output channels.
     ///
     /// # Safety
-    /// As [`super::tile`].
-    #[target_feature(enable = "avx512f")]
+    /// As [`channels`].
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn channels<const T: usize, const V: usize>(
+    pub unsafe fn channels_of<const T: usize>(
+        vectors: usize,
         x: *const f32,
         bases: &[usize],
         chan: usize,
@@ -960,10 +998,40 @@ mod avx512 {
         w: *const f32,
         cn: usize,
         out: *mut f32,
+        f: usize,
         accumulate: bool,
         ahead: &[f32],
     ) {
-        let f = V * LANES;
+        // SAFETY: the caller's contract.
+        unsafe {
+            match vectors {
+                4 => channels::<T, 4>(x, bases, chan, taps, w, cn, out, f, accumulate, ahead),
+                3 => channels::<T, 3>(x, bases, chan, taps, w, cn, out, f, accumulate, ahead),
+                2 => channels::<T, 2>(x, bases, chan, taps, w, cn, out, f, accumulate, ahead),
+                _ => channels::<T, 1>(x, bases, chan, taps, w, cn, out, f, accumulate, ahead),
+            }
+        }
+    }
+
+    /// [`super::tile`] for `T` positions × the first `16·V` of a block's `f` output channels
+    /// (weights `f` per channel and tap, output rows `f` apart), with the taps' offsets given.
+    ///
+    /// # Safety
+    /// As [`super::tile`], with `16·V ≤ f`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn channels<const T: usize, const V: usize>(
+        x: *const f32,
+        bases: &[usize],
+        chan: usize,
+        taps: &[usize],
+        w: *const f32,
+        cn: usize,
+        out: *mut f32,
+        f: usize,
+        accumulate: bool,
+        ahead: &[f32],
+    ) {
         // `ahead`'s lines, as many per channel as share them out over `cn`.
         let (mut pf, pf_end) = (ahead.as_ptr(), ahead.as_ptr_range().end);
         let per_channel = ahead.len().div_ceil(LANES).div_ceil(cn.max(1)) * LANES;
@@ -991,6 +1059,9 @@ mod avx512 {
                 let mut xp = x.add(bases[0] + taps[0]);
                 for _ in 0..cn {
                     prefetch();
+                    // The line the next tile reads past this one's (a line of another core's
+                    // L2, where the op before wrote it there).
+                    _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add(2 * T - 1).cast());
                     let wv: [__m512; V] =
                         std::array::from_fn(|v| _mm512_loadu_ps(wp.add(v * LANES)));
                     for (i, row) in acc.iter_mut().enumerate() {
@@ -1134,6 +1205,56 @@ mod tests {
                     "{passes} passes"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn channels_tiles_cut_output_channels_into_even_blocks() {
+        // (k, vectors per block): the fewest blocks of at most 4 vectors, as even as they go.
+        for (k, v) in [(1, 1), (16, 1), (21, 2), (32, 2), (48, 3), (64, 4), (96, 3)] {
+            assert_eq!(Tile::Channels { t: 6, v: 4 }.even(k), Tile::Channels { t: 6, v }, "{k}");
+        }
+        for (k, v) in [(144, 3), (160, 4), (200, 4), (576, 4), (1280, 4)] {
+            assert_eq!(Tile::Channels { t: 6, v: 4 }.even(k), Tile::Channels { t: 6, v }, "{k}");
+        }
+        let positions = Tile::Positions { t: 2, f: 12 };
+        assert_eq!(positions.even(96), positions);
+        // MobileNetV2's 576 → 96 projection on its 14×14 map: two blocks of 3 vectors (padded
+        // to 64 channels, or in `Positions` tiles of 32 frame positions, it computed a quarter
+        // or an eighth more).
+        let desc = |shape: &[usize]| TensorDesc::new(DType::F32, shape).unwrap();
+        let plan = Conv::default()
+            .plan(&desc(&[1, 576, 14, 14]), &desc(&[96, 576, 1, 1]), None, None)
+            .unwrap();
+        assert_eq!(Geometry::new(&plan).tile, Tile::Channels { t: 6, v: 3 });
+    }
+
+    #[test]
+    fn channel_groups_are_equal_and_divide_among_the_threads() {
+        let desc = |shape: &[usize]| TensorDesc::new(DType::F32, shape).unwrap();
+        // (input, output channels, threads, blocks per group): MobileNetV2's last pointwise
+        // convolution (20 blocks of 64) and its 14×14 projection (2 of 48).
+        for (x, k, threads, want) in [
+            ([1, 320, 7, 7], 1280, 2, 2),
+            ([1, 320, 7, 7], 1280, 1, 5),
+            ([1, 320, 7, 7], 1280, 4, 1),
+            ([1, 576, 14, 14], 96, 2, 1),
+        ] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let plan = Conv::default()
+                .plan(&desc(&x), &desc(&[k, x[1], 1, 1]), None, None)
+                .unwrap();
+            let (kbs, group, items) = pool.install(|| {
+                let g = Geometry::new(&plan);
+                let (blocks, kbs, group, groups) = split(&plan, g.rows, g.f, plan.n);
+                (kbs, group, plan.n * blocks * groups)
+            });
+            assert_eq!(group, want, "{x:?} → {k} on {threads} threads");
+            assert_eq!(kbs % group, 0, "{x:?} → {k}: equal groups");
+            assert_eq!(items % threads, 0, "{x:?} → {k} on {threads} threads: {items} items");
         }
     }
 

@@ -50,7 +50,7 @@ pub struct InferArgs {
     #[arg(long, default_value_t = 10)]
     runs: usize,
     /// After the timed runs, profile `--runs` more inferences op by op (each op timed up to a
-    /// synchronize, so the op times add a pool hand-over, or on --remote a round trip, per op)
+    /// synchronize, inside one sequence on the CPU pool; on --remote each op is a round trip)
     /// and print each op kind's and the slowest nodes' median time, FLOPs and GFLOPS.
     #[arg(long)]
     profile: bool,
@@ -230,7 +230,7 @@ fn time<B: Backend>(
         eia::error::bytes(model.peak_bytes())
     );
     println!(
-        "{} inferences: p50 {:.2} ms, p99 {:.2} ms, {:.1} inferences/s, {:.3} TFLOPS{of_tier}",
+        "{} inferences: p50 {:.3} ms, p99 {:.3} ms, {:.1} inferences/s, {:.3} TFLOPS{of_tier}",
         times.len(),
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
