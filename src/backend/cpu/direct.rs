@@ -269,7 +269,7 @@ fn split(plan: &ConvPlan, rows: usize, f: usize, images: usize) -> (usize, usize
     let most = kbs.div_ceil(splits);
     let group = (most.div_ceil(2)..=most)
         .rev()
-        .find(|&g| kbs % g == 0 && (images * blocks * (kbs / g)) % threads == 0)
+        .find(|&g| kbs.is_multiple_of(g) && (images * blocks * (kbs / g)).is_multiple_of(threads))
         .unwrap_or(most);
     (blocks, kbs, group, kbs.div_ceil(group))
 }
@@ -860,7 +860,9 @@ unsafe fn tile(
                     2 => channels_of::<2>,
                     _ => channels_of::<1>,
                 };
-                tile(vectors, x, bases, chan, taps, w, cn, out, ld, accumulate, ahead)
+                tile(
+                    vectors, x, bases, chan, taps, w, cn, out, ld, accumulate, ahead,
+                )
             }
             _ => unreachable!("the tile is one of TILES"),
         }
@@ -1212,10 +1214,18 @@ mod tests {
     fn channels_tiles_cut_output_channels_into_even_blocks() {
         // (k, vectors per block): the fewest blocks of at most 4 vectors, as even as they go.
         for (k, v) in [(1, 1), (16, 1), (21, 2), (32, 2), (48, 3), (64, 4), (96, 3)] {
-            assert_eq!(Tile::Channels { t: 6, v: 4 }.even(k), Tile::Channels { t: 6, v }, "{k}");
+            assert_eq!(
+                Tile::Channels { t: 6, v: 4 }.even(k),
+                Tile::Channels { t: 6, v },
+                "{k}"
+            );
         }
         for (k, v) in [(144, 3), (160, 4), (200, 4), (576, 4), (1280, 4)] {
-            assert_eq!(Tile::Channels { t: 6, v: 4 }.even(k), Tile::Channels { t: 6, v }, "{k}");
+            assert_eq!(
+                Tile::Channels { t: 6, v: 4 }.even(k),
+                Tile::Channels { t: 6, v },
+                "{k}"
+            );
         }
         let positions = Tile::Positions { t: 2, f: 12 };
         assert_eq!(positions.even(96), positions);
@@ -1224,7 +1234,12 @@ mod tests {
         // or an eighth more).
         let desc = |shape: &[usize]| TensorDesc::new(DType::F32, shape).unwrap();
         let plan = Conv::default()
-            .plan(&desc(&[1, 576, 14, 14]), &desc(&[96, 576, 1, 1]), None, None)
+            .plan(
+                &desc(&[1, 576, 14, 14]),
+                &desc(&[96, 576, 1, 1]),
+                None,
+                None,
+            )
             .unwrap();
         assert_eq!(Geometry::new(&plan).tile, Tile::Channels { t: 6, v: 3 });
     }
@@ -1254,7 +1269,11 @@ mod tests {
             });
             assert_eq!(group, want, "{x:?} → {k} on {threads} threads");
             assert_eq!(kbs % group, 0, "{x:?} → {k}: equal groups");
-            assert_eq!(items % threads, 0, "{x:?} → {k} on {threads} threads: {items} items");
+            assert_eq!(
+                items % threads,
+                0,
+                "{x:?} → {k} on {threads} threads: {items} items"
+            );
         }
     }
 
