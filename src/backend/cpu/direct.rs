@@ -838,7 +838,7 @@ unsafe fn tile(
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller's contract.
     unsafe {
-        use avx512::{channels_of, positions};
+        use avx512::{channels_of, positions, ChannelsTile};
         match g.tile {
             Tile::Positions { t: 4, f: 6 } => {
                 positions::<4, 6>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
@@ -851,7 +851,6 @@ unsafe fn tile(
             }
             Tile::Channels { t: 6, v } => {
                 debug_assert!(fv <= v * LANES && (1..=6).contains(&valid));
-                let vectors = fv.div_ceil(LANES);
                 let tile = match valid {
                     6 => channels_of::<6>,
                     5 => channels_of::<5>,
@@ -860,9 +859,19 @@ unsafe fn tile(
                     2 => channels_of::<2>,
                     _ => channels_of::<1>,
                 };
-                tile(
-                    vectors, x, bases, chan, taps, w, cn, out, ld, accumulate, ahead,
-                )
+                let args = ChannelsTile {
+                    x,
+                    bases,
+                    chan,
+                    taps,
+                    w,
+                    cn,
+                    out,
+                    f: ld,
+                    accumulate,
+                    ahead,
+                };
+                tile(fv.div_ceil(LANES), &args)
             }
             _ => unreachable!("the tile is one of TILES"),
         }
@@ -986,54 +995,57 @@ mod avx512 {
         }
     }
 
+    /// What a `Channels` tile reads and writes, as [`super::tile`] takes it: `f` is the
+    /// block's output channels (weights `f` per channel and tap, output rows `f` apart).
+    #[derive(Clone, Copy)]
+    pub struct ChannelsTile<'a> {
+        pub x: *const f32,
+        pub bases: &'a [usize],
+        pub chan: usize,
+        pub taps: &'a [usize],
+        pub w: *const f32,
+        pub cn: usize,
+        pub out: *mut f32,
+        pub f: usize,
+        pub accumulate: bool,
+        pub ahead: &'a [f32],
+    }
+
     /// [`channels`] for `T` positions × `vectors` (1 to 4) vectors of output channels.
     ///
     /// # Safety
     /// As [`channels`].
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn channels_of<const T: usize>(
-        vectors: usize,
-        x: *const f32,
-        bases: &[usize],
-        chan: usize,
-        taps: &[usize],
-        w: *const f32,
-        cn: usize,
-        out: *mut f32,
-        f: usize,
-        accumulate: bool,
-        ahead: &[f32],
-    ) {
+    pub unsafe fn channels_of<const T: usize>(vectors: usize, tile: &ChannelsTile) {
         // SAFETY: the caller's contract.
         unsafe {
             match vectors {
-                4 => channels::<T, 4>(x, bases, chan, taps, w, cn, out, f, accumulate, ahead),
-                3 => channels::<T, 3>(x, bases, chan, taps, w, cn, out, f, accumulate, ahead),
-                2 => channels::<T, 2>(x, bases, chan, taps, w, cn, out, f, accumulate, ahead),
-                _ => channels::<T, 1>(x, bases, chan, taps, w, cn, out, f, accumulate, ahead),
+                4 => channels::<T, 4>(tile),
+                3 => channels::<T, 3>(tile),
+                2 => channels::<T, 2>(tile),
+                _ => channels::<T, 1>(tile),
             }
         }
     }
 
-    /// [`super::tile`] for `T` positions × the first `16·V` of a block's `f` output channels
-    /// (weights `f` per channel and tap, output rows `f` apart), with the taps' offsets given.
+    /// [`super::tile`] for `T` positions × the first `16·V` of a block's `f` output channels,
+    /// with the taps' offsets given.
     ///
     /// # Safety
     /// As [`super::tile`], with `16·V ≤ f`.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn channels<const T: usize, const V: usize>(
-        x: *const f32,
-        bases: &[usize],
-        chan: usize,
-        taps: &[usize],
-        w: *const f32,
-        cn: usize,
-        out: *mut f32,
-        f: usize,
-        accumulate: bool,
-        ahead: &[f32],
-    ) {
+    unsafe fn channels<const T: usize, const V: usize>(tile: &ChannelsTile) {
+        let ChannelsTile {
+            x,
+            bases,
+            chan,
+            taps,
+            w,
+            cn,
+            out,
+            f,
+            accumulate,
+            ahead,
+        } = *tile;
         // `ahead`'s lines, as many per channel as share them out over `cn`.
         let (mut pf, pf_end) = (ahead.as_ptr(), ahead.as_ptr_range().end);
         let per_channel = ahead.len().div_ceil(LANES).div_ceil(cn.max(1)) * LANES;
