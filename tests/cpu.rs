@@ -29,11 +29,11 @@ fn conv_cases(name: &str, cases: &[([usize; 4], [usize; 4], eia::ops::Conv)], su
 /// Shapes for the direct convolution of the AVX-512 path (`src/backend/cpu/direct.rs`; on the
 /// narrower instruction sets they run the GEMM lowering; `tests/weight_cache.rs` covers its
 /// cached packed weights): images framed in groups of one (each image's frame is over half the
-/// 8 MiB a group holds), output channels that fill no register
-/// tile (1, 7, 13) or leave a block's last vectors empty (21, 40, 70, 200), output maps of many row blocks and single rows, channels in several
-/// chunks, strides and dilations that split the input into phases of unequal widths, and
-/// strided 1×1 convolutions;
-/// every other case with a fused Clip, two in three with a residual sum.
+/// 8 MiB a group holds), output channels that fill no register tile (1, 7, 13) or leave a
+/// block's last vectors empty (21, 40, 70, 200), output maps of many row blocks and single
+/// rows, channels in several chunks, strides and dilations that split the input into phases of
+/// unequal widths, and strided 1×1 convolutions; every other case with a fused Clip, two in
+/// three with a residual sum.
 #[test]
 fn direct_conv_edges() {
     use eia::ops::Conv;
