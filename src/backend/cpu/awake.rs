@@ -92,7 +92,7 @@ mod tests {
 
     use super::*;
 
-    /// An hour: long enough that only the end of the sequence stops the lookers in these tests.
+    /// An hour: long enough that only the end of the sequence stops a looker.
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
@@ -153,12 +153,27 @@ mod tests {
     }
 
     #[test]
+    fn dropping_the_lookers_ends_them() {
+        // Nothing else runs on the pool, so the other thread's looker cannot be started inside a
+        // job of the sequence: only the end of the sequence can stop it within the hour.
+        let flag = bounded(pool(2), || {
+            let lookers = Lookers::start(HOUR);
+            Arc::downgrade(lookers.0.as_ref().unwrap())
+        });
+        assert!(lookers_returned(&flag), "a dropped looker kept running");
+    }
+
+    #[test]
     fn sequences_return_their_values_and_end_their_lookers() {
+        // Parallel work inside the sequence: a thread may steal one of its jobs before it takes
+        // its looker, then start the looker while waiting inside that job, which the sequence
+        // waits on. That looker ends by its idle limit (an hour here would hang the pool), so
+        // this limit is short; the test above holds that dropping ends the others.
         let runs = bounded(pool(3), || {
             use rayon::prelude::*;
             (0..200u64)
                 .map(|n| {
-                    let lookers = Lookers::start(HOUR);
+                    let lookers = Lookers::start(Duration::from_millis(50));
                     let flag = Arc::downgrade(lookers.0.as_ref().unwrap());
                     ((0..=n).into_par_iter().sum::<u64>(), flag)
                 })
