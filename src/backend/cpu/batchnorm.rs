@@ -1,10 +1,13 @@
 //! CPU batch normalisation: the statistics fold (in f64) into one scale and one shift per
 //! channel, then one streaming pass `y = x·a + b` split across threads by element ranges: one
 //! `simd::map_to` per channel run (FP16 widened and rounded in registers; non-temporal stores
-//! when the pass touches more bytes than the cache keeps, `simd::Store`).
+//! when the pass touches more bytes than the cache keeps, `simd::Store`), or on AVX-512, where
+//! the output stays cached, each run inline in the task's loop ([`x16`]).
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::avx512;
 use super::simd::{map_to, Store};
 use crate::dtype::Element;
 use crate::ops::BatchNormPlan;
@@ -34,6 +37,8 @@ pub fn apply<T: Element>(
 ) {
     let inner = plan.inner;
     let store = Store::for_bytes(2 * x.len() * T::DTYPE.size(), stream_from);
+    #[cfg(target_arch = "x86_64")]
+    let x16 = store == Store::Cached && avx512::supported();
     y.par_chunks_mut(TASK)
         .zip(x.par_chunks(TASK))
         .enumerate()
@@ -45,15 +50,56 @@ pub fn apply<T: Element>(
             while off < xc.len() {
                 let (a, b) = coef[ch];
                 let run = (inner - at).min(xc.len() - off);
-                map_to(
-                    [&xc[off..off + run]],
-                    &mut yc[off..off + run],
-                    store,
-                    |[v]| v * a + b,
-                );
+                let (xr, yr) = (&xc[off..off + run], &mut yc[off..off + run]);
+                #[cfg(target_arch = "x86_64")]
+                if x16 {
+                    // SAFETY: the CPU supports AVX-512 F, BW and VL (`x16`); equal lengths.
+                    unsafe { x16::affine(xr, yr, a, b) };
+                } else {
+                    map_to([xr], yr, store, |[v]| v * a + b);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                map_to([xr], yr, store, |[v]| v * a + b);
                 off += run;
                 at = 0;
                 ch = if ch + 1 == plan.c { 0 } else { ch + 1 };
             }
         });
+}
+
+/// One channel's run on AVX-512, inlined into the task's loop over runs: a run is as short as
+/// 49 elements (a 7×7 map), and a `map_to` call per run (its dispatch, its overlapped tail)
+/// cost about as much as the run's arithmetic.
+#[cfg(target_arch = "x86_64")]
+mod x16 {
+    use std::arch::x86_64::*;
+
+    use super::avx512::{first, load, store};
+    use crate::dtype::Element;
+
+    /// `y = x·a + b` (one rounding: a fused multiply-add), sixteen lanes at a time, the tail
+    /// masked.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL; `x` and `y` have equal lengths.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn affine<T: Element>(x: &[T], y: &mut [T], a: f32, b: f32) {
+        debug_assert_eq!(x.len(), y.len());
+        let (av, bv) = (_mm512_set1_ps(a), _mm512_set1_ps(b));
+        let full = x.len() / 16 * 16;
+        let mut step = |i: usize, m: __mmask16| {
+            // SAFETY: the lanes under `m` are elements of `x` and of `y` (equal lengths, the
+            // callers' `m`); AVX-512 F, BW and VL by this function's contract.
+            unsafe {
+                let v = load(x.as_ptr().add(i), m);
+                store(y.as_mut_ptr().add(i), m, _mm512_fmadd_ps(v, av, bv));
+            }
+        };
+        for i in (0..full).step_by(16) {
+            step(i, !0);
+        }
+        if full < x.len() {
+            step(full, first(x.len() - full));
+        }
+    }
 }

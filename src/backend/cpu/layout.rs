@@ -7,8 +7,8 @@
 //!   and the output's innermost (`j`, contiguous in `y`) for every index of the other
 //!   dimensions: tiles of about `TILE × TILE` elements (stretched along the longer side when the
 //!   other is short), so a tile's input rows and output rows stay in L1, each tile transposed in
-//!   register blocks (`Bits::widest`: 16 × 16 for 32-bit elements on AVX-512 and for 16-bit
-//!   ones on AVX2, else 4 × 4 and 8 × 8 in SSE2 on x86-64), the edges in the narrower blocks,
+//!   register blocks (`Bits::widest`: 16 × 16 for 32-bit elements on AVX-512, 32 × 32 for 16-bit
+//!   ones on AVX-512 with BW and 16 × 16 on AVX2, else 4 × 4 and 8 × 8 in SSE2 on x86-64), the edges in the narrower blocks,
 //!   then element by element. NCHW ↔ NHWC and batched matrix transposes are this case.
 
 use rayon::prelude::*;
@@ -158,12 +158,15 @@ impl Bits for u32 {
 impl Bits for u16 {
     const B: usize = 8;
 
-    /// 16 × 16 on AVX2 (one 32-byte load and store per row), in a copy compiled for AVX-512's
-    /// 32 registers where the CPU has them.
+    /// 32 × 32 on AVX-512 with BW (a whole 64-byte line loaded and stored per row), 16 × 16 on
+    /// AVX2 (32 bytes per row), in a copy compiled for AVX-512's 32 registers where the CPU has
+    /// them but not BW.
     #[cfg(target_arch = "x86_64")]
     fn widest() -> (usize, BlockFn<u16>) {
         let level = super::simd::level();
-        if level >= super::simd::Level::Avx512 {
+        if super::avx512::supported() {
+            (32, block32_u16)
+        } else if level >= super::simd::Level::Avx512 {
             (16, block16_u16_x32)
         } else if level >= super::simd::Level::Avx2 {
             (16, block16_u16)
@@ -235,6 +238,36 @@ unsafe fn block16(x: *const u32, sx: usize, y: *mut u32, sy: usize) {
     }
 }
 
+/// Eight vectors of 16-bit elements (rows `r..r + 8`, loaded by `row(j)`) transposed within
+/// each 128-bit lane, given the unpack intrinsics of one vector width (`lo16, hi16, lo32, hi32,
+/// lo64, hi64`): vector `c` of the result holds, in lane `L`, column `8L + c` of the eight rows.
+/// Straight-line code: written as loops over arrays or through `std::array::from_fn`, builds
+/// have left the stages as calls or loops through memory (8×56×56×64 NHWC → NCHW FP16, two
+/// threads, Intel Xeon model 207: 1.6–2.8 ms, 5–8% of a copy, where the SSE2 8 × 8 blocks took
+/// 0.22–0.34 ms).
+macro_rules! transpose8_in_lanes {
+    ($row:expr, $r:expr, $lo16:ident, $hi16:ident, $lo32:ident, $hi32:ident, $lo64:ident, $hi64:ident) => {{
+        let (a0, a1, a2, a3) = ($row($r), $row($r + 1), $row($r + 2), $row($r + 3));
+        let (a4, a5, a6, a7) = ($row($r + 4), $row($r + 5), $row($r + 6), $row($r + 7));
+        // Rows 2k, 2k + 1 interleaved: columns 0–3 of each lane's eight (lo), 4–7 (hi).
+        let (b0, b1, b2, b3) = ($lo16(a0, a1), $hi16(a0, a1), $lo16(a2, a3), $hi16(a2, a3));
+        let (b4, b5, b6, b7) = ($lo16(a4, a5), $hi16(a4, a5), $lo16(a6, a7), $hi16(a6, a7));
+        // Rows 4m..4m + 4: column pairs (0, 1), (2, 3), (4, 5), (6, 7).
+        let (c0, c1, c2, c3) = ($lo32(b0, b2), $hi32(b0, b2), $lo32(b1, b3), $hi32(b1, b3));
+        let (c4, c5, c6, c7) = ($lo32(b4, b6), $hi32(b4, b6), $lo32(b5, b7), $hi32(b5, b7));
+        [
+            $lo64(c0, c4),
+            $hi64(c0, c4),
+            $lo64(c1, c5),
+            $hi64(c1, c5),
+            $lo64(c2, c6),
+            $hi64(c2, c6),
+            $lo64(c3, c7),
+            $hi64(c3, c7),
+        ]
+    }};
+}
+
 /// [`Bits::block`] for 16 × 16 16-bit elements: interleaved as 16-, 32- and 64-bit pairs within
 /// each 128-bit half (after which vector `c` of each group of eight rows holds column `c` of
 /// those rows in its low half and column `c + 8` in its high half), then the halves of the two
@@ -249,11 +282,9 @@ unsafe fn block16_u16(x: *const u16, sx: usize, y: *mut u16, sy: usize) {
     unsafe { block16_u16_body(x, sx, y, sy) }
 }
 
-/// [`block16_u16`] compiled for AVX-512 F and VL, whose 32 vector registers hold its sixteen
-/// rows and their shuffles. With AVX2's sixteen the compiler keeps some on the stack, and
-/// builds whose sources differed only in other modules spilled differently (a098dec, fc30dd3):
-/// the 8×56×56×64 NHWC → NCHW FP16 transpose took 0.16–0.23 ms in one and 0.55–0.66 ms in
-/// the other (2 threads, Intel Xeon model 167); this copy took 0.20–0.24 ms.
+/// [`block16_u16`] compiled for AVX-512 F and VL (a CPU without BW, which [`block32_u16`]
+/// needs), whose 32 vector registers hold its sixteen rows and their shuffles: with AVX2's
+/// sixteen the compiler keeps some on the stack.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and VL; the rest as [`Bits::block`].
@@ -275,38 +306,24 @@ unsafe fn block16_u16_body(x: *const u16, sx: usize, y: *mut u16, sy: usize) {
     // SAFETY: the sixteen 32-byte rows read and written lie inside the buffers by the caller's
     // contract (unaligned loads and stores); AVX2 by the caller's.
     unsafe {
-        let a: [__m256i; 16] = std::array::from_fn(|j| _mm256_loadu_si256(x.add(j * sx).cast()));
-        // Rows 2k, 2k + 1: columns 0–3 | 8–11 (even k·2), 4–7 | 12–15 (odd).
-        let s1: [__m256i; 16] = std::array::from_fn(|i| {
-            let (p, q) = (a[i & !1], a[i | 1]);
-            if i % 2 == 0 {
-                _mm256_unpacklo_epi16(p, q)
-            } else {
-                _mm256_unpackhi_epi16(p, q)
-            }
-        });
-        // Rows 4m..4m + 4, column pair (2q, 2q + 1) | (2q + 8, 2q + 9) at index 4m + q.
-        let s2: [__m256i; 16] = std::array::from_fn(|i| {
-            let (m, q) = (i / 4, i % 4);
-            let (p, r) = (s1[4 * m + q / 2], s1[4 * m + 2 + q / 2]);
-            if q % 2 == 0 {
-                _mm256_unpacklo_epi32(p, r)
-            } else {
-                _mm256_unpackhi_epi32(p, r)
-            }
-        });
-        // Rows 8g..8g + 8, column c | c + 8 at index 8g + c.
-        let s3: [__m256i; 16] = std::array::from_fn(|i| {
-            let (g, c) = (i / 8, i % 8);
-            let (p, r) = (s2[8 * g + c / 2], s2[8 * g + 4 + c / 2]);
-            if c % 2 == 0 {
-                _mm256_unpacklo_epi64(p, r)
-            } else {
-                _mm256_unpackhi_epi64(p, r)
-            }
-        });
+        let row = |j: usize| _mm256_loadu_si256(x.add(j * sx).cast());
+        macro_rules! group {
+            ($r:expr) => {
+                transpose8_in_lanes!(
+                    row,
+                    $r,
+                    _mm256_unpacklo_epi16,
+                    _mm256_unpackhi_epi16,
+                    _mm256_unpacklo_epi32,
+                    _mm256_unpackhi_epi32,
+                    _mm256_unpacklo_epi64,
+                    _mm256_unpackhi_epi64
+                )
+            };
+        }
+        let (g0, g1) = (group!(0), group!(8));
         for c in 0..8 {
-            let (lo, hi) = (s3[c], s3[8 + c]);
+            let (lo, hi) = (g0[c], g1[c]);
             _mm256_storeu_si256(
                 y.add(c * sy).cast(),
                 _mm256_permute2x128_si256(lo, hi, 0x20),
@@ -315,6 +332,53 @@ unsafe fn block16_u16_body(x: *const u16, sx: usize, y: *mut u16, sy: usize) {
                 y.add((c + 8) * sy).cast(),
                 _mm256_permute2x128_si256(lo, hi, 0x31),
             );
+        }
+    }
+}
+
+/// [`Bits::block`] for 32 × 32 16-bit elements, one 64-byte vector per row: within each 128-bit
+/// lane, each group of eight rows transposed as in [`block16_u16_body`] (after which vector
+/// `8g + c` holds, in lane `L`, column `8L + c` of rows `8g..8g + 8`), then the four groups'
+/// lanes `L` gathered into output row `8L + c` by a 4 × 4 transpose of 128-bit lanes. 160
+/// shuffles for 2 KiB, where 16 × 16 blocks take 256.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; the rest as [`Bits::block`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn block32_u16(x: *const u16, sx: usize, y: *mut u16, sy: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the thirty-two 64-byte rows read and written lie inside the buffers by the
+    // caller's contract (unaligned loads and stores); AVX-512 F and BW by the caller's.
+    unsafe {
+        let row = |j: usize| _mm512_loadu_si512(x.add(j * sx).cast());
+        macro_rules! group {
+            ($r:expr) => {
+                transpose8_in_lanes!(
+                    row,
+                    $r,
+                    _mm512_unpacklo_epi16,
+                    _mm512_unpackhi_epi16,
+                    _mm512_unpacklo_epi32,
+                    _mm512_unpackhi_epi32,
+                    _mm512_unpacklo_epi64,
+                    _mm512_unpackhi_epi64
+                )
+            };
+        }
+        let (r0, r1, r2, r3) = (group!(0), group!(8), group!(16), group!(24));
+        for c in 0..8 {
+            let (g0, g1, g2, g3) = (r0[c], r1[c], r2[c], r3[c]);
+            // Lanes [g0₀, g0₁, g1₀, g1₁], [g0₂, g0₃, g1₂, g1₃], and the same of g2, g3.
+            let t0 = _mm512_shuffle_i32x4::<0x44>(g0, g1);
+            let t1 = _mm512_shuffle_i32x4::<0xee>(g0, g1);
+            let t2 = _mm512_shuffle_i32x4::<0x44>(g2, g3);
+            let t3 = _mm512_shuffle_i32x4::<0xee>(g2, g3);
+            let w = |l: usize, v| _mm512_storeu_si512(y.add((8 * l + c) * sy).cast(), v);
+            w(0, _mm512_shuffle_i32x4::<0x88>(t0, t2));
+            w(1, _mm512_shuffle_i32x4::<0xdd>(t0, t2));
+            w(2, _mm512_shuffle_i32x4::<0x88>(t1, t3));
+            w(3, _mm512_shuffle_i32x4::<0xdd>(t1, t3));
         }
     }
 }
@@ -568,6 +632,8 @@ mod tests {
                 // Many tiles and tasks: NCHW ↔ NHWC, batched matrices, short sides, row copies.
                 (&[3, 67, 29, 31], &[0, 2, 3, 1]),
                 (&[3, 29, 31, 67], &[0, 3, 1, 2]),
+                (&[2, 70, 3, 50], &[0, 2, 3, 1]),
+                (&[2, 3, 50, 70], &[0, 3, 1, 2]),
                 (&[5, 130, 203], &[0, 2, 1]),
                 (&[1000, 3], &[1, 0]),
                 (&[3, 20000], &[1, 0]),
