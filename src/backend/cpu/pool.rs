@@ -910,31 +910,41 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn across<const MAX: bool>(v: [__m512; 16]) -> __m512 {
+        // Straight-line code, as the transposes' stages (`layout::transpose8_in_lanes!`): a
+        // build has left `std::array::from_fn` levels as calls through memory.
         // Per 128-bit lane: vector 2k's elements at 0 and 2, vector 2k + 1's at 1 and 3.
-        let a: [__m512; 8] = std::array::from_fn(|k| {
+        let by32 = |k: usize| {
             let (p, q) = (v[2 * k], v[2 * k + 1]);
             step::<MAX>(_mm512_unpacklo_ps(p, q), _mm512_unpackhi_ps(p, q))
-        });
+        };
+        let a = [
+            by32(0),
+            by32(1),
+            by32(2),
+            by32(3),
+            by32(4),
+            by32(5),
+            by32(6),
+            by32(7),
+        ];
         // Per 128-bit lane: vectors 4k..4k + 4 in order.
-        let b: [__m512; 4] = std::array::from_fn(|k| {
+        let by64 = |k: usize| {
             let (p, q) = (_mm512_castps_pd(a[2 * k]), _mm512_castps_pd(a[2 * k + 1]));
             step::<MAX>(
                 _mm512_castpd_ps(_mm512_unpacklo_pd(p, q)),
                 _mm512_castpd_ps(_mm512_unpackhi_pd(p, q)),
             )
-        });
-        // Lanes: vectors 8k..8k + 4 twice, then 8k + 4..8k + 8 twice.
-        let c: [__m512; 2] = std::array::from_fn(|k| {
-            let (p, q) = (b[2 * k], b[2 * k + 1]);
+        };
+        let b = [by64(0), by64(1), by64(2), by64(3)];
+        // Lanes: vectors 8k..8k + 4 twice, then 8k + 4..8k + 8 twice (k = 0, 1), and at last
+        // vector j in lane j.
+        let by128 = |p: __m512, q: __m512| {
             step::<MAX>(
                 _mm512_shuffle_f32x4::<0x88>(p, q),
                 _mm512_shuffle_f32x4::<0xdd>(p, q),
             )
-        });
-        step::<MAX>(
-            _mm512_shuffle_f32x4::<0x88>(c[0], c[1]),
-            _mm512_shuffle_f32x4::<0xdd>(c[0], c[1]),
-        )
+        };
+        by128(by128(b[0], b[1]), by128(b[2], b[3]))
     }
 
     /// The reduction's step: the maximum (a NaN `x` never wins: `max` returns its second
