@@ -14,6 +14,7 @@
 //!
 //! [`CpuBackend::run_ops`]: super::CpuBackend
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +31,14 @@ pub(super) fn with_lookers<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+thread_local! {
+    /// Whether this thread is running a sequence that started lookers.
+    static IN_SEQUENCE: Cell<bool> = const { Cell::new(false) };
+}
+
 /// The lookers of one sequence, started on every other thread of the current pool (none off a
-/// pool thread or on a pool of one); dropping it ends them.
+/// pool thread, on a pool of one, or inside a sequence this thread already runs: a model's
+/// profile runs each step's own sequence inside the program's); dropping it ends them.
 struct Lookers(Option<Arc<AtomicBool>>);
 
 impl Lookers {
@@ -40,9 +47,10 @@ impl Lookers {
         let Some(me) = rayon::current_thread_index() else {
             return Lookers(None);
         };
-        if rayon::current_num_threads() < 2 {
+        if rayon::current_num_threads() < 2 || IN_SEQUENCE.get() {
             return Lookers(None);
         }
+        IN_SEQUENCE.set(true);
         let done = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&done);
         rayon::spawn_broadcast(move |ctx| {
@@ -58,6 +66,7 @@ impl Drop for Lookers {
     fn drop(&mut self) {
         if let Some(done) = &self.0 {
             done.store(true, Ordering::Release);
+            IN_SEQUENCE.set(false);
         }
     }
 }
@@ -183,6 +192,16 @@ mod tests {
             assert_eq!(*sum, n * (n + 1) / 2);
             assert!(lookers_returned(flag), "sequence {n} left a looker running");
         }
+    }
+
+    #[test]
+    fn a_sequence_inside_a_sequence_starts_no_second_lookers() {
+        let (inner, after) = bounded(pool(2), || {
+            let inner = with_lookers(|| Lookers::start(HOUR).0.is_none());
+            (inner, Lookers::start(Duration::ZERO).0.is_some())
+        });
+        assert!(inner, "the inner sequence started lookers of its own");
+        assert!(after, "a sequence after the outer one ended started none");
     }
 
     #[test]
