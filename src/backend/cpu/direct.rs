@@ -27,12 +27,12 @@
 //! output rows, group of blocks of `F` output channels) items shared by the threads. Each tile
 //! runs for every block of its item's group in turn, so its input stays in L1 (a `Channels` tile
 //! also prefetches a share of the weights read next, see [`Weights`]). Where frame rows
-//! are output rows, `Positions` tiles write `y`; otherwise they write a small buffer, copied
-//! into `y` (`Channels` tiles: transposed). The convolution's epilogue
-//! (bias, residual sum, ReLU or Clip) is applied in registers: by `Positions` tiles as they
-//! store (the sum only where they write `y`), by the transposes of `Channels` tiles; a
-//! `Positions` buffer with a residual sum is finished by a pass over each run of `y` while it
-//! is in cache.
+//! are output rows and `y` is FP32, `Positions` tiles write `y`; otherwise they write a small
+//! buffer, copied into `y` (`Channels` tiles: transposed), an FP16 `y` rounded on the way (no
+//! FP32 copy of the whole output). The convolution's epilogue (bias, residual sum, ReLU or
+//! Clip) is applied in registers: by `Positions` tiles as they store (the sum only where they
+//! write `y`), by the transposes of `Channels` tiles; a `Positions` buffer with a residual sum
+//! is finished by a pass over each of its rows as it is copied.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -43,9 +43,9 @@ use super::conv::{is_pointwise, Addends};
 use super::derived::{CpuData, Key};
 use super::scratch::{as_f32, with_buffer};
 use super::simd;
-use super::{Disjoint, Widen};
+use super::{narrow, Disjoint, Widen};
 use crate::backend::MemoryAccount;
-use crate::dtype::Element;
+use crate::dtype::{DType, Element};
 use crate::ops::{Clamp, ConvPlan};
 use crate::tensor::HostData;
 
@@ -155,13 +155,16 @@ pub fn applies(plan: &ConvPlan) -> bool {
     let pointwise = is_pointwise(plan)
         && plan.p * plan.q <= POINTWISE_MAX_POSITIONS
         && plan.c >= POINTWISE_MIN_CHANNELS;
-    cfg!(target_arch = "x86_64")
-        && plan.group == 1
+    // The kernels need AVX-512 F; FP16 outputs are stored with BW and VL.
+    #[cfg(target_arch = "x86_64")]
+    let cpu = super::avx512::supported();
+    #[cfg(not(target_arch = "x86_64"))]
+    let cpu = false;
+    cpu && plan.group == 1
         && (plan.r * plan.s > 1 || pointwise || plan.stride != [1, 1])
         && [plan.n, plan.c, plan.k, plan.p, plan.q]
             .iter()
             .all(|&d| d > 0)
-        && simd::level() >= simd::Level::Avx512
 }
 
 /// The frame geometry of a plan and its register tile.
@@ -423,8 +426,9 @@ fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> PackedWeights {
 
 /// Computes `plan` (for which [`applies`] holds) in FP32 from the input `x` (FP32, or FP16
 /// widened as it is framed), the weights as [`packed_weights`] returns them, the bias and the
-/// residual sum. `y` is fully written.
-pub fn conv(plan: &ConvPlan, x: &HostData, w: &[f32], add: Addends, y: &mut [f32]) {
+/// residual sum, into `y` (FP32, or FP16 rounded as each item's values are written). `y` is
+/// fully written.
+pub fn conv<Y: Element>(plan: &ConvPlan, x: &HostData, w: &[f32], add: Addends, y: &mut [Y]) {
     match x {
         // A pointwise convolution's input is its own frame (slack 0): no copy in FP32, one
         // parallel widening of the whole input in FP16 (not a frame row at a time).
@@ -435,7 +439,7 @@ pub fn conv(plan: &ConvPlan, x: &HostData, w: &[f32], add: Addends, y: &mut [f32
 }
 
 /// [`conv`] for input elements `T`.
-fn conv_from<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], add: Addends, y: &mut [f32]) {
+fn conv_from<T: Widen, Y: Element>(plan: &ConvPlan, x: &[T], w: &[f32], add: Addends, y: &mut [Y]) {
     if y.is_empty() {
         return;
     }
@@ -545,7 +549,14 @@ fn block_chunk(rs: usize, f: usize) -> usize {
 /// one block per item, stay in L1: see [`BLOCK_CHUNK_WEIGHT_BYTES`]). Where frame
 /// rows are output rows (`wf = q`), `Positions` tiles write `y` directly; otherwise tiles write
 /// a buffer, copied (or transposed) into `y` at the end.
-fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
+fn compute<Y: Element>(
+    plan: &ConvPlan,
+    g: &Geometry,
+    frames: &[f32],
+    w: &[f32],
+    add: Addends,
+    y: &mut [Y],
+) {
     let (pq, rs) = (plan.p * plan.q, plan.r * plan.s);
     let images = y.len() / (plan.k * pq);
     let (blocks, kbs, group, groups) = split(plan, g.rows, g.f, images);
@@ -557,7 +568,9 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
         .min(TILE_INPUT_BYTES / (4 * (step + g.reach)))
         .min(block_chunk(rs, g.f))
         .clamp(1, plan.c);
-    let into_y = matches!(g.tile, Tile::Positions { .. }) && g.wf == plan.q;
+    // Tiles accumulate a chunk at a time into what they write: in FP32 only.
+    let into_y =
+        matches!(g.tile, Tile::Positions { .. }) && g.wf == plan.q && Y::DTYPE == DType::F32;
     // `Positions` tiles apply the epilogue themselves: into y, or without a residual sum into
     // the buffer, whose values are then only copied.
     let finished_by_tiles =
@@ -634,7 +647,8 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                             match g.tile {
                                 Tile::Positions { .. } => {
                                     let (dst, dst_ld) = if into_y {
-                                        (out.ptr().add(first(kbi) + j), pq)
+                                        // `into_y`: Y is f32.
+                                        (out.ptr().cast::<f32>().add(first(kbi) + j), pq)
                                     } else {
                                         (buf[kbi * g.f * ld + j..].as_mut_ptr(), ld)
                                     };
@@ -683,22 +697,29 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
             for kbi in (0..kbn).filter(|_| !(into_y && finished_by_tiles)) {
                 // SAFETY: rows p0..p0 + rows of image ni, channels (kb0 + kbi)·f.. (under k):
                 // runs of y that this item alone writes.
-                let mut dst: Vec<&mut [f32]> = (0..fv(kbi))
+                let mut dst: Vec<&mut [Y]> = (0..fv(kbi))
                     .map(|fi| unsafe { out.slice(first(kbi) + fi * pq, run) })
                     .collect();
-                let values = &buf[..];
                 match g.tile {
                     // Written by its tiles.
                     Tile::Positions { .. } if into_y => {}
                     Tile::Positions { .. } => {
                         for (fi, d) in dst.iter_mut().enumerate() {
-                            let from = &values[(kbi * g.f + fi) * ld..];
+                            let k = (kb0 + kbi) * g.f + fi;
+                            let from = &mut buf[(kbi * g.f + fi) * ld..];
                             for (pr, row) in d.chunks_exact_mut(plan.q).enumerate() {
-                                row.copy_from_slice(&from[pr * g.wf..][..plan.q]);
+                                let values = &mut from[pr * g.wf..][..plan.q];
+                                // With a residual sum the tiles left the epilogue to this
+                                // pass, over each row while it is in cache.
+                                if !finished_by_tiles {
+                                    add.apply(plan, k, first(kbi) + fi * pq + pr * plan.q, values);
+                                }
+                                narrow(values, row);
                             }
                         }
                     }
                     Tile::Channels { .. } => {
+                        let values = &buf[..];
                         for (v, d) in dst.chunks_mut(LANES).enumerate() {
                             // The epilogue of output channels (kb0 + kbi)·f + v·16.., applied as
                             // they are transposed.
@@ -721,7 +742,7 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                                 bounds,
                             };
                             for i0 in (0..run).step_by(LANES) {
-                                // SAFETY: `applies` checked AVX-512F; block kbi holds 16 rows of
+                                // SAFETY: `applies` checked AVX-512 F, BW and VL; block kbi holds 16 rows of
                                 // f from row i0 (ld is a multiple of 16), and column v·16 + 15 <
                                 // f; i0 + min(16, run − i0) ≤ run, each `d`'s and sum row's
                                 // length; the bias has a value for each of `d`'s channels.
@@ -738,12 +759,6 @@ fn compute(plan: &ConvPlan, g: &Geometry, frames: &[f32], w: &[f32], add: Addend
                             }
                         }
                     }
-                }
-                // Only `Positions` tiles writing the buffer with a residual sum leave the
-                // epilogue to a pass of its own.
-                let finished = finished_by_tiles || matches!(g.tile, Tile::Channels { .. });
-                for (fi, d) in dst.into_iter().enumerate().filter(|_| !finished) {
-                    add.apply(plan, (kb0 + kbi) * g.f + fi, first(kbi) + fi * pq, d);
                 }
             }
         },
@@ -885,7 +900,8 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Columns, Finish, LANES};
-    use crate::backend::cpu::avx512::{first, transpose16};
+    use crate::backend::cpu::avx512::{first, store, transpose16};
+    use crate::dtype::Element;
 
     /// [`super::tile`] for a `T × F` tile, with the taps' offsets given.
     ///
@@ -1118,13 +1134,13 @@ mod avx512 {
     /// `dst.len() ≤ 16` columns `l` and the rows `i < dst[l].len() − at` (at most 16).
     ///
     /// # Safety
-    /// The CPU must support AVX-512F, `src` must hold `15·ld + 16` values, `columns.bias` (if
+    /// The CPU must support AVX-512 F, BW and VL, `src` must hold `15·ld + 16` values, `columns.bias` (if
     /// any) a value per column, and `columns.sum` none or a row per column as long as its `dst`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn transpose(
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn transpose<Y: Element>(
         src: &[f32],
         ld: usize,
-        dst: &mut [&mut [f32]],
+        dst: &mut [&mut [Y]],
         at: usize,
         columns: &Columns,
     ) {
@@ -1147,7 +1163,7 @@ mod avx512 {
                 }
                 // NaN stays NaN, as in `Clamp::apply` (see `positions`).
                 v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
-                _mm512_mask_storeu_ps(d.as_mut_ptr().add(at), m, v);
+                store(d.as_mut_ptr().add(at), m, v);
             }
         }
     }

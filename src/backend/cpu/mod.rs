@@ -203,7 +203,10 @@ impl Backend for CpuBackend {
                 };
                 if direct::applies(p) {
                     let w = direct::packed_weights(p, inputs[1], account);
-                    write_f32(y, |y| direct::conv(p, x[0], &w, add, y));
+                    match y {
+                        HostData::F32(y) => direct::conv(p, x[0], &w, add, y),
+                        HostData::F16(y) => direct::conv(p, x[0], &w, add, y),
+                    }
                 } else if p.c_per_group() == 1 {
                     let w = weights_f32(inputs[1], account);
                     match (x[0], y) {
