@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use half::f16;
 
+use super::scratch::TaskBuffer;
 use super::{narrow, simd, Disjoint, Widen};
 use crate::ops::{Clamp, ConvPlan};
 
@@ -94,18 +95,18 @@ pub fn pointwise_f16(plan: &ConvPlan, x: &[f16], w: &[f32], add: Addends, y: &mu
     let blocks = pq.div_ceil(nb);
     let out = Disjoint::new(y);
     (0..chunks * blocks).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(col, product): &mut (Vec<f32>, Vec<f32>), item| {
+        || (TaskBuffer::take(cg * nb), TaskBuffer::take(kg * nb)),
+        |(col, product), item| {
             // Chunk i is image i / group, group i % group; its columns j0..j0 + cols.
             let (i, j0) = (item / blocks, item % blocks * nb);
             let (ni, g) = (i / plan.group, i % plan.group);
             let cols = nb.min(pq - j0);
             let xg = &x[(ni * plan.c + g * cg) * pq..][..cg * pq];
-            col.resize(cg * cols, 0.0);
+            let col = col.values(cg * cols);
             for (c, row) in col.chunks_exact_mut(cols).enumerate() {
                 f16::widen(&xg[c * pq + j0..][..cols], row);
             }
-            product.resize(kg * cols, 0.0);
+            let product = product.values(kg * cols);
             // SAFETY: the group's weights are kg×cg row-major, `col` cg rows of `cols` and
             // `product` kg rows of `cols`, all distinct.
             unsafe {
@@ -230,7 +231,7 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
     }
     let out = Disjoint::new(y);
     // y is [n, group, kg, p·q]: chunk i is image i / group, group i % group.
-    let one = |item: usize, col: &mut Vec<f32>, row_parts: usize| {
+    let one = |item: usize, col: &mut TaskBuffer, row_parts: usize| {
         let (i, j0) = (item / blocks, item % blocks * nb);
         let (ni, g) = (i / plan.group, i % plan.group);
         let cols = nb.min(pq - j0);
@@ -238,7 +239,7 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
         let (unfolded, row_stride) = if pointwise {
             (&xg[j0..], hw)
         } else {
-            col.resize(crs * cols, 0.0);
+            let col = col.values(crs * cols);
             im2col(plan, xg, j0, cols, col, cols, row_parts > 1);
             (&col[..], cols)
         };
@@ -275,14 +276,14 @@ fn lowered(plan: &ConvPlan, x: &[f32], w: &[f32], add: Addends, y: &mut [f32]) {
         }
     };
     if by_rows {
-        let mut col = Vec::new();
+        let mut col = TaskBuffer::take(crs * nb);
         for item in 0..items {
             one(item, &mut col, threads);
         }
     } else {
         (0..items)
             .into_par_iter()
-            .for_each_init(Vec::new, |col, item| one(item, col, 1));
+            .for_each_init(|| TaskBuffer::take(crs * nb), |col, item| one(item, col, 1));
     }
 }
 
@@ -302,13 +303,16 @@ fn stacked(plan: &ConvPlan, x: &[f32], hw: usize, w: &[f32], add: Addends, y: &m
     let stacks = plan.n.div_ceil(stack);
     let out = Disjoint::new(y);
     (0..stacks * plan.group).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
+        || {
+            let width = stack * pq;
+            (TaskBuffer::take(crs * width), TaskBuffer::take(kg * width))
+        },
         |(col, product), item| {
             let (si, g) = (item / plan.group, item % plan.group);
             let images = si * stack..(si * stack + stack).min(plan.n);
             let width = images.len() * pq;
-            col.resize(crs * width, 0.0);
-            product.resize(kg * width, 0.0);
+            let col = col.values(crs * width);
+            let product = product.values(kg * width);
             for (slot, ni) in images.clone().enumerate() {
                 let xg = &x[(ni * plan.c + g * cg) * hw..][..cg * hw];
                 im2col(plan, xg, 0, pq, &mut col[slot * pq..], width, false);

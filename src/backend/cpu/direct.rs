@@ -41,7 +41,7 @@ use rayon::prelude::*;
 
 use super::conv::{is_pointwise, Addends};
 use super::derived::{CpuData, Key};
-use super::scratch::{as_f32, with_buffer};
+use super::scratch::{as_f32, with_buffer, TaskBuffer};
 use super::simd;
 use super::{narrow, Disjoint, Widen};
 use crate::backend::MemoryAccount;
@@ -578,10 +578,20 @@ fn compute<Y: Element>(
     let bounds = Clamp::bounds(plan.clamp);
     assert!(w.len() >= kbs * g.f * plan.c * rs);
     assert!(frames.len() >= images * plan.c * g.chan + g.slack);
+    // An item's buffer holds at most this many values (see `ld` below).
+    let buffer_len = if into_y {
+        0
+    } else {
+        group
+            * g.f
+            * g.tile
+                .positions(g.rows, g.wf, plan.q)
+                .next_multiple_of(LANES)
+    };
     let out = Disjoint::new(y);
     (0..images * blocks * groups).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(buf, bases): &mut (Vec<f32>, Vec<usize>), item| {
+        || (TaskBuffer::take(buffer_len), Vec::new()),
+        |(task, bases): &mut (TaskBuffer, Vec<usize>), item| {
             let (ni, block, kg) = (
                 item / (blocks * groups),
                 item / groups % blocks,
@@ -597,9 +607,11 @@ fn compute<Y: Element>(
             // In the buffer, each block's values are `f` rows of `ld` positions, or `ld` rows of
             // `f` channels (a `Channels` tile's rows are transposed 16 at a time).
             let ld = positions.next_multiple_of(LANES);
-            if !into_y {
-                buf.resize(kbn * g.f * ld, 0.0);
-            }
+            let buf = if into_y {
+                &mut []
+            } else {
+                task.values(kbn * g.f * ld)
+            };
             let x = &frames[ni * plan.c * g.chan..][..plan.c * g.chan + g.slack];
             if let Tile::Channels { .. } = g.tile {
                 // Frame offset of each output position, the last repeated to a whole tile.

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use half::f16;
 
+use super::scratch::TaskBuffer;
 use super::simd::{self, multiversion};
 use super::Disjoint;
 use crate::ops::{Clamp, GemmPlan, MatLayout};
@@ -225,11 +226,11 @@ pub fn gemm_f16_b(plan: &GemmPlan, a: &[f32], b: &[f16], c: Option<&[f32]>, y: &
             .next_multiple_of(COLUMN_ALIGN),
     );
     let out = Disjoint::new(y);
-    (0..n)
-        .into_par_iter()
-        .step_by(width)
-        .for_each_init(Vec::new, |panel, j0| {
+    (0..n).into_par_iter().step_by(width).for_each_init(
+        || TaskBuffer::take(k * width),
+        |panel, j0| {
             let cols = j0..(j0 + width).min(n);
+            let panel = panel.values(k * cols.len());
             let layout = widen_panel(plan, b, cols.clone(), panel);
             let b = Columns { at: panel, layout };
             let block = Block {
@@ -239,14 +240,15 @@ pub fn gemm_f16_b(plan: &GemmPlan, a: &[f32], b: &[f16], c: Option<&[f32]>, y: &
             // SAFETY: `out` is the m×n output, exclusively borrowed, and the column panels
             // are disjoint.
             unsafe { product(plan, a, b, c, out, block) };
-        });
+        },
+    );
 }
 
 /// Widens columns `cols` of B into `panel` (k×width), row-major when B's rows are contiguous,
 /// column-major when its columns are; returns the panel's layout.
-fn widen_panel(plan: &GemmPlan, b: &[f16], cols: Range<usize>, panel: &mut Vec<f32>) -> MatLayout {
+fn widen_panel(plan: &GemmPlan, b: &[f16], cols: Range<usize>, panel: &mut [f32]) -> MatLayout {
     let (k, width, l) = (plan.k, cols.len(), plan.b);
-    panel.resize(k * width, 0.0);
+    debug_assert_eq!(panel.len(), k * width);
     if l.col == 1 {
         for (kk, dst) in panel.chunks_exact_mut(width).enumerate() {
             simd::f16_to_f32(&b[kk * l.row + cols.start..][..width], dst);

@@ -2,6 +2,8 @@
 //! and rounding run in parallel, and a buffer taken back from an earlier op costs neither the
 //! allocator's zeroing nor the page faults of fresh memory. A constant operand (weights) is
 //! widened once instead and kept with the tensor ([`weights_f32`], see [`super::derived`]).
+//! A parallel task's own scratch (an im2col block, a widened panel, a tile's results) is a
+//! [`TaskBuffer`], recycled by the thread that used it.
 
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
@@ -63,6 +65,68 @@ impl Drop for Scratch {
                 *smallest = buffer;
             }
         }
+    }
+}
+
+/// Most buffers a thread keeps for its next tasks.
+const TASK_BUFFERS: usize = 4;
+
+/// Largest buffer a thread keeps, in elements (16 MiB of f32).
+const TASK_MAX_LEN: usize = 4 << 20;
+
+thread_local! {
+    /// Buffers this thread's finished tasks gave back.
+    static TASK_KEPT: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A parallel task's own f32 buffer (`for_each_init`'s state), given back to the thread that
+/// used it: the next task there that takes one gets it with its lines still in this core's
+/// cache, and neither zeroes nor faults in fresh memory. (Buffers shared by all threads, as
+/// [`Scratch`] is, were last written by either core: FP16 pointwise convolutions, whose blocks
+/// widen and multiply through two such buffers, ran slower on them than on fresh ones, and
+/// faster on these, see `reports/2026-12-05-fp16-direct-outputs-intel.md`.)
+pub(super) struct TaskBuffer(Vec<f32>);
+
+impl TaskBuffer {
+    /// The smallest of this thread's kept buffers that holds `len` values, or a new one.
+    pub(super) fn take(len: usize) -> Self {
+        let kept = TASK_KEPT.with_borrow_mut(|kept| {
+            let best = (0..kept.len())
+                .filter(|&i| kept[i].capacity() >= len)
+                .min_by_key(|&i| kept[i].capacity())?;
+            Some(kept.swap_remove(best))
+        });
+        TaskBuffer(kept.unwrap_or_default())
+    }
+
+    /// The first `len` values, initialised (zero where never written before; a buffer too
+    /// small is replaced, its values not copied).
+    pub(super) fn values(&mut self, len: usize) -> &mut [f32] {
+        if self.0.capacity() < len {
+            self.0 = Vec::new();
+        }
+        if self.0.len() < len {
+            self.0.resize(len, 0.0);
+        }
+        &mut self.0[..len]
+    }
+}
+
+impl Drop for TaskBuffer {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.0);
+        if buffer.capacity() == 0 || buffer.capacity() > TASK_MAX_LEN {
+            return;
+        }
+        TASK_KEPT.with_borrow_mut(|kept| {
+            if kept.len() < TASK_BUFFERS {
+                kept.push(buffer);
+            } else if let Some(smallest) = kept.iter_mut().min_by_key(|b| b.capacity()) {
+                if smallest.capacity() < buffer.capacity() {
+                    *smallest = buffer;
+                }
+            }
+        });
     }
 }
 
@@ -162,5 +226,87 @@ pub fn write_f32(y: &mut HostData, f: impl FnOnce(&mut [f32])) {
                 .zip(y.par_chunks_mut(CONVERT_CHUNK))
                 .for_each(|(s, d)| simd::f32_to_f16(s, d));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TaskBuffer, TASK_BUFFERS, TASK_MAX_LEN};
+
+    /// This thread's kept task buffers, emptied (tests share threads only one at a time).
+    fn emptied() {
+        super::TASK_KEPT.with_borrow_mut(Vec::clear);
+    }
+
+    fn kept_capacities() -> Vec<usize> {
+        let mut caps: Vec<usize> =
+            super::TASK_KEPT.with_borrow(|kept| kept.iter().map(Vec::capacity).collect());
+        caps.sort();
+        caps
+    }
+
+    #[test]
+    fn task_buffers_come_back_to_their_thread_best_fit_first() {
+        emptied();
+        let (mut small, mut large) = (TaskBuffer::take(100), TaskBuffer::take(1000));
+        small.values(100)[7] = 7.0;
+        large.values(1000)[9] = 9.0;
+        let (small_at, large_at) = (small.0.as_ptr(), large.0.as_ptr());
+        drop((small, large));
+        assert_eq!(kept_capacities(), [100, 1000]);
+        // The smallest that holds the request, its values as the last task left them.
+        let mut b = TaskBuffer::take(50);
+        assert_eq!(b.0.as_ptr(), small_at);
+        assert_eq!(b.values(100)[7], 7.0);
+        let mut c = TaskBuffer::take(500);
+        assert_eq!(c.0.as_ptr(), large_at);
+        assert_eq!(c.values(1000)[9], 9.0);
+        // None kept holds 2000: a new one, zeroed.
+        let mut d = TaskBuffer::take(2000);
+        assert!(d.values(2000).iter().all(|&v| v == 0.0));
+        drop((b, c, d));
+        // Another thread keeps its own (none yet).
+        std::thread::spawn(|| assert!(kept_capacities().is_empty()))
+            .join()
+            .unwrap();
+        assert_eq!(kept_capacities(), [100, 1000, 2000]);
+        emptied();
+    }
+
+    #[test]
+    fn a_buffer_too_small_is_replaced_not_copied() {
+        emptied();
+        let mut b = TaskBuffer::take(10);
+        b.values(10).fill(1.0);
+        let grown = b.values(20);
+        assert_eq!(grown.len(), 20);
+        assert!(
+            grown.iter().all(|&v| v == 0.0),
+            "the old values are not carried over"
+        );
+        drop(b);
+        emptied();
+    }
+
+    #[test]
+    fn a_thread_keeps_few_buffers_and_none_huge() {
+        emptied();
+        let buffers: Vec<TaskBuffer> = (1..=TASK_BUFFERS + 2)
+            .map(|i| {
+                let mut b = TaskBuffer::take(i * 10);
+                b.values(i * 10);
+                b
+            })
+            .collect();
+        drop(buffers);
+        // The largest ones stay.
+        let kept = kept_capacities();
+        assert_eq!(kept.len(), TASK_BUFFERS);
+        assert_eq!(kept[0], 30);
+        emptied();
+        let mut huge = TaskBuffer::take(TASK_MAX_LEN + 1);
+        huge.values(TASK_MAX_LEN + 1);
+        drop(huge);
+        assert!(kept_capacities().is_empty());
     }
 }
