@@ -26,7 +26,59 @@ const KEPT_BUFFERS: usize = 8;
 const KEPT_MAX_LEN: usize = 64 << 20;
 
 /// Buffers given back by finished ops, shared by every CPU backend.
-static KEPT: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+static KEPT: Mutex<Kept> = Mutex::new(Kept::new(KEPT_BUFFERS, KEPT_MAX_LEN));
+
+/// A bounded set of f32 buffers kept for reuse: at most `most`, none of over `max_len`
+/// elements; when it is full, a buffer given back replaces the smallest kept one if larger.
+struct Kept {
+    buffers: Vec<Vec<f32>>,
+    most: usize,
+    max_len: usize,
+}
+
+impl Kept {
+    const fn new(most: usize, max_len: usize) -> Self {
+        Kept {
+            buffers: Vec::new(),
+            most,
+            max_len,
+        }
+    }
+
+    /// The smallest kept buffer of capacity ≥ `len`, or a new empty one of that capacity.
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        let kept = &mut self.buffers;
+        let best = (0..kept.len())
+            .filter(|&i| kept[i].capacity() >= len)
+            .min_by_key(|&i| kept[i].capacity());
+        best.map_or_else(|| Vec::with_capacity(len), |i| kept.swap_remove(i))
+    }
+
+    fn give(&mut self, buffer: Vec<f32>) {
+        if buffer.capacity() == 0 || buffer.capacity() > self.max_len {
+            return;
+        }
+        if self.buffers.len() < self.most {
+            self.buffers.push(buffer);
+        } else if let Some(smallest) = self.buffers.iter_mut().min_by_key(|b| b.capacity()) {
+            if smallest.capacity() < buffer.capacity() {
+                *smallest = buffer;
+            }
+        }
+    }
+}
+
+/// The first `len` values of `buffer`, initialised: zero where never written before, else
+/// whatever the last user left (a buffer too small is replaced, its values not copied).
+fn values(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.capacity() < len {
+        *buffer = Vec::new();
+    }
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
 
 /// An f32 buffer that goes back to [`KEPT`] when dropped. Its initialised length is kept;
 /// its values are whatever the last user left.
@@ -35,36 +87,19 @@ pub(super) struct Scratch(Vec<f32>);
 impl Scratch {
     /// The smallest kept buffer of capacity ≥ `len`, or a new empty one.
     pub(super) fn take(len: usize) -> Self {
-        let mut kept = crate::sync::lock(&KEPT);
-        let best = (0..kept.len())
-            .filter(|&i| kept[i].capacity() >= len)
-            .min_by_key(|&i| kept[i].capacity());
-        Scratch(best.map_or_else(|| Vec::with_capacity(len), |i| kept.swap_remove(i)))
+        Scratch(crate::sync::lock(&KEPT).take(len))
     }
 
-    /// The first `len` values, initialised (zero where never written before).
+    /// The first `len` values (see [`values`]).
     pub(super) fn values(&mut self, len: usize) -> &mut [f32] {
-        if self.0.len() < len {
-            self.0.resize(len, 0.0);
-        }
-        &mut self.0[..len]
+        values(&mut self.0, len)
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         let buffer = std::mem::take(&mut self.0);
-        if buffer.capacity() == 0 || buffer.capacity() > KEPT_MAX_LEN {
-            return;
-        }
-        let mut kept = crate::sync::lock(&KEPT);
-        if kept.len() < KEPT_BUFFERS {
-            kept.push(buffer);
-        } else if let Some(smallest) = kept.iter_mut().min_by_key(|b| b.capacity()) {
-            if smallest.capacity() < buffer.capacity() {
-                *smallest = buffer;
-            }
-        }
+        crate::sync::lock(&KEPT).give(buffer);
     }
 }
 
@@ -76,7 +111,8 @@ const TASK_MAX_LEN: usize = 4 << 20;
 
 thread_local! {
     /// Buffers this thread's finished tasks gave back.
-    static TASK_KEPT: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static TASK_KEPT: std::cell::RefCell<Kept> =
+        const { std::cell::RefCell::new(Kept::new(TASK_BUFFERS, TASK_MAX_LEN)) };
 }
 
 /// A parallel task's own f32 buffer (`for_each_init`'s state), given back to the thread that
@@ -90,43 +126,19 @@ pub(super) struct TaskBuffer(Vec<f32>);
 impl TaskBuffer {
     /// The smallest of this thread's kept buffers that holds `len` values, or a new one.
     pub(super) fn take(len: usize) -> Self {
-        let kept = TASK_KEPT.with_borrow_mut(|kept| {
-            let best = (0..kept.len())
-                .filter(|&i| kept[i].capacity() >= len)
-                .min_by_key(|&i| kept[i].capacity())?;
-            Some(kept.swap_remove(best))
-        });
-        TaskBuffer(kept.unwrap_or_default())
+        TaskBuffer(TASK_KEPT.with_borrow_mut(|kept| kept.take(len)))
     }
 
-    /// The first `len` values, initialised (zero where never written before; a buffer too
-    /// small is replaced, its values not copied).
+    /// The first `len` values (see [`values`]).
     pub(super) fn values(&mut self, len: usize) -> &mut [f32] {
-        if self.0.capacity() < len {
-            self.0 = Vec::new();
-        }
-        if self.0.len() < len {
-            self.0.resize(len, 0.0);
-        }
-        &mut self.0[..len]
+        values(&mut self.0, len)
     }
 }
 
 impl Drop for TaskBuffer {
     fn drop(&mut self) {
         let buffer = std::mem::take(&mut self.0);
-        if buffer.capacity() == 0 || buffer.capacity() > TASK_MAX_LEN {
-            return;
-        }
-        TASK_KEPT.with_borrow_mut(|kept| {
-            if kept.len() < TASK_BUFFERS {
-                kept.push(buffer);
-            } else if let Some(smallest) = kept.iter_mut().min_by_key(|b| b.capacity()) {
-                if smallest.capacity() < buffer.capacity() {
-                    *smallest = buffer;
-                }
-            }
-        });
+        TASK_KEPT.with_borrow_mut(|kept| kept.give(buffer));
     }
 }
 
@@ -235,12 +247,12 @@ mod tests {
 
     /// This thread's kept task buffers, emptied (tests share threads only one at a time).
     fn emptied() {
-        super::TASK_KEPT.with_borrow_mut(Vec::clear);
+        super::TASK_KEPT.with_borrow_mut(|kept| kept.buffers.clear());
     }
 
     fn kept_capacities() -> Vec<usize> {
         let mut caps: Vec<usize> =
-            super::TASK_KEPT.with_borrow(|kept| kept.iter().map(Vec::capacity).collect());
+            super::TASK_KEPT.with_borrow(|kept| kept.buffers.iter().map(Vec::capacity).collect());
         caps.sort();
         caps
     }
