@@ -547,8 +547,8 @@ fn block_chunk(rs: usize, f: usize) -> usize {
 /// into its part of `y` (`[images, k, p, q]`). Each tile of an item runs for every block of its
 /// group in turn, so the input it reads stays in L1 and the weights stream from L2 (or, with
 /// one block per item, stay in L1: see [`BLOCK_CHUNK_WEIGHT_BYTES`]). Where frame
-/// rows are output rows (`wf = q`), `Positions` tiles write `y` directly; otherwise tiles write
-/// a buffer, copied (or transposed) into `y` at the end.
+/// rows are output rows (`wf = q`) and `y` is FP32, `Positions` tiles write `y` directly;
+/// otherwise tiles write a buffer, copied (or transposed, and FP16 rounded) into `y` at the end.
 fn compute<Y: Element>(
     plan: &ConvPlan,
     g: &Geometry,
