@@ -754,10 +754,11 @@ fn compute<Y: Element>(
                                 bounds,
                             };
                             for i0 in (0..run).step_by(LANES) {
-                                // SAFETY: `applies` checked AVX-512 F, BW and VL; block kbi holds 16 rows of
-                                // f from row i0 (ld is a multiple of 16), and column v·16 + 15 <
-                                // f; i0 + min(16, run − i0) ≤ run, each `d`'s and sum row's
-                                // length; the bias has a value for each of `d`'s channels.
+                                // SAFETY: `applies` checked AVX-512 F, BW and VL; block kbi
+                                // holds 16 rows of f from row i0 (ld is a multiple of 16), and
+                                // column v·16 + 15 < f; i0 + min(16, run − i0) ≤ run, each `d`'s
+                                // and sum row's length; the bias has a value for each of `d`'s
+                                // channels.
                                 #[cfg(target_arch = "x86_64")]
                                 unsafe {
                                     avx512::transpose(
@@ -1146,8 +1147,9 @@ mod avx512 {
     /// `dst.len() ≤ 16` columns `l` and the rows `i < dst[l].len() − at` (at most 16).
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW and VL, `src` must hold `15·ld + 16` values, `columns.bias` (if
-    /// any) a value per column, and `columns.sum` none or a row per column as long as its `dst`.
+    /// The CPU must support AVX-512 F, BW and VL, `src` must hold `15·ld + 16` values,
+    /// `columns.bias` (if any) a value per column, and `columns.sum` none or a row per column as
+    /// long as its `dst`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn transpose<Y: Element>(
         src: &[f32],
