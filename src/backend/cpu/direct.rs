@@ -26,9 +26,10 @@
 //! and kept with the weight tensor (see [`super::derived`]). Work is cut into (image, block of
 //! output rows, group of blocks of `F` output channels) items shared by the threads. Each tile
 //! runs for every block of its item's group in turn, so its input stays in L1 (a `Channels` tile
-//! also prefetches a share of the weights read next, see [`Weights`]). Where frame rows
-//! are output rows and `y` is FP32, `Positions` tiles write `y`; otherwise they write a small
-//! buffer, copied into `y` (`Channels` tiles: transposed), an FP16 `y` rounded on the way (no
+//! also prefetches a share of the weights read next, see [`Weights`]). Where `y` is FP32,
+//! `Positions` tiles write `y`, each frame row's first `q` positions onto an output row (a
+//! vector crossing a row's end stored in two masked parts, [`Wrap`]; frame rows of at least 16);
+//! otherwise tiles write a small buffer, copied into `y` (`Channels` tiles: transposed), an FP16 `y` rounded on the way (no
 //! FP32 copy of the whole output). The convolution's epilogue (bias, residual sum, ReLU or
 //! Clip) is applied in registers: by `Positions` tiles as they store (the sum only where they
 //! write `y`), by the transposes of `Channels` tiles; a `Positions` buffer with a residual sum
@@ -311,6 +312,17 @@ struct Finish<'a> {
     bounds: [f32; 2],
 }
 
+/// Where a `Positions` tile writes `y` directly though frame rows are longer than output rows
+/// (`wf > q`): its positions `start..` of the item's frame rows, each frame row's first `q`
+/// columns landing on an output row (the `wf − q` past them are not written). With `wf ≥ 16`
+/// a vector of 16 frame positions spans at most two rows: two masked accesses per vector.
+#[derive(Clone, Copy)]
+struct Wrap {
+    wf: usize,
+    q: usize,
+    start: usize,
+}
+
 /// The convolution's epilogue as a `Channels` block's transpose applies it to the (up to 16)
 /// output channels it writes: their bias (from the first), their rows of the residual sum (none,
 /// or one per channel, as long as their rows of `y`) and the clamp's bounds.
@@ -546,9 +558,9 @@ fn block_chunk(rs: usize, f: usize) -> usize {
 /// Every (image, row block, group of output channel blocks) item of one group of framed images
 /// into its part of `y` (`[images, k, p, q]`). Each tile of an item runs for every block of its
 /// group in turn, so the input it reads stays in L1 and the weights stream from L2 (or, with
-/// one block per item, stay in L1: see [`BLOCK_CHUNK_WEIGHT_BYTES`]). Where frame
-/// rows are output rows (`wf = q`) and `y` is FP32, `Positions` tiles write `y` directly;
-/// otherwise tiles write a buffer, copied (or transposed, and FP16 rounded) into `y` at the end.
+/// one block per item, stay in L1: see [`BLOCK_CHUNK_WEIGHT_BYTES`]). Where `y` is FP32 and
+/// frame rows are output rows or at least 16 long ([`Wrap`]), `Positions` tiles write `y`
+/// directly; otherwise tiles write a buffer, copied (or transposed, and FP16 rounded) into `y` at the end.
 fn compute<Y: Element>(
     plan: &ConvPlan,
     g: &Geometry,
@@ -568,9 +580,12 @@ fn compute<Y: Element>(
         .min(TILE_INPUT_BYTES / (4 * (step + g.reach)))
         .min(block_chunk(rs, g.f))
         .clamp(1, plan.c);
-    // Tiles accumulate a chunk at a time into what they write: in FP32 only.
-    let into_y =
-        matches!(g.tile, Tile::Positions { .. }) && g.wf == plan.q && Y::DTYPE == DType::F32;
+    // Tiles accumulate a chunk at a time into what they write: in FP32 only. Frame rows longer
+    // than output rows wrap onto them (`Wrap`) where a vector spans at most two.
+    let into_y = matches!(g.tile, Tile::Positions { .. })
+        && (g.wf == plan.q || g.wf >= LANES)
+        && Y::DTYPE == DType::F32;
+    let wraps = g.wf != plan.q;
     // `Positions` tiles apply the epilogue themselves: into y, or without a residual sum into
     // the buffer, whose values are then only copied.
     let finished_by_tiles =
@@ -658,17 +673,28 @@ fn compute<Y: Element>(
                         unsafe {
                             match g.tile {
                                 Tile::Positions { .. } => {
-                                    let (dst, dst_ld) = if into_y {
-                                        // `into_y`: Y is f32.
-                                        (out.ptr().cast::<f32>().add(first(kbi) + j), pq)
+                                    // Wrapping tiles address y from the item's first output.
+                                    let (at, wrap) = if wraps {
+                                        let wrap = Wrap {
+                                            wf: g.wf,
+                                            q: plan.q,
+                                            start: j,
+                                        };
+                                        (first(kbi), Some(wrap))
                                     } else {
-                                        (buf[kbi * g.f * ld + j..].as_mut_ptr(), ld)
+                                        (first(kbi) + j, None)
+                                    };
+                                    let (dst, dst_ld, wrap) = if into_y {
+                                        // `into_y`: Y is f32.
+                                        (out.ptr().cast::<f32>().add(at), pq, wrap)
+                                    } else {
+                                        (buf[kbi * g.f * ld + j..].as_mut_ptr(), ld, None)
                                     };
                                     // Finished by the last chunk.
                                     let finish =
                                         (finished_by_tiles && c0 + cn == plan.c).then(|| Finish {
                                             bias: add.bias.map(|b| &b[(kb0 + kbi) * g.f..]),
-                                            sum: add.sum.map(|s| &s[first(kbi) + j..]),
+                                            sum: add.sum.map(|s| &s[at..]),
                                             bounds,
                                         });
                                     tile(
@@ -684,6 +710,7 @@ fn compute<Y: Element>(
                                         c0 > 0,
                                         finish,
                                         &[],
+                                        wrap,
                                     )
                                 }
                                 Tile::Channels { .. } => tile(
@@ -700,6 +727,7 @@ fn compute<Y: Element>(
                                     c0 > 0,
                                     None,
                                     ahead,
+                                    None,
                                 ),
                             }
                         }
@@ -832,7 +860,8 @@ impl Weights {
 /// every tap, added to (`accumulate`) or stored into `out`:
 /// - `Positions`: `f` output channels × `t·16` frame positions from `x` (at the tile's first
 ///   position), of which the first `valid` are read and written, into the first `fv` of `f`
-///   rows `ld` apart (`bases` unused), with the epilogue applied where `finish` says;
+///   rows `ld` apart (`bases` unused; `wrap`: frame positions mapped onto output rows from the
+///   item's first output), with the epilogue applied where `finish` says;
 /// - `Channels`: the first `valid` of `t` output positions (frame offsets `bases` into `x`;
 ///   fewer than `t` only in an item's last tile, which computes no others) ×
 ///   the first `fv` (rounded up to whole vectors) of the block's `f = 16·v` output channels,
@@ -843,9 +872,9 @@ impl Weights {
 /// # Safety
 /// The CPU must support AVX-512F; every input the tile reads (`x + c·chan + tap + (0..valid)`,
 /// or `x + c·chan + base + tap`, for c < cn) must be readable, `w` must hold `cn·r·s·f` values
-/// and every output it writes (`out + fi·ld + (0..valid)` for fi < fv, or `out + (0..valid·f)`)
-/// must be writable (and readable when `accumulate`), with `finish`'s sum (if any) holding a
-/// value at each of those offsets.
+/// and every output it writes (`out + fi·ld + (0..valid)` for fi < fv, those positions mapped
+/// by `wrap` if given, or `out + (0..valid·f)`) must be writable (and readable when
+/// `accumulate`), with `finish`'s sum (if any) holding a value at each of those offsets.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     g: &Geometry,
@@ -860,6 +889,7 @@ unsafe fn tile(
     accumulate: bool,
     finish: Option<Finish>,
     ahead: &[f32],
+    wrap: Option<Wrap>,
 ) {
     debug_assert!(w.len() >= cn * g.taps.len() * g.f);
     let (chan, taps, w) = (g.chan, &g.taps[..], w.as_ptr());
@@ -868,15 +898,15 @@ unsafe fn tile(
     unsafe {
         use avx512::{channels_of, positions, ChannelsTile};
         match g.tile {
-            Tile::Positions { t: 4, f: 6 } => {
-                positions::<4, 6>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
-            }
-            Tile::Positions { t: 3, f: 8 } => {
-                positions::<3, 8>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
-            }
-            Tile::Positions { t: 2, f: 12 } => {
-                positions::<2, 12>(x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish)
-            }
+            Tile::Positions { t: 4, f: 6 } => positions::<4, 6>(
+                x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish, wrap,
+            ),
+            Tile::Positions { t: 3, f: 8 } => positions::<3, 8>(
+                x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish, wrap,
+            ),
+            Tile::Positions { t: 2, f: 12 } => positions::<2, 12>(
+                x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish, wrap,
+            ),
             Tile::Channels { t: 6, v } => {
                 debug_assert!(fv <= v * LANES && (1..=6).contains(&valid));
                 let tile = match valid {
@@ -912,7 +942,7 @@ unsafe fn tile(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Columns, Finish, LANES};
+    use super::{Columns, Finish, Wrap, LANES};
     use crate::backend::cpu::avx512::{first, store, transpose16};
     use crate::dtype::Element;
 
@@ -934,6 +964,7 @@ mod avx512 {
         fv: usize,
         accumulate: bool,
         finish: Option<Finish>,
+        wrap: Option<Wrap>,
     ) {
         // SAFETY (whole body): every pointer offset stays inside the extents of the contract.
         unsafe {
@@ -942,11 +973,29 @@ mod avx512 {
                 let lanes = valid.saturating_sub(i * LANES).min(LANES);
                 ((1u32 << lanes) - 1) as __mmask16
             });
+            // Each vector's runs of outputs: offset and lanes (the second run empty unless
+            // frame rows wrap onto output rows).
+            let runs: [[(isize, __mmask16); 2]; T] = std::array::from_fn(|i| match wrap {
+                Some(wrap) => wrapped(wrap, i, masks[i]),
+                None => [((i * LANES) as isize, masks[i]), (0, 0)],
+            });
+            // Row `fi`'s vector `i` from `base` (masked lanes zero).
+            let load = |base: *const f32, fi: usize, i: usize| {
+                let row = base.wrapping_add(fi * ld);
+                let [(o0, m0), (o1, m1)] = runs[i];
+                // Only the lanes under the masks are read: outputs of the tile.
+                let v = _mm512_maskz_loadu_ps(m0, row.wrapping_offset(o0));
+                if m1 == 0 {
+                    v
+                } else {
+                    _mm512_mask_loadu_ps(v, m1, row.wrapping_offset(o1))
+                }
+            };
             let mut acc = [[_mm512_setzero_ps(); T]; F];
             if accumulate {
                 for (fi, row) in acc.iter_mut().enumerate().take(fv) {
-                    for ((a, &m), i) in row.iter_mut().zip(&masks).zip(0..) {
-                        *a = _mm512_maskz_loadu_ps(m, out.add(fi * ld + i * LANES));
+                    for (i, a) in row.iter_mut().enumerate() {
+                        *a = load(out, fi, i);
                     }
                 }
             }
@@ -961,12 +1010,11 @@ mod avx512 {
                 for (fi, row) in acc.iter_mut().enumerate().take(fv) {
                     // x + (−0) is x for every x: a missing bias changes nothing.
                     let b = _mm512_set1_ps(bias.map_or(-0.0, |b| b[fi]));
-                    for ((a, &m), i) in row.iter_mut().zip(&masks).zip(0..) {
+                    for (i, a) in row.iter_mut().enumerate() {
                         let mut v = _mm512_add_ps(*a, b);
                         if let Some(s) = sum {
                             // (conv + bias) + sum, as `conv::epilogue` rounds it.
-                            let s = _mm512_maskz_loadu_ps(m, s.as_ptr().add(fi * ld + i * LANES));
-                            v = _mm512_add_ps(v, s);
+                            v = _mm512_add_ps(v, load(s.as_ptr(), fi, i));
                         }
                         // max and min return their second operand when either is NaN: NaN
                         // stays NaN, as in `Clamp::apply`.
@@ -975,11 +1023,33 @@ mod avx512 {
                 }
             }
             for (fi, row) in acc.iter().enumerate().take(fv) {
-                for ((&a, &m), i) in row.iter().zip(&masks).zip(0..) {
-                    _mm512_mask_storeu_ps(out.add(fi * ld + i * LANES), m, a);
+                for (&a, runs) in row.iter().zip(&runs) {
+                    for &(o, m) in runs.iter().filter(|&&(_, m)| m != 0) {
+                        _mm512_mask_storeu_ps(out.wrapping_add(fi * ld).wrapping_offset(o), m, a);
+                    }
                 }
             }
         }
+    }
+
+    /// Vector `i`'s two runs of outputs where frame rows wrap onto output rows (see [`Wrap`]):
+    /// (offset of its lane 0 from the item's first output, lanes) in the row it starts in and
+    /// in the next, both within `valid`.
+    fn wrapped(wrap: Wrap, i: usize, valid: __mmask16) -> [(isize, __mmask16); 2] {
+        let s = wrap.start + i * LANES;
+        let (row, col) = ((s / wrap.wf) as isize, (s % wrap.wf) as isize);
+        let (wf, q) = (wrap.wf as isize, wrap.q as isize);
+        // Output offset of frame position s if it lay in frame row r.
+        let at = |r: isize| s as isize - r * (wf - q);
+        // Lanes l with lo ≤ col + l < hi.
+        let lanes = |lo: isize, hi: isize| {
+            let clamp = |v: isize| (v - col).clamp(0, LANES as isize) as usize;
+            first(clamp(hi)) & !first(clamp(lo))
+        };
+        [
+            (at(row), lanes(0, q) & valid),
+            (at(row + 1), lanes(wf, wf + q) & valid),
+        ]
     }
 
     /// Adds to `acc` every (channel, tap) product of a `Positions` tile, on a copy that stays in
