@@ -65,3 +65,30 @@ fn the_table_shows_the_percentage_of_copy() {
     assert!(row.starts_with("concat/4x8x32x28x28"), "{out}");
     assert!(row.split_whitespace().any(|c| c.ends_with('%')), "{out}");
 }
+
+/// A reader that closes the pipe early (`eia workloads --json | head -1`) ends the command quietly
+/// and successfully, not in a panic's backtrace: here the pipe is closed before the command
+/// starts, so its first line already finds no reader.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    for args in [
+        &["workloads", "--json"][..],
+        &["tiers"],
+        &["run", "--filter", "relu/1x64", "--seconds", "0.01"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_eia"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "eia {args:?}: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "eia {args:?}: {stderr}");
+    }
+}

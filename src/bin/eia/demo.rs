@@ -43,7 +43,7 @@ pub fn run(args: DemoArgs) -> eia::Result<()> {
         fp16: args.dtype == DType::F16,
     };
     let model = Model::from_bytes(&bytes, options)?;
-    println!(
+    out!(
         "eia demo: ResNet-50 (seeded random weights, {} ONNX file built in {:.0} ms): {} ops after folding, {:.2} GFLOP per inference, {} of {} weights",
         eia::error::bytes(bytes.len() as u64),
         started.elapsed().as_secs_f64() * 1e3,
@@ -70,14 +70,14 @@ pub fn run(args: DemoArgs) -> eia::Result<()> {
     let conn = Connection::connect(&server.url(false), ClientConfig::default())?;
     let acc = conn.attach(&args.tier)?;
     let tier = acc.tier();
-    println!(
+    out!(
         "embedded server at {} (CPU backend); attached accelerator {} as {tier}",
         server.url(false),
         acc.id()
     );
     let t = Instant::now();
     let session = model.session(&acc)?;
-    println!(
+    out!(
         "weights and buffers on the accelerator in {:.0} ms; it holds {} (peak memory)",
         t.elapsed().as_secs_f64() * 1e3,
         eia::error::bytes(model.peak_bytes())
@@ -91,7 +91,7 @@ pub fn run(args: DemoArgs) -> eia::Result<()> {
     };
     session.run(&[input()?])?; // warm-up
     let n = args.inferences.max(1);
-    println!("running {n} inferences of [1, 3, 224, 224], one round trip each ...");
+    out!("running {n} inferences of [1, 3, 224, 224], one round trip each ...");
     let mut latencies = Vec::with_capacity(n);
     let mut top1 = 0;
     let wall = Instant::now();
@@ -112,7 +112,7 @@ pub fn run(args: DemoArgs) -> eia::Result<()> {
     let dtype = args.dtype;
     let floor = model.flops() as f64 / tier.flops_per_second(dtype);
     let achieved = model.flops() as f64 * n as f64 / wall.as_secs_f64() / 1e12;
-    println!(
+    out!(
         "latency per inference: p50 {:.1} ms, p99 {:.1} ms ({:.1} inferences/s); metered floor on {} {dtype}: {:.1} ms",
         ms(pct(0.5)),
         ms(pct(0.99)),
@@ -120,15 +120,15 @@ pub fn run(args: DemoArgs) -> eia::Result<()> {
         tier.name(),
         floor * 1e3
     );
-    println!(
+    out!(
         "achieved {achieved:.3} {dtype} TFLOPS = {:.1}% of {}'s {} {dtype} TFLOPS (this CPU device, not a GPU)",
         100.0 * achieved / tier.tflops(dtype),
         tier.name(),
         tier.tflops(dtype)
     );
-    println!(
+    out!(
         "for reference, Elastic Inference's launch post: ResNet-152 at {LAUNCH_RESNET152_MS:.0} ms on m5.large + eia1.medium; last input's top-1 class: {top1}"
     );
-    println!("{}", acc.detach()?);
+    out!("{}", acc.detach()?);
     server.shutdown()
 }

@@ -74,7 +74,7 @@ pub fn run(args: InferArgs) -> eia::Result<()> {
     let load = start.elapsed();
     let inputs = inputs(&model, &args)?;
     let dtype = if args.fp16 { DType::F16 } else { DType::F32 };
-    println!(
+    out!(
         "eia infer: {} ({}, opset {}), batch {}, {dtype}: {} ops, {:.3} GFLOP per inference, {} of weights, loaded in {:.0} ms",
         args.model.display(),
         if model.name.is_empty() { "unnamed" } else { &model.name },
@@ -89,10 +89,10 @@ pub fn run(args: InferArgs) -> eia::Result<()> {
     let outputs = if let Some(url) = &args.remote {
         let tier = args.tier.as_deref().unwrap_or("eia1.medium");
         let accel = Fleet::connect(url, ClientConfig::default())?.attach(tier)?;
-        println!("on {}", accel.name());
+        out!("on {}", accel.name());
         let tier = accel.tier();
         let r = time(&model, &accel, &inputs, &args, Some(&tier))?;
-        println!("{}", accel.detach()?);
+        out!("{}", accel.detach()?);
         r
     } else if let Some(tier) = &args.tier {
         let config = DeviceConfig {
@@ -103,17 +103,17 @@ pub fn run(args: InferArgs) -> eia::Result<()> {
         let device = Device::new(CpuBackend::new(), config)?;
         let tier = device.tiers().get(tier)?.clone();
         let accel = device.attach_tier(tier.clone())?;
-        println!("on {}", accel.name());
+        out!("on {}", accel.name());
         let r = time(&model, &accel, &inputs, &args, Some(&tier))?;
-        println!("{}", accel.detach()?);
+        out!("{}", accel.detach()?);
         r
     } else {
         let cpu = CpuBackend::new();
-        println!("on {}", cpu.name());
+        out!("on {}", cpu.name());
         time(&model, &cpu, &inputs, &args, None)?
     };
     for (port, out) in model.outputs().iter().zip(&outputs) {
-        println!(
+        out!(
             "output {} {:?}: top-5 of item 0: {}",
             port.name,
             out.shape(),
@@ -129,7 +129,7 @@ pub fn run(args: InferArgs) -> eia::Result<()> {
     }
     for (path, out) in args.outputs.iter().zip(&outputs) {
         npy::write(path, out)?;
-        println!("wrote {}", path.display());
+        out!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -224,12 +224,12 @@ fn time<B: Backend>(
             )
         })
         .unwrap_or_default();
-    println!(
+    out!(
         "weights uploaded in {:.0} ms; peak memory {}",
         upload.as_secs_f64() * 1e3,
         eia::error::bytes(model.peak_bytes())
     );
-    println!(
+    out!(
         "{} inferences: p50 {:.3} ms, p99 {:.3} ms, {:.1} inferences/s, {:.3} TFLOPS{of_tier}",
         times.len(),
         p50.as_secs_f64() * 1e3,
@@ -275,7 +275,7 @@ fn profile<B: Backend>(
     let total: Duration = nodes.iter().map(|n| n.time).sum();
     let ms = |t: Duration| t.as_secs_f64() * 1e3;
     let gflops = |flops: u64, t: Duration| flops as f64 / t.as_secs_f64().max(1e-12) / 1e9;
-    println!(
+    out!(
         "profile: median of {} op-by-op runs; ops sum to {:.2} ms (an op-by-op run's p50: {:.2} ms; the whole program's: {:.2} ms)",
         profiles.len(),
         ms(total),
@@ -294,12 +294,17 @@ fn profile<B: Backend>(
         }
     }
     kinds.sort_by_key(|k| std::cmp::Reverse(k.2));
-    println!(
+    out!(
         "  {:<26} {:>5} {:>10} {:>6} {:>9} {:>8}",
-        "op", "count", "ms", "%", "GFLOP", "GFLOPS"
+        "op",
+        "count",
+        "ms",
+        "%",
+        "GFLOP",
+        "GFLOPS"
     );
     for (kind, count, time, flops) in &kinds {
-        println!(
+        out!(
             "  {kind:<26} {count:>5} {:>10.2} {:>5.1}% {:>9.3} {:>8.1}",
             ms(*time),
             100.0 * time.as_secs_f64() / total.as_secs_f64().max(1e-12),
@@ -309,9 +314,9 @@ fn profile<B: Backend>(
     }
     let mut slowest: Vec<&NodeTime> = nodes.iter().collect();
     slowest.sort_by_key(|n| std::cmp::Reverse(n.time));
-    println!("  slowest nodes:");
+    out!("  slowest nodes:");
     for n in slowest.iter().take(10) {
-        println!(
+        out!(
             "  {:<26} {:>5} {:>10.2} {:>5.1}% {:>9.3} {:>8.1}  {}",
             n.kind,
             "",
@@ -337,7 +342,7 @@ fn profile<B: Backend>(
         let doc = serde_json::json!({ "p50_ms": ms(p50), "nodes": nodes });
         std::fs::write(path, doc.to_string())
             .map_err(|e| eia::Error::Model(format!("cannot write {}: {e}", path.display())))?;
-        println!("wrote {}", path.display());
+        out!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -13,6 +13,13 @@ use eia::accelerator::{Capacity, Tiers};
 use eia::workload::Workload;
 use eia::{Backend, CpuBackend, DType};
 
+/// `println!` for the subcommands' output (see [`print_line`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
 mod demo;
 mod infer;
 mod recommend;
@@ -90,6 +97,21 @@ impl TierFile {
     }
 }
 
+/// Writes a line of a subcommand's output to stdout. A reader that went away (`eia workloads
+/// --json | head -3`) ends the command quietly and successfully, as other command-line tools
+/// end, where `println!` would panic with a backtrace; any other write error ends it with that
+/// error. (`eia serve` keeps serving instead, see `serve::say`.)
+fn print_line(line: std::fmt::Arguments) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("eia: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn parse_dtype(s: &str) -> Result<DType, String> {
     s.parse().map_err(|e: eia::Error| e.to_string())
 }
@@ -110,21 +132,24 @@ fn run(cli: Cli) -> eia::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Serve(args) => serve::run(args),
         Command::TokenHash { secret } => {
-            println!("{}", eia::rpc::auth::hash(&secret));
+            out!("{}", eia::rpc::auth::hash(&secret));
             Ok(())
         }
         Command::Tiers { json, tiers } => {
             let tiers = tiers.load()?;
             if !json {
-                println!(
+                out!(
                     "{:<16} {:>11} {:>11} {:>12}",
-                    "tier", "FP32 TFLOPS", "FP16 TFLOPS", "memory"
+                    "tier",
+                    "FP32 TFLOPS",
+                    "FP16 TFLOPS",
+                    "memory"
                 );
             }
             for t in tiers.iter() {
                 let (f32r, f16r) = (t.tflops(DType::F32), t.tflops(DType::F16));
                 if json {
-                    println!(
+                    out!(
                         "{{\"tier\":\"{}\",\"fp32_tflops\":{f32r},\"fp16_tflops\":{f16r},\"memory_bytes\":{}}}",
                         t.name(),
                         t.memory()
@@ -136,11 +161,11 @@ fn run(cli: Cli) -> eia::Result<()> {
                     } else {
                         format!("{mib:.0} MiB")
                     };
-                    println!("{:<16} {f32r:>11} {f16r:>11} {memory:>12}", t.name());
+                    out!("{:<16} {f32r:>11} {f16r:>11} {memory:>12}", t.name());
                 }
             }
             if !json {
-                println!(
+                out!(
                     "(SageMaker's ml.<tier> spelling is accepted; --tiers FILE adds custom tiers)"
                 );
             }
@@ -149,9 +174,9 @@ fn run(cli: Cli) -> eia::Result<()> {
         Command::Workloads { json } => {
             for w in Workload::all() {
                 if json {
-                    println!("{}", workload_json(&w));
+                    out!("{}", workload_json(&w));
                 } else {
-                    println!("{}", w.id());
+                    out!("{}", w.id());
                 }
             }
             Ok(())
@@ -174,7 +199,7 @@ fn run(cli: Cli) -> eia::Result<()> {
                 source_name: output.display().to_string(),
                 msg: format!("cannot write: {e}"),
             })?;
-            println!(
+            out!(
                 "wrote {} ({})",
                 output.display(),
                 eia::error::bytes(bytes.len() as u64)
@@ -183,7 +208,7 @@ fn run(cli: Cli) -> eia::Result<()> {
         }
         Command::Info => {
             let backend = CpuBackend::new();
-            println!(
+            out!(
                 "backend: {} ({} threads, {} kernels; EIA_CPU_SIMD=avx2|baseline caps them)",
                 backend.name(),
                 backend.threads(),
@@ -192,7 +217,7 @@ fn run(cli: Cli) -> eia::Result<()> {
             #[cfg(target_arch = "x86_64")]
             {
                 let f = |name, on: bool| if on { name } else { "" };
-                println!(
+                out!(
                     "cpu features: {} {} {} {}",
                     f("avx2", std::is_x86_feature_detected!("avx2")),
                     f("fma", std::is_x86_feature_detected!("fma")),
@@ -201,18 +226,18 @@ fn run(cli: Cli) -> eia::Result<()> {
                 );
             }
             let rounds = eia::accelerator::CALIBRATION_ROUNDS;
-            println!(
+            out!(
                 "cpu capacity (best of {rounds} rounds, what `eia serve --backend cpu` calibrates; `--cpu-devices N` gives each device 1/N of it): {}",
                 Capacity::measure(&backend)?
             );
             // The devices `eia serve` serves by default: every GPU (`--devices` chooses).
             match eia::CudaBackend::device_count() {
-                Ok(0) => println!("cuda: no GPU (the driver reports none)"),
+                Ok(0) => out!("cuda: no GPU (the driver reports none)"),
                 Ok(n) => {
-                    println!("cuda: {n} GPU(s), each one device of `eia serve`");
+                    out!("cuda: {n} GPU(s), each one device of `eia serve`");
                     for i in 0..n {
                         let gpu = eia::CudaBackend::new(i)?;
-                        println!(
+                        out!(
                             "device {i}: {}, {:.1} GiB, capacity (best of {rounds} rounds): {}",
                             gpu.name(),
                             gpu.total_memory().unwrap_or(0) as f64 / (1u64 << 30) as f64,
@@ -220,7 +245,7 @@ fn run(cli: Cli) -> eia::Result<()> {
                         );
                     }
                 }
-                Err(e) => println!("cuda: unavailable ({e})"),
+                Err(e) => out!("cuda: unavailable ({e})"),
             }
             Ok(())
         }

@@ -74,7 +74,7 @@ pub fn run(args: RecommendArgs) -> eia::Result<()> {
             device_ms: times[times.len() / 2],
         });
     }
-    println!(
+    out!(
         "eia recommend: {} at batch {}, target {} ms per inference; measured on {} ({} threads)",
         args.model.display(),
         args.batch,
@@ -82,9 +82,16 @@ pub fn run(args: RecommendArgs) -> eia::Result<()> {
         cpu.name(),
         cpu.threads()
     );
-    println!(
+    out!(
         "{:<14} {:>5} {:>9} {:>10} {:>11} {:>11} {:>12} {:>5}",
-        "tier", "dtype", "GFLOP", "floor ms", "device ms", "expect ms", "memory", "meets"
+        "tier",
+        "dtype",
+        "GFLOP",
+        "floor ms",
+        "device ms",
+        "expect ms",
+        "memory",
+        "meets"
     );
     // Smallest first: by FP32 rate, then FP16 rate, then memory.
     let tiers = args.tiers.load()?;
@@ -109,7 +116,7 @@ pub fn run(args: RecommendArgs) -> eia::Result<()> {
             let expect = floor.max(m.device_ms);
             let fits = m.peak <= tier.memory();
             let meets = fits && expect <= args.latency_ms;
-            println!(
+            out!(
                 "{:<14} {:>5} {:>9.3} {:>10.2} {:>11.2} {:>11.2} {:>12} {:>5}",
                 tier.name(),
                 m.dtype.to_string(),
@@ -126,11 +133,11 @@ pub fn run(args: RecommendArgs) -> eia::Result<()> {
         }
     }
     match best {
-        Some((tier, dtype, ms)) => println!(
+        Some((tier, dtype, ms)) => out!(
             "recommended: {tier} in {dtype} (expect {ms:.2} ms; the smallest tier that meets {} ms)",
             args.latency_ms
         ),
-        None => println!(
+        None => out!(
             "no tier meets {} ms on this device: its own latency is the limit (a faster device, a smaller batch or FP16 would help)",
             args.latency_ms
         ),

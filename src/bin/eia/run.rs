@@ -117,7 +117,7 @@ pub fn run(args: RunArgs) -> eia::Result<()> {
     run_workloads(&accel, &plan)?;
     let usage = accel.detach()?;
     if !json {
-        println!("{usage}");
+        out!("{usage}");
     }
     Ok(())
 }
@@ -137,8 +137,8 @@ struct RunPlan {
 /// Measures every workload × dtype of `plan` on `backend` and prints one line each.
 fn run_workloads<B: Backend>(backend: &B, plan: &RunPlan) -> eia::Result<()> {
     if !plan.json {
-        println!("eia run: {}", plan.header);
-        println!(
+        out!("eia run: {}", plan.header);
+        out!(
             "{:<34} {:>5} {:>10} {:>10} {:>9} {:>9} {:>9} {:>14}{}",
             "workload",
             "dtype",
@@ -167,7 +167,7 @@ fn run_workloads<B: Backend>(backend: &B, plan: &RunPlan) -> eia::Result<()> {
             let gflops = r.flops as f64 / s / 1e9;
             let gbps = r.bytes as f64 / s / 1e9;
             if plan.json {
-                println!(
+                out!(
                     "{{\"id\":\"{}\",\"family\":\"{}\",\"dtype\":\"{}\",\"flops\":{},\"bytes\":{},\"median_s\":{:.9},\"runs\":{},\"threads\":{}{}{}}}",
                     w.id(), w.family(), dtype, r.flops, r.bytes, s, r.runs, plan.threads,
                     r.copy.as_ref().map(|c| format!(",\"copy_bytes\":{},\"copy_median_s\":{:.9},\"copy_runs\":{}", c.bytes, c.median.as_secs_f64(), c.runs)).unwrap_or_default(),
@@ -188,7 +188,7 @@ fn run_workloads<B: Backend>(backend: &B, plan: &RunPlan) -> eia::Result<()> {
                     let copy_gbps = c.bytes as f64 / c.median.as_secs_f64() / 1e9;
                     format!("{:.0}%", 100.0 * gbps / copy_gbps)
                 });
-                println!(
+                out!(
                     "{:<34} {:>5} {:>10.3} {:>10.3} {:>9.1} {:>9.2} {:>9} {:>14.6e}{of_tier}",
                     w.id(),
                     dtype,
@@ -203,7 +203,7 @@ fn run_workloads<B: Backend>(backend: &B, plan: &RunPlan) -> eia::Result<()> {
         }
     }
     if !plan.json {
-        println!(
+        out!(
             "done: {} results, {:.1} s of op time",
             plan.workloads.len() * plan.dtypes.len(),
             total.as_secs_f64()
