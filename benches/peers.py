@@ -27,7 +27,9 @@ For gemm workloads numpy `a @ b` (its bundled OpenBLAS) is timed as a second
 peer, in FP32 only (numpy's fp16 matmul is not a BLAS kernel, not a fair peer).
 
 `peers.py --join EIA.jsonl PEERS.jsonl` instead prints the comparison table
-(used by benches/compare.sh): eia's throughput, each peer's, and eia/peer; for
+(used by benches/compare.sh): eia's throughput, each peer's, and eia/peer (with
+several rounds of records per workload, in round order: medians, and the median
+of the per-round ratios); for
 a memory-bound workload also the GB/s of the plain copy of the same bytes that
 `eia run` timed right after it, and eia's GB/s as a percentage of it.
 
@@ -212,10 +214,26 @@ def run_peers(args):
 # Join: the comparison table
 
 def join(eia_path, peers_path):
-    eia = read_jsonl(open(eia_path))
-    peers = {}
+    # Several rounds give several records per workload (in round order): medians over them, and
+    # eia/peer as the median of the per-round ratios.
+    rounds = {}  # (id, dtype) -> eia records
+    for e in read_jsonl(open(eia_path)):
+        rounds.setdefault((e["id"], e["dtype"]), []).append(e)
+    peer_rounds = {}  # (id, dtype, peer) -> peer records
     for r in read_jsonl(open(peers_path)):
-        peers[(r["id"], r["dtype"], r["peer"])] = r
+        peer_rounds.setdefault((r["id"], r["dtype"], r["peer"]), []).append(r)
+    median = statistics.median
+    eia = []
+    for records in rounds.values():
+        e = dict(records[0], median_s=median(r["median_s"] for r in records), times=[r["median_s"] for r in records])
+        if "copy_median_s" in e:
+            e["copy_median_s"] = median(r["copy_median_s"] for r in records)
+        eia.append(e)
+    peers = {}
+    for key, records in peer_rounds.items():
+        errors = [r for r in records if "error" in r]
+        peers[key] = errors[0] if errors else dict(records[0], times=[r["median_s"] for r in records],
+                                                   median_s=median(r["median_s"] for r in records))
     names = {"onnxruntime": "ort", "numpy": "numpy"}  # peer -> column label
 
     def rate(e, median):
@@ -248,15 +266,18 @@ def join(eia_path, peers_path):
                 notes.append(f"{e['id']} {e['dtype']} {n}: {p['error']}")
             else:
                 mark = "*" if p.get("fallback") else ""
-                ratio = p["median_s"] / e["median_s"]
+                ratio = median(pt / et for pt, et in zip(p["times"], e["times"]))
                 line += f" {rate(e, p['median_s']):>8.2f}{mark or ' '} {ratio:>8.2f}x"
                 if mark:
                     fallbacks.setdefault(f"{e['family']} {e['dtype']}: {p['graph']}", []).append(e["id"])
         print(line)
     print()
-    print("Throughput = eia's flops (GFLOPS) or bytes (GB/s) for the workload / median time; "
-          "eia/peer = peer median / eia median (>1: eia faster); copy = GB/s of a plain copy of "
-          "the same bytes in eia's run (eia/copy: eia's GB/s as a percentage of it).")
+    n = max(len(r) for r in rounds.values()) if rounds else 0
+    print(f"Throughput = eia's flops (GFLOPS) or bytes (GB/s) for the workload / median time "
+          f"(over {n} round{'s' if n != 1 else ''}: each workload on eia and its peers back to back); "
+          "eia/peer = peer time / eia time, the median of the rounds' ratios (>1: eia faster); "
+          "copy = GB/s of a plain copy of the same bytes in eia's run (eia/copy: eia's GB/s as a "
+          "percentage of it).")
     if fallbacks:
         print("* onnxruntime inserted Cast nodes (no CPU kernel for the op in this dtype: it ran in fp32):")
         for graph, ids in fallbacks.items():
