@@ -92,7 +92,8 @@ for names, (_, kind, flops) in eia[0].items():
         rows.append((0.0, names[0], kind, st.median(e), None, None, flops))
         continue
     ratio = st.median(y / x for x, y in zip(e, o))
-    rows.append((st.median(e) - st.median(o), names[0], kind, st.median(e), st.median(o), ratio, flops))
+    e, o = st.median(e), st.median(o)
+    rows.append((e - o, names[0], kind, e, o, ratio, flops))
 
 matched = sum(r[4] for r in rows if r[4] is not None)
 print(f"\n{a.model}, batch {a.batch}, {a.threads} threads, {a.rounds} rounds of {a.runs}: "

@@ -225,15 +225,16 @@ def join(eia_path, peers_path):
     median = statistics.median
     eia = []
     for records in rounds.values():
-        e = dict(records[0], median_s=median(r["median_s"] for r in records), times=[r["median_s"] for r in records])
+        times = [r["median_s"] for r in records]
+        e = dict(records[0], median_s=median(times), times=times)
         if "copy_median_s" in e:
             e["copy_median_s"] = median(r["copy_median_s"] for r in records)
         eia.append(e)
     peers = {}
     for key, records in peer_rounds.items():
         errors = [r for r in records if "error" in r]
-        peers[key] = errors[0] if errors else dict(records[0], times=[r["median_s"] for r in records],
-                                                   median_s=median(r["median_s"] for r in records))
+        times = [r["median_s"] for r in records]
+        peers[key] = errors[0] if errors else dict(records[0], median_s=median(times), times=times)
     names = {"onnxruntime": "ort", "numpy": "numpy"}  # peer -> column label
 
     def rate(e, median):
@@ -274,8 +275,8 @@ def join(eia_path, peers_path):
     print()
     n = max(len(r) for r in rounds.values()) if rounds else 0
     print(f"Throughput = eia's flops (GFLOPS) or bytes (GB/s) for the workload / median time "
-          f"(over {n} round{'s' if n != 1 else ''}: each workload on eia and its peers back to back); "
-          "eia/peer = peer time / eia time, the median of the rounds' ratios (>1: eia faster); "
+          f"(over {n} round{'s' if n != 1 else ''}: each workload on eia and its peers back to "
+          "back); eia/peer = peer time / eia time, the median of the rounds' ratios (>1: eia faster); "
           "copy = GB/s of a plain copy of the same bytes in eia's run (eia/copy: eia's GB/s as a "
           "percentage of it).")
     if fallbacks:

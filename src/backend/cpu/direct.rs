@@ -28,12 +28,13 @@
 //! runs for every block of its item's group in turn, so its input stays in L1 (a `Channels` tile
 //! also prefetches a share of the weights read next, see [`Weights`]). Where `y` is FP32,
 //! `Positions` tiles write `y`, each frame row's first `q` positions onto an output row (a
-//! vector crossing a row's end stored in two masked parts, [`Wrap`]; frame rows of at least 16);
-//! otherwise tiles write a small buffer, copied into `y` (`Channels` tiles: transposed), an FP16 `y` rounded on the way (no
-//! FP32 copy of the whole output). The convolution's epilogue (bias, residual sum, ReLU or
-//! Clip) is applied in registers: by `Positions` tiles as they store (the sum only where they
-//! write `y`), by the transposes of `Channels` tiles; a `Positions` buffer with a residual sum
-//! is finished by a pass over each of its rows as it is copied.
+//! vector crossing a row's end stored in two masked parts, [`Wrap`]; frame rows of at least
+//! 16); otherwise tiles write a small buffer, copied into `y` (`Channels` tiles: transposed),
+//! an FP16 `y` rounded on the way (no FP32 copy of the whole output). The convolution's
+//! epilogue (bias, residual sum, ReLU or Clip) is applied in registers: by `Positions` tiles as
+//! they store (the sum only where they write `y`), by the transposes of `Channels` tiles; a
+//! `Positions` buffer with a residual sum is finished by a pass over each of its rows as it is
+//! copied.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -560,7 +561,8 @@ fn block_chunk(rs: usize, f: usize) -> usize {
 /// group in turn, so the input it reads stays in L1 and the weights stream from L2 (or, with
 /// one block per item, stay in L1: see [`BLOCK_CHUNK_WEIGHT_BYTES`]). Where `y` is FP32 and
 /// frame rows are output rows or at least 16 long ([`Wrap`]), `Positions` tiles write `y`
-/// directly; otherwise tiles write a buffer, copied (or transposed, and FP16 rounded) into `y` at the end.
+/// directly; otherwise tiles write a buffer, copied (or transposed, and FP16 rounded) into `y`
+/// at the end.
 fn compute<Y: Element>(
     plan: &ConvPlan,
     g: &Geometry,
