@@ -70,7 +70,9 @@ done < "$tmp/workloads.jsonl"
 : > "$tmp/eia.jsonl"
 : > "$tmp/peers.jsonl"
 on_eia() {  # workload id, dtype
-    $eia run --json --filter "$1" --dtype "$2" --seconds "$seconds" | grep -F "\"id\":\"$1\"," >> "$tmp/eia.jsonl"
+    $eia run --json --filter "$1" --dtype "$2" --seconds "$seconds" > "$tmp/one.jsonl"
+    grep -F "\"id\":\"$1\"," "$tmp/one.jsonl" >> "$tmp/eia.jsonl" ||
+        { echo "compare.sh: eia run printed no result for $1 $2" >&2; exit 1; }
 }
 on_peers() {  # workload line, dtype
     printf '%s\n' "$1" | $py benches/peers.py --dtype "$2" --seconds "$seconds" >> "$tmp/peers.jsonl"
