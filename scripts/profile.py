@@ -16,7 +16,13 @@ gives each node's kernel time; per node the median over the same number of runs.
 onnxruntime runs in FP32 whatever `--fp16` says (its CPU provider casts FP16 models to FP32
 around most ops), as in `scripts/models.py --bench`.
 
+On a machine whose speed drifts from one minute to the next, `--rounds R` runs eia and then
+onnxruntime R times in turn: every time is then the median over the rounds, and each matched
+node's ort/eia the median of its per-round ratios. `--threads T` gives both T threads (eia's
+RAYON_NUM_THREADS, onnxruntime's intra_op_num_threads; default every core).
+
 Usage: scripts/profile.py --eia target/release/eia MODEL.onnx [--batch N] [--fp16] [--runs N]
+       [--rounds R] [--threads T]
 (`eia zoo resnet50 -o r50.onnx` writes a model.)
 """
 
@@ -33,22 +39,23 @@ import numpy as np
 import onnxruntime as ort
 
 
-def run_eia(eia, model, x, batch, fp16, runs, tmp):
+def run_eia(eia, model, x, batch, fp16, runs, threads, tmp):
     xin, prof = os.path.join(tmp, "x.npy"), os.path.join(tmp, "eia.json")
     np.save(xin, x)
     cmd = [eia, "infer", model, "--input", xin, "--batch", str(batch), "--runs", str(runs),
            "--profile", "--profile-json", prof] + (["--fp16"] if fp16 else [])
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
     if r.returncode != 0:
         sys.exit(f"eia infer failed: {' '.join(cmd)}\n{r.stdout}{r.stderr}")
     with open(prof) as f:
         return json.load(f)
 
 
-def run_ort(model, x, runs, tmp):
+def run_ort(model, x, runs, threads, tmp):
     """onnxruntime's wall-clock p50, and each node's (kind, median kernel ms) by name."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = os.cpu_count()
+    opts.intra_op_num_threads = threads
     plain = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     feed = {plain.get_inputs()[0].name: x}
     plain.run(None, feed)
@@ -93,19 +100,34 @@ def main():
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
+    if a.rounds < 1 or a.threads < 1:
+        ap.error("--rounds and --threads take a whole number ≥ 1")
     shape = [a.batch] + [d if isinstance(d, int) else 1 for d in
                          ort.InferenceSession(a.model, providers=["CPUExecutionProvider"])
                          .get_inputs()[0].shape[1:]]
     x = np.random.default_rng(a.seed).uniform(-1, 1, shape).astype(np.float32)
+    eia_rounds, ort_rounds = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        e = run_eia(a.eia, a.model, x, a.batch, a.fp16, a.runs, tmp)
-        ort_p50, o = run_ort(a.model, x, a.runs, tmp)
+        for _ in range(a.rounds):
+            eia_rounds.append(run_eia(a.eia, a.model, x, a.batch, a.fp16, a.runs, a.threads, tmp))
+            ort_rounds.append(run_ort(a.model, x, a.runs, a.threads, tmp))
+    # Medians over the rounds (eia lists its ops in the same order every round).
+    median = lambda values: float(np.median(list(values)))  # noqa: E731
+    e = dict(eia_rounds[0], p50_ms=median(r["p50_ms"] for r in eia_rounds),
+             nodes=[dict(n, ms=median(r["nodes"][i]["ms"] for r in eia_rounds))
+                    for i, n in enumerate(eia_rounds[0]["nodes"])])
+    ort_p50 = median(p50 for p50, _ in ort_rounds)
+    o = {name: (kind, median(nodes[name][1] for _, nodes in ort_rounds))
+         for name, (kind, _) in ort_rounds[0][1].items()}
     e_sum = sum(n["ms"] for n in e["nodes"])
     o_sum = sum(ms for _, ms in o.values())
     load = os.getloadavg()
     print(f"{os.path.basename(a.model)} batch {a.batch}, eia {'FP16' if a.fp16 else 'FP32'}, "
-          f"onnxruntime {ort.__version__} FP32, {os.cpu_count()} cores, medians of {a.runs} runs, "
+          f"onnxruntime {ort.__version__} FP32, {a.threads} threads, medians of {a.runs} runs "
+          f"({a.rounds} round{'s' if a.rounds > 1 else ''}), "
           f"load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(f"  eia:         ops sum {e_sum:9.2f} ms, whole program p50 {e['p50_ms']:9.2f} ms, "
           f"{len(e['nodes'])} ops")
@@ -127,19 +149,24 @@ def main():
     ort_by = {(name[: -len("_nchwc")] if name.endswith("_nchwc") else name): v
               for name, v in o.items()}
     matched = []
-    for n in e["nodes"]:
-        hit = next((ort_by[m] for m in reversed(n["nodes"]) if m in ort_by), None)
-        if hit:
-            matched.append((n, hit))
+    for i, n in enumerate(e["nodes"]):
+        name = next((m for m in reversed(n["nodes"]) if m in ort_by), None)
+        if name:
+            # ort/eia: the median of the rounds' ratios.
+            ort_name = name if name in o else name + "_nchwc"
+            ratio = median(nodes[ort_name][1] / r["nodes"][i]["ms"]
+                           for r, (_, nodes) in zip(eia_rounds, ort_rounds))
+            matched.append((n, ort_by[name], ratio))
     matched.sort(key=lambda m: -(m[0]["ms"] - m[1][1]))
     print(f"\n  {len(matched)} of {len(e['nodes'])} eia ops match an onnxruntime node by name; "
           "largest eia − onnxruntime first:")
     print(f"  {'eia op':<20}{'eia ms':>9}{'GFLOPS':>8}   {'ort op':<14}{'ort ms':>9}{'GFLOPS':>8}"
-          "   nodes")
-    for n, (kind, ms) in matched[:15]:
+          f"{'ort/eia':>9}   nodes")
+    for n, (kind, ms), ratio in matched[:15]:
         gf = n["flops"] / 1e6
         print(f"  {n['kind']:<20}{n['ms']:>9.2f}{gf / max(n['ms'], 1e-9):>8.1f}   "
-              f"{kind:<14}{ms:>9.2f}{gf / max(ms, 1e-9):>8.1f}   {'+'.join(n['nodes'])}")
+              f"{kind:<14}{ms:>9.2f}{gf / max(ms, 1e-9):>8.1f}{ratio:>9.2f}   "
+              f"{'+'.join(n['nodes'])}")
 
 if __name__ == "__main__":
     main()
