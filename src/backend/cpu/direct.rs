@@ -945,7 +945,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Columns, Finish, Wrap, LANES};
-    use crate::backend::cpu::avx512::{first, store, transpose16};
+    use crate::backend::cpu::avx512::{first, inside, store, transpose16};
     use crate::dtype::Element;
 
     /// [`super::tile`] for a `T × F` tile, with the taps' offsets given.
@@ -1043,14 +1043,10 @@ mod avx512 {
         let (wf, q) = (wrap.wf as isize, wrap.q as isize);
         // Output offset of frame position s if it lay in frame row r.
         let at = |r: isize| s as isize - r * (wf - q);
-        // Lanes l with lo ≤ col + l < hi.
-        let lanes = |lo: isize, hi: isize| {
-            let clamp = |v: isize| (v - col).clamp(0, LANES as isize) as usize;
-            first(clamp(hi)) & !first(clamp(lo))
-        };
+        // Lanes whose column col + l is one of the first q of this row, or of the next.
         [
-            (at(row), lanes(0, q) & valid),
-            (at(row + 1), lanes(wf, wf + q) & valid),
+            (at(row), inside(col, q) & valid),
+            (at(row + 1), inside(col - wf, q) & valid),
         ]
     }
 
