@@ -11,7 +11,7 @@ gives each node's kernel time; per node the median over the same number of runs.
 - time per op kind, eia's kinds (`Conv+Relu`, `Conv(depthwise)`, …) and onnxruntime's (after
   its fusions: `FusedConv`, NCHWc `Conv`, `ReorderInput`, …) side by side;
 - the nodes both runtimes name alike (onnxruntime keeps the first node's name when it fuses),
-  the largest eia − onnxruntime differences first.
+  the largest eia − onnxruntime differences first: 15 of them, `--top N` for N (0: all).
 
 onnxruntime runs in FP32 whatever `--fp16` says (its CPU provider casts FP16 models to FP32
 around most ops), as in `scripts/models.py --bench`.
@@ -22,7 +22,7 @@ node's ort/eia the median of its per-round ratios. `--threads T` gives both T th
 RAYON_NUM_THREADS, onnxruntime's intra_op_num_threads; default every core).
 
 Usage: scripts/profile.py --eia target/release/eia MODEL.onnx [--batch N] [--fp16] [--runs N]
-       [--rounds R] [--threads T]
+       [--rounds R] [--threads T] [--top N]
 (`eia zoo resnet50 -o r50.onnx` writes a model.)
 """
 
@@ -102,9 +102,13 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--top", type=int, default=15,
+                    help="how many nodes to list, largest gap first (0: all)")
     a = ap.parse_args()
     if a.rounds < 1 or a.threads < 1:
         ap.error("--rounds and --threads take a whole number ≥ 1")
+    if a.top < 0:
+        ap.error("--top takes a whole number ≥ 0 (0: every node)")
     shape = [a.batch] + [d if isinstance(d, int) else 1 for d in
                          ort.InferenceSession(a.model, providers=["CPUExecutionProvider"])
                          .get_inputs()[0].shape[1:]]
@@ -162,10 +166,10 @@ def main():
           "largest eia − onnxruntime first:")
     print(f"  {'eia op':<20}{'eia ms':>9}{'GFLOPS':>8}   {'ort op':<14}{'ort ms':>9}{'GFLOPS':>8}"
           f"{'ort/eia':>9}   nodes")
-    for n, (kind, ms), ratio in matched[:15]:
+    for n, (kind, ms), ratio in matched[:a.top or len(matched)]:
         gf = n["flops"] / 1e6
-        print(f"  {n['kind']:<20}{n['ms']:>9.2f}{gf / max(n['ms'], 1e-9):>8.1f}   "
-              f"{kind:<14}{ms:>9.2f}{gf / max(ms, 1e-9):>8.1f}{ratio:>9.2f}   "
+        print(f"  {n['kind']:<20}{n['ms']:>9.3f}{gf / max(n['ms'], 1e-9):>8.1f}   "
+              f"{kind:<14}{ms:>9.3f}{gf / max(ms, 1e-9):>8.1f}{ratio:>9.2f}   "
               f"{'+'.join(n['nodes'])}")
 
 if __name__ == "__main__":
