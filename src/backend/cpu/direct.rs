@@ -26,11 +26,13 @@
 //! and kept with the weight tensor (see [`super::derived`]). Work is cut into (image, block of
 //! output rows, group of blocks of `F` output channels) items shared by the threads. Each tile
 //! runs for every block of its item's group in turn, so its input stays in L1 (a `Channels` tile
-//! also prefetches a share of the weights read next, see [`Weights`]). Where `y` is FP32,
-//! `Positions` tiles write `y`, each frame row's first `q` positions onto an output row (a
-//! vector crossing a row's end stored in two masked parts, [`Wrap`]; frame rows of at least
-//! 16); otherwise tiles write a small buffer, copied into `y` (`Channels` tiles: transposed),
-//! an FP16 `y` rounded on the way (no FP32 copy of the whole output). The convolution's
+//! also prefetches a share of the weights read next, see [`Weights`]). Where `y` is FP32, or
+//! FP16 and one channel chunk holds every input channel (the stems: tiles then never add to
+//! what they stored), `Positions` tiles write `y`, each frame row's first `q` positions onto an
+//! output row (a vector crossing a row's end stored in two masked parts, [`Wrap`]; frame rows
+//! of at least 16), FP16 rounded in the register; otherwise tiles write a small buffer, copied
+//! into `y` (`Channels` tiles: transposed), an FP16 `y` rounded on the way (no FP32 copy of the
+//! whole output). The convolution's
 //! epilogue (bias, residual sum, ReLU or Clip) is applied in registers: by `Positions` tiles as
 //! they store (the sum only where they write `y`), by the transposes of `Channels` tiles; a
 //! `Positions` buffer with a residual sum is finished by a pass over each of its rows as it is
@@ -559,10 +561,10 @@ fn block_chunk(rs: usize, f: usize) -> usize {
 /// Every (image, row block, group of output channel blocks) item of one group of framed images
 /// into its part of `y` (`[images, k, p, q]`). Each tile of an item runs for every block of its
 /// group in turn, so the input it reads stays in L1 and the weights stream from L2 (or, with
-/// one block per item, stay in L1: see [`BLOCK_CHUNK_WEIGHT_BYTES`]). Where `y` is FP32 and
-/// frame rows are output rows or at least 16 long ([`Wrap`]), `Positions` tiles write `y`
-/// directly; otherwise tiles write a buffer, copied (or transposed, and FP16 rounded) into `y`
-/// at the end.
+/// one block per item, stay in L1: see [`BLOCK_CHUNK_WEIGHT_BYTES`]). Where `y` is FP32 (or
+/// FP16 with every channel in one chunk) and frame rows are output rows or at least 16 long
+/// ([`Wrap`]), `Positions` tiles write `y` directly; otherwise tiles write a buffer, copied (or
+/// transposed, and FP16 rounded) into `y` at the end.
 fn compute<Y: Element>(
     plan: &ConvPlan,
     g: &Geometry,
@@ -582,11 +584,12 @@ fn compute<Y: Element>(
         .min(TILE_INPUT_BYTES / (4 * (step + g.reach)))
         .min(block_chunk(rs, g.f))
         .clamp(1, plan.c);
-    // Tiles accumulate a chunk at a time into what they write: in FP32 only. Frame rows longer
-    // than output rows wrap onto them (`Wrap`) where a vector spans at most two.
+    // Tiles accumulate a chunk at a time into what they write: in FP32 only, so an FP16 `y`
+    // only where one chunk holds every channel (the stems). Frame rows longer than output rows
+    // wrap onto them (`Wrap`) where a vector spans at most two.
     let into_y = matches!(g.tile, Tile::Positions { .. })
         && (g.wf == plan.q || g.wf >= LANES)
-        && Y::DTYPE == DType::F32;
+        && (Y::DTYPE == DType::F32 || chunk == plan.c);
     let wraps = g.wf != plan.q;
     // `Positions` tiles apply the epilogue themselves: into y, or without a residual sum into
     // the buffer, whose values are then only copied.
@@ -663,14 +666,15 @@ fn compute<Y: Element>(
                             .as_ref()
                             .map_or(&[][..], |n| n.share(w, kbi, j / step, passes));
                         let wc = &w[((kb0 + kbi) * plan.c + c0) * rs * g.f..][..cn * rs * g.f];
-                        // SAFETY (all three): `applies` checked AVX-512F. A `Positions` tile
-                        // reads the `cn` channel frames of `xc` at p0·wf + j + tap + (0..valid),
-                        // frame positions under p·wf + tap: at most (cn − 1)·chan + p·wf + tap −
-                        // 1 < cn·chan + slack, inside `x` (bounded above); a `Channels` tile
-                        // reads them at an output position's frame offset + tap, inside each
-                        // channel's frame. `wc` holds cn·rs·f weights. A tile writes its first
-                        // `fv` rows × `valid` positions into y (rows p0.. of channels
-                        // (kb0 + kbi)·f.., which this item alone writes: valid ≤ run − j), or
+                        // SAFETY (all three): `applies` checked AVX-512 F, BW and VL. A
+                        // `Positions` tile reads the `cn` channel frames of `xc` at p0·wf + j +
+                        // tap + (0..valid), frame positions under p·wf + tap: at most
+                        // (cn − 1)·chan + p·wf + tap − 1 < cn·chan + slack, inside `x` (bounded
+                        // above); a `Channels` tile reads them at an output position's frame
+                        // offset + tap, inside each channel's frame. `wc` holds cn·rs·f weights.
+                        // A tile writes its first `fv` rows × `valid` positions into y (rows p0..
+                        // of channels (kb0 + kbi)·f.., which this item alone writes: valid ≤
+                        // run − j; an FP16 y only from one chunk, so never accumulating), or
                         // t·16 × f (at most t × f) values into block kbi of `buf`.
                         unsafe {
                             match g.tile {
@@ -686,12 +690,6 @@ fn compute<Y: Element>(
                                     } else {
                                         (first(kbi) + j, None)
                                     };
-                                    let (dst, dst_ld, wrap) = if into_y {
-                                        // `into_y`: Y is f32.
-                                        (out.ptr().cast::<f32>().add(at), pq, wrap)
-                                    } else {
-                                        (buf[kbi * g.f * ld + j..].as_mut_ptr(), ld, None)
-                                    };
                                     // Finished by the last chunk.
                                     let finish =
                                         (finished_by_tiles && c0 + cn == plan.c).then(|| Finish {
@@ -699,21 +697,40 @@ fn compute<Y: Element>(
                                             sum: add.sum.map(|s| &s[at..]),
                                             bounds,
                                         });
-                                    tile(
-                                        g,
-                                        xc[p0 * g.wf + j..].as_ptr(),
-                                        &[],
-                                        valid,
-                                        wc,
-                                        cn,
-                                        dst,
-                                        dst_ld,
-                                        fv(kbi),
-                                        c0 > 0,
-                                        finish,
-                                        &[],
-                                        wrap,
-                                    )
+                                    let x = xc[p0 * g.wf + j..].as_ptr();
+                                    if into_y {
+                                        tile(
+                                            g,
+                                            x,
+                                            &[],
+                                            valid,
+                                            wc,
+                                            cn,
+                                            out.ptr().add(at),
+                                            pq,
+                                            fv(kbi),
+                                            c0 > 0,
+                                            finish,
+                                            &[],
+                                            wrap,
+                                        )
+                                    } else {
+                                        tile(
+                                            g,
+                                            x,
+                                            &[],
+                                            valid,
+                                            wc,
+                                            cn,
+                                            buf[kbi * g.f * ld + j..].as_mut_ptr(),
+                                            ld,
+                                            fv(kbi),
+                                            c0 > 0,
+                                            finish,
+                                            &[],
+                                            None,
+                                        )
+                                    }
                                 }
                                 Tile::Channels { .. } => tile(
                                     g,
@@ -872,20 +889,22 @@ impl Weights {
 ///   few lines per channel.
 ///
 /// # Safety
-/// The CPU must support AVX-512F; every input the tile reads (`x + c·chan + tap + (0..valid)`,
-/// or `x + c·chan + base + tap`, for c < cn) must be readable, `w` must hold `cn·r·s·f` values
-/// and every output it writes (`out + fi·ld + (0..valid)` for fi < fv, those positions mapped
-/// by `wrap` if given, or `out + (0..valid·f)`) must be writable (and readable when
-/// `accumulate`), with `finish`'s sum (if any) holding a value at each of those offsets.
+/// The CPU must support AVX-512 F, BW and VL; every input the tile reads (`x + c·chan + tap +
+/// (0..valid)`, or `x + c·chan + base + tap`, for c < cn) must be readable, `w` must hold
+/// `cn·r·s·f` values and every output it writes (`out + fi·ld + (0..valid)` for fi < fv, those
+/// positions mapped by `wrap` if given, or `out + (0..valid·f)`) must be writable (and readable
+/// when `accumulate`), with `finish`'s sum (if any) holding a value at each of those offsets.
+/// `out` (`O`) is FP32 but for a `Positions` tile that does not accumulate (FP16 rounded as
+/// stored); the others assert it.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(
+unsafe fn tile<O: Element>(
     g: &Geometry,
     x: *const f32,
     bases: &[usize],
     valid: usize,
     w: &[f32],
     cn: usize,
-    out: *mut f32,
+    out: *mut O,
     ld: usize,
     fv: usize,
     accumulate: bool,
@@ -900,17 +919,23 @@ unsafe fn tile(
     unsafe {
         use avx512::{channels_of, positions, ChannelsTile};
         match g.tile {
-            Tile::Positions { t: 4, f: 6 } => positions::<4, 6>(
+            Tile::Positions { t: 4, f: 6 } => positions::<O, 4, 6>(
                 x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish, wrap,
             ),
-            Tile::Positions { t: 3, f: 8 } => positions::<3, 8>(
+            Tile::Positions { t: 3, f: 8 } => positions::<O, 3, 8>(
                 x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish, wrap,
             ),
-            Tile::Positions { t: 2, f: 12 } => positions::<2, 12>(
+            Tile::Positions { t: 2, f: 12 } => positions::<O, 2, 12>(
                 x, valid, chan, taps, w, cn, out, ld, fv, accumulate, finish, wrap,
             ),
             Tile::Channels { t: 6, v } => {
                 debug_assert!(fv <= v * LANES && (1..=6).contains(&valid));
+                assert_eq!(
+                    O::DTYPE,
+                    DType::F32,
+                    "`Channels` tiles write an FP32 buffer"
+                );
+                let out = out.cast::<f32>();
                 let tile = match valid {
                     6 => channels_of::<6>,
                     5 => channels_of::<5>,
@@ -946,22 +971,22 @@ mod avx512 {
 
     use super::{Columns, Finish, Wrap, LANES};
     use crate::backend::cpu::avx512::{first, inside, store, transpose16};
-    use crate::dtype::Element;
+    use crate::dtype::{DType, Element};
 
     /// [`super::tile`] for a `T × F` tile, with the taps' offsets given.
     ///
     /// # Safety
     /// As [`super::tile`].
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn positions<const T: usize, const F: usize>(
+    pub unsafe fn positions<O: Element, const T: usize, const F: usize>(
         x: *const f32,
         valid: usize,
         chan: usize,
         taps: &[usize],
         w: *const f32,
         cn: usize,
-        out: *mut f32,
+        out: *mut O,
         ld: usize,
         fv: usize,
         accumulate: bool,
@@ -995,9 +1020,10 @@ mod avx512 {
             };
             let mut acc = [[_mm512_setzero_ps(); T]; F];
             if accumulate {
+                assert_eq!(O::DTYPE, DType::F32, "tiles accumulate in FP32 only");
                 for (fi, row) in acc.iter_mut().enumerate().take(fv) {
                     for (i, a) in row.iter_mut().enumerate() {
-                        *a = load(out, fi, i);
+                        *a = load(out.cast::<f32>(), fi, i);
                     }
                 }
             }
@@ -1027,7 +1053,8 @@ mod avx512 {
             for (fi, row) in acc.iter().enumerate().take(fv) {
                 for (&a, runs) in row.iter().zip(&runs) {
                     for &(o, m) in runs.iter().filter(|&&(_, m)| m != 0) {
-                        _mm512_mask_storeu_ps(out.wrapping_add(fi * ld).wrapping_offset(o), m, a);
+                        // FP16 rounded to nearest even.
+                        store(out.wrapping_add(fi * ld).wrapping_offset(o), m, a);
                     }
                 }
             }
