@@ -150,17 +150,16 @@ def main():
         print(f"  {left}   {right}")
     # onnxruntime names a fused node after its group's last node (`relu_9`, `relu_9_nchwc`);
     # eia lists every node of its fused groups.
-    ort_by = {(name[: -len("_nchwc")] if name.endswith("_nchwc") else name): v
-              for name, v in o.items()}
+    # onnxruntime's name for each ONNX node name (its NCHWc rewrite appends `_nchwc`).
+    ort_name = {name.removesuffix("_nchwc"): name for name in o}
     matched = []
     for i, n in enumerate(e["nodes"]):
-        name = next((m for m in reversed(n["nodes"]) if m in ort_by), None)
+        name = next((ort_name[m] for m in reversed(n["nodes"]) if m in ort_name), None)
         if name:
             # ort/eia: the median of the rounds' ratios.
-            ort_name = name if name in o else name + "_nchwc"
-            ratio = median(nodes[ort_name][1] / r["nodes"][i]["ms"]
+            ratio = median(nodes[name][1] / r["nodes"][i]["ms"]
                            for r, (_, nodes) in zip(eia_rounds, ort_rounds))
-            matched.append((n, ort_by[name], ratio))
+            matched.append((n, o[name], ratio))
     matched.sort(key=lambda m: -(m[0]["ms"] - m[1][1]))
     print(f"\n  {len(matched)} of {len(e['nodes'])} eia ops match an onnxruntime node by name; "
           "largest eia − onnxruntime first:")

@@ -32,11 +32,10 @@
 //! output row (a vector crossing a row's end stored in two masked parts, [`Wrap`]; frame rows
 //! of at least 16), FP16 rounded in the register; otherwise tiles write a small buffer, copied
 //! into `y` (`Channels` tiles: transposed), an FP16 `y` rounded on the way (no FP32 copy of the
-//! whole output). The convolution's
-//! epilogue (bias, residual sum, ReLU or Clip) is applied in registers: by `Positions` tiles as
-//! they store (the sum only where they write `y`), by the transposes of `Channels` tiles; a
-//! `Positions` buffer with a residual sum is finished by a pass over each of its rows as it is
-//! copied.
+//! whole output). The convolution's epilogue (bias, residual sum, ReLU or Clip) is applied in
+//! registers: by `Positions` tiles as they store (the sum only where they write `y`), by the
+//! transposes of `Channels` tiles; a `Positions` buffer with a residual sum is finished by a pass
+//! over each of its rows as it is copied.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -697,39 +696,31 @@ fn compute<Y: Element>(
                                             sum: add.sum.map(|s| &s[at..]),
                                             bounds,
                                         });
+                                    // Into `y` (its storage type) or into the FP32 buffer.
                                     let x = xc[p0 * g.wf + j..].as_ptr();
+                                    macro_rules! into {
+                                        ($dst:expr, $ld:expr, $wrap:expr) => {
+                                            tile(
+                                                g,
+                                                x,
+                                                &[],
+                                                valid,
+                                                wc,
+                                                cn,
+                                                $dst,
+                                                $ld,
+                                                fv(kbi),
+                                                c0 > 0,
+                                                finish,
+                                                &[],
+                                                $wrap,
+                                            )
+                                        };
+                                    }
                                     if into_y {
-                                        tile(
-                                            g,
-                                            x,
-                                            &[],
-                                            valid,
-                                            wc,
-                                            cn,
-                                            out.ptr().add(at),
-                                            pq,
-                                            fv(kbi),
-                                            c0 > 0,
-                                            finish,
-                                            &[],
-                                            wrap,
-                                        )
+                                        into!(out.ptr().add(at), pq, wrap)
                                     } else {
-                                        tile(
-                                            g,
-                                            x,
-                                            &[],
-                                            valid,
-                                            wc,
-                                            cn,
-                                            buf[kbi * g.f * ld + j..].as_mut_ptr(),
-                                            ld,
-                                            fv(kbi),
-                                            c0 > 0,
-                                            finish,
-                                            &[],
-                                            None,
-                                        )
+                                        into!(buf[kbi * g.f * ld + j..].as_mut_ptr(), ld, None)
                                     }
                                 }
                                 Tile::Channels { .. } => tile(
