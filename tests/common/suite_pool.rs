@@ -195,6 +195,18 @@ fn cases() -> Vec<Case> {
         case([1, 2, 6, 50], [2, 2], [2, 2], [0; 4]),
         case([1, 2, 5, 65], [3, 3], [2, 2], [0, 2, 0, 0]),
         case([1, 1, 3, 40], [2, 17], [1, 1], [0, 8, 0, 8]),
+        // Unit strides with an output plane of the input's size (the AVX-512 flat kernel: the
+        // plane as one run of vectors): several planes with a 1-lane tail, a 5×5 window, pads
+        // on one side of each axis, a 2×2 window, a 1-row window, rows shorter than a vector,
+        // the largest plane pooled flat and one row more.
+        case([2, 3, 17, 17], [3, 3], [1, 1], [1; 4]),
+        case([1, 2, 9, 11], [5, 5], [1, 1], [2; 4]),
+        case([1, 2, 7, 9], [3, 3], [1, 1], [0, 2, 2, 0]),
+        case([1, 2, 6, 5], [2, 2], [1, 1], [0, 0, 1, 1]),
+        case([2, 2, 4, 20], [1, 5], [1, 1], [0, 2, 0, 2]),
+        case([1, 2, 5, 3], [3, 3], [1, 1], [1; 4]),
+        case([1, 1, 64, 64], [3, 3], [1, 1], [1; 4]),
+        case([1, 1, 65, 64], [3, 3], [1, 1], [1; 4]),
         // The stride-2 kernel's fixed three adjacent column taps: output rows 1, 15, 17 and
         // 33 wide (the last block of 16 one lane, whole, and one lane past), a 1-row map,
         // odd heights, one-sided pads.
@@ -259,6 +271,8 @@ fn dilated_cases() -> Vec<Case> {
         d(case([1, 2, 6, 35], [2, 4], [1, 1], [0; 4]), [1, 5]),
         // Dilated rows with three adjacent column taps at a column stride of 2.
         d(case([1, 2, 9, 35], [3, 3], [2, 2], [1; 4]), [2, 1]),
+        // Dilated taps with an output plane of the input's size (the flat kernel).
+        d(case([1, 2, 9, 10], [3, 3], [1, 1], [2, 0, 2, 2]), [2, 1]),
         // The sliding window of 3 rows with dilated columns.
         d(case([1, 2, 6, 20], [3, 3], [1, 1], [1, 2, 1, 2]), [1, 2]),
     ]

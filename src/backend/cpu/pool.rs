@@ -6,13 +6,14 @@
 //! [`Inverse`]). A MaxPool reduction starts at its identity `-inf` and a NaN never wins it (a
 //! window of NaNs gives `-inf`, as on the GPU). With AVX-512 and a column stride of 1 or 2,
 //! [`avx512`] does it in registers, 16 output columns at a time (for a column stride of 1 the
-//! other way round: each input row's column taps first, then the window's rows). Otherwise the
-//! portable kernel ([`plane`]) goes a group of output rows at a time, stage by stage: (1) each
-//! output row's reduced input rows into its padded row `v` (the reduction's identity — the
-//! padding's value — on both sides, so no tap needs a range check); (2) with a column stride
-//! `sw > 1`, each `v` split into its `sw` phases (columns `k, k + sw, …` contiguous) so that
-//! every column tap reads one contiguous slice; (3) the column taps straight into the output
-//! row.
+//! other way round: each input row's column taps first, then the window's rows); unit strides
+//! with an output plane of the input's size pool a small plane as one flat run of vectors
+//! instead ([`flat`]). Otherwise the portable kernel ([`plane`]) goes a group of output rows at
+//! a time, stage by stage: (1) each output row's reduced input rows into its padded row `v`
+//! (the reduction's identity — the padding's value — on both sides, so no tap needs a range
+//! check); (2) with a column stride `sw > 1`, each `v` split into its `sw` phases (columns `k,
+//! k + sw, …` contiguous) so that every column tap reads one contiguous slice; (3) the column
+//! taps straight into the output row.
 //! Each stage reads rows the stage before stored a group earlier: a load that straddles stores
 //! still in flight (the column taps' shifted reads of a row just made) would wait for them.
 //! Both reductions run in fixed blocks of 16 (or 8) lanes that compile to whole vector
@@ -26,6 +27,9 @@
 //! across their lanes together into one vector of outputs, else lane arrays folded in halves,
 //! one loop per task ([`globals`]; FP16 planes widened a group at a time, so that they are
 //! reduced from L1).
+
+#[cfg(target_arch = "x86_64")]
+mod flat;
 
 use rayon::prelude::*;
 
@@ -221,6 +225,15 @@ pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         );
     }
     let inv = Inverse::new(plan);
+    #[cfg(target_arch = "x86_64")]
+    if flat::applies(plan) {
+        let kernel = flat::Flat::new(plan, &inv);
+        return tasks.for_each_init(Vec::new, |h, (yt, xt)| {
+            for (yp, xp) in yt.chunks_mut(plane_out).zip(xt.chunks(plane_in)) {
+                kernel.plane(xp, yp, h);
+            }
+        });
+    }
     #[cfg(target_arch = "x86_64")]
     if avx512::applies(plan) {
         let kernel = avx512::Kernel::new(plan, &inv);
@@ -951,7 +964,7 @@ mod avx512 {
     /// operand when either is NaN) or the sum.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn step<const MAX: bool>(acc: __m512, x: __m512) -> __m512 {
+    pub(super) fn step<const MAX: bool>(acc: __m512, x: __m512) -> __m512 {
         if MAX {
             _mm512_max_ps(x, acc)
         } else {
@@ -965,7 +978,7 @@ mod avx512 {
     /// The CPU must support AVX-512 F, BW and VL; 16 elements at `p` must be writable.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn store_all<T: Element>(p: *mut T, v: __m512) {
+    pub(super) unsafe fn store_all<T: Element>(p: *mut T, v: __m512) {
         // SAFETY: the caller's contract.
         unsafe {
             match T::DTYPE {
