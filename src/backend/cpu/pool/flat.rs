@@ -90,8 +90,8 @@ impl Flat {
         let inv = if plan.kind == PoolKind::Max {
             Vec::new()
         } else {
-            let mut flat: Vec<f32> = (0..len)
-                .map(|i| inv.cols[i % plan.w] * inv.row(i / plan.w))
+            let mut flat: Vec<f32> = (0..plan.h)
+                .flat_map(|r| inv.cols[..plan.w].iter().map(move |&c| c * inv.row(r)))
                 .collect();
             flat.resize(vectors * 16, 0.0);
             flat
