@@ -7,9 +7,10 @@
 //! `h`, times the reciprocal of its window's count for an average. A tap whose position lies
 //! outside the row (or the plane) is masked: its lanes read the reduction's identity, not the
 //! neighbouring row's elements. The reductions run in the order of [`super::avx512`]'s
-//! (column taps first; a MaxPool from `-inf`, so a NaN never wins). Measured against that
-//! kernel (Inception's 256 × 35 × 35 AveragePool, in-process alternation, two threads): 0.85×
-//! the time at batch 8, 0.98× (FP32) and 0.91× (FP16) at batch 1.
+//! (column taps first; a MaxPool from `-inf`, so a NaN never wins). Against that kernel
+//! (Inception's 256 × 35 × 35 AveragePool, in-process alternation, median per-round ratios of
+//! two runs): 0.82–0.93× the time at batch 8 and on one thread, FP16 at batch 1 on two threads
+//! 0.91; FP32 at batch 1 on two threads 0.98 and 1.14 (undecided).
 
 use std::arch::x86_64::*;
 
