@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close_scaled, f64s, poisoned, reference};
+use common::{abs, assert_close_scaled, f64s, poisoned, reference};
 use eia::ops::{AutoPad, Conv, Gemm};
 use eia::{Backend, CpuBackend, DType, HostTensor};
 use proptest::prelude::*;
@@ -81,7 +81,6 @@ proptest! {
         // The same on absolute values (no ReLU) bounds what rounding may cost where the bias and
         // the terms cancel, as in the conformance suite: a sum of a few terms near zero is
         // judged by the size of its terms, not by itself.
-        let abs = |t: &HostTensor| f64s(t).into_iter().map(f64::abs).collect::<Vec<_>>();
         let b_abs = b.as_ref().map(abs);
         let linear = Conv { relu: false, ..op.clone() };
         let (scale, _) = reference::conv(&linear, &abs(&x), &x_shape, &abs(&wt), &w_shape, b_abs.as_deref());
@@ -102,7 +101,6 @@ proptest! {
         let (want, shape) = reference::gemm(&f64s(&a), &a_shape, &f64s(&b), &b_shape, None, 0.75, 0.0, trans_a, trans_b, false);
         // Judged against |A|·|B| (a single output of a few cancelling products is judged by
         // the size of its terms, as for Conv above).
-        let abs = |t: &HostTensor| f64s(t).into_iter().map(f64::abs).collect::<Vec<_>>();
         let (scale, _) = reference::gemm(&abs(&a), &a_shape, &abs(&b), &b_shape, None, 0.75, 0.0, trans_a, trans_b, false);
         let cpu = CpuBackend::new();
         let mut y = poisoned(&cpu, dtype, &shape);

@@ -60,6 +60,11 @@ pub fn poisoned<B: Backend>(backend: &B, dtype: DType, shape: &[usize]) -> Tenso
         .unwrap()
 }
 
+/// The magnitudes of `t`'s elements (the terms of an error bound, for [`assert_close_scaled`]).
+pub fn abs(t: &HostTensor) -> Vec<f64> {
+    f64s(t).iter().map(|v| v.abs()).collect()
+}
+
 /// Asserts `got` (downloaded) matches `want` within the dtype's relative error bound; NaN in
 /// `got` fails unless `want` has NaN in the same place.
 pub fn assert_close(what: &str, got: &HostTensor, want: &[f64], want_shape: &[usize]) {

@@ -8,7 +8,7 @@ use eia::{Backend, DType, Error, HostTensor};
 use rand::RngExt;
 
 use super::suite_unary::unary;
-use super::{assert_close, assert_close_scaled, f64s, poisoned, random, reference, rng};
+use super::{abs, assert_close, assert_close_scaled, f64s, poisoned, random, reference, rng};
 
 /// A fused Clip for outputs `want` (float64, the ReLU already applied): bounds at quantiles of
 /// the values, so that many outputs land on each bound (`variant` 0: both bounds, 1: only max,
@@ -33,11 +33,6 @@ fn fused_clip(want: &mut Vec<f64>, variant: usize) -> Clip {
     };
     *want = unary(&Op::Clip(clip), want);
     clip
-}
-
-/// The magnitudes of `t`'s elements (the terms of an error bound).
-fn abs(t: &HostTensor) -> Vec<f64> {
-    f64s(t).iter().map(|v| v.abs()).collect()
 }
 
 fn up<B: Backend>(b: &B, t: &HostTensor) -> eia::Tensor<B::Storage> {

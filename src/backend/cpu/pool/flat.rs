@@ -171,7 +171,7 @@ impl Flat {
                 if left >= 16 {
                     store_all(yp.add(16 * v), acc)
                 } else {
-                    store(yp.add(16 * v), (1u16 << left) - 1, acc)
+                    store(yp.add(16 * v), first(left), acc)
                 }
             }
         }
