@@ -279,6 +279,37 @@ fn fp32_3x3_weights_are_packed_once_for_the_direct_kernel_and_a_write_invalidate
 }
 
 #[test]
+fn fp32_3x3_weights_are_transformed_once_for_the_winograd_kernel_and_a_write_invalidates_them() {
+    let mut rng = rng("fp32_3x3_weights_are_transformed_once_for_the_winograd_kernel");
+    let (cpu, account) = counted_cpu(u64::MAX);
+    let op = conv3x3();
+    // 16 output columns: rows of 8 tiles, on the Winograd kernel with AVX-512.
+    let (x, xh) = upload(&cpu, &mut rng, DType::F32, &[2, 16, 16, 16]);
+    let (mut w, wh) = upload(&cpu, &mut rng, DType::F32, &[192, 16, 3, 3]);
+    // 16 transformed values per 3×3 filter (192 output channels fill every register tile); the
+    // GEMM lowering of the narrower instruction sets reads FP32 weights as they are.
+    let transformed = if cpu.simd() == "avx512" {
+        4 * 16 * 192 * 16
+    } else {
+        0
+    };
+    for run in ["first run", "cached run"] {
+        check_conv(&cpu, run, &op, (&x, &xh), (&w, &wh));
+        assert_eq!(w.storage().derived_bytes(), transformed, "{run}");
+        assert_eq!(account.held(), transformed, "{run}");
+    }
+    let new = random(&mut rng, DType::F32, wh.shape(), -1.0, 1.0);
+    cpu.write(&mut w, &new).unwrap();
+    assert_eq!((w.storage().derived_bytes(), account.held()), (0, 0));
+    for run in ["after the write", "after the write, cached again", "cached"] {
+        check_conv(&cpu, run, &op, (&x, &xh), (&w, &new));
+    }
+    assert_eq!(account.held(), transformed);
+    drop(w);
+    assert_eq!(account.held(), 0);
+}
+
+#[test]
 fn a_cache_over_the_accounts_limit_is_not_built() {
     let mut rng = rng("a_cache_over_the_accounts_limit_is_not_built");
     let op = conv3x3();

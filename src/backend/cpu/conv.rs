@@ -15,9 +15,10 @@
 //! them in registers where they can). An FP16 pointwise convolution's blocks go through two
 //! buffers, its input columns widened into one and its outputs rounded out of the other by the
 //! task that computes them (`pointwise_f16`). Convolutions with one input channel per group use
-//! the direct kernel in `depthwise`, and with AVX-512 dense convolutions larger than 1×1 or
+//! the direct kernel in `depthwise`, and with AVX-512 the 3×3 unit-stride ones of enough
+//! channels the Winograd kernel in `winograd`, other dense convolutions larger than 1×1 or
 //! strided, and some pointwise ones, the direct kernel in `direct`, instead of this lowering
-//! (the CPU backend's launch picks, see `direct::applies`).
+//! (the CPU backend's launch picks, see `winograd::applies` and `direct::applies`).
 
 use gemm::Parallelism;
 use rayon::prelude::*;

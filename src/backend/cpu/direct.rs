@@ -355,7 +355,7 @@ pub struct PackedWeights {
 
 impl PackedWeights {
     /// `len` zeros.
-    fn zeros(len: usize) -> Self {
+    pub(super) fn zeros(len: usize) -> Self {
         PackedWeights {
             lines: vec![Line([0.0; LANES]); len.div_ceil(LANES)],
             len,

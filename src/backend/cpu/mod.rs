@@ -3,7 +3,8 @@
 //! and convolution run on FP32 kernels (FP16 operands are widened once, accumulated in FP32 and
 //! rounded once on output; FP16 weights — a conv's weights, a GEMM's B — are widened once per
 //! tensor and the copy cached with it, or packed once for the direct convolution, see
-//! [`derived`] and [`direct`]; the direct and depthwise convolutions widen FP16 input as they
+//! [`derived`] and [`direct`], or transformed once for the Winograd convolution, see
+//! [`winograd`]; the direct, Winograd and depthwise convolutions widen FP16 input as they
 //! copy or load it, and the depthwise one rounds its FP16 output in registers; the GEMM lowering
 //! of an FP16 pointwise convolution widens and rounds one block of columns at a time); batch
 //! norm and softmax stream FP16 through FP32 registers chunk by chunk.
@@ -27,6 +28,7 @@ mod scratch;
 mod simd;
 mod softmax;
 mod unary;
+mod winograd;
 
 use std::sync::Arc;
 
@@ -201,7 +203,13 @@ impl Backend for CpuBackend {
                     bias: bias.as_deref(),
                     sum: sum.as_deref(),
                 };
-                if direct::applies(p) {
+                if winograd::applies(p) {
+                    let u = winograd::weights(p, inputs[1], account);
+                    match y {
+                        HostData::F32(y) => winograd::conv(p, x[0], &u, add, y),
+                        HostData::F16(y) => winograd::conv(p, x[0], &u, add, y),
+                    }
+                } else if direct::applies(p) {
                     let w = direct::packed_weights(p, inputs[1], account);
                     match y {
                         HostData::F32(y) => direct::conv(p, x[0], &w, add, y),
