@@ -1,6 +1,7 @@
 //! The CPU backend's cache of forms derived from a tensor (FP16 weights widened once, a
-//! convolution's weights packed for the direct kernel; see `src/backend/cpu/derived.rs`): results through the cache match the float64 reference on
-//! every run; uploaded weights are cached from their first read; a write to the weights —
+//! convolution's weights packed for the direct kernel or transformed for the Winograd one; see
+//! `src/backend/cpu/derived.rs`): results through the cache match the float64 reference on every
+//! run; uploaded weights are cached from their first read; a write to the weights —
 //! through `write`, or as an op's output — invalidates it;
 //! its memory is charged before it is built and returned when the tensor is dropped; through an
 //! accelerator it counts against the memory quota, and a cache that would not fit is not built
