@@ -121,13 +121,13 @@ fn direct_conv_edges() {
     conv_cases("direct_conv_edges", &cases, true);
 }
 
-/// Shapes for the Winograd convolution of the AVX-512 path (`src/backend/cpu/winograd.rs`; 3×3,
-/// unit strides, at least 16 input and output channels and 13 output columns; on the narrower
-/// instruction sets they run the GEMM lowering): odd output sizes (a tile's second row or
-/// column past the map), tile rows of more than one vector with a partial last one, padding
-/// uneven and larger than half the kernel, blocks of tile rows spanning images, input channels
-/// in several chunks, output channels that fill no register tile and split into groups; every
-/// other case with a fused Clip, two in three with a residual sum.
+/// Shapes for the Winograd convolution of the AVX-512 path (`src/backend/cpu/winograd.rs`: 3×3,
+/// unit strides, at least 16 input and output channels, 13 output columns and 128 tiles of 2×2
+/// outputs; on the narrower instruction sets they run the GEMM lowering): odd output sizes (a
+/// tile's second row or column past the map), tile rows of more than one vector with a partial
+/// last one, padding uneven and larger than half the kernel, blocks of tile rows spanning
+/// images, input channels in several chunks, output channels that fill no register tile and
+/// split into groups; every other case with a fused Clip, two in three with a residual sum.
 #[test]
 fn winograd_conv_edges() {
     use eia::ops::Conv;
@@ -136,11 +136,11 @@ fn winograd_conv_edges() {
         ..Conv::default()
     };
     let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 6] = [
-        ([1, 16, 13, 13], [16, 16, 3, 3], conv([1; 4])),
+        ([3, 16, 13, 13], [16, 16, 3, 3], conv([1; 4])),
         ([2, 24, 37, 40], [22, 24, 3, 3], conv([0, 2, 1, 0])),
         ([3, 200, 14, 14], [70, 200, 3, 3], conv([1; 4])),
         ([1, 16, 15, 33], [200, 16, 3, 3], conv([2; 4])),
-        ([2, 32, 16, 16], [32, 32, 3, 3], conv([0; 4])),
+        ([3, 32, 16, 16], [32, 32, 3, 3], conv([0; 4])),
         ([5, 40, 9, 30], [17, 40, 3, 3], conv([3, 1, 0, 2])),
     ];
     conv_cases("winograd_conv_edges", &cases, true);

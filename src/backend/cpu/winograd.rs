@@ -60,10 +60,16 @@ const MIN_CHANNELS: usize = 16;
 
 /// Fewest tiles per tile row (output columns: twice as many): the transforms compute a row's
 /// tiles 16 at a time, and on narrower maps most of each vector is wasted (ResNet-50's 7×7
-/// layer, 512 channels: 0.81–0.92× the direct kernel's speed at batch 1, 1.05–1.10× at batch 8,
-/// where the 14×14 one ran 1.05–1.37× and 1.47–1.61×; in-process alternation, one and two
-/// threads, Intel Xeon model 207).
+/// layer, 512 channels: 0.81–0.92× the direct kernel's speed at batch 1, 1.05–1.10× at batch 8;
+/// in-process alternation, one and two threads, Intel Xeon model 207).
 const MIN_ROW_TILES: usize = 7;
+
+/// Fewest tiles per call: each transformed filter (16 values for the 9 of a 3×3 one) is read
+/// once per call and used once per tile. ResNet-50's 14×14 layer at batch 1 (49 tiles, 4.2 MiB
+/// of transformed weights) ran 1.37× the direct kernel's speed alone, but 0.87–0.91× inside the
+/// model on one thread and 0.96–0.99× on two, where the weights come from memory, not from the
+/// cache a repeated call leaves them in (the 56×56 layer: 1.35–1.55× inside the model).
+const MIN_TILES: usize = 128;
 
 /// `G`, which transforms a 3×3 filter's rows and columns into four.
 const G: [[f64; 3]; 4] = [
@@ -75,7 +81,7 @@ const G: [[f64; 3]; 4] = [
 
 /// Whether this kernel computes `plan` on this CPU: one group, a 3×3 kernel, unit strides and
 /// dilations, at least [`MIN_CHANNELS`] input and output channels, output rows of at least
-/// [`MIN_ROW_TILES`] tiles, and AVX-512 F, BW and VL.
+/// [`MIN_ROW_TILES`] tiles and [`MIN_TILES`] tiles in all, and AVX-512 F, BW and VL.
 pub fn applies(plan: &ConvPlan) -> bool {
     #[cfg(target_arch = "x86_64")]
     let cpu = avx512::supported();
@@ -88,7 +94,7 @@ pub fn applies(plan: &ConvPlan) -> bool {
         && plan.c >= MIN_CHANNELS
         && plan.k >= MIN_CHANNELS
         && plan.q.div_ceil(2) >= MIN_ROW_TILES
-        && plan.n * plan.p > 0
+        && plan.n * plan.p.div_ceil(2) * plan.q.div_ceil(2) >= MIN_TILES
 }
 
 /// `plan`'s weights `[k, c, 3, 3]` transformed (see the module doc): the form cached with the
