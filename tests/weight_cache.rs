@@ -248,25 +248,25 @@ fn fp32_weights_of_a_lowered_conv_derive_nothing() {
     assert_eq!((w.storage().derived_bytes(), account.charges()), (0, 0));
 }
 
-#[test]
-fn fp32_3x3_weights_are_packed_once_for_the_direct_kernel_and_a_write_invalidates_them() {
-    let mut rng = rng("fp32_3x3_weights_are_packed_once_for_the_direct_kernel");
+/// FP32 3×3 weights `[192, 16, 3, 3]` (192 output channels fill every register tile) convolved
+/// with an input of `x_shape`: the form derived on the first run is `avx512_bytes` with AVX-512
+/// (none with the narrower instruction sets, whose GEMM lowering reads FP32 weights as they are),
+/// reused, dropped with its charge by a write, rebuilt and returned when the tensor is dropped.
+fn fp32_3x3_weights_derived_once(name: &str, x_shape: &[usize], avx512_bytes: u64) {
+    let mut rng = rng(name);
     let (cpu, account) = counted_cpu(u64::MAX);
     let op = conv3x3();
-    let (x, xh) = upload(&cpu, &mut rng, DType::F32, &[2, 16, 9, 9]);
+    let (x, xh) = upload(&cpu, &mut rng, DType::F32, x_shape);
     let (mut w, wh) = upload(&cpu, &mut rng, DType::F32, &[192, 16, 3, 3]);
-    // With AVX-512 the direct kernel packs them (192 output channels fill every register tile
-    // exactly, so the packed form is as large as the weights); the GEMM lowering of the
-    // narrower instruction sets reads FP32 weights as they are.
-    let packed = if cpu.simd() == "avx512" {
-        4 * wh.data().len() as u64
+    let derived = if cpu.simd() == "avx512" {
+        avx512_bytes
     } else {
         0
     };
     for run in ["first run", "cached run"] {
         check_conv(&cpu, run, &op, (&x, &xh), (&w, &wh));
-        assert_eq!(w.storage().derived_bytes(), packed, "{run}");
-        assert_eq!(account.held(), packed, "{run}");
+        assert_eq!(w.storage().derived_bytes(), derived, "{run}");
+        assert_eq!(account.held(), derived, "{run}");
     }
     let new = random(&mut rng, DType::F32, wh.shape(), -1.0, 1.0);
     cpu.write(&mut w, &new).unwrap();
@@ -274,40 +274,31 @@ fn fp32_3x3_weights_are_packed_once_for_the_direct_kernel_and_a_write_invalidate
     for run in ["after the write", "after the write, cached again", "cached"] {
         check_conv(&cpu, run, &op, (&x, &xh), (&w, &new));
     }
-    assert_eq!(account.held(), packed);
+    assert_eq!(account.held(), derived);
     drop(w);
     assert_eq!(account.held(), 0);
 }
 
 #[test]
+fn fp32_3x3_weights_are_packed_once_for_the_direct_kernel_and_a_write_invalidates_them() {
+    // A 9×9 map (rows of 5 tiles: too narrow for the Winograd kernel): the direct kernel's
+    // packed form, as large as the weights.
+    fp32_3x3_weights_derived_once(
+        "fp32_3x3_weights_are_packed_once_for_the_direct_kernel",
+        &[2, 16, 9, 9],
+        4 * 192 * 16 * 9,
+    );
+}
+
+#[test]
 fn fp32_3x3_weights_are_transformed_once_for_the_winograd_kernel_and_a_write_invalidates_them() {
-    let mut rng = rng("fp32_3x3_weights_are_transformed_once_for_the_winograd_kernel");
-    let (cpu, account) = counted_cpu(u64::MAX);
-    let op = conv3x3();
-    // 16 output columns: rows of 8 tiles, on the Winograd kernel with AVX-512.
-    let (x, xh) = upload(&cpu, &mut rng, DType::F32, &[2, 16, 16, 16]);
-    let (mut w, wh) = upload(&cpu, &mut rng, DType::F32, &[192, 16, 3, 3]);
-    // 16 transformed values per 3×3 filter (192 output channels fill every register tile); the
-    // GEMM lowering of the narrower instruction sets reads FP32 weights as they are.
-    let transformed = if cpu.simd() == "avx512" {
-        4 * 16 * 192 * 16
-    } else {
-        0
-    };
-    for run in ["first run", "cached run"] {
-        check_conv(&cpu, run, &op, (&x, &xh), (&w, &wh));
-        assert_eq!(w.storage().derived_bytes(), transformed, "{run}");
-        assert_eq!(account.held(), transformed, "{run}");
-    }
-    let new = random(&mut rng, DType::F32, wh.shape(), -1.0, 1.0);
-    cpu.write(&mut w, &new).unwrap();
-    assert_eq!((w.storage().derived_bytes(), account.held()), (0, 0));
-    for run in ["after the write", "after the write, cached again", "cached"] {
-        check_conv(&cpu, run, &op, (&x, &xh), (&w, &new));
-    }
-    assert_eq!(account.held(), transformed);
-    drop(w);
-    assert_eq!(account.held(), 0);
+    // Two 16×16 maps (128 tiles of 2×2 outputs, rows of 8): the Winograd kernel's transformed
+    // form, 16 values per 3×3 filter.
+    fp32_3x3_weights_derived_once(
+        "fp32_3x3_weights_are_transformed_once_for_the_winograd_kernel",
+        &[2, 16, 16, 16],
+        4 * 192 * 16 * 16,
+    );
 }
 
 #[test]
