@@ -146,6 +146,39 @@ fn winograd_conv_edges() {
     conv_cases("winograd_conv_edges", &cases, true);
 }
 
+/// A NaN input reaches exactly the outputs whose 3×3 windows hold it on the Winograd kernel, as
+/// in the direct sum: its transforms regroup a tile's terms but carry no input to an output
+/// whose window lacks it. NaN at a corner, on an edge and inside, in two images.
+#[test]
+fn winograd_conv_nan_reaches_only_its_windows() {
+    use eia::Backend;
+    let cpu = eia::CpuBackend::new();
+    let mut rng = common::rng("winograd_conv_nan_reaches_only_its_windows");
+    let (xs, ws) = ([3, 16, 13, 13], [16, 16, 3, 3]);
+    let op = eia::ops::Conv {
+        pads: [1; 4],
+        ..Default::default()
+    };
+    for dtype in eia::DType::ALL {
+        let x = common::random(&mut rng, dtype, &xs, -1.0, 1.0);
+        let mut values: Vec<f32> = common::f64s(&x).iter().map(|&v| v as f32).collect();
+        for (n, c, h, w) in [(1, 5, 0, 0), (1, 5, 6, 12), (2, 0, 7, 6)] {
+            values[((n * 16 + c) * 13 + h) * 13 + w] = f32::NAN;
+        }
+        let x = eia::HostTensor::from_f32(dtype, &xs, &values).unwrap();
+        let w = common::random(&mut rng, dtype, &ws, -1.0, 1.0);
+        let (want, shape) =
+            common::reference::conv(&op, &common::f64s(&x), &xs, &common::f64s(&w), &ws, None);
+        assert!(want.iter().any(|v| v.is_nan()) && want.iter().any(|v| v.is_finite()));
+        let mut y = common::poisoned(&cpu, dtype, &shape);
+        let (x, w) = (cpu.upload(&x).unwrap(), cpu.upload(&w).unwrap());
+        cpu.apply_into(&eia::ops::Op::Conv(op.clone()), &[&x, &w], &mut y)
+            .unwrap();
+        let what = format!("{dtype} Conv with NaN inputs");
+        common::assert_close(&what, &cpu.download(&y).unwrap(), &want, &shape);
+    }
+}
+
 /// A grouped convolution's attributes (the depthwise tests' cases).
 fn grouped(
     strides: [usize; 2],

@@ -17,8 +17,11 @@
 //!    Clip) and stores `y` (FP16 rounded), two vectors of tiles interleaved into each output row.
 //!
 //! The transforms' coefficients are 0, ±1 and ±½: each output is the exact convolution's terms
-//! regrouped, with a few more roundings (the error bound is measured by the conformance suite's
-//! 3×3 cases and by this module's test against f64).
+//! regrouped, with a few more roundings (checked against float64 by the conformance suite's 3×3
+//! cases and `tests/cpu.rs`'s `winograd_conv_edges`). A NaN input reaches exactly the outputs
+//! whose 3×3 windows hold it, as in the direct sum (`winograd_conv_nan_reaches_only_its_windows`);
+//! an infinite one may give NaN where the direct sum gives ±∞ (the transforms subtract it from
+//! itself).
 
 use rayon::prelude::*;
 
