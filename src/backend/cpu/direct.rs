@@ -377,10 +377,28 @@ impl DerefMut for PackedWeights {
     }
 }
 
-/// The weights packed for the direct kernel, cached with the tensor or packed for this call.
+/// The weights packed for the direct kernel (or transformed for the Winograd one), cached with
+/// the tensor or packed for this call.
 pub enum Packed {
     Cached(Arc<PackedWeights>),
     Owned(PackedWeights),
+}
+
+impl Packed {
+    /// The form `key` (`len` f32) that `build` makes of the weights `w`: the one cached with the
+    /// tensor (charged to `account`) where the cache's rules allow, else built now.
+    pub fn of(
+        w: &CpuData,
+        key: &Key,
+        len: usize,
+        account: Option<&Arc<dyn MemoryAccount>>,
+        build: impl Fn(&HostData) -> PackedWeights,
+    ) -> Self {
+        match w.derived(key, 4 * len, account, &build) {
+            Some(cached) => Packed::Cached(cached),
+            None => Packed::Owned(build(w.data())),
+        }
+    }
 }
 
 impl Deref for Packed {
@@ -404,10 +422,7 @@ pub fn packed_weights(
     let f = Geometry::new(plan).f;
     let len = plan.k.next_multiple_of(f) * plan.c * plan.r * plan.s;
     let key = Key::new("direct conv weights", &[f, plan.k, plan.c, plan.r, plan.s]);
-    match w.derived(&key, 4 * len, account, |data| pack(plan, f, data)) {
-        Some(cached) => Packed::Cached(cached),
-        None => Packed::Owned(pack(plan, f, w.data())),
-    }
+    Packed::of(w, &key, len, account, |data| pack(plan, f, data))
 }
 
 /// Packs `[k, c, r, s]` weights (FP32 or FP16) as `[k / f][c][r·s][f]` f32, zero-padded.

@@ -105,10 +105,7 @@ pub fn applies(plan: &ConvPlan) -> bool {
 pub fn weights(plan: &ConvPlan, w: &CpuData, account: Option<&Arc<dyn MemoryAccount>>) -> Packed {
     let len = 16 * plan.k.next_multiple_of(KR) * plan.c;
     let key = Key::new("winograd weights", &[plan.k, plan.c]);
-    match w.derived(&key, 4 * len, account, |data| transform(plan, data)) {
-        Some(cached) => Packed::Cached(cached),
-        None => Packed::Owned(transform(plan, w.data())),
-    }
+    Packed::of(w, &key, len, account, |data| transform(plan, data))
 }
 
 /// `U[ξ][k / KR][c][KR] = (G g Gᵀ)[ξ]` of each filter `g = w[k][c]`, output channels past `k`
