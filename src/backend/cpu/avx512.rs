@@ -118,6 +118,80 @@ pub unsafe fn store<T: Element>(p: *mut T, m: __mmask16, v: __m512) {
     }
 }
 
+/// A register tile of a matrix product: adds `Σ_c U[c][i] · V[c][16·j + l]` to lane `l` of
+/// `acc[i][j]`, for `R` rows and `V` vectors of 16 columns; `u` at `[c][R]` (each value
+/// broadcast), `v`'s rows `ld` apart.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `u` holds `c·R` values and `v` `c` rows of `16·V` values.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub unsafe fn tile_product<const R: usize, const V: usize>(
+    u: *const f32,
+    v: *const f32,
+    ld: usize,
+    c: usize,
+    acc: &mut [[__m512; V]; R],
+) {
+    // SAFETY: the caller's contract bounds every load.
+    unsafe {
+        let (mut up, mut vp) = (u, v);
+        for _ in 0..c {
+            let vv: [__m512; V] = std::array::from_fn(|j| _mm512_loadu_ps(vp.add(j * 16)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*up.add(i));
+                for (a, &x) in row.iter_mut().zip(&vv) {
+                    *a = _mm512_fmadd_ps(x, b, *a);
+                }
+            }
+            up = up.add(R);
+            vp = vp.add(ld);
+        }
+    }
+}
+
+/// A register tile's accumulators read from `m` (rows `ld` apart), or zero unless `more`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; where `more`, `m` holds `R` rows of `16·V` values.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub unsafe fn tile_load<const R: usize, const V: usize>(
+    m: *const f32,
+    ld: usize,
+    more: bool,
+) -> [[__m512; V]; R] {
+    // SAFETY: the caller's contract bounds every load.
+    std::array::from_fn(|i| {
+        std::array::from_fn(|j| unsafe {
+            if more {
+                _mm512_loadu_ps(m.add(i * ld + j * 16))
+            } else {
+                _mm512_setzero_ps()
+            }
+        })
+    })
+}
+
+/// Stores a register tile's accumulators at `m` (rows `ld` apart).
+///
+/// # Safety
+/// The CPU must support AVX-512F; `m` holds `R` rows of `16·V` values.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub unsafe fn tile_store<const R: usize, const V: usize>(
+    m: *mut f32,
+    ld: usize,
+    acc: &[[__m512; V]; R],
+) {
+    for (i, row) in acc.iter().enumerate() {
+        for (j, &a) in row.iter().enumerate() {
+            // SAFETY: the caller's contract bounds every store.
+            unsafe { _mm512_storeu_ps(m.add(i * ld + j * 16), a) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
