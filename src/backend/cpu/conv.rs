@@ -17,9 +17,8 @@
 //! task that computes them (`pointwise_f16`). Convolutions with one input channel per group use
 //! the direct kernel in `depthwise`, and with AVX-512 the 3×3 unit-stride ones of enough
 //! channels the Winograd kernel in `winograd`, other dense convolutions larger than 1×1 or
-//! strided, and pointwise ones on small maps, the direct kernel in `direct`, and the other FP16
-//! pointwise ones the kernel in `pointwise`, instead of this lowering (the CPU backend's launch
-//! picks, see `winograd::applies`, `direct::applies` and `pointwise::applies`).
+//! strided, and some pointwise ones, the direct kernel in `direct`, instead of this lowering
+//! (the CPU backend's launch picks, see `winograd::applies` and `direct::applies`).
 
 use gemm::Parallelism;
 use rayon::prelude::*;

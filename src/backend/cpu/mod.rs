@@ -3,11 +3,10 @@
 //! and convolution run on FP32 kernels (FP16 operands are widened once, accumulated in FP32 and
 //! rounded once on output; FP16 weights — a conv's weights, a GEMM's B — are widened once per
 //! tensor and the copy cached with it, or packed once for the direct convolution, see
-//! [`derived`], [`direct`] and [`pointwise`], or transformed once for the Winograd
-//! convolution, see [`winograd`]; the direct, Winograd, pointwise and depthwise convolutions
-//! widen FP16 input as they copy or load it, and the pointwise and depthwise ones round their
-//! FP16 output in registers; without AVX-512, the GEMM lowering of an FP16 pointwise
-//! convolution widens and rounds one block of columns at a time); batch
+//! [`derived`] and [`direct`], or transformed once for the Winograd convolution, see
+//! [`winograd`]; the direct, Winograd and depthwise convolutions widen FP16 input as they
+//! copy or load it, and the depthwise one rounds its FP16 output in registers; the GEMM lowering
+//! of an FP16 pointwise convolution widens and rounds one block of columns at a time); batch
 //! norm and softmax stream FP16 through FP32 registers chunk by chunk.
 
 #[cfg(target_arch = "x86_64")]
@@ -24,7 +23,6 @@ mod direct;
 mod gemm;
 mod layout;
 mod lrn;
-mod pointwise;
 mod pool;
 mod scratch;
 mod simd;
@@ -216,12 +214,6 @@ impl Backend for CpuBackend {
                     match y {
                         HostData::F32(y) => direct::conv(p, x[0], &w, add, y),
                         HostData::F16(y) => direct::conv(p, x[0], &w, add, y),
-                    }
-                } else if pointwise::applies(p) {
-                    let w = pointwise::weights(p, inputs[1], account);
-                    match (x[0], y) {
-                        (HostData::F16(x), HostData::F16(y)) => pointwise::conv(p, x, &w, add, y),
-                        _ => unreachable!("pointwise::applies holds for FP16 plans only"),
                     }
                 } else if p.c_per_group() == 1 {
                     let w = weights_f32(inputs[1], account);

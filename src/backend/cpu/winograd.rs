@@ -278,7 +278,7 @@ struct Item {
 mod avx512_kernel {
     use std::arch::x86_64::*;
 
-    use super::super::avx512::{first, inside, load, store, tile_load, tile_product, tile_store};
+    use super::super::avx512::{first, inside, load, store};
     use super::super::conv::Addends;
     use super::super::Disjoint;
     use super::{Grid, Item, KR, LANES, VR};
@@ -509,8 +509,8 @@ mod avx512_kernel {
         })
     }
 
-    /// `M[kk][t] (+)= Σ_c U[c][kk] · V[c][t]` for `KR` output channels and `V` vectors of
-    /// tiles, added to `M` where `more`: `u` at `[c][KR]`, `v` and `m` rows `ld` apart.
+    /// `M[kk][t] = Σ_c U[c][kk] · V[c][t]` for `KR` output channels and `V` vectors of tiles,
+    /// added to `M` where `more`: `u` at `[c][KR]`, `v` and `m` rows `ld` apart.
     #[target_feature(enable = "avx512f")]
     unsafe fn product<const V: usize>(
         u: *const f32,
@@ -520,8 +520,30 @@ mod avx512_kernel {
         m: *mut f32,
         more: bool,
     ) {
-        let mut acc = tile_load::<KR, V>(m, ld, more);
-        tile_product(u, v, ld, c, &mut acc);
-        tile_store(m, ld, &acc);
+        let mut acc = [[_mm512_setzero_ps(); V]; KR];
+        if more {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (j, a) in row.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(m.add(i * ld + j * LANES));
+                }
+            }
+        }
+        let (mut up, mut vp) = (u, v);
+        for _ in 0..c {
+            let vv: [__m512; V] = std::array::from_fn(|j| _mm512_loadu_ps(vp.add(j * LANES)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*up.add(i));
+                for (a, &x) in row.iter_mut().zip(&vv) {
+                    *a = _mm512_fmadd_ps(x, b, *a);
+                }
+            }
+            up = up.add(KR);
+            vp = vp.add(ld);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, &a) in row.iter().enumerate() {
+                _mm512_storeu_ps(m.add(i * ld + j * LANES), a);
+            }
+        }
     }
 }
