@@ -146,6 +146,26 @@ fn winograd_conv_edges() {
     conv_cases("winograd_conv_edges", &cases, true);
 }
 
+/// Shapes for pointwise convolutions on the GEMM lowering (`src/backend/cpu/conv.rs`; FP16 ones
+/// widened and rounded a block of columns at a time, `pointwise_f16`; none of these is small
+/// enough with channels enough for the direct kernel): maps of one position, of fewer than a
+/// vector and of a partial last vector, a 14×14 map, maps of many column blocks, many input
+/// channels, output channels that fill no register tile (1, 17, 70) and many (200); every
+/// other case with a fused Clip, two in three with a residual sum.
+#[test]
+fn pointwise_conv_edges() {
+    let op = eia::ops::Conv::default();
+    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 6] = [
+        ([2, 16, 3, 5], [17, 16, 1, 1], op.clone()),
+        ([1, 200, 15, 17], [70, 200, 1, 1], op.clone()),
+        ([3, 24, 14, 14], [200, 24, 1, 1], op.clone()),
+        ([1, 8, 40, 40], [6, 8, 1, 1], op.clone()),
+        ([2, 64, 1, 1], [33, 64, 1, 1], op.clone()),
+        ([1, 130, 20, 20], [1, 130, 1, 1], op),
+    ];
+    conv_cases("pointwise_conv_edges", &cases, true);
+}
+
 /// A NaN input reaches exactly the outputs whose 3×3 windows hold it on the Winograd kernel, as
 /// in the direct sum: its transforms regroup a tile's terms but carry no input to an output
 /// whose window lacks it. NaN at a corner, on an edge and inside, in two images.

@@ -137,19 +137,19 @@ fn upload(
     (cpu.upload(&host).unwrap(), host)
 }
 
-#[test]
-fn fp16_conv_weights_are_converted_once_and_a_write_invalidates_them() {
-    let mut rng = rng("fp16_conv_weights_are_widened_once_and_a_write_invalidates_them");
+/// FP16 weights of shape `w_shape` (192 output channels: every register tile full) convolved
+/// by `op` with an FP16 input of `x_shape`: the FP32 form derived on the first run (widened, or
+/// packed for a kernel, as large either way) is reused, dropped with its charge by a write,
+/// rebuilt from the written data's second read and returned when the tensor is dropped.
+fn fp16_conv_weights_converted_once(name: &str, op: &Conv, x_shape: &[usize], w_shape: &[usize]) {
+    let mut rng = rng(name);
     let (cpu, account) = counted_cpu(u64::MAX);
-    let op = conv3x3();
-    let (x, xh) = upload(&cpu, &mut rng, DType::F16, &[1, 16, 9, 9]);
-    let (mut w, wh) = upload(&cpu, &mut rng, DType::F16, &[192, 16, 3, 3]);
-    // Widened to f32, or packed as f32 for the direct kernel (AVX-512): as large with 192
-    // output channels, which fill every register tile.
+    let (x, xh) = upload(&cpu, &mut rng, DType::F16, x_shape);
+    let (mut w, wh) = upload(&cpu, &mut rng, DType::F16, w_shape);
     let widened = 4 * wh.data().len() as u64;
     // Uploaded weights are converted into the cache on their first read, then reused.
     for run in ["first run", "cached run"] {
-        check_conv(&cpu, run, &op, (&x, &xh), (&w, &wh));
+        check_conv(&cpu, run, op, (&x, &xh), (&w, &wh));
         assert_eq!(w.storage().derived_bytes(), widened, "{run}");
         assert_eq!((account.held(), account.charges()), (widened, 1), "{run}");
     }
@@ -158,14 +158,14 @@ fn fp16_conv_weights_are_converted_once_and_a_write_invalidates_them() {
     let new = random(&mut rng, DType::F16, wh.shape(), -1.0, 1.0);
     cpu.write(&mut w, &new).unwrap();
     assert_eq!((w.storage().derived_bytes(), account.held()), (0, 0));
-    check_conv(&cpu, "after the write", &op, (&x, &xh), (&w, &new));
+    check_conv(&cpu, "after the write", op, (&x, &xh), (&w, &new));
     assert_eq!(
         account.charges(),
         1,
         "not cached on the first read after a write"
     );
     for run in ["after the write, cached again", "cached"] {
-        check_conv(&cpu, run, &op, (&x, &xh), (&w, &new));
+        check_conv(&cpu, run, op, (&x, &xh), (&w, &new));
     }
     assert_eq!((account.held(), account.charges()), (widened, 2));
     // The input, read once per run, was never cached.
@@ -175,6 +175,28 @@ fn fp16_conv_weights_are_converted_once_and_a_write_invalidates_them() {
         account.held(),
         0,
         "the cache is returned when the tensor is dropped"
+    );
+}
+
+#[test]
+fn fp16_conv_weights_are_converted_once_and_a_write_invalidates_them() {
+    // Packed for the direct kernel with AVX-512, else widened for the GEMM lowering.
+    fp16_conv_weights_converted_once(
+        "fp16_conv_weights_are_widened_once_and_a_write_invalidates_them",
+        &conv3x3(),
+        &[1, 16, 9, 9],
+        &[192, 16, 3, 3],
+    );
+}
+
+#[test]
+fn fp16_pointwise_weights_are_converted_once_and_a_write_invalidates_them() {
+    // Widened for the GEMM lowering (a 16×16 map, 64 input channels: not the direct kernel's).
+    fp16_conv_weights_converted_once(
+        "fp16_pointwise_weights_are_converted_once_and_a_write_invalidates_them",
+        &Conv::default(),
+        &[1, 64, 16, 16],
+        &[192, 64, 1, 1],
     );
 }
 
