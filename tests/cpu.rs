@@ -149,9 +149,10 @@ fn winograd_conv_edges() {
 /// Shapes for pointwise convolutions on the GEMM lowering (`src/backend/cpu/conv.rs`; FP16 ones
 /// widened and rounded a block of columns at a time, `pointwise_f16`; none of these is small
 /// enough with channels enough for the direct kernel): maps of one position, of fewer than a
-/// vector and of a partial last vector, a 14×14 map, maps of many column blocks, many input
-/// channels, output channels that fill no register tile (1, 17, 70) and many (200); every
-/// other case with a fused Clip, two in three with a residual sum.
+/// vector and of a partial last vector, a 14×14 map, maps cut into column blocks whose last one
+/// is shorter (on two or more threads), many input channels, output channels that fill no
+/// register tile (1, 17, 70) and many (200); every other case with a fused Clip, two in three
+/// with a residual sum.
 #[test]
 fn pointwise_conv_edges() {
     let op = eia::ops::Conv::default();
