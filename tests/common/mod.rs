@@ -197,6 +197,7 @@ macro_rules! backend_suite {
             lrn_mixed_magnitudes,
             lrn_far_magnitudes,
             lrn_extreme_bases,
+            lrn_squares_beyond_f32,
             lrn_empty_tensors,
             errors_lrn,
         );

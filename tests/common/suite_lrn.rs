@@ -181,6 +181,30 @@ pub fn lrn_extreme_bases<B: Backend>(backend: &B) {
     }
 }
 
+/// FP32 squares beyond f32's range at both ends: columns of magnitudes near 2e19 (squares near
+/// 4e38, past f32::MAX; a small alpha keeps the bases finite) and columns near 1e-24 (squares
+/// near 1e-48, below the smallest subnormal; a large alpha makes them most of a base that a bias
+/// of 1e-37 keeps normal), beside ordinary columns, so that vectors mix them. A sum of squares
+/// taken in f32 loses both kinds.
+pub fn lrn_squares_beyond_f32<B: Backend>(backend: &B) {
+    let mut rng = rng("lrn_squares_beyond_f32");
+    let shape = [2, 9, 5, 7];
+    for (scale, alpha, bias) in [(2e19, 1e-30, 1.0), (1e-24, 1e12, 1e-37)] {
+        let x = random(&mut rng, DType::F32, &shape, 0.5, 1.5);
+        let values: Vec<f32> = x
+            .data()
+            .to_f32_vec()
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| if i % 35 % 4 == 1 { v } else { -v * scale })
+            .collect();
+        let x = HostTensor::from_f32(DType::F32, &shape, &values).unwrap();
+        for size in [1, 3, 5] {
+            check(backend, &x, lrn(size, alpha, 0.75, bias));
+        }
+    }
+}
+
 /// Empty batches, channels and spatial axes give empty outputs.
 pub fn lrn_empty_tensors<B: Backend>(backend: &B) {
     for dtype in DType::ALL {

@@ -1,21 +1,34 @@
-//! CPU LRN over the `[n, c, inner]` view, in f32 (FP16 operands go through the f32 scratch of
-//! `scratch.rs`). A task takes one image, a block of channels and a block of spatial columns.
-//! Each channel sums its window's squares afresh, in f64, along contiguous rows that vectorise:
-//! `size` adds per element, the `size` of the FLOP count. (A sum slid down the channels — one
-//! square added and one dropped per channel — is cheaper for wide windows but not exact: once a
-//! square 2^53 times the others has entered the window, dropping it leaves the rounding of the
-//! small ones behind, and the channels after a huge one get a base near 0.) Each channel row
-//! then rounds its bases `bias + scale·sum` to f32 and raises them to `−beta`: ONNX's default
-//! `beta = 0.75` (every LRN of AlexNet and Inception) as `b^−1/2 · (b^1/2)^−1/2` from the CPU's
-//! reciprocal square root estimate with one Newton step each (multiplies and adds only: two
-//! square roots and a division a vector kept the divider busy for most of the kernel's time),
-//! any other `beta` with `powf`.
+//! CPU LRN over the `[n, c, inner]` view. A task takes one image, a block of channels and a
+//! block of spatial columns, and each channel takes its window's square sums afresh (a sum slid
+//! down the channels — one square added and one dropped per channel — is cheaper for wide windows
+//! but not exact: once a square 2^53 times the others has entered the window, dropping it leaves
+//! the rounding of the small ones behind, and the channels after a huge one get a base near 0).
+//!
+//! ONNX's default `beta = 0.75` (every LRN of AlexNet and Inception) on AVX-512 takes one fused
+//! pass per channel row, FP16 widened and rounded in registers: sixteen columns' sums of squares
+//! in f32 (relative error below `size`·2^−24, since the squares are positive), the base
+//! `bias + scale·sum`, `base^−3/4` as `b^−1/2 · (b^1/2)^−1/2` from the CPU's reciprocal square
+//! root estimate with one Newton step each (multiplies and adds only: two square roots and a
+//! division a vector kept the divider busy for most of the kernel's time), times `x`. Sixteen
+//! columns whose f32 sums could have lost a square take the exact form instead — a base not
+//! finite (a square overflowed) or below `alpha`·2^−119 (squares that underflowed to zero
+//! could matter), or not a positive normal float: the sum in f64 (each square exact),
+//! rounded to f32 once, and two square roots and a division. FP16 operands never need it (their
+//! squares lie between 2^−48 and 2^32). Any other `beta`, and other CPUs, compute the f64 sums
+//! of a row into a base row, raise it to `−beta` (`0.75` from the same estimates on AVX2) and
+//! multiply, FP16 operands through the f32 scratch of `scratch.rs`. The FLOP count charges
+//! `size` adds per element either way.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::scratch::{as_f32, write_f32};
 use super::simd::{map, multiversion};
 use super::Disjoint;
+use crate::dtype::Element;
 use crate::ops::LrnPlan;
+use crate::HostData;
 
 /// Spatial columns per task.
 const COLS: usize = 1024;
@@ -23,40 +36,100 @@ const COLS: usize = 1024;
 /// Channels per task.
 const CHANNELS: usize = 16;
 
-/// Computes `plan` on f32 data (`y` has the length of `x` and is written in full).
-pub fn lrn_f32(plan: &LrnPlan, x: &[f32], y: &mut [f32]) {
-    let (n, c, inner) = (plan.n, plan.c, plan.inner);
-    if x.is_empty() {
-        return;
+/// Computes `plan` from `x` into `y` (one dtype, equal lengths; `y` is written in full).
+pub fn lrn(plan: &LrnPlan, x: &HostData, y: &mut HostData) {
+    #[cfg(target_arch = "x86_64")]
+    if plan.beta == 0.75 && super::avx512::supported() {
+        match (x, y) {
+            (HostData::F32(x), HostData::F32(y)) => return fused(plan, x, y),
+            (HostData::F16(x), HostData::F16(y)) => return fused(plan, x, y),
+            _ => unreachable!("plans are validated: input and output share a dtype"),
+        }
     }
+    let x = as_f32(x);
+    write_f32(y, |y| lrn_f32(plan, &x, y));
+}
+
+/// Runs `row(b, ch, window, i0, cols)` for every channel row of every task: image `b`, channel
+/// `ch` with its window `[ch − before, ch + after]` within `[0, c)`, columns `i0..i0 + cols`.
+/// `scratch` is each worker's own, kept across its tasks.
+fn channel_rows<S: Default>(
+    plan: &LrnPlan,
+    row: impl Fn(&mut S, usize, usize, Range<usize>, usize, usize) + Sync,
+) {
+    let (n, c, inner) = (plan.n, plan.c, plan.inner);
     let (cblocks, iblocks) = (c.div_ceil(CHANNELS), inner.div_ceil(COLS));
-    let (scale, bias) = (plan.scale() as f64, plan.bias as f64);
-    let out = Disjoint::new(y);
     (0..n * cblocks * iblocks)
         .into_par_iter()
-        .for_each_init(Vec::<f32>::new, |base, t| {
+        .for_each_init(S::default, |scratch, t| {
             let (b, rest) = (t / (cblocks * iblocks), t % (cblocks * iblocks));
             let (ch0, i0) = ((rest / iblocks) * CHANNELS, (rest % iblocks) * COLS);
             let cols = COLS.min(inner - i0);
-            // Image b from column i0 on: channel k's columns start at k·inner.
-            let image = &x[b * c * inner + i0..];
-            base.resize(cols, 0.0);
             for ch in ch0..(ch0 + CHANNELS).min(c) {
-                // The window of channel ch: [ch − before, ch + after] within [0, c).
                 let window = ch.saturating_sub(plan.before())..(ch + plan.after() + 1).min(c);
-                window_bases(base, image, inner, window, scale, bias);
-                // SAFETY: task (b, channel block, column block) alone writes columns
-                // i0..i0 + cols of image b's channel rows ch0.., all inside `y`.
-                let yr = unsafe { out.slice((b * c + ch) * inner + i0, cols) };
-                let xr = &image[ch * inner..][..cols];
-                if plan.beta == 0.75 {
-                    times_pow_075(yr, xr, base);
-                } else {
-                    let beta = plan.beta;
-                    map([xr, base], yr, |[v, b]| v * b.powf(-beta));
-                }
+                row(scratch, b, ch, window, i0, cols);
             }
         });
+}
+
+/// The fused AVX-512 pass (`beta = 0.75`) over operands of any storage type.
+#[cfg(target_arch = "x86_64")]
+fn fused<T: Element>(plan: &LrnPlan, x: &[T], y: &mut [T]) {
+    let (c, inner) = (plan.c, plan.inner);
+    let bases = x16::Bases::new(plan);
+    let out = Disjoint::new(y);
+    channel_rows(plan, |_: &mut (), b, ch, window, i0, cols| {
+        // SAFETY: task (b, channel block, column block) alone writes columns i0..i0 + cols of
+        // image b's channel rows in its block, all inside `y`.
+        let yr = unsafe { out.slice((b * c + ch) * inner + i0, cols) };
+        // Image b from column i0 on: channel k's columns start at k·inner.
+        let image = &x[b * c * inner + i0..];
+        // SAFETY: the CPU supports AVX-512 F, BW and VL (checked by `lrn`); every window
+        // channel's `cols` columns lie in `image`.
+        unsafe { x16::row(yr, image, inner, window, ch, &bases) };
+    });
+}
+
+/// The rows of `plan` in f32: f64 sums into a base row, then `x · base^−beta`.
+fn lrn_f32(plan: &LrnPlan, x: &[f32], y: &mut [f32]) {
+    let (c, inner) = (plan.c, plan.inner);
+    let (scale, bias) = (plan.scale() as f64, plan.bias as f64);
+    let out = Disjoint::new(y);
+    channel_rows(plan, |base: &mut Vec<f32>, b, ch, window, i0, cols| {
+        let image = &x[b * c * inner + i0..];
+        base.resize(cols, 0.0);
+        window_bases(base, image, inner, window, scale, bias);
+        // SAFETY: as in `fused`.
+        let yr = unsafe { out.slice((b * c + ch) * inner + i0, cols) };
+        let xr = &image[ch * inner..][..cols];
+        if plan.beta == 0.75 {
+            times_pow_075(yr, xr, base);
+        } else {
+            let beta = plan.beta;
+            map([xr, base], yr, |[v, b]| v * b.powf(-beta));
+        }
+    });
+}
+
+/// `bias + scale·Σ x[k·stride]²` over the channels `k` of `window`, the sum in f64 (each square
+/// exact), rounded to f32 once: the exact base of one column.
+fn exact_base<T: Element>(
+    x: &[T],
+    stride: usize,
+    window: Range<usize>,
+    scale: f64,
+    bias: f64,
+) -> f32 {
+    let sum: f64 = window
+        .map(|k| x[k * stride].to_f64() * x[k * stride].to_f64())
+        .sum();
+    (bias + scale * sum) as f32
+}
+
+/// `b^−3/4` as two square roots and a reciprocal.
+fn pow_075_exact(b: f32) -> f32 {
+    let r = b.sqrt();
+    1.0 / (r * r.sqrt())
 }
 
 /// Columns whose window sums stay in registers together.
@@ -88,8 +161,7 @@ multiversion! {
             }
         }
         for (j, b) in base.iter_mut().enumerate().skip(full) {
-            let sum: f64 = window.clone().map(|k| x[k * stride + j] as f64 * x[k * stride + j] as f64).sum();
-            *b = (bias + scale * sum) as f32;
+            *b = exact_base(&x[j..], stride, window.clone(), scale, bias);
         }
     }
 }
@@ -113,8 +185,7 @@ fn times_pow_075(y: &mut [f32], x: &[f32], b: &[f32]) {
 /// loops, and vectors with a base that is not a positive normal finite float).
 fn times_pow_075_exact(y: &mut [f32], x: &[f32], b: &[f32]) {
     for ((o, &v), &b) in y.iter_mut().zip(x).zip(b) {
-        let r = b.sqrt();
-        *o = v * (1.0 / (r * r.sqrt()));
+        *o = v * pow_075_exact(b);
     }
 }
 
@@ -134,13 +205,7 @@ mod rsqrt {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn times_pow_075_x16(y: &mut [f32], x: &[f32], b: &[f32]) {
         let full = y.len() / 16 * 16;
-        let (half, three_halves) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.5));
         let (lo, hi) = (_mm512_set1_ps(f32::MIN_POSITIVE), _mm512_set1_ps(f32::MAX));
-        let refined = |v: __m512| {
-            let r = _mm512_rsqrt14_ps(v);
-            let t = _mm512_fnmadd_ps(_mm512_mul_ps(half, v), _mm512_mul_ps(r, r), three_halves);
-            _mm512_mul_ps(r, t)
-        };
         for i in (0..full).step_by(16) {
             // SAFETY: i + 16 <= full <= every length; unaligned loads and stores.
             unsafe {
@@ -152,13 +217,28 @@ mod rsqrt {
                     super::times_pow_075_exact(&mut y[s.clone()], &x[s.clone()], &b[s]);
                     continue;
                 }
-                let r = refined(bv);
-                let f = _mm512_mul_ps(r, refined(_mm512_mul_ps(bv, r)));
-                let v = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), f);
+                let v = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), pow_075_x16(bv));
                 _mm512_storeu_ps(y.as_mut_ptr().add(i), v);
             }
         }
         super::times_pow_075_exact(&mut y[full..], &x[full..], &b[full..]);
+    }
+
+    /// `b^−3/4` of sixteen positive normal finite bases, from refined estimates.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub fn pow_075_x16(b: __m512) -> __m512 {
+        let refined = |v: __m512| {
+            let r = _mm512_rsqrt14_ps(v);
+            let t = _mm512_fnmadd_ps(
+                _mm512_mul_ps(_mm512_set1_ps(0.5), v),
+                _mm512_mul_ps(r, r),
+                _mm512_set1_ps(1.5),
+            );
+            _mm512_mul_ps(r, t)
+        };
+        let r = refined(b);
+        _mm512_mul_ps(r, refined(_mm512_mul_ps(b, r)))
     }
 
     /// [`super::times_pow_075`] eight at a time.
@@ -195,5 +275,92 @@ mod rsqrt {
             }
         }
         super::times_pow_075_exact(&mut y[full..], &x[full..], &b[full..]);
+    }
+}
+
+/// The fused AVX-512 row of the module doc (`beta = 0.75`).
+#[cfg(target_arch = "x86_64")]
+mod x16 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::super::avx512::{first, load, store};
+    use super::rsqrt::pow_075_x16;
+    use super::{exact_base, pow_075_exact};
+    use crate::dtype::Element;
+    use crate::ops::LrnPlan;
+
+    /// What the bases of one plan need.
+    pub struct Bases {
+        scale: f32,
+        bias: f32,
+        /// The same two in f64, for the exact form.
+        scale64: f64,
+        bias64: f64,
+        /// The smallest base whose f32 sum is trusted: `max(alpha·2^−119, f32::MIN_POSITIVE)`.
+        /// Squares that underflowed to zero lose at most `size · scale · 2^−149 = alpha·2^−149`
+        /// of the base, a 2^−30 part of any base this large.
+        lo: f32,
+    }
+
+    impl Bases {
+        pub fn new(plan: &LrnPlan) -> Bases {
+            let lo = (plan.alpha.abs() as f64 * 2f64.powi(-119)) as f32;
+            Bases {
+                scale: plan.scale(),
+                bias: plan.bias,
+                scale64: plan.scale() as f64,
+                bias64: plan.bias as f64,
+                lo: lo.max(f32::MIN_POSITIVE),
+            }
+        }
+    }
+
+    /// Channel `ch` of `x` (channel `k`'s columns from `k·stride`) into `y` (one row of
+    /// `y.len()` columns), sixteen columns at a time, the tail masked.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL; `x` holds `y.len()` columns from `k·stride`
+    /// for every channel `k` of `window` and for `ch`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn row<T: Element>(
+        y: &mut [T],
+        x: &[T],
+        stride: usize,
+        window: Range<usize>,
+        ch: usize,
+        bases: &Bases,
+    ) {
+        let cols = y.len();
+        let last = window.end.max(ch + 1) - 1;
+        assert!(cols == 0 || x.len() >= last * stride + cols);
+        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+        let (scale, bias) = (_mm512_set1_ps(bases.scale), _mm512_set1_ps(bases.bias));
+        let (lo, hi) = (_mm512_set1_ps(bases.lo), _mm512_set1_ps(f32::MAX));
+        for j in (0..cols).step_by(16) {
+            let m = first(cols - j);
+            // SAFETY: the lanes under `m` are columns j.. below `cols` of rows inside `x` (the
+            // assertion above) and of `y`; the CPU supports AVX-512 F, BW and VL.
+            unsafe {
+                let mut sum = _mm512_setzero_ps();
+                for k in window.clone() {
+                    let v = load(xp.add(k * stride + j), m);
+                    sum = _mm512_fmadd_ps(v, v, sum);
+                }
+                let base = _mm512_fmadd_ps(scale, sum, bias);
+                // An overflowed square made the base infinite (or NaN, with alpha 0).
+                let trusted = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(base, lo)
+                    & _mm512_cmp_ps_mask::<_CMP_LE_OQ>(base, hi);
+                if trusted & m == m {
+                    let v = _mm512_mul_ps(load(xp.add(ch * stride + j), m), pow_075_x16(base));
+                    store(yp.add(j), m, v);
+                    continue;
+                }
+            }
+            for (i, o) in y.iter_mut().enumerate().skip(j).take(16) {
+                let b = exact_base(&x[i..], stride, window.clone(), bases.scale64, bases.bias64);
+                *o = T::from_f32(x[ch * stride + i].to_f32() * pow_075_exact(b));
+            }
+        }
     }
 }

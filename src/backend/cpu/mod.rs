@@ -290,10 +290,7 @@ impl Backend for CpuBackend {
                 _ => unreachable!("plans are validated: input and output share a dtype"),
             },
             FamilyPlan::Layout(p) => layout::layout(p, &x, y),
-            FamilyPlan::Lrn(p) => {
-                let x = as_f32(x[0]);
-                write_f32(y, |y| lrn::lrn_f32(p, &x, y));
-            }
+            FamilyPlan::Lrn(p) => lrn::lrn(p, x[0], y),
         });
         Ok(())
     }
