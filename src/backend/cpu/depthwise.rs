@@ -392,10 +392,14 @@ mod avx512 {
             // row, the range of flat outputs whose input row is.
             let mut col_masks = vec![vec![0 as __mmask16; n]; plan.s];
             for (si, m) in col_masks.iter_mut().enumerate() {
+                // The output columns lo..hi of every row read inside the input row.
                 let dj = (si * dw) as isize - pl as isize;
-                for (o, j) in (0..plan.q as isize).cycle().take(pq).enumerate() {
-                    if (0..plan.w as isize).contains(&(j + dj)) {
-                        m[o / 16] |= 1 << (o % 16);
+                let lo = (-dj).clamp(0, plan.q as isize) as usize;
+                let hi = (plan.w as isize - dj).clamp(lo as isize, plan.q as isize) as usize;
+                for row in (0..pq).step_by(plan.q) {
+                    let (a, b) = (row + lo, row + hi);
+                    for (v, m) in m.iter_mut().enumerate().take(b.div_ceil(16)).skip(a / 16) {
+                        *m |= first(b.saturating_sub(16 * v)) & !first(a.saturating_sub(16 * v));
                     }
                 }
             }
