@@ -96,7 +96,7 @@ fn sigmoid1(x: f32) -> f32 {
 /// error below 4e-7 (the unit test below measures it); the input clamped at ±7.905 (beyond,
 /// the quotient stays within 3e-7 of ±1), and exactly ±1 above |x| = 9 (where f32 `tanh`
 /// rounds to ±1). A select for tiny inputs (`x` itself below |x| = 0.0004) is not needed and
-/// not made: without it the Tanh workloads took 0.95–0.97× the time (Zen 4, FP32 and FP16, 3
+/// not made: without it the Tanh workloads took 0.93–0.98× the time (Zen 4, FP32 and FP16, 3
 /// alternated rounds), the loop's pace being its vector operations.
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // Eigen's coefficients, as published
