@@ -5,7 +5,8 @@
 //
 // lrn_window_<dt>  a thread per output element, consecutive threads on consecutive spatial
 //                  columns (coalesced): it sums its window's squares afresh in double (x² of a
-//                  float is exact there), `size` adds, the `size` of the FLOP count. A sum slid
+//                  float is exact there) and takes the base `bias + scale·sum` there too, rounded
+//                  to float once; `size` adds, the `size` of the FLOP count. A sum slid
 //                  down the channels would add each square once and drop it once, but it is not
 //                  exact: after a square 2^53 times the others has left the window, the small
 //                  ones it rounded away are lost. block.x = LRN_THREADS,
@@ -43,8 +44,11 @@ __device__ __forceinline__ void lrn_window(const LrnParams &p) {
             const double v = eia_load(xi, k * p.inner);
             sum += v * v;
         }
+        // The base in double, rounded to float once: a sum beyond float's range (squares of
+        // values near 2e19) can still give a base inside it.
+        const float base = (float)fma((double)p.scale, sum, (double)p.bias);
         const float v = eia_load(xi, ch * p.inner);
-        eia_store(y, t, v * powf(fmaf(p.scale, (float)sum, p.bias), -p.beta));
+        eia_store(y, t, v * powf(base, -p.beta));
     }
 }
 
