@@ -301,9 +301,6 @@ mod x16 {
     pub struct Bases {
         scale: f32,
         bias: f32,
-        /// The same two in f64, for the exact form.
-        scale64: f64,
-        bias64: f64,
         /// The smallest base whose f32 sum is trusted: `max(alpha·2^−119, f32::MIN_POSITIVE)`.
         /// Squares that underflowed to zero lose at most `size · scale · 2^−149 = alpha·2^−149`
         /// of the base, a 2^−30 part of any base this large.
@@ -316,8 +313,6 @@ mod x16 {
             Bases {
                 scale: plan.scale(),
                 bias: plan.bias,
-                scale64: plan.scale() as f64,
-                bias64: plan.bias as f64,
                 lo: lo.max(f32::MIN_POSITIVE),
             }
         }
@@ -342,6 +337,7 @@ mod x16 {
         let last = window.end.max(ch + 1) - 1;
         assert!(cols == 0 || x.len() >= last * stride + cols);
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+        let (scale64, bias64) = (bases.scale as f64, bases.bias as f64);
         let (scale, bias) = (_mm512_set1_ps(bases.scale), _mm512_set1_ps(bases.bias));
         let (lo, hi) = (_mm512_set1_ps(bases.lo), _mm512_set1_ps(f32::MAX));
         for j in (0..cols).step_by(16) {
@@ -369,7 +365,7 @@ mod x16 {
                 }
             }
             for (i, o) in y.iter_mut().enumerate().skip(j).take(16) {
-                let b = exact_base(&x[i..], stride, window.clone(), bases.scale64, bases.bias64);
+                let b = exact_base(&x[i..], stride, window.clone(), scale64, bias64);
                 *o = T::from_f32(x[ch * stride + i].to_f32() * pow_075_exact(b));
             }
         }
