@@ -163,31 +163,46 @@ pub trait Backend: Send + Sync {
     where
         Self: Sized,
     {
-        let missing = || Error::Backend {
-            backend: "run_steps",
-            msg: "a step names an empty table entry".into(),
-        };
         self.run_ops(|| -> Result<()> {
-            for &(i, host) in writes {
-                self.write(tensors[i].as_mut().ok_or_else(missing)?, host)?;
-            }
-            for step in steps {
-                let mut y = tensors[step.output].take().ok_or_else(missing)?;
-                let done = step
-                    .inputs
-                    .iter()
-                    .map(|&i| tensors[i].as_ref().ok_or_else(missing))
-                    .collect::<Result<Vec<_>>>()
-                    .and_then(|x| self.apply_into(&step.op, &x, &mut y));
-                tensors[step.output] = Some(y);
-                done?;
-            }
-            Ok(())
+            write_entries(self, tensors, writes)?;
+            steps
+                .iter()
+                .try_for_each(|step| run_step(self, tensors, step))
         })?;
-        reads
-            .iter()
-            .map(|&i| self.download(tensors[i].as_ref().ok_or_else(missing)?))
-            .collect()
+        read_entries(self, tensors, reads)
+    }
+
+    /// [`Backend::run_steps`] for a model's whole program, whose caller vouches that every table
+    /// entry a step writes, other than `reads`, is scratch: nothing reads it after the call (a
+    /// model's intermediates). The CPU backend then moves storage between those entries for
+    /// the call, so that each output is written into memory a step just read (still in
+    /// cache), not into memory last touched a whole inference ago (see `cpu::reuse`); by
+    /// default the steps run as `run_steps` runs them. `observe`, if given, is called after
+    /// the writes and after each step, on the thread running the steps (a profile times the
+    /// steps with it): by default each step is then a `run_steps` call of its own.
+    fn run_program(
+        &self,
+        tensors: &mut [Option<Tensor<Self::Storage>>],
+        writes: &[(usize, &HostTensor)],
+        steps: &[Step],
+        reads: &[usize],
+        observe: Option<&mut (dyn FnMut() -> Result<()> + Send)>,
+    ) -> Result<Vec<HostTensor>>
+    where
+        Self: Sized,
+    {
+        let Some(observe) = observe else {
+            return self.run_steps(tensors, writes, steps, reads);
+        };
+        self.run_ops(|| {
+            self.run_steps(tensors, writes, &[], &[])?;
+            observe()?;
+            for step in steps {
+                self.run_steps(tensors, &[], std::slice::from_ref(step), &[])?;
+                observe()?;
+            }
+            self.run_steps(tensors, &[], &[], reads)
+        })
     }
 
     /// ONNX Gemm: `clip?(relu?(alpha·A'·B' + beta·C))`.
@@ -292,6 +307,54 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         self.apply_into(&Op::Softmax(*op), &[x], y)
     }
+}
+
+fn empty_entry() -> Error {
+    Error::Backend {
+        backend: "run_steps",
+        msg: "a step names an empty table entry".into(),
+    }
+}
+
+/// Writes host data into table entries (see [`Backend::run_steps`]).
+pub(crate) fn write_entries<B: Backend>(
+    backend: &B,
+    tensors: &mut [Option<Tensor<B::Storage>>],
+    writes: &[(usize, &HostTensor)],
+) -> Result<()> {
+    for &(i, host) in writes {
+        backend.write(tensors[i].as_mut().ok_or_else(empty_entry)?, host)?;
+    }
+    Ok(())
+}
+
+/// Runs one step over a table (see [`Backend::run_steps`]).
+pub(crate) fn run_step<B: Backend>(
+    backend: &B,
+    tensors: &mut [Option<Tensor<B::Storage>>],
+    step: &Step,
+) -> Result<()> {
+    let mut y = tensors[step.output].take().ok_or_else(empty_entry)?;
+    let done = step
+        .inputs
+        .iter()
+        .map(|&i| tensors[i].as_ref().ok_or_else(empty_entry))
+        .collect::<Result<Vec<_>>>()
+        .and_then(|x| backend.apply_into(&step.op, &x, &mut y));
+    tensors[step.output] = Some(y);
+    done
+}
+
+/// Downloads table entries, in order (see [`Backend::run_steps`]).
+pub(crate) fn read_entries<B: Backend>(
+    backend: &B,
+    tensors: &[Option<Tensor<B::Storage>>],
+    reads: &[usize],
+) -> Result<Vec<HostTensor>> {
+    reads
+        .iter()
+        .map(|&i| backend.download(tensors[i].as_ref().ok_or_else(empty_entry)?))
+        .collect()
 }
 
 /// One op of a [`Backend::run_steps`] sequence: its inputs and output are indices into the

@@ -285,7 +285,7 @@ impl Model {
             .map(|(&e, (host, conv))| (e, conv.as_ref().unwrap_or(host)))
             .collect();
         let run = match times {
-            None => backend.run_steps(table, &writes, &self.program, &self.output_entries),
+            None => backend.run_program(table, &writes, &self.program, &self.output_entries, None),
             Some(times) => self.run_timed(backend, table, &writes, times),
         };
         run.map_err(|e| match e {
@@ -295,13 +295,12 @@ impl Model {
         })
     }
 
-    /// The program one step per [`Backend::run_steps`] call, each timed up to a
-    /// [`Backend::synchronize`]: the inputs written with the first, the outputs read after
-    /// the last. All inside one [`Backend::run_ops`], as a whole program runs: on the CPU
-    /// every step starts on the pool thread that ran the one before, the other threads
-    /// awake. (Outside it, each step was handed to the pool and woke its sleeping threads:
-    /// MobileNetV2's ops summed to 7.69 ms on two threads against 6.79 inside, its whole
-    /// program's p50 7.24 and 7.18.)
+    /// The program with each step timed up to a [`Backend::synchronize`], as a whole program
+    /// runs (see [`Backend::run_program`]: a step per call where the backend has no better
+    /// way), all inside one [`Backend::run_ops`]: on the CPU every step starts on the pool
+    /// thread that ran the one before, the other threads awake. (Outside it, each step was
+    /// handed to the pool and woke its sleeping threads: MobileNetV2's ops summed to 7.69 ms on
+    /// two threads against 6.79 inside, its whole program's p50 7.24 and 7.18.)
     fn run_timed<B: Backend>(
         &self,
         backend: &B,
@@ -309,15 +308,23 @@ impl Model {
         writes: &[(usize, &HostTensor)],
         times: &mut Vec<Duration>,
     ) -> Result<Vec<HostTensor>> {
-        backend.run_ops(|| {
-            backend.run_steps(table, writes, &[], &[])?;
-            for step in &self.program {
-                let started = Instant::now();
-                backend.run_steps(table, &[], std::slice::from_ref(step), &[])?;
-                backend.synchronize()?;
-                times.push(started.elapsed());
+        let mut last = None;
+        let mut observe = || -> Result<()> {
+            backend.synchronize()?;
+            let now = Instant::now();
+            if let Some(last) = last.replace(now) {
+                times.push(now - last);
             }
-            backend.run_steps(table, &[], &[], &self.output_entries)
+            Ok(())
+        };
+        backend.run_ops(|| {
+            backend.run_program(
+                table,
+                writes,
+                &self.program,
+                &self.output_entries,
+                Some(&mut observe),
+            )
         })
     }
 
