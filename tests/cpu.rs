@@ -285,6 +285,38 @@ fn depthwise_conv_edges() {
     conv_cases("depthwise_conv_edges", &cases, true);
 }
 
+/// 3×3 depthwise convolutions at column stride 2 on the AVX-512 row kernel, which loads each
+/// vector's input columns once and takes tap 2 from the next vector's (the last vector's from
+/// one load more): rows of one vector, of four (a whole block, its last lane reading the
+/// column after), of two blocks and a tail, with the last column in the padding or not; no
+/// residual sum (with one, the padded copy runs), every other case with a fused Clip.
+#[test]
+fn depthwise_stride2_rows() {
+    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 4] = [
+        (
+            [1, 3, 6, 29],
+            [3, 1, 3, 3],
+            grouped([2, 2], [1; 4], [1, 1], 3),
+        ),
+        (
+            [1, 2, 5, 128],
+            [2, 1, 3, 3],
+            grouped([2, 2], [1, 0, 1, 1], [1, 1], 2),
+        ),
+        (
+            [1, 2, 6, 261],
+            [2, 1, 3, 3],
+            grouped([2, 2], [1; 4], [1, 1], 2),
+        ),
+        (
+            [2, 2, 4, 256],
+            [4, 1, 3, 3],
+            grouped([2, 2], [0, 1, 0, 0], [1, 1], 2),
+        ),
+    ];
+    conv_cases("depthwise_stride2_rows", &cases, false);
+}
+
 /// Depthwise convolutions on maps at most 8 wide (with AVX-512, the kernel that puts sixteen
 /// channels in a vector): channel counts that leave a block partly empty, two outputs per
 /// group, every stride and padding shape, a 1×1 map and a tall one; half with a fused Clip.
