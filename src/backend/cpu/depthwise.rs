@@ -353,7 +353,7 @@ mod avx512 {
         /// and split into their even and odd lanes (taps 0 and 1), and tap 2 is the even lanes
         /// one further, taken from the next vector's (the extra one a load of 16 columns). Two
         /// loads a vector per kernel row, not six: `eia run --filter dw_3x3s2`, Zen 4, two
-        /// threads, 3 alternated rounds, 0.55–0.69× the time of three pairs of loads.
+        /// threads, 3 alternated rounds, 0.54–0.72× the time of three pairs of loads.
         ///
         /// # Safety
         /// As for [`row_group`](Self::row_group), with `plan.s = 3`, column stride 2 and
