@@ -451,3 +451,56 @@ fn streamed_outputs() {
     common::suite_binary::binary_ops_case(&backend, &mut rng, dtype, &[1], big);
     common::suite::batch_norm_case(&backend, &mut rng, dtype, &[1, 5, 1050, 1001], 1e-5);
 }
+
+/// `run_program` on the CPU lends the storages of a program's scratch entries among them for the
+/// call (`src/backend/cpu/reuse.rs`): a step that fails after a storage was lent leaves every
+/// entry with its own storage at its own length, and the next program computes what its ops do.
+#[test]
+fn a_failed_program_gives_every_storage_back() {
+    use eia::backend::{Backend, Step};
+    use eia::{DType, HostTensor, Tensor, TensorDesc};
+    let cpu = eia::CpuBackend::new();
+    // 0: the input; 1, 3: intermediates; 2: too small for the step that writes it; 4: read.
+    let lens = [64, 64, 32, 64, 64];
+    let mut table: Vec<Option<Tensor<eia::backend::cpu::CpuData>>> = lens
+        .iter()
+        .map(|&n| {
+            Some(
+                cpu.alloc(&TensorDesc::new(DType::F32, &[n]).unwrap())
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let storage = |t: &Option<Tensor<eia::backend::cpu::CpuData>>| {
+        let t = t.as_ref().unwrap();
+        let eia::HostData::F32(v) = t.storage().data() else {
+            unreachable!()
+        };
+        (v.as_ptr(), v.len(), t.desc().len())
+    };
+    let before: Vec<_> = table.iter().map(storage).collect();
+    let x: Vec<f32> = (0..64).map(|i| i as f32 - 31.5).collect();
+    let input = HostTensor::new(&[64], x.clone()).unwrap();
+    let relu = |i: usize, o: usize| Step {
+        op: eia::ops::Op::Relu,
+        inputs: vec![i],
+        output: o,
+    };
+    // Step 1 writes entry 3 into the input's storage (released by step 0); step 2 fails.
+    let failing = [relu(0, 1), relu(1, 3), relu(1, 2)];
+    let err = cpu.run_program(&mut table, &[(0, &input)], &failing, &[], None);
+    assert!(err.is_err(), "a 64-element Relu into 32 elements ran");
+    let after: Vec<_> = table.iter().map(storage).collect();
+    assert_eq!(
+        before, after,
+        "(pointer, length, descriptor's length) per entry"
+    );
+    let steps = [relu(0, 1), relu(1, 3), relu(3, 4)];
+    let out = cpu
+        .run_program(&mut table, &[(0, &input)], &steps, &[4], None)
+        .unwrap();
+    let want: Vec<f32> = x.iter().map(|v| v.max(0.0)).collect();
+    assert_eq!(out[0].data().to_f32_vec(), want);
+    let after: Vec<_> = table.iter().map(storage).collect();
+    assert_eq!(before, after);
+}
