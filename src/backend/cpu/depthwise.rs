@@ -7,8 +7,9 @@
 //! widened in the register), the mask zeroing the columns that fall into padding, and kernel
 //! rows that fall into padding skipped; for stride 2 two loads are split into their even
 //! columns by one permute (a 3×3 kernel's three taps from the same two loads: its even lanes,
-//! its odd ones, and its even ones shifted by one lane with the next vector's first). Rows clear of the top and bottom padding run two or four at a time
-//! (about eight independent accumulators). Bias and the fused ReLU or Clip are applied in
+//! its odd ones, and its even ones shifted by one lane with the next vector's first). Rows
+//! clear of the top and bottom padding run two or four at a time (about eight independent
+//! accumulators). Bias and the fused ReLU or Clip are applied in
 //! registers and each row is stored once (FP16 rounded in the register). At stride 1 with
 //! output rows as wide as the input's and not a multiple of sixteen (a MobileNet's 7×7, 14×14,
 //! 28×28 and 56×56 maps), the flat kernel (`avx512::Flat`) takes the channel's outputs as one
@@ -295,39 +296,39 @@ mod avx512 {
             // Kernel rows r0..r1 read input rows: pi·sh + ri·dh ∈ pt..pt + h.
             let top = pi * sh;
             let r0 = pt.saturating_sub(top).div_ceil(dh).min(plan.r);
-            let mut r1 = (pt + plan.h).saturating_sub(top).div_ceil(dh).min(plan.r);
+            let r1 = (pt + plan.h).saturating_sub(top).div_ceil(dh).min(plan.r);
             debug_assert!(R == 1 || (r0, r1) == (0, plan.r));
             let mut acc = [[b; V]; R];
             if SW == 2 && plan.s == 3 && dw == 1 {
                 // SAFETY: as below.
                 unsafe { self.stride2_taps::<V, R>(pi, r0..r1, &mut acc) };
-                r1 = r0;
-            }
-            for ri in r0..r1 {
-                // Input row of kernel row ri for output row pi, from the block's first column;
-                // output row pi + g reads g·sh rows further.
-                let row = self
-                    .xc
-                    .as_ptr()
-                    .wrapping_add((top + ri * dh - pt) * plan.w)
-                    .wrapping_offset(self.c0);
-                let wr = &self.wk[ri * plan.s..][..plan.s];
-                for (si, (&wv, m)) in wr.iter().zip(self.masks).enumerate() {
-                    let wv = _mm512_set1_ps(wv);
-                    for (g, acc) in acc.iter_mut().enumerate() {
-                        let p = row.wrapping_add(g * sh * plan.w + si * dw);
-                        for v in 0..V {
-                            // SAFETY: only lanes inside the input row are read (the masks).
-                            let x = unsafe {
-                                let x = load(p.wrapping_add(SW * 16 * v), m[v][0]);
-                                if SW == 1 {
-                                    x
-                                } else {
-                                    let x1 = load(p.wrapping_add(SW * 16 * v + 16), m[v][1]);
-                                    _mm512_permutex2var_ps(x, even, x1)
-                                }
-                            };
-                            acc[v] = _mm512_fmadd_ps(wv, x, acc[v]);
+            } else {
+                for ri in r0..r1 {
+                    // Input row of kernel row ri for output row pi, from the block's first column;
+                    // output row pi + g reads g·sh rows further.
+                    let row = self
+                        .xc
+                        .as_ptr()
+                        .wrapping_add((top + ri * dh - pt) * plan.w)
+                        .wrapping_offset(self.c0);
+                    let wr = &self.wk[ri * plan.s..][..plan.s];
+                    for (si, (&wv, m)) in wr.iter().zip(self.masks).enumerate() {
+                        let wv = _mm512_set1_ps(wv);
+                        for (g, acc) in acc.iter_mut().enumerate() {
+                            let p = row.wrapping_add(g * sh * plan.w + si * dw);
+                            for v in 0..V {
+                                // SAFETY: only lanes inside the input row are read (the masks).
+                                let x = unsafe {
+                                    let x = load(p.wrapping_add(SW * 16 * v), m[v][0]);
+                                    if SW == 1 {
+                                        x
+                                    } else {
+                                        let x1 = load(p.wrapping_add(SW * 16 * v + 16), m[v][1]);
+                                        _mm512_permutex2var_ps(x, even, x1)
+                                    }
+                                };
+                                acc[v] = _mm512_fmadd_ps(wv, x, acc[v]);
+                            }
                         }
                     }
                 }
@@ -345,9 +346,7 @@ mod avx512 {
                 }
             }
         }
-    }
 
-    impl<T: Element> Block<'_, T> {
         /// Adds kernel rows `rows` of output rows `pi..pi + R` to `acc`, for column stride 2
         /// and three kernel columns one apart: each vector's 32 input columns are loaded once
         /// and split into their even and odd lanes (taps 0 and 1), and tap 2 is the even lanes

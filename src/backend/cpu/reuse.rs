@@ -51,17 +51,21 @@ pub(super) fn placement(
             .copied()
             .unwrap_or(NEVER)
     };
-    // The last step before `until` that reads `e` from `from` on (`from` if none does).
-    let last_read = |e: usize, from: usize, until: usize| {
-        (from..until.min(steps.len()))
-            .rev()
-            .find(|&j| steps[j].inputs.contains(&e))
-            .unwrap_or(from)
-    };
+    // One pass from the end: for each step, the last step that reads its output before its
+    // entry is written again (the step itself if none does); left over, for each entry, the
+    // last step that reads what it held before the program.
+    let mut ends = vec![0; steps.len()];
+    let mut last_reader: Vec<Option<usize>> = vec![None; n];
+    for (i, step) in steps.iter().enumerate().rev() {
+        ends[i] = last_reader[step.output].take().unwrap_or(i);
+        for &e in &step.inputs {
+            last_reader[e].get_or_insert(i);
+        }
+    }
     // Per storage: the last step that uses it (None: free since before the program, cold).
     let mut busy_until: Vec<Option<usize>> = vec![None; n];
     for &e in inputs.iter().filter(|&&e| lent[e]) {
-        busy_until[e] = Some(last_read(e, 0, NEVER));
+        busy_until[e] = Some(last_reader[e].unwrap_or(0));
     }
     let mut choice = Vec::with_capacity(steps.len());
     for (i, step) in steps.iter().enumerate() {
@@ -70,7 +74,7 @@ pub(super) fn placement(
             choice.push(o);
             continue;
         }
-        let end = last_read(o, i, next_write(o, i + 1));
+        let end = ends[i];
         let (dtype, len) = home[o].expect("checked above");
         let free = |s: usize| busy_until[s].is_none_or(|u| u < i);
         let best = (0..n)
