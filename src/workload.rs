@@ -71,8 +71,8 @@ impl Workload {
         square.into_iter().chain(skinny).collect()
     }
 
-    /// ResNet-50 convolution layers (and four MobileNetV2 layers: its widest pointwise expansion
-    /// and projection, a depthwise layer of stride 1 and one of stride 2) at batch `n`.
+    /// ResNet-50 convolution layers (and five MobileNetV2 layers: its stem, its widest pointwise
+    /// expansion and projection, a depthwise layer of stride 1 and one of stride 2) at batch `n`.
     pub fn resnet50_convs(n: usize) -> Vec<Workload> {
         let pad1 = Conv {
             pads: [1; 4],
@@ -104,6 +104,17 @@ impl Workload {
             layer("res4_3x3", 256, 14, 256, 3, pad1.clone()),
             layer("res4_1x1_reduce", 1024, 14, 256, 1, Conv::default()),
             layer("res5_3x3", 512, 7, 512, 3, pad1.clone()),
+            layer(
+                "mobilenet_stem_3x3s2",
+                3,
+                224,
+                32,
+                3,
+                Conv {
+                    strides: [2, 2],
+                    ..pad1.clone()
+                },
+            ),
             layer("mobilenet_1x1_expand", 16, 112, 96, 1, Conv::default()),
             layer("mobilenet_1x1_project", 144, 56, 24, 1, Conv::default()),
             layer(

@@ -487,6 +487,120 @@ fn overcommitted_tiers_share_the_device_by_rate() {
     }
 }
 
+#[test]
+fn a_program_waiting_out_debt_holds_no_thread_of_the_pool() {
+    // A served device on a CPU pool of one thread. Tenant A's program of two GEMMs on "slow":
+    // the second op waits out ~2 s of debt. Its ops run on the pool while they need not wait;
+    // that wait must be slept off the pool, or B's op, which needs the pool's only thread,
+    // would wait with it.
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let config = ServerConfig {
+        device: device_config(1000),
+        ..ServerConfig::default()
+    };
+    let one_thread = CpuBackend::with_threads(1).unwrap();
+    let server = eia::rpc::spawn("127.0.0.1:0".parse().unwrap(), one_thread, config).unwrap();
+    let url = server.url(false);
+    let a = Connection::connect(&url, ClientConfig::default())
+        .unwrap()
+        .attach("slow")
+        .unwrap();
+    let x = a.upload(&host(&[N, N], 0.1)).unwrap();
+    let (y, w) = (a.alloc(x.desc()).unwrap(), a.alloc(x.desc()).unwrap());
+    let mut program = eia::rpc::Program::new();
+    program.gemm(&Gemm::default(), &x, &x, None, &y).unwrap();
+    program.gemm(&Gemm::default(), &y, &x, None, &w).unwrap();
+    let debtor = std::thread::spawn(move || {
+        let t = Instant::now();
+        a.run(&program).unwrap();
+        t.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(300)); // A's second op is now waiting out its debt
+    let b = Connection::connect(&url, ClientConfig::default())
+        .unwrap()
+        .attach("fast")
+        .unwrap();
+    let z = b.upload(&host(&[2, 3], 0.5)).unwrap();
+    let started = Instant::now();
+    b.softmax(&Softmax::default(), &z).unwrap();
+    let op = started.elapsed();
+    let waited = debtor.join().unwrap();
+    println!("while A's program waited {waited:?} on its debt, B's op took {op:?}");
+    assert!(
+        waited > Duration::from_millis(1500),
+        "A's program waited {waited:?}"
+    );
+    // B's op finished long before A's program: nothing of B's waited for A's debt.
+    assert!(
+        op < waited / 2,
+        "B's op took {op:?}, A's program {waited:?}"
+    );
+}
+
+#[test]
+fn programs_of_overcommitted_tiers_share_a_served_device_by_rate() {
+    // As above, through a server: each tenant runs programs of eight GEMMs, whose ops run on
+    // the CPU backend's pool while the device is free for them and wait for their turn off it
+    // when the other tenant holds or waits for the device. Ops that skipped the fair queue
+    // there would split the device by op count (about half each), not by rate.
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let config = ServerConfig {
+        device: DeviceConfig {
+            tiers: Tiers::with_toml(
+                "shares",
+                "[[tier]]\nname = \"t2\"\nfp32_tflops = 200.0\nfp16_tflops = 200.0\nmemory_mib = 64\n\n\
+                 [[tier]]\nname = \"t20\"\nfp32_tflops = 2000.0\nfp16_tflops = 2000.0\nmemory_mib = 64\n",
+            )
+            .unwrap(),
+            capacity: Some(Capacity {
+                tflops: PerDType::new(1.0, 1.0),
+                memory: 1 << 30,
+            }),
+            overcommit: true,
+            ..DeviceConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server =
+        eia::rpc::spawn("127.0.0.1:0".parse().unwrap(), CpuBackend::new(), config).unwrap();
+    let url = format!("http://{}", server.addr());
+    let conn = Connection::connect(&url, ClientConfig::default()).unwrap();
+    let (slow, fast) = (conn.attach("t2").unwrap(), conn.attach("t20").unwrap());
+    let window = Duration::from_millis(1500);
+    std::thread::scope(|s| {
+        let run = |acc: &eia::rpc::RemoteAccelerator| {
+            let x = acc.upload(&host(&[192, 192], 0.7)).unwrap();
+            let y = acc
+                .alloc(&TensorDesc::new(DType::F32, &[192, 192]).unwrap())
+                .unwrap();
+            let mut program = eia::rpc::Program::new();
+            for _ in 0..8 {
+                program.gemm(&Gemm::default(), &x, &x, None, &y).unwrap();
+            }
+            let until = Instant::now() + window;
+            while Instant::now() < until {
+                acc.run(&program).unwrap();
+            }
+        };
+        for acc in [&slow, &fast, &slow, &fast] {
+            s.spawn(move || run(acc));
+        }
+    });
+    let flops = [&slow, &fast].map(|a| a.usage().unwrap().flops[DType::F32] as f64);
+    let total = flops[0] + flops[1];
+    let shares = [flops[0] / total, flops[1] / total];
+    println!(
+        "served device shares under overcommit: t2 {:.3} (fair 0.091), t20 {:.3} (fair 0.909)",
+        shares[0], shares[1]
+    );
+    for (share, fair) in shares.into_iter().zip([1.0 / 11.0, 10.0 / 11.0]) {
+        assert!(
+            (share / fair - 1.0).abs() <= 0.10,
+            "share {share:.3}, fair {fair:.3}"
+        );
+    }
+}
+
 /// The CPU backend, except that a softmax launch panics (a stand-in for any bug inside a
 /// backend's launch).
 #[derive(Clone)]

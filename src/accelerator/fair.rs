@@ -15,7 +15,8 @@
 //!
 //! A thread of the CPU backend's pool (an op issued inside [`crate::Backend::run_ops`]) does
 //! not wait here: a pool thread that blocked could be the one another op's parallel work waits
-//! on. Ops issued that way are run at once and still move the virtual time.
+//! on. Ops issued that way are run at once and still move the virtual time — or, asking with
+//! [`FairQueue::try_turn`] (the server's programs), get a turn only where it is free at once.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
@@ -91,6 +92,29 @@ impl FairQueue {
         Turn {
             queue: Some((self, accelerator)),
         }
+    }
+
+    /// The device for an op of `cost` from `accelerator` if it may have it at once — no op
+    /// holds it, none waits for it, and no accelerator ahead in virtual time is within its
+    /// [`GRACE`] — as [`FairQueue::turn`] would give it; otherwise `None`, and nothing changes.
+    /// It never waits, so a thread of the CPU backend's pool may ask (ops that get `None` wait
+    /// for their turn off the pool); a turn it gives holds the device like any other.
+    pub fn try_turn(&self, accelerator: u64, cost: f64) -> Option<Turn<'_>> {
+        let mut s = lock(&self.state);
+        if s.running || !s.waiting.is_empty() {
+            return None;
+        }
+        let flow = s.flows.get(&accelerator).copied().unwrap_or_default();
+        let start = flow.finish.max(s.virtual_time);
+        if s.coming_back((start, s.arrivals, accelerator)).is_some() {
+            return None;
+        }
+        s.flows.entry(accelerator).or_default().finish = start + cost.max(0.0);
+        s.running = true;
+        s.virtual_time = s.virtual_time.max(start);
+        Some(Turn {
+            queue: Some((self, accelerator)),
+        })
     }
 
     /// Forgets a detached accelerator.
@@ -170,6 +194,32 @@ mod tests {
             (share - 10.0 / 11.0).abs() < 0.05,
             "fast {fast}, slow {slow}: share {share:.3}, expected 0.909"
         );
+    }
+
+    #[test]
+    fn try_turn_gives_only_a_free_device() {
+        let queue = FairQueue::default();
+        let held = queue.try_turn(1, 1.0).expect("an idle device is free");
+        // Held: no second turn, and nothing charged for asking.
+        assert!(queue.try_turn(2, 1.0).is_none());
+        assert!(!lock(&queue.state).flows.contains_key(&2));
+        drop(held);
+        // An op waiting for the device comes first.
+        lock(&queue.state).waiting.push((0.0, 0, 3));
+        assert!(queue.try_turn(2, 1.0).is_none());
+        lock(&queue.state).waiting.clear();
+        // Accelerator 1 (finish 1.0) ended its turn just now, behind 2 (finish 5.0) in virtual
+        // time: 2 may not overtake it within its grace; 1 may go at once.
+        lock(&queue.state).flows.entry(2).or_default().finish = 5.0;
+        assert!(queue.try_turn(2, 1.0).is_none());
+        assert_eq!(lock(&queue.state).flows[&2].finish, 5.0);
+        drop(
+            queue
+                .try_turn(1, 1.0)
+                .expect("the flow behind in virtual time"),
+        );
+        let s = lock(&queue.state);
+        assert_eq!((s.flows[&1].finish, s.running), (2.0, false));
     }
 
     #[test]

@@ -80,6 +80,12 @@ impl Meter {
         }
     }
 
+    /// Whether an op of `cost` would have to wait if it were charged now (nothing is charged).
+    pub fn would_wait(&self, cost: f64) -> bool {
+        let now = self.epoch.elapsed().as_secs_f64();
+        *lock(&self.empty_at) + cost.min(self.burst) > now
+    }
+
     /// The balance now in accelerator-seconds (negative: debt still to wait out).
     pub fn balance(&self) -> f64 {
         let now = self.epoch.elapsed().as_secs_f64();
@@ -118,6 +124,23 @@ mod tests {
         assert!((owed.balance() + 2.0).abs() < 0.01, "{}", owed.balance());
         // The first op waits for min(cost, burst) of refill: no free burst on attach.
         assert!((m.reserve_at(0.005, 0.0) - 0.005).abs() < 1e-3);
+    }
+
+    #[test]
+    fn would_wait_tells_without_charging() {
+        // A full bucket of 100 s: ops up to it start at once, until it is spent.
+        let m = meter(100.0);
+        assert!(!m.would_wait(60.0));
+        assert!(
+            !m.would_wait(1000.0),
+            "an op over the burst needs a full bucket only"
+        );
+        assert!(m.balance() > 99.0, "asking charged {}", 100.0 - m.balance());
+        m.reserve(60.0);
+        assert!(!m.would_wait(30.0));
+        assert!(m.would_wait(50.0));
+        m.reserve(40.0);
+        assert!(m.would_wait(1.0));
     }
 
     #[test]

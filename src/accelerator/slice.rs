@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 
 use super::meter::Meter;
 use super::{Device, Tier, Usage};
-use crate::backend::{Backend, MemoryAccount};
-use crate::dtype::{DType, PerDType};
+use crate::backend::{plan_into, storages, Backend, MemoryAccount};
+use crate::dtype::PerDType;
 use crate::error::{Error, Result};
-use crate::ops::Plan;
+use crate::ops::{Op, Plan};
 use crate::sync::{lock, read, try_read, write};
 use crate::tensor::{HostTensor, Tensor, TensorDesc};
 
@@ -47,6 +47,15 @@ pub const MIN_TENSOR_CHARGE: u64 = 512;
 /// What a tensor of `desc` is charged against the quota.
 pub fn charge(desc: &TensorDesc) -> u64 {
     (desc.bytes() as u64).max(MIN_TENSOR_CHARGE)
+}
+
+/// How an op waits for its meter and the device (see [`Accelerator::apply_into_now`]).
+#[derive(Clone, Copy)]
+enum Pace {
+    /// As long as they make it.
+    Wait,
+    /// Not at all: the op does not run where either would make it wait.
+    OnlyIfFree,
 }
 
 /// A virtual accelerator attached to a [`Device`]. Share it between threads by reference or
@@ -306,18 +315,35 @@ where
         self.inner.detach()
     }
 
-    /// Runs one op: checks the tensors, charges `flops` at the tier's rate for `dtype`, waits on
-    /// the meter and for the device's fair-queue turn, then launches with the storages of
-    /// `inputs` and `output`, each under its own lock.
+    /// Runs `op` on `inputs` into `y` as [`Backend::apply_into`] does, if it can start now:
+    /// `Ok(false)` — nothing run, charged or counted — where the meter or the device's fair
+    /// queue would make it wait (the meter in debt, or the device held or waited for by another
+    /// op). It never waits, so it may run on a thread of the CPU backend's pool: a caller runs
+    /// ops there this way while the device is free and waits for the others off the pool
+    /// (the server's programs, see `rpc::server`). Errors are `apply_into`'s.
+    pub fn apply_into_now(
+        &self,
+        op: &Op,
+        inputs: &[&Tensor<Buffer>],
+        y: &mut Tensor<Buffer>,
+    ) -> Result<bool> {
+        let plan = plan_into(op, inputs, y.desc())?;
+        self.run_op(&plan, &storages(inputs), y.storage_mut(), Pace::OnlyIfFree)
+    }
+
+    /// Runs one op: checks the tensors, charges the plan's FLOPs at the tier's rate, waits on
+    /// the meter and for the device's fair-queue turn (or, at [`Pace::OnlyIfFree`], returns
+    /// `Ok(false)` where either would wait), then launches with the storages of `inputs` and
+    /// `output`, each under its own lock. `Ok(true)` when it ran.
     fn run_op(
         &self,
-        flops: u64,
-        dtype: DType,
+        plan: &Plan,
         inputs: &[&Buffer],
         output: &mut Buffer,
-        launch: impl FnOnce(&B, &[&B::Storage], &mut B::Storage) -> Result<()>,
-    ) -> Result<()> {
+        pace: Pace,
+    ) -> Result<bool> {
         let inner = &*self.inner;
+        let (flops, dtype) = (plan.flops(), plan.output().dtype());
         let (cost, input_slots, output_slot) = {
             let state = inner.lock();
             state.live(inner.id)?;
@@ -329,18 +355,32 @@ where
             let y = inner.slot(&state, output)?;
             (state.tier.cost(flops, dtype), slots, y)
         };
+        let fair = &inner.device.inner.fair;
+        let turn = match pace {
+            Pace::Wait => None,
+            Pace::OnlyIfFree => {
+                if inner.meter.would_wait(cost) {
+                    return Ok(false);
+                }
+                let Some(turn) = fair.try_turn(inner.id, cost) else {
+                    return Ok(false);
+                };
+                Some(turn)
+            }
+        };
+        // Only this accelerator's other calls can have charged the meter since: a short wait.
         let waited = inner.meter.wait(cost);
         inner.lock().live(inner.id)?;
         let started = Instant::now();
         let result = {
-            let _turn = inner.device.inner.fair.turn(inner.id, cost);
+            let _turn = turn.unwrap_or_else(|| fair.turn(inner.id, cost));
             // A handle is either this op's output (`&mut`) or read by it, never both (the
             // borrow rules), so these locks never wait on another op's.
             let guards: Vec<_> = input_slots.iter().map(|s| read(s)).collect();
             let mut y = write(&output_slot);
             let storages: Vec<&B::Storage> = guards.iter().map(|t| t.storage()).collect();
             catch_unwind(AssertUnwindSafe(|| {
-                launch(&inner.backend, &storages, y.storage_mut())
+                inner.backend.launch(plan, &storages, y.storage_mut())
             }))
             .unwrap_or_else(|panic| Err(inner.panicked(panic)))
         };
@@ -353,7 +393,7 @@ where
         c.meter_wait += waited;
         c.busy += busy;
         c.op_bytes += inputs.iter().map(|b| b.bytes).sum::<u64>() + output.bytes;
-        result
+        result.map(|()| true)
     }
 
     /// Stores a tensor made by `make` in the room `reservation` holds.
@@ -658,12 +698,6 @@ where
     }
 
     fn launch(&self, plan: &Plan, inputs: &[&Buffer], y: &mut Buffer) -> Result<()> {
-        self.run_op(
-            plan.flops(),
-            plan.output().dtype(),
-            inputs,
-            y,
-            |be, s, y| be.launch(plan, s, y),
-        )
+        self.run_op(plan, inputs, y, Pace::Wait).map(|_| ())
     }
 }

@@ -132,8 +132,7 @@ pub trait Backend: Send + Sync {
         inputs: &[&Tensor<Self::Storage>],
         y: &mut Tensor<Self::Storage>,
     ) -> Result<()> {
-        let plan = plan(op, inputs)?;
-        check_output(op.name(), plan.output(), y.desc())?;
+        let plan = plan_into(op, inputs, y.desc())?;
         self.launch(&plan, &storages(inputs), y.storage_mut())
     }
 
@@ -372,7 +371,14 @@ fn plan<S>(op: &Op, inputs: &[&Tensor<S>]) -> Result<Plan> {
     op.plan(&descs)
 }
 
-fn storages<'a, S>(inputs: &[&'a Tensor<S>]) -> Vec<&'a S> {
+/// `op`'s plan for `inputs`, checked against the output `y` it is to be written into.
+pub(crate) fn plan_into<S>(op: &Op, inputs: &[&Tensor<S>], y: &TensorDesc) -> Result<Plan> {
+    let plan = plan(op, inputs)?;
+    check_output(op.name(), plan.output(), y)?;
+    Ok(plan)
+}
+
+pub(crate) fn storages<'a, S>(inputs: &[&'a Tensor<S>]) -> Vec<&'a S> {
     inputs.iter().map(|t| t.storage()).collect()
 }
 

@@ -11,7 +11,9 @@
 //!
 //! Ops and transfers run on blocking threads (the meter sleeps, the CPU backend computes), at
 //! most [`CALLS_PER_ACCELERATOR`] at once per accelerator, so the async runtime and the
-//! blocking pool keep serving other tenants. The locks the async threads take — the
+//! blocking pool keep serving other tenants. A program's ops are handed to the device
+//! backend's pool in runs, each op there only while it need not wait
+//! ([`Accelerator::apply_into_now`]); one that must wait waits on the blocking thread. The locks the async threads take — the
 //! accelerator map, a handle table, an accelerator's bookkeeping — are only ever held for
 //! bookkeeping; a program holds its own tensors' locks while it waits on the meter and
 //! computes, and nothing else of any tenant waits for those. Uploads reserve their quota before
@@ -869,6 +871,21 @@ enum Use<'a> {
     Write(std::sync::RwLockWriteGuard<'a, Tensor<Buffer>>),
 }
 
+/// A tensor of a running program, by reference (its [`Use`] guard stays with the caller).
+enum View<'a> {
+    Read(&'a Tensor<Buffer>),
+    Write(&'a mut Tensor<Buffer>),
+}
+
+impl View<'_> {
+    fn tensor(&self) -> &Tensor<Buffer> {
+        match self {
+            View::Read(t) => t,
+            View::Write(t) => t,
+        }
+    }
+}
+
 impl std::ops::Deref for Use<'_> {
     type Target = Tensor<Buffer>;
     fn deref(&self) -> &Tensor<Buffer> {
@@ -1206,27 +1223,63 @@ fn run_checked<B: Backend + Clone + 'static>(
         let host = HostTensor::from_bytes(t.dtype(), t.shape(), &w.data).map_err(status)?;
         accel.write(t, &host).map_err(status)?;
     }
-    let steps = ops
-        .iter()
-        .zip(tensors_of.inputs.iter().zip(&tensors_of.outputs));
-    for (i, (op, (inputs, &y))) in steps.enumerate() {
+    // The guards stay on this thread; the ops take their tensors by reference.
+    let mut views: BTreeMap<u64, View> = tensors
+        .iter_mut()
+        .map(|(&t, u)| {
+            let view = match u {
+                Use::Read(g) => View::Read(&**g),
+                Use::Write(g) => View::Write(&mut **g),
+            };
+            (t, view)
+        })
+        .collect();
+    // Op `i`, at once or not at all (`now`: `Ok(false)` where it would wait), or waiting.
+    let step = |i: usize, views: &mut BTreeMap<u64, View>, now: bool| -> Result<bool, Status> {
+        let (op, inputs, y) = (&ops[i], &tensors_of.inputs[i], tensors_of.outputs[i]);
         let context = in_op(i, Some(op.op.name()));
-        let Some(Use::Write(mut out)) = tensors.remove(&y) else {
+        let Some(View::Write(out)) = views.remove(&y) else {
             return Err(context(not_found(id, y)));
         };
         let result = inputs
             .iter()
             .map(|t| {
-                tensors
+                views
                     .get(t)
-                    .map(|u| &**u)
+                    .map(View::tensor)
                     .ok_or_else(|| not_found(id, *t))
             })
             .collect::<Result<Vec<_>, _>>()
-            .and_then(|x| accel.apply_into(&op.op, &x, &mut out).map_err(status));
-        tensors.insert(y, Use::Write(out));
-        result.map_err(context)?;
+            .and_then(|x| {
+                if now {
+                    accel.apply_into_now(&op.op, &x, out)
+                } else {
+                    accel.apply_into(&op.op, &x, out).map(|()| true)
+                }
+                .map_err(status)
+            });
+        views.insert(y, View::Write(out));
+        result.map_err(context)
+    };
+    // The ops run on the device backend's pool while the device is free for them, as a local
+    // model's do (`Backend::run_ops`: no hand-over to the pool per op, its threads awake between
+    // ops). An op that would wait — on the meter, or for another tenant's op — waits here, off
+    // the pool, where waiting holds up no one else's work; the ops after it go back to the pool.
+    let mut next = 0;
+    while next < ops.len() {
+        next = accel.run_ops(|| {
+            let mut i = next;
+            while i < ops.len() && step(i, &mut views, true)? {
+                i += 1;
+            }
+            Ok::<_, Status>(i)
+        })?;
+        if next < ops.len() {
+            step(next, &mut views, false)?;
+            next += 1;
+        }
     }
+    drop(views);
     tensors_of
         .reads
         .iter()
