@@ -5,6 +5,18 @@ use std::arch::x86_64::*;
 use super::simd;
 use crate::dtype::{DType, Element};
 
+/// Fetches the cache line holding `p` for writing (`prefetchw`, which every CPU with AVX-512
+/// has; `_mm_prefetch` cannot ask for it on stable Rust): a kernel about to compute values it
+/// will store into memory out of cache asks for those lines first, so the stores do not wait
+/// for them. A hint: it never faults, whatever `p` is.
+#[inline]
+pub fn prefetch_for_write<T>(p: *const T) {
+    // SAFETY: prefetchw reads and writes no architectural state and does not fault.
+    unsafe {
+        std::arch::asm!("prefetchw [{}]", in(reg) p, options(nostack, preserves_flags, readonly));
+    }
+}
+
 /// Sixteen vectors of sixteen f32 transposed: lane `i` of vector `l` of the result is lane `l`
 /// of vector `i` of `r`.
 ///

@@ -976,7 +976,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Columns, Finish, Wrap, LANES};
-    use crate::backend::cpu::avx512::{first, inside, store, transpose16};
+    use crate::backend::cpu::avx512::{first, inside, prefetch_for_write, store, transpose16};
     use crate::dtype::{DType, Element};
 
     /// [`super::tile`] for a `T × F` tile, with the taps' offsets given.
@@ -1024,6 +1024,20 @@ mod avx512 {
                     _mm512_mask_loadu_ps(v, m1, row.wrapping_offset(o1))
                 }
             };
+            // The lines this tile stores, fetched while it computes: a stem's output is written
+            // into memory last touched an inference ago (MobileNetV2's 3×3/2 stem inside the
+            // model: 0.82× the time; alone at batch 8, 0.61–0.96×). A tile that accumulates has
+            // loaded them already.
+            if !accumulate {
+                for fi in 0..fv {
+                    let row = out.wrapping_add(fi * ld);
+                    for &(o, m) in runs.iter().flatten().filter(|&&(_, m)| m != 0) {
+                        let (first, last) = (m.trailing_zeros(), 15 - m.leading_zeros());
+                        prefetch_for_write(row.wrapping_offset(o + first as isize));
+                        prefetch_for_write(row.wrapping_offset(o + last as isize));
+                    }
+                }
+            }
             let mut acc = [[_mm512_setzero_ps(); T]; F];
             if accumulate {
                 assert_eq!(O::DTYPE, DType::F32, "tiles accumulate in FP32 only");
