@@ -428,12 +428,10 @@ fn a_program_naming_an_unknown_tensor_runs_nothing() {
     );
 }
 
-#[test]
-fn overcommitted_tiers_share_the_device_by_rate() {
-    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
-    // Two tiers far above what the CPU delivers, so the device, not the meter, is the limit;
-    // one has 10x the other's rate and should get ~10/11 of the device's FLOPs.
-    let config = DeviceConfig {
+/// A device of 1 TFLOPS overcommitted to two tiers far above it, so the device, not the meter,
+/// is the limit; "t20" has 10× the rate of "t2" and should get ~10/11 of the device's FLOPs.
+fn shares_config() -> DeviceConfig {
+    DeviceConfig {
         tiers: Tiers::with_toml(
             "shares",
             "[[tier]]\nname = \"t2\"\nfp32_tflops = 200.0\nfp16_tflops = 200.0\nmemory_mib = 64\n\n\
@@ -446,8 +444,29 @@ fn overcommitted_tiers_share_the_device_by_rate() {
         }),
         overcommit: true,
         ..DeviceConfig::default()
-    };
-    let device = Device::new(CpuBackend::new(), config).unwrap();
+    }
+}
+
+/// The FP32 FLOPs "t2" and "t20" got are within 10% of their fair shares, 1/11 and 10/11.
+fn assert_shares_by_rate(what: &str, flops: [f64; 2]) {
+    let total = flops[0] + flops[1];
+    let shares = [flops[0] / total, flops[1] / total];
+    println!(
+        "{what} shares under overcommit: t2 {:.3} (fair 0.091), t20 {:.3} (fair 0.909)",
+        shares[0], shares[1]
+    );
+    for (share, fair) in shares.into_iter().zip([1.0 / 11.0, 10.0 / 11.0]) {
+        assert!(
+            (share / fair - 1.0).abs() <= 0.10,
+            "share {share:.3}, fair {fair:.3}"
+        );
+    }
+}
+
+#[test]
+fn overcommitted_tiers_share_the_device_by_rate() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Device::new(CpuBackend::new(), shares_config()).unwrap();
     let (slow, fast) = (device.attach("t2").unwrap(), device.attach("t20").unwrap());
     let window = Duration::from_millis(1500);
     // Three submitting threads per accelerator, and ops long enough (192³) for a thread to
@@ -473,18 +492,7 @@ fn overcommitted_tiers_share_the_device_by_rate() {
         slow.usage().flops[DType::F32] as f64,
         fast.usage().flops[DType::F32] as f64,
     ];
-    let total = flops[0] + flops[1];
-    let shares = [flops[0] / total, flops[1] / total];
-    println!(
-        "device shares under overcommit: t2 {:.3} (fair 0.091), t20 {:.3} (fair 0.909)",
-        shares[0], shares[1]
-    );
-    for (share, fair) in shares.into_iter().zip([1.0 / 11.0, 10.0 / 11.0]) {
-        assert!(
-            (share / fair - 1.0).abs() <= 0.10,
-            "share {share:.3}, fair {fair:.3}"
-        );
-    }
+    assert_shares_by_rate("device", flops);
 }
 
 #[test]
@@ -545,20 +553,7 @@ fn programs_of_overcommitted_tiers_share_a_served_device_by_rate() {
     // there would split the device by op count (about half each), not by rate.
     let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     let config = ServerConfig {
-        device: DeviceConfig {
-            tiers: Tiers::with_toml(
-                "shares",
-                "[[tier]]\nname = \"t2\"\nfp32_tflops = 200.0\nfp16_tflops = 200.0\nmemory_mib = 64\n\n\
-                 [[tier]]\nname = \"t20\"\nfp32_tflops = 2000.0\nfp16_tflops = 2000.0\nmemory_mib = 64\n",
-            )
-            .unwrap(),
-            capacity: Some(Capacity {
-                tflops: PerDType::new(1.0, 1.0),
-                memory: 1 << 30,
-            }),
-            overcommit: true,
-            ..DeviceConfig::default()
-        },
+        device: shares_config(),
         ..ServerConfig::default()
     };
     let server =
@@ -587,18 +582,7 @@ fn programs_of_overcommitted_tiers_share_a_served_device_by_rate() {
         }
     });
     let flops = [&slow, &fast].map(|a| a.usage().unwrap().flops[DType::F32] as f64);
-    let total = flops[0] + flops[1];
-    let shares = [flops[0] / total, flops[1] / total];
-    println!(
-        "served device shares under overcommit: t2 {:.3} (fair 0.091), t20 {:.3} (fair 0.909)",
-        shares[0], shares[1]
-    );
-    for (share, fair) in shares.into_iter().zip([1.0 / 11.0, 10.0 / 11.0]) {
-        assert!(
-            (share / fair - 1.0).abs() <= 0.10,
-            "share {share:.3}, fair {fair:.3}"
-        );
-    }
+    assert_shares_by_rate("served device", flops);
 }
 
 /// The CPU backend, except that a softmax launch panics (a stand-in for any bug inside a

@@ -1228,8 +1228,8 @@ fn run_checked<B: Backend + Clone + 'static>(
         .iter_mut()
         .map(|(&t, u)| {
             let view = match u {
-                Use::Read(g) => View::Read(&**g),
-                Use::Write(g) => View::Write(&mut **g),
+                Use::Read(g) => View::Read(g),
+                Use::Write(g) => View::Write(g),
             };
             (t, view)
         })
