@@ -13,14 +13,15 @@
 //! most [`CALLS_PER_ACCELERATOR`] at once per accelerator, so the async runtime and the
 //! blocking pool keep serving other tenants. A program's ops are handed to the device
 //! backend's pool in runs, each op there only while it need not wait
-//! ([`Accelerator::apply_into_now`]); one that must wait waits on the blocking thread. The locks the async threads take — the
-//! accelerator map, a handle table, an accelerator's bookkeeping — are only ever held for
-//! bookkeeping; a program holds its own tensors' locks while it waits on the meter and
-//! computes, and nothing else of any tenant waits for those. Uploads reserve their quota before
-//! their bytes arrive and are cancelled when their accelerator goes. A call that ends before
-//! its work (its deadline passed, its client went) keeps its permit until the work ends, and
-//! the tensors that work made for it are freed: no one holds their handles. A reaper detaches
-//! accelerators whose lease ran out (no call for `lease`), freeing all their memory.
+//! ([`Accelerator::apply_into_now`]); one that must wait waits on the blocking thread. The
+//! locks the async threads take — the accelerator map, a handle table, an accelerator's
+//! bookkeeping — are only ever held for bookkeeping; a program holds its own tensors' locks
+//! while it waits on the meter and computes, and nothing else of any tenant waits for those.
+//! Uploads reserve their quota before their bytes arrive and are cancelled when their
+//! accelerator goes. A call that ends before its work (its deadline passed, its client went)
+//! keeps its permit until the work ends, and the tensors that work made for it are freed: no
+//! one holds their handles. A reaper detaches accelerators whose lease ran out (no call for
+//! `lease`), freeing all their memory.
 //!
 //! Operations: `grpc.health.v1` (tonic-health) reports the service SERVING until a drain
 //! starts; a drain ([`ServerHandle::drain`], `eia serve` on SIGTERM or Ctrl-C) refuses new
