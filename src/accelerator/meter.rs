@@ -83,7 +83,20 @@ impl Meter {
     /// Whether an op of `cost` would have to wait if it were charged now (nothing is charged).
     pub fn would_wait(&self, cost: f64) -> bool {
         let now = self.epoch.elapsed().as_secs_f64();
-        *lock(&self.empty_at) + cost.min(self.burst) > now
+        self.step(*lock(&self.empty_at), cost, now).0 > now
+    }
+
+    /// Charges an op of `cost` if it may start now, and says whether it did: where it would
+    /// have to wait, nothing is charged.
+    pub fn try_charge(&self, cost: f64) -> bool {
+        let now = self.epoch.elapsed().as_secs_f64();
+        let mut empty_at = lock(&self.empty_at);
+        let (start, after) = self.step(*empty_at, cost, now);
+        if start > now {
+            return false;
+        }
+        *empty_at = after;
+        true
     }
 
     /// The balance now in accelerator-seconds (negative: debt still to wait out).
@@ -93,12 +106,19 @@ impl Meter {
         (now - empty_at).min(self.burst)
     }
 
-    /// The pure bucket step at time `now` (seconds since the epoch): returns the start time.
+    /// Charges an op of `cost` at time `now` (seconds since the epoch): returns its start time.
     fn reserve_at(&self, cost: f64, now: f64) -> f64 {
         let mut empty_at = lock(&self.empty_at);
-        let start = now.max(*empty_at + cost.min(self.burst));
-        *empty_at = empty_at.max(start - self.burst) + cost;
+        let (start, after) = self.step(*empty_at, cost, now);
+        *empty_at = after;
         start
+    }
+
+    /// The pure bucket step: an op of `cost` asked for at `now`, the bucket empty at
+    /// `empty_at`, starts at the first return value; the bucket is then empty at the second.
+    fn step(&self, empty_at: f64, cost: f64, now: f64) -> (f64, f64) {
+        let start = now.max(empty_at + cost.min(self.burst));
+        (start, empty_at.max(start - self.burst) + cost)
     }
 }
 
@@ -127,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn would_wait_tells_without_charging() {
+    fn would_wait_and_try_charge_never_wait() {
         // A full bucket of 100 s: ops up to it start at once, until it is spent.
         let m = meter(100.0);
         assert!(!m.would_wait(60.0));
@@ -141,6 +161,13 @@ mod tests {
         assert!(m.would_wait(50.0));
         m.reserve(40.0);
         assert!(m.would_wait(1.0));
+        // try_charge: refused and nothing charged where it would wait, else charged.
+        assert!(!m.try_charge(1.0));
+        assert!(m.balance() > -0.5, "a refused charge cost {}", -m.balance());
+        let m = meter(100.0);
+        assert!(m.try_charge(60.0) && m.try_charge(30.0));
+        assert!(!m.try_charge(50.0));
+        assert!((m.balance() - 10.0).abs() < 0.5, "{}", m.balance());
     }
 
     #[test]

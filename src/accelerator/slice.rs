@@ -320,7 +320,9 @@ where
     /// queue would make it wait (the meter in debt, or the device held or waited for by another
     /// op). It never waits, so it may run on a thread of the CPU backend's pool: a caller runs
     /// ops there this way while the device is free and waits for the others off the pool
-    /// (the server's programs, see `rpc::server`). Errors are `apply_into`'s.
+    /// (the server's programs, see `rpc::server`). Errors are `apply_into`'s. (One case costs
+    /// something: another call of this accelerator charging its meter between this op's two
+    /// looks at it; the device's queue then counts the unused turn against this accelerator.)
     pub fn apply_into_now(
         &self,
         op: &Op,
@@ -356,20 +358,24 @@ where
             (state.tier.cost(flops, dtype), slots, y)
         };
         let fair = &inner.device.inner.fair;
-        let turn = match pace {
-            Pace::Wait => None,
+        let (turn, waited) = match pace {
+            Pace::Wait => (None, inner.meter.wait(cost)),
             Pace::OnlyIfFree => {
+                // The meter first: a tenant in debt does not take the device only to give it
+                // back. Charged only if it still need not wait (another call of this
+                // accelerator may have charged it since): never a sleep here, on the pool.
                 if inner.meter.would_wait(cost) {
                     return Ok(false);
                 }
                 let Some(turn) = fair.try_turn(inner.id, cost) else {
                     return Ok(false);
                 };
-                Some(turn)
+                if !inner.meter.try_charge(cost) {
+                    return Ok(false);
+                }
+                (Some(turn), Duration::ZERO)
             }
         };
-        // Only this accelerator's other calls can have charged the meter since: a short wait.
-        let waited = inner.meter.wait(cost);
         inner.lock().live(inner.id)?;
         let started = Instant::now();
         let result = {
