@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use eia::accelerator::{Capacity, DeviceConfig, Tiers, MIN_TENSOR_CHARGE};
-use eia::ops::{Gemm, Softmax};
+use eia::ops::{Gemm, Op, Softmax};
 use eia::rpc::{
     auth, ClientConfig, Connection, Program, RemoteAccelerator, ServerConfig, ServerHandle, Tokens,
 };
@@ -1502,4 +1502,53 @@ fn a_failed_call_keeps_the_frees_it_carried() {
     assert_eq!(ran.allocated.len(), 1);
     drop(ran);
     assert_eq!(acc.usage().unwrap().memory_used, base);
+}
+
+/// A program marked scratch (what a model's inference sends) lets the server write an output
+/// into the storage of a tensor the program is done with. Here the pooled values land in the
+/// input's storage (whose contents after the program are then unspecified, as documented); the
+/// read is the same as unmarked, and every tensor has its own storage back at its own length.
+#[test]
+fn a_scratch_program_writes_into_storage_it_is_done_with_and_gives_it_back() {
+    let acc = remote("big");
+    let desc = |shape: &[usize]| eia::TensorDesc::new(DType::F32, shape).unwrap();
+    let mut x = acc.alloc(&desc(&[1, 4, 4, 4])).unwrap();
+    let mut a = acc.alloc(&desc(&[1, 4, 4, 4])).unwrap();
+    let mut g = acc.alloc(&desc(&[1, 4, 1, 1])).unwrap();
+    let mut c = acc.alloc(&desc(&[1, 4, 1, 1])).unwrap();
+    let input = host(&[1, 4, 4, 4], 0.7);
+    let run = |x: &_, a: &_, g: &_, c: &_, scratch: bool| {
+        let mut p = Program::new();
+        p.set_scratch(scratch);
+        p.write(x, &input).unwrap();
+        p.apply(&Op::Relu, &[x], a).unwrap();
+        p.apply(&Op::GlobalAveragePool, &[a], g).unwrap();
+        p.apply(&Op::Relu, &[g], c).unwrap();
+        p.read(c).unwrap();
+        acc.run(&p).unwrap()
+    };
+    let cpu = CpuBackend::new();
+    let relu = cpu.apply(&Op::Relu, &[&cpu.upload(&input).unwrap()]).unwrap();
+    let pooled = cpu.apply(&Op::GlobalAveragePool, &[&relu]).unwrap();
+    let pooled = cpu.download(&pooled).unwrap();
+    let plain = run(&x, &a, &g, &c, false);
+    assert_eq!(plain, vec![pooled.clone()], "the pool's values are not negative");
+    assert_eq!(acc.download(&x).unwrap(), input, "unmarked, the input stays");
+    let memory = acc.usage().unwrap().memory_used;
+    assert_eq!(run(&x, &a, &g, &c, true), plain);
+    // The pool wrote into the input's storage, done with after the first op.
+    let (xs, want) = (acc.download(&x).unwrap(), input.data().to_f32_vec());
+    assert_eq!(xs.shape(), &[1, 4, 4, 4]);
+    let xs = xs.data().to_f32_vec();
+    assert_eq!(xs[..4], pooled.data().to_f32_vec()[..], "not lent");
+    assert_eq!(xs[4..], want[4..]);
+    // Every tensor usable as before: its own storage, its own length, its own charge.
+    assert_eq!(acc.usage().unwrap().memory_used, memory);
+    for (i, t) in [&mut x, &mut a, &mut g, &mut c].into_iter().enumerate() {
+        let h = host(t.shape(), i as f32);
+        acc.write(t, &h).unwrap();
+        assert_eq!(acc.download(t).unwrap(), h);
+    }
+    assert_eq!(run(&x, &a, &g, &c, false), plain);
+    assert_eq!(acc.download(&x).unwrap(), input);
 }

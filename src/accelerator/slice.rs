@@ -703,6 +703,28 @@ where
         Some(self.inner.lock().tier.memory())
     }
 
+    /// Where the device backend does: a buffer's storage then changes length within its own
+    /// allocation, never its charge against the quota.
+    fn lends_storage(&self) -> bool {
+        self.inner.backend.lends_storage()
+    }
+
+    /// Sets the length of `buffer`'s storage, which is allocated for its own descriptor
+    /// (`home` must be that descriptor's length).
+    fn set_len(&self, buffer: &mut Buffer, home: usize, len: usize) -> Result<()> {
+        let inner = &*self.inner;
+        let slot = inner.slot(&inner.lock(), buffer)?;
+        let mut t = write(&slot);
+        let own = t.desc().len();
+        if home != own {
+            return Err(Error::Backend {
+                backend: "accelerator",
+                msg: format!("buffer {} holds {own} elements, not {home}", buffer.id),
+            });
+        }
+        inner.backend.set_len(t.storage_mut(), own, len)
+    }
+
     fn launch(&self, plan: &Plan, inputs: &[&Buffer], y: &mut Buffer) -> Result<()> {
         self.run_op(plan, inputs, y, Pace::Wait).map(|_| ())
     }

@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod cuda;
 #[cfg(feature = "emu")]
 pub mod emu;
+pub(crate) mod reuse;
 
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
@@ -173,12 +174,15 @@ pub trait Backend: Send + Sync {
 
     /// [`Backend::run_steps`] for a model's whole program, whose caller vouches that every table
     /// entry a step writes, other than `reads`, is scratch: nothing reads it after the call (a
-    /// model's intermediates). The CPU backend then moves storage between those entries for
-    /// the call, so that each output is written into memory a step just read (still in
-    /// cache), not into memory last touched a whole inference ago (see `cpu::reuse`); by
-    /// default the steps run as `run_steps` runs them. `observe`, if given, is called after
-    /// the writes and after each step, on the thread running the steps (a profile times the
-    /// steps with it): by default each step is then a `run_steps` call of its own.
+    /// model's intermediates), nor the inputs written by `writes` (their storage is free after
+    /// their last read). Where the backend lends storage ([`Backend::lends_storage`]: the CPU
+    /// backend, an accelerator on it), storage moves between those entries for the call, so
+    /// that each output is written into memory a step just read (still in cache), not into
+    /// memory last touched a whole inference ago (see `backend::reuse`); every entry has its
+    /// own storage back after the call, failed or not. `observe`, if given, is called after the
+    /// writes and after each step, on the thread running the steps (a profile times the steps
+    /// with it). A remote accelerator sends the program in one round trip, marked scratch
+    /// (step by step where observed).
     fn run_program(
         &self,
         tensors: &mut [Option<Tensor<Self::Storage>>],
@@ -190,17 +194,24 @@ pub trait Backend: Send + Sync {
     where
         Self: Sized,
     {
-        let Some(observe) = observe else {
-            return self.run_steps(tensors, writes, steps, reads);
-        };
-        self.run_ops(|| {
-            self.run_steps(tensors, writes, &[], &[])?;
-            observe()?;
-            for step in steps {
-                self.run_steps(tensors, &[], std::slice::from_ref(step), &[])?;
-                observe()?;
-            }
-            self.run_steps(tensors, &[], &[], reads)
+        run_program_here(self, tensors, writes, steps, reads, observe)
+    }
+
+    /// Whether [`Backend::set_len`] works, so that [`Backend::run_program`] moves storage
+    /// between a program's scratch entries. By default it does not.
+    fn lends_storage(&self) -> bool {
+        false
+    }
+
+    /// Makes `storage`, allocated for `home` elements of its dtype, hold `len ≤ home` of them
+    /// (their values unspecified), without allocating: how [`Backend::run_program`] moves a
+    /// storage to an entry of another shape. By default unsupported
+    /// ([`Backend::lends_storage`] is false).
+    fn set_len(&self, storage: &mut Self::Storage, home: usize, len: usize) -> Result<()> {
+        let _ = (storage, home, len);
+        Err(Error::Backend {
+            backend: "set_len",
+            msg: format!("{} cannot move storage between tensors", self.name()),
         })
     }
 
@@ -325,6 +336,53 @@ pub(crate) fn write_entries<B: Backend>(
         backend.write(tensors[i].as_mut().ok_or_else(empty_entry)?, host)?;
     }
     Ok(())
+}
+
+/// [`Backend::run_program`] on this process's backend: inside one [`Backend::run_ops`], the
+/// writes, then each step (given the storage [`reuse::placement`] picks, where the backend
+/// lends storage), observed after each; every storage back with its entry; then the reads.
+pub(crate) fn run_program_here<B: Backend>(
+    backend: &B,
+    tensors: &mut [Option<Tensor<B::Storage>>],
+    writes: &[(usize, &HostTensor)],
+    steps: &[Step],
+    reads: &[usize],
+    mut observe: Option<&mut (dyn FnMut() -> Result<()> + Send)>,
+) -> Result<Vec<HostTensor>> {
+    let place = if backend.lends_storage() {
+        let home: Vec<_> = tensors
+            .iter()
+            .map(|t| t.as_ref().map(|t| (t.dtype(), t.desc().len())))
+            .collect();
+        let inputs: Vec<usize> = writes.iter().map(|&(i, _)| i).collect();
+        reuse::placement(steps, &home, reads, &inputs)
+    } else {
+        steps.iter().map(|s| s.output).collect()
+    };
+    backend.run_ops(|| {
+        let lens = tensors
+            .iter()
+            .map(|t| t.as_ref().map_or(0, |t| t.desc().len()))
+            .collect();
+        let mut swaps = reuse::Swaps::new(lens);
+        let mut observed = || observe.as_mut().map_or(Ok(()), |o| o());
+        let mut ran = |tensors: &mut [Option<Tensor<B::Storage>>]| -> Result<()> {
+            write_entries(backend, tensors, writes)?;
+            observed()?;
+            for (step, &storage) in steps.iter().zip(&place) {
+                let mut table = reuse::Table { backend, tensors };
+                swaps.give(&mut table, step.output, storage)?;
+                run_step(backend, tensors, step)?;
+                observed()?;
+            }
+            Ok(())
+        };
+        let ran = ran(tensors);
+        let restored = swaps.restore(&mut reuse::Table { backend, tensors });
+        ran?;
+        restored?;
+        read_entries(backend, tensors, reads)
+    })
 }
 
 /// Runs one step over a table (see [`Backend::run_steps`]).

@@ -513,6 +513,7 @@ impl RemoteAccelerator {
             ops: program.ops.clone(),
             reads,
             read_operands,
+            scratch: program.scratch,
         });
         let r = match self.conn.call(self.client().run(req)) {
             Ok(r) => r,
@@ -629,30 +630,26 @@ impl Backend for RemoteAccelerator {
         steps: &[Step],
         reads: &[usize],
     ) -> Result<Vec<HostTensor>> {
-        let get = |i: usize| {
-            tensors[i].as_ref().ok_or_else(|| Error::Backend {
-                backend: "run_steps",
-                msg: "a step names an empty table entry".into(),
-            })
-        };
-        let mut program = Program::new();
-        for &(i, host) in writes {
-            program.write(get(i)?, host)?;
-        }
-        for step in steps {
-            let x = step
-                .inputs
-                .iter()
-                .map(|&i| get(i))
-                .collect::<Result<Vec<_>>>()?;
-            program.apply(&step.op, &x, get(step.output)?)?;
-        }
-        for &i in reads {
-            program.read(get(i)?)?;
-        }
-        self.run(&program)
+        self.run(&program_of(tensors, writes, steps, reads)?)
     }
 
+    /// One round trip, the program marked scratch ([`Program::set_scratch`]: the server may
+    /// write outputs into its intermediates' and inputs' storage); observed, step by step.
+    fn run_program(
+        &self,
+        tensors: &mut [Option<Tensor<RemoteBuffer>>],
+        writes: &[(usize, &HostTensor)],
+        steps: &[Step],
+        reads: &[usize],
+        observe: Option<&mut (dyn FnMut() -> Result<()> + Send)>,
+    ) -> Result<Vec<HostTensor>> {
+        if observe.is_some() {
+            return crate::backend::run_program_here(self, tensors, writes, steps, reads, observe);
+        }
+        let mut program = program_of(tensors, writes, steps, reads)?;
+        program.set_scratch(true);
+        self.run(&program)
+    }
     fn alloc(&self, desc: &TensorDesc) -> Result<Tensor<RemoteBuffer>> {
         let mut one = self.alloc_all(std::slice::from_ref(desc))?;
         one.pop()
@@ -793,6 +790,37 @@ impl Output {
     }
 }
 
+/// A table's writes, steps and reads (see [`Backend::run_steps`]) as one [`Program`].
+fn program_of(
+    tensors: &[Option<Tensor<RemoteBuffer>>],
+    writes: &[(usize, &HostTensor)],
+    steps: &[Step],
+    reads: &[usize],
+) -> Result<Program> {
+    let get = |i: usize| {
+        tensors[i].as_ref().ok_or_else(|| Error::Backend {
+            backend: "run_steps",
+            msg: "a step names an empty table entry".into(),
+        })
+    };
+    let mut program = Program::new();
+    for &(i, host) in writes {
+        program.write(get(i)?, host)?;
+    }
+    for step in steps {
+        let x = step
+            .inputs
+            .iter()
+            .map(|&i| get(i))
+            .collect::<Result<Vec<_>>>()?;
+        program.apply(&step.op, &x, get(step.output)?)?;
+    }
+    for &i in reads {
+        program.read(get(i)?)?;
+    }
+    Ok(program)
+}
+
 /// A sequence of writes, ops and reads over one remote accelerator's tensors, run in one round
 /// trip by [`RemoteAccelerator::run`]. Each op is validated as it is added (the same typed
 /// errors as a local call) and writes into an existing output tensor ([`Program::apply`] and
@@ -809,6 +837,8 @@ pub struct Program {
     /// Each op's output descriptor where the server allocates it.
     allocated: Vec<Option<TensorDesc>>,
     reads: Vec<(proto::Operand, TensorDesc)>,
+    /// See [`Program::set_scratch`].
+    scratch: bool,
 }
 
 impl Default for Program {
@@ -821,6 +851,7 @@ impl Default for Program {
             ops: Vec::new(),
             allocated: Vec::new(),
             reads: Vec::new(),
+            scratch: false,
         }
     }
 }
@@ -852,6 +883,16 @@ fn wire(operands: Vec<proto::Operand>) -> (Vec<u64>, Vec<proto::Operand>) {
 impl Program {
     pub fn new() -> Program {
         Program::default()
+    }
+
+    /// Marks the program scratch (or not; not by default): its caller needs back nothing but
+    /// its reads from the tensors its ops write and those its writes fill, as a model's
+    /// intermediates and inputs. The server may then write an op's output into the storage of
+    /// one of those that the program no longer needs, so that the output lands in memory still
+    /// in cache (where its device can: the CPU backend). After the program those tensors'
+    /// contents are unspecified: a false claim spoils only the caller's own tensors.
+    pub fn set_scratch(&mut self, scratch: bool) {
+        self.scratch = scratch;
     }
 
     fn same_accelerator(&mut self, accelerator: u64) -> Result<()> {

@@ -50,7 +50,7 @@ use super::listener::{self, Limits, OpenConnections};
 use super::metrics::ServerMetrics;
 use super::proto::{self, accelerators_server::Accelerators};
 use crate::accelerator::{Accelerator, Buffer, Device, DeviceConfig, Load, Pool};
-use crate::backend::{check_output, Backend};
+use crate::backend::{check_output, reuse, Backend, Step};
 use crate::error::{Error, Result};
 use crate::ops::Op;
 use crate::sync::{lock, read, write};
@@ -1159,7 +1159,7 @@ fn run_program<B: Backend + Clone + 'static>(
         reads: checked.reads.iter().map(handle).collect(),
         outputs: handles,
     };
-    match run_checked(a, &program.writes, &checked.ops, &resolved) {
+    match run_checked(a, &program, &checked.ops, &resolved) {
         Ok(reads) => {
             let (read_meta, reads) = reads.into_iter().unzip();
             Ok(proto::RunResponse {
@@ -1182,11 +1182,11 @@ fn run_program<B: Backend + Clone + 'static>(
 /// locks.
 fn run_checked<B: Backend + Clone + 'static>(
     a: &Attached<B>,
-    writes: &[proto::TensorWrite],
+    program: &proto::RunRequest,
     ops: &[Checked],
     tensors_of: &Resolved,
 ) -> Result<Vec<(proto::TensorMeta, Bytes)>, Status> {
-    let accel = &a.accel;
+    let (accel, writes) = (&a.accel, &program.writes);
     let id = accel.id();
     // Which tensors it writes (writes, outputs) and which it only reads, in id order.
     let mut written: BTreeMap<u64, bool> = BTreeMap::new();
@@ -1235,10 +1235,34 @@ fn run_checked<B: Backend + Clone + 'static>(
             (t, view)
         })
         .collect();
+    // A scratch program's outputs go into storage the program is done with (`backend::reuse`):
+    // `place[i]` is the tensor (by its index in `ids`) whose storage op `i` writes.
+    let ids: Vec<u64> = views.keys().copied().collect();
+    let place = (program.scratch && accel.lends_storage())
+        .then(|| lending(&ids, &views, writes, ops, tensors_of));
+    let mut swaps = place.as_ref().map(|_| {
+        let lens = ids.iter().map(|t| views[t].tensor().desc().len()).collect();
+        reuse::Swaps::new(lens)
+    });
     // Op `i`, at once or not at all (`now`: `Ok(false)` where it would wait), or waiting.
-    let step = |i: usize, views: &mut BTreeMap<u64, View>, now: bool| -> Result<bool, Status> {
+    let step = |i: usize,
+                views: &mut BTreeMap<u64, View>,
+                swaps: &mut Option<reuse::Swaps>,
+                now: bool|
+     -> Result<bool, Status> {
         let (op, inputs, y) = (&ops[i], &tensors_of.inputs[i], tensors_of.outputs[i]);
         let context = in_op(i, Some(op.op.name()));
+        if let (Some(swaps), Some(place)) = (swaps.as_mut(), place.as_ref()) {
+            let (e, s) = (position(&ids, y), place[i]);
+            let mut lent = Lent {
+                accel,
+                ids: &ids,
+                views,
+            };
+            swaps
+                .give(&mut lent, e, s)
+                .map_err(|e| context(status(e)))?;
+        }
         let Some(View::Write(out)) = views.remove(&y) else {
             return Err(context(not_found(id, y)));
         };
@@ -1266,20 +1290,34 @@ fn run_checked<B: Backend + Clone + 'static>(
     // model's do (`Backend::run_ops`: no hand-over to the pool per op, its threads awake between
     // ops). An op that would wait — on the meter, or for another tenant's op — waits here, off
     // the pool, where waiting holds up no one else's work; the ops after it go back to the pool.
-    let mut next = 0;
-    while next < ops.len() {
-        next = accel.run_ops(|| {
-            let mut i = next;
-            while i < ops.len() && step(i, &mut views, true)? {
-                i += 1;
+    let run = |views: &mut BTreeMap<u64, View>, swaps: &mut Option<reuse::Swaps>| {
+        let mut next = 0;
+        while next < ops.len() {
+            next = accel.run_ops(|| {
+                let mut i = next;
+                while i < ops.len() && step(i, views, swaps, true)? {
+                    i += 1;
+                }
+                Ok::<_, Status>(i)
+            })?;
+            if next < ops.len() {
+                step(next, views, swaps, false)?;
+                next += 1;
             }
-            Ok::<_, Status>(i)
-        })?;
-        if next < ops.len() {
-            step(next, &mut views, false)?;
-            next += 1;
         }
-    }
+        Ok::<_, Status>(())
+    };
+    let ran = run(&mut views, &mut swaps);
+    // Every storage back with its own tensor, whatever happened.
+    let restored = swaps.as_mut().map_or(Ok(()), |swaps| {
+        swaps.restore(&mut Lent {
+            accel,
+            ids: &ids,
+            views: &mut views,
+        })
+    });
+    ran?;
+    restored.map_err(status)?;
     drop(views);
     tensors_of
         .reads
@@ -1293,6 +1331,90 @@ fn run_checked<B: Backend + Clone + 'static>(
             ))
         })
         .collect()
+}
+
+/// Where a scratch program's ops write (see [`reuse::placement`]): for each op, the index in
+/// `ids` of the tensor whose storage it writes. The tensors `writes` fills are its inputs, its
+/// reads the only tensors it must leave as they are.
+fn lending(
+    ids: &[u64],
+    views: &BTreeMap<u64, View>,
+    writes: &[proto::TensorWrite],
+    ops: &[Checked],
+    tensors_of: &Resolved,
+) -> Vec<usize> {
+    let home: Vec<_> = ids
+        .iter()
+        .map(|t| {
+            let desc = views[t].tensor().desc();
+            Some((desc.dtype(), desc.len()))
+        })
+        .collect();
+    let steps: Vec<Step> = ops
+        .iter()
+        .zip(&tensors_of.inputs)
+        .zip(&tensors_of.outputs)
+        .map(|((op, inputs), &y)| Step {
+            op: op.op.clone(),
+            inputs: inputs.iter().map(|&t| position(ids, t)).collect(),
+            output: position(ids, y),
+        })
+        .collect();
+    let reads: Vec<usize> = tensors_of.reads.iter().map(|&t| position(ids, t)).collect();
+    let inputs: Vec<usize> = writes.iter().map(|w| position(ids, w.tensor)).collect();
+    reuse::placement(&steps, &home, &reads, &inputs)
+}
+
+/// The index of tensor `t` in the program's sorted tensor ids.
+fn position(ids: &[u64], t: u64) -> usize {
+    ids.binary_search(&t)
+        .expect("every tensor of a program is one of its ids")
+}
+
+/// A running program's tensors as a [`reuse::Lend`]: storage moves between the handles it
+/// writes, each buffer's length set by the accelerator.
+struct Lent<'v, 'a, B: Backend> {
+    accel: &'v Accelerator<B>,
+    ids: &'v [u64],
+    views: &'v mut BTreeMap<u64, View<'a>>,
+}
+
+impl<B: Backend + Clone + 'static> Lent<'_, '_, B> {
+    fn written(&mut self, e: usize) -> Result<&mut Tensor<Buffer>> {
+        match self.views.get_mut(&self.ids[e]) {
+            Some(View::Write(t)) => Ok(t),
+            _ => Err(Error::Backend {
+                backend: "server",
+                msg: format!("tensor {} is not written by the program", self.ids[e]),
+            }),
+        }
+    }
+}
+
+impl<B: Backend + Clone + 'static> reuse::Lend for Lent<'_, '_, B> {
+    fn swap(&mut self, a: usize, b: usize) -> Result<()> {
+        let (lo, hi) = (self.ids[a.min(b)], self.ids[a.max(b)]);
+        let mut range = self.views.range_mut(lo..=hi);
+        match (range.next(), range.next_back()) {
+            (Some((_, View::Write(x))), Some((_, View::Write(y)))) => {
+                std::mem::swap(x.storage_mut(), y.storage_mut());
+                Ok(())
+            }
+            _ => Err(Error::Backend {
+                backend: "server",
+                msg: format!("tensors {lo} and {hi} are not both written by the program"),
+            }),
+        }
+    }
+
+    fn want(&self, e: usize) -> usize {
+        self.views[&self.ids[e]].tensor().desc().len()
+    }
+
+    fn set_len(&mut self, e: usize, len: usize, home: usize) -> Result<()> {
+        let accel = self.accel;
+        accel.set_len(self.written(e)?.storage_mut(), home, len)
+    }
 }
 
 /// A running server: its address; dropping it (or [`ServerHandle::shutdown`]) stops it.

@@ -24,7 +24,6 @@ mod gemm;
 mod layout;
 mod lrn;
 mod pool;
-mod reuse;
 mod scratch;
 mod simd;
 mod softmax;
@@ -35,7 +34,7 @@ use std::sync::Arc;
 
 pub use self::derived::{CpuData, Key};
 use self::scratch::{as_f32, weights_f32, write_f32};
-use super::{read_entries, run_step, write_entries, Backend, MemoryAccount, Step};
+use super::{Backend, MemoryAccount};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::ops::{FamilyPlan, GemmPlan, Plan};
@@ -164,41 +163,33 @@ impl Backend for CpuBackend {
         ))
     }
 
-    /// The steps with the storages of the program's scratch entries pooled, each output
-    /// written into the storage released last that fits (see [`reuse`]); every storage is back
-    /// with its entry when the call returns, whatever happened.
-    fn run_program(
-        &self,
-        tensors: &mut [Option<Tensor<CpuData>>],
-        writes: &[(usize, &HostTensor)],
-        steps: &[Step],
-        reads: &[usize],
-        mut observe: Option<&mut (dyn FnMut() -> Result<()> + Send)>,
-    ) -> Result<Vec<HostTensor>> {
-        let home: Vec<_> = tensors
-            .iter()
-            .map(|t| t.as_ref().map(|t| (t.dtype(), t.desc().len())))
-            .collect();
-        let inputs: Vec<usize> = writes.iter().map(|&(i, _)| i).collect();
-        let place = reuse::placement(steps, &home, reads, &inputs);
-        self.run_ops(|| {
-            let mut swaps = reuse::Swaps::new(tensors);
-            let mut observed = || observe.as_mut().map_or(Ok(()), |o| o());
-            let mut ran = || -> Result<()> {
-                write_entries(self, tensors, writes)?;
-                observed()?;
-                for (step, &storage) in steps.iter().zip(&place) {
-                    swaps.give(tensors, step.output, storage);
-                    run_step(self, tensors, step)?;
-                    observed()?;
-                }
-                Ok(())
-            };
-            let ran = ran();
-            swaps.restore(tensors);
-            ran?;
-            read_entries(self, tensors, reads)
-        })
+    /// Storage moves within its allocation: its vector shortened, or lengthened back up to
+    /// the length it was initialised to.
+    fn lends_storage(&self) -> bool {
+        true
+    }
+
+    fn set_len(&self, storage: &mut CpuData, home: usize, len: usize) -> Result<()> {
+        fn fit<T>(v: &mut Vec<T>, len: usize, home: usize) -> Result<()> {
+            if len > home || v.capacity() < home {
+                return Err(Error::Backend {
+                    backend: "cpu",
+                    msg: format!(
+                        "a storage of {} elements cannot hold {len} (allocated for {home})",
+                        v.capacity()
+                    ),
+                });
+            }
+            // SAFETY: the first `home` elements were initialised when the vector was allocated
+            // for `home` elements (f32 and f16 are plain data: shortening it did not drop
+            // them), and `len ≤ home ≤ capacity`.
+            unsafe { v.set_len(len) };
+            Ok(())
+        }
+        match storage.data_mut() {
+            HostData::F32(v) => fit(v, len, home),
+            HostData::F16(v) => fit(v, len, home),
+        }
     }
 
     /// Replaces the data, dropping what was derived from it.

@@ -1,27 +1,28 @@
-//! Hot memory for a model's intermediates on the CPU. A model's arena gives every shape of
-//! intermediate its own buffers, so on a network whose shapes change from layer to layer
-//! (MobileNetV2) most outputs land in memory last touched a whole inference ago: out of every
-//! cache, each store first fetches its line from DRAM. Here the storages of a whole program's
-//! scratch entries (see [`crate::backend::Backend::run_program`]) are one pool instead: each
-//! step's output takes the storage released last (what the step before just read, still in
-//! cache) that is large enough and whose own entry does not need it back before the output is
-//! dead, and after the program every storage goes back to its entry.
+//! Hot memory for a program's intermediates. A model's arena gives every shape of intermediate
+//! its own buffers, so on a network whose shapes change from layer to layer (MobileNetV2) most
+//! outputs land in memory last touched a whole inference ago: out of every cache, each store
+//! first fetches its line from DRAM. Where a backend can shorten a storage within its allocation
+//! ([`Backend::set_len`]: the CPU backend, an accelerator on it), the storages of a whole
+//! program's scratch entries (see [`Backend::run_program`]) are one pool instead: each step's
+//! output takes the storage released last (what the step before just read, still in cache)
+//! that is large enough and whose own entry does not need it back before the output is dead,
+//! and after the program every storage goes back to its entry. The server does the same for a
+//! remote program its client marks scratch (`rpc::server`).
 //!
 //! [`placement`] decides, from the program alone, which storage each step writes;
-//! [`Swaps`] moves the storages between table entries to match, and back.
+//! [`Swaps`] moves the storages between table entries to match, and back, through a [`Lend`].
 
-use crate::backend::Step;
+use crate::backend::{Backend, Step};
 use crate::dtype::DType;
-use crate::tensor::{HostData, Tensor};
-
-use super::derived::CpuData;
+use crate::error::Result;
+use crate::tensor::Tensor;
 
 /// For each step, the entry whose own storage its output is written into (storages are named
 /// by the entry they belong to). `home` gives each table entry's dtype and length (`None` for
 /// an empty entry); `reads` are read after the program and `inputs` written before it. Only
 /// scratch entries (written by a step, neither read after nor written before) take another
 /// entry's storage; theirs and the inputs' (after their last read) are lent.
-pub(super) fn placement(
+pub(crate) fn placement(
     steps: &[Step],
     home: &[Option<(DType, usize)>],
     reads: &[usize],
@@ -96,9 +97,48 @@ pub(super) fn placement(
     choice
 }
 
+/// A table whose entries' storages [`Swaps`] moves.
+pub(crate) trait Lend {
+    /// Swaps the storages of entries `a` and `b` (distinct).
+    fn swap(&mut self, a: usize, b: usize) -> Result<()>;
+    /// The elements entry `e` holds by its descriptor (0 for an empty entry).
+    fn want(&self, e: usize) -> usize;
+    /// Sets the storage entry `e` now holds, allocated for `home` elements, to hold `len ≤ home`.
+    fn set_len(&mut self, e: usize, len: usize, home: usize) -> Result<()>;
+}
+
+/// A backend's table of tensors as a [`Lend`]: storages moved by swapping, shortened by
+/// [`Backend::set_len`].
+pub(crate) struct Table<'a, B: Backend> {
+    pub backend: &'a B,
+    pub tensors: &'a mut [Option<Tensor<B::Storage>>],
+}
+
+impl<B: Backend> Lend for Table<'_, B> {
+    fn swap(&mut self, a: usize, b: usize) -> Result<()> {
+        let (lo, hi) = (a.min(b), a.max(b));
+        let (left, right) = self.tensors.split_at_mut(hi);
+        if let (Some(x), Some(y)) = (left[lo].as_mut(), right[0].as_mut()) {
+            std::mem::swap(x.storage_mut(), y.storage_mut());
+        }
+        Ok(())
+    }
+
+    fn want(&self, e: usize) -> usize {
+        self.tensors[e].as_ref().map_or(0, |t| t.desc().len())
+    }
+
+    fn set_len(&mut self, e: usize, len: usize, home: usize) -> Result<()> {
+        match self.tensors[e].as_mut() {
+            Some(t) => self.backend.set_len(t.storage_mut(), home, len),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Which storage each table entry holds while a program runs (see [`placement`]), and the
 /// moves that put them there and back.
-pub(super) struct Swaps {
+pub(crate) struct Swaps {
     /// The storage (named by its own entry) each entry holds.
     holds: Vec<usize>,
     /// The entry holding each storage.
@@ -108,65 +148,43 @@ pub(super) struct Swaps {
 }
 
 impl Swaps {
-    pub(super) fn new(tensors: &[Option<Tensor<CpuData>>]) -> Self {
-        let n = tensors.len();
+    /// Every entry holding its own storage, of `len[e]` elements.
+    pub(crate) fn new(len: Vec<usize>) -> Self {
+        let n = len.len();
         Swaps {
             holds: (0..n).collect(),
             at: (0..n).collect(),
-            len: tensors
-                .iter()
-                .map(|t| t.as_ref().map_or(0, |t| t.desc().len()))
-                .collect(),
+            len,
         }
     }
 
-    /// Gives entry `e` storage `s` (the entry holding it gets `e`'s), `e`'s length.
-    pub(super) fn give(&mut self, tensors: &mut [Option<Tensor<CpuData>>], e: usize, s: usize) {
+    /// Gives entry `e` storage `s` (the entry holding it gets `e`'s), at `e`'s length.
+    pub(crate) fn give(&mut self, table: &mut impl Lend, e: usize, s: usize) -> Result<()> {
         if self.holds[e] == s {
-            return;
+            return Ok(());
         }
         let other = self.at[s];
-        swap_storage(tensors, e, other);
+        table.swap(e, other)?;
         let mine = self.holds[e];
         (self.holds[e], self.holds[other]) = (s, mine);
         (self.at[s], self.at[mine]) = (e, other);
         // The other entry is dead until it is written (it is given a storage then): its
         // storage keeps its own length.
-        let want = tensors[e].as_ref().map_or(0, |t| t.desc().len());
-        set_len(tensors[e].as_mut(), want, self.len[s]);
-        set_len(tensors[other].as_mut(), self.len[mine], self.len[mine]);
+        table.set_len(e, table.want(e), self.len[s])?;
+        table.set_len(other, self.len[mine], self.len[mine])
     }
 
-    /// Every storage back with its own entry, at its own length.
-    pub(super) fn restore(&mut self, tensors: &mut [Option<Tensor<CpuData>>]) {
+    /// Every storage back with its own entry, at its own length (all of them, whatever fails:
+    /// the first error).
+    pub(crate) fn restore(&mut self, table: &mut impl Lend) -> Result<()> {
+        let mut first = Ok(());
         for e in 0..self.holds.len() {
-            self.give(tensors, e, e);
+            let done = self.give(table, e, e);
+            if first.is_ok() {
+                first = done;
+            }
         }
-    }
-}
-
-fn swap_storage(tensors: &mut [Option<Tensor<CpuData>>], a: usize, b: usize) {
-    let (lo, hi) = (a.min(b), a.max(b));
-    let (left, right) = tensors.split_at_mut(hi);
-    if let (Some(x), Some(y)) = (left[lo].as_mut(), right[0].as_mut()) {
-        std::mem::swap(x.storage_mut(), y.storage_mut());
-    }
-}
-
-/// Sets the length of `t`'s data to `len`, at most `init`: the length its allocation was
-/// initialised to.
-fn set_len(t: Option<&mut Tensor<CpuData>>, len: usize, init: usize) {
-    let Some(t) = t else { return };
-    assert!(len <= init, "a storage holds {init} elements, not {len}");
-    fn fit<T>(v: &mut Vec<T>, len: usize, init: usize) {
-        assert!(v.capacity() >= init);
-        // SAFETY: the first `init` elements were initialised when the vector was allocated
-        // (f32 and f16 are plain data: shortening it did not drop them), and `len ≤ init`.
-        unsafe { v.set_len(len) }
-    }
-    match t.storage_mut().data_mut() {
-        HostData::F32(v) => fit(v, len, init),
-        HostData::F16(v) => fit(v, len, init),
+        first
     }
 }
 
@@ -175,8 +193,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::backend::cpu::{CpuBackend, CpuData};
     use crate::ops::Op;
-    use crate::tensor::TensorDesc;
+    use crate::tensor::{HostData, TensorDesc};
 
     fn step(inputs: &[usize], output: usize) -> Step {
         Step {
@@ -357,9 +376,14 @@ mod tests {
         let home: Vec<_> = lens.iter().map(|&l| Some((DType::F32, l))).collect();
         let place = placement(&steps, &home, &[5], &[0]);
         assert!(place.iter().zip(&steps).any(|(&s, st)| s != st.output));
-        let mut swaps = Swaps::new(&tensors);
+        let cpu = CpuBackend::new();
+        let mut swaps = Swaps::new(lens.to_vec());
         for (i, (st, &s)) in steps.iter().zip(&place).enumerate() {
-            swaps.give(&mut tensors, st.output, s);
+            let mut table = Table {
+                backend: &cpu,
+                tensors: &mut tensors,
+            };
+            swaps.give(&mut table, st.output, s).unwrap();
             let t = tensors[st.output].as_mut().unwrap();
             assert_eq!(t.storage().data().len(), t.desc().len(), "step {i}");
             match t.storage_mut().data_mut() {
@@ -371,7 +395,11 @@ mod tests {
                 assert_eq!(t.storage().data().len(), t.desc().len());
             }
         }
-        swaps.restore(&mut tensors);
+        let mut table = Table {
+            backend: &cpu,
+            tensors: &mut tensors,
+        };
+        swaps.restore(&mut table).unwrap();
         let after: Vec<_> = tensors.iter().map(ptr).collect();
         assert_eq!(before, after);
         assert_eq!(
