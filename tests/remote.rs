@@ -1528,12 +1528,22 @@ fn a_scratch_program_writes_into_storage_it_is_done_with_and_gives_it_back() {
         acc.run(&p).unwrap()
     };
     let cpu = CpuBackend::new();
-    let relu = cpu.apply(&Op::Relu, &[&cpu.upload(&input).unwrap()]).unwrap();
+    let relu = cpu
+        .apply(&Op::Relu, &[&cpu.upload(&input).unwrap()])
+        .unwrap();
     let pooled = cpu.apply(&Op::GlobalAveragePool, &[&relu]).unwrap();
     let pooled = cpu.download(&pooled).unwrap();
     let plain = run(&x, &a, &g, &c, false);
-    assert_eq!(plain, vec![pooled.clone()], "the pool's values are not negative");
-    assert_eq!(acc.download(&x).unwrap(), input, "unmarked, the input stays");
+    assert_eq!(
+        plain,
+        vec![pooled.clone()],
+        "the pool's values are not negative"
+    );
+    assert_eq!(
+        acc.download(&x).unwrap(),
+        input,
+        "unmarked, the input stays"
+    );
     let memory = acc.usage().unwrap().memory_used;
     assert_eq!(run(&x, &a, &g, &c, true), plain);
     // The pool wrote into the input's storage, done with after the first op.

@@ -13,7 +13,10 @@
 //! most [`CALLS_PER_ACCELERATOR`] at once per accelerator, so the async runtime and the
 //! blocking pool keep serving other tenants. A program's ops are handed to the device
 //! backend's pool in runs, each op there only while it need not wait
-//! ([`Accelerator::apply_into_now`]); one that must wait waits on the blocking thread. The
+//! ([`Accelerator::apply_into_now`]); one that must wait waits on the blocking thread. A
+//! program its client marks scratch (a model's inference) writes each output into storage of
+//! its own that it is done with, as a local model does (`backend::reuse`), and gives every
+//! tensor its storage back before it returns. The
 //! locks the async threads take — the accelerator map, a handle table, an accelerator's
 //! bookkeeping — are only ever held for bookkeeping; a program holds its own tensors' locks
 //! while it waits on the meter and computes, and nothing else of any tenant waits for those.
