@@ -930,6 +930,8 @@ struct ProgramCase {
     reads: Vec<Handle>,
     /// Reads of ops' outputs (`Operand.op`), after `reads`.
     read_refs: Vec<u32>,
+    /// Marked scratch: the server may move storage among the tensors it writes.
+    scratch: bool,
     seed: u8,
 }
 
@@ -965,10 +967,11 @@ fn program_case() -> impl Strategy<Value = ProgramCase> {
         ],
         prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(0u32..5, 1..3)],
         prop::bool::weighted(0.25),
+        any::<bool>(),
         any::<u8>(),
     )
         .prop_map(
-            |(shapes, writes, mut ops, frees, reads, mut read_refs, chain, seed)| {
+            |(shapes, writes, mut ops, frees, reads, mut read_refs, chain, scratch, seed)| {
                 // A chain of unary ops, each taking the output the server allocates for the one
                 // before it, the last one's read: well formed, so that it runs unless the
                 // writes, frees or reads are wrong.
@@ -996,6 +999,7 @@ fn program_case() -> impl Strategy<Value = ProgramCase> {
                     frees,
                     reads,
                     read_refs,
+                    scratch,
                     seed,
                 }
             },
@@ -1072,6 +1076,7 @@ fn programs_of_random_ops() {
                 ops,
                 reads: wire_reads,
                 read_operands,
+                scratch: p.scratch,
             }));
             allowed("run", &r)?;
             // Which ops ran, by kind: all, or none (a program is checked whole before it runs).
