@@ -7,7 +7,11 @@
 //! output takes the storage released last (what the step before just read, still in cache)
 //! that is large enough and whose own entry does not need it back before the output is dead,
 //! and after the program every storage goes back to its entry. The server does the same for a
-//! remote program its client marks scratch (`rpc::server`).
+//! remote program its client marks scratch (`rpc::server`). (Where a pool's threads run on
+//! cores that share no cache, the writes pay for invalidating the other core's copies of what
+//! it just read: on a Zen 4 VM whose two vCPUs sat on such cores, MobileNetV2 took 1.14× the
+//! time lending on two threads, 0.97× on one; on cores sharing an L3, 0.94×.
+//! `reports/2026-12-06-served-lending-zen4.md`.)
 //!
 //! [`placement`] decides, from the program alone, which storage each step writes;
 //! [`Swaps`] moves the storages between table entries to match, and back, through a [`Lend`].
