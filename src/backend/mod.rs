@@ -349,22 +349,18 @@ pub(crate) fn run_program_here<B: Backend>(
     reads: &[usize],
     mut observe: Option<&mut (dyn FnMut() -> Result<()> + Send)>,
 ) -> Result<Vec<HostTensor>> {
+    let home: Vec<_> = tensors
+        .iter()
+        .map(|t| t.as_ref().map(|t| (t.dtype(), t.desc().len())))
+        .collect();
     let place = if backend.lends_storage() {
-        let home: Vec<_> = tensors
-            .iter()
-            .map(|t| t.as_ref().map(|t| (t.dtype(), t.desc().len())))
-            .collect();
         let inputs: Vec<usize> = writes.iter().map(|&(i, _)| i).collect();
         reuse::placement(steps, &home, reads, &inputs)
     } else {
         steps.iter().map(|s| s.output).collect()
     };
     backend.run_ops(|| {
-        let lens = tensors
-            .iter()
-            .map(|t| t.as_ref().map_or(0, |t| t.desc().len()))
-            .collect();
-        let mut swaps = reuse::Swaps::new(lens);
+        let mut swaps = reuse::Swaps::new(&home);
         let mut observed = || observe.as_mut().map_or(Ok(()), |o| o());
         let mut ran = |tensors: &mut [Option<Tensor<B::Storage>>]| -> Result<()> {
             write_entries(backend, tensors, writes)?;

@@ -162,13 +162,14 @@ pub(crate) struct Swaps {
 }
 
 impl Swaps {
-    /// Every entry holding its own storage, of `len[e]` elements.
-    pub(crate) fn new(len: Vec<usize>) -> Self {
-        let n = len.len();
+    /// Every entry holding its own storage, of the length `home` gives it (as for
+    /// [`placement`]; 0 for an empty entry).
+    pub(crate) fn new(home: &[Option<(DType, usize)>]) -> Self {
+        let n = home.len();
         Swaps {
             holds: (0..n).collect(),
             at: (0..n).collect(),
-            len,
+            len: home.iter().map(|h| h.map_or(0, |(_, len)| len)).collect(),
         }
     }
 
@@ -408,7 +409,7 @@ mod tests {
         let place = placement(&steps, &home, &[5], &[0]);
         assert!(place.iter().zip(&steps).any(|(&s, st)| s != st.output));
         let cpu = CpuBackend::new();
-        let mut swaps = Swaps::new(lens.to_vec());
+        let mut swaps = Swaps::new(&home);
         for (i, (st, &s)) in steps.iter().zip(&place).enumerate() {
             let mut table = Table {
                 backend: &cpu,

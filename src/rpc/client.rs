@@ -650,6 +650,7 @@ impl Backend for RemoteAccelerator {
         program.set_scratch(true);
         self.run(&program)
     }
+
     fn alloc(&self, desc: &TensorDesc) -> Result<Tensor<RemoteBuffer>> {
         let mut one = self.alloc_all(std::slice::from_ref(desc))?;
         one.pop()

@@ -1241,12 +1241,19 @@ fn run_checked<B: Backend + Clone + 'static>(
     // A scratch program's outputs go into storage the program is done with (`backend::reuse`):
     // `place[i]` is the tensor (by its index in `ids`) whose storage op `i` writes.
     let ids: Vec<u64> = views.keys().copied().collect();
-    let place = (program.scratch && accel.lends_storage())
-        .then(|| lending(&ids, &views, writes, ops, tensors_of));
-    let mut swaps = place.as_ref().map(|_| {
-        let lens = ids.iter().map(|t| views[t].tensor().desc().len()).collect();
-        reuse::Swaps::new(lens)
-    });
+    let (place, mut swaps) = if program.scratch && accel.lends_storage() {
+        let home: Vec<_> = ids
+            .iter()
+            .map(|t| {
+                let desc = views[t].tensor().desc();
+                Some((desc.dtype(), desc.len()))
+            })
+            .collect();
+        let place = lending(&ids, &home, writes, ops, tensors_of);
+        (Some(place), Some(reuse::Swaps::new(&home)))
+    } else {
+        (None, None)
+    };
     // Op `i`, at once or not at all (`now`: `Ok(false)` where it would wait), or waiting.
     let step = |i: usize,
                 views: &mut BTreeMap<u64, View>,
@@ -1337,22 +1344,15 @@ fn run_checked<B: Backend + Clone + 'static>(
 }
 
 /// Where a scratch program's ops write (see [`reuse::placement`]): for each op, the index in
-/// `ids` of the tensor whose storage it writes. The tensors `writes` fills are its inputs, its
-/// reads the only tensors it must leave as they are.
+/// `ids` of the tensor whose storage it writes (`home`: each tensor's dtype and length). The
+/// tensors `writes` fills are its inputs, its reads the only tensors it must leave as they are.
 fn lending(
     ids: &[u64],
-    views: &BTreeMap<u64, View>,
+    home: &[Option<(crate::DType, usize)>],
     writes: &[proto::TensorWrite],
     ops: &[Checked],
     tensors_of: &Resolved,
 ) -> Vec<usize> {
-    let home: Vec<_> = ids
-        .iter()
-        .map(|t| {
-            let desc = views[t].tensor().desc();
-            Some((desc.dtype(), desc.len()))
-        })
-        .collect();
     let steps: Vec<Step> = ops
         .iter()
         .zip(&tensors_of.inputs)
@@ -1365,7 +1365,7 @@ fn lending(
         .collect();
     let reads: Vec<usize> = tensors_of.reads.iter().map(|&t| position(ids, t)).collect();
     let inputs: Vec<usize> = writes.iter().map(|w| position(ids, w.tensor)).collect();
-    reuse::placement(&steps, &home, &reads, &inputs)
+    reuse::placement(&steps, home, &reads, &inputs)
 }
 
 /// The index of tensor `t` in the program's sorted tensor ids.
