@@ -1,8 +1,9 @@
 //! CPU elementwise activations: one streaming pass split across threads by element ranges
 //! (`TASK` elements a task). Each activation is a branch-free `f32 → f32` function that
 //! `simd::map` inlines into one vectorised loop (AVX2 / AVX-512 copies); FP16 is widened and
-//! rounded in registers on the way. Sigmoid on AVX-512 (F, BW, VL) has its own intrinsics loop
-//! (`x16`) around `simd::exp_x16`, the same formula in fewer instructions.
+//! rounded in registers on the way, except for Relu and Clip, which clamp the halves' bits
+//! (`halves`). Sigmoid on AVX-512 (F, BW, VL) has its own intrinsics loop (`x16`) around
+//! `simd::exp_x16`, the same formula in fewer instructions.
 //!
 //! Sigmoid and Tanh are accurate to a few ulp over the whole f32 range: `σ(x) = 1/(1 + e)` or
 //! `e/(1 + e)` with `e = e^−|x|` (no cancellation, no overflow: large negative inputs give 0 or
@@ -17,7 +18,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
 use super::simd::{exp, map};
-use crate::dtype::Element;
+use crate::dtype::{DType, Element};
 use crate::ops::{Activation, UnaryPlan};
 
 /// Elements per parallel task.
@@ -26,6 +27,19 @@ const TASK: usize = 1 << 15;
 /// Computes `plan` from `x` into `y` (same length, any storage type).
 pub fn unary<T: Element>(plan: &UnaryPlan, x: &[T], y: &mut [T]) {
     let act = plan.activation;
+    let bounds = match act {
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Clip { min, max } => Some((min, max)),
+        _ => None,
+    };
+    if let (DType::F16, Some((lo, hi))) = (T::DTYPE, bounds) {
+        let (x, y) = (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(y));
+        let (lo, hi) = (halves::bits(lo), halves::bits(hi));
+        y.par_chunks_mut(TASK)
+            .zip(x.par_chunks(TASK))
+            .for_each(|(yc, xc)| halves::clamp(xc, yc, lo, hi));
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     let x16 = act == Activation::Sigmoid && avx512::supported();
     y.par_chunks_mut(TASK)
@@ -122,6 +136,85 @@ fn tanh1(x: f32) -> f32 {
         1.0f32.copysign(x)
     } else {
         t
+    }
+}
+
+/// Relu and Clip on FP16 storage, computed on the halves' bits: no conversion to FP32 and back
+/// (two of them per sixteen lanes held the FP16 Clip to 54–60% of a copy's speed, Zen 4), but
+/// integer compares and selects, 32 lanes to an AVX-512 vector. Rounding is monotonic and keeps
+/// every half, so clamping a half to bounds rounded to FP16 gives the FP16 rounding of clamping
+/// it in FP32. The same selects as [`clip1`]: a bound replaces only a value beyond it (±0 equal),
+/// and NaN is kept.
+mod halves {
+    #[cfg(target_arch = "x86_64")]
+    use super::super::simd::{level, Level};
+    #[cfg(target_arch = "x86_64")]
+    use super::avx512;
+
+    /// The bits of `v` rounded to FP16 (nearest even).
+    pub fn bits(v: f32) -> i16 {
+        half::f16::from_f32(v).to_bits() as i16
+    }
+
+    /// `y[i]`: `x[i]` clamped to `[lo, hi]` (FP16 bits, neither NaN, `lo ≤ hi`); equal lengths.
+    pub fn clamp(x: &[i16], y: &mut [i16], lo: i16, hi: i16) {
+        assert_eq!(x.len(), y.len());
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx512::supported() {
+                // SAFETY: the CPU supports AVX-512 F, BW and VL.
+                return unsafe { clamp_avx512(x, y, lo, hi) };
+            }
+            if level() >= Level::Avx2 {
+                // SAFETY: the CPU supports AVX2.
+                return unsafe { clamp_avx2(x, y, lo, hi) };
+            }
+        }
+        clamp_any(x, y, lo, hi);
+    }
+
+    /// [`clamp_any`] compiled for AVX-512 (F, BW and VL: 32 halves a vector).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+    unsafe fn clamp_avx512(x: &[i16], y: &mut [i16], lo: i16, hi: i16) {
+        clamp_any(x, y, lo, hi)
+    }
+
+    /// [`clamp_any`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn clamp_avx2(x: &[i16], y: &mut [i16], lo: i16, hi: i16) {
+        clamp_any(x, y, lo, hi)
+    }
+
+    /// The loop each copy vectorises.
+    #[inline(always)]
+    pub(super) fn clamp_any(x: &[i16], y: &mut [i16], lo: i16, hi: i16) {
+        let (klo, khi) = (order(lo), order(hi));
+        for (o, &h) in y.iter_mut().zip(x) {
+            let k = order(h);
+            let above_lo = if k < klo { lo } else { h };
+            let r = if k.max(klo) > khi { hi } else { above_lo };
+            *o = if h & 0x7fff > 0x7c00 { h } else { r };
+        }
+    }
+
+    /// A half's bits as an integer in the order of its value: −0 and +0 both 0, a NaN beyond
+    /// the infinity of its sign.
+    #[inline(always)]
+    fn order(h: i16) -> i16 {
+        let magnitude = h & 0x7fff;
+        if h < 0 {
+            -magnitude
+        } else {
+            magnitude
+        }
     }
 }
 
@@ -284,6 +377,54 @@ mod tests {
         assert!(y[2] >= 0.0 && y[2] < 1e-37 && y[3] > 0.0);
         assert_eq!(&y[4..9], &[0.5, 0.5, 1.0, 1.0, 1.0]);
         assert!(y[9].is_nan());
+    }
+
+    /// Every FP16 value clamped on its bits, at every SIMD level, against the FP32 clamp rounded
+    /// back: the same value (±0 alike), NaN kept; bounds exact, rounded either way, equal, and
+    /// infinite.
+    #[test]
+    fn halves_clamp_every_value_as_fp32_does() {
+        use half::f16;
+        let x: Vec<i16> = (0..=u16::MAX).map(|b| b as i16).collect();
+        let value = |b: i16| f16::from_bits(b as u16).to_f32();
+        let bounds = [
+            (0.0, f32::INFINITY),
+            (0.0, 6.0),
+            (-1.2345, 2.71828),
+            (1e-9, 3e-8),
+            (-65519.0, 65519.0),
+            (-1e9, 1e9),
+            (0.5, 0.5),
+            (f32::NEG_INFINITY, -3.0),
+        ];
+        for (lo, hi) in bounds {
+            let (lb, hb) = (halves::bits(lo), halves::bits(hi));
+            let mut runs: Vec<(&str, Vec<i16>)> = Vec::new();
+            let mut y = vec![7; x.len()];
+            halves::clamp(&x, &mut y, lb, hb);
+            runs.push(("widest", y));
+            #[cfg(target_arch = "x86_64")]
+            if super::super::simd::level() >= super::super::simd::Level::Avx2 {
+                let mut y = vec![7; x.len()];
+                // SAFETY: the CPU supports AVX2 (checked above).
+                unsafe { halves::clamp_avx2(&x, &mut y, lb, hb) };
+                runs.push(("avx2", y));
+            }
+            let mut y = vec![7; x.len()];
+            halves::clamp_any(&x, &mut y, lb, hb);
+            runs.push(("baseline", y));
+            for (level, y) in &runs {
+                for (&h, &g) in x.iter().zip(y) {
+                    let want = f16::from_f32(clip1(value(h), lo, hi)).to_f32();
+                    let got = value(g);
+                    assert!(
+                        got == want || (got.is_nan() && g == h),
+                        "{level}: clip({}, {lo}, {hi}) = {got}, want {want}",
+                        value(h)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
