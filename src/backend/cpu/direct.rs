@@ -497,20 +497,34 @@ fn conv_from<T: Widen, Y: Element>(plan: &ConvPlan, x: &[T], w: &[f32], add: Add
 }
 
 /// Writes the frames of `images` images of `x` into `frames` (`[image][c][phase][hf][wf]`),
-/// zero wherever a frame position falls into padding.
+/// zero wherever a frame position falls into padding. The threads share (image, channel, row
+/// phase) items, so a stem's three input channels still make work for every thread; an item
+/// reads each of its input rows once (as f32: an FP16 row widened into a row buffer) for all
+/// its column phases.
 fn frame<T: Widen>(plan: &ConvPlan, g: &Geometry, x: &[T], images: usize, frames: &mut [f32]) {
     let ([sh, sw], [pt, pl]) = (plan.stride, plan.pad);
-    let hw = plan.h * plan.w;
+    let (hw, plane) = (plan.h * plan.w, g.hf * g.wf);
     frames[..images * plan.c * g.chan]
         .par_chunks_mut(g.chan)
         .enumerate()
-        .for_each(|(nc, chan)| {
+        .flat_map(|(nc, chan)| {
+            // Row phase a: phases a·sw .. a·sw + sw (those framed), contiguous.
+            chan.par_chunks_mut(sw * plane)
+                .enumerate()
+                .map(move |(a, planes)| (nc, a, planes))
+        })
+        .for_each(|(nc, a, planes)| {
             let xc = &x[nc * hw..][..hw];
-            for (phase, plane) in chan.chunks_exact_mut(g.hf * g.wf).enumerate() {
-                let (a, b) = (phase / sw, phase % sw);
-                for (i, row) in plane.chunks_exact_mut(g.wf).enumerate() {
-                    match (i * sh + a).checked_sub(pt).filter(|&ih| ih < plan.h) {
-                        Some(ih) => frame_row(&xc[ih * plan.w..][..plan.w], b, sw, pl, row),
+            let mut widened = TaskBuffer::take(plan.w);
+            for i in 0..g.hf {
+                let src = (i * sh + a)
+                    .checked_sub(pt)
+                    .filter(|&ih| ih < plan.h)
+                    .map(|ih| f32_row(&xc[ih * plan.w..][..plan.w], &mut widened));
+                for (b, plane) in planes.chunks_exact_mut(plane).enumerate() {
+                    let row = &mut plane[i * g.wf..][..g.wf];
+                    match src {
+                        Some(src) => frame_row(src, b, sw, pl, row),
                         None => row.fill(0.0),
                     }
                 }
@@ -518,9 +532,21 @@ fn frame<T: Widen>(plan: &ConvPlan, g: &Geometry, x: &[T], images: usize, frames
         });
 }
 
+/// `row` as f32: itself, or widened into `buffer`.
+fn f32_row<'a, T: Widen>(row: &'a [T], buffer: &'a mut TaskBuffer) -> &'a [f32] {
+    match T::DTYPE {
+        DType::F32 => bytemuck::cast_slice(row),
+        DType::F16 => {
+            let values = buffer.values(row.len());
+            T::widen(row, values);
+            values
+        }
+    }
+}
+
 /// Frame row `row` from input row `src`: `row[j]` is padded column `j·sw + b`, which is input
 /// column `j·sw + b − pl` where that is inside the row, else zero.
-fn frame_row<T: Widen>(src: &[T], b: usize, sw: usize, pl: usize, row: &mut [f32]) {
+fn frame_row(src: &[f32], b: usize, sw: usize, pl: usize, row: &mut [f32]) {
     // Frame columns lo..hi are inside the input: lo·sw + b ≥ pl and hi·sw + b ≤ pl + w − 1.
     let lo = pl.saturating_sub(b).div_ceil(sw).min(row.len());
     let hi = (pl + src.len())
@@ -535,27 +561,27 @@ fn frame_row<T: Widen>(src: &[T], b: usize, sw: usize, pl: usize, row: &mut [f32
     let first = lo * sw + b - pl;
     let (src, row) = (&src[first..], &mut row[lo..hi]);
     match sw {
-        1 => T::widen(&src[..row.len()], row),
+        1 => row.copy_from_slice(&src[..row.len()]),
         2 => {
             // The last frame column's input may be the input row's last: no pair after it.
             let last = row.len() - 1;
             evens(src, &mut row[..last]);
-            row[last] = src[2 * last].to_f32();
+            row[last] = src[2 * last];
         }
         _ => {
             for (v, &s) in row.iter_mut().zip(src.iter().step_by(sw)) {
-                *v = s.to_f32();
+                *v = s;
             }
         }
     }
 }
 
 simd::multiversion! {
-    /// `dst[j] = src[2j]` as f32, over `src`'s first `2·dst.len()` elements (in pairs, which
-    /// LLVM turns into vector shuffles).
-    fn evens[T: Element](src: &[T], dst: &mut [f32]) {
+    /// `dst[j] = src[2j]` over `src`'s first `2·dst.len()` elements (in pairs, which LLVM
+    /// turns into vector shuffles).
+    fn evens(src: &[f32], dst: &mut [f32]) {
         for (v, pair) in dst.iter_mut().zip(src.chunks_exact(2)) {
-            *v = pair[0].to_f32();
+            *v = pair[0];
         }
     }
 }
