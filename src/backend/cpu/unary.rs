@@ -143,7 +143,7 @@ fn tanh1(x: f32) -> f32 {
 /// (two of them per sixteen lanes held the FP16 Clip to 54–60% of a copy's speed, Zen 4), but
 /// integer compares and selects, 32 lanes to an AVX-512 vector. Rounding is monotonic and keeps
 /// every half, so clamping a half to bounds rounded to FP16 gives the FP16 rounding of clamping
-/// it in FP32. The same selects as [`clip1`]: a bound replaces only a value beyond it (±0 equal),
+/// it in FP32. The values of [`clip1`]'s (a −0 clamped to a bound of +0 may come back as +0),
 /// and NaN is kept.
 mod halves {
     #[cfg(target_arch = "x86_64")]
