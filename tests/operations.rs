@@ -312,6 +312,19 @@ fn at_the_file_descriptor_limit_the_accept_loop_backs_off_and_recovers() {
     // A spinning accept loop is runnable all the time (3 s); backing off, next to never.
     assert!(busy < 1.0, "runnable {busy:.2} s over 3 s at the fd limit");
     drop(idle);
+    // Still serving: it once exited here, its signal handlers registered after it listened and
+    // the flood holding every descriptor they needed.
+    let mut serve = serve;
+    if let Some(status) = serve.try_wait().unwrap() {
+        let mut logs = String::new();
+        serve
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut logs)
+            .unwrap();
+        panic!("eia serve exited at the fd limit: {status:?}\n{logs}");
+    }
     let recovered = served_within(&url, Duration::from_secs(20));
     println!("served {recovered:?} after the flood closed");
     let (status, logs) = common::stop(serve);

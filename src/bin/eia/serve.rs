@@ -167,6 +167,7 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
     let configured = capacity_fp32
         .zip(capacity_fp16)
         .map(|(fp32, fp16)| PerDType::new(fp32, fp16));
+    let stop = StopSignals::register()?;
     let cpu = |n: u32, config: eia::rpc::ServerConfig| {
         let pool = cpu_pool(n as usize, &config.device, configured)?;
         eia::rpc::spawn_pool(listen, pool, config)
@@ -252,7 +253,7 @@ pub fn run(args: ServeArgs) -> eia::Result<()> {
         drain_timeout_s = drain_timeout.as_secs_f64(),
         "serving"
     );
-    let signal = wait_for_stop_signal()?;
+    let signal = stop.wait();
     tracing::info!(signal, "stop signal: draining");
     server.drain(drain_timeout)?;
     tracing::info!("stopped");
@@ -358,20 +359,40 @@ fn init_logs(format: &str) {
     }
 }
 
-/// Blocks until SIGTERM or SIGINT (Ctrl-C) and says which.
-fn wait_for_stop_signal() -> eia::Result<&'static str> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| eia::Error::Network(format!("cannot wait for signals: {e}")))?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| eia::Error::Network(format!("cannot handle SIGTERM: {e}")))?;
-        tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            r = tokio::signal::ctrl_c() => r
-                .map(|_| "SIGINT")
-                .map_err(|e| eia::Error::Network(format!("cannot handle Ctrl-C: {e}"))),
-        }
-    })
+/// SIGTERM and SIGINT (Ctrl-C), registered before the server listens: registering takes file
+/// descriptors (a runtime's, the signal driver's), and registered after, a flood of
+/// connections at start could take them all first, so that `eia serve` exited at a low
+/// `ulimit -n` (seen once in `tests/operations.rs`'s fd-limit test on a loaded machine). A
+/// signal that arrives before [`wait`](Self::wait) is kept for it.
+struct StopSignals {
+    runtime: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> eia::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| eia::Error::Network(format!("cannot wait for signals: {e}")))?;
+        let _entered = runtime.enter();
+        let register = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| eia::Error::Network(format!("cannot handle {name}: {e}")))
+        };
+        let term = register(SignalKind::terminate(), "SIGTERM")?;
+        let int = register(SignalKind::interrupt(), "SIGINT")?;
+        Ok(StopSignals { runtime, term, int })
+    }
+
+    /// Blocks until SIGTERM or SIGINT and says which.
+    fn wait(mut self) -> &'static str {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        })
+    }
 }
