@@ -316,13 +316,7 @@ fn at_the_file_descriptor_limit_the_accept_loop_backs_off_and_recovers() {
     // the flood holding every descriptor they needed.
     let mut serve = serve;
     if let Some(status) = serve.try_wait().unwrap() {
-        let mut logs = String::new();
-        serve
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut logs)
-            .unwrap();
+        let logs = common::logs(&mut serve);
         panic!("eia serve exited at the fd limit: {status:?}\n{logs}");
     }
     let recovered = served_within(&url, Duration::from_secs(20));

@@ -143,9 +143,14 @@ pub fn sigterm(child: &std::process::Child) {
 /// Stops an `eia serve` child with SIGTERM (what the kubelet and `kill` send); returns its
 /// exit status and its logs (stderr, which must be piped).
 pub fn stop(mut serve: std::process::Child) -> (std::process::ExitStatus, String) {
-    use std::io::Read;
     sigterm(&serve);
     let status = serve.wait().unwrap();
+    (status, logs(&mut serve))
+}
+
+/// The logs (stderr, which must be piped) of an `eia serve` child that has exited.
+pub fn logs(serve: &mut std::process::Child) -> String {
+    use std::io::Read;
     let mut logs = String::new();
     serve
         .stderr
@@ -153,7 +158,7 @@ pub fn stop(mut serve: std::process::Child) -> (std::process::ExitStatus, String
         .unwrap()
         .read_to_string(&mut logs)
         .unwrap();
-    (status, logs)
+    logs
 }
 
 /// Runs the suite for one backend.
