@@ -174,7 +174,9 @@ pub(super) fn is_pointwise(plan: &ConvPlan) -> bool {
 /// Output columns per block for `chunks` (image, group) GEMMs of `crs`×`pq` im2col matrices:
 /// about [`COL_BLOCK_BYTES`] of `col` (all of `pq` when the input is used directly), balanced
 /// over the threads when there are fewer chunks than threads, or all of `pq` when splitting
-/// would leave blocks too narrow.
+/// would leave blocks too narrow. (Pointwise blocks of 680, 340 and 170 columns, so that the
+/// epilogue would find a block's output in L2: MobileNetV2's 16 → 96 expansion at 112×112, one
+/// thread, 0.95–1.54× the time of whole maps: each block's GEMM repacks its operands.)
 fn block_columns(pq: usize, crs: usize, pointwise: bool, chunks: usize, threads: usize) -> usize {
     let nb = if pointwise {
         pq

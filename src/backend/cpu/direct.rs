@@ -144,7 +144,10 @@ impl Tile {
 /// Pointwise convolutions with output maps up to this many positions and at least
 /// [`POINTWISE_MIN_CHANNELS`] input channels run here: the GEMM lowering's tiles waste lanes on
 /// such maps, and with few input channels the GEMM measured faster (MobileNetV2's 14×14
-/// expansions, ResNet-50's 56×56 layers: `eia infer --profile`, `eia run`, Zen 4).
+/// expansions, ResNet-50's 56×56 layers: `eia infer --profile`, `eia run`, Zen 4; MobileNetV2's
+/// 16 → 96 expansion at 112×112, one thread: 1.09–1.51× the GEMM's time, the output stores and
+/// epilogue about 40% of the kernel's profile, 1.1–1.6× slower again without the tiles' write
+/// prefetch, and no faster prefetching the next block's lines).
 const POINTWISE_MAX_POSITIONS: usize = 196;
 
 /// See [`POINTWISE_MAX_POSITIONS`].

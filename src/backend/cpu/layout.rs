@@ -19,6 +19,8 @@ use crate::tensor::HostData;
 /// Bytes one task moves at least (smaller jobs run on the calling thread).
 const TASK_BYTES: usize = 1 << 18;
 /// Side of a square transpose tile, in elements (64 × 64 × 4 bytes in and out fit in L1).
+/// (Prefetching the next tile's input rows while transposing one took 1.13–1.23× the time on
+/// Zen 4: `eia run --filter transpose`, 6 alternated rounds.)
 const TILE: usize = 64;
 
 /// Computes `plan` from `x` (its inputs, in order) into `y`.
