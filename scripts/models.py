@@ -18,12 +18,14 @@ local CPU path, a metered tier (`--tier`) and a remote accelerator (`--remote`, 
 
 `--bench` instead times whole models, eia beside onnxruntime in the same run (both on every
 core of this machine): ResNet-50 at batch 1 and 8 and MobileNetV2 at batch 1, eia in FP32 and
-FP16, onnxruntime in FP32 (its CPU provider casts FP16 models to FP32 around most ops).
+FP16, onnxruntime in FP32 (its CPU provider casts FP16 models to FP32 around most ops);
+`--rounds R` alternates them R times and reports the median ratio and its range.
 
 `--only NAME` checks only the models whose name contains NAME (FP32, and FP16 where it is
 checked), without the tier, remote and recommend checks.
 
-Usage: scripts/models.py --eia target/release/eia [--keep DIR] [--only NAME] [--bench [--runs N]]
+Usage: scripts/models.py --eia target/release/eia [--keep DIR] [--only NAME]
+       [--bench [--runs N] [--rounds R]]
 """
 
 import argparse
@@ -215,24 +217,57 @@ def ort_p50_ms(session, feed, runs):
     return sorted(times)[len(times) // 2]
 
 
-def bench(eia, tmp, runs):
+def bench(eia, tmp, runs, rounds):
+    """Whole models, eia beside onnxruntime: each round times eia (FP32, then FP16) and
+    onnxruntime back to back, in the reverse order every other round, so that a change in the
+    machine's speed between minutes (seen up to 2× on shared hosts) falls on both; the ratio is
+    the median of the rounds' ratios, with its range."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = os.cpu_count()
-    print(f"whole models, p50 of {runs} runs after a warm-up; {os.cpu_count()} cores; onnxruntime {ort.__version__}")
-    print(f"{'model':<14} {'batch':>5} {'eia FP32 ms':>12} {'eia FP16 ms':>12} {'ort FP32 ms':>12} {'FP32 eia/ort':>13}")
+    print(f"whole models, p50 of {runs} runs after a warm-up, {rounds} alternated round(s); "
+          f"{os.cpu_count()} cores ({cpu_name()}); onnxruntime {ort.__version__}")
+    print(f"{'model':<14} {'batch':>5} {'eia FP32 ms':>12} {'eia FP16 ms':>12} {'ort FP32 ms':>12} "
+          f"{'FP32 eia/ort':>13}  range")
     for name, batch in [("resnet50", 1), ("resnet50", 8), ("mobilenetv2", 1)]:
         path = os.path.join(tmp, f"{name}.onnx")
         if not os.path.exists(path):
             subprocess.run([eia, "zoo", name, "-o", path], check=True, capture_output=True)
         x = RNG.uniform(-1, 1, (batch, 3, 224, 224)).astype(np.float32)
-        eia_ms = []
-        for fp16 in (False, True):
-            _, out = run_eia(eia, path, x, os.path.join(tmp, f"{name}.bench.npy"), fp16=fp16,
-                             runs=runs)
-            eia_ms.append(p50_ms(out))
         s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        ort_ms = ort_p50_ms(s, {s.get_inputs()[0].name: x}, runs)
-        print(f"{name:<14} {batch:>5} {eia_ms[0]:>12.1f} {eia_ms[1]:>12.1f} {ort_ms:>12.1f} {ort_ms / eia_ms[0]:>12.2f}x")
+        feed = {s.get_inputs()[0].name: x}
+        ms = {"fp32": [], "fp16": [], "ort": []}
+
+        def on_eia():
+            for fp16, key in ((False, "fp32"), (True, "fp16")):
+                _, out = run_eia(eia, path, x, os.path.join(tmp, f"{name}.bench.npy"),
+                                 fp16=fp16, runs=runs)
+                ms[key].append(p50_ms(out))
+
+        def on_ort():
+            ms["ort"].append(ort_p50_ms(s, feed, runs))
+
+        for r in range(rounds):
+            for run in ((on_eia, on_ort) if r % 2 == 0 else (on_ort, on_eia)):
+                run()
+        ratios = sorted(o / e for o, e in zip(ms["ort"], ms["fp32"]))
+        med = {k: median(v) for k, v in ms.items()}
+        print(f"{name:<14} {batch:>5} {med['fp32']:>12.1f} {med['fp16']:>12.1f} {med['ort']:>12.1f} "
+              f"{median(ratios):>12.2f}x  {ratios[0]:.2f}–{ratios[-1]:.2f}")
+
+
+def cpu_name():
+    """The CPU's model name, as /proc/cpuinfo gives it (numbers depend on it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+def median(values):
+    """The median (the mean of the middle two for an even count)."""
+    v = sorted(values)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
 
 def free_port():
@@ -247,8 +282,12 @@ def main():
     ap.add_argument("--keep", help="write the models and outputs here")
     ap.add_argument("--bench", action="store_true", help="time whole models against onnxruntime")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with --bench: alternated rounds of eia and onnxruntime (median ratio)")
     ap.add_argument("--only", help="check only the models whose name contains this")
     args = ap.parse_args()
+    if args.runs < 1 or args.rounds < 1:
+        ap.error("--runs and --rounds need a whole number ≥ 1")
     eia = os.path.abspath(args.eia)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
@@ -262,7 +301,7 @@ def main():
 def evaluate(args, eia, tmp):
     """Check (or with --bench, time) the models against onnxruntime, writing them into tmp."""
     if args.bench:
-        bench(eia, tmp, args.runs)
+        bench(eia, tmp, args.runs, args.rounds)
         return
     failures = []
 
