@@ -30,6 +30,17 @@ pub fn tolerance(dtype: DType) -> f64 {
     }
 }
 
+/// The smallest normal value of `dtype`. Below it a stored value has a fixed spacing (2^−24 in
+/// FP16) rather than a relative one, so [`assert_close_scaled`] measures such elements against
+/// this size: an FP16 product of two small inputs (0.0039 × 0.0077, say) is rounded to a
+/// subnormal with a relative error up to 2^−11 / its size, not 2^−11.
+pub fn smallest_normal(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => f32::MIN_POSITIVE as f64,
+        DType::F16 => half::f16::MIN_POSITIVE.to_f64(),
+    }
+}
+
 /// A seeded generator: fresh each run unless `EIA_TEST_SEED` is set; the seed is printed.
 pub fn rng(test: &str) -> StdRng {
     let seed = std::env::var("EIA_TEST_SEED")
@@ -73,7 +84,9 @@ pub fn assert_close(what: &str, got: &HostTensor, want: &[f64], want_shape: &[us
 
 /// Like [`assert_close`], but the error is relative to ‖scale‖ — for sums whose terms cancel,
 /// `scale` is the same computation on absolute values (the standard backward error bound), so a
-/// result near zero made of large terms is judged by the size of the terms.
+/// result near zero made of large terms is judged by the size of the terms. A nonzero scale
+/// below the dtype's smallest normal counts as that ([`smallest_normal`]): the output cannot be
+/// stored more precisely there.
 pub fn assert_close_scaled(
     what: &str,
     got: &HostTensor,
@@ -82,7 +95,7 @@ pub fn assert_close_scaled(
     want_shape: &[usize],
 ) {
     assert_eq!(got.shape(), want_shape, "{what}: output shape");
-    let tol = tolerance(got.dtype());
+    let (tol, floor) = (tolerance(got.dtype()), smallest_normal(got.dtype()));
     let got = got.data().to_f64_vec();
     assert_eq!(got.len(), want.len(), "{what}: output length");
     let (mut diff, mut norm) = (0.0f64, 0.0f64);
@@ -102,6 +115,7 @@ pub fn assert_close_scaled(
             assert_eq!(g, w, "{what}: element {i}");
             continue;
         }
+        let sc = if sc == 0.0 { 0.0 } else { sc.abs().max(floor) };
         diff += (g - w) * (g - w);
         norm += sc * sc;
     }
