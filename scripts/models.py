@@ -31,6 +31,7 @@ Usage: scripts/models.py --eia target/release/eia [--keep DIR] [--only NAME]
 import argparse
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -250,9 +251,9 @@ def bench(eia, tmp, runs, rounds):
             for run in ((on_eia, on_ort) if r % 2 == 0 else (on_ort, on_eia)):
                 run()
         ratios = sorted(o / e for o, e in zip(ms["ort"], ms["fp32"]))
-        med = {k: median(v) for k, v in ms.items()}
+        med = {k: statistics.median(v) for k, v in ms.items()}
         print(f"{name:<14} {batch:>5} {med['fp32']:>12.1f} {med['fp16']:>12.1f} {med['ort']:>12.1f} "
-              f"{median(ratios):>12.2f}x  {ratios[0]:.2f}–{ratios[-1]:.2f}")
+              f"{statistics.median(ratios):>12.2f}x  {ratios[0]:.2f}–{ratios[-1]:.2f}")
 
 
 def cpu_name():
@@ -262,12 +263,6 @@ def cpu_name():
             return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         return "unknown CPU"
-
-
-def median(values):
-    """The median (the mean of the middle two for an even count)."""
-    v = sorted(values)
-    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
 
 def free_port():
