@@ -359,6 +359,10 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
         ([1, 2, 8, 140], [4, 1, 3, 5], conv([2, 2], [1, 2, 1, 2], [2, 2], 2, NotSet, true), false),
         ([1, 3, 7, 33], [3, 1, 2, 3], conv([2, 2], [0, 0, 0, 1], [1, 3], 3, NotSet, false), true),
         ([1, 2, 5, 1], [2, 1, 3, 3], conv([2, 2], [1, 1, 1, 1], [1, 1], 2, NotSet, true), true),
+        // Depthwise with column stride 3 (the portable kernel's three column phases): 16 and
+        // 36 output columns (a 16-lane chunk; 32-lane chunks, the last partial), dilated.
+        ([1, 3, 7, 50], [3, 1, 3, 3], conv([2, 3], [1, 2, 1, 0], [1, 2], 3, NotSet, true), true),
+        ([2, 2, 6, 110], [2, 1, 2, 3], conv([1, 3], [0, 1, 1, 1], [2, 2], 2, NotSet, false), true),
     ];
     for dtype in DType::ALL {
         for (i, (x, w, op, bias)) in cases.iter().enumerate() {
