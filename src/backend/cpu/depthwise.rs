@@ -200,6 +200,31 @@ struct Input<'a> {
     sum: Option<&'a [f32]>,
 }
 
+impl Input<'_> {
+    /// `dst` from a chunk's sums `values` (at least as many), its outputs at `at` in the
+    /// channel: bias, residual sum and ReLU or Clip, rounded as `conv::epilogue` rounds them.
+    #[inline(always)]
+    fn finish(&self, plan: &ConvPlan, at: usize, values: &[f32], dst: &mut [f32]) {
+        let [lo, hi] = Clamp::bounds(plan.clamp);
+        let clamp = Clamp { lo, hi };
+        // x + (−0) is x for every x: a missing bias changes nothing.
+        let b = self.bias.unwrap_or(-0.0);
+        match self.sum {
+            None => {
+                for (a, d) in values.iter().zip(dst.iter_mut()) {
+                    *d = clamp.apply(a + b);
+                }
+            }
+            Some(s) => {
+                let s = &s[at..][..dst.len()];
+                for ((a, d), s) in values.iter().zip(dst.iter_mut()).zip(s) {
+                    *d = clamp.apply(a + b + s);
+                }
+            }
+        }
+    }
+}
+
 /// One output channel `out` `[p, q]` by [`chunks`] of as few of 8, 16 or 32 lanes as hold a
 /// row (`8·G` lanes, `G` a `[(); G]` argument's length).
 fn channel(plan: &ConvPlan, frame: &Frame, input: &Input, out: &mut [f32]) {
@@ -235,11 +260,7 @@ multiversion! {
         out: &mut [f32],
     ) {
         let _ = groups;
-        let Input { padded, wk, bias, sum } = *input;
-        let [lo, hi] = Clamp::bounds(plan.clamp);
-        let clamp = Clamp { lo, hi };
-        // x + (−0) is x for every x: a missing bias changes nothing.
-        let b = bias.unwrap_or(-0.0);
+        let Input { padded, wk, .. } = *input;
         for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
             let first = &padded[pi * plan.stride[0] * frame.row..];
             for (j, dst) in out_row.chunks_mut(8 * G).enumerate() {
@@ -254,21 +275,7 @@ multiversion! {
                         }
                     }
                 }
-                // The epilogue in registers, rounded as `conv::epilogue` rounds it.
-                let acc = acc.as_flattened();
-                match sum {
-                    None => {
-                        for (a, d) in acc.iter().zip(dst.iter_mut()) {
-                            *d = clamp.apply(a + b);
-                        }
-                    }
-                    Some(s) => {
-                        let s = &s[pi * plan.q + j * 8 * G..][..dst.len()];
-                        for ((a, d), s) in acc.iter().zip(dst.iter_mut()).zip(s) {
-                            *d = clamp.apply(a + b + s);
-                        }
-                    }
-                }
+                input.finish(plan, pi * plan.q + j * 8 * G, acc.as_flattened(), dst);
             }
         }
     }
@@ -280,7 +287,7 @@ mod x8 {
     use std::arch::x86_64::*;
 
     use super::{Frame, Input};
-    use crate::ops::{Clamp, ConvPlan};
+    use crate::ops::ConvPlan;
 
     /// [`super::chunks`] with `G` vectors of eight accumulators in registers, the same sums in
     /// the same order. (Summed in `out`, a pass over the row per tap, MobileNetV2's depthwise
@@ -296,16 +303,7 @@ mod x8 {
         input: &Input,
         out: &mut [f32],
     ) {
-        let Input {
-            padded,
-            wk,
-            bias,
-            sum,
-        } = *input;
-        let [lo, hi] = Clamp::bounds(plan.clamp);
-        let clamp = Clamp { lo, hi };
-        // x + (−0) is x for every x: a missing bias changes nothing.
-        let b = bias.unwrap_or(-0.0);
+        let Input { padded, wk, .. } = *input;
         for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
             let first = &padded[pi * plan.stride[0] * frame.row..];
             for (j, dst) in out_row.chunks_mut(8 * G).enumerate() {
@@ -325,21 +323,7 @@ mod x8 {
                     // SAFETY: eight f32 at `v`; an unaligned store.
                     unsafe { _mm256_storeu_ps(v.as_mut_ptr(), a) };
                 }
-                // The epilogue, rounded as `conv::epilogue` rounds it.
-                let values = values.as_flattened();
-                match sum {
-                    None => {
-                        for (a, d) in values.iter().zip(dst.iter_mut()) {
-                            *d = clamp.apply(a + b);
-                        }
-                    }
-                    Some(s) => {
-                        let s = &s[pi * plan.q + j * 8 * G..][..dst.len()];
-                        for ((a, d), s) in values.iter().zip(dst.iter_mut()).zip(s) {
-                            *d = clamp.apply(a + b + s);
-                        }
-                    }
-                }
+                input.finish(plan, pi * plan.q + j * 8 * G, values.as_flattened(), dst);
             }
         }
     }
