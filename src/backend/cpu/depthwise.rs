@@ -80,11 +80,14 @@ pub(super) fn depthwise<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], add: Adde
             padded.clear();
             padded.resize(frame.rows * frame.row + CHUNK, 0.0);
             frame.fill(plan, xc, padded, widened);
+            let [lo, hi] = Clamp::bounds(plan.clamp);
             let input = Input {
                 padded,
                 wk,
-                bias: b,
+                // x + (−0) is x for every x: a missing bias changes nothing.
+                bias: b.unwrap_or(-0.0),
                 sum: add.sum.map(|s| &s[row * pq..][..pq]),
+                clamp: Clamp { lo, hi },
             };
             match T::DTYPE {
                 DType::F32 => channel(plan, &frame, &input, bytemuck::cast_slice_mut(out)),
@@ -192,23 +195,22 @@ impl Frame {
 }
 
 /// What [`channel`] reads for one output channel: its input channel's [`Frame`] (with
-/// [`CHUNK`] values of slack after it), its `r·s` weights, its bias and its residual sum.
+/// [`CHUNK`] values of slack after it), its `r·s` weights, its bias, its residual sum and the
+/// fused ReLU's or Clip's bounds (infinite without).
 struct Input<'a> {
     padded: &'a [f32],
     wk: &'a [f32],
-    bias: Option<f32>,
+    bias: f32,
     sum: Option<&'a [f32]>,
+    clamp: Clamp,
 }
 
 impl Input<'_> {
     /// `dst` from a chunk's sums `values` (at least as many), its outputs at `at` in the
     /// channel: bias, residual sum and ReLU or Clip, rounded as `conv::epilogue` rounds them.
     #[inline(always)]
-    fn finish(&self, plan: &ConvPlan, at: usize, values: &[f32], dst: &mut [f32]) {
-        let [lo, hi] = Clamp::bounds(plan.clamp);
-        let clamp = Clamp { lo, hi };
-        // x + (−0) is x for every x: a missing bias changes nothing.
-        let b = self.bias.unwrap_or(-0.0);
+    fn finish(&self, at: usize, values: &[f32], dst: &mut [f32]) {
+        let (b, clamp) = (self.bias, self.clamp);
         match self.sum {
             None => {
                 for (a, d) in values.iter().zip(dst.iter_mut()) {
@@ -275,7 +277,7 @@ multiversion! {
                         }
                     }
                 }
-                input.finish(plan, pi * plan.q + j * 8 * G, acc.as_flattened(), dst);
+                input.finish(pi * plan.q + j * 8 * G, acc.as_flattened(), dst);
             }
         }
     }
@@ -323,7 +325,7 @@ mod x8 {
                     // SAFETY: eight f32 at `v`; an unaligned store.
                     unsafe { _mm256_storeu_ps(v.as_mut_ptr(), a) };
                 }
-                input.finish(plan, pi * plan.q + j * 8 * G, values.as_flattened(), dst);
+                input.finish(pi * plan.q + j * 8 * G, values.as_flattened(), dst);
             }
         }
     }
