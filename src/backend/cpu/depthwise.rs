@@ -18,15 +18,14 @@
 //! Otherwise (other CPUs, other geometries, and with a residual sum) each (image, channel) is
 //! first copied (and widened) into a zero-bordered FP32 frame that covers every window, its
 //! rows split into their column phases at a column stride above 1, so the kernel has no
-//! padding cases and every tap reads consecutive values; the portable kernel (`chunks`,
-//! vectorised through `multiversion!`) sums every tap of up to 32 outputs of a row in
-//! registers and applies the epilogue on the way to one store; an FP16 output channel is
-//! rounded once from an FP32 buffer.
+//! padding cases and every tap reads consecutive values; the portable kernel (`chunks`, with
+//! AVX2 `x8::chunks`) sums every tap of up to 32 outputs of a row in registers and applies
+//! the epilogue on the way to one store; an FP16 output channel is rounded once from an FP32
+//! buffer.
 
 use rayon::prelude::*;
 
 use super::conv::Addends;
-use super::simd::multiversion;
 use super::{narrow, Widen};
 use crate::dtype::DType;
 use crate::ops::{Clamp, ConvPlan};
@@ -227,58 +226,46 @@ impl Input<'_> {
     }
 }
 
-/// One output channel `out` `[p, q]` by [`chunks`] of as few of 8, 16 or 32 lanes as hold a
-/// row (`8·G` lanes, `G` a `[(); G]` argument's length).
+/// One output channel `out` `[p, q]` by chunks of as few of 8, 16 or 32 lanes as hold a row.
 fn channel(plan: &ConvPlan, frame: &Frame, input: &Input, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::level() >= super::simd::Level::Avx2 {
-        // SAFETY: the CPU supports AVX2 (the level says so).
-        unsafe {
-            match plan.q {
-                ..=8 => x8::chunks::<1>(plan, frame, input, out),
-                9..=16 => x8::chunks::<2>(plan, frame, input, out),
-                _ => x8::chunks::<{ CHUNK / 8 }>(plan, frame, input, out),
-            }
-        }
-        return;
-    }
     match plan.q {
-        ..=8 => chunks([(); 1], plan, frame, input, out),
-        9..=16 => chunks([(); 2], plan, frame, input, out),
-        _ => chunks([(); CHUNK / 8], plan, frame, input, out),
+        ..=8 => chunks_of::<1>(plan, frame, input, out),
+        9..=16 => chunks_of::<2>(plan, frame, input, out),
+        _ => chunks_of::<{ CHUNK / 8 }>(plan, frame, input, out),
     }
 }
 
-multiversion! {
-    /// [`channel`] `8·G` outputs of a row at a time: every tap summed into the chunk (the
-    /// values a row's last chunk computes past its end are dropped), then the epilogue (bias,
-    /// residual sum, ReLU or Clip) on the way to one store. (LLVM leaves much of this loop
-    /// scalar: with AVX2, [`x8::chunks`] runs instead.)
-    fn chunks[const G: usize](
-        groups: [(); G],
-        plan: &ConvPlan,
-        frame: &Frame,
-        input: &Input,
-        out: &mut [f32],
-    ) {
-        let _ = groups;
-        let Input { padded, wk, .. } = *input;
-        for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
-            let first = &padded[pi * plan.stride[0] * frame.row..];
-            for (j, dst) in out_row.chunks_mut(8 * G).enumerate() {
-                let mut acc = [[0.0f32; 8]; G];
-                let x = &first[j * 8 * G..];
-                for (&at, &wv) in frame.taps.iter().zip(wk) {
-                    let xs = &x[at..at + 8 * G];
-                    for (g, a) in acc.iter_mut().enumerate() {
-                        let xs: &[f32; 8] = xs[8 * g..8 * g + 8].try_into().expect("8 values");
-                        for l in 0..8 {
-                            a[l] += wv * xs[l];
-                        }
+/// [`channel`] by chunks of `8·G` outputs: [`x8::chunks`] with AVX2, else [`chunks`].
+fn chunks_of<const G: usize>(plan: &ConvPlan, frame: &Frame, input: &Input, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() >= super::simd::Level::Avx2 {
+        // SAFETY: the CPU supports AVX2 (the level says so).
+        return unsafe { x8::chunks::<G>(plan, frame, input, out) };
+    }
+    chunks::<G>(plan, frame, input, out);
+}
+
+/// [`channel`] `8·G` outputs of a row at a time: every tap summed into the chunk (the values a
+/// row's last chunk computes past its end are dropped), then the epilogue (bias, residual sum,
+/// ReLU or Clip) on the way to one store. It runs where AVX2 does not ([`x8::chunks`] does
+/// the same with AVX2 vectors: LLVM left much of this loop scalar).
+fn chunks<const G: usize>(plan: &ConvPlan, frame: &Frame, input: &Input, out: &mut [f32]) {
+    let Input { padded, wk, .. } = *input;
+    for (pi, out_row) in out.chunks_exact_mut(plan.q).enumerate() {
+        let first = &padded[pi * plan.stride[0] * frame.row..];
+        for (j, dst) in out_row.chunks_mut(8 * G).enumerate() {
+            let mut acc = [[0.0f32; 8]; G];
+            let x = &first[j * 8 * G..];
+            for (&at, &wv) in frame.taps.iter().zip(wk) {
+                let xs = &x[at..at + 8 * G];
+                for (g, a) in acc.iter_mut().enumerate() {
+                    let xs: &[f32; 8] = xs[8 * g..8 * g + 8].try_into().expect("8 values");
+                    for l in 0..8 {
+                        a[l] += wv * xs[l];
                     }
                 }
-                input.finish(pi * plan.q + j * 8 * G, acc.as_flattened(), dst);
             }
+            input.finish(pi * plan.q + j * 8 * G, acc.as_flattened(), dst);
         }
     }
 }
