@@ -337,9 +337,14 @@ pub fn max_pool_nan_never_wins<B: Backend>(backend: &B) {
             });
             check(backend, &format!("{dtype} {c:?}"), &op, &x, &want, &shape);
         }
-        // GlobalMaxPool likewise: planes with a tail, of whole vectors, of several vectors;
-        // the first plane all NaN (its maximum `-inf`).
-        for shape in [&[2, 3, 7, 7][..], &[1, 3, 16], &[1, 2, 70, 70]] {
+        // GlobalMaxPool likewise: planes with a tail (fewer than sixteen, and twenty), of whole
+        // vectors, of several vectors; the first plane all NaN (its maximum `-inf`).
+        for shape in [
+            &[2, 3, 7, 7][..],
+            &[2, 10, 7, 7],
+            &[1, 3, 16],
+            &[1, 2, 70, 70],
+        ] {
             let plane: usize = shape[2..].iter().product();
             let mut values = random(&mut rng, DType::F32, shape, -1.0, 1.0)
                 .data()
@@ -421,6 +426,11 @@ pub fn global_pools_match_reference<B: Backend>(backend: &B) {
             // Planes of whole vectors only (no tail): one vector, and four at once.
             &[1, 17, 16],
             &[2, 3, 8, 8],
+            // Sixteen planes and more of one to four vectors with a tail (AVX-512 reduces
+            // sixteen such planes at a time), and a few planes left over.
+            &[1, 33, 4],
+            &[1, 20, 5, 5],
+            &[2, 9, 6, 7],
         ] {
             for max in [false, true] {
                 let x = random(&mut rng, dtype, shape, -1.0, 1.0);

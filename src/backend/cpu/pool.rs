@@ -874,6 +874,16 @@ mod avx512 {
     /// As for [`globals`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn reduce<T: Element, const MAX: bool>(plane: usize, x: &[T], y: &mut [T]) {
+        // SAFETY (each arm): this function's contract; the arm's plane has `NF` vectors.
+        let whole = y.len() / 16 * 16;
+        let small = match plane.div_ceil(16) {
+            1 => unsafe { small::<T, MAX, 1>(plane, x, &mut y[..whole]) },
+            2 => unsafe { small::<T, MAX, 2>(plane, x, &mut y[..whole]) },
+            3 => unsafe { small::<T, MAX, 3>(plane, x, &mut y[..whole]) },
+            4 => unsafe { small::<T, MAX, 4>(plane, x, &mut y[..whole]) },
+            _ => 0,
+        };
+        let (x, y) = (&x[small * plane..], &mut y[small..]);
         let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
         let full = plane / 16 * 16;
         // Plane `j`'s lanes reduced to one vector (the identity where it has fewer elements).
@@ -914,6 +924,80 @@ mod avx512 {
             // SAFETY: outputs j0..j0 + n lie in `y`; the mask covers n ≤ 16 lanes.
             unsafe { store(y.as_mut_ptr().add(j0), first(n), r) };
         }
+    }
+
+    /// [`reduce`] for planes of `NF ≤ 4` vectors (ResNet-50's and MobileNetV2's 7×7 planes:
+    /// 3 and a lane), sixteen planes at a time: each plane's vectors folded in [`reduce`]'s
+    /// order with no step from the identity where it changes nothing, straight-line, the planes'
+    /// vectors kept in registers for [`across`] (the general loop's bounds, masks and spills
+    /// took about half its time at 7×7). Returns the planes done: all of `y`, whose length is a
+    /// multiple of 16.
+    ///
+    /// # Safety
+    /// As for [`globals`]; `plane.div_ceil(16) == NF`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn small<T: Element, const MAX: bool, const NF: usize>(
+        plane: usize,
+        x: &[T],
+        y: &mut [T],
+    ) -> usize {
+        debug_assert!(plane.div_ceil(16) == NF && y.len() % 16 == 0);
+        assert!(x.len() >= y.len() * plane);
+        let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
+        let tail = first(plane - 16 * (NF - 1));
+        let count = _mm512_set1_ps(plane as f32);
+        // Plane `j`'s lanes reduced to one vector: vectors `(v0 + v1) + (v2 + v3)`, as
+        // `reduce` sums them (there, each from the identity: the same values but for the sign
+        // of a zero sum); the maximum from the identity, so that a NaN never wins.
+        let lanes = |j: usize| {
+            let xp = x[j * plane..].as_ptr();
+            let v: [__m512; NF] = std::array::from_fn(|k| {
+                let m = if k + 1 == NF { tail } else { !0 };
+                // SAFETY: vector `k < NF` of plane `j` lies in `x` under `m` (asserted above).
+                unsafe { load_or(xp.add(16 * k), m, identity) }
+            });
+            if MAX {
+                v.iter().fold(identity, |a, &v| step::<true>(a, v))
+            } else {
+                let pair = |k: usize| match NF - k.min(NF) {
+                    0 => identity,
+                    1 => v[k],
+                    _ => step::<false>(v[k], v[k + 1]),
+                };
+                if NF > 2 {
+                    step::<false>(pair(0), pair(2))
+                } else {
+                    pair(0)
+                }
+            }
+        };
+        for j0 in (0..y.len()).step_by(16) {
+            let v = [
+                lanes(j0),
+                lanes(j0 + 1),
+                lanes(j0 + 2),
+                lanes(j0 + 3),
+                lanes(j0 + 4),
+                lanes(j0 + 5),
+                lanes(j0 + 6),
+                lanes(j0 + 7),
+                lanes(j0 + 8),
+                lanes(j0 + 9),
+                lanes(j0 + 10),
+                lanes(j0 + 11),
+                lanes(j0 + 12),
+                lanes(j0 + 13),
+                lanes(j0 + 14),
+                lanes(j0 + 15),
+            ];
+            let mut r = across::<MAX>(v);
+            if !MAX {
+                r = _mm512_div_ps(r, count);
+            }
+            // SAFETY: outputs j0..j0 + 16 lie in `y` (its length is a multiple of 16).
+            unsafe { store_all(y.as_mut_ptr().add(j0), r) };
+        }
+        y.len()
     }
 
     /// Sixteen vectors reduced each to one lane: lane `j` of the result is vector `j`'s lanes
