@@ -941,7 +941,7 @@ mod avx512 {
         x: &[T],
         y: &mut [T],
     ) -> usize {
-        debug_assert!(plane.div_ceil(16) == NF && y.len() % 16 == 0);
+        debug_assert!(plane.div_ceil(16) == NF && y.len().is_multiple_of(16));
         assert!(x.len() >= y.len() * plane);
         let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
         let tail = first(plane - 16 * (NF - 1));
