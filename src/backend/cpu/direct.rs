@@ -231,21 +231,11 @@ impl Geometry {
             };
             positions * k * (plan.c * taps.len() + copy)
         };
-        let mut tile = TILES
+        let tile = TILES
             .into_iter()
             .map(|tile| tile.even(plan.k))
             .min_by_key(work)
             .expect("TILES is not empty");
-        if let Ok(v) = std::env::var("EIA_XTILE") {
-            if plan.c * taps.len() < 256 {
-                let n: Vec<usize> = v.split(',').map(|x| x.parse().unwrap()).collect();
-                tile = if n[0] == 0 {
-                    Tile::Positions { t: n[1], f: n[2] }
-                } else {
-                    Tile::Channels { t: n[1], v: n[2] }
-                };
-            }
-        }
         // Only the phases up to the last one a tap reads are framed (a strided 1×1 convolution
         // reads phase 0 only).
         let phases = (0..plan.r * plan.s)
