@@ -864,30 +864,100 @@ mod avx512 {
         }
     }
 
-    /// [`globals`] for the maximum (`MAX`) or the mean: each plane into one vector, then
-    /// sixteen planes' vectors into sixteen outputs at once ([`across`]: the 7×7 planes of
-    /// ResNet-50's last pool, 8×2048 of them, took 0.65 of the time of one horizontal
-    /// reduction and a scalar result per plane in FP32, 0.73 in FP16; two threads, Intel Xeon
-    /// model 207, 5 alternated rounds).
+    /// [`globals`] for the maximum (`MAX`) or the mean: each plane into one vector ([`short`]
+    /// for planes of up to four vectors, else [`long`]), then sixteen planes' vectors into
+    /// sixteen outputs at once ([`outputs`]).
     ///
     /// # Safety
     /// As for [`globals`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn reduce<T: Element, const MAX: bool>(plane: usize, x: &[T], y: &mut [T]) {
-        // SAFETY (each arm): this function's contract; the arm's plane has `NF` vectors.
-        let whole = y.len() / 16 * 16;
-        let small = match plane.div_ceil(16) {
-            1 => unsafe { small::<T, MAX, 1>(plane, x, &mut y[..whole]) },
-            2 => unsafe { small::<T, MAX, 2>(plane, x, &mut y[..whole]) },
-            3 => unsafe { small::<T, MAX, 3>(plane, x, &mut y[..whole]) },
-            4 => unsafe { small::<T, MAX, 4>(plane, x, &mut y[..whole]) },
-            _ => 0,
+        // SAFETY (each arm): this function's contract; `short::<NF>` gets planes of `NF`
+        // vectors.
+        unsafe {
+            match plane.div_ceil(16) {
+                1 => outputs::<T, MAX>(plane, y, short::<T, MAX, 1>(plane, x)),
+                2 => outputs::<T, MAX>(plane, y, short::<T, MAX, 2>(plane, x)),
+                3 => outputs::<T, MAX>(plane, y, short::<T, MAX, 3>(plane, x)),
+                4 => outputs::<T, MAX>(plane, y, short::<T, MAX, 4>(plane, x)),
+                _ => outputs::<T, MAX>(plane, y, long::<T, MAX>(plane, x)),
+            }
+        }
+    }
+
+    /// Each output of `y` from `lanes(j)`, plane `j` reduced to one vector: sixteen planes'
+    /// vectors into sixteen outputs at once ([`across`]: the 7×7 planes of ResNet-50's last
+    /// pool, 8×2048 of them, took 0.65 of the time of one horizontal reduction and a scalar
+    /// result per plane in FP32, 0.73 in FP16; two threads, Intel Xeon model 207, 5 alternated
+    /// rounds), whole groups of sixteen in straight-line code that keeps the vectors in
+    /// registers (a loop over them spilled them to the stack; see [`short`]).
+    ///
+    /// # Safety
+    /// As for [`globals`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn outputs<T: Element, const MAX: bool>(
+        plane: usize,
+        y: &mut [T],
+        lanes: impl Fn(usize) -> __m512,
+    ) {
+        let count = _mm512_set1_ps(plane as f32);
+        let result = |v: [__m512; 16]| {
+            let r = across::<MAX>(v);
+            if MAX {
+                r
+            } else {
+                _mm512_div_ps(r, count)
+            }
         };
-        let (x, y) = (&x[small * plane..], &mut y[small..]);
+        let whole = y.len() / 16 * 16;
+        for j0 in (0..whole).step_by(16) {
+            let v = [
+                lanes(j0),
+                lanes(j0 + 1),
+                lanes(j0 + 2),
+                lanes(j0 + 3),
+                lanes(j0 + 4),
+                lanes(j0 + 5),
+                lanes(j0 + 6),
+                lanes(j0 + 7),
+                lanes(j0 + 8),
+                lanes(j0 + 9),
+                lanes(j0 + 10),
+                lanes(j0 + 11),
+                lanes(j0 + 12),
+                lanes(j0 + 13),
+                lanes(j0 + 14),
+                lanes(j0 + 15),
+            ];
+            // SAFETY: outputs j0..j0 + 16 lie in `y` (j0 + 16 ≤ whole).
+            unsafe { store_all(y.as_mut_ptr().add(j0), result(v)) };
+        }
+        if whole < y.len() {
+            let n = y.len() - whole;
+            let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
+            let mut v = [identity; 16];
+            for (k, v) in v.iter_mut().take(n).enumerate() {
+                *v = lanes(whole + k);
+            }
+            // SAFETY: outputs whole..whole + n lie in `y`; the mask covers n < 16 lanes.
+            unsafe { store(y.as_mut_ptr().add(whole), first(n), result(v)) };
+        }
+    }
+
+    /// Plane `j` of `x` reduced to one vector, for planes of any size: four independent
+    /// accumulators over its whole vectors from the identity, the tail masked into the last,
+    /// folded `(a0 ∘ a1) ∘ (a2 ∘ a3)`.
+    ///
+    /// # Safety
+    /// As for [`globals`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn long<T: Element, const MAX: bool>(
+        plane: usize,
+        x: &[T],
+    ) -> impl Fn(usize) -> __m512 + '_ {
         let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
         let full = plane / 16 * 16;
-        // Plane `j`'s lanes reduced to one vector (the identity where it has fewer elements).
-        let lanes = |j: usize| {
+        move |j: usize| {
             let xp = x[j * plane..].as_ptr();
             let load = |i: usize, m: __mmask16| {
                 // SAFETY: callers pass `i < plane` and a mask of lanes inside the plane; the
@@ -909,95 +979,51 @@ mod avx512 {
                 acc[3] = step::<MAX>(acc[3], load(full, first(plane - full)));
             }
             step::<MAX>(step::<MAX>(acc[0], acc[1]), step::<MAX>(acc[2], acc[3]))
-        };
-        let count = _mm512_set1_ps(plane as f32);
-        for j0 in (0..y.len()).step_by(16) {
-            let n = (y.len() - j0).min(16);
-            let mut v = [identity; 16];
-            for (k, v) in v.iter_mut().take(n).enumerate() {
-                *v = lanes(j0 + k);
-            }
-            let mut r = across::<MAX>(v);
-            if !MAX {
-                r = _mm512_div_ps(r, count);
-            }
-            // SAFETY: outputs j0..j0 + n lie in `y`; the mask covers n ≤ 16 lanes.
-            unsafe { store(y.as_mut_ptr().add(j0), first(n), r) };
         }
     }
 
-    /// [`reduce`] for planes of `NF ≤ 4` vectors (ResNet-50's and MobileNetV2's 7×7 planes:
-    /// 3 and a lane), sixteen planes at a time: each plane's vectors folded in [`reduce`]'s
-    /// order with no step from the identity where it changes nothing, straight-line, the planes'
-    /// vectors kept in registers for [`across`] (the general loop's bounds, masks and spills
-    /// took about half its time at 7×7). Returns the planes done: all of `y`, whose length is a
-    /// multiple of 16.
+    /// [`long`] for planes of `NF ≤ 4` vectors (ResNet-50's and MobileNetV2's 7×7 planes: 3
+    /// and a lane), its masks set once and its bounds known: the sum `(v0 + v1) + (v2 + v3)`
+    /// as [`long`] folds it (there each from the identity: the same values but for the sign of
+    /// a zero sum), the maximum from the identity, so that a NaN never wins. (Before it and
+    /// [`outputs`]' straight-line groups, with [`long`]'s loop and each group's vectors
+    /// spilled, 7×7 planes took 1.2–1.4× the time; Intel Xeon model 207.)
     ///
     /// # Safety
     /// As for [`globals`]; `plane.div_ceil(16) == NF`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn small<T: Element, const MAX: bool, const NF: usize>(
+    unsafe fn short<T: Element, const MAX: bool, const NF: usize>(
         plane: usize,
         x: &[T],
-        y: &mut [T],
-    ) -> usize {
-        debug_assert!(plane.div_ceil(16) == NF && y.len().is_multiple_of(16));
-        assert!(x.len() >= y.len() * plane);
+    ) -> impl Fn(usize) -> __m512 + '_ {
+        debug_assert_eq!(plane.div_ceil(16), NF);
         let identity = _mm512_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
         let tail = first(plane - 16 * (NF - 1));
-        let count = _mm512_set1_ps(plane as f32);
-        // Plane `j`'s lanes reduced to one vector: vectors `(v0 + v1) + (v2 + v3)`, as
-        // `reduce` sums them (there, each from the identity: the same values but for the sign
-        // of a zero sum); the maximum from the identity, so that a NaN never wins.
-        let lanes = |j: usize| {
+        move |j: usize| {
             let xp = x[j * plane..].as_ptr();
             let v: [__m512; NF] = std::array::from_fn(|k| {
                 let m = if k + 1 == NF { tail } else { !0 };
-                // SAFETY: vector `k < NF` of plane `j` lies in `x` under `m` (asserted above).
+                // SAFETY: vector `k < NF` of plane `j` lies in `x` under `m` (x holds whole
+                // planes, the contract of `globals`).
                 unsafe { load_or(xp.add(16 * k), m, identity) }
             });
             if MAX {
-                v.iter().fold(identity, |a, &v| step::<true>(a, v))
-            } else {
-                let pair = |k: usize| match NF - k.min(NF) {
-                    0 => identity,
-                    1 => v[k],
-                    _ => step::<false>(v[k], v[k + 1]),
-                };
-                if NF > 2 {
-                    step::<false>(pair(0), pair(2))
+                return v.iter().fold(identity, |a, &v| step::<true>(a, v));
+            }
+            // v[k] ∘ v[k + 1], or v[k] alone where the plane ends at it.
+            let pair = |k: usize| {
+                if k + 1 < NF {
+                    step::<false>(v[k], v[k + 1])
                 } else {
-                    pair(0)
+                    v[k]
                 }
+            };
+            if NF > 2 {
+                step::<false>(pair(0), pair(2))
+            } else {
+                pair(0)
             }
-        };
-        for j0 in (0..y.len()).step_by(16) {
-            let v = [
-                lanes(j0),
-                lanes(j0 + 1),
-                lanes(j0 + 2),
-                lanes(j0 + 3),
-                lanes(j0 + 4),
-                lanes(j0 + 5),
-                lanes(j0 + 6),
-                lanes(j0 + 7),
-                lanes(j0 + 8),
-                lanes(j0 + 9),
-                lanes(j0 + 10),
-                lanes(j0 + 11),
-                lanes(j0 + 12),
-                lanes(j0 + 13),
-                lanes(j0 + 14),
-                lanes(j0 + 15),
-            ];
-            let mut r = across::<MAX>(v);
-            if !MAX {
-                r = _mm512_div_ps(r, count);
-            }
-            // SAFETY: outputs j0..j0 + 16 lie in `y` (its length is a multiple of 16).
-            unsafe { store_all(y.as_mut_ptr().add(j0), r) };
         }
-        y.len()
     }
 
     /// Sixteen vectors reduced each to one lane: lane `j` of the result is vector `j`'s lanes
