@@ -71,7 +71,8 @@ impl Workload {
         square.into_iter().chain(skinny).collect()
     }
 
-    /// ResNet-50 convolution layers (and five MobileNetV2 layers: its stem, its widest pointwise
+    /// ResNet-50 convolution layers (one of them the strided 3×3 that opens its fourth stage; and
+    /// five MobileNetV2 layers: its stem, its widest pointwise
     /// expansion and projection, a depthwise layer of stride 1 and one of stride 2) at batch `n`.
     pub fn resnet50_convs(n: usize) -> Vec<Workload> {
         let pad1 = Conv {
@@ -102,6 +103,17 @@ impl Workload {
             layer("res2_1x1_expand", 64, 56, 256, 1, Conv::default()),
             layer("res3_3x3", 128, 28, 128, 3, pad1.clone()),
             layer("res4_3x3", 256, 14, 256, 3, pad1.clone()),
+            layer(
+                "res4_3x3s2",
+                256,
+                28,
+                256,
+                3,
+                Conv {
+                    strides: [2, 2],
+                    ..pad1.clone()
+                },
+            ),
             layer("res4_1x1_reduce", 1024, 14, 256, 1, Conv::default()),
             layer("res5_3x3", 512, 7, 512, 3, pad1.clone()),
             layer(

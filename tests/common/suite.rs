@@ -363,6 +363,12 @@ pub fn conv_matches_reference<B: Backend>(backend: &B) {
         // 36 output columns (a 16-lane chunk; 32-lane chunks, the last partial), dilated.
         ([1, 3, 7, 50], [3, 1, 3, 3], conv([2, 3], [1, 2, 1, 0], [1, 2], 3, NotSet, true), true),
         ([2, 2, 6, 110], [2, 1, 2, 3], conv([1, 3], [0, 1, 1, 1], [2, 2], 2, NotSet, false), true),
+        // Strided dense convolutions of 16 input channels and more on small maps (AVX-512:
+        // `Channels` tiles reading an unphased frame): asymmetric pads, row and column strides
+        // that differ, dilations with strides, pads past half the kernel, two images.
+        ([2, 16, 9, 11], [32, 16, 3, 3], conv([2, 2], [1, 0, 2, 1], [1, 1], 1, NotSet, false), true),
+        ([1, 24, 13, 10], [48, 24, 3, 2], conv([3, 2], [2, 1, 0, 1], [2, 1], 1, NotSet, true), true),
+        ([1, 32, 6, 9], [48, 32, 2, 3], conv([1, 2], [0, 3, 1, 3], [2, 1], 1, NotSet, false), false),
     ];
     for dtype in DType::ALL {
         for (i, (x, w, op, bias)) in cases.iter().enumerate() {

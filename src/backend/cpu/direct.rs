@@ -7,7 +7,9 @@
 //! `stride_h × stride_w` phases (phase `(a, b)` holds padded rows `a, a + sh, …` and columns
 //! `b, b + sw, …`; only those up to the last one a tap reads are built), all `wf` columns wide. Output position `(p, q)` is then frame position
 //! `p·wf + q`, and kernel tap `(r, s)` reads frame position `p·wf + q + offset(r, s)` of one
-//! phase: every tap is the same constant shift for all outputs, whatever the stride.
+//! phase: every tap is the same constant shift for all outputs, whatever the stride. (A strided
+//! `Channels` tile over 16 input channels or more reads an unphased frame instead, the padded
+//! input itself, output position `(p, q)` at `p·sh·wf + q·sw`: see [`Geometry::unphased`].)
 //!
 //! A register tile holds up to 24 accumulators and sums every (input channel, tap) in registers,
 //! in one of two shapes ([`Tile`]), whichever wastes less work on padding for the plan:
@@ -86,6 +88,13 @@ const LANES: usize = 16;
 /// What writing one value of a `Channels` tile into `y` (a 16×16 vector transpose) costs, in lanes
 /// of FMA work.
 const TRANSPOSE_LANES: usize = 4;
+
+/// Fewest input channels for which a strided `Channels` tile reads an unphased frame (see
+/// [`Geometry::unphased`]). A stem's few channels stay in phases: its frame is most of its
+/// work besides the tiles, and framing splits it into (image, channel, row phase) items, of
+/// which one phase per row would leave two threads three items (`conv1_7x7s2`, Intel Xeon
+/// model 207: 1.07× the time unphased).
+const UNPHASED_MIN_CHANNELS: usize = 16;
 
 /// A register tile of 24 accumulators (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +198,12 @@ struct Geometry {
     f: usize,
     /// How far a tap reaches past an output position's frame position, within a phase.
     reach: usize,
+    /// The phases the frame is split into (rows, columns): the plan's stride, or one phase
+    /// (`[1, 1]`) for a strided `Channels` tile (see [`Geometry::unphased`]).
+    phases: [usize; 2],
+    /// Frame rows and columns from one output position to the next: `[1, 1]` in a phase, the
+    /// plan's stride in an unphased frame.
+    stride: [usize; 2],
     /// Elements past the last channel's frame that a tile may read: a `Positions` tile reads
     /// frame positions under `p·wf` (masked beyond), shifted by a tap; a `Channels` tile reads
     /// output positions only, inside the frame.
@@ -246,7 +261,7 @@ impl Geometry {
         let chan = phases * plane;
         let furthest = taps.iter().max().expect("a kernel has a tap");
         let f = tile.channels();
-        Geometry {
+        let g = Geometry {
             hf,
             wf,
             chan,
@@ -256,6 +271,39 @@ impl Geometry {
             slack: (plan.p * wf + furthest).saturating_sub(chan),
             reach: (plan.r - 1) * dh / sh * wf + (plan.s - 1) * dw / sw,
             taps,
+            phases: plan.stride,
+            stride: [1, 1],
+        };
+        match tile {
+            Tile::Channels { .. } if phases > 1 && plan.c >= UNPHASED_MIN_CHANNELS => {
+                g.unphased(plan)
+            }
+            _ => g,
+        }
+    }
+
+    /// This geometry with the frame in one phase, the padded input itself: a `Channels` tile
+    /// broadcasts its inputs one at a time, so it needs no phase in which consecutive outputs
+    /// read consecutive inputs, and in one phase a tile's taps read fewer cache lines of each
+    /// channel (its rows, not its rows in each phase) and framing copies rows without
+    /// splitting their columns.
+    fn unphased(self, plan: &ConvPlan) -> Self {
+        let ([sh, sw], [dh, dw]) = (plan.stride, plan.dilation);
+        let hf = (plan.p - 1) * sh + (plan.r - 1) * dh + 1;
+        let wf = (plan.q - 1) * sw + (plan.s - 1) * dw + 1;
+        let taps = (0..plan.r * plan.s)
+            .map(|rs| rs / plan.s * dh * wf + rs % plan.s * dw)
+            .collect();
+        Geometry {
+            hf,
+            wf,
+            chan: hf * wf,
+            taps,
+            slack: 0,
+            reach: (plan.r - 1) * dh * wf + (plan.s - 1) * dw,
+            phases: [1, 1],
+            stride: plan.stride,
+            ..self
         }
     }
 }
@@ -505,7 +553,7 @@ fn conv_from<T: Widen, Y: Element>(plan: &ConvPlan, x: &[T], w: &[f32], add: Add
 /// reads each of its input rows once (as f32: an FP16 row widened into a row buffer) for all
 /// its column phases.
 fn frame<T: Widen>(plan: &ConvPlan, g: &Geometry, x: &[T], images: usize, frames: &mut [f32]) {
-    let ([sh, sw], [pt, pl]) = (plan.stride, plan.pad);
+    let ([sh, sw], [pt, pl]) = (g.phases, plan.pad);
     let (hw, plane) = (plan.h * plan.w, g.hf * g.wf);
     frames[..images * plan.c * g.chan]
         .par_chunks_mut(g.chan)
@@ -681,7 +729,8 @@ fn compute<Y: Element>(
                 bases.clear();
                 bases.extend((0..positions).map(|i| {
                     let i = i.min(run - 1);
-                    (p0 + i / plan.q) * g.wf + i % plan.q
+                    let [sh, sw] = g.stride;
+                    (p0 + i / plan.q) * sh * g.wf + i % plan.q * sw
                 }));
             }
             // The weights the item reads next: its next chunk's, or after its last the next
