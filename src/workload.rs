@@ -71,9 +71,9 @@ impl Workload {
         square.into_iter().chain(skinny).collect()
     }
 
-    /// ResNet-50 convolution layers (one of them the strided 3×3 that opens its fourth stage; and
-    /// five MobileNetV2 layers: its stem, its widest pointwise
-    /// expansion and projection, a depthwise layer of stride 1 and one of stride 2) at batch `n`.
+    /// ResNet-50 convolution layers (one of them the strided 3×3 that opens its fourth stage) and
+    /// five MobileNetV2 layers (its stem, its widest pointwise expansion and projection, a
+    /// depthwise layer of stride 1 and one of stride 2) at batch `n`.
     pub fn resnet50_convs(n: usize) -> Vec<Workload> {
         let pad1 = Conv {
             pads: [1; 4],
