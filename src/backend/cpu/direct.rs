@@ -90,10 +90,10 @@ const LANES: usize = 16;
 const TRANSPOSE_LANES: usize = 4;
 
 /// Fewest input channels for which a strided `Channels` tile reads an unphased frame (see
-/// [`Geometry::unphased`]). A stem's few channels stay in phases: its frame is most of its
-/// work besides the tiles, and framing splits it into (image, channel, row phase) items, of
-/// which one phase per row would leave two threads three items (`conv1_7x7s2`, Intel Xeon
-/// model 207: 1.07× the time unphased).
+/// [`Geometry::unphased`]). A stem's few channels stay in phases: unphased, `conv1_7x7s2`
+/// took 1.07× the time (Intel Xeon model 207; `benches/ab.py`, n1, and n8 in FP32). (Not measured
+/// apart: its framing, shared out by (image, channel, row phase), then has three items for the
+/// threads instead of six.)
 const UNPHASED_MIN_CHANNELS: usize = 16;
 
 /// A register tile of 24 accumulators (see the module doc).
@@ -196,7 +196,8 @@ struct Geometry {
     tile: Tile,
     /// Output channels per block: `tile.channels()`.
     f: usize,
-    /// How far a tap reaches past an output position's frame position, within a phase.
+    /// How far a tap reaches past an output position's frame position, within a phase (or
+    /// the unphased frame).
     reach: usize,
     /// The phases the frame is split into (rows, columns): the plan's stride, or one phase
     /// (`[1, 1]`) for a strided `Channels` tile (see [`Geometry::unphased`]).
@@ -726,10 +727,10 @@ fn compute<Y: Element>(
             let x = &frames[ni * plan.c * g.chan..][..plan.c * g.chan + g.slack];
             if let Tile::Channels { .. } = g.tile {
                 // Frame offset of each output position, the last repeated to a whole tile.
+                let [sh, sw] = g.stride;
                 bases.clear();
                 bases.extend((0..positions).map(|i| {
                     let i = i.min(run - 1);
-                    let [sh, sw] = g.stride;
                     (p0 + i / plan.q) * sh * g.wf + i % plan.q * sw
                 }));
             }
