@@ -504,3 +504,139 @@ fn a_failed_program_gives_every_storage_back() {
     let after: Vec<_> = table.iter().map(storage).collect();
     assert_eq!(before, after);
 }
+
+/// Programs of convolutions feeding convolutions, which the CPU backend runs with their
+/// intermediates in its blocked layout (`src/backend/cpu/blocked.rs`; with AVX-512): a planar
+/// input into a blocked output, blocked into blocked through a padded 3×3, a strided 3×3, a
+/// pointwise and a strided 1×1 convolution with a blocked residual sum, and blocked into the
+/// planar output read back; then the same with an intermediate also read by the caller (left
+/// planar, so a blocked output takes it as a planar sum, converted) or also read by a Relu step
+/// (planar, so the convolutions after it read it planar). FP32 and FP16, two images, against the
+/// float64 reference rounded to the dtype after each step.
+#[test]
+fn blocked_programs_match_reference() {
+    use common::reference;
+    use eia::backend::{Backend, Step};
+    use eia::ops::{Conv, Op};
+    use eia::{DType, HostTensor, Tensor};
+    let cpu = eia::CpuBackend::new();
+    let mut rng = common::rng("blocked_programs_match_reference");
+    // (input entry, weight shape, conv, residual sum entry, output entry); entry 0 is the
+    // input, 1..=4 the intermediates, 5 the output.
+    let conv = |strides, pads, dilations, relu, sum| Conv {
+        strides,
+        pads,
+        dilations,
+        relu,
+        sum,
+        ..Conv::default()
+    };
+    #[rustfmt::skip]
+    let chain: Vec<(usize, [usize; 4], Conv, Option<usize>, usize)> = vec![
+        (0, [32, 16, 3, 3], conv([1, 1], [1; 4], [1, 1], true, false), None, 1),
+        (1, [48, 32, 3, 3], conv([2, 2], [1, 1, 1, 1], [1, 1], false, false), None, 2),
+        (2, [32, 48, 1, 1], conv([1, 1], [0; 4], [1, 1], false, false), None, 3),
+        (1, [32, 32, 1, 1], conv([2, 2], [0; 4], [1, 1], true, true), Some(3), 4),
+        (4, [16, 32, 3, 3], conv([1, 1], [2, 1, 0, 2], [2, 1], false, false), None, 5),
+    ];
+    let x_shape = [2, 16, 9, 9];
+    for dtype in DType::ALL {
+        for extra in [None, Some("read"), Some("relu")] {
+            let x = common::random(&mut rng, dtype, &x_shape, -1.0, 1.0);
+            // Values, magnitudes and shape per entry, as the reference computes them: the
+            // magnitudes (the error bound's scale) are those of the last step's terms, the
+            // values before it taken as exact (a scale carried through every step in absolute
+            // values grows past the values themselves: a bias left out went unnoticed).
+            let mut want: Vec<(Vec<f64>, Vec<f64>, Vec<usize>)> =
+                vec![(common::f64s(&x), common::abs(&x), x_shape.to_vec())];
+            let mut weights = Vec::new();
+            for (input, w_shape, op, sum, _) in &chain {
+                let w = common::random(&mut rng, dtype, w_shape, -0.5, 0.5);
+                let b = common::random(&mut rng, dtype, &[w_shape[0]], -0.5, 0.5);
+                let linear = Conv {
+                    relu: false,
+                    sum: false,
+                    ..op.clone()
+                };
+                let (xv, _, xs) = &want[*input];
+                let xa: Vec<f64> = xv.iter().map(|v| v.abs()).collect();
+                let (mut v, shape) = reference::conv(
+                    &linear,
+                    xv,
+                    xs,
+                    &common::f64s(&w),
+                    w_shape,
+                    Some(&common::f64s(&b)),
+                );
+                let (mut a, _) = reference::conv(
+                    &linear,
+                    &xa,
+                    xs,
+                    &common::abs(&w),
+                    w_shape,
+                    Some(&common::abs(&b)),
+                );
+                if let Some(s) = sum {
+                    v.iter_mut().zip(&want[*s].0).for_each(|(v, s)| *v += s);
+                    a.iter_mut()
+                        .zip(&want[*s].0)
+                        .for_each(|(a, s)| *a += s.abs());
+                }
+                if op.relu {
+                    v.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+                // Rounded to the dtype, as the step stores it.
+                let f32s: Vec<f32> = v.iter().map(|&v| v as f32).collect();
+                let v = common::f64s(&HostTensor::from_f32(dtype, &shape, &f32s).unwrap());
+                want.push((v, a, shape));
+                weights.push((w, b));
+            }
+            // Table: entries 0..=5 as above, then each step's weights and bias.
+            let mut table: Vec<Option<Tensor<eia::backend::cpu::CpuData>>> = want
+                .iter()
+                .map(|(_, _, shape)| Some(common::poisoned(&cpu, dtype, shape)))
+                .collect();
+            let mut steps = Vec::new();
+            for ((input, _, op, sum, output), (w, b)) in chain.iter().zip(&weights) {
+                let wi = table.len();
+                table.push(Some(cpu.upload(w).unwrap()));
+                table.push(Some(cpu.upload(b).unwrap()));
+                let inputs = [*input, wi]
+                    .into_iter()
+                    .chain(*sum)
+                    .chain([wi + 1])
+                    .collect();
+                steps.push(Step {
+                    op: Op::Conv(op.clone()),
+                    inputs,
+                    output: *output,
+                });
+            }
+            let mut reads = vec![5];
+            match extra {
+                Some("read") => reads.push(3),
+                Some("relu") => {
+                    let out = table.len();
+                    table.push(Some(common::poisoned(&cpu, dtype, &want[1].2)));
+                    steps.insert(
+                        1,
+                        Step {
+                            op: Op::Relu,
+                            inputs: vec![1],
+                            output: out,
+                        },
+                    );
+                }
+                _ => {}
+            }
+            let got = cpu
+                .run_program(&mut table, &[(0, &x)], &steps, &reads, None)
+                .unwrap();
+            for (got, &entry) in got.iter().zip(&reads) {
+                let (v, a, shape) = &want[entry];
+                let what = format!("{dtype} entry {entry} with {extra:?}");
+                common::assert_close_scaled(&what, got, v, a, shape);
+            }
+        }
+    }
+}

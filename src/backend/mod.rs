@@ -197,6 +197,26 @@ pub trait Backend: Send + Sync {
         run_program_here(self, tensors, writes, steps, reads, observe)
     }
 
+    /// For each of a program's steps ([`Backend::run_program`]), whether the backend may leave
+    /// its output in a layout of its own, which only the backend's own ops read (the CPU
+    /// backend's blocked convolutions, `cpu::blocked`): its reads of it are steps of the
+    /// program, and `tensors` holds each table entry before the program runs. By default none.
+    fn blocked_outputs(
+        &self,
+        steps: &[Step],
+        tensors: &[Option<Tensor<Self::Storage>>],
+        reads: &[usize],
+    ) -> Vec<bool> {
+        let _ = (tensors, reads);
+        vec![false; steps.len()]
+    }
+
+    /// Lets the next op that writes `y` leave it in the backend's own layout (see
+    /// [`Backend::blocked_outputs`]). By default nothing.
+    fn want_blocked(&self, y: &mut Self::Storage) {
+        let _ = y;
+    }
+
     /// Whether [`Backend::set_len`] works, so that [`Backend::run_program`] moves storage
     /// between a program's scratch entries. By default it does not.
     fn lends_storage(&self) -> bool {
@@ -359,15 +379,19 @@ pub(crate) fn run_program_here<B: Backend>(
     } else {
         steps.iter().map(|s| s.output).collect()
     };
+    let blocked = backend.blocked_outputs(steps, tensors, reads);
     backend.run_ops(|| {
         let mut swaps = reuse::Swaps::new(&home);
         let mut observed = || observe.as_mut().map_or(Ok(()), |o| o());
         let mut ran = |tensors: &mut [Option<Tensor<B::Storage>>]| -> Result<()> {
             write_entries(backend, tensors, writes)?;
             observed()?;
-            for (step, &storage) in steps.iter().zip(&place) {
+            for ((step, &storage), &blocked) in steps.iter().zip(&place).zip(&blocked) {
                 let mut table = reuse::Table { backend, tensors };
                 swaps.give(&mut table, step.output, storage)?;
+                if let Some(y) = tensors[step.output].as_mut().filter(|_| blocked) {
+                    backend.want_blocked(y.storage_mut());
+                }
                 run_step(backend, tensors, step)?;
                 observed()?;
             }

@@ -22,10 +22,12 @@
 //!   accelerator making room for a tensor) releases them.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
+use super::blocked::Blocked;
 use crate::backend::MemoryAccount;
 use crate::sync::lock;
 use crate::tensor::{HostData, Tensor};
@@ -52,6 +54,11 @@ impl Key {
 pub struct CpuData {
     data: HostData,
     cache: Mutex<Cache>,
+    /// Whether `data` is in the blocked layout, and its shape then (see [`super::blocked`]):
+    /// set by the op that writes it so, cleared by every other write.
+    blocked: Option<Blocked>,
+    /// Whether the next op that writes the data may leave it blocked.
+    want_blocked: bool,
 }
 
 #[derive(Default)]
@@ -106,6 +113,8 @@ impl CpuData {
         CpuData {
             data,
             cache: Mutex::default(),
+            blocked: None,
+            want_blocked: false,
         }
     }
 
@@ -118,19 +127,53 @@ impl CpuData {
                 reads: 1,
                 forms: Vec::new(),
             }),
+            blocked: None,
+            want_blocked: false,
         }
     }
 
-    /// The data.
+    /// The data as stored: planar, but for a program's scratch tensor that the program left
+    /// blocked ([`CpuData::blocked`]; [`CpuData::planar`] reads either).
     pub fn data(&self) -> &HostData {
         &self.data
     }
 
     /// The data, to be written: drops every derived form first (the only way to the data
-    /// mutably, so no form outlives the data it was derived from).
+    /// mutably, so no form outlives the data it was derived from), and the data is planar
+    /// until [`CpuData::set_blocked`] says otherwise.
     pub fn data_mut(&mut self) -> &mut HostData {
         *self.cache.get_mut().unwrap_or_else(|e| e.into_inner()) = Cache::default();
+        self.blocked = None;
         &mut self.data
+    }
+
+    /// Whether the data is blocked, and its shape then.
+    pub fn blocked(&self) -> Option<Blocked> {
+        self.blocked
+    }
+
+    /// Records that the data just written is blocked (`b`) or planar (`None`).
+    pub fn set_blocked(&mut self, b: Option<Blocked>) {
+        self.blocked = b;
+    }
+
+    /// Lets the next op that writes the data leave it blocked.
+    pub fn want_blocked(&mut self) {
+        self.want_blocked = true;
+    }
+
+    /// Whether the op about to write the data may leave it blocked (asked once: the next op
+    /// after this one writes it planar unless asked again).
+    pub fn take_want_blocked(&mut self) -> bool {
+        std::mem::take(&mut self.want_blocked)
+    }
+
+    /// The data in the planar layout: itself, or a planar copy of blocked data.
+    pub fn planar(&self) -> Cow<'_, HostData> {
+        match self.blocked {
+            Some(b) => Cow::Owned(super::blocked::to_planar(&self.data, b)),
+            None => Cow::Borrowed(&self.data),
+        }
     }
 
     /// Drops the derived forms built so far (an op using one keeps its copy until it ends), to
@@ -139,9 +182,12 @@ impl CpuData {
         lock(&self.cache).forms.clear();
     }
 
-    /// The data, its derived forms dropped.
+    /// The data (planar), its derived forms dropped.
     pub fn into_data(self) -> HostData {
-        self.data
+        match self.blocked {
+            Some(b) => super::blocked::to_planar(&self.data, b),
+            None => self.data,
+        }
     }
 
     /// Bytes held by the derived forms built so far.
@@ -208,10 +254,10 @@ impl From<HostData> for CpuData {
     }
 }
 
-/// A copy of the data, without the derived forms.
+/// A copy of the data (planar), without the derived forms.
 impl Clone for CpuData {
     fn clone(&self) -> Self {
-        CpuData::new(self.data.clone())
+        CpuData::new(self.planar().into_owned())
     }
 }
 
@@ -224,10 +270,10 @@ impl fmt::Debug for CpuData {
     }
 }
 
-/// Equal when the data are (derived forms are a cache).
+/// Equal when the data are, as planar values (derived forms are a cache).
 impl PartialEq for CpuData {
     fn eq(&self, other: &Self) -> bool {
-        self.data == other.data
+        self.planar() == other.planar()
     }
 }
 

@@ -44,6 +44,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::blocked::{Layouts, BLOCK};
 use super::conv::{is_pointwise, Addends};
 use super::derived::{CpuData, Key};
 use super::scratch::{as_f32, with_buffer, TaskBuffer};
@@ -170,16 +171,43 @@ pub fn applies(plan: &ConvPlan) -> bool {
     let pointwise = is_pointwise(plan)
         && plan.p * plan.q <= POINTWISE_MAX_POSITIONS
         && plan.c >= POINTWISE_MIN_CHANNELS;
-    // The kernels need AVX-512 F; FP16 outputs are stored with BW and VL.
+    computes(plan) && (plan.r * plan.s > 1 || pointwise || plan.stride != [1, 1])
+}
+
+/// Whether the direct kernel can compute `plan` on this CPU at all: one group, no empty
+/// dimension, AVX-512 (F; FP16 outputs are stored with BW and VL).
+fn computes(plan: &ConvPlan) -> bool {
     #[cfg(target_arch = "x86_64")]
     let cpu = super::avx512::supported();
     #[cfg(not(target_arch = "x86_64"))]
     let cpu = false;
     cpu && plan.group == 1
-        && (plan.r * plan.s > 1 || pointwise || plan.stride != [1, 1])
         && [plan.n, plan.c, plan.k, plan.p, plan.q]
             .iter()
             .all(|&d| d > 0)
+}
+
+/// Whether the direct kernel computes `plan` from a blocked input (see [`super::blocked`]):
+/// whole blocks of input channels, and not a convolution the Winograd kernel computes faster
+/// (ResNet-50's 3×3 layers at 56×56 and 28×28 took 1.21–1.26× the time on the direct kernel
+/// blocked: `eia infer --profile`, Intel Xeon model 207).
+pub fn reads_blocked(plan: &ConvPlan) -> bool {
+    blocks(plan) && plan.c.is_multiple_of(BLOCK)
+}
+
+/// Whether the direct kernel computes `plan` into a blocked output: whole blocks of output
+/// channels (and not a Winograd convolution, as [`reads_blocked`]).
+pub fn writes_blocked(plan: &ConvPlan) -> bool {
+    blocks(plan) && plan.k.is_multiple_of(BLOCK)
+}
+
+/// See [`reads_blocked`].
+fn blocks(plan: &ConvPlan) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let winograd = super::winograd::applies(plan);
+    #[cfg(not(target_arch = "x86_64"))]
+    let winograd = false;
+    computes(plan) && !winograd
 }
 
 /// The frame geometry of a plan and its register tile.
@@ -209,10 +237,15 @@ struct Geometry {
     /// frame positions under `p·wf` (masked beyond), shifted by a tap; a `Channels` tile reads
     /// output positions only, inside the frame.
     slack: usize,
+    /// Which activations are blocked: a blocked frame is `[c / 16][hf·wf][16]` per image (its
+    /// taps' offsets, and the tile's positions, in elements: sixteen per frame position).
+    blocked: Layouts,
 }
 
 impl Geometry {
-    fn new(plan: &ConvPlan) -> Self {
+    /// The geometry for `plan` with `blocked` activations: always a `Channels` tile where any
+    /// is blocked (its vectors are the blocked layout's), unphased where the input is.
+    fn new(plan: &ConvPlan, blocked: Layouts) -> Self {
         let ([sh, sw], [dh, dw]) = (plan.stride, plan.dilation);
         let hf = plan.p + (plan.r - 1) * dh / sh;
         let wf = plan.q + (plan.s - 1) * dw / sw;
@@ -247,11 +280,15 @@ impl Geometry {
             };
             positions * k * (plan.c * taps.len() + copy)
         };
-        let tile = TILES
-            .into_iter()
-            .map(|tile| tile.even(plan.k))
-            .min_by_key(work)
-            .expect("TILES is not empty");
+        let tile = if blocked.x || blocked.y {
+            TILES[0].even(plan.k)
+        } else {
+            TILES
+                .into_iter()
+                .map(|tile| tile.even(plan.k))
+                .min_by_key(work)
+                .expect("TILES is not empty")
+        };
         // Only the phases up to the last one a tap reads are framed (a strided 1×1 convolution
         // reads phase 0 only).
         let phases = (0..plan.r * plan.s)
@@ -274,12 +311,29 @@ impl Geometry {
             taps,
             phases: plan.stride,
             stride: [1, 1],
+            blocked,
         };
-        match tile {
+        let mut g = match tile {
             Tile::Channels { .. } if phases > 1 && plan.c >= UNPHASED_MIN_CHANNELS => {
                 g.unphased(plan)
             }
+            _ if blocked.x && plan.stride != [1, 1] => g.unphased(plan),
             _ => g,
+        };
+        if blocked.x {
+            for tap in &mut g.taps {
+                *tap *= BLOCK;
+            }
+        }
+        g
+    }
+
+    /// Frame elements from one frame position to the next.
+    fn position_step(&self) -> usize {
+        if self.blocked.x {
+            BLOCK
+        } else {
+            1
         }
     }
 
@@ -290,8 +344,14 @@ impl Geometry {
     /// splitting their columns.
     fn unphased(self, plan: &ConvPlan) -> Self {
         let ([sh, sw], [dh, dw]) = (plan.stride, plan.dilation);
-        let hf = (plan.p - 1) * sh + (plan.r - 1) * dh + 1;
-        let wf = (plan.q - 1) * sw + (plan.s - 1) * dw + 1;
+        let (hf, wf) = if reads_in_place(plan, self.blocked) {
+            (plan.h, plan.w)
+        } else {
+            (
+                (plan.p - 1) * sh + (plan.r - 1) * dh + 1,
+                (plan.q - 1) * sw + (plan.s - 1) * dw + 1,
+            )
+        };
         let taps = (0..plan.r * plan.s)
             .map(|rs| rs / plan.s * dh * wf + rs % plan.s * dw)
             .collect();
@@ -464,14 +524,16 @@ impl Deref for Packed {
     }
 }
 
-/// `plan`'s weights `[k, c, r, s]` packed for the direct kernel (see the module doc): the form
+/// `plan`'s weights `[k, c, r, s]` packed for the direct kernel with `blocked` activations (see
+/// the module doc): the form
 /// cached with the tensor (charged to `account`) where the cache's rules allow, else packed now.
 pub fn packed_weights(
     plan: &ConvPlan,
+    blocked: Layouts,
     w: &CpuData,
     account: Option<&Arc<dyn MemoryAccount>>,
 ) -> Packed {
-    let f = Geometry::new(plan).f;
+    let f = Geometry::new(plan, blocked).f;
     let len = plan.k.next_multiple_of(f) * plan.c * plan.r * plan.s;
     let key = Key::new("direct conv weights", &[f, plan.k, plan.c, plan.r, plan.s]);
     Packed::of(w, &key, len, account, |data| pack(plan, f, data))
@@ -509,41 +571,67 @@ fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> PackedWeights {
 /// widened as it is framed), the weights as [`packed_weights`] returns them, the bias and the
 /// residual sum, into `y` (FP32, or FP16 rounded as each item's values are written). `y` is
 /// fully written.
-pub fn conv<Y: Element>(plan: &ConvPlan, x: &HostData, w: &[f32], add: Addends, y: &mut [Y]) {
+pub fn conv<Y: Element>(
+    plan: &ConvPlan,
+    blocked: Layouts,
+    x: &HostData,
+    w: &[f32],
+    add: Addends,
+    y: &mut [Y],
+) {
+    let g = Geometry::new(plan, blocked);
     match x {
         // A pointwise convolution's input is its own frame (slack 0): no copy in FP32, one
         // parallel widening of the whole input in FP16 (not a frame row at a time).
-        _ if is_pointwise(plan) => compute(plan, &Geometry::new(plan), &as_f32(x), w, add, y),
-        HostData::F32(x) => conv_from(plan, x, w, add, y),
-        HostData::F16(x) => conv_from(plan, x, w, add, y),
+        _ if is_pointwise(plan) || reads_in_place(plan, blocked) => {
+            compute(plan, &g, &as_f32(x), w, add, y)
+        }
+        HostData::F32(x) => conv_from(plan, &g, x, w, add, y),
+        HostData::F16(x) => conv_from(plan, &g, x, w, add, y),
     }
 }
 
+/// Whether a strided convolution's unphased frame is its blocked input itself: a 1×1 kernel
+/// without padding (ResNet's downsampling shortcuts) reads inside the input, every row of it
+/// as long as the input's.
+fn reads_in_place(plan: &ConvPlan, blocked: Layouts) -> bool {
+    blocked.x
+        && [plan.r, plan.s] == [1, 1]
+        && plan.pad == [0, 0]
+        && (plan.p - 1) * plan.stride[0] < plan.h
+        && (plan.q - 1) * plan.stride[1] < plan.w
+}
+
 /// [`conv`] for input elements `T`.
-fn conv_from<T: Widen, Y: Element>(plan: &ConvPlan, x: &[T], w: &[f32], add: Addends, y: &mut [Y]) {
+fn conv_from<T: Widen, Y: Element>(
+    plan: &ConvPlan,
+    g: &Geometry,
+    x: &[T],
+    w: &[f32],
+    add: Addends,
+    y: &mut [Y],
+) {
     if y.is_empty() {
         return;
     }
-    let g = Geometry::new(plan);
     let image_frame = plan.c * g.chan;
     let group = (FRAME_GROUP_BYTES / (4 * image_frame)).clamp(1, plan.n);
     let pkq = plan.k * plan.p * plan.q;
     with_buffer(group * image_frame + g.slack, |frames| {
         for n0 in (0..plan.n).step_by(group) {
             let images = group.min(plan.n - n0);
-            frame(
-                plan,
-                &g,
-                &x[n0 * plan.c * plan.h * plan.w..],
-                images,
-                frames,
-            );
+            let x = &x[n0 * plan.c * plan.h * plan.w..];
+            if g.blocked.x {
+                frame_blocked(plan, g, x, images, frames);
+            } else {
+                frame(plan, g, x, images, frames);
+            }
             let part = n0 * pkq..(n0 + images) * pkq;
             let add = Addends {
                 sum: add.sum.map(|s| &s[part.clone()]),
                 ..add
             };
-            compute(plan, &g, frames, w, add, &mut y[part]);
+            compute(plan, g, frames, w, add, &mut y[part]);
         }
     });
 }
@@ -580,6 +668,41 @@ fn frame<T: Widen>(plan: &ConvPlan, g: &Geometry, x: &[T], images: usize, frames
                         None => row.fill(0.0),
                     }
                 }
+            }
+        });
+}
+
+/// [`frame`] for a blocked input, into blocked frames (`[image][c / 16][hf][wf][16]`, one
+/// phase): the threads share the frame's rows of sixteen channels.
+fn frame_blocked<T: Widen>(
+    plan: &ConvPlan,
+    g: &Geometry,
+    x: &[T],
+    images: usize,
+    frames: &mut [f32],
+) {
+    debug_assert_eq!(g.phases, [1, 1]);
+    let ([pt, pl], w) = (plan.pad, plan.w);
+    let row_len = BLOCK * w;
+    // Frame columns lo..hi hold input columns lo − pl..hi − pl.
+    let (lo, hi) = (pl.min(g.wf), (pl + w).min(g.wf));
+    frames[..images * plan.c * g.chan]
+        .par_chunks_mut(BLOCK * g.wf)
+        .enumerate()
+        .for_each(|(index, row)| {
+            // Row `i` of channel block `nb` (of every image's blocks in turn).
+            let (nb, i) = (index / g.hf, index % g.hf);
+            match (i.checked_sub(pt).filter(|&ih| ih < plan.h), lo < hi) {
+                (Some(ih), true) => {
+                    let src = &x[(nb * plan.h + ih) * row_len..][..row_len];
+                    row[..BLOCK * lo].fill(0.0);
+                    T::widen(
+                        &src[BLOCK * (lo - pl)..BLOCK * (hi - pl)],
+                        &mut row[BLOCK * lo..BLOCK * hi],
+                    );
+                    row[BLOCK * hi..].fill(0.0);
+                }
+                _ => row.fill(0.0),
             }
         });
 }
@@ -676,6 +799,12 @@ fn compute<Y: Element>(
         .min(TILE_INPUT_BYTES / (4 * (step + g.reach)))
         .min(block_chunk(rs, g.f))
         .clamp(1, plan.c);
+    // A blocked frame's chunks are whole blocks of channels.
+    let chunk = if g.blocked.x {
+        (chunk / BLOCK).max(1) * BLOCK
+    } else {
+        chunk
+    };
     // Tiles accumulate a chunk at a time into what they write: in FP32 only, so an FP16 `y`
     // only where one chunk holds every channel (the stems). Frame rows longer than output rows
     // wrap onto them (`Wrap`) where a vector spans at most two.
@@ -727,11 +856,11 @@ fn compute<Y: Element>(
             let x = &frames[ni * plan.c * g.chan..][..plan.c * g.chan + g.slack];
             if let Tile::Channels { .. } = g.tile {
                 // Frame offset of each output position, the last repeated to a whole tile.
-                let [sh, sw] = g.stride;
+                let ([sh, sw], step) = (g.stride, g.position_step());
                 bases.clear();
                 bases.extend((0..positions).map(|i| {
                     let i = i.min(run - 1);
-                    (p0 + i / plan.q) * sh * g.wf + i % plan.q * sw
+                    ((p0 + i / plan.q) * sh * g.wf + i % plan.q * sw) * step
                 }));
             }
             // The weights the item reads next: its next chunk's, or after its last the next
@@ -837,6 +966,31 @@ fn compute<Y: Element>(
                         }
                     }
                 }
+            }
+            if g.blocked.y {
+                for kbi in 0..kbn {
+                    for v in 0..fv(kbi) / LANES {
+                        // Channel block kb of image ni, from the item's first position.
+                        let k0 = (kb0 + kbi) * g.f + v * LANES;
+                        let at = (ni * plan.k + k0) * pq + p0 * plan.q * LANES;
+                        // SAFETY: `applies` checked AVX-512 F, BW and VL; the buffer holds
+                        // `run` rows of f from row kbi·ld, their vector v under f; positions
+                        // p0·q.. p0·q + run of the channel block, which this item alone
+                        // writes; the sum (in y's layout) and the bias have values there.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            avx512::store_blocked(
+                                &buf[kbi * ld * g.f + v * LANES..],
+                                g.f,
+                                out.slice(at, run * LANES),
+                                add.bias.map(|b| &b[k0..k0 + LANES]),
+                                add.sum.map(|s| &s[at..at + run * LANES]),
+                                bounds,
+                            )
+                        };
+                    }
+                }
+                return;
             }
             for kbi in (0..kbn).filter(|_| !(into_y && finished_by_tiles)) {
                 // SAFETY: rows p0..p0 + rows of image ni, channels (kb0 + kbi)·f.. (under k):
@@ -998,6 +1152,7 @@ unsafe fn tile<O: Element>(
     wrap: Option<Wrap>,
 ) {
     debug_assert!(w.len() >= cn * g.taps.len() * g.f);
+    debug_assert!(matches!(g.tile, Tile::Channels { .. }) || g.blocked == Layouts::default());
     let (chan, taps, w) = (g.chan, &g.taps[..], w.as_ptr());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller's contract.
@@ -1032,7 +1187,9 @@ unsafe fn tile<O: Element>(
                 let args = ChannelsTile {
                     x,
                     bases,
-                    chan,
+                    // From one channel to the next within a block: a frame, or one lane.
+                    chan: if g.blocked.x { 1 } else { chan },
+                    block: BLOCK * chan,
                     taps,
                     w,
                     cn,
@@ -1225,7 +1382,10 @@ mod avx512 {
     pub struct ChannelsTile<'a> {
         pub x: *const f32,
         pub bases: &'a [usize],
+        /// Elements from one channel to the next inside a block of sixteen, and from one
+        /// block to the next (`16·chan` in planar frames, one lane in blocked ones).
         pub chan: usize,
+        pub block: usize,
         pub taps: &'a [usize],
         pub w: *const f32,
         pub cn: usize,
@@ -1262,6 +1422,7 @@ mod avx512 {
             x,
             bases,
             chan,
+            block,
             taps,
             w,
             cn,
@@ -1293,7 +1454,31 @@ mod avx512 {
             let mut wp = w;
             // A pointwise convolution's tile within a row reads consecutive inputs of each
             // channel: one pointer, moved a channel at a time (not `T` of them recomputed).
-            if taps.len() == 1 && (0..T).all(|i| bases[i] == bases[0] + i) {
+            let blocked = block != LANES * chan;
+            if taps.len() == 1 && blocked && (0..T).all(|i| bases[i] == bases[0] + i * LANES) {
+                // The same in a blocked frame: a channel's positions are a lane of consecutive
+                // lines; the first T channels of a block fetch the next tile's T lines.
+                let x0 = x.add(bases[0] + taps[0]);
+                for c in 0..cn {
+                    prefetch();
+                    let (b, l) = (c / LANES, c % LANES);
+                    let xp = x0.add(b * block + l);
+                    if l < T {
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            x0.wrapping_add(b * block + (T + l) * LANES).cast(),
+                        );
+                    }
+                    let wv: [__m512; V] =
+                        std::array::from_fn(|v| _mm512_loadu_ps(wp.add(v * LANES)));
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let b = _mm512_set1_ps(*xp.add(i * LANES));
+                        for (a, &wv) in row.iter_mut().zip(&wv) {
+                            *a = _mm512_fmadd_ps(wv, b, *a);
+                        }
+                    }
+                    wp = wp.add(f);
+                }
+            } else if taps.len() == 1 && !blocked && (0..T).all(|i| bases[i] == bases[0] + i) {
                 let mut xp = x.add(bases[0] + taps[0]);
                 for _ in 0..cn {
                     prefetch();
@@ -1314,7 +1499,7 @@ mod avx512 {
             } else {
                 for c in 0..cn {
                     prefetch();
-                    let xc = x.add(c * chan);
+                    let xc = x.add(c / LANES * block + c % LANES * chan);
                     let at: [*const f32; T] = std::array::from_fn(|i| xc.add(bases[i]));
                     for &off in taps {
                         let wv: [__m512; V] =
@@ -1333,6 +1518,44 @@ mod avx512 {
                 for (v, &a) in row.iter().enumerate() {
                     _mm512_storeu_ps(out.add(i * f + v * LANES), a);
                 }
+            }
+        }
+    }
+
+    /// Writes `run` rows of 16 values (`src + i·ld + (0..16)`) into `dst` (16 values a row),
+    /// finished by the epilogue: the bias of the 16 channels, the residual sum (`dst`'s
+    /// layout), the clamp's bounds.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL; `src` must hold `(run − 1)·ld + 16` values,
+    /// `dst` and the sum `16·run`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn store_blocked<Y: Element>(
+        src: &[f32],
+        ld: usize,
+        dst: &mut [Y],
+        bias: Option<&[f32]>,
+        sum: Option<&[f32]>,
+        [lo, hi]: [f32; 2],
+    ) {
+        let run = dst.len() / LANES;
+        debug_assert!(run == 0 || src.len() >= (run - 1) * ld + LANES);
+        debug_assert!(sum.is_none_or(|s| s.len() == dst.len()));
+        // SAFETY (whole body): the loads stay inside `src`, the bias and the sum, the stores
+        // inside `dst` (the contract).
+        unsafe {
+            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+            // x + (−0) is x for every x: a missing bias changes nothing.
+            let b = bias.map_or(_mm512_set1_ps(-0.0), |b| _mm512_loadu_ps(b.as_ptr()));
+            for i in 0..run {
+                let mut v = _mm512_add_ps(_mm512_loadu_ps(src.as_ptr().add(i * ld)), b);
+                if let Some(s) = sum {
+                    // (conv + bias) + sum, as `conv::epilogue` rounds it.
+                    v = _mm512_add_ps(v, _mm512_loadu_ps(s.as_ptr().add(i * LANES)));
+                }
+                // NaN stays NaN, as in `Clamp::apply` (see `positions`).
+                v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+                store(dst.as_mut_ptr().add(i * LANES), !0, v);
             }
         }
     }
@@ -1478,7 +1701,10 @@ mod tests {
                 None,
             )
             .unwrap();
-        assert_eq!(Geometry::new(&plan).tile, Tile::Channels { t: 6, v: 3 });
+        assert_eq!(
+            Geometry::new(&plan, Layouts::default()).tile,
+            Tile::Channels { t: 6, v: 3 }
+        );
     }
 
     #[test]
@@ -1500,7 +1726,7 @@ mod tests {
                 .plan(&desc(&x), &desc(&[k, x[1], 1, 1]), None, None)
                 .unwrap();
             let (kbs, group, items) = pool.install(|| {
-                let g = Geometry::new(&plan);
+                let g = Geometry::new(&plan, Layouts::default());
                 let (blocks, kbs, group, groups) = split(&plan, g.rows, g.f, plan.n);
                 (kbs, group, plan.n * blocks * groups)
             });
@@ -1540,7 +1766,7 @@ mod tests {
                 .plan(&desc(&x), &desc(&[x[1], x[1], 3, 3]), None, None)
                 .unwrap();
             let (rows, items) = pool.install(|| {
-                let g = Geometry::new(&plan);
+                let g = Geometry::new(&plan, Layouts::default());
                 let (blocks, _, _, groups) = split(&plan, g.rows, g.f, plan.n);
                 (g.rows, plan.n * blocks * groups)
             });

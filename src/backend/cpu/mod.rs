@@ -7,13 +7,15 @@
 //! [`winograd`]; the direct, Winograd and depthwise convolutions widen FP16 input as they
 //! copy or load it, and the depthwise one rounds its FP16 output in registers; the GEMM lowering
 //! of an FP16 pointwise convolution widens and rounds one block of columns at a time); batch
-//! norm and softmax stream FP16 through FP32 registers chunk by chunk.
+//! norm and softmax stream FP16 through FP32 registers chunk by chunk. Inside a program, the
+//! convolutions between convolutions keep their activations in a blocked layout ([`blocked`]).
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod awake;
 mod batchnorm;
 mod binary;
+mod blocked;
 mod conv;
 mod depthwise;
 #[cfg(target_arch = "x86_64")]
@@ -32,9 +34,10 @@ mod winograd;
 
 use std::sync::Arc;
 
+use self::blocked::{Blocked, Layouts};
 pub use self::derived::{CpuData, Key};
 use self::scratch::{as_f32, weights_f32, write_f32};
-use super::{Backend, MemoryAccount};
+use super::{Backend, MemoryAccount, Step};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::ops::{FamilyPlan, GemmPlan, Plan};
@@ -205,7 +208,7 @@ impl Backend for CpuBackend {
     fn download(&self, t: &Tensor<CpuData>) -> Result<HostTensor> {
         Ok(Tensor::from_parts(
             t.desc().clone(),
-            t.storage().data().clone(),
+            t.storage().planar().into_owned(),
         ))
     }
 
@@ -220,8 +223,40 @@ impl Backend for CpuBackend {
     /// Derives what it can from `x` (cached), then writes `y` (dropping what was derived from
     /// it).
     fn launch(&self, plan: &Plan, inputs: &[&CpuData], y: &mut CpuData) -> Result<()> {
+        let layouts = layouts(plan, inputs, y.take_want_blocked());
+        // Blocked inputs that the op reads planar, and a planar residual sum of a blocked
+        // output, converted.
+        let converted: Vec<Option<CpuData>> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let blocked_here = match &plan.family {
+                    FamilyPlan::Conv(p) if i == 0 => layouts.x,
+                    FamilyPlan::Conv(p) if Some(i) == p.sum_input() => layouts.y,
+                    _ => false,
+                };
+                match (d.blocked(), blocked_here, &plan.family) {
+                    (Some(b), false, _) => Some(blocked::to_planar(d.data(), b).into()),
+                    (None, true, FamilyPlan::Conv(p)) => {
+                        let b = Blocked {
+                            c: p.k,
+                            hw: p.p * p.q,
+                        };
+                        Some(blocked::to_blocked(d.data(), b).into())
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        let inputs: Vec<&CpuData> = inputs
+            .iter()
+            .zip(&converted)
+            .map(|(&d, c)| c.as_ref().unwrap_or(d))
+            .collect();
+        let inputs = &inputs[..];
         let x: Vec<&HostData> = inputs.iter().map(|d| d.data()).collect();
-        let y = y.data_mut();
+        let storage = y;
+        let y = storage.data_mut();
         let (account, stream_from) = (self.account.as_ref(), self.stream_from());
         self.run(|| match &plan.family {
             FamilyPlan::Gemm(p) => gemm(p, x[0], inputs[1], x.get(2).copied(), y, account),
@@ -232,17 +267,23 @@ impl Backend for CpuBackend {
                     bias: bias.as_deref(),
                     sum: sum.as_deref(),
                 };
-                if winograd::applies(p) {
+                if layouts.x || layouts.y {
+                    let w = direct::packed_weights(p, layouts, inputs[1], account);
+                    match y {
+                        HostData::F32(y) => direct::conv(p, layouts, x[0], &w, add, y),
+                        HostData::F16(y) => direct::conv(p, layouts, x[0], &w, add, y),
+                    }
+                } else if winograd::applies(p) {
                     let u = winograd::weights(p, inputs[1], account);
                     match y {
                         HostData::F32(y) => winograd::conv(p, x[0], &u, add, y),
                         HostData::F16(y) => winograd::conv(p, x[0], &u, add, y),
                     }
                 } else if direct::applies(p) {
-                    let w = direct::packed_weights(p, inputs[1], account);
+                    let w = direct::packed_weights(p, layouts, inputs[1], account);
                     match y {
-                        HostData::F32(y) => direct::conv(p, x[0], &w, add, y),
-                        HostData::F16(y) => direct::conv(p, x[0], &w, add, y),
+                        HostData::F32(y) => direct::conv(p, layouts, x[0], &w, add, y),
+                        HostData::F16(y) => direct::conv(p, layouts, x[0], &w, add, y),
                     }
                 } else if p.c_per_group() == 1 {
                     let w = weights_f32(inputs[1], account);
@@ -321,7 +362,44 @@ impl Backend for CpuBackend {
             FamilyPlan::Layout(p) => layout::layout(p, &x, y),
             FamilyPlan::Lrn(p) => lrn::lrn(p, x[0], y),
         });
+        if let (FamilyPlan::Conv(p), true) = (&plan.family, layouts.y) {
+            storage.set_blocked(Some(Blocked {
+                c: p.k,
+                hw: p.p * p.q,
+            }));
+        }
         Ok(())
+    }
+
+    /// The steps whose outputs [`blocked::outputs`] lets convolutions leave blocked.
+    fn blocked_outputs(
+        &self,
+        steps: &[Step],
+        tensors: &[Option<Tensor<CpuData>>],
+        reads: &[usize],
+    ) -> Vec<bool> {
+        let descs: Vec<Option<&TensorDesc>> = tensors
+            .iter()
+            .map(|t| t.as_ref().map(|t| t.desc()))
+            .collect();
+        blocked::outputs(steps, &descs, reads)
+    }
+
+    fn want_blocked(&self, y: &mut CpuData) {
+        y.want_blocked();
+    }
+}
+
+/// Which of a convolution's activations are blocked (see [`blocked`]): its input where it is
+/// blocked and the kernel reads it so, its output where `want` (the program allows it) and the
+/// kernel writes it so.
+fn layouts(plan: &Plan, inputs: &[&CpuData], want: bool) -> Layouts {
+    match &plan.family {
+        FamilyPlan::Conv(p) => Layouts {
+            x: inputs[0].blocked().is_some() && direct::reads_blocked(p),
+            y: want && direct::writes_blocked(p),
+        },
+        _ => Layouts::default(),
     }
 }
 

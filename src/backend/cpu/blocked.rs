@@ -1,0 +1,184 @@
+//! The CPU backend's blocked activation layout: `[n][c/16][h·w][16]`, the channels of each
+//! position in blocks of sixteen (onnxruntime's NCHWc with an AVX-512 vector's block). A direct
+//! convolution's register tile computes sixteen output channels of one position in one vector:
+//! written blocked they are one store, where the planar (NCHW) layout takes a 16 × 16 transpose
+//! per sixteen positions, and read blocked an input's frame keeps sixteen channels of a position
+//! on one cache line.
+//!
+//! Only a program's scratch tensors are ever blocked, and only where every step that reads one
+//! reads it blocked ([`outputs`]); a [`super::derived::CpuData`] records whether its values are
+//! blocked, so any other read — an op that reads only planar values, a download — gets them
+//! planar ([`to_planar`]). A tensor of `c` channels, a multiple of 16, has the same length in
+//! both layouts, and image `i`'s channel block `b` occupies the same range of it
+//! (`(i·c + 16·b)·h·w..` for `16·h·w` values): converting is a transpose inside each block.
+
+use rayon::prelude::*;
+
+use crate::backend::Step;
+use crate::ops::{FamilyPlan, Op};
+use crate::tensor::{HostData, TensorDesc};
+
+/// Channels per block: the f32 lanes of an AVX-512 vector.
+pub const BLOCK: usize = 16;
+
+/// Which of a convolution's activations (input `x`, output `y` and its residual sum, which is
+/// in `y`'s layout) are blocked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layouts {
+    pub x: bool,
+    pub y: bool,
+}
+
+/// The shape of a blocked tensor's values: `c` channels (a multiple of [`BLOCK`]) of `hw`
+/// positions per image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    pub c: usize,
+    pub hw: usize,
+}
+
+impl Blocked {
+    /// The blocked shape of `desc` (`[n, c, …]`, `c` a multiple of [`BLOCK`]).
+    pub fn of(desc: &TensorDesc) -> Option<Self> {
+        let shape = desc.shape();
+        let c = *shape.get(1)?;
+        (shape.len() >= 3 && c > 0 && c.is_multiple_of(BLOCK)).then(|| Blocked {
+            c,
+            hw: shape[2..].iter().product(),
+        })
+    }
+}
+
+/// `x` (blocked as `b` says) in the planar layout.
+pub fn to_planar(x: &HostData, b: Blocked) -> HostData {
+    convert(x, b.hw, BLOCK)
+}
+
+/// `x` (planar, `b.c` channels of `b.hw` positions) in the blocked layout.
+pub fn to_blocked(x: &HostData, b: Blocked) -> HostData {
+    convert(x, BLOCK, b.hw)
+}
+
+/// `x` with each channel block, `rows` rows of `cols`, transposed.
+fn convert(x: &HostData, rows: usize, cols: usize) -> HostData {
+    fn each<T: Copy + Default + Send + Sync>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
+        let mut out = vec![T::default(); x.len()];
+        out.par_chunks_mut(rows * cols)
+            .zip(x.par_chunks(rows * cols))
+            .for_each(|(o, x)| transpose(x, rows, cols, o));
+        out
+    }
+    match x {
+        HostData::F32(v) => HostData::F32(each(v, rows, cols)),
+        HostData::F16(v) => HostData::F16(each(v, rows, cols)),
+    }
+}
+
+/// `out[j][i] = x[i][j]` for `x` of `rows` rows of `cols`, in tiles that stay in L1.
+fn transpose<T: Copy>(x: &[T], rows: usize, cols: usize, out: &mut [T]) {
+    const TILE: usize = 16;
+    for i0 in (0..rows).step_by(TILE) {
+        for j0 in (0..cols).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(rows) {
+                for j in j0..(j0 + TILE).min(cols) {
+                    out[j * rows + i] = x[i * cols + j];
+                }
+            }
+        }
+    }
+}
+
+/// For each step of a program, whether its output may be left blocked: it is a convolution
+/// that can write the blocked layout, and every later step that reads it (before the entry is
+/// written again) reads it blocked — a convolution, as its input or its residual sum — and it is
+/// not among the entries the program's caller `reads`. `descs` gives each table entry's
+/// descriptor (none for an empty entry).
+pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -> Vec<bool> {
+    let plans: Vec<Option<FamilyPlan>> = steps
+        .iter()
+        .map(|s| {
+            let inputs: Option<Vec<&TensorDesc>> = s
+                .inputs
+                .iter()
+                .map(|&i| descs.get(i).copied().flatten())
+                .collect();
+            match &s.op {
+                Op::Conv(_) => s.op.plan(&inputs?).ok().map(|p| p.family),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut blocked: Vec<bool> = plans
+        .iter()
+        .map(|p| matches!(p, Some(FamilyPlan::Conv(p)) if super::direct::writes_blocked(p)))
+        .collect();
+    // The step that last wrote each entry, as the steps run.
+    let mut writer: Vec<Option<usize>> = vec![None; descs.len()];
+    for (j, step) in steps.iter().enumerate() {
+        for (a, &e) in step.inputs.iter().enumerate() {
+            let reads_blocked = match &plans[j] {
+                Some(FamilyPlan::Conv(p)) => {
+                    (a == 0 && super::direct::reads_blocked(p)) || Some(a) == p.sum_input()
+                }
+                _ => false,
+            };
+            if let Some(Some(w)) = writer.get(e).filter(|_| !reads_blocked) {
+                blocked[*w] = false;
+            }
+        }
+        if let Some(w) = writer.get_mut(step.output) {
+            *w = Some(j);
+        }
+    }
+    for &e in reads {
+        if let Some(Some(w)) = writer.get(e) {
+            blocked[*w] = false;
+        }
+    }
+    blocked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+    use half::f16;
+
+    #[test]
+    fn blocks_hold_sixteen_channels_of_a_position_and_convert_back() {
+        let (n, c, hw) = (2, 32, 5);
+        let b = Blocked { c, hw };
+        let planar: Vec<f32> = (0..n * c * hw).map(|i| i as f32).collect();
+        let HostData::F32(blocked) = to_blocked(&HostData::F32(planar.clone()), b) else {
+            panic!("f32 in, f32 out");
+        };
+        for (i, ci, p) in
+            (0..n).flat_map(|i| (0..c).flat_map(move |ci| (0..hw).map(move |p| (i, ci, p))))
+        {
+            let at = ((i * c / BLOCK + ci / BLOCK) * hw + p) * BLOCK + ci % BLOCK;
+            assert_eq!(
+                blocked[at],
+                planar[(i * c + ci) * hw + p],
+                "image {i} channel {ci} position {p}"
+            );
+        }
+        assert_eq!(
+            to_planar(&HostData::F32(blocked), b),
+            HostData::F32(planar.clone())
+        );
+        let halves: Vec<f16> = planar.iter().map(|&v| f16::from_f32(v)).collect();
+        let back = to_planar(&to_blocked(&HostData::F16(halves.clone()), b), b);
+        assert_eq!(back, HostData::F16(halves));
+    }
+
+    #[test]
+    fn only_tensors_of_whole_channel_blocks_are_blocked() {
+        let desc = |shape: &[usize]| TensorDesc::new(DType::F32, shape).unwrap();
+        assert_eq!(
+            Blocked::of(&desc(&[1, 32, 7, 7])),
+            Some(Blocked { c: 32, hw: 49 })
+        );
+        assert_eq!(Blocked::of(&desc(&[1, 24, 7, 7])), None);
+        assert_eq!(Blocked::of(&desc(&[1, 32])), None);
+    }
+}
