@@ -511,7 +511,8 @@ fn a_failed_program_gives_every_storage_back() {
 /// pointwise and a strided 1×1 convolution with a blocked residual sum, and blocked into the
 /// planar output read back; then the same with an intermediate also read by the caller (left
 /// planar, so a blocked output takes it as a planar sum, converted) or also read by a Relu step
-/// (planar, so the convolutions after it read it planar). FP32 and FP16, two images, against the
+/// (planar, so the convolutions after it read it planar), or with the output left blocked for a
+/// global average or max pool. FP32 and FP16, two images, against the
 /// float64 reference rounded to the dtype after each step.
 #[test]
 fn blocked_programs_match_reference() {
@@ -541,7 +542,13 @@ fn blocked_programs_match_reference() {
     ];
     let x_shape = [2, 16, 9, 9];
     for dtype in DType::ALL {
-        for extra in [None, Some("read"), Some("relu")] {
+        for extra in [
+            None,
+            Some("read"),
+            Some("relu"),
+            Some("average"),
+            Some("max"),
+        ] {
             let x = common::random(&mut rng, dtype, &x_shape, -1.0, 1.0);
             // Values, magnitudes and shape per entry, as the reference computes them: the
             // magnitudes (the error bound's scale) are those of the last step's terms, the
@@ -627,13 +634,39 @@ fn blocked_programs_match_reference() {
                         },
                     );
                 }
+                Some(pool @ ("average" | "max")) => {
+                    // The output blocked, read by a global pool whose output is read.
+                    let (v, _, shape) = &want[5];
+                    let plane = shape[2] * shape[3];
+                    let pooled = |v: &[f64]| match pool {
+                        "max" => v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                        _ => v.iter().sum::<f64>() / plane as f64,
+                    };
+                    let values: Vec<f64> = v.chunks(plane).map(pooled).collect();
+                    let scale: Vec<f64> = v
+                        .chunks(plane)
+                        .map(|v| pooled(&v.iter().map(|v| v.abs()).collect::<Vec<_>>()))
+                        .collect();
+                    let pooled_shape = vec![shape[0], shape[1], 1, 1];
+                    reads = vec![table.len()];
+                    table.push(Some(common::poisoned(&cpu, dtype, &pooled_shape)));
+                    want.push((values, scale, pooled_shape));
+                    steps.push(Step {
+                        op: match pool {
+                            "max" => Op::GlobalMaxPool,
+                            _ => Op::GlobalAveragePool,
+                        },
+                        inputs: vec![5],
+                        output: reads[0],
+                    });
+                }
                 _ => {}
             }
             let got = cpu
                 .run_program(&mut table, &[(0, &x)], &steps, &reads, None)
                 .unwrap();
             for (got, &entry) in got.iter().zip(&reads) {
-                let (v, a, shape) = &want[entry];
+                let (v, a, shape) = &want[entry.min(want.len() - 1)];
                 let what = format!("{dtype} entry {entry} with {extra:?}");
                 common::assert_close_scaled(&what, got, v, a, shape);
             }

@@ -15,7 +15,8 @@
 use rayon::prelude::*;
 
 use crate::backend::Step;
-use crate::ops::{FamilyPlan, Op};
+use crate::dtype::Element;
+use crate::ops::{FamilyPlan, Op, PoolKind, PoolPlan};
 use crate::tensor::{HostData, TensorDesc};
 
 /// Channels per block: the f32 lanes of an AVX-512 vector.
@@ -88,9 +89,40 @@ fn transpose<T: Copy>(x: &[T], rows: usize, cols: usize, out: &mut [T]) {
     }
 }
 
+/// Whether [`global_pool`] computes `plan` (from a blocked input).
+pub fn pools(plan: &PoolPlan) -> bool {
+    plan.global && plan.kind != PoolKind::AverageIncludePad && plan.c.is_multiple_of(BLOCK)
+}
+
+/// A global pool (maximum or mean, as [`pools`] allows) of blocked `x` into `y` (`[n, c]`:
+/// one position, the same in either layout), sixteen channels a vector; the mean divided as
+/// `pool::mean` divides it, and NaN ignored by the maximum as in `pool::global_max`.
+pub fn global_pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
+    let (hw, max) = (plan.h * plan.w, plan.kind == PoolKind::Max);
+    y.par_chunks_mut(BLOCK)
+        .zip(x.par_chunks(BLOCK * hw))
+        .for_each(|(y, x)| {
+            let mut acc = [if max { f32::NEG_INFINITY } else { 0.0 }; BLOCK];
+            for position in x.chunks_exact(BLOCK) {
+                for (a, v) in acc.iter_mut().zip(position) {
+                    let v = v.to_f32();
+                    *a = match max {
+                        true if v > *a => v,
+                        true => *a,
+                        false => *a + v,
+                    };
+                }
+            }
+            for (y, a) in y.iter_mut().zip(acc) {
+                *y = T::from_f32(if max { a } else { super::pool::mean(a, hw) });
+            }
+        });
+}
+
 /// For each step of a program, whether its output may be left blocked: it is a convolution
 /// that can write the blocked layout, and every later step that reads it (before the entry is
-/// written again) reads it blocked — a convolution, as its input or its residual sum — and it is
+/// written again) reads it blocked — a convolution, as its input or its residual sum, or a
+/// global pool — and it is
 /// not among the entries the program's caller `reads`. `descs` gives each table entry's
 /// descriptor (none for an empty entry).
 pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -> Vec<bool> {
@@ -103,7 +135,9 @@ pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -
                 .map(|&i| descs.get(i).copied().flatten())
                 .collect();
             match &s.op {
-                Op::Conv(_) => s.op.plan(&inputs?).ok().map(|p| p.family),
+                Op::Conv(_) | Op::GlobalAveragePool | Op::GlobalMaxPool => {
+                    s.op.plan(&inputs?).ok().map(|p| p.family)
+                }
                 _ => None,
             }
         })
@@ -120,6 +154,7 @@ pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -
                 Some(FamilyPlan::Conv(p)) => {
                     (a == 0 && super::direct::reads_blocked(p)) || Some(a) == p.sum_input()
                 }
+                Some(FamilyPlan::Pool(p)) => pools(p),
                 _ => false,
             };
             if let Some(Some(w)) = writer.get(e).filter(|_| !reads_blocked) {

@@ -233,6 +233,7 @@ impl Backend for CpuBackend {
                 let blocked_here = match &plan.family {
                     FamilyPlan::Conv(p) if i == 0 => layouts.x,
                     FamilyPlan::Conv(p) if Some(i) == p.sum_input() => layouts.y,
+                    FamilyPlan::Pool(p) => blocked::pools(p),
                     _ => false,
                 };
                 match (d.blocked(), blocked_here, &plan.family) {
@@ -255,6 +256,9 @@ impl Backend for CpuBackend {
             .collect();
         let inputs = &inputs[..];
         let x: Vec<&HostData> = inputs.iter().map(|d| d.data()).collect();
+        // A global pool of a blocked input (left blocked above).
+        let pool_blocked = matches!(&plan.family, FamilyPlan::Pool(p) if blocked::pools(p))
+            && inputs[0].blocked().is_some();
         let storage = y;
         let y = storage.data_mut();
         let (account, stream_from) = (self.account.as_ref(), self.stream_from());
@@ -355,6 +359,12 @@ impl Backend for CpuBackend {
                 }
             },
             FamilyPlan::Pool(p) => match (x[0], y) {
+                (HostData::F32(x), HostData::F32(y)) if pool_blocked => {
+                    blocked::global_pool(p, x, y)
+                }
+                (HostData::F16(x), HostData::F16(y)) if pool_blocked => {
+                    blocked::global_pool(p, x, y)
+                }
                 (HostData::F32(x), HostData::F32(y)) => pool::pool(p, x, y),
                 (HostData::F16(x), HostData::F16(y)) => pool::pool(p, x, y),
                 _ => unreachable!("plans are validated: input and output share a dtype"),

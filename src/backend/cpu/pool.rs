@@ -1120,7 +1120,7 @@ multiversion! {
 
 /// A global average from its plane's sum and element count, divided in f64.
 #[inline(always)]
-fn mean(sum: f32, count: usize) -> f32 {
+pub(super) fn mean(sum: f32, count: usize) -> f32 {
     (sum as f64 / count as f64) as f32
 }
 
