@@ -533,12 +533,43 @@ fn blocked_programs_match_reference() {
         ..Conv::default()
     };
     #[rustfmt::skip]
-    let chain: Vec<(usize, [usize; 4], Conv, Option<usize>, usize)> = vec![
-        (0, [32, 16, 3, 3], conv([1, 1], [1; 4], [1, 1], true, false), None, 1),
-        (1, [48, 32, 3, 3], conv([2, 2], [1, 1, 1, 1], [1, 1], false, false), None, 2),
-        (2, [32, 48, 1, 1], conv([1, 1], [0; 4], [1, 1], false, false), None, 3),
-        (1, [32, 32, 1, 1], conv([2, 2], [0; 4], [1, 1], true, true), Some(3), 4),
-        (4, [16, 32, 3, 3], conv([1, 1], [2, 1, 0, 2], [2, 1], false, false), None, 5),
+    type Link = (usize, [usize; 4], Conv, Option<usize>, usize);
+    let chain: Vec<Link> = vec![
+        (
+            0,
+            [32, 16, 3, 3],
+            conv([1, 1], [1; 4], [1, 1], true, false),
+            None,
+            1,
+        ),
+        (
+            1,
+            [48, 32, 3, 3],
+            conv([2, 2], [1, 1, 1, 1], [1, 1], false, false),
+            None,
+            2,
+        ),
+        (
+            2,
+            [32, 48, 1, 1],
+            conv([1, 1], [0; 4], [1, 1], false, false),
+            None,
+            3,
+        ),
+        (
+            1,
+            [32, 32, 1, 1],
+            conv([2, 2], [0; 4], [1, 1], true, true),
+            Some(3),
+            4,
+        ),
+        (
+            4,
+            [16, 32, 3, 3],
+            conv([1, 1], [2, 1, 0, 2], [2, 1], false, false),
+            None,
+            5,
+        ),
     ];
     let x_shape = [2, 16, 9, 9];
     for dtype in DType::ALL {
