@@ -811,6 +811,9 @@ fn compute<Y: Element>(
     let into_y = matches!(g.tile, Tile::Positions { .. })
         && (g.wf == plan.q || g.wf >= LANES)
         && (Y::DTYPE == DType::F32 || chunk == plan.c);
+    // `Channels` tiles write a blocked FP32 `y` themselves, each vector one output position's
+    // sixteen channels, the epilogue applied by the last chunk.
+    let blocked_into_y = g.blocked.y && Y::DTYPE == DType::F32;
     let wraps = g.wf != plan.q;
     // `Positions` tiles apply the epilogue themselves: into y, or without a residual sum into
     // the buffer, whose values are then only copied.
@@ -820,7 +823,7 @@ fn compute<Y: Element>(
     assert!(w.len() >= kbs * g.f * plan.c * rs);
     assert!(frames.len() >= images * plan.c * g.chan + g.slack);
     // An item's buffer holds at most this many values (see `ld` below).
-    let buffer_len = if into_y {
+    let buffer_len = if into_y || blocked_into_y {
         0
     } else {
         group
@@ -848,7 +851,7 @@ fn compute<Y: Element>(
             // In the buffer, each block's values are `f` rows of `ld` positions, or `ld` rows of
             // `f` channels (a `Channels` tile's rows are transposed 16 at a time).
             let ld = positions.next_multiple_of(LANES);
-            let buf = if into_y {
+            let buf = if into_y || blocked_into_y {
                 &mut []
             } else {
                 task.values(kbn * g.f * ld)
@@ -932,6 +935,7 @@ fn compute<Y: Element>(
                                                 cn,
                                                 $dst,
                                                 $ld,
+                                                0,
                                                 fv(kbi),
                                                 c0 > 0,
                                                 finish,
@@ -946,6 +950,33 @@ fn compute<Y: Element>(
                                         into!(buf[kbi * g.f * ld + j..].as_mut_ptr(), ld, None)
                                     }
                                 }
+                                Tile::Channels { .. } if blocked_into_y => {
+                                    // Channel block k0 / 16 of image ni from position
+                                    // p0·q + j, its vectors pq positions apart.
+                                    let k0 = (kb0 + kbi) * g.f;
+                                    let at = (ni * plan.k + k0) * pq + (p0 * plan.q + j) * LANES;
+                                    let finish = (c0 + cn == plan.c).then(|| Finish {
+                                        bias: add.bias.map(|b| &b[k0..]),
+                                        sum: add.sum.map(|s| &s[at..]),
+                                        bounds,
+                                    });
+                                    tile(
+                                        g,
+                                        xc.as_ptr(),
+                                        &bases[j..j + t],
+                                        (run - j).min(t),
+                                        wc,
+                                        cn,
+                                        out.ptr().add(at),
+                                        LANES,
+                                        pq * LANES,
+                                        fv(kbi),
+                                        c0 > 0,
+                                        finish,
+                                        ahead,
+                                        None,
+                                    )
+                                }
                                 Tile::Channels { .. } => tile(
                                     g,
                                     xc.as_ptr(),
@@ -956,6 +987,7 @@ fn compute<Y: Element>(
                                     cn,
                                     buf[(kbi * ld + j) * g.f..].as_mut_ptr(),
                                     g.f,
+                                    LANES,
                                     fv(kbi),
                                     c0 > 0,
                                     None,
@@ -966,6 +998,9 @@ fn compute<Y: Element>(
                         }
                     }
                 }
+            }
+            if blocked_into_y {
+                return;
             }
             if g.blocked.y {
                 for kbi in 0..kbn {
@@ -1145,6 +1180,7 @@ unsafe fn tile<O: Element>(
     cn: usize,
     out: *mut O,
     ld: usize,
+    vstride: usize,
     fv: usize,
     accumulate: bool,
     finish: Option<Finish>,
@@ -1187,14 +1223,17 @@ unsafe fn tile<O: Element>(
                 let args = ChannelsTile {
                     x,
                     bases,
+                    vstride,
+                    finish,
                     // From one channel to the next within a block: a frame, or one lane.
                     chan: if g.blocked.x { 1 } else { chan },
                     block: BLOCK * chan,
                     taps,
                     w,
                     cn,
+                    f: g.f,
                     out,
-                    f: ld,
+                    ld,
                     accumulate,
                     ahead,
                 };
@@ -1389,9 +1428,15 @@ mod avx512 {
         pub taps: &'a [usize],
         pub w: *const f32,
         pub cn: usize,
-        pub out: *mut f32,
+        /// Output channels per block: the packed weights' width.
         pub f: usize,
+        /// Output position `i`'s vector `v` at `out + i·ld + v·vstride`.
+        pub out: *mut f32,
+        pub ld: usize,
+        pub vstride: usize,
         pub accumulate: bool,
+        /// The epilogue, applied as the tile stores (its sum at the same offsets as `out`).
+        pub finish: Option<Finish<'a>>,
         pub ahead: &'a [f32],
     }
 
@@ -1426,9 +1471,12 @@ mod avx512 {
             taps,
             w,
             cn,
-            out,
             f,
+            out,
+            ld,
+            vstride,
             accumulate,
+            finish,
             ahead,
         } = *tile;
         // `ahead`'s lines, as many per channel as share them out over `cn`.
@@ -1447,7 +1495,7 @@ mod avx512 {
             if accumulate {
                 for (i, row) in acc.iter_mut().enumerate() {
                     for (v, a) in row.iter_mut().enumerate() {
-                        *a = _mm512_loadu_ps(out.add(i * f + v * LANES));
+                        *a = _mm512_loadu_ps(out.add(i * ld + v * vstride));
                     }
                 }
             }
@@ -1514,9 +1562,32 @@ mod avx512 {
                     }
                 }
             }
-            for (i, row) in acc.iter().enumerate() {
-                for (v, &a) in row.iter().enumerate() {
-                    _mm512_storeu_ps(out.add(i * f + v * LANES), a);
+            if let Some(Finish { bias, sum, bounds }) = finish {
+                let (lo, hi) = (_mm512_set1_ps(bounds[0]), _mm512_set1_ps(bounds[1]));
+                // x + (−0) is x for every x: a missing bias changes nothing.
+                let b: [__m512; V] = std::array::from_fn(|v| {
+                    bias.map_or(_mm512_set1_ps(-0.0), |b| {
+                        _mm512_loadu_ps(b[v * LANES..][..LANES].as_ptr())
+                    })
+                });
+                for (i, row) in acc.iter().enumerate() {
+                    for (v, &a) in row.iter().enumerate() {
+                        let at = i * ld + v * vstride;
+                        let mut a = _mm512_add_ps(a, b[v]);
+                        if let Some(s) = sum {
+                            // (conv + bias) + sum, as `conv::epilogue` rounds it.
+                            a = _mm512_add_ps(a, _mm512_loadu_ps(s[at..][..LANES].as_ptr()));
+                        }
+                        // NaN stays NaN, as in `Clamp::apply` (see `positions`).
+                        a = _mm512_min_ps(hi, _mm512_max_ps(lo, a));
+                        _mm512_storeu_ps(out.add(at), a);
+                    }
+                }
+            } else {
+                for (i, row) in acc.iter().enumerate() {
+                    for (v, &a) in row.iter().enumerate() {
+                        _mm512_storeu_ps(out.add(i * ld + v * vstride), a);
+                    }
                 }
             }
         }
