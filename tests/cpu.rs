@@ -507,9 +507,9 @@ fn a_failed_program_gives_every_storage_back() {
 
 /// Programs of convolutions feeding convolutions, which the CPU backend runs with their
 /// intermediates in its blocked layout (`src/backend/cpu/blocked.rs`; with AVX-512): a planar
-/// input into a blocked output, blocked into blocked through a padded 3×3, a strided 3×3, a
-/// pointwise and a strided 1×1 convolution with a blocked residual sum, and blocked into the
-/// planar output read back; then the same with an intermediate also read by the caller (left
+/// input into a blocked output, blocked into blocked through a padded 3×3, a strided 3×3 (80
+/// output channels: blocks of three and two vectors), a pointwise and a strided 1×1 convolution
+/// with a blocked residual sum, and blocked into the planar output read back; then the same with an intermediate also read by the caller (left
 /// planar, so a blocked output takes it as a planar sum, converted) or also read by a Relu step
 /// (planar, so the convolutions after it read it planar), or with the output left blocked for a
 /// global average or max pool. FP32 and FP16, two images, against the
@@ -532,44 +532,14 @@ fn blocked_programs_match_reference() {
         sum,
         ..Conv::default()
     };
-    #[rustfmt::skip]
     type Link = (usize, [usize; 4], Conv, Option<usize>, usize);
+    #[rustfmt::skip]
     let chain: Vec<Link> = vec![
-        (
-            0,
-            [32, 16, 3, 3],
-            conv([1, 1], [1; 4], [1, 1], true, false),
-            None,
-            1,
-        ),
-        (
-            1,
-            [48, 32, 3, 3],
-            conv([2, 2], [1, 1, 1, 1], [1, 1], false, false),
-            None,
-            2,
-        ),
-        (
-            2,
-            [32, 48, 1, 1],
-            conv([1, 1], [0; 4], [1, 1], false, false),
-            None,
-            3,
-        ),
-        (
-            1,
-            [32, 32, 1, 1],
-            conv([2, 2], [0; 4], [1, 1], true, true),
-            Some(3),
-            4,
-        ),
-        (
-            4,
-            [16, 32, 3, 3],
-            conv([1, 1], [2, 1, 0, 2], [2, 1], false, false),
-            None,
-            5,
-        ),
+        (0, [64, 16, 3, 3], conv([1, 1], [1; 4], [1, 1], true, false), None, 1),
+        (1, [80, 64, 3, 3], conv([2, 2], [1, 1, 1, 1], [1, 1], false, false), None, 2),
+        (2, [64, 80, 1, 1], conv([1, 1], [0; 4], [1, 1], false, false), None, 3),
+        (1, [64, 64, 1, 1], conv([2, 2], [0; 4], [1, 1], true, true), Some(3), 4),
+        (4, [64, 64, 3, 3], conv([1, 1], [2, 1, 0, 2], [2, 1], false, false), None, 5),
     ];
     let x_shape = [2, 16, 9, 9];
     for dtype in DType::ALL {

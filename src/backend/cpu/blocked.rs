@@ -119,12 +119,15 @@ pub fn global_pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
         });
 }
 
-/// For each step of a program, whether its output may be left blocked: it is a convolution
-/// that can write the blocked layout, and every later step that reads it (before the entry is
-/// written again) reads it blocked — a convolution, as its input or its residual sum, or a
-/// global pool — and it is
-/// not among the entries the program's caller `reads`. `descs` gives each table entry's
-/// descriptor (none for an empty entry).
+/// For each step of a program, whether its output is left blocked: it is a convolution that
+/// can write the blocked layout, it is not among the entries the program's caller `reads`, and
+/// every later step that reads it (before the entry is written again) reads it blocked at no
+/// loss: a global pool; a convolution as its residual sum where its own output is blocked; a
+/// convolution as its input where its own output is blocked too, or where it has terms enough
+/// per output to pay for writing a planar output through transposes
+/// ([`super::direct::reads_blocked_into_planar`]). Decided from the last step back, since a
+/// convolution's reading depends on its own output. `descs` gives each table entry's descriptor
+/// (none for an empty entry).
 pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -> Vec<bool> {
     let plans: Vec<Option<FamilyPlan>> = steps
         .iter()
@@ -142,23 +145,15 @@ pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -
             }
         })
         .collect();
-    let mut blocked: Vec<bool> = plans
-        .iter()
-        .map(|p| matches!(p, Some(FamilyPlan::Conv(p)) if super::direct::writes_blocked(p)))
-        .collect();
+    // Each step's readers (step, input index), and whether the caller reads it.
+    let mut readers: Vec<Vec<(usize, usize)>> = vec![Vec::new(); steps.len()];
+    let mut read_back = vec![false; steps.len()];
     // The step that last wrote each entry, as the steps run.
     let mut writer: Vec<Option<usize>> = vec![None; descs.len()];
     for (j, step) in steps.iter().enumerate() {
         for (a, &e) in step.inputs.iter().enumerate() {
-            let reads_blocked = match &plans[j] {
-                Some(FamilyPlan::Conv(p)) => {
-                    (a == 0 && super::direct::reads_blocked(p)) || Some(a) == p.sum_input()
-                }
-                Some(FamilyPlan::Pool(p)) => pools(p),
-                _ => false,
-            };
-            if let Some(Some(w)) = writer.get(e).filter(|_| !reads_blocked) {
-                blocked[*w] = false;
+            if let Some(Some(w)) = writer.get(e) {
+                readers[*w].push((j, a));
             }
         }
         if let Some(w) = writer.get_mut(step.output) {
@@ -167,8 +162,24 @@ pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -
     }
     for &e in reads {
         if let Some(Some(w)) = writer.get(e) {
-            blocked[*w] = false;
+            read_back[*w] = true;
         }
+    }
+    let mut blocked = vec![false; steps.len()];
+    for i in (0..steps.len()).rev() {
+        let writes =
+            matches!(&plans[i], Some(FamilyPlan::Conv(p)) if super::direct::writes_blocked(p));
+        blocked[i] = writes
+            && !read_back[i]
+            && readers[i].iter().all(|&(j, a)| match &plans[j] {
+                Some(FamilyPlan::Conv(p)) if a == 0 => {
+                    super::direct::reads_blocked(p)
+                        && (blocked[j] || super::direct::reads_blocked_into_planar(p))
+                }
+                Some(FamilyPlan::Conv(p)) => Some(a) == p.sum_input() && blocked[j],
+                Some(FamilyPlan::Pool(p)) => pools(p),
+                _ => false,
+            });
     }
     blocked
 }
@@ -204,6 +215,71 @@ mod tests {
         let halves: Vec<f16> = planar.iter().map(|&v| f16::from_f32(v)).collect();
         let back = to_planar(&to_blocked(&HostData::F16(halves.clone()), b), b);
         assert_eq!(back, HostData::F16(halves));
+    }
+
+    /// A 56×56 bottleneck of ResNet-50 (its 3×3 on the Winograd kernel), a reduction and a
+    /// MobileNet-style expansion: which outputs stay blocked.
+    #[test]
+    fn convolutions_feeding_convolutions_stay_blocked() {
+        if !super::super::avx512::supported() {
+            return;
+        }
+        use crate::ops::Conv;
+        let desc = |shape: &[usize]| Some(TensorDesc::new(DType::F32, shape).unwrap());
+        // Entries: 0 the input, 1..=6 activations, 7.. weights.
+        let descs = [
+            desc(&[1, 256, 56, 56]),
+            desc(&[1, 64, 56, 56]),
+            desc(&[1, 64, 56, 56]),
+            desc(&[1, 256, 56, 56]),
+            desc(&[1, 64, 56, 56]),
+            desc(&[1, 192, 56, 56]),
+            desc(&[1, 256, 1, 1]),
+            desc(&[64, 256, 1, 1]),
+            desc(&[64, 64, 3, 3]),
+            desc(&[256, 64, 1, 1]),
+            desc(&[64, 256, 1, 1]),
+            desc(&[192, 64, 1, 1]),
+        ];
+        let conv = |x: usize, w: usize, sum: Option<usize>, y: usize| Step {
+            op: Op::Conv(Conv {
+                pads: if w == 8 { [1; 4] } else { [0; 4] },
+                sum: sum.is_some(),
+                ..Conv::default()
+            }),
+            inputs: [x, w].into_iter().chain(sum).collect(),
+            output: y,
+        };
+        let steps = [
+            // 256 → 64: its input is the program's, its output feeds a Winograd 3×3: planar.
+            conv(0, 7, None, 1),
+            conv(1, 8, None, 2),
+            // 64 → 256 + the input: read by a 256 → 64 reduction and a global pool.
+            conv(2, 9, Some(0), 3),
+            // 256 → 64: reads blocked into a planar output (terms enough per output)...
+            conv(3, 10, None, 4),
+            // ... since 64 → 192 has too few to read a blocked input.
+            conv(4, 11, None, 5),
+            Step {
+                op: Op::GlobalAveragePool,
+                inputs: vec![3],
+                output: 6,
+            },
+        ];
+        let descs: Vec<Option<&TensorDesc>> = descs.iter().map(|d| d.as_ref()).collect();
+        assert_eq!(
+            outputs(&steps, &descs, &[5, 6]),
+            [false, false, true, false, false, false]
+        );
+        // Read back by the caller, or by an op that reads planar values, it is planar.
+        assert_eq!(outputs(&steps, &descs, &[3, 5, 6]), [false; 6]);
+        let mut relu = steps.to_vec();
+        relu.push(Step {
+            op: Op::Relu,
+            inputs: vec![3],
+            output: 1,
+        });
+        assert_eq!(outputs(&relu, &descs, &[5, 6]), [false; 7]);
     }
 
     #[test]

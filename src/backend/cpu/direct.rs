@@ -97,6 +97,24 @@ const TRANSPOSE_LANES: usize = 4;
 /// threads instead of six.)
 const UNPHASED_MIN_CHANNELS: usize = 16;
 
+/// Fewest terms per output (`c·r·s`) of a convolution that reads or writes blocked activations:
+/// below, a `Channels` tile spends more on broadcasts and transposes than on its sums, and the
+/// GEMM lowering was faster (MobileNetV2's 16 → 96 and 32 → 192 expansions at 112×112 and
+/// 28×28: 1.32–1.53× the time reading a blocked input; `eia infer --profile`, Intel Xeon
+/// model 207).
+const BLOCKED_MIN_TERMS: usize = 64;
+
+/// Fewest output channels of a convolution that reads or writes blocked activations: with
+/// fewer, a `Channels` tile fills less than its four vectors (MobileNetV2's 32 → 16 projection
+/// at 112×112 writing blocked: 1.56× the time).
+const BLOCKED_MIN_CHANNELS: usize = 64;
+
+/// Fewest terms per output (`c·r·s`) of a convolution that reads a blocked input into a planar
+/// output: ResNet-50's 256 → 64 reductions at 56×56 did so in 0.73–0.78× the time of the GEMM
+/// lowering on a planar input, MobileNetV2's 64 → 384 and 96 → 576 expansions at 14×14 in
+/// 1.14–1.21× (`eia infer --profile`, Intel Xeon model 207).
+const BLOCKED_PLANAR_MIN_TERMS: usize = 192;
+
 /// A register tile of 24 accumulators (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tile {
@@ -201,13 +219,24 @@ pub fn writes_blocked(plan: &ConvPlan) -> bool {
     blocks(plan) && plan.k.is_multiple_of(BLOCK)
 }
 
-/// See [`reads_blocked`].
+/// Whether a convolution that reads a blocked input has terms enough per output (`c·r·s`) to
+/// write a planar output through its tiles' transposes at no loss (see
+/// [`BLOCKED_PLANAR_MIN_TERMS`]).
+pub fn reads_blocked_into_planar(plan: &ConvPlan) -> bool {
+    plan.c * plan.r * plan.s >= BLOCKED_PLANAR_MIN_TERMS
+}
+
+/// See [`reads_blocked`]: also not a convolution of fewer than [`BLOCKED_MIN_TERMS`] terms per
+/// output or [`BLOCKED_MIN_CHANNELS`] output channels.
 fn blocks(plan: &ConvPlan) -> bool {
     #[cfg(target_arch = "x86_64")]
     let winograd = super::winograd::applies(plan);
     #[cfg(not(target_arch = "x86_64"))]
     let winograd = false;
-    computes(plan) && !winograd
+    computes(plan)
+        && !winograd
+        && plan.c * plan.r * plan.s >= BLOCKED_MIN_TERMS
+        && plan.k >= BLOCKED_MIN_CHANNELS
 }
 
 /// The frame geometry of a plan and its register tile.
