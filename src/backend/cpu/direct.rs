@@ -273,7 +273,8 @@ struct Geometry {
 
 impl Geometry {
     /// The geometry for `plan` with `blocked` activations: always a `Channels` tile where any
-    /// is blocked (its vectors are the blocked layout's), unphased where the input is.
+    /// is blocked (its vectors are the blocked layout's; a blocked input's frame is then one
+    /// phase: the padded input, unphased, or a strided 1×1 convolution's one phase).
     fn new(plan: &ConvPlan, blocked: Layouts) -> Self {
         let ([sh, sw], [dh, dw]) = (plan.stride, plan.dilation);
         let hf = plan.p + (plan.r - 1) * dh / sh;
@@ -346,7 +347,6 @@ impl Geometry {
             Tile::Channels { .. } if phases > 1 && plan.c >= UNPHASED_MIN_CHANNELS => {
                 g.unphased(plan)
             }
-            _ if blocked.x && plan.stride != [1, 1] => g.unphased(plan),
             _ => g,
         };
         if blocked.x {
@@ -373,14 +373,8 @@ impl Geometry {
     /// splitting their columns.
     fn unphased(self, plan: &ConvPlan) -> Self {
         let ([sh, sw], [dh, dw]) = (plan.stride, plan.dilation);
-        let (hf, wf) = if reads_in_place(plan, self.blocked) {
-            (plan.h, plan.w)
-        } else {
-            (
-                (plan.p - 1) * sh + (plan.r - 1) * dh + 1,
-                (plan.q - 1) * sw + (plan.s - 1) * dw + 1,
-            )
-        };
+        let hf = (plan.p - 1) * sh + (plan.r - 1) * dh + 1;
+        let wf = (plan.q - 1) * sw + (plan.s - 1) * dw + 1;
         let taps = (0..plan.r * plan.s)
             .map(|rs| rs / plan.s * dh * wf + rs % plan.s * dw)
             .collect();
@@ -612,23 +606,10 @@ pub fn conv<Y: Element>(
     match x {
         // A pointwise convolution's input is its own frame (slack 0): no copy in FP32, one
         // parallel widening of the whole input in FP16 (not a frame row at a time).
-        _ if is_pointwise(plan) || reads_in_place(plan, blocked) => {
-            compute(plan, &g, &as_f32(x), w, add, y)
-        }
+        _ if is_pointwise(plan) => compute(plan, &g, &as_f32(x), w, add, y),
         HostData::F32(x) => conv_from(plan, &g, x, w, add, y),
         HostData::F16(x) => conv_from(plan, &g, x, w, add, y),
     }
-}
-
-/// Whether a strided convolution's unphased frame is its blocked input itself: a 1×1 kernel
-/// without padding (ResNet's downsampling shortcuts) reads inside the input, every row of it
-/// as long as the input's.
-fn reads_in_place(plan: &ConvPlan, blocked: Layouts) -> bool {
-    blocked.x
-        && [plan.r, plan.s] == [1, 1]
-        && plan.pad == [0, 0]
-        && (plan.p - 1) * plan.stride[0] < plan.h
-        && (plan.q - 1) * plan.stride[1] < plan.w
 }
 
 /// [`conv`] for input elements `T`.
@@ -710,25 +691,34 @@ fn frame_blocked<T: Widen>(
     images: usize,
     frames: &mut [f32],
 ) {
-    debug_assert_eq!(g.phases, [1, 1]);
-    let ([pt, pl], w) = (plan.pad, plan.w);
+    // One phase: the padded input, or its first phase (a strided 1×1 convolution's).
+    debug_assert_eq!(g.chan, g.hf * g.wf);
+    let ([pt, pl], [sh, sw], w) = (plan.pad, g.phases, plan.w);
     let row_len = BLOCK * w;
-    // Frame columns lo..hi hold input columns lo − pl..hi − pl.
-    let (lo, hi) = (pl.min(g.wf), (pl + w).min(g.wf));
+    // Frame columns lo..hi hold input columns lo·sw − pl..hi·sw − pl, sw apart.
+    let lo = pl.div_ceil(sw).min(g.wf);
+    let hi = (pl + w).div_ceil(sw).clamp(lo, g.wf);
     frames[..images * plan.c * g.chan]
         .par_chunks_mut(BLOCK * g.wf)
         .enumerate()
         .for_each(|(index, row)| {
             // Row `i` of channel block `nb` (of every image's blocks in turn).
             let (nb, i) = (index / g.hf, index % g.hf);
-            match (i.checked_sub(pt).filter(|&ih| ih < plan.h), lo < hi) {
+            match ((i * sh).checked_sub(pt).filter(|&ih| ih < plan.h), lo < hi) {
                 (Some(ih), true) => {
                     let src = &x[(nb * plan.h + ih) * row_len..][..row_len];
                     row[..BLOCK * lo].fill(0.0);
-                    T::widen(
-                        &src[BLOCK * (lo - pl)..BLOCK * (hi - pl)],
-                        &mut row[BLOCK * lo..BLOCK * hi],
-                    );
+                    if sw == 1 {
+                        T::widen(
+                            &src[BLOCK * (lo - pl)..BLOCK * (hi - pl)],
+                            &mut row[BLOCK * lo..BLOCK * hi],
+                        );
+                    } else {
+                        for j in lo..hi {
+                            let at = BLOCK * (j * sw - pl);
+                            T::widen(&src[at..at + BLOCK], &mut row[BLOCK * j..BLOCK * (j + 1)]);
+                        }
+                    }
                     row[BLOCK * hi..].fill(0.0);
                 }
                 _ => row.fill(0.0),
