@@ -38,6 +38,14 @@
 //! registers: by `Positions` tiles as they store (the sum only where they write `y`), by the
 //! transposes of `Channels` tiles; a `Positions` buffer with a residual sum is finished by a pass
 //! over each of its rows as it is copied.
+//!
+//! Inside a model's program, activations between convolutions may be blocked
+//! (`[n][c/16][h·w][16]`, see [`super::blocked`]): then the tile is always `Channels`, a blocked
+//! input is framed blocked (sixteen channels per frame position, the taps' offsets and the
+//! tile's positions scaled by sixteen; one phase: unphased, or a strided 1×1 convolution's
+//! input subsampled), and a blocked output takes each of a tile's vectors as it is — written by
+//! the tiles themselves in FP32 (the epilogue applied by the last chunk), copied from the buffer
+//! vector by vector in FP16 — with no transpose.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -438,10 +446,11 @@ fn even_rows(plan: &ConvPlan, rows: usize, f: usize) -> usize {
         .unwrap_or(rows)
 }
 
-/// The convolution's epilogue as a `Positions` tile applies it in registers while it stores its
-/// last channel chunk: the bias of its output channels, the residual sum (only where the tile
-/// writes `y`: the sum's values at the tile's first output, rows as far apart as the output's)
-/// and the clamp's bounds (infinite without a fused ReLU or Clip).
+/// The convolution's epilogue as a tile applies it in registers while it stores its last channel
+/// chunk: the bias of its output channels, the residual sum (only where the tile writes `y`: the
+/// sum's values at the tile's first output, laid out as the output is) and the clamp's bounds
+/// (infinite without a fused ReLU or Clip). `Positions` tiles, and `Channels` tiles writing a
+/// blocked FP32 `y`.
 #[derive(Clone, Copy)]
 struct Finish<'a> {
     bias: Option<&'a [f32]>,
@@ -1168,8 +1177,9 @@ impl Weights {
     }
 }
 
-/// One register tile (`g.tile`), summed over `cn` channel frames of `x` (`chan` apart) and
-/// every tap, added to (`accumulate`) or stored into `out`:
+/// One register tile (`g.tile`), summed over `cn` channel frames of `x` (`chan` apart, or in
+/// blocks of sixteen in a blocked frame, see [`Geometry`]) and every tap, added to
+/// (`accumulate`) or stored into `out`:
 /// - `Positions`: `f` output channels × `t·16` frame positions from `x` (at the tile's first
 ///   position), of which the first `valid` are read and written, into the first `fv` of `f`
 ///   rows `ld` apart (`bases` unused; `wrap`: frame positions mapped onto output rows from the
@@ -1177,15 +1187,17 @@ impl Weights {
 /// - `Channels`: the first `valid` of `t` output positions (frame offsets `bases` into `x`;
 ///   fewer than `t` only in an item's last tile, which computes no others) ×
 ///   the first `fv` (rounded up to whole vectors) of the block's `f = 16·v` output channels,
-///   into `valid` rows of `f`, `ld = f` apart (`finish` unused),
-///   prefetching `ahead` (the weights read next, see [`Weights`]; `Positions` tiles take none) a
-///   few lines per channel.
+///   position `i`'s vector `v` at `out + i·ld + v·vstride` (rows of `f` in the buffer: `ld = f`,
+///   `vstride = 16`; a blocked `y`: `ld = 16`, `vstride` one channel block's values), with the
+///   epilogue applied where `finish` says, prefetching `ahead` (the weights read next, see
+///   [`Weights`]; `Positions` tiles take none) a few lines per channel.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL; every input the tile reads (`x + c·chan + tap +
 /// (0..valid)`, or `x + c·chan + base + tap`, for c < cn) must be readable, `w` must hold
 /// `cn·r·s·f` values and every output it writes (`out + fi·ld + (0..valid)` for fi < fv, those
-/// positions mapped by `wrap` if given, or `out + (0..valid·f)`) must be writable (and readable
+/// positions mapped by `wrap` if given, or `out + i·ld + v·vstride + (0..16)` for i < valid and
+/// v < fv / 16) must be writable (and readable
 /// when `accumulate`), with `finish`'s sum (if any) holding a value at each of those offsets.
 /// `out` (`O`) is FP32 but for a `Positions` tile that does not accumulate (FP16 rounded as
 /// stored); the others assert it.

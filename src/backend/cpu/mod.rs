@@ -8,7 +8,7 @@
 //! copy or load it, and the depthwise one rounds its FP16 output in registers; the GEMM lowering
 //! of an FP16 pointwise convolution widens and rounds one block of columns at a time); batch
 //! norm and softmax stream FP16 through FP32 registers chunk by chunk. Inside a program, the
-//! convolutions between convolutions keep their activations in a blocked layout ([`blocked`]).
+//! convolutions between convolutions keep their activations in a blocked layout (`blocked`).
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -381,7 +381,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    /// The steps whose outputs [`blocked::outputs`] lets convolutions leave blocked.
+    /// The steps whose outputs `blocked::outputs` lets convolutions leave blocked.
     fn blocked_outputs(
         &self,
         steps: &[Step],
