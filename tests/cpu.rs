@@ -620,9 +620,10 @@ fn blocked_programs_match_reference() {
                     output: *output,
                 });
             }
-            let mut reads = vec![5];
+            // The table entries read back, each with its reference (an index into `want`).
+            let mut reads = vec![(5, 5)];
             match extra {
-                Some("read") => reads.push(3),
+                Some("read") => reads.push((3, 3)),
                 Some("relu") => {
                     let out = table.len();
                     table.push(Some(common::poisoned(&cpu, dtype, &want[1].2)));
@@ -649,7 +650,7 @@ fn blocked_programs_match_reference() {
                         .map(|v| pooled(&v.iter().map(|v| v.abs()).collect::<Vec<_>>()))
                         .collect();
                     let pooled_shape = vec![shape[0], shape[1], 1, 1];
-                    reads = vec![table.len()];
+                    reads = vec![(table.len(), want.len())];
                     table.push(Some(common::poisoned(&cpu, dtype, &pooled_shape)));
                     want.push((values, scale, pooled_shape));
                     steps.push(Step {
@@ -658,16 +659,17 @@ fn blocked_programs_match_reference() {
                             _ => Op::GlobalAveragePool,
                         },
                         inputs: vec![5],
-                        output: reads[0],
+                        output: reads[0].0,
                     });
                 }
                 _ => {}
             }
+            let entries: Vec<usize> = reads.iter().map(|&(entry, _)| entry).collect();
             let got = cpu
-                .run_program(&mut table, &[(0, &x)], &steps, &reads, None)
+                .run_program(&mut table, &[(0, &x)], &steps, &entries, None)
                 .unwrap();
-            for (got, &entry) in got.iter().zip(&reads) {
-                let (v, a, shape) = &want[entry.min(want.len() - 1)];
+            for (got, &(entry, reference)) in got.iter().zip(&reads) {
+                let (v, a, shape) = &want[reference];
                 let what = format!("{dtype} entry {entry} with {extra:?}");
                 common::assert_close_scaled(&what, got, v, a, shape);
             }
