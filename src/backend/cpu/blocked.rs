@@ -60,33 +60,19 @@ pub fn to_blocked(x: &HostData, b: Blocked) -> HostData {
     convert(x, BLOCK, b.hw)
 }
 
-/// `x` with each channel block, `rows` rows of `cols`, transposed.
+/// `x` with each channel block, `rows` rows of `cols`, transposed (by the Transpose op's
+/// kernel, which takes no dimension of one).
 fn convert(x: &HostData, rows: usize, cols: usize) -> HostData {
-    fn each<T: Copy + Default + Send + Sync>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
-        let mut out = vec![T::default(); x.len()];
-        out.par_chunks_mut(rows * cols)
-            .zip(x.par_chunks(rows * cols))
-            .for_each(|(o, x)| transpose(x, rows, cols, o));
-        out
+    let blocks = x.len() / (rows * cols);
+    if rows == 1 || cols == 1 {
+        return x.clone();
     }
-    match x {
-        HostData::F32(v) => HostData::F32(each(v, rows, cols)),
-        HostData::F16(v) => HostData::F16(each(v, rows, cols)),
-    }
-}
-
-/// `out[j][i] = x[i][j]` for `x` of `rows` rows of `cols`, in tiles that stay in L1.
-fn transpose<T: Copy>(x: &[T], rows: usize, cols: usize, out: &mut [T]) {
-    const TILE: usize = 16;
-    for i0 in (0..rows).step_by(TILE) {
-        for j0 in (0..cols).step_by(TILE) {
-            for i in i0..(i0 + TILE).min(rows) {
-                for j in j0..(j0 + TILE).min(cols) {
-                    out[j * rows + i] = x[i * cols + j];
-                }
-            }
-        }
-    }
+    let (shape, perm): (&[usize], &[usize]) = if blocks == 1 {
+        (&[rows, cols], &[1, 0])
+    } else {
+        (&[blocks, rows, cols], &[0, 2, 1])
+    };
+    super::layout::transposed(x, shape, perm)
 }
 
 /// Whether [`global_pool`] computes `plan` (from a blocked input).
@@ -192,7 +178,13 @@ mod tests {
 
     #[test]
     fn blocks_hold_sixteen_channels_of_a_position_and_convert_back() {
-        let (n, c, hw) = (2, 32, 5);
+        // Several channel blocks, one, and one position.
+        for (n, c, hw) in [(2, 32, 5), (1, 16, 7), (3, 16, 1)] {
+            convert_case(n, c, hw);
+        }
+    }
+
+    fn convert_case(n: usize, c: usize, hw: usize) {
         let b = Blocked { c, hw };
         let planar: Vec<f32> = (0..n * c * hw).map(|i| i as f32).collect();
         let HostData::F32(blocked) = to_blocked(&HostData::F32(planar.clone()), b) else {

@@ -31,6 +31,17 @@ pub fn layout(plan: &LayoutPlan, x: &[&HostData], y: &mut HostData) {
     }
 }
 
+/// `x` viewed as `shape` (no dimension of one, rank ≥ 2) with its dimensions permuted by `perm`,
+/// as [`LayoutKind::Transpose`] moves it.
+pub(super) fn transposed(x: &HostData, shape: &[usize], perm: &[usize]) -> HostData {
+    let mut y = HostData::filled(x.dtype(), x.len(), 0.0);
+    match &mut y {
+        HostData::F32(v) => transpose::<u32>(elems(x), bytemuck::cast_slice_mut(v), shape, perm),
+        HostData::F16(v) => transpose::<u16>(elems(x), bytemuck::cast_slice_mut(v), shape, perm),
+    }
+    y
+}
+
 fn elems<T: bytemuck::Pod>(x: &HostData) -> &[T] {
     bytemuck::cast_slice(x.as_bytes())
 }
