@@ -1366,14 +1366,8 @@ mod avx512 {
                     // x + (−0) is x for every x: a missing bias changes nothing.
                     let b = _mm512_set1_ps(bias.map_or(-0.0, |b| b[fi]));
                     for (i, a) in row.iter_mut().enumerate() {
-                        let mut v = _mm512_add_ps(*a, b);
-                        if let Some(s) = sum {
-                            // (conv + bias) + sum, as `conv::epilogue` rounds it.
-                            v = _mm512_add_ps(v, load(s.as_ptr(), fi, i));
-                        }
-                        // max and min return their second operand when either is NaN: NaN
-                        // stays NaN, as in `Clamp::apply`.
-                        *a = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+                        let s = sum.map(|s| load(s.as_ptr(), fi, i));
+                        *a = finished(*a, b, s, lo, hi);
                     }
                 }
             }
@@ -1610,13 +1604,8 @@ mod avx512 {
                     let at = i * ld + v * vstride;
                     let a = match epilogue {
                         Some((b, sum, (lo, hi))) => {
-                            let mut a = _mm512_add_ps(a, b[v]);
-                            if let Some(s) = sum {
-                                // (conv + bias) + sum, as `conv::epilogue` rounds it.
-                                a = _mm512_add_ps(a, _mm512_loadu_ps(s.add(at)));
-                            }
-                            // NaN stays NaN, as in `Clamp::apply` (see `positions`).
-                            _mm512_min_ps(hi, _mm512_max_ps(lo, a))
+                            let s = sum.map(|s| _mm512_loadu_ps(s.add(at)));
+                            finished(a, b[v], s, lo, hi)
                         }
                         None => a,
                     };
@@ -1624,6 +1613,17 @@ mod avx512 {
                 }
             }
         }
+    }
+
+    /// The epilogue of one vector of outputs: `(v + bias) + sum`, as `conv::epilogue` rounds it
+    /// (a missing bias is −0, which changes nothing), clamped to `[lo, hi]` (max and min return
+    /// their second operand when either is NaN: NaN stays NaN, as in `Clamp::apply`).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn finished(v: __m512, bias: __m512, sum: Option<__m512>, lo: __m512, hi: __m512) -> __m512 {
+        let v = _mm512_add_ps(v, bias);
+        let v = sum.map_or(v, |s| _mm512_add_ps(v, s));
+        _mm512_min_ps(hi, _mm512_max_ps(lo, v))
     }
 
     /// Writes `run` rows of 16 values (`src + i·ld + (0..16)`) into `dst` (16 values a row),
@@ -1652,13 +1652,8 @@ mod avx512 {
             // x + (−0) is x for every x: a missing bias changes nothing.
             let b = bias.map_or(_mm512_set1_ps(-0.0), |b| _mm512_loadu_ps(b.as_ptr()));
             for i in 0..run {
-                let mut v = _mm512_add_ps(_mm512_loadu_ps(src.as_ptr().add(i * ld)), b);
-                if let Some(s) = sum {
-                    // (conv + bias) + sum, as `conv::epilogue` rounds it.
-                    v = _mm512_add_ps(v, _mm512_loadu_ps(s.as_ptr().add(i * LANES)));
-                }
-                // NaN stays NaN, as in `Clamp::apply` (see `positions`).
-                v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+                let s = sum.map(|s| _mm512_loadu_ps(s.as_ptr().add(i * LANES)));
+                let v = finished(_mm512_loadu_ps(src.as_ptr().add(i * ld)), b, s, lo, hi);
                 store(dst.as_mut_ptr().add(i * LANES), !0, v);
             }
         }
@@ -1691,14 +1686,12 @@ mod avx512 {
             for (l, (column, d)) in transpose16(r).into_iter().zip(dst.iter_mut()).enumerate() {
                 let m = first(d.len() - at);
                 // x + (−0) is x for every x: a missing bias changes nothing.
-                let b = columns.bias.map_or(-0.0, |b| b[l]);
-                let mut v = _mm512_add_ps(column, _mm512_set1_ps(b));
-                if let Some(s) = columns.sum.get(l) {
-                    // (conv + bias) + sum, as `conv::epilogue` rounds it.
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, s.as_ptr().add(at)));
-                }
-                // NaN stays NaN, as in `Clamp::apply` (see `positions`).
-                v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+                let b = _mm512_set1_ps(columns.bias.map_or(-0.0, |b| b[l]));
+                let s = columns
+                    .sum
+                    .get(l)
+                    .map(|s| _mm512_maskz_loadu_ps(m, s.as_ptr().add(at)));
+                let v = finished(column, b, s, lo, hi);
                 store(d.as_mut_ptr().add(at), m, v);
             }
         }
