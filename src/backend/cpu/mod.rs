@@ -40,7 +40,7 @@ use self::scratch::{as_f32, weights_f32, write_f32};
 use super::{Backend, MemoryAccount, Step};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::ops::{FamilyPlan, GemmPlan, Plan};
+use crate::ops::{ConvPlan, FamilyPlan, GemmPlan, Plan};
 use crate::tensor::{HostData, HostTensor, Tensor, TensorDesc};
 
 /// Computes on host threads. Cheap to clone.
@@ -224,41 +224,19 @@ impl Backend for CpuBackend {
     /// it).
     fn launch(&self, plan: &Plan, inputs: &[&CpuData], y: &mut CpuData) -> Result<()> {
         let layouts = layouts(plan, inputs, y.take_want_blocked());
-        // Blocked inputs that the op reads planar, and a planar residual sum of a blocked
-        // output, converted.
-        let converted: Vec<Option<CpuData>> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let blocked_here = match &plan.family {
-                    FamilyPlan::Conv(p) if i == 0 => layouts.x,
-                    FamilyPlan::Conv(p) if Some(i) == p.sum_input() => layouts.y,
-                    FamilyPlan::Pool(p) => blocked::pools(p),
-                    _ => false,
-                };
-                match (d.blocked(), blocked_here, &plan.family) {
-                    (Some(b), false, _) => Some(blocked::to_planar(d.data(), b).into()),
-                    (None, true, FamilyPlan::Conv(p)) => {
-                        let b = Blocked {
-                            c: p.k,
-                            hw: p.p * p.q,
-                        };
-                        Some(blocked::to_blocked(d.data(), b).into())
-                    }
-                    _ => None,
-                }
-            })
-            .collect();
-        let inputs: Vec<&CpuData> = inputs
-            .iter()
-            .zip(&converted)
-            .map(|(&d, c)| c.as_ref().unwrap_or(d))
-            .collect();
-        let inputs = &inputs[..];
+        let converted = converted(plan, layouts, inputs);
+        let held: Vec<&CpuData>;
+        let inputs = if converted.is_empty() {
+            inputs
+        } else {
+            held = inputs
+                .iter()
+                .zip(&converted)
+                .map(|(&d, c)| c.as_ref().unwrap_or(d))
+                .collect();
+            &held[..]
+        };
         let x: Vec<&HostData> = inputs.iter().map(|d| d.data()).collect();
-        // A global pool of a blocked input (left blocked above).
-        let pool_blocked = matches!(&plan.family, FamilyPlan::Pool(p) if blocked::pools(p))
-            && inputs[0].blocked().is_some();
         let storage = y;
         let y = storage.data_mut();
         let (account, stream_from) = (self.account.as_ref(), self.stream_from());
@@ -359,12 +337,8 @@ impl Backend for CpuBackend {
                 }
             },
             FamilyPlan::Pool(p) => match (x[0], y) {
-                (HostData::F32(x), HostData::F32(y)) if pool_blocked => {
-                    blocked::global_pool(p, x, y)
-                }
-                (HostData::F16(x), HostData::F16(y)) if pool_blocked => {
-                    blocked::global_pool(p, x, y)
-                }
+                (HostData::F32(x), HostData::F32(y)) if layouts.x => blocked::global_pool(p, x, y),
+                (HostData::F16(x), HostData::F16(y)) if layouts.x => blocked::global_pool(p, x, y),
                 (HostData::F32(x), HostData::F32(y)) => pool::pool(p, x, y),
                 (HostData::F16(x), HostData::F16(y)) => pool::pool(p, x, y),
                 _ => unreachable!("plans are validated: input and output share a dtype"),
@@ -373,10 +347,7 @@ impl Backend for CpuBackend {
             FamilyPlan::Lrn(p) => lrn::lrn(p, x[0], y),
         });
         if let (FamilyPlan::Conv(p), true) = (&plan.family, layouts.y) {
-            storage.set_blocked(Some(Blocked {
-                c: p.k,
-                hw: p.p * p.q,
-            }));
+            storage.set_blocked(Some(conv_output(p)));
         }
         Ok(())
     }
@@ -400,16 +371,57 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Which of a convolution's activations are blocked (see [`blocked`]): its input where it is
+/// Which of an op's activations are blocked (see `blocked`): a convolution's input where it is
 /// blocked and the kernel reads it so, its output where `want` (the program allows it) and the
-/// kernel writes it so.
+/// kernel writes it so; a global pool's input where it is blocked.
 fn layouts(plan: &Plan, inputs: &[&CpuData], want: bool) -> Layouts {
+    let blocked_x = inputs[0].blocked().is_some();
     match &plan.family {
         FamilyPlan::Conv(p) => Layouts {
-            x: inputs[0].blocked().is_some() && direct::reads_blocked(p),
+            x: blocked_x && direct::reads_blocked(p),
             y: want && direct::writes_blocked(p),
         },
+        FamilyPlan::Pool(p) => Layouts {
+            x: blocked_x && blocked::pools(p),
+            y: false,
+        },
         _ => Layouts::default(),
+    }
+}
+
+/// The inputs the op does not read as they are laid out, converted: blocked inputs it reads
+/// planar, and a planar residual sum of a blocked output. None (no allocation) where it reads
+/// every input as it is.
+fn converted(plan: &Plan, layouts: Layouts, inputs: &[&CpuData]) -> Vec<Option<CpuData>> {
+    let read_blocked = |i: usize| match &plan.family {
+        FamilyPlan::Conv(p) if Some(i) == p.sum_input() => layouts.y,
+        FamilyPlan::Conv(_) | FamilyPlan::Pool(_) => i == 0 && layouts.x,
+        _ => false,
+    };
+    let as_read = |(i, d): (usize, &&CpuData)| d.blocked().is_some() == read_blocked(i);
+    if inputs.iter().enumerate().all(as_read) {
+        return Vec::new();
+    }
+    inputs
+        .iter()
+        .enumerate()
+        .map(
+            |(i, d)| match (d.blocked(), read_blocked(i), &plan.family) {
+                (Some(b), false, _) => Some(blocked::to_planar(d.data(), b).into()),
+                (None, true, FamilyPlan::Conv(p)) => {
+                    Some(blocked::to_blocked(d.data(), conv_output(p)).into())
+                }
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// The blocked shape of a convolution's output.
+fn conv_output(p: &ConvPlan) -> Blocked {
+    Blocked {
+        c: p.k,
+        hw: p.p * p.q,
     }
 }
 
