@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use super::meter::Meter;
 use super::{Device, Tier, Usage};
-use crate::backend::{plan_into, storages, Backend, MemoryAccount};
+use crate::backend::{plan_into, storages, Backend, MemoryAccount, Step};
 use crate::dtype::PerDType;
 use crate::error::{Error, Result};
 use crate::ops::{Op, Plan};
@@ -701,6 +701,27 @@ where
 
     fn total_memory(&self) -> Option<u64> {
         Some(self.inner.lock().tier.memory())
+    }
+
+    /// As the device backend decides (the layouts are its own; the tensors' sizes, and so their
+    /// charges against the quota, are the same in either).
+    fn blocked_outputs(
+        &self,
+        steps: &[Step],
+        descs: &[Option<&TensorDesc>],
+        reads: &[usize],
+    ) -> Vec<bool> {
+        self.inner.backend.blocked_outputs(steps, descs, reads)
+    }
+
+    /// Asks the device backend, for `y`'s storage (nothing where `y` is not this accelerator's
+    /// live buffer: the op writing it then fails on it).
+    fn want_blocked(&self, y: &mut Buffer) {
+        let inner = &*self.inner;
+        let slot = inner.slot(&inner.lock(), y);
+        if let Ok(slot) = slot {
+            inner.backend.want_blocked(write(&slot).storage_mut());
+        }
     }
 
     /// Where the device backend does: a buffer's storage then changes length within its own

@@ -200,14 +200,15 @@ pub trait Backend: Send + Sync {
     /// For each of a program's steps ([`Backend::run_program`]), whether the backend may leave
     /// its output in a layout of its own, which only the backend's own ops read (the CPU
     /// backend's blocked convolutions, `cpu::blocked`): its reads of it are steps of the
-    /// program, and `tensors` holds each table entry before the program runs. By default none.
+    /// program, and `descs` gives each table entry's descriptor (none for an empty entry). By
+    /// default none.
     fn blocked_outputs(
         &self,
         steps: &[Step],
-        tensors: &[Option<Tensor<Self::Storage>>],
+        descs: &[Option<&TensorDesc>],
         reads: &[usize],
     ) -> Vec<bool> {
-        let _ = (tensors, reads);
+        let _ = (descs, reads);
         vec![false; steps.len()]
     }
 
@@ -379,7 +380,13 @@ pub(crate) fn run_program_here<B: Backend>(
     } else {
         steps.iter().map(|s| s.output).collect()
     };
-    let blocked = backend.blocked_outputs(steps, tensors, reads);
+    let blocked = {
+        let descs: Vec<_> = tensors
+            .iter()
+            .map(|t| t.as_ref().map(|t| t.desc()))
+            .collect();
+        backend.blocked_outputs(steps, &descs, reads)
+    };
     backend.run_ops(|| {
         let mut swaps = reuse::Swaps::new(&home);
         let mut observed = || observe.as_mut().map_or(Ok(()), |o| o());

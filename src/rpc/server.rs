@@ -1239,21 +1239,34 @@ fn run_checked<B: Backend + Clone + 'static>(
         })
         .collect();
     // A scratch program's outputs go into storage the program is done with (`backend::reuse`):
-    // `place[i]` is the tensor (by its index in `ids`) whose storage op `i` writes.
+    // `place[i]` is the tensor (by its index in `ids`) whose storage op `i` writes; and they
+    // may stay in the device backend's own layout where only its ops read them
+    // (`Backend::blocked_outputs`).
     let ids: Vec<u64> = views.keys().copied().collect();
-    let (place, mut swaps) = if program.scratch && accel.lends_storage() {
-        let home: Vec<_> = ids
-            .iter()
-            .map(|t| {
-                let desc = views[t].tensor().desc();
-                Some((desc.dtype(), desc.len()))
-            })
-            .collect();
-        let place = lending(&ids, &home, writes, ops, tensors_of);
-        (Some(place), Some(reuse::Swaps::new(&home)))
-    } else {
-        (None, None)
+    let table = program
+        .scratch
+        .then(|| Indexed::of(&ids, writes, ops, tensors_of));
+    let (place, mut swaps) = match &table {
+        Some(table) if accel.lends_storage() => {
+            let home: Vec<_> = ids
+                .iter()
+                .map(|t| {
+                    let desc = views[t].tensor().desc();
+                    Some((desc.dtype(), desc.len()))
+                })
+                .collect();
+            let place = reuse::placement(&table.steps, &home, &table.reads, &table.inputs);
+            (Some(place), Some(reuse::Swaps::new(&home)))
+        }
+        _ => (None, None),
     };
+    let blocked = table.map_or_else(
+        || vec![false; ops.len()],
+        |table| {
+            let descs: Vec<_> = ids.iter().map(|t| Some(views[t].tensor().desc())).collect();
+            accel.blocked_outputs(&table.steps, &descs, &table.reads)
+        },
+    );
     // Op `i`, at once or not at all (`now`: `Ok(false)` where it would wait), or waiting.
     let step = |i: usize,
                 views: &mut BTreeMap<u64, View>,
@@ -1276,6 +1289,9 @@ fn run_checked<B: Backend + Clone + 'static>(
         let Some(View::Write(out)) = views.remove(&y) else {
             return Err(context(not_found(id, y)));
         };
+        if blocked[i] {
+            accel.want_blocked(out.storage_mut());
+        }
         let result = inputs
             .iter()
             .map(|t| {
@@ -1343,29 +1359,40 @@ fn run_checked<B: Backend + Clone + 'static>(
         .collect()
 }
 
-/// Where a scratch program's ops write (see [`reuse::placement`]): for each op, the index in
-/// `ids` of the tensor whose storage it writes (`home`: each tensor's dtype and length). The
-/// tensors `writes` fills are its inputs, its reads the only tensors it must leave as they are.
-fn lending(
-    ids: &[u64],
-    home: &[Option<(crate::DType, usize)>],
-    writes: &[proto::TensorWrite],
-    ops: &[Checked],
-    tensors_of: &Resolved,
-) -> Vec<usize> {
-    let steps: Vec<Step> = ops
-        .iter()
-        .zip(&tensors_of.inputs)
-        .zip(&tensors_of.outputs)
-        .map(|((op, inputs), &y)| Step {
-            op: op.op.clone(),
-            inputs: inputs.iter().map(|&t| position(ids, t)).collect(),
-            output: position(ids, y),
-        })
-        .collect();
-    let reads: Vec<usize> = tensors_of.reads.iter().map(|&t| position(ids, t)).collect();
-    let inputs: Vec<usize> = writes.iter().map(|w| position(ids, w.tensor)).collect();
-    reuse::placement(&steps, home, &reads, &inputs)
+/// A checked program as [`Step`]s over a table of its tensors (`ids`, sorted), for the
+/// decisions a scratch program leaves to the backend ([`reuse::placement`],
+/// [`Backend::blocked_outputs`]).
+struct Indexed {
+    steps: Vec<Step>,
+    /// The tensors it reads back: the only ones it must leave as they are.
+    reads: Vec<usize>,
+    /// The tensors `writes` fills: its inputs.
+    inputs: Vec<usize>,
+}
+
+impl Indexed {
+    fn of(
+        ids: &[u64],
+        writes: &[proto::TensorWrite],
+        ops: &[Checked],
+        tensors_of: &Resolved,
+    ) -> Self {
+        let steps = ops
+            .iter()
+            .zip(&tensors_of.inputs)
+            .zip(&tensors_of.outputs)
+            .map(|((op, inputs), &y)| Step {
+                op: op.op.clone(),
+                inputs: inputs.iter().map(|&t| position(ids, t)).collect(),
+                output: position(ids, y),
+            })
+            .collect();
+        Indexed {
+            steps,
+            reads: tensors_of.reads.iter().map(|&t| position(ids, t)).collect(),
+            inputs: writes.iter().map(|w| position(ids, w.tensor)).collect(),
+        }
+    }
 }
 
 /// The index of tensor `t` in the program's sorted tensor ids.

@@ -185,6 +185,7 @@ macro_rules! backend_suite {
             matmul_batched_broadcast,
             conv_matches_reference,
             conv_resnet_shapes,
+            conv_programs_match_reference,
             batch_norm_matches_reference,
             softmax_every_axis,
             softmax_extremes,

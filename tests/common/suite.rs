@@ -3,8 +3,9 @@
 //! the typed conveniences (`gemm`, `conv`, …) are covered by the allocating-form and error
 //! checks.
 
+use eia::backend::Step;
 use eia::ops::{AutoPad, BatchNorm, Clip, Conv, Gemm, Op, Softmax};
-use eia::{Backend, DType, Error, HostTensor};
+use eia::{Backend, DType, Error, HostTensor, Tensor};
 use rand::RngExt;
 
 use super::suite_unary::unary;
@@ -408,6 +409,160 @@ pub fn conv_resnet_shapes<B: Backend>(backend: &B) {
             // sides).
             let clip = (i % 2 == 1).then_some(0);
             conv_case(backend, &mut rng, dtype, *x, *w, op, true, i >= 2, clip);
+        }
+    }
+}
+
+/// Programs of convolutions feeding convolutions, which the CPU backend (and an accelerator on
+/// it, local or served) runs with their intermediates in its blocked layout (`src/backend/cpu/blocked.rs`; with AVX-512): a planar
+/// input into a blocked output, blocked into blocked through a padded 3×3, a strided 3×3 (80
+/// output channels: blocks of three and two vectors), a pointwise and a strided 1×1 convolution
+/// with a blocked residual sum, and blocked into the planar output read back; then the same with an intermediate also read by the caller (left
+/// planar, so a blocked output takes it as a planar sum, converted) or also read by a Relu step
+/// (planar, so the convolutions after it read it planar), or with the output left blocked for a
+/// global average or max pool. FP32 and FP16, two images, against the
+/// float64 reference rounded to the dtype after each step.
+pub fn conv_programs_match_reference<B: Backend>(backend: &B) {
+    let mut rng = rng("conv_programs_match_reference");
+    // (input entry, weight shape, conv, residual sum entry, output entry); entry 0 is the
+    // input, 1..=4 the intermediates, 5 the output.
+    let conv = |strides, pads, dilations, relu, sum| Conv {
+        strides,
+        pads,
+        dilations,
+        relu,
+        sum,
+        ..Conv::default()
+    };
+    type Link = (usize, [usize; 4], Conv, Option<usize>, usize);
+    #[rustfmt::skip]
+    let chain: Vec<Link> = vec![
+        (0, [64, 16, 3, 3], conv([1, 1], [1; 4], [1, 1], true, false), None, 1),
+        (1, [80, 64, 3, 3], conv([2, 2], [1, 1, 1, 1], [1, 1], false, false), None, 2),
+        (2, [64, 80, 1, 1], conv([1, 1], [0; 4], [1, 1], false, false), None, 3),
+        (1, [64, 64, 1, 1], conv([2, 2], [0; 4], [1, 1], true, true), Some(3), 4),
+        (4, [64, 64, 3, 3], conv([1, 1], [2, 1, 0, 2], [2, 1], false, false), None, 5),
+    ];
+    let x_shape = [2, 16, 9, 9];
+    for dtype in DType::ALL {
+        for extra in [
+            None,
+            Some("read"),
+            Some("relu"),
+            Some("average"),
+            Some("max"),
+        ] {
+            let x = random(&mut rng, dtype, &x_shape, -1.0, 1.0);
+            // Values, magnitudes and shape per entry, as the reference computes them: the
+            // magnitudes (the error bound's scale) are those of the last step's terms, the
+            // values before it taken as exact (a scale carried through every step in absolute
+            // values grows past the values themselves: a bias left out went unnoticed).
+            let mut want: Vec<(Vec<f64>, Vec<f64>, Vec<usize>)> =
+                vec![(f64s(&x), abs(&x), x_shape.to_vec())];
+            let mut weights = Vec::new();
+            for (input, w_shape, op, sum, _) in &chain {
+                let w = random(&mut rng, dtype, w_shape, -0.5, 0.5);
+                let b = random(&mut rng, dtype, &[w_shape[0]], -0.5, 0.5);
+                let linear = Conv {
+                    relu: false,
+                    sum: false,
+                    ..op.clone()
+                };
+                let (xv, _, xs) = &want[*input];
+                let xa: Vec<f64> = xv.iter().map(|v| v.abs()).collect();
+                let (mut v, shape) =
+                    reference::conv(&linear, xv, xs, &f64s(&w), w_shape, Some(&f64s(&b)));
+                let (mut a, _) =
+                    reference::conv(&linear, &xa, xs, &abs(&w), w_shape, Some(&abs(&b)));
+                if let Some(s) = sum {
+                    v.iter_mut().zip(&want[*s].0).for_each(|(v, s)| *v += s);
+                    a.iter_mut()
+                        .zip(&want[*s].0)
+                        .for_each(|(a, s)| *a += s.abs());
+                }
+                if op.relu {
+                    v.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+                // Rounded to the dtype, as the step stores it.
+                let f32s: Vec<f32> = v.iter().map(|&v| v as f32).collect();
+                let v = f64s(&HostTensor::from_f32(dtype, &shape, &f32s).unwrap());
+                want.push((v, a, shape));
+                weights.push((w, b));
+            }
+            // Table: entries 0..=5 as above, then each step's weights and bias.
+            let mut table: Vec<Option<Tensor<B::Storage>>> = want
+                .iter()
+                .map(|(_, _, shape)| Some(poisoned(backend, dtype, shape)))
+                .collect();
+            let mut steps = Vec::new();
+            for ((input, _, op, sum, output), (w, b)) in chain.iter().zip(&weights) {
+                let wi = table.len();
+                table.push(Some(backend.upload(w).unwrap()));
+                table.push(Some(backend.upload(b).unwrap()));
+                let inputs = [*input, wi]
+                    .into_iter()
+                    .chain(*sum)
+                    .chain([wi + 1])
+                    .collect();
+                steps.push(Step {
+                    op: Op::Conv(op.clone()),
+                    inputs,
+                    output: *output,
+                });
+            }
+            // The table entries read back, each with its reference (an index into `want`).
+            let mut reads = vec![(5, 5)];
+            match extra {
+                Some("read") => reads.push((3, 3)),
+                Some("relu") => {
+                    let out = table.len();
+                    table.push(Some(poisoned(backend, dtype, &want[1].2)));
+                    steps.insert(
+                        1,
+                        Step {
+                            op: Op::Relu,
+                            inputs: vec![1],
+                            output: out,
+                        },
+                    );
+                }
+                Some(pool @ ("average" | "max")) => {
+                    // The output blocked, read by a global pool whose output is read.
+                    let (v, _, shape) = &want[5];
+                    let plane = shape[2] * shape[3];
+                    let pooled = |v: &[f64]| match pool {
+                        "max" => v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                        _ => v.iter().sum::<f64>() / plane as f64,
+                    };
+                    let values: Vec<f64> = v.chunks(plane).map(pooled).collect();
+                    let scale: Vec<f64> = v
+                        .chunks(plane)
+                        .map(|v| pooled(&v.iter().map(|v| v.abs()).collect::<Vec<_>>()))
+                        .collect();
+                    let pooled_shape = vec![shape[0], shape[1], 1, 1];
+                    reads = vec![(table.len(), want.len())];
+                    table.push(Some(poisoned(backend, dtype, &pooled_shape)));
+                    want.push((values, scale, pooled_shape));
+                    steps.push(Step {
+                        op: match pool {
+                            "max" => Op::GlobalMaxPool,
+                            _ => Op::GlobalAveragePool,
+                        },
+                        inputs: vec![5],
+                        output: reads[0].0,
+                    });
+                }
+                _ => {}
+            }
+            let entries: Vec<usize> = reads.iter().map(|&(entry, _)| entry).collect();
+            let got = backend
+                .run_program(&mut table, &[(0, &x)], &steps, &entries, None)
+                .unwrap();
+            for (got, &(entry, reference)) in got.iter().zip(&reads) {
+                let (v, a, shape) = &want[reference];
+                let what = format!("{dtype} entry {entry} with {extra:?}");
+                assert_close_scaled(&what, got, v, a, shape);
+            }
         }
     }
 }

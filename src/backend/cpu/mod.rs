@@ -356,14 +356,10 @@ impl Backend for CpuBackend {
     fn blocked_outputs(
         &self,
         steps: &[Step],
-        tensors: &[Option<Tensor<CpuData>>],
+        descs: &[Option<&TensorDesc>],
         reads: &[usize],
     ) -> Vec<bool> {
-        let descs: Vec<Option<&TensorDesc>> = tensors
-            .iter()
-            .map(|t| t.as_ref().map(|t| t.desc()))
-            .collect();
-        blocked::outputs(steps, &descs, reads)
+        blocked::outputs(steps, descs, reads)
     }
 
     fn want_blocked(&self, y: &mut CpuData) {
