@@ -414,18 +414,21 @@ pub fn conv_resnet_shapes<B: Backend>(backend: &B) {
 }
 
 /// Programs of convolutions feeding convolutions, which the CPU backend (and an accelerator on
-/// it, local or served) runs with their intermediates in its blocked layout (`src/backend/cpu/blocked.rs`; with AVX-512): a planar
-/// input into a blocked output, blocked into blocked through a padded 3×3, a strided 3×3 (80
-/// output channels: blocks of three and two vectors), a pointwise and a strided 1×1 convolution
-/// with a blocked residual sum, and blocked into the planar output read back; then the same with an intermediate also read by the caller (left
-/// planar, so a blocked output takes it as a planar sum, converted) or also read by a Relu step
-/// (planar, so the convolutions after it read it planar), or with the output left blocked for a
-/// global average or max pool. FP32 and FP16, two images, against the
-/// float64 reference rounded to the dtype after each step.
+/// it, local or served) runs with their intermediates in its blocked layout
+/// (`src/backend/cpu/blocked.rs`; with AVX-512): a planar input into a blocked output, blocked
+/// into blocked through a padded 3×3, a strided 3×3 (80 output channels: blocks of three and two
+/// vectors), a pointwise and a strided 1×1 convolution with a blocked residual sum, a dilated
+/// 3×3 into a depthwise one read back planar; beside them a depthwise convolution of the planar
+/// input into a blocked output, read by a padded depthwise one into the second output read back.
+/// Then the same with an intermediate also read by the caller (left planar, so a blocked output
+/// takes it as a planar sum, converted) or also read by a Relu step (planar, so the
+/// convolutions after it read it planar), or with the first output left blocked for a global
+/// average or max pool. FP32 and FP16, two images, against the float64 reference rounded to
+/// the dtype after each step.
 pub fn conv_programs_match_reference<B: Backend>(backend: &B) {
     let mut rng = rng("conv_programs_match_reference");
     // (input entry, weight shape, conv, residual sum entry, output entry); entry 0 is the
-    // input, 1..=4 the intermediates, 5 the output.
+    // input, 1..=5 and 7 the intermediates, 6 and 8 the outputs.
     let conv = |strides, pads, dilations, relu, sum| Conv {
         strides,
         pads,
@@ -433,6 +436,10 @@ pub fn conv_programs_match_reference<B: Backend>(backend: &B) {
         relu,
         sum,
         ..Conv::default()
+    };
+    let depthwise = |group, strides, pads, relu| Conv {
+        group,
+        ..conv(strides, pads, [1, 1], relu, false)
     };
     type Link = (usize, [usize; 4], Conv, Option<usize>, usize);
     #[rustfmt::skip]
@@ -442,6 +449,9 @@ pub fn conv_programs_match_reference<B: Backend>(backend: &B) {
         (2, [64, 80, 1, 1], conv([1, 1], [0; 4], [1, 1], false, false), None, 3),
         (1, [64, 64, 1, 1], conv([2, 2], [0; 4], [1, 1], true, true), Some(3), 4),
         (4, [64, 64, 3, 3], conv([1, 1], [2, 1, 0, 2], [2, 1], false, false), None, 5),
+        (5, [64, 1, 3, 3], depthwise(64, [1, 1], [1; 4], true), None, 6),
+        (0, [16, 1, 3, 3], depthwise(16, [2, 2], [1; 4], false), None, 7),
+        (7, [16, 1, 3, 3], depthwise(16, [1, 1], [0, 1, 2, 1], true), None, 8),
     ];
     let x_shape = [2, 16, 9, 9];
     for dtype in DType::ALL {
@@ -489,7 +499,7 @@ pub fn conv_programs_match_reference<B: Backend>(backend: &B) {
                 want.push((v, a, shape));
                 weights.push((w, b));
             }
-            // Table: entries 0..=5 as above, then each step's weights and bias.
+            // Table: entries 0..=8 as above, then each step's weights and bias.
             let mut table: Vec<Option<Tensor<B::Storage>>> = want
                 .iter()
                 .map(|(_, _, shape)| Some(poisoned(backend, dtype, shape)))
@@ -511,7 +521,7 @@ pub fn conv_programs_match_reference<B: Backend>(backend: &B) {
                 });
             }
             // The table entries read back, each with its reference (an index into `want`).
-            let mut reads = vec![(5, 5)];
+            let mut reads = vec![(6, 6), (8, 8)];
             match extra {
                 Some("read") => reads.push((3, 3)),
                 Some("relu") => {
@@ -528,7 +538,7 @@ pub fn conv_programs_match_reference<B: Backend>(backend: &B) {
                 }
                 Some(pool @ ("average" | "max")) => {
                     // The output blocked, read by a global pool whose output is read.
-                    let (v, _, shape) = &want[5];
+                    let (v, _, shape) = &want[6];
                     let plane = shape[2] * shape[3];
                     let pooled = |v: &[f64]| match pool {
                         "max" => v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
@@ -540,7 +550,7 @@ pub fn conv_programs_match_reference<B: Backend>(backend: &B) {
                         .map(|v| pooled(&v.iter().map(|v| v.abs()).collect::<Vec<_>>()))
                         .collect();
                     let pooled_shape = vec![shape[0], shape[1], 1, 1];
-                    reads = vec![(table.len(), want.len())];
+                    reads = vec![(table.len(), want.len()), (8, 8)];
                     table.push(Some(poisoned(backend, dtype, &pooled_shape)));
                     want.push((values, scale, pooled_shape));
                     steps.push(Step {
@@ -548,7 +558,7 @@ pub fn conv_programs_match_reference<B: Backend>(backend: &B) {
                             "max" => Op::GlobalMaxPool,
                             _ => Op::GlobalAveragePool,
                         },
-                        inputs: vec![5],
+                        inputs: vec![6],
                         output: reads[0].0,
                     });
                 }

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::backend::Step;
 use crate::dtype::Element;
-use crate::ops::{FamilyPlan, Op, PoolKind, PoolPlan};
+use crate::ops::{ConvPlan, FamilyPlan, Op, PoolKind, PoolPlan};
 use crate::tensor::{HostData, TensorDesc};
 
 /// Channels per block: the f32 lanes of an AVX-512 vector.
@@ -75,6 +75,35 @@ fn convert(x: &HostData, rows: usize, cols: usize) -> HostData {
     super::layout::transposed(x, shape, perm)
 }
 
+/// Whether a kernel computes convolution `plan` from a blocked input: the depthwise one
+/// ([`depthwise`]) or the direct one.
+pub fn reads_conv(plan: &ConvPlan) -> bool {
+    depthwise(plan) || super::direct::reads_blocked(plan)
+}
+
+/// Whether a kernel computes convolution `plan` into a blocked output.
+pub fn writes_conv(plan: &ConvPlan) -> bool {
+    depthwise(plan) || super::direct::writes_blocked(plan)
+}
+
+/// Whether convolution `plan` reads a blocked input into a planar output at no loss: the
+/// depthwise kernel always (it transposes its output either way), the direct one with terms
+/// enough per output ([`super::direct::reads_blocked_into_planar`]).
+fn reads_into_planar(plan: &ConvPlan) -> bool {
+    depthwise(plan) || super::direct::reads_blocked_into_planar(plan)
+}
+
+/// Whether the depthwise kernel computes `plan` with blocked activations.
+pub fn depthwise(plan: &ConvPlan) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::depthwise_blocked::blocks(plan);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = plan;
+        false
+    }
+}
+
 /// Whether [`global_pool`] computes `plan` (from a blocked input).
 pub fn pools(plan: &PoolPlan) -> bool {
     plan.global && plan.kind != PoolKind::AverageIncludePad && plan.c.is_multiple_of(BLOCK)
@@ -109,9 +138,8 @@ pub fn global_pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
 /// can write the blocked layout, it is not among the entries the program's caller `reads`, and
 /// every later step that reads it (before the entry is written again) reads it blocked at no
 /// loss: a global pool; a convolution as its residual sum where its own output is blocked; a
-/// convolution as its input where its own output is blocked too, or where it has terms enough
-/// per output to pay for writing a planar output through transposes
-/// ([`super::direct::reads_blocked_into_planar`]). Decided from the last step back, since a
+/// convolution as its input where its own output is blocked too, or where it writes a planar
+/// output at no loss ([`reads_into_planar`]). Decided from the last step back, since a
 /// convolution's reading depends on its own output. `descs` gives each table entry's descriptor
 /// (none for an empty entry).
 pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -> Vec<bool> {
@@ -153,14 +181,12 @@ pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -
     }
     let mut blocked = vec![false; steps.len()];
     for i in (0..steps.len()).rev() {
-        let writes =
-            matches!(&plans[i], Some(FamilyPlan::Conv(p)) if super::direct::writes_blocked(p));
+        let writes = matches!(&plans[i], Some(FamilyPlan::Conv(p)) if writes_conv(p));
         blocked[i] = writes
             && !read_back[i]
             && readers[i].iter().all(|&(j, a)| match &plans[j] {
                 Some(FamilyPlan::Conv(p)) if a == 0 => {
-                    super::direct::reads_blocked(p)
-                        && (blocked[j] || super::direct::reads_blocked_into_planar(p))
+                    reads_conv(p) && (blocked[j] || reads_into_planar(p))
                 }
                 Some(FamilyPlan::Conv(p)) => Some(a) == p.sum_input() && blocked[j],
                 Some(FamilyPlan::Pool(p)) => pools(p),

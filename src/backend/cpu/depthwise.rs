@@ -42,7 +42,7 @@ pub(super) fn depthwise<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], add: Adde
     let flat = add.sum.is_none().then(|| avx512::Flat::new(plan)).flatten();
     #[cfg(target_arch = "x86_64")]
     if add.sum.is_none() && flat.is_none() && super::depthwise_blocked::applies(plan) {
-        return super::depthwise_blocked::depthwise(plan, x, w, add.bias, y);
+        return super::depthwise_blocked::depthwise(plan, Default::default(), x, w, add.bias, y);
     }
     let kg = plan.k_per_group();
     #[cfg(target_arch = "x86_64")]

@@ -9,14 +9,20 @@
 //! vectors — the weights one vector per tap, the bias and the fused ReLU or Clip applied in
 //! registers — with no padding case, eight positions at a time. The block's results are then
 //! transposed back into its sixteen output planes (FP16 rounded on the way).
+//!
+//! Inside a program whose activations are blocked (`super::blocked`: `[n][c/16][h·w][16]`, the
+//! frame's own order) it reads a blocked input by copying its vectors into the frame and writes
+//! a blocked output as the tile computes it (FP32) or rounded vector by vector (FP16): no
+//! transposes, at any width ([`blocks`]).
 
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
 use super::avx512::{first, load, store, supported, transpose16};
+use super::blocked::Layouts;
 use super::scratch::Scratch;
-use crate::dtype::Element;
+use crate::dtype::{DType, Element};
 use crate::ops::{Clamp, ConvPlan};
 
 /// Lanes of one AVX-512 vector of f32: output channels per block.
@@ -45,10 +51,25 @@ fn padded(plan: &ConvPlan) -> (usize, usize) {
     )
 }
 
-/// Whether [`depthwise`] computes `plan` (without a residual sum) on this CPU.
+/// Whether [`depthwise`] computes `plan` (without a residual sum) on this CPU, planar.
 pub fn applies(plan: &ConvPlan) -> bool {
+    plan.q <= MAX_COLUMNS && fits(plan)
+}
+
+/// Whether [`depthwise`] computes `plan` with blocked activations, at any width: one output
+/// channel per input channel, in whole blocks, no residual sum.
+pub fn blocks(plan: &ConvPlan) -> bool {
+    plan.c_per_group() == 1
+        && plan.k_per_group() == 1
+        && plan.k.is_multiple_of(LANES)
+        && plan.sum_input().is_none()
+        && fits(plan)
+}
+
+/// Whether a block's weights stay in registers and its frame in L2, on this CPU.
+fn fits(plan: &ConvPlan) -> bool {
     let (hp, wp) = padded(plan);
-    supported() && plan.q <= MAX_COLUMNS && plan.r * plan.s <= MAX_TAPS && hp * wp <= MAX_POSITIONS
+    supported() && plan.r * plan.s <= MAX_TAPS && hp * wp <= MAX_POSITIONS
 }
 
 /// The frame geometry every block of a plan shares.
@@ -83,15 +104,21 @@ impl<'a> Geometry<'a> {
 }
 
 /// Computes a depthwise `plan` (C/group = 1, no residual sum) on storage `T` where [`applies`]
-/// holds: `w` holds the weights as f32, `bias` the bias if any. `y` is fully written.
+/// holds, or [`blocks`] where `layouts` has a blocked activation: `w` holds the weights as f32,
+/// `bias` the bias if any. `y` is fully written.
 pub fn depthwise<T: Element>(
     plan: &ConvPlan,
+    layouts: Layouts,
     x: &[T],
     w: &[f32],
     bias: Option<&[f32]>,
     y: &mut [T],
 ) {
-    debug_assert!(applies(plan));
+    debug_assert!(if layouts == Layouts::default() {
+        applies(plan)
+    } else {
+        blocks(plan)
+    });
     let g = Geometry::new(plan);
     let pq = plan.p * plan.q;
     let image = plan.c * plan.h * plan.w;
@@ -112,23 +139,26 @@ pub fn depthwise<T: Element>(
             || Scratch::take(frame + results),
             |scratch, (xi, k0, yb)| {
                 let (f, r) = scratch.values(frame + results).split_at_mut(frame);
-                // SAFETY: `applies` checked the CPU and the tap count; `xi` is the image's
-                // input, `yb` its output planes `k0..k0 + yb.len() / pq`, and the buffers have
-                // the lengths `block` needs.
-                unsafe { block(&g, xi, w, bias, k0, f, r, yb) }
+                // SAFETY: `applies` or `blocks` checked the CPU and the tap count; `xi` is the
+                // image's input, `yb` its output channels `k0..k0 + yb.len() / pq` (the same
+                // range in either layout), and the buffers have the lengths `block` needs.
+                unsafe { block(&g, layouts, xi, w, bias, k0, f, r, yb) }
             },
         );
 }
 
 /// One block: output channels `k0..k0 + y.len() / (p·q)` of one image from its input `x`, through
-/// `frame` (`hp·wp·16` values) and `results` (`p·q` rounded up to 16, times 16).
+/// `frame` (`hp·wp·16` values) and `results` (`p·q` rounded up to 16, times 16); `x` and `y` laid
+/// out as `layouts` says (blocked: sixteen channels, `y`'s block, per position).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F, BW and VL; `r·s ≤ MAX_TAPS`; the lengths as above.
+/// The CPU must support AVX-512 F, BW and VL; `r·s ≤ MAX_TAPS`; the lengths as above; a blocked
+/// `x` or `y` has whole blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block<T: Element>(
     g: &Geometry,
+    layouts: Layouts,
     x: &[T],
     w: &[f32],
     bias: Option<&[f32]>,
@@ -162,9 +192,17 @@ unsafe fn block<T: Element>(
             fill(row * g.wp, row * g.wp + left);
             fill(row * g.wp + right, (row + 1) * g.wp);
         }
-        // The input, sixteen columns of sixteen channels at a time, transposed into the frame.
+        // The input: a blocked one's vectors copied, a planar one sixteen columns of sixteen
+        // channels at a time, transposed into the frame.
         let channel = |l: usize| x.as_ptr().add((k0 + l) / kg * hw);
-        for ih in 0..g.rows {
+        for ih in (0..g.rows).filter(|_| layouts.x) {
+            let from = x.as_ptr().add(k0 * hw + ih * plan.w * LANES);
+            let to = fp.add(((ih + pt) * g.wp + pl) * LANES);
+            for col in 0..g.cols {
+                _mm512_storeu_ps(to.add(col * LANES), load(from.add(col * LANES), !0));
+            }
+        }
+        for ih in (0..g.rows).filter(|_| !layouts.x) {
             for c0 in (0..g.cols).step_by(LANES) {
                 let n = (g.cols - c0).min(LANES);
                 // Lanes past the block's channels load nothing (an empty mask) and stay zero.
@@ -193,9 +231,15 @@ unsafe fn block<T: Element>(
         let b = bias.map_or(zero, |b| load(b.as_ptr().add(k0), first(kn)));
         let [lo, hi] = Clamp::bounds(plan.clamp);
         let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        // A blocked FP32 output is the results' own layout: the tile writes it.
+        let into_y = layouts.y && T::DTYPE == DType::F32;
         let tile = Tile {
             frame: frame.as_ptr(),
-            results: results.as_mut_ptr(),
+            results: if into_y {
+                y.as_mut_ptr().cast()
+            } else {
+                results.as_mut_ptr()
+            },
             taps: &g.taps,
             weights: &wv[..rs],
             bias: b,
@@ -232,8 +276,19 @@ unsafe fn block<T: Element>(
                 }
             }
         }
-        // The results transposed back, sixteen positions of the sixteen channels at a time.
+        // The results rounded into a blocked FP16 output, or transposed back into a planar
+        // one, sixteen positions of the sixteen channels at a time.
         let yp = y.as_mut_ptr();
+        if layouts.y {
+            for o in (0..pq).filter(|_| !into_y) {
+                store(
+                    yp.add(o * LANES),
+                    !0,
+                    _mm512_loadu_ps(results.as_ptr().add(o * LANES)),
+                );
+            }
+            return;
+        }
         for o0 in (0..pq).step_by(LANES) {
             let r =
                 std::array::from_fn(|i| _mm512_loadu_ps(results.as_ptr().add((o0 + i) * LANES)));

@@ -249,6 +249,20 @@ impl Backend for CpuBackend {
                     bias: bias.as_deref(),
                     sum: sum.as_deref(),
                 };
+                #[cfg(target_arch = "x86_64")]
+                if (layouts.x || layouts.y) && blocked::depthwise(p) {
+                    let w = weights_f32(inputs[1], account);
+                    match (x[0], y) {
+                        (HostData::F32(x), HostData::F32(y)) => {
+                            depthwise_blocked::depthwise(p, layouts, x, &w, add.bias, y)
+                        }
+                        (HostData::F16(x), HostData::F16(y)) => {
+                            depthwise_blocked::depthwise(p, layouts, x, &w, add.bias, y)
+                        }
+                        _ => unreachable!("plans are validated: input and output share a dtype"),
+                    }
+                    return;
+                }
                 if layouts.x || layouts.y {
                     let w = direct::packed_weights(p, layouts, inputs[1], account);
                     match y {
@@ -374,8 +388,8 @@ fn layouts(plan: &Plan, inputs: &[&CpuData], want: bool) -> Layouts {
     let blocked_x = inputs[0].blocked().is_some();
     match &plan.family {
         FamilyPlan::Conv(p) => Layouts {
-            x: blocked_x && direct::reads_blocked(p),
-            y: want && direct::writes_blocked(p),
+            x: blocked_x && blocked::reads_conv(p),
+            y: want && blocked::writes_conv(p),
         },
         FamilyPlan::Pool(p) => Layouts {
             x: blocked_x && blocked::pools(p),
