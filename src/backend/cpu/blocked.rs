@@ -140,8 +140,9 @@ pub fn global_pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
 /// loss: a global pool; a convolution as its residual sum where its own output is blocked; a
 /// convolution as its input where its own output is blocked too, or where it writes a planar
 /// output at no loss ([`reads_into_planar`]). Decided from the last step back, since a
-/// convolution's reading depends on its own output. `descs` gives each table entry's descriptor
-/// (none for an empty entry).
+/// convolution's reading depends on its own output; then, from the first step on, a depthwise
+/// convolution keeps a blocked output only where its input is blocked. `descs` gives each table
+/// entry's descriptor (none for an empty entry).
 pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -> Vec<bool> {
     let plans: Vec<Option<FamilyPlan>> = steps
         .iter()
@@ -311,6 +312,48 @@ mod tests {
             output: 1,
         });
         assert_eq!(outputs(&relu, &descs, &[5, 6]), [false; 7]);
+    }
+
+    /// MobileNetV2's inverted residual at 14×14: expansion, depthwise, projection.
+    #[test]
+    fn depthwise_convolutions_stay_blocked_from_a_blocked_input() {
+        if !super::super::avx512::supported() {
+            return;
+        }
+        use crate::ops::Conv;
+        let desc = |shape: &[usize]| Some(TensorDesc::new(DType::F32, shape).unwrap());
+        // Entries: 0 the input, 1..=3 activations, 4.. weights.
+        let descs = [
+            desc(&[1, 64, 14, 14]),
+            desc(&[1, 384, 14, 14]),
+            desc(&[1, 384, 14, 14]),
+            desc(&[1, 64, 14, 14]),
+            desc(&[384, 64, 1, 1]),
+            desc(&[384, 1, 3, 3]),
+            desc(&[64, 384, 1, 1]),
+        ];
+        let descs: Vec<Option<&TensorDesc>> = descs.iter().map(|d| d.as_ref()).collect();
+        let pointwise = |x: usize, w: usize, y: usize| Step {
+            op: Op::Conv(Conv::default()),
+            inputs: vec![x, w],
+            output: y,
+        };
+        let depthwise = |x: usize, y: usize| Step {
+            op: Op::Conv(Conv {
+                group: 384,
+                pads: [1; 4],
+                ..Conv::default()
+            }),
+            inputs: vec![x, 5],
+            output: y,
+        };
+        // The projection reads blocked into its planar output, read back; so does the
+        // depthwise convolution, whose input the expansion leaves blocked.
+        let steps = [pointwise(0, 4, 1), depthwise(1, 2), pointwise(2, 6, 3)];
+        assert_eq!(outputs(&steps, &descs, &[3]), [true, true, false]);
+        // From the program's (planar) input, the depthwise output stays planar too.
+        let from_input = [depthwise(1, 2), pointwise(2, 6, 3)];
+        assert_eq!(outputs(&from_input, &descs, &[3]), [false, false]);
     }
 
     #[test]
