@@ -447,8 +447,9 @@ fn shares_config() -> DeviceConfig {
     }
 }
 
-/// The FP32 FLOPs "t2" and "t20" got are within 10% of their fair shares, 1/11 and 10/11.
-fn assert_shares_by_rate(what: &str, flops: [f64; 2]) {
+/// The FP32 FLOPs "t2" and "t20" got are within `tolerance` (relative) of their fair shares,
+/// 1/11 and 10/11.
+fn assert_shares_by_rate(what: &str, flops: [f64; 2], tolerance: f64) {
     let total = flops[0] + flops[1];
     let shares = [flops[0] / total, flops[1] / total];
     println!(
@@ -457,7 +458,7 @@ fn assert_shares_by_rate(what: &str, flops: [f64; 2]) {
     );
     for (share, fair) in shares.into_iter().zip([1.0 / 11.0, 10.0 / 11.0]) {
         assert!(
-            (share / fair - 1.0).abs() <= 0.10,
+            (share / fair - 1.0).abs() <= tolerance,
             "share {share:.3}, fair {fair:.3}"
         );
     }
@@ -492,7 +493,7 @@ fn overcommitted_tiers_share_the_device_by_rate() {
         slow.usage().flops[DType::F32] as f64,
         fast.usage().flops[DType::F32] as f64,
     ];
-    assert_shares_by_rate("device", flops);
+    assert_shares_by_rate("device", flops, 0.10);
 }
 
 #[test]
@@ -582,7 +583,11 @@ fn programs_of_overcommitted_tiers_share_a_served_device_by_rate() {
         }
     });
     let flops = [&slow, &fast].map(|a| a.usage().unwrap().flops[DType::F32] as f64);
-    assert_shares_by_rate("served device", flops);
+    // The queue shares the device by rate while both tenants have ops waiting; it is
+    // work-conserving, so while a client thread is preempted between round trips the other
+    // tenant runs. On a loaded machine that moves the shares (t2 took 0.114 with two busy
+    // loops beside the test), far less than ops that skipped the queue would (about 0.5).
+    assert_shares_by_rate("served device", flops, 0.35);
 }
 
 /// The CPU backend, except that a softmax launch panics (a stand-in for any bug inside a
