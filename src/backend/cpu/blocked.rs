@@ -14,8 +14,9 @@
 
 use rayon::prelude::*;
 
+use super::Widen;
 use crate::backend::Step;
-use crate::dtype::Element;
+use crate::dtype::DType;
 use crate::ops::{ConvPlan, FamilyPlan, Op, PoolKind, PoolPlan};
 use crate::tensor::{HostData, TensorDesc};
 
@@ -111,16 +112,24 @@ pub fn pools(plan: &PoolPlan) -> bool {
 
 /// A global pool (maximum or mean, as [`pools`] allows) of blocked `x` into `y` (`[n, c]`:
 /// one position, the same in either layout), sixteen channels a vector; the mean divided as
-/// `pool::mean` divides it, and NaN ignored by the maximum as in `pool::global_max`.
-pub fn global_pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
+/// `pool::mean` divides it, and NaN ignored by the maximum as in `pool::global_max`. FP16 input
+/// is widened a block at a time (element by element it took 6.7× the FP32 pool's time in
+/// ResNet-50).
+pub fn global_pool<T: Widen>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
     let (hw, max) = (plan.h * plan.w, plan.kind == PoolKind::Max);
     y.par_chunks_mut(BLOCK)
         .zip(x.par_chunks(BLOCK * hw))
-        .for_each(|(y, x)| {
+        .for_each_init(Vec::new, |wide, (y, x)| {
+            let x: &[f32] = if T::DTYPE == DType::F32 {
+                bytemuck::cast_slice(x)
+            } else {
+                wide.resize(x.len(), 0.0);
+                T::widen(x, wide);
+                wide
+            };
             let mut acc = [if max { f32::NEG_INFINITY } else { 0.0 }; BLOCK];
             for position in x.chunks_exact(BLOCK) {
-                for (a, v) in acc.iter_mut().zip(position) {
-                    let v = v.to_f32();
+                for (a, &v) in acc.iter_mut().zip(position) {
                     *a = match max {
                         true if v > *a => v,
                         true => *a,
