@@ -1519,6 +1519,20 @@ mod avx512 {
                 pf = pf.wrapping_add(LANES);
             }
         };
+        // The lines the epilogue reads (the residual sum) and, on the first chunk, those the
+        // tile writes, asked for before its sums (at batch 8 they are in memory, not in a
+        // cache: the loads after the last FMA waited for them).
+        for i in 0..T {
+            for v in 0..V {
+                let at = i * ld + v * vstride;
+                if let Some(Finish { sum: Some(s), .. }) = finish {
+                    _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().wrapping_add(at).cast());
+                }
+                if !accumulate {
+                    prefetch_for_write(out.wrapping_add(at));
+                }
+            }
+        }
         // SAFETY (whole body): every pointer offset stays inside the extents of the contract.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); V]; T];
