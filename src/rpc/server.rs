@@ -16,7 +16,8 @@
 //! ([`Accelerator::apply_into_now`]); one that must wait waits on the blocking thread. A
 //! program its client marks scratch (a model's inference) writes each output into storage of
 //! its own that it is done with, as a local model does (`backend::reuse`), and gives every
-//! tensor its storage back before it returns. The
+//! tensor its storage back before it returns; its intermediates may stay in the device
+//! backend's own layout where only its ops read them (`Backend::blocked_outputs`). The
 //! locks the async threads take — the accelerator map, a handle table, an accelerator's
 //! bookkeeping — are only ever held for bookkeeping; a program holds its own tensors' locks
 //! while it waits on the meter and computes, and nothing else of any tenant waits for those.

@@ -14,9 +14,8 @@
 
 use rayon::prelude::*;
 
-use super::Widen;
 use crate::backend::Step;
-use crate::dtype::DType;
+use crate::dtype::{DType, Element};
 use crate::ops::{ConvPlan, FamilyPlan, Op, PoolKind, PoolPlan};
 use crate::tensor::{HostData, TensorDesc};
 
@@ -115,7 +114,7 @@ pub fn pools(plan: &PoolPlan) -> bool {
 /// `pool::mean` divides it, and NaN ignored by the maximum as in `pool::global_max`. FP16 input
 /// is widened a block at a time (element by element it took 6.7× the FP32 pool's time in
 /// ResNet-50).
-pub fn global_pool<T: Widen>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
+pub fn global_pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
     let (hw, max) = (plan.h * plan.w, plan.kind == PoolKind::Max);
     y.par_chunks_mut(BLOCK)
         .zip(x.par_chunks(BLOCK * hw))
@@ -123,8 +122,7 @@ pub fn global_pool<T: Widen>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
             let x: &[f32] = if T::DTYPE == DType::F32 {
                 bytemuck::cast_slice(x)
             } else {
-                wide.resize(x.len(), 0.0);
-                T::widen(x, wide);
+                super::widen(x, wide);
                 wide
             };
             let mut acc = [if max { f32::NEG_INFINITY } else { 0.0 }; BLOCK];

@@ -195,11 +195,13 @@ unsafe fn block<T: Element>(
         // The input: a blocked one's vectors copied, a planar one sixteen columns of sixteen
         // channels at a time, transposed into the frame.
         let channel = |l: usize| x.as_ptr().add((k0 + l) / kg * hw);
-        for ih in (0..g.rows).filter(|_| layouts.x) {
-            let from = x.as_ptr().add(k0 * hw + ih * plan.w * LANES);
-            let to = fp.add(((ih + pt) * g.wp + pl) * LANES);
-            for col in 0..g.cols {
-                _mm512_storeu_ps(to.add(col * LANES), load(from.add(col * LANES), !0));
+        if layouts.x {
+            for ih in 0..g.rows {
+                let from = x.as_ptr().add(k0 * hw + ih * plan.w * LANES);
+                let to = fp.add(((ih + pt) * g.wp + pl) * LANES);
+                for col in 0..g.cols {
+                    _mm512_storeu_ps(to.add(col * LANES), load(from.add(col * LANES), !0));
+                }
             }
         }
         for ih in (0..g.rows).filter(|_| !layouts.x) {
@@ -280,12 +282,11 @@ unsafe fn block<T: Element>(
         // one, sixteen positions of the sixteen channels at a time.
         let yp = y.as_mut_ptr();
         if layouts.y {
-            for o in (0..pq).filter(|_| !into_y) {
-                store(
-                    yp.add(o * LANES),
-                    !0,
-                    _mm512_loadu_ps(results.as_ptr().add(o * LANES)),
-                );
+            if !into_y {
+                for o in 0..pq {
+                    let v = _mm512_loadu_ps(results.as_ptr().add(o * LANES));
+                    store(yp.add(o * LANES), !0, v);
+                }
             }
             return;
         }
