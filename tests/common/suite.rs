@@ -580,13 +580,15 @@ pub fn conv_programs_match_reference<B: Backend>(backend: &B) {
 /// BatchNormalization over ranks 2–5 and several epsilons.
 pub fn batch_norm_matches_reference<B: Backend>(backend: &B) {
     let mut rng = rng("batch_norm_matches_reference");
-    let shapes: [&[usize]; 7] = [
+    let shapes: [&[usize]; 8] = [
         &[1, 1],
         &[2, 3],
         &[3, 5, 7],
         &[2, 4, 5, 6],
         &[1, 3, 1, 1, 2],
         &[2, 64, 33, 17],
+        // More channels than the CPU folds a chunk at a time (64), the last chunk partial.
+        &[2, 130, 3, 5],
         // Planes of at least 1024 elements (the CUDA plane kernel), over several blocks each,
         // starting off a 16-byte boundary (peeled heads and tails).
         &[1, 2, 9001],

@@ -305,19 +305,17 @@ impl Backend for CpuBackend {
                     }
                 }
             }
-            FamilyPlan::BatchNorm(p) => {
-                let params = [x[1], x[2], x[3], x[4]].map(as_f32);
-                let coef = batchnorm::fold(p, [&params[0], &params[1], &params[2], &params[3]]);
-                match (x[0], y) {
-                    (HostData::F32(x), HostData::F32(y)) => {
-                        batchnorm::apply(p, &coef, x, y, stream_from)
-                    }
-                    (HostData::F16(x), HostData::F16(y)) => {
-                        batchnorm::apply(p, &coef, x, y, stream_from)
-                    }
-                    _ => unreachable!("plans are validated: input and output share a dtype"),
+            FamilyPlan::BatchNorm(p) => match (x[0], y) {
+                (HostData::F32(x0), HostData::F32(y)) => {
+                    let coef = batchnorm::fold(p, [1, 2, 3, 4].map(|i| values::<f32>(x[i])));
+                    batchnorm::apply(p, &coef, x0, y, stream_from)
                 }
-            }
+                (HostData::F16(x0), HostData::F16(y)) => {
+                    let coef = batchnorm::fold(p, [1, 2, 3, 4].map(|i| values::<half::f16>(x[i])));
+                    batchnorm::apply(p, &coef, x0, y, stream_from)
+                }
+                _ => unreachable!("plans are validated: input and output share a dtype"),
+            },
             FamilyPlan::Softmax(p) => match (x[0], y) {
                 (HostData::F32(x), HostData::F32(y)) => softmax::softmax(p, x, y),
                 (HostData::F16(x), HostData::F16(y)) => softmax::softmax(p, x, y),
@@ -330,23 +328,11 @@ impl Backend for CpuBackend {
             },
             FamilyPlan::Binary(p) => match y {
                 HostData::F32(y) => {
-                    let x: Vec<&[f32]> = x
-                        .iter()
-                        .map(|x| match x {
-                            HostData::F32(v) => &v[..],
-                            _ => unreachable!("plans are validated: inputs share a dtype"),
-                        })
-                        .collect();
+                    let x: Vec<&[f32]> = x.iter().map(|x| values(x)).collect();
                     binary::binary(p, &x, y, stream_from)
                 }
                 HostData::F16(y) => {
-                    let x: Vec<&[half::f16]> = x
-                        .iter()
-                        .map(|x| match x {
-                            HostData::F16(v) => &v[..],
-                            _ => unreachable!("plans are validated: inputs share a dtype"),
-                        })
-                        .collect();
+                    let x: Vec<&[half::f16]> = x.iter().map(|x| values(x)).collect();
                     binary::binary(p, &x, y, stream_from)
                 }
             },
@@ -498,6 +484,16 @@ fn widen<T: Element>(x: &[T], out: &mut Vec<f32>) {
     }
 }
 
+/// `x`'s elements as `T`, the dtype every input of a validated plan shares.
+fn values<T: Element>(x: &HostData) -> &[T] {
+    assert_eq!(
+        x.dtype(),
+        T::DTYPE,
+        "plans are validated: inputs share a dtype"
+    );
+    bytemuck::cast_slice(x.as_bytes())
+}
+
 /// Rounds `x` into `out` (same length).
 fn narrow<T: Element>(x: &[f32], out: &mut [T]) {
     match T::DTYPE {
@@ -508,7 +504,7 @@ fn narrow<T: Element>(x: &[f32], out: &mut [T]) {
 
 /// Input elements, widened to f32 as a kernel copies them (the direct and depthwise
 /// convolutions' framing and padding copies).
-trait Widen: Element {
+pub(super) trait Widen: Element {
     /// `dst = src` as f32 (equal lengths).
     fn widen(src: &[Self], dst: &mut [f32]);
 }
