@@ -62,6 +62,15 @@ pub fn gemm_matches_reference<B: Backend>(backend: &B) {
         (1, 300, 4099),
         (3001, 1, 700),
         (20, 300, 400),
+        // Two to eight rows against transposed B of long sums (the CPU's few-rows kernel:
+        // each row count's own column groups, columns left over, K past whole vectors), one
+        // wide enough to split its columns across threads.
+        (2, 37, 300),
+        (3, 21, 257),
+        (4, 7, 1000),
+        (5, 45, 256),
+        (6, 13, 311),
+        (7, 100, 290),
     ];
     let mut case = 0usize;
     for dtype in DType::ALL {
