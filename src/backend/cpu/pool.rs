@@ -733,16 +733,25 @@ mod avx512 {
             }
             let p = self.first.wrapping_add(16 * b).wrapping_sub(self.pad);
             let n = if N > 0 { N } else { n };
-            // SAFETY: the caller's contract: rows 0..n from `first` are inside the plane; only
-            // lanes inside the row are read (the mask).
-            let row = |i: usize| unsafe { load_or(p.wrapping_add(i * self.step), m, identity) };
-            if MAX {
-                // From the identity: a NaN never wins.
-                (0..n).fold(identity, |acc, i| step::<MAX>(acc, row(i)))
-            } else if n == 0 {
-                identity
+            let reduce = |m: __mmask16| {
+                // SAFETY: the caller's contract: rows 0..n from `first` are inside the plane;
+                // only lanes inside the row are read (the mask).
+                let row = |i: usize| unsafe { load_or(p.wrapping_add(i * self.step), m, identity) };
+                if MAX {
+                    // From the identity: a NaN never wins.
+                    (0..n).fold(identity, |acc, i| step::<MAX>(acc, row(i)))
+                } else if n == 0 {
+                    identity
+                } else {
+                    (1..n).fold(row(0), |acc, i| step::<MAX>(acc, row(i)))
+                }
+            };
+            // A block wholly inside the row loads unmasked (a plain load folds into the
+            // reduction; a masked one is a load and a blend).
+            if m == u16::MAX {
+                reduce(!0)
             } else {
-                (1..n).fold(row(0), |acc, i| step::<MAX>(acc, row(i)))
+                reduce(m)
             }
         }
 
