@@ -2,10 +2,11 @@
 //! fused ReLU or Clip epilogue applied around the core product. Each output matrix is cut into
 //! one block per thread along its longer side (rows, or columns when it has fewer rows than
 //! columns), and each block is one single-threaded product on the `gemm` crate's kernels.
-//! Outputs with a single row or column take a vectorised GEMV instead (with AVX-512, a matrix
-//! whose columns are contiguous, as a classifier's transposed weights are, is read eight columns
-//! side by side: [`avx512::dots`]). FP16 GEMMs with few rows
-//! widen B one L2-sized panel of columns at a time, just before multiplying it (`gemm_f16_b`).
+//! With AVX-512, one to [`FEW_ROWS`] rows against a B whose columns are contiguous (a
+//! classifier's transposed weights, FP32 or FP16) read B once, a few columns side by side
+//! ([`few_rows`]); other outputs with a single row or column take a vectorised GEMV. Other
+//! FP16 GEMMs with few rows widen B one L2-sized panel of columns at a time, just before
+//! multiplying it (`gemm_f16_b`).
 
 use std::ops::Range;
 
@@ -17,6 +18,7 @@ use half::f16;
 use super::scratch::TaskBuffer;
 use super::simd::{self, multiversion};
 use super::Disjoint;
+use crate::dtype::Element;
 use crate::ops::{Clamp, GemmPlan, MatLayout};
 
 /// Below this many FLOPs per matrix a matrix is not split across threads (a batch of such
@@ -38,18 +40,12 @@ const COLUMN_ALIGN: usize = 16;
 /// Lanes of the independent accumulators that let a dot product vectorise.
 const LANES: usize = 16;
 
-/// Contiguous matrix columns whose dot products the AVX-512 GEMV computes side by side: that
-/// many streams of the matrix in flight. (MobileNetV2's batch-1 classifier, 1280 → 1000, timed
-/// inside the program on one thread, Intel Xeon model 207: 0.57× the time of one column at a
-/// time, 0.36 against 0.62 ms; four columns 0.37 ms.)
-const DOT_COLUMNS: usize = 8;
-
 /// Most rows of A for which [`few_rows`] multiplies a B with contiguous columns by reading them
 /// once, side by side, instead of the `gemm` crate packing B for every product.
 const FEW_ROWS: usize = 8;
 
-/// Fewest terms per output (`k`) for [`few_rows`]: each output ends with a reduction across its
-/// sixteen lanes, which a short sum does not pay for.
+/// Fewest terms per output (`k`) for [`few_rows`] with more than one row: each output ends with
+/// a reduction across its sixteen lanes, which a short sum does not pay for.
 const FEW_ROWS_MIN_K: usize = 256;
 
 /// Computes `plan` in FP32. `y` is fully written; its previous contents are ignored.
@@ -63,12 +59,11 @@ pub fn gemm_f32(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mu
     let matrix = |index: usize, y: &mut [f32], parts: usize| {
         let (a_off, b_off) = plan.batch_offsets(index);
         let (a, b) = (&a[a_off..], &b[b_off..]);
-        if plan.m == 1 || plan.n == 1 {
-            return gemv(plan, a, b, c, y, parts);
-        }
-        #[cfg(target_arch = "x86_64")]
         if reads_columns_once(plan) {
             return few_rows(plan, a, b, c, y, parts);
+        }
+        if plan.m == 1 || plan.n == 1 {
+            return gemv(plan, a, b, c, y, parts);
         }
         let out = Disjoint::new(y);
         // SAFETY: `out` is this matrix's m×n output, exclusively borrowed here, and the blocks
@@ -218,6 +213,18 @@ unsafe fn product(
     }
 }
 
+/// [`few_rows`] for a single matrix whose B is FP16 (an FP16 model's weights), read in its
+/// storage type: half the bytes of a widened copy.
+pub fn few_rows_f16(plan: &GemmPlan, a: &[f32], b: &[f16], c: Option<&[f32]>, y: &mut [f32]) {
+    debug_assert_eq!(plan.batch(), 1);
+    let parts = if 2 * plan.m * plan.n * plan.k < SMALL_MATRIX_FLOPS {
+        1
+    } else {
+        rayon::current_num_threads()
+    };
+    few_rows(plan, a, b, c, y, parts)
+}
+
 /// Whether an FP16 GEMM should widen B panel by panel ([`gemm_f16_b`]): a single matrix with
 /// few rows, whose B is read too few times to pay for widening it whole first.
 pub fn widens_b_in_panels(plan: &GemmPlan) -> bool {
@@ -332,20 +339,7 @@ fn gemv(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mut [f32],
         let chunk = y.len().div_ceil(parts).max(COLUMN_ALIGN);
         y.par_chunks_mut(chunk).enumerate().for_each(|(ci, yc)| {
             let mut column = Vec::new();
-            // Contiguous columns DOT_COLUMNS at a time with AVX-512, then one by one.
-            let together = if layout.row == 1 && simd::level() >= simd::Level::Avx512 {
-                yc.len() / DOT_COLUMNS * DOT_COLUMNS
-            } else {
-                0
-            };
-            #[cfg(target_arch = "x86_64")]
-            for (q, out) in yc[..together].chunks_exact_mut(DOT_COLUMNS).enumerate() {
-                let j = ci * chunk + q * DOT_COLUMNS;
-                let cols = std::array::from_fn(|i| &mat[(j + i) * layout.col..][..k]);
-                // SAFETY: the SIMD level is AVX-512, so the CPU has AVX-512F.
-                unsafe { avx512::dots(&x, cols, out) };
-            }
-            for (jj, v) in yc.iter_mut().enumerate().skip(together) {
+            for (jj, v) in yc.iter_mut().enumerate() {
                 let j = ci * chunk + jj;
                 let col = if layout.row == 1 {
                     &mat[j * layout.col..][..k]
@@ -363,23 +357,33 @@ fn gemv(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mut [f32],
     }
 }
 
-/// Whether [`few_rows`] computes `plan`: at most [`FEW_ROWS`] rows, B's columns contiguous (a
-/// classifier's transposed weights), sums of at least [`FEW_ROWS_MIN_K`] terms, and AVX-512.
-#[cfg(target_arch = "x86_64")]
-fn reads_columns_once(plan: &GemmPlan) -> bool {
-    plan.m <= FEW_ROWS
+/// Whether [`few_rows`] computes `plan`: one row, or up to [`FEW_ROWS`] with sums of at least
+/// [`FEW_ROWS_MIN_K`] terms; more than one column, each contiguous in B (a classifier's
+/// transposed weights); AVX-512.
+pub fn reads_columns_once(plan: &GemmPlan) -> bool {
+    (plan.m == 1 || (plan.m <= FEW_ROWS && plan.k >= FEW_ROWS_MIN_K))
+        && plan.n > 1
         && plan.b.row == 1
-        && plan.k >= FEW_ROWS_MIN_K
+        && plan.k > 0
         && simd::level() >= simd::Level::Avx512
 }
 
-/// One output matrix of few rows (see [`reads_columns_once`]), its columns split over `parts`
-/// threads: every row of A (alpha folded in) against each group of B's columns, read side by
-/// side once ([`avx512::rows_dots`]), the rest of the columns one dot product each. (A batch-8
-/// classifier, 8 × 2048 · 2048 × 1000, on the `gemm` crate: 1.01 ms in ResNet-50 against
-/// onnxruntime's 0.38, B packed for each product.)
-#[cfg(target_arch = "x86_64")]
-fn few_rows(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mut [f32], parts: usize) {
+/// One output matrix for which [`reads_columns_once`] holds, from B in its storage type (FP16
+/// widened in registers), its columns split over `parts` threads: every row of A (alpha folded
+/// in) against each group of B's columns, read side by side once ([`avx512::rows_dots`]). (A
+/// batch-8 classifier, 8 × 2048 · 2048 × 1000, on the `gemm` crate: 1.22 ms in ResNet-50, B
+/// packed for each product; this way 0.46 ms. MobileNetV2's batch-1 classifier, 1280 → 1000,
+/// one thread: eight columns at a time 0.36 ms, one at a time 0.62, four 0.37; Intel Xeon model
+/// 207.)
+fn few_rows<T: Element>(
+    plan: &GemmPlan,
+    a: &[f32],
+    b: &[T],
+    c: Option<&[f32]>,
+    y: &mut [f32],
+    parts: usize,
+) {
+    assert!(reads_columns_once(plan));
     let (m, n, k) = (plan.m, plan.n, plan.k);
     let xs: Vec<f32> = (0..m)
         .flat_map(|i| (0..k).map(move |kk| plan.alpha * a[i * plan.a.row + kk * plan.a.col]))
@@ -398,25 +402,36 @@ fn few_rows(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mut [f
     let out = Disjoint::new(y);
     let chunk = n.div_ceil(parts).next_multiple_of(COLUMN_ALIGN);
     (0..n).into_par_iter().step_by(chunk).for_each(|j0| {
-        let j1 = (j0 + chunk).min(n);
-        // SAFETY: AVX-512F (`reads_columns_once`); `xs` holds m rows of k, each column k
-        // values (the plan was validated against B's shape); the columns j0..j1 of every row
-        // of the m×n output are this task's alone.
-        let done = unsafe {
-            match m {
-                2 => avx512::rows_dots::<2, 8>(&xs, &col, j0..j1, out, n),
-                3 => avx512::rows_dots::<3, 8>(&xs, &col, j0..j1, out, n),
-                4 => avx512::rows_dots::<4, 6>(&xs, &col, j0..j1, out, n),
-                5 => avx512::rows_dots::<5, 4>(&xs, &col, j0..j1, out, n),
-                6 => avx512::rows_dots::<6, 4>(&xs, &col, j0..j1, out, n),
-                7 => avx512::rows_dots::<7, 3>(&xs, &col, j0..j1, out, n),
-                _ => avx512::rows_dots::<8, 3>(&xs, &col, j0..j1, out, n),
-            }
-        };
-        for j in done..j1 {
-            for (i, x) in xs.chunks_exact(k).enumerate() {
-                // SAFETY: element (i, j) of the output, this task's (see above).
-                unsafe { *out.ptr().add(i * n + j) += dot(x, col(j)) };
+        let cols = j0..(j0 + chunk).min(n);
+        #[cfg(target_arch = "x86_64")]
+        {
+            use avx512::rows_dots;
+            // SAFETY: AVX-512F (`reads_columns_once`); `xs` holds m rows of k, each column k
+            // values (the plan was validated against B's shape); these columns of every row
+            // of the m×n output are this task's alone.
+            unsafe {
+                let done = match m {
+                    1 => rows_dots::<T, 1, 8>(&xs, &col, cols.clone(), out, n),
+                    2 => rows_dots::<T, 2, 8>(&xs, &col, cols.clone(), out, n),
+                    3 => rows_dots::<T, 3, 8>(&xs, &col, cols.clone(), out, n),
+                    4 => rows_dots::<T, 4, 6>(&xs, &col, cols.clone(), out, n),
+                    5 => rows_dots::<T, 5, 4>(&xs, &col, cols.clone(), out, n),
+                    6 => rows_dots::<T, 6, 4>(&xs, &col, cols.clone(), out, n),
+                    7 => rows_dots::<T, 7, 3>(&xs, &col, cols.clone(), out, n),
+                    _ => rows_dots::<T, 8, 3>(&xs, &col, cols.clone(), out, n),
+                };
+                // The columns left over, one at a time.
+                let rest = done..cols.end;
+                match m {
+                    1 => rows_dots::<T, 1, 1>(&xs, &col, rest, out, n),
+                    2 => rows_dots::<T, 2, 1>(&xs, &col, rest, out, n),
+                    3 => rows_dots::<T, 3, 1>(&xs, &col, rest, out, n),
+                    4 => rows_dots::<T, 4, 1>(&xs, &col, rest, out, n),
+                    5 => rows_dots::<T, 5, 1>(&xs, &col, rest, out, n),
+                    6 => rows_dots::<T, 6, 1>(&xs, &col, rest, out, n),
+                    7 => rows_dots::<T, 7, 1>(&xs, &col, rest, out, n),
+                    _ => rows_dots::<T, 8, 1>(&xs, &col, rest, out, n),
+                };
             }
         }
     });
@@ -461,29 +476,31 @@ multiversion! {
     }
 }
 
-/// The AVX-512 GEMV kernel.
+/// The AVX-512 kernel of [`few_rows`].
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
     use std::ops::Range;
 
-    use super::{Disjoint, DOT_COLUMNS};
-    use crate::backend::cpu::avx512::first;
+    use super::Disjoint;
+    use crate::backend::cpu::avx512::{first, load};
+    use crate::dtype::Element;
 
     /// For the columns `cols` of the output in whole groups of `C`: `y[r·n + j] += Σ_i xs[r·k +
     /// i] · col(j)[i]` for each of the `R` rows of `xs` (`k` values each), the group's columns
-    /// read side by side (masked past the last whole vector), `R × C` sums of 16 lanes in
-    /// registers. Returns the first column not computed (the rest of `cols` is fewer than `C`).
+    /// read side by side (FP16 widened in registers; masked past the last whole vector), `R × C`
+    /// sums of 16 lanes in registers. Returns the first column not computed (the rest of `cols`
+    /// is fewer than `C`).
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; `xs` holds `R` rows of `k` values and every `col(j)` has
-    /// `k`; `y` points at an `R × n` row-major output whose columns `cols` no other thread
-    /// accesses during the call.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn rows_dots<'a, const R: usize, const C: usize>(
+    /// The CPU must support AVX-512 F, BW and VL; `xs` holds `R` rows of `k` values and every
+    /// `col(j)` has `k`; `y` points at an `R × n` row-major output whose columns `cols` no other
+    /// thread accesses during the call.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn rows_dots<'a, T: Element, const R: usize, const C: usize>(
         xs: &[f32],
-        col: &impl Fn(usize) -> &'a [f32],
+        col: &impl Fn(usize) -> &'a [T],
         cols: Range<usize>,
         y: Disjoint,
         n: usize,
@@ -491,7 +508,7 @@ mod avx512 {
         let k = xs.len() / R;
         let end = cols.start + cols.len() / C * C;
         for j in (cols.start..end).step_by(C) {
-            let c: [&[f32]; C] = std::array::from_fn(|q| col(j + q));
+            let c: [&[T]; C] = std::array::from_fn(|q| col(j + q));
             assert!(c.iter().all(|c| c.len() == k));
             let mut acc = [[_mm512_setzero_ps(); C]; R];
             for i in (0..k).step_by(16) {
@@ -499,8 +516,7 @@ mod avx512 {
                 // SAFETY: lanes under `m` are i..min(i + 16, k), inside every row of `xs` and
                 // every column (asserted above); masked lanes are not read.
                 unsafe {
-                    let b: [__m512; C] =
-                        std::array::from_fn(|q| _mm512_maskz_loadu_ps(m, c[q].as_ptr().add(i)));
+                    let b: [__m512; C] = std::array::from_fn(|q| load(c[q].as_ptr().add(i), m));
                     for (r, row) in acc.iter_mut().enumerate() {
                         let x = _mm512_maskz_loadu_ps(m, xs.as_ptr().add(r * k + i));
                         for (a, &bv) in row.iter_mut().zip(&b) {
@@ -517,32 +533,6 @@ mod avx512 {
             }
         }
         end
-    }
-
-    /// `y[r] += Σ x[i] · cols[r][i]` for every `r`, the columns read side by side (masked past
-    /// the last whole vector), each summed in 16 lanes.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dots(x: &[f32], cols: [&[f32]; DOT_COLUMNS], y: &mut [f32]) {
-        let k = x.len();
-        assert!(cols.iter().all(|c| c.len() == k) && y.len() == DOT_COLUMNS);
-        let mut acc = [_mm512_setzero_ps(); DOT_COLUMNS];
-        for i in (0..k).step_by(16) {
-            let m = first(k - i);
-            // SAFETY: lanes under `m` are i..min(i + 16, k), inside `x` and every column
-            // (asserted above); masked lanes are not read.
-            unsafe {
-                let xv = _mm512_maskz_loadu_ps(m, x.as_ptr().add(i));
-                for (a, c) in acc.iter_mut().zip(&cols) {
-                    *a = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, c.as_ptr().add(i)), *a);
-                }
-            }
-        }
-        for (v, a) in y.iter_mut().zip(acc) {
-            *v += _mm512_reduce_add_ps(a);
-        }
     }
 }
 

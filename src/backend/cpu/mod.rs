@@ -421,8 +421,9 @@ fn conv_output(p: &ConvPlan) -> Blocked {
     }
 }
 
-/// A GEMM (or MatMul) plan on host data. An FP16 B (the weights) is widened panel by panel
-/// where the plan suits that (measured faster, at 32×1000×2048, than the FP32 kernel on a
+/// A GEMM (or MatMul) plan on host data. An FP16 B (the weights) is read as it is stored by
+/// the few-rows kernel where that applies (see `gemm::reads_columns_once`), widened panel by
+/// panel where the plan suits that (measured faster, at 32×1000×2048, than the FP32 kernel on a
 /// widened copy), else taken widened from its cache, or widened whole for this call.
 fn gemm(
     plan: &GemmPlan,
@@ -434,6 +435,9 @@ fn gemm(
 ) {
     let (a, c) = (as_f32(a), c.map(as_f32));
     match b.data() {
+        HostData::F16(b) if plan.batch() == 1 && gemm::reads_columns_once(plan) => {
+            write_f32(y, |y| gemm::few_rows_f16(plan, &a, b, c.as_deref(), y));
+        }
         HostData::F16(b) if gemm::widens_b_in_panels(plan) => {
             write_f32(y, |y| gemm::gemm_f16_b(plan, &a, b, c.as_deref(), y));
         }
