@@ -57,7 +57,7 @@ use super::conv::{is_pointwise, Addends};
 use super::derived::{CpuData, Key};
 use super::scratch::{as_f32, with_buffer, TaskBuffer};
 use super::simd;
-use super::{narrow, Disjoint, Widen};
+use super::{narrow, values, Disjoint, Widen};
 use crate::backend::MemoryAccount;
 use crate::dtype::{DType, Element};
 use crate::ops::{Clamp, ConvPlan};
@@ -606,23 +606,35 @@ fn pack(plan: &ConvPlan, f: usize, w: &HostData) -> PackedWeights {
 
 /// Computes `plan` (for which [`applies`] holds) in FP32 from the input `x` (FP32, or FP16
 /// widened as it is framed), the weights as [`packed_weights`] returns them, the bias and the
-/// residual sum, into `y` (FP32, or FP16 rounded as each item's values are written). `y` is
-/// fully written.
+/// residual `sum` (`y`'s storage type), into `y` (FP32, or FP16 rounded as each item's values
+/// are written). `y` is fully written.
 pub fn conv<Y: Element>(
     plan: &ConvPlan,
     blocked: Layouts,
     x: &HostData,
     w: &[f32],
-    add: Addends,
+    bias: Option<&[f32]>,
+    sum: Option<&HostData>,
     y: &mut [Y],
 ) {
     let g = Geometry::new(plan, blocked);
+    // A blocked FP16 output's store reads the sum as stored, widened in registers
+    // (`avx512::store_blocked`); every other epilogue reads it as f32, FP16 widened whole
+    // (a pass over the sum through memory: ResNet-50's at batch 1 hold 5.5 million values).
+    let stored: Option<&[Y]> = sum.map(values);
+    let widened = sum
+        .filter(|_| Y::DTYPE == DType::F32 || !g.blocked.y)
+        .map(as_f32);
+    let add = Addends {
+        bias,
+        sum: widened.as_deref(),
+    };
     match x {
         // A pointwise convolution's input is its own frame (slack 0): no copy in FP32, one
         // parallel widening of the whole input in FP16 (not a frame row at a time).
-        _ if is_pointwise(plan) => compute(plan, &g, &as_f32(x), w, add, y),
-        HostData::F32(x) => conv_from(plan, &g, x, w, add, y),
-        HostData::F16(x) => conv_from(plan, &g, x, w, add, y),
+        _ if is_pointwise(plan) => compute(plan, &g, &as_f32(x), w, add, stored, y),
+        HostData::F32(x) => conv_from(plan, &g, x, w, add, stored, y),
+        HostData::F16(x) => conv_from(plan, &g, x, w, add, stored, y),
     }
 }
 
@@ -633,6 +645,7 @@ fn conv_from<T: Widen, Y: Element>(
     x: &[T],
     w: &[f32],
     add: Addends,
+    stored: Option<&[Y]>,
     y: &mut [Y],
 ) {
     if y.is_empty() {
@@ -655,7 +668,8 @@ fn conv_from<T: Widen, Y: Element>(
                 sum: add.sum.map(|s| &s[part.clone()]),
                 ..add
             };
-            compute(plan, g, frames, w, add, &mut y[part]);
+            let stored = stored.map(|s| &s[part.clone()]);
+            compute(plan, g, frames, w, add, stored, &mut y[part]);
         }
     });
 }
@@ -819,6 +833,7 @@ fn compute<Y: Element>(
     frames: &[f32],
     w: &[f32],
     add: Addends,
+    stored: Option<&[Y]>,
     y: &mut [Y],
 ) {
     let (pq, rs) = (plan.p * plan.q, plan.r * plan.s);
@@ -1052,7 +1067,7 @@ fn compute<Y: Element>(
                                 g.f,
                                 out.slice(at, run * LANES),
                                 add.bias.map(|b| &b[k0..k0 + LANES]),
-                                add.sum.map(|s| &s[at..at + run * LANES]),
+                                stored.map(|s| &s[at..at + run * LANES]),
                                 bounds,
                             )
                         };
@@ -1287,7 +1302,9 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Columns, Finish, Wrap, FAR_PREFETCH_MIN_POSITIONS, LANES};
-    use crate::backend::cpu::avx512::{first, inside, prefetch_for_write, store, transpose16};
+    use crate::backend::cpu::avx512::{
+        first, inside, load, prefetch_for_write, store, transpose16,
+    };
     use crate::dtype::{DType, Element};
 
     /// [`super::tile`] for a `T × F` tile, with the taps' offsets given.
@@ -1655,7 +1672,7 @@ mod avx512 {
 
     /// Writes `run` rows of 16 values (`src + i·ld + (0..16)`) into `dst` (16 values a row),
     /// finished by the epilogue: the bias of the 16 channels, the residual sum (`dst`'s
-    /// layout), the clamp's bounds.
+    /// layout and storage type, FP16 widened in registers), the clamp's bounds.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW and VL; `src` must hold `(run − 1)·ld + 16` values,
@@ -1666,7 +1683,7 @@ mod avx512 {
         ld: usize,
         dst: &mut [Y],
         bias: Option<&[f32]>,
-        sum: Option<&[f32]>,
+        sum: Option<&[Y]>,
         [lo, hi]: [f32; 2],
     ) {
         let run = dst.len() / LANES;
@@ -1679,7 +1696,7 @@ mod avx512 {
             // x + (−0) is x for every x: a missing bias changes nothing.
             let b = bias.map_or(_mm512_set1_ps(-0.0), |b| _mm512_loadu_ps(b.as_ptr()));
             for i in 0..run {
-                let s = sum.map(|s| _mm512_loadu_ps(s.as_ptr().add(i * LANES)));
+                let s = sum.map(|s| load(s.as_ptr().add(i * LANES), !0));
                 let v = finished(_mm512_loadu_ps(src.as_ptr().add(i * ld)), b, s, lo, hi);
                 store(dst.as_mut_ptr().add(i * LANES), !0, v);
             }

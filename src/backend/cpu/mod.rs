@@ -244,42 +244,41 @@ impl Backend for CpuBackend {
             FamilyPlan::Gemm(p) => gemm(p, x[0], inputs[1], x.get(2).copied(), y, account),
             FamilyPlan::Conv(p) => {
                 let bias = p.bias_input().map(|i| as_f32(x[i]));
-                let sum = p.sum_input().map(|i| as_f32(x[i]));
-                let add = conv::Addends {
-                    bias: bias.as_deref(),
-                    sum: sum.as_deref(),
-                };
+                let sum = p.sum_input().map(|i| x[i]);
                 #[cfg(target_arch = "x86_64")]
                 if (layouts.x || layouts.y) && blocked::depthwise(p) {
                     let w = weights_f32(inputs[1], account);
                     match (x[0], y) {
                         (HostData::F32(x), HostData::F32(y)) => {
-                            depthwise_blocked::depthwise(p, layouts, x, &w, add.bias, y)
+                            depthwise_blocked::depthwise(p, layouts, x, &w, bias.as_deref(), y)
                         }
                         (HostData::F16(x), HostData::F16(y)) => {
-                            depthwise_blocked::depthwise(p, layouts, x, &w, add.bias, y)
+                            depthwise_blocked::depthwise(p, layouts, x, &w, bias.as_deref(), y)
                         }
                         _ => unreachable!("plans are validated: input and output share a dtype"),
                     }
                     return;
                 }
-                if layouts.x || layouts.y {
+                if layouts.x || layouts.y || (!winograd::applies(p) && direct::applies(p)) {
+                    // The direct kernel takes the residual sum in its storage type.
                     let w = direct::packed_weights(p, layouts, inputs[1], account);
+                    let bias = bias.as_deref();
                     match y {
-                        HostData::F32(y) => direct::conv(p, layouts, x[0], &w, add, y),
-                        HostData::F16(y) => direct::conv(p, layouts, x[0], &w, add, y),
+                        HostData::F32(y) => direct::conv(p, layouts, x[0], &w, bias, sum, y),
+                        HostData::F16(y) => direct::conv(p, layouts, x[0], &w, bias, sum, y),
                     }
-                } else if winograd::applies(p) {
+                    return;
+                }
+                let sum = sum.map(as_f32);
+                let add = conv::Addends {
+                    bias: bias.as_deref(),
+                    sum: sum.as_deref(),
+                };
+                if winograd::applies(p) {
                     let u = winograd::weights(p, inputs[1], account);
                     match y {
                         HostData::F32(y) => winograd::conv(p, x[0], &u, add, y),
                         HostData::F16(y) => winograd::conv(p, x[0], &u, add, y),
-                    }
-                } else if direct::applies(p) {
-                    let w = direct::packed_weights(p, layouts, inputs[1], account);
-                    match y {
-                        HostData::F32(y) => direct::conv(p, layouts, x[0], &w, add, y),
-                        HostData::F16(y) => direct::conv(p, layouts, x[0], &w, add, y),
                     }
                 } else if p.c_per_group() == 1 {
                     let w = weights_f32(inputs[1], account);
@@ -489,7 +488,7 @@ fn widen<T: Element>(x: &[T], out: &mut Vec<f32>) {
 }
 
 /// `x`'s elements as `T`, the dtype every input of a validated plan shares.
-fn values<T: Element>(x: &HostData) -> &[T] {
+pub(super) fn values<T: Element>(x: &HostData) -> &[T] {
     assert_eq!(
         x.dtype(),
         T::DTYPE,
