@@ -78,10 +78,17 @@ pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], add: Addends, y: &mut [f3
 /// Computes a pointwise `plan` (see [`is_pointwise`]) on FP16 storage through the GEMM lowering,
 /// with no pass over a whole tensor: each task widens its block of input columns into a buffer
 /// that stays in L2, multiplies it on the FP32 kernel into another, applies the epilogue there
-/// and rounds the block into `y`. (Through `conv_f32`, the input was first widened whole, and
+/// (the residual sum, FP16 like `y`, widened a row at a time) and rounds the block into `y`. (Through `conv_f32`, the input was first widened whole, and
 /// the output rounded whole after the epilogue's own pass: three more trips through memory.)
 /// `y` is fully written.
-pub fn pointwise_f16(plan: &ConvPlan, x: &[f16], w: &[f32], add: Addends, y: &mut [f16]) {
+pub fn pointwise_f16(
+    plan: &ConvPlan,
+    x: &[f16],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    sum: Option<&[f16]>,
+    y: &mut [f16],
+) {
     debug_assert!(is_pointwise(plan));
     let (cg, kg, pq) = (plan.c_per_group(), plan.k_per_group(), plan.p * plan.q);
     if y.is_empty() {
@@ -122,7 +129,12 @@ pub fn pointwise_f16(plan: &ConvPlan, x: &[f16], w: &[f32], add: Addends, y: &mu
             }
             for (kk, row) in product.chunks_exact_mut(cols).enumerate() {
                 let at = (i * kg + kk) * pq + j0;
-                add.apply(plan, g * kg + kk, at, row);
+                // The row's residual sum widened into the input columns' buffer (read already).
+                let sum = sum.map(|s| {
+                    f16::widen(&s[at..][..cols], &mut col[..cols]);
+                    &col[..cols]
+                });
+                epilogue(plan, bias.map(|b| b[g * kg + kk]), row, sum);
                 // SAFETY: output channel g·kg + kk of image ni, columns j0..j0 + cols: inside
                 // y (asserted above), written by this item only.
                 narrow(row, unsafe { out.slice(at, cols) });

@@ -269,6 +269,14 @@ impl Backend for CpuBackend {
                     }
                     return;
                 }
+                if let (HostData::F16(xh), HostData::F16(yh)) = (x[0], &mut *y) {
+                    if conv::is_pointwise(p) && p.c_per_group() > 1 {
+                        // FP16 in, FP16 out, the residual sum read as stored.
+                        let w = weights_f32(inputs[1], account);
+                        let sum = sum.map(values);
+                        return conv::pointwise_f16(p, xh, &w, bias.as_deref(), sum, yh);
+                    }
+                }
                 let sum = sum.map(as_f32);
                 let add = conv::Addends {
                     bias: bias.as_deref(),
@@ -293,15 +301,8 @@ impl Backend for CpuBackend {
                     }
                 } else {
                     let w = weights_f32(inputs[1], account);
-                    match (x[0], y) {
-                        (HostData::F16(x), HostData::F16(y)) if conv::is_pointwise(p) => {
-                            conv::pointwise_f16(p, x, &w, add, y)
-                        }
-                        (x, y) => {
-                            let x = as_f32(x);
-                            write_f32(y, |y| conv::conv_f32(p, &x, &w, add, y));
-                        }
-                    }
+                    let x = as_f32(x[0]);
+                    write_f32(y, |y| conv::conv_f32(p, &x, &w, add, y));
                 }
             }
             FamilyPlan::BatchNorm(p) => match (x[0], y) {
