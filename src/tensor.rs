@@ -139,11 +139,15 @@ impl HostData {
         }
     }
 
-    /// Every element widened to f32 (exact).
+    /// Every element widened to f32 (exact; FP16 through `half`'s vectorised slice conversion).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self {
             HostData::F32(v) => v.clone(),
-            HostData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            HostData::F16(v) => {
+                let mut out = vec![0.0; v.len()];
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&v[..], &mut out);
+                out
+            }
         }
     }
 }

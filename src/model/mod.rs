@@ -25,7 +25,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::Op;
 use crate::sync::lock;
-use crate::tensor::{HostTensor, Tensor, TensorDesc};
+use crate::tensor::{HostData, HostTensor, Tensor, TensorDesc};
 pub use fleet::FleetSession;
 use import::{Imported, Known};
 use onnx::Constant;
@@ -269,11 +269,12 @@ impl Model {
             converted.push(
                 (host.dtype() != port.desc.dtype())
                     .then(|| {
-                        HostTensor::from_f32(
-                            port.desc.dtype(),
-                            host.shape(),
-                            &host.data().to_f32_vec(),
-                        )
+                        // An f32 input is converted as it is, not copied first.
+                        let dtype = port.desc.dtype();
+                        match host.data() {
+                            HostData::F32(v) => HostTensor::from_f32(dtype, host.shape(), v),
+                            d => HostTensor::from_f32(dtype, host.shape(), &d.to_f32_vec()),
+                        }
                     })
                     .transpose()?,
             );
