@@ -78,9 +78,9 @@ pub fn conv_f32(plan: &ConvPlan, x: &[f32], w: &[f32], add: Addends, y: &mut [f3
 /// Computes a pointwise `plan` (see [`is_pointwise`]) on FP16 storage through the GEMM lowering,
 /// with no pass over a whole tensor: each task widens its block of input columns into a buffer
 /// that stays in L2, multiplies it on the FP32 kernel into another, applies the epilogue there
-/// (the residual sum, FP16 like `y`, widened a row at a time) and rounds the block into `y`. (Through `conv_f32`, the input was first widened whole, and
-/// the output rounded whole after the epilogue's own pass: three more trips through memory.)
-/// `y` is fully written.
+/// (the residual sum, FP16 like `y`, widened a row at a time) and rounds the block into `y`.
+/// (Through `conv_f32`, the input was first widened whole, and the output rounded whole after
+/// the epilogue's own pass: three more trips through memory.) `y` is fully written.
 pub fn pointwise_f16(
     plan: &ConvPlan,
     x: &[f16],

@@ -54,7 +54,7 @@ pub fn gemm_f32(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mu
     if mn == 0 {
         return;
     }
-    let small = 2 * mn * plan.k < SMALL_MATRIX_FLOPS;
+    let small = is_small(plan);
     // Output matrix `index`, cut into at most `parts` blocks computed in parallel.
     let matrix = |index: usize, y: &mut [f32], parts: usize| {
         let (a_off, b_off) = plan.batch_offsets(index);
@@ -162,16 +162,16 @@ unsafe fn product(
     // owned by this call (the caller's contract).
     let row = |i: usize| unsafe { out.slice(i * n + c0, width) };
     // Seed the output with beta·C (broadcast); the product then accumulates onto it.
-    let seeded = match (c, plan.c) {
-        (Some(c), Some(layout)) if plan.beta != 0.0 => {
+    let seeded = match seed(plan, c) {
+        Some(seed) => {
             for i in block.rows.clone() {
                 for (j, v) in block.cols.clone().zip(row(i)) {
-                    *v = plan.beta * c[i * layout.row + j * layout.col];
+                    *v = seed(i, j);
                 }
             }
             true
         }
-        _ => false,
+        None => false,
     };
     if k == 0 {
         if !seeded {
@@ -217,12 +217,44 @@ unsafe fn product(
 /// storage type: half the bytes of a widened copy.
 pub fn few_rows_f16(plan: &GemmPlan, a: &[f32], b: &[f16], c: Option<&[f32]>, y: &mut [f32]) {
     debug_assert_eq!(plan.batch(), 1);
-    let parts = if 2 * plan.m * plan.n * plan.k < SMALL_MATRIX_FLOPS {
+    let parts = if is_small(plan) {
         1
     } else {
         rayon::current_num_threads()
     };
     few_rows(plan, a, b, c, y, parts)
+}
+
+/// Whether one output matrix of `plan` is below [`SMALL_MATRIX_FLOPS`] (not split across
+/// threads).
+fn is_small(plan: &GemmPlan) -> bool {
+    2 * plan.m * plan.n * plan.k < SMALL_MATRIX_FLOPS
+}
+
+/// `beta·C[i, j]`, C broadcast to the output, where the plan adds a C (none without one, or
+/// with `beta` 0).
+fn seed<'a>(plan: &'a GemmPlan, c: Option<&'a [f32]>) -> Option<impl Fn(usize, usize) -> f32 + 'a> {
+    match (c, plan.c) {
+        (Some(c), Some(l)) if plan.beta != 0.0 => {
+            Some(move |i: usize, j: usize| plan.beta * c[i * l.row + j * l.col])
+        }
+        _ => None,
+    }
+}
+
+/// A whole `m×n` output matrix `y` set to `beta·C` (see [`seed`]), or to zeros without one: what
+/// a product that accumulates onto `y` starts from.
+fn seed_matrix(plan: &GemmPlan, c: Option<&[f32]>, y: &mut [f32]) {
+    match seed(plan, c) {
+        Some(seed) => {
+            for (i, row) in y.chunks_exact_mut(plan.n).enumerate() {
+                row.iter_mut()
+                    .enumerate()
+                    .for_each(|(j, v)| *v = seed(i, j));
+            }
+        }
+        None => y.fill(0.0),
+    }
 }
 
 /// Whether an FP16 GEMM should widen B panel by panel ([`gemm_f16_b`]): a single matrix with
@@ -302,16 +334,7 @@ fn gemv(plan: &GemmPlan, a: &[f32], b: &[f32], c: Option<&[f32]>, y: &mut [f32],
         (b, plan.b.row, a, at)
     };
     let x: Vec<f32> = (0..k).map(|kk| plan.alpha * vector[kk * stride]).collect();
-    match (c, plan.c) {
-        // C broadcast to m×n, walked in y's order (one of m, n is 1).
-        (Some(c), Some(l)) if plan.beta != 0.0 => {
-            let step = if plan.m == 1 { l.col } else { l.row };
-            for (j, v) in y.iter_mut().enumerate() {
-                *v = plan.beta * c[j * step];
-            }
-        }
-        _ => y.fill(0.0),
-    }
+    seed_matrix(plan, c, y);
     if k > 0 && layout.col == 1 {
         // Matrix rows are contiguous: y += xᵀ·mat row by row, each part over its own rows of
         // the matrix (contiguous streams) into its own partial sum.
@@ -388,16 +411,7 @@ fn few_rows<T: Element>(
     let xs: Vec<f32> = (0..m)
         .flat_map(|i| (0..k).map(move |kk| plan.alpha * a[i * plan.a.row + kk * plan.a.col]))
         .collect();
-    match (c, plan.c) {
-        (Some(c), Some(l)) if plan.beta != 0.0 => {
-            for (i, row) in y.chunks_exact_mut(n).enumerate() {
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = plan.beta * c[i * l.row + j * l.col];
-                }
-            }
-        }
-        _ => y.fill(0.0),
-    }
+    seed_matrix(plan, c, y);
     let col = |j: usize| &b[j * plan.b.col..][..k];
     let out = Disjoint::new(y);
     let chunk = n.div_ceil(parts).next_multiple_of(COLUMN_ALIGN);
@@ -410,28 +424,16 @@ fn few_rows<T: Element>(
             // values (the plan was validated against B's shape); these columns of every row
             // of the m×n output are this task's alone.
             unsafe {
-                let done = match m {
-                    1 => rows_dots::<T, 1, 8>(&xs, &col, cols.clone(), out, n),
-                    2 => rows_dots::<T, 2, 8>(&xs, &col, cols.clone(), out, n),
-                    3 => rows_dots::<T, 3, 8>(&xs, &col, cols.clone(), out, n),
-                    4 => rows_dots::<T, 4, 6>(&xs, &col, cols.clone(), out, n),
-                    5 => rows_dots::<T, 5, 4>(&xs, &col, cols.clone(), out, n),
-                    6 => rows_dots::<T, 6, 4>(&xs, &col, cols.clone(), out, n),
-                    7 => rows_dots::<T, 7, 3>(&xs, &col, cols.clone(), out, n),
-                    _ => rows_dots::<T, 8, 3>(&xs, &col, cols.clone(), out, n),
-                };
-                // The columns left over, one at a time.
-                let rest = done..cols.end;
                 match m {
-                    1 => rows_dots::<T, 1, 1>(&xs, &col, rest, out, n),
-                    2 => rows_dots::<T, 2, 1>(&xs, &col, rest, out, n),
-                    3 => rows_dots::<T, 3, 1>(&xs, &col, rest, out, n),
-                    4 => rows_dots::<T, 4, 1>(&xs, &col, rest, out, n),
-                    5 => rows_dots::<T, 5, 1>(&xs, &col, rest, out, n),
-                    6 => rows_dots::<T, 6, 1>(&xs, &col, rest, out, n),
-                    7 => rows_dots::<T, 7, 1>(&xs, &col, rest, out, n),
-                    _ => rows_dots::<T, 8, 1>(&xs, &col, rest, out, n),
-                };
+                    1 => rows_dots::<T, 1, 8>(&xs, &col, cols, out, n),
+                    2 => rows_dots::<T, 2, 8>(&xs, &col, cols, out, n),
+                    3 => rows_dots::<T, 3, 8>(&xs, &col, cols, out, n),
+                    4 => rows_dots::<T, 4, 6>(&xs, &col, cols, out, n),
+                    5 => rows_dots::<T, 5, 4>(&xs, &col, cols, out, n),
+                    6 => rows_dots::<T, 6, 4>(&xs, &col, cols, out, n),
+                    7 => rows_dots::<T, 7, 3>(&xs, &col, cols, out, n),
+                    _ => rows_dots::<T, 8, 3>(&xs, &col, cols, out, n),
+                }
             }
         }
     });
@@ -487,11 +489,10 @@ mod avx512 {
     use crate::backend::cpu::avx512::{first, load};
     use crate::dtype::Element;
 
-    /// For the columns `cols` of the output in whole groups of `C`: `y[r·n + j] += Σ_i xs[r·k +
-    /// i] · col(j)[i]` for each of the `R` rows of `xs` (`k` values each), the group's columns
-    /// read side by side (FP16 widened in registers; masked past the last whole vector), `R × C`
-    /// sums of 16 lanes in registers. Returns the first column not computed (the rest of `cols`
-    /// is fewer than `C`).
+    /// For the columns `cols` of the output: `y[r·n + j] += Σ_i xs[r·k + i] · col(j)[i]` for
+    /// each of the `R` rows of `xs` (`k` values each), in groups of `C` columns read side by
+    /// side (FP16 widened in registers; masked past the last whole vector), `R × C` sums of 16
+    /// lanes in registers; the columns past the last whole group one at a time.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW and VL; `xs` holds `R` rows of `k` values and every
@@ -504,7 +505,7 @@ mod avx512 {
         cols: Range<usize>,
         y: Disjoint,
         n: usize,
-    ) -> usize {
+    ) {
         let k = xs.len() / R;
         let end = cols.start + cols.len() / C * C;
         for j in (cols.start..end).step_by(C) {
@@ -532,7 +533,10 @@ mod avx512 {
                 }
             }
         }
-        end
+        if C > 1 && end < cols.end {
+            // SAFETY: this call's contract, for the columns it left.
+            unsafe { rows_dots::<T, R, 1>(xs, col, end..cols.end, y, n) };
+        }
     }
 }
 
