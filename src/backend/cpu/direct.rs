@@ -27,12 +27,14 @@
 //! padded with zeros), from a cache line so that a `Channels` tile's weight loads never split,
 //! and kept with the weight tensor (see [`super::derived`]). Work is cut into (image, block of
 //! output rows, group of blocks of `F` output channels) items shared by the threads. Each tile
-//! runs for every block of its item's group in turn, so its input stays in L1 (a `Channels` tile
-//! also prefetches a share of the weights read next, see [`Weights`]). Where `y` is FP32, or
-//! FP16 and one channel chunk holds every input channel (the stems: tiles then never add to
-//! what they stored), `Positions` tiles write `y`, each frame row's first `q` positions onto an
-//! output row (a vector crossing a row's end stored in two masked parts, [`Wrap`]; frame rows
-//! of at least 16), FP16 rounded in the register; otherwise tiles write a small buffer, copied
+//! runs for every block of its item's group in turn, so its input stays in L1; a `Channels`
+//! tile, which reads more weights than input, has groups of few blocks, down to one, whose
+//! weights stay in L1 instead (see [`split`]; it also prefetches a share of the weights read
+//! next, see [`Weights`]). Where `y` is FP32, or FP16 and one channel chunk holds every input
+//! channel (the stems: tiles then never add to what they stored), `Positions` tiles write `y`,
+//! each frame row's first `q` positions onto an output row (a vector crossing a row's end
+//! stored in two masked parts, [`Wrap`]; frame rows of at least 16), FP16 rounded in the
+//! register; otherwise tiles write a small buffer, copied
 //! into `y` (`Channels` tiles: transposed), an FP16 `y` rounded on the way (no FP32 copy of the
 //! whole output). The convolution's epilogue (bias, residual sum, ReLU or Clip) is applied in
 //! registers: by `Positions` tiles as they store (the sum only where they write `y`), by the
@@ -84,6 +86,15 @@ const BLOCK_CHUNK_WEIGHT_BYTES: usize = 32 << 10;
 
 /// See [`BLOCK_CHUNK_WEIGHT_BYTES`].
 const BLOCK_CHUNK_MIN_CHANNELS: usize = 8;
+
+/// Multiply-adds a `Channels` tile's item holds at least, where its group of output channel
+/// blocks is cut down (see [`split`]): ResNet-50 at batch 8 took 0.95× the time with one block
+/// per item instead of all 32 (its 1×1 convolutions with 2048 output channels 0.78–0.81×: with
+/// every block in one item, chunks of 32 channels streamed the weights from L2), MobileNetV2's
+/// 96 → 576 expansions at 14×14 (1.2 million per block) 0.85–0.90×; but its 160 → 960
+/// expansions at 7×7 (0.5 million per block) took 1.2× the time with one block per item
+/// instead of two to five (Intel Xeon model 207, two threads, `eia infer --profile`).
+const CHANNELS_ITEM_TERMS: usize = 1_000_000;
 
 /// Work items per thread, about, where the output channel blocks are split for them.
 const ITEMS_PER_THREAD: usize = 4;
@@ -346,7 +357,7 @@ impl Geometry {
             hf,
             wf,
             chan,
-            rows: even_rows(plan, rows, f),
+            rows: even_rows(plan, rows, tile),
             tile,
             f,
             slack: (plan.p * wf + furthest).saturating_sub(chan),
@@ -405,22 +416,36 @@ impl Geometry {
     }
 }
 
-/// How `images` images' work is cut, with items of `rows` output rows and blocks of `f`
-/// output channels: `(blocks, kbs, group, groups)`, the blocks of output rows, the blocks of
+/// How `images` images' work is cut, with items of `rows` output rows and blocks of output
+/// channels of `tile`: `(blocks, kbs, group, groups)`, the blocks of output rows, the blocks of
 /// output channels, and the groups of up to `group` of them. An item is one image's block of
-/// rows for one group; where an image has fewer than [`ITEMS_PER_THREAD`] blocks of rows per
-/// thread, its output channels are split into groups to make more items: equal groups, as
-/// many items as make a multiple of the threads where down to half the group size allows it
-/// (20 blocks on two threads: ten groups of 2, not six of 3 and one of 2, which left one thread
-/// idle for a seventh of the time).
-fn split(plan: &ConvPlan, rows: usize, f: usize, images: usize) -> (usize, usize, usize, usize) {
+/// rows for one group.
+///
+/// Where an image has fewer than [`ITEMS_PER_THREAD`] blocks of rows per thread, its output
+/// channels are split into groups to make more items: equal groups, as many items as make a
+/// multiple of the threads where down to half the group size allows it (20 blocks on two
+/// threads: ten groups of 2, not six of 3 and one of 2, which left one thread idle for a
+/// seventh of the time). A `Positions` tile reads four vectors of input for six weights, so it
+/// keeps its input in L1 over the blocks of its group; a `Channels` tile reads the other way
+/// round (four vectors of weights for six input values), so its group is as small as leaves
+/// [`CHANNELS_ITEM_TERMS`] multiply-adds per item: each block's chunk of weights stays in L1
+/// while the tile runs over the item's positions, and the chunks are as long as one block
+/// allows (see [`block_chunk`]).
+fn split(plan: &ConvPlan, rows: usize, tile: Tile, images: usize) -> (usize, usize, usize, usize) {
     let threads = rayon::current_num_threads();
     let blocks = plan.p.div_ceil(rows);
-    let kbs = plan.k.div_ceil(f);
+    let kbs = plan.k.div_ceil(tile.channels());
     let splits = (ITEMS_PER_THREAD * threads)
         .div_ceil(images * blocks)
         .clamp(1, kbs);
     let most = kbs.div_ceil(splits);
+    let most = match tile {
+        Tile::Positions { .. } => most,
+        Tile::Channels { .. } => {
+            let block = rows.min(plan.p) * plan.q * tile.channels() * plan.c * plan.r * plan.s;
+            most.min(CHANNELS_ITEM_TERMS.div_ceil(block))
+        }
+    };
     let group = (most.div_ceil(2)..=most)
         .rev()
         .find(|&g| kbs.is_multiple_of(g) && (images * blocks * (kbs / g)).is_multiple_of(threads))
@@ -433,12 +458,12 @@ fn split(plan: &ConvPlan, rows: usize, f: usize, images: usize) -> (usize, usize
 /// together only if each gets as much work: seven items of 8 rows on two threads leave one idle
 /// for an eighth of the time, eight of 7 rows do not; 28 rows cut 17 + 11 leave one idle for a
 /// fifth. The rows shrink by half at most, and the channel groups stay as they are.
-fn even_rows(plan: &ConvPlan, rows: usize, f: usize) -> usize {
+fn even_rows(plan: &ConvPlan, rows: usize, tile: Tile) -> usize {
     let threads = rayon::current_num_threads();
     let rows = plan.p.div_ceil(plan.p.div_ceil(rows));
-    let (blocks, _, _, groups) = split(plan, rows, f, plan.n);
+    let (blocks, _, _, groups) = split(plan, rows, tile, plan.n);
     let even = |rows: usize| {
-        let (b, _, _, g) = split(plan, rows, f, plan.n);
+        let (b, _, _, g) = split(plan, rows, tile, plan.n);
         g == groups && (plan.n * b * g).is_multiple_of(threads)
     };
     if even(rows) {
@@ -823,10 +848,10 @@ fn block_chunk(rs: usize, f: usize) -> usize {
 /// Every (image, row block, group of output channel blocks) item of one group of framed images
 /// into its part of `y` (`[images, k, p, q]`). Each tile of an item runs for every block of its
 /// group in turn, so the input it reads stays in L1 and the weights stream from L2 (or, with
-/// one block per item, stay in L1: see [`BLOCK_CHUNK_WEIGHT_BYTES`]). Where `y` is FP32 (or
-/// FP16 with every channel in one chunk) and frame rows are output rows or at least 16 long
-/// ([`Wrap`]), `Positions` tiles write `y` directly; otherwise tiles write a buffer, copied (or
-/// transposed, and FP16 rounded) into `y` at the end.
+/// one block per item, stay in L1: see [`BLOCK_CHUNK_WEIGHT_BYTES`] and [`split`]). Where `y`
+/// is FP32 (or FP16 with every channel in one chunk) and frame rows are output rows or at least
+/// 16 long ([`Wrap`]), `Positions` tiles write `y` directly; otherwise tiles write a buffer,
+/// copied (or transposed, and FP16 rounded) into `y` at the end.
 fn compute<Y: Element>(
     plan: &ConvPlan,
     g: &Geometry,
@@ -838,7 +863,7 @@ fn compute<Y: Element>(
 ) {
     let (pq, rs) = (plan.p * plan.q, plan.r * plan.s);
     let images = y.len() / (plan.k * pq);
-    let (blocks, kbs, group, groups) = split(plan, g.rows, g.f, images);
+    let (blocks, kbs, group, groups) = split(plan, g.rows, g.tile, images);
     let (t, step) = match g.tile {
         Tile::Positions { t, .. } => (t, t * LANES),
         Tile::Channels { t, .. } => (t, t),
@@ -1851,33 +1876,46 @@ mod tests {
     #[test]
     fn channel_groups_are_equal_and_divide_among_the_threads() {
         let desc = |shape: &[usize]| TensorDesc::new(DType::F32, shape).unwrap();
-        // (input, output channels, threads, blocks per group): MobileNetV2's last pointwise
-        // convolution (20 blocks of 64) and its 14×14 projection (2 of 48).
-        for (x, k, threads, want) in [
-            ([1, 320, 7, 7], 1280, 2, 2),
-            ([1, 320, 7, 7], 1280, 1, 5),
-            ([1, 320, 7, 7], 1280, 4, 1),
-            ([1, 576, 14, 14], 96, 2, 1),
+        // (input, output channels, kernel size, threads, tile, blocks per group, equal groups
+        // making a multiple of the threads): a 3×3 convolution of 12 blocks of 6 channels over 4
+        // blocks of rows on `Positions` tiles, its groups as large as leave ITEMS_PER_THREAD
+        // items per thread; MobileNetV2's pointwise convolutions on `Channels` tiles, cut to
+        // one block where it has a million terms (320 → 1280 and 576 → 96 on 7×7 and 14×14) or
+        // two where it has half a million (160 → 960 on 7×7: 15 blocks make no equal groups).
+        let positions = Tile::Positions { t: 4, f: 6 };
+        let channels = |v| Tile::Channels { t: 6, v };
+        for (x, k, r, threads, tile, want, equal) in [
+            ([1, 8, 40, 40], 72, 3, 2, positions, 6, true),
+            ([1, 8, 40, 40], 72, 3, 1, positions, 12, true),
+            ([1, 8, 40, 40], 72, 3, 4, positions, 3, true),
+            ([1, 320, 7, 7], 1280, 1, 2, channels(4), 1, true),
+            ([1, 320, 7, 7], 1280, 1, 1, channels(4), 1, true),
+            ([1, 576, 14, 14], 96, 1, 2, channels(3), 1, true),
+            ([1, 160, 7, 7], 960, 1, 2, channels(4), 2, false),
         ] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let plan = Conv::default()
-                .plan(&desc(&x), &desc(&[k, x[1], 1, 1]), None, None)
+            let conv = Conv {
+                pads: [r / 2; 4],
+                ..Conv::default()
+            };
+            let plan = conv
+                .plan(&desc(&x), &desc(&[k, x[1], r, r]), None, None)
                 .unwrap();
-            let (kbs, group, items) = pool.install(|| {
+            let (chosen, kbs, group, items) = pool.install(|| {
                 let g = Geometry::new(&plan, Layouts::default());
-                let (blocks, kbs, group, groups) = split(&plan, g.rows, g.f, plan.n);
-                (kbs, group, plan.n * blocks * groups)
+                let (blocks, kbs, group, groups) = split(&plan, g.rows, g.tile, plan.n);
+                (g.tile, kbs, group, plan.n * blocks * groups)
             });
-            assert_eq!(group, want, "{x:?} → {k} on {threads} threads");
-            assert_eq!(kbs % group, 0, "{x:?} → {k}: equal groups");
-            assert_eq!(
-                items % threads,
-                0,
-                "{x:?} → {k} on {threads} threads: {items} items"
-            );
+            let case = format!("{x:?} → {k} on {threads} threads");
+            assert_eq!(chosen, tile, "{case}");
+            assert_eq!(group, want, "{case}");
+            if equal {
+                assert_eq!(kbs % group, 0, "{case}: equal groups");
+                assert_eq!(items % threads, 0, "{case}: {items} items");
+            }
         }
     }
 
@@ -1908,7 +1946,7 @@ mod tests {
                 .unwrap();
             let (rows, items) = pool.install(|| {
                 let g = Geometry::new(&plan, Layouts::default());
-                let (blocks, _, _, groups) = split(&plan, g.rows, g.f, plan.n);
+                let (blocks, _, _, groups) = split(&plan, g.rows, g.tile, plan.n);
                 (g.rows, plan.n * blocks * groups)
             });
             assert_eq!(rows, want, "{x:?} on {threads} threads");
