@@ -32,8 +32,9 @@ fn conv_cases(name: &str, cases: &[([usize; 4], [usize; 4], eia::ops::Conv)], su
 /// 8 MiB a group holds), output channels that fill no register tile (1, 7, 13) or leave a
 /// block's last vectors empty (21, 40, 70, 200), output maps of many row blocks and single
 /// rows, channels in several chunks, strides and dilations that split the input into phases of
-/// unequal widths, and strided 1×1 convolutions; every other case with a fused Clip, two in
-/// three with a residual sum.
+/// unequal widths, strided 1×1 convolutions, and thin pointwise projections (FP32: a wide map
+/// of two images, output channels that fill no block); every other case with a fused Clip, two
+/// in three with a residual sum.
 #[test]
 fn direct_conv_edges() {
     use eia::ops::Conv;
@@ -43,7 +44,7 @@ fn direct_conv_edges() {
         dilations,
         ..Conv::default()
     };
-    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 14] = [
+    let cases: [([usize; 4], [usize; 4], eia::ops::Conv); 16] = [
         // Few output channels on a wide map (a `Positions` tile) whose frame rows are wider than
         // the output rows, in several channel chunks.
         (
@@ -117,6 +118,16 @@ fn direct_conv_edges() {
             [70, 9, 1, 1],
             conv([3, 2], [1, 0, 2, 1], [1, 1]),
         ),
+        (
+            [2, 144, 23, 25],
+            [24, 144, 1, 1],
+            conv([1, 1], [0; 4], [1, 1]),
+        ),
+        (
+            [1, 100, 17, 30],
+            [17, 100, 1, 1],
+            conv([1, 1], [0; 4], [1, 1]),
+        ),
     ];
     conv_cases("direct_conv_edges", &cases, true);
 }
@@ -148,7 +159,8 @@ fn winograd_conv_edges() {
 
 /// Shapes for pointwise convolutions on the GEMM lowering (`src/backend/cpu/conv.rs`; FP16 ones
 /// widened and rounded a block of columns at a time, `pointwise_f16`; none of these is small
-/// enough with channels enough for the direct kernel): maps of one position, of fewer than a
+/// enough with channels enough for the direct kernel, which with AVX-512 takes the FP32 130 → 1
+/// as a thin projection): maps of one position, of fewer than a
 /// vector and of a partial last vector, a 14×14 map, maps cut into column blocks whose last one
 /// is shorter (on two or more threads), many input channels, output channels that fill no
 /// register tile (1, 17, 70) and many (200); every other case with a fused Clip, two in three

@@ -1,7 +1,8 @@
 //! Direct CPU convolution with AVX-512 for dense convolutions (one group) larger than 1×1 or
 //! strided, and for pointwise ones (1×1, stride 1, unpadded) on small maps with many input
-//! channels (see [`applies`]): no im2col matrix, every tap read straight from a padded copy of
-//! the input (or, for a pointwise convolution's FP32 input, the input itself).
+//! channels or with few output channels (see [`applies`]): no im2col matrix, every tap read
+//! straight from a padded copy of the input (or, for a pointwise convolution's FP32 input, the
+//! input itself).
 //!
 //! Each image's input is copied once into a zero-bordered *frame* per channel, split into
 //! `stride_h × stride_w` phases (phase `(a, b)` holds padded rows `a, a + sh, …` and columns
@@ -205,15 +206,28 @@ const POINTWISE_MAX_POSITIONS: usize = 196;
 /// See [`POINTWISE_MAX_POSITIONS`].
 const POINTWISE_MIN_CHANNELS: usize = 128;
 
+/// Pointwise FP32 convolutions of at most this many output channels, and at least four times
+/// as many input channels, run here on any map: the GEMM lowering packs the input for a
+/// product that uses each value only `k` times. MobileNetV2's projections (96 and 144 → 24 at
+/// 56×56, 144 and 192 → 32 at 28×28) took 0.78–0.91× the GEMM's time (`eia infer --profile`,
+/// Intel Xeon model 207, two threads); in FP16, whose direct kernel widens the whole input
+/// first, 1.16–1.85×.
+const THIN_MAX_CHANNELS: usize = 32;
+
 /// Whether the direct kernel computes `plan` on this CPU: dense convolutions larger than 1×1,
 /// strided 1×1 ones (ResNet's downsampling shortcuts: their frame is the one phase they read;
 /// 15–25% faster than the GEMM lowering on ResNet-50's three, `eia infer`, one thread, Zen 4),
-/// and the pointwise ones above.
+/// the pointwise ones above, and thin projections ([`THIN_MAX_CHANNELS`]).
 pub fn applies(plan: &ConvPlan) -> bool {
     let pointwise = is_pointwise(plan)
-        && plan.p * plan.q <= POINTWISE_MAX_POSITIONS
-        && plan.c >= POINTWISE_MIN_CHANNELS;
+        && (plan.p * plan.q <= POINTWISE_MAX_POSITIONS && plan.c >= POINTWISE_MIN_CHANNELS
+            || thin(plan));
     computes(plan) && (plan.r * plan.s > 1 || pointwise || plan.stride != [1, 1])
+}
+
+/// Whether pointwise `plan` is a thin FP32 projection (see [`THIN_MAX_CHANNELS`]).
+fn thin(plan: &ConvPlan) -> bool {
+    plan.dtype == DType::F32 && plan.k <= THIN_MAX_CHANNELS && plan.c >= 4 * plan.k
 }
 
 /// Whether the direct kernel can compute `plan` on this CPU at all: one group, no empty
