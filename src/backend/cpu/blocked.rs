@@ -104,17 +104,45 @@ pub fn depthwise(plan: &ConvPlan) -> bool {
     }
 }
 
-/// Whether [`global_pool`] computes `plan` (from a blocked input).
+/// Whether a kernel computes pool `plan` from a blocked input: a global one ([`global_pool`])
+/// or a window MaxPool (`pool::blocked_max`, into a planar output).
 pub fn pools(plan: &PoolPlan) -> bool {
+    global(plan) || window_max(plan)
+}
+
+/// Whether [`global_pool`] computes `plan`.
+pub fn global(plan: &PoolPlan) -> bool {
     plan.global && plan.kind != PoolKind::AverageIncludePad && plan.c.is_multiple_of(BLOCK)
 }
 
-/// A global pool (maximum or mean, as [`pools`] allows) of blocked `x` into `y` (`[n, c]`:
+/// Whether `pool::blocked_max` computes `plan`.
+pub fn window_max(plan: &PoolPlan) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::pool::blocked_max::applies(plan);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = plan;
+        false
+    }
+}
+
+/// Pool `plan` (for which [`pools`] holds) of blocked `x` into planar `y`.
+pub fn pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
+    if global(plan) {
+        return global_pool(plan, x, y);
+    }
+    #[cfg(target_arch = "x86_64")]
+    return super::pool::blocked_max::max_pool(plan, x, y);
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no kernel pools a window from a blocked input here")
+}
+
+/// A global pool (maximum or mean, as [`global`] allows) of blocked `x` into `y` (`[n, c]`:
 /// one position, the same in either layout), sixteen channels a vector; the mean divided as
 /// `pool::mean` divides it, and NaN ignored by the maximum as in `pool::global_max`. FP16 input
 /// is widened a block at a time (element by element it took 6.7× the FP32 pool's time in
 /// ResNet-50).
-pub fn global_pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
+fn global_pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
     let (hw, max) = (plan.h * plan.w, plan.kind == PoolKind::Max);
     y.par_chunks_mut(BLOCK)
         .zip(x.par_chunks(BLOCK * hw))
@@ -144,7 +172,7 @@ pub fn global_pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
 /// For each step of a program, whether its output is left blocked: it is a convolution that
 /// can write the blocked layout, it is not among the entries the program's caller `reads`, and
 /// every later step that reads it (before the entry is written again) reads it blocked at no
-/// loss: a global pool; a convolution as its residual sum where its own output is blocked; a
+/// loss: a global pool or a window MaxPool ([`pools`]); a convolution as its residual sum where its own output is blocked; a
 /// convolution as its input where its own output is blocked too, or where it writes a planar
 /// output at no loss ([`reads_into_planar`]). Decided from the last step back, since a
 /// convolution's reading depends on its own output; then, from the first step on, a depthwise
@@ -160,7 +188,7 @@ pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -
                 .map(|&i| descs.get(i).copied().flatten())
                 .collect();
             match &s.op {
-                Op::Conv(_) | Op::GlobalAveragePool | Op::GlobalMaxPool => {
+                Op::Conv(_) | Op::MaxPool(_) | Op::GlobalAveragePool | Op::GlobalMaxPool => {
                     s.op.plan(&inputs?).ok().map(|p| p.family)
                 }
                 _ => None,
@@ -361,6 +389,60 @@ mod tests {
         // From the program's (planar) input, the depthwise output stays planar too.
         let from_input = [depthwise(1, 2), pointwise(2, 6, 3)];
         assert_eq!(outputs(&from_input, &descs, &[3]), [false, false]);
+    }
+
+    /// ResNet's stem and the MaxPool after it, which reads the stem's output blocked into its
+    /// own planar output.
+    #[test]
+    fn a_convolution_feeding_a_max_pool_stays_blocked() {
+        if !super::super::avx512::supported() {
+            return;
+        }
+        use crate::ops::{Conv, MaxPool};
+        let desc = |shape: &[usize]| Some(TensorDesc::new(DType::F32, shape).unwrap());
+        // Entries: 0 the input, 1..=3 activations, 4.. weights.
+        let descs = [
+            desc(&[1, 3, 224, 224]),
+            desc(&[1, 64, 112, 112]),
+            desc(&[1, 64, 56, 56]),
+            desc(&[1, 64, 56, 56]),
+            desc(&[64, 3, 7, 7]),
+            desc(&[64, 64, 1, 1]),
+        ];
+        let descs: Vec<Option<&TensorDesc>> = descs.iter().map(|d| d.as_ref()).collect();
+        let stem = Step {
+            op: Op::Conv(Conv {
+                strides: [2, 2],
+                pads: [3; 4],
+                ..Conv::default()
+            }),
+            inputs: vec![0, 4],
+            output: 1,
+        };
+        let pool = Step {
+            op: Op::MaxPool(MaxPool {
+                kernel_shape: [3, 3],
+                strides: [2, 2],
+                pads: [1; 4],
+                ..MaxPool::default()
+            }),
+            inputs: vec![1],
+            output: 2,
+        };
+        let pointwise = Step {
+            op: Op::Conv(Conv::default()),
+            inputs: vec![2, 5],
+            output: 3,
+        };
+        let steps = [stem.clone(), pool.clone(), pointwise];
+        assert_eq!(outputs(&steps, &descs, &[3]), [true, false, false]);
+        // Also read by an op that reads planar values, the stem's output is planar.
+        let relu = Step {
+            op: Op::Relu,
+            inputs: vec![1],
+            output: 3,
+        };
+        assert_eq!(outputs(&[stem, pool, relu], &descs, &[2, 3]), [false; 3]);
     }
 
     #[test]

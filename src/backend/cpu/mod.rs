@@ -337,8 +337,8 @@ impl Backend for CpuBackend {
                 }
             },
             FamilyPlan::Pool(p) => match (x[0], y) {
-                (HostData::F32(x), HostData::F32(y)) if layouts.x => blocked::global_pool(p, x, y),
-                (HostData::F16(x), HostData::F16(y)) if layouts.x => blocked::global_pool(p, x, y),
+                (HostData::F32(x), HostData::F32(y)) if layouts.x => blocked::pool(p, x, y),
+                (HostData::F16(x), HostData::F16(y)) if layouts.x => blocked::pool(p, x, y),
                 (HostData::F32(x), HostData::F32(y)) => pool::pool(p, x, y),
                 (HostData::F16(x), HostData::F16(y)) => pool::pool(p, x, y),
                 _ => unreachable!("plans are validated: input and output share a dtype"),
@@ -369,7 +369,7 @@ impl Backend for CpuBackend {
 
 /// Which of an op's activations are blocked (see `blocked`): a convolution's input where it is
 /// blocked and the kernel reads it so, its output where `want` (the program allows it) and the
-/// kernel writes it so; a global pool's input where it is blocked.
+/// kernel writes it so; a global pool's or window MaxPool's input where it is blocked.
 fn layouts(plan: &Plan, inputs: &[&CpuData], want: bool) -> Layouts {
     let blocked_x = inputs[0].blocked().is_some();
     match &plan.family {

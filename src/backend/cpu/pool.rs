@@ -26,8 +26,11 @@
 //! plane (FP16 widened in registers, [`avx512::globals`]), sixteen planes' vectors then reduced
 //! across their lanes together into one vector of outputs, else lane arrays folded in halves,
 //! one loop per task ([`globals`]; FP16 planes widened a group at a time, so that they are
-//! reduced from L1).
+//! reduced from L1). Inside a model, a MaxPool of a convolution's blocked output reads it as it
+//! is ([`blocked_max`]), and a global pool too (`super::blocked`).
 
+#[cfg(target_arch = "x86_64")]
+pub mod blocked_max;
 #[cfg(target_arch = "x86_64")]
 mod flat;
 
