@@ -111,12 +111,12 @@ pub fn pools(plan: &PoolPlan) -> bool {
 }
 
 /// Whether [`global_pool`] computes `plan`.
-pub fn global(plan: &PoolPlan) -> bool {
+fn global(plan: &PoolPlan) -> bool {
     plan.global && plan.kind != PoolKind::AverageIncludePad && plan.c.is_multiple_of(BLOCK)
 }
 
 /// Whether `pool::blocked_max` computes `plan`.
-pub fn window_max(plan: &PoolPlan) -> bool {
+fn window_max(plan: &PoolPlan) -> bool {
     #[cfg(target_arch = "x86_64")]
     return super::pool::blocked_max::applies(plan);
     #[cfg(not(target_arch = "x86_64"))]
@@ -172,12 +172,12 @@ fn global_pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
 /// For each step of a program, whether its output is left blocked: it is a convolution that
 /// can write the blocked layout, it is not among the entries the program's caller `reads`, and
 /// every later step that reads it (before the entry is written again) reads it blocked at no
-/// loss: a global pool or a window MaxPool ([`pools`]); a convolution as its residual sum where its own output is blocked; a
-/// convolution as its input where its own output is blocked too, or where it writes a planar
-/// output at no loss ([`reads_into_planar`]). Decided from the last step back, since a
-/// convolution's reading depends on its own output; then, from the first step on, a depthwise
-/// convolution keeps a blocked output only where its input is blocked. `descs` gives each table
-/// entry's descriptor (none for an empty entry).
+/// loss: a global pool or a window MaxPool ([`pools`]); a convolution as its residual sum where
+/// its own output is blocked; a convolution as its input where its own output is blocked too,
+/// or where it writes a planar output at no loss ([`reads_into_planar`]). Decided from the last
+/// step back, since a convolution's reading depends on its own output; then, from the first
+/// step on, a depthwise convolution keeps a blocked output only where its input is blocked.
+/// `descs` gives each table entry's descriptor (none for an empty entry).
 pub fn outputs(steps: &[Step], descs: &[Option<&TensorDesc>], reads: &[usize]) -> Vec<bool> {
     let plans: Vec<Option<FamilyPlan>> = steps
         .iter()
