@@ -456,7 +456,7 @@ fn split(plan: &ConvPlan, rows: usize, tile: Tile, images: usize) -> (usize, usi
     let most = match tile {
         Tile::Positions { .. } => most,
         Tile::Channels { .. } => {
-            let block = rows.min(plan.p) * plan.q * tile.channels() * plan.c * plan.r * plan.s;
+            let block = rows * plan.q * tile.channels() * plan.c * plan.r * plan.s;
             most.min(CHANNELS_ITEM_TERMS.div_ceil(block))
         }
     };

@@ -79,9 +79,9 @@ pub fn max_pool<T: Element>(plan: &PoolPlan, x: &[T], y: &mut [T]) {
                 // p0·q.. of its block's sixteen output planes, which no other item writes.
                 unsafe {
                     pool_rows(plan, xb, p0..p1, padded, results);
-                    let planes: Vec<&mut [T]> = (0..BLOCK)
-                        .map(|l| out.slice((block * BLOCK + l) * pq + p0 * plan.q, positions))
-                        .collect();
+                    let planes: [&mut [T]; BLOCK] = std::array::from_fn(|l| {
+                        out.slice((block * BLOCK + l) * pq + p0 * plan.q, positions)
+                    });
                     transpose_into(results, positions, planes);
                 }
             },
@@ -193,7 +193,11 @@ unsafe fn horizontal(
 /// The CPU must support AVX-512 F, BW and VL; `results` holds `positions` rounded up to sixteen
 /// vectors, and each plane `positions` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn transpose_into<T: Element>(results: &[f32], positions: usize, mut planes: Vec<&mut [T]>) {
+unsafe fn transpose_into<T: Element>(
+    results: &[f32],
+    positions: usize,
+    mut planes: [&mut [T]; BLOCK],
+) {
     debug_assert!(results.len() >= BLOCK * positions.next_multiple_of(BLOCK));
     for i in (0..positions).step_by(BLOCK) {
         let m = first(positions - i);
