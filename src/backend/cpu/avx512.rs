@@ -130,6 +130,45 @@ pub unsafe fn store<T: Element>(p: *mut T, m: __mmask16, v: __m512) {
     }
 }
 
+/// The epilogue of one vector of outputs: `(v + bias) + sum`, as `conv::epilogue` rounds it
+/// (a missing bias is −0, which changes nothing), clamped to `[lo, hi]` (max and min return
+/// their second operand when either is NaN: NaN stays NaN, as in `Clamp::apply`).
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub fn finished(v: __m512, bias: __m512, sum: Option<__m512>, lo: __m512, hi: __m512) -> __m512 {
+    let v = _mm512_add_ps(v, bias);
+    let v = sum.map_or(v, |s| _mm512_add_ps(v, s));
+    _mm512_min_ps(hi, _mm512_max_ps(lo, v))
+}
+
+/// `out = clamp((row + bias) + sum)` (the bounds `[lo, hi]`; the sum in `out`'s storage type,
+/// widened in registers), FP16 rounded as stored: [`finished`] over a row of outputs in one
+/// pass.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL; `out` and the sum (if any) have `row`'s length.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn finish_into<Y: Element>(
+    row: &[f32],
+    bias: f32,
+    sum: Option<&[Y]>,
+    [lo, hi]: [f32; 2],
+    out: &mut [Y],
+) {
+    debug_assert!(out.len() == row.len() && sum.is_none_or(|s| s.len() == row.len()));
+    let (b, lo, hi) = (_mm512_set1_ps(bias), _mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    for i in (0..row.len()).step_by(16) {
+        let m = first(row.len() - i);
+        // SAFETY: lanes i..i + 16 under `m` lie inside `row`, `out` and the sum (equal
+        // lengths, the caller's contract).
+        unsafe {
+            let s = sum.map(|s| load(s.as_ptr().add(i), m));
+            let v = finished(load(row.as_ptr().add(i), m), b, s, lo, hi);
+            store(out.as_mut_ptr().add(i), m, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

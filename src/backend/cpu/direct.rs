@@ -1352,7 +1352,7 @@ mod avx512 {
 
     use super::{Columns, Finish, Wrap, FAR_PREFETCH_MIN_POSITIONS, LANES};
     use crate::backend::cpu::avx512::{
-        first, inside, load, prefetch_for_write, store, transpose16,
+        finished, first, inside, load, prefetch_for_write, store, transpose16,
     };
     use crate::dtype::{DType, Element};
 
@@ -1721,17 +1721,6 @@ mod avx512 {
                 }
             }
         }
-    }
-
-    /// The epilogue of one vector of outputs: `(v + bias) + sum`, as `conv::epilogue` rounds it
-    /// (a missing bias is −0, which changes nothing), clamped to `[lo, hi]` (max and min return
-    /// their second operand when either is NaN: NaN stays NaN, as in `Clamp::apply`).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn finished(v: __m512, bias: __m512, sum: Option<__m512>, lo: __m512, hi: __m512) -> __m512 {
-        let v = _mm512_add_ps(v, bias);
-        let v = sum.map_or(v, |s| _mm512_add_ps(v, s));
-        _mm512_min_ps(hi, _mm512_max_ps(lo, v))
     }
 
     /// Writes `run` rows of 16 values (`src + i·ld + (0..16)`) into `dst` (16 values a row),
