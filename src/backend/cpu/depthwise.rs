@@ -4,7 +4,8 @@
 //! With AVX-512 (F, BW and VL), a column stride of 1 or 2 and at most 16 kernel columns, the
 //! kernel reads the input channel where it lies (`avx512`), with no copy: up to 64 outputs of
 //! a row accumulate every tap in registers, each tap a masked load of the input row (FP16
-//! widened in the register), the mask zeroing the columns that fall into padding, and kernel
+//! widened in the register, or at unit stride read from an FP32 copy of the channel made first,
+//! see [`WIDENED_MAX_POSITIONS`]), the mask zeroing the columns that fall into padding, and kernel
 //! rows that fall into padding skipped; for stride 2 two loads are split into their even
 //! columns by one permute (a 3×3 kernel's three taps from the same two loads: its even lanes,
 //! its odd ones, and its even ones shifted by one lane with the next vector's first). Rows
@@ -29,6 +30,14 @@ use super::conv::Addends;
 use super::{narrow, Widen};
 use crate::dtype::DType;
 use crate::ops::{Clamp, ConvPlan};
+
+/// Most positions of an FP16 input channel that the AVX-512 kernels read widened into an FP32
+/// copy (32 KiB, in L1) at unit stride, instead of widening each value at each of its `r·s`
+/// reads: MobileNetV2's 3×3 layers on 56×56 to 7×7 maps took 0.80–0.86× the time (its 3×3
+/// layer at 112×112, 12544 positions, 1.05×; its stride-2 ones, whose values are read about
+/// 2.25 times, 1.21–1.28×; `benches/ab.py` and `eia infer --fp16 --profile`, Intel Xeon model
+/// 207, two threads).
+const WIDENED_MAX_POSITIONS: usize = 8192;
 
 /// Computes a depthwise `plan` (C/group = 1) on storage `T`, bias, residual sum and the fused
 /// ReLU or Clip included. `w` holds the weights as f32. `y` is fully written; its previous
@@ -56,22 +65,26 @@ pub(super) fn depthwise<T: Widen>(plan: &ConvPlan, x: &[T], w: &[f32], add: Adde
             let b = add.bias.map(|b| b[ki]);
             let wk = &w[ki * rs..][..rs];
             #[cfg(target_arch = "x86_64")]
-            if let Some(flat) = &flat {
-                // SAFETY: `Flat::new` checked the CPU and the geometry; `xc` is the [h, w]
-                // input channel of the [p, q] output channel `out`, and `wk` holds r·s
-                // weights.
-                unsafe { flat.channel(plan, xc, wk, b, out) };
-                return;
-            }
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                // SAFETY: `applies` checked the CPU, the column stride and s; `xc` is the [h, w]
-                // input channel of the [p, q] output channel `out`, and `wk` holds r·s
-                // weights.
+            if flat.is_some() || fast {
+                // At unit stride an FP16 channel of at most WIDENED_MAX_POSITIONS is widened
+                // once into `widened` (in L1), not at each of its r·s reads.
+                let wide = (T::DTYPE == DType::F16
+                    && plan.stride == [1, 1]
+                    && hw <= WIDENED_MAX_POSITIONS)
+                    .then(|| {
+                        widened.resize(hw, 0.0);
+                        T::widen(xc, widened);
+                        &widened[..]
+                    });
+                // SAFETY: `Flat::new` (or `applies`) checked the CPU and the geometry (the
+                // column stride and s); `xc` (and `wide`) is the [h, w] input channel of the
+                // [p, q] output channel `out`, and `wk` holds r·s weights.
                 unsafe {
-                    match plan.stride[1] {
-                        1 => avx512::channel::<T, 1>(plan, xc, wk, b, out),
-                        _ => avx512::channel::<T, 2>(plan, xc, wk, b, out),
+                    match (&flat, wide) {
+                        (Some(flat), Some(wide)) => flat.channel(plan, wide, wk, b, out),
+                        (Some(flat), None) => flat.channel(plan, xc, wk, b, out),
+                        (None, Some(wide)) => avx512::channel_any(plan, wide, wk, b, out),
+                        (None, None) => avx512::channel_any(plan, xc, wk, b, out),
                     }
                 }
                 return;
@@ -339,6 +352,27 @@ mod avx512 {
         supported() && matches!(plan.stride[1], 1 | 2) && plan.s <= MAX_S
     }
 
+    /// [`channel`] for the plan's column stride (1 or 2).
+    ///
+    /// # Safety
+    /// As for [`channel`], whose `SW` is the column stride.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn channel_any<X: Element, Y: Element>(
+        plan: &ConvPlan,
+        xc: &[X],
+        wk: &[f32],
+        bias: Option<f32>,
+        out: &mut [Y],
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match plan.stride[1] {
+                1 => channel::<X, Y, 1>(plan, xc, wk, bias, out),
+                _ => channel::<X, Y, 2>(plan, xc, wk, bias, out),
+            }
+        }
+    }
+
     /// One output channel `out` `[p, q]` from its `[h, w]` input channel `xc` and `r·s`
     /// weights `wk`, for column stride `SW` (1 or 2), in blocks of up to 64 output columns.
     /// Tap (ri, si) of output (pi, j) reads input row `pi·sh + ri·dh − pt` (kernel rows
@@ -350,12 +384,12 @@ mod avx512 {
     /// The CPU must support AVX-512 F, BW and VL; the column stride must be `SW` and
     /// `s ≤ MAX_S`; `xc` must hold `h·w` elements and `out` `p·q`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn channel<T: Element, const SW: usize>(
+    pub unsafe fn channel<X: Element, Y: Element, const SW: usize>(
         plan: &ConvPlan,
-        xc: &[T],
+        xc: &[X],
         wk: &[f32],
         bias: Option<f32>,
-        out: &mut [T],
+        out: &mut [Y],
     ) {
         debug_assert_eq!(plan.stride[1], SW);
         debug_assert!(plan.s <= MAX_S && xc.len() == plan.h * plan.w);
@@ -386,19 +420,19 @@ mod avx512 {
             unsafe {
                 // Rows at a time: about eight accumulators.
                 match lanes.div_ceil(16) {
-                    1 => block.rows::<SW, 1, 4>(out),
-                    2 => block.rows::<SW, 2, 4>(out),
-                    3 => block.rows::<SW, 3, 2>(out),
-                    _ => block.rows::<SW, 4, 2>(out),
+                    1 => block.rows::<Y, SW, 1, 4>(out),
+                    2 => block.rows::<Y, SW, 2, 4>(out),
+                    3 => block.rows::<Y, SW, 3, 2>(out),
+                    _ => block.rows::<Y, SW, 4, 2>(out),
                 }
             }
         }
     }
 
     /// Columns `q0..q0 + lanes` of every output row of one channel.
-    struct Block<'a, T> {
+    struct Block<'a, X> {
         plan: &'a ConvPlan,
-        xc: &'a [T],
+        xc: &'a [X],
         wk: &'a [f32],
         bias: f32,
         /// Per tap column and vector, the lanes of its (two, for stride 2) loads inside the
@@ -410,7 +444,7 @@ mod avx512 {
         lanes: usize,
     }
 
-    impl<T: Element> Block<'_, T> {
+    impl<X: Element> Block<'_, X> {
         /// The block in `V` vectors (`16·(V − 1) < lanes ≤ 16·V`) of `out`'s rows: rows whose
         /// every kernel row lies inside the input `R` at a time (`R·V` independent
         /// accumulators sharing each broadcast weight: short rows are not bound by one
@@ -419,7 +453,10 @@ mod avx512 {
         /// # Safety
         /// As for [`channel`]; `V` vectors cover `lanes`.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn rows<const SW: usize, const V: usize, const R: usize>(&self, out: &mut [T]) {
+        unsafe fn rows<Y: Element, const SW: usize, const V: usize, const R: usize>(
+            &self,
+            out: &mut [Y],
+        ) {
             let plan = self.plan;
             let (sh, dh, pt) = (plan.stride[0], plan.dilation[0], plan.pad[0]);
             // Rows pa..pb read only input rows: pi·sh ≥ pt and pi·sh + (r − 1)·dh < pt + h.
@@ -435,10 +472,10 @@ mod avx512 {
                 // SAFETY: the caller's contract; rows pi..pi + R are inside the input.
                 unsafe {
                     if pi >= pa && pi + R <= pb {
-                        self.row_group::<SW, V, R>(pi, rows);
+                        self.row_group::<Y, SW, V, R>(pi, rows);
                         pi += R;
                     } else {
-                        self.row_group::<SW, V, 1>(pi, rows);
+                        self.row_group::<Y, SW, V, 1>(pi, rows);
                         pi += 1;
                     }
                 }
@@ -452,10 +489,10 @@ mod avx512 {
         /// As for [`rows`](Self::rows); when `R > 1`, every kernel row of rows `pi..pi + R`
         /// lies inside the input.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn row_group<const SW: usize, const V: usize, const R: usize>(
+        unsafe fn row_group<Y: Element, const SW: usize, const V: usize, const R: usize>(
             &self,
             pi: usize,
-            out: &mut [T],
+            out: &mut [Y],
         ) {
             let plan = self.plan;
             let (sh, [dh, dw], pt) = (plan.stride[0], plan.dilation, plan.pad[0]);
@@ -683,26 +720,26 @@ mod avx512 {
         /// The CPU must support AVX-512 F, BW and VL; `self` must be `plan`'s; `xc` must
         /// hold `h·w` elements and `out` `p·q`.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        pub unsafe fn channel<T: Element>(
+        pub unsafe fn channel<X: Element, Y: Element>(
             &self,
             plan: &ConvPlan,
-            xc: &[T],
+            xc: &[X],
             wk: &[f32],
             bias: Option<f32>,
-            out: &mut [T],
+            out: &mut [Y],
         ) {
             debug_assert!(xc.len() == plan.h * plan.w && out.len() == plan.p * plan.q);
             // SAFETY: the caller's contract.
             unsafe {
                 match self.vectors {
-                    1 => self.groups::<T, 1>(plan, xc, wk, bias, out),
-                    2 => self.groups::<T, 2>(plan, xc, wk, bias, out),
-                    3 => self.groups::<T, 3>(plan, xc, wk, bias, out),
-                    4 => self.groups::<T, 4>(plan, xc, wk, bias, out),
-                    5 => self.groups::<T, 5>(plan, xc, wk, bias, out),
-                    6 => self.groups::<T, 6>(plan, xc, wk, bias, out),
-                    7 => self.groups::<T, 7>(plan, xc, wk, bias, out),
-                    _ => self.groups::<T, 8>(plan, xc, wk, bias, out),
+                    1 => self.groups::<X, Y, 1>(plan, xc, wk, bias, out),
+                    2 => self.groups::<X, Y, 2>(plan, xc, wk, bias, out),
+                    3 => self.groups::<X, Y, 3>(plan, xc, wk, bias, out),
+                    4 => self.groups::<X, Y, 4>(plan, xc, wk, bias, out),
+                    5 => self.groups::<X, Y, 5>(plan, xc, wk, bias, out),
+                    6 => self.groups::<X, Y, 6>(plan, xc, wk, bias, out),
+                    7 => self.groups::<X, Y, 7>(plan, xc, wk, bias, out),
+                    _ => self.groups::<X, Y, 8>(plan, xc, wk, bias, out),
                 }
             }
         }
@@ -712,13 +749,13 @@ mod avx512 {
         /// # Safety
         /// As for [`channel`](Self::channel).
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn groups<T: Element, const V: usize>(
+        unsafe fn groups<X: Element, Y: Element, const V: usize>(
             &self,
             plan: &ConvPlan,
-            xc: &[T],
+            xc: &[X],
             wk: &[f32],
             bias: Option<f32>,
-            out: &mut [T],
+            out: &mut [Y],
         ) {
             let pq = plan.p * plan.q;
             let b = _mm512_set1_ps(bias.unwrap_or(0.0));
