@@ -284,6 +284,16 @@ mod tests {
         assert_eq!(back, HostData::F16(halves));
     }
 
+    /// [`outputs`] for steps over FP32 entries of these shapes.
+    fn outputs_of(steps: &[Step], shapes: &[&[usize]], reads: &[usize]) -> Vec<bool> {
+        let descs: Vec<TensorDesc> = shapes
+            .iter()
+            .map(|shape| TensorDesc::new(DType::F32, shape).unwrap())
+            .collect();
+        let descs: Vec<Option<&TensorDesc>> = descs.iter().map(Some).collect();
+        outputs(steps, &descs, reads)
+    }
+
     /// A 56×56 bottleneck of ResNet-50 (its 3×3 on the Winograd kernel), a reduction and a
     /// MobileNet-style expansion: which outputs stay blocked.
     #[test]
@@ -292,21 +302,20 @@ mod tests {
             return;
         }
         use crate::ops::Conv;
-        let desc = |shape: &[usize]| Some(TensorDesc::new(DType::F32, shape).unwrap());
         // Entries: 0 the input, 1..=6 activations, 7.. weights.
-        let descs = [
-            desc(&[1, 256, 56, 56]),
-            desc(&[1, 64, 56, 56]),
-            desc(&[1, 64, 56, 56]),
-            desc(&[1, 256, 56, 56]),
-            desc(&[1, 64, 56, 56]),
-            desc(&[1, 192, 56, 56]),
-            desc(&[1, 256, 1, 1]),
-            desc(&[64, 256, 1, 1]),
-            desc(&[64, 64, 3, 3]),
-            desc(&[256, 64, 1, 1]),
-            desc(&[64, 256, 1, 1]),
-            desc(&[192, 64, 1, 1]),
+        let shapes: [&[usize]; 12] = [
+            &[1, 256, 56, 56],
+            &[1, 64, 56, 56],
+            &[1, 64, 56, 56],
+            &[1, 256, 56, 56],
+            &[1, 64, 56, 56],
+            &[1, 192, 56, 56],
+            &[1, 256, 1, 1],
+            &[64, 256, 1, 1],
+            &[64, 64, 3, 3],
+            &[256, 64, 1, 1],
+            &[64, 256, 1, 1],
+            &[192, 64, 1, 1],
         ];
         let conv = |x: usize, w: usize, sum: Option<usize>, y: usize| Step {
             op: Op::Conv(Conv {
@@ -333,20 +342,19 @@ mod tests {
                 output: 6,
             },
         ];
-        let descs: Vec<Option<&TensorDesc>> = descs.iter().map(|d| d.as_ref()).collect();
         assert_eq!(
-            outputs(&steps, &descs, &[5, 6]),
+            outputs_of(&steps, &shapes, &[5, 6]),
             [false, false, true, false, false, false]
         );
         // Read back by the caller, or by an op that reads planar values, it is planar.
-        assert_eq!(outputs(&steps, &descs, &[3, 5, 6]), [false; 6]);
+        assert_eq!(outputs_of(&steps, &shapes, &[3, 5, 6]), [false; 6]);
         let mut relu = steps.to_vec();
         relu.push(Step {
             op: Op::Relu,
             inputs: vec![3],
             output: 1,
         });
-        assert_eq!(outputs(&relu, &descs, &[5, 6]), [false; 7]);
+        assert_eq!(outputs_of(&relu, &shapes, &[5, 6]), [false; 7]);
     }
 
     /// MobileNetV2's inverted residual at 14×14: expansion, depthwise, projection.
@@ -356,18 +364,16 @@ mod tests {
             return;
         }
         use crate::ops::Conv;
-        let desc = |shape: &[usize]| Some(TensorDesc::new(DType::F32, shape).unwrap());
         // Entries: 0 the input, 1..=3 activations, 4.. weights.
-        let descs = [
-            desc(&[1, 64, 14, 14]),
-            desc(&[1, 384, 14, 14]),
-            desc(&[1, 384, 14, 14]),
-            desc(&[1, 64, 14, 14]),
-            desc(&[384, 64, 1, 1]),
-            desc(&[384, 1, 3, 3]),
-            desc(&[64, 384, 1, 1]),
+        let shapes: [&[usize]; 7] = [
+            &[1, 64, 14, 14],
+            &[1, 384, 14, 14],
+            &[1, 384, 14, 14],
+            &[1, 64, 14, 14],
+            &[384, 64, 1, 1],
+            &[384, 1, 3, 3],
+            &[64, 384, 1, 1],
         ];
-        let descs: Vec<Option<&TensorDesc>> = descs.iter().map(|d| d.as_ref()).collect();
         let pointwise = |x: usize, w: usize, y: usize| Step {
             op: Op::Conv(Conv::default()),
             inputs: vec![x, w],
@@ -385,10 +391,10 @@ mod tests {
         // The projection reads blocked into its planar output, read back; so does the
         // depthwise convolution, whose input the expansion leaves blocked.
         let steps = [pointwise(0, 4, 1), depthwise(1, 2), pointwise(2, 6, 3)];
-        assert_eq!(outputs(&steps, &descs, &[3]), [true, true, false]);
+        assert_eq!(outputs_of(&steps, &shapes, &[3]), [true, true, false]);
         // From the program's (planar) input, the depthwise output stays planar too.
         let from_input = [depthwise(1, 2), pointwise(2, 6, 3)];
-        assert_eq!(outputs(&from_input, &descs, &[3]), [false, false]);
+        assert_eq!(outputs_of(&from_input, &shapes, &[3]), [false, false]);
     }
 
     /// ResNet's stem and the MaxPool after it, which reads the stem's output blocked into its
@@ -399,17 +405,15 @@ mod tests {
             return;
         }
         use crate::ops::{Conv, MaxPool};
-        let desc = |shape: &[usize]| Some(TensorDesc::new(DType::F32, shape).unwrap());
         // Entries: 0 the input, 1..=3 activations, 4.. weights.
-        let descs = [
-            desc(&[1, 3, 224, 224]),
-            desc(&[1, 64, 112, 112]),
-            desc(&[1, 64, 56, 56]),
-            desc(&[1, 64, 56, 56]),
-            desc(&[64, 3, 7, 7]),
-            desc(&[64, 64, 1, 1]),
+        let shapes: [&[usize]; 6] = [
+            &[1, 3, 224, 224],
+            &[1, 64, 112, 112],
+            &[1, 64, 56, 56],
+            &[1, 64, 56, 56],
+            &[64, 3, 7, 7],
+            &[64, 64, 1, 1],
         ];
-        let descs: Vec<Option<&TensorDesc>> = descs.iter().map(|d| d.as_ref()).collect();
         let stem = Step {
             op: Op::Conv(Conv {
                 strides: [2, 2],
@@ -435,14 +439,17 @@ mod tests {
             output: 3,
         };
         let steps = [stem.clone(), pool.clone(), pointwise];
-        assert_eq!(outputs(&steps, &descs, &[3]), [true, false, false]);
+        assert_eq!(outputs_of(&steps, &shapes, &[3]), [true, false, false]);
         // Also read by an op that reads planar values, the stem's output is planar.
         let relu = Step {
             op: Op::Relu,
             inputs: vec![1],
             output: 3,
         };
-        assert_eq!(outputs(&[stem, pool, relu], &descs, &[2, 3]), [false; 3]);
+        assert_eq!(
+            outputs_of(&[stem, pool, relu], &shapes, &[2, 3]),
+            [false; 3]
+        );
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub fn pointwise_f16(
     let height = (cg + kg).min(COL_BLOCK_BYTES / (4 * FUSED_MIN_COLUMNS));
     let nb = block_columns(pq, height, false, chunks, rayon::current_num_threads());
     let blocks = pq.div_ceil(nb);
+    // Rows finished and rounded in one AVX-512 pass (see above), within these bounds.
+    #[cfg(target_arch = "x86_64")]
+    let (fused, bounds) = (super::avx512::supported(), Clamp::bounds(plan.clamp));
     let out = Disjoint::new(y);
     (0..chunks * blocks).into_par_iter().for_each_init(
         || (TaskBuffer::take(cg * nb), TaskBuffer::take(kg * nb)),
@@ -138,8 +141,7 @@ pub fn pointwise_f16(
                 let y = unsafe { out.slice(at, cols) };
                 let sum = sum.map(|s| &s[at..][..cols]);
                 #[cfg(target_arch = "x86_64")]
-                if super::avx512::supported() {
-                    let bounds = Clamp::bounds(plan.clamp);
+                if fused {
                     // SAFETY: AVX-512 F, BW and VL are supported; `y` and the sum have the
                     // row's `cols` values.
                     unsafe {
